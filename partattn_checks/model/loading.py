@@ -1,0 +1,221 @@
+"""Open a local PartCrafter checkpoint folder in the released (hub) layout.
+
+Layout (``wgsxm/PartCrafter``)::
+
+    model_index.json
+    transformer/{config.json, diffusion_pytorch_model.safetensors}
+    image_encoder_dinov2/{config.json, model.safetensors}
+    feature_extractor_dinov2/preprocessor_config.json
+    scheduler/scheduler_config.json
+    vae/...                      (optional: no mesh decoding here)
+    partattn.json                (optional, ours: default num_tokens/steps/guidance for the model)
+
+Only safetensors weights are read; class names in ``model_index.json`` are mapped onto our
+classes through an allowlist and no module named by a file is ever imported.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .transformer import PartCrafterDiTModel
+
+#: model_index.json component -> class names we accept for it (the module path part is ignored).
+ALLOWED_CLASSES = {
+    "transformer": {"PartCrafterDiTModel"},
+    "image_encoder_dinov2": {"Dinov2Model"},
+    "feature_extractor_dinov2": {"BitImageProcessor", "BitImageProcessorFast"},
+    "scheduler": {"RectifiedFlowScheduler", "FlowMatchEulerDiscreteScheduler"},
+}
+REQUIRED_FILES = {
+    "transformer": ["config.json"],
+    "image_encoder_dinov2": ["config.json"],
+    "feature_extractor_dinov2": ["preprocessor_config.json"],
+    "scheduler": ["scheduler_config.json"],
+}
+WEIGHT_FILES = {"transformer": "diffusion_pytorch_model", "image_encoder_dinov2": "model"}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+RUN_DEFAULTS = {"num_tokens": 1024, "steps": 50, "guidance_scale": 7.0}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message names the path and the fix."""
+
+
+@dataclass
+class Checkpoint:
+    """The parts of a PartCrafter checkpoint this project runs (no VAE)."""
+
+    path: Path
+    transformer: PartCrafterDiTModel
+    image_encoder: torch.nn.Module
+    feature_extractor: object
+    scheduler_config: dict
+    model_index: dict
+    run_defaults: dict = field(default_factory=lambda: dict(RUN_DEFAULTS))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found; the checkpoint folder is incomplete (re-download it)") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); re-download or fix the file") from None
+
+
+def check_component_classes(root: Path, model_index: dict) -> None:
+    """Refuse a model_index.json that names a class we do not know for a component."""
+    for component, allowed in ALLOWED_CLASSES.items():
+        entry = model_index.get(component)
+        if entry is None:
+            raise CheckpointError(
+                f"{root / 'model_index.json'}: no '{component}' entry; a PartCrafter checkpoint needs "
+                f"{sorted(REQUIRED_FILES)}"
+            )
+        name = entry[-1] if isinstance(entry, (list, tuple)) else str(entry)
+        if name not in allowed:
+            raise CheckpointError(
+                f"{root / 'model_index.json'}: unknown class '{name}' for '{component}' (known: "
+                f"{', '.join(sorted(allowed))}); point the loader at a PartCrafter checkpoint, or supply your "
+                f"own pipeline through the pytest_partattn_load_pipeline hook"
+            )
+
+
+def find_weights(folder: Path, stem: str) -> list[Path]:
+    """The safetensors file(s) of a component; refuse pickle formats with the fix."""
+    single = folder / f"{stem}.safetensors"
+    if single.is_file():
+        return [single]
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: shard(s) missing: {', '.join(missing)}; re-download the checkpoint")
+        return [folder / s for s in shards]
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{folder}: refusing pickle-format weights ({', '.join(pickles)}): they can run arbitrary code. "
+            f"Convert them to {stem}.safetensors (safetensors.torch.save_file) and try again"
+        )
+    raise CheckpointError(f"{folder}: no weights found (expected {single.name}); re-download the checkpoint")
+
+
+def read_state_dict(files: list[Path], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state = {}
+    for file in files:
+        for name, tensor in load_file(str(file)).items():
+            state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return state
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    """Load a state dict into a module built on the meta device, with errors that list offenders."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched[:5]))
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing[:5]))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected[:5]))
+    if problems:
+        raise CheckpointError(
+            f"{where}: weights do not fit config.json ({' | '.join(problems)}"
+            f"{' ...' if max(len(mismatched), len(missing), len(unexpected)) > 5 else ''}); "
+            f"the config and weights come from different models: re-download the folder"
+        )
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def load_transformer(folder: Path, dtype: torch.dtype) -> PartCrafterDiTModel:
+    config = read_json(folder / "config.json")
+    known = set(inspect.signature(PartCrafterDiTModel.__init__).parameters) - {"self"}
+    kwargs = {k: v for k, v in config.items() if k in known}
+    with torch.device("meta"):
+        model = PartCrafterDiTModel(**kwargs)
+    load_into(model, read_state_dict(find_weights(folder, WEIGHT_FILES["transformer"]), dtype), folder)
+    return model.eval()
+
+
+def load_image_encoder(folder: Path, dtype: torch.dtype):
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config.from_dict(read_json(folder / "config.json"))
+    with torch.device("meta"):
+        model = Dinov2Model(config)
+    state = read_state_dict(find_weights(folder, WEIGHT_FILES["image_encoder_dinov2"]), dtype)
+    load_into(model, state, folder)
+    return model.eval()
+
+
+def load_feature_extractor(folder: Path):
+    try:  # transformers >= 5: the PIL backend needs no torchvision
+        from transformers import BitImageProcessorPil as BitImageProcessor
+    except ImportError:
+        from transformers import BitImageProcessor
+
+    config = read_json(folder / "preprocessor_config.json")
+    config = {k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")}
+    return BitImageProcessor(**config)
+
+
+def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a PartCrafter checkpoint folder; weights (fp16 on disk at release) are cast to ``dtype``."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(
+            f"{root}: checkpoint folder not found; pass the folder that holds model_index.json "
+            f"(for the release: a local copy of wgsxm/PartCrafter)"
+        )
+    model_index = read_json(root / "model_index.json")
+    check_component_classes(root, model_index)
+    for component, files in REQUIRED_FILES.items():
+        folder = root / component
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: subfolder missing; the checkpoint folder is incomplete (re-download it)")
+        for name in files:
+            if not (folder / name).is_file():
+                raise CheckpointError(f"{folder / name}: file missing; the checkpoint folder is incomplete (re-download it)")
+    run_defaults = dict(RUN_DEFAULTS)
+    if (root / "partattn.json").is_file():
+        run_defaults.update(read_json(root / "partattn.json").get("run_defaults", {}))
+    return Checkpoint(
+        path=root,
+        transformer=load_transformer(root / "transformer", dtype).to(device),
+        image_encoder=load_image_encoder(root / "image_encoder_dinov2", dtype).to(device),
+        feature_extractor=load_feature_extractor(root / "feature_extractor_dinov2"),
+        scheduler_config=read_json(root / "scheduler" / "scheduler_config.json"),
+        model_index=model_index,
+        run_defaults=run_defaults,
+    )
+
+
+def check_num_parts(config, num_parts: int, *, cfg: bool) -> None:
+    """Refuse a part count the checkpoint's part embedding cannot serve (ids run to 2N-1 under CFG)."""
+    if num_parts < 1:
+        raise ValueError(f"num_parts must be at least 1, got {num_parts}")
+    needed = 2 * num_parts if cfg else num_parts
+    if needed > config.max_num_parts:
+        limit = config.max_num_parts // 2 if cfg else config.max_num_parts
+        raise ValueError(
+            f"num_parts={num_parts} needs {needed} part-embedding ids"
+            f"{' (classifier-free guidance doubles the batch)' if cfg else ''}, but the checkpoint has "
+            f"max_num_parts={config.max_num_parts}: use at most {limit} parts"
+        )

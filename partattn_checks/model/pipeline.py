@@ -1,0 +1,191 @@
+"""PartCrafter's denoising loop (no mesh decoding), written for observation.
+
+image -> DINOv2 image tokens -> CFG batch ``[uncond (zeros), cond]`` -> rectified-flow schedule
+``sigma_i = 1 - i/n`` (then 0), model timestep ``t = 1000 * sigma`` -> Euler step
+``x <- x + (sigma_i - sigma_{i+1}) * v`` with the guided velocity ``v = u + g * (c - u)``.
+
+Upstream's pipeline ignores ``latents`` and breaks ``callback_on_step_end``; this loop keeps the
+same math and adds what observation needs: seeded latents, per-step callbacks and timings, and
+step hooks that a recorder uses to know which step a forward belongs to.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from .loading import Checkpoint, check_num_parts, load_checkpoint
+
+
+class StepObserver(Protocol):
+    """What the loop tells an observer (for example a capture recorder) around each model call."""
+
+    def begin_step(self, step: int, timestep: float) -> None: ...
+
+    def end_step(self, step: int, timestep: float, latents: torch.Tensor) -> None: ...
+
+
+@dataclass
+class DenoiseResult:
+    latents: torch.Tensor  # (N, T, C) final latents of the N parts
+    timesteps: list[float]
+    step_seconds: list[float] = field(default_factory=list)
+
+
+def to_rgb(image):
+    """PIL image -> RGB, compositing transparency on white (as the upstream examples expect)."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(image):
+    """Accept a path or a PIL image; return an RGB PIL image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                return to_rgb(opened)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: image not found") from None
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"{path}: not a readable image ({err}); re-export it as PNG or JPEG") from None
+    return to_rgb(image)
+
+
+def flow_sigmas(steps: int) -> list[float]:
+    """``[1 - i/steps for i in range(steps)] + [0]``."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return [1.0 - i / steps for i in range(steps)] + [0.0]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without CUDA is an error that says so."""
+    name = str(device or "auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' requested but CUDA is not available here (torch {torch.__version__}); use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+class PartCrafterPipeline:
+    """Runs the PartCrafter denoising loop on a loaded checkpoint."""
+
+    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.checkpoint = checkpoint
+        self.transformer = checkpoint.transformer
+        self.image_encoder = checkpoint.image_encoder
+        self.feature_extractor = checkpoint.feature_extractor
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.num_train_timesteps = float(checkpoint.scheduler_config.get("num_train_timesteps", 1000))
+
+    @classmethod
+    def from_pretrained(cls, path, *, device="auto", dtype: torch.dtype = torch.float32) -> "PartCrafterPipeline":
+        device = resolve_device(device)
+        return cls(load_checkpoint(path, dtype=dtype, device=device), device=device, dtype=dtype)
+
+    @property
+    def run_defaults(self) -> dict:
+        return self.checkpoint.run_defaults
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """Rows and columns of the image encoder's patch grid, from the checkpoint's configs."""
+        crop = self.feature_extractor.crop_size if self.feature_extractor.do_center_crop else self.feature_extractor.size
+        patch = self.image_encoder.config.patch_size
+        return crop["height"] // patch, crop["width"] // patch
+
+    def preprocess(self, image) -> torch.Tensor:
+        """Image (PIL or path) -> pixel values ``(1, 3, H, W)``; a tensor is taken as already preprocessed."""
+        if isinstance(image, torch.Tensor):
+            return image if image.ndim == 4 else image.unsqueeze(0)
+        return self.feature_extractor(open_image(image), return_tensors="pt").pixel_values
+
+    def preprocessed_image(self, image):
+        """The encoder's view of the image as a PIL image (for overlays of patch attention)."""
+        from PIL import Image
+
+        pixels = self.preprocess(image)[0].float()
+        mean = torch.tensor(self.feature_extractor.image_mean).view(3, 1, 1)
+        std = torch.tensor(self.feature_extractor.image_std).view(3, 1, 1)
+        array = ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        return Image.fromarray(array)
+
+    @torch.no_grad()
+    def encode_image(self, image) -> torch.Tensor:
+        pixels = self.preprocess(image).to(device=self.device, dtype=self.dtype)
+        return self.image_encoder(pixels).last_hidden_state
+
+    def initial_latents(self, num_parts: int, num_tokens: int, seed: int) -> torch.Tensor:
+        """Seeded noise ``(N, T, C)``, drawn on the CPU so a seed means the same noise on every device."""
+        generator = torch.Generator().manual_seed(int(seed))
+        shape = (num_parts, num_tokens, self.transformer.config.in_channels)
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        num_parts: int,
+        *,
+        num_tokens: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+        latents: torch.Tensor | None = None,
+        callback: Callable[[int, float, torch.Tensor], None] | None = None,
+        observers: tuple[StepObserver, ...] = (),
+    ) -> DenoiseResult:
+        defaults = self.run_defaults
+        num_tokens = int(num_tokens or defaults["num_tokens"])
+        steps = int(steps or defaults["steps"])
+        guidance_scale = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+        cfg = guidance_scale > 1.0
+        check_num_parts(self.transformer.config, num_parts, cfg=cfg)
+
+        image_tokens = self.encode_image(image).repeat_interleave(num_parts, dim=0)
+        if cfg:
+            image_tokens = torch.cat([torch.zeros_like(image_tokens), image_tokens])
+        if latents is None:
+            latents = self.initial_latents(num_parts, num_tokens, seed)
+        latents = latents.to(device=self.device, dtype=self.dtype)
+
+        sigmas = flow_sigmas(steps)
+        timesteps = [self.num_train_timesteps * s for s in sigmas[:-1]]
+        result = DenoiseResult(latents=latents, timesteps=timesteps)
+        attention_kwargs = {"num_parts": num_parts}
+        for i, t in enumerate(timesteps):
+            start = time.perf_counter()
+            for observer in observers:
+                observer.begin_step(i, t)
+            model_input = torch.cat([latents, latents]) if cfg else latents
+            timestep = torch.full((model_input.shape[0],), t, device=self.device, dtype=self.dtype)
+            velocity = self.transformer(model_input, timestep, image_tokens, attention_kwargs=attention_kwargs).sample
+            velocity = velocity.to(self.dtype)
+            if cfg:
+                uncond, cond = velocity.chunk(2)
+                velocity = uncond + guidance_scale * (cond - uncond)
+            latents = latents + (sigmas[i] - sigmas[i + 1]) * velocity
+            for observer in observers:
+                observer.end_step(i, t, latents)
+            if callback is not None:
+                callback(i, t, latents)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            result.step_seconds.append(time.perf_counter() - start)
+        result.latents = latents
+        return result
