@@ -207,6 +207,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%" if x == 0 or x >= 0.01 else f"{100 * x:.2g}%"
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _unravel(flat_index: int, shape) -> tuple[int, ...]:
     out = []
     for size in reversed(tuple(shape)):
@@ -234,7 +238,7 @@ def _nonfinite_guard(name: str, record: "AttentionRecord", tensors: dict) -> Che
     off = Offender(step=record.steps[s], layer=record.layers[l])
     return CheckResult(
         name, "fail", float(total), 0.0, off,
-        f"cannot judge {name.replace('_', ' ')}: {total} non-finite values in the recorded "
+        f"cannot judge {name.replace('_', ' ')}: {_n(total, 'non-finite value')} in the recorded "
         f"{', '.join(tensors)} (first in {tname} at {off}); see the nonfinite check",
         {"nonfinite_count": total},
     )
@@ -284,7 +288,7 @@ def check_uniformity(record: "AttentionRecord", thresholds: Thresholds | None = 
         )
     return CheckResult(
         name, "pass", share, t.max_share, None,
-        f"at most {_pct(share)} of heads per layer are near-uniform (layer {record.layers[worst]}; allowed {_pct(t.max_share)})",
+        f"{_pct(share)} of heads are near-uniform in the worst layer {record.layers[worst]} (allowed {_pct(t.max_share)})",
         details,
     )
 
@@ -332,7 +336,7 @@ def check_collapse(record: "AttentionRecord", thresholds: Thresholds | None = No
         )
     return CheckResult(
         name, "pass", share, t.max_share, None,
-        f"no layer has more than {_pct(t.max_share)} collapsed heads (max peak {float(pk.max()):.3f}, "
+        f"{_pct(share)} of heads collapsed in the worst layer (allowed {_pct(t.max_share)}; max peak {float(pk.max()):.3f}, "
         f"min entropy {float(ent.min()):.3f}, max CLS mass {float(cls.max()):.3f})",
         details,
     )
@@ -445,22 +449,21 @@ def check_nonfinite(record: "AttentionRecord", thresholds: Thresholds | None = N
         cells += n
         if key.startswith("full/"):
             step, layer = next((s, l) for (s, l) in record.full_maps if f"full/{s}/{l}" == key)
-            found.append((step, 0, record.layers.index(layer), layer, f"attention ({key})"))
+            found.append((step, 0, record.layers.index(layer), layer, f"attention (full map {key})"))
         else:
             s, l = _unravel(int(bad.flatten().nonzero()[0]), t.shape)[:2]
-            found.append((record.steps[s], 0, l, record.layers[l], f"attention ({key})"))
+            found.append((record.steps[s], 0, l, record.layers[l], f"attention (recorded {key})"))
     details = {"events": len(record.nonfinite), "nonfinite_values": cells}
     if not found:
         return CheckResult(name, "pass", 0.0, 0.0, None,
                            "no NaN/Inf in attention or latents", details)
     step, _, _, layer, where = min(found, key=lambda f: f[:3])
     off = Offender(step=step if step >= 0 else None, layer=layer)
-    where_text = "latents" if where == "latents" else where
     details["first"] = {"step": off.step, "layer": layer, "where": where}
     return CheckResult(
         name, "fail", float(cells + len(record.nonfinite)), 0.0, off,
-        f"non-finite values (NaN/Inf) in {where_text} starting at {off} "
-        f"({len(record.nonfinite)} recorded events, {cells} non-finite recorded values)",
+        f"non-finite values (NaN/Inf) in {where} starting at {off} ({_n(len(record.nonfinite), 'event')} "
+        f"logged by the recorder, {_n(cells, 'non-finite value')} in the record's tensors)",
         details,
     )
 

@@ -42,6 +42,10 @@ __all__ = [
 ]
 
 _FONT = 8.0  # points; with ~100 dpi at 512 px this is ~11 px text
+_ALPHA = 0.55  # overlay opacity of the attention colours over the image
+_LUMA = np.array([0.299, 0.587, 0.114])
+_AXIS_LABELS = {"qk": ("keys", "queries"), "strip": ("keys", None),
+                "grid": ("patch column", "patch row")}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -221,15 +225,11 @@ def _panel_array(values: np.ndarray, scale: _Scale, grid=None, image_rgb=None):
     if image_rgb is None:
         return cells, "grid"
     height, width = image_rgb.shape[:2]
-    up = np.asarray(Image.fromarray(cells.astype(np.float32)).resize((width, height), Image.BILINEAR))
+    cells_img = Image.fromarray(cells.astype(np.float32))
+    up = np.asarray(cells_img.resize((width, height), Image.Resampling.BILINEAR))
     backdrop = image_rgb @ _LUMA  # grey, so that every colour on the overlay is attention
     return (1.0 - _ALPHA) * backdrop[..., None] + _ALPHA * scale.rgb(up), "rgb"
 
-
-_ALPHA = 0.55  # overlay opacity of the attention colours over the image
-_LUMA = np.array([0.299, 0.587, 0.114])
-_AXIS_LABELS = {"qk": ("keys", "queries"), "strip": ("keys", None),
-                "grid": ("patch column", "patch row")}
 
 
 def _interpolation(ax, shape) -> str:
@@ -268,7 +268,7 @@ def _panel_grid(fig: Figure, n: int, ncols: int | None = None):
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
-    return list(axes[:n]), nrows, ncols
+    return list(axes[:n])
 
 
 # --------------------------------------------------------------------------- figures
@@ -302,7 +302,7 @@ def _multi_head_fig(maps, *, title=None, layer=None, step=None, part=None, vmax=
         raise ValueError(f"multi_head_grid expects (heads, queries, keys) maps, got shape {maps.shape}")
     sc = _Scale(vmax, scale)
     fig = _new_figure((6.0, 5.0), max_px)
-    axes, _, _ = _panel_grid(fig, maps.shape[0], ncols)
+    axes = _panel_grid(fig, maps.shape[0], ncols)
     for h, ax in enumerate(axes):
         _show(ax, _panel_array(maps[h], sc), sc, labels=False)
         ax.set_title(f"head {h}", fontsize=_FONT, pad=2)
@@ -342,7 +342,7 @@ def _part_panel_fig(marginals, grid=None, image=None, *, title=None, layer=None,
     ncols = ncols or (n_panels if n_panels <= 3 else math.ceil(math.sqrt(n_panels)))
     nrows = math.ceil(n_panels / ncols)
     fig = _new_figure((1.6 * ncols + 1.3, 1.6 * nrows + (0.4 if suptitle else 0.1)), max_px)
-    axes, _, _ = _panel_grid(fig, n_panels, ncols)
+    axes = _panel_grid(fig, n_panels, ncols)
     if rgb is not None:
         axes[0].imshow(rgb)
         axes[0].set_axis_off()
@@ -385,7 +385,11 @@ def _overlay_fig(marginal, grid, image, *, title=None, layer=None, step=None, pa
 
 def overlay(marginal, grid, image, *, title=None, layer=None, step=None, part=None, head=None,
             vmax=8.0, scale="log", path=None, max_px=512):
-    """One (Nk,) patch-key distribution on the patch grid, upsampled bilinearly onto ``image``."""
+    """One (Nk,) patch-key distribution on the patch grid, upsampled bilinearly onto ``image``.
+
+    ``image`` (PIL, HxWx3, or the (1,)3xHxW encoder tensor) is shown in grey under the
+    attention colours, so that every colour on the figure is attention.
+    """
     return _output(_overlay_fig(marginal, grid, image, title=title, layer=layer, step=step,
                                 part=part, head=head, vmax=vmax, scale=scale, max_px=max_px), path)
 

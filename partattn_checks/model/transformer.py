@@ -129,9 +129,13 @@ class PartCrafterDiTModel(ModelMixin, ConfigMixin):
             )
         return torch.arange(batch, device=device)
 
-    def forward(self, hidden_states, timestep, encoder_hidden_states, attention_kwargs=None, return_dict=True):
+    def forward(self, hidden_states, timestep, encoder_hidden_states, attention_kwargs=None, return_dict=True,
+                part_ids: torch.Tensor | None = None):
         """``hidden_states`` (B, T, C) part latents; ``encoder_hidden_states`` (B, K, D) image tokens;
-        ``attention_kwargs={"num_parts": N}`` with B a multiple of N (B = 2N under CFG)."""
+        ``attention_kwargs={"num_parts": N}`` with B a multiple of N (B = 2N under CFG).
+
+        ``part_ids`` (B,) overrides upstream's ``arange(B)``; only training uses it, to put many
+        objects in one batch with the ids they get at inference."""
         cfg = self.config
         attention_kwargs = dict(attention_kwargs or {})
         if self.global_block_ids and "num_parts" not in attention_kwargs:
@@ -141,7 +145,8 @@ class PartCrafterDiTModel(ModelMixin, ConfigMixin):
         time_token = self.time_proj(self.time_embed(timestep).to(hidden_states.dtype)).unsqueeze(1)
         hidden_states = torch.cat([time_token, self.proj_in(hidden_states)], dim=1)
         if cfg.enable_part_embedding:
-            hidden_states = hidden_states + self.part_embedding(self.part_ids(batch, hidden_states.device)).unsqueeze(1)
+            ids = self.part_ids(batch, hidden_states.device) if part_ids is None else part_ids.to(hidden_states.device)
+            hidden_states = hidden_states + self.part_embedding(ids).unsqueeze(1)
 
         no_image = torch.zeros_like(encoder_hidden_states)
         skips = []

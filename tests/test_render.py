@@ -1,0 +1,335 @@
+"""Figures: sizes, legibility basics, and the fixed A*Nk colour scale (uniform = 1)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from partattn_checks import render
+from partattn_checks.render import _Scale
+
+GRID = (16, 16)
+NK = GRID[0] * GRID[1]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _assert_figure(png_or_path, *, max_px=512, fmt="PNG"):
+    """Right format, ~max_px on the long side, and visibly not blank."""
+    src = png_or_path if isinstance(png_or_path, Path) else io.BytesIO(png_or_path)
+    with Image.open(src) as im:
+        assert im.format == fmt
+        assert abs(max(im.size) - max_px) <= 1, im.size
+        rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    assert len(np.unique(rgb, axis=0)) > 8, "figure has only a handful of colours"
+    assert (rgb < 250).any(), "figure is all white"
+
+
+def _axes_pixels(fig, ax, inset=3) -> np.ndarray:
+    """RGB pixels strictly inside ``ax`` (spines excluded) of the rendered figure."""
+    left, top, right, bottom = render._axes_pixel_box(fig, ax)
+    return render._figure_rgb(fig)[top + inset:bottom - inset, left + inset:right - inset]
+
+
+def _scale_colour(value, scale="log", vmax=8.0) -> np.ndarray:
+    sc = _Scale(vmax, scale)
+    return np.round(np.asarray(sc.cmap(sc.norm(value))[:3]) * 255)
+
+
+def _distinct(pixels: np.ndarray) -> np.ndarray:
+    return np.unique(pixels.reshape(-1, 3), axis=0)
+
+
+def _uniform(q, k) -> np.ndarray:
+    return np.full((q, k), 1.0 / k)
+
+
+def _blobs(n_parts=3) -> np.ndarray:
+    """(parts, NK) key marginals, each a Gaussian blob at a different place on GRID."""
+    yy, xx = np.mgrid[: GRID[0], : GRID[1]]
+    centres = [(4, 4), (4, 11), (11, 4), (11, 11)][:n_parts]
+    blobs = np.stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0).ravel() for cy, cx in centres])
+    return blobs / blobs.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture
+def picture() -> Image.Image:
+    """A colourful 224x224 'preprocessed input' image."""
+    arr = np.full((224, 224, 3), 230, np.uint8)
+    arr[20:100, 20:100] = (200, 40, 40)
+    arr[20:100, 124:204] = (40, 160, 40)
+    arr[124:204, 20:100] = (40, 40, 200)
+    return Image.fromarray(arr)
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+def test_heatmap_png_bytes_and_path(tmp_path):
+    A = torch.softmax(torch.randn(64, NK) * 2, dim=-1)
+    _assert_figure(render.heatmap(A, title="t", layer=3, step=10, part=0, head=5))
+    out = render.heatmap(A, path=tmp_path / "sub" / "h.png", max_px=300)
+    assert out == tmp_path / "sub" / "h.png"
+    _assert_figure(out, max_px=300)
+
+
+def test_heatmap_title_names_layer_step_part_head():
+    fig = render._heatmap_fig(_uniform(4, 8), title="uniform", layer="blocks.3", step=7, part=1, head=2)
+    title = fig.axes[0].get_title()
+    assert title.startswith("uniform")
+    for bit in ("layer blocks.3", "step 7", "part 1", "head 2"):
+        assert bit in title
+    assert fig.axes[0].get_xlabel() == "keys" and fig.axes[0].get_ylabel() == "queries"
+
+
+def test_colorbar_label_states_the_scale():
+    fig = render._heatmap_fig(_uniform(4, 8))
+    label = fig.axes[1].get_ylabel()
+    assert "attention × Nk" in label and "uniform = 1" in label and "Nk = 8" in label
+
+
+@pytest.mark.parametrize("scale", ["log", "linear"])
+@pytest.mark.parametrize("shape", [(64, 256), (1024, 257), (3, 5)])
+def test_uniform_map_renders_flat_at_the_colour_of_one(scale, shape):
+    fig = render._heatmap_fig(_uniform(*shape), scale=scale)
+    colours = _distinct(_axes_pixels(fig, fig.axes[0]))
+    assert len(colours) == 1, colours[:5]
+    assert np.abs(colours[0] - _scale_colour(1.0, scale)).max() <= 1
+
+
+def test_uniform_fp16_tensor_is_flat_too():
+    A = torch.full((32, 257), 1.0 / 257, dtype=torch.float16)
+    fig = render._heatmap_fig(A)
+    colours = _distinct(_axes_pixels(fig, fig.axes[0]))
+    assert len(colours) == 1
+    assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 3
+
+
+def test_one_hot_map_is_not_flat():
+    A = np.zeros((16, 64))
+    A[:, 7] = 1.0
+    fig = render._heatmap_fig(A)
+    colours = _distinct(_axes_pixels(fig, fig.axes[0]))
+    assert len(colours) >= 2
+    # the scale saturates at vmax (hot) and at 1/vmax (cold); both ends show
+    for value in (8.0, 1 / 8.0):
+        assert (np.abs(colours - _scale_colour(value)).max(axis=1) <= 1).any()
+
+
+def test_scale_is_fixed_not_min_max():
+    """A map at 2x uniform on half its keys shows the colour of 2 and of 0 (cold end)."""
+    A = np.zeros((8, 16))
+    A[:, :8] = 1.0 / 8
+    fig = render._heatmap_fig(A)
+    colours = _distinct(_axes_pixels(fig, fig.axes[0]))
+    assert len(colours) == 2
+    for value in (2.0, 1 / 8.0):
+        assert (np.abs(colours - _scale_colour(value)).max(axis=1) <= 1).any()
+
+
+def test_non_finite_entries_show_black():
+    A = _uniform(8, 16)
+    A[:, 3] = np.nan
+    A[:, 9] = np.inf
+    fig = render._heatmap_fig(A)
+    colours = _distinct(_axes_pixels(fig, fig.axes[0]))
+    assert (colours == 0).all(axis=1).any()
+
+
+@pytest.mark.parametrize("bad", [np.ones(5), np.ones((2, 3, 4))])
+def test_heatmap_rejects_wrong_rank(bad):
+    with pytest.raises(ValueError, match="queries, keys"):
+        render.heatmap(bad)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"vmax": 1.0}, "vmax"), ({"scale": "sqrt"}, "scale"),
+                                           ({"max_px": 10}, "max_px")])
+def test_bad_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        render.heatmap(_uniform(4, 4), **kwargs)
+
+
+@settings(max_examples=6, deadline=None)
+@given(q=st.integers(1, 300), k=st.integers(2, 600))
+def test_any_uniform_map_is_flat(q, k):
+    fig = render._heatmap_fig(_uniform(q, k))
+    colours = _distinct(_axes_pixels(fig, fig.axes[0]))
+    assert len(colours) == 1
+    assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 1
+
+
+# --------------------------------------------------------------------------- multi-head grid
+
+
+def test_multi_head_grid(tmp_path):
+    maps = torch.softmax(torch.randn(16, 32, 64) * 2, dim=-1)
+    _assert_figure(render.multi_head_grid(maps, layer=4, step=10, part=1, path=tmp_path / "g.png"))
+    fig = render._multi_head_fig(maps)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 16 + 1  # 16 panels, one shared colorbar
+    assert [ax.get_title() for ax in visible[:3]] == ["head 0", "head 1", "head 2"]
+
+
+def test_multi_head_grid_shares_the_fixed_scale():
+    """Head 0 uniform, head 1 one-hot: head 0 still renders flat at the colour of 1."""
+    maps = np.stack([_uniform(8, 32), np.eye(8, 32)])
+    fig = render._multi_head_fig(maps)
+    colours = _distinct(_axes_pixels(fig, fig.axes[0], inset=2))
+    assert len(colours) == 1
+    assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 1
+
+
+# --------------------------------------------------------------------------- part panel / overlay
+
+
+def test_part_panel_with_grid_and_image(tmp_path, picture):
+    _assert_figure(render.part_panel(_blobs(3), GRID, picture, layer=4, step=25, path=tmp_path / "p.png"))
+    fig = render._part_panel_fig(_blobs(3), GRID, picture)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles[:4] == ["input", "part 0", "part 1", "part 2"]
+
+
+def test_part_panel_grid_without_image_and_strips(tmp_path):
+    _assert_figure(render.part_panel(_blobs(4), grid=GRID, path=tmp_path / "grid.png"))
+    half = torch.tensor(_blobs(4), dtype=torch.float16)
+    _assert_figure(render.part_panel(half, path=tmp_path / "strip.png"))
+    strips = render._part_panel_fig(_blobs(4))
+    assert [t.get_text() for t in strips.axes[0].get_yticklabels()] == [f"part {p}" for p in range(4)]
+
+
+def test_part_panel_grid_must_match_nk():
+    with pytest.raises(ValueError, match=r"15x17.*255.*Nk=256"):
+        render.part_panel(_blobs(2), grid=(15, 17))
+
+
+def test_overlay_accepts_pil_and_tensors(tmp_path, picture):
+    m = _blobs(1)[0]
+    _assert_figure(render.overlay(m, GRID, picture, layer=4, step=25, part=0, path=tmp_path / "o.png"))
+    chw = (torch.from_numpy(np.array(picture)).permute(2, 0, 1).float() / 255 - 0.45) / 0.226
+    _assert_figure(render.overlay(torch.from_numpy(m), GRID, chw[None]))  # (1, 3, H, W) encoder input
+    _assert_figure(render.overlay(m, GRID, np.asarray(picture)[..., 0]))  # grey HxW uint8
+
+
+def test_overlay_grid_mismatch_names_both_numbers(picture):
+    with pytest.raises(ValueError) as err:
+        render.overlay(np.full(257, 1 / 257), GRID, picture)
+    assert "256" in str(err.value) and "257" in str(err.value)
+
+
+def test_uniform_overlay_adds_no_colour(picture):
+    """The backdrop is grey and 1 is neutral, so a uniform marginal leaves the overlay grey."""
+    fig = render._overlay_fig(np.full(NK, 1.0 / NK), GRID, picture)
+    pixels = _axes_pixels(fig, fig.axes[0]).astype(int)
+    spread = pixels.max(axis=-1) - pixels.min(axis=-1)
+    assert spread.max() <= 6
+
+
+def test_overlay_puts_the_hot_colour_where_attention_is(picture):
+    fig = render._overlay_fig(_blobs(1)[0], GRID, picture)  # blob in the top-left quarter
+    pixels = _axes_pixels(fig, fig.axes[0]).astype(int)
+    h, w = pixels.shape[:2]
+    warmth = pixels[..., 0] - pixels[..., 2]  # red minus blue
+    assert warmth[: h // 2, : w // 2].mean() > 40 > warmth[h // 2:, w // 2:].mean()
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+@pytest.mark.parametrize("n_layers", [4, 21])
+def test_timeline(tmp_path, n_layers):
+    rng = np.random.default_rng(0)
+    values = np.clip(rng.normal(0.6, 0.1, (50, n_layers)), 0, 1)
+    names = [f"blocks.{i}" for i in range(n_layers)]
+    _assert_figure(render.timeline(values, np.arange(50), names, threshold=0.98, path=tmp_path / "t.png"))
+    fig = render._timeline_fig(values, np.arange(50), names, threshold=0.98)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "normalized entropy" and ax.get_xlabel() == "denoising step"
+    assert len(ax.get_lines()) == n_layers + 1  # one line per layer + the threshold
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "threshold 0.98" in legend
+    assert ("layer blocks.0" in legend) == (n_layers <= 10)  # many layers: colorbar instead
+
+
+def test_timeline_axis_is_fixed_unless_data_escapes():
+    fig = render._timeline_fig(np.full((5, 2), 0.5), range(5), ["a", "b"])
+    lo, hi = fig.axes[0].get_ylim()
+    assert lo < 0.0 < 1.0 < hi < 1.1
+    fig = render._timeline_fig(np.full((5, 2), 3.0), range(5), ["a", "b"], metric="N_eff")
+    assert fig.axes[0].get_ylim()[1] >= 3.0
+
+
+def test_timeline_shape_mismatch():
+    with pytest.raises(ValueError, match="steps=5, layers=3"):
+        render.timeline(np.zeros((5, 2)), range(5), ["a", "b", "c"])
+
+
+# --------------------------------------------------------------------------- animation
+
+
+def _gif_frames(path_or_bytes) -> list[np.ndarray]:
+    src = path_or_bytes if isinstance(path_or_bytes, Path) else io.BytesIO(path_or_bytes)
+    frames = []
+    with Image.open(src) as im:
+        assert im.format == "GIF" and im.info.get("loop") == 0
+        for i in range(im.n_frames):
+            im.seek(i)
+            frames.append(np.asarray(im.convert("RGB")))
+    return frames
+
+
+def test_animation_torch_maps(tmp_path):
+    frames = torch.softmax(torch.randn(5, 32, 64) * 2, dim=-1)
+    out = render.animation(frames, tmp_path / "a.gif", fps=5)
+    assert out == tmp_path / "a.gif"
+    gif = _gif_frames(out)
+    assert len(gif) == 5
+    _assert_figure(out, fmt="GIF")
+    with Image.open(out) as im:
+        assert im.info["duration"] == 200
+
+
+def test_animation_overlay_marginals_and_bytes(picture):
+    a = np.linspace(0, 1, 6)[:, None]
+    frames = torch.from_numpy((1 - a) * _blobs(4)[0] + a * _blobs(4)[3]).half()
+    data = render.animation_bytes(frames, grid=GRID, image=picture, titles=[f"step {s}" for s in range(6)])
+    assert len(_gif_frames(data)) == 6
+    assert len(_gif_frames(render.animation_bytes(_blobs(3)))) == 3  # strips, no grid
+
+
+def test_animation_frames_share_the_fixed_scale():
+    """A uniform frame next to a one-hot frame still renders flat at the colour of 1."""
+    frames = np.stack([_uniform(8, 32), np.eye(8, 32)])
+    first = np.asarray(render._animation_frames(frames)[0])
+    h, w = first.shape[:2]
+    centre = first[h // 2 - 40:h // 2 + 40, w // 2 - 60:w // 2 + 20]  # well inside the axes
+    colours = _distinct(centre)
+    assert len(colours) == 1
+    assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 1
+
+
+@pytest.mark.parametrize("kwargs, match", [({"titles": ["a"]}, "1 titles for 2 frames"),
+                                           ({"image": np.zeros((8, 8, 3))}, "grid")])
+def test_animation_errors(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        render.animation(_blobs(2), tmp_path / "x.gif", **kwargs)
+
+
+# --------------------------------------------------------------------------- hygiene
+
+
+def test_render_never_touches_pyplot():
+    code = ("import sys, matplotlib; import partattn_checks.render as r, numpy as np; "
+            "r.heatmap(np.full((4, 4), 0.25)); "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
