@@ -89,6 +89,7 @@ _MARGIN = 0.06  # free border, fraction of image size
 _GAP = 0.04  # minimum gap between bounding boxes, fraction of image size
 _SIZE_RANGE = (0.10, 0.18)  # half-extent, fraction of image size
 _MAX_TRIES = 2000  # placement attempts per shape
+_MAX_LAYOUTS = 20  # fresh layouts tried before giving up
 _RING_INNER = 0.55  # inner / outer radius of a ring
 _STAR_INNER = 0.45  # inner / outer radius of a star
 
@@ -162,11 +163,27 @@ def _shape_mask(kind: str, cx: float, cy: float, r: float, size: int) -> np.ndar
 
 
 def _place(rng: np.random.Generator, n: int, image_size: int) -> list[tuple[float, float, float]]:
-    """Sample n (cx, cy, r) in base pixels with disjoint, gapped boxes inside the margin."""
+    """Sample n (cx, cy, r) in base pixels with disjoint, gapped boxes inside the margin.
+
+    A layout whose early shapes leave no room for a later one is started over (up to
+    ``_MAX_LAYOUTS`` times) instead of failing: training draws thousands of 4-part scenes.
+    """
+    for _ in range(_MAX_LAYOUTS):
+        placed = _try_layout(rng, n, image_size)
+        if len(placed) == n:
+            return placed
+    raise RuntimeError(
+        f"could not place shape {len(placed) + 1} of {n} without overlap after {_MAX_LAYOUTS} layouts of "
+        f"{_MAX_TRIES} tries each (image_size={image_size}); use fewer parts or a larger image"
+    )
+
+
+def _try_layout(rng: np.random.Generator, n: int, image_size: int) -> list[tuple[float, float, float]]:
+    """Place shapes one by one; stop early (returning fewer) when one does not fit."""
     margin, gap = _MARGIN * image_size, _GAP * image_size
     lo, hi = (f * image_size for f in _SIZE_RANGE)
     placed: list[tuple[float, float, float]] = []
-    for i in range(n):
+    for _ in range(n):
         for _ in range(_MAX_TRIES):
             r = rng.uniform(lo, hi)
             cx, cy = rng.uniform(margin + r, image_size - margin - r, size=2)
@@ -177,10 +194,7 @@ def _place(rng: np.random.Generator, n: int, image_size: int) -> list[tuple[floa
                 placed.append((float(cx), float(cy), float(r)))
                 break
         else:
-            raise RuntimeError(
-                f"could not place shape {i + 1} of {n} without overlap after {_MAX_TRIES} tries "
-                f"(image_size={image_size}); use fewer parts or a larger image"
-            )
+            return placed
     return placed
 
 
