@@ -151,8 +151,10 @@ class PartCrafterPipeline:
         observers: tuple[StepObserver, ...] = (),
     ) -> DenoiseResult:
         defaults = self.run_defaults
-        num_tokens = int(num_tokens or defaults["num_tokens"])
-        steps = int(steps or defaults["steps"])
+        num_tokens = int(defaults["num_tokens"] if num_tokens is None else num_tokens)
+        steps = int(defaults["steps"] if steps is None else steps)
+        if num_tokens < 1:
+            raise ValueError(f"num_tokens must be at least 1, got {num_tokens}")
         guidance_scale = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
         cfg = guidance_scale > 1.0
         check_num_parts(self.transformer.config, num_parts, cfg=cfg)

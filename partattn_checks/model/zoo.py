@@ -1,0 +1,44 @@
+"""The model zoo of issue 5: the trained healthy tiny model, its broken variants and a random one.
+
+``build_zoo`` lays the models out as checkpoint folders; ``evaluate`` runs every fixture image
+through one of them and returns the judged cases. ``scripts/model_matrix.py`` turns this into the
+table in docs/model-matrix.md, and tests/test_model_matrix.py asserts its verdicts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .broken import VARIANTS, make_variant
+
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
+HEALTHY = PACKAGE_DATA / "partcrafter-tiny"
+REPO = Path(__file__).resolve().parents[2]
+RANDOM = REPO / "fixtures" / "checkpoints" / "tiny-random"
+IMAGES = REPO / "fixtures" / "images"
+
+#: Which check each broken model is made to fail (the random-init model should fail separation).
+TARGETS = {"uniform": "uniformity", "collapsed": "collapse", "merged_parts": "part_separation",
+           "unstable": "stability", "nonfinite": "nonfinite", "random": "part_separation"}
+
+
+def build_zoo(out_dir: str | Path, healthy: str | Path = HEALTHY, random: str | Path = RANDOM) -> dict[str, Path]:
+    """``{"healthy": ..., <variant>: ..., "random": ...}``: variants are written under ``out_dir``."""
+    out_dir = Path(out_dir)
+    zoo = {"healthy": Path(healthy)}
+    for name in VARIANTS:
+        zoo[name] = make_variant(healthy, out_dir / name, name)
+    zoo["random"] = Path(random)
+    return zoo
+
+
+def evaluate(model: str | Path, images: list[Path], *, steps: int | None = None, thresholds=None, device="cpu"):
+    """Run and judge every image on one model; ``{image name: CaseOutcome}``."""
+    from ..runner import RunSettings, parts_from_name, run_case
+    from .pipeline import PartCrafterPipeline
+
+    pipeline = PartCrafterPipeline.from_pretrained(model, device=device)
+    return {
+        image.name: run_case(pipeline, image, RunSettings(num_parts=parts_from_name(image), steps=steps), thresholds)
+        for image in images
+    }

@@ -1,0 +1,318 @@
+"""Loading tiny checkpoints in the release layout: round trip, bit-for-bit regeneration, clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import FIXTURE_IMAGES, REPO, TINY_FIXTURE, tree_bytes, tree_size
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from partattn_checks.model.loading import CheckpointError, check_num_parts, load_checkpoint
+from partattn_checks.model.pipeline import PartCrafterPipeline
+from partattn_checks.model.tiny import TINY_TRANSFORMER, build_transformer, write_tiny_checkpoint
+from partattn_checks.model.transformer import PartCrafterDiTModel
+
+SCRIPT = REPO / "scripts" / "make_tiny_checkpoint.py"
+TRANSFORMER_WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
+ENCODER_WEIGHTS = "image_encoder_dinov2/model.safetensors"
+IMAGE = FIXTURE_IMAGES / "np2_circle_square.png"
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> Path:
+    """A tiny checkpoint freshly written by tiny.py (seed 0); never modified by tests."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("written") / "tiny", seed=0)
+
+
+@pytest.fixture
+def ckpt(written, tmp_path) -> Path:
+    """A private copy of the written checkpoint that a test may break."""
+    return Path(shutil.copytree(written, tmp_path / "ckpt"))
+
+
+@pytest.fixture(scope="module")
+def loaded(written):
+    return load_checkpoint(written)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("make_tiny_checkpoint", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def raises_naming(path: Path, *fix_phrases: str, call):
+    """``call()`` raises CheckpointError whose message names ``path`` and every fix phrase."""
+    with pytest.raises(CheckpointError) as info:
+        call()
+    message = str(info.value)
+    assert str(path) in message, f"message does not name {path}: {message}"
+    for phrase in fix_phrases:
+        assert phrase in message, f"message lacks {phrase!r}: {message}"
+    return message
+
+
+def edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_round_trip_casts_fp16_weights_to_requested_dtype(written, dtype):
+    checkpoint = load_checkpoint(written, dtype=dtype)
+    source = build_transformer(seed=0).state_dict()  # what tiny.py wrote, before fp16
+    state = checkpoint.transformer.state_dict()
+    assert state.keys() == source.keys()
+    for name, tensor in state.items():
+        assert tensor.dtype == dtype and tensor.device.type == "cpu", name
+        assert torch.equal(tensor, source[name].to(torch.float16).to(dtype)), name
+    on_disk = load_file(str(written / ENCODER_WEIGHTS))
+    encoder_state = checkpoint.image_encoder.state_dict()
+    assert encoder_state.keys() == on_disk.keys()
+    for name, tensor in encoder_state.items():
+        assert on_disk[name].dtype == torch.float16, f"{name} is not fp16 on disk"
+        assert tensor.dtype == dtype and torch.equal(tensor, on_disk[name].to(dtype)), name
+
+
+def test_round_trip_configs_and_side_files(written, loaded):
+    assert {k: loaded.transformer.config[k] for k in TINY_TRANSFORMER} == TINY_TRANSFORMER
+    assert not loaded.transformer.training and not loaded.image_encoder.training
+    disk_encoder = json.loads((written / "image_encoder_dinov2/config.json").read_text())
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size"):
+        assert getattr(loaded.image_encoder.config, key) == disk_encoder[key]
+    disk_pre = json.loads((written / "feature_extractor_dinov2/preprocessor_config.json").read_text())
+    assert loaded.feature_extractor.crop_size == disk_pre["crop_size"]
+    assert loaded.feature_extractor.size == disk_pre["size"]
+    assert loaded.scheduler_config == json.loads((written / "scheduler/scheduler_config.json").read_text())
+    assert loaded.model_index == json.loads((written / "model_index.json").read_text())
+    assert loaded.run_defaults == json.loads((written / "partattn.json").read_text())["run_defaults"]
+    assert loaded.path == written
+
+
+def test_vae_folder_absent_is_fine_and_present_is_never_read(written, ckpt):
+    assert not (written / "vae").exists()
+    assert load_checkpoint(written).transformer is not None
+    sentinel = ckpt.parent / "vae-was-unpickled"
+    (ckpt / "vae").mkdir()
+    torch.save({"evil": OpensFileWhenUnpickled(sentinel)}, ckpt / "vae" / "diffusion_pytorch_model.bin")
+    load_checkpoint(ckpt)
+    assert not sentinel.exists()
+
+
+# --------------------------------------------------------------------------- determinism and the committed fixture
+
+
+def test_same_seed_regenerates_bit_for_bit(written, tmp_path):
+    again = write_tiny_checkpoint(tmp_path / "again", seed=0)
+    assert tree_bytes(again) == tree_bytes(written)
+
+
+def test_different_seed_gives_different_weights(written, tmp_path):
+    other = tree_bytes(write_tiny_checkpoint(tmp_path / "other", seed=1))
+    mine = tree_bytes(written)
+    assert other.keys() == mine.keys()
+    for weights in (TRANSFORMER_WEIGHTS, ENCODER_WEIGHTS):
+        assert other[weights] != mine[weights], weights
+    assert other["transformer/config.json"] == mine["transformer/config.json"]
+
+
+def test_committed_fixture_is_seed_0_byte_for_byte(written):
+    committed, fresh = tree_bytes(TINY_FIXTURE), tree_bytes(written)
+    assert committed.keys() == fresh.keys()
+    stale = [name for name in fresh if committed[name] != fresh[name]]
+    assert not stale, f"{TINY_FIXTURE} is stale in {stale}; run: python scripts/make_tiny_checkpoint.py"
+
+
+def test_tiny_checkpoint_is_small():
+    size = tree_size(TINY_FIXTURE)
+    assert 0 < size < 5_000_000, f"{TINY_FIXTURE} is {size} bytes"
+
+
+def test_script_check_passes_on_committed_fixture():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--check"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "up to date" in done.stdout
+
+
+def test_script_check_detects_and_regenerate_fixes(ckpt, capsys):
+    script = load_script()
+    weights = ckpt / TRANSFORMER_WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    (ckpt / "stray.txt").write_text("x")
+    assert script.main(["--check", "--out", str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert f"differs: {weights}" in err and f"not made by this script: {ckpt / 'stray.txt'}" in err
+    assert "make_tiny_checkpoint.py --out" in err
+    assert script.main(["--out", str(ckpt), "--seed", "0"]) == 0
+    assert script.main(["--check", "--out", str(ckpt)]) == 0
+    assert script.main(["--check", "--out", str(ckpt), "--seed", "1"]) == 1
+
+
+# --------------------------------------------------------------------------- errors name the path and the fix
+
+
+def test_missing_folder(tmp_path):
+    raises_naming(tmp_path / "nope", "model_index.json", "wgsxm/PartCrafter",
+                  call=lambda: load_checkpoint(tmp_path / "nope"))
+
+
+def test_missing_model_index(ckpt):
+    (ckpt / "model_index.json").unlink()
+    raises_naming(ckpt / "model_index.json", "not found", "re-download", call=lambda: load_checkpoint(ckpt))
+
+
+def test_invalid_json(ckpt):
+    (ckpt / "scheduler/scheduler_config.json").write_text("{not json")
+    raises_naming(ckpt / "scheduler/scheduler_config.json", "not valid JSON", call=lambda: load_checkpoint(ckpt))
+
+
+@pytest.mark.parametrize("component", ["transformer", "image_encoder_dinov2", "feature_extractor_dinov2", "scheduler"])
+def test_missing_subfolder(ckpt, component):
+    shutil.rmtree(ckpt / component)
+    raises_naming(ckpt / component, "subfolder missing", "re-download", call=lambda: load_checkpoint(ckpt))
+
+
+@pytest.mark.parametrize("name", ["transformer/config.json", "image_encoder_dinov2/config.json",
+                                  "feature_extractor_dinov2/preprocessor_config.json",
+                                  "scheduler/scheduler_config.json"])
+def test_missing_config_file(ckpt, name):
+    (ckpt / name).unlink()
+    raises_naming(ckpt / name, "missing", "re-download", call=lambda: load_checkpoint(ckpt))
+
+
+@pytest.mark.parametrize("name", [TRANSFORMER_WEIGHTS, ENCODER_WEIGHTS])
+def test_missing_weights(ckpt, name):
+    (ckpt / name).unlink()
+    raises_naming((ckpt / name).parent, "no weights found", Path(name).name, "re-download",
+                  call=lambda: load_checkpoint(ckpt))
+
+
+def test_missing_shard_of_sharded_weights(ckpt):
+    folder = ckpt / "transformer"
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"proj_in.weight": "diffusion_pytorch_model-00001-of-00002.safetensors"}}))
+    raises_naming(folder / "diffusion_pytorch_model.safetensors.index.json",
+                  "diffusion_pytorch_model-00001-of-00002.safetensors", "re-download",
+                  call=lambda: load_checkpoint(ckpt))
+
+
+class OpensFileWhenUnpickled:
+    """Unpickling this creates ``path``: proof that nobody unpickled it if the file stays absent."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_weights_are_refused_without_loading(ckpt, monkeypatch):
+    folder = ckpt / "transformer"
+    state = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    sentinel = ckpt.parent / "was-unpickled"
+    torch.save({**state, "evil": OpensFileWhenUnpickled(sentinel)}, folder / "diffusion_pytorch_model.bin")
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("the loader called torch.load on a pickle file")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    raises_naming(folder, "refusing pickle-format weights", "diffusion_pytorch_model.bin",
+                  "Convert them to diffusion_pytorch_model.safetensors", call=lambda: load_checkpoint(ckpt))
+    assert not sentinel.exists()
+
+
+def test_unknown_class_name_is_refused_and_never_imported(ckpt):
+    edit_json(ckpt / "model_index.json", transformer=["evil_pkg_partattn.models", "EvilModel"])
+    message = raises_naming(ckpt / "model_index.json", "unknown class 'EvilModel'", "PartCrafterDiTModel",
+                            "point the loader at a PartCrafter checkpoint", call=lambda: load_checkpoint(ckpt))
+    assert "'transformer'" in message
+    assert not any(name.startswith("evil_pkg_partattn") for name in sys.modules)
+
+
+def test_other_module_path_with_known_class_name_is_accepted(ckpt):
+    """Class names are matched by class name; the module path in model_index.json is ignored."""
+    edit_json(ckpt / "model_index.json", transformer=["some.fork.models.transformer", "PartCrafterDiTModel"])
+    assert isinstance(load_checkpoint(ckpt).transformer, PartCrafterDiTModel)
+
+
+def test_missing_component_entry(ckpt):
+    index = json.loads((ckpt / "model_index.json").read_text())
+    del index["scheduler"]
+    (ckpt / "model_index.json").write_text(json.dumps(index))
+    raises_naming(ckpt / "model_index.json", "no 'scheduler' entry", call=lambda: load_checkpoint(ckpt))
+
+
+def first_mismatches(weights: Path, model: torch.nn.Module, count: int) -> list[str]:
+    with safe_open(str(weights), "pt") as f:
+        disk = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    return [n for n, t in model.state_dict().items() if n in disk and disk[n] != tuple(t.shape)][:count]
+
+
+def test_config_weight_shape_mismatch_lists_first_offending_keys(ckpt):
+    folder = ckpt / "transformer"
+    edit_json(folder / "config.json", width=32)
+    with torch.device("meta"):
+        narrower = PartCrafterDiTModel(**{**TINY_TRANSFORMER, "width": 32})
+    offenders = first_mismatches(folder / "diffusion_pytorch_model.safetensors", narrower, 6)
+    assert len(offenders) == 6
+    message = raises_naming(folder, "shape mismatch", "re-download", call=lambda: load_checkpoint(ckpt))
+    for name in offenders[:5]:
+        assert f"{name}: checkpoint" in message, name
+    assert f"{offenders[5]}:" not in message, "only the first offending keys are listed"
+    assert " ..." in message
+    assert re.search(r"time_proj\.linear_1\.weight: checkpoint \(256, 64\) vs config \(128, 32\)", message)
+
+
+def test_missing_tensor_is_named(ckpt):
+    weights = ckpt / TRANSFORMER_WEIGHTS
+    state = load_file(str(weights))
+    del state["proj_out.bias"]
+    save_file(state, str(weights))
+    raises_naming(ckpt / "transformer", "missing keys: proj_out.bias", call=lambda: load_checkpoint(ckpt))
+
+
+# --------------------------------------------------------------------------- part counts the checkpoint can serve
+
+
+def test_check_num_parts_limits(loaded):
+    config = loaded.transformer.config
+    limit = config.max_num_parts
+    check_num_parts(config, limit // 2, cfg=True)
+    check_num_parts(config, limit, cfg=False)
+    with pytest.raises(ValueError, match=rf"num_parts={limit // 2 + 1} needs {limit + 2} .*classifier-free guidance"
+                                         rf".*max_num_parts={limit}: use at most {limit // 2} parts"):
+        check_num_parts(config, limit // 2 + 1, cfg=True)
+    with pytest.raises(ValueError, match=rf"max_num_parts={limit}: use at most {limit} parts"):
+        check_num_parts(config, limit + 1, cfg=False)
+    with pytest.raises(ValueError, match="at least 1"):
+        check_num_parts(config, 0, cfg=False)
+
+
+def test_pipeline_refuses_part_counts_the_checkpoint_cannot_serve(loaded):
+    pipe = PartCrafterPipeline(loaded)
+    limit = loaded.transformer.config.max_num_parts
+    with pytest.raises(ValueError, match=f"use at most {limit // 2} parts"):
+        pipe(IMAGE, limit // 2 + 1, steps=1)  # default guidance 7: CFG doubles the batch
+    with pytest.raises(ValueError, match=f"use at most {limit} parts"):
+        pipe(IMAGE, limit + 1, steps=1, guidance_scale=1.0)
+    result = pipe(IMAGE, limit // 2 + 1, steps=1, num_tokens=4, guidance_scale=1.0)  # fine without CFG
+    assert result.latents.shape == (limit // 2 + 1, 4, loaded.transformer.config.in_channels)
