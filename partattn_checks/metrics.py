@@ -34,6 +34,11 @@ __all__ = [
 ]
 
 
+#: Patch mass at or below the smallest normal fp32 counts as none: dividing by a denormal
+#: overflows to inf and turns the zeros of that row into NaN.
+_TINY = 1.1754943508222875e-38
+
+
 def _f32(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x)
     if not x.is_floating_point():
@@ -92,7 +97,7 @@ def split_cls(P: torch.Tensor, has_cls: bool = True) -> tuple[torch.Tensor, torc
         cls_mass = torch.zeros(P.shape[:-2], dtype=torch.float32, device=P.device)
         patch = P
     mass = patch.sum(-1, keepdim=True)
-    empty = mass <= 0
+    empty = mass <= _TINY
     rows = patch / torch.where(empty, torch.ones_like(mass), mass)
     rows = torch.where(empty, torch.full_like(rows, 1.0 / patch.shape[-1]), rows)
     return rows, cls_mass
@@ -118,7 +123,7 @@ def row_stats(P: torch.Tensor, has_cls: bool = True) -> dict[str, torch.Tensor]:
         patch = P
     Q, K = patch.shape[-2], patch.shape[-1]
     mass = patch.sum(-1)  # (..., Q)
-    empty = mass <= 0  # all weight on CLS: treat the patch row as uniform
+    empty = mass <= _TINY  # (almost) all weight on CLS: treat the patch row as uniform
     safe = torch.where(empty, torch.ones_like(mass), mass)
     plogp = torch.xlogy(patch, patch).sum(-1)
     h = torch.where(empty, torch.full_like(mass, math.log(K)), torch.log(safe) - plogp / safe)

@@ -208,3 +208,15 @@ def test_summarize_keys():
 def test_reduce_rejects_unknown():
     with pytest.raises(ValueError, match="unknown reduction 'median'"):
         M.reduce(torch.ones(3), "median", 0)
+
+
+def test_row_stats_stays_finite_when_patch_mass_is_denormal():
+    """A row with (almost) all weight on CLS: a denormal patch mass must not turn into NaN."""
+    P = torch.zeros(1, 2, 5)
+    P[0, 0, 0] = 1.0
+    P[0, 0, 3] = 1e-42  # denormal fp32
+    P[0, 1] = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2])
+    stats = M.row_stats(P, has_cls=True)
+    for name, value in stats.items():
+        assert torch.isfinite(value).all(), name
+    assert torch.allclose(stats["marginal"].sum(-1), torch.ones(1))

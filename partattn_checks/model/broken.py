@@ -5,7 +5,9 @@ They prove that each check can fail and names the right cause (issue 5's test ma
 ============  ===========================================================  =================
 variant       edit                                                         check it targets
 ============  ===========================================================  =================
-uniform       every cross-attention ``to_k`` is zeroed: all logits are 0    uniformity
+uniform       every cross-attention key-norm gain is zeroed: all keys, so   uniformity
+              all logits, are 0 (zeroing ``to_k`` would not do: with the
+              heads-first split half of the heads take keys from ``to_v``)
 collapsed     cross-attention q/k RMSNorm gains x30: logits x900, one key   collapse
               per query wins
 merged_parts  every row of the part embedding is set to their mean: the     part_separation
@@ -41,7 +43,7 @@ def _cross_attention(state, suffix):
 
 @variant("uniform")
 def _uniform(state):
-    for key in _cross_attention(state, "to_k.weight"):
+    for key in _cross_attention(state, "norm_k.weight"):
         state[key].zero_()
 
 
