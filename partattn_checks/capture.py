@@ -95,12 +95,17 @@ def cross_attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.
 
 
 def _refuse_compiled(model: torch.nn.Module) -> None:
-    compiled = type(model).__name__ == "OptimizedModule" or any(
-        getattr(m, "_compiled_call_impl", None) is not None for m in model.modules()
-    )
+    compiled = [n or "<root>" for n, m in model.named_modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    if type(model).__name__ == "OptimizedModule":
+        compiled.insert(0, "<root>")
     if compiled:
+        first = compiled[0]
+        module = model if first == "<root>" else model.get_submodule(first)
+        processor = getattr(module, "processor", None)
+        what = f", processor {type(processor).__name__}" if processor is not None else ""
         raise CaptureError(
-            f"{type(model).__name__} is torch.compile'd (diffusers {_diffusers_version()}): processor swaps are "
+            f"module '{first}' ({type(module).__name__}{what}) of {type(model).__name__} is torch.compile'd "
+            f"(diffusers {_diffusers_version()}; compiled: {', '.join(compiled)}): processor swaps are "
             f"invisible to a compiled graph. Record the uncompiled model, then compile for production"
         )
 
@@ -260,11 +265,15 @@ class AttentionRecorder:
         self._forward_count = 0
         self._hook = None
         self._active = False
+        self._entered = False
 
     # -- context management ---------------------------------------------------------------
     def __enter__(self) -> "AttentionRecorder":
-        if self._active:
-            raise CaptureError("this AttentionRecorder is already active; use a new one per run")
+        if self._active or self._entered:
+            # Re-entering would append a second run to the first one's calls: refuse it.
+            raise CaptureError(f"this AttentionRecorder is already {'active' if self._active else 'used'}; "
+                               f"use a new one per run")
+        self._entered = True
         _refuse_compiled(self.model)
         modules = cross_attention_modules(self.model)
         names = [n for n, _ in modules]
@@ -310,6 +319,9 @@ class AttentionRecorder:
         self._timesteps[self._step] = float(timestep)
 
     def end_step(self, step: int, timestep: float, latents: torch.Tensor) -> None:
+        # This step's attention ran before its latents were updated: list it first, so the error
+        # names the layer where non-finite values started rather than the latents they reached.
+        self._scan_calls()
         if not bool(torch.isfinite(latents).all()):
             self._nonfinite.append({"step": int(step), "layer": None, "where": "latents"})
         self._check_nonfinite()
@@ -361,12 +373,15 @@ class AttentionRecorder:
             full_map=torch.stack(full) if keep_full else None,
         )
 
-    def _check_nonfinite(self) -> None:
+    def _scan_calls(self) -> None:
         unchecked = sorted(set(self._calls) - self._finite_checked, key=lambda k: (k[0], self.layer_names.index(k[1])))
         for step, name in unchecked:
             self._finite_checked.add((step, name))
             if not bool(self._calls[(step, name)].finite):
                 self._nonfinite.append({"step": step, "layer": name, "where": "attention"})
+
+    def _check_nonfinite(self) -> None:
+        self._scan_calls()
         if self._nonfinite and self.nonfinite_mode == "raise":
             first = self._nonfinite[0]
             where = f"layer {first['layer']}" if first["layer"] else "the latents"
