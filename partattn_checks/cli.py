@@ -1,0 +1,433 @@
+"""The ``partattn`` command.
+
+    partattn run IMAGE [--model DIR] [--num-parts N] [--steps S] [--out DIR] ...
+    partattn check [--model DIR] [--fixtures DIR] [pytest args ...]
+    partattn show RECORD [--out DIR]
+
+``run`` denoises one image with capture on and writes figures, GIFs, ``metrics.json``, the record
+and an ``index.html``; ``check`` runs the pytest gate (``pytest --partattn``) on a fixture folder
+and exits non-zero when a check fails; ``show`` renders a saved record. Exit codes: 0 done,
+1 a run or check failed, 2 bad arguments or inputs (message on stderr, no traceback).
+torch is imported only when a subcommand needs it, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+#: The embedded default checkpoint (a tiny PartCrafter trained on the synthetic task).
+DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "partcrafter-tiny"
+DEFAULT_FIXTURES = Path("fixtures") / "images"
+DEFAULT_RESULTS = Path("partattn-results")
+DTYPES = ("float32", "float16", "bfloat16")
+PLUGIN_MODULE = "partattn_checks.plugin"
+
+
+class UsageError(Exception):
+    """Bad arguments or inputs: printed as one line, exit status 2."""
+
+
+class RunFailed(Exception):
+    """The run itself failed (for example a capture error): printed as one line, exit status 1."""
+
+
+# ====================================================================== progress
+class ProgressBar:
+    """A one-line progress bar over denoising steps on ``stream`` (stderr).
+
+    Off when ``enabled`` is false or, by default, when the stream is not a terminal (logs and CI
+    stay clean). Call it as the pipeline's per-step callback ``(step, timestep, latents)``.
+    """
+
+    def __init__(self, total: int, *, stream=None, enabled: bool | None = None, label: str = "denoising",
+                 width: int = 24):
+        self.total = max(int(total), 1)
+        self.stream = stream if stream is not None else sys.stderr
+        if enabled is None:
+            isatty = getattr(self.stream, "isatty", None)
+            enabled = bool(isatty and isatty())
+        self.enabled = enabled
+        self.label, self.width = label, width
+        self.start = time.perf_counter()
+        self.done = 0
+        self._open = False
+
+    def __call__(self, step: int, timestep=None, latents=None) -> None:
+        self.done = min(int(step) + 1, self.total)
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        filled = round(self.width * self.done / self.total)
+        left = elapsed / self.done * (self.total - self.done)
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
+                          f"{self.done}/{self.total} steps  {elapsed:5.1f}s, ~{left:.1f}s left ")
+        self._open = True
+        if self.done >= self.total:
+            self.stream.write("\n")
+            self._open = False
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the line if the run stopped early."""
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+
+# ====================================================================== arguments
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _layer(text: str) -> int | str:
+    """A layer as an index (``-1``: the last) or a module name (``blocks.20.attn2``)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="partattn",
+        description="Record, check and draw the cross-attention of PartCrafter checkpoints.",
+        epilog="Run 'partattn <command> --help' for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{run,check,show}")
+    sub.required = True
+
+    model_help = (f"PartCrafter checkpoint folder (hub layout, safetensors); default: the embedded tiny "
+                  f"model ({DEFAULT_MODEL.name})")
+
+    run = sub.add_parser(
+        "run", help="denoise one image with capture; write figures, GIFs, metrics and index.html",
+        description="Denoise IMAGE with capture on, judge its attention with the checks, and write figures "
+                    "(overlay per part, part panel, multi-head grids, timelines), one GIF per part over steps, "
+                    "metrics.json, the saved record and an index.html that links them all.",
+    )
+    run.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG; transparency is put on white)")
+    run.add_argument("--model", metavar="DIR", help=model_help)
+    run.add_argument("--num-parts", type=_positive_int, metavar="N",
+                     help="number of parts; default: from an np<N>_ file-name prefix (np3_chair.png -> 3)")
+    run.add_argument("--steps", type=_positive_int, metavar="S", help="denoising steps (default: the checkpoint's)")
+    run.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    run.add_argument("--guidance", type=_float, metavar="G", help="guidance scale (default: the checkpoint's; "
+                                                                  "<= 1 turns classifier-free guidance off)")
+    run.add_argument("--num-tokens", type=_positive_int, metavar="T", help="latent tokens per part "
+                                                                           "(default: the checkpoint's)")
+    run.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    run.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
+    run.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_RESULTS}/<image stem>)")
+    run.add_argument("--layer", type=_layer, metavar="L",
+                     help="layer to show, as an index or a module name; default: the most part-separated "
+                          "layer for the part figures and the last layer for the multi-head grids")
+    run.add_argument("--step", type=int, default=-1, metavar="K",
+                     help="step whose full query x key maps are kept for the multi-head grids (default: -1, the last)")
+    run.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
+    run.add_argument("--fps", type=_float, default=2.0, help="frames per second of the GIFs (default: 2)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser(
+        "check", help="run the attention gate (pytest --partattn) on fixture images; non-zero exit on failure",
+        description="Run the partattn pytest gate on a folder of fixture images (one test per image and check) "
+                    "against a checkpoint, without writing a test. Exits with pytest's status: 0 when every "
+                    "check passes. Arguments after the options (or after --) go to pytest, e.g. -x or -k np2.",
+    )
+    check.add_argument("--model", metavar="DIR", help=model_help)
+    check.add_argument("--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES})")
+    check.add_argument("--steps", type=_positive_int, metavar="S", help="denoising steps (default: the plugin's)")
+    check.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default: the plugin's)")
+    check.set_defaults(func=_cmd_check)
+
+    show = sub.add_parser(
+        "show", help="render a saved attention record (figures, metrics.json, index.html)",
+        description="Render the figures, metrics.json and index.html of a record saved by 'partattn run', "
+                    "the pytest plugin or AttentionRecord.save. The overlays use input.png next to the "
+                    "record, else the record's image and model when they still exist, else --image.",
+    )
+    show.add_argument("record", metavar="RECORD", help="record: its .json or .safetensors file, their common stem, "
+                                                        "or a folder holding record.json")
+    show.add_argument("--out", metavar="DIR", help="output folder (default: the record's folder)")
+    show.add_argument("--image", metavar="PATH", help="input image for the overlays (default: see above)")
+    show.add_argument("--layer", type=_layer, metavar="L", help="layer to show (default: the most part-separated)")
+    show.add_argument("--thresholds", metavar="TOML", help="thresholds file for the checks")
+    show.add_argument("--fps", type=_float, default=2.0, help="frames per second of the GIFs (default: 2)")
+    show.set_defaults(func=_cmd_show)
+    parser._partattn_subparsers = {"run": run, "check": check, "show": show}  # for errors about extra arguments
+    return parser
+
+
+# ====================================================================== entry point
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (the console script exits with it)."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "check":
+            parser._partattn_subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exit_:  # --help (0) and argparse's usage errors (2)
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    try:
+        return int(args.func(args, extra))
+    except UsageError as err:
+        print(f"partattn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except RunFailed as err:
+        print(f"partattn {args.command}: failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"partattn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _say(args, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"partattn: {text}", file=sys.stderr)
+
+
+def _model_dir(arg: str | None) -> Path:
+    if arg is None:
+        if not DEFAULT_MODEL.is_dir():
+            raise UsageError(f"the embedded default model is not installed ({DEFAULT_MODEL} not found); "
+                             f"pass --model DIR, a PartCrafter checkpoint folder")
+        return DEFAULT_MODEL
+    path = Path(arg).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"model folder not found: {path} (pass the folder that holds model_index.json)")
+    return path
+
+
+def _thresholds(arg: str | None):
+    from .checks import Thresholds, load_thresholds
+
+    if arg is None:
+        return Thresholds()
+    path = Path(arg)
+    if not path.is_file():
+        raise UsageError(f"thresholds file not found: {path}")
+    try:
+        return load_thresholds(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _print_results(results, index: Path, n_figures: int) -> None:
+    width = max((len(name) for name in results), default=0)
+    for result in results.values():
+        print(f"  {result.name:<{width}}  {result.verdict.upper():<4}  {result.reason}")
+    print(f"wrote {n_figures} figures, metrics.json and the record; open {index}")
+
+
+# ====================================================================== run
+def _cmd_run(args, extra) -> int:
+    image = Path(args.image).expanduser()
+    if not image.is_file():
+        raise UsageError(f"image not found: {image}")
+    from .runner import parts_from_name
+
+    num_parts = args.num_parts or parts_from_name(image)
+    if num_parts is None:
+        raise UsageError(f"{image}: cannot tell the number of parts; pass --num-parts N or name the file "
+                         f"np<N>_{image.name}")
+    model = _model_dir(args.model)
+    thresholds = _thresholds(args.thresholds)
+    out = Path(args.out) if args.out else DEFAULT_RESULTS / image.stem
+
+    import torch
+
+    from .capture import CaptureError, cross_attention_modules
+    from .model.loading import CheckpointError, check_num_parts
+    from .model.pipeline import open_image, resolve_device
+    from .visualizer import AttentionVisualizer, render_record, save_run
+
+    try:
+        open_image(image)
+        device = resolve_device(args.device)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from None
+    _say(args, f"loading {model} on {device} ({args.dtype})")
+    try:
+        viz = AttentionVisualizer.from_pretrained(model, device=device, dtype=getattr(torch, args.dtype),
+                                                  thresholds=thresholds)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+    defaults = viz.pipeline.run_defaults
+    steps = args.steps or int(defaults["steps"])
+    guidance = float(defaults["guidance_scale"] if args.guidance is None else args.guidance)
+    full_layer = args.layer if args.layer is not None else -1
+    try:
+        check_num_parts(viz.model.config, num_parts, cfg=guidance > 1.0)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    names = [name for name, _ in cross_attention_modules(viz.model)]
+    if isinstance(full_layer, int) and not -len(names) <= full_layer < len(names) or \
+            isinstance(full_layer, str) and full_layer not in names:
+        raise UsageError(f"--layer {full_layer}: not a cross-attention layer of {model} (give an index from "
+                         f"{-len(names)} to {len(names) - 1} or a name: {', '.join(names)})")
+    if not -steps <= args.step < steps:
+        raise UsageError(f"--step {args.step}: out of range for {steps} steps (give {-steps} to {steps - 1})")
+
+    progress = ProgressBar(steps, enabled=False if args.quiet else None)
+    _say(args, f"{image.name}: {num_parts} part(s), {steps} steps, seed {args.seed}, guidance {guidance:g}")
+    try:
+        record = viz.run(image, num_parts, steps=steps, seed=args.seed, guidance_scale=guidance,
+                         num_tokens=args.num_tokens, full_map=(full_layer, args.step), callback=progress)
+    except CaptureError as err:
+        raise RunFailed(str(err)) from None
+    finally:
+        progress.close()
+    links = save_run(out, record, viz.image)
+    _say(args, f"rendering figures into {out}")
+    report = render_record(record, out, image=viz.image, results=viz.results, layer=args.layer, fps=args.fps,
+                           title=f"partattn run: {image.name}", thresholds=thresholds, links=links)
+    _print_results(viz.results, report["index"], len(report["figures"]))
+    return 0
+
+
+# ====================================================================== show
+def _cmd_show(args, extra) -> int:
+    from .checks import run_checks
+    from .record import AttentionRecord
+    from .visualizer import render_record
+
+    path = Path(args.record).expanduser()
+    try:
+        record = AttentionRecord.load(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if path.is_dir():
+        stem = path / "record"
+    elif path.suffix in (".json", ".safetensors"):
+        stem = path.with_suffix("")
+    else:
+        stem = path
+    folder = stem.parent
+    out = Path(args.out) if args.out else folder
+    thresholds = _thresholds(args.thresholds)
+    if args.layer is not None:
+        try:
+            record.layer_index(args.layer)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    view, note = _image_for(record, folder, args.image)
+    results = {r.name: r for r in run_checks(record, thresholds)}
+    links = [("record (json)", stem.with_name(stem.name + ".json")),
+             ("record (tensors)", stem.with_name(stem.name + ".safetensors"))]
+    report = render_record(record, out, image=view, results=results, layer=args.layer, fps=args.fps,
+                           title=f"partattn show: {path.name}", thresholds=thresholds, links=links, note=note)
+    _print_results(results, report["index"], len(report["figures"]))
+    return 0
+
+
+def _image_for(record, folder: Path, image_arg: str | None):
+    """(encoder view or None, note) for overlays of a loaded record."""
+    from PIL import Image
+
+    from .model.loading import CheckpointError, load_feature_extractor
+    from .visualizer import encoder_view
+
+    model = Path(str(record.meta.get("model", ""))) if record.meta.get("model") else None
+    extractor = None
+    if model is not None and (model / "feature_extractor_dinov2").is_dir():
+        try:
+            extractor = load_feature_extractor(model / "feature_extractor_dinov2")
+        except CheckpointError:
+            extractor = None
+    if image_arg is not None:
+        image = Path(image_arg).expanduser()
+        if not image.is_file():
+            raise UsageError(f"image not found: {image}")
+        try:
+            if extractor is not None:
+                return encoder_view(extractor, image), f"Input image {image}, preprocessed like the model's encoder."
+            with Image.open(image) as opened:
+                return opened.convert("RGB"), f"Input image {image} (as given: the record's model was not found)."
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{image}: not a readable image ({err})") from None
+    saved = folder / "input.png"
+    if saved.is_file():
+        with Image.open(saved) as opened:
+            return opened.convert("RGB"), None
+    original = Path(str(record.meta.get("image", "")))
+    if extractor is not None and record.meta.get("image") and original.is_file():
+        return encoder_view(extractor, original), None
+    return None, "The input image was not found (pass --image PATH for overlays)."
+
+
+# ====================================================================== check
+def _plugin_args() -> list[str]:
+    """``-p partattn_checks.plugin`` unless the plugin is already registered through its entry point."""
+    from importlib import metadata, util
+
+    try:
+        found = util.find_spec(PLUGIN_MODULE) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise UsageError(f"the pytest plugin ({PLUGIN_MODULE}) is not part of this install; "
+                         f"reinstall partattn-checks (pip install -e .)")
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return ["-p", PLUGIN_MODULE]
+    registered = any(ep.value.split(":")[0].strip() == PLUGIN_MODULE for ep in metadata.entry_points(group="pytest11"))
+    return [] if registered else ["-p", PLUGIN_MODULE]
+
+
+def check_args(model: Path, fixtures: Path, *, steps: int | None = None, device: str | None = None,
+               extra: list[str] = ()) -> list[str]:
+    """The pytest command line that ``partattn check`` runs.
+
+    Option values are joined with ``=``: pytest picks its rootdir (hence the ini file, the
+    thresholds and the results folder) from the path-like arguments it sees before plugins are
+    loaded, and a separate value token such as the model folder would count as one.
+    """
+    args = ["--partattn", f"--partattn-model={model}", f"--partattn-fixtures={fixtures}"]
+    if steps is not None:
+        args.append(f"--partattn-steps={steps}")
+    if device is not None:
+        args.append(f"--partattn-device={device}")
+    extra = list(extra)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    return args + [str(fixtures), "-p", "no:cacheprovider", *extra]
+
+
+def _cmd_check(args, extra) -> int:
+    model = _model_dir(args.model)
+    fixtures = Path(args.fixtures).expanduser() if args.fixtures else DEFAULT_FIXTURES
+    if not fixtures.is_dir():
+        raise UsageError(f"fixture folder not found: {fixtures} (pass --fixtures DIR, a folder of np<N>_*.png images)")
+    pytest_args = _plugin_args() + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra)
+    import pytest
+
+    return int(pytest.main(pytest_args))
+
+
+if __name__ == "__main__":  # python -m partattn_checks.cli
+    sys.exit(main())

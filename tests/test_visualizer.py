@@ -1,0 +1,358 @@
+"""The guide's API (``AttentionVisualizer``) on our capture, and the HTML index writer.
+
+Model: the tiny random checkpoint (``fixtures/checkpoints/tiny-random``: 5 blocks, 4 heads,
+8×8 DINOv2 patches + CLS = 65 image tokens, 16 latent tokens per part) and, for "any diffusers
+model", diffusers' own ``BasicTransformerBlock``. Every written PNG/GIF is opened and checked.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention import BasicTransformerBlock
+from PIL import Image
+
+from partattn_checks import render
+from partattn_checks.capture import AttentionRecorder, CaptureError, RecordingProcessor, Selection, cross_attention_modules
+from partattn_checks.html_index import render_index, write_index
+from partattn_checks.model.pipeline import PartCrafterPipeline
+from partattn_checks.record import AttentionRecord
+from partattn_checks.visualizer import SPARSITY_FACTOR, AttentionVisualizer, render_record
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINT = REPO / "fixtures" / "checkpoints" / "tiny-random"
+IMAGE = REPO / "fixtures" / "images" / "np2_circle_square.png"
+DOC = REPO / "docs" / "visualization.md"
+LAYERS = [f"blocks.{i}.attn2" for i in range(5)]
+TOKENS = 16  # latent tokens per part used below
+NK = 64  # patch keys of the tiny encoder (CLS is key 0 of 65)
+
+
+# ----------------------------------------------------------------------------- helpers
+def assert_image(path_or_bytes, *, fmt="PNG", frames=None, max_px=512):
+    """A real figure: right format, ~max_px on the long side, not blank; GIFs: the frame count."""
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else Path(path_or_bytes)
+    with Image.open(src) as im:
+        assert im.format == fmt, (src, im.format)
+        assert abs(max(im.size) - max_px) <= 1, (src, im.size)
+        n = getattr(im, "n_frames", 1)
+        if frames is not None:
+            assert n == frames, (src, n)
+        for k in range(n):
+            im.seek(k)
+            rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
+            assert len(np.unique(rgb, axis=0)) > 8, f"{src} frame {k} has only a handful of colours"
+            assert (rgb < 250).any(), f"{src} frame {k} is all white"
+    return n
+
+
+def processors(model):
+    return {name: module.processor for name, module in cross_attention_modules(model)}
+
+
+def cfg_inputs(pipe, num_parts, *, seed=0, image=IMAGE):
+    """Latents ``(2N, T, C)`` and image tokens ``[zeros, tokens]`` as the pipeline builds them."""
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(num_parts, TOKENS, pipe.transformer.config.in_channels, generator=gen).repeat(2, 1, 1)
+    tokens = pipe.encode_image(image).expand(num_parts, -1, -1)
+    return latents, torch.cat([torch.zeros_like(tokens), tokens])
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return PartCrafterPipeline.from_pretrained(CHECKPOINT, device="cpu")
+
+
+@pytest.fixture
+def viz(pipe):
+    v = AttentionVisualizer(pipe)
+    yield v
+    v.clear_hooks()
+    assert not any(isinstance(p, RecordingProcessor) for p in processors(pipe.transformer).values())
+
+
+@pytest.fixture(scope="module")
+def run_record(pipe):
+    """One recorded 3-step run of a 2-part image, full maps of the last layer at the last step."""
+    v = AttentionVisualizer(pipe)
+    record = v.run(IMAGE, steps=3)
+    return v, record
+
+
+# ----------------------------------------------------------------------------- the guide's example
+def test_guide_example_in_the_docs_runs(tmp_path, monkeypatch):
+    """The fenced block of docs/visualization.md, exec'd verbatim against the tiny checkpoint."""
+    text = DOC.read_text(encoding="utf-8")
+    match = re.search(r"<!-- guide-example[^>]*-->\s*```python\n(.*?)```", text, re.S)
+    assert match, "docs/visualization.md lost its guide-example block"
+    (tmp_path / "fixtures").symlink_to(REPO / "fixtures", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "guide_example"}
+    exec(compile(match.group(1), str(DOC), "exec"), namespace)
+
+    out = tmp_path / "viz-out"
+    for name in ("parts.png", "heads.png", "heatmap.png", "heads_extracted.png", "parts_extracted.png"):
+        assert_image(out / name)
+    assert_image(out / "part0.gif", fmt="GIF", frames=4)  # steps=4 in the example
+    assert_image(out / "heatmap_steps.gif", fmt="GIF", frames=2)
+    viz, hooked = namespace["viz"], namespace["hooked"]
+    assert hooked.steps == [0, 1] and len(hooked.full_maps) == 2 * len(LAYERS)
+    assert set(namespace["stats"]) == set(LAYERS)
+    folders = namespace["folders"]
+    assert [f.name for f in folders] == ["np1_circle", "np3_three_shapes"]
+    for folder, parts in zip(folders, (1, 3)):
+        assert AttentionRecord.load(folder / "record").num_parts == parts
+        for png in folder.glob("**/*.png"):
+            if png.name != "input.png":
+                assert_image(png)
+        for gif in folder.glob("*.gif"):
+            assert_image(gif, fmt="GIF", frames=2)
+        assert_links_resolve(folder / "index.html")
+    assert_links_resolve(out / "batch" / "index.html")
+    assert not any(isinstance(p, RecordingProcessor) for p in processors(viz.model).values())
+
+
+# ----------------------------------------------------------------------------- extraction
+def test_extracted_weights_are_the_recorders_full_maps(pipe, viz):
+    latents, context = cfg_inputs(pipe, 2)
+    weights = viz.extract_attention_weights(pipe.transformer, latents, context, num_parts=2, timestep=700.0)
+    assert list(weights) == LAYERS
+    for name, w in weights.items():
+        assert w.dtype == torch.float32
+        assert w.shape == (2, 4, TOKENS, NK + 1)  # parts, heads, queries (time token dropped), CLS + patches
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, TOKENS), rtol=0, atol=2e-3)  # fp16 storage
+        assert torch.equal(w, viz.record.full_maps[(0, name)].float())
+    assert viz.record.timesteps == [700.0] and viz.record.patch_grid == (8, 8)
+
+    # An independent recorder on the same inputs keeps exactly the same maps.
+    with torch.no_grad(), AttentionRecorder(pipe.transformer, num_parts=2, selection=Selection(full_maps=lambda n, s: True)) as rec:
+        pipe.transformer(latents, torch.full((4,), 700.0), context, attention_kwargs={"num_parts": 2})
+    reference = rec.record()
+    for name in LAYERS:
+        assert torch.equal(weights[name], reference.full_maps[(0, name)].float()), name
+
+    # layer_idx: one tensor, and only that layer is recorded.
+    one = viz.extract_attention_weights(pipe.transformer, latents, context, layer_idx=3, timestep=700.0)
+    assert torch.equal(one, weights["blocks.3.attn2"])
+    assert viz.record.layers == ["blocks.3.attn2"]
+    assert torch.equal(viz.extract_attention_weights(pipe.transformer, latents, context, "blocks.3.attn2",
+                                                     timestep=700.0), one)
+    with pytest.raises(ValueError, match="matches 5 layers"):
+        viz.extract_attention_weights(pipe.transformer, latents, context, layer_idx="blocks.*")
+
+
+def test_extraction_with_hooks_registered_pauses_them(pipe, viz):
+    model = pipe.transformer
+    originals = processors(model)
+    latents, context = cfg_inputs(pipe, 2)
+    assert viz.register_hooks(model) is viz
+    assert all(isinstance(p, RecordingProcessor) for p in processors(model).values())
+    with pytest.raises(CaptureError, match="already registered"):
+        viz.register_hooks(model)
+    weights = viz.extract_attention_weights(model, latents, context)
+    assert weights[LAYERS[0]].shape[0] == 2  # num_parts inferred from the CFG batch
+    assert viz.hooks_registered and all(isinstance(p, RecordingProcessor) for p in processors(model).values())
+    assert viz.clear_hooks() is viz.record  # never ran while hooked: nothing to finish, no error
+    assert processors(model) == originals
+    viz.clear_hooks()  # idempotent
+    assert processors(model) == originals
+
+
+def test_hooked_forwards_are_steps_and_outputs_unchanged(pipe, viz):
+    model = pipe.transformer
+    latents, context = cfg_inputs(pipe, 2, seed=1)
+    with torch.no_grad():
+        plain = [model(latents, torch.full((4,), t), context, attention_kwargs={"num_parts": 2}).sample
+                 for t in (1000.0, 500.0)]
+        with viz.register_hooks(model, layers=[0, "blocks.4.attn2"], full_maps=[(4, 1)]):
+            hooked = [model(latents, torch.full((4,), t), context, attention_kwargs={"num_parts": 2}).sample
+                      for t in (1000.0, 500.0)]
+    assert all(torch.equal(a, b) for a, b in zip(plain, hooked))
+    record = viz.record
+    assert record.steps == [0, 1] and record.layers == ["blocks.0.attn2", "blocks.4.attn2"]
+    assert list(record.full_maps) == [(1, "blocks.4.attn2")]
+    assert not viz.hooks_registered
+
+
+def test_context_manager_restores_on_error(pipe, viz):
+    model = pipe.transformer
+    originals = processors(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with viz:
+            assert viz.hooks_registered
+            raise RuntimeError("boom")
+    assert processors(model) == originals and not viz.hooks_registered
+
+
+def test_hooks_that_capture_nothing_fail_loudly(pipe, viz):
+    """The model ran, but the selected steps never came: an error, not an empty success."""
+    latents, context = cfg_inputs(pipe, 1)
+    viz.register_hooks(steps=[5])
+    with torch.no_grad():
+        pipe.transformer(latents, torch.full((2,), 1000.0), context, attention_kwargs={"num_parts": 1})
+    with pytest.raises(CaptureError, match="no cross-attention was recorded"):
+        viz.clear_hooks()
+    assert not any(isinstance(p, RecordingProcessor) for p in processors(pipe.transformer).values())
+
+
+def test_any_diffusers_model_with_cross_attention():
+    torch.manual_seed(0)
+    block = BasicTransformerBlock(32, 4, 8, cross_attention_dim=24).eval()
+    x, context = torch.randn(3, 10, 32), torch.randn(3, 7, 24)
+    viz = AttentionVisualizer(block, cfg=False)
+    assert not viz.has_cls and not viz.time_token
+    weights = viz.extract_attention_weights(block, x, context)
+    assert list(weights) == ["attn2"] and weights["attn2"].shape == (3, 4, 10, 7)
+    torch.testing.assert_close(weights["attn2"].sum(-1), torch.ones(3, 4, 10), rtol=0, atol=2e-3)
+    assert_image(viz.visualize_attention_heatmap(weights, None, head=2, part=1))
+    assert_image(viz.visualize_multi_head_attention(weights, None))
+    assert_image(viz.visualize_part_attention(weights, 3, None))  # strips: no patch grid
+    assert viz.statistics(weights)["attn2"]["cls_mass"] == 0.0
+
+
+# ----------------------------------------------------------------------------- figures
+def test_every_figure_method_writes_a_real_image(tmp_path, pipe, viz):
+    latents, context = cfg_inputs(pipe, 2)
+    weights = viz.extract_attention_weights(pipe.transformer, latents, context, image=IMAGE)
+    assert viz.image is not None and viz.image.size == (112, 112)  # the encoder's view
+    assert assert_image(viz.visualize_attention_heatmap(weights, tmp_path / "h.png", layer=2, head=1, part=1)) == 1
+    assert_image(viz.visualize_attention_heatmap(weights, tmp_path / "hm.png", head="mean"))
+    assert_image(viz.visualize_multi_head_attention(weights, tmp_path / "m.png", layer="blocks.0.attn2", part=1))
+    assert_image(viz.visualize_part_attention(weights, 2, tmp_path / "p.png", title="parts"))
+    png = viz.visualize_part_attention(weights, 2, None)
+    assert isinstance(png, bytes) and png.startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="num_parts=3"):
+        viz.visualize_part_attention(weights, 3, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="not in the weights"):
+        viz.visualize_attention_heatmap(weights, tmp_path / "bad.png", layer="blocks.9.attn2")
+    frames = [weights, weights]
+    assert_image(viz.create_attention_animation(frames, tmp_path / "a.gif", fps=2, layer=1), fmt="GIF", frames=2)
+    # a bare model has no image: extraction clears a stale one
+    viz.extract_attention_weights(pipe.transformer, latents, context)
+    assert viz.image is None
+
+
+def test_record_figures(tmp_path, run_record):
+    viz, record = run_record
+    assert record.steps == [0, 1, 2] and list(record.full_maps) == [(2, "blocks.4.attn2")]
+    assert_image(viz.visualize_part_attention(record, 2, tmp_path / "parts.png"))
+    assert_image(viz.visualize_part_attention(record, 2, tmp_path / "parts1.png", step=1, layer=0))
+    assert_image(viz.visualize_multi_head_attention(record, tmp_path / "heads.png", part=1))
+    assert_image(viz.visualize_attention_heatmap(record, tmp_path / "heat.png", layer="blocks.4.attn2", step=2))
+    with pytest.raises(ValueError, match="no full maps for layer blocks.0.attn2"):
+        viz.visualize_attention_heatmap(record, tmp_path / "x.png", layer=0)
+    for part in (0, 1):
+        assert_image(viz.create_attention_animation(record, tmp_path / f"p{part}.gif", fps=3, part=part),
+                     fmt="GIF", frames=3)
+    assert set(viz.results) >= {"uniformity", "collapse", "part_separation", "stability", "nonfinite"}
+
+
+def test_uniform_attention_reads_and_renders_as_uniform(pipe, viz):
+    """All-zero image tokens give zero keys: exactly uniform maps, flat neutral on the fixed scale."""
+    latents, _ = cfg_inputs(pipe, 2)
+    context = torch.zeros(4, NK + 1, pipe.transformer.config.cross_attention_dim)
+    weights = viz.extract_attention_weights(pipe.transformer, latents, context)
+    stats = viz.statistics(weights)
+    for name in LAYERS:
+        assert stats[name]["entropy"] == pytest.approx(1.0, abs=1e-3)
+        assert stats[name]["sparsity"] == 0.0
+        assert stats[name]["max"] == pytest.approx(1 / NK, rel=2e-3)
+    png = viz.visualize_attention_heatmap(weights, None, part=1, head=3)
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
+    sc = render._Scale()
+    neutral = np.round(np.asarray(sc.cmap(sc.norm(1.0))[:3]) * 255)
+    share = (np.abs(rgb - neutral).max(axis=1) <= 2).mean()
+    assert share > 0.3, f"only {share:.0%} of the heatmap is the uniform colour"
+
+
+def test_statistics_definitions():
+    """One-hot and uniform maps without CLS: the documented values."""
+    block = BasicTransformerBlock(16, 2, 8, cross_attention_dim=8).eval()
+    viz = AttentionVisualizer(block, cfg=False)
+    k = 20
+    one_hot = torch.zeros(1, 2, 5, k)
+    one_hot[..., 3] = 1.0
+    uniform = torch.full((1, 2, 5, k), 1.0 / k)
+    stats = viz.statistics({"hot": one_hot, "flat": uniform})
+    hot, flat = stats["hot"], stats["flat"]
+    assert hot["entropy"] == 0.0 and hot["max"] == 1.0 and hot["peak"] == 1.0
+    assert hot["sparsity"] == pytest.approx((k - 1) / k) and hot["mean"] == pytest.approx(1 / k)
+    assert flat["entropy"] == pytest.approx(1.0) and flat["sparsity"] == 0.0 and flat["max"] == pytest.approx(1 / k)
+    assert len(hot["heads"]) == 2 and hot["heads"][1]["head"] == 1 and hot["num_keys"] == k
+    # the sparsity threshold is a tenth of uniform
+    just_below = torch.full((1, 1, 1, k), 1.0 / k)
+    just_below[..., 0] = SPARSITY_FACTOR / k * 0.99
+    just_below[..., 1] += 1.0 / k - just_below[..., 0]
+    assert viz.statistics(just_below)["attention"]["sparsity"] == pytest.approx(1 / k)
+
+
+def test_batch_needs_a_part_count_and_a_pipeline(tmp_path, pipe):
+    viz = AttentionVisualizer(pipe)
+    unnamed = tmp_path / "chair.png"
+    unnamed.write_bytes(IMAGE.read_bytes())
+    with pytest.raises(ValueError, match="chair.png: no part count"):
+        viz.process_batch([IMAGE, unnamed], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before any work
+    with pytest.raises(TypeError, match="pipeline"):
+        AttentionVisualizer(pipe.transformer).run(IMAGE)
+
+
+def test_render_record_without_image(tmp_path, pipe):
+    record = AttentionVisualizer(pipe).run(REPO / "fixtures" / "images" / "np1_circle.png", steps=2, full_map=None)
+    report = render_record(record, tmp_path / "r")
+    names = {Path(p).name for _, p in report["figures"]}
+    assert "parts.png" in names and not any(n.startswith("overlay") for n in names)
+    for _, path in report["figures"]:
+        if str(path).endswith(".gif"):
+            assert_image(path, fmt="GIF", frames=record.num_steps)
+        else:
+            assert_image(path)
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "overlays are skipped" in page
+    assert_links_resolve(tmp_path / "r" / "index.html")
+
+
+# ----------------------------------------------------------------------------- html index
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links = []
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if key in ("href", "src"):
+                self.links.append(value)
+
+
+def assert_links_resolve(page: Path):
+    parser = _Links()
+    parser.feed(page.read_text(encoding="utf-8"))
+    assert parser.links, page
+    from urllib.parse import unquote
+
+    for link in parser.links:
+        assert not link.startswith(("/", "file:")), link
+        assert (page.parent / unquote(link)).exists(), f"{page}: broken link {link}"
+
+
+def test_html_index_escapes_and_writes_atomically(tmp_path):
+    (tmp_path / "a b.png").write_bytes(b"png")
+    page = write_index(tmp_path / "index.html", "<title & co>",
+                       sections=[("Figs", [("cap <1>", "a b.png"), ("data", "m.json")]), ("Empty", [])],
+                       metrics={"entropy": 0.91234, "nan": float("nan"), "n": 3},
+                       tables=[("Checks", ["check", "verdict"], [["uniformity", "fail"]])],
+                       links=[("record", tmp_path / "a b.png")], note="a < b")
+    text = page.read_text()
+    assert "&lt;title &amp; co&gt;" in text and "cap &lt;1&gt;" in text and "a &lt; b" in text
+    assert 'src="a%20b.png"' in text and 'href="m.json"' in text
+    assert '<td class="fail">fail</td>' in text and "0.9123" in text
+    assert "Empty" not in text
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    assert oct(page.stat().st_mode & 0o777) == "0o644"
+    assert render_index("t").startswith("<!DOCTYPE html>")
