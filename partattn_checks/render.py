@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 __all__ = [
@@ -420,6 +421,7 @@ def _timeline_fig(values, steps, layer_names, *, metric="normalized entropy", th
         pad = 0.02 * (hi - lo)
         ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("denoising step", fontsize=_FONT)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric, fontsize=_FONT)
     ax.tick_params(labelsize=_FONT - 1)
     ax.grid(alpha=0.3)
