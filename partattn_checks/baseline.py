@@ -1,0 +1,297 @@
+"""Baseline store: per-image folders of headline metrics plus the environment they came from.
+
+Layout (``<key>`` is the image's path below the fixtures folder, without suffix)::
+
+    <baselines>/<key>/metrics.json       {"schema_version", "image", "metrics": {...}, "checks": {...}}
+    <baselines>/<key>/environment.json   the fingerprint: model, config hash, steps, seed, ...
+
+``metrics`` are ``AttentionRecord.summary()`` (what the ``baseline`` check compares, with
+``Thresholds.baseline`` atol/rtol); ``checks`` are the values of the record checks at the time
+(shown next to the measured values in failure reports, never compared).
+
+Every file is written to a temporary file in the same folder and moved into place with
+``os.replace`` (``environment.json`` first, ``metrics.json`` last), so an interrupted run leaves
+either the old or the new file, never half of one. A file that cannot be read is reported with
+its path and is never overwritten, except by ``--partattn-update=all`` together with
+``--partattn-force-update``.
+
+No torch here: the store is plain JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checks import CheckResult, Thresholds, check_baseline
+
+SCHEMA_VERSION = 1
+METRICS_FILE = "metrics.json"
+ENVIRONMENT_FILE = "environment.json"
+#: Fingerprint keys whose mismatch is reported (in this order).
+FINGERPRINT_KEYS = ("schema_version", "model", "config_hash", "num_parts", "steps", "seed", "guidance_scale",
+                    "num_tokens", "dtype", "device_kind", "torch", "diffusers")
+
+
+class BaselineError(ValueError):
+    """A baseline file that cannot be used; the message names the file and what to do.
+
+    ``corrupt`` is True for a file that cannot be read at all (bad JSON, wrong structure) and
+    False for a readable file of another schema version.
+    """
+
+    def __init__(self, message: str, path: Path, corrupt: bool = True):
+        super().__init__(message)
+        self.path = path
+        self.corrupt = corrupt
+
+
+@dataclass(frozen=True)
+class BaselinePaths:
+    folder: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / METRICS_FILE
+
+    @property
+    def environment(self) -> Path:
+        return self.folder / ENVIRONMENT_FILE
+
+
+@dataclass
+class Baseline:
+    metrics: dict[str, float]
+    checks: dict[str, float | None]
+    environment: dict | None
+    paths: BaselinePaths
+
+
+# ----------------------------------------------------------------------------- fingerprint
+def config_hash(config: dict) -> str:
+    """Short stable hash of a model config (sorted-key JSON)."""
+    text = json.dumps(config or {}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint(meta: dict, model_label: str) -> dict:
+    """The environment a record was made in, from ``AttentionRecord.meta``."""
+    versions = meta.get("versions", {}) or {}
+    device = str(meta.get("device", ""))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": model_label,
+        "config_hash": config_hash(meta.get("config", {})),
+        "num_parts": meta.get("num_parts"),
+        "steps": meta.get("steps"),
+        "seed": meta.get("seed"),
+        "guidance_scale": meta.get("guidance_scale"),
+        "num_tokens": meta.get("num_tokens"),
+        "dtype": meta.get("dtype"),
+        "device_kind": device.split(":")[0] if device else None,
+        "torch": versions.get("torch"),
+        "diffusers": versions.get("diffusers"),
+    }
+
+
+def fingerprint_diff(stored: dict, current: dict) -> list[str]:
+    """Human-readable differences (``"steps: 10 in the baseline, 2 now"``), empty when equal."""
+    out = []
+    for key in FINGERPRINT_KEYS:
+        a, b = stored.get(key), current.get(key)
+        if a != b:
+            out.append(f"{key}: {a!r} in the baseline, {b!r} now")
+    return out
+
+
+# ----------------------------------------------------------------------------- files
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _dumps(doc: dict) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True, allow_nan=True) + "\n"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BaselineError(f"{path}: not valid JSON ({exc})", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"{path}: cannot be read ({exc})", path) from None
+    if not isinstance(doc, dict):
+        raise BaselineError(f"{path}: expected a JSON object, got {type(doc).__name__}", path)
+    return doc
+
+
+class BaselineStore:
+    """Per-image baseline folders under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def paths(self, key: str) -> BaselinePaths:
+        return BaselinePaths(self.root / key)
+
+    def load(self, key: str) -> Baseline | None:
+        """The stored baseline, ``None`` when ``metrics.json`` does not exist; ``BaselineError`` when unusable."""
+        paths = self.paths(key)
+        if not paths.metrics.is_file():
+            return None
+        doc = _read_json(paths.metrics)
+        version = doc.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BaselineError(
+                f"{paths.metrics}: baseline schema version {version!r}, this partattn-checks writes version "
+                f"{SCHEMA_VERSION}", paths.metrics, corrupt=not isinstance(version, int))
+        metrics = doc.get("metrics")
+        if not isinstance(metrics, dict) or not metrics or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+            raise BaselineError(f"{paths.metrics}: 'metrics' must be a non-empty table of numbers", paths.metrics)
+        checks = doc.get("checks") or {}
+        if not isinstance(checks, dict):
+            raise BaselineError(f"{paths.metrics}: 'checks' must be a table", paths.metrics)
+        environment = None
+        if paths.environment.is_file():
+            environment = _read_json(paths.environment)
+        return Baseline({k: float(v) for k, v in metrics.items()}, dict(checks), environment, paths)
+
+    def write(self, key: str, *, image: str, metrics: dict, checks: dict, environment: dict) -> BaselinePaths:
+        """Write both files atomically (environment first, metrics last)."""
+        paths = self.paths(key)
+        atomic_write_text(paths.environment, _dumps(environment))
+        doc = {"schema_version": SCHEMA_VERSION, "image": image,
+               "metrics": {k: float(v) for k, v in sorted(metrics.items())},
+               "checks": {k: (None if v is None else float(v)) for k, v in sorted(checks.items())}}
+        atomic_write_text(paths.metrics, _dumps(doc))
+        return paths
+
+
+# ----------------------------------------------------------------------------- judging
+@dataclass
+class BaselineOutcome:
+    """What the ``baseline`` check decided for one image."""
+
+    result: CheckResult
+    baseline: Baseline | None
+    looked: BaselinePaths
+    status: str = "compared"  # compared | missing | unreadable | written | updated | env-mismatch
+    written: Path | None = None  # baseline folder written in the store
+    candidate: Path | None = None  # candidate folder written under the results folder
+    warnings: list[str] = field(default_factory=list)
+
+
+def evaluate(store: BaselineStore, candidates: BaselineStore, key: str, *, image: str, metrics: dict,
+             checks: dict, environment: dict, thresholds: Thresholds, update: str | None = None,
+             force: bool = False, strict_env: bool = False, update_hint: str = "") -> BaselineOutcome:
+    """Compare ``metrics`` with the stored baseline of ``key``, writing baselines as ``update`` says.
+
+    ``update``: None (compare only), "missing" (write absent baselines), "failed" (write absent and
+    failing ones, including a strict environment mismatch), "all" (rewrite every baseline).
+    A failing comparison also writes a candidate under ``candidates`` for review.
+    """
+    looked = store.paths(key)
+
+    def write(status: str, reason: str, baseline=None) -> BaselineOutcome:
+        paths = store.write(key, image=image, metrics=metrics, checks=checks, environment=environment)
+        result = CheckResult("baseline", "pass", None, None, None, reason,
+                             {"status": status, "written": str(paths.folder)})
+        return BaselineOutcome(result, baseline, looked, status, written=paths.folder)
+
+    def candidate() -> Path:
+        return candidates.write(key, image=image, metrics=metrics, checks=checks, environment=environment).folder
+
+    try:
+        stored = store.load(key)
+    except BaselineError as err:
+        replace_ok = (update == "all" and force) or (not err.corrupt and update in ("failed", "all"))
+        if replace_ok:
+            return write("updated", f"replaced the unusable baseline {err.path} ({err}) with the measured metrics")
+        cand = candidate()
+        keep = ("It was NOT overwritten: fix it, or delete the folder and run with --partattn-update=missing"
+                if err.corrupt else "Regenerate it with --partattn-update=failed")
+        if err.corrupt:
+            keep += " (or replace it with --partattn-update=all --partattn-force-update)"
+        reason = f"baseline unusable: {err}. {keep}. A candidate was written to {cand}"
+        result = CheckResult("baseline", "fail", None, None, None, reason,
+                             {"status": "unreadable", "file": str(err.path), "candidate": str(cand)})
+        return BaselineOutcome(result, None, looked, "unreadable", candidate=cand)
+
+    if stored is None:
+        if update in ("missing", "failed", "all"):
+            return write("written", f"no baseline existed; wrote {looked.metrics} (--partattn-update={update})")
+        cand = candidate()
+        reason = (f"no baseline for this image: looked for {looked.metrics}; a candidate was written to "
+                  f"{cand} (review it, then copy that folder to {looked.folder}, or create it with "
+                  f"--partattn-update=missing{update_hint})")
+        result = CheckResult("baseline", "fail", None, None, None, reason,
+                             {"status": "missing", "looked": str(looked.metrics), "candidate": str(cand)})
+        return BaselineOutcome(result, None, looked, "missing", candidate=cand)
+
+    result = check_baseline(metrics, stored.metrics, thresholds)
+    env_diff = fingerprint_diff(stored.environment, environment) if stored.environment is not None else \
+        [f"no {ENVIRONMENT_FILE} next to the baseline"]
+    env_failed = strict_env and bool(env_diff)
+    if update == "all" or (update == "failed" and (result.verdict == "fail" or env_failed)):
+        why = "--partattn-update=all" if update == "all" else f"it failed: {result.reason}" if \
+            result.verdict == "fail" else "its environment differed"
+        return write("updated", f"baseline updated ({why})", stored)
+
+    warnings = []
+    if env_diff:
+        text = (f"{looked.folder}: the baseline was recorded in a different environment "
+                f"({'; '.join(env_diff)}); differences may come from there")
+        if env_failed:
+            cand = candidate()
+            reason = (text + f" [--partattn-strict-env]. Comparison: {result.reason}. A candidate was written to "
+                      f"{cand}; regenerate with --partattn-update=failed")
+            details = dict(result.details, status="env-mismatch", environment_diff=env_diff, candidate=str(cand))
+            failed = CheckResult("baseline", "fail", result.value, result.threshold, None, reason, details)
+            return BaselineOutcome(failed, stored, looked, "env-mismatch", candidate=cand)
+        warnings.append(text)
+    cand = None
+    if result.verdict == "fail":
+        cand = candidate()
+        result = CheckResult(result.name, result.verdict, result.value, result.threshold, result.offender,
+                             f"{result.reason}; a candidate was written to {cand}",
+                             dict(result.details, candidate=str(cand)))
+    result.details.setdefault("status", "compared")
+    return BaselineOutcome(result, stored, looked, "compared", candidate=cand, warnings=warnings)

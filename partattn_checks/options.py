@@ -1,0 +1,311 @@
+"""The plugin's options: one table, registered as command-line options and ini keys alike.
+
+Every option ``--partattn-<x>`` has the ini twin ``partattn_<x>`` (``[tool.pytest.ini_options]``,
+``pytest.ini`` ...). Precedence: command line > ini > default. Relative paths from the command
+line are taken relative to the directory pytest was started in; relative paths from the ini file
+and the defaults are relative to the rootdir.
+
+This module imports nothing heavy: it runs on every pytest start-up. Only
+:func:`resolve_device` imports torch, and the plugin calls it only when ``--partattn`` is on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+#: The checkpoint shipped inside the package (a tiny PartCrafter-format model).
+EMBEDDED_MODEL = Path(__file__).parent / "data" / "partcrafter-tiny"
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+DTYPES = ("float32", "float16", "bfloat16")
+UPDATE_MODES = ("missing", "failed", "all")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the option table. ``name`` ``"model"`` gives ``--partattn-model``/``partattn_model``."""
+
+    name: str
+    help: str
+    kind: str = "str"  # flag | str | int | float | path | choice
+    default: object = None
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    default_text: str = ""  # how the docs and --help show the default
+
+    @property
+    def flag(self) -> str:
+        return "--partattn" if self.name == "enabled" else f"--partattn-{self.name.replace('_', '-')}"
+
+    @property
+    def ini(self) -> str:
+        return "partattn" if self.name == "enabled" else f"partattn_{self.name}"
+
+    @property
+    def dest(self) -> str:
+        return "partattn" if self.name == "enabled" else f"partattn_{self.name}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("enabled", "run the attention checks on the fixture images (without it they are collected and skipped)",
+           kind="flag", default=False, default_text="off"),
+    Option("model", "PartCrafter checkpoint folder (hub layout)", kind="path", default=EMBEDDED_MODEL,
+           metavar="DIR", default_text="the embedded tiny checkpoint (partattn_checks/data/partcrafter-tiny)"),
+    Option("device", "auto | cpu | cuda | cuda:N (auto picks CUDA when present)", default="auto",
+           metavar="DEVICE", default_text="auto"),
+    Option("dtype", "model dtype", kind="choice", default="float32", choices=DTYPES, default_text="float32"),
+    Option("steps", "denoising steps per image", kind="int", default=None, metavar="N",
+           default_text="the checkpoint's default (its partattn.json, else 50)"),
+    Option("seed", "seed of the initial latents", kind="int", default=0, metavar="N", default_text="0"),
+    Option("guidance", "classifier-free guidance scale", kind="float", default=None, metavar="SCALE",
+           default_text="the checkpoint's default (else 7.0)"),
+    Option("fixtures", "folder of fixture images (only images under it are collected)", kind="path",
+           default="fixtures/images", metavar="DIR", default_text="fixtures/images"),
+    Option("results", "folder for heatmaps, candidate baselines and index.html", kind="path",
+           default=".partattn-results", metavar="DIR", default_text=".partattn-results"),
+    Option("baselines", "folder of stored baselines (one sub-folder per image)", kind="path",
+           default="fixtures/baselines", metavar="DIR", default_text="fixtures/baselines"),
+    Option("update", "write baselines: missing | failed | all (refused when CI is set, unless forced)",
+           kind="choice", default=None, choices=UPDATE_MODES, metavar="MODE", default_text="no update"),
+    Option("force_update", "allow --partattn-update when the CI environment variable is set; with "
+           "update=all, also replace baseline files that cannot be read", kind="flag", default=False,
+           default_text="off"),
+    Option("strict_env", "a baseline recorded in a different environment (fingerprint mismatch) fails "
+           "instead of warning", kind="flag", default=False, default_text="off"),
+    Option("thresholds", "TOML file of thresholds ([uniformity], [collapse], ...)", kind="path",
+           default=None, metavar="FILE",
+           default_text="[tool.partattn.thresholds] of the rootdir's pyproject.toml, else built-in defaults"),
+    Option("save_all_figures", "also write figures of passing checks (failing ones always get them)",
+           kind="flag", default=False, default_text="off"),
+)
+
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register every option on the command line (group "partattn") and as an ini key."""
+    group = parser.getgroup("partattn", "attention health checks of PartCrafter (partattn-checks)")
+    for opt in OPTIONS:
+        text = f"{opt.help} [ini: {opt.ini}; default: {opt.default_text}]"
+        if opt.kind == "flag":
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=text)
+            parser.addini(opt.ini, text, type="bool", default=None)
+        else:
+            kwargs = {"choices": opt.choices} if opt.choices else {}
+            group.addoption(opt.flag, action="store", default=None, dest=opt.dest,
+                            metavar=opt.metavar or opt.name.upper(), help=text, **kwargs)
+            parser.addini(opt.ini, text, type="string", default=None)
+
+
+# ---------------------------------------------------------------------------- resolution
+@dataclass(frozen=True)
+class Settings:
+    """Resolved option values (paths absolute). ``sources[name]`` is "cli", "ini" or "default"."""
+
+    enabled: bool
+    model: Path
+    device: str
+    dtype: str
+    steps: int | None
+    seed: int
+    guidance: float | None
+    fixtures: Path
+    results: Path
+    baselines: Path
+    update: str | None
+    force_update: bool
+    strict_env: bool
+    thresholds: Path | None
+    save_all_figures: bool
+    rootdir: Path
+    sources: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)  # what the user wrote, per option
+
+    def where(self, name: str) -> str:
+        """How the user set an option, for error messages: ``--partattn-device cuda`` or the ini key."""
+        opt = BY_NAME[name]
+        src, raw = self.sources.get(name), self.raw.get(name)
+        if src == "ini":
+            return f"ini option {opt.ini} = {raw}"
+        if src == "cli":
+            return opt.flag if opt.kind == "flag" else f"{opt.flag} {raw}"
+        return f"{opt.flag} (default {opt.default_text})"
+
+    @property
+    def model_is_embedded(self) -> bool:
+        return self.model == EMBEDDED_MODEL.resolve()
+
+    def cli_args(self, skip: tuple[str, ...] = ("enabled", "update", "force_update", "save_all_figures")) -> list[str]:
+        """The command-line options the user gave (to rebuild an exact command), except ``skip``."""
+        out = []
+        for opt in OPTIONS:
+            if opt.name in skip or self.sources.get(opt.name) != "cli":
+                continue
+            out.append(opt.flag if opt.kind == "flag" else f"{opt.flag}={self.raw[opt.name]}")
+        return out
+
+
+def _usage(msg: str) -> pytest.UsageError:
+    return pytest.UsageError(msg)
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """CLI > ini > default for every option, validated; invalid values raise ``pytest.UsageError``."""
+    rootdir = Path(config.rootpath)
+    invocation = Path(config.invocation_params.dir)
+    values, sources, raw = {}, {}, {}
+    for opt in OPTIONS:
+        cli = config.getoption(opt.dest, default=None)
+        if cli is not None:
+            value, src, base = cli, "cli", invocation
+        else:
+            try:
+                ini = config.getini(opt.ini)
+            except (TypeError, ValueError) as exc:
+                raise _usage(f"ini option {opt.ini}: {exc}") from None
+            if ini is not None and ini != "":
+                value, src, base = ini, "ini", rootdir
+            else:
+                value, src, base = opt.default, "default", rootdir
+        sources[opt.name], raw[opt.name] = src, value
+        values[opt.name] = _convert(opt, value, src, base)
+    settings = Settings(rootdir=rootdir, sources=sources, raw=raw, **values)
+    _validate(settings)
+    return settings
+
+
+def _convert(opt: Option, value, src: str, base: Path):
+    label = opt.flag if src == "cli" else (f"ini option {opt.ini}" if src == "ini" else opt.flag)
+    if value is None:
+        return None
+    if opt.kind == "flag":
+        return bool(value)
+    text = str(value).strip()
+    if opt.kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise _usage(f"{label} {text}: expected a whole number") from None
+    if opt.kind == "float":
+        try:
+            number = float(text)
+        except ValueError:
+            raise _usage(f"{label} {text}: expected a number") from None
+        if not math.isfinite(number):
+            raise _usage(f"{label} {text}: expected a finite number")
+        return number
+    if opt.kind == "choice":
+        if text not in opt.choices:
+            raise _usage(f"{label} {text}: expected one of {', '.join(opt.choices)}")
+        return text
+    if opt.kind == "path":
+        path = Path(os.path.expanduser(text)) if isinstance(value, str) else Path(value)
+        return (path if path.is_absolute() else base / path).resolve()
+    return text
+
+
+def _validate(s: Settings) -> None:
+    if not DEVICE_PATTERN.match(s.device):
+        raise _usage(f"{s.where('device')}: unknown device; use auto, cpu, cuda or cuda:N")
+    if s.steps is not None and s.steps < 1:
+        raise _usage(f"{s.where('steps')}: steps must be at least 1")
+    if s.seed < 0:
+        raise _usage(f"{s.where('seed')}: the seed must be >= 0")
+    if s.guidance is not None and s.guidance < 0:
+        raise _usage(f"{s.where('guidance')}: the guidance scale must be >= 0 (1 or less turns CFG off)")
+
+
+def ci_is_set(environ=None) -> bool:
+    """True when the ``CI`` environment variable is set to anything but empty/0/false/no."""
+    value = (environ if environ is not None else os.environ).get("CI", "")
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def check_enabled_settings(s: Settings, *, custom_pipeline: bool) -> None:
+    """Checks that only matter when the plugin runs (files exist, update allowed); no torch."""
+    if s.update is not None and ci_is_set() and not s.force_update:
+        raise _usage(
+            f"{s.where('update')}: refusing to update baselines because the CI environment variable is set "
+            f"(CI={os.environ.get('CI')}); baselines should be reviewed and committed from a developer "
+            f"machine. Pass --partattn-force-update to update anyway"
+        )
+    if s.thresholds is not None and not s.thresholds.is_file():
+        raise _usage(f"{s.where('thresholds')}: no such file ({s.thresholds}); pass a TOML file with "
+                     f"[uniformity], [collapse], ... tables or drop the option")
+    if not custom_pipeline and not s.model.is_dir():
+        if s.model_is_embedded:
+            raise _usage(f"the embedded default checkpoint is missing ({s.model}); the installation looks "
+                         f"incomplete: reinstall partattn-checks or pass --partattn-model DIR")
+        raise _usage(f"{s.where('model')}: no such checkpoint folder ({s.model}); pass the folder that holds "
+                     f"model_index.json")
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: str  # "cpu", "cuda:0", ...
+    note: str = ""  # e.g. "CUDA not found, fell back to CPU"
+
+
+def resolve_device(s: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
+    """The device to run on. Imports torch. ``cuda`` without CUDA is a ``UsageError``.
+
+    Under pytest-xdist, ``auto``/``cuda`` spread workers over the GPUs: worker ``gwN`` takes
+    ``cuda:(N mod device count)``. An explicit ``cuda:N`` is used as given. ``spread``: this is
+    the xdist controller (only the header note changes).
+    """
+    import torch
+
+    available = torch.cuda.is_available()
+    count = torch.cuda.device_count() if available else 0
+    requested = s.device
+    if requested == "auto" and not available:
+        return DeviceChoice("cpu", "CUDA not found, fell back to CPU")
+    if requested == "cpu":
+        return DeviceChoice("cpu")
+    if not available:
+        raise _usage(f"{s.where('device')}: CUDA is not available here (torch {torch.__version__}); use cpu or auto")
+    if ":" in requested:
+        index = int(requested.split(":", 1)[1])
+        if index >= count:
+            raise _usage(f"{s.where('device')}: there {'is' if count == 1 else 'are'} only {count} CUDA "
+                         f"device{'s' if count != 1 else ''} here (cuda:0..cuda:{count - 1})")
+        return DeviceChoice(requested)
+    index = 0
+    if worker_id and worker_id.startswith("gw") and worker_id[2:].isdigit():
+        index = int(worker_id[2:]) % count
+    note = "auto: CUDA found" if requested == "auto" else ""
+    if spread and count > 1:  # the xdist controller: say how workers will pick their GPU
+        note = (note + "; " if note else "") + f"xdist worker gwN uses cuda:(N mod {count})"
+    if worker_id:
+        note = (note + "; " if note else "") + f"xdist worker {worker_id} -> cuda:{index}"
+    return DeviceChoice(f"cuda:{index}", note)
+
+
+def load_thresholds(s: Settings):
+    """(Thresholds, where they came from): ``--partattn-thresholds`` FILE, else the rootdir
+    pyproject's ``[tool.partattn.thresholds]``, else the built-in defaults."""
+    from .checks import Thresholds, load_thresholds as load_file, thresholds_from_pyproject, tomllib
+
+    if s.thresholds is not None:
+        try:
+            return load_file(s.thresholds), str(s.thresholds)
+        except ValueError as exc:
+            raise _usage(f"{s.where('thresholds')}: {exc}") from None
+    pyproject = s.rootdir / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise _usage(f"{pyproject}: invalid TOML ({exc})") from None
+        if doc.get("tool", {}).get("partattn", {}).get("thresholds") is not None:
+            try:
+                return thresholds_from_pyproject(pyproject), f"{pyproject} [tool.partattn.thresholds]"
+            except ValueError as exc:
+                raise _usage(str(exc)) from None
+    return Thresholds(), "built-in defaults"

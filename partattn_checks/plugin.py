@@ -1,0 +1,160 @@
+"""The pytest plugin of partattn-checks (entry point ``partattn``): hooks only.
+
+Each hook hands off to a small object: ``options`` (the option table), ``items`` (collection,
+the per-process session, the fixture), ``report`` (texts, tables, index.html) and ``baseline``
+(the store). Without ``--partattn`` nothing heavy is imported: fixture images are collected and
+skipped. With it, torch is imported at configure time to check the device before any item runs;
+the model itself loads lazily, once per process (once per pytest-xdist worker).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from . import hookspecs, options
+from .items import (IMAGE_SUFFIXES, SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile, PartattnFixture,
+                    PartattnSession)
+from .report import Summary, header_lines, junit_logging_warning
+
+MARKER = ("partattn: an attention-check test (uses the partattn fixture or runs PartCrafter); "
+          "skipped unless pytest runs with --partattn")
+
+
+class PartattnConfigWarning(pytest.PytestWarning):
+    """A partattn configuration that works but loses something (e.g. JUnit attachments)."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+    settings = options.resolve(config)
+    config.stash[SETTINGS_KEY] = settings
+    if not settings.enabled:
+        return
+    hooks = [impl.plugin_name for impl in config.hook.pytest_partattn_load_pipeline.get_hookimpls()]
+    options.check_enabled_settings(settings, custom_pipeline=bool(hooks))
+    thresholds, source = options.load_thresholds(settings)
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    device = options.resolve_device(settings, worker, spread=bool(getattr(config.option, "numprocesses", None)))
+    config.stash[SESSION_KEY] = PartattnSession(config, settings, thresholds, device, worker)
+    controller = Controller(settings, header_lines(settings, device, source, [Path(h).name for h in hooks]),
+                            is_worker=worker is not None)
+    config.pluginmanager.register(controller, "partattn-controller")
+    _collect_fixtures_by_default(config, settings)
+    if getattr(config.option, "xmlpath", None) and worker is None:
+        text = junit_logging_warning(config.getini("junit_logging"))
+        if text:
+            config.issue_config_time_warning(PartattnConfigWarning(text), stacklevel=2)
+
+
+def _collect_fixtures_by_default(config: pytest.Config, settings: options.Settings) -> None:
+    """``pytest --partattn`` without paths also collects the fixtures folder (e.g. next to testpaths)."""
+    if config.args_source == pytest.Config.ArgsSource.ARGS or not settings.fixtures.is_dir():
+        return
+    base = Path(config.invocation_params.dir)
+    for arg in config.args:
+        path = (base / arg.split("::")[0]).resolve()
+        if settings.fixtures == path or path in settings.fixtures.parents:
+            return
+    config.args.append(str(settings.fixtures))
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    settings = parent.config.stash.get(SETTINGS_KEY, None)
+    if settings is None or file_path.suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    path = file_path.resolve()
+    if settings.fixtures not in path.parents or settings.results in path.parents:
+        return None
+    return ImageFile.from_parent(parent, path=file_path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash[SETTINGS_KEY].enabled:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("partattn") is not None and not isinstance(item, CheckItem):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def partattn(request: pytest.FixtureRequest) -> PartattnFixture:
+    """Run an image through the session's pipeline: ``partattn(image, num_parts=None, **settings)``
+    returns a ``CaseOutcome`` (``.record``, ``.results``, ``.summary``). Skips without --partattn."""
+    session = request.config.stash.get(SESSION_KEY, None)
+    if session is None:
+        pytest.skip(SKIP_REASON)
+    return PartattnFixture(session, request)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    payload = getattr(item, "partattn_payload", None)
+    if payload is not None and report.when == "call":
+        report.partattn = payload  # plain JSON-ready data: travels to the xdist controller
+        if payload["figures"] and item.config.pluginmanager.hasplugin("html"):
+            from .report import html_extras
+
+            report.extras = [*getattr(report, "extras", []), *html_extras(payload)]
+    return report
+
+
+class Controller:
+    """Session-wide reporting, registered only with --partattn: header, summary, index.html.
+
+    Under pytest-xdist the controller process sees every worker's reports (with their
+    ``partattn`` payloads) and writes the summary; workers write nothing session-wide.
+    """
+
+    def __init__(self, settings: options.Settings, header: list[str], is_worker: bool):
+        self.settings = settings
+        self.header = header
+        self.is_worker = is_worker
+        self.summary = Summary()
+        self.index: Path | None = None
+        self.index_error: str | None = None
+
+    def pytest_report_header(self) -> list[str]:
+        return self.header
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payload = getattr(report, "partattn", None)
+        if payload is not None and report.when == "call":
+            self.summary.add(payload)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker or not self.summary:
+            return
+        try:
+            self.index = self.summary.write_index(self.settings.results, self.header)
+        except OSError as exc:
+            self.index_error = f"could not write index.html in {self.settings.results}: {exc}"
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.is_worker or (not self.summary and terminalreporter.config.option.collectonly):
+            return
+        tr = terminalreporter
+        tr.write_sep("=", "partattn summary")
+        if not self.summary:
+            tr.write_line(f"no fixture images ran (fixtures folder: {self.settings.fixtures})")
+            return
+        for line in self.summary.table_lines():
+            tr.write_line(line)
+        for line in self.summary.notes():
+            tr.write_line(line)
+        if self.index is not None:
+            tr.write_line(f"figures and index: {self.index}")
+        if self.index_error:
+            tr.write_line(self.index_error, red=True)

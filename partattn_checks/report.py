@@ -1,0 +1,353 @@
+"""What the plugin reports: failure text, JUnit properties and attachments, pytest-html extras,
+the terminal summary table and the results folder's ``index.html``.
+
+Everything here works on *payloads*: plain JSON-ready dicts that an item builds where it ran
+(possibly a pytest-xdist worker) and that travel to the controller on the test report
+(``report.partattn``). The functions build lines and documents; the plugin's hooks print or
+write them. No torch, no matplotlib.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import shlex
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import quote
+
+from .baseline import atomic_write_text
+
+#: Per check: (headline label, pass condition shown before the threshold).
+HEADLINES = {
+    "uniformity": ("near-uniform share", "≤"),
+    "collapse": ("collapsed share (worst layer)", "≤"),
+    "part_separation": ("part separation", "≥"),
+    "stability": ("worst step-to-step jump", "≤"),
+    "nonfinite": ("non-finite values", "≤"),
+    "baseline": ("worst drift", "≤"),
+}
+ATTACHMENT = "[[ATTACHMENT|{}]]"
+#: junit_logging values that write <system-out>, where Jenkins/GitLab look for attachments.
+JUNIT_LOGGING_WITH_STDOUT = ("system-out", "out-err", "all")
+
+
+# ----------------------------------------------------------------------------- small pieces
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def quote_nodeid(nodeid: str) -> str:
+    """Double quotes (fine in sh, bash, zsh and cmd) unless the id needs shell escaping."""
+    if any(c in nodeid for c in '"$`\\!'):
+        return shlex.quote(nodeid)
+    return f'"{nodeid}"'
+
+
+def pytest_command(cli_args: list[str], invocation_dir: Path, image: Path, name: str, *,
+                   update: str | None = None) -> str:
+    """The exact command that reruns ``<image>::<name>`` with the user's partattn options."""
+    rel = Path(os.path.relpath(image, invocation_dir)).as_posix()
+    args = ["pytest", "--partattn", *cli_args]
+    if update:
+        args.append(f"--partattn-update={update}")
+    return " ".join([*(shlex.quote(a) for a in args), quote_nodeid(f"{rel}::{name}")])
+
+
+def offender_text(offender: dict | None) -> str:
+    if not offender:
+        return "—"
+    return ", ".join(f"{k} {'-' if offender.get(k) is None else offender.get(k)}"
+                     for k in ("step", "layer", "part", "head"))
+
+
+# ----------------------------------------------------------------------------- payload
+def payload(*, image: str, image_abs: str, key: str, check: str, result: dict | None, figures: list[str],
+            rerun: str, update: str, baseline_checks: dict | None = None, status: str | None = None,
+            error: str | None = None, warnings: list[str] | None = None, seconds: float = 0.0,
+            summary: dict | None = None) -> dict:
+    """One item's data, JSON-ready. ``result`` is ``CheckResult.to_dict()`` (None when the image
+    could not be run; ``error`` says why)."""
+    verdict = "error" if result is None else result["verdict"]
+    if status in ("written", "updated"):
+        verdict = status
+    return {
+        "image": image, "image_abs": image_abs, "key": key, "check": check, "verdict": verdict,
+        "result": result, "figures": list(figures), "rerun": rerun, "update": update,
+        "baseline_checks": baseline_checks or {}, "status": status, "error": error,
+        "warnings": list(warnings or []), "seconds": seconds, "summary": summary or {},
+    }
+
+
+def metric_rows(p: dict) -> list[list[str]]:
+    """(metric, measured, threshold, baseline, verdict) rows of a payload."""
+    r = p["result"]
+    if r is None:
+        return []
+    if p["check"] == "baseline":
+        rows = []
+        per = r.get("details", {}).get("per_metric", {})
+        for name, m in per.items():
+            ok = m["drift"] <= m["allowed"]
+            rows.append([name, fmt(m["measured"]), f"±{fmt(m['allowed'], 3)}", fmt(m["baseline"]),
+                         "ok" if ok else "DRIFT"])
+        for name in r.get("details", {}).get("missing_in_measured", []):
+            rows.append([name, "not measured", "", "stored", "MISSING"])
+        if not rows and p["summary"]:  # nothing compared: no (usable) baseline, or one just written
+            stored = "written" if p["status"] in ("written", "updated") else "missing"
+            for name, value in sorted(p["summary"].items()):
+                rows.append([name, fmt(value), "", stored, "—"])
+        return rows
+    label, op = HEADLINES.get(p["check"], (p["check"], ""))
+    threshold = "" if r["threshold"] is None else f"{op} {fmt(r['threshold'])}"
+    return [[label, fmt(r["value"]), threshold, fmt(p["baseline_checks"].get(p["check"])),
+             r["verdict"].upper()]]
+
+
+def table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    line = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                 for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def attachment_lines(figures: list[str]) -> list[str]:
+    return [ATTACHMENT.format(f) for f in figures]
+
+
+def failure_text(p: dict) -> str:
+    """The long report of a failing item: what failed, the metric table, the worst offender,
+    figure paths, the commands to rerun / update the baseline, and attachment lines."""
+    r = p["result"]
+    lines = [f"partattn: {p['check']} failed for {p['image']}"]
+    if r is None:
+        lines += [p["error"]]
+    else:
+        lines += [r["reason"], ""]
+        lines += ["  " + ln for ln in table(metric_rows(p), ["metric", "measured", "threshold", "baseline", "verdict"])]
+        lines += ["", f"worst offender: {offender_text(r.get('offender'))}"]
+    for w in p["warnings"]:
+        lines.append(f"warning: {w}")
+    if p["figures"]:
+        lines += ["figures:", *(f"  {f}" for f in p["figures"])]
+    lines += ["rerun this check:", f"  {p['rerun']}", "update this image's baseline:", f"  {p['update']}"]
+    lines += attachment_lines(p["figures"])
+    return "\n".join(lines)
+
+
+def user_properties(p: dict) -> list[tuple[str, object]]:
+    """(name, value) pairs for ``item.user_properties`` (JUnit <property> elements)."""
+    props: list[tuple[str, object]] = [("partattn_check", p["check"]), ("partattn_verdict", p["verdict"])]
+    r = p["result"]
+    if r is not None:
+        props += [("partattn_value", fmt(r["value"], 6)), ("partattn_threshold", fmt(r["threshold"], 6))]
+        if r.get("offender"):
+            props.append(("partattn_offender", offender_text(r["offender"])))
+        if p["check"] in p["baseline_checks"]:
+            props.append(("partattn_baseline", fmt(p["baseline_checks"][p["check"]], 6)))
+    if p["check"] == "baseline":
+        props += [(f"partattn_metric_{k}", fmt(v, 6)) for k, v in sorted(p["summary"].items())]
+    props += [("partattn_figure", f) for f in p["figures"]]
+    return props
+
+
+def html_extras(p: dict) -> list[dict]:
+    """pytest-html (>= 4) extras: one base64 PNG per figure; [] when pytest-html is not installed."""
+    try:
+        from pytest_html import extras
+    except ImportError:
+        return []
+    out = []
+    for f in p["figures"]:
+        try:
+            data = base64.b64encode(Path(f).read_bytes()).decode("ascii")
+        except OSError:
+            continue
+        out.append(extras.png(data, name=Path(f).name))
+    return out
+
+
+def junit_logging_warning(junit_logging: str) -> str | None:
+    if junit_logging in JUNIT_LOGGING_WITH_STDOUT:
+        return None
+    return (f"--junitxml is used with junit_logging = {junit_logging}, which leaves out <system-out>: "
+            f"Jenkins and GitLab will not pick up the [[ATTACHMENT|...]] lines of partattn figures "
+            f"(they are still in the <failure> text). Set junit_logging = system-out (or all) in your "
+            f"pytest configuration to attach the figures")
+
+
+# ----------------------------------------------------------------------------- session summary
+class Summary:
+    """Collects payloads (on the controller) and renders the summary table and index.html."""
+
+    def __init__(self):
+        self.by_image: "OrderedDict[str, dict[str, dict]]" = OrderedDict()
+
+    def add(self, p: dict) -> None:
+        self.by_image.setdefault(p["image"], {})[p["check"]] = p
+        # sorted by image, whatever order xdist workers report in
+        self.by_image = OrderedDict(sorted(self.by_image.items()))
+
+    def __bool__(self) -> bool:
+        return bool(self.by_image)
+
+    def checks(self) -> list[str]:
+        order = list(HEADLINES)
+        seen = {c for per in self.by_image.values() for c in per}
+        return [c for c in order if c in seen] + sorted(seen - set(order))
+
+    @staticmethod
+    def cell(p: dict | None) -> str:
+        if p is None:
+            return ""
+        verdict = p["verdict"]
+        shown = verdict.upper() if verdict in ("fail", "error") else verdict
+        r = p["result"]
+        if p["status"] in ("missing", "unreadable", "env-mismatch") and verdict == "fail":
+            return f"{p['status']} {shown}"
+        if r is None or r.get("value") is None:
+            return shown
+        return f"{fmt(r['value'], 3)} {shown}"
+
+    def table_lines(self) -> list[str]:
+        checks = self.checks()
+        rows = [[image, *(self.cell(per.get(c)) for c in checks)] for image, per in self.by_image.items()]
+        return table(rows, ["image", *checks])
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for per in self.by_image.values():
+            for p in per.values():
+                out[p["verdict"]] = out.get(p["verdict"], 0) + 1
+        return out
+
+    def notes(self) -> list[str]:
+        out = []
+        written = [p for per in self.by_image.values() for p in per.values() if p["verdict"] in ("written", "updated")]
+        if written:
+            out.append(f"{len(written)} baseline{'s' if len(written) != 1 else ''} written or updated "
+                       f"(review and commit them):")
+            out += [f"  {p['verdict']}: {p['result']['details'].get('written', '')}" for p in written]
+        return out
+
+    # -- index.html ------------------------------------------------------------------------
+    def index_html(self, results_dir: Path, header: list[str]) -> str:
+        checks = self.checks()
+        esc = html.escape
+
+        def rel(path: str) -> str:
+            try:
+                return quote(Path(os.path.relpath(path, results_dir)).as_posix())
+            except ValueError:  # another drive on Windows
+                return Path(path).as_uri()
+
+        head_cells = "".join(f"<th>{esc(c)}</th>" for c in checks)
+        body = []
+        for image, per in self.by_image.items():
+            anchor = esc(next(iter(per.values()))["key"])
+            cells = []
+            for c in checks:
+                p = per.get(c)
+                if p is None:
+                    cells.append("<td></td>")
+                    continue
+                cls = {"pass": "pass", "fail": "fail", "error": "fail", "skip": "skip"}.get(p["verdict"], "note")
+                cells.append(f'<td class="{cls}"><a href="#{anchor}">{esc(self.cell(p))}</a></td>')
+            body.append(f'<tr><th class="img"><a href="#{anchor}">{esc(image)}</a></th>{"".join(cells)}</tr>')
+        sections = []
+        for image, per in self.by_image.items():
+            first = next(iter(per.values()))
+            parts = [f'<section id="{esc(first["key"])}"><h2>{esc(image)}</h2>']
+            for c in checks:
+                p = per.get(c)
+                if p is None:
+                    continue
+                reason = p["error"] if p["result"] is None else p["result"]["reason"]
+                parts.append(f'<h3 class="{esc(p["verdict"])}">{esc(c)}: {esc(p["verdict"])}</h3>'
+                             f"<p>{esc(reason or '')}</p>")
+                if p["figures"]:
+                    parts.append('<div class="figs">' + "".join(
+                        f'<a href="{esc(rel(f))}"><img src="{esc(rel(f))}" alt="{esc(Path(f).name)}" '
+                        f'title="{esc(Path(f).name)}"></a>' for f in p["figures"]) + "</div>")
+            parts.append("</section>")
+            sections.append("".join(parts))
+        counts = ", ".join(f"{n} {v}" for v, n in sorted(self.counts().items()))
+        return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>partattn results</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}
+td.pass{{background:#e6f4ea}}td.fail{{background:#fde7e9}}td.skip{{background:#f1f1f1}}td.note{{background:#fff6d5}}
+h3.fail,h3.error{{color:#b00020}}h3.pass{{color:#1e7b34}}
+.figs img{{width:256px;margin:4px;border:1px solid #ddd}}pre{{background:#f6f6f6;padding:.5em}}
+</style></head><body>
+<h1>partattn results</h1>
+<pre>{esc(chr(10).join(header))}</pre>
+<p>{esc(counts)}</p>
+<table><tr><th>image</th>{head_cells}</tr>
+{chr(10).join(body)}
+</table>
+{chr(10).join(sections)}
+</body></html>
+"""
+
+    def write_index(self, results_dir: Path, header: list[str]) -> Path:
+        return atomic_write_text(Path(results_dir) / "index.html", self.index_html(Path(results_dir), header))
+
+
+# ----------------------------------------------------------------------------- header
+def header_lines(settings, device, thresholds_source: str, custom_hooks: list[str]) -> list[str]:
+    """The report header: model, device (and any CPU fallback), dtype, steps, versions, folders."""
+    import importlib.metadata as md
+    import sys
+
+    def version(name: str) -> str:
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            return module.__version__
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    def shown(path: Path) -> str:
+        try:
+            return Path(path).relative_to(settings.rootdir).as_posix()
+        except ValueError:
+            return str(path)
+
+    if custom_hooks:
+        model = f"from pytest_partattn_load_pipeline ({', '.join(custom_hooks)})"
+    elif settings.model_is_embedded:
+        model = f"embedded {settings.model.name} ({settings.model})"
+    else:
+        model = shown(settings.model)
+    dev = device.device + (f" ({device.note})" if device.note else "")
+    steps = str(settings.steps) if settings.steps is not None else f"checkpoint default ({_default_steps(settings.model)})"
+    guidance = "checkpoint default" if settings.guidance is None else fmt(settings.guidance)
+    update = settings.update or "off"
+    return [
+        f"partattn: model {model}",
+        f"partattn: device {dev} | dtype {settings.dtype} | steps {steps} | seed {settings.seed} | "
+        f"guidance {guidance} | torch {version('torch')} | diffusers {version('diffusers')}",
+        f"partattn: fixtures {shown(settings.fixtures)} | baselines {shown(settings.baselines)} "
+        f"(update: {update}) | results {shown(settings.results)} | thresholds: {thresholds_source}",
+    ]
+
+
+def _default_steps(model: Path) -> str:
+    import json
+
+    try:
+        doc = json.loads((Path(model) / "partattn.json").read_text())
+        return str(doc["run_defaults"]["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "50"

@@ -1,0 +1,231 @@
+"""Baseline store and workflow: atomic writes, unreadable files, fingerprints, update modes, CI."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+from plugin_support import IMAGE, TINY, args, make_project, outcomes
+
+from partattn_checks import baseline as bl
+from partattn_checks.checks import Thresholds
+
+pytest_plugins = ("pytester",)
+
+METRICS = {"entropy_mean": 0.9, "peak_mean": 0.06, "separation": 0.01}
+ENV = {"schema_version": bl.SCHEMA_VERSION, "model": "m", "config_hash": "abc", "steps": 2, "seed": 0,
+       "num_parts": 2, "guidance_scale": 7.0, "num_tokens": 16, "dtype": "float32", "device_kind": "cpu",
+       "torch": "2.x", "diffusers": "0.x"}
+NODE = f"fixtures/images/{IMAGE}::baseline"
+KEY = IMAGE.rsplit(".", 1)[0]
+
+
+@pytest.fixture(autouse=True)
+def _no_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+
+
+def _evaluate(tmp_path, metrics=METRICS, env=ENV, **kw):
+    store, cands = bl.BaselineStore(tmp_path / "base"), bl.BaselineStore(tmp_path / "cand")
+    return bl.evaluate(store, cands, "img", image="img.png", metrics=metrics, checks={"uniformity": 0.5},
+                       environment=env, thresholds=Thresholds(), **kw)
+
+
+# ----------------------------------------------------------------------------- files
+def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "a" / "metrics.json"
+    bl.atomic_write_text(target, "one")
+    bl.atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    bl.atomic_write_text(target, "old")
+
+    def boom(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bl.os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        bl.atomic_write_text(target, "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_store_round_trip_and_layout(tmp_path):
+    store = bl.BaselineStore(tmp_path)
+    paths = store.write("sub/np2_x", image="fixtures/images/sub/np2_x.png", metrics=METRICS,
+                        checks={"uniformity": 0.5, "part_separation": None}, environment=ENV)
+    assert paths.metrics == tmp_path / "sub" / "np2_x" / "metrics.json"
+    loaded = store.load("sub/np2_x")
+    assert loaded.metrics == METRICS and loaded.environment == ENV
+    assert loaded.checks == {"uniformity": 0.5, "part_separation": None}
+    doc = json.loads(paths.metrics.read_text())
+    assert doc["schema_version"] == bl.SCHEMA_VERSION and doc["image"] == "fixtures/images/sub/np2_x.png"
+    assert store.load("absent") is None
+
+
+@pytest.mark.parametrize("text, corrupt, message", [
+    ("{not json", True, "not valid JSON"),
+    ("[1, 2]", True, "expected a JSON object"),
+    ('{"schema_version": 1, "metrics": {"a": "x"}}', True, "'metrics' must be a non-empty table of numbers"),
+    ('{"schema_version": 99, "metrics": {"a": 1}}', False, "baseline schema version 99"),
+])
+def test_unusable_baselines_name_the_file(tmp_path, text, corrupt, message):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "metrics.json").write_text(text)
+    with pytest.raises(bl.BaselineError) as info:
+        bl.BaselineStore(tmp_path).load("img")
+    assert str(tmp_path / "img" / "metrics.json") in str(info.value) and message in str(info.value)
+    assert info.value.corrupt is corrupt
+
+
+def test_fingerprint_from_record_meta():
+    meta = {"config": {"width": 64}, "num_parts": 3, "steps": 2, "seed": 1, "guidance_scale": 7.0, "num_tokens": 16,
+            "dtype": "float32", "device": "cuda:1", "versions": {"torch": "2.5", "diffusers": "0.31"}}
+    fp = bl.fingerprint(meta, "embedded:partcrafter-tiny")
+    assert fp["device_kind"] == "cuda" and fp["config_hash"] == bl.config_hash({"width": 64})
+    assert set(bl.FINGERPRINT_KEYS) == set(fp)
+    assert bl.fingerprint_diff(fp, dict(fp, steps=4)) == ["steps: 2 in the baseline, 4 now"]
+
+
+# ----------------------------------------------------------------------------- decisions
+def test_missing_fails_with_where_it_looked_and_a_candidate(tmp_path):
+    out = _evaluate(tmp_path)
+    assert out.result.verdict == "fail" and out.status == "missing"
+    assert str(tmp_path / "base" / "img" / "metrics.json") in out.result.reason
+    assert str(tmp_path / "cand" / "img") in out.result.reason
+    assert json.loads((tmp_path / "cand" / "img" / "metrics.json").read_text())["metrics"] == METRICS
+    assert not (tmp_path / "base").exists()
+
+
+@pytest.mark.parametrize("mode", ["missing", "failed", "all"])
+def test_update_modes_write_missing_baselines(tmp_path, mode):
+    out = _evaluate(tmp_path, update=mode)
+    assert out.result.verdict == "pass" and out.status == "written"
+    assert bl.BaselineStore(tmp_path / "base").load("img").metrics == METRICS
+
+
+def test_drift_fails_and_update_modes(tmp_path):
+    _evaluate(tmp_path, update="missing")
+    assert _evaluate(tmp_path).result.verdict == "pass"
+    drifted = dict(METRICS, separation=0.5)
+    out = _evaluate(tmp_path, metrics=drifted)
+    assert out.result.verdict == "fail" and "separation drifted" in out.result.reason
+    assert _evaluate(tmp_path, metrics=drifted, update="missing").result.verdict == "fail"  # missing only
+    out = _evaluate(tmp_path, metrics=drifted, update="failed")
+    assert out.status == "updated" and out.result.verdict == "pass"
+    assert _evaluate(tmp_path, metrics=drifted).result.verdict == "pass"
+    # "failed" leaves passing baselines alone; "all" rewrites them
+    before = (tmp_path / "base" / "img" / "metrics.json").stat().st_mtime_ns
+    assert _evaluate(tmp_path, metrics=drifted, update="failed").status == "compared"
+    assert (tmp_path / "base" / "img" / "metrics.json").stat().st_mtime_ns == before
+    assert _evaluate(tmp_path, metrics=drifted, update="all").status == "updated"
+
+
+def test_environment_mismatch_warns_or_fails_when_strict(tmp_path):
+    _evaluate(tmp_path, update="missing")
+    other = dict(ENV, torch="9.9")
+    out = _evaluate(tmp_path, env=other)
+    assert out.result.verdict == "pass"
+    assert out.warnings and "torch: '2.x' in the baseline, '9.9' now" in out.warnings[0]
+    out = _evaluate(tmp_path, env=other, strict_env=True)
+    assert out.result.verdict == "fail" and out.status == "env-mismatch" and "different environment" in out.result.reason
+    assert _evaluate(tmp_path, env=other, strict_env=True, update="failed").status == "updated"
+    assert _evaluate(tmp_path, env=other, strict_env=True).result.verdict == "pass"
+
+
+def test_corrupt_baseline_is_never_overwritten_unless_all_and_forced(tmp_path):
+    folder = tmp_path / "base" / "img"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text("{oops")
+    for mode in (None, "missing", "failed", "all"):
+        out = _evaluate(tmp_path, update=mode)
+        assert out.result.verdict == "fail" and out.status == "unreadable"
+        assert "NOT overwritten" in out.result.reason and str(folder / "metrics.json") in out.result.reason
+        assert (folder / "metrics.json").read_text() == "{oops"
+    out = _evaluate(tmp_path, update="all", force=True)
+    assert out.status == "updated" and bl.BaselineStore(tmp_path / "base").load("img").metrics == METRICS
+
+
+def test_old_schema_is_replaced_by_update_failed(tmp_path):
+    folder = tmp_path / "base" / "img"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text('{"schema_version": 0, "metrics": {"a": 1}}')
+    assert _evaluate(tmp_path).result.verdict == "fail"
+    assert _evaluate(tmp_path, update="failed").status == "updated"
+
+
+# ----------------------------------------------------------------------------- the workflow
+def test_workflow_missing_create_pass_drift_fail_update_pass(pytester):
+    make_project(pytester)
+    run = lambda *extra: pytester.runpytest_inprocess(*args(*extra), NODE)  # noqa: E731
+    result = run()
+    assert outcomes(result) == {NODE: "failed"}
+    metrics = pytester.path / "fixtures" / "baselines" / KEY / "metrics.json"
+    result.stdout.fnmatch_lines([f"no baseline for this image: looked for {metrics}; a candidate was written to "
+                                 f"{pytester.path / '.partattn-results' / 'baseline-candidates' / KEY} *"])
+    assert not metrics.exists()
+
+    result = run("--partattn-update=missing")  # create
+    assert outcomes(result) == {NODE: "passed"} and metrics.is_file()
+    result.stdout.fnmatch_lines(["1 baseline written or updated (review and commit them):"])
+    env = json.loads(metrics.with_name("environment.json").read_text())
+    assert env["steps"] == 2 and env["dtype"] == "float32" and env["device_kind"] == "cpu"
+    assert env["model"] == str(TINY) and env["torch"] and env["diffusers"] and len(env["config_hash"]) == 16
+
+    assert outcomes(run()) == {NODE: "passed"}  # pass
+
+    doc = json.loads(metrics.read_text())  # drift
+    doc["metrics"]["entropy_mean"] += 0.5
+    metrics.write_text(json.dumps(doc))
+    result = run()
+    assert outcomes(result) == {NODE: "failed"}
+    result.stdout.fnmatch_lines(["entropy_mean drifted from its baseline*", "*entropy_mean*±*DRIFT*"])
+
+    update = shlex.split(next(ln for ln in result.stdout.lines if "--partattn-update=failed" in ln))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *update[1:])  # the printed command
+    assert outcomes(result) == {NODE: "passed"}
+    assert outcomes(run()) == {NODE: "passed"}
+
+
+def test_update_refused_under_ci_unless_forced(pytester, monkeypatch):
+    make_project(pytester)
+    monkeypatch.setenv("CI", "true")
+    result = pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --partattn-update missing: refusing to update baselines because the CI "
+                                 "environment variable is set (CI=true)*--partattn-force-update*"])
+    assert not (pytester.path / "fixtures" / "baselines").exists()
+    result = pytester.runpytest_inprocess(*args("--partattn-update=missing", "--partattn-force-update"), NODE)
+    assert outcomes(result) == {NODE: "passed"}
+
+
+def test_corrupt_baseline_in_a_run(pytester):
+    make_project(pytester)
+    folder = pytester.path / "fixtures" / "baselines" / KEY
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text('{"schema_version": 1, "metrics": {')
+    for extra in ((), ("--partattn-update=failed",)):
+        result = pytester.runpytest_inprocess(*args(*extra), NODE)
+        assert outcomes(result) == {NODE: "failed"}
+        result.stdout.fnmatch_lines([f"baseline unusable: {folder / 'metrics.json'}: not valid JSON*NOT overwritten*"])
+        assert (folder / "metrics.json").read_text() == '{"schema_version": 1, "metrics": {'
+
+
+def test_environment_mismatch_in_a_run(pytester):
+    make_project(pytester)
+    pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
+    env = pytester.path / "fixtures" / "baselines" / KEY / "environment.json"
+    doc = json.loads(env.read_text())
+    doc["torch"] = "0.0-elsewhere"
+    env.write_text(json.dumps(doc))
+    result = pytester.runpytest_inprocess(*args(), NODE)
+    assert outcomes(result) == {NODE: "passed"}
+    result.stdout.fnmatch_lines(["*PartattnEnvironmentWarning*different environment*torch: '0.0-elsewhere'*"])
+    result = pytester.runpytest_inprocess(*args("--partattn-strict-env"), NODE)
+    assert outcomes(result) == {NODE: "failed"}
