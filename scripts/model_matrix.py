@@ -35,6 +35,14 @@ def worst(check: str, values: list[float]) -> float | None:
     return max(values) if check in CEILING_CHECKS else min(values)
 
 
+def least_failing(check: str, values: list[float]) -> float | None:
+    """The image closest to passing: the other end of the range from :func:`worst`."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return min(values) if check in CEILING_CHECKS else max(values)
+
+
 def margin(check: str, value: float | None, threshold: float | None) -> float | None:
     """Distance from the threshold on the passing side (negative: on the failing side)."""
     if value is None or threshold is None or value != value:
@@ -54,6 +62,7 @@ def summarize(outcomes: dict) -> dict:
             "value": value, "threshold": threshold, "failing": len(failing), "judged": len(judged),
             "margin": margin(check, value, threshold),
             "reason": failing[0].reason if failing else "",
+            "values": {image: r.value for image, r in zip(outcomes, results)},
         }
     return rows
 
@@ -62,7 +71,15 @@ def fmt(x) -> str:
     return "—" if x is None or x != x else f"{x:.3f}"
 
 
-def markdown(table: dict, steps) -> str:
+def value_range(row) -> str:
+    values = [v for v in row["values"].values() if v is not None and v == v]
+    if not values:
+        return "—"
+    lo, hi = min(values), max(values)
+    return f"{lo:.3f}" if abs(hi - lo) < 5e-4 else f"{lo:.3f}–{hi:.3f}"
+
+
+def markdown(table: dict) -> str:
     checks = list(CHECKS)
     lines = [
         "| model | " + " | ".join(checks) + " |",
@@ -74,12 +91,29 @@ def markdown(table: dict, steps) -> str:
             row = rows[check]
             verdict = "pass" if row["failing"] == 0 else f"**FAIL {row['failing']}/{row['judged']}**"
             target = " ◀" if TARGETS.get(model) == check else ""
-            cells.append(f"{fmt(row['value'])} vs {fmt(row['threshold'])}: {verdict}{target}")
+            cells.append(f"{value_range(row)} vs {fmt(row['threshold'])}: {verdict}{target}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Each cell: worst value over the fixture images vs the default threshold, and how many images "
-                 "fail. ◀ marks the check a model is built to fail. Ceilings (value must stay at or below): "
-                 f"{', '.join(sorted(CEILING_CHECKS))}; floor (at or above): part_separation.")
+    lines += [
+        "",
+        "Each cell: the range of the check's value over the fixture images, the default threshold, and how "
+        "many images fail. ◀ marks the check a model is built to fail. Ceilings (the value must stay at or "
+        f"below): {', '.join(sorted(CEILING_CHECKS))}; floor (at or above): part_separation. Values of "
+        "non-finite models count non-finite entries.",
+        "",
+        "## Margins of the default thresholds",
+        "",
+        "| check | threshold | healthy, worst image | margin | built-to-fail model, least failing image | margin |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, check in TARGETS.items():
+        if model == "random" or model not in table:
+            continue
+        healthy, broken = table["healthy"][check], table[model][check]
+        least = least_failing(check, list(broken["values"].values()))
+        lines.append(
+            f"| {check} | {fmt(healthy['threshold'])} | {fmt(healthy['value'])} | "
+            f"{fmt(healthy['margin'])} | {model}: {fmt(least)} | {fmt(-margin(check, least, healthy['threshold']) if least is not None else None)} |"
+        )
     return "\n".join(lines)
 
 
@@ -100,7 +134,7 @@ def main(argv=None) -> int:
             table[name] = summarize(evaluate(path, images, steps=args.steps))
             print(f"{name}: " + ", ".join(f"{c}={fmt(r['value'])}({r['failing']}/{r['judged']} fail)"
                                           for c, r in table[name].items()), flush=True)
-    text = markdown(table, args.steps)
+    text = markdown(table)
     stamp = f"{datetime.date.today()} on {platform.machine()} {platform.system()}, {len(images)} fixture images"
     print(text)
     if args.out:

@@ -12,9 +12,11 @@ collapsed     cross-attention q/k RMSNorm gains x30: logits x900, one key   coll
               per query wins
 merged_parts  every row of the part embedding is set to their mean: the     part_separation
               parts can no longer be told apart
-unstable      the time-token MLP output is scaled x40, so the timestep      stability
-              dominates every token's query and the attention pattern
-              jumps from step to step
+unstable      the timestep embedding is scrambled (its frequencies       stability
+              reversed, the time token scaled x40) and block 0's
+              self-attention broadcasts it to every token (key gains 0,
+              output x50); cross-attention query gains x3. Queries then
+              follow a pseudo-random function of the step
 nonfinite     one cross-attention key weight of block 2 is set to NaN       nonfinite
 ============  ===========================================================  =================
 """
@@ -61,8 +63,16 @@ def _merged_parts(state):
 
 @variant("unstable")
 def _unstable(state):
+    freq = state["time_proj.linear_1.weight"]
+    half = freq.shape[1] // 2
+    freq[:, :half] = freq[:, :half].flip(1).clone()  # sin columns: slowest <-> fastest frequency
+    freq[:, half:] = freq[:, half:].flip(1).clone()  # cos columns likewise
     state["time_proj.linear_2.weight"].mul_(40.0)
     state["time_proj.linear_2.bias"].mul_(40.0)
+    state["blocks.0.attn1.norm_k.weight"].zero_()
+    state["blocks.0.attn1.to_out.0.weight"].mul_(50.0)
+    for key in _cross_attention(state, "norm_q.weight"):
+        state[key].mul_(3.0)
 
 
 @variant("nonfinite")

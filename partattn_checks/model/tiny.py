@@ -113,6 +113,7 @@ def write_checkpoint(out: str | Path, transformer: PartCrafterDiTModel, image_en
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint folder is meant to be shared
     try:
         _write_json(staging / "model_index.json", MODEL_INDEX)
         transformer_config = {"_class_name": "PartCrafterDiTModel", **dict(transformer.config)}
