@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # torch stays unimported until a check runs
+    import torch
+
     from .record import AttentionRecord
 
 try:

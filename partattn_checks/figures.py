@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .baseline import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .checks import CheckResult, Thresholds
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
 from urllib.parse import quote
+
+from .atomic import atomic_write_text
 
 __all__ = ["write_index", "render_index", "atomic_write_text"]
 
@@ -139,23 +140,3 @@ def write_index(path: str | os.PathLike, title: str, sections=(), *, metrics=Non
     text = render_index(title, sections, metrics=metrics, tables=tables, links=links, note=note,
                         base=path.parent.resolve())
     return atomic_write_text(path, text)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and
-    ``os.replace``: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report page is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path

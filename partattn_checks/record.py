@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
+
+from .atomic import atomic_write
 
 SCHEMA_VERSION = 1
 LAYER_KINDS = ("global", "local", "standard")
@@ -220,7 +220,7 @@ class AttentionRecord:
         header = {"schema_version": str(SCHEMA_VERSION), "pair_id": pair_id}
         tensor_path = stem.with_name(stem.name + _TENSOR_SUFFIX)
         json_path = stem.with_name(stem.name + _JSON_SUFFIX)
-        _atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=header))
+        atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=header))
         doc = {
             "schema_version": SCHEMA_VERSION,
             "pair_id": pair_id,
@@ -239,7 +239,7 @@ class AttentionRecord:
             "meta": self.meta,
         }
         text = json.dumps(doc, indent=2, default=str) + "\n"
-        _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         return tensor_path, json_path
 
     @classmethod
@@ -317,17 +317,3 @@ def _stem(path: str | os.PathLike) -> Path:
     if p.suffix in (_JSON_SUFFIX, _TENSOR_SUFFIX):
         return p.with_suffix("")
     return p
-
-
-def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

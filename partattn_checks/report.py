@@ -18,7 +18,7 @@ from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote
 
-from .baseline import atomic_write_text
+from .atomic import atomic_write_text
 
 #: Per check: (headline label, pass condition shown before the threshold).
 HEADLINES = {

@@ -33,7 +33,8 @@ import torch
 from . import metrics, render
 from .capture import AttentionRecorder, CaptureError, Selection, cross_attention_modules
 from .checks import CheckResult, Thresholds, run_checks
-from .html_index import atomic_write_text, write_index
+from .atomic import atomic_write_text
+from .html_index import write_index
 from .record import AttentionRecord
 from .runner import RunSettings, parts_from_name, run_case
 

@@ -8,6 +8,7 @@ import shlex
 import pytest
 from plugin_support import IMAGE, TINY, args, make_project, outcomes
 
+from partattn_checks import atomic
 from partattn_checks import baseline as bl
 from partattn_checks.checks import Thresholds
 
@@ -48,7 +49,7 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
     def boom(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bl.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
         bl.atomic_write_text(target, "new")
     monkeypatch.undo()
