@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-#: The embedded default checkpoint (a tiny PartCrafter trained on the synthetic task).
-DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "partcrafter-tiny"
+from . import EMBEDDED_MODEL as DEFAULT_MODEL
+
 DEFAULT_FIXTURES = Path("fixtures") / "images"
 DEFAULT_RESULTS = Path("partattn-results")
 DTYPES = ("float32", "float16", "bfloat16")

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-#: The checkpoint shipped inside the package (a tiny PartCrafter-format model).
-EMBEDDED_MODEL = Path(__file__).parent / "data" / "partcrafter-tiny"
+from . import EMBEDDED_MODEL  # the default of --partattn-model
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -290,7 +289,8 @@ def resolve_device(s: Settings, worker_id: str | None = None, spread: bool = Fal
 def load_thresholds(s: Settings):
     """(Thresholds, where they came from): ``--partattn-thresholds`` FILE, else the rootdir
     pyproject's ``[tool.partattn.thresholds]``, else the built-in defaults."""
-    from .checks import Thresholds, load_thresholds as load_file, thresholds_from_pyproject, tomllib
+    from .checks import Thresholds, thresholds_from_pyproject, tomllib
+    from .checks import load_thresholds as load_file
 
     if s.thresholds is not None:
         try:

@@ -22,7 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from partattn_checks.checks import CHECKS  # noqa: E402
-from partattn_checks.model.zoo import HEALTHY, IMAGES, RANDOM, TARGETS, build_zoo, evaluate  # noqa: E402
+from partattn_checks.model.zoo import HEALTHY, TARGETS, build_zoo, evaluate  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RANDOM = REPO / "fixtures" / "checkpoints" / "tiny-random"
+IMAGES = REPO / "fixtures" / "images"
 
 #: Checks whose value must stay at or below the threshold (the rest must stay at or above it).
 CEILING_CHECKS = {"uniformity", "collapse", "stability", "nonfinite"}
@@ -130,7 +134,7 @@ def main(argv=None) -> int:
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() == ".png")
     table = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in build_zoo(tmp, args.healthy, args.random).items():
+        for name, path in build_zoo(tmp, args.random, args.healthy).items():
             table[name] = summarize(evaluate(path, images, steps=args.steps))
             print(f"{name}: " + ", ".join(f"{c}={fmt(r['value'])}({r['failing']}/{r['judged']} fail)"
                                           for c, r in table[name].items()), flush=True)

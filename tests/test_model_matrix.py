@@ -5,10 +5,16 @@ The thresholds are the documented defaults (partattn_checks/checks.py); the marg
 measured by scripts/model_matrix.py and written in docs/model-matrix.md.
 """
 
+from pathlib import Path
+
 import pytest
 
 from partattn_checks.checks import CHECKS
-from partattn_checks.model.zoo import IMAGES, TARGETS, build_zoo, evaluate
+from partattn_checks.model.zoo import TARGETS, build_zoo, evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "fixtures" / "images"
+RANDOM = REPO / "fixtures" / "checkpoints" / "tiny-random"
 
 #: How each failing check's reason starts: it names the cause.
 CAUSES = {
@@ -23,7 +29,7 @@ FIXTURE_IMAGES = sorted(p for p in IMAGES.iterdir() if p.suffix == ".png")
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    return build_zoo(tmp_path_factory.mktemp("zoo"))
+    return build_zoo(tmp_path_factory.mktemp("zoo"), RANDOM)
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def test_only_images_under_the_fixtures_folder_are_collected(pytester):
 
 
 def test_default_model_is_the_embedded_package_folder():
-    assert EMBEDDED_MODEL == Path(__import__("partattn_checks").__file__).parent / "data" / "partcrafter-tiny"
+    assert EMBEDDED_MODEL == Path(__import__("partattn_checks").__file__).resolve().parent / "data" / "partcrafter-tiny"
     assert {o.flag for o in OPTIONS} >= {"--partattn", "--partattn-model", "--partattn-device", "--partattn-update",
                                          "--partattn-thresholds", "--partattn-save-all-figures"}
 

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import EMBEDDED_MODEL as HEALTHY
 from .broken import VARIANTS, make_variant
-
-PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
-HEALTHY = PACKAGE_DATA / "partcrafter-tiny"
-REPO = Path(__file__).resolve().parents[2]
-RANDOM = REPO / "fixtures" / "checkpoints" / "tiny-random"
-IMAGES = REPO / "fixtures" / "images"
 
 #: Which check each broken model is made to fail (the random-init model should fail separation).
 TARGETS = {"uniform": "uniformity", "collapsed": "collapse", "merged_parts": "part_separation",
            "unstable": "stability", "nonfinite": "nonfinite", "random": "part_separation"}
 
 
-def build_zoo(out_dir: str | Path, healthy: str | Path = HEALTHY, random: str | Path = RANDOM) -> dict[str, Path]:
-    """``{"healthy": ..., <variant>: ..., "random": ...}``: variants are written under ``out_dir``."""
+def build_zoo(out_dir: str | Path, random: str | Path, healthy: str | Path = HEALTHY) -> dict[str, Path]:
+    """``{"healthy": ..., <variant>: ..., "random": ...}``: variants are written under ``out_dir``;
+    ``random`` is a random-init checkpoint (the repo's ``fixtures/checkpoints/tiny-random``)."""
     out_dir = Path(out_dir)
     zoo = {"healthy": Path(healthy)}
     for name in VARIANTS:
