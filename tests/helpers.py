@@ -22,12 +22,14 @@ REFERENCE_KEYS_ENV = "PARTATTN_REFERENCE_KEYS"
 
 
 def reference_keys_path() -> Path:
-    """``../shared/reference/<tsv>`` next to the repo, else ``$PARTATTN_REFERENCE_KEYS``.
+    """``../shared/reference/<tsv>`` next to the repo, else the copy committed under
+    ``tests/data/`` (so a lone clone can run the check), else ``$PARTATTN_REFERENCE_KEYS``.
 
-    Missing is a test failure, not a skip: CI has ``../shared``, and a silently skipped
-    state-dict check would hide exactly the regression it exists for.
+    Missing is a test failure, not a skip: a silently skipped state-dict check would hide
+    exactly the regression it exists for.
     """
-    candidates = [REPO.parent / "shared" / "reference" / REFERENCE_KEYS_NAME]
+    candidates = [REPO.parent / "shared" / "reference" / REFERENCE_KEYS_NAME,
+                  REPO / "tests" / "data" / REFERENCE_KEYS_NAME]
     if os.environ.get(REFERENCE_KEYS_ENV):
         candidates.append(Path(os.environ[REFERENCE_KEYS_ENV]).expanduser())
     for path in candidates:
