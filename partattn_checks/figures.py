@@ -109,12 +109,13 @@ def _heads_and_overlay(result, record, image, score, what: str):
     step, layer = record.steps[s], record.layers[li]
     full = record.full_maps.get((step, layer))
     if full is not None:
-        maps = full[p].float()
+        maps, ylabel = full[p].float(), "queries"
         note = "full maps (key 0 = CLS)"
     else:
-        maps = record.marginals[s, li, p].float()[:, None, :]  # (H, 1, Nk)
+        maps, ylabel = record.marginals[s, li, p].float()[:, None, :], None  # (H, 1, Nk) strips
         note = "per-head key-marginals (mean over queries)"
-    out = [("heads", render.multi_head_grid(maps, title=f"{what}: {note}", layer=layer, step=step, part=p))]
+    out = [("heads", render.multi_head_grid(maps, title=f"{what}: {note}", layer=layer, step=step, part=p,
+                                            ylabel=ylabel))]
     if record.patch_grid is not None and image is not None:
         marg = record.marginals[s, li, p, h].float().nan_to_num(0.0)
         marg = marg / marg.sum().clamp_min(1e-12)

@@ -297,7 +297,7 @@ def heatmap(A, *, title=None, layer=None, step=None, part=None, head=None,
 
 
 def _multi_head_fig(maps, *, title=None, layer=None, step=None, part=None, vmax=8.0,
-                    scale="log", ncols=None, max_px=512) -> Figure:
+                    scale="log", ncols=None, max_px=512, ylabel="queries") -> Figure:
     maps = _to_numpy(maps)
     if maps.ndim != 3:
         raise ValueError(f"multi_head_grid expects (heads, queries, keys) maps, got shape {maps.shape}")
@@ -308,17 +308,19 @@ def _multi_head_fig(maps, *, title=None, layer=None, step=None, part=None, vmax=
         _show(ax, _panel_array(maps[h], sc), sc, labels=False)
         ax.set_title(f"head {h}", fontsize=_FONT, pad=2)
     fig.supxlabel("keys", fontsize=_FONT)
-    fig.supylabel("queries", fontsize=_FONT)
+    if ylabel:
+        fig.supylabel(ylabel, fontsize=_FONT)
     fig.suptitle(_title(title, layer, step, part), fontsize=_FONT + 1)
     sc.colorbar(fig, axes, maps.shape[-1])
     return fig
 
 
 def multi_head_grid(maps, *, title=None, layer=None, step=None, part=None, vmax=8.0,
-                    scale="log", ncols=None, path=None, max_px=512):
-    """(heads, queries, keys) maps: one panel per head, one shared fixed scale and colorbar."""
+                    scale="log", ncols=None, path=None, max_px=512, ylabel="queries"):
+    """(heads, queries, keys) maps: one panel per head, one shared fixed scale and colorbar.
+    ``ylabel=None`` drops the row label (for one-row key-marginal strips)."""
     return _output(_multi_head_fig(maps, title=title, layer=layer, step=step, part=part,
-                                   vmax=vmax, scale=scale, ncols=ncols, max_px=max_px), path)
+                                   vmax=vmax, scale=scale, ncols=ncols, max_px=max_px, ylabel=ylabel), path)
 
 
 def _part_panel_fig(marginals, grid=None, image=None, *, title=None, layer=None, step=None,
