@@ -104,14 +104,14 @@ class CollapseThresholds:
 
 @dataclass(frozen=True)
 class PartSeparationThresholds:
-    min_separation: float = _param(0.05, 0.0, 1.0, doc="fail when the aggregated part separation is below this")
+    min_separation: float = _param(0.075, 0.0, 1.0, doc="fail when the aggregated part separation is below this")
     step_aggregate: str = _param("mean", choices=("mean", "min", "max"), doc="how separation is reduced over steps, per layer")
     layer_aggregate: str = _param("max", choices=("mean", "min", "max"), doc="how the per-layer values are reduced over layers")
 
 
 @dataclass(frozen=True)
 class StabilityThresholds:
-    max_jump: float = _param(0.18, 0.0, 1.0, doc="fail when a consecutive-step JS/log 2 of a part's marginal exceeds this")
+    max_jump: float = _param(0.23, 0.0, 1.0, doc="fail when a consecutive-step JS/log 2 of a part's marginal exceeds this")
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ def test_identical_parts_fail_separation():
     assert r.verdict == "fail"
     assert r.value == pytest.approx(0.0, abs=1e-4)
     assert r.offender.part == 0 and r.details["closest_pair"] == [0, 1]
-    assert "part separation 0.000 < 0.05" in r.reason
+    assert "part separation 0.000 < 0.075" in r.reason
 
 
 def test_separation_aggregate_is_configurable():
@@ -263,8 +263,8 @@ def test_defaults_in_one_place():
     t = Thresholds()
     assert (t.uniformity.entropy_min_uniform, t.uniformity.max_share, t.uniformity.layer_aggregate) == (0.98, 0.85, "mean")
     assert (t.collapse.peak_max, t.collapse.entropy_min, t.collapse.cls_mass_max, t.collapse.max_share) == (0.9, 0.05, 0.9, 0.5)
-    assert (t.part_separation.min_separation, t.part_separation.layer_aggregate) == (0.05, "max")
-    assert t.stability.max_jump == 0.18 and (t.baseline.atol, t.baseline.rtol) == (0.02, 0.1)
+    assert (t.part_separation.min_separation, t.part_separation.layer_aggregate) == (0.075, "max")
+    assert t.stability.max_jump == 0.23 and (t.baseline.atol, t.baseline.rtol) == (0.02, 0.1)
 
 
 def test_load_thresholds_toml(tmp_path):
