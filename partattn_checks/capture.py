@@ -361,10 +361,10 @@ class AttentionRecorder:
         chunks, full = [], []
         keep_full = self._wants_full(name, step)
         for part in range(query.shape[0]):  # one part at a time bounds peak memory
-            probs = torch.softmax(query[part].float() @ key[part].float().transpose(-1, -2) * scale, dim=-1)
-            chunks.append(metrics.row_stats(probs, has_cls=self.has_cls))
+            logits = (query[part].float() * scale) @ key[part].float().transpose(-1, -2)
+            chunks.append(metrics.row_stats_from_logits(logits, has_cls=self.has_cls))
             if keep_full:
-                full.append(probs.to(torch.float16))
+                full.append(torch.softmax(logits, dim=-1).to(torch.float16))
         stats = {k: torch.stack([c[k] for c in chunks]) for k in chunks[0]}
         finite = torch.stack([torch.isfinite(v).all() for v in stats.values()]).all()
         self._calls[(step, name)] = _LayerCall(

@@ -220,3 +220,31 @@ def test_row_stats_stays_finite_when_patch_mass_is_denormal():
     for name, value in stats.items():
         assert torch.isfinite(value).all(), name
     assert torch.allclose(stats["marginal"].sum(-1), torch.ones(1))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 7), st.integers(2, 12)),
+    spread=st.floats(0.0, 12.0),
+    has_cls=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_row_stats_from_logits_equals_row_stats_of_the_softmax(shape, spread, has_cls, seed):
+    """The recorder's logit path gives the same statistics as softmax followed by row_stats."""
+    S = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * spread
+    from_logits = M.row_stats_from_logits(S, has_cls=has_cls)
+    from_probs = M.row_stats(torch.softmax(S, -1), has_cls=has_cls)
+    assert set(from_logits) == set(from_probs)
+    for key, value in from_probs.items():
+        torch.testing.assert_close(from_logits[key], value, atol=2e-5, rtol=1e-4, msg=key)
+
+
+def test_row_stats_from_logits_renormalises_patch_rows_when_cls_takes_everything():
+    """Where softmax underflows every patch key to 0, the logits still give the patch distribution."""
+    S = torch.tensor([[[200.0, 0.0, 0.0, 3.0]]])
+    stats = M.row_stats_from_logits(S)
+    r = torch.softmax(S[..., 1:], -1)
+    torch.testing.assert_close(stats["marginal"], r.mean(-2))
+    torch.testing.assert_close(stats["cls_mass"], torch.ones(1))
+    torch.testing.assert_close(stats["entropy"], M.normalized_entropy(r))
+    assert torch.isnan(M.row_stats_from_logits(torch.tensor([[[float("nan"), 1.0, 2.0]]]))["cls_mass"]).all()
