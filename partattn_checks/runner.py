@@ -52,13 +52,15 @@ class CaseOutcome:
 
 
 def run_case(pipeline, image, settings: RunSettings, thresholds: Thresholds | None = None, *,
-             selection=None, checks=None) -> CaseOutcome:
-    """Run ``image`` with capture and apply the record checks (``checks``: names, default all)."""
+             selection=None, checks=None, callback=None) -> CaseOutcome:
+    """Run ``image`` with capture and apply the record checks (``checks``: names, default all).
+    ``callback(step, timestep, latents)`` is the pipeline's per-step callback (e.g. a progress bar)."""
     from .capture import record_attention
 
     start = time.perf_counter()
+    extra = {"callback": callback} if callback is not None else {}
     _, record = record_attention(pipeline, image, settings.num_parts, selection=selection, nonfinite="record",
-                                 **settings.run_kwargs())
+                                 **settings.run_kwargs(), **extra)
     names = list(checks) if checks is not None else list(CHECKS)
     results = {r.name: r for r in run_checks(record, thresholds, names=names)}
     return CaseOutcome(image=image, settings=settings, record=record, results=results,

@@ -31,10 +31,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 
 from . import metrics, render
+from .atomic import atomic_write_text
 from .capture import AttentionRecorder, CaptureError, Selection, cross_attention_modules
 from .checks import CheckResult, Thresholds, run_checks
-from .atomic import atomic_write_text
 from .html_index import write_index
+from .model.pipeline import encoder_view
 from .record import AttentionRecord
 from .runner import RunSettings, parts_from_name, run_case
 
@@ -298,9 +299,8 @@ class AttentionVisualizer:
                                num_tokens=num_tokens)
         if selection is None:
             selection = Selection(full_maps=self._full_map_pairs(full_map, steps))
-        runner = _WithCallback(pipeline, callback) if callback is not None else pipeline
         with self._paused():
-            outcome = run_case(runner, image, settings, self.thresholds, selection=selection)
+            outcome = run_case(pipeline, image, settings, self.thresholds, selection=selection, callback=callback)
         self.record, self.results = outcome.record, outcome.results
         self.image = pipeline.preprocessed_image(image) if not torch.is_tensor(image) else None
         return self.record
@@ -573,21 +573,6 @@ class AttentionVisualizer:
         return grid, image if image is not None else self.image
 
 
-class _WithCallback:
-    """A pipeline stand-in that adds a per-step ``callback`` to every call (a progress bar), so
-    ``runner.run_case`` runs unchanged."""
-
-    def __init__(self, pipeline, callback):
-        self._pipeline, self._callback = pipeline, callback
-
-    def __getattr__(self, name):
-        return getattr(self._pipeline, name)
-
-    def __call__(self, *args, **kwargs):
-        kwargs.setdefault("callback", self._callback)
-        return self._pipeline(*args, **kwargs)
-
-
 # ====================================================================== rendering a record
 _CHECK_COLS = ("uniformity", "collapse", "part_separation", "stability", "nonfinite")
 
@@ -680,7 +665,9 @@ def render_record(record: AttentionRecord, out_dir, *, image=None, results: Mapp
 
     checks_fig = []
     try:
-        from .figures import figures_for  # the plugin's failure-report figures, when installed
+        from .figures import (
+            figures_for,  # the plugin's failure-report figures, when installed
+        )
     except ImportError:
         figures_for = None
     if figures_for is not None:
@@ -732,20 +719,6 @@ def render_record(record: AttentionRecord, out_dir, *, image=None, results: Mapp
         note=" ".join(notes),
     )
     return {"figures": figures, "metrics": metrics_path, "index": index}
-
-
-def encoder_view(feature_extractor, image):
-    """The image as the encoder sees it (resized, cropped; normalisation undone), as a PIL image."""
-    import numpy as np
-    from PIL import Image
-
-    from .model.pipeline import open_image
-
-    pixels = feature_extractor(open_image(image), return_tensors="pt").pixel_values[0].float()
-    mean = torch.tensor(feature_extractor.image_mean).view(3, 1, 1)
-    std = torch.tensor(feature_extractor.image_std).view(3, 1, 1)
-    array = ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(array))
 
 
 # ====================================================================== helpers

@@ -165,15 +165,18 @@ def load_image_encoder(folder: Path, dtype: torch.dtype):
     return model.eval()
 
 
-def load_feature_extractor(folder: Path):
+def feature_extractor_from_config(config: dict):
+    """A DINOv2 ``BitImageProcessor`` from a ``preprocessor_config.json`` dict."""
     try:  # transformers >= 5: the PIL backend needs no torchvision
         from transformers import BitImageProcessorPil as BitImageProcessor
     except ImportError:
         from transformers import BitImageProcessor
 
-    config = read_json(folder / "preprocessor_config.json")
-    config = {k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")}
-    return BitImageProcessor(**config)
+    return BitImageProcessor(**{k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")})
+
+
+def load_feature_extractor(folder: Path):
+    return feature_extractor_from_config(read_json(folder / "preprocessor_config.json"))
 
 
 def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Checkpoint:

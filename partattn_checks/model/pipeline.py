@@ -64,6 +64,21 @@ def open_image(image):
     return to_rgb(image)
 
 
+def pixels_to_image(pixels: torch.Tensor, feature_extractor):
+    """Preprocessed pixel values ``(3, H, W)`` -> the PIL image the encoder sees (normalisation undone)."""
+    from PIL import Image
+
+    mean = torch.tensor(feature_extractor.image_mean).view(3, 1, 1)
+    std = torch.tensor(feature_extractor.image_std).view(3, 1, 1)
+    array = ((pixels.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+def encoder_view(feature_extractor, image):
+    """An image (path or PIL) as the encoder sees it: resized, cropped, as a PIL image."""
+    return pixels_to_image(feature_extractor(open_image(image), return_tensors="pt").pixel_values[0], feature_extractor)
+
+
 def flow_sigmas(steps: int) -> list[float]:
     """``[1 - i/steps for i in range(steps)] + [0]``."""
     if steps < 1:
@@ -117,13 +132,7 @@ class PartCrafterPipeline:
 
     def preprocessed_image(self, image):
         """The encoder's view of the image as a PIL image (for overlays of patch attention)."""
-        from PIL import Image
-
-        pixels = self.preprocess(image)[0].float()
-        mean = torch.tensor(self.feature_extractor.image_mean).view(3, 1, 1)
-        std = torch.tensor(self.feature_extractor.image_std).view(3, 1, 1)
-        array = ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-        return Image.fromarray(array)
+        return pixels_to_image(self.preprocess(image)[0], self.feature_extractor)
 
     @torch.no_grad()
     def encode_image(self, image) -> torch.Tensor:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import synthetic
+from .loading import feature_extractor_from_config
 from .tiny import TINY_PREPROCESSOR, build_image_encoder, build_transformer
 
 
@@ -45,14 +46,6 @@ class TrainLog:
     config: dict
     curve: list[dict] = field(default_factory=list)  # {"iteration", "loss", "seconds"}
     seconds: float = 0.0
-
-
-def feature_extractor():
-    try:
-        from transformers import BitImageProcessorPil as Processor
-    except ImportError:
-        from transformers import BitImageProcessor as Processor
-    return Processor(**{k: v for k, v in TINY_PREPROCESSOR.items() if k != "image_processor_type"})
 
 
 def make_batch(rng: np.random.Generator, processor, num_parts: int, objects: int, num_tokens: int):
@@ -101,7 +94,7 @@ def train(config: TrainConfig, progress=print):
     generator = torch.Generator().manual_seed(config.seed)
     transformer = build_transformer(seed=config.seed).train()
     encoder = build_image_encoder(seed=config.seed + 1).train()
-    processor = feature_extractor()
+    processor = feature_extractor_from_config(TINY_PREPROCESSOR)
     params = list(transformer.parameters()) + list(encoder.parameters())
     optimizer = torch.optim.AdamW(param_groups(transformer, encoder, config), lr=config.lr, weight_decay=0.0)
 
