@@ -112,6 +112,14 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
     return ImageSpec(**base, num_parts=int(num_parts), run=run, thresholds=thresholds, sidecar=sidecar)
 
 
+def image_keys(fixtures: Path, results: Path) -> set[str]:
+    """Keys (``read_spec``'s ``key``) of every fixture image on disk, the results folder excluded."""
+    if not fixtures.is_dir():
+        return set()
+    return {p.relative_to(fixtures).with_suffix("").as_posix() for p in fixtures.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and results not in p.parents and p.is_file()}
+
+
 def _sidecar_problems(doc: dict) -> str | None:
     unknown = sorted(set(doc) - {*SIDECAR_RUN_KEYS, "thresholds"})
     if unknown:
@@ -293,12 +301,9 @@ class ImageFile(pytest.File):
     def collect(self):
         settings = self.config.stash[SETTINGS_KEY]
         spec = read_spec(self.path, settings.fixtures, settings.rootdir)
-        grouped = self.config.pluginmanager.hasplugin("xdist")
         for check in ITEM_CHECKS:
             item = CheckItem.from_parent(self, name=check, check=check, spec=spec)
             item.add_marker(pytest.mark.partattn)
-            if grouped:
-                item.add_marker(pytest.mark.xdist_group(name=spec.key))
             if not settings.enabled:
                 item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
             yield item
@@ -372,7 +377,8 @@ class CheckItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
-        return self.path, 0, f"{self.spec.display}::{self.check}"
+        # the domain is the item's own name, so `pytest -v` prints the node id as it can be pasted back
+        return self.path, 0, self.name
 
 
 # ----------------------------------------------------------------------------- fixture

@@ -13,13 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from . import hookspecs, options
+from . import hookspecs, options, scheduling
+from .baseline import BaselineError, BaselineStore, UpdateLock, unused_keys
 from .items import (IMAGE_SUFFIXES, SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile, PartattnFixture,
-                    PartattnSession)
+                    PartattnSession, image_keys)
 from .report import Summary, header_lines, junit_logging_warning
 
 MARKER = ("partattn: an attention-check test (uses the partattn fixture or runs PartCrafter); "
           "skipped unless pytest runs with --partattn")
+
+
+#: ``--dist`` as the user gave it, before pytest-xdist fills in its default.
+CHOSEN_DIST_KEY = pytest.StashKey["str | None"]()
 
 
 class PartattnConfigWarning(pytest.PytestWarning):
@@ -34,6 +39,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config):
+    option = config.option
+    config.stash[CHOSEN_DIST_KEY] = "load" if getattr(option, "distload", False) else getattr(option, "dist", None)
+    return (yield)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
     settings = options.resolve(config)
@@ -44,28 +56,59 @@ def pytest_configure(config: pytest.Config) -> None:
     options.check_enabled_settings(settings, custom_pipeline=bool(hooks))
     thresholds, source = options.load_thresholds(settings)
     worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is None:
+        _start_session_files(config, settings)
     device = options.resolve_device(settings, worker, spread=bool(getattr(config.option, "numprocesses", None)))
     config.stash[SESSION_KEY] = PartattnSession(config, settings, thresholds, device, worker)
-    controller = Controller(settings, header_lines(settings, device, source, [Path(h).name for h in hooks]),
-                            is_worker=worker is not None)
+    plan = scheduling.plan(config.stash.get(CHOSEN_DIST_KEY, None), getattr(config.option, "dist", None))
+    header = header_lines(settings, device, source, [Path(h).name for h in hooks])
+    if plan is not None:
+        header.append(f"partattn: {plan.header}")
+    controller = Controller(settings, header, is_worker=worker is not None, plan=plan)
     config.pluginmanager.register(controller, "partattn-controller")
-    _collect_fixtures_by_default(config, settings)
-    if getattr(config.option, "xmlpath", None) and worker is None:
-        text = junit_logging_warning(config.getini("junit_logging"))
-        if text:
+    collected = _collect_fixtures_by_default(config, settings)
+    header.append(f"partattn: {collected}")
+    if worker is None:
+        warnings = [plan.warning if plan is not None else None]
+        if getattr(config.option, "xmlpath", None):
+            warnings.append(junit_logging_warning(config.getini("junit_logging")))
+        for text in filter(None, warnings):
             config.issue_config_time_warning(PartattnConfigWarning(text), stacklevel=2)
 
 
-def _collect_fixtures_by_default(config: pytest.Config, settings: options.Settings) -> None:
-    """``pytest --partattn`` without paths also collects the fixtures folder (e.g. next to testpaths)."""
-    if config.args_source == pytest.Config.ArgsSource.ARGS or not settings.fixtures.is_dir():
+def _start_session_files(config: pytest.Config, settings: options.Settings) -> None:
+    """Once per session (the xdist controller): drop the baseline candidates of earlier sessions
+    and, when baselines are written, lock the baselines folder against a second writer."""
+    candidates = BaselineStore(settings.results / "baseline-candidates")
+    for key in candidates.keys():
+        candidates.remove(key)
+    if settings.update is None:
         return
+    lock = UpdateLock(settings.baselines)
+    try:
+        lock.acquire()
+    except BaselineError as err:
+        raise pytest.UsageError(f"{settings.where('update')}: {err}") from None
+    config.add_cleanup(lock.release)
+
+
+def _collect_fixtures_by_default(config: pytest.Config, settings: options.Settings) -> str:
+    """``pytest --partattn`` without paths also collects the fixtures folder (e.g. next to testpaths).
+    Returns the header text that says what is collected."""
+    shown = settings.shown(settings.fixtures)
+    if not settings.fixtures.is_dir():
+        return f"no fixture images: {shown} is not a folder"
+    found = f"{len(image_keys(settings.fixtures, settings.results))} fixture images under {shown}"
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        return f"{found}; collected where the paths given include them"
     base = Path(config.invocation_params.dir)
     for arg in config.args:
         path = (base / arg.split("::")[0]).resolve()
         if settings.fixtures == path or path in settings.fixtures.parents:
-            return
+            return f"collecting {found}"
+    source = "testpaths" if config.args_source == pytest.Config.ArgsSource.TESTPATHS else "the current folder"
     config.args.append(str(settings.fixtures))
+    return f"collecting {found} (added to {source}: {' '.join(config.args[:-1])})"
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -117,16 +160,42 @@ class Controller:
     ``partattn`` payloads) and writes the summary; workers write nothing session-wide.
     """
 
-    def __init__(self, settings: options.Settings, header: list[str], is_worker: bool):
+    def __init__(self, settings: options.Settings, header: list[str], is_worker: bool,
+                 plan: scheduling.SchedulingPlan | None = None):
         self.settings = settings
         self.header = header
         self.is_worker = is_worker
+        self.plan = plan
         self.summary = Summary()
         self.index: Path | None = None
         self.index_error: str | None = None
+        self.unused_lines: list[str] = []
+
+    def _unused_baselines(self) -> None:
+        """List stored baselines whose image is gone (like unused snapshots); ``--partattn-update=all``
+        removes them."""
+        s = self.settings
+        store = BaselineStore(s.baselines)
+        unused = unused_keys(store, image_keys(s.fixtures, s.results))
+        if not unused:
+            return
+        if s.update == "all":
+            for key in unused:
+                store.remove(key)
+            self.unused_lines = [f"{len(unused)} unused baseline(s) removed (no image under {s.shown(s.fixtures)}):"]
+        else:
+            self.unused_lines = [f"{len(unused)} unused baseline(s), their image is no longer under "
+                                 f"{s.shown(s.fixtures)} (delete them, or let --partattn-update=all remove them):"]
+        self.unused_lines += [f"  {s.shown(store.paths(key).folder)}" for key in unused]
 
     def pytest_report_header(self) -> list[str]:
         return self.header
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
+        if self.plan is None:
+            return None
+        return scheduling.make_scheduler(self.plan, config, log, IMAGE_SUFFIXES)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         payload = getattr(report, "partattn", None)
@@ -135,7 +204,11 @@ class Controller:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker or not self.summary:
+        if self.is_worker:
+            return
+        if not session.config.option.collectonly and session.exitstatus != pytest.ExitCode.INTERRUPTED:
+            self._unused_baselines()
+        if not self.summary:
             return
         try:
             self.index = self.summary.write_index(self.settings.results, self.header)
@@ -149,10 +222,12 @@ class Controller:
         tr.write_sep("=", "partattn summary")
         if not self.summary:
             tr.write_line(f"no fixture images ran (fixtures folder: {self.settings.fixtures})")
+            for line in self.unused_lines:
+                tr.write_line(line)
             return
         for line in self.summary.table_lines():
             tr.write_line(line)
-        for line in self.summary.notes():
+        for line in [*self.summary.notes(), *self.unused_lines]:
             tr.write_line(line)
         if self.index is not None:
             tr.write_line(f"figures and index: {self.index}")

@@ -50,25 +50,51 @@ def test_without_partattn_nothing_heavy_is_imported(pytester):
 def _junit_outcomes(path) -> dict[tuple[str, str], str]:
     out = {}
     for case in ET.parse(path).getroot().iter("testcase"):
-        name = case.get("name").split("@")[0]  # --dist loadgroup appends @<group> to node ids
         kind = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
-        out[(case.get("classname"), name)] = kind
+        out[(case.get("classname"), case.get("name"))] = kind
     return out
 
 
-def test_xdist_gives_the_serial_outcomes_with_one_model_load_per_worker(pytester):
-    folder = make_project(pytester, images=(IMAGE, "np1_circle.png"), thresholds=FAILING_SEPARATION)
+IMAGES = (IMAGE, "np1_circle.png", "np3_three_shapes.png")
+
+
+def _serial_then(pytester, *xdist_args: str):
+    """Run the gate serially (in process), then under xdist with ``xdist_args``; both see a broken image."""
+    folder = make_project(pytester, images=IMAGES, thresholds=FAILING_SEPARATION)
     (folder / "np2_broken.png").write_bytes(b"not an image at all")
     pytester.makeconftest(RUN_COUNTER)
-    serial = pytester.runpytest_inprocess(*args("--junitxml=serial.xml"))
-    expected = _junit_outcomes(pytester.path / "serial.xml")
-    assert len(expected) == 3 * len(ITEM_CHECKS)
-    assert set(expected.values()) == {"passed", "failure", "skipped"}
+    serial = pytester.runpytest_inprocess(*args("--junitxml=serial.xml", steps=1))
     assert serial.ret == pytest.ExitCode.TESTS_FAILED
+    expected = _junit_outcomes(pytester.path / "serial.xml")
+    assert len(expected) == 4 * len(ITEM_CHECKS)
+    assert set(expected.values()) == {"passed", "failure", "skipped"}
+    parallel = pytester.runpytest_subprocess(*args(*xdist_args, "--junitxml=xdist.xml", steps=1), timeout=300)
+    workers = {p.name: json.loads(p.read_text()) for p in pytester.path.glob("events-gw*.json")}
+    assert set(workers) == {"events-gw0.json", "events-gw1.json"}
+    return expected, parallel, workers
 
-    parallel = pytester.runpytest_subprocess(*args("-n", "2", "--dist", "loadgroup", "--junitxml=xdist.xml"),
-                                             timeout=300)
+
+@pytest.mark.parametrize("dist", [None, "load", "loadgroup", "loadfile", "loadscope", "worksteal"])
+def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, dist):
+    xdist_args = ("-n", "2") if dist is None else ("-n", "2", "--dist", dist)
+    expected, parallel, workers = _serial_then(pytester, *xdist_args)
     assert _junit_outcomes(pytester.path / "xdist.xml") == expected
+    runs = sorted(c for w in workers.values() for c in w["calls"])
+    assert runs == sorted([*IMAGES, "np2_broken.png"])  # one denoising run per image, in all
+    assert all(len(w["loads"]) <= 1 for w in workers.values())
+    out = parallel.stdout.str()
+    if dist is None:
+        assert "partattn: xdist: --dist loadfile (chosen by partattn" in out
+    elif dist in ("load", "loadgroup", "worksteal"):
+        assert f"partattn: xdist: --dist {dist} for other tests, each fixture image kept on one worker" in out
+        assert out.count(f"--dist {dist} would split a fixture image's checks across workers") == 1
+    else:
+        assert f"partattn: xdist: --dist {dist} (each image's checks run on one worker)" in out
+        assert "would split" not in out
+
+
+def test_xdist_controller_reports_the_workers_results(pytester):
+    _, parallel, _ = _serial_then(pytester, "-n", "2")
     # the controller printed the summary from the workers' reports and wrote the index
     parallel.stdout.fnmatch_lines(["*= partattn summary =*", "image*baseline",
                                    "fixtures/images/np1_circle.png*skip*FAIL",
@@ -76,10 +102,6 @@ def test_xdist_gives_the_serial_outcomes_with_one_model_load_per_worker(pytester
                                    f"fixtures/images/{IMAGE}*FAIL*"])
     assert parallel.stdout.str().count("which leaves out <system-out>") == 1  # warned by the controller only
     index = (pytester.path / ".partattn-results" / "index.html").read_text()
-    assert all(name in index for name in (IMAGE, "np1_circle.png", "np2_broken.png"))
+    assert all(name in index for name in (*IMAGES, "np2_broken.png"))
     # failure text and figures travelled from the workers
     parallel.stdout.fnmatch_lines([f"partattn: part_separation failed for fixtures/images/{IMAGE}", "figures:"])
-    workers = {p.name: json.loads(p.read_text()) for p in pytester.path.glob("events-gw*.json")}
-    assert set(workers) == {"events-gw0.json", "events-gw1.json"}
-    assert all(len(w["loads"]) <= 1 for w in workers.values())
-    assert sorted(c for w in workers.values() for c in w["calls"]) == sorted([IMAGE, "np1_circle.png", "np2_broken.png"])
