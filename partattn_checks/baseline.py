@@ -9,6 +9,11 @@ Layout (``<key>`` is the image's path below the fixtures folder, without suffix)
 ``Thresholds.baseline`` atol/rtol); ``checks`` are the values of the record checks at the time
 (shown next to the measured values in failure reports, never compared).
 
+Metrics are stored rounded to ``DECIMALS`` places (far inside the default tolerance, atol 0.02),
+and a value that moved by less than one rounding step keeps its stored digits: rewriting the
+baselines of an unchanged model leaves the files, and ``git status``, as they were. Non-finite
+values are never stored, and a stored one makes the baseline unusable.
+
 Every file is written to a temporary file in the same folder and moved into place with
 ``os.replace`` (``environment.json`` first, ``metrics.json`` last), so an interrupted run leaves
 either the old or the new file, never half of one. A file that cannot be read is reported with
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +35,8 @@ from .atomic import atomic_write_text
 from .checks import CheckResult, Thresholds, check_baseline
 
 SCHEMA_VERSION = 1
+#: Decimal places of stored metrics; a change smaller than one step keeps the stored value.
+DECIMALS = 5
 METRICS_FILE = "metrics.json"
 ENVIRONMENT_FILE = "environment.json"
 #: Fingerprint keys whose mismatch is reported (in this order).
@@ -148,6 +156,11 @@ class BaselineStore:
         if not isinstance(metrics, dict) or not metrics or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
             raise BaselineError(f"{paths.metrics}: 'metrics' must be a non-empty table of numbers", paths.metrics)
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:
+            raise BaselineError(
+                f"{paths.metrics}: metric {bad[0]} is {metrics[bad[0]]}, not a finite number (no drift can be "
+                f"measured against it)", paths.metrics, corrupt=False)
         checks = doc.get("checks") or {}
         if not isinstance(checks, dict):
             raise BaselineError(f"{paths.metrics}: 'checks' must be a table", paths.metrics)
@@ -156,15 +169,102 @@ class BaselineStore:
             environment = _read_json(paths.environment)
         return Baseline({k: float(v) for k, v in metrics.items()}, dict(checks), environment, paths)
 
-    def write(self, key: str, *, image: str, metrics: dict, checks: dict, environment: dict) -> BaselinePaths:
-        """Write both files atomically (environment first, metrics last)."""
+    def write(self, key: str, *, image: str, metrics: dict, checks: dict, environment: dict) -> bool:
+        """Write both files atomically (environment first, metrics last); files whose content
+        would not change are left alone. Returns whether anything was written."""
         paths = self.paths(key)
-        atomic_write_text(paths.environment, _dumps(environment))
         doc = {"schema_version": SCHEMA_VERSION, "image": image,
-               "metrics": {k: float(v) for k, v in sorted(metrics.items())},
-               "checks": {k: (None if v is None else float(v)) for k, v in sorted(checks.items())}}
-        atomic_write_text(paths.metrics, _dumps(doc))
-        return paths
+               "metrics": _kept(_rounded(metrics), _stored_values(paths.metrics, "metrics")),
+               "checks": _kept(_rounded(checks), _stored_values(paths.metrics, "checks"))}
+        changed = False
+        for path, text in ((paths.environment, _dumps(environment)), (paths.metrics, _dumps(doc))):
+            if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
+                atomic_write_text(path, text)
+                changed = True
+        return changed
+
+    def keys(self) -> list[str]:
+        """Keys of every stored baseline (folders holding a metrics.json), sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.relative_to(self.root).as_posix() for p in self.root.rglob(METRICS_FILE))
+
+    def remove(self, key: str) -> None:
+        """Remove the files of a baseline (only ours), then its folder and parents if left empty."""
+        paths = self.paths(key)
+        for path in (paths.metrics, paths.environment):
+            path.unlink(missing_ok=True)
+        folder = paths.folder
+        while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+
+
+def _rounded(values: dict) -> dict:
+    return {k: (None if v is None else round(float(v), DECIMALS)) for k, v in sorted(values.items())}
+
+
+def _stored_values(path: Path, table: str) -> dict:
+    """The ``table`` of an existing metrics.json, ``{}`` when there is none or it cannot be read."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        values = doc.get(table) or {}
+        return values if isinstance(values, dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def _kept(new: dict, old: dict) -> dict:
+    """``new``, keeping each stored value that lies within one rounding step of the new one."""
+    step = 10.0 ** -DECIMALS
+    out = {}
+    for k, v in new.items():
+        o = old.get(k)
+        same = (v is None and o is None) or (
+            v is not None and isinstance(o, (int, float)) and not isinstance(o, bool) and abs(o - v) <= step)
+        out[k] = o if same else v
+    return out
+
+
+def nonfinite_metrics(metrics: dict) -> list[str]:
+    return sorted(k for k, v in metrics.items() if v is None or not math.isfinite(float(v)))
+
+
+class UpdateLock:
+    """Held by the session that writes baselines (``--partattn-update``): a second session that
+    would write into the same folder at the same time stops with a clear error instead of
+    interleaving with the first. The operating system drops the lock if the holder dies."""
+
+    FILE = ".partattn-update.lock"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.FILE
+        self._lock = None
+
+    def acquire(self) -> None:
+        from filelock import FileLock, Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise BaselineError(
+                f"{self.path.parent}: another pytest --partattn-update session is writing these baselines "
+                f"right now (it holds {self.path}); wait for it to finish, then run again", self.path,
+                corrupt=False) from None
+        self._lock = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            self.path.unlink(missing_ok=True)
+
+
+def unused_keys(store: BaselineStore, image_keys: set[str]) -> list[str]:
+    """Stored baselines whose fixture image no longer exists."""
+    return [key for key in store.keys() if key not in image_keys]
 
 
 # ----------------------------------------------------------------------------- judging
@@ -191,15 +291,23 @@ def evaluate(store: BaselineStore, candidates: BaselineStore, key: str, *, image
     A failing comparison also writes a candidate under ``candidates`` for review.
     """
     looked = store.paths(key)
+    bad = nonfinite_metrics(metrics)
 
     def write(status: str, reason: str, baseline=None) -> BaselineOutcome:
-        paths = store.write(key, image=image, metrics=metrics, checks=checks, environment=environment)
+        if bad:
+            reason = (f"not written: the measured metrics are not finite ({', '.join(bad)}); a baseline must "
+                      f"come from a healthy run (see the nonfinite check)")
+            result = CheckResult("baseline", "fail", None, None, None, reason, {"status": "refused"})
+            return BaselineOutcome(result, baseline, looked, "refused")
+        if not store.write(key, image=image, metrics=metrics, checks=checks, environment=environment):
+            status, reason = "compared", f"baseline up to date: no stored value changed ({looked.metrics})"
         result = CheckResult("baseline", "pass", None, None, None, reason,
-                             {"status": status, "written": str(paths.folder)})
-        return BaselineOutcome(result, baseline, looked, status, written=paths.folder)
+                             {"status": status, "written": str(looked.folder)})
+        return BaselineOutcome(result, baseline, looked, status, written=looked.folder)
 
     def candidate() -> Path:
-        return candidates.write(key, image=image, metrics=metrics, checks=checks, environment=environment).folder
+        candidates.write(key, image=image, metrics=metrics, checks=checks, environment=environment)
+        return candidates.paths(key).folder
 
     try:
         stored = store.load(key)

@@ -11,6 +11,7 @@ This module imports nothing heavy: it runs on every pytest start-up. Only
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -135,6 +136,13 @@ class Settings:
         if src == "cli":
             return opt.flag if opt.kind == "flag" else f"{opt.flag} {raw}"
         return f"{opt.flag} (default {opt.default_text})"
+
+    def shown(self, path: Path) -> str:
+        """``path`` relative to the rootdir when inside it (as in node ids), else absolute."""
+        try:
+            return Path(path).relative_to(self.rootdir).as_posix()
+        except ValueError:
+            return str(path)
 
     @property
     def model_is_embedded(self) -> bool:
@@ -303,7 +311,14 @@ def load_thresholds(s: Settings):
             doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise _usage(f"{pyproject}: invalid TOML ({exc})") from None
-        if doc.get("tool", {}).get("partattn", {}).get("thresholds") is not None:
+        table = doc.get("tool", {}).get("partattn", {})
+        unknown = sorted(set(table) - {"thresholds"}) if isinstance(table, dict) else []
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], ["thresholds"], n=1)
+            raise _usage(f"{pyproject}: unknown key [tool.partattn.{unknown[0]}]"
+                         + (f"; did you mean [tool.partattn.{hint[0]}]?" if hint else "")
+                         + " (known: [tool.partattn.thresholds])")
+        if table.get("thresholds") is not None:
             try:
                 return thresholds_from_pyproject(pyproject), f"{pyproject} [tool.partattn.thresholds]"
             except ValueError as exc:

@@ -318,18 +318,12 @@ def header_lines(settings, device, thresholds_source: str, custom_hooks: list[st
         except md.PackageNotFoundError:
             return "not installed"
 
-    def shown(path: Path) -> str:
-        try:
-            return Path(path).relative_to(settings.rootdir).as_posix()
-        except ValueError:
-            return str(path)
-
     if custom_hooks:
         model = f"from pytest_partattn_load_pipeline ({', '.join(custom_hooks)})"
     elif settings.model_is_embedded:
         model = f"embedded {settings.model.name} ({settings.model})"
     else:
-        model = shown(settings.model)
+        model = settings.shown(settings.model)
     dev = device.device + (f" ({device.note})" if device.note else "")
     steps = str(settings.steps) if settings.steps is not None else f"checkpoint default ({_default_steps(settings.model)})"
     guidance = "checkpoint default" if settings.guidance is None else fmt(settings.guidance)
@@ -338,8 +332,8 @@ def header_lines(settings, device, thresholds_source: str, custom_hooks: list[st
         f"partattn: model {model}",
         f"partattn: device {dev} | dtype {settings.dtype} | steps {steps} | seed {settings.seed} | "
         f"guidance {guidance} | torch {version('torch')} | diffusers {version('diffusers')}",
-        f"partattn: fixtures {shown(settings.fixtures)} | baselines {shown(settings.baselines)} "
-        f"(update: {update}) | results {shown(settings.results)} | thresholds: {thresholds_source}",
+        f"partattn: fixtures {settings.shown(settings.fixtures)} | baselines {settings.shown(settings.baselines)} "
+        f"(update: {update}) | results {settings.shown(settings.results)} | thresholds: {thresholds_source}",
     ]
 
 

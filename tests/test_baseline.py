@@ -59,9 +59,11 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_store_round_trip_and_layout(tmp_path):
     store = bl.BaselineStore(tmp_path)
-    paths = store.write("sub/np2_x", image="fixtures/images/sub/np2_x.png", metrics=METRICS,
-                        checks={"uniformity": 0.5, "part_separation": None}, environment=ENV)
+    assert store.write("sub/np2_x", image="fixtures/images/sub/np2_x.png", metrics=METRICS,
+                       checks={"uniformity": 0.5, "part_separation": None}, environment=ENV)
+    paths = store.paths("sub/np2_x")
     assert paths.metrics == tmp_path / "sub" / "np2_x" / "metrics.json"
+    assert store.keys() == ["sub/np2_x"]
     loaded = store.load("sub/np2_x")
     assert loaded.metrics == METRICS and loaded.environment == ENV
     assert loaded.checks == {"uniformity": 0.5, "part_separation": None}
@@ -75,6 +77,8 @@ def test_store_round_trip_and_layout(tmp_path):
     ("[1, 2]", True, "expected a JSON object"),
     ('{"schema_version": 1, "metrics": {"a": "x"}}', True, "'metrics' must be a non-empty table of numbers"),
     ('{"schema_version": 99, "metrics": {"a": 1}}', False, "baseline schema version 99"),
+    ('{"schema_version": 1, "metrics": {"a": 0.5, "b": Infinity}}', False, "metric b is inf, not a finite number"),
+    ('{"schema_version": 1, "metrics": {"a": NaN}}', False, "metric a is nan, not a finite number"),
 ])
 def test_unusable_baselines_name_the_file(tmp_path, text, corrupt, message):
     (tmp_path / "img").mkdir()
@@ -83,6 +87,54 @@ def test_unusable_baselines_name_the_file(tmp_path, text, corrupt, message):
         bl.BaselineStore(tmp_path).load("img")
     assert str(tmp_path / "img" / "metrics.json") in str(info.value) and message in str(info.value)
     assert info.value.corrupt is corrupt
+
+
+def test_a_non_finite_baseline_fails_instead_of_allowing_any_drift(tmp_path):
+    (tmp_path / "base" / "img").mkdir(parents=True)
+    (tmp_path / "base" / "img" / "metrics.json").write_text('{"schema_version": 1, "metrics": {"entropy_mean": '
+                                                            'Infinity, "peak_mean": 0.06, "separation": 0.01}}')
+    out = _evaluate(tmp_path)
+    assert out.result.verdict == "fail" and out.status == "unreadable"
+    assert "entropy_mean is inf" in out.result.reason and "--partattn-update=failed" in out.result.reason
+    assert _evaluate(tmp_path, update="failed").status == "updated"  # readable, so regenerated on request
+    assert bl.BaselineStore(tmp_path / "base").load("img").metrics == METRICS
+
+
+def test_non_finite_metrics_are_never_written(tmp_path):
+    out = _evaluate(tmp_path, metrics=dict(METRICS, separation=float("nan")), update="missing")
+    assert out.result.verdict == "fail" and "not finite (separation)" in out.result.reason
+    assert not (tmp_path / "base" / "img").exists()
+
+
+def test_rewriting_an_unchanged_baseline_leaves_the_files_alone(tmp_path):
+    store = bl.BaselineStore(tmp_path)
+    kw = dict(image="i.png", checks={"uniformity": 0.25}, environment=ENV)
+    assert store.write("img", metrics={"a": 0.1234567, "b": 0.5}, **kw)
+    doc = json.loads(store.paths("img").metrics.read_text())
+    assert doc["metrics"] == {"a": 0.12346, "b": 0.5}  # rounded far inside the tolerance
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in store.paths("img").folder.iterdir()}
+    # moves of about 1e-6 (what reruns on the same machine give) change nothing on disk
+    assert not store.write("img", metrics={"a": 0.1234612, "b": 0.4999989}, **kw)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in store.paths("img").folder.iterdir()} == before
+    out = _evaluate(tmp_path)  # creates tmp_path/base/img
+    assert out.status == "missing"
+    assert _evaluate(tmp_path, update="missing").status == "written"
+    again = _evaluate(tmp_path, update="all")
+    assert again.status == "compared" and "no stored value changed" in again.result.reason
+    assert store.write("img", metrics={"a": 0.2, "b": 0.5}, **kw)  # a real change is written
+
+
+def test_unused_baselines_are_listed_and_removed_without_touching_other_files(tmp_path):
+    store = bl.BaselineStore(tmp_path)
+    for key in ("np2_kept", "sub/np2_gone"):
+        store.write(key, image=f"{key}.png", metrics=METRICS, checks={}, environment=ENV)
+    (tmp_path / "README.md").write_text("notes")
+    assert store.keys() == ["np2_kept", "sub/np2_gone"]
+    store.remove("sub/np2_gone")
+    assert store.keys() == ["np2_kept"] and not (tmp_path / "sub").exists()
+    (tmp_path / "np2_kept" / "notes.txt").write_text("mine")
+    store.remove("np2_kept")
+    assert (tmp_path / "np2_kept" / "notes.txt").is_file() and (tmp_path / "README.md").is_file()
 
 
 def test_fingerprint_from_record_meta():
@@ -121,11 +173,13 @@ def test_drift_fails_and_update_modes(tmp_path):
     out = _evaluate(tmp_path, metrics=drifted, update="failed")
     assert out.status == "updated" and out.result.verdict == "pass"
     assert _evaluate(tmp_path, metrics=drifted).result.verdict == "pass"
-    # "failed" leaves passing baselines alone; "all" rewrites them
+    # "failed" leaves passing baselines alone; "all" rewrites them (where a stored value changes)
+    within = dict(drifted, separation=0.51)
     before = (tmp_path / "base" / "img" / "metrics.json").stat().st_mtime_ns
-    assert _evaluate(tmp_path, metrics=drifted, update="failed").status == "compared"
+    assert _evaluate(tmp_path, metrics=within, update="failed").status == "compared"
     assert (tmp_path / "base" / "img" / "metrics.json").stat().st_mtime_ns == before
-    assert _evaluate(tmp_path, metrics=drifted, update="all").status == "updated"
+    assert _evaluate(tmp_path, metrics=within, update="all").status == "updated"
+    assert bl.BaselineStore(tmp_path / "base").load("img").metrics["separation"] == 0.51
 
 
 def test_environment_mismatch_warns_or_fails_when_strict(tmp_path):
@@ -230,3 +284,64 @@ def test_environment_mismatch_in_a_run(pytester):
     result.stdout.fnmatch_lines(["*PartattnEnvironmentWarning*different environment*torch: '0.0-elsewhere'*"])
     result = pytester.runpytest_inprocess(*args("--partattn-strict-env"), NODE)
     assert outcomes(result) == {NODE: "failed"}
+
+
+def test_unused_baselines_are_reported_and_removed_by_update_all(pytester):
+    make_project(pytester)
+    pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
+    gone = pytester.path / "fixtures" / "baselines" / "np3_deleted_image"
+    gone.mkdir()
+    (gone / "metrics.json").write_text(json.dumps({"schema_version": 1, "metrics": {"a": 0.5}}))
+    result = pytester.runpytest_inprocess(*args(), NODE)
+    assert outcomes(result) == {NODE: "passed"}
+    result.stdout.fnmatch_lines(["1 unused baseline(s), their image is no longer under fixtures/images (delete "
+                                 "them, or let --partattn-update=all remove them):",
+                                 "  fixtures/baselines/np3_deleted_image"])
+    assert gone.is_dir()
+    result = pytester.runpytest_inprocess(*args("--partattn-update=all"), NODE)
+    result.stdout.fnmatch_lines(["1 unused baseline(s) removed (no image under fixtures/images):",
+                                 "  fixtures/baselines/np3_deleted_image"])
+    assert not gone.exists() and (pytester.path / "fixtures" / "baselines" / KEY / "metrics.json").is_file()
+    assert "unused baseline" not in pytester.runpytest_inprocess(*args(), NODE).stdout.str()
+
+
+def test_update_all_on_an_unchanged_model_leaves_the_baselines_as_they_were(pytester):
+    make_project(pytester)
+    pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
+    folder = pytester.path / "fixtures" / "baselines" / KEY
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    result = pytester.runpytest_inprocess(*args("--partattn-update=all"), NODE)
+    assert outcomes(result) == {NODE: "passed"}
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    assert "written or updated" not in result.stdout.str()
+
+
+def test_candidates_of_an_earlier_session_are_removed(pytester):
+    make_project(pytester)
+    stale = pytester.path / ".partattn-results" / "baseline-candidates" / "np2_old_image"
+    stale.mkdir(parents=True)
+    (stale / "metrics.json").write_text("{}")
+    (stale / "environment.json").write_text("{}")
+    mine = pytester.path / ".partattn-results" / "baseline-candidates" / "notes.txt"
+    mine.write_text("not partattn's")
+    result = pytester.runpytest_inprocess(*args(), NODE)  # no baseline: writes a fresh candidate
+    assert outcomes(result) == {NODE: "failed"}
+    assert not stale.exists() and mine.is_file()
+    assert (pytester.path / ".partattn-results" / "baseline-candidates" / KEY / "metrics.json").is_file()
+
+
+def test_a_second_update_session_on_the_same_folder_is_refused(pytester):
+    fcntl = pytest.importorskip("fcntl")
+    make_project(pytester)
+    folder = pytester.path / "fixtures" / "baselines"
+    folder.mkdir(parents=True)
+    with open(folder / bl.UpdateLock.FILE, "w") as held:  # another session holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"ERROR: --partattn-update missing: {folder}: another pytest --partattn-update "
+                                     f"session is writing these baselines right now*wait for it to finish*"])
+        assert not (folder / KEY).exists()
+    result = pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
+    assert outcomes(result) == {NODE: "passed"}
+    assert not (folder / bl.UpdateLock.FILE).exists()  # released and removed at the end

@@ -163,6 +163,38 @@ def test_thresholds_from_the_rootdir_pyproject(pytester):
     result.stdout.fnmatch_lines(["*part separation*≥ 0.999*FAIL*"])
 
 
+def test_unknown_table_under_tool_partattn_is_a_usage_error(pytester):
+    make_project(pytester)
+    pytester.makepyprojecttoml("[tool.partattn.threshold.part_separation]\nmin_separation = 0.999\n")
+    base = [a for a in args() if not a.startswith("--partattn-thresholds")]
+    result = pytester.runpytest_inprocess(*base, "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *pyproject.toml: unknown key [[]tool.partattn.threshold[]]; did you mean "
+                                 "[[]tool.partattn.thresholds[]]? (known: [[]tool.partattn.thresholds[]])"])
+
+
+def test_verbose_output_prints_node_ids_that_can_be_pasted_back(pytester):
+    make_project(pytester)
+    result = pytester.runpytest_inprocess(*args("-v"), f"fixtures/images/{IMAGE}::uniformity")
+    node = f"fixtures/images/{IMAGE}::uniformity"
+    result.stdout.fnmatch_lines([f"{node} PASSED*"])
+    assert "::png::" not in result.stdout.str()
+    again = pytester.runpytest_inprocess(*args("--collect-only", "-q"), node)  # pasted back
+    assert [ln for ln in again.stdout.lines if "::" in ln] == [node]
+
+
+def test_header_says_what_is_collected(pytester):
+    make_project(pytester, images=(IMAGE, "np1_circle.png"))
+    pytester.makeini("[pytest]\ntestpaths = tests\n")
+    pytester.mkdir("tests")
+    result = pytester.runpytest_inprocess(*args("--collect-only"))
+    result.stdout.fnmatch_lines(["partattn: collecting 2 fixture images under fixtures/images "
+                                 "(added to testpaths: tests)"])
+    result = pytester.runpytest_inprocess(*args("--collect-only"), f"fixtures/images/{IMAGE}")
+    result.stdout.fnmatch_lines(["partattn: 2 fixture images under fixtures/images; collected where the paths "
+                                 "given include them"])
+
+
 # ----------------------------------------------------------------------------- failure report
 def test_failing_check_reports_table_offender_figures_and_commands(pytester):
     make_project(pytester, thresholds=FAILING_SEPARATION)
