@@ -222,7 +222,7 @@ def _kept(new: dict, old: dict) -> dict:
         o = old.get(k)
         same = (v is None and o is None) or (
             v is not None and isinstance(o, (int, float)) and not isinstance(o, bool) and abs(o - v) <= step)
-        out[k] = o if same else v
+        out[k] = round(float(o), DECIMALS) if same and o is not None else v
     return out
 
 
