@@ -156,14 +156,15 @@ class PartattnSession:
     # -- pipeline -----------------------------------------------------------------------------
     @property
     def pipeline(self):
-        if self._pipeline_error is not None:
-            raise CaseError(self._pipeline_error)
+        if self._pipeline_error is not None:  # said in full by the first item that tried
+            raise CaseError(f"the model could not be loaded: {self._pipeline_error.splitlines()[0]} "
+                            f"(the first failing item of this session has the details)")
         if self._pipeline is None:
             try:
                 self._pipeline = self._load_pipeline()
-            except Exception as exc:  # noqa: BLE001 - reported on every item, once
-                self._pipeline_error = f"could not load the model: {_describe(exc)}"
-                raise CaseError(self._pipeline_error) from None
+            except Exception as exc:  # noqa: BLE001 - this image's failure; later images get one line
+                self._pipeline_error = _describe(exc)
+                raise CaseError(f"could not load the model: {self._pipeline_error}") from None
         return self._pipeline
 
     def _load_pipeline(self):

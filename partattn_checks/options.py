@@ -251,6 +251,13 @@ def check_enabled_settings(s: Settings, *, custom_pipeline: bool) -> None:
                          f"incomplete: reinstall partattn-checks or pass --partattn-model DIR")
         raise _usage(f"{s.where('model')}: no such checkpoint folder ({s.model}); pass the folder that holds "
                      f"model_index.json")
+    if not custom_pipeline:
+        from .model.files import checkpoint_problems
+
+        problems = checkpoint_problems(s.model)  # milliseconds, no torch: one clear error, not one per item
+        if problems:
+            listed = "\n".join(f"  - {p}" for p in problems)
+            raise _usage(f"{s.where('model')}: the checkpoint cannot be loaded:\n{listed}")
 
 
 @dataclass(frozen=True)

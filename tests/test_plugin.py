@@ -163,6 +163,28 @@ def test_thresholds_from_the_rootdir_pyproject(pytester):
     result.stdout.fnmatch_lines(["*part separation*≥ 0.999*FAIL*"])
 
 
+@pytest.mark.parametrize("damage", ["empty folder", "truncated transformer weights"])
+def test_a_checkpoint_that_cannot_load_is_one_error_at_session_start(pytester, damage):
+    import shutil
+
+    make_project(pytester, images=(IMAGE, "np1_circle.png"))
+    model = pytester.path / "model"
+    if damage == "empty folder":
+        model.mkdir()
+        expected = f"*{model}: the checkpoint folder is empty*"
+    else:
+        shutil.copytree(TINY, model)
+        weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+        expected = f"*{weights}*truncated*"
+    base = [a for a in args() if not a.startswith("--partattn-model")]
+    result = pytester.runpytest_inprocess(*base, "--partattn-model=model")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --partattn-model model: the checkpoint cannot be loaded:", expected])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert "passed" not in result.stdout.str() and "failed" not in result.stdout.str()  # no item ran
+
+
 def test_unknown_table_under_tool_partattn_is_a_usage_error(pytester):
     make_project(pytester)
     pytester.makepyprojecttoml("[tool.partattn.threshold.part_separation]\nmin_separation = 0.999\n")
