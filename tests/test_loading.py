@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from helpers import FIXTURE_IMAGES, REPO, TINY_FIXTURE, tree_bytes, tree_size
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from partattn_checks.model.files import checkpoint_problems, read_safetensors_header
 from partattn_checks.model.loading import CheckpointError, check_num_parts, load_checkpoint
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.model.tiny import TINY_TRANSFORMER, build_transformer, write_tiny_checkpoint
@@ -316,3 +318,156 @@ def test_pipeline_refuses_part_counts_the_checkpoint_cannot_serve(loaded):
         pipe(IMAGE, limit + 1, steps=1, guidance_scale=1.0)
     result = pipe(IMAGE, limit // 2 + 1, steps=1, num_tokens=4, guidance_scale=1.0)  # fine without CFG
     assert result.latents.shape == (limit // 2 + 1, 4, loaded.transformer.config.in_channels)
+
+
+# --------------------------------------------------------------------------- damaged weights: files.py, no raw SafetensorError
+
+
+def write_safetensors(path: Path, header, data: bytes = b"", *, length: int | None = None) -> Path:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+    return path
+
+
+def test_checkpoint_error_lives_in_files_and_is_a_value_error():
+    from partattn_checks.model import files, loading
+
+    assert loading.CheckpointError is files.CheckpointError and issubclass(CheckpointError, ValueError)
+
+
+def test_read_safetensors_header_matches_safetensors(written):
+    weights = written / TRANSFORMER_WEIGHTS
+    header = read_safetensors_header(weights)
+    with safe_open(str(weights), "pt") as f:
+        assert set(header) - {"__metadata__"} == set(f.keys())
+        for name in f.keys():
+            assert tuple(header[name]["shape"]) == tuple(f.get_slice(name).get_shape())
+
+
+@pytest.mark.parametrize("name", [TRANSFORMER_WEIGHTS, ENCODER_WEIGHTS])
+def test_truncated_weights_are_named_with_sizes_and_the_fix(ckpt, name):
+    weights = ckpt / name
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:size // 2])  # an interrupted download
+    message = raises_naming(weights, f"truncated: {size // 2:,} bytes", f"the header promises {size:,}",
+                            "re-download or re-export the checkpoint", call=lambda: load_checkpoint(ckpt))
+    assert "SafetensorError" not in message
+    assert checkpoint_problems(ckpt) == [message]
+
+
+@pytest.mark.parametrize("content, phrase", [
+    (b"", "empty file"),
+    (b"PK\x03\x04\x14\x00\x00\x00 a torch.save zip", "not a safetensors file"),
+    (b"\x80\x02}q\x00(X\x04\x00\x00\x00a pickle", "not a safetensors file"),
+    (struct.pack("<Q", 7) + b"[1,2,3]", "not a safetensors file"),   # JSON, but not an object
+])
+def test_foreign_files_named_safetensors_are_refused(ckpt, content, phrase):
+    weights = ckpt / TRANSFORMER_WEIGHTS
+    weights.write_bytes(content)
+    raises_naming(weights, phrase, "re-download", call=lambda: load_checkpoint(ckpt))
+
+
+@pytest.mark.parametrize("header, data, phrase", [
+    ({"w": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "tensor 'w' has no data_offsets"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 6]}}, b"\0" * 6, "needs 8 bytes but its data_offsets span 6"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "corrupt: 4 bytes after the last tensor"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "gap or overlap"),
+    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "not a list of sizes"),
+    ({"__metadata__": {"n": 1}}, b"", "__metadata__ is not an object of strings"),
+    (b"{not json", b"", "not valid JSON"),
+])
+def test_corrupt_headers_are_named(tmp_path, header, data, phrase):
+    path = write_safetensors(tmp_path / "w.safetensors", header, data)
+    with pytest.raises(CheckpointError) as info:
+        read_safetensors_header(path)
+    assert str(path) in str(info.value) and phrase in str(info.value), str(info.value)
+
+
+def test_header_length_beyond_the_file_is_truncation(tmp_path):
+    path = write_safetensors(tmp_path / "w.safetensors", b'{"w": {"dtype": "F32"', length=500)
+    with pytest.raises(CheckpointError, match=r"truncated: 29 bytes, the header alone promises 508"):
+        read_safetensors_header(path)
+
+
+def test_what_safetensors_still_refuses_is_wrapped(ckpt):
+    """A header this project cannot judge (an unknown dtype) passes the pre-flight; safetensors refuses
+    it on load, and the loader re-raises that as a CheckpointError naming the file."""
+    from safetensors import SafetensorError
+
+    weights = ckpt / TRANSFORMER_WEIGHTS
+    header = read_safetensors_header(weights)
+    raw = weights.read_bytes()
+    length = struct.unpack("<Q", raw[:8])[0]
+    first = next(name for name in header if name != "__metadata__")
+    header[first]["dtype"] = "Q99"
+    write_safetensors(weights, header, raw[8 + length:])
+    assert checkpoint_problems(ckpt) == []
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(ckpt)
+    assert not isinstance(info.value, SafetensorError)
+    message = str(info.value)
+    assert str(weights) in message and "cannot be read as safetensors" in message and "re-download" in message
+
+
+# --------------------------------------------------------------------------- checkpoint_problems: the torch-free pre-flight
+
+
+def test_checkpoint_problems_of_good_checkpoints(written):
+    from partattn_checks import EMBEDDED_MODEL
+
+    assert checkpoint_problems(written) == []
+    assert checkpoint_problems(TINY_FIXTURE) == []
+    assert checkpoint_problems(EMBEDDED_MODEL) == []
+
+
+def test_checkpoint_problems_lists_every_problem_as_a_sentence(ckpt):
+    shutil.rmtree(ckpt / "scheduler")
+    (ckpt / "transformer" / "config.json").write_text("{broken")
+    truncated = ckpt / ENCODER_WEIGHTS
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    (ckpt / "partattn.json").write_text(json.dumps({"run_defaults": [1, 2]}))
+    problems = checkpoint_problems(ckpt)
+    named = [ckpt / "transformer" / "config.json", truncated, ckpt / "scheduler", ckpt / "partattn.json"]
+    assert len(problems) == len(named), problems
+    for problem, path in zip(problems, named, strict=True):  # layout order, each a sentence that starts with its path
+        assert problem.startswith(f"{path}: ") and problem.endswith("."), problem
+    message = raises_naming(truncated, "truncated", call=lambda: load_checkpoint(ckpt))
+    assert all(problem in message for problem in problems)  # load names them all, not only the first
+
+
+def test_checkpoint_problems_of_missing_empty_and_file(tmp_path):
+    assert checkpoint_problems(tmp_path / "nope") == [
+        f"{tmp_path / 'nope'}: checkpoint folder not found; pass the folder that holds model_index.json "
+        f"(for the release: a local copy of wgsxm/PartCrafter)."]
+    (tmp_path / "empty").mkdir()
+    [problem] = checkpoint_problems(tmp_path / "empty")
+    assert problem.startswith(f"{tmp_path / 'empty'}: the checkpoint folder is empty")
+    (tmp_path / "file").write_text("x")
+    [problem] = checkpoint_problems(tmp_path / "file")
+    assert "not a checkpoint folder" in problem
+
+
+def test_checkpoint_problems_sees_pickles_missing_shards_and_classes(ckpt):
+    edit_json(ckpt / "model_index.json", scheduler=["x", "EvilScheduler"])
+    (ckpt / TRANSFORMER_WEIGHTS).rename(ckpt / "transformer" / "diffusion_pytorch_model.bin")
+    (ckpt / ENCODER_WEIGHTS).unlink()
+    (ckpt / "image_encoder_dinov2" / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+    problems = " ".join(checkpoint_problems(ckpt))
+    assert "unknown class 'EvilScheduler'" in problems
+    assert "refusing pickle-format weights (diffusion_pytorch_model.bin)" in problems
+    assert "shard(s) missing: model-00001-of-00002.safetensors" in problems
+
+
+def test_files_module_imports_nothing_heavy_and_is_fast(written):
+    code = (
+        "import sys, time\n"
+        "from partattn_checks.model.files import checkpoint_problems\n"
+        "start = time.perf_counter()\n"
+        f"assert checkpoint_problems({str(written)!r}) == []\n"
+        "elapsed = time.perf_counter() - start\n"
+        "heavy = [m for m in ('torch', 'numpy', 'safetensors', 'PIL', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert elapsed < 0.5, elapsed\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

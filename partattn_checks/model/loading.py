@@ -17,34 +17,27 @@ classes through an allowlist and no module named by a file is ever imported.
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .files import (  # noqa: F401  (re-exported: the layout and its errors are part of this module's API)
+    ALLOWED_CLASSES,
+    PICKLE_SUFFIXES,
+    REQUIRED_FILES,
+    WEIGHT_FILES,
+    CheckpointError,
+    check_component_classes,
+    checkpoint_problems,
+    find_weights,
+    format_problems,
+    read_json,
+    read_safetensors_header,
+)
 from .transformer import PartCrafterDiTModel
 
-#: model_index.json component -> class names we accept for it (the module path part is ignored).
-ALLOWED_CLASSES = {
-    "transformer": {"PartCrafterDiTModel"},
-    "image_encoder_dinov2": {"Dinov2Model"},
-    "feature_extractor_dinov2": {"BitImageProcessor", "BitImageProcessorFast"},
-    "scheduler": {"RectifiedFlowScheduler", "FlowMatchEulerDiscreteScheduler"},
-}
-REQUIRED_FILES = {
-    "transformer": ["config.json"],
-    "image_encoder_dinov2": ["config.json"],
-    "feature_extractor_dinov2": ["preprocessor_config.json"],
-    "scheduler": ["scheduler_config.json"],
-}
-WEIGHT_FILES = {"transformer": "diffusion_pytorch_model", "image_encoder_dinov2": "model"}
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 RUN_DEFAULTS = {"num_tokens": 1024, "steps": 50, "guidance_scale": 7.0}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message names the path and the fix."""
 
 
 @dataclass
@@ -60,60 +53,24 @@ class Checkpoint:
     run_defaults: dict = field(default_factory=lambda: dict(RUN_DEFAULTS))
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found; the checkpoint folder is incomplete (re-download it)") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}); re-download or fix the file") from None
-
-
-def check_component_classes(root: Path, model_index: dict) -> None:
-    """Refuse a model_index.json that names a class we do not know for a component."""
-    for component, allowed in ALLOWED_CLASSES.items():
-        entry = model_index.get(component)
-        if entry is None:
-            raise CheckpointError(
-                f"{root / 'model_index.json'}: no '{component}' entry; a PartCrafter checkpoint needs "
-                f"{sorted(REQUIRED_FILES)}"
-            )
-        name = entry[-1] if isinstance(entry, (list, tuple)) else str(entry)
-        if name not in allowed:
-            raise CheckpointError(
-                f"{root / 'model_index.json'}: unknown class '{name}' for '{component}' (known: "
-                f"{', '.join(sorted(allowed))}); point the loader at a PartCrafter checkpoint, or supply your "
-                f"own pipeline through the pytest_partattn_load_pipeline hook"
-            )
-
-
-def find_weights(folder: Path, stem: str) -> list[Path]:
-    """The safetensors file(s) of a component; refuse pickle formats with the fix."""
-    single = folder / f"{stem}.safetensors"
-    if single.is_file():
-        return [single]
-    index = folder / f"{stem}.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise CheckpointError(f"{index}: shard(s) missing: {', '.join(missing)}; re-download the checkpoint")
-        return [folder / s for s in shards]
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise CheckpointError(
-            f"{folder}: refusing pickle-format weights ({', '.join(pickles)}): they can run arbitrary code. "
-            f"Convert them to {stem}.safetensors (safetensors.torch.save_file) and try again"
-        )
-    raise CheckpointError(f"{folder}: no weights found (expected {single.name}); re-download the checkpoint")
-
-
 def read_state_dict(files: list[Path], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors ``files``, floats cast to ``dtype``.
+
+    Each header is validated first (``read_safetensors_header``: truncated or foreign files are
+    named with the fix); whatever safetensors still refuses is re-raised as ``CheckpointError``
+    naming the file, never as a raw ``SafetensorError``.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     state = {}
     for file in files:
-        for name, tensor in load_file(str(file)).items():
+        read_safetensors_header(file)
+        try:
+            tensors = load_file(str(file))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{file}: cannot be read as safetensors ({err}); {CheckpointError.fix}.") from None
+        for name, tensor in tensors.items():
             state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     return state
 
@@ -182,20 +139,10 @@ def load_feature_extractor(folder: Path):
 def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a PartCrafter checkpoint folder; weights (fp16 on disk at release) are cast to ``dtype``."""
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise CheckpointError(
-            f"{root}: checkpoint folder not found; pass the folder that holds model_index.json "
-            f"(for the release: a local copy of wgsxm/PartCrafter)"
-        )
+    problems = checkpoint_problems(root)  # milliseconds: layout, JSON, safetensors headers, no weights
+    if problems:
+        raise CheckpointError(format_problems(problems))
     model_index = read_json(root / "model_index.json")
-    check_component_classes(root, model_index)
-    for component, files in REQUIRED_FILES.items():
-        folder = root / component
-        if not folder.is_dir():
-            raise CheckpointError(f"{folder}: subfolder missing; the checkpoint folder is incomplete (re-download it)")
-        for name in files:
-            if not (folder / name).is_file():
-                raise CheckpointError(f"{folder / name}: file missing; the checkpoint folder is incomplete (re-download it)")
     run_defaults = dict(RUN_DEFAULTS)
     if (root / "partattn.json").is_file():
         run_defaults.update(read_json(root / "partattn.json").get("run_defaults", {}))
