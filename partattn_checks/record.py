@@ -18,6 +18,9 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write
+from .model.files import RecordError, read_safetensors_header
+
+__all__ = ["AttentionRecord", "RecordError", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 LAYER_KINDS = ("global", "local", "standard")
@@ -25,6 +28,9 @@ SCALARS = ("entropy", "peak", "eff_keys", "cls_mass")
 DEFAULT_STEM = "record"
 _JSON_SUFFIX = ".json"
 _TENSOR_SUFFIX = ".safetensors"
+#: Entries of ``<stem>.json`` that ``load`` reads (the rest of the record is tensors).
+_DOC_KEYS = ("steps", "timesteps", "layers", "layer_kinds", "num_parts", "num_heads", "num_patch_keys",
+             "has_cls", "patch_grid", "full_maps", "nonfinite", "meta")
 
 
 @dataclass(eq=False)
@@ -244,8 +250,13 @@ class AttentionRecord:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AttentionRecord":
-        """Read a record written by ``save`` (same path rules); refuses other schema versions."""
-        from safetensors import safe_open
+        """Read a record written by ``save`` (same path rules); refuses other schema versions.
+
+        A missing file raises ``FileNotFoundError``; a damaged pair (invalid or truncated JSON, a
+        truncated or foreign ``.safetensors``, a pair from two saves, missing entries) raises
+        :class:`RecordError` (a ``ValueError``) naming the file and the fix.
+        """
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         stem = _stem(path)
@@ -254,35 +265,53 @@ class AttentionRecord:
         for p in (json_path, tensor_path):
             if not p.is_file():
                 raise FileNotFoundError(f"attention record file {p} does not exist (a record is a .json + .safetensors pair)")
+
+        def damaged(where: Path, what: str) -> RecordError:
+            return RecordError(f"{where}: not a valid attention record ({what}); {RecordError.fix}.")
+
         try:
             doc = json.loads(json_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{json_path}: not a valid attention record ({exc})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise damaged(json_path, f"not valid JSON: {exc}") from None
         found = doc.get("schema_version") if isinstance(doc, dict) else None
         if found != SCHEMA_VERSION:
-            raise ValueError(
+            raise RecordError(
                 f"{json_path}: attention record schema version {found!r}, but this version of "
                 f"partattn-checks reads version {SCHEMA_VERSION}; re-record it with this version "
                 f"(or use the partattn-checks release that wrote it)"
             )
-        with safe_open(str(tensor_path), framework="pt") as f:
-            header = f.metadata() or {}
-        if header.get("pair_id") != doc.get("pair_id"):
-            raise ValueError(
+        header = read_safetensors_header(tensor_path, error=RecordError)
+        if (header.get("__metadata__") or {}).get("pair_id") != doc.get("pair_id"):
+            raise RecordError(
                 f"{tensor_path} does not belong to {json_path} (pair ids differ: the pair was "
                 f"written by two different saves or one was replaced); save the record again"
             )
-        tensors = load_file(str(tensor_path))
-        full_maps = {(int(step), str(layer)): tensors[key] for step, layer, key in doc["full_maps"]}
-        return cls(
-            steps=doc["steps"], timesteps=doc["timesteps"], layers=doc["layers"],
-            layer_kinds=doc["layer_kinds"], num_parts=doc["num_parts"], num_heads=doc["num_heads"],
-            num_patch_keys=doc["num_patch_keys"], has_cls=doc["has_cls"],
-            patch_grid=tuple(doc["patch_grid"]) if doc["patch_grid"] is not None else None,
-            entropy=tensors["entropy"], peak=tensors["peak"], eff_keys=tensors["eff_keys"],
-            cls_mass=tensors["cls_mass"], marginals=tensors["marginals"], full_maps=full_maps,
-            nonfinite=doc["nonfinite"], meta=doc["meta"],
-        )
+        try:
+            tensors = load_file(str(tensor_path))
+        except (SafetensorError, OSError) as exc:
+            raise damaged(tensor_path, f"unreadable tensors: {exc}") from None
+        try:
+            full_maps = {(int(step), str(layer)): tensors[key] for step, layer, key in doc["full_maps"]}
+            fields = dict(
+                steps=doc["steps"], timesteps=doc["timesteps"], layers=doc["layers"],
+                layer_kinds=doc["layer_kinds"], num_parts=doc["num_parts"], num_heads=doc["num_heads"],
+                num_patch_keys=doc["num_patch_keys"], has_cls=doc["has_cls"],
+                patch_grid=tuple(doc["patch_grid"]) if doc["patch_grid"] is not None else None,
+                entropy=tensors["entropy"], peak=tensors["peak"], eff_keys=tensors["eff_keys"],
+                cls_mass=tensors["cls_mass"], marginals=tensors["marginals"], full_maps=full_maps,
+                nonfinite=doc["nonfinite"], meta=doc["meta"],
+            )
+        except KeyError as exc:
+            key = exc.args[0] if exc.args else "?"
+            if key in _DOC_KEYS:
+                raise damaged(json_path, f"entry {key!r} is missing") from None
+            raise damaged(tensor_path, f"tensor {key!r} is missing") from None
+        except (TypeError, ValueError) as exc:
+            raise damaged(json_path, f"malformed entry: {exc}") from None
+        try:
+            return cls(**fields)
+        except (TypeError, ValueError) as exc:
+            raise damaged(json_path, str(exc)) from None
 
     def __repr__(self) -> str:
         return (

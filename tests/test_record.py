@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from partattn_checks.record import SCHEMA_VERSION, AttentionRecord
+from partattn_checks.record import SCHEMA_VERSION, AttentionRecord, RecordError
 
 S, L, P, H, NK, Q = 3, 2, 2, 4, 9, 5
 LAYERS = ["blocks.0.attn2", "blocks.1.attn2"]
@@ -169,3 +169,79 @@ def test_failed_write_leaves_no_temp_file_and_keeps_old(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["run.json", "run.safetensors"]
     assert (tmp_path / "run.safetensors").read_bytes() == before
     assert AttentionRecord.load(tmp_path / "run").meta == r.meta
+
+
+# ----------------------------------------------------------------------------- damaged records: RecordError naming the file
+FIX = "re-save the record with partattn run"
+
+
+def damaged(tmp_path, path_of, damage):
+    make_record().save(tmp_path / "r")
+    path = tmp_path / path_of
+    damage(path)
+    with pytest.raises(RecordError) as info:
+        AttentionRecord.load(tmp_path / "r")
+    message = str(info.value)
+    assert str(path) in message and FIX in message, message
+    return message
+
+
+def test_record_error_is_a_value_error():
+    from partattn_checks.model.files import RecordError as FromFiles
+
+    assert RecordError is FromFiles and issubclass(RecordError, ValueError)
+
+
+def test_truncated_tensor_file(tmp_path):
+    def cut(path):
+        path.write_bytes(path.read_bytes()[:-100])
+
+    message = damaged(tmp_path, "r.safetensors", cut)
+    assert "truncated:" in message and "the header promises" in message
+
+
+@pytest.mark.parametrize("content, phrase", [(b"", "empty file"), (b"\x00" * 40, "not a safetensors file"),
+                                             (b"<html>404</html>", "not a safetensors file")])
+def test_foreign_tensor_file(tmp_path, content, phrase):
+    assert phrase in damaged(tmp_path, "r.safetensors", lambda p: p.write_bytes(content))
+
+
+@pytest.mark.parametrize("text, phrase", [('{"schema_version": 1, "pair', "not valid JSON"),
+                                          (b"\xff\xfe binary", "not valid JSON")])
+def test_broken_json_file(tmp_path, text, phrase):
+    def write(path):
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+
+    assert phrase in damaged(tmp_path, "r.json", write)
+
+
+def test_json_missing_an_entry(tmp_path):
+    def drop_layers(path):
+        doc = json.loads(path.read_text())
+        del doc["layers"]
+        path.write_text(json.dumps(doc))
+
+    assert "entry 'layers' is missing" in damaged(tmp_path, "r.json", drop_layers)
+
+
+def test_json_that_does_not_fit_the_tensors(tmp_path):
+    def more_parts(path):
+        doc = json.loads(path.read_text())
+        doc["num_parts"] = P + 1
+        path.write_text(json.dumps(doc))
+
+    assert "shape" in damaged(tmp_path, "r.json", more_parts)
+
+
+def test_tensor_file_missing_a_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from partattn_checks.model.files import read_safetensors_header
+
+    def drop_peak(path):
+        tensors = load_file(str(path))
+        meta = read_safetensors_header(path)["__metadata__"]  # keep the pair id
+        del tensors["peak"]
+        save_file(tensors, str(path), metadata=meta)
+
+    assert "tensor 'peak' is missing" in damaged(tmp_path, "r.safetensors", drop_peak)
