@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURE_IMAGES, TINY_FIXTURE
+from helpers import FIXTURE_IMAGES, REPO, TINY_FIXTURE
 from PIL import Image
 
-from partattn_checks.model.pipeline import PartCrafterPipeline, flow_sigmas, open_image, resolve_device, to_rgb
+from partattn_checks.model.pipeline import (
+    ImageError,
+    PartCrafterPipeline,
+    flow_sigmas,
+    open_image,
+    resolve_device,
+    to_rgb,
+)
 
 IMAGES = {2: "np2_circle_square.png", 3: "np3_three_shapes.png", 4: "np4_four_shapes.png"}
 IMAGE = FIXTURE_IMAGES / IMAGES[2]
@@ -233,6 +242,37 @@ def test_corrupt_image_names_it(pipe, tmp_path):
     assert str(corrupt) in str(info.value) and "re-export" in str(info.value)
 
 
+def test_truncated_image_names_it(tmp_path):
+    truncated = tmp_path / "half.png"
+    data = (FIXTURE_IMAGES / "np2_circle_square.png").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError) as info:
+        open_image(truncated)
+    assert str(truncated) in str(info.value) and "not a readable image" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("limit", [20_000, 30_000], ids=["over-twice-the-limit-pil-error", "over-the-limit-pil-warning"])
+def test_too_large_image_is_refused_with_its_size_and_the_limit(tmp_path, monkeypatch, limit):
+    """PIL raises DecompressionBombError over twice MAX_IMAGE_PIXELS and only warns over it; both are
+    refused with one clear message. A small PNG under a lowered limit stands in for a huge image."""
+    from PIL import Image
+
+    image = tmp_path / "big.png"
+    Image.new("RGB", (250, 200), "white").save(image)  # 50,000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's own DecompressionBombWarning must not escape either
+        with pytest.raises(ImageError) as info:
+            open_image(str(image))
+    message = str(info.value)
+    assert message.startswith(f"{image}: image too large: 50,000 pixels, over PIL's decompression-bomb limit of "
+                              f"{limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS)"), message
+    assert "downscale it" in message
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
+    assert open_image(image).size == (250, 200)  # at the limit: fine
+
+
 # --------------------------------------------------------------------------- devices and sizes from configs
 
 
@@ -256,3 +296,19 @@ def test_image_tokens_and_patch_grid_from_checkpoint_configs(pipe):
     assert pipe.preprocess(IMAGE).shape == (1, 3, crop["height"], crop["width"])
     assert pipe.encode_image(IMAGE).shape == (1, 1 + rows * cols, encoder["hidden_size"])
     assert pipe.preprocessed_image(IMAGE).size == (crop["width"], crop["height"])
+
+
+# --------------------------------------------------------------------------- the README's library example
+
+
+def test_readme_library_example_runs_from_any_folder(tmp_path, monkeypatch, capsys):
+    """The README's Python block, run from an unrelated folder with REPO pointed at this clone."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## As a library.*?```python\n(.*?)```", readme, re.S).group(1)
+    assert 'REPO = Path("~/partattn-checks").expanduser()' in block
+    block = block.replace('Path("~/partattn-checks").expanduser()', repr(str(REPO)).join(("Path(", ")")))
+    block = block.replace('device="auto"', 'device="cpu"')
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "torch.Size([10, " in out and "part_separation" in out

@@ -11,6 +11,7 @@ step hooks that a recorder uses to know which step a forward belongs to.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from .files import ImageError
 from .loading import Checkpoint, check_num_parts, load_checkpoint
 
 
@@ -48,20 +50,45 @@ def to_rgb(image):
 
 
 def open_image(image):
-    """Accept a path or a PIL image; return an RGB PIL image."""
+    """Accept a path or a PIL image; return an RGB PIL image.
+
+    A missing path raises ``FileNotFoundError``; a file PIL cannot read (not an image, truncated)
+    or an image over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; PIL only warns
+    below twice the limit, this refuses both) raises :class:`ImageError` naming the file and the fix.
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        try:
+    if not isinstance(image, (str, Path)):
+        return to_rgb(image)
+    path = Path(image)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 opened.load()
                 return to_rgb(opened)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: image not found") from None
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"{path}: not a readable image ({err}); re-export it as PNG or JPEG") from None
-    return to_rgb(image)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: image not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise too_large(path, err) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path}: not a readable image ({err}); re-export it as PNG or JPEG") from None
+
+
+def too_large(path, err: Exception) -> ImageError:
+    """The ``ImageError`` for an image PIL refuses as a possible decompression bomb."""
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    limit = Image.MAX_IMAGE_PIXELS
+    return ImageError(
+        f"{path}: image too large: {size}, over PIL's decompression-bomb limit of "
+        f"{limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS); downscale it (for example to 1024 px on the long "
+        f"side): the encoder resizes it to its small input crop anyway"
+    )
 
 
 def pixels_to_image(pixels: torch.Tensor, feature_extractor):
