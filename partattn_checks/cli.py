@@ -7,16 +7,21 @@
 ``run`` denoises one image with capture on and writes figures, GIFs, ``metrics.json``, the record
 and an ``index.html``; ``check`` runs the pytest gate (``pytest --partattn``) on a fixture folder
 and exits non-zero when a check fails; ``show`` renders a saved record. Exit codes: 0 done,
-1 a run or check failed, 2 bad arguments or inputs (message on stderr, no traceback).
+1 a run or check failed, 2 bad arguments or inputs (message on stderr, no traceback): also a
+damaged checkpoint, record or image, and an output folder that is a file or cannot be written
+(checked before any work). ``run`` and ``show`` list what they wrote in ``partattn-manifest.json``
+and, on the next run into the same folder, remove those of the files they do not write again.
 torch is imported only when a subcommand needs it, so ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +31,18 @@ DEFAULT_FIXTURES = Path("fixtures") / "images"
 DEFAULT_RESULTS = Path("partattn-results")
 DTYPES = ("float32", "float16", "bfloat16")
 PLUGIN_MODULE = "partattn_checks.plugin"
+#: What ``run``/``show`` wrote into an output folder, so the next command there removes exactly its
+#: own stale files (``overlay_part2.png`` of an earlier 3-part run) and nothing else.
+MANIFEST = "partattn-manifest.json"
+#: Never removed as stale, only overwritten: a saved record is data (``show`` may be rendering it),
+#: and ``input.png`` is the record's view of its image.
+KEPT_OUTPUTS = ("record.json", "record.safetensors", "input.png")
+#: ``pytest.main`` runs in this process, after the ``partattn`` command imported partattn_checks
+#: (the plugin's package, which pytest marks for assert rewriting): pytest cannot rewrite it and
+#: would say so on every ``check``. Nothing is lost: the gate's verdicts are not ``assert``
+#: statements. (-W takes the message as a literal prefix, and it cannot hold the ':' before the
+#: module name; the only module imported before ``pytest.main`` is this package.)
+REWRITE_WARNING_FILTER = "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"
 
 
 class UsageError(Exception):
@@ -245,6 +262,156 @@ def _print_results(results, index: Path, n_figures: int) -> None:
     print(f"wrote {n_figures} figures, metrics.json and the record; open {index}")
 
 
+# ====================================================================== output folders
+def _writable_folder(out: Path, option: str) -> Path | None:
+    """Create ``out`` if needed and prove it writable, before any work is done.
+
+    Returns the topmost folder this created (to remove again if the command fails), or None.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{option} {out}: exists and is not a folder; pass --out DIR, a folder (created when "
+                         f"missing), or move the file away")
+    top = None
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        top = folder
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".partattn-write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        _remove_created(out, top)
+        raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err}); pass --out DIR, a folder "
+                         f"you can write to") from None
+    return top
+
+
+def _remove_created(out: Path, top: Path | None) -> None:
+    """Remove the still-empty folders from ``out`` up to ``top`` (what ``_writable_folder`` made)."""
+    if top is None:
+        return
+    for folder in (out, *out.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
+
+
+def _inside(path: Path, out: Path) -> str | None:
+    """``path`` relative to ``out`` (posix), or None when it is not inside ``out``."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(out)).as_posix()
+    except ValueError:
+        return None
+
+
+def _owned_files(out: Path) -> list[str]:
+    """Files (relative to ``out``) that an earlier ``partattn run``/``show`` wrote into ``out``.
+
+    From its manifest; for folders written before manifests existed, from its ``metrics.json``
+    (figures and metrics.json, index.html). Entries outside ``out`` are ignored.
+    """
+    names = []
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        try:
+            names = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+            if not isinstance(names, list):
+                raise TypeError(f"'files' is a {type(names).__name__}, not a list")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"partattn: warning: {manifest} is unreadable ({err}); files of the earlier run in {out} are "
+                  f"left as they are", file=sys.stderr)
+            return []
+    elif (out / "metrics.json").is_file() and (out / "index.html").is_file():
+        try:  # silently: a metrics.json that is not ours is simply not ours
+            doc = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            if isinstance(doc, dict) and {"figures", "checks", "summary"} <= doc.keys():
+                names = [f["path"] for f in doc["figures"]] + ["metrics.json", "index.html"]
+        except (OSError, ValueError, KeyError, TypeError):
+            names = []
+    owned = []
+    for name in names:
+        if isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts:
+            owned.append(Path(name).as_posix())
+    return owned
+
+
+def _top_files(out: Path) -> set[str]:
+    """Files directly in ``out`` and under its ``checks/`` (where the outputs live), relative."""
+    found = set()
+    for folder in (out, out / "checks"):
+        if folder.is_dir():
+            found |= {p.relative_to(out).as_posix() for p in folder.iterdir() if p.is_file()}
+    return found
+
+
+class Outputs:
+    """The files a command writes into ``out``: stale ones of the previous command are removed after
+    the new ones are written, and a manifest records what is there now.
+
+    Use as a context manager around the writing; ``add(path)`` each written file. On an error
+    nothing is removed, and the manifest also lists the files this attempt created, so the next
+    run can clean them up.
+    """
+
+    def __init__(self, out: Path, command: str):
+        self.out, self.command = out, command
+        self.previous = _owned_files(out)
+        self.before = _top_files(out)
+        self.written: list[str] = []
+
+    def add(self, *paths) -> None:
+        for path in paths:
+            rel = _inside(Path(path), self.out)
+            if rel is not None and rel not in self.written:
+                self.written.append(rel)
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            created = sorted(_top_files(self.out) - self.before)
+            try:
+                self._write_manifest(list(dict.fromkeys(self.previous + created)))
+            except OSError:
+                pass  # the original error says more
+            return
+        now = set(self.written)
+        kept = []
+        for name in self.previous:
+            if name in now:
+                continue
+            path = self.out / name
+            if Path(name).name in KEPT_OUTPUTS:
+                if path.is_file():
+                    kept.append(name)
+                continue
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                parent = path.parent
+                while parent != self.out and _inside(parent, self.out):
+                    try:
+                        parent.rmdir()
+                    except OSError:
+                        break
+                    parent = parent.parent
+        self._write_manifest(self.written + kept)
+
+    def _write_manifest(self, files: list[str]) -> None:
+        from .atomic import atomic_write_text
+
+        doc = {"written_by": f"partattn {self.command}",
+               "note": "files partattn wrote here; the next partattn run/show into this folder removes "
+                       "the ones it does not write again (not record.json, record.safetensors, input.png)",
+               "files": files}
+        atomic_write_text(self.out / MANIFEST, json.dumps(doc, indent=2) + "\n")
+
+
 # ====================================================================== run
 def _cmd_run(args, extra) -> int:
     image = Path(args.image).expanduser()
@@ -257,9 +424,27 @@ def _cmd_run(args, extra) -> int:
         raise UsageError(f"{image}: cannot tell the number of parts; pass --num-parts N or name the file "
                          f"np<N>_{image.name}")
     model = _model_dir(args.model)
+    _check_model(model)
     thresholds = _thresholds(args.thresholds)
-    out = Path(args.out) if args.out else DEFAULT_RESULTS / image.stem
+    out = Path(args.out).expanduser() if args.out else DEFAULT_RESULTS / image.stem
+    created = _writable_folder(out, "--out" if args.out else "output folder")
+    try:
+        return _run(args, image, num_parts, model, thresholds, out)
+    except BaseException:
+        _remove_created(out, created)
+        raise
 
+
+def _check_model(model: Path) -> None:
+    """The checkpoint pre-flight (no torch, no weights read): a damaged folder is a usage error."""
+    from .model.files import checkpoint_problems, format_problems
+
+    problems = checkpoint_problems(model)
+    if problems:
+        raise UsageError(format_problems(problems))
+
+
+def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) -> int:
     import torch
 
     from .capture import CaptureError, cross_attention_modules
@@ -303,10 +488,13 @@ def _cmd_run(args, extra) -> int:
         raise RunFailed(str(err)) from None
     finally:
         progress.close()
-    links = save_run(out, record, viz.image)
     _say(args, f"rendering figures into {out}")
-    report = render_record(record, out, image=viz.image, results=viz.results, layer=args.layer, fps=args.fps,
-                           title=f"partattn run: {image.name}", thresholds=thresholds, links=links)
+    with Outputs(out, "run") as outputs:
+        links = save_run(out, record, viz.image)
+        outputs.add(*(p for _, p in links))
+        report = render_record(record, out, image=viz.image, results=viz.results, layer=args.layer, fps=args.fps,
+                               title=f"partattn run: {image.name}", thresholds=thresholds, links=links)
+        outputs.add(*(p for _, p in report["figures"]), report["metrics"], report["index"])
     _print_results(viz.results, report["index"], len(report["figures"]))
     return 0
 
@@ -329,7 +517,7 @@ def _cmd_show(args, extra) -> int:
     else:
         stem = path
     folder = stem.parent
-    out = Path(args.out) if args.out else folder
+    out = Path(args.out).expanduser() if args.out else folder
     thresholds = _thresholds(args.thresholds)
     if args.layer is not None:
         try:
@@ -337,20 +525,31 @@ def _cmd_show(args, extra) -> int:
         except ValueError as err:
             raise UsageError(str(err)) from None
     view, note = _image_for(record, folder, args.image)
+    created = _writable_folder(out, "--out" if args.out else "output folder (the record's)")
     results = {r.name: r for r in run_checks(record, thresholds)}
     links = [("record (json)", stem.with_name(stem.name + ".json")),
              ("record (tensors)", stem.with_name(stem.name + ".safetensors"))]
-    report = render_record(record, out, image=view, results=results, layer=args.layer, fps=args.fps,
-                           title=f"partattn show: {path.name}", thresholds=thresholds, links=links, note=note)
+    try:
+        with Outputs(out, "show") as outputs:
+            report = render_record(record, out, image=view, results=results, layer=args.layer, fps=args.fps,
+                                   title=f"partattn show: {path.name}", thresholds=thresholds, links=links,
+                                   note=note)
+            outputs.add(*(p for _, p in report["figures"]), report["metrics"], report["index"])
+    except BaseException:
+        _remove_created(out, created)
+        raise
     _print_results(results, report["index"], len(report["figures"]))
     return 0
 
 
 def _image_for(record, folder: Path, image_arg: str | None):
-    """(encoder view or None, note) for overlays of a loaded record."""
-    from PIL import Image
+    """(encoder view or None, note) for overlays of a loaded record.
 
+    ``--image`` must be readable (else a usage error naming it); an unreadable ``input.png`` or
+    recorded image is skipped with a warning, and the figures fall back to the patch grid.
+    """
     from .model.loading import CheckpointError, load_feature_extractor
+    from .model.pipeline import open_image
     from .visualizer import encoder_view
 
     model = Path(str(record.meta.get("model", ""))) if record.meta.get("model") else None
@@ -367,17 +566,22 @@ def _image_for(record, folder: Path, image_arg: str | None):
         try:
             if extractor is not None:
                 return encoder_view(extractor, image), f"Input image {image}, preprocessed like the model's encoder."
-            with Image.open(image) as opened:
-                return opened.convert("RGB"), f"Input image {image} (as given: the record's model was not found)."
+            return open_image(image), f"Input image {image} (as given: the record's model was not found)."
         except (OSError, ValueError) as err:
-            raise UsageError(f"{image}: not a readable image ({err})") from None
+            raise UsageError(str(err) if str(image) in str(err) else f"{image}: not a readable image ({err})") from None
     saved = folder / "input.png"
-    if saved.is_file():
-        with Image.open(saved) as opened:
-            return opened.convert("RGB"), None
     original = Path(str(record.meta.get("image", "")))
+    candidates = [(saved, None)] if saved.is_file() else []
     if extractor is not None and record.meta.get("image") and original.is_file():
-        return encoder_view(extractor, original), None
+        candidates.append((original, extractor))
+    for image, preprocess in candidates:
+        try:
+            return (open_image(image) if preprocess is None else encoder_view(preprocess, image)), None
+        except (OSError, ValueError) as err:
+            print(f"partattn show: warning: skipping {image} for the overlays: {err}", file=sys.stderr)
+    if candidates:
+        return None, (f"The input image could not be read ({', '.join(str(c) for c, _ in candidates)}): pass "
+                      f"--image PATH for overlays.")
     return None, "The input image was not found (pass --image PATH for overlays)."
 
 
@@ -423,7 +627,9 @@ def _cmd_check(args, extra) -> int:
     fixtures = Path(args.fixtures).expanduser() if args.fixtures else DEFAULT_FIXTURES
     if not fixtures.is_dir():
         raise UsageError(f"fixture folder not found: {fixtures} (pass --fixtures DIR, a folder of np<N>_*.png images)")
-    pytest_args = _plugin_args() + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra)
+    _check_model(model)
+    pytest_args = (_plugin_args() + ["-W", REWRITE_WARNING_FILTER]
+                   + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra))
     import pytest
 
     return int(pytest.main(pytest_args))

@@ -270,8 +270,251 @@ def test_check_runs_the_gate_and_fails_on_a_random_model(tmp_path, monkeypatch, 
     (project / "pytest.ini").write_text("[pytest]\n")
     shutil.copy(IMAGE, project / "fixtures" / IMAGE.name)
     monkeypatch.chdir(project)
-    code, out, _ = run_cli(capsys, "check", "--model", TINY, "--fixtures", "fixtures", "--steps", "2",
-                           "--device", "cpu", "--", "-q", "-rf", "-k", "not baseline")
+    code, out, err = run_cli(capsys, "check", "--model", TINY, "--fixtures", "fixtures", "--steps", "2",
+                             "--device", "cpu", "--", "-q", "-rf", "-k", "not baseline")
     assert code == 1, out
+    assert "PytestAssertRewriteWarning" not in out + err  # pytest runs in-process, after our package was imported
     assert re.search(r"FAILED \S*np2_circle_square\.png::part_separation", out), out
     assert (project / ".partattn-results" / "np2_circle_square").is_dir()
+
+
+# ----------------------------------------------------------------------------- damaged inputs: exit 2, one line
+def assert_one_line_error(code, err, *phrases):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, err)
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture
+def never_loads(monkeypatch):
+    """Loading a model (hence denoising) is an error: the command must stop before it."""
+    from partattn_checks import visualizer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command loaded the model")
+
+    monkeypatch.setattr(visualizer.AttentionVisualizer, "from_pretrained", refuse)
+
+
+def test_run_truncated_checkpoint_weights_is_a_usage_error(tmp_path, capsys, never_loads):
+    broken = Path(shutil.copytree(TINY, tmp_path / "broken"))
+    weights = broken / "transformer" / "diffusion_pytorch_model.safetensors"
+    truncate(weights)
+    code, _, err = run_cli(capsys, "run", IMAGE, "--model", broken, "--out", tmp_path / "o", "-q")
+    assert_one_line_error(code, err, str(weights), "truncated:", "the header promises", "re-download")
+    assert not (tmp_path / "o").exists(), "a failed run leaves no empty output folder behind"
+
+
+def test_check_damaged_checkpoint_is_a_usage_error_before_pytest(tmp_path, capsys, monkeypatch):
+    broken = Path(shutil.copytree(TINY, tmp_path / "broken"))
+    weights = broken / "image_encoder_dinov2" / "model.safetensors"
+    weights.write_bytes(b"PK\x03\x04 a zip archive, not safetensors")
+    (broken / "scheduler" / "scheduler_config.json").write_text("{oops")
+    monkeypatch.setattr("pytest.main", lambda *a, **k: pytest.fail("pytest ran on a damaged checkpoint"))
+    code, _, err = run_cli(capsys, "check", "--model", broken, "--fixtures", IMAGES)
+    assert_one_line_error(code, err, str(weights), "not a safetensors file",
+                          str(broken / "scheduler" / "scheduler_config.json"), "not valid JSON")
+
+
+@pytest.mark.parametrize("damage", ["truncated tensors", "garbage tensors", "garbage json"])
+def test_show_damaged_record_is_a_usage_error(run_out, tmp_path, capsys, damage):
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    for name in ("record.json", "record.safetensors"):
+        shutil.copy(run_out / name, folder / name)
+    if damage == "truncated tensors":
+        truncate(folder / "record.safetensors")
+        named, what = folder / "record.safetensors", "truncated:"
+    elif damage == "garbage tensors":
+        (folder / "record.safetensors").write_bytes(b"\x00" * 64)
+        named, what = folder / "record.safetensors", "not a safetensors file"
+    else:
+        (folder / "record.json").write_text('{"schema_version": 1, "pair_id": ')
+        named, what = folder / "record.json", "not valid JSON"
+    code, _, err = run_cli(capsys, "show", folder, "--out", tmp_path / "shown")
+    assert_one_line_error(code, err, str(named), what, "re-save the record with partattn run")
+
+
+def test_run_too_large_image_is_a_usage_error(tmp_path, capsys, monkeypatch, never_loads):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # the 224 x 224 fixture is over it
+    code, _, err = run_cli(capsys, "run", IMAGE, "--model", TINY, "--out", tmp_path / "o", "-q")
+    assert_one_line_error(code, err, str(IMAGE), "image too large: 50,176 pixels", "limit of 10,000 pixels",
+                          "PIL.Image.MAX_IMAGE_PIXELS", "downscale")
+    assert "DecompressionBomb" not in err
+
+
+def test_show_too_large_or_truncated_image_is_a_usage_error(run_out, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    truncated = tmp_path / "half.png"
+    shutil.copy(IMAGE, truncated)
+    truncate(truncated)
+    code, _, err = run_cli(capsys, "show", run_out, "--out", tmp_path / "a", "--image", truncated)
+    assert_one_line_error(code, err, str(truncated), "not a readable image")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    code, _, err = run_cli(capsys, "show", run_out, "--out", tmp_path / "b", "--image", IMAGE)
+    assert_one_line_error(code, err, str(IMAGE), "image too large", "downscale")
+
+
+def test_show_damaged_input_png_falls_back_to_the_patch_grid(run_out, tmp_path, capsys):
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    for name in ("record.json", "record.safetensors", "input.png"):
+        shutil.copy(run_out / name, folder / name)
+    truncate(folder / "input.png")
+    doc = json.loads((folder / "record.json").read_text())
+    doc["meta"]["image"] = str(tmp_path / "gone.png")
+    (folder / "record.json").write_text(json.dumps(doc))
+    code, _, err = run_cli(capsys, "show", folder, "--out", tmp_path / "shown")
+    assert code == 0
+    assert f"skipping {folder / 'input.png'}" in err
+    assert "--image PATH" in (tmp_path / "shown" / "index.html").read_text()
+    assert not list((tmp_path / "shown").glob("overlay_*.png"))
+
+
+# ----------------------------------------------------------------------------- output folder checked up front
+@pytest.mark.parametrize("command", ["run", "show"])
+def test_out_that_is_a_file_fails_before_any_work(run_out, tmp_path, capsys, never_loads, command):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    source = [IMAGE, "--model", TINY, "-q"] if command == "run" else [run_out]
+    code, _, err = run_cli(capsys, command, *source, "--out", taken)
+    assert_one_line_error(code, err, f"--out {taken}: exists and is not a folder", "--out DIR")
+    assert taken.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["run", "show"])
+def test_out_that_cannot_be_created_fails_before_any_work(run_out, tmp_path, capsys, never_loads, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    out = blocker / "sub" / "out"  # under a file: not creatable, even for root
+    source = [IMAGE, "--model", TINY, "-q"] if command == "run" else [run_out]
+    code, _, err = run_cli(capsys, command, *source, "--out", out)
+    assert_one_line_error(code, err, f"--out {out}: cannot write there", "--out DIR")
+
+
+def test_out_in_a_read_only_folder(tmp_path, capsys, never_loads):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders; the uncreatable case is tested under a file")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, _, err = run_cli(capsys, "run", IMAGE, "--model", TINY, "-q", "--out", locked / "out")
+    finally:
+        locked.chmod(0o700)
+    assert_one_line_error(code, err, f"--out {locked / 'out'}: cannot write there")
+
+
+def test_failed_run_removes_the_output_folders_it_created(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper"
+    code, _, err = run_cli(capsys, "run", IMAGE, "--model", TINY, "--layer", "99", "-q", "--out", out)
+    assert code == 2 and "--layer 99" in err
+    assert not (tmp_path / "new").exists()
+
+
+# ----------------------------------------------------------------------------- re-running into a folder
+@pytest.fixture(scope="module")
+def run3_out(tmp_path_factory):
+    """A 3-part ``partattn run`` (2 steps): more figures than a 2-part run writes."""
+    out = tmp_path_factory.mktemp("run3") / "np3"
+    code = cli.main(["run", str(IMAGE), "--num-parts", "3", "--model", str(TINY), "--steps", "2", "--out", str(out),
+                     "-q"])
+    assert code == 0
+    return out
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def manifest_files(folder: Path) -> set[str]:
+    return set(json.loads((folder / cli.MANIFEST).read_text())["files"])
+
+
+def test_manifest_lists_what_run_wrote(run_out):
+    assert manifest_files(run_out) == files_in(run_out) - {cli.MANIFEST}
+
+
+def test_rerun_removes_its_own_stale_files_and_nothing_else(run3_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
+    assert {"overlay_part2.png", "steps_part2.gif"} <= files_in(out)
+    (out / "notes.txt").write_text("mine")
+    (out / "overlay_part7.png").write_bytes(b"mine too: not in the manifest")
+    code, _, _ = run_cli(capsys, "run", IMAGE, "--model", TINY, "--steps", "2", "--out", out, "-q")
+    assert code == 0
+    files = files_in(out)
+    assert not any("part2" in name for name in files), sorted(files)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "overlay_part7.png").is_file()
+    assert AttentionRecord.load(out).num_parts == 2
+    assert manifest_files(out) == files - {cli.MANIFEST, "notes.txt", "overlay_part7.png"}
+    assert_links_resolve(out / "index.html")
+
+
+def test_show_into_a_used_folder_removes_stale_figures_and_keeps_records(run_out, run3_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
+    (out / "notes.txt").write_text("mine")
+    code, _, _ = run_cli(capsys, "show", run_out, "--out", out)
+    assert code == 0
+    files = files_in(out)
+    assert not any("part2" in name for name in files), sorted(files)
+    assert {"record.json", "record.safetensors", "input.png", "notes.txt"} <= files  # data is never removed
+    assert AttentionRecord.load(out).num_parts == 3  # the 3-part record is still there, untouched
+    assert manifest_files(out) == files - {cli.MANIFEST, "notes.txt"}
+
+
+def test_show_into_the_records_own_folder_keeps_the_record(run3_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
+    code, _, _ = run_cli(capsys, "show", out, "--layer", "0")
+    assert code == 0
+    assert AttentionRecord.load(out).num_parts == 3 and (out / "input.png").is_file()
+    assert manifest_files(out) == files_in(out) - {cli.MANIFEST}
+
+
+def test_folder_written_before_manifests_is_cleaned_from_its_metrics(run_out, run3_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
+    (out / cli.MANIFEST).unlink()  # as written by partattn before manifests: metrics.json lists the figures
+    (out / "notes.txt").write_text("mine")
+    code, _, _ = run_cli(capsys, "show", run_out, "--out", out)
+    assert code == 0
+    files = files_in(out)
+    assert not any("part2" in name for name in files) and "notes.txt" in files
+
+
+def test_interrupted_render_is_cleaned_up_by_the_next_run(run_out, run3_out, tmp_path, capsys, monkeypatch):
+    from partattn_checks import visualizer
+
+    out = tmp_path / "out"
+    real = visualizer.render_record
+
+    def crash_after_figures(record, out_dir, **kwargs):
+        real(record, out_dir, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(visualizer, "render_record", crash_after_figures)
+    code, _, _ = run_cli(capsys, "show", run3_out, "--out", out)
+    assert code == 130 and (out / "overlay_part2.png").is_file()
+    assert "overlay_part2.png" in manifest_files(out)  # what the interrupted attempt left is on record
+    monkeypatch.setattr(visualizer, "render_record", real)
+    code, _, _ = run_cli(capsys, "show", run_out, "--out", out)
+    assert code == 0 and not (out / "overlay_part2.png").exists()
+
+
+def test_unreadable_manifest_removes_nothing_and_says_so(run3_out, run_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
+    (out / cli.MANIFEST).write_text("{not json")
+    code, _, err = run_cli(capsys, "show", run_out, "--out", out)
+    assert code == 0 and f"{out / cli.MANIFEST} is unreadable" in err
+    assert (out / "overlay_part2.png").is_file()  # unknown ownership: left alone
+    assert "overlay_part2.png" not in manifest_files(out)
