@@ -376,6 +376,9 @@ def test_miscount_is_an_error(model, monkeypatch):
 
 
 @pytest.mark.parametrize("target", ["", "blocks.2.attn2"], ids=["whole-model", "one-module"])
+# Importing torch._dynamo (first use in the process) decorates torch's own modules with the deprecated
+# torch.jit.script_method: 14 DeprecationWarnings about torch, none about this test or the recorder.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method`:DeprecationWarning")
 def test_compiled_model_is_refused_before_compiling(model, target):
     from torch._dynamo.utils import counters
 
