@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_text
 from .checks import CheckResult, Thresholds, check_baseline
+from .errors import PartattnError
 
 SCHEMA_VERSION = 1
 #: Decimal places of stored metrics; a change smaller than one step keeps the stored value.
@@ -44,7 +45,7 @@ FINGERPRINT_KEYS = ("schema_version", "model", "config_hash", "num_parts", "step
                     "num_tokens", "dtype", "device_kind", "torch", "diffusers")
 
 
-class BaselineError(ValueError):
+class BaselineError(PartattnError, ValueError):
     """A baseline file that cannot be used; the message names the file and what to do.
 
     ``corrupt`` is True for a file that cannot be read at all (bad JSON, wrong structure) and

@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import torch
 
 from . import metrics
+from .errors import PartattnError
 from .model.attention import PartCrafterAttnProcessor, PreparedAttention, TripoSGAttnProcessor
 from .record import AttentionRecord
 
@@ -28,7 +29,7 @@ from .record import AttentionRecord
 UPSTREAM_MATH = {"TripoSGAttnProcessor2_0": TripoSGAttnProcessor, "PartCrafterAttnProcessor": PartCrafterAttnProcessor}
 
 
-class CaptureError(RuntimeError):
+class CaptureError(PartattnError, RuntimeError):
     """Capture could not be done faithfully; the message names module, processor and diffusers version."""
 
 

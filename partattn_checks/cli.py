@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from . import EMBEDDED_MODEL as DEFAULT_MODEL
+from .errors import PartattnError
 
 DEFAULT_FIXTURES = Path("fixtures") / "images"
 DEFAULT_RESULTS = Path("partattn-results")
@@ -45,11 +46,11 @@ KEPT_OUTPUTS = ("record.json", "record.safetensors", "input.png")
 REWRITE_WARNING_FILTER = "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"
 
 
-class UsageError(Exception):
+class UsageError(PartattnError):
     """Bad arguments or inputs: printed as one line, exit status 2."""
 
 
-class RunFailed(Exception):
+class RunFailed(PartattnError):
     """The run itself failed (for example a capture error): printed as one line, exit status 1."""
 
 

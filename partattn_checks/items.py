@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from . import report
+from .errors import PartattnError
 from .baseline import BaselineError, BaselineOutcome, BaselineStore, evaluate, fingerprint
 from .checks import CHECKS, CheckResult, Thresholds, tomllib
 from .options import EMBEDDED_MODEL, DeviceChoice, Settings
@@ -43,11 +44,11 @@ class PartattnEnvironmentWarning(UserWarning):
     """A baseline was recorded in a different environment (fingerprint mismatch)."""
 
 
-class CheckFailed(Exception):
+class CheckFailed(PartattnError):
     """A check item failed; ``str()`` is the full failure report."""
 
 
-class CaseError(Exception):
+class CaseError(PartattnError):
     """An image (or the model) could not be run; the message says why and what to do."""
 
 

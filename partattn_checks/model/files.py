@@ -21,6 +21,8 @@ import os
 import struct
 from pathlib import Path
 
+from ..errors import PartattnError
+
 __all__ = [
     "CheckpointError", "RecordError", "ImageError", "read_safetensors_header", "checkpoint_problems",
     "read_json", "check_component_classes", "find_weights", "format_problems",
@@ -28,19 +30,19 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PartattnError, ValueError):
     """A checkpoint folder that cannot be loaded; the message names the path and the fix."""
 
     fix = "re-download or re-export the checkpoint"
 
 
-class RecordError(ValueError):
+class RecordError(PartattnError, ValueError):
     """A saved attention record that cannot be read; the message names the file and the fix."""
 
     fix = "re-save the record with partattn run"
 
 
-class ImageError(ValueError):
+class ImageError(PartattnError, ValueError):
     """An input image that cannot be used; the message names the image and the fix."""
 
 
