@@ -10,15 +10,14 @@ write them. No torch, no matplotlib.
 from __future__ import annotations
 
 import base64
-import html
 import math
 import os
 import shlex
 from collections import OrderedDict
 from pathlib import Path
-from urllib.parse import quote
 
 from .atomic import atomic_write_text
+from .reporting import Cell, Page
 
 #: Per check: (headline label, pass condition shown before the threshold).
 HEADLINES = {
@@ -30,6 +29,8 @@ HEADLINES = {
     "baseline": ("worst drift", "≤"),
 }
 ATTACHMENT = "[[ATTACHMENT|{}]]"
+#: css class of a summary cell per item verdict
+_CELL_CLASSES = {"pass": "pass", "fail": "fail", "error": "fail", "skip": "skip"}
 #: junit_logging values that write <system-out>, where Jenkins/GitLab look for attachments.
 JUNIT_LOGGING_WITH_STDOUT = ("system-out", "out-err", "all")
 
@@ -241,63 +242,25 @@ class Summary:
     # -- index.html ------------------------------------------------------------------------
     def index_html(self, results_dir: Path, header: list[str]) -> str:
         checks = self.checks()
-        esc = html.escape
-
-        def rel(path: str) -> str:
-            try:
-                return quote(Path(os.path.relpath(path, results_dir)).as_posix())
-            except ValueError:  # another drive on Windows
-                return Path(path).as_uri()
-
-        head_cells = "".join(f"<th>{esc(c)}</th>" for c in checks)
-        body = []
+        page = Page("partattn results", base=results_dir)
+        page.preformatted(header).paragraph(", ".join(f"{n} {v}" for v, n in sorted(self.counts().items())))
+        rows = []
         for image, per in self.by_image.items():
-            anchor = esc(next(iter(per.values()))["key"])
-            cells = []
-            for c in checks:
-                p = per.get(c)
-                if p is None:
-                    cells.append("<td></td>")
-                    continue
-                cls = {"pass": "pass", "fail": "fail", "error": "fail", "skip": "skip"}.get(p["verdict"], "note")
-                cells.append(f'<td class="{cls}"><a href="#{anchor}">{esc(self.cell(p))}</a></td>')
-            body.append(f'<tr><th class="img"><a href="#{anchor}">{esc(image)}</a></th>{"".join(cells)}</tr>')
-        sections = []
+            anchor = "#" + next(iter(per.values()))["key"]
+            rows.append([Cell(image, href=anchor), *(
+                Cell(self.cell(per[c]), _CELL_CLASSES.get(per[c]["verdict"], "note"), anchor) if c in per
+                else Cell("") for c in checks)])
+        page.table(["image", *checks], rows)
         for image, per in self.by_image.items():
-            first = next(iter(per.values()))
-            parts = [f'<section id="{esc(first["key"])}"><h2>{esc(image)}</h2>']
+            page.heading(image, anchor=next(iter(per.values()))["key"])
             for c in checks:
                 p = per.get(c)
                 if p is None:
                     continue
                 reason = p["error"] if p["result"] is None else p["result"]["reason"]
-                parts.append(f'<h3 class="{esc(p["verdict"])}">{esc(c)}: {esc(p["verdict"])}</h3>'
-                             f"<p>{esc(reason or '')}</p>")
-                if p["figures"]:
-                    parts.append('<div class="figs">' + "".join(
-                        f'<a href="{esc(rel(f))}"><img src="{esc(rel(f))}" alt="{esc(Path(f).name)}" '
-                        f'title="{esc(Path(f).name)}"></a>' for f in p["figures"]) + "</div>")
-            parts.append("</section>")
-            sections.append("".join(parts))
-        counts = ", ".join(f"{n} {v}" for v, n in sorted(self.counts().items()))
-        return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>partattn results</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}
-td.pass{{background:#e6f4ea}}td.fail{{background:#fde7e9}}td.skip{{background:#f1f1f1}}td.note{{background:#fff6d5}}
-h3.fail,h3.error{{color:#b00020}}h3.pass{{color:#1e7b34}}
-.figs img{{width:256px;margin:4px;border:1px solid #ddd}}pre{{background:#f6f6f6;padding:.5em}}
-</style></head><body>
-<h1>partattn results</h1>
-<pre>{esc(chr(10).join(header))}</pre>
-<p>{esc(counts)}</p>
-<table><tr><th>image</th>{head_cells}</tr>
-{chr(10).join(body)}
-</table>
-{chr(10).join(sections)}
-</body></html>
-"""
+                page.heading(f"{c}: {p['verdict']}", level=3, cls=_CELL_CLASSES.get(p["verdict"], ""))
+                page.paragraph(reason or "").figures([(Path(f).name, f) for f in p["figures"]])
+        return page.render()
 
     def write_index(self, results_dir: Path, header: list[str]) -> Path:
         return atomic_write_text(Path(results_dir) / "index.html", self.index_html(Path(results_dir), header))

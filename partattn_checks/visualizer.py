@@ -34,7 +34,7 @@ from . import metrics, render
 from .atomic import atomic_write_text
 from .capture import AttentionRecorder, CaptureError, Selection, cross_attention_modules
 from .checks import CheckResult, Thresholds, run_checks
-from .html_index import write_index
+from .reporting import write_index
 from .model.pipeline import encoder_view
 from .record import AttentionRecord
 from .runner import RunSettings, parts_from_name, run_case

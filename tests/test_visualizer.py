@@ -20,7 +20,7 @@ from PIL import Image
 
 from partattn_checks import render
 from partattn_checks.capture import AttentionRecorder, CaptureError, RecordingProcessor, Selection, cross_attention_modules
-from partattn_checks.html_index import render_index, write_index
+from partattn_checks.reporting import render_index, write_index
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.record import AttentionRecord
 from partattn_checks.visualizer import SPARSITY_FACTOR, AttentionVisualizer, render_record
