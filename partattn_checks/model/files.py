@@ -26,7 +26,7 @@ from ..errors import PartattnError
 __all__ = [
     "CheckpointError", "RecordError", "ImageError", "read_safetensors_header", "checkpoint_problems",
     "read_json", "check_component_classes", "find_weights", "format_problems",
-    "ALLOWED_CLASSES", "REQUIRED_FILES", "WEIGHT_FILES", "PICKLE_SUFFIXES",
+    "ALLOWED_CLASSES", "REQUIRED_FILES", "WEIGHT_FILES", "PICKLE_SUFFIXES", "RUN_DEFAULTS", "read_run_defaults",
 ]
 
 
@@ -65,6 +65,10 @@ REQUIRED_FILES = {
 WEIGHT_FILES = {"transformer": "diffusion_pytorch_model", "image_encoder_dinov2": "model"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 RELEASE = "for the release: a local copy of wgsxm/PartCrafter"
+#: Run settings of a checkpoint without a ``partattn.json`` (upstream PartCrafter's defaults). The only
+#: place these numbers live: everything else reads a checkpoint's defaults through
+#: :func:`read_run_defaults` (or a loaded pipeline's ``run_defaults``).
+RUN_DEFAULTS = {"num_tokens": 1024, "steps": 50, "guidance_scale": 7.0}
 
 # ====================================================================== safetensors headers
 #: safetensors refuses headers larger than this (its MAX_HEADER_SIZE).
@@ -189,6 +193,16 @@ def read_json(path: str | os.PathLike, *, error: type[ValueError] = CheckpointEr
         raise error(f"{path}: not valid JSON ({err}); re-download or fix the file.") from None
     except OSError as err:
         raise error(f"{path}: cannot be read ({err.strerror or err}); check its permissions.") from None
+
+
+def read_run_defaults(folder: str | os.PathLike) -> dict:
+    """A checkpoint's default run settings: :data:`RUN_DEFAULTS` updated with the ``run_defaults`` of
+    its ``partattn.json`` when there is one. Standard library only (the plugin's header reads it)."""
+    defaults = dict(RUN_DEFAULTS)
+    extra = Path(folder).expanduser() / "partattn.json"
+    if extra.is_file():
+        defaults.update(_read_object(extra).get("run_defaults", {}))
+    return defaults
 
 
 def _read_object(path: Path) -> dict:

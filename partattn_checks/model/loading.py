@@ -26,6 +26,7 @@ from .files import (  # noqa: F401  (re-exported: the layout and its errors are 
     ALLOWED_CLASSES,
     PICKLE_SUFFIXES,
     REQUIRED_FILES,
+    RUN_DEFAULTS,
     WEIGHT_FILES,
     CheckpointError,
     check_component_classes,
@@ -33,11 +34,10 @@ from .files import (  # noqa: F401  (re-exported: the layout and its errors are 
     find_weights,
     format_problems,
     read_json,
+    read_run_defaults,
     read_safetensors_header,
 )
 from .transformer import PartCrafterDiTModel
-
-RUN_DEFAULTS = {"num_tokens": 1024, "steps": 50, "guidance_scale": 7.0}
 
 
 @dataclass
@@ -143,9 +143,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, dev
     if problems:
         raise CheckpointError(format_problems(problems))
     model_index = read_json(root / "model_index.json")
-    run_defaults = dict(RUN_DEFAULTS)
-    if (root / "partattn.json").is_file():
-        run_defaults.update(read_json(root / "partattn.json").get("run_defaults", {}))
+    run_defaults = read_run_defaults(root)
     return Checkpoint(
         path=root,
         transformer=load_transformer(root / "transformer", dtype).to(device),
