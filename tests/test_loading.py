@@ -82,8 +82,10 @@ def test_round_trip_casts_fp16_weights_to_requested_dtype(written, dtype):
     for name, tensor in state.items():
         assert tensor.dtype == dtype and tensor.device.type == "cpu", name
         assert torch.equal(tensor, source[name].to(torch.float16).to(dtype)), name
+    from partattn_checks.model.encoder_names import to_release_names
+
     on_disk = load_file(str(written / ENCODER_WEIGHTS))
-    encoder_state = checkpoint.image_encoder.state_dict()
+    encoder_state = to_release_names(checkpoint.image_encoder.state_dict())  # the names on disk
     assert encoder_state.keys() == on_disk.keys()
     for name, tensor in encoder_state.items():
         assert on_disk[name].dtype == torch.float16, f"{name} is not fp16 on disk"
@@ -471,3 +473,24 @@ def test_files_module_imports_nothing_heavy_and_is_fast(written):
         "assert elapsed < 0.5, elapsed\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_encoder_weights_are_written_with_release_names_and_load_under_either_naming(ckpt):
+    from partattn_checks.model.encoder_names import RENAMES
+    from partattn_checks.model.loading import load_image_encoder
+
+    weights = ckpt / ENCODER_WEIGHTS
+    on_disk = load_file(str(weights))
+    # the names of released checkpoints (saved with transformers 4.x), whatever transformers wrote them
+    assert any(".attention.attention.query." in k for k in on_disk)
+    assert not any(".attention.q_proj." in k for k in on_disk)
+    reference = load_image_encoder(ckpt / "image_encoder_dinov2", torch.float32).state_dict()
+    renamed = {}
+    for name, tensor in on_disk.items():
+        for release, current in RENAMES:
+            name = name.replace(release, current)
+        renamed[name] = tensor
+    save_file(renamed, str(weights))  # as transformers >= 5.18 would have saved it
+    other = load_image_encoder(ckpt / "image_encoder_dinov2", torch.float32).state_dict()
+    assert other.keys() == reference.keys()
+    assert all(torch.equal(other[k], reference[k]) for k in reference)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .encoder_names import to_release_names
 from .transformer import PartCrafterDiTModel
 
 TINY_TRANSFORMER = {
@@ -95,11 +96,12 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _write_weights(path: Path, module: torch.nn.Module) -> None:
+    """fp16 safetensors, under the names the released checkpoints use (whatever transformers is installed)."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path))
+    save_file(to_release_names(state), str(path))
 
 
 def write_checkpoint(out: str | Path, transformer: PartCrafterDiTModel, image_encoder, *,
