@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .encoder_names import to_release_names
+from .encoder_names import to_model_names, to_release_names
 from .transformer import PartCrafterDiTModel
 
 TINY_TRANSFORMER = {
@@ -76,18 +76,41 @@ def build_transformer(config: dict | None = None, seed: int = 0) -> PartCrafterD
     return model.eval()
 
 
+#: The DINOv2 config keys a checkpoint is written with: the model's own, the same on every
+#: supported transformers version (its generic keys differ from version to version).
+DINOV2_CONFIG_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "hidden_act",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps", "image_size",
+    "patch_size", "num_channels", "qkv_bias", "layerscale_value", "drop_path_rate", "use_swiglu_ffn",
+    "apply_layernorm",
+)
+
+
 def build_image_encoder(config: dict | None = None, seed: int = 0):
+    """A DINOv2 encoder with weights drawn by our own rule (not transformers' initialisation, which
+    changes between versions), so a seed gives the same weights on every transformers version."""
     from transformers import Dinov2Config, Dinov2Model
 
-    torch.manual_seed(seed)
-    return Dinov2Model(Dinov2Config(**(config or TINY_DINOV2))).eval()
+    encoder = Dinov2Model(Dinov2Config(**(config or TINY_DINOV2))).eval()
+    generator = torch.Generator().manual_seed(seed)
+    params = dict(encoder.named_parameters())
+    with torch.no_grad():
+        for name in sorted(to_release_names({n: n for n in params})):  # the same order everywhere
+            param = params[to_model_names({name: name}, params).popitem()[0]]
+            if name.endswith("lambda1"):
+                param.fill_(encoder.config.layerscale_value)
+            elif "norm" in name.rsplit(".", 2)[-2] and name.endswith("weight"):
+                param.fill_(1.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * encoder.config.initializer_range)
+    return encoder
 
 
 def dinov2_config_dict(encoder) -> dict:
     config = encoder.config.to_dict()
-    config.pop("transformers_version", None)
-    config["architectures"] = ["Dinov2Model"]
-    return config
+    return {"architectures": ["Dinov2Model"], **{k: config[k] for k in DINOV2_CONFIG_KEYS}}
 
 
 def _write_json(path: Path, data: dict) -> None:
