@@ -32,6 +32,7 @@ _LAZY = {
     "checkpoint_problems": "model.files",
     "CheckResult": "checks",
     "Thresholds": "checks",
+    "ThresholdsError": "checks",
     "load_thresholds": "checks",
     "run_checks": "checks",
     "BaselineError": "baseline",

@@ -1,0 +1,123 @@
+"""Pieces the record checks share: wording, indexing, the non-finite guard and figure helpers.
+
+torch, metrics and render are imported inside the functions, when a check runs or draws.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .core import CheckResult, Offender
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..record import AttentionRecord
+
+
+# ----------------------------------------------------------------------------- wording and indexing
+def pct(x: float) -> str:
+    """Percent text that never rounds a non-zero share down to "0%"."""
+    return f"{100 * x:.0f}%" if x == 0 or x >= 0.01 else f"{100 * x:.2g}%"
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def unravel(flat_index: int, shape) -> tuple[int, ...]:
+    out = []
+    for size in reversed(tuple(shape)):
+        out.append(flat_index % size)
+        flat_index //= size
+    return tuple(reversed(out))
+
+
+def layer_share(flags) -> torch.Tensor:
+    """Share of flagged (step, part, head) maps per layer: (S, L, P, H) bool -> (L,)."""
+    return flags.float().mean(dim=(0, 2, 3))
+
+
+def worst_cell(score, mask=None) -> tuple[int, int, int]:
+    """(step, part, head) position of the highest ``score`` (NaN counts as -1) among ``mask`` cells
+    of one layer (S, P, H); all cells when ``mask`` is None or empty."""
+    score = score.nan_to_num(-1.0)
+    if mask is not None and bool(mask.any()):
+        score[~mask] = -float("inf")
+    return unravel(int(score.flatten().argmax()), score.shape)
+
+
+def map_at(record: AttentionRecord, layer: int, cell: tuple[int, int, int]) -> Offender:
+    """The Offender naming one (step, layer, part, head) map, from positions."""
+    s, p, h = cell
+    return Offender(step=record.steps[s], layer=record.layers[layer], part=int(p), head=int(h))
+
+
+# ----------------------------------------------------------------------------- non-finite guard
+def nonfinite_guard(name: str, record: AttentionRecord, tensors: dict) -> tuple[CheckResult, int] | None:
+    """When the tensors a check reads hold NaN/Inf, no judgement is possible: ``(a failing result
+    without details, the position of its first layer)``; the check adds its details. Else None."""
+    import torch
+
+    first, total = None, 0
+    for tname, t in tensors.items():
+        bad = ~torch.isfinite(t.float())
+        n = int(bad.sum())
+        if n:
+            total += n
+            s, li = unravel(int(bad.flatten().nonzero()[0]), t.shape)[:2]
+            if first is None or (s, li) < first[:2]:
+                first = (s, li, tname)
+    if first is None:
+        return None
+    s, li, tname = first
+    off = Offender(step=record.steps[s], layer=record.layers[li])
+    return CheckResult(
+        name, "fail", float(total), 0.0, off,
+        f"cannot judge {name.replace('_', ' ')}: {count(total, 'non-finite value')} in the recorded "
+        f"{', '.join(tensors)} (first in {tname} at {off}); see the nonfinite check",
+    ), li
+
+
+# ----------------------------------------------------------------------------- figures
+def verdict_title(result: CheckResult, label: str, op: str) -> str:
+    if result.value is None or result.threshold is None:
+        return f"{result.name}: {result.verdict}"
+    return f"{label} {result.value:.3g} (pass: {op} {result.threshold:g}) — {result.verdict}"
+
+
+def layer_means(t, how: str = "mean"):
+    """(S, L, P, H) -> (S, L) over parts and heads."""
+    t = t.float()
+    return t.amax(dim=(2, 3)) if how == "max" else t.mean(dim=(2, 3))
+
+
+def entropy_timeline(record: AttentionRecord, title: str, threshold=None) -> bytes:
+    from .. import render
+
+    return render.timeline(layer_means(record.entropy), record.steps, record.layers,
+                           metric="mean normalized entropy", threshold=threshold, title=title)
+
+
+def heads_and_overlay(record: AttentionRecord, shown: Offender, image, what: str) -> list[tuple[str, bytes]]:
+    """The ``heads`` grid of the map ``shown`` names (its full maps when recorded, else each head's
+    key-marginal as a strip) and the ``overlay`` of its head's key-marginal on the image."""
+    from .. import render
+
+    s, li, p, h = record.step_index(shown.step), record.layers.index(shown.layer), shown.part, shown.head
+    step, layer = shown.step, shown.layer
+    full = record.full_maps.get((step, layer))
+    if full is not None:
+        maps, ylabel = full[p].float(), "queries"
+        note = "full maps (key 0 = CLS)"
+    else:
+        maps, ylabel = record.marginals[s, li, p].float()[:, None, :], None  # (H, 1, Nk) strips
+        note = "per-head key-marginals (mean over queries)"
+    out = [("heads", render.multi_head_grid(maps, title=f"{what}: {note}", layer=layer, step=step, part=p,
+                                            ylabel=ylabel))]
+    if record.patch_grid is not None and image is not None:
+        marg = record.marginals[s, li, p, h].float().nan_to_num(0.0)
+        marg = marg / marg.sum().clamp_min(1e-12)
+        out.append(("overlay", render.overlay(marg, record.patch_grid, image, title=f"{what}: worst head",
+                                              layer=layer, step=step, part=p, head=h)))
+    return out

@@ -1,0 +1,245 @@
+"""The shape every check shares: results, the ``Check`` base class and the registry.
+
+A check is one class, registered with ``@register``: its ``name``, its thresholds dataclass
+(``thresholds_type``, the ``[name]`` table of a thresholds file), its headline (``label`` and
+``op``, the pass condition shown before the threshold), ``judge(record, thresholds)`` returning a
+``CheckResult`` whose ``details`` is the check's own frozen dataclass (``details.py``), and ``draw`` (the figures
+that explain the result, drawn from those details). Reports, the summary table, the figures and
+the thresholds tables all read the registry; see "Writing a check" in docs/metrics.md.
+
+No torch here: checks import it when they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import PartattnError
+from .details import Details
+
+if TYPE_CHECKING:
+    from ..record import AttentionRecord
+    from .thresholds import Thresholds
+
+VERDICTS = ("pass", "fail", "skip")
+#: Headline directions: the value passes when it is ``op`` the threshold.
+OPS = ("≤", "≥")
+
+
+class CheckError(PartattnError, ValueError):
+    """A check used wrongly: an unknown check name, a bad verdict, a clashing registration."""
+
+
+# ====================================================================== results
+@dataclass(frozen=True)
+class Offender:
+    """Where a problem is worst; ``None`` fields do not apply (e.g. a whole layer)."""
+
+    step: int | None = None
+    layer: str | None = None
+    part: int | None = None
+    head: int | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{name} {value}" for name, value in
+                 (("step", self.step), ("layer", self.layer), ("part", self.part), ("head", self.head))
+                 if value is not None]
+        return ", ".join(parts) if parts else "the whole record"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check. ``value``/``threshold`` are the numbers the verdict compared;
+    ``details`` is the check's typed details (a plain dict where a later stage annotated it,
+    e.g. the baseline store)."""
+
+    name: str
+    verdict: str
+    value: float | None
+    threshold: float | None
+    offender: Offender | None
+    reason: str
+    details: Details | dict = field(default_factory=Details)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise CheckError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (for reports and for pytest-xdist transport)."""
+        details = self.details.to_dict() if isinstance(self.details, Details) else copy.deepcopy(dict(self.details))
+        return {"name": self.name, "verdict": self.verdict, "value": self.value, "threshold": self.threshold,
+                "offender": self.offender.to_dict() if self.offender is not None else None,
+                "reason": self.reason, "details": details}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CheckResult:
+        """Back from ``to_dict()``: details are typed again when the check is registered and they fit."""
+        d = dict(d)
+        if d.get("offender") is not None:
+            d["offender"] = Offender(**d["offender"])
+        details = d.get("details") or {}
+        check = REGISTRY.get(d["name"])
+        if check is not None:
+            try:
+                details = check.details_type.from_dict(details)
+            except (TypeError, ValueError, KeyError):  # annotated by a later stage: keep the dict
+                pass
+        d["details"] = details
+        return cls(**d)
+
+
+# ====================================================================== checks
+class Check:
+    """One check. Subclass it, set the class attributes, implement ``judge`` (and ``draw`` for
+    figures), and decorate the class with ``@register``."""
+
+    #: The check's name: the item id (``image.png::name``), the thresholds table, figure prefixes.
+    name: ClassVar[str]
+    #: Headline: ``label`` of ``value``, passing when it is ``op`` (``"≤"`` or ``"≥"``) the threshold.
+    label: ClassVar[str]
+    op: ClassVar[str]
+    #: The frozen dataclass of its ``[name]`` thresholds table (built with ``param``); None: no table.
+    thresholds_type: ClassVar[type | None] = None
+    #: The frozen dataclass of ``CheckResult.details`` (a ``Details`` subclass).
+    details_type: ClassVar[type[Details]] = Details
+    #: Judged from a record by ``run_checks``; False for checks that need more (baseline).
+    record_check: ClassVar[bool] = True
+
+    def judge(self, record: AttentionRecord, thresholds: Thresholds) -> CheckResult:
+        raise NotImplementedError(f"the {self.name} check is not judged from a record alone")
+
+    def __call__(self, record: AttentionRecord, thresholds: Thresholds | None = None) -> CheckResult:
+        from .thresholds import Thresholds
+
+        return self.judge(record, thresholds or Thresholds())
+
+    def limits(self, thresholds: Thresholds):
+        """This check's table of ``thresholds``."""
+        return thresholds[self.name]
+
+    def draw(self, result: CheckResult, details: Details, record: AttentionRecord, image,
+             thresholds: Thresholds) -> list[tuple[str, bytes]]:
+        """``(what, png bytes)`` pairs explaining ``result``, drawn from ``details`` (never recomputed)."""
+        return []
+
+    def figures(self, result: CheckResult, record: AttentionRecord, outdir: str | Path, image=None,
+                thresholds: Thresholds | None = None) -> list[Path]:
+        """Write ``draw``'s figures as ``<outdir>/<name>__<what>.png``; none for a skip."""
+        from ..atomic import atomic_write_bytes
+        from .thresholds import Thresholds
+
+        if result.verdict == "skip":
+            return []
+        details = result.details
+        if not isinstance(details, self.details_type):
+            details = self.details_type.from_dict(details)
+        pngs = self.draw(result, details, record, image, thresholds or Thresholds())
+        return [atomic_write_bytes(Path(outdir) / f"{self.name}__{what}.png", data) for what, data in pngs]
+
+    def __repr__(self) -> str:
+        return f"<check {self.name}>"
+
+
+class Registry(Mapping):
+    """The checks by name, in registration order (the order reports and ``run_checks`` use)."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, Check] = {}
+
+    def __getitem__(self, name: str) -> Check:
+        return self._checks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._checks)
+
+    def __len__(self) -> int:
+        return len(self._checks)
+
+    def add(self, check: Check) -> Check:
+        name = getattr(check, "name", None)
+        if not isinstance(name, str) or not name.isidentifier():
+            raise CheckError(f"{type(check).__name__}: a check needs a name that is an identifier, got {name!r}")
+        if name in self._checks:
+            raise CheckError(f"a check named {name!r} is already registered ({self._checks[name]!r})")
+        if not isinstance(getattr(check, "label", None), str) or getattr(check, "op", None) not in OPS:
+            raise CheckError(f"check {name!r} needs a headline: label (text) and op (one of {', '.join(OPS)})")
+        if not (isinstance(check.details_type, type) and issubclass(check.details_type, Details)):
+            raise CheckError(f"check {name!r}: details_type must be a Details subclass")
+        self._checks[name] = check
+        return check
+
+    def remove(self, name: str) -> Check:
+        return self._checks.pop(name)
+
+    @contextlib.contextmanager
+    def registered(self, cls: type[Check]) -> Iterator[Check]:
+        """Register ``cls`` for the ``with`` block only (tests, experiments)."""
+        check = self.add(cls())
+        try:
+            yield check
+        finally:
+            if self._checks.get(check.name) is check:
+                del self._checks[check.name]
+
+    def record_checks(self) -> Mapping[str, Check]:
+        """The checks ``run_checks`` runs (a live view)."""
+        return _RecordChecks(self)
+
+
+class _RecordChecks(Mapping):
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def __getitem__(self, name: str) -> Check:
+        check = self._registry[name]
+        if not check.record_check:
+            raise KeyError(name)
+        return check
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, check in self._registry.items() if check.record_check)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"CHECKS({', '.join(self)})"
+
+
+#: Every check, in order. ``CHECKS``: the record checks among them.
+REGISTRY = Registry()
+CHECKS = REGISTRY.record_checks()
+
+
+def register(cls: type[Check]) -> type[Check]:
+    """Class decorator: add an instance of the check class to ``REGISTRY`` (after the others)."""
+    REGISTRY.add(cls())
+    return cls
+
+
+def run_checks(record: AttentionRecord, thresholds: Thresholds | None = None,
+               names: list[str] | None = None) -> list[CheckResult]:
+    """Run the named record checks (all of ``CHECKS`` by default) in registry order."""
+    from .thresholds import Thresholds
+
+    thresholds = thresholds or Thresholds()
+    if names is None:
+        names = list(CHECKS)
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        raise CheckError(f"unknown check {unknown[0]!r} (known: {', '.join(CHECKS)})")
+    return [check.judge(record, thresholds) for name, check in CHECKS.items() if name in names]

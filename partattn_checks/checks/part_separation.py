@@ -1,0 +1,117 @@
+"""part_separation: fails when the parts attend to the same image regions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .common import nonfinite_guard, unravel, verdict_title
+from .core import Check, CheckResult, Offender, register
+from .details import Details, Matrix, optional_key
+from .thresholds import Thresholds, param
+
+
+@dataclass(frozen=True)
+class PartSeparationThresholds:
+    min_separation: float = param(0.075, 0.0, 1.0, doc="fail when the aggregated part separation is below this")
+    step_aggregate: str = param("mean", choices=("mean", "min", "max"),
+                                doc="how separation is reduced over steps, per layer")
+    layer_aggregate: str = param("max", choices=("mean", "min", "max"),
+                                 doc="how the per-layer values are reduced over layers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartSeparationDetails(Details):
+    per_layer: dict[str, float] | None = optional_key()  # reduced over steps with step_aggregate
+    per_step: list[float] | None = optional_key()  # mean over layers
+    aggregate: str | None = optional_key()  # how the value was reduced, in words
+    closest_pair: tuple[int, int] | None = optional_key()  # in the layer that sets the value
+    closest_pair_js: float | None = optional_key()
+    nonfinite_count: int | None = optional_key()  # set when the record cannot be judged
+    #: The layer the figures show: the one that sets the value on a failure, the most separated one
+    #: (mean over steps) on a pass, the first one with NaN/Inf when the record cannot be judged.
+    shown_layer: str | None = optional_key()
+    separation: Matrix | None = optional_key()  # (step, layer) part separation
+
+
+@register
+class PartSeparation(Check):
+    """Fails when the part separation of head-averaged marginals, reduced over steps then layers,
+    is below min_separation. Skipped for a single part."""
+
+    name = "part_separation"
+    label, op = "part separation", "≥"
+    thresholds_type = PartSeparationThresholds
+    details_type = PartSeparationDetails
+
+    def judge(self, record, thresholds: Thresholds) -> CheckResult:
+        import torch
+
+        from .. import metrics
+
+        t = self.limits(thresholds)
+        if record.num_parts < 2:
+            return CheckResult(self.name, "skip", None, t.min_separation, None,
+                               "part separation needs at least 2 parts; this record has 1", PartSeparationDetails())
+        guarded = nonfinite_guard(self.name, record, {"marginals": record.marginals})
+        if guarded is not None:
+            result, li = guarded
+            sep = metrics.part_separation(record.marginals_by_part())
+            result.details = PartSeparationDetails(nonfinite_count=int(result.value), shown_layer=record.layers[li],
+                                                   separation=Matrix.of(sep))
+            return result
+        pair = metrics.pairwise_separation(record.marginals_by_part())  # (S, L, P, P)
+        P = record.num_parts
+        i, j = torch.triu_indices(P, P, offset=1)
+        sep = pair[..., i, j].mean(-1)  # (S, L), equals metrics.part_separation
+        per_layer_t = metrics.reduce(sep, t.step_aggregate, 0)  # (L,)
+        value = float(metrics.reduce(per_layer_t, t.layer_aggregate, 0))
+        # the layer that determines the value: the best one under "max", the worst otherwise
+        li = int(per_layer_t.argmax() if t.layer_aggregate == "max" else per_layer_t.argmin())
+        pair_layer = pair[:, li].mean(0)  # (P, P) step-mean JS in that layer
+        pair_layer = pair_layer + torch.eye(P) * 2.0  # ignore the diagonal
+        a, b = unravel(int(pair_layer.argmin()), pair_layer.shape)
+        closest = float(pair_layer[a, b])
+        how = f"{t.layer_aggregate} over layers of the {t.step_aggregate} over steps"
+        failed = value < t.min_separation
+        details = PartSeparationDetails(
+            per_layer={layer: float(per_layer_t[k]) for k, layer in enumerate(record.layers)},
+            per_step=[float(x) for x in sep.mean(1)], aggregate=how, closest_pair=(a, b), closest_pair_js=closest,
+            shown_layer=record.layers[li if failed else int(sep.mean(0).argmax())], separation=Matrix.of(sep),
+        )
+        if failed:
+            off = Offender(layer=record.layers[li], part=a)
+            which = "best" if t.layer_aggregate == "max" else "worst"
+            return CheckResult(
+                self.name, "fail", value, t.min_separation, off,
+                f"parts attend to the same image regions: part separation {value:.3f} < {t.min_separation:g} "
+                f"({how}; {which} layer {record.layers[li]}, closest parts {a} and {b} at {closest:.3f})",
+                details,
+            )
+        return CheckResult(self.name, "pass", value, t.min_separation, None,
+                           f"part separation {value:.3f} ≥ {t.min_separation:g} ({how})", details)
+
+    def draw(self, result, details: PartSeparationDetails, record, image, thresholds):
+        """``overlay`` (each part's head-averaged key-marginal of the shown layer, mean over steps, on
+        the encoder's view of the image), ``parts`` (the same on the bare patch grid, or strips),
+        ``timeline`` (separation per step, one line per layer, threshold dashed)."""
+        from .. import render
+
+        layer = details.shown_layer
+        marg = record.marginals_by_part()[:, record.layers.index(layer)].mean(0).nan_to_num(0.0)
+        marg = marg / marg.sum(-1, keepdim=True).clamp_min(1e-12)
+        title = verdict_title(result, "separation", "≥")
+        out = []
+        grid = record.patch_grid
+        if grid is not None and image is not None:
+            out.append(("overlay", render.part_panel(marg, grid, image, title=f"{title}\nmean over steps",
+                                                     layer=layer)))
+        out.append(("parts", render.part_panel(marg, grid, title=f"{title}\nmean over steps", layer=layer)))
+        out.append(("timeline", render.timeline(details.separation.tensor(), record.steps, record.layers,
+                                                metric="part separation",
+                                                threshold=self.limits(thresholds).min_separation, title=title)))
+        return out
+
+
+def check_part_separation(record, thresholds: Thresholds | None = None) -> CheckResult:
+    """The part separation check as a function."""
+    return PartSeparation()(record, thresholds)

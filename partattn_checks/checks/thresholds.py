@@ -1,0 +1,134 @@
+"""Thresholds: one table per registered check, from TOML files, pyproject or per-image overrides.
+
+Each check declares its table as a frozen dataclass whose fields are made with ``param`` (default,
+range or choices, doc); ``Thresholds`` holds one instance per registered check that has a table,
+so registering a check adds its table. docs/metrics.md lists every default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import field
+from pathlib import Path
+
+from ..errors import PartattnError
+from ..tomlread import read_toml
+from .core import REGISTRY
+
+
+class ThresholdsError(PartattnError, ValueError):
+    """A thresholds source that cannot be used; the message names the file, the table and the key."""
+
+
+def param(default, lo=None, hi=None, choices=None, doc=""):
+    """A thresholds field: its default, its range ``[lo, hi]`` (numbers) or ``choices`` (text)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
+
+
+def tables() -> dict[str, type]:
+    """``{table name: thresholds dataclass}`` of the registered checks, in registry order."""
+    return {name: check.thresholds_type for name, check in REGISTRY.items() if check.thresholds_type is not None}
+
+
+class Thresholds:
+    """All check thresholds, one table per check: ``thresholds.collapse.peak_max``,
+    ``thresholds["collapse"]``. Immutable; ``merged`` returns a changed copy."""
+
+    def __init__(self, **given) -> None:
+        known = tables()
+        for name in given:
+            if name not in known:
+                raise TypeError(f"Thresholds() got an unknown table {name!r} (known: {', '.join(known)})")
+        self.__dict__["_tables"] = {name: given.get(name) or cls() for name, cls in known.items()}
+
+    def __getitem__(self, name: str):
+        table = self.__dict__["_tables"].get(name)
+        if table is None:
+            cls = tables().get(name)
+            if cls is None:
+                raise KeyError(name)
+            table = cls()  # registered after this object was made: its defaults
+        return table
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"'Thresholds' has no table {name!r} (known: {', '.join(tables())})") from None
+
+    def __setattr__(self, name, value):
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def items(self) -> list[tuple[str, object]]:
+        return [(name, self[name]) for name in tables()]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Thresholds) and self.items() == other.items()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.items()))
+
+    def __repr__(self) -> str:
+        return f"Thresholds({', '.join(f'{name}={table!r}' for name, table in self.items())})"
+
+    def to_dict(self) -> dict[str, dict]:
+        return {name: dataclasses.asdict(table) for name, table in self.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "thresholds", table_prefix: str = "") -> Thresholds:
+        """Defaults overridden by ``data`` ({table: {key: value}}), validated."""
+        return cls().merged(data, source=source, table_prefix=table_prefix)
+
+    def merged(self, overrides: dict, source: str = "overrides", table_prefix: str = "") -> Thresholds:
+        """A copy with ``overrides`` ({table: {key: value}}) applied; unknown or invalid entries raise."""
+        if not isinstance(overrides, dict):
+            raise ThresholdsError(f"{source}: thresholds must be a table of tables, got {type(overrides).__name__}")
+        known = tables()
+        changed = dict(self.items())
+        for table, values in overrides.items():
+            where = f"[{table_prefix}{table}]"
+            if table not in known:
+                raise ThresholdsError(f"{source}: unknown table {where} (known: {', '.join(known)})")
+            if not isinstance(values, dict):
+                raise ThresholdsError(f"{source}: {where} must be a table of key = value, got {values!r}")
+            changed[table] = _validated(changed[table], values, source, where)
+        return Thresholds(**changed)
+
+
+def _validated(section, values: dict, source: str, where: str):
+    known = {f.name: f for f in dataclasses.fields(section)}
+    updates = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ThresholdsError(f"{source}: {where} unknown key {key!r} (known: {', '.join(known)})")
+        meta = known[key].metadata
+        if meta.get("choices") is not None:
+            if value not in meta["choices"]:
+                raise ThresholdsError(f"{source}: {where} {key} = {value!r} is not one of {', '.join(meta['choices'])}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ThresholdsError(f"{source}: {where} {key} = {value!r} must be a finite number")
+            lo, hi = meta.get("lo"), meta.get("hi")
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                rng = f"{lo} <= value <= {hi}" if hi is not None else f"value >= {lo}"
+                raise ThresholdsError(f"{source}: {where} {key} = {value!r} is out of range (expected {rng})")
+            value = float(value)
+        updates[key] = value
+    return dataclasses.replace(section, **updates)
+
+
+def load_thresholds(path: str | os.PathLike) -> Thresholds:
+    """Thresholds from a TOML file with tables [uniformity], [collapse], ... (missing keys keep defaults)."""
+    p = Path(path)
+    return Thresholds.from_dict(read_toml(p, "thresholds file"), source=str(p))
+
+
+def thresholds_from_pyproject(path: str | os.PathLike) -> Thresholds:
+    """Thresholds from ``[tool.partattn.thresholds]`` of a pyproject.toml (defaults if absent)."""
+    p = Path(path)
+    table = read_toml(p, "pyproject file").get("tool", {}).get("partattn", {}).get("thresholds", {})
+    return Thresholds.from_dict(table, source=str(p), table_prefix="tool.partattn.thresholds.")

@@ -1,0 +1,173 @@
+"""Adding a check touches one module: a check class defined here, once registered, is run by
+``run_checks``, has its thresholds table, its headline in reports and its figures."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from dataclasses import dataclass
+
+import pytest
+import torch
+from PIL import Image
+
+from partattn_checks import report
+from partattn_checks.checks import (
+    CHECKS,
+    REGISTRY,
+    Check,
+    CheckError,
+    CheckResult,
+    Details,
+    Offender,
+    Thresholds,
+    ThresholdsError,
+    load_thresholds,
+    param,
+    run_checks,
+)
+from partattn_checks.figures import figures_for
+from partattn_checks.record import AttentionRecord
+
+BUILT_IN = ["uniformity", "collapse", "part_separation", "stability", "nonfinite", "baseline"]
+
+
+# ----------------------------------------------------------------------------- the whole new check
+@dataclass(frozen=True)
+class MaxPeakThresholds:
+    max_peak: float = param(0.5, 0.0, 1.0, doc="fail when some layer's largest peak exceeds this")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaxPeakDetails(Details):
+    per_layer: dict[str, float]  # largest peak of each layer
+    worst_layer: str
+
+
+class MaxPeak(Check):
+    """Fails when some head of some layer puts more than ``max_peak`` of a query's attention on one key."""
+
+    name = "max_peak"
+    label, op = "largest peak", "≤"
+    thresholds_type = MaxPeakThresholds
+    details_type = MaxPeakDetails
+
+    def judge(self, record, thresholds):
+        t = self.limits(thresholds)
+        per_layer = record.peak.float().amax(dim=(0, 2, 3))
+        worst = int(per_layer.argmax())
+        value = float(per_layer[worst])
+        details = MaxPeakDetails(per_layer=dict(zip(record.layers, per_layer.tolist(), strict=True)),
+                                 worst_layer=record.layers[worst])
+        if value > t.max_peak:
+            return CheckResult(self.name, "fail", value, t.max_peak, Offender(layer=details.worst_layer),
+                               f"a head is peaky: {value:.3f} > {t.max_peak:g} in {details.worst_layer}", details)
+        return CheckResult(self.name, "pass", value, t.max_peak, None, f"largest peak {value:.3f}", details)
+
+    def draw(self, result, details, record, image, thresholds):
+        bars = Image.new("L", (8 * len(details.per_layer), 32))  # one bar per layer, from the details
+        for i, peak in enumerate(details.per_layer.values()):
+            bars.paste(255, (8 * i, 32 - round(32 * peak), 8 * i + 7, 32))
+        png = io.BytesIO()
+        bars.save(png, format="PNG")
+        return [("bars", png.getvalue())]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def max_peak():
+    with REGISTRY.registered(MaxPeak) as check:
+        yield check
+    assert "max_peak" not in REGISTRY and list(REGISTRY) == BUILT_IN
+
+
+def make_record(peak: float = 0.3) -> AttentionRecord:
+    s, n_layers, p, h, nk = 2, 2, 2, 2, 4
+    full = lambda v: torch.full((s, n_layers, p, h), v)  # noqa: E731
+    return AttentionRecord(
+        steps=[0, 1], timesteps=[1000.0, 500.0], layers=["blocks.0.attn2", "blocks.1.attn2"],
+        layer_kinds=["global", "local"], num_parts=p, num_heads=h, num_patch_keys=nk, has_cls=True,
+        patch_grid=None, entropy=full(0.6), peak=full(peak), eff_keys=full(0.5), cls_mass=full(0.05),
+        marginals=torch.softmax(torch.randn(s, n_layers, p, h, nk), -1), full_maps={}, nonfinite=[],
+    )
+
+
+# ----------------------------------------------------------------------------- the built-in registry
+def test_registry_order_and_record_checks():
+    assert list(REGISTRY) == BUILT_IN
+    assert list(CHECKS) == BUILT_IN[:-1]  # baseline needs a stored baseline, not only a record
+    assert [REGISTRY[n].label for n in ("part_separation", "baseline")] == ["part separation", "worst drift"]
+    assert REGISTRY["part_separation"].op == "≥" and REGISTRY["baseline"].op == "≤"
+    assert list(Thresholds().to_dict()) == ["uniformity", "collapse", "part_separation", "stability", "baseline"]
+
+
+def test_registration_is_checked():
+    with pytest.raises(CheckError, match="already registered"):
+        REGISTRY.add(REGISTRY["collapse"])
+
+    class NoHeadline(Check):
+        name = "no_headline"
+
+    with pytest.raises(CheckError, match="needs a headline"):
+        REGISTRY.add(NoHeadline())
+    assert "no_headline" not in REGISTRY
+
+
+# ----------------------------------------------------------------------------- a new check
+def test_run_checks_runs_a_registered_check(max_peak):
+    assert list(CHECKS)[-1] == "max_peak"
+    results = run_checks(make_record(peak=0.75))
+    assert [r.name for r in results] == [*BUILT_IN[:-1], "max_peak"]
+    r = results[-1]
+    assert r.verdict == "fail" and r.value == pytest.approx(0.75) and r.offender == Offender(layer="blocks.0.attn2")
+    assert isinstance(r.details, MaxPeakDetails) and r.details.worst_layer == "blocks.0.attn2"
+    assert r.to_dict()["details"] == {"per_layer": {"blocks.0.attn2": pytest.approx(0.75),
+                                                    "blocks.1.attn2": pytest.approx(0.75)},
+                                      "worst_layer": "blocks.0.attn2"}
+    assert CheckResult.from_dict(r.to_dict()).details == r.details  # typed again after transport
+    assert [x.name for x in run_checks(make_record(), names=["max_peak"])] == ["max_peak"]
+    assert run_checks(make_record(), names=["max_peak"])[0].passed
+
+
+def test_thresholds_take_its_table(max_peak, tmp_path):
+    assert Thresholds().max_peak == MaxPeakThresholds() and Thresholds()["max_peak"].max_peak == 0.5
+    t = Thresholds.from_dict({"max_peak": {"max_peak": 0.8}})
+    assert t.max_peak.max_peak == 0.8 and t.collapse == Thresholds().collapse
+    assert run_checks(make_record(peak=0.75), t, names=["max_peak"])[0].passed
+    f = tmp_path / "thresholds.toml"
+    f.write_text(textwrap.dedent("""
+        [max_peak]
+        max_peak = 0.2
+    """))
+    assert load_thresholds(f).max_peak.max_peak == 0.2
+    f.write_text("[max_peak]\nmax_peek = 0.2\n")
+    with pytest.raises(ThresholdsError, match=r"\[max_peak\] unknown key 'max_peek' \(known: max_peak\)"):
+        load_thresholds(f)
+
+
+def test_unregistered_check_has_no_table():
+    with pytest.raises(ThresholdsError, match=r"unknown table \[max_peak\]"):
+        Thresholds.from_dict({"max_peak": {"max_peak": 0.2}})
+
+
+def test_reports_show_its_headline_and_column(max_peak):
+    result = max_peak(make_record(peak=0.75)).to_dict()
+    p = report.payload(image="fixtures/images/np2_a.png", image_abs="/x/np2_a.png", key="np2_a", check="max_peak",
+                       result=result, figures=[], rerun="pytest", update="pytest", baseline_checks={})
+    assert report.metric_rows(p) == [["largest peak", "0.75", "≤ 0.5", "—", "FAIL"]]
+    summary = report.Summary()
+    summary.add(p)
+    summary.add({**p, "check": "collapse", "verdict": "pass", "result": {**result, "name": "collapse"}})
+    assert summary.checks() == ["collapse", "max_peak"]  # registry order
+    assert summary.table_lines()[0].split() == ["image", "collapse", "max_peak"]
+
+
+def test_figures_dispatch_to_it(max_peak, tmp_path):
+    record = make_record(peak=0.75)
+    result = max_peak(record)
+    paths = figures_for(result, record, tmp_path)
+    assert paths == [tmp_path / "max_peak__bars.png"]
+    assert Image.open(paths[0]).size == (16, 32)
+    # the same from the JSON form (e.g. after pytest-xdist transport)
+    assert figures_for(CheckResult.from_dict(result.to_dict()), record, tmp_path / "again") == \
+        [tmp_path / "again" / "max_peak__bars.png"]
