@@ -17,17 +17,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .atomic import atomic_write_text
+from .checks import REGISTRY
 from .reporting import Cell, Page
 
-#: Per check: (headline label, pass condition shown before the threshold).
-HEADLINES = {
-    "uniformity": ("near-uniform share", "≤"),
-    "collapse": ("collapsed share (worst layer)", "≤"),
-    "part_separation": ("part separation", "≥"),
-    "stability": ("worst step-to-step jump", "≤"),
-    "nonfinite": ("non-finite values", "≤"),
-    "baseline": ("worst drift", "≤"),
-}
 ATTACHMENT = "[[ATTACHMENT|{}]]"
 #: css class of a summary cell per item verdict
 _CELL_CLASSES = {"pass": "pass", "fail": "fail", "error": "fail", "skip": "skip"}
@@ -107,7 +99,8 @@ def metric_rows(p: dict) -> list[list[str]]:
             for name, value in sorted(p["summary"].items()):
                 rows.append([name, fmt(value), "", stored, "—"])
         return rows
-    label, op = HEADLINES.get(p["check"], (p["check"], ""))
+    check = REGISTRY.get(p["check"])  # headline: label and pass condition shown before the threshold
+    label, op = (check.label, check.op) if check is not None else (p["check"], "")
     threshold = "" if r["threshold"] is None else f"{op} {fmt(r['threshold'])}"
     return [[label, fmt(r["value"]), threshold, fmt(p["baseline_checks"].get(p["check"])),
              r["verdict"].upper()]]
@@ -201,7 +194,7 @@ class Summary:
         return bool(self.by_image)
 
     def checks(self) -> list[str]:
-        order = list(HEADLINES)
+        order = list(REGISTRY)
         seen = {c for per in self.by_image.values() for c in per}
         return [c for c in order if c in seen] + sorted(seen - set(order))
 

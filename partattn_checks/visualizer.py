@@ -33,7 +33,7 @@ import torch
 from . import metrics, render
 from .atomic import atomic_write_text
 from .capture import AttentionRecorder, CaptureError, Selection, cross_attention_modules
-from .checks import CheckResult, Thresholds, run_checks
+from .checks import CHECKS, CheckResult, Thresholds, run_checks
 from .reporting import write_index
 from .model.pipeline import encoder_view
 from .record import AttentionRecord
@@ -333,10 +333,10 @@ class AttentionVisualizer:
                           title=str(image) if isinstance(image, (str, os.PathLike)) else name,
                           thresholds=self.thresholds, links=links)
             folders.append(folder)
-            rows.append([f"{name}", n] + [self.results[c].verdict if c in self.results else "" for c in _CHECK_COLS])
+            rows.append([f"{name}", n] + [self.results[c].verdict if c in self.results else "" for c in CHECKS])
         write_index(out_dir / "index.html", f"partattn: {len(folders)} images",
                     sections=[("Images", [(f.name, f"{f.name}/index.html") for f in folders])],
-                    tables=[("Checks", ["image", "parts", *_CHECK_COLS], rows)])
+                    tables=[("Checks", ["image", "parts", *CHECKS], rows)])
         return folders
 
     # ------------------------------------------------------------------ figures
@@ -574,9 +574,6 @@ class AttentionVisualizer:
 
 
 # ====================================================================== rendering a record
-_CHECK_COLS = ("uniformity", "collapse", "part_separation", "stability", "nonfinite")
-
-
 def save_run(folder, record: AttentionRecord, image_view=None) -> list[tuple[str, Path]]:
     """Save ``record`` as ``<folder>/record.{json,safetensors}`` and the encoder's view as
     ``input.png``; return ``(label, path)`` links for the index."""
