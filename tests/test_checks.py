@@ -79,7 +79,9 @@ def test_healthy_record_passes_everything(healthy):
         assert r.passed, r.reason
         assert r.offender is None
         json.dumps(r.to_dict(), allow_nan=False)  # details are JSON-serialisable
-        assert CheckResult.from_dict(json.loads(json.dumps(r.to_dict()))).reason == r.reason
+        back = CheckResult.from_dict(json.loads(json.dumps(r.to_dict())))
+        assert back.reason == r.reason
+        assert type(back.details) is type(r.details) and back.details == r.details  # typed again
 
 
 def test_run_checks_subset_and_unknown(healthy):
