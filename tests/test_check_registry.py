@@ -171,3 +171,12 @@ def test_figures_dispatch_to_it(max_peak, tmp_path):
     # the same from the JSON form (e.g. after pytest-xdist transport)
     assert figures_for(CheckResult.from_dict(result.to_dict()), record, tmp_path / "again") == \
         [tmp_path / "again" / "max_peak__bars.png"]
+    with pytest.raises(CheckError, match="cannot draw the max_peak figures: its details are not a MaxPeakDetails"):
+        figures_for(CheckResult("max_peak", "fail", 1.0, 0.5, None, "", {"other": 1}), record, tmp_path)
+
+
+def test_checks_without_figures_draw_none(tmp_path):
+    # the baseline store annotates the baseline result's details with keys of its own
+    result = CheckResult("baseline", "fail", None, None, None, "no baseline", {"status": "missing", "looked": "x"})
+    assert figures_for(result, make_record(), tmp_path) == []
+    assert not list(tmp_path.iterdir())

@@ -138,15 +138,20 @@ class Check:
 
     def figures(self, result: CheckResult, record: AttentionRecord, outdir: str | Path, image=None,
                 thresholds: Thresholds | None = None) -> list[Path]:
-        """Write ``draw``'s figures as ``<outdir>/<name>__<what>.png``; none for a skip."""
+        """Write ``draw``'s figures as ``<outdir>/<name>__<what>.png``; none for a skip or a check
+        that draws none. Details in their JSON form are made typed first."""
         from ..atomic import atomic_write_bytes
         from .thresholds import Thresholds
 
-        if result.verdict == "skip":
+        if result.verdict == "skip" or type(self).draw is Check.draw:
             return []
         details = result.details
         if not isinstance(details, self.details_type):
-            details = self.details_type.from_dict(details)
+            try:
+                details = self.details_type.from_dict(details)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise CheckError(f"cannot draw the {self.name} figures: its details are not a "
+                                 f"{self.details_type.__name__} ({exc})") from None
         pngs = self.draw(result, details, record, image, thresholds or Thresholds())
         return [atomic_write_bytes(Path(outdir) / f"{self.name}__{what}.png", data) for what, data in pngs]
 
