@@ -32,24 +32,27 @@ LAYERS = [f"blocks.{i}.attn2" for i in range(L)]
 def make_record(entropy=None, peak=None, marginals=None, cls_mass=None, nonfinite=(), steps=None,
                 full_maps=None) -> AttentionRecord:
     """An AttentionRecord from given arrays; omitted arrays get healthy-looking values."""
-    marginals = healthy_marginals() if marginals is None else torch.as_tensor(np.asarray(marginals), dtype=torch.float32)
-    s, l, p, h, nk = marginals.shape
-    full = lambda v: torch.full((s, l, p, h), v)  # noqa: E731
+    if marginals is None:
+        marginals = healthy_marginals()
+    else:
+        marginals = torch.as_tensor(np.asarray(marginals), dtype=torch.float32)
+    s, n_layers, p, h, nk = marginals.shape
+    full = lambda v: torch.full((s, n_layers, p, h), v)  # noqa: E731
     entropy = full(0.6) if entropy is None else torch.as_tensor(np.asarray(entropy), dtype=torch.float32)
     peak = full(0.3) if peak is None else torch.as_tensor(np.asarray(peak), dtype=torch.float32)
     cls_mass = full(0.05) if cls_mass is None else torch.as_tensor(np.asarray(cls_mass), dtype=torch.float32)
     steps = list(range(0, 10 * s, 10)) if steps is None else steps
     return AttentionRecord(
-        steps=steps, timesteps=[1000.0 * (1 - k / 50) for k in steps], layers=LAYERS[:l],
-        layer_kinds=["global", "local", "global"][:l], num_parts=p, num_heads=h, num_patch_keys=nk,
+        steps=steps, timesteps=[1000.0 * (1 - k / 50) for k in steps], layers=LAYERS[:n_layers],
+        layer_kinds=["global", "local", "global"][:n_layers], num_parts=p, num_heads=h, num_patch_keys=nk,
         has_cls=True, patch_grid=None, entropy=entropy, peak=peak, eff_keys=full(0.5),
         cls_mass=cls_mass, marginals=marginals, full_maps=full_maps or {}, nonfinite=list(nonfinite),
     )
 
 
-def healthy_marginals(s=S, l=L, p=P, h=H, nk=NK) -> torch.Tensor:
+def healthy_marginals(s=S, n_layers=L, p=P, h=H, nk=NK) -> torch.Tensor:
     """Part k attends mostly to its own block of keys, drifting slightly over steps."""
-    m = torch.full((s, l, p, h, nk), 0.02)
+    m = torch.full((s, n_layers, p, h, nk), 0.02)
     width = nk // p
     for part in range(p):
         m[:, :, part, :, part * width:(part + 1) * width] = 1.0
@@ -115,7 +118,8 @@ def test_default_uniformity_tolerates_one_lazy_layer_but_not_a_uniform_model():
     maps[:] = 1.0 / (1 + NK)  # every layer uniform: zero keys everywhere
     r = check_uniformity(record_from_maps(maps))
     assert r.verdict == "fail" and r.value == 1.0 and r.threshold == 0.85
-    assert r.reason.startswith("attention is near-uniform: 100% of all heads have normalized entropy ≥ 0.98 (allowed 85%)")
+    assert r.reason.startswith("attention is near-uniform: 100% of all heads have normalized entropy ≥ 0.98 "
+                               "(allowed 85%)")
 
 
 def test_uniform_maps_fail_uniformity():
@@ -140,7 +144,8 @@ def test_uniformity_names_the_planted_head():
     assert "75% of heads in layer blocks.2.attn2" in r.reason
     assert r.details["per_layer"]["blocks.2.attn2"]["share"] == pytest.approx(0.75)
     # within the allowed share when it is raised
-    assert check_uniformity(make_record(entropy=ent), PER_LAYER_UNIFORMITY.merged({"uniformity": {"max_share": 0.8}})).passed
+    raised = PER_LAYER_UNIFORMITY.merged({"uniformity": {"max_share": 0.8}})
+    assert check_uniformity(make_record(entropy=ent), raised).passed
 
 
 # --------------------------------------------------------------------------- collapse
@@ -263,8 +268,9 @@ def test_baseline_missing_keys_are_reported():
 # --------------------------------------------------------------------------- thresholds
 def test_defaults_in_one_place():
     t = Thresholds()
-    assert (t.uniformity.entropy_min_uniform, t.uniformity.max_share, t.uniformity.layer_aggregate) == (0.98, 0.85, "mean")
-    assert (t.collapse.peak_max, t.collapse.entropy_min, t.collapse.cls_mass_max, t.collapse.max_share) == (0.9, 0.05, 0.9, 0.5)
+    u, c = t.uniformity, t.collapse
+    assert (u.entropy_min_uniform, u.max_share, u.layer_aggregate) == (0.98, 0.85, "mean")
+    assert (c.peak_max, c.entropy_min, c.cls_mass_max, c.max_share) == (0.9, 0.05, 0.9, 0.5)
     assert (t.part_separation.min_separation, t.part_separation.layer_aggregate) == (0.075, "max")
     assert t.stability.max_jump == 0.23 and (t.baseline.atol, t.baseline.rtol) == (0.02, 0.1)
 
@@ -288,7 +294,8 @@ def test_load_thresholds_toml(tmp_path):
     ("[collapse]\npeek_max = 0.9\n",
      "thresholds.toml: [collapse] unknown key 'peek_max' (known: peak_max, entropy_min, cls_mass_max, max_share)"),
     ("[colapse]\npeak_max = 0.9\n", "thresholds.toml: unknown table [colapse] (known: uniformity, collapse"),
-    ("[uniformity]\nmax_share = 1.5\n", "thresholds.toml: [uniformity] max_share = 1.5 is out of range (expected 0.0 <= value <= 1.0)"),
+    ("[uniformity]\nmax_share = 1.5\n",
+     "thresholds.toml: [uniformity] max_share = 1.5 is out of range (expected 0.0 <= value <= 1.0)"),
     ("[baseline]\natol = -0.1\n", "thresholds.toml: [baseline] atol = -0.1 is out of range (expected value >= 0.0)"),
     ("[stability]\nmax_jump = \"big\"\n", "must be a finite number"),
     ("[stability]\nmax_jump = true\n", "must be a finite number"),
