@@ -17,27 +17,21 @@ torch is imported only when a subcommand needs it, so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from . import EMBEDDED_MODEL as DEFAULT_MODEL
+from .cli_io import MANIFEST, Outputs, ProgressBar, UsageError, remove_created, writable_folder
 from .errors import PartattnError
+
+__all__ = ["main", "build_parser", "check_args", "MANIFEST", "ProgressBar", "UsageError", "RunFailed"]
 
 DEFAULT_FIXTURES = Path("fixtures") / "images"
 DEFAULT_RESULTS = Path("partattn-results")
 DTYPES = ("float32", "float16", "bfloat16")
 PLUGIN_MODULE = "partattn_checks.plugin"
-#: What ``run``/``show`` wrote into an output folder, so the next command there removes exactly its
-#: own stale files (``overlay_part2.png`` of an earlier 3-part run) and nothing else.
-MANIFEST = "partattn-manifest.json"
-#: Never removed as stale, only overwritten: a saved record is data (``show`` may be rendering it),
-#: and ``input.png`` is the record's view of its image.
-KEPT_OUTPUTS = ("record.json", "record.safetensors", "input.png")
 #: ``pytest.main`` runs in this process, after the ``partattn`` command imported partattn_checks
 #: (the plugin's package, which pytest marks for assert rewriting): pytest cannot rewrite it and
 #: would say so on every ``check``. Nothing is lost: the gate's verdicts are not ``assert``
@@ -46,56 +40,8 @@ KEPT_OUTPUTS = ("record.json", "record.safetensors", "input.png")
 REWRITE_WARNING_FILTER = "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"
 
 
-class UsageError(PartattnError):
-    """Bad arguments or inputs: printed as one line, exit status 2."""
-
-
 class RunFailed(PartattnError):
     """The run itself failed (for example a capture error): printed as one line, exit status 1."""
-
-
-# ====================================================================== progress
-class ProgressBar:
-    """A one-line progress bar over denoising steps on ``stream`` (stderr).
-
-    Off when ``enabled`` is false or, by default, when the stream is not a terminal (logs and CI
-    stay clean). Call it as the pipeline's per-step callback ``(step, timestep, latents)``.
-    """
-
-    def __init__(self, total: int, *, stream=None, enabled: bool | None = None, label: str = "denoising",
-                 width: int = 24):
-        self.total = max(int(total), 1)
-        self.stream = stream if stream is not None else sys.stderr
-        if enabled is None:
-            isatty = getattr(self.stream, "isatty", None)
-            enabled = bool(isatty and isatty())
-        self.enabled = enabled
-        self.label, self.width = label, width
-        self.start = time.perf_counter()
-        self.done = 0
-        self._open = False
-
-    def __call__(self, step: int, timestep=None, latents=None) -> None:
-        self.done = min(int(step) + 1, self.total)
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        filled = round(self.width * self.done / self.total)
-        left = elapsed / self.done * (self.total - self.done)
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                          f"{self.done}/{self.total} steps  {elapsed:5.1f}s, ~{left:.1f}s left ")
-        self._open = True
-        if self.done >= self.total:
-            self.stream.write("\n")
-            self._open = False
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End the line if the run stopped early."""
-        if self._open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open = False
 
 
 # ====================================================================== arguments
@@ -263,156 +209,6 @@ def _print_results(results, index: Path, n_figures: int) -> None:
     print(f"wrote {n_figures} figures, metrics.json and the record; open {index}")
 
 
-# ====================================================================== output folders
-def _writable_folder(out: Path, option: str) -> Path | None:
-    """Create ``out`` if needed and prove it writable, before any work is done.
-
-    Returns the topmost folder this created (to remove again if the command fails), or None.
-    """
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{option} {out}: exists and is not a folder; pass --out DIR, a folder (created when "
-                         f"missing), or move the file away")
-    top = None
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        top = folder
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".partattn-write-test-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        _remove_created(out, top)
-        raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err}); pass --out DIR, a folder "
-                         f"you can write to") from None
-    return top
-
-
-def _remove_created(out: Path, top: Path | None) -> None:
-    """Remove the still-empty folders from ``out`` up to ``top`` (what ``_writable_folder`` made)."""
-    if top is None:
-        return
-    for folder in (out, *out.parents):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        if folder == top:
-            return
-
-
-def _inside(path: Path, out: Path) -> str | None:
-    """``path`` relative to ``out`` (posix), or None when it is not inside ``out``."""
-    try:
-        return Path(os.path.abspath(path)).relative_to(os.path.abspath(out)).as_posix()
-    except ValueError:
-        return None
-
-
-def _owned_files(out: Path) -> list[str]:
-    """Files (relative to ``out``) that an earlier ``partattn run``/``show`` wrote into ``out``.
-
-    From its manifest; for folders written before manifests existed, from its ``metrics.json``
-    (figures and metrics.json, index.html). Entries outside ``out`` are ignored.
-    """
-    names = []
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        try:
-            names = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-            if not isinstance(names, list):
-                raise TypeError(f"'files' is a {type(names).__name__}, not a list")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            print(f"partattn: warning: {manifest} is unreadable ({err}); files of the earlier run in {out} are "
-                  f"left as they are", file=sys.stderr)
-            return []
-    elif (out / "metrics.json").is_file() and (out / "index.html").is_file():
-        try:  # silently: a metrics.json that is not ours is simply not ours
-            doc = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-            if isinstance(doc, dict) and {"figures", "checks", "summary"} <= doc.keys():
-                names = [f["path"] for f in doc["figures"]] + ["metrics.json", "index.html"]
-        except (OSError, ValueError, KeyError, TypeError):
-            names = []
-    owned = []
-    for name in names:
-        if isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts:
-            owned.append(Path(name).as_posix())
-    return owned
-
-
-def _top_files(out: Path) -> set[str]:
-    """Files directly in ``out`` and under its ``checks/`` (where the outputs live), relative."""
-    found = set()
-    for folder in (out, out / "checks"):
-        if folder.is_dir():
-            found |= {p.relative_to(out).as_posix() for p in folder.iterdir() if p.is_file()}
-    return found
-
-
-class Outputs:
-    """The files a command writes into ``out``: stale ones of the previous command are removed after
-    the new ones are written, and a manifest records what is there now.
-
-    Use as a context manager around the writing; ``add(path)`` each written file. On an error
-    nothing is removed, and the manifest also lists the files this attempt created, so the next
-    run can clean them up.
-    """
-
-    def __init__(self, out: Path, command: str):
-        self.out, self.command = out, command
-        self.previous = _owned_files(out)
-        self.before = _top_files(out)
-        self.written: list[str] = []
-
-    def add(self, *paths) -> None:
-        for path in paths:
-            rel = _inside(Path(path), self.out)
-            if rel is not None and rel not in self.written:
-                self.written.append(rel)
-
-    def __enter__(self) -> "Outputs":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            created = sorted(_top_files(self.out) - self.before)
-            try:
-                self._write_manifest(list(dict.fromkeys(self.previous + created)))
-            except OSError:
-                pass  # the original error says more
-            return
-        now = set(self.written)
-        kept = []
-        for name in self.previous:
-            if name in now:
-                continue
-            path = self.out / name
-            if Path(name).name in KEPT_OUTPUTS:
-                if path.is_file():
-                    kept.append(name)
-                continue
-            if path.is_file() or path.is_symlink():
-                path.unlink()
-                parent = path.parent
-                while parent != self.out and _inside(parent, self.out):
-                    try:
-                        parent.rmdir()
-                    except OSError:
-                        break
-                    parent = parent.parent
-        self._write_manifest(self.written + kept)
-
-    def _write_manifest(self, files: list[str]) -> None:
-        from .atomic import atomic_write_text
-
-        doc = {"written_by": f"partattn {self.command}",
-               "note": "files partattn wrote here; the next partattn run/show into this folder removes "
-                       "the ones it does not write again (not record.json, record.safetensors, input.png)",
-               "files": files}
-        atomic_write_text(self.out / MANIFEST, json.dumps(doc, indent=2) + "\n")
-
-
 # ====================================================================== run
 def _cmd_run(args, extra) -> int:
     image = Path(args.image).expanduser()
@@ -428,11 +224,11 @@ def _cmd_run(args, extra) -> int:
     _check_model(model)
     thresholds = _thresholds(args.thresholds)
     out = Path(args.out).expanduser() if args.out else DEFAULT_RESULTS / image.stem
-    created = _writable_folder(out, "--out" if args.out else "output folder")
+    created = writable_folder(out, "--out" if args.out else "output folder")
     try:
         return _run(args, image, num_parts, model, thresholds, out)
     except BaseException:
-        _remove_created(out, created)
+        remove_created(out, created)
         raise
 
 
@@ -526,7 +322,7 @@ def _cmd_show(args, extra) -> int:
         except ValueError as err:
             raise UsageError(str(err)) from None
     view, note = _image_for(record, folder, args.image)
-    created = _writable_folder(out, "--out" if args.out else "output folder (the record's)")
+    created = writable_folder(out, "--out" if args.out else "output folder (the record's)")
     results = {r.name: r for r in run_checks(record, thresholds)}
     links = [("record (json)", stem.with_name(stem.name + ".json")),
              ("record (tensors)", stem.with_name(stem.name + ".safetensors"))]
@@ -537,7 +333,7 @@ def _cmd_show(args, extra) -> int:
                                    note=note)
             outputs.add(*(p for _, p in report["figures"]), report["metrics"], report["index"])
     except BaseException:
-        _remove_created(out, created)
+        remove_created(out, created)
         raise
     _print_results(results, report["index"], len(report["figures"]))
     return 0
