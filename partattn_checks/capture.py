@@ -1,4 +1,4 @@
-"""Exact, streaming capture of cross-attention while a diffusers model denoises (DESIGN §3).
+"""Exact, streaming capture of cross-attention while a diffusers model denoises (docs/capture.md).
 
 ``AttentionRecorder`` swaps the processor of each selected cross-attention module, per instance,
 for a ``RecordingProcessor`` and restores the originals on exit (also on exceptions and
@@ -22,6 +22,7 @@ from . import metrics
 from .errors import PartattnError
 from .model.attention import PartCrafterAttnProcessor, PreparedAttention, TripoSGAttnProcessor
 from .record import AttentionRecord
+from .runspec import RUN_KEYS, RunSpec, dtype_name, for_pipeline, run_meta
 from .selection import Selection  # noqa: F401  (part of this module's API)
 
 #: Processor class names from upstream PartCrafter/TripoSG forks that run our attention math.
@@ -76,7 +77,8 @@ def _math_for(name: str, processor):
     if type(processor) in (dap.AttnProcessor2_0, dap.AttnProcessor):
         return "standard", None
     if isinstance(processor, RecordingProcessor):
-        raise CaptureError(f"{_where(name, processor)}: this module is already being recorded; nested recorders are refused")
+        raise CaptureError(f"{_where(name, processor)}: this module is already being recorded; "
+                           f"nested recorders are refused")
     raise CaptureError(
         f"{_where(name, processor)}: unknown attention processor; the recorder knows PartCrafter/TripoSG processors "
         f"and diffusers' AttnProcessor2_0/AttnProcessor. Set one of those on this module or record other layers"
@@ -95,7 +97,7 @@ class _LayerCall:
 class RecordingProcessor:
     """Stands in for one module's processor while recording; computes exactly what it would."""
 
-    def __init__(self, recorder: "AttentionRecorder", name: str, original, family: str, math):
+    def __init__(self, recorder: AttentionRecorder, name: str, original, family: str, math):
         self.recorder = recorder
         self.name = name
         self.original = original
@@ -148,7 +150,8 @@ class RecordingProcessor:
         if attn.norm_k is not None:
             hooks.append(attn.norm_k.register_forward_hook(keep("norm_k")))
         try:
-            out = self._call_original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, None, None, kwargs)
+            out = self._call_original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, None, None,
+                                      kwargs)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -195,7 +198,8 @@ class AttentionRecorder:
     first query row of every part (PartCrafter's time token).
     """
 
-    def __init__(self, model: torch.nn.Module, *, num_parts: int = 1, cfg: bool = True, selection: Selection | None = None,
+    def __init__(self, model: torch.nn.Module, *, num_parts: int = 1, cfg: bool = True,
+                 selection: Selection | None = None,
                  time_token: bool = True, has_cls: bool = True, patch_grid: tuple[int, int] | None = None,
                  nonfinite: str = "raise", meta: dict | None = None):
         if nonfinite not in ("raise", "record"):
@@ -223,7 +227,7 @@ class AttentionRecorder:
         self._entered = False
 
     # -- context management ---------------------------------------------------------------
-    def __enter__(self) -> "AttentionRecorder":
+    def __enter__(self) -> AttentionRecorder:
         if self._active or self._entered:
             # Re-entering would append a second run to the first one's calls: refuse it.
             raise CaptureError(f"this AttentionRecorder is already {'active' if self._active else 'used'}; "
@@ -233,7 +237,8 @@ class AttentionRecorder:
         modules = cross_attention_modules(self.model)
         names = [n for n, _ in modules]
         if not modules:
-            raise CaptureError(f"{type(self.model).__name__} has no cross-attention modules (diffusers {_diffusers_version()})")
+            raise CaptureError(f"{type(self.model).__name__} has no cross-attention modules "
+                               f"(diffusers {_diffusers_version()})")
         self.layer_names = self.selection.pick_layers(names)
         self._wants_full = self.selection.full_map_test(names)
         chosen = dict(modules)
@@ -340,7 +345,8 @@ class AttentionRecorder:
         if self._nonfinite and self.nonfinite_mode == "raise":
             first = self._nonfinite[0]
             where = f"layer {first['layer']}" if first["layer"] else "the latents"
-            detail = _where(first["layer"], self._originals.get(first["layer"], (None, "?"))[1]) if first["layer"] else ""
+            layer = first["layer"]
+            detail = _where(layer, self._originals.get(layer, (None, "?"))[1]) if layer else ""
             raise CaptureError(f"non-finite values in {where} at step {first['step']}{': ' + detail if detail else ''}")
 
     def _validate_counts(self) -> None:
@@ -397,44 +403,34 @@ class AttentionRecorder:
 def _layer_kind(processor, family: str) -> str:
     if family == "standard":
         return "standard"
-    is_global = isinstance(processor, PartCrafterAttnProcessor) or type(processor).__name__ == "PartCrafterAttnProcessor"
+    is_global = (isinstance(processor, PartCrafterAttnProcessor)
+                 or type(processor).__name__ == "PartCrafterAttnProcessor")
     return "global" if is_global else "local"
 
 
-def record_attention(pipeline, image, num_parts: int, *, selection: Selection | None = None, nonfinite: str = "raise",
-                     meta: dict | None = None, **run_kwargs):
-    """Run ``pipeline`` on ``image`` while recording; return ``(DenoiseResult, AttentionRecord)``."""
-    guidance = run_kwargs.get("guidance_scale")
-    guidance = pipeline.run_defaults["guidance_scale"] if guidance is None else guidance
+def record_attention(pipeline, image, num_parts: int | None = None, *, spec: RunSpec | None = None,
+                     selection: Selection | None = None, nonfinite: str = "raise", meta: dict | None = None,
+                     **run_kwargs):
+    """Run ``pipeline`` on ``image`` while recording; return ``(DenoiseResult, AttentionRecord)``.
+
+    ``spec``: the run's resolved :class:`~partattn_checks.runspec.RunSpec`. Without one,
+    ``num_parts`` and the run settings among ``run_kwargs`` (``steps``, ``seed``,
+    ``guidance_scale``, ``num_tokens``; unset: the checkpoint's) are resolved into one. Other
+    ``run_kwargs`` (``callback``, ``latents``) go to the pipeline call as they are.
+    """
+    settings = {k: run_kwargs.pop(k) for k in RUN_KEYS if k in run_kwargs}
+    if spec is None:
+        spec = for_pipeline(pipeline, call={"num_parts": num_parts, **settings})
+    elif num_parts is not None or settings:
+        raise TypeError("record_attention: pass either spec= or num_parts and the run settings, not both")
+    elif (spec.device, spec.dtype) != (str(pipeline.device), dtype_name(pipeline.dtype)):
+        raise ValueError(f"the run spec is for {spec.device} {spec.dtype}, but the pipeline runs on "
+                         f"{pipeline.device} {dtype_name(pipeline.dtype)}; resolve it with runspec.for_pipeline")
     recorder = AttentionRecorder(
-        pipeline.transformer, num_parts=num_parts, cfg=guidance > 1.0, selection=selection,
+        pipeline.transformer, num_parts=spec.num_parts, cfg=spec.cfg, selection=selection,
         has_cls=True, patch_grid=pipeline.patch_grid, nonfinite=nonfinite,
-        meta={**run_meta(pipeline, image, num_parts, run_kwargs), **(meta or {})},
+        meta={**run_meta(pipeline, image, spec), **(meta or {})},
     )
     with recorder:
-        result = pipeline(image, num_parts, observers=(recorder,), **run_kwargs)
+        result = pipeline(image, spec.num_parts, observers=(recorder,), **spec.run_kwargs(), **run_kwargs)
     return result, recorder.record()
-
-
-def run_meta(pipeline, image, num_parts: int, run_kwargs: dict) -> dict:
-    """What a record should remember about the run that produced it."""
-    import diffusers
-    import transformers
-
-    from . import __version__
-
-    defaults = pipeline.run_defaults
-    return {
-        "model": str(pipeline.checkpoint.path),
-        "config": dict(pipeline.transformer.config),
-        "image": str(image) if not hasattr(image, "size") else getattr(image, "filename", "") or "<PIL image>",
-        "num_parts": num_parts,
-        "steps": int(run_kwargs.get("steps") or defaults["steps"]),
-        "num_tokens": int(run_kwargs.get("num_tokens") or defaults["num_tokens"]),
-        "guidance_scale": float(defaults["guidance_scale"] if run_kwargs.get("guidance_scale") is None else run_kwargs["guidance_scale"]),
-        "seed": int(run_kwargs.get("seed", 0)),
-        "dtype": str(pipeline.dtype).replace("torch.", ""),
-        "device": str(pipeline.device),
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "partattn_checks": __version__},
-    }

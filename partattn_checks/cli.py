@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
 from . import EMBEDDED_MODEL as DEFAULT_MODEL
+from . import runspec
 from .cli_io import MANIFEST, Outputs, ProgressBar, UsageError, remove_created, writable_folder
 from .errors import PartattnError
+from .runspec import DTYPES
 
 __all__ = ["main", "build_parser", "check_args", "MANIFEST", "ProgressBar", "UsageError", "RunFailed"]
 
 DEFAULT_FIXTURES = Path("fixtures") / "images"
 DEFAULT_RESULTS = Path("partattn-results")
-DTYPES = ("float32", "float16", "bfloat16")
 PLUGIN_MODULE = "partattn_checks.plugin"
 #: ``pytest.main`` runs in this process, after the ``partattn`` command imported partattn_checks
 #: (the plugin's package, which pytest marks for assert rewriting): pytest cannot rewrite it and
@@ -45,14 +45,21 @@ class RunFailed(PartattnError):
 
 
 # ====================================================================== arguments
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _setting(name: str):
+    """An argparse type for run setting ``name``, validated by the rules of :mod:`partattn_checks.runspec`."""
+    whole = name in ("num_parts", "steps", "seed", "num_tokens")
+
+    def parse(text: str):
+        try:
+            value = int(text) if whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if whole else ''}number, got {text!r}") from None
+        wrong = runspec.problem(name, value)
+        if wrong:
+            raise argparse.ArgumentTypeError(f"{wrong}, got {value}")
+        return value
+
+    return parse
 
 
 def _float(text: str) -> float:
@@ -63,8 +70,9 @@ def _float(text: str) -> float:
 
 
 def _device(text: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", text):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    wrong = runspec.device_problem(text)
+    if wrong:
+        raise argparse.ArgumentTypeError(f"{wrong}, got {text!r}")
     return text
 
 
@@ -96,15 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG; transparency is put on white)")
     run.add_argument("--model", metavar="DIR", help=model_help)
-    run.add_argument("--num-parts", type=_positive_int, metavar="N",
+    run.add_argument("--num-parts", type=_setting("num_parts"), metavar="N",
                      help="number of parts; default: from an np<N>_ file-name prefix (np3_chair.png -> 3)")
-    run.add_argument("--steps", type=_positive_int, metavar="S", help="denoising steps (default: the checkpoint's)")
-    run.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    run.add_argument("--guidance", type=_float, metavar="G", help="guidance scale (default: the checkpoint's; "
-                                                                  "<= 1 turns classifier-free guidance off)")
-    run.add_argument("--num-tokens", type=_positive_int, metavar="T", help="latent tokens per part "
-                                                                           "(default: the checkpoint's)")
-    run.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    run.add_argument("--steps", type=_setting("steps"), metavar="S", help="denoising steps (default: the checkpoint's)")
+    run.add_argument("--seed", type=_setting("seed"), default=runspec.DEFAULT_SEED,
+                     help=f"noise seed (default: {runspec.DEFAULT_SEED})")
+    run.add_argument("--guidance", type=_setting("guidance_scale"), metavar="G",
+                     help="guidance scale (default: the checkpoint's; <= 1 turns classifier-free guidance off)")
+    run.add_argument("--num-tokens", type=_setting("num_tokens"), metavar="T",
+                     help="latent tokens per part (default: the checkpoint's)")
+    run.add_argument("--device", type=_device, default="auto",
+                     help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     run.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
     run.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_RESULTS}/<image stem>)")
     run.add_argument("--layer", type=_layer, metavar="L",
@@ -125,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--model", metavar="DIR", help=model_help)
     check.add_argument("--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES})")
-    check.add_argument("--steps", type=_positive_int, metavar="S", help="denoising steps (default: the plugin's)")
+    check.add_argument("--steps", type=_setting("steps"), metavar="S", help="denoising steps (default: the plugin's)")
     check.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default: the plugin's)")
     check.set_defaults(func=_cmd_check)
 
@@ -214,7 +224,7 @@ def _cmd_run(args, extra) -> int:
     image = Path(args.image).expanduser()
     if not image.is_file():
         raise UsageError(f"image not found: {image}")
-    from .runner import parts_from_name
+    from .sidecar import parts_from_name
 
     num_parts = args.num_parts or parts_from_name(image)
     if num_parts is None:
@@ -242,32 +252,34 @@ def _check_model(model: Path) -> None:
 
 
 def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) -> int:
-    import torch
-
     from .capture import CaptureError, cross_attention_modules
     from .model.loading import CheckpointError, check_num_parts
-    from .model.pipeline import open_image, resolve_device
+    from .model.pipeline import open_image
     from .visualizer import AttentionVisualizer, render_record, save_run
 
     try:
         open_image(image)
-        device = resolve_device(args.device)
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
+    try:
+        device = runspec.resolve_device(args.device).device
+    except runspec.RunSpecError as err:
+        raise UsageError(f"--device {args.device}: {err}") from None
     _say(args, f"loading {model} on {device} ({args.dtype})")
     try:
-        viz = AttentionVisualizer.from_pretrained(model, device=device, dtype=getattr(torch, args.dtype),
+        viz = AttentionVisualizer.from_pretrained(model, device=device, dtype=runspec.torch_dtype(args.dtype),
                                                   thresholds=thresholds)
     except CheckpointError as err:
         raise UsageError(str(err)) from None
-    defaults = viz.pipeline.run_defaults
-    steps = args.steps or int(defaults["steps"])
-    guidance = float(defaults["guidance_scale"] if args.guidance is None else args.guidance)
-    full_layer = args.layer if args.layer is not None else -1
-    try:
-        check_num_parts(viz.model.config, num_parts, cfg=guidance > 1.0)
+    try:  # the checkpoint's defaults, then the arguments: the run's settings, resolved once
+        spec = runspec.for_pipeline(viz.pipeline, {"steps": args.steps, "seed": args.seed,
+                                                   "guidance_scale": args.guidance},
+                                    call={"num_parts": num_parts, "num_tokens": args.num_tokens})
+        check_num_parts(viz.model.config, num_parts, cfg=spec.cfg)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    steps = spec.steps
+    full_layer = args.layer if args.layer is not None else -1
     names = [name for name, _ in cross_attention_modules(viz.model)]
     if isinstance(full_layer, int) and not -len(names) <= full_layer < len(names) or \
             isinstance(full_layer, str) and full_layer not in names:
@@ -277,10 +289,10 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
         raise UsageError(f"--step {args.step}: out of range for {steps} steps (give {-steps} to {steps - 1})")
 
     progress = ProgressBar(steps, enabled=False if args.quiet else None)
-    _say(args, f"{image.name}: {num_parts} part(s), {steps} steps, seed {args.seed}, guidance {guidance:g}")
+    _say(args, f"{image.name}: {num_parts} part(s), {steps} steps, seed {spec.seed}, guidance {spec.guidance_scale:g}")
     try:
-        record = viz.run(image, num_parts, steps=steps, seed=args.seed, guidance_scale=guidance,
-                         num_tokens=args.num_tokens, full_map=(full_layer, args.step), callback=progress)
+        record = viz.run(image, num_parts, steps=steps, seed=spec.seed, guidance_scale=spec.guidance_scale,
+                         num_tokens=spec.num_tokens, full_map=(full_layer, args.step), callback=progress)
     except CaptureError as err:
         raise RunFailed(str(err)) from None
     finally:

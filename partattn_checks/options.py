@@ -5,6 +5,10 @@ Every option ``--partattn-<x>`` has the ini twin ``partattn_<x>`` (``[tool.pytes
 line are taken relative to the directory pytest was started in; relative paths from the ini file
 and the defaults are relative to the rootdir.
 
+Run settings (steps, seed, guidance, device, dtype) are validated by :mod:`partattn_checks.runspec`,
+the same rules the sidecar and the ``partattn`` command use; :meth:`Settings.run_options` is the
+options layer of every run spec.
+
 This module imports nothing heavy: it runs on every pytest start-up. Only
 :func:`resolve_device` imports torch, and the plugin calls it only when ``--partattn`` is on.
 """
@@ -14,16 +18,19 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from . import EMBEDDED_MODEL  # the default of --partattn-model
+from . import (
+    EMBEDDED_MODEL,  # the default of --partattn-model
+    runspec,
+)
+from .model.files import RUN_DEFAULTS
+from .runspec import DTYPES, DeviceChoice
+from .tomlread import tomllib
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-DTYPES = ("float32", "float16", "bfloat16")
 UPDATE_MODES = ("missing", "failed", "all")
 
 
@@ -61,10 +68,10 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DEVICE", default_text="auto"),
     Option("dtype", "model dtype", kind="choice", default="float32", choices=DTYPES, default_text="float32"),
     Option("steps", "denoising steps per image", kind="int", default=None, metavar="N",
-           default_text="the checkpoint's default (its partattn.json, else 50)"),
+           default_text=f"the checkpoint's default (its partattn.json, else {RUN_DEFAULTS['steps']})"),
     Option("seed", "seed of the initial latents", kind="int", default=0, metavar="N", default_text="0"),
     Option("guidance", "classifier-free guidance scale", kind="float", default=None, metavar="SCALE",
-           default_text="the checkpoint's default (else 7.0)"),
+           default_text=f"the checkpoint's default (else {RUN_DEFAULTS['guidance_scale']})"),
     Option("fixtures", "folder of fixture images (only images under it are collected)", kind="path",
            default="fixtures/images", metavar="DIR", default_text="fixtures/images"),
     Option("results", "folder for heatmaps, candidate baselines and index.html", kind="path",
@@ -144,6 +151,10 @@ class Settings:
         except ValueError:
             return str(path)
 
+    def run_options(self) -> dict:
+        """The options layer of a run spec (``None``: unset, the checkpoint's default applies)."""
+        return {"steps": self.steps, "seed": self.seed, "guidance_scale": self.guidance}
+
     @property
     def model_is_embedded(self) -> bool:
         return self.model == EMBEDDED_MODEL.resolve()
@@ -218,14 +229,15 @@ def _convert(opt: Option, value, src: str, base: Path):
 
 
 def _validate(s: Settings) -> None:
-    if not DEVICE_PATTERN.match(s.device):
-        raise _usage(f"{s.where('device')}: unknown device; use auto, cpu, cuda or cuda:N")
-    if s.steps is not None and s.steps < 1:
-        raise _usage(f"{s.where('steps')}: steps must be at least 1")
-    if s.seed < 0:
-        raise _usage(f"{s.where('seed')}: the seed must be >= 0")
-    if s.guidance is not None and s.guidance < 0:
-        raise _usage(f"{s.where('guidance')}: the guidance scale must be >= 0 (1 or less turns CFG off)")
+    """The run settings, by the rules of :mod:`partattn_checks.runspec` (shared with sidecars and the command)."""
+    wrong = runspec.device_problem(s.device)
+    if wrong:
+        raise _usage(f"{s.where('device')}: {wrong}")
+    for option, key in (("steps", "steps"), ("seed", "seed"), ("guidance", "guidance_scale")):
+        value = getattr(s, option)
+        wrong = runspec.problem(key, value) if value is not None else None
+        if wrong:
+            raise _usage(f"{s.where(option)}: {key} {wrong}")
 
 
 def ci_is_set(environ=None) -> bool:
@@ -260,51 +272,19 @@ def check_enabled_settings(s: Settings, *, custom_pipeline: bool) -> None:
             raise _usage(f"{s.where('model')}: the checkpoint cannot be loaded:\n{listed}")
 
 
-@dataclass(frozen=True)
-class DeviceChoice:
-    device: str  # "cpu", "cuda:0", ...
-    note: str = ""  # e.g. "CUDA not found, fell back to CPU"
-
-
 def resolve_device(s: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
-    """The device to run on. Imports torch. ``cuda`` without CUDA is a ``UsageError``.
-
-    Under pytest-xdist, ``auto``/``cuda`` spread workers over the GPUs: worker ``gwN`` takes
-    ``cuda:(N mod device count)``. An explicit ``cuda:N`` is used as given. ``spread``: this is
-    the xdist controller (only the header note changes).
-    """
-    import torch
-
-    available = torch.cuda.is_available()
-    count = torch.cuda.device_count() if available else 0
-    requested = s.device
-    if requested == "auto" and not available:
-        return DeviceChoice("cpu", "CUDA not found, fell back to CPU")
-    if requested == "cpu":
-        return DeviceChoice("cpu")
-    if not available:
-        raise _usage(f"{s.where('device')}: CUDA is not available here (torch {torch.__version__}); use cpu or auto")
-    if ":" in requested:
-        index = int(requested.split(":", 1)[1])
-        if index >= count:
-            raise _usage(f"{s.where('device')}: there {'is' if count == 1 else 'are'} only {count} CUDA "
-                         f"device{'s' if count != 1 else ''} here (cuda:0..cuda:{count - 1})")
-        return DeviceChoice(requested)
-    index = 0
-    if worker_id and worker_id.startswith("gw") and worker_id[2:].isdigit():
-        index = int(worker_id[2:]) % count
-    note = "auto: CUDA found" if requested == "auto" else ""
-    if spread and count > 1:  # the xdist controller: say how workers will pick their GPU
-        note = (note + "; " if note else "") + f"xdist worker gwN uses cuda:(N mod {count})"
-    if worker_id:
-        note = (note + "; " if note else "") + f"xdist worker {worker_id} -> cuda:{index}"
-    return DeviceChoice(f"cuda:{index}", note)
+    """:func:`partattn_checks.runspec.resolve_device` for ``--partattn-device`` (imports torch): a
+    device that is not there is a ``UsageError`` naming the option."""
+    try:
+        return runspec.resolve_device(s.device, worker_id, spread=spread)
+    except runspec.RunSpecError as err:
+        raise _usage(f"{s.where('device')}: {err}") from None
 
 
 def load_thresholds(s: Settings):
     """(Thresholds, where they came from): ``--partattn-thresholds`` FILE, else the rootdir
     pyproject's ``[tool.partattn.thresholds]``, else the built-in defaults."""
-    from .checks import Thresholds, thresholds_from_pyproject, tomllib
+    from .checks import Thresholds, thresholds_from_pyproject
     from .checks import load_thresholds as load_file
 
     if s.thresholds is not None:

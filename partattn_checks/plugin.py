@@ -1,10 +1,12 @@
 """The pytest plugin of partattn-checks (entry point ``partattn``): hooks only.
 
-Each hook hands off to a small object: ``options`` (the option table), ``items`` (collection,
-the per-process session, the fixture), ``report`` (texts, tables, index.html) and ``baseline``
-(the store). Without ``--partattn`` nothing heavy is imported: fixture images are collected and
-skipped. With it, torch is imported at configure time to check the device before any item runs;
-the model itself loads lazily, once per process (once per pytest-xdist worker).
+Each hook hands off to a small object: ``options`` (the option table), ``items`` (the pytest
+nodes), ``gate`` (the per-process session: pipeline, record cache, figures, baselines; the
+fixture), ``sidecar`` (what an image needs to run), ``report`` (texts, tables, index.html) and
+``baseline`` (the store). Without ``--partattn`` nothing heavy is imported: fixture images are
+collected and skipped. With it, torch is imported at configure time to check the device before
+any item runs; the model itself loads lazily, once per process (once per pytest-xdist worker),
+from the ``pytest_partattn_load_pipeline`` hook or the checkpoint option.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import pytest
 
 from . import hookspecs, options, scheduling
 from .baseline import BaselineError, BaselineStore, UpdateLock, unused_keys
-from .items import (IMAGE_SUFFIXES, SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile, PartattnFixture,
-                    PartattnSession, image_keys)
+from .gate import GateSession, PartattnFixture
+from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
 from .report import Summary, header_lines, junit_logging_warning
+from .runspec import DeviceChoice, checkpoint_defaults, torch_dtype
+from .sidecar import IMAGE_SUFFIXES, image_keys
 
 MARKER = ("partattn: an attention-check test (uses the partattn fixture or runs PartCrafter); "
           "skipped unless pytest runs with --partattn")
@@ -59,9 +63,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker is None:
         _start_session_files(config, settings)
     device = options.resolve_device(settings, worker, spread=bool(getattr(config.option, "numprocesses", None)))
-    config.stash[SESSION_KEY] = PartattnSession(config, settings, thresholds, device, worker)
+    config.stash[SESSION_KEY] = GateSession(_pipeline_loader(config, settings, device), settings, thresholds, device)
     plan = scheduling.plan(config.stash.get(CHOSEN_DIST_KEY, None), getattr(config.option, "dist", None))
-    header = header_lines(settings, device, source, [Path(h).name for h in hooks])
+    header = header_lines(settings, device, source, [Path(h).name for h in hooks], checkpoint_defaults(settings.model))
     if plan is not None:
         header.append(f"partattn: {plan.header}")
     controller = Controller(settings, header, is_worker=worker is not None, plan=plan)
@@ -74,6 +78,22 @@ def pytest_configure(config: pytest.Config) -> None:
             warnings.append(junit_logging_warning(config.getini("junit_logging")))
         for text in filter(None, warnings):
             config.issue_config_time_warning(PartattnConfigWarning(text), stacklevel=2)
+
+
+def _pipeline_loader(config: pytest.Config, settings: options.Settings, device: DeviceChoice):
+    """How this process gets its pipeline (called lazily, once): the first non-None
+    ``pytest_partattn_load_pipeline`` result, else the ``--partattn-model`` checkpoint."""
+
+    def load():
+        custom = config.hook.pytest_partattn_load_pipeline(config=config, device=device.device, dtype=settings.dtype)
+        if custom is not None:
+            return custom
+        from .model.pipeline import PartCrafterPipeline
+
+        return PartCrafterPipeline.from_pretrained(settings.model, device=device.device,
+                                                   dtype=torch_dtype(settings.dtype))
+
+    return load
 
 
 def _start_session_files(config: pytest.Config, settings: options.Settings) -> None:
@@ -137,7 +157,7 @@ def partattn(request: pytest.FixtureRequest) -> PartattnFixture:
     session = request.config.stash.get(SESSION_KEY, None)
     if session is None:
         pytest.skip(SKIP_REASON)
-    return PartattnFixture(session, request)
+    return PartattnFixture(session, request.path)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -260,8 +260,9 @@ class Summary:
 
 
 # ----------------------------------------------------------------------------- header
-def header_lines(settings, device, thresholds_source: str, custom_hooks: list[str]) -> list[str]:
-    """The report header: model, device (and any CPU fallback), dtype, steps, versions, folders."""
+def header_lines(settings, device, thresholds_source: str, custom_hooks: list[str], defaults: dict) -> list[str]:
+    """The report header: model, device (and any CPU fallback), dtype, steps, versions, folders.
+    ``defaults``: the checkpoint's run settings (``runspec.checkpoint_defaults``), shown for unset options."""
     import importlib.metadata as md
     import sys
 
@@ -281,7 +282,7 @@ def header_lines(settings, device, thresholds_source: str, custom_hooks: list[st
     else:
         model = settings.shown(settings.model)
     dev = device.device + (f" ({device.note})" if device.note else "")
-    steps = str(settings.steps) if settings.steps is not None else f"checkpoint default ({_default_steps(settings.model)})"
+    steps = str(settings.steps) if settings.steps is not None else f"checkpoint default ({defaults['steps']})"
     guidance = "checkpoint default" if settings.guidance is None else fmt(settings.guidance)
     update = settings.update or "off"
     return [
@@ -291,13 +292,3 @@ def header_lines(settings, device, thresholds_source: str, custom_hooks: list[st
         f"partattn: fixtures {settings.shown(settings.fixtures)} | baselines {settings.shown(settings.baselines)} "
         f"(update: {update}) | results {settings.shown(settings.results)} | thresholds: {thresholds_source}",
     ]
-
-
-def _default_steps(model: Path) -> str:
-    import json
-
-    try:
-        doc = json.loads((Path(model) / "partattn.json").read_text())
-        return str(doc["run_defaults"]["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "50"

@@ -37,7 +37,9 @@ from .checks import CHECKS, CheckResult, Thresholds, run_checks
 from .reporting import write_index
 from .model.pipeline import encoder_view
 from .record import AttentionRecord
-from .runner import RunSettings, parts_from_name, run_case
+from .runspec import for_pipeline, resolve_device
+from .session import run_case
+from .sidecar import parts_from_name
 
 __all__ = ["AttentionVisualizer", "render_record", "encoder_view", "SPARSITY_FACTOR"]
 
@@ -54,8 +56,8 @@ class AttentionVisualizer:
 
     ``model_or_pipeline``: a :class:`~partattn_checks.model.pipeline.PartCrafterPipeline` (or any
     object with a ``transformer`` and the same call signature), a checkpoint folder (loaded with
-    ``device``/``dtype``), a ``PartCrafterDiTModel``, or any diffusers model whose cross-attention
-    modules use standard diffusers or PartCrafter/TripoSG processors.
+    ``device``, ``auto`` by default, and ``dtype``), a ``PartCrafterDiTModel``, or any diffusers
+    model whose cross-attention modules use standard diffusers or PartCrafter/TripoSG processors.
 
     ``num_parts``: default part count (a pipeline run takes it from the ``np<N>_`` file-name prefix
     when not given). ``cfg``: hooked forwards get the batch ``[uncond, cond]`` and only the
@@ -74,7 +76,8 @@ class AttentionVisualizer:
         if isinstance(model_or_pipeline, (str, os.PathLike)):
             from .model.pipeline import PartCrafterPipeline
 
-            model_or_pipeline = PartCrafterPipeline.from_pretrained(model_or_pipeline, device=device, dtype=dtype)
+            model_or_pipeline = PartCrafterPipeline.from_pretrained(model_or_pipeline, dtype=dtype,
+                                                                    device=resolve_device(str(device)).device)
         if isinstance(model_or_pipeline, torch.nn.Module):
             self.pipeline, self.model = None, model_or_pipeline
         elif isinstance(getattr(model_or_pipeline, "transformer", None), torch.nn.Module) and callable(model_or_pipeline):
@@ -105,9 +108,11 @@ class AttentionVisualizer:
 
     @classmethod
     def from_pretrained(cls, path, *, device="auto", dtype=torch.float32, **kwargs) -> "AttentionVisualizer":
-        """Load a PartCrafter checkpoint folder into a pipeline and wrap it."""
+        """Load a PartCrafter checkpoint folder into a pipeline and wrap it (``device``: ``auto``,
+        ``cpu``, ``cuda`` or ``cuda:N``, resolved by :func:`partattn_checks.runspec.resolve_device`)."""
         from .model.pipeline import PartCrafterPipeline
 
+        device = resolve_device(str(device)).device
         return cls(PartCrafterPipeline.from_pretrained(path, device=device, dtype=dtype), **kwargs)
 
     def __repr__(self) -> str:
@@ -286,7 +291,7 @@ class AttentionVisualizer:
             callback: Callable | None = None) -> AttentionRecord:
         """Denoise ``image`` with the pipeline while recording; return the record (also ``self.record``).
 
-        The run and its checks are those of the pytest plugin (``runner.run_case``); the results are
+        The run and its checks are those of the pytest plugin (``session.run_case``); the results are
         in ``self.results`` and the encoder's view of the image in ``self.image``. ``num_parts``:
         argument, else the ``np<N>_`` file-name prefix, else the visualizer's. ``full_map``: one
         (layer, step) pair whose query x key maps are kept (negative indices count from the end;
@@ -295,12 +300,12 @@ class AttentionVisualizer:
         """
         pipeline = self._need_pipeline("run")
         n = self._parts_for(image, num_parts)
-        settings = RunSettings(num_parts=n, steps=steps, seed=seed, guidance_scale=guidance_scale,
-                               num_tokens=num_tokens)
+        spec = for_pipeline(pipeline, call={"num_parts": n, "steps": steps, "seed": seed,
+                                            "guidance_scale": guidance_scale, "num_tokens": num_tokens})
         if selection is None:
-            selection = Selection(full_maps=self._full_map_pairs(full_map, steps))
+            selection = Selection(full_maps=self._full_map_pairs(full_map, spec.steps))
         with self._paused():
-            outcome = run_case(pipeline, image, settings, self.thresholds, selection=selection, callback=callback)
+            outcome = run_case(pipeline, image, spec, self.thresholds, selection=selection, callback=callback)
         self.record, self.results = outcome.record, outcome.results
         self.image = pipeline.preprocessed_image(image) if not torch.is_tensor(image) else None
         return self.record
@@ -495,7 +500,7 @@ class AttentionVisualizer:
             raise ValueError(f"num_parts must be at least 1, got {n}")
         return int(n)
 
-    def _full_map_pairs(self, full_map, steps):
+    def _full_map_pairs(self, full_map, steps: int):
         """``(layer, step)`` with negative indices resolved, validated against the model and the run."""
         if full_map is None:
             return ()
@@ -505,8 +510,7 @@ class AttentionVisualizer:
             layer = names[_check_index(layer, len(names), "full-map layer", allow_negative=True)]
         elif layer not in names:
             raise ValueError(f"full-map layer {layer!r} is not a cross-attention module (known: {', '.join(names)})")
-        total = int(steps or self.pipeline.run_defaults["steps"])
-        step = _check_index(step, total, "full-map step", allow_negative=True)
+        step = _check_index(step, steps, "full-map step", allow_negative=True)
         return [(layer, step)]
 
     def _attach_grid(self, record: AttentionRecord) -> AttentionRecord:

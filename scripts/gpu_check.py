@@ -39,8 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from partattn_checks.capture import AttentionRecorder, cross_attention_modules  # noqa: E402
-from partattn_checks.model.pipeline import flow_sigmas, resolve_device  # noqa: E402
+from partattn_checks.model.pipeline import flow_sigmas  # noqa: E402
 from partattn_checks.model.transformer import RELEASE_CONFIG, PartCrafterDiTModel  # noqa: E402
+from partattn_checks.runspec import resolve_device  # noqa: E402
 
 SMALL_CONFIG = {
     **RELEASE_CONFIG,
@@ -142,7 +143,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        device = resolve_device(args.device)
+        device = torch.device(resolve_device(args.device).device)
     except ValueError as err:
         print(f"gpu_check: {err}. Without a GPU run `scripts/gpu_check.sh --small`.", file=sys.stderr)
         return 3

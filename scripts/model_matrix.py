@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Measure every check on every model of the zoo and write the verdict table (issue 5).
+"""Measure every check on every model of the zoo and write the verdict table (docs/training.md).
 
     python scripts/model_matrix.py --out docs/model-matrix.md
 
@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from partattn_checks.checks import CHECKS  # noqa: E402
-from partattn_checks.model.zoo import HEALTHY, TARGETS, build_zoo, evaluate  # noqa: E402
+from partattn_checks.zoo import HEALTHY, TARGETS, build_zoo, evaluate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RANDOM = REPO / "fixtures" / "checkpoints" / "tiny-random"

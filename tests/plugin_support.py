@@ -61,7 +61,8 @@ def read_json(path: Path) -> dict:
 
 
 #: A conftest that supplies the pipeline through the hook and records model loads and image runs
-#: per process (events-<xdist worker or main>.json).
+#: per process (events-<xdist worker or main>.json). The file is (re)written atomically at start and
+#: at every event, not at exit: an xdist worker can still be shutting down when the run returns.
 RUN_COUNTER = f"MODEL = {str(TINY)!r}\n" + """
 import json, os
 from pathlib import Path
@@ -69,6 +70,12 @@ from pathlib import Path
 import pytest
 
 EVENTS = {"loads": [], "calls": []}
+
+
+def save():
+    path = Path(f"events-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.json")
+    path.with_suffix(".tmp").write_text(json.dumps(EVENTS))
+    os.replace(path.with_suffix(".tmp"), path)
 
 
 class Counting:
@@ -80,7 +87,12 @@ class Counting:
 
     def __call__(self, image, *args, **kwargs):
         EVENTS["calls"].append(Path(str(image)).name)
+        save()
         return self.inner(image, *args, **kwargs)
+
+
+def pytest_configure(config):
+    save()
 
 
 def pytest_partattn_load_pipeline(config, device, dtype):
@@ -88,10 +100,6 @@ def pytest_partattn_load_pipeline(config, device, dtype):
     from partattn_checks.model.pipeline import PartCrafterPipeline
 
     EVENTS["loads"].append(device)
+    save()
     return Counting(PartCrafterPipeline.from_pretrained(MODEL, device=device, dtype=getattr(torch, dtype)))
-
-
-def pytest_unconfigure(config):
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    Path(f"events-{worker}.json").write_text(json.dumps(EVENTS))
 """

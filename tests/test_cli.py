@@ -192,8 +192,10 @@ def test_no_part_count(tmp_path, capsys):
     (["run", str(IMAGE), "--model", str(TINY), "--layer", "blocks.9.attn2"], "--layer blocks.9.attn2"),
     (["run", str(IMAGE), "--model", str(TINY), "--layer", "7"], "--layer 7"),
     (["run", str(IMAGE), "--model", str(TINY), "--steps", "2", "--step", "2"], "--step 2: out of range"),
-    (["run", str(IMAGE), "--device", "tpu"], "--device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
-    (["check", "--device", "gpu"], "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (["run", str(IMAGE), "--device", "tpu"], "--device: unknown device; use auto, cpu, cuda or cuda:N, got 'tpu'"),
+    (["check", "--device", "gpu"], "--device: unknown device; use auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (["run", str(IMAGE), "--seed", "-1"], "--seed: must be at least 0, got -1"),
+    (["run", str(IMAGE), "--guidance", "-2"], "--guidance: must be at least 0"),
     (["run", str(IMAGE), "--model", str(TINY), "--thresholds", "nope.toml"], "thresholds file not found: nope.toml"),
 ])
 def test_bad_arguments_exit_2_with_a_message(capsys, argv, message):

@@ -1,4 +1,4 @@
-"""Issue 5's test matrix: the trained default passes every check on every fixture image, and each
+"""The model matrix (docs/model-matrix.md): the trained default passes every check on every fixture image, and each
 broken model fails the check it was built to fail, with a reason that names the cause.
 
 The thresholds are the documented defaults (partattn_checks/checks.py); the margins they leave are
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from partattn_checks.checks import CHECKS
-from partattn_checks.model.zoo import TARGETS, build_zoo, evaluate
+from partattn_checks.zoo import TARGETS, build_zoo, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"
@@ -56,14 +56,14 @@ def test_healthy_default_passes_every_check_on_every_image(outcomes, check):
         result = outcome.results[check]
         assert result.verdict in ("pass", "skip"), f"{image}: {result.reason}"
         if result.verdict == "skip":  # only part separation on a single-part image
-            assert check == "part_separation" and outcome.settings.num_parts == 1
+            assert check == "part_separation" and outcome.spec.num_parts == 1
 
 
 @pytest.mark.parametrize("model, check", sorted(TARGETS.items()))
 def test_broken_model_fails_its_target_check_naming_the_cause(outcomes, model, check):
     for image, outcome in outcomes(model).items():
         result = outcome.results[check]
-        if outcome.settings.num_parts == 1 and check == "part_separation":
+        if outcome.spec.num_parts == 1 and check == "part_separation":
             assert result.verdict == "skip"
             continue
         assert result.verdict == "fail", f"{model} on {image}: {result.reason}"

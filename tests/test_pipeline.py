@@ -17,9 +17,9 @@ from partattn_checks.model.pipeline import (
     PartCrafterPipeline,
     flow_sigmas,
     open_image,
-    resolve_device,
     to_rgb,
 )
+from partattn_checks.runspec import RunSpecError, resolve_device
 
 IMAGES = {2: "np2_circle_square.png", 3: "np3_three_shapes.png", 4: "np4_four_shapes.png"}
 IMAGE = FIXTURE_IMAGES / IMAGES[2]
@@ -277,15 +277,18 @@ def test_too_large_image_is_refused_with_its_size_and_the_limit(tmp_path, monkey
 
 
 def test_resolve_device_without_cuda(monkeypatch):
+    """One resolver (partattn_checks.runspec) picks the device; the pipeline takes a concrete one."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name in ("cuda", "cuda:1"):
-        with pytest.raises(ValueError, match=f"'{name}' requested but CUDA is not available"):
+        with pytest.raises(RunSpecError, match="CUDA is not available here"):
             resolve_device(name)
-    assert resolve_device("auto") == torch.device("cpu")
-    assert resolve_device(None) == torch.device("cpu")
-    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").device == "cpu"
+    assert resolve_device().device == "cpu"
+    assert resolve_device("cpu").device == "cpu"
     with pytest.raises(ValueError, match="CUDA is not available"):
         PartCrafterPipeline.from_pretrained(TINY_FIXTURE, device="cuda")
+    with pytest.raises(ValueError, match="runspec.resolve_device"):
+        PartCrafterPipeline.from_pretrained(TINY_FIXTURE, device="auto")
 
 
 def test_image_tokens_and_patch_grid_from_checkpoint_configs(pipe):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from plugin_support import FAILING_SEPARATION, IMAGE, IMAGES, RUN_COUNTER, TINY, args, call_reports, make_project, outcomes
 
-from partattn_checks.items import ITEM_CHECKS, read_spec
+from partattn_checks.items import ITEM_CHECKS
 from partattn_checks.options import EMBEDDED_MODEL, OPTIONS
+from partattn_checks.sidecar import read_spec
 
 pytest_plugins = ("pytester",)
 
@@ -328,7 +329,8 @@ def test_bad_sidecar_fails_the_items_with_the_file_named(pytester, tmp_path):
     img.write_bytes(b"")
     for text, expected in [
         ("num_parts = 2\ncolour = 'red'\n", "unknown key 'colour'"),
-        ("num_parts = 0\n", "num_parts = 0 must be a whole number >= 1"),
+        ("num_parts = 0\n", "num_parts = 0 must be at least 1"),
+        ("steps = 2.5\n", "steps = 2.5 must be a whole number"),
         ("num_parts = 3\n", "num_parts = 3 contradicts the file name prefix np2_"),
         ("[thresholds.part_separation]\nfloor = 1\n", "[thresholds.part_separation] unknown key 'floor'"),
         ("num_parts = [\n", "invalid TOML"),
@@ -369,6 +371,34 @@ def test_partattn_fixture_and_marker(pytester):
     result.assert_outcomes(passed=2)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.partattn: *skipped unless pytest runs with --partattn"])
+
+
+REJUDGE_FILE = f"""
+IMAGE = "fixtures/images/{IMAGE}"
+
+
+def test_other_thresholds_judge_the_same_run(partattn):
+    loose = partattn(IMAGE, thresholds={{"part_separation": {{"min_separation": 0.0}}}})
+    strict = partattn(IMAGE, thresholds={{"part_separation": {{"min_separation": 0.999}}}})
+    assert loose.results["part_separation"].passed and not strict.results["part_separation"].passed
+    assert strict.record is loose.record
+    only = partattn(IMAGE, checks=["uniformity"])
+    assert list(only.results) == ["uniformity"] and only.record is loose.record
+"""
+
+
+def test_changing_only_thresholds_does_not_rerun_the_model(pytester):
+    """The record cache is keyed by (model, image, run spec): the image's gate items and a
+    hand-written test judging it under other thresholds and checks share one denoising run."""
+    make_project(pytester)
+    pytester.makeconftest(RUN_COUNTER)
+    pytester.makepyfile(test_rejudge=REJUDGE_FILE)
+    result = pytester.runpytest_inprocess(*args(), "fixtures/images", "test_rejudge.py")
+    got = outcomes(result)
+    assert got["test_rejudge.py::test_other_thresholds_judge_the_same_run"] == "passed", result.stdout.str()
+    assert got[f"fixtures/images/{IMAGE}::part_separation"] == "passed"
+    events = __import__("json").loads((pytester.path / "events-main.json").read_text())
+    assert events["calls"] == [IMAGE]  # one pipeline call for every threshold set and check
 
 
 def test_device_choice_per_xdist_worker(monkeypatch):

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -113,20 +114,26 @@ def flow_sigmas(steps: int) -> list[float]:
     return [1.0 - i / steps for i in range(steps)] + [0.0]
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cuda`` without CUDA is an error that says so."""
-    name = str(device or "auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but CUDA is not available here (torch {torch.__version__}); use 'cpu' or 'auto'")
-    return torch.device(name)
+def as_device(device: str | torch.device) -> torch.device:
+    """A concrete device (``cpu``, ``cuda``, ``cuda:N``) as a ``torch.device``; ``cuda`` without CUDA
+    is an error that says so. Choosing one (``auto``, one GPU per xdist worker) is the run layer's
+    job: ``partattn_checks.runspec.resolve_device``."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: not a device; pass cpu, cuda or cuda:N (to pick one for 'auto', "
+                         f"use partattn_checks.runspec.resolve_device)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' requested but CUDA is not available here (torch {torch.__version__}); "
+                         f"use 'cpu'")
+    return device
 
 
 class PartCrafterPipeline:
     """Runs the PartCrafter denoising loop on a loaded checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
         self.checkpoint = checkpoint
         self.transformer = checkpoint.transformer
         self.image_encoder = checkpoint.image_encoder
@@ -136,18 +143,22 @@ class PartCrafterPipeline:
         self.num_train_timesteps = float(checkpoint.scheduler_config.get("num_train_timesteps", 1000))
 
     @classmethod
-    def from_pretrained(cls, path, *, device="auto", dtype: torch.dtype = torch.float32) -> "PartCrafterPipeline":
-        device = resolve_device(device)
+    def from_pretrained(cls, path, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> PartCrafterPipeline:
+        """Load a checkpoint folder onto ``device`` (concrete, see :func:`as_device`) in ``dtype``."""
+        device = as_device(device)
         return cls(load_checkpoint(path, dtype=dtype, device=device), device=device, dtype=dtype)
 
     @property
     def run_defaults(self) -> dict:
+        """The checkpoint's default run settings (its ``partattn.json``; ``files.RUN_DEFAULTS`` without one)."""
         return self.checkpoint.run_defaults
 
     @property
     def patch_grid(self) -> tuple[int, int]:
         """Rows and columns of the image encoder's patch grid, from the checkpoint's configs."""
-        crop = self.feature_extractor.crop_size if self.feature_extractor.do_center_crop else self.feature_extractor.size
+        extractor = self.feature_extractor
+        crop = extractor.crop_size if extractor.do_center_crop else extractor.size
         patch = self.image_encoder.config.patch_size
         return crop["height"] // patch, crop["width"] // patch
 
@@ -186,7 +197,7 @@ class PartCrafterPipeline:
         callback: Callable[[int, float, torch.Tensor], None] | None = None,
         observers: tuple[StepObserver, ...] = (),
     ) -> DenoiseResult:
-        defaults = self.run_defaults
+        defaults = self.run_defaults  # unset settings: the checkpoint's
         num_tokens = int(defaults["num_tokens"] if num_tokens is None else num_tokens)
         steps = int(defaults["steps"] if steps is None else steps)
         if num_tokens < 1:

@@ -1,0 +1,169 @@
+"""The pytest gate's per-process state, around the shared :class:`~partattn_checks.session.Session`.
+
+* :class:`GateSession` (one per process, i.e. per xdist worker): the session (pipeline from the
+  plugin's loader, record cache) plus the gate's thresholds, baseline stores and figures. Each
+  fixture image runs once per run spec; its items judge the cached record.
+* :class:`PartattnFixture` is what the ``partattn`` fixture returns.
+
+Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from . import EMBEDDED_MODEL
+from .baseline import BaselineError, BaselineOutcome, BaselineStore, evaluate, fingerprint
+from .checks import CheckResult, Thresholds
+from .runspec import DeviceChoice
+from .session import CaseError, CaseOutcome, Session, describe
+from .sidecar import ImageSpec, read_spec
+
+
+class GateSession(Session):
+    """Per process: the pipeline (``load()``, lazily, once), the record cache and the stores."""
+
+    def __init__(self, load: Callable[[], object], settings, thresholds: Thresholds, device: DeviceChoice):
+        super().__init__(load, options=settings.run_options())
+        self.settings = settings
+        self.thresholds = thresholds
+        self.device = device
+        self.store = BaselineStore(settings.baselines)
+        self.candidates = BaselineStore(settings.results / "baseline-candidates")
+        self._images: dict[str, object] = {}
+
+    @property
+    def model_label(self) -> str:
+        """The model as the fingerprint names it: ``embedded:<name>`` for the packaged checkpoint
+        (the same on every machine), else its path relative to the rootdir when inside it."""
+        loaded = getattr(getattr(self.loaded, "checkpoint", None), "path", None)
+        path = Path(str(loaded)).resolve() if loaded is not None else self.settings.model
+        if path == EMBEDDED_MODEL.resolve():
+            return f"embedded:{path.name}"
+        try:
+            return path.relative_to(self.settings.rootdir).as_posix()
+        except ValueError:
+            return str(path)
+
+    # -- running and judging ------------------------------------------------------------------
+    def thresholds_for(self, spec: ImageSpec, extra: dict | None = None) -> Thresholds:
+        t = spec.thresholds_over(self.thresholds)
+        return t.merged(extra, source="thresholds argument") if extra else t
+
+    def image_outcome(self, spec: ImageSpec, thresholds: Thresholds, call: dict | None = None, *,
+                      checks=None, selection=None) -> CaseOutcome:
+        """Run ``spec``'s image (once per run spec; cached) and judge it; ``CaseError`` if it cannot
+        run, ``RunSpecError`` (a ``ValueError``) if its settings are invalid."""
+        if spec.error:
+            raise CaseError(spec.error)
+        run = self.spec(spec.run_layer(), call, sidecar_label=str(spec.sidecar or spec.display))
+        return self.outcome(spec.path, run, thresholds, checks=checks, selection=selection, name=spec.display)
+
+    # -- figures ------------------------------------------------------------------------------
+    def image_view(self, spec: ImageSpec):
+        """The encoder's view of the image (PIL) for overlays, or None if the pipeline cannot give it."""
+        if spec.key not in self._images:
+            view = None
+            fn = getattr(self.loaded, "preprocessed_image", None)
+            if fn is not None:
+                try:
+                    view = fn(str(spec.path))
+                except Exception:  # noqa: BLE001 - overlays are optional
+                    view = None
+            self._images = {spec.key: view}  # keep one
+        return self._images[spec.key]
+
+    def figures(self, spec: ImageSpec, outcome: CaseOutcome, result: CheckResult,
+                thresholds: Thresholds) -> tuple[list[str], list[str]]:
+        """(figure paths, problems): drawing problems never hide the check's verdict."""
+        from .figures import figures_for
+
+        try:
+            paths = figures_for(result, outcome.record, self.settings.results / spec.key,
+                                self.image_view(spec), thresholds=thresholds)
+            return [str(p) for p in paths], []
+        except Exception as exc:  # noqa: BLE001
+            return [], [f"could not draw the figures of {result.name}: {describe(exc)}"]
+
+    def clear_figures(self, spec: ImageSpec, check: str) -> None:
+        """Remove figures an earlier run wrote for this (image, check)."""
+        for stale in (self.settings.results / spec.key).glob(f"{check}__*.png"):
+            stale.unlink(missing_ok=True)
+
+    # -- baselines ----------------------------------------------------------------------------
+    def baseline(self, spec: ImageSpec, outcome: CaseOutcome, thresholds: Thresholds,
+                 update_hint: str = "") -> BaselineOutcome:
+        s = self.settings
+        return evaluate(
+            self.store, self.candidates, spec.key, image=spec.display, metrics=outcome.summary,
+            checks={name: r.value for name, r in outcome.results.items()},
+            environment=fingerprint(outcome.record.meta, self.model_label), thresholds=thresholds,
+            update=s.update, force=s.force_update, strict_env=s.strict_env, update_hint=update_hint)
+
+    def stored_checks(self, spec: ImageSpec) -> dict:
+        try:
+            stored = self.store.load(spec.key)
+        except BaselineError:
+            return {}
+        return stored.checks if stored is not None else {}
+
+
+class PartattnFixture:
+    """``partattn(image, num_parts=None, **settings) -> CaseOutcome`` for hand-written tests.
+
+    ``image``: a path (absolute, or relative to the test file's folder, the rootdir or the
+    fixtures folder, tried in that order) or a PIL image (then ``num_parts`` is required).
+    ``settings``: ``steps``, ``seed``, ``guidance_scale``, ``num_tokens`` (they win over the image's
+    sidecar, which wins over the ``--partattn-*`` options), ``thresholds`` (a ``Thresholds`` or a
+    ``{check: {key: value}}`` dict merged over the session's), ``checks`` (names to run) and
+    ``selection`` (a ``capture.Selection``; disables the cache). The same image and run settings
+    run once per session, whatever the thresholds and checks: only the judging is repeated.
+    """
+
+    def __init__(self, session: GateSession, test_path: Path):
+        self.session = session
+        self.test_path = Path(test_path)
+
+    @property
+    def pipeline(self):
+        return self.session.pipeline
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.session.thresholds
+
+    def resolve(self, image) -> Path:
+        path = Path(image)
+        if path.is_absolute():
+            tries = [path]
+        else:
+            s = self.session.settings
+            tries = [self.test_path.parent / path, s.rootdir / path, s.fixtures / path]
+        for p in tries:
+            if p.is_file():
+                return p.resolve()
+        raise FileNotFoundError(f"image {image!s} not found (looked at: {', '.join(map(str, tries))})")
+
+    def __call__(self, image, num_parts: int | None = None, *, steps=None, seed=None, guidance_scale=None,
+                 num_tokens=None, thresholds=None, checks=None, selection=None) -> CaseOutcome:
+        session = self.session
+        call = {"num_parts": num_parts, "steps": steps, "seed": seed, "guidance_scale": guidance_scale,
+                "num_tokens": num_tokens}
+        if hasattr(image, "size") and not isinstance(image, (str, Path)):
+            if num_parts is None:
+                raise ValueError("partattn(image): pass num_parts= with a PIL image")
+            t = thresholds if isinstance(thresholds, Thresholds) else session.thresholds.merged(thresholds or {})
+            return session.run_image(image, session.spec(None, call), t, selection=selection, checks=checks)
+        s = session.settings
+        spec = read_spec(self.resolve(image), s.fixtures, s.rootdir)
+        if num_parts is not None and spec.num_parts is None and spec.sidecar is None:
+            spec = replace(spec, num_parts=num_parts, error=None)  # an explicit count needs no prefix
+        if spec.error:
+            raise ValueError(spec.error)
+        t = thresholds if isinstance(thresholds, Thresholds) else session.thresholds_for(spec, thresholds)
+        try:
+            return session.image_outcome(spec, t, call, checks=checks, selection=selection)
+        except CaseError as err:
+            raise RuntimeError(str(err)) from None
