@@ -310,7 +310,7 @@ def test_readme_library_example_runs_from_any_folder(tmp_path, monkeypatch, caps
     block = re.search(r"## As a library.*?```python\n(.*?)```", readme, re.S).group(1)
     assert 'REPO = Path("~/partattn-checks").expanduser()' in block
     block = block.replace('Path("~/partattn-checks").expanduser()', repr(str(REPO)).join(("Path(", ")")))
-    block = block.replace('device="auto"', 'device="cpu"')
+    block = block.replace('resolve_device("auto")', 'resolve_device("cpu")')
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
