@@ -71,11 +71,11 @@ def payload(*, image: str, image_abs: str, key: str, check: str, result: dict | 
     could not be run; ``error`` says why)."""
     verdict = "error" if result is None else result["verdict"]
     if status in ("written", "updated"):
-        verdict = status
+        verdict = str(status)
     return {
         "image": image, "image_abs": image_abs, "key": key, "check": check, "verdict": verdict,
         "result": result, "figures": list(figures), "rerun": rerun, "update": update,
-        "baseline_checks": baseline_checks or {}, "status": status, "error": error,
+        "baseline_checks": baseline_checks or {}, "status": None if status is None else str(status), "error": error,
         "warnings": list(warnings or []), "seconds": seconds, "summary": summary or {},
     }
 

@@ -37,6 +37,7 @@ from .files import (  # noqa: F401  (re-exported: the layout and its errors are 
     read_run_defaults,
     read_safetensors_header,
 )
+from .encoder_names import to_model_names
 from .transformer import PartCrafterDiTModel
 
 
@@ -118,7 +119,7 @@ def load_image_encoder(folder: Path, dtype: torch.dtype):
     with torch.device("meta"):
         model = Dinov2Model(config)
     state = read_state_dict(find_weights(folder, WEIGHT_FILES["image_encoder_dinov2"]), dtype)
-    load_into(model, state, folder)
+    load_into(model, to_model_names(state, model.state_dict()), folder)
     return model.eval()
 
 
