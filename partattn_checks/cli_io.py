@@ -9,7 +9,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from .errors import PartattnError
@@ -28,46 +27,27 @@ class UsageError(PartattnError):
 
 
 class ProgressBar:
-    """A one-line progress bar over denoising steps on ``stream`` (stderr).
+    """The pipeline's per-step callback ``(step, timestep, latents)``, drawing a tqdm bar over the
+    denoising steps on ``stream`` (stderr). Off when ``enabled`` is false or, by default, when the
+    stream is not a terminal (logs and CI stay clean)."""
 
-    Off when ``enabled`` is false or, by default, when the stream is not a terminal (logs and CI
-    stay clean). Call it as the pipeline's per-step callback ``(step, timestep, latents)``.
-    """
+    def __init__(self, total: int, *, stream=None, enabled: bool | None = None, label: str = "denoising"):
+        from tqdm import tqdm  # installed with transformers and huggingface-hub
 
-    def __init__(self, total: int, *, stream=None, enabled: bool | None = None, label: str = "denoising",
-                 width: int = 24):
-        self.total = max(int(total), 1)
-        self.stream = stream if stream is not None else sys.stderr
+        stream = stream if stream is not None else sys.stderr
         if enabled is None:
-            isatty = getattr(self.stream, "isatty", None)
+            isatty = getattr(stream, "isatty", None)
             enabled = bool(isatty and isatty())
-        self.enabled = enabled
-        self.label, self.width = label, width
-        self.start = time.perf_counter()
-        self.done = 0
-        self._open = False
+        self.bar = tqdm(total=max(int(total), 1), desc=label, unit="step", file=stream, disable=not enabled,
+                        dynamic_ncols=True)
 
     def __call__(self, step: int, timestep=None, latents=None) -> None:
-        self.done = min(int(step) + 1, self.total)
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        filled = round(self.width * self.done / self.total)
-        left = elapsed / self.done * (self.total - self.done)
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                          f"{self.done}/{self.total} steps  {elapsed:5.1f}s, ~{left:.1f}s left ")
-        self._open = True
-        if self.done >= self.total:
-            self.stream.write("\n")
-            self._open = False
-        self.stream.flush()
+        done = min(int(step) + 1, self.bar.total)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        """End the line if the run stopped early."""
-        if self._open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open = False
+        """End the bar's line (also when the run stopped early)."""
+        self.bar.close()
 
 
 def writable_folder(out: Path, option: str) -> Path | None:

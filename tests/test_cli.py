@@ -227,8 +227,7 @@ def test_progress_bar_draws_on_a_terminal_only():
         bar(step, 1000.0, None)
     bar.close()
     text = tty.getvalue()
-    assert text.count("\r") == 3 and "3/3 steps" in text and text.endswith("\n") and text.count("\n") == 1
-    assert "[" + "#" * 24 + "]" in text
+    assert "denoising" in text and "3/3" in text and "step" in text and text.endswith("\n") and text.count("\n") == 1
 
     piped = io.StringIO()
     bar = cli.ProgressBar(3, stream=piped)
@@ -243,7 +242,7 @@ def test_progress_bar_draws_on_a_terminal_only():
     bar = cli.ProgressBar(5, stream=stopped)
     bar(0)
     bar.close()  # a run that stopped early still ends its line
-    assert stopped.getvalue().endswith("\n") and "1/5 steps" in stopped.getvalue()
+    assert stopped.getvalue().endswith("\n") and "1/5" in stopped.getvalue()
 
 
 # ----------------------------------------------------------------------------- check
