@@ -255,7 +255,8 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
     from .capture import CaptureError, cross_attention_modules
     from .model.loading import CheckpointError, check_num_parts
     from .model.pipeline import open_image
-    from .visualizer import AttentionVisualizer, render_record, save_run
+    from .reporting.run_report import render_record, save_run
+    from .visualizer import AttentionVisualizer
 
     try:
         open_image(image)
@@ -312,7 +313,7 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
 def _cmd_show(args, extra) -> int:
     from .checks import run_checks
     from .record import AttentionRecord
-    from .visualizer import render_record
+    from .reporting.run_report import render_record
 
     path = Path(args.record).expanduser()
     try:

@@ -21,32 +21,29 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
 import os
-import re
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 
 import torch
 
 from . import metrics, render
-from .atomic import atomic_write_text
 from .capture import AttentionRecorder, CaptureError, Selection, cross_attention_modules
-from .checks import CHECKS, CheckResult, Thresholds, run_checks
-from .reporting import write_index
+from .checks import CHECKS, CheckResult, Thresholds
 from .model.pipeline import encoder_view
 from .record import AttentionRecord
+from .reporting import write_index
+from .reporting.run_report import render_record, save_run
 from .runspec import for_pipeline, resolve_device
 from .session import run_case
 from .sidecar import parts_from_name
+from .views import default_layer, renorm, safe_name, with_cls
 
-__all__ = ["AttentionVisualizer", "render_record", "encoder_view", "SPARSITY_FACTOR"]
+__all__ = ["AttentionVisualizer", "encoder_view", "SPARSITY_FACTOR"]
 
 #: ``statistics``: an entry counts as "sparse" when it is below this fraction of uniform (1/Nk).
 SPARSITY_FACTOR = 0.1
-#: At most this many multi-head grids per rendered record (full maps can be many).
-MAX_HEAD_GRIDS = 16
 _PARTCRAFTER_TIMESTEP = 1000.0  # first step of the schedule (sigma = 1)
 
 
@@ -325,7 +322,7 @@ class AttentionVisualizer:
         out_dir = Path(out_dir)
         folders, rows, used = [], [], set()
         for i, (image, n) in enumerate(zip(images, counts)):
-            stem = _safe_name(Path(image).stem if isinstance(image, (str, os.PathLike)) else f"image{i}")
+            stem = safe_name(Path(image).stem if isinstance(image, (str, os.PathLike)) else f"image{i}")
             name, k = stem, 2
             while name in used:
                 name, k = f"{stem}_{k}", k + 1
@@ -354,7 +351,7 @@ class AttentionVisualizer:
         """
         name, step, maps = self._pick_maps(weights, layer, step)
         rows, cls = self._patch_rows(_index(maps, part=part, head=head))
-        return render.heatmap(rows, title=_with_cls(title, cls), layer=name, step=step,
+        return render.heatmap(rows, title=with_cls(title, cls), layer=name, step=step,
                               part=part if maps.dim() >= 4 else None, head=head if maps.dim() >= 3 else None,
                               path=path, **render_kwargs)
 
@@ -367,7 +364,7 @@ class AttentionVisualizer:
         if maps.dim() != 3:
             raise ValueError(f"multi-head view needs (heads, queries, keys) maps, got shape {tuple(maps.shape)}")
         rows, cls = self._patch_rows(maps)
-        return render.multi_head_grid(rows, title=_with_cls(title, cls), layer=name, step=step, part=part,
+        return render.multi_head_grid(rows, title=with_cls(title, cls), layer=name, step=step, part=part,
                                       path=path, **render_kwargs)
 
     def visualize_part_attention(self, weights, num_parts: int | None = None, path=None, *, title=None, layer=None,
@@ -398,7 +395,7 @@ class AttentionVisualizer:
         tensor of frames (S, Q, K) / (S, Nk) (already patch keys only).
         """
         if isinstance(sequence, AttentionRecord):
-            li = sequence.layer_index(layer) if layer is not None else _default_layer(sequence)
+            li = sequence.layer_index(layer) if layer is not None else default_layer(sequence)
             name = sequence.layers[li]
             part = _check_index(part, sequence.num_parts, "part")
             frames = sequence.marginals_by_part()[:, li, part]
@@ -555,10 +552,10 @@ class AttentionVisualizer:
     def _part_marginals(self, weights, layer, step):
         """(layer name, step, (P, Nk) head-averaged key marginals)."""
         if isinstance(weights, AttentionRecord):
-            li = weights.layer_index(layer) if layer is not None else _default_layer(weights)
+            li = weights.layer_index(layer) if layer is not None else default_layer(weights)
             per_part = weights.marginals_by_part()[:, li]  # (S, P, Nk)
             if step is None:
-                marg = _renorm(per_part.mean(0))
+                marg = renorm(per_part.mean(0))
             else:
                 marg = per_part[weights.step_index(step)]
             return weights.layers[li], step, marg
@@ -577,166 +574,7 @@ class AttentionVisualizer:
         return grid, image if image is not None else self.image
 
 
-# ====================================================================== rendering a record
-def save_run(folder, record: AttentionRecord, image_view=None) -> list[tuple[str, Path]]:
-    """Save ``record`` as ``<folder>/record.{json,safetensors}`` and the encoder's view as
-    ``input.png``; return ``(label, path)`` links for the index."""
-    folder = Path(folder)
-    tensor_path, json_path = record.save(folder / "record")
-    links = [("record (json)", json_path), ("record (tensors)", tensor_path)]
-    if image_view is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        image_view.save(folder / "input.png")
-        links.append(("input image (the encoder's view)", folder / "input.png"))
-    return links
-
-
-def render_record(record: AttentionRecord, out_dir, *, image=None, results: Mapping[str, CheckResult] | None = None,
-                  layer=None, fps: float = 2, title: str | None = None, thresholds: Thresholds | None = None,
-                  links: Sequence[tuple[str, str | os.PathLike]] = (), note: str | None = None) -> dict:
-    """Write the figures of a record, ``metrics.json`` and ``index.html`` into ``out_dir``.
-
-    Figures (A·Nk on the fixed scale): the part panel and one overlay per part (head-averaged key
-    marginal of ``layer``, mean over steps; ``layer=None``: the most part-separated layer, the last
-    one for a single part), timelines of entropy, peak, part separation and step-to-step jumps per
-    layer (with the check thresholds), one multi-head grid per part for every full map (at most
-    ``MAX_HEAD_GRIDS``), one GIF per part of its marginal over steps, and for every failing check
-    the plugin's failure-report figures (``figures.figures_for``, under ``checks/``). Overlays need ``image``
-    (the encoder's view) and the record's patch grid; without them the grid or strips are drawn.
-    Returns ``{"figures": [(caption, path)], "metrics": path, "index": path}``.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    thresholds = thresholds or Thresholds()
-    results = dict(results) if results is not None else {r.name: r for r in run_checks(record, thresholds)}
-    li = record.layer_index(layer) if layer is not None else _default_layer(record)
-    name = record.layers[li]
-    grid = record.patch_grid
-    image = image if grid is not None else None
-    per_part = record.marginals_by_part()  # (S, L, P, Nk)
-    mean_marg = _renorm(per_part[:, li].mean(0))  # (P, Nk)
-    span = f"steps {record.steps[0]}–{record.steps[-1]}" if record.num_steps > 1 else f"step {record.steps[0]}"
-    parts_fig, steps_fig, heads_fig = [], [], []
-
-    parts_fig.append((f"parts · layer {name} · mean over {span}",
-                      render.part_panel(mean_marg, grid, image, title=f"mean over {span}", layer=name,
-                                        path=out / "parts.png")))
-    if grid is not None and image is not None:
-        for p in range(record.num_parts):
-            parts_fig.append((f"part {p} on the image", render.overlay(
-                mean_marg[p], grid, image, title=f"mean over {span}", layer=name, part=p,
-                path=out / f"overlay_part{p}.png")))
-
-    steps_axis = record.steps
-    ent = record.entropy.float().mean(dim=(2, 3))
-    steps_fig.append(("normalized entropy per layer", render.timeline(
-        ent, steps_axis, record.layers, metric="normalized entropy (mean over parts, heads)",
-        threshold=thresholds.uniformity.entropy_min_uniform, title="uniformity: entropy over steps",
-        path=out / "timeline_entropy.png")))
-    steps_fig.append(("peak per layer", render.timeline(
-        record.peak.float().mean(dim=(2, 3)), steps_axis, record.layers, metric="peak (mean over parts, heads)",
-        threshold=thresholds.collapse.peak_max, title="collapse: peak over steps", path=out / "timeline_peak.png")))
-    if record.num_parts >= 2:
-        steps_fig.append(("part separation per layer", render.timeline(
-            metrics.part_separation(per_part), steps_axis, record.layers, metric="part separation (JS / log 2)",
-            threshold=thresholds.part_separation.min_separation, title="part separation over steps",
-            path=out / "timeline_separation.png")))
-    if record.num_steps >= 2:
-        steps_fig.append(("step-to-step jump per layer", render.timeline(
-            metrics.timestep_jumps(per_part).amax(-1), steps_axis[1:], record.layers,
-            metric="worst part's jump from the previous step (JS / log 2)",
-            threshold=thresholds.stability.max_jump, title="stability over steps",
-            path=out / "timeline_stability.png")))
-    for p in range(record.num_parts):
-        titles = [f"step {s}" + (f" (t={t:.0f})" if math.isfinite(t) else "") + f" · layer {name} · part {p}"
-                  for s, t in zip(record.steps, record.timesteps)]
-        steps_fig.append((f"part {p} over steps (GIF)", render.animation(
-            per_part[:, li, p], out / f"steps_part{p}.gif", fps=fps, titles=titles, grid=grid, image=image)))
-
-    capped = False
-    for (s, layer_name), full in record.full_maps.items():
-        rows, cls = metrics.split_cls(full, has_cls=record.has_cls)
-        for p in range(record.num_parts):
-            if len(heads_fig) >= MAX_HEAD_GRIDS:
-                capped = True
-                break
-            path = out / f"heads_{_safe_name(layer_name)}_step{s}_part{p}.png"
-            heads_fig.append((f"heads · layer {layer_name} · step {s} · part {p}", render.multi_head_grid(
-                rows[p], title=_with_cls("queries x keys", cls[p]), layer=layer_name, step=s, part=p, path=path)))
-
-    checks_fig = []
-    try:
-        from .figures import (
-            figures_for,  # the plugin's failure-report figures, when installed
-        )
-    except ImportError:
-        figures_for = None
-    if figures_for is not None:
-        for result in results.values():
-            if result.verdict == "fail":
-                for path in figures_for(result, record, out / "checks", image, thresholds=thresholds):
-                    what = path.stem.split("__", 1)[-1]
-                    checks_fig.append((f"{result.name} failed: {what}", path))
-
-    figures = checks_fig + parts_fig + steps_fig + heads_fig
-    summary = record.summary()
-    doc = {
-        "title": title,
-        "layer_shown": name,
-        "record": {"steps": record.steps, "timesteps": record.timesteps, "layers": record.layers,
-                   "layer_kinds": record.layer_kinds, "num_parts": record.num_parts, "num_heads": record.num_heads,
-                   "num_patch_keys": record.num_patch_keys, "has_cls": record.has_cls,
-                   "patch_grid": record.patch_grid, "full_maps": [list(k) for k in record.full_maps],
-                   "nonfinite": record.nonfinite, "meta": record.meta},
-        "summary": summary,
-        "checks": {k: r.to_dict() for k, r in results.items()},
-        "figures": [{"caption": c, "path": _rel(p, out)} for c, p in figures],
-        "files": [{"label": label, "path": _rel(p, out)} for label, p in links],
-    }
-    metrics_path = atomic_write_text(out / "metrics.json", json.dumps(_jsonable(doc), indent=2) + "\n")
-
-    meta = record.meta
-    bits = [f"{record.num_parts} part(s)", f"{record.num_steps} recorded step(s)", f"{record.num_layers} layer(s)",
-            f"{record.num_heads} heads", f"{record.num_patch_keys} patch keys"]
-    for key in ("model", "device", "dtype", "seed", "guidance_scale"):
-        if key in meta:
-            bits.append(f"{key} {meta[key]}")
-    notes = ["; ".join(bits) + ". Attention is plotted as A·Nk on a fixed log scale: 1 (neutral) is uniform."]
-    if grid is None or image is None:
-        notes.append("No input image or patch grid: overlays are skipped.")
-    if capped:
-        notes.append(f"Only the first {MAX_HEAD_GRIDS} multi-head grids are drawn.")
-    if note:
-        notes.append(note)
-    check_rows = [[r.name, r.verdict, r.value, r.threshold, str(r.offender) if r.offender else "", r.reason]
-                  for r in results.values()]
-    index = write_index(
-        out / "index.html", title or f"partattn: {meta.get('image', 'attention record')}",
-        sections=[("Why checks failed", _rels(checks_fig, out)), ("Parts", _rels(parts_fig, out)), ("Over steps", _rels(steps_fig, out)),
-                  ("Heads (full query x key maps)", _rels(heads_fig, out))],
-        metrics=summary,
-        tables=[("Checks", ["check", "verdict", "value", "threshold", "worst offender", "reason"], check_rows)],
-        links=[(label, _rel(p, out)) for label, p in links] + [("metrics (json)", "metrics.json")],
-        note=" ".join(notes),
-    )
-    return {"figures": figures, "metrics": metrics_path, "index": index}
-
-
 # ====================================================================== helpers
-def _default_layer(record: AttentionRecord) -> int:
-    """The most part-separated layer (what the separation check judges), else the last layer."""
-    if record.num_parts >= 2:
-        per_layer = metrics.part_separation(record.marginals_by_part()).mean(0)  # (L,)
-        per_layer = torch.nan_to_num(per_layer, nan=-1.0)
-        return int(per_layer.argmax())
-    return record.num_layers - 1
-
-
-def _renorm(x: torch.Tensor) -> torch.Tensor:
-    s = x.sum(-1, keepdim=True)
-    return x / torch.where(s > 0, s, torch.ones_like(s))
-
-
 def _full_maps_arg(full_maps):
     if full_maps is True:
         return lambda name, step: True
@@ -765,42 +603,3 @@ def _index(maps: torch.Tensor, *, part, head) -> torch.Tensor:
     if maps.dim() != 2:
         raise ValueError(f"expected (P, H, Q, K), (H, Q, K) or (Q, K) attention, got shape {tuple(maps.shape)}")
     return maps
-
-
-def _with_cls(title, cls) -> str | None:
-    cls = torch.as_tensor(cls).float()
-    if not bool((cls > 0).any()):
-        return title
-    text = f"CLS mass {float(cls.mean()):.3f}"
-    return f"{title} · {text}" if title else text
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "image"
-
-
-def _rel(path, base: Path) -> str:
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return os.path.relpath(p.resolve(), base.resolve())
-
-
-def _rels(items, base: Path):
-    return [(caption, _rel(p, base)) for caption, p in items]
-
-
-def _jsonable(x):
-    """JSON-safe copy: NaN/Inf floats become strings, tuples lists, unknown objects their str."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else str(x)
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if x is None or isinstance(x, (str, int, bool)):
-        return x
-    if torch.is_tensor(x):
-        return _jsonable(x.tolist())
-    return str(x)

@@ -494,20 +494,20 @@ def test_folder_written_before_manifests_is_cleaned_from_its_metrics(run_out, ru
 
 
 def test_interrupted_render_is_cleaned_up_by_the_next_run(run_out, run3_out, tmp_path, capsys, monkeypatch):
-    from partattn_checks import visualizer
+    from partattn_checks.reporting import run_report
 
     out = tmp_path / "out"
-    real = visualizer.render_record
+    real = run_report.render_record
 
     def crash_after_figures(record, out_dir, **kwargs):
         real(record, out_dir, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(visualizer, "render_record", crash_after_figures)
+    monkeypatch.setattr(run_report, "render_record", crash_after_figures)
     code, _, _ = run_cli(capsys, "show", run3_out, "--out", out)
     assert code == 130 and (out / "overlay_part2.png").is_file()
     assert "overlay_part2.png" in manifest_files(out)  # what the interrupted attempt left is on record
-    monkeypatch.setattr(visualizer, "render_record", real)
+    monkeypatch.setattr(run_report, "render_record", real)
     code, _, _ = run_cli(capsys, "show", run_out, "--out", out)
     assert code == 0 and not (out / "overlay_part2.png").exists()
 

@@ -23,7 +23,8 @@ from partattn_checks.capture import AttentionRecorder, CaptureError, RecordingPr
 from partattn_checks.reporting import render_index, write_index
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.record import AttentionRecord
-from partattn_checks.visualizer import SPARSITY_FACTOR, AttentionVisualizer, render_record
+from partattn_checks.reporting.run_report import render_record
+from partattn_checks.visualizer import SPARSITY_FACTOR, AttentionVisualizer
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "fixtures" / "checkpoints" / "tiny-random"
