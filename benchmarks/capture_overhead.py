@@ -11,8 +11,9 @@ One run measures, side by side, the same denoising loop (the pipeline's CFG + Eu
 
 Repeats are interleaved (plain, captured, naive, plain, ...) after one warm-up of each, and the
 medians are reported: wall-clock (the headline ratios), the median of per-round wall ratios, and
-process CPU time (robust to other processes on a shared machine). Prints ONE JSON line. Goals (issue 3): captured/plain <= 1.05 and our record
-at least 100x smaller than the naive one. Default config: release proportions scaled to a CPU
+process CPU time (robust to other processes on a shared machine). Prints ONE JSON line.
+Goals: captured/plain <= 1.05 and our record at least 100x smaller than the naive one. Default
+config: release proportions scaled to a CPU
 (width 1024, 8 heads of 128, cross dim 1024, 257 image tokens, 2 parts x 256 tokens, CFG, 4 layers
 with global ids [0, 2], 2 steps).
 
@@ -96,8 +97,16 @@ class _KeepAll:
     def __init__(self, original, maps):
         self.original, self.maps = original, maps
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 image_rotary_emb=None, num_parts=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        image_rotary_emb=None,
+        num_parts=None,
+    ):
         math = self.original
         prepared = math.prepare(attn, hidden_states, encoder_hidden_states, num_parts)
         scale = prepared.query.shape[-1] ** -0.5
@@ -151,10 +160,17 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     config = {
-        "num_attention_heads": args.heads, "width": args.width, "in_channels": 64, "num_layers": args.layers,
-        "cross_attention_dim": args.cross_dim, "max_num_parts": max(32, 2 * args.parts),
-        "enable_part_embedding": True, "enable_local_cross_attn": True, "enable_global_cross_attn": True,
-        "global_attn_block_ids": list(range(0, args.layers, 2)), "global_attn_block_id_range": None,
+        "num_attention_heads": args.heads,
+        "width": args.width,
+        "in_channels": 64,
+        "num_layers": args.layers,
+        "cross_attention_dim": args.cross_dim,
+        "max_num_parts": max(32, 2 * args.parts),
+        "enable_part_embedding": True,
+        "enable_local_cross_attn": True,
+        "enable_global_cross_attn": True,
+        "global_attn_block_ids": list(range(0, args.layers, 2)),
+        "global_attn_block_id_range": None,
     }
     model = build_transformer(config, seed=args.seed).to(device)
     if dtype != torch.float32:
@@ -205,14 +221,26 @@ def main(argv=None) -> dict:
 
     median = {name: statistics.median(ts) for name, ts in times.items()}
     cpu = {name: statistics.median(ts) for name, ts in cpu_times.items()}
-    paired = statistics.median(c / p for c, p in zip(times["captured"], times["plain"]))
+    paired = statistics.median(c / p for c, p in zip(times["captured"], times["plain"], strict=False))
     result = {
         "benchmark": "capture_overhead",
-        "config": {"width": args.width, "heads": args.heads, "head_dim": args.width // args.heads,
-                   "layers": args.layers, "global_ids": config["global_attn_block_ids"], "cross_dim": args.cross_dim,
-                   "parts": args.parts, "tokens": args.tokens, "image_tokens": args.image_tokens,
-                   "steps": args.steps, "cfg": True, "repeats": args.repeats, "device": str(device),
-                   "dtype": args.dtype, "threads": torch.get_num_threads()},
+        "config": {
+            "width": args.width,
+            "heads": args.heads,
+            "head_dim": args.width // args.heads,
+            "layers": args.layers,
+            "global_ids": config["global_attn_block_ids"],
+            "cross_dim": args.cross_dim,
+            "parts": args.parts,
+            "tokens": args.tokens,
+            "image_tokens": args.image_tokens,
+            "steps": args.steps,
+            "cfg": True,
+            "repeats": args.repeats,
+            "device": str(device),
+            "dtype": args.dtype,
+            "threads": torch.get_num_threads(),
+        },
         "median_s": {k: round(v, 4) for k, v in median.items()},
         "all_s": {k: [round(t, 4) for t in ts] for k, ts in times.items()},
         "captured/plain": round(median["captured"] / median["plain"], 4),
@@ -229,11 +257,18 @@ def main(argv=None) -> dict:
         "bytes": {"ours": sizes["ours"], "naive": sizes["naive"]},
         "naive/ours_bytes": round(sizes["naive"] / sizes["ours"], 1),
         "exact": bool(torch.equal(outputs["plain"], outputs["captured"])),
-        "goals_met": {"overhead<=1.05": median["captured"] / median["plain"] <= 1.05,
-                      "size>=100x": sizes["naive"] / sizes["ours"] >= 100},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "goals_met": {
+            "overhead<=1.05": median["captured"] / median["plain"] <= 1.05,
+            "size>=100x": sizes["naive"] / sizes["ours"] >= 100,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     print(json.dumps(result))

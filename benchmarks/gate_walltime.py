@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def outcome_counts(output: str) -> dict[str, int]:
     summary = [line for line in output.splitlines() if re.search(r"\d+ (passed|failed|skipped)", line)]
-    return {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|error)", summary[-1])} if summary else {}
+    return (
+        {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|error)", summary[-1])} if summary else {}
+    )
 
 
 def main(argv=None) -> int:
@@ -39,25 +41,42 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-        command = [sys.executable, "-m", "pytest", "--partattn", "-q", "-p", "no:cacheprovider",
-                   *shlex.split(args.extra_args)]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--partattn",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *shlex.split(args.extra_args),
+        ]
         times, output = [], ""
         for _ in range(args.repeats):
             start = time.perf_counter()
-            run = subprocess.run(command, cwd=clone, capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+            run = subprocess.run(
+                command, cwd=clone, capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+            )
             times.append(round(time.perf_counter() - start, 2))
             output = run.stdout + run.stderr
-    print(json.dumps({
-        "benchmark": "gate_walltime",
-        "command": "pytest --partattn " + args.extra_args,
-        "median_s": statistics.median(times),
-        "all_s": times,
-        "exit_code": run.returncode,
-        "outcomes": outcome_counts(output),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "gate_walltime",
+                "command": "pytest --partattn " + args.extra_args,
+                "median_s": statistics.median(times),
+                "all_s": times,
+                "exit_code": run.returncode,
+                "outcomes": outcome_counts(output),
+                "machine": {
+                    "platform": platform.platform(),
+                    "cpu_count": os.cpu_count(),
+                    "python": platform.python_version(),
+                },
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+    )
     return run.returncode
 
 

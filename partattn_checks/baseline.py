@@ -42,8 +42,20 @@ DECIMALS = 5
 METRICS_FILE = "metrics.json"
 ENVIRONMENT_FILE = "environment.json"
 #: Fingerprint keys whose mismatch is reported (in this order).
-FINGERPRINT_KEYS = ("schema_version", "model", "config_hash", "num_parts", "steps", "seed", "guidance_scale",
-                    "num_tokens", "dtype", "device_kind", "torch", "diffusers")
+FINGERPRINT_KEYS = (
+    "schema_version",
+    "model",
+    "config_hash",
+    "num_parts",
+    "steps",
+    "seed",
+    "guidance_scale",
+    "num_tokens",
+    "dtype",
+    "device_kind",
+    "torch",
+    "diffusers",
+)
 
 
 class BaselineError(PartattnError, ValueError):
@@ -153,16 +165,25 @@ class BaselineStore:
         if version != SCHEMA_VERSION:
             raise BaselineError(
                 f"{paths.metrics}: baseline schema version {version!r}, this partattn-checks writes version "
-                f"{SCHEMA_VERSION}", paths.metrics, corrupt=not isinstance(version, int))
+                f"{SCHEMA_VERSION}",
+                paths.metrics,
+                corrupt=not isinstance(version, int),
+            )
         metrics = doc.get("metrics")
-        if not isinstance(metrics, dict) or not metrics or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+        if (
+            not isinstance(metrics, dict)
+            or not metrics
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
+        ):
             raise BaselineError(f"{paths.metrics}: 'metrics' must be a non-empty table of numbers", paths.metrics)
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if bad:
             raise BaselineError(
                 f"{paths.metrics}: metric {bad[0]} is {metrics[bad[0]]}, not a finite number (no drift can be "
-                f"measured against it)", paths.metrics, corrupt=False)
+                f"measured against it)",
+                paths.metrics,
+                corrupt=False,
+            )
         checks = doc.get("checks") or {}
         if not isinstance(checks, dict):
             raise BaselineError(f"{paths.metrics}: 'checks' must be a table", paths.metrics)
@@ -175,9 +196,12 @@ class BaselineStore:
         """Write both files atomically (environment first, metrics last); files whose content
         would not change are left alone. Returns whether anything was written."""
         paths = self.paths(key)
-        doc = {"schema_version": SCHEMA_VERSION, "image": image,
-               "metrics": _kept(_rounded(metrics), _stored_values(paths.metrics, "metrics")),
-               "checks": _kept(_rounded(checks), _stored_values(paths.metrics, "checks"))}
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "image": image,
+            "metrics": _kept(_rounded(metrics), _stored_values(paths.metrics, "metrics")),
+            "checks": _kept(_rounded(checks), _stored_values(paths.metrics, "checks")),
+        }
         changed = False
         for path, text in ((paths.environment, _dumps(environment)), (paths.metrics, _dumps(doc))):
             if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
@@ -218,12 +242,13 @@ def _stored_values(path: Path, table: str) -> dict:
 
 def _kept(new: dict, old: dict) -> dict:
     """``new``, keeping each stored value that lies within one rounding step of the new one."""
-    step = 10.0 ** -DECIMALS
+    step = 10.0**-DECIMALS
     out = {}
     for k, v in new.items():
         o = old.get(k)
         same = (v is None and o is None) or (
-            v is not None and isinstance(o, (int, float)) and not isinstance(o, bool) and abs(o - v) <= step)
+            v is not None and isinstance(o, (int, float)) and not isinstance(o, bool) and abs(o - v) <= step
+        )
         out[k] = round(float(o), DECIMALS) if same and o is not None else v
     return out
 
@@ -253,8 +278,10 @@ class UpdateLock:
         except Timeout:
             raise BaselineError(
                 f"{self.path.parent}: another pytest --partattn-update session is writing these baselines "
-                f"right now (it holds {self.path}); wait for it to finish, then run again", self.path,
-                corrupt=False) from None
+                f"right now (it holds {self.path}); wait for it to finish, then run again",
+                self.path,
+                corrupt=False,
+            ) from None
         self._lock = lock
 
     def release(self) -> None:
@@ -341,12 +368,15 @@ class _Comparison:
     def unusable(self, err: BaselineError) -> BaselineOutcome:
         situation = "outdated" if not err.corrupt else ("forced" if self.force and self.update == "all" else None)
         if situation == "forced" or situation in WRITES[self.update]:
-            return self.write(BaselineStatus.UPDATED,
-                              f"replaced the unusable baseline {err.path} ({err}) with the measured metrics")
+            return self.write(
+                BaselineStatus.UPDATED, f"replaced the unusable baseline {err.path} ({err}) with the measured metrics"
+            )
         cand = self.candidate()
         if err.corrupt:
-            keep = ("It was NOT overwritten: fix it, or delete the folder and run with --partattn-update=missing "
-                    "(or replace it with --partattn-update=all --partattn-force-update)")
+            keep = (
+                "It was NOT overwritten: fix it, or delete the folder and run with --partattn-update=missing "
+                "(or replace it with --partattn-update=all --partattn-force-update)"
+            )
         else:
             keep = "Regenerate it with --partattn-update=failed"
         reason = f"baseline unusable: {err}. {keep}. A candidate was written to {cand}"
@@ -355,75 +385,117 @@ class _Comparison:
     def missing(self) -> BaselineOutcome:
         looked = self.looked
         if "missing" in WRITES[self.update]:
-            return self.write(BaselineStatus.WRITTEN,
-                              f"no baseline existed; wrote {looked.metrics} (--partattn-update={self.update})")
+            return self.write(
+                BaselineStatus.WRITTEN, f"no baseline existed; wrote {looked.metrics} (--partattn-update={self.update})"
+            )
         cand = self.candidate()
-        reason = (f"no baseline for this image: looked for {looked.metrics}; a candidate was written to {cand} "
-                  f"(review it, then copy that folder to {looked.folder}, or create it with "
-                  f"--partattn-update=missing{self.update_hint})")
+        reason = (
+            f"no baseline for this image: looked for {looked.metrics}; a candidate was written to {cand} "
+            f"(review it, then copy that folder to {looked.folder}, or create it with "
+            f"--partattn-update=missing{self.update_hint})"
+        )
         return self.failed(BaselineStatus.MISSING, reason, None, cand, looked=str(looked.metrics))
 
     def compare(self, stored: Baseline) -> BaselineOutcome:
         result = check_baseline(self.metrics, stored.metrics, self.thresholds)
-        env_diff = (fingerprint_diff(stored.environment, self.environment) if stored.environment is not None
-                    else [f"no {ENVIRONMENT_FILE} next to the baseline"])
+        env_diff = (
+            fingerprint_diff(stored.environment, self.environment)
+            if stored.environment is not None
+            else [f"no {ENVIRONMENT_FILE} next to the baseline"]
+        )
         env_failed = self.strict_env and bool(env_diff)
         situation = "failed" if result.verdict == "fail" else "env-failed" if env_failed else "passed"
         if situation in WRITES[self.update]:
-            why = {"failed": f"it failed: {result.reason}", "env-failed": "its environment differed",
-                   "passed": f"--partattn-update={self.update}"}[situation]
+            why = {
+                "failed": f"it failed: {result.reason}",
+                "env-failed": "its environment differed",
+                "passed": f"--partattn-update={self.update}",
+            }[situation]
             return self.write(BaselineStatus.UPDATED, f"baseline updated ({why})", stored)
         warnings = []
         if env_diff:
-            text = (f"{self.looked.folder}: the baseline was recorded in a different environment "
-                    f"({'; '.join(env_diff)}); differences may come from there")
+            text = (
+                f"{self.looked.folder}: the baseline was recorded in a different environment "
+                f"({'; '.join(env_diff)}); differences may come from there"
+            )
             if env_failed:
                 cand = self.candidate()
-                reason = (f"{text} [--partattn-strict-env]. Comparison: {result.reason}. A candidate was written "
-                          f"to {cand}; regenerate with --partattn-update=failed")
-                failed = replace(result, verdict="fail", offender=None, reason=reason,
-                                 details=dict(result.details, status=str(BaselineStatus.ENV_MISMATCH),
-                                              environment_diff=env_diff, candidate=str(cand)))
+                reason = (
+                    f"{text} [--partattn-strict-env]. Comparison: {result.reason}. A candidate was written "
+                    f"to {cand}; regenerate with --partattn-update=failed"
+                )
+                failed = replace(
+                    result,
+                    verdict="fail",
+                    offender=None,
+                    reason=reason,
+                    details=dict(
+                        result.details,
+                        status=str(BaselineStatus.ENV_MISMATCH),
+                        environment_diff=env_diff,
+                        candidate=str(cand),
+                    ),
+                )
                 return BaselineOutcome(failed, stored, self.looked, BaselineStatus.ENV_MISMATCH, candidate=cand)
             warnings.append(text)
         cand = None
         if result.verdict == "fail":
             cand = self.candidate()
-            result = replace(result, reason=f"{result.reason}; a candidate was written to {cand}",
-                             details=dict(result.details, candidate=str(cand)))
-        return BaselineOutcome(result, stored, self.looked, BaselineStatus.COMPARED, candidate=cand,
-                               warnings=warnings)
+            result = replace(
+                result,
+                reason=f"{result.reason}; a candidate was written to {cand}",
+                details=dict(result.details, candidate=str(cand)),
+            )
+        return BaselineOutcome(result, stored, self.looked, BaselineStatus.COMPARED, candidate=cand, warnings=warnings)
 
     # -- steps -------------------------------------------------------------------------------
     def write(self, status: BaselineStatus, reason: str, stored: Baseline | None = None) -> BaselineOutcome:
         looked = self.looked
         bad = nonfinite_metrics(self.metrics)
         if bad:
-            reason = (f"not written: the measured metrics are not finite ({', '.join(bad)}); a baseline must "
-                      f"come from a healthy run (see the nonfinite check)")
+            reason = (
+                f"not written: the measured metrics are not finite ({', '.join(bad)}); a baseline must "
+                f"come from a healthy run (see the nonfinite check)"
+            )
             return self.failed(BaselineStatus.REFUSED, reason, stored, None)
-        if not self.store.write(self.key, image=self.image, metrics=self.metrics, checks=self.checks,
-                                environment=self.environment):
+        if not self.store.write(
+            self.key, image=self.image, metrics=self.metrics, checks=self.checks, environment=self.environment
+        ):
             status, reason = BaselineStatus.COMPARED, f"baseline up to date: no stored value changed ({looked.metrics})"
-        result = CheckResult("baseline", "pass", None, None, None, reason,
-                             {"status": str(status), "written": str(looked.folder)})
+        result = CheckResult(
+            "baseline", "pass", None, None, None, reason, {"status": str(status), "written": str(looked.folder)}
+        )
         return BaselineOutcome(result, stored, looked, status, written=looked.folder)
 
     def candidate(self) -> Path:
-        self.candidates.write(self.key, image=self.image, metrics=self.metrics, checks=self.checks,
-                              environment=self.environment)
+        self.candidates.write(
+            self.key, image=self.image, metrics=self.metrics, checks=self.checks, environment=self.environment
+        )
         return self.candidates.paths(self.key).folder
 
-    def failed(self, status: BaselineStatus, reason: str, stored: Baseline | None, cand: Path | None,
-               **details) -> BaselineOutcome:
+    def failed(
+        self, status: BaselineStatus, reason: str, stored: Baseline | None, cand: Path | None, **details
+    ) -> BaselineOutcome:
         extra = {"candidate": str(cand)} if cand is not None else {}
         result = CheckResult("baseline", "fail", None, None, None, reason, {"status": str(status), **details, **extra})
         return BaselineOutcome(result, stored, self.looked, status, candidate=cand)
 
 
-def evaluate(store: BaselineStore, candidates: BaselineStore, key: str, *, image: str, metrics: dict,
-             checks: dict, environment: dict, thresholds: Thresholds, update: str | None = None,
-             force: bool = False, strict_env: bool = False, update_hint: str = "") -> BaselineOutcome:
+def evaluate(
+    store: BaselineStore,
+    candidates: BaselineStore,
+    key: str,
+    *,
+    image: str,
+    metrics: dict,
+    checks: dict,
+    environment: dict,
+    thresholds: Thresholds,
+    update: str | None = None,
+    force: bool = False,
+    strict_env: bool = False,
+    update_hint: str = "",
+) -> BaselineOutcome:
     """Compare ``metrics`` with the stored baseline of ``key``, writing baselines as ``update`` says.
 
     ``update``: None (compare only), "missing" (write absent baselines), "failed" (write absent and
@@ -431,5 +503,6 @@ def evaluate(store: BaselineStore, candidates: BaselineStore, key: str, *, image
     or with non-finite values), "all" (rewrite every baseline whose values changed; with ``force``,
     also an unreadable one). A failing comparison also writes a candidate under ``candidates``.
     """
-    return _Comparison(store, candidates, key, image, metrics, checks, environment, thresholds, update, force,
-                       strict_env, update_hint).run()
+    return _Comparison(
+        store, candidates, key, image, metrics, checks, environment, thresholds, update, force, strict_env, update_hint
+    ).run()

@@ -77,8 +77,9 @@ def _math_for(name: str, processor):
     if type(processor) in (dap.AttnProcessor2_0, dap.AttnProcessor):
         return "standard", None
     if isinstance(processor, RecordingProcessor):
-        raise CaptureError(f"{_where(name, processor)}: this module is already being recorded; "
-                           f"nested recorders are refused")
+        raise CaptureError(
+            f"{_where(name, processor)}: this module is already being recorded; nested recorders are refused"
+        )
     raise CaptureError(
         f"{_where(name, processor)}: unknown attention processor; the recorder knows PartCrafter/TripoSG processors "
         f"and diffusers' AttnProcessor2_0/AttnProcessor. Set one of those on this module or record other layers"
@@ -104,12 +105,22 @@ class RecordingProcessor:
         self.family = family
         self.math = math
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 image_rotary_emb=None, num_parts=None, **kwargs):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        image_rotary_emb=None,
+        num_parts=None,
+        **kwargs,
+    ):
         step = self.recorder.current_step()
         if step is None:
-            return self._call_original(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
-                                       image_rotary_emb, num_parts, kwargs)
+            return self._call_original(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb, num_parts, kwargs
+            )
         if self.family == "partcrafter":
             if attention_mask is not None or image_rotary_emb is not None:
                 raise CaptureError(f"{_where(self.name, self.original)}: masks and rotary embeddings are not supported")
@@ -123,8 +134,9 @@ class RecordingProcessor:
         self.recorder.observe(self.name, step, query, key, scale)
         return out
 
-    def _call_original(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb,
-                       num_parts, kwargs):
+    def _call_original(
+        self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb, num_parts, kwargs
+    ):
         extra = dict(kwargs)
         if image_rotary_emb is not None:
             extra["image_rotary_emb"] = image_rotary_emb
@@ -132,8 +144,9 @@ class RecordingProcessor:
             extra["num_parts"] = num_parts
         if temb is not None:
             extra["temb"] = temb
-        return self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                             attention_mask=attention_mask, **extra)
+        return self.original(
+            attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **extra
+        )
 
     def _standard(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs):
         """Run the original diffusers processor; catch its q and k with temporary forward hooks."""
@@ -142,6 +155,7 @@ class RecordingProcessor:
         def keep(slot):
             def hook(_module, _inputs, output):
                 seen[slot] = output
+
             return hook
 
         hooks = [attn.to_q.register_forward_hook(keep("q")), attn.to_k.register_forward_hook(keep("k"))]
@@ -150,8 +164,9 @@ class RecordingProcessor:
         if attn.norm_k is not None:
             hooks.append(attn.norm_k.register_forward_hook(keep("norm_k")))
         try:
-            out = self._call_original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, None, None,
-                                      kwargs)
+            out = self._call_original(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, None, None, kwargs
+            )
         finally:
             for hook in hooks:
                 hook.remove()
@@ -167,7 +182,7 @@ def _standard_scale(attn, processor, head_dim: int) -> float:
     """AttnProcessor2_0 calls scaled_dot_product_attention without a scale; AttnProcessor uses attn.scale."""
     from diffusers.models.attention_processor import AttnProcessor
 
-    return attn.scale if type(processor) is AttnProcessor else head_dim ** -0.5
+    return attn.scale if type(processor) is AttnProcessor else head_dim**-0.5
 
 
 def _heads(t: torch.Tensor, batch: int, heads: int, head_dim: int) -> torch.Tensor:
@@ -198,10 +213,19 @@ class AttentionRecorder:
     first query row of every part (PartCrafter's time token).
     """
 
-    def __init__(self, model: torch.nn.Module, *, num_parts: int = 1, cfg: bool = True,
-                 selection: Selection | None = None,
-                 time_token: bool = True, has_cls: bool = True, patch_grid: tuple[int, int] | None = None,
-                 nonfinite: str = "raise", meta: dict | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        num_parts: int = 1,
+        cfg: bool = True,
+        selection: Selection | None = None,
+        time_token: bool = True,
+        has_cls: bool = True,
+        patch_grid: tuple[int, int] | None = None,
+        nonfinite: str = "raise",
+        meta: dict | None = None,
+    ):
         if nonfinite not in ("raise", "record"):
             raise ValueError(f"nonfinite must be 'raise' or 'record', got {nonfinite!r}")
         self.model = model
@@ -230,15 +254,17 @@ class AttentionRecorder:
     def __enter__(self) -> AttentionRecorder:
         if self._active or self._entered:
             # Re-entering would append a second run to the first one's calls: refuse it.
-            raise CaptureError(f"this AttentionRecorder is already {'active' if self._active else 'used'}; "
-                               f"use a new one per run")
+            raise CaptureError(
+                f"this AttentionRecorder is already {'active' if self._active else 'used'}; use a new one per run"
+            )
         self._entered = True
         _refuse_compiled(self.model)
         modules = cross_attention_modules(self.model)
         names = [n for n, _ in modules]
         if not modules:
-            raise CaptureError(f"{type(self.model).__name__} has no cross-attention modules "
-                               f"(diffusers {_diffusers_version()})")
+            raise CaptureError(
+                f"{type(self.model).__name__} has no cross-attention modules (diffusers {_diffusers_version()})"
+            )
         self.layer_names = self.selection.pick_layers(names)
         self._wants_full = self.selection.full_map_test(names)
         chosen = dict(modules)
@@ -305,7 +331,7 @@ class AttentionRecorder:
         if self.cfg:
             if batch % 2:
                 raise CaptureError(f"cfg=True but the batch of {batch} is odd: it is not [uncond, cond]")
-            t = t[batch // 2:]
+            t = t[batch // 2 :]
         return t
 
     def observe(self, name: str, step: int, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
@@ -374,9 +400,9 @@ class AttentionRecorder:
         steps = sorted({s for s, _ in self._calls})
 
         def stack(key):
-            return torch.stack([
-                torch.stack([self._calls[(s, n)].stats[key] for n in self.layer_names]) for s in steps
-            ]).cpu()
+            return torch.stack(
+                [torch.stack([self._calls[(s, n)].stats[key] for n in self.layer_names]) for s in steps]
+            ).cpu()
 
         first = self._calls[(steps[0], self.layer_names[0])].stats["marginal"]
         return AttentionRecord(
@@ -403,14 +429,23 @@ class AttentionRecorder:
 def _layer_kind(processor, family: str) -> str:
     if family == "standard":
         return "standard"
-    is_global = (isinstance(processor, PartCrafterAttnProcessor)
-                 or type(processor).__name__ == "PartCrafterAttnProcessor")
+    is_global = (
+        isinstance(processor, PartCrafterAttnProcessor) or type(processor).__name__ == "PartCrafterAttnProcessor"
+    )
     return "global" if is_global else "local"
 
 
-def record_attention(pipeline, image, num_parts: int | None = None, *, spec: RunSpec | None = None,
-                     selection: Selection | None = None, nonfinite: str = "raise", meta: dict | None = None,
-                     **run_kwargs):
+def record_attention(
+    pipeline,
+    image,
+    num_parts: int | None = None,
+    *,
+    spec: RunSpec | None = None,
+    selection: Selection | None = None,
+    nonfinite: str = "raise",
+    meta: dict | None = None,
+    **run_kwargs,
+):
     """Run ``pipeline`` on ``image`` while recording; return ``(DenoiseResult, AttentionRecord)``.
 
     ``spec``: the run's resolved :class:`~partattn_checks.runspec.RunSpec`. Without one,
@@ -424,11 +459,18 @@ def record_attention(pipeline, image, num_parts: int | None = None, *, spec: Run
     elif num_parts is not None or settings:
         raise TypeError("record_attention: pass either spec= or num_parts and the run settings, not both")
     elif (spec.device, spec.dtype) != (str(pipeline.device), dtype_name(pipeline.dtype)):
-        raise ValueError(f"the run spec is for {spec.device} {spec.dtype}, but the pipeline runs on "
-                         f"{pipeline.device} {dtype_name(pipeline.dtype)}; resolve it with runspec.for_pipeline")
+        raise ValueError(
+            f"the run spec is for {spec.device} {spec.dtype}, but the pipeline runs on "
+            f"{pipeline.device} {dtype_name(pipeline.dtype)}; resolve it with runspec.for_pipeline"
+        )
     recorder = AttentionRecorder(
-        pipeline.transformer, num_parts=spec.num_parts, cfg=spec.cfg, selection=selection,
-        has_cls=True, patch_grid=pipeline.patch_grid, nonfinite=nonfinite,
+        pipeline.transformer,
+        num_parts=spec.num_parts,
+        cfg=spec.cfg,
+        selection=selection,
+        has_cls=True,
+        patch_grid=pipeline.patch_grid,
+        nonfinite=nonfinite,
         meta={**run_meta(pipeline, image, spec), **(meta or {})},
     )
     with recorder:

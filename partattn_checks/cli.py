@@ -93,45 +93,75 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{run,check,show}")
     sub.required = True
 
-    model_help = (f"PartCrafter checkpoint folder (hub layout, safetensors); default: the embedded tiny "
-                  f"model ({DEFAULT_MODEL.name})")
+    model_help = (
+        f"PartCrafter checkpoint folder (hub layout, safetensors); default: the embedded tiny "
+        f"model ({DEFAULT_MODEL.name})"
+    )
 
     run = sub.add_parser(
-        "run", help="denoise one image with capture; write figures, GIFs, metrics and index.html",
+        "run",
+        help="denoise one image with capture; write figures, GIFs, metrics and index.html",
         description="Denoise IMAGE with capture on, judge its attention with the checks, and write figures "
-                    "(overlay per part, part panel, multi-head grids, timelines), one GIF per part over steps, "
-                    "metrics.json, the saved record and an index.html that links them all.",
+        "(overlay per part, part panel, multi-head grids, timelines), one GIF per part over steps, "
+        "metrics.json, the saved record and an index.html that links them all.",
     )
     run.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG; transparency is put on white)")
     run.add_argument("--model", metavar="DIR", help=model_help)
-    run.add_argument("--num-parts", type=_setting("num_parts"), metavar="N",
-                     help="number of parts; default: from an np<N>_ file-name prefix (np3_chair.png -> 3)")
+    run.add_argument(
+        "--num-parts",
+        type=_setting("num_parts"),
+        metavar="N",
+        help="number of parts; default: from an np<N>_ file-name prefix (np3_chair.png -> 3)",
+    )
     run.add_argument("--steps", type=_setting("steps"), metavar="S", help="denoising steps (default: the checkpoint's)")
-    run.add_argument("--seed", type=_setting("seed"), default=runspec.DEFAULT_SEED,
-                     help=f"noise seed (default: {runspec.DEFAULT_SEED})")
-    run.add_argument("--guidance", type=_setting("guidance_scale"), metavar="G",
-                     help="guidance scale (default: the checkpoint's; <= 1 turns classifier-free guidance off)")
-    run.add_argument("--num-tokens", type=_setting("num_tokens"), metavar="T",
-                     help="latent tokens per part (default: the checkpoint's)")
-    run.add_argument("--device", type=_device, default="auto",
-                     help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    run.add_argument(
+        "--seed",
+        type=_setting("seed"),
+        default=runspec.DEFAULT_SEED,
+        help=f"noise seed (default: {runspec.DEFAULT_SEED})",
+    )
+    run.add_argument(
+        "--guidance",
+        type=_setting("guidance_scale"),
+        metavar="G",
+        help="guidance scale (default: the checkpoint's; <= 1 turns classifier-free guidance off)",
+    )
+    run.add_argument(
+        "--num-tokens",
+        type=_setting("num_tokens"),
+        metavar="T",
+        help="latent tokens per part (default: the checkpoint's)",
+    )
+    run.add_argument(
+        "--device", type=_device, default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)"
+    )
     run.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
     run.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_RESULTS}/<image stem>)")
-    run.add_argument("--layer", type=_layer, metavar="L",
-                     help="layer to show, as an index or a module name; default: the most part-separated "
-                          "layer for the part figures and the last layer for the multi-head grids")
-    run.add_argument("--step", type=int, default=-1, metavar="K",
-                     help="step whose full query x key maps are kept for the multi-head grids (default: -1, the last)")
+    run.add_argument(
+        "--layer",
+        type=_layer,
+        metavar="L",
+        help="layer to show, as an index or a module name; default: the most part-separated "
+        "layer for the part figures and the last layer for the multi-head grids",
+    )
+    run.add_argument(
+        "--step",
+        type=int,
+        default=-1,
+        metavar="K",
+        help="step whose full query x key maps are kept for the multi-head grids (default: -1, the last)",
+    )
     run.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
     run.add_argument("--fps", type=_float, default=2.0, help="frames per second of the GIFs (default: 2)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser(
-        "check", help="run the attention gate (pytest --partattn) on fixture images; non-zero exit on failure",
+        "check",
+        help="run the attention gate (pytest --partattn) on fixture images; non-zero exit on failure",
         description="Run the partattn pytest gate on a folder of fixture images (one test per image and check) "
-                    "against a checkpoint, without writing a test. Exits with pytest's status: 0 when every "
-                    "check passes. Arguments after the options (or after --) go to pytest, e.g. -x or -k np2.",
+        "against a checkpoint, without writing a test. Exits with pytest's status: 0 when every "
+        "check passes. Arguments after the options (or after --) go to pytest, e.g. -x or -k np2.",
     )
     check.add_argument("--model", metavar="DIR", help=model_help)
     check.add_argument("--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES})")
@@ -140,13 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     show = sub.add_parser(
-        "show", help="render a saved attention record (figures, metrics.json, index.html)",
+        "show",
+        help="render a saved attention record (figures, metrics.json, index.html)",
         description="Render the figures, metrics.json and index.html of a record saved by 'partattn run', "
-                    "the pytest plugin or AttentionRecord.save. The overlays use input.png next to the "
-                    "record, else the record's image and model when they still exist, else --image.",
+        "the pytest plugin or AttentionRecord.save. The overlays use input.png next to the "
+        "record, else the record's image and model when they still exist, else --image.",
     )
-    show.add_argument("record", metavar="RECORD", help="record: its .json or .safetensors file, their common stem, "
-                                                        "or a folder holding record.json")
+    show.add_argument(
+        "record",
+        metavar="RECORD",
+        help="record: its .json or .safetensors file, their common stem, or a folder holding record.json",
+    )
     show.add_argument("--out", metavar="DIR", help="output folder (default: the record's folder)")
     show.add_argument("--image", metavar="PATH", help="input image for the overlays (default: see above)")
     show.add_argument("--layer", type=_layer, metavar="L", help="layer to show (default: the most part-separated)")
@@ -189,8 +223,10 @@ def _say(args, text: str) -> None:
 def _model_dir(arg: str | None) -> Path:
     if arg is None:
         if not DEFAULT_MODEL.is_dir():
-            raise UsageError(f"the embedded default model is not installed ({DEFAULT_MODEL} not found); "
-                             f"pass --model DIR, a PartCrafter checkpoint folder")
+            raise UsageError(
+                f"the embedded default model is not installed ({DEFAULT_MODEL} not found); "
+                f"pass --model DIR, a PartCrafter checkpoint folder"
+            )
         return DEFAULT_MODEL
     path = Path(arg).expanduser()
     if not path.is_dir():
@@ -228,8 +264,9 @@ def _cmd_run(args, extra) -> int:
 
     num_parts = args.num_parts or parts_from_name(image)
     if num_parts is None:
-        raise UsageError(f"{image}: cannot tell the number of parts; pass --num-parts N or name the file "
-                         f"np<N>_{image.name}")
+        raise UsageError(
+            f"{image}: cannot tell the number of parts; pass --num-parts N or name the file np<N>_{image.name}"
+        )
     model = _model_dir(args.model)
     _check_model(model)
     thresholds = _thresholds(args.thresholds)
@@ -268,32 +305,49 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
         raise UsageError(f"--device {args.device}: {err}") from None
     _say(args, f"loading {model} on {device} ({args.dtype})")
     try:
-        viz = AttentionVisualizer.from_pretrained(model, device=device, dtype=runspec.torch_dtype(args.dtype),
-                                                  thresholds=thresholds)
+        viz = AttentionVisualizer.from_pretrained(
+            model, device=device, dtype=runspec.torch_dtype(args.dtype), thresholds=thresholds
+        )
     except CheckpointError as err:
         raise UsageError(str(err)) from None
     try:  # the checkpoint's defaults, then the arguments: the run's settings, resolved once
-        spec = runspec.for_pipeline(viz.pipeline, {"steps": args.steps, "seed": args.seed,
-                                                   "guidance_scale": args.guidance},
-                                    call={"num_parts": num_parts, "num_tokens": args.num_tokens})
+        spec = runspec.for_pipeline(
+            viz.pipeline,
+            {"steps": args.steps, "seed": args.seed, "guidance_scale": args.guidance},
+            call={"num_parts": num_parts, "num_tokens": args.num_tokens},
+        )
         check_num_parts(viz.model.config, num_parts, cfg=spec.cfg)
     except ValueError as err:
         raise UsageError(str(err)) from None
     steps = spec.steps
     full_layer = args.layer if args.layer is not None else -1
     names = [name for name, _ in cross_attention_modules(viz.model)]
-    if isinstance(full_layer, int) and not -len(names) <= full_layer < len(names) or \
-            isinstance(full_layer, str) and full_layer not in names:
-        raise UsageError(f"--layer {full_layer}: not a cross-attention layer of {model} (give an index from "
-                         f"{-len(names)} to {len(names) - 1} or a name: {', '.join(names)})")
+    if (
+        isinstance(full_layer, int)
+        and not -len(names) <= full_layer < len(names)
+        or isinstance(full_layer, str)
+        and full_layer not in names
+    ):
+        raise UsageError(
+            f"--layer {full_layer}: not a cross-attention layer of {model} (give an index from "
+            f"{-len(names)} to {len(names) - 1} or a name: {', '.join(names)})"
+        )
     if not -steps <= args.step < steps:
         raise UsageError(f"--step {args.step}: out of range for {steps} steps (give {-steps} to {steps - 1})")
 
     progress = ProgressBar(steps, enabled=False if args.quiet else None)
     _say(args, f"{image.name}: {num_parts} part(s), {steps} steps, seed {spec.seed}, guidance {spec.guidance_scale:g}")
     try:
-        record = viz.run(image, num_parts, steps=steps, seed=spec.seed, guidance_scale=spec.guidance_scale,
-                         num_tokens=spec.num_tokens, full_map=(full_layer, args.step), callback=progress)
+        record = viz.run(
+            image,
+            num_parts,
+            steps=steps,
+            seed=spec.seed,
+            guidance_scale=spec.guidance_scale,
+            num_tokens=spec.num_tokens,
+            full_map=(full_layer, args.step),
+            callback=progress,
+        )
     except CaptureError as err:
         raise RunFailed(str(err)) from None
     finally:
@@ -302,8 +356,17 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
     with Outputs(out, "run") as outputs:
         links = save_run(out, record, viz.image)
         outputs.add(*(p for _, p in links))
-        report = render_record(record, out, image=viz.image, results=viz.results, layer=args.layer, fps=args.fps,
-                               title=f"partattn run: {image.name}", thresholds=thresholds, links=links)
+        report = render_record(
+            record,
+            out,
+            image=viz.image,
+            results=viz.results,
+            layer=args.layer,
+            fps=args.fps,
+            title=f"partattn run: {image.name}",
+            thresholds=thresholds,
+            links=links,
+        )
         outputs.add(*(p for _, p in report["figures"]), report["metrics"], report["index"])
     _print_results(viz.results, report["index"], len(report["figures"]))
     return 0
@@ -337,13 +400,24 @@ def _cmd_show(args, extra) -> int:
     view, note = _image_for(record, folder, args.image)
     created = writable_folder(out, "--out" if args.out else "output folder (the record's)")
     results = {r.name: r for r in run_checks(record, thresholds)}
-    links = [("record (json)", stem.with_name(stem.name + ".json")),
-             ("record (tensors)", stem.with_name(stem.name + ".safetensors"))]
+    links = [
+        ("record (json)", stem.with_name(stem.name + ".json")),
+        ("record (tensors)", stem.with_name(stem.name + ".safetensors")),
+    ]
     try:
         with Outputs(out, "show") as outputs:
-            report = render_record(record, out, image=view, results=results, layer=args.layer, fps=args.fps,
-                                   title=f"partattn show: {path.name}", thresholds=thresholds, links=links,
-                                   note=note)
+            report = render_record(
+                record,
+                out,
+                image=view,
+                results=results,
+                layer=args.layer,
+                fps=args.fps,
+                title=f"partattn show: {path.name}",
+                thresholds=thresholds,
+                links=links,
+                note=note,
+            )
             outputs.add(*(p for _, p in report["figures"]), report["metrics"], report["index"])
     except BaseException:
         remove_created(out, created)
@@ -390,8 +464,10 @@ def _image_for(record, folder: Path, image_arg: str | None):
         except (OSError, ValueError) as err:
             print(f"partattn show: warning: skipping {image} for the overlays: {err}", file=sys.stderr)
     if candidates:
-        return None, (f"The input image could not be read ({', '.join(str(c) for c, _ in candidates)}): pass "
-                      f"--image PATH for overlays.")
+        return None, (
+            f"The input image could not be read ({', '.join(str(c) for c, _ in candidates)}): pass "
+            f"--image PATH for overlays."
+        )
     return None, "The input image was not found (pass --image PATH for overlays)."
 
 
@@ -405,16 +481,19 @@ def _plugin_args() -> list[str]:
     except ModuleNotFoundError:
         found = False
     if not found:
-        raise UsageError(f"the pytest plugin ({PLUGIN_MODULE}) is not part of this install; "
-                         f"reinstall partattn-checks (pip install -e .)")
+        raise UsageError(
+            f"the pytest plugin ({PLUGIN_MODULE}) is not part of this install; "
+            f"reinstall partattn-checks (pip install -e .)"
+        )
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return ["-p", PLUGIN_MODULE]
     registered = any(ep.value.split(":")[0].strip() == PLUGIN_MODULE for ep in metadata.entry_points(group="pytest11"))
     return [] if registered else ["-p", PLUGIN_MODULE]
 
 
-def check_args(model: Path, fixtures: Path, *, steps: int | None = None, device: str | None = None,
-               extra: list[str] = ()) -> list[str]:
+def check_args(
+    model: Path, fixtures: Path, *, steps: int | None = None, device: str | None = None, extra: list[str] = ()
+) -> list[str]:
     """The pytest command line that ``partattn check`` runs.
 
     Option values are joined with ``=``: pytest picks its rootdir (hence the ini file, the
@@ -438,8 +517,11 @@ def _cmd_check(args, extra) -> int:
     if not fixtures.is_dir():
         raise UsageError(f"fixture folder not found: {fixtures} (pass --fixtures DIR, a folder of np<N>_*.png images)")
     _check_model(model)
-    pytest_args = (_plugin_args() + ["-W", REWRITE_WARNING_FILTER]
-                   + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra))
+    pytest_args = (
+        _plugin_args()
+        + ["-W", REWRITE_WARNING_FILTER]
+        + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra)
+    )
     import pytest
 
     return int(pytest.main(pytest_args))

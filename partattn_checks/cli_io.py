@@ -25,7 +25,6 @@ class UsageError(PartattnError):
     """Bad arguments or inputs: printed as one line, exit status 2."""
 
 
-
 class ProgressBar:
     """The pipeline's per-step callback ``(step, timestep, latents)``, drawing a tqdm bar over the
     denoising steps on ``stream`` (stderr). Off when ``enabled`` is false or, by default, when the
@@ -38,8 +37,9 @@ class ProgressBar:
         if enabled is None:
             isatty = getattr(stream, "isatty", None)
             enabled = bool(isatty and isatty())
-        self.bar = tqdm(total=max(int(total), 1), desc=label, unit="step", file=stream, disable=not enabled,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=max(int(total), 1), desc=label, unit="step", file=stream, disable=not enabled, dynamic_ncols=True
+        )
 
     def __call__(self, step: int, timestep=None, latents=None) -> None:
         done = min(int(step) + 1, self.bar.total)
@@ -56,8 +56,10 @@ def writable_folder(out: Path, option: str) -> Path | None:
     Returns the topmost folder this created (to remove again if the command fails), or None.
     """
     if out.exists() and not out.is_dir():
-        raise UsageError(f"{option} {out}: exists and is not a folder; pass --out DIR, a folder (created when "
-                         f"missing), or move the file away")
+        raise UsageError(
+            f"{option} {out}: exists and is not a folder; pass --out DIR, a folder (created when "
+            f"missing), or move the file away"
+        )
     top = None
     for folder in (out, *out.parents):
         if folder.exists() or folder.is_symlink():
@@ -70,8 +72,9 @@ def writable_folder(out: Path, option: str) -> Path | None:
         os.unlink(probe)
     except OSError as err:
         remove_created(out, top)
-        raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err}); pass --out DIR, a folder "
-                         f"you can write to") from None
+        raise UsageError(
+            f"{option} {out}: cannot write there ({err.strerror or err}); pass --out DIR, a folder you can write to"
+        ) from None
     return top
 
 
@@ -110,8 +113,11 @@ def _owned_files(out: Path) -> list[str]:
             if not isinstance(names, list):
                 raise TypeError(f"'files' is a {type(names).__name__}, not a list")
         except (OSError, ValueError, KeyError, TypeError) as err:
-            print(f"partattn: warning: {manifest} is unreadable ({err}); files of the earlier run in {out} are "
-                  f"left as they are", file=sys.stderr)
+            print(
+                f"partattn: warning: {manifest} is unreadable ({err}); files of the earlier run in {out} are "
+                f"left as they are",
+                file=sys.stderr,
+            )
             return []
     elif (out / "metrics.json").is_file() and (out / "index.html").is_file():
         try:  # silently: a metrics.json that is not ours is simply not ours
@@ -192,8 +198,10 @@ class Outputs:
     def _write_manifest(self, files: list[str]) -> None:
         from .atomic import atomic_write_text
 
-        doc = {"written_by": f"partattn {self.command}",
-               "note": "files partattn wrote here; the next partattn run/show into this folder removes "
-                       "the ones it does not write again (not record.json, record.safetensors, input.png)",
-               "files": files}
+        doc = {
+            "written_by": f"partattn {self.command}",
+            "note": "files partattn wrote here; the next partattn run/show into this folder removes "
+            "the ones it does not write again (not record.json, record.safetensors, input.png)",
+            "files": files,
+        }
         atomic_write_text(self.out / MANIFEST, json.dumps(doc, indent=2) + "\n")

@@ -25,8 +25,9 @@ from pathlib import Path
 from .checks import REGISTRY, CheckResult, Thresholds
 
 
-def figures_for(result: CheckResult, record, outdir: str | Path, image=None,
-                thresholds: Thresholds | None = None) -> list[Path]:
+def figures_for(
+    result: CheckResult, record, outdir: str | Path, image=None, thresholds: Thresholds | None = None
+) -> list[Path]:
     """Write the figures that explain ``result`` (from ``record``) into ``outdir``; return their paths.
 
     ``image``: the encoder's view of the input (PIL), for overlays; without it overlays are skipped.

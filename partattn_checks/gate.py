@@ -52,8 +52,9 @@ class GateSession(Session):
         t = spec.thresholds_over(self.thresholds)
         return t.merged(extra, source="thresholds argument") if extra else t
 
-    def image_outcome(self, spec: ImageSpec, thresholds: Thresholds, call: dict | None = None, *,
-                      checks=None, selection=None) -> CaseOutcome:
+    def image_outcome(
+        self, spec: ImageSpec, thresholds: Thresholds, call: dict | None = None, *, checks=None, selection=None
+    ) -> CaseOutcome:
         """Run ``spec``'s image (once per run spec; cached) and judge it; ``CaseError`` if it cannot
         run, ``RunSpecError`` (a ``ValueError``) if its settings are invalid."""
         if spec.error:
@@ -75,14 +76,16 @@ class GateSession(Session):
             self._images = {spec.key: view}  # keep one
         return self._images[spec.key]
 
-    def figures(self, spec: ImageSpec, outcome: CaseOutcome, result: CheckResult,
-                thresholds: Thresholds) -> tuple[list[str], list[str]]:
+    def figures(
+        self, spec: ImageSpec, outcome: CaseOutcome, result: CheckResult, thresholds: Thresholds
+    ) -> tuple[list[str], list[str]]:
         """(figure paths, problems): drawing problems never hide the check's verdict."""
         from .figures import figures_for
 
         try:
-            paths = figures_for(result, outcome.record, self.settings.results / spec.key,
-                                self.image_view(spec), thresholds=thresholds)
+            paths = figures_for(
+                result, outcome.record, self.settings.results / spec.key, self.image_view(spec), thresholds=thresholds
+            )
             return [str(p) for p in paths], []
         except Exception as exc:  # noqa: BLE001
             return [], [f"could not draw the figures of {result.name}: {describe(exc)}"]
@@ -93,14 +96,24 @@ class GateSession(Session):
             stale.unlink(missing_ok=True)
 
     # -- baselines ----------------------------------------------------------------------------
-    def baseline(self, spec: ImageSpec, outcome: CaseOutcome, thresholds: Thresholds,
-                 update_hint: str = "") -> BaselineOutcome:
+    def baseline(
+        self, spec: ImageSpec, outcome: CaseOutcome, thresholds: Thresholds, update_hint: str = ""
+    ) -> BaselineOutcome:
         s = self.settings
         return evaluate(
-            self.store, self.candidates, spec.key, image=spec.display, metrics=outcome.summary,
+            self.store,
+            self.candidates,
+            spec.key,
+            image=spec.display,
+            metrics=outcome.summary,
             checks={name: r.value for name, r in outcome.results.items()},
-            environment=fingerprint(outcome.record.meta, self.model_label), thresholds=thresholds,
-            update=s.update, force=s.force_update, strict_env=s.strict_env, update_hint=update_hint)
+            environment=fingerprint(outcome.record.meta, self.model_label),
+            thresholds=thresholds,
+            update=s.update,
+            force=s.force_update,
+            strict_env=s.strict_env,
+            update_hint=update_hint,
+        )
 
     def stored_checks(self, spec: ImageSpec) -> dict:
         try:
@@ -146,11 +159,27 @@ class PartattnFixture:
                 return p.resolve()
         raise FileNotFoundError(f"image {image!s} not found (looked at: {', '.join(map(str, tries))})")
 
-    def __call__(self, image, num_parts: int | None = None, *, steps=None, seed=None, guidance_scale=None,
-                 num_tokens=None, thresholds=None, checks=None, selection=None) -> CaseOutcome:
+    def __call__(
+        self,
+        image,
+        num_parts: int | None = None,
+        *,
+        steps=None,
+        seed=None,
+        guidance_scale=None,
+        num_tokens=None,
+        thresholds=None,
+        checks=None,
+        selection=None,
+    ) -> CaseOutcome:
         session = self.session
-        call = {"num_parts": num_parts, "steps": steps, "seed": seed, "guidance_scale": guidance_scale,
-                "num_tokens": num_tokens}
+        call = {
+            "num_parts": num_parts,
+            "steps": steps,
+            "seed": seed,
+            "guidance_scale": guidance_scale,
+            "num_tokens": num_tokens,
+        }
         if hasattr(image, "size") and not isinstance(image, (str, Path)):
             if num_parts is None:
                 raise ValueError("partattn(image): pass num_parts= with a PIL image")

@@ -64,8 +64,14 @@ class CheckItem(pytest.Item):
         session: GateSession = self.config.stash[SESSION_KEY]
         settings = session.settings
         start = time.perf_counter()
-        args = dict(rerun=self._command(self.check), update=self._command("baseline", update="failed"),
-                    image=self.spec.display, image_abs=str(self.spec.path), key=self.spec.key, check=self.check)
+        args = dict(
+            rerun=self._command(self.check),
+            update=self._command("baseline", update="failed"),
+            image=self.spec.display,
+            image_abs=str(self.spec.path),
+            key=self.spec.key,
+            check=self.check,
+        )
         try:
             thresholds = session.thresholds_for(self.spec) if not self.spec.error else session.thresholds
             outcome = session.image_outcome(self.spec, thresholds)
@@ -91,9 +97,16 @@ class CheckItem(pytest.Item):
         if result.verdict == "fail" or (settings.save_all_figures and result.verdict == "pass"):
             figures, problems = session.figures(self.spec, outcome, result, thresholds)
             notes += problems
-        p = report.payload(result=result.to_dict(), figures=figures, baseline_checks=stored, status=status,
-                           warnings=notes, seconds=time.perf_counter() - start,
-                           summary=outcome.summary if self.check == "baseline" else None, **args)
+        p = report.payload(
+            result=result.to_dict(),
+            figures=figures,
+            baseline_checks=stored,
+            status=status,
+            warnings=notes,
+            seconds=time.perf_counter() - start,
+            summary=outcome.summary if self.check == "baseline" else None,
+            **args,
+        )
         self._finish(p)
         if result.verdict == "fail":
             raise CheckFailed(report.failure_text(p))
@@ -110,8 +123,9 @@ class CheckItem(pytest.Item):
 
     def _command(self, name: str, update: str | None = None) -> str:
         settings = self.config.stash[SETTINGS_KEY]
-        return report.pytest_command(settings.cli_args(), self.config.invocation_params.dir, self.spec.path,
-                                     name, update=update)
+        return report.pytest_command(
+            settings.cli_args(), self.config.invocation_params.dir, self.spec.path, name, update=update
+        )
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CheckFailed):

@@ -60,36 +60,109 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("enabled", "run the attention checks on the fixture images (without it they are collected and skipped)",
-           kind="flag", default=False, default_text="off"),
-    Option("model", "PartCrafter checkpoint folder (hub layout)", kind="path", default=EMBEDDED_MODEL,
-           metavar="DIR", default_text="the embedded tiny checkpoint (partattn_checks/data/partcrafter-tiny)"),
-    Option("device", "auto | cpu | cuda | cuda:N (auto picks CUDA when present)", default="auto",
-           metavar="DEVICE", default_text="auto"),
+    Option(
+        "enabled",
+        "run the attention checks on the fixture images (without it they are collected and skipped)",
+        kind="flag",
+        default=False,
+        default_text="off",
+    ),
+    Option(
+        "model",
+        "PartCrafter checkpoint folder (hub layout)",
+        kind="path",
+        default=EMBEDDED_MODEL,
+        metavar="DIR",
+        default_text="the embedded tiny checkpoint (partattn_checks/data/partcrafter-tiny)",
+    ),
+    Option(
+        "device",
+        "auto | cpu | cuda | cuda:N (auto picks CUDA when present)",
+        default="auto",
+        metavar="DEVICE",
+        default_text="auto",
+    ),
     Option("dtype", "model dtype", kind="choice", default="float32", choices=DTYPES, default_text="float32"),
-    Option("steps", "denoising steps per image", kind="int", default=None, metavar="N",
-           default_text=f"the checkpoint's default (its partattn.json, else {RUN_DEFAULTS['steps']})"),
+    Option(
+        "steps",
+        "denoising steps per image",
+        kind="int",
+        default=None,
+        metavar="N",
+        default_text=f"the checkpoint's default (its partattn.json, else {RUN_DEFAULTS['steps']})",
+    ),
     Option("seed", "seed of the initial latents", kind="int", default=0, metavar="N", default_text="0"),
-    Option("guidance", "classifier-free guidance scale", kind="float", default=None, metavar="SCALE",
-           default_text=f"the checkpoint's default (else {RUN_DEFAULTS['guidance_scale']})"),
-    Option("fixtures", "folder of fixture images (only images under it are collected)", kind="path",
-           default="fixtures/images", metavar="DIR", default_text="fixtures/images"),
-    Option("results", "folder for heatmaps, candidate baselines and index.html", kind="path",
-           default=".partattn-results", metavar="DIR", default_text=".partattn-results"),
-    Option("baselines", "folder of stored baselines (one sub-folder per image)", kind="path",
-           default="fixtures/baselines", metavar="DIR", default_text="fixtures/baselines"),
-    Option("update", "write baselines: missing | failed | all (refused when CI is set, unless forced)",
-           kind="choice", default=None, choices=UPDATE_MODES, metavar="MODE", default_text="no update"),
-    Option("force_update", "allow --partattn-update when the CI environment variable is set; with "
-           "update=all, also replace baseline files that cannot be read", kind="flag", default=False,
-           default_text="off"),
-    Option("strict_env", "a baseline recorded in a different environment (fingerprint mismatch) fails "
-           "instead of warning", kind="flag", default=False, default_text="off"),
-    Option("thresholds", "TOML file of thresholds ([uniformity], [collapse], ...)", kind="path",
-           default=None, metavar="FILE",
-           default_text="[tool.partattn.thresholds] of the rootdir's pyproject.toml, else built-in defaults"),
-    Option("save_all_figures", "also write figures of passing checks (failing ones always get them)",
-           kind="flag", default=False, default_text="off"),
+    Option(
+        "guidance",
+        "classifier-free guidance scale",
+        kind="float",
+        default=None,
+        metavar="SCALE",
+        default_text=f"the checkpoint's default (else {RUN_DEFAULTS['guidance_scale']})",
+    ),
+    Option(
+        "fixtures",
+        "folder of fixture images (only images under it are collected)",
+        kind="path",
+        default="fixtures/images",
+        metavar="DIR",
+        default_text="fixtures/images",
+    ),
+    Option(
+        "results",
+        "folder for heatmaps, candidate baselines and index.html",
+        kind="path",
+        default=".partattn-results",
+        metavar="DIR",
+        default_text=".partattn-results",
+    ),
+    Option(
+        "baselines",
+        "folder of stored baselines (one sub-folder per image)",
+        kind="path",
+        default="fixtures/baselines",
+        metavar="DIR",
+        default_text="fixtures/baselines",
+    ),
+    Option(
+        "update",
+        "write baselines: missing | failed | all (refused when CI is set, unless forced)",
+        kind="choice",
+        default=None,
+        choices=UPDATE_MODES,
+        metavar="MODE",
+        default_text="no update",
+    ),
+    Option(
+        "force_update",
+        "allow --partattn-update when the CI environment variable is set; with "
+        "update=all, also replace baseline files that cannot be read",
+        kind="flag",
+        default=False,
+        default_text="off",
+    ),
+    Option(
+        "strict_env",
+        "a baseline recorded in a different environment (fingerprint mismatch) fails instead of warning",
+        kind="flag",
+        default=False,
+        default_text="off",
+    ),
+    Option(
+        "thresholds",
+        "TOML file of thresholds ([uniformity], [collapse], ...)",
+        kind="path",
+        default=None,
+        metavar="FILE",
+        default_text="[tool.partattn.thresholds] of the rootdir's pyproject.toml, else built-in defaults",
+    ),
+    Option(
+        "save_all_figures",
+        "also write figures of passing checks (failing ones always get them)",
+        kind="flag",
+        default=False,
+        default_text="off",
+    ),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -105,8 +178,15 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(opt.ini, text, type="bool", default=None)
         else:
             kwargs = {"choices": opt.choices} if opt.choices else {}
-            group.addoption(opt.flag, action="store", default=None, dest=opt.dest,
-                            metavar=opt.metavar or opt.name.upper(), help=text, **kwargs)
+            group.addoption(
+                opt.flag,
+                action="store",
+                default=None,
+                dest=opt.dest,
+                metavar=opt.metavar or opt.name.upper(),
+                help=text,
+                **kwargs,
+            )
             parser.addini(opt.ini, text, type="string", default=None)
 
 
@@ -255,14 +335,19 @@ def check_enabled_settings(s: Settings, *, custom_pipeline: bool) -> None:
             f"machine. Pass --partattn-force-update to update anyway"
         )
     if s.thresholds is not None and not s.thresholds.is_file():
-        raise _usage(f"{s.where('thresholds')}: no such file ({s.thresholds}); pass a TOML file with "
-                     f"[uniformity], [collapse], ... tables or drop the option")
+        raise _usage(
+            f"{s.where('thresholds')}: no such file ({s.thresholds}); pass a TOML file with "
+            f"[uniformity], [collapse], ... tables or drop the option"
+        )
     if not custom_pipeline and not s.model.is_dir():
         if s.model_is_embedded:
-            raise _usage(f"the embedded default checkpoint is missing ({s.model}); the installation looks "
-                         f"incomplete: reinstall partattn-checks or pass --partattn-model DIR")
-        raise _usage(f"{s.where('model')}: no such checkpoint folder ({s.model}); pass the folder that holds "
-                     f"model_index.json")
+            raise _usage(
+                f"the embedded default checkpoint is missing ({s.model}); the installation looks "
+                f"incomplete: reinstall partattn-checks or pass --partattn-model DIR"
+            )
+        raise _usage(
+            f"{s.where('model')}: no such checkpoint folder ({s.model}); pass the folder that holds model_index.json"
+        )
     if not custom_pipeline:
         from .model.files import checkpoint_problems
 
@@ -302,9 +387,11 @@ def load_thresholds(s: Settings):
         unknown = sorted(set(table) - {"thresholds"}) if isinstance(table, dict) else []
         if unknown:
             hint = difflib.get_close_matches(unknown[0], ["thresholds"], n=1)
-            raise _usage(f"{pyproject}: unknown key [tool.partattn.{unknown[0]}]"
-                         + (f"; did you mean [tool.partattn.{hint[0]}]?" if hint else "")
-                         + " (known: [tool.partattn.thresholds])")
+            raise _usage(
+                f"{pyproject}: unknown key [tool.partattn.{unknown[0]}]"
+                + (f"; did you mean [tool.partattn.{hint[0]}]?" if hint else "")
+                + " (known: [tool.partattn.thresholds])"
+            )
         if table.get("thresholds") is not None:
             try:
                 return thresholds_from_pyproject(pyproject), f"{pyproject} [tool.partattn.thresholds]"

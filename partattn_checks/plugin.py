@@ -23,8 +23,10 @@ from .report import Summary, header_lines, junit_logging_warning
 from .runspec import DeviceChoice, checkpoint_defaults, torch_dtype
 from .sidecar import IMAGE_SUFFIXES, image_keys
 
-MARKER = ("partattn: an attention-check test (uses the partattn fixture or runs PartCrafter); "
-          "skipped unless pytest runs with --partattn")
+MARKER = (
+    "partattn: an attention-check test (uses the partattn fixture or runs PartCrafter); "
+    "skipped unless pytest runs with --partattn"
+)
 
 
 #: ``--dist`` as the user gave it, before pytest-xdist fills in its default.
@@ -90,8 +92,9 @@ def _pipeline_loader(config: pytest.Config, settings: options.Settings, device: 
             return custom
         from .model.pipeline import PartCrafterPipeline
 
-        return PartCrafterPipeline.from_pretrained(settings.model, device=device.device,
-                                                   dtype=torch_dtype(settings.dtype))
+        return PartCrafterPipeline.from_pretrained(
+            settings.model, device=device.device, dtype=torch_dtype(settings.dtype)
+        )
 
     return load
 
@@ -180,8 +183,13 @@ class Controller:
     ``partattn`` payloads) and writes the summary; workers write nothing session-wide.
     """
 
-    def __init__(self, settings: options.Settings, header: list[str], is_worker: bool,
-                 plan: scheduling.SchedulingPlan | None = None):
+    def __init__(
+        self,
+        settings: options.Settings,
+        header: list[str],
+        is_worker: bool,
+        plan: scheduling.SchedulingPlan | None = None,
+    ):
         self.settings = settings
         self.header = header
         self.is_worker = is_worker
@@ -204,8 +212,10 @@ class Controller:
                 store.remove(key)
             self.unused_lines = [f"{len(unused)} unused baseline(s) removed (no image under {s.shown(s.fixtures)}):"]
         else:
-            self.unused_lines = [f"{len(unused)} unused baseline(s), their image is no longer under "
-                                 f"{s.shown(s.fixtures)} (delete them, or let --partattn-update=all remove them):"]
+            self.unused_lines = [
+                f"{len(unused)} unused baseline(s), their image is no longer under "
+                f"{s.shown(s.fixtures)} (delete them, or let --partattn-update=all remove them):"
+            ]
         self.unused_lines += [f"  {s.shown(store.paths(key).folder)}" for key in unused]
 
     def pytest_report_header(self) -> list[str]:

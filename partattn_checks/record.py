@@ -29,8 +29,20 @@ DEFAULT_STEM = "record"
 _JSON_SUFFIX = ".json"
 _TENSOR_SUFFIX = ".safetensors"
 #: Entries of ``<stem>.json`` that ``load`` reads (the rest of the record is tensors).
-_DOC_KEYS = ("steps", "timesteps", "layers", "layer_kinds", "num_parts", "num_heads", "num_patch_keys",
-             "has_cls", "patch_grid", "full_maps", "nonfinite", "meta")
+_DOC_KEYS = (
+    "steps",
+    "timesteps",
+    "layers",
+    "layer_kinds",
+    "num_parts",
+    "num_heads",
+    "num_patch_keys",
+    "has_cls",
+    "patch_grid",
+    "full_maps",
+    "nonfinite",
+    "meta",
+)
 
 
 @dataclass(eq=False)
@@ -76,7 +88,7 @@ class AttentionRecord:
             raise ValueError(f"an AttentionRecord needs at least one step and one layer, got {S} steps and {L} layers")
         if len(self.timesteps) != S:
             raise ValueError(f"timesteps has {len(self.timesteps)} entries but steps has {S}")
-        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
             raise ValueError(f"steps must be strictly increasing, got {self.steps}")
         if len(self.layer_kinds) != L:
             raise ValueError(f"layer_kinds has {len(self.layer_kinds)} entries but layers has {L}")
@@ -85,8 +97,11 @@ class AttentionRecord:
         bad = [k for k in self.layer_kinds if k not in LAYER_KINDS]
         if bad:
             raise ValueError(f"unknown layer kind {bad[0]!r} (known: {', '.join(LAYER_KINDS)})")
-        for name, value in (("num_parts", self.num_parts), ("num_heads", self.num_heads),
-                            ("num_patch_keys", self.num_patch_keys)):
+        for name, value in (
+            ("num_parts", self.num_parts),
+            ("num_heads", self.num_heads),
+            ("num_patch_keys", self.num_patch_keys),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.patch_grid is not None and self.patch_grid[0] * self.patch_grid[1] != self.num_patch_keys:
@@ -147,8 +162,9 @@ class AttentionRecord:
             raise ValueError(f"layer position {i} is out of range for {len(self.layers)} recorded layers")
         return i % len(self.layers)
 
-    def select(self, step: int | None = None, layer: str | int | None = None,
-               part: int | None = None, head: int | None = None) -> dict[str, torch.Tensor]:
+    def select(
+        self, step: int | None = None, layer: str | int | None = None, part: int | None = None, head: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Index every per-map tensor at once; a given coordinate drops its axis.
 
         Returns {"entropy", "peak", "eff_keys", "cls_mass", "marginals"}. ``step`` is a step value
@@ -249,7 +265,7 @@ class AttentionRecord:
         return tensor_path, json_path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "AttentionRecord":
+    def load(cls, path: str | os.PathLike) -> AttentionRecord:
         """Read a record written by ``save`` (same path rules); refuses other schema versions.
 
         A missing file raises ``FileNotFoundError``; a damaged pair (invalid or truncated JSON, a
@@ -264,7 +280,9 @@ class AttentionRecord:
         tensor_path = stem.with_name(stem.name + _TENSOR_SUFFIX)
         for p in (json_path, tensor_path):
             if not p.is_file():
-                raise FileNotFoundError(f"attention record file {p} does not exist (a record is a .json + .safetensors pair)")
+                raise FileNotFoundError(
+                    f"attention record file {p} does not exist (a record is a .json + .safetensors pair)"
+                )
 
         def damaged(where: Path, what: str) -> RecordError:
             return RecordError(f"{where}: not a valid attention record ({what}); {RecordError.fix}.")
@@ -293,13 +311,23 @@ class AttentionRecord:
         try:
             full_maps = {(int(step), str(layer)): tensors[key] for step, layer, key in doc["full_maps"]}
             fields = dict(
-                steps=doc["steps"], timesteps=doc["timesteps"], layers=doc["layers"],
-                layer_kinds=doc["layer_kinds"], num_parts=doc["num_parts"], num_heads=doc["num_heads"],
-                num_patch_keys=doc["num_patch_keys"], has_cls=doc["has_cls"],
+                steps=doc["steps"],
+                timesteps=doc["timesteps"],
+                layers=doc["layers"],
+                layer_kinds=doc["layer_kinds"],
+                num_parts=doc["num_parts"],
+                num_heads=doc["num_heads"],
+                num_patch_keys=doc["num_patch_keys"],
+                has_cls=doc["has_cls"],
                 patch_grid=tuple(doc["patch_grid"]) if doc["patch_grid"] is not None else None,
-                entropy=tensors["entropy"], peak=tensors["peak"], eff_keys=tensors["eff_keys"],
-                cls_mass=tensors["cls_mass"], marginals=tensors["marginals"], full_maps=full_maps,
-                nonfinite=doc["nonfinite"], meta=doc["meta"],
+                entropy=tensors["entropy"],
+                peak=tensors["peak"],
+                eff_keys=tensors["eff_keys"],
+                cls_mass=tensors["cls_mass"],
+                marginals=tensors["marginals"],
+                full_maps=full_maps,
+                nonfinite=doc["nonfinite"],
+                meta=doc["meta"],
             )
         except KeyError as exc:
             key = exc.args[0] if exc.args else "?"

@@ -45,8 +45,7 @@ __all__ = [
 _FONT = 8.0  # points; with ~100 dpi at 512 px this is ~11 px text
 _ALPHA = 0.55  # overlay opacity of the attention colours over the image
 _LUMA = np.array([0.299, 0.587, 0.114])
-_AXIS_LABELS = {"qk": ("keys", "queries"), "strip": ("keys", None),
-                "grid": ("patch column", "patch row")}
+_AXIS_LABELS = {"qk": ("keys", "queries"), "strip": ("keys", None), "grid": ("patch column", "patch row")}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -100,8 +99,11 @@ def _check_grid(grid, nk: int) -> tuple[int, int]:
 
 
 def _title(title=None, layer=None, step=None, part=None, head=None) -> str | None:
-    bits = [f"{name} {value}" for name, value in
-            (("layer", layer), ("step", step), ("part", part), ("head", head)) if value is not None]
+    bits = [
+        f"{name} {value}"
+        for name, value in (("layer", layer), ("step", step), ("part", part), ("head", head))
+        if value is not None
+    ]
     text = " · ".join(bits)
     if title and text:
         return f"{title}\n{text}"
@@ -161,7 +163,7 @@ def _log2_ticks(vmax: float) -> list[float]:
     top = math.floor(math.log2(vmax))
     stride = max(1, math.ceil((2 * top + 1) / 9))  # at most ~9 ticks
     exps = [e for e in range(-top, top + 1) if e % stride == 0]
-    return [2.0 ** e for e in exps]
+    return [2.0**e for e in exps]
 
 
 def _fraction(t: float) -> str:
@@ -203,8 +205,7 @@ def _axes_pixel_box(fig: Figure, ax) -> tuple[int, int, int, int]:
     fig.canvas.draw()
     bbox = ax.get_window_extent()
     height = fig.canvas.get_width_height()[1]
-    return (math.ceil(bbox.x0), math.ceil(height - bbox.y1),
-            math.floor(bbox.x1), math.floor(height - bbox.y0))
+    return (math.ceil(bbox.x0), math.ceil(height - bbox.y1), math.floor(bbox.x1), math.floor(height - bbox.y0))
 
 
 def _panel_array(values: np.ndarray, scale: _Scale, grid=None, image_rgb=None):
@@ -232,7 +233,6 @@ def _panel_array(values: np.ndarray, scale: _Scale, grid=None, image_rgb=None):
     return (1.0 - _ALPHA) * backdrop[..., None] + _ALPHA * scale.rgb(up), "rgb"
 
 
-
 def _interpolation(ax, shape) -> str:
     """Nearest while every cell gets a pixel or more; antialiased when cells outnumber pixels."""
     fig_w, fig_h = ax.figure.get_size_inches() * ax.figure.dpi
@@ -247,8 +247,14 @@ def _show(ax, panel, scale: _Scale, *, labels: bool = True):
         im = ax.imshow(arr, interpolation="antialiased")
         ax.set_axis_off()
         return im
-    im = ax.imshow(arr, cmap=scale.cmap, norm=scale.norm, aspect="equal" if kind == "grid" else "auto",
-                   interpolation=_interpolation(ax, arr.shape), interpolation_stage="rgba")
+    im = ax.imshow(
+        arr,
+        cmap=scale.cmap,
+        norm=scale.norm,
+        aspect="equal" if kind == "grid" else "auto",
+        interpolation=_interpolation(ax, arr.shape),
+        interpolation_stage="rgba",
+    )
     ax.tick_params(labelsize=_FONT - 1)
     xlabel, ylabel = _AXIS_LABELS[kind]
     if not labels:
@@ -275,8 +281,9 @@ def _panel_grid(fig: Figure, n: int, ncols: int | None = None):
 # --------------------------------------------------------------------------- figures
 
 
-def _heatmap_fig(A, *, title=None, layer=None, step=None, part=None, head=None,
-                 vmax=8.0, scale="log", max_px=512) -> Figure:
+def _heatmap_fig(
+    A, *, title=None, layer=None, step=None, part=None, head=None, vmax=8.0, scale="log", max_px=512
+) -> Figure:
     A = _to_numpy(A)
     if A.ndim != 2:
         raise ValueError(f"heatmap expects one (queries, keys) map, got shape {A.shape}")
@@ -289,15 +296,31 @@ def _heatmap_fig(A, *, title=None, layer=None, step=None, part=None, head=None,
     return fig
 
 
-def heatmap(A, *, title=None, layer=None, step=None, part=None, head=None,
-            vmax=8.0, scale="log", path=None, max_px=512):
+def heatmap(
+    A, *, title=None, layer=None, step=None, part=None, head=None, vmax=8.0, scale="log", path=None, max_px=512
+):
     """One (queries, keys) attention map, plotted as A·Nk on the fixed scale."""
-    return _output(_heatmap_fig(A, title=title, layer=layer, step=step, part=part, head=head,
-                                vmax=vmax, scale=scale, max_px=max_px), path)
+    return _output(
+        _heatmap_fig(
+            A, title=title, layer=layer, step=step, part=part, head=head, vmax=vmax, scale=scale, max_px=max_px
+        ),
+        path,
+    )
 
 
-def _multi_head_fig(maps, *, title=None, layer=None, step=None, part=None, vmax=8.0,
-                    scale="log", ncols=None, max_px=512, ylabel="queries") -> Figure:
+def _multi_head_fig(
+    maps,
+    *,
+    title=None,
+    layer=None,
+    step=None,
+    part=None,
+    vmax=8.0,
+    scale="log",
+    ncols=None,
+    max_px=512,
+    ylabel="queries",
+) -> Figure:
     maps = _to_numpy(maps)
     if maps.ndim != 3:
         raise ValueError(f"multi_head_grid expects (heads, queries, keys) maps, got shape {maps.shape}")
@@ -315,16 +338,53 @@ def _multi_head_fig(maps, *, title=None, layer=None, step=None, part=None, vmax=
     return fig
 
 
-def multi_head_grid(maps, *, title=None, layer=None, step=None, part=None, vmax=8.0,
-                    scale="log", ncols=None, path=None, max_px=512, ylabel="queries"):
+def multi_head_grid(
+    maps,
+    *,
+    title=None,
+    layer=None,
+    step=None,
+    part=None,
+    vmax=8.0,
+    scale="log",
+    ncols=None,
+    path=None,
+    max_px=512,
+    ylabel="queries",
+):
     """(heads, queries, keys) maps: one panel per head, one shared fixed scale and colorbar.
     ``ylabel=None`` drops the row label (for one-row key-marginal strips)."""
-    return _output(_multi_head_fig(maps, title=title, layer=layer, step=step, part=part,
-                                   vmax=vmax, scale=scale, ncols=ncols, max_px=max_px, ylabel=ylabel), path)
+    return _output(
+        _multi_head_fig(
+            maps,
+            title=title,
+            layer=layer,
+            step=step,
+            part=part,
+            vmax=vmax,
+            scale=scale,
+            ncols=ncols,
+            max_px=max_px,
+            ylabel=ylabel,
+        ),
+        path,
+    )
 
 
-def _part_panel_fig(marginals, grid=None, image=None, *, title=None, layer=None, step=None,
-                    head=None, vmax=8.0, scale="log", ncols=None, max_px=512) -> Figure:
+def _part_panel_fig(
+    marginals,
+    grid=None,
+    image=None,
+    *,
+    title=None,
+    layer=None,
+    step=None,
+    head=None,
+    vmax=8.0,
+    scale="log",
+    ncols=None,
+    max_px=512,
+) -> Figure:
     marginals = _to_numpy(marginals)
     if marginals.ndim != 2:
         raise ValueError(f"part_panel expects (parts, Nk) key marginals, got shape {marginals.shape}")
@@ -350,30 +410,57 @@ def _part_panel_fig(marginals, grid=None, image=None, *, title=None, layer=None,
         axes[0].imshow(rgb)
         axes[0].set_axis_off()
         axes[0].set_title("input", fontsize=_FONT, pad=2)
-    for p, ax in enumerate(axes[n_panels - n_parts:]):
+    for p, ax in enumerate(axes[n_panels - n_parts :]):
         _show(ax, _panel_array(marginals[p], sc, grid, rgb), sc, labels=False)
         ax.set_title(f"part {p}", fontsize=_FONT, pad=2)
     if suptitle:
         fig.suptitle(suptitle, fontsize=_FONT + 1)
-    sc.colorbar(fig, axes[n_panels - n_parts:], nk)
+    sc.colorbar(fig, axes[n_panels - n_parts :], nk)
     return fig
 
 
-def part_panel(marginals, grid=None, image=None, *, title=None, layer=None, step=None,
-               head=None, vmax=8.0, scale="log", ncols=None, path=None, max_px=512):
+def part_panel(
+    marginals,
+    grid=None,
+    image=None,
+    *,
+    title=None,
+    layer=None,
+    step=None,
+    head=None,
+    vmax=8.0,
+    scale="log",
+    ncols=None,
+    path=None,
+    max_px=512,
+):
     """(parts, Nk) key marginals: one panel per part on the shared fixed scale.
 
     With ``grid=(rows, cols)`` each marginal is reshaped row-major onto the patch grid; with
     ``image`` too, it is blended over a grey copy of the image and a first panel shows the
     input. Without ``grid``, one strip per part.
     """
-    return _output(_part_panel_fig(marginals, grid, image, title=title, layer=layer, step=step,
-                                   head=head, vmax=vmax, scale=scale, ncols=ncols,
-                                   max_px=max_px), path)
+    return _output(
+        _part_panel_fig(
+            marginals,
+            grid,
+            image,
+            title=title,
+            layer=layer,
+            step=step,
+            head=head,
+            vmax=vmax,
+            scale=scale,
+            ncols=ncols,
+            max_px=max_px,
+        ),
+        path,
+    )
 
 
-def _overlay_fig(marginal, grid, image, *, title=None, layer=None, step=None, part=None,
-                 head=None, vmax=8.0, scale="log", max_px=512) -> Figure:
+def _overlay_fig(
+    marginal, grid, image, *, title=None, layer=None, step=None, part=None, head=None, vmax=8.0, scale="log", max_px=512
+) -> Figure:
     marginal = _to_numpy(marginal)
     if marginal.ndim != 1:
         raise ValueError(f"overlay expects one (Nk,) key marginal, got shape {marginal.shape}")
@@ -386,24 +473,51 @@ def _overlay_fig(marginal, grid, image, *, title=None, layer=None, step=None, pa
     return fig
 
 
-def overlay(marginal, grid, image, *, title=None, layer=None, step=None, part=None, head=None,
-            vmax=8.0, scale="log", path=None, max_px=512):
+def overlay(
+    marginal,
+    grid,
+    image,
+    *,
+    title=None,
+    layer=None,
+    step=None,
+    part=None,
+    head=None,
+    vmax=8.0,
+    scale="log",
+    path=None,
+    max_px=512,
+):
     """One (Nk,) patch-key distribution on the patch grid, upsampled bilinearly onto ``image``.
 
     ``image`` (PIL, HxWx3, or the (1,)3xHxW encoder tensor) is shown in grey under the
     attention colours, so that every colour on the figure is attention.
     """
-    return _output(_overlay_fig(marginal, grid, image, title=title, layer=layer, step=step,
-                                part=part, head=head, vmax=vmax, scale=scale, max_px=max_px), path)
+    return _output(
+        _overlay_fig(
+            marginal,
+            grid,
+            image,
+            title=title,
+            layer=layer,
+            step=step,
+            part=part,
+            head=head,
+            vmax=vmax,
+            scale=scale,
+            max_px=max_px,
+        ),
+        path,
+    )
 
 
-def _timeline_fig(values, steps, layer_names, *, metric="normalized entropy", threshold=None,
-                  title=None, ylim=(0.0, 1.0), max_px=512) -> Figure:
+def _timeline_fig(
+    values, steps, layer_names, *, metric="normalized entropy", threshold=None, title=None, ylim=(0.0, 1.0), max_px=512
+) -> Figure:
     values = _to_numpy(values)
     steps = _to_numpy(steps)
     if values.ndim != 2 or values.shape != (len(steps), len(layer_names)):
-        raise ValueError(f"values must be (steps={len(steps)}, layers={len(layer_names)}), "
-                         f"got shape {values.shape}")
+        raise ValueError(f"values must be (steps={len(steps)}, layers={len(layer_names)}), got shape {values.shape}")
     n_layers = len(layer_names)
     fig = _new_figure((5.6, 3.6), max_px)
     ax = fig.add_subplot()
@@ -412,8 +526,15 @@ def _timeline_fig(values, steps, layer_names, *, metric="normalized entropy", th
     marker = "o" if len(steps) <= 25 else None
     for i, name in enumerate(layer_names):
         colour = cmap(i / max(n_layers - 1, 1)) if colour_bar else cmap(i)
-        ax.plot(steps, values[:, i], color=colour, lw=1.2, marker=marker, ms=2.5,
-                label="_nolegend_" if colour_bar else f"layer {name}")
+        ax.plot(
+            steps,
+            values[:, i],
+            color=colour,
+            lw=1.2,
+            marker=marker,
+            ms=2.5,
+            label="_nolegend_" if colour_bar else f"layer {name}",
+        )
     if threshold is not None:
         ax.axhline(threshold, color="crimson", ls="--", lw=1.0, label=f"threshold {threshold:g}")
     if ylim is not None:  # fixed axis, widened only if the data escapes it
@@ -430,8 +551,7 @@ def _timeline_fig(values, steps, layer_names, *, metric="normalized entropy", th
     if title:
         ax.set_title(title, fontsize=_FONT + 1)
     if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=_FONT - 1, ncols=2 if n_layers > 5 and not colour_bar else 1,
-                  loc="best", framealpha=0.8)
+        ax.legend(fontsize=_FONT - 1, ncols=2 if n_layers > 5 and not colour_bar else 1, loc="best", framealpha=0.8)
     if colour_bar:
         mappable = ScalarMappable(norm=Normalize(0, n_layers - 1), cmap=cmap)
         cbar = fig.colorbar(mappable, ax=ax, pad=0.02)
@@ -442,22 +562,37 @@ def _timeline_fig(values, steps, layer_names, *, metric="normalized entropy", th
     return fig
 
 
-def timeline(values, steps, layer_names, *, metric="normalized entropy", threshold=None,
-             title=None, ylim=(0.0, 1.0), path=None, max_px=512):
+def timeline(
+    values,
+    steps,
+    layer_names,
+    *,
+    metric="normalized entropy",
+    threshold=None,
+    title=None,
+    ylim=(0.0, 1.0),
+    path=None,
+    max_px=512,
+):
     """(steps, layers) metric values over denoising steps, one line per layer.
 
     ``ylim`` is fixed by default ([0, 1], the range of every metric in DESIGN section 4) and
     only widened when data falls outside it; ``ylim=None`` lets matplotlib choose.
     """
-    return _output(_timeline_fig(values, steps, layer_names, metric=metric, threshold=threshold,
-                                 title=title, ylim=ylim, max_px=max_px), path)
+    return _output(
+        _timeline_fig(
+            values, steps, layer_names, metric=metric, threshold=threshold, title=title, ylim=ylim, max_px=max_px
+        ),
+        path,
+    )
 
 
 # --------------------------------------------------------------------------- animation
 
 
-def _animation_frames(frames, *, titles=None, grid=None, image=None, vmax=8.0, scale="log",
-                      max_px=512) -> list[Image.Image]:
+def _animation_frames(
+    frames, *, titles=None, grid=None, image=None, vmax=8.0, scale="log", max_px=512
+) -> list[Image.Image]:
     """Render every frame with ONE figure (same layout, same fixed scale) into RGB images."""
     frames = _to_numpy(frames)
     if frames.ndim not in (2, 3) or frames.shape[0] == 0:
@@ -477,7 +612,7 @@ def _animation_frames(frames, *, titles=None, grid=None, image=None, vmax=8.0, s
     fig.canvas.draw()
     fig.set_layout_engine("none")  # freeze the layout: no jitter between frames
     out = []
-    for frame, text in zip(frames, titles):
+    for frame, text in zip(frames, titles, strict=False):
         im.set_data(_panel_array(frame, sc, grid, rgb)[0])
         ax.set_title(text, fontsize=_FONT + 1)
         out.append(Image.fromarray(_figure_rgb(fig)))
@@ -491,31 +626,28 @@ def _write_gif(images: list[Image.Image], fp, fps: float) -> None:
     strip = Image.fromarray(np.concatenate([np.asarray(i) for i in sample], axis=0))
     palette = strip.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     frames = [i.quantize(palette=palette, dither=Image.Dither.NONE) for i in images]
-    frames[0].save(fp, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=round(1000 / fps), loop=0, disposal=1)
+    frames[0].save(
+        fp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0, disposal=1
+    )
 
 
-def animation(frames, path, *, fps=4, titles=None, grid=None, image=None, vmax=8.0,
-              scale="log", max_px=512) -> Path:
+def animation(frames, path, *, fps=4, titles=None, grid=None, image=None, vmax=8.0, scale="log", max_px=512) -> Path:
     """Animated GIF of (S, Q, K) maps or (S, Nk) marginals over steps; returns ``path``.
 
     Marginals are drawn as strips, or on the patch grid with ``grid``, or as overlays with
     ``grid`` and ``image``. Pillow folds a frame identical to the previous one into it, so give
     distinct ``titles`` (the default numbers the frames) to keep one GIF frame per input frame.
     """
-    images = _animation_frames(frames, titles=titles, grid=grid, image=image, vmax=vmax,
-                               scale=scale, max_px=max_px)
+    images = _animation_frames(frames, titles=titles, grid=grid, image=image, vmax=vmax, scale=scale, max_px=max_px)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_gif(images, path, fps)
     return path
 
 
-def animation_bytes(frames, *, fps=4, titles=None, grid=None, image=None, vmax=8.0,
-                    scale="log", max_px=512) -> bytes:
+def animation_bytes(frames, *, fps=4, titles=None, grid=None, image=None, vmax=8.0, scale="log", max_px=512) -> bytes:
     """Same as :func:`animation`, returning the GIF bytes."""
-    images = _animation_frames(frames, titles=titles, grid=grid, image=image, vmax=vmax,
-                               scale=scale, max_px=max_px)
+    images = _animation_frames(frames, titles=titles, grid=grid, image=image, vmax=vmax, scale=scale, max_px=max_px)
     buf = io.BytesIO()
     _write_gif(images, buf, fps)
     return buf.getvalue()

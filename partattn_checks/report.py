@@ -45,8 +45,9 @@ def quote_nodeid(nodeid: str) -> str:
     return f'"{nodeid}"'
 
 
-def pytest_command(cli_args: list[str], invocation_dir: Path, image: Path, name: str, *,
-                   update: str | None = None) -> str:
+def pytest_command(
+    cli_args: list[str], invocation_dir: Path, image: Path, name: str, *, update: str | None = None
+) -> str:
     """The exact command that reruns ``<image>::<name>`` with the user's partattn options."""
     rel = Path(os.path.relpath(image, invocation_dir)).as_posix()
     args = ["pytest", "--partattn", *cli_args]
@@ -58,25 +59,50 @@ def pytest_command(cli_args: list[str], invocation_dir: Path, image: Path, name:
 def offender_text(offender: dict | None) -> str:
     if not offender:
         return "—"
-    return ", ".join(f"{k} {'-' if offender.get(k) is None else offender.get(k)}"
-                     for k in ("step", "layer", "part", "head"))
+    return ", ".join(
+        f"{k} {'-' if offender.get(k) is None else offender.get(k)}" for k in ("step", "layer", "part", "head")
+    )
 
 
 # ----------------------------------------------------------------------------- payload
-def payload(*, image: str, image_abs: str, key: str, check: str, result: dict | None, figures: list[str],
-            rerun: str, update: str, baseline_checks: dict | None = None, status: str | None = None,
-            error: str | None = None, warnings: list[str] | None = None, seconds: float = 0.0,
-            summary: dict | None = None) -> dict:
+def payload(
+    *,
+    image: str,
+    image_abs: str,
+    key: str,
+    check: str,
+    result: dict | None,
+    figures: list[str],
+    rerun: str,
+    update: str,
+    baseline_checks: dict | None = None,
+    status: str | None = None,
+    error: str | None = None,
+    warnings: list[str] | None = None,
+    seconds: float = 0.0,
+    summary: dict | None = None,
+) -> dict:
     """One item's data, JSON-ready. ``result`` is ``CheckResult.to_dict()`` (None when the image
     could not be run; ``error`` says why)."""
     verdict = "error" if result is None else result["verdict"]
     if status in ("written", "updated"):
         verdict = str(status)
     return {
-        "image": image, "image_abs": image_abs, "key": key, "check": check, "verdict": verdict,
-        "result": result, "figures": list(figures), "rerun": rerun, "update": update,
-        "baseline_checks": baseline_checks or {}, "status": None if status is None else str(status), "error": error,
-        "warnings": list(warnings or []), "seconds": seconds, "summary": summary or {},
+        "image": image,
+        "image_abs": image_abs,
+        "key": key,
+        "check": check,
+        "verdict": verdict,
+        "result": result,
+        "figures": list(figures),
+        "rerun": rerun,
+        "update": update,
+        "baseline_checks": baseline_checks or {},
+        "status": None if status is None else str(status),
+        "error": error,
+        "warnings": list(warnings or []),
+        "seconds": seconds,
+        "summary": summary or {},
     }
 
 
@@ -90,8 +116,9 @@ def metric_rows(p: dict) -> list[list[str]]:
         per = r.get("details", {}).get("per_metric", {})
         for name, m in per.items():
             ok = m["drift"] <= m["allowed"]
-            rows.append([name, fmt(m["measured"]), f"±{fmt(m['allowed'], 3)}", fmt(m["baseline"]),
-                         "ok" if ok else "DRIFT"])
+            rows.append(
+                [name, fmt(m["measured"]), f"±{fmt(m['allowed'], 3)}", fmt(m["baseline"]), "ok" if ok else "DRIFT"]
+            )
         for name in r.get("details", {}).get("missing_in_measured", []):
             rows.append([name, "not measured", "", "stored", "MISSING"])
         if not rows and p["summary"]:  # nothing compared: no (usable) baseline, or one just written
@@ -102,14 +129,18 @@ def metric_rows(p: dict) -> list[list[str]]:
     check = REGISTRY.get(p["check"])  # headline: label and pass condition shown before the threshold
     label, op = (check.label, check.op) if check is not None else (p["check"], "")
     threshold = "" if r["threshold"] is None else f"{op} {fmt(r['threshold'])}"
-    return [[label, fmt(r["value"]), threshold, fmt(p["baseline_checks"].get(p["check"])),
-             r["verdict"].upper()]]
+    return [[label, fmt(r["value"]), threshold, fmt(p["baseline_checks"].get(p["check"])), r["verdict"].upper()]]
 
 
 def table(rows: list[list[str]], header: list[str]) -> list[str]:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    line = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                 for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    def line(row):
+        return "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+            for i, (c, w) in enumerate(zip(row, widths, strict=False))
+        ).rstrip()
+
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
@@ -172,10 +203,12 @@ def html_extras(p: dict) -> list[dict]:
 def junit_logging_warning(junit_logging: str) -> str | None:
     if junit_logging in JUNIT_LOGGING_WITH_STDOUT:
         return None
-    return (f"--junitxml is used with junit_logging = {junit_logging}, which leaves out <system-out>: "
-            f"Jenkins and GitLab will not pick up the [[ATTACHMENT|...]] lines of partattn figures "
-            f"(they are still in the <failure> text). Set junit_logging = system-out (or all) in your "
-            f"pytest configuration to attach the figures")
+    return (
+        f"--junitxml is used with junit_logging = {junit_logging}, which leaves out <system-out>: "
+        f"Jenkins and GitLab will not pick up the [[ATTACHMENT|...]] lines of partattn figures "
+        f"(they are still in the <failure> text). Set junit_logging = system-out (or all) in your "
+        f"pytest configuration to attach the figures"
+    )
 
 
 # ----------------------------------------------------------------------------- session summary
@@ -183,7 +216,7 @@ class Summary:
     """Collects payloads (on the controller) and renders the summary table and index.html."""
 
     def __init__(self):
-        self.by_image: "OrderedDict[str, dict[str, dict]]" = OrderedDict()
+        self.by_image: OrderedDict[str, dict[str, dict]] = OrderedDict()
 
     def add(self, p: dict) -> None:
         self.by_image.setdefault(p["image"], {})[p["check"]] = p
@@ -227,8 +260,10 @@ class Summary:
         out = []
         written = [p for per in self.by_image.values() for p in per.values() if p["verdict"] in ("written", "updated")]
         if written:
-            out.append(f"{len(written)} baseline{'s' if len(written) != 1 else ''} written or updated "
-                       f"(review and commit them):")
+            out.append(
+                f"{len(written)} baseline{'s' if len(written) != 1 else ''} written or updated "
+                f"(review and commit them):"
+            )
             out += [f"  {p['verdict']}: {p['result']['details'].get('written', '')}" for p in written]
         return out
 
@@ -240,9 +275,17 @@ class Summary:
         rows = []
         for image, per in self.by_image.items():
             anchor = "#" + next(iter(per.values()))["key"]
-            rows.append([Cell(image, href=anchor), *(
-                Cell(self.cell(per[c]), _CELL_CLASSES.get(per[c]["verdict"], "note"), anchor) if c in per
-                else Cell("") for c in checks)])
+            rows.append(
+                [
+                    Cell(image, href=anchor),
+                    *(
+                        Cell(self.cell(per[c]), _CELL_CLASSES.get(per[c]["verdict"], "note"), anchor)
+                        if c in per
+                        else Cell("")
+                        for c in checks
+                    ),
+                ]
+            )
         page.table(["image", *checks], rows)
         for image, per in self.by_image.items():
             page.heading(image, anchor=next(iter(per.values()))["key"])

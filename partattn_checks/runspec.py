@@ -36,8 +36,13 @@ RUN_KEYS = ("num_parts", "steps", "seed", "guidance_scale", "num_tokens")
 #: Seed of the initial latents when nothing sets one (checkpoints do not).
 DEFAULT_SEED = 0
 #: (kind, least value) per setting.
-_RULES = {"num_parts": (int, 1), "steps": (int, 1), "seed": (int, 0), "guidance_scale": (float, 0),
-          "num_tokens": (int, 1)}
+_RULES = {
+    "num_parts": (int, 1),
+    "steps": (int, 1),
+    "seed": (int, 0),
+    "guidance_scale": (float, 0),
+    "num_tokens": (int, 1),
+}
 LAYERS = ("checkpoint", "options", "sidecar", "call")
 
 
@@ -87,23 +92,40 @@ class RunSpec:
 
     def run_kwargs(self) -> dict:
         """The pipeline call's keyword arguments."""
-        return {"steps": self.steps, "seed": self.seed, "guidance_scale": self.guidance_scale,
-                "num_tokens": self.num_tokens}
+        return {
+            "steps": self.steps,
+            "seed": self.seed,
+            "guidance_scale": self.guidance_scale,
+            "num_tokens": self.num_tokens,
+        }
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def resolve_run(checkpoint: Mapping, options: Mapping | None = None, sidecar: Mapping | None = None,
-                call: Mapping | None = None, *, device: str = "cpu", dtype: str = "float32",
-                labels: Mapping[str, str] | None = None, loaded: bool = False) -> RunSpec:
+def resolve_run(
+    checkpoint: Mapping,
+    options: Mapping | None = None,
+    sidecar: Mapping | None = None,
+    call: Mapping | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    labels: Mapping[str, str] | None = None,
+    loaded: bool = False,
+) -> RunSpec:
     """The one resolver: ``checkpoint`` defaults, then ``options``, then ``sidecar``, then ``call``
     (each a mapping of :data:`RUN_KEYS`; ``None`` values are unset). ``device``: a concrete device or
     a request (``auto`` is resolved here); ``dtype``: a name of :data:`DTYPES`. A bad value raises
     :class:`RunSpecError` naming its source (``labels[layer]``, e.g. the sidecar's path).
     ``loaded``: ``device`` and ``dtype`` are those of a loaded pipeline, taken as they are."""
-    names = {"checkpoint": "the checkpoint's run_defaults", "options": "options", "sidecar": "sidecar",
-             "call": "argument", **(labels or {})}
+    names = {
+        "checkpoint": "the checkpoint's run_defaults",
+        "options": "options",
+        "sidecar": "sidecar",
+        "call": "argument",
+        **(labels or {}),
+    }
     values: dict = {"seed": DEFAULT_SEED}
     for layer, given in zip(LAYERS, (checkpoint, options, sidecar, call), strict=True):
         for key, value in (given or {}).items():
@@ -117,9 +139,14 @@ def resolve_run(checkpoint: Mapping, options: Mapping | None = None, sidecar: Ma
             values[key] = value
     missing = [key for key in RUN_KEYS if key not in values]
     if missing:
-        raise RunSpecError(f"no {missing[0]} for this run: pass {missing[0]}=" + (
-            "N, name the image np<N>_<name> or add a sidecar with 'num_parts = N'" if missing[0] == "num_parts"
-            else "... or set it in the checkpoint's partattn.json"))
+        raise RunSpecError(
+            f"no {missing[0]} for this run: pass {missing[0]}="
+            + (
+                "N, name the image np<N>_<name> or add a sidecar with 'num_parts = N'"
+                if missing[0] == "num_parts"
+                else "... or set it in the checkpoint's partattn.json"
+            )
+        )
     if not loaded:
         for what, value, wrong in (("dtype", dtype, dtype_problem(dtype)), ("device", device, device_problem(device))):
             if wrong:
@@ -129,11 +156,24 @@ def resolve_run(checkpoint: Mapping, options: Mapping | None = None, sidecar: Ma
     return RunSpec(**ints, guidance_scale=float(values["guidance_scale"]), device=str(device), dtype=dtype)
 
 
-def for_pipeline(pipeline, options: Mapping | None = None, sidecar: Mapping | None = None,
-                 call: Mapping | None = None, labels: Mapping[str, str] | None = None) -> RunSpec:
+def for_pipeline(
+    pipeline,
+    options: Mapping | None = None,
+    sidecar: Mapping | None = None,
+    call: Mapping | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> RunSpec:
     """:func:`resolve_run` for a loaded pipeline: its ``run_defaults``, its device and its dtype."""
-    return resolve_run(pipeline.run_defaults, options, sidecar, call, device=str(pipeline.device),
-                       dtype=dtype_name(pipeline.dtype), labels=labels, loaded=True)
+    return resolve_run(
+        pipeline.run_defaults,
+        options,
+        sidecar,
+        call,
+        device=str(pipeline.device),
+        dtype=dtype_name(pipeline.dtype),
+        labels=labels,
+        loaded=True,
+    )
 
 
 def checkpoint_defaults(model: str | Path) -> dict:
@@ -178,8 +218,10 @@ def resolve_device(requested: str = "auto", worker: str | None = None, spread: b
     if ":" in requested:
         index = int(requested.split(":", 1)[1])
         if index >= count:
-            raise RunSpecError(f"there {'is' if count == 1 else 'are'} only {count} CUDA device"
-                               f"{'s' if count != 1 else ''} here (cuda:0..cuda:{count - 1})")
+            raise RunSpecError(
+                f"there {'is' if count == 1 else 'are'} only {count} CUDA device"
+                f"{'s' if count != 1 else ''} here (cuda:0..cuda:{count - 1})"
+            )
         return DeviceChoice(requested)
     index = 0
     if worker and worker.startswith("gw") and worker[2:].isdigit():
@@ -227,6 +269,10 @@ def run_meta(pipeline, image, spec: RunSpec) -> dict:
         "seed": spec.seed,
         "dtype": spec.dtype,
         "device": spec.device,
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "partattn_checks": __version__},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "partattn_checks": __version__,
+        },
     }

@@ -37,8 +37,7 @@ class SchedulingPlan:
         if self.chosen is None:
             return "xdist: --dist loadfile (chosen by partattn: each image's checks run on one worker)"
         if self.replaced:
-            return (f"xdist: --dist {self.chosen} for other tests, each fixture image kept on one worker "
-                    f"(partattn)")
+            return f"xdist: --dist {self.chosen} for other tests, each fixture image kept on one worker (partattn)"
         if self.mode == "each":
             return "xdist: --dist each (every worker runs every image)"
         return f"xdist: --dist {self.mode} (each image's checks run on one worker)"
@@ -47,10 +46,12 @@ class SchedulingPlan:
     def warning(self) -> str | None:
         if not self.replaced:
             return None
-        return (f"--dist {self.chosen} would split a fixture image's checks across workers, and each "
-                f"worker would denoise the image again; partattn keeps each image on one worker and "
-                f"schedules the other tests as --dist {self.chosen} groups them. Pass --dist loadfile "
-                f"(or no --dist) to silence this warning")
+        return (
+            f"--dist {self.chosen} would split a fixture image's checks across workers, and each "
+            f"worker would denoise the image again; partattn keeps each image on one worker and "
+            f"schedules the other tests as --dist {self.chosen} groups them. Pass --dist loadfile "
+            f"(or no --dist) to silence this warning"
+        )
 
 
 def plan(chosen_dist: str | None, resolved_dist: str) -> SchedulingPlan | None:

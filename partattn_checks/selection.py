@@ -35,8 +35,9 @@ class Selection:
         for item in self.layers:
             if isinstance(item, int):
                 if not -len(names) <= item < len(names):
-                    raise ValueError(f"layer index {item} out of range: the model has {len(names)} "
-                                     f"cross-attention layers")
+                    raise ValueError(
+                        f"layer index {item} out of range: the model has {len(names)} cross-attention layers"
+                    )
                 picked.add(names[item])
             else:
                 matches = [n for n in names if fnmatch.fnmatchcase(n, item)]

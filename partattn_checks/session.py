@@ -65,15 +65,17 @@ def judge(record, thresholds: Thresholds | None = None, checks=None) -> dict[str
     return {r.name: r for r in run_checks(record, thresholds, names=names)}
 
 
-def run_case(pipeline, image, spec: RunSpec, thresholds: Thresholds | None = None, *, selection=None,
-             checks=None, callback=None) -> CaseOutcome:
+def run_case(
+    pipeline, image, spec: RunSpec, thresholds: Thresholds | None = None, *, selection=None, checks=None, callback=None
+) -> CaseOutcome:
     """Run ``image`` under ``spec`` and judge it; ``callback(step, timestep, latents)`` is the
     pipeline's per-step callback (e.g. a progress bar)."""
     start = time.perf_counter()
     record = run_record(pipeline, image, spec, selection=selection, callback=callback)
     seconds = time.perf_counter() - start
-    return CaseOutcome(image=image, spec=spec, record=record, results=judge(record, thresholds, checks),
-                       seconds=seconds)
+    return CaseOutcome(
+        image=image, spec=spec, record=record, results=judge(record, thresholds, checks), seconds=seconds
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -96,8 +98,14 @@ class Session:
     runs this session made.
     """
 
-    def __init__(self, load: Callable[[], object], *, options: Mapping | None = None,
-                 options_label: str = "options", cache_size: int = CACHE_SIZE):
+    def __init__(
+        self,
+        load: Callable[[], object],
+        *,
+        options: Mapping | None = None,
+        options_label: str = "options",
+        cache_size: int = CACHE_SIZE,
+    ):
         self._load = load
         self.options = {k: v for k, v in (options or {}).items() if v is not None}
         self.options_label = options_label
@@ -112,8 +120,10 @@ class Session:
     @property
     def pipeline(self):
         if self._pipeline_error is not None:  # said in full by the first run that tried
-            raise CaseError(f"the model could not be loaded: {self._pipeline_error.splitlines()[0]} "
-                            f"(the first failing item of this session has the details)")
+            raise CaseError(
+                f"the model could not be loaded: {self._pipeline_error.splitlines()[0]} "
+                f"(the first failing item of this session has the details)"
+            )
         if self._pipeline is None:
             try:
                 self._pipeline = self._load()
@@ -131,8 +141,9 @@ class Session:
         return str(getattr(getattr(self.pipeline, "checkpoint", None), "path", id(self.pipeline)))
 
     # -- run specs ----------------------------------------------------------------------------
-    def spec(self, sidecar: Mapping | None = None, call: Mapping | None = None, *,
-             sidecar_label: str = "sidecar") -> RunSpec:
+    def spec(
+        self, sidecar: Mapping | None = None, call: Mapping | None = None, *, sidecar_label: str = "sidecar"
+    ) -> RunSpec:
         """The run spec: the pipeline's checkpoint defaults, this session's options, ``sidecar``, ``call``."""
         labels = {"options": self.options_label, "sidecar": sidecar_label}
         return for_pipeline(self.pipeline, self.options, sidecar, call, labels=labels)
@@ -161,8 +172,16 @@ class Session:
             raise record
         return record
 
-    def outcome(self, image, spec: RunSpec, thresholds: Thresholds | None = None, *, checks=None,
-                selection=None, name: str | None = None) -> CaseOutcome:
+    def outcome(
+        self,
+        image,
+        spec: RunSpec,
+        thresholds: Thresholds | None = None,
+        *,
+        checks=None,
+        selection=None,
+        name: str | None = None,
+    ) -> CaseOutcome:
         """``image``'s cached record judged under ``thresholds``. The same (record, thresholds,
         checks) gives the same outcome object; other thresholds re-judge, never re-run."""
         thresholds = thresholds or Thresholds()
@@ -173,14 +192,16 @@ class Session:
         start, runs = time.perf_counter(), self.runs
         record = self.record(image, spec, selection=selection, name=name)
         seconds = time.perf_counter() - start if self.runs > runs else 0.0
-        outcome = CaseOutcome(image=image, spec=spec, record=record, results=judge(record, thresholds, checks),
-                              seconds=seconds)
+        outcome = CaseOutcome(
+            image=image, spec=spec, record=record, results=judge(record, thresholds, checks), seconds=seconds
+        )
         if selection is None:
             _remember(self._outcomes, key, outcome, self.cache_size)
         return outcome
 
-    def run_image(self, image, spec: RunSpec, thresholds: Thresholds | None = None, *, checks=None,
-                  selection=None) -> CaseOutcome:
+    def run_image(
+        self, image, spec: RunSpec, thresholds: Thresholds | None = None, *, checks=None, selection=None
+    ) -> CaseOutcome:
         """An in-memory image (PIL): run and judge, not cached (it has no path to key on)."""
         self.runs += 1
         return run_case(self.pipeline, image, spec, thresholds, selection=selection, checks=checks)

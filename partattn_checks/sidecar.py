@@ -72,10 +72,14 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
     from_name = parts_from_name(path)
     if not sidecar.is_file():
         if from_name is None:
-            return ImageSpec(**base, error=(
-                f"{display}: unknown part count. Either rename the file with an np<N>_ prefix "
-                f"(e.g. np3_{path.name}) or add a sidecar file {sidecar.name} next to it with "
-                f"'num_parts = 3'"))
+            return ImageSpec(
+                **base,
+                error=(
+                    f"{display}: unknown part count. Either rename the file with an np<N>_ prefix "
+                    f"(e.g. np3_{path.name}) or add a sidecar file {sidecar.name} next to it with "
+                    f"'num_parts = 3'"
+                ),
+            )
         return ImageSpec(**base, num_parts=from_name)
     try:
         doc = tomllib.loads(sidecar.read_text(encoding="utf-8"))
@@ -91,12 +95,22 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
         return ImageSpec(**base, sidecar=sidecar, error=str(exc))
     num_parts = doc.get("num_parts", from_name)
     if num_parts is None:
-        return ImageSpec(**base, sidecar=sidecar, error=(
-            f"{sidecar}: no num_parts, and {path.name} has no np<N>_ prefix; add 'num_parts = N' to the sidecar"))
+        return ImageSpec(
+            **base,
+            sidecar=sidecar,
+            error=(
+                f"{sidecar}: no num_parts, and {path.name} has no np<N>_ prefix; add 'num_parts = N' to the sidecar"
+            ),
+        )
     if from_name is not None and num_parts != from_name:
-        return ImageSpec(**base, sidecar=sidecar, error=(
-            f"{sidecar}: num_parts = {num_parts} contradicts the file name prefix np{from_name}_; "
-            f"rename the image or fix the sidecar"))
+        return ImageSpec(
+            **base,
+            sidecar=sidecar,
+            error=(
+                f"{sidecar}: num_parts = {num_parts} contradicts the file name prefix np{from_name}_; "
+                f"rename the image or fix the sidecar"
+            ),
+        )
     run = {k: doc[k] for k in ("steps", "seed", "guidance_scale") if k in doc}
     return ImageSpec(**base, num_parts=int(num_parts), run=run, thresholds=thresholds, sidecar=sidecar)
 
@@ -118,5 +132,8 @@ def image_keys(fixtures: Path, results: Path) -> set[str]:
     """Keys (``read_spec``'s ``key``) of every fixture image on disk, the results folder excluded."""
     if not fixtures.is_dir():
         return set()
-    return {p.relative_to(fixtures).with_suffix("").as_posix() for p in fixtures.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and results not in p.parents and p.is_file()}
+    return {
+        p.relative_to(fixtures).with_suffix("").as_posix()
+        for p in fixtures.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and results not in p.parents and p.is_file()
+    }

@@ -50,8 +50,8 @@ Unseen types
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -187,10 +187,7 @@ def _try_layout(rng: np.random.Generator, n: int, image_size: int) -> list[tuple
         for _ in range(_MAX_TRIES):
             r = rng.uniform(lo, hi)
             cx, cy = rng.uniform(margin + r, image_size - margin - r, size=2)
-            if all(
-                abs(cx - px) >= r + pr + gap or abs(cy - py) >= r + pr + gap
-                for px, py, pr in placed
-            ):
+            if all(abs(cx - px) >= r + pr + gap or abs(cy - py) >= r + pr + gap for px, py, pr in placed):
                 placed.append((float(cx), float(cy), float(r)))
                 break
         else:
@@ -198,8 +195,9 @@ def _try_layout(rng: np.random.Generator, n: int, image_size: int) -> list[tuple
     return placed
 
 
-def _part_channels(kind: str, colour: tuple[int, int, int], points: np.ndarray,
-                   image_size: float, channels: int) -> np.ndarray:
+def _part_channels(
+    kind: str, colour: tuple[int, int, int], points: np.ndarray, image_size: float, channels: int
+) -> np.ndarray:
     """(T, channels) targets of one part from its outline points in base pixels."""
     xy = 2.0 * points / image_size - 1.0
     onehot = np.array([1.0 if kind == s else -1.0 for s in SHAPES])
@@ -233,9 +231,7 @@ def draw_scene(
     if n < 1:
         raise ValueError(f"num_parts must be >= 1, got {num_parts}")
     if max_num_parts > len(PALETTE):
-        raise ValueError(
-            f"max_num_parts={max_num_parts} exceeds the {len(PALETTE)} palette colours"
-        )
+        raise ValueError(f"max_num_parts={max_num_parts} exceeds the {len(PALETTE)} palette colours")
     if 2 * n > max_num_parts:
         raise ValueError(
             f"num_parts={n} needs part-embedding ids up to 2*N-1={2 * n - 1}, but max_num_parts="
@@ -266,17 +262,23 @@ def draw_scene(
     pixels = np.empty((size, size, 3), dtype=np.uint8)
     pixels[...] = background
     info = []
-    for k, (kind, (cx, cy, r)) in enumerate(zip(types, layout)):
+    for k, (kind, (cx, cy, r)) in enumerate(zip(types, layout, strict=False)):
         colour_id = n + k
         colour = PALETTE[colour_id]
         masks[k] = _shape_mask(kind, cx * scale, cy * scale, r * scale, size)
         pixels[masks[k]] = colour
         points = _outline_points(kind, cx, cy, r, num_tokens)
         targets[k] = _part_channels(kind, colour, points, image_size, channels)
-        info.append({
-            "part": k, "type": kind, "colour": colour_id, "rgb": colour,
-            "centre": (cx * scale, cy * scale), "size": r * scale,
-        })
+        info.append(
+            {
+                "part": k,
+                "type": kind,
+                "colour": colour_id,
+                "rgb": colour,
+                "centre": (cx * scale, cy * scale),
+                "size": r * scale,
+            }
+        )
     return Scene(image=Image.fromarray(pixels, "RGB"), masks=masks, targets=targets, shapes=info)
 
 

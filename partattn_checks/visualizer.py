@@ -23,8 +23,8 @@ import contextlib
 import inspect
 import math
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -64,20 +64,32 @@ class AttentionVisualizer:
     drawing on the image (default: the pipeline's encoder grid).
     """
 
-    def __init__(self, model_or_pipeline, num_parts: int | None = None, cfg: bool = True, *,
-                 has_cls: bool | None = None, time_token: bool | None = None,
-                 patch_grid: tuple[int, int] | None = None, device="auto", dtype=torch.float32,
-                 thresholds: Thresholds | None = None):
+    def __init__(
+        self,
+        model_or_pipeline,
+        num_parts: int | None = None,
+        cfg: bool = True,
+        *,
+        has_cls: bool | None = None,
+        time_token: bool | None = None,
+        patch_grid: tuple[int, int] | None = None,
+        device="auto",
+        dtype=torch.float32,
+        thresholds: Thresholds | None = None,
+    ):
         from .model.transformer import PartCrafterDiTModel
 
         if isinstance(model_or_pipeline, (str, os.PathLike)):
             from .model.pipeline import PartCrafterPipeline
 
-            model_or_pipeline = PartCrafterPipeline.from_pretrained(model_or_pipeline, dtype=dtype,
-                                                                    device=resolve_device(str(device)).device)
+            model_or_pipeline = PartCrafterPipeline.from_pretrained(
+                model_or_pipeline, dtype=dtype, device=resolve_device(str(device)).device
+            )
         if isinstance(model_or_pipeline, torch.nn.Module):
             self.pipeline, self.model = None, model_or_pipeline
-        elif isinstance(getattr(model_or_pipeline, "transformer", None), torch.nn.Module) and callable(model_or_pipeline):
+        elif isinstance(getattr(model_or_pipeline, "transformer", None), torch.nn.Module) and callable(
+            model_or_pipeline
+        ):
             self.pipeline, self.model = model_or_pipeline, model_or_pipeline.transformer
         else:
             raise TypeError(
@@ -104,7 +116,7 @@ class AttentionVisualizer:
         self._forwards = 0
 
     @classmethod
-    def from_pretrained(cls, path, *, device="auto", dtype=torch.float32, **kwargs) -> "AttentionVisualizer":
+    def from_pretrained(cls, path, *, device="auto", dtype=torch.float32, **kwargs) -> AttentionVisualizer:
         """Load a PartCrafter checkpoint folder into a pipeline and wrap it (``device``: ``auto``,
         ``cpu``, ``cuda`` or ``cuda:N``, resolved by :func:`partattn_checks.runspec.resolve_device`)."""
         from .model.pipeline import PartCrafterPipeline
@@ -115,7 +127,9 @@ class AttentionVisualizer:
     def __repr__(self) -> str:
         what = type(self.pipeline or self.model).__name__
         state = "hooks registered" if self._recorder is not None else "no hooks"
-        return f"AttentionVisualizer({what}, num_parts={self.num_parts}, cfg={self.cfg}, {state}, record={self.record!r})"
+        return (
+            f"AttentionVisualizer({what}, num_parts={self.num_parts}, cfg={self.cfg}, {state}, record={self.record!r})"
+        )
 
     # ------------------------------------------------------------------ hooks
     @property
@@ -135,9 +149,15 @@ class AttentionVisualizer:
             raise CaptureError("hooks are already registered on this visualizer; call clear_hooks() first")
         target = self._target(model)
         selection = Selection(layers=layers, steps=steps, every=every, full_maps=_full_maps_arg(full_maps))
-        recorder = AttentionRecorder(target, num_parts=self.num_parts or 1, cfg=self.cfg, selection=selection,
-                                     time_token=self.time_token, has_cls=self.has_cls,
-                                     meta={"source": "AttentionVisualizer.register_hooks"})
+        recorder = AttentionRecorder(
+            target,
+            num_parts=self.num_parts or 1,
+            cfg=self.cfg,
+            selection=selection,
+            time_token=self.time_token,
+            has_cls=self.has_cls,
+            meta={"source": "AttentionVisualizer.register_hooks"},
+        )
         self._forwards = 0
 
         def count(_module, _args):
@@ -175,7 +195,7 @@ class AttentionVisualizer:
             self.record = self._attach_grid(recorder.record())
         return self.record
 
-    def __enter__(self) -> "AttentionVisualizer":
+    def __enter__(self) -> AttentionVisualizer:
         if self._recorder is None:
             self.register_hooks()
         return self
@@ -207,9 +227,19 @@ class AttentionVisualizer:
 
     # ------------------------------------------------------------------ extraction
     @torch.no_grad()
-    def extract_attention_weights(self, model=None, hidden_states=None, encoder_hidden_states=None, layer_idx=None,
-                                  *, timestep=None, num_parts: int | None = None, cfg: bool | None = None,
-                                  image=None, **forward_kwargs):
+    def extract_attention_weights(
+        self,
+        model=None,
+        hidden_states=None,
+        encoder_hidden_states=None,
+        layer_idx=None,
+        *,
+        timestep=None,
+        num_parts: int | None = None,
+        cfg: bool | None = None,
+        image=None,
+        **forward_kwargs,
+    ):
         """Run ONE forward of ``model`` with capture and full maps on; return its attention probabilities.
 
         Returns ``{layer name: (P, H, Q, K) fp32}`` (conditional CFG half, time-token row dropped,
@@ -238,8 +268,10 @@ class AttentionVisualizer:
         if layer_idx is not None:
             layers = Selection(layers=[layer_idx]).pick_layers(names)
             if len(layers) != 1:
-                raise ValueError(f"layer_idx {layer_idx!r} matches {len(layers)} layers ({', '.join(layers)}); "
-                                 f"give one index or name, or leave it out for all layers")
+                raise ValueError(
+                    f"layer_idx {layer_idx!r} matches {len(layers)} layers ({', '.join(layers)}); "
+                    f"give one index or name, or leave it out for all layers"
+                )
         elif self._hook_settings is not None:
             layers = self._hook_settings["layers"]
         param = next(target.parameters(), None)
@@ -258,11 +290,14 @@ class AttentionVisualizer:
                 timestep = _PARTCRAFTER_TIMESTEP
         if timestep is not None and "timestep" in inspect.signature(target.forward).parameters:
             if not torch.is_tensor(timestep):
-                timestep = torch.full((batch,), float(timestep), device=hidden_states.device,
-                                      dtype=hidden_states.dtype)
+                timestep = torch.full((batch,), float(timestep), device=hidden_states.device, dtype=hidden_states.dtype)
             kwargs["timestep"] = timestep
         recorder = AttentionRecorder(
-            target, num_parts=int(num_parts), cfg=cfg, time_token=self.time_token, has_cls=self.has_cls,
+            target,
+            num_parts=int(num_parts),
+            cfg=cfg,
+            time_token=self.time_token,
+            has_cls=self.has_cls,
             selection=Selection(layers=layers, full_maps=lambda name, step: True),
             meta={"source": "AttentionVisualizer.extract_attention_weights"},
         )
@@ -282,10 +317,19 @@ class AttentionVisualizer:
         return weights[record.layers[0]] if layer_idx is not None else weights
 
     # ------------------------------------------------------------------ pipeline runs
-    def run(self, image, num_parts: int | None = None, *, steps: int | None = None, seed: int = 0,
-            guidance_scale: float | None = None, num_tokens: int | None = None,
-            selection: Selection | None = None, full_map: tuple[int | str, int] | None = (-1, -1),
-            callback: Callable | None = None) -> AttentionRecord:
+    def run(
+        self,
+        image,
+        num_parts: int | None = None,
+        *,
+        steps: int | None = None,
+        seed: int = 0,
+        guidance_scale: float | None = None,
+        num_tokens: int | None = None,
+        selection: Selection | None = None,
+        full_map: tuple[int | str, int] | None = (-1, -1),
+        callback: Callable | None = None,
+    ) -> AttentionRecord:
         """Denoise ``image`` with the pipeline while recording; return the record (also ``self.record``).
 
         The run and its checks are those of the pytest plugin (``session.run_case``); the results are
@@ -297,8 +341,16 @@ class AttentionVisualizer:
         """
         pipeline = self._need_pipeline("run")
         n = self._parts_for(image, num_parts)
-        spec = for_pipeline(pipeline, call={"num_parts": n, "steps": steps, "seed": seed,
-                                            "guidance_scale": guidance_scale, "num_tokens": num_tokens})
+        spec = for_pipeline(
+            pipeline,
+            call={
+                "num_parts": n,
+                "steps": steps,
+                "seed": seed,
+                "guidance_scale": guidance_scale,
+                "num_tokens": num_tokens,
+            },
+        )
         if selection is None:
             selection = Selection(full_maps=self._full_map_pairs(full_map, spec.steps))
         with self._paused():
@@ -307,10 +359,21 @@ class AttentionVisualizer:
         self.image = pipeline.preprocessed_image(image) if not torch.is_tensor(image) else None
         return self.record
 
-    def process_batch(self, images: Iterable, out_dir, num_parts: int | None = None, *, steps: int | None = None,
-                      seed: int = 0, guidance_scale: float | None = None, num_tokens: int | None = None,
-                      full_map: tuple[int | str, int] | None = (-1, -1), layer=None, fps: float = 2,
-                      callback: Callable | None = None) -> list[Path]:
+    def process_batch(
+        self,
+        images: Iterable,
+        out_dir,
+        num_parts: int | None = None,
+        *,
+        steps: int | None = None,
+        seed: int = 0,
+        guidance_scale: float | None = None,
+        num_tokens: int | None = None,
+        full_map: tuple[int | str, int] | None = (-1, -1),
+        layer=None,
+        fps: float = 2,
+        callback: Callable | None = None,
+    ) -> list[Path]:
         """Run every image and write, per image, ``<out_dir>/<image stem>/``: the record
         (``record.json`` + ``record.safetensors``), ``input.png`` (the encoder's view), the figures
         of :func:`render_record`, ``metrics.json`` and ``index.html``; plus ``<out_dir>/index.html``
@@ -321,29 +384,49 @@ class AttentionVisualizer:
         counts = [self._parts_for(image, num_parts) for image in images]  # fail before any work
         out_dir = Path(out_dir)
         folders, rows, used = [], [], set()
-        for i, (image, n) in enumerate(zip(images, counts)):
+        for i, (image, n) in enumerate(zip(images, counts, strict=False)):
             stem = safe_name(Path(image).stem if isinstance(image, (str, os.PathLike)) else f"image{i}")
             name, k = stem, 2
             while name in used:
                 name, k = f"{stem}_{k}", k + 1
             used.add(name)
             folder = out_dir / name
-            record = self.run(image, n, steps=steps, seed=seed, guidance_scale=guidance_scale, num_tokens=num_tokens,
-                              full_map=full_map, callback=callback)
+            record = self.run(
+                image,
+                n,
+                steps=steps,
+                seed=seed,
+                guidance_scale=guidance_scale,
+                num_tokens=num_tokens,
+                full_map=full_map,
+                callback=callback,
+            )
             links = save_run(folder, record, self.image)
-            render_record(record, folder, image=self.image, results=self.results, layer=layer, fps=fps,
-                          title=str(image) if isinstance(image, (str, os.PathLike)) else name,
-                          thresholds=self.thresholds, links=links)
+            render_record(
+                record,
+                folder,
+                image=self.image,
+                results=self.results,
+                layer=layer,
+                fps=fps,
+                title=str(image) if isinstance(image, (str, os.PathLike)) else name,
+                thresholds=self.thresholds,
+                links=links,
+            )
             folders.append(folder)
             rows.append([f"{name}", n] + [self.results[c].verdict if c in self.results else "" for c in CHECKS])
-        write_index(out_dir / "index.html", f"partattn: {len(folders)} images",
-                    sections=[("Images", [(f.name, f"{f.name}/index.html") for f in folders])],
-                    tables=[("Checks", ["image", "parts", *CHECKS], rows)])
+        write_index(
+            out_dir / "index.html",
+            f"partattn: {len(folders)} images",
+            sections=[("Images", [(f.name, f"{f.name}/index.html") for f in folders])],
+            tables=[("Checks", ["image", "parts", *CHECKS], rows)],
+        )
         return folders
 
     # ------------------------------------------------------------------ figures
-    def visualize_attention_heatmap(self, weights, path=None, layer=None, head=0, part=0, *, step=None,
-                                    title=None, **render_kwargs):
+    def visualize_attention_heatmap(
+        self, weights, path=None, layer=None, head=0, part=0, *, step=None, title=None, **render_kwargs
+    ):
         """One queries x keys map (``head="mean"`` averages heads) via :func:`render.heatmap`.
 
         ``weights``: extracted weights, a record with full maps, or a tensor (P,H,Q,K)/(H,Q,K)/(Q,K).
@@ -351,12 +434,20 @@ class AttentionVisualizer:
         """
         name, step, maps = self._pick_maps(weights, layer, step)
         rows, cls = self._patch_rows(_index(maps, part=part, head=head))
-        return render.heatmap(rows, title=with_cls(title, cls), layer=name, step=step,
-                              part=part if maps.dim() >= 4 else None, head=head if maps.dim() >= 3 else None,
-                              path=path, **render_kwargs)
+        return render.heatmap(
+            rows,
+            title=with_cls(title, cls),
+            layer=name,
+            step=step,
+            part=part if maps.dim() >= 4 else None,
+            head=head if maps.dim() >= 3 else None,
+            path=path,
+            **render_kwargs,
+        )
 
-    def visualize_multi_head_attention(self, weights, path=None, layer=None, part=0, *, step=None, title=None,
-                                       **render_kwargs):
+    def visualize_multi_head_attention(
+        self, weights, path=None, layer=None, part=0, *, step=None, title=None, **render_kwargs
+    ):
         """Every head of one layer (and part) on one fixed scale, via :func:`render.multi_head_grid`."""
         name, step, maps = self._pick_maps(weights, layer, step)
         if maps.dim() == 4:
@@ -364,11 +455,22 @@ class AttentionVisualizer:
         if maps.dim() != 3:
             raise ValueError(f"multi-head view needs (heads, queries, keys) maps, got shape {tuple(maps.shape)}")
         rows, cls = self._patch_rows(maps)
-        return render.multi_head_grid(rows, title=with_cls(title, cls), layer=name, step=step, part=part,
-                                      path=path, **render_kwargs)
+        return render.multi_head_grid(
+            rows, title=with_cls(title, cls), layer=name, step=step, part=part, path=path, **render_kwargs
+        )
 
-    def visualize_part_attention(self, weights, num_parts: int | None = None, path=None, *, title=None, layer=None,
-                                 step=None, image=None, **render_kwargs):
+    def visualize_part_attention(
+        self,
+        weights,
+        num_parts: int | None = None,
+        path=None,
+        *,
+        title=None,
+        layer=None,
+        step=None,
+        image=None,
+        **render_kwargs,
+    ):
         """Head-averaged key marginal of every part, side by side, via :func:`render.part_panel`.
 
         From extracted weights (mean over queries of the patch-renormalised rows) or from a record
@@ -383,11 +485,11 @@ class AttentionVisualizer:
         grid, image = self._grid_image(marginals.shape[-1], image, record_grid)
         if title is None and step is None and isinstance(weights, AttentionRecord) and weights.num_steps > 1:
             title = f"mean over steps {weights.steps[0]}–{weights.steps[-1]}"
-        return render.part_panel(marginals, grid, image, title=title, layer=name, step=step, path=path,
-                                 **render_kwargs)
+        return render.part_panel(marginals, grid, image, title=title, layer=name, step=step, path=path, **render_kwargs)
 
-    def create_attention_animation(self, sequence, path, fps: float = 4, *, layer=None, part: int = 0, head="mean",
-                                   image=None, **render_kwargs) -> Path:
+    def create_attention_animation(
+        self, sequence, path, fps: float = 4, *, layer=None, part: int = 0, head="mean", image=None, **render_kwargs
+    ) -> Path:
         """GIF of attention over steps via :func:`render.animation`.
 
         ``sequence``: a record (one part's head-averaged key marginal per step, on the image when
@@ -399,8 +501,10 @@ class AttentionVisualizer:
             name = sequence.layers[li]
             part = _check_index(part, sequence.num_parts, "part")
             frames = sequence.marginals_by_part()[:, li, part]
-            titles = [f"step {s}" + (f" (t={t:.0f})" if math.isfinite(t) else "") + f" · layer {name} · part {part}"
-                      for s, t in zip(sequence.steps, sequence.timesteps)]
+            titles = [
+                f"step {s}" + (f" (t={t:.0f})" if math.isfinite(t) else "") + f" · layer {name} · part {part}"
+                for s, t in zip(sequence.steps, sequence.timesteps, strict=False)
+            ]
             grid, image = self._grid_image(frames.shape[-1], image, sequence.patch_grid)
             return render.animation(frames, path, fps=fps, titles=titles, grid=grid, image=image, **render_kwargs)
         if torch.is_tensor(sequence):
@@ -432,11 +536,16 @@ class AttentionVisualizer:
             names = [self._pick_maps(weights, layer, step)[0]] if layer is not None else list(weights)
             items = [(n, weights[n]) for n in names]
         elif isinstance(weights, AttentionRecord):
-            names = [layer] if layer is not None else [n for n in weights.layers
-                                                       if any(k[1] == n for k in weights.full_maps)]
+            names = (
+                [layer]
+                if layer is not None
+                else [n for n in weights.layers if any(k[1] == n for k in weights.full_maps)]
+            )
             if not names:
-                raise ValueError("the record has no full maps; statistics need them (record with full_maps=...), "
-                                 "or use record.summary() for the streamed metrics")
+                raise ValueError(
+                    "the record has no full maps; statistics need them (record with full_maps=...), "
+                    "or use record.summary() for the streamed metrics"
+                )
             items = [self._pick_maps(weights, n, step)[::2] for n in names]
         else:
             items = [(None, torch.as_tensor(weights))]
@@ -450,17 +559,21 @@ class AttentionVisualizer:
             per_head = []
             for h in range(rows.shape[1]):
                 a = rows[:, h]
-                per_head.append({
-                    "head": h,
-                    "mean": float(a.mean()),
-                    "max": float(a.amax()),
-                    "sparsity": float((a < SPARSITY_FACTOR / nk).float().mean()),
-                    "entropy": float(metrics.normalized_entropy(a).mean()),
-                    "peak": float(metrics.peak(a).mean()),
-                    "cls_mass": float(cls[:, h].mean()),
-                })
-            layer_stats = {k: sum(d[k] for d in per_head) / len(per_head)
-                           for k in ("mean", "sparsity", "entropy", "peak", "cls_mass")}
+                per_head.append(
+                    {
+                        "head": h,
+                        "mean": float(a.mean()),
+                        "max": float(a.amax()),
+                        "sparsity": float((a < SPARSITY_FACTOR / nk).float().mean()),
+                        "entropy": float(metrics.normalized_entropy(a).mean()),
+                        "peak": float(metrics.peak(a).mean()),
+                        "cls_mass": float(cls[:, h].mean()),
+                    }
+                )
+            layer_stats = {
+                k: sum(d[k] for d in per_head) / len(per_head)
+                for k in ("mean", "sparsity", "entropy", "peak", "cls_mass")
+            }
             layer_stats["max"] = max(d["max"] for d in per_head)
             layer_stats["num_keys"] = nk
             layer_stats["heads"] = per_head
@@ -480,8 +593,10 @@ class AttentionVisualizer:
 
     def _need_pipeline(self, what: str):
         if self.pipeline is None:
-            raise TypeError(f"{what}() runs images through a pipeline; build the visualizer from a "
-                            f"PartCrafterPipeline or a checkpoint folder, not from a bare model")
+            raise TypeError(
+                f"{what}() runs images through a pipeline; build the visualizer from a "
+                f"PartCrafterPipeline or a checkpoint folder, not from a bare model"
+            )
         return self.pipeline
 
     def _parts_for(self, image, num_parts) -> int:
@@ -491,8 +606,10 @@ class AttentionVisualizer:
         if n is None:
             n = self.num_parts
         if n is None:
-            raise ValueError(f"{image if isinstance(image, (str, os.PathLike)) else 'image'}: no part count; "
-                             f"pass num_parts or name the file np<N>_<name>.png")
+            raise ValueError(
+                f"{image if isinstance(image, (str, os.PathLike)) else 'image'}: no part count; "
+                f"pass num_parts or name the file np<N>_<name>.png"
+            )
         if int(n) < 1:
             raise ValueError(f"num_parts must be at least 1, got {n}")
         return int(n)
@@ -525,8 +642,10 @@ class AttentionVisualizer:
             have = [s for (s, n) in weights.full_maps if n == name]
             if not have:
                 pairs = ", ".join(f"({s}, {n})" for s, n in weights.full_maps) or "none"
-                raise ValueError(f"the record has no full maps for layer {name} (it has: {pairs}); record them with "
-                                 f"full_maps=[(layer, step)] or pass extracted weights")
+                raise ValueError(
+                    f"the record has no full maps for layer {name} (it has: {pairs}); record them with "
+                    f"full_maps=[(layer, step)] or pass extracted weights"
+                )
             step = have[-1] if step is None else int(step)
             if (step, name) not in weights.full_maps:
                 raise ValueError(f"the record has no full map for step {step} of layer {name} (steps with one: {have})")

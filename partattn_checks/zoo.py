@@ -15,8 +15,14 @@ from . import EMBEDDED_MODEL as HEALTHY
 from .model.broken import VARIANTS, make_variant
 
 #: Which check each broken model is made to fail (the random-init model should fail separation).
-TARGETS = {"uniform": "uniformity", "collapsed": "collapse", "merged_parts": "part_separation",
-           "unstable": "stability", "nonfinite": "nonfinite", "random": "part_separation"}
+TARGETS = {
+    "uniform": "uniformity",
+    "collapsed": "collapse",
+    "merged_parts": "part_separation",
+    "unstable": "stability",
+    "nonfinite": "nonfinite",
+    "random": "part_separation",
+}
 
 
 def build_zoo(out_dir: str | Path, random: str | Path, healthy: str | Path = HEALTHY) -> dict[str, Path]:
@@ -39,7 +45,11 @@ def evaluate(model: str | Path, images: list[Path], *, steps: int | None = None,
 
     pipeline = PartCrafterPipeline.from_pretrained(model, device=resolve_device(device).device)
     return {
-        image.name: run_case(pipeline, image, for_pipeline(pipeline, {"steps": steps},
-                                                           call={"num_parts": parts_from_name(image)}), thresholds)
+        image.name: run_case(
+            pipeline,
+            image,
+            for_pipeline(pipeline, {"steps": steps}, call={"num_parts": parts_from_name(image)}),
+            thresholds,
+        )
         for image in images
     }

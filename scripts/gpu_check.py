@@ -150,8 +150,10 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype]
     config = SMALL_CONFIG if args.small else RELEASE_CONFIG
     if 2 * args.parts > config["max_num_parts"]:
-        print(f"gpu_check: {args.parts} parts need 2*N <= max_num_parts={config['max_num_parts']} under CFG",
-              file=sys.stderr)
+        print(
+            f"gpu_check: {args.parts} parts need 2*N <= max_num_parts={config['max_num_parts']} under CFG",
+            file=sys.stderr,
+        )
         return 3
 
     start = time.perf_counter()
@@ -201,17 +203,32 @@ def main(argv=None) -> int:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "dtype": args.dtype,
-        "config": {"width": config["width"], "heads": heads, "layers": config["num_layers"],
-                   "cross_dim": config["cross_attention_dim"], "global_ids": config["global_attn_block_ids"],
-                   "parameters": num_params, "parts": args.parts, "tokens": args.tokens,
-                   "image_tokens": args.image_tokens, "steps": args.steps, "cfg": True, "guidance": args.guidance},
+        "config": {
+            "width": config["width"],
+            "heads": heads,
+            "layers": config["num_layers"],
+            "cross_dim": config["cross_attention_dim"],
+            "global_ids": config["global_attn_block_ids"],
+            "parameters": num_params,
+            "parts": args.parts,
+            "tokens": args.tokens,
+            "image_tokens": args.image_tokens,
+            "steps": args.steps,
+            "cfg": True,
+            "guidance": args.guidance,
+        },
         "build_s": round(build_s, 3),
         "step_s": {"plain": round(plain_step, 5), "captured": round(capt_step, 5)},
-        "all_step_s": {"plain": [round(s, 5) for s in plain_a_s + plain_b_s], "captured": [round(s, 5) for s in capt_s]},
+        "all_step_s": {
+            "plain": [round(s, 5) for s in plain_a_s + plain_b_s],
+            "captured": [round(s, 5) for s in capt_s],
+        },
         "overhead": round(capt_step / plain_step, 4),
         "peak_bytes": {"plain": plain_peak, "captured": capt_peak},
-        "peak_gib": {"plain": None if plain_peak is None else round(plain_peak / 2 ** 30, 3),
-                     "captured": None if capt_peak is None else round(capt_peak / 2 ** 30, 3)},
+        "peak_gib": {
+            "plain": None if plain_peak is None else round(plain_peak / 2**30, 3),
+            "captured": None if capt_peak is None else round(capt_peak / 2**30, 3),
+        },
         "record_bytes": record.nbytes(),
         "naive_full_maps_bytes": naive_bytes,
         "record_finite": not record.nonfinite,
@@ -221,8 +238,11 @@ def main(argv=None) -> int:
     }
     print(json.dumps(result))
     if not deterministic:
-        print("gpu_check: two plain runs differ, so exactness cannot be judged on this setup "
-              "(set CUBLAS_WORKSPACE_CONFIG=:4096:8, as gpu_check.sh does)", file=sys.stderr)
+        print(
+            "gpu_check: two plain runs differ, so exactness cannot be judged on this setup "
+            "(set CUBLAS_WORKSPACE_CONFIG=:4096:8, as gpu_check.sh does)",
+            file=sys.stderr,
+        )
         return 2
     if not exact:
         print("gpu_check: FAILED: latents with capture differ from latents without", file=sys.stderr)

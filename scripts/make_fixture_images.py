@@ -99,20 +99,28 @@ def check(committed: Path, pixels_only: bool = False) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "fixtures" / "images",
-                        help="folder of the fixture images (default: %(default)s)")
-    parser.add_argument("--check", action="store_true",
-                        help="regenerate into a temporary folder and compare; exit 1 on difference")
-    parser.add_argument("--pixels-only", action="store_true",
-                        help="with --check: compare decoded pixels instead of PNG bytes")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "fixtures" / "images",
+        help="folder of the fixture images (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="regenerate into a temporary folder and compare; exit 1 on difference"
+    )
+    parser.add_argument(
+        "--pixels-only", action="store_true", help="with --check: compare decoded pixels instead of PNG bytes"
+    )
     args = parser.parse_args(argv)
     if args.check:
         problems = check(args.out, args.pixels_only)
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
-            print("fixture images are stale; regenerate with: "
-                  f"python scripts/{Path(__file__).name} --out {args.out}", file=sys.stderr)
+            print(
+                f"fixture images are stale; regenerate with: python scripts/{Path(__file__).name} --out {args.out}",
+                file=sys.stderr,
+            )
             return 1
         print(f"{len(FIXTURES)} fixture images up to date in {args.out}")
         return 0

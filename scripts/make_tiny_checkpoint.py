@@ -38,8 +38,11 @@ def check(committed: Path, seed: int) -> list[str]:
         have = _files(committed) if committed.is_dir() else {}
         problems = [f"missing: {committed / n}" for n in sorted(set(fresh) - set(have))]
         problems += [f"not made by this script: {have[n]}" for n in sorted(set(have) - set(fresh))]
-        problems += [f"differs: {have[n]}" for n in sorted(set(fresh) & set(have))
-                     if fresh[n].read_bytes() != have[n].read_bytes()]
+        problems += [
+            f"differs: {have[n]}"
+            for n in sorted(set(fresh) & set(have))
+            if fresh[n].read_bytes() != have[n].read_bytes()
+        ]
     return problems
 
 
@@ -47,16 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random-init seed (default: %(default)s)")
-    parser.add_argument("--check", action="store_true",
-                        help="regenerate into a temporary folder and compare bytes; exit 1 on difference")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="regenerate into a temporary folder and compare bytes; exit 1 on difference",
+    )
     args = parser.parse_args(argv)
     if args.check:
         problems = check(args.out, args.seed)
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
-            print(f"tiny checkpoint is stale; regenerate with: python scripts/{Path(__file__).name} "
-                  f"--out {args.out} --seed {args.seed}", file=sys.stderr)
+            print(
+                f"tiny checkpoint is stale; regenerate with: python scripts/{Path(__file__).name} "
+                f"--out {args.out} --seed {args.seed}",
+                file=sys.stderr,
+            )
             return 1
         print(f"{args.out} is up to date (seed {args.seed})")
         return 0

@@ -63,10 +63,13 @@ def summarize(outcomes: dict) -> dict:
         threshold = judged[0].threshold if judged else None
         failing = [r for r in judged if r.verdict == "fail"]
         rows[check] = {
-            "value": value, "threshold": threshold, "failing": len(failing), "judged": len(judged),
+            "value": value,
+            "threshold": threshold,
+            "failing": len(failing),
+            "judged": len(judged),
             "margin": margin(check, value, threshold),
             "reason": failing[0].reason if failing else "",
-            "values": {image: r.value for image, r in zip(outcomes, results)},
+            "values": {image: r.value for image, r in zip(outcomes, results, strict=False)},
         }
     return rows
 
@@ -114,9 +117,10 @@ def markdown(table: dict) -> str:
             continue
         healthy, broken = table["healthy"][check], table[model][check]
         least = least_failing(check, list(broken["values"].values()))
+        gap = -margin(check, least, healthy["threshold"]) if least is not None else None
         lines.append(
             f"| {check} | {fmt(healthy['threshold'])} | {fmt(healthy['value'])} | "
-            f"{fmt(healthy['margin'])} | {model}: {fmt(least)} | {fmt(-margin(check, least, healthy['threshold']) if least is not None else None)} |"
+            f"{fmt(healthy['margin'])} | {model}: {fmt(least)} | {fmt(gap)} |"
         )
     return "\n".join(lines)
 
@@ -136,8 +140,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in build_zoo(tmp, args.random, args.healthy).items():
             table[name] = summarize(evaluate(path, images, steps=args.steps))
-            print(f"{name}: " + ", ".join(f"{c}={fmt(r['value'])}({r['failing']}/{r['judged']} fail)"
-                                          for c, r in table[name].items()), flush=True)
+            print(
+                f"{name}: "
+                + ", ".join(
+                    f"{c}={fmt(r['value'])}({r['failing']}/{r['judged']} fail)" for c, r in table[name].items()
+                ),
+                flush=True,
+            )
     text = markdown(table)
     stamp = f"{datetime.date.today()} on {platform.machine()} {platform.system()}, {len(images)} fixture images"
     print(text)

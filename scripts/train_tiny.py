@@ -35,11 +35,16 @@ def main(argv=None) -> int:
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "part_counts"})
     transformer, encoder, log = train(config)
     out = write_checkpoint(
-        args.out, transformer, encoder, run_defaults=TINY_RUN_DEFAULTS,
+        args.out,
+        transformer,
+        encoder,
+        run_defaults=TINY_RUN_DEFAULTS,
         description=f"tiny PartCrafter trained by scripts/train_tiny.py on the synthetic part/region task "
-                    f"(seed {config.seed}, {config.iterations} iterations)",
+        f"(seed {config.seed}, {config.iterations} iterations)",
     )
-    (out / "training_log.json").write_text(json.dumps({"config": log.config, "seconds": log.seconds, "curve": log.curve}, indent=1) + "\n")
+    (out / "training_log.json").write_text(
+        json.dumps({"config": log.config, "seconds": log.seconds, "curve": log.curve}, indent=1) + "\n"
+    )
     print(f"wrote {out} in {log.seconds} s of training")
     return 0
 

@@ -28,8 +28,10 @@ def reference_keys_path() -> Path:
     Missing is a test failure, not a skip: a silently skipped state-dict check would hide
     exactly the regression it exists for.
     """
-    candidates = [REPO.parent / "shared" / "reference" / REFERENCE_KEYS_NAME,
-                  REPO / "tests" / "data" / REFERENCE_KEYS_NAME]
+    candidates = [
+        REPO.parent / "shared" / "reference" / REFERENCE_KEYS_NAME,
+        REPO / "tests" / "data" / REFERENCE_KEYS_NAME,
+    ]
     if os.environ.get(REFERENCE_KEYS_ENV):
         candidates.append(Path(os.environ[REFERENCE_KEYS_ENV]).expanduser())
     for path in candidates:

@@ -39,8 +39,15 @@ def make_project(pytester: pytest.Pytester, images=(IMAGE,), thresholds: str = P
 
 
 def args(*extra: str, steps: int = 2) -> list[str]:
-    return ["-p", "no:cacheprovider", "--partattn", f"--partattn-model={TINY}", f"--partattn-steps={steps}",
-            "--partattn-thresholds=thresholds.toml", *extra]
+    return [
+        "-p",
+        "no:cacheprovider",
+        "--partattn",
+        f"--partattn-model={TINY}",
+        f"--partattn-steps={steps}",
+        "--partattn-thresholds=thresholds.toml",
+        *extra,
+    ]
 
 
 def call_reports(result) -> dict[str, object]:
@@ -63,7 +70,9 @@ def read_json(path: Path) -> dict:
 #: A conftest that supplies the pipeline through the hook and records model loads and image runs
 #: per process (events-<xdist worker or main>.json). The file is (re)written atomically at start and
 #: at every event, not at exit: an xdist worker can still be shutting down when the run returns.
-RUN_COUNTER = f"MODEL = {str(TINY)!r}\n" + """
+RUN_COUNTER = (
+    f"MODEL = {str(TINY)!r}\n"
+    + """
 import json, os
 from pathlib import Path
 
@@ -103,3 +112,4 @@ def pytest_partattn_load_pipeline(config, device, dtype):
     save()
     return Counting(PartCrafterPipeline.from_pretrained(MODEL, device=device, dtype=getattr(torch, dtype)))
 """
+)

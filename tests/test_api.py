@@ -28,7 +28,10 @@ def test_every_public_name_imports_from_the_root():
 
     assert AttentionRecorder.__module__ == "partattn_checks.capture"
     assert {AttentionRecord.__name__, AttentionVisualizer.__name__, PartCrafterPipeline.__name__} == {
-        "AttentionRecord", "AttentionVisualizer", "PartCrafterPipeline"}
+        "AttentionRecord",
+        "AttentionVisualizer",
+        "PartCrafterPipeline",
+    }
     assert callable(run_checks)
     assert set(dir(partattn_checks)) >= set(partattn_checks.__all__)
 
@@ -39,8 +42,13 @@ def _project_modules():
 
 
 def test_every_project_error_subclasses_partattn_error():
-    errors = {obj for module in _project_modules() for _, obj in inspect.getmembers(module, inspect.isclass)
-              if issubclass(obj, BaseException) and not issubclass(obj, Warning)
-              and obj.__module__.startswith("partattn_checks")}
+    errors = {
+        obj
+        for module in _project_modules()
+        for _, obj in inspect.getmembers(module, inspect.isclass)
+        if issubclass(obj, BaseException)
+        and not issubclass(obj, Warning)
+        and obj.__module__.startswith("partattn_checks")
+    }
     assert len(errors) >= 6
     assert [e.__qualname__ for e in errors if not issubclass(e, PartattnError)] == []

@@ -56,16 +56,19 @@ def head_slices(attn, x, ctx, h: int, *, as_cross: bool, naive: bool = False):
         return q[..., cols], k[..., cols], v[..., cols]
     if as_cross:
         kv = torch.cat([k, v], dim=-1)
-        return (q[..., d * h:d * (h + 1)],
-                kv[..., 2 * d * h:2 * d * h + d],
-                kv[..., 2 * d * h + d:2 * d * h + 2 * d])
+        return (
+            q[..., d * h : d * (h + 1)],
+            kv[..., 2 * d * h : 2 * d * h + d],
+            kv[..., 2 * d * h + d : 2 * d * h + 2 * d],
+        )
     qkv = torch.cat([q, k, v], dim=-1)
     base = 3 * d * h
-    return qkv[..., base:base + d], qkv[..., base + d:base + 2 * d], qkv[..., base + 2 * d:base + 3 * d]
+    return qkv[..., base : base + d], qkv[..., base + d : base + 2 * d], qkv[..., base + 2 * d : base + 3 * d]
 
 
-def reference_attention(attn, x, ctx=None, *, num_parts: int, is_global: bool,
-                        as_cross: bool | None = None, naive: bool = False) -> torch.Tensor:
+def reference_attention(
+    attn, x, ctx=None, *, num_parts: int, is_global: bool, as_cross: bool | None = None, naive: bool = False
+) -> torch.Tensor:
     """Output of one attention module, computed the slow, obvious way in float64.
 
     Batch rows are ``[half 0 parts 0..N-1, half 1 parts 0..N-1]`` (one half without CFG).
@@ -98,7 +101,7 @@ def reference_attention(attn, x, ctx=None, *, num_parts: int, is_global: bool,
                     values = torch.cat([v_h[r] for r in rows])
             scores = torch.einsum("id,jd->ij", q_h[b], keys) / math.sqrt(d)
             probs = torch.softmax(scores, dim=-1)
-            merged[b, :, d * h:d * (h + 1)] = torch.einsum("ij,jd->id", probs, values)
+            merged[b, :, d * h : d * (h + 1)] = torch.einsum("ij,jd->id", probs, values)
     out = attn.to_out[0]
     return merged @ out.weight.detach().double().T + out.bias.detach().double()
 
@@ -221,8 +224,11 @@ def test_edge_time_token_length_equals_image_tokens():
     as_if_self = reference_attention(block.attn2, x, ctx, num_parts=case.num_parts, is_global=True, as_cross=False)
     assert (as_if_self - expected).abs().max() > 1e3 * RTOL * max(1.0, expected.abs().max().item())
     selfattn = run_module(block.attn1, x, None, case)
-    assert_close_to_reference(selfattn, reference_attention(block.attn1, x, num_parts=case.num_parts, is_global=True),
-                              "global self at the edge")
+    assert_close_to_reference(
+        selfattn,
+        reference_attention(block.attn1, x, num_parts=case.num_parts, is_global=True),
+        "global self at the edge",
+    )
 
 
 # --------------------------------------------------------------------------- the reference would catch the bugs

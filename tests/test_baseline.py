@@ -15,9 +15,20 @@ from partattn_checks.checks import Thresholds
 pytest_plugins = ("pytester",)
 
 METRICS = {"entropy_mean": 0.9, "peak_mean": 0.06, "separation": 0.01}
-ENV = {"schema_version": bl.SCHEMA_VERSION, "model": "m", "config_hash": "abc", "steps": 2, "seed": 0,
-       "num_parts": 2, "guidance_scale": 7.0, "num_tokens": 16, "dtype": "float32", "device_kind": "cpu",
-       "torch": "2.x", "diffusers": "0.x"}
+ENV = {
+    "schema_version": bl.SCHEMA_VERSION,
+    "model": "m",
+    "config_hash": "abc",
+    "steps": 2,
+    "seed": 0,
+    "num_parts": 2,
+    "guidance_scale": 7.0,
+    "num_tokens": 16,
+    "dtype": "float32",
+    "device_kind": "cpu",
+    "torch": "2.x",
+    "diffusers": "0.x",
+}
 NODE = f"fixtures/images/{IMAGE}::baseline"
 KEY = IMAGE.rsplit(".", 1)[0]
 
@@ -29,8 +40,17 @@ def _no_ci(monkeypatch):
 
 def _evaluate(tmp_path, metrics=METRICS, env=ENV, **kw):
     store, cands = bl.BaselineStore(tmp_path / "base"), bl.BaselineStore(tmp_path / "cand")
-    return bl.evaluate(store, cands, "img", image="img.png", metrics=metrics, checks={"uniformity": 0.5},
-                       environment=env, thresholds=Thresholds(), **kw)
+    return bl.evaluate(
+        store,
+        cands,
+        "img",
+        image="img.png",
+        metrics=metrics,
+        checks={"uniformity": 0.5},
+        environment=env,
+        thresholds=Thresholds(),
+        **kw,
+    )
 
 
 # ----------------------------------------------------------------------------- files
@@ -59,8 +79,13 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_store_round_trip_and_layout(tmp_path):
     store = bl.BaselineStore(tmp_path)
-    assert store.write("sub/np2_x", image="fixtures/images/sub/np2_x.png", metrics=METRICS,
-                       checks={"uniformity": 0.5, "part_separation": None}, environment=ENV)
+    assert store.write(
+        "sub/np2_x",
+        image="fixtures/images/sub/np2_x.png",
+        metrics=METRICS,
+        checks={"uniformity": 0.5, "part_separation": None},
+        environment=ENV,
+    )
     paths = store.paths("sub/np2_x")
     assert paths.metrics == tmp_path / "sub" / "np2_x" / "metrics.json"
     assert store.keys() == ["sub/np2_x"]
@@ -72,14 +97,17 @@ def test_store_round_trip_and_layout(tmp_path):
     assert store.load("absent") is None
 
 
-@pytest.mark.parametrize("text, corrupt, message", [
-    ("{not json", True, "not valid JSON"),
-    ("[1, 2]", True, "expected a JSON object"),
-    ('{"schema_version": 1, "metrics": {"a": "x"}}', True, "'metrics' must be a non-empty table of numbers"),
-    ('{"schema_version": 99, "metrics": {"a": 1}}', False, "baseline schema version 99"),
-    ('{"schema_version": 1, "metrics": {"a": 0.5, "b": Infinity}}', False, "metric b is inf, not a finite number"),
-    ('{"schema_version": 1, "metrics": {"a": NaN}}', False, "metric a is nan, not a finite number"),
-])
+@pytest.mark.parametrize(
+    "text, corrupt, message",
+    [
+        ("{not json", True, "not valid JSON"),
+        ("[1, 2]", True, "expected a JSON object"),
+        ('{"schema_version": 1, "metrics": {"a": "x"}}', True, "'metrics' must be a non-empty table of numbers"),
+        ('{"schema_version": 99, "metrics": {"a": 1}}', False, "baseline schema version 99"),
+        ('{"schema_version": 1, "metrics": {"a": 0.5, "b": Infinity}}', False, "metric b is inf, not a finite number"),
+        ('{"schema_version": 1, "metrics": {"a": NaN}}', False, "metric a is nan, not a finite number"),
+    ],
+)
 def test_unusable_baselines_name_the_file(tmp_path, text, corrupt, message):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "metrics.json").write_text(text)
@@ -91,8 +119,9 @@ def test_unusable_baselines_name_the_file(tmp_path, text, corrupt, message):
 
 def test_a_non_finite_baseline_fails_instead_of_allowing_any_drift(tmp_path):
     (tmp_path / "base" / "img").mkdir(parents=True)
-    (tmp_path / "base" / "img" / "metrics.json").write_text('{"schema_version": 1, "metrics": {"entropy_mean": '
-                                                            'Infinity, "peak_mean": 0.06, "separation": 0.01}}')
+    (tmp_path / "base" / "img" / "metrics.json").write_text(
+        '{"schema_version": 1, "metrics": {"entropy_mean": Infinity, "peak_mean": 0.06, "separation": 0.01}}'
+    )
     out = _evaluate(tmp_path)
     assert out.result.verdict == "fail" and out.status == "unreadable"
     assert "entropy_mean is inf" in out.result.reason and "--partattn-update=failed" in out.result.reason
@@ -138,8 +167,17 @@ def test_unused_baselines_are_listed_and_removed_without_touching_other_files(tm
 
 
 def test_fingerprint_from_record_meta():
-    meta = {"config": {"width": 64}, "num_parts": 3, "steps": 2, "seed": 1, "guidance_scale": 7.0, "num_tokens": 16,
-            "dtype": "float32", "device": "cuda:1", "versions": {"torch": "2.5", "diffusers": "0.31"}}
+    meta = {
+        "config": {"width": 64},
+        "num_parts": 3,
+        "steps": 2,
+        "seed": 1,
+        "guidance_scale": 7.0,
+        "num_tokens": 16,
+        "dtype": "float32",
+        "device": "cuda:1",
+        "versions": {"torch": "2.5", "diffusers": "0.31"},
+    }
     fp = bl.fingerprint(meta, "embedded:partcrafter-tiny")
     assert fp["device_kind"] == "cuda" and fp["config_hash"] == bl.config_hash({"width": 64})
     assert set(bl.FINGERPRINT_KEYS) == set(fp)
@@ -189,7 +227,9 @@ def test_environment_mismatch_warns_or_fails_when_strict(tmp_path):
     assert out.result.verdict == "pass"
     assert out.warnings and "torch: '2.x' in the baseline, '9.9' now" in out.warnings[0]
     out = _evaluate(tmp_path, env=other, strict_env=True)
-    assert out.result.verdict == "fail" and out.status == "env-mismatch" and "different environment" in out.result.reason
+    assert (
+        out.result.verdict == "fail" and out.status == "env-mismatch" and "different environment" in out.result.reason
+    )
     assert _evaluate(tmp_path, env=other, strict_env=True, update="failed").status == "updated"
     assert _evaluate(tmp_path, env=other, strict_env=True).result.verdict == "pass"
 
@@ -222,8 +262,12 @@ def test_workflow_missing_create_pass_drift_fail_update_pass(pytester):
     result = run()
     assert outcomes(result) == {NODE: "failed"}
     metrics = pytester.path / "fixtures" / "baselines" / KEY / "metrics.json"
-    result.stdout.fnmatch_lines([f"no baseline for this image: looked for {metrics}; a candidate was written to "
-                                 f"{pytester.path / '.partattn-results' / 'baseline-candidates' / KEY} *"])
+    result.stdout.fnmatch_lines(
+        [
+            f"no baseline for this image: looked for {metrics}; a candidate was written to "
+            f"{pytester.path / '.partattn-results' / 'baseline-candidates' / KEY} *"
+        ]
+    )
     assert not metrics.exists()
 
     result = run("--partattn-update=missing")  # create
@@ -253,8 +297,12 @@ def test_update_refused_under_ci_unless_forced(pytester, monkeypatch):
     monkeypatch.setenv("CI", "true")
     result = pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --partattn-update missing: refusing to update baselines because the CI "
-                                 "environment variable is set (CI=true)*--partattn-force-update*"])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --partattn-update missing: refusing to update baselines because the CI "
+            "environment variable is set (CI=true)*--partattn-force-update*"
+        ]
+    )
     assert not (pytester.path / "fixtures" / "baselines").exists()
     result = pytester.runpytest_inprocess(*args("--partattn-update=missing", "--partattn-force-update"), NODE)
     assert outcomes(result) == {NODE: "passed"}
@@ -294,13 +342,18 @@ def test_unused_baselines_are_reported_and_removed_by_update_all(pytester):
     (gone / "metrics.json").write_text(json.dumps({"schema_version": 1, "metrics": {"a": 0.5}}))
     result = pytester.runpytest_inprocess(*args(), NODE)
     assert outcomes(result) == {NODE: "passed"}
-    result.stdout.fnmatch_lines(["1 unused baseline(s), their image is no longer under fixtures/images (delete "
-                                 "them, or let --partattn-update=all remove them):",
-                                 "  fixtures/baselines/np3_deleted_image"])
+    result.stdout.fnmatch_lines(
+        [
+            "1 unused baseline(s), their image is no longer under fixtures/images (delete "
+            "them, or let --partattn-update=all remove them):",
+            "  fixtures/baselines/np3_deleted_image",
+        ]
+    )
     assert gone.is_dir()
     result = pytester.runpytest_inprocess(*args("--partattn-update=all"), NODE)
-    result.stdout.fnmatch_lines(["1 unused baseline(s) removed (no image under fixtures/images):",
-                                 "  fixtures/baselines/np3_deleted_image"])
+    result.stdout.fnmatch_lines(
+        ["1 unused baseline(s) removed (no image under fixtures/images):", "  fixtures/baselines/np3_deleted_image"]
+    )
     assert not gone.exists() and (pytester.path / "fixtures" / "baselines" / KEY / "metrics.json").is_file()
     assert "unused baseline" not in pytester.runpytest_inprocess(*args(), NODE).stdout.str()
 
@@ -339,8 +392,12 @@ def test_a_second_update_session_on_the_same_folder_is_refused(pytester):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         result = pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
-        result.stderr.fnmatch_lines([f"ERROR: --partattn-update missing: {folder}: another pytest --partattn-update "
-                                     f"session is writing these baselines right now*wait for it to finish*"])
+        result.stderr.fnmatch_lines(
+            [
+                f"ERROR: --partattn-update missing: {folder}: another pytest --partattn-update "
+                f"session is writing these baselines right now*wait for it to finish*"
+            ]
+        )
         assert not (folder / KEY).exists()
     result = pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
     assert outcomes(result) == {NODE: "passed"}

@@ -41,8 +41,8 @@ from partattn_checks.model.tiny import TINY_TRANSFORMER, build_transformer
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "fixtures" / "checkpoints" / "tiny-random"
 IMAGE = ROOT / "fixtures" / "images" / "np2_circle_square.png"
-FP16_REL = 2.0 ** -11  # fp16 round-to-nearest, relative (normal range)
-FP16_SUB = 2.0 ** -25  # fp16 round-to-nearest, absolute (subnormal range)
+FP16_REL = 2.0**-11  # fp16 round-to-nearest, relative (normal range)
+FP16_SUB = 2.0**-25  # fp16 round-to-nearest, absolute (subnormal range)
 LAYERS = [f"blocks.{i}.attn2" for i in range(TINY_TRANSFORMER["num_layers"])]
 GLOBAL = set(TINY_TRANSFORMER["global_attn_block_ids"])
 NUM_IMAGE_TOKENS = 65  # CLS + 8×8 patches of the tiny DINOv2 (112 px, patch 14)
@@ -123,12 +123,12 @@ def reference_partcrafter(attn, hidden, context, num_parts, is_global):
     cond = slice(num_parts, 2 * num_parts)
     probs, values = [], []
     for h in range(heads):
-        qh = _rms(q[cond, 1:, d * h:d * (h + 1)], attn.norm_q)  # drop the time-token query row
-        kh = _rms(kv[cond, :, 2 * d * h:2 * d * h + d], attn.norm_k)
-        vh = kv[cond, :, 2 * d * h + d:2 * d * (h + 1)]
+        qh = _rms(q[cond, 1:, d * h : d * (h + 1)], attn.norm_q)  # drop the time-token query row
+        kh = _rms(kv[cond, :, 2 * d * h : 2 * d * h + d], attn.norm_k)
+        vh = kv[cond, :, 2 * d * h + d : 2 * d * (h + 1)]
         if is_global:
             kh, vh = kh[:1].expand_as(kh), vh[:1].expand_as(vh)
-        probs.append(torch.softmax(torch.einsum("pqd,pkd->pqk", qh, kh) * d ** -0.5, dim=-1))
+        probs.append(torch.softmax(torch.einsum("pqd,pkd->pqk", qh, kh) * d**-0.5, dim=-1))
         values.append(vh)
     return torch.stack(probs, 1), torch.stack(values, 1)
 
@@ -157,7 +157,10 @@ def assert_pv_reproduces(output, P16, V, to_out):
     through ``|W|``. On top, 1e-5 absolute covers fp32 summation-order differences (values are O(1)).
     """
     P = P16.float()
-    merged = lambda t: t.transpose(1, 2).flatten(2)  # (N, H, T, d) -> (N, T, H·d)
+
+    def merged(t):
+        return t.transpose(1, 2).flatten(2)  # (N, H, T, d) -> (N, T, H·d)
+
     rebuilt = to_out[1](to_out[0](merged(P @ V)))
     err_in = merged((FP16_REL * P + FP16_SUB) @ V.abs())
     bound = err_in @ to_out[0].weight.abs().T + 1e-5
@@ -176,12 +179,22 @@ def test_recorded_probabilities_are_the_layers_own(pipe, num_parts):
     def keep(name):
         def hook(module, args, kwargs, output):
             seen[name].append((args[0].clone(), kwargs["encoder_hidden_states"].clone(), output.clone()))
+
         return hook
 
-    hooks = [pipe.transformer.get_submodule(name).register_forward_hook(keep(name), with_kwargs=True) for name in chosen]
+    hooks = [
+        pipe.transformer.get_submodule(name).register_forward_hook(keep(name), with_kwargs=True) for name in chosen
+    ]
     try:
-        _, record = record_attention(pipe, IMAGE, num_parts, steps=steps, num_tokens=tokens, seed=1,
-                                     selection=Selection(full_maps=list(chosen.items())))
+        _, record = record_attention(
+            pipe,
+            IMAGE,
+            num_parts,
+            steps=steps,
+            num_tokens=tokens,
+            seed=1,
+            selection=Selection(full_maps=list(chosen.items())),
+        )
     finally:
         for hook in hooks:
             hook.remove()
@@ -206,7 +219,7 @@ def test_recorded_probabilities_are_the_layers_own(pipe, num_parts):
         d = attn.inner_dim // attn.heads
         naive_q = attn.norm_q(attn.to_q(hidden).view(*hidden.shape[:2], attn.heads, d).transpose(1, 2))
         naive_k = attn.norm_k(attn.to_k(context).view(*context.shape[:2], attn.heads, d).transpose(1, 2))
-        naive = torch.softmax(naive_q[num_parts:, :, 1:] @ naive_k[num_parts:].transpose(-1, -2) * d ** -0.5, -1)
+        naive = torch.softmax(naive_q[num_parts:, :, 1:] @ naive_k[num_parts:].transpose(-1, -2) * d**-0.5, -1)
         naive_out = attn.to_out[0]((naive @ value).transpose(1, 2).flatten(2))
         assert ((naive_out - cond_out).abs() > bound).any()
 
@@ -220,11 +233,21 @@ def test_recorded_probabilities_are_the_layers_own(pipe, num_parts):
         # ... and its plainly computed statistics equal the recorded fp16 ones: |fp16(x) − x| ≤ 2^-11·|x|,
         # plus 1e-5 for fp32 differences in logs/sums over ≤ 64 keys.
         ref = reference_stats(P_ref)
-        s, l = record.step_index(step), record.layer_index(name)
-        for key, field_name in [("entropy", "entropy"), ("peak", "peak"), ("eff_keys", "eff_keys"),
-                                ("cls_mass", "cls_mass"), ("marginal", "marginals")]:
-            torch.testing.assert_close(getattr(record, field_name)[s, l].float(), ref[key],
-                                       rtol=FP16_REL, atol=1e-5, msg=lambda m: f"{name} {key}: {m}")
+        s, li = record.step_index(step), record.layer_index(name)
+        for key, field_name in [
+            ("entropy", "entropy"),
+            ("peak", "peak"),
+            ("eff_keys", "eff_keys"),
+            ("cls_mass", "cls_mass"),
+            ("marginal", "marginals"),
+        ]:
+            torch.testing.assert_close(
+                getattr(record, field_name)[s, li].float(),
+                ref[key],
+                rtol=FP16_REL,
+                atol=1e-5,
+                msg=lambda m, name=name, key=key: f"{name} {key}: {m}",
+            )
 
 
 # ---------------------------------------------------------------------------------- what is recorded
@@ -240,8 +263,9 @@ def test_records_the_conditional_half_only(model):
 
     assert both.num_parts == 2 * num_parts and cond.num_parts == num_parts
     # Uncond half: uniform, so Ĥ == 1 (fp32 ~1e-7 off, then fp16 rounds it to exactly 1).
-    torch.testing.assert_close(both.entropy[:, :, :num_parts].float(), torch.ones(2, 5, num_parts, 4),
-                               rtol=0, atol=FP16_REL)
+    torch.testing.assert_close(
+        both.entropy[:, :, :num_parts].float(), torch.ones(2, 5, num_parts, 4), rtol=0, atol=FP16_REL
+    )
     # What cfg=True recorded is the other half, and on a random model it is not uniform.
     assert torch.equal(cond.entropy, both.entropy[:, :, num_parts:])
     assert torch.equal(cond.marginals, both.marginals[:, :, num_parts:])
@@ -260,22 +284,25 @@ def test_all_zero_conditioning_reads_as_uniform(model):
     for name, value in [("entropy", 1.0), ("eff_keys", 1.0), ("peak", 1 / 64), ("cls_mass", 1 / 65)]:
         tensor = getattr(record, name).float()
         torch.testing.assert_close(tensor, torch.full_like(tensor, value), rtol=FP16_REL, atol=0, msg=name)
-    torch.testing.assert_close(record.marginals.float(), torch.full_like(record.marginals.float(), 1 / 64),
-                               rtol=FP16_REL, atol=0)
+    torch.testing.assert_close(
+        record.marginals.float(), torch.full_like(record.marginals.float(), 1 / 64), rtol=FP16_REL, atol=0
+    )
 
 
 def test_time_token_dropped_and_cls_separate(pipe):
     tokens = 16
-    _, record = record_attention(pipe, IMAGE, 2, steps=2, num_tokens=tokens, seed=0,
-                                 selection=Selection(full_maps=[(0, 0), (1, 1)]))
+    _, record = record_attention(
+        pipe, IMAGE, 2, steps=2, num_tokens=tokens, seed=0, selection=Selection(full_maps=[(0, 0), (1, 1)])
+    )
     assert record.num_patch_keys == NUM_PATCH_KEYS and record.patch_grid == (8, 8) and record.has_cls
     assert record.marginals.shape == (2, 5, 2, 4, NUM_PATCH_KEYS)
     for (step, name), full in record.full_maps.items():
         assert full.shape == (2, 4, tokens, NUM_IMAGE_TOKENS)  # T query rows, not T + 1
         # CLS mass is column 0 of the map, averaged over queries (fp16 both sides).
-        s, l = record.step_index(step), record.layer_index(name)
-        torch.testing.assert_close(record.cls_mass[s, l].float(), full[..., 0].float().mean(-1),
-                                   rtol=4 * FP16_REL, atol=1e-6)
+        s, li = record.step_index(step), record.layer_index(name)
+        torch.testing.assert_close(
+            record.cls_mass[s, li].float(), full[..., 0].float().mean(-1), rtol=4 * FP16_REL, atol=1e-6
+        )
     assert (record.cls_mass > 0).all() and (record.cls_mass < 1).all()
     # Marginals are distributions over the 64 patch keys; each fp16 entry is within 2^-11 of its
     # value, so the sum is within 2^-11 of 1 (+ fp32 slack).
@@ -417,27 +444,37 @@ def test_nonfinite_recorded_on_request(fresh_pipe):
     assert record.nonfinite[0] == {"step": 0, "layer": "blocks.2.attn2", "where": "attention"}
     assert {"step": 0, "layer": None, "where": "latents"} in record.nonfinite
     # Step 0 started going wrong at blocks.2; from step 1 on, the NaN latents reach every layer.
-    assert [e["layer"] for e in record.nonfinite if e["step"] == 0] == ["blocks.2.attn2", "blocks.3.attn2",
-                                                                       "blocks.4.attn2", None]
+    assert [e["layer"] for e in record.nonfinite if e["step"] == 0] == [
+        "blocks.2.attn2",
+        "blocks.3.attn2",
+        "blocks.4.attn2",
+        None,
+    ]
     assert torch.isfinite(record.entropy[0, :2]).all() and not torch.isfinite(record.entropy[0, 2]).all()
     assert record.nonfinite[-1] == {"step": 1, "layer": None, "where": "latents"}
 
 
 # ---------------------------------------------------------------------------------- selection
-@pytest.mark.parametrize("layers, expected", [
-    ([0, 3], ["blocks.0.attn2", "blocks.3.attn2"]),
-    ([-1], ["blocks.4.attn2"]),
-    (["blocks.1.attn2"], ["blocks.1.attn2"]),
-    (["blocks.[24].attn2"], ["blocks.2.attn2", "blocks.4.attn2"]),
-    (["blocks.*.attn2"], LAYERS),
-    (lambda name: int(name.split(".")[1]) in GLOBAL, ["blocks.0.attn2", "blocks.2.attn2", "blocks.4.attn2"]),
-], ids=["indices", "negative", "name", "glob", "glob-all", "callable"])
+@pytest.mark.parametrize(
+    "layers, expected",
+    [
+        ([0, 3], ["blocks.0.attn2", "blocks.3.attn2"]),
+        ([-1], ["blocks.4.attn2"]),
+        (["blocks.1.attn2"], ["blocks.1.attn2"]),
+        (["blocks.[24].attn2"], ["blocks.2.attn2", "blocks.4.attn2"]),
+        (["blocks.*.attn2"], LAYERS),
+        (lambda name: int(name.split(".")[1]) in GLOBAL, ["blocks.0.attn2", "blocks.2.attn2", "blocks.4.attn2"]),
+    ],
+    ids=["indices", "negative", "name", "glob", "glob-all", "callable"],
+)
 def test_layer_selection(model, layers, expected):
     before = processors(model)
     unselected = [n for n in LAYERS if n not in expected]
     during = {n: [] for n in unselected}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: during[n].append(m.processor))
-             for n in unselected]
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: during[n].append(m.processor))
+        for n in unselected
+    ]
     with AttentionRecorder(model, num_parts=2, selection=Selection(layers=layers)) as rec:
         for name in unselected:  # selected-out layers keep their own processor object
             assert model.get_submodule(name).processor is before[name]
@@ -451,8 +488,9 @@ def test_layer_selection(model, layers, expected):
     assert record.layer_kinds == ["global" if int(n.split(".")[1]) in GLOBAL else "local" for n in expected]
 
 
-@pytest.mark.parametrize("layers, message", [([5], "out of range"), (["blocks.9.attn2"], "matches no"),
-                                             (["attn1"], "matches no")])
+@pytest.mark.parametrize(
+    "layers, message", [([5], "out of range"), (["blocks.9.attn2"], "matches no"), (["attn1"], "matches no")]
+)
 def test_bad_layer_selection(model, layers, message):
     before = processors(model)
     with pytest.raises(ValueError, match=message):
@@ -460,12 +498,16 @@ def test_bad_layer_selection(model, layers, message):
     assert all(processors(model)[n] is before[n] for n in before)
 
 
-@pytest.mark.parametrize("selection, steps, expected", [
-    (Selection(steps=[0, 2]), 4, [0, 2]),
-    (Selection(every=2), 5, [0, 2, 4]),
-    (Selection(every=2, steps=[1, 2, 3, 4]), 5, [2, 4]),
-    (Selection(), 3, [0, 1, 2]),
-], ids=["list", "every", "both", "all"])
+@pytest.mark.parametrize(
+    "selection, steps, expected",
+    [
+        (Selection(steps=[0, 2]), 4, [0, 2]),
+        (Selection(every=2), 5, [0, 2, 4]),
+        (Selection(every=2, steps=[1, 2, 3, 4]), 5, [2, 4]),
+        (Selection(), 3, [0, 1, 2]),
+    ],
+    ids=["list", "every", "both", "all"],
+)
 def test_step_selection(pipe, selection, steps, expected):
     plain = pipe(IMAGE, 1, steps=steps, num_tokens=8)
     result, record = record_attention(pipe, IMAGE, 1, steps=steps, num_tokens=8, selection=selection)
@@ -499,8 +541,15 @@ class CrossAttentionNet(torch.nn.Module):
 
     def __init__(self, processor, qk_norm=None, scale_qk=True):
         super().__init__()
-        self.attn2 = Attention(query_dim=32, cross_attention_dim=24, heads=4, dim_head=8, qk_norm=qk_norm,
-                               scale_qk=scale_qk, processor=processor)
+        self.attn2 = Attention(
+            query_dim=32,
+            cross_attention_dim=24,
+            heads=4,
+            dim_head=8,
+            qk_norm=qk_norm,
+            scale_qk=scale_qk,
+            processor=processor,
+        )
 
     def forward(self, x, context):
         return x + self.attn2(x, encoder_hidden_states=context)
@@ -512,21 +561,25 @@ def reference_standard(attn, x, context, scale):
     d = q.shape[-1] // attn.heads
     probs, values = [], []
     for h in range(attn.heads):
-        qh, kh = q[..., d * h:d * (h + 1)], k[..., d * h:d * (h + 1)]
+        qh, kh = q[..., d * h : d * (h + 1)], k[..., d * h : d * (h + 1)]
         if attn.norm_q is not None:
             qh, kh = _rms(qh, attn.norm_q), _rms(kh, attn.norm_k)
         probs.append(torch.softmax(torch.einsum("bqd,bkd->bqk", qh, kh) * scale, dim=-1))
-        values.append(v[..., d * h:d * (h + 1)])
+        values.append(v[..., d * h : d * (h + 1)])
     return torch.stack(probs, 1), torch.stack(values, 1)
 
 
-@pytest.mark.parametrize("processor, qk_norm, scale_qk", [
-    (AttnProcessor2_0, None, True),
-    (AttnProcessor2_0, "rms_norm", True),
-    (AttnProcessor2_0, None, False),  # SDPA ignores attn.scale: the recorder must too
-    (AttnProcessor, None, True),
-    (AttnProcessor, None, False),  # AttnProcessor uses attn.scale (= 1 here)
-], ids=["sdpa", "sdpa-qknorm", "sdpa-noscale", "classic", "classic-noscale"])
+@pytest.mark.parametrize(
+    "processor, qk_norm, scale_qk",
+    [
+        (AttnProcessor2_0, None, True),
+        (AttnProcessor2_0, "rms_norm", True),
+        (AttnProcessor2_0, None, False),  # SDPA ignores attn.scale: the recorder must too
+        (AttnProcessor, None, True),
+        (AttnProcessor, None, False),  # AttnProcessor uses attn.scale (= 1 here)
+    ],
+    ids=["sdpa", "sdpa-qknorm", "sdpa-noscale", "classic", "classic-noscale"],
+)
 def test_standard_diffusers_attention(processor, qk_norm, scale_qk):
     torch.manual_seed(0)
     net = CrossAttentionNet(processor(), qk_norm=qk_norm, scale_qk=scale_qk).eval()
@@ -540,18 +593,19 @@ def test_standard_diffusers_attention(processor, qk_norm, scale_qk):
         plain = [net(x, context), net(x * 2, context)]
         outputs = {}
         hook = net.attn2.register_forward_hook(lambda m, a, o: outputs.setdefault(len(outputs), o))
-        with AttentionRecorder(net, cfg=False, time_token=False, has_cls=False,
-                               selection=Selection(full_maps=[(0, 0)])) as rec:
+        with AttentionRecorder(
+            net, cfg=False, time_token=False, has_cls=False, selection=Selection(full_maps=[(0, 0)])
+        ) as rec:
             captured = [net(x, context), net(x * 2, context)]
         hook.remove()
     assert net.attn2.processor is original
-    assert all(torch.equal(a, b) for a, b in zip(plain, captured))
+    assert all(torch.equal(a, b) for a, b in zip(plain, captured, strict=False))
     record = rec.record()
     assert record.steps == [0, 1] and record.layers == ["attn2"] and record.layer_kinds == ["standard"]
     assert record.num_parts == 2 and record.num_heads == 4 and record.num_patch_keys == 7
     assert not record.has_cls and (record.cls_mass == 0).all()
 
-    used_scale = net.attn2.scale if processor is AttnProcessor else 8 ** -0.5
+    used_scale = net.attn2.scale if processor is AttnProcessor else 8**-0.5
     with torch.no_grad():
         P_ref, V_ref = reference_standard(net.attn2, x, context, used_scale)
         full = record.full_maps[(0, "attn2")]
@@ -581,14 +635,30 @@ def test_basic_transformer_block():
 class TripoSGAttnProcessor2_0:
     """Stands in for an upstream fork's local processor: a plain class that runs the same math."""
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 image_rotary_emb=None, num_parts=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        image_rotary_emb=None,
+        num_parts=None,
+    ):
         return TripoSGAttnProcessor()(attn, hidden_states, encoder_hidden_states, num_parts=num_parts)
 
 
 class UpstreamPartCrafterAttnProcessor:
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 image_rotary_emb=None, num_parts=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        image_rotary_emb=None,
+        num_parts=None,
+    ):
         return PartCrafterAttnProcessor()(attn, hidden_states, encoder_hidden_states, num_parts=num_parts)
 
 
@@ -613,7 +683,7 @@ def test_upstream_processor_names_are_accepted(model, style):
     with AttentionRecorder(model, num_parts=2) as rec:
         captured = run_steps(model, 2)
     record = rec.record()
-    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(plain, captured, ours))
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(plain, captured, ours, strict=False))
     assert record.layer_kinds == ["global" if i in GLOBAL else "local" for i in range(5)]
     for name in ("entropy", "peak", "eff_keys", "cls_mass", "marginals"):
         assert torch.equal(getattr(record, name), getattr(ours_record, name)), name

@@ -57,11 +57,19 @@ class MaxPeak(Check):
         per_layer = record.peak.float().amax(dim=(0, 2, 3))
         worst = int(per_layer.argmax())
         value = float(per_layer[worst])
-        details = MaxPeakDetails(per_layer=dict(zip(record.layers, per_layer.tolist(), strict=True)),
-                                 worst_layer=record.layers[worst])
+        details = MaxPeakDetails(
+            per_layer=dict(zip(record.layers, per_layer.tolist(), strict=True)), worst_layer=record.layers[worst]
+        )
         if value > t.max_peak:
-            return CheckResult(self.name, "fail", value, t.max_peak, Offender(layer=details.worst_layer),
-                               f"a head is peaky: {value:.3f} > {t.max_peak:g} in {details.worst_layer}", details)
+            return CheckResult(
+                self.name,
+                "fail",
+                value,
+                t.max_peak,
+                Offender(layer=details.worst_layer),
+                f"a head is peaky: {value:.3f} > {t.max_peak:g} in {details.worst_layer}",
+                details,
+            )
         return CheckResult(self.name, "pass", value, t.max_peak, None, f"largest peak {value:.3f}", details)
 
     def draw(self, result, details, record, image, thresholds):
@@ -85,10 +93,22 @@ def make_record(peak: float = 0.3) -> AttentionRecord:
     s, n_layers, p, h, nk = 2, 2, 2, 2, 4
     full = lambda v: torch.full((s, n_layers, p, h), v)  # noqa: E731
     return AttentionRecord(
-        steps=[0, 1], timesteps=[1000.0, 500.0], layers=["blocks.0.attn2", "blocks.1.attn2"],
-        layer_kinds=["global", "local"], num_parts=p, num_heads=h, num_patch_keys=nk, has_cls=True,
-        patch_grid=None, entropy=full(0.6), peak=full(peak), eff_keys=full(0.5), cls_mass=full(0.05),
-        marginals=torch.softmax(torch.randn(s, n_layers, p, h, nk), -1), full_maps={}, nonfinite=[],
+        steps=[0, 1],
+        timesteps=[1000.0, 500.0],
+        layers=["blocks.0.attn2", "blocks.1.attn2"],
+        layer_kinds=["global", "local"],
+        num_parts=p,
+        num_heads=h,
+        num_patch_keys=nk,
+        has_cls=True,
+        patch_grid=None,
+        entropy=full(0.6),
+        peak=full(peak),
+        eff_keys=full(0.5),
+        cls_mass=full(0.05),
+        marginals=torch.softmax(torch.randn(s, n_layers, p, h, nk), -1),
+        full_maps={},
+        nonfinite=[],
     )
 
 
@@ -121,9 +141,10 @@ def test_run_checks_runs_a_registered_check(max_peak):
     r = results[-1]
     assert r.verdict == "fail" and r.value == pytest.approx(0.75) and r.offender == Offender(layer="blocks.0.attn2")
     assert isinstance(r.details, MaxPeakDetails) and r.details.worst_layer == "blocks.0.attn2"
-    assert r.to_dict()["details"] == {"per_layer": {"blocks.0.attn2": pytest.approx(0.75),
-                                                    "blocks.1.attn2": pytest.approx(0.75)},
-                                      "worst_layer": "blocks.0.attn2"}
+    assert r.to_dict()["details"] == {
+        "per_layer": {"blocks.0.attn2": pytest.approx(0.75), "blocks.1.attn2": pytest.approx(0.75)},
+        "worst_layer": "blocks.0.attn2",
+    }
     assert CheckResult.from_dict(r.to_dict()).details == r.details  # typed again after transport
     assert [x.name for x in run_checks(make_record(), names=["max_peak"])] == ["max_peak"]
     assert run_checks(make_record(), names=["max_peak"])[0].passed
@@ -135,10 +156,12 @@ def test_thresholds_take_its_table(max_peak, tmp_path):
     assert t.max_peak.max_peak == 0.8 and t.collapse == Thresholds().collapse
     assert run_checks(make_record(peak=0.75), t, names=["max_peak"])[0].passed
     f = tmp_path / "thresholds.toml"
-    f.write_text(textwrap.dedent("""
+    f.write_text(
+        textwrap.dedent("""
         [max_peak]
         max_peak = 0.2
-    """))
+    """)
+    )
     assert load_thresholds(f).max_peak.max_peak == 0.2
     f.write_text("[max_peak]\nmax_peek = 0.2\n")
     with pytest.raises(ThresholdsError, match=r"\[max_peak\] unknown key 'max_peek' \(known: max_peak\)"):
@@ -152,8 +175,17 @@ def test_unregistered_check_has_no_table():
 
 def test_reports_show_its_headline_and_column(max_peak):
     result = max_peak(make_record(peak=0.75)).to_dict()
-    p = report.payload(image="fixtures/images/np2_a.png", image_abs="/x/np2_a.png", key="np2_a", check="max_peak",
-                       result=result, figures=[], rerun="pytest", update="pytest", baseline_checks={})
+    p = report.payload(
+        image="fixtures/images/np2_a.png",
+        image_abs="/x/np2_a.png",
+        key="np2_a",
+        check="max_peak",
+        result=result,
+        figures=[],
+        rerun="pytest",
+        update="pytest",
+        baseline_checks={},
+    )
     assert report.metric_rows(p) == [["largest peak", "0.75", "≤ 0.5", "—", "FAIL"]]
     summary = report.Summary()
     summary.add(p)
@@ -169,8 +201,9 @@ def test_figures_dispatch_to_it(max_peak, tmp_path):
     assert paths == [tmp_path / "max_peak__bars.png"]
     assert Image.open(paths[0]).size == (16, 32)
     # the same from the JSON form (e.g. after pytest-xdist transport)
-    assert figures_for(CheckResult.from_dict(result.to_dict()), record, tmp_path / "again") == \
-        [tmp_path / "again" / "max_peak__bars.png"]
+    assert figures_for(CheckResult.from_dict(result.to_dict()), record, tmp_path / "again") == [
+        tmp_path / "again" / "max_peak__bars.png"
+    ]
     with pytest.raises(CheckError, match="cannot draw the max_peak figures: its details are not a MaxPeakDetails"):
         figures_for(CheckResult("max_peak", "fail", 1.0, 0.5, None, "", {"other": 1}), record, tmp_path)
 

@@ -29,8 +29,9 @@ S, L, P, H, NK = 4, 3, 3, 4, 16
 LAYERS = [f"blocks.{i}.attn2" for i in range(L)]
 
 
-def make_record(entropy=None, peak=None, marginals=None, cls_mass=None, nonfinite=(), steps=None,
-                full_maps=None) -> AttentionRecord:
+def make_record(
+    entropy=None, peak=None, marginals=None, cls_mass=None, nonfinite=(), steps=None, full_maps=None
+) -> AttentionRecord:
     """An AttentionRecord from given arrays; omitted arrays get healthy-looking values."""
     if marginals is None:
         marginals = healthy_marginals()
@@ -43,10 +44,22 @@ def make_record(entropy=None, peak=None, marginals=None, cls_mass=None, nonfinit
     cls_mass = full(0.05) if cls_mass is None else torch.as_tensor(np.asarray(cls_mass), dtype=torch.float32)
     steps = list(range(0, 10 * s, 10)) if steps is None else steps
     return AttentionRecord(
-        steps=steps, timesteps=[1000.0 * (1 - k / 50) for k in steps], layers=LAYERS[:n_layers],
-        layer_kinds=["global", "local", "global"][:n_layers], num_parts=p, num_heads=h, num_patch_keys=nk,
-        has_cls=True, patch_grid=None, entropy=entropy, peak=peak, eff_keys=full(0.5),
-        cls_mass=cls_mass, marginals=marginals, full_maps=full_maps or {}, nonfinite=list(nonfinite),
+        steps=steps,
+        timesteps=[1000.0 * (1 - k / 50) for k in steps],
+        layers=LAYERS[:n_layers],
+        layer_kinds=["global", "local", "global"][:n_layers],
+        num_parts=p,
+        num_heads=h,
+        num_patch_keys=nk,
+        has_cls=True,
+        patch_grid=None,
+        entropy=entropy,
+        peak=peak,
+        eff_keys=full(0.5),
+        cls_mass=cls_mass,
+        marginals=marginals,
+        full_maps=full_maps or {},
+        nonfinite=list(nonfinite),
     )
 
 
@@ -55,7 +68,7 @@ def healthy_marginals(s=S, n_layers=L, p=P, h=H, nk=NK) -> torch.Tensor:
     m = torch.full((s, n_layers, p, h, nk), 0.02)
     width = nk // p
     for part in range(p):
-        m[:, :, part, :, part * width:(part + 1) * width] = 1.0
+        m[:, :, part, :, part * width : (part + 1) * width] = 1.0
     m += 0.01 * torch.arange(s).view(s, 1, 1, 1, 1) * torch.linspace(0, 1, nk)
     return m / m.sum(-1, keepdim=True)
 
@@ -76,8 +89,11 @@ def healthy() -> AttentionRecord:
 # --------------------------------------------------------------------------- healthy
 def test_healthy_record_passes_everything(healthy):
     results = run_checks(healthy)
-    assert [r.name for r in results] == list(CHECKS) == ["uniformity", "collapse", "part_separation",
-                                                          "stability", "nonfinite"]
+    assert (
+        [r.name for r in results]
+        == list(CHECKS)
+        == ["uniformity", "collapse", "part_separation", "stability", "nonfinite"]
+    )
     for r in results:
         assert r.passed, r.reason
         assert r.offender is None
@@ -118,8 +134,9 @@ def test_default_uniformity_tolerates_one_lazy_layer_but_not_a_uniform_model():
     maps[:] = 1.0 / (1 + NK)  # every layer uniform: zero keys everywhere
     r = check_uniformity(record_from_maps(maps))
     assert r.verdict == "fail" and r.value == 1.0 and r.threshold == 0.85
-    assert r.reason.startswith("attention is near-uniform: 100% of all heads have normalized entropy ≥ 0.98 "
-                               "(allowed 85%)")
+    assert r.reason.startswith(
+        "attention is near-uniform: 100% of all heads have normalized entropy ≥ 0.98 (allowed 85%)"
+    )
 
 
 def test_uniform_maps_fail_uniformity():
@@ -129,8 +146,9 @@ def test_uniform_maps_fail_uniformity():
     assert r.verdict == "fail"
     assert r.offender.layer == "blocks.1.attn2"
     assert r.value == 1.0 and r.threshold == 0.5
-    assert r.reason.startswith("attention is near-uniform: 100% of heads in layer blocks.1.attn2 "
-                               "have normalized entropy ≥ 0.98 (allowed 50%)")
+    assert r.reason.startswith(
+        "attention is near-uniform: 100% of heads in layer blocks.1.attn2 have normalized entropy ≥ 0.98 (allowed 50%)"
+    )
 
 
 def test_uniformity_names_the_planted_head():
@@ -236,8 +254,10 @@ def test_nan_fails_nonfinite_and_names_first_step_and_layer():
 
 def test_nonfinite_events_and_full_maps():
     maps = {(10, "blocks.2.attn2"): torch.full((P, H, 2, NK + 1), float("nan"))}
-    events = [{"step": 30, "layer": None, "where": "latents"},
-              {"step": 20, "layer": "blocks.0.attn2", "where": "attention"}]
+    events = [
+        {"step": 30, "layer": None, "where": "latents"},
+        {"step": 20, "layer": "blocks.0.attn2", "where": "attention"},
+    ]
     r = check_nonfinite(make_record(nonfinite=events, full_maps=maps))
     assert r.verdict == "fail" and r.offender == Offender(step=10, layer="blocks.2.attn2")
     r = check_nonfinite(make_record(nonfinite=events[:1]))
@@ -277,32 +297,45 @@ def test_defaults_in_one_place():
 
 def test_load_thresholds_toml(tmp_path):
     f = tmp_path / "thresholds.toml"
-    f.write_text(textwrap.dedent("""
+    f.write_text(
+        textwrap.dedent("""
         [collapse]
         peak_max = 0.95
         max_share = 0
 
         [part_separation]
         step_aggregate = "min"
-    """))
+    """)
+    )
     t = load_thresholds(f)
     assert t.collapse.peak_max == 0.95 and t.collapse.max_share == 0.0 and t.collapse.entropy_min == 0.05
     assert t.part_separation.step_aggregate == "min" and t.uniformity == Thresholds().uniformity
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[collapse]\npeek_max = 0.9\n",
-     "thresholds.toml: [collapse] unknown key 'peek_max' (known: peak_max, entropy_min, cls_mass_max, max_share)"),
-    ("[colapse]\npeak_max = 0.9\n", "thresholds.toml: unknown table [colapse] (known: uniformity, collapse"),
-    ("[uniformity]\nmax_share = 1.5\n",
-     "thresholds.toml: [uniformity] max_share = 1.5 is out of range (expected 0.0 <= value <= 1.0)"),
-    ("[baseline]\natol = -0.1\n", "thresholds.toml: [baseline] atol = -0.1 is out of range (expected value >= 0.0)"),
-    ("[stability]\nmax_jump = \"big\"\n", "must be a finite number"),
-    ("[stability]\nmax_jump = true\n", "must be a finite number"),
-    ("[part_separation]\nlayer_aggregate = \"median\"\n", "is not one of mean, min, max"),
-    ("collapse = 3\n", "must be a table"),
-    ("[collapse\n", "invalid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "[collapse]\npeek_max = 0.9\n",
+            "thresholds.toml: [collapse] unknown key 'peek_max' "
+            "(known: peak_max, entropy_min, cls_mass_max, max_share)",
+        ),
+        ("[colapse]\npeak_max = 0.9\n", "thresholds.toml: unknown table [colapse] (known: uniformity, collapse"),
+        (
+            "[uniformity]\nmax_share = 1.5\n",
+            "thresholds.toml: [uniformity] max_share = 1.5 is out of range (expected 0.0 <= value <= 1.0)",
+        ),
+        (
+            "[baseline]\natol = -0.1\n",
+            "thresholds.toml: [baseline] atol = -0.1 is out of range (expected value >= 0.0)",
+        ),
+        ('[stability]\nmax_jump = "big"\n', "must be a finite number"),
+        ("[stability]\nmax_jump = true\n", "must be a finite number"),
+        ('[part_separation]\nlayer_aggregate = "median"\n', "is not one of mean, min, max"),
+        ("collapse = 3\n", "must be a table"),
+        ("[collapse\n", "invalid TOML"),
+    ],
+)
 def test_bad_threshold_files_are_rejected(tmp_path, text, message):
     f = tmp_path / "thresholds.toml"
     f.write_text(text)
@@ -314,13 +347,15 @@ def test_bad_threshold_files_are_rejected(tmp_path, text, message):
 
 def test_thresholds_from_pyproject(tmp_path):
     f = tmp_path / "pyproject.toml"
-    f.write_text(textwrap.dedent("""
+    f.write_text(
+        textwrap.dedent("""
         [project]
         name = "x"
 
         [tool.partattn.thresholds.stability]
         max_jump = 0.3
-    """))
+    """)
+    )
     assert thresholds_from_pyproject(f).stability.max_jump == 0.3
     f.write_text("[tool.partattn.thresholds.stability]\nmax_jmp = 0.3\n")
     with pytest.raises(ValueError, match=r"\[tool.partattn.thresholds.stability\] unknown key 'max_jmp'"):

@@ -13,11 +13,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_visualizer import assert_image, assert_links_resolve
 
 from partattn_checks import cli
 from partattn_checks.record import AttentionRecord
-
-from test_visualizer import assert_image, assert_links_resolve
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "fixtures" / "checkpoints" / "tiny-random"
@@ -52,18 +51,41 @@ def test_help_exits_zero(capsys, argv):
 
 def test_help_names_the_options(capsys):
     _, out, _ = run_cli(capsys, "run", "--help")
-    for option in ("--model", "--num-parts", "--steps", "--seed", "--guidance", "--device", "--dtype", "--out",
-                   "--quiet"):
+    for option in (
+        "--model",
+        "--num-parts",
+        "--steps",
+        "--seed",
+        "--guidance",
+        "--device",
+        "--dtype",
+        "--out",
+        "--quiet",
+    ):
         assert option in out
 
 
 # ----------------------------------------------------------------------------- run
 def test_run_writes_figures_gifs_metrics_record_and_index(run_out, capsys):
     files = {p.relative_to(run_out).as_posix() for p in run_out.rglob("*") if p.is_file()}
-    expected = {"index.html", "metrics.json", "record.json", "record.safetensors", "input.png", "parts.png",
-                "overlay_part0.png", "overlay_part1.png", "timeline_entropy.png", "timeline_peak.png",
-                "timeline_separation.png", "timeline_stability.png", "steps_part0.gif", "steps_part1.gif",
-                "heads_blocks.4.attn2_step1_part0.png", "heads_blocks.4.attn2_step1_part1.png"}
+    expected = {
+        "index.html",
+        "metrics.json",
+        "record.json",
+        "record.safetensors",
+        "input.png",
+        "parts.png",
+        "overlay_part0.png",
+        "overlay_part1.png",
+        "timeline_entropy.png",
+        "timeline_peak.png",
+        "timeline_separation.png",
+        "timeline_stability.png",
+        "steps_part0.gif",
+        "steps_part1.gif",
+        "heads_blocks.4.attn2_step1_part0.png",
+        "heads_blocks.4.attn2_step1_part1.png",
+    }
     assert expected <= files, expected - files
     assert any(f.startswith("checks/") for f in files)  # the random model fails checks: their figures
     for name in files:
@@ -89,8 +111,21 @@ def test_run_writes_figures_gifs_metrics_record_and_index(run_out, capsys):
 
 
 def test_run_prints_verdicts_and_where_to_look(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "run", IMAGES / "np1_circle.png", "--model", TINY, "--steps", "2",
-                             "--out", tmp_path / "o", "--layer", "blocks.2.attn2", "--step", "0")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        IMAGES / "np1_circle.png",
+        "--model",
+        TINY,
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "o",
+        "--layer",
+        "blocks.2.attn2",
+        "--step",
+        "0",
+    )
     assert code == 0
     for name in CHECKS:
         assert name in out
@@ -104,8 +139,22 @@ def test_run_prints_verdicts_and_where_to_look(tmp_path, capsys):
 def test_num_parts_option_beats_the_file_name(tmp_path, capsys):
     image = tmp_path / "plain.png"
     shutil.copy(IMAGE, image)
-    code, _, _ = run_cli(capsys, "run", image, "--model", TINY, "--steps", "1", "--num-parts", "3",
-                         "--out", tmp_path / "o", "-q", "--guidance", "1.0")
+    code, _, _ = run_cli(
+        capsys,
+        "run",
+        image,
+        "--model",
+        TINY,
+        "--steps",
+        "1",
+        "--num-parts",
+        "3",
+        "--out",
+        tmp_path / "o",
+        "-q",
+        "--guidance",
+        "1.0",
+    )
     assert code == 0
     record = AttentionRecord.load(tmp_path / "o" / "record.json")
     assert record.num_parts == 3 and record.meta["cfg"] is False
@@ -179,25 +228,31 @@ def test_no_part_count(tmp_path, capsys):
     assert code == 2 and "--num-parts" in err and "np<N>_chair.png" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", str(IMAGE), "--steps", "0"], "--steps: must be at least 1"),
-    (["run", str(IMAGE), "--num-parts", "two"], "--num-parts: expected a whole number"),
-    (["run", str(IMAGE), "--dtype", "float64"], "--dtype: invalid choice"),
-    (["run", str(IMAGE), "--bogus"], "unrecognized arguments: --bogus"),
-    (["run"], "required: IMAGE"),
-    (["show"], "required: RECORD"),
-    (["frobnicate"], "invalid choice"),
-    ([], "required"),
-    (["run", str(IMAGE), "--model", str(TINY), "--num-parts", "5"], "use at most 4 parts"),
-    (["run", str(IMAGE), "--model", str(TINY), "--layer", "blocks.9.attn2"], "--layer blocks.9.attn2"),
-    (["run", str(IMAGE), "--model", str(TINY), "--layer", "7"], "--layer 7"),
-    (["run", str(IMAGE), "--model", str(TINY), "--steps", "2", "--step", "2"], "--step 2: out of range"),
-    (["run", str(IMAGE), "--device", "tpu"], "--device: unknown device; use auto, cpu, cuda or cuda:N, got 'tpu'"),
-    (["check", "--device", "gpu"], "--device: unknown device; use auto, cpu, cuda or cuda:N, got 'gpu'"),
-    (["run", str(IMAGE), "--seed", "-1"], "--seed: must be at least 0, got -1"),
-    (["run", str(IMAGE), "--guidance", "-2"], "--guidance: must be at least 0"),
-    (["run", str(IMAGE), "--model", str(TINY), "--thresholds", "nope.toml"], "thresholds file not found: nope.toml"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", str(IMAGE), "--steps", "0"], "--steps: must be at least 1"),
+        (["run", str(IMAGE), "--num-parts", "two"], "--num-parts: expected a whole number"),
+        (["run", str(IMAGE), "--dtype", "float64"], "--dtype: invalid choice"),
+        (["run", str(IMAGE), "--bogus"], "unrecognized arguments: --bogus"),
+        (["run"], "required: IMAGE"),
+        (["show"], "required: RECORD"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+        (["run", str(IMAGE), "--model", str(TINY), "--num-parts", "5"], "use at most 4 parts"),
+        (["run", str(IMAGE), "--model", str(TINY), "--layer", "blocks.9.attn2"], "--layer blocks.9.attn2"),
+        (["run", str(IMAGE), "--model", str(TINY), "--layer", "7"], "--layer 7"),
+        (["run", str(IMAGE), "--model", str(TINY), "--steps", "2", "--step", "2"], "--step 2: out of range"),
+        (["run", str(IMAGE), "--device", "tpu"], "--device: unknown device; use auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["check", "--device", "gpu"], "--device: unknown device; use auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["run", str(IMAGE), "--seed", "-1"], "--seed: must be at least 0, got -1"),
+        (["run", str(IMAGE), "--guidance", "-2"], "--guidance: must be at least 0"),
+        (
+            ["run", str(IMAGE), "--model", str(TINY), "--thresholds", "nope.toml"],
+            "thresholds file not found: nope.toml",
+        ),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_message(capsys, argv, message):
     code, _, err = run_cli(capsys, *argv, "-q") if argv[:1] == ["run"] and len(argv) > 2 else run_cli(capsys, *argv)
     assert code == 2
@@ -248,10 +303,27 @@ def test_progress_bar_draws_on_a_terminal_only():
 # ----------------------------------------------------------------------------- check
 def test_check_builds_the_gate_command():
     args = cli.check_args(Path("m"), Path("f"), steps=2, device="cpu", extra=["--", "-x", "-k", "np2"])
-    assert args == ["--partattn", "--partattn-model=m", "--partattn-fixtures=f", "--partattn-steps=2",
-                    "--partattn-device=cpu", "f", "-p", "no:cacheprovider", "-x", "-k", "np2"]
-    assert cli.check_args(Path("m"), Path("f")) == ["--partattn", "--partattn-model=m", "--partattn-fixtures=f",
-                                                    "f", "-p", "no:cacheprovider"]
+    assert args == [
+        "--partattn",
+        "--partattn-model=m",
+        "--partattn-fixtures=f",
+        "--partattn-steps=2",
+        "--partattn-device=cpu",
+        "f",
+        "-p",
+        "no:cacheprovider",
+        "-x",
+        "-k",
+        "np2",
+    ]
+    assert cli.check_args(Path("m"), Path("f")) == [
+        "--partattn",
+        "--partattn-model=m",
+        "--partattn-fixtures=f",
+        "f",
+        "-p",
+        "no:cacheprovider",
+    ]
 
 
 def test_check_missing_inputs(tmp_path, capsys):
@@ -271,8 +343,23 @@ def test_check_runs_the_gate_and_fails_on_a_random_model(tmp_path, monkeypatch, 
     (project / "pytest.ini").write_text("[pytest]\n")
     shutil.copy(IMAGE, project / "fixtures" / IMAGE.name)
     monkeypatch.chdir(project)
-    code, out, err = run_cli(capsys, "check", "--model", TINY, "--fixtures", "fixtures", "--steps", "2",
-                             "--device", "cpu", "--", "-q", "-rf", "-k", "not baseline")
+    code, out, err = run_cli(
+        capsys,
+        "check",
+        "--model",
+        TINY,
+        "--fixtures",
+        "fixtures",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--",
+        "-q",
+        "-rf",
+        "-k",
+        "not baseline",
+    )
     assert code == 1, out
     assert "PytestAssertRewriteWarning" not in out + err  # pytest runs in-process, after our package was imported
     assert re.search(r"FAILED \S*np2_circle_square\.png::part_separation", out), out
@@ -320,8 +407,14 @@ def test_check_damaged_checkpoint_is_a_usage_error_before_pytest(tmp_path, capsy
     (broken / "scheduler" / "scheduler_config.json").write_text("{oops")
     monkeypatch.setattr("pytest.main", lambda *a, **k: pytest.fail("pytest ran on a damaged checkpoint"))
     code, _, err = run_cli(capsys, "check", "--model", broken, "--fixtures", IMAGES)
-    assert_one_line_error(code, err, str(weights), "not a safetensors file",
-                          str(broken / "scheduler" / "scheduler_config.json"), "not valid JSON")
+    assert_one_line_error(
+        code,
+        err,
+        str(weights),
+        "not a safetensors file",
+        str(broken / "scheduler" / "scheduler_config.json"),
+        "not valid JSON",
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncated tensors", "garbage tensors", "garbage json"])
@@ -348,8 +441,15 @@ def test_run_too_large_image_is_a_usage_error(tmp_path, capsys, monkeypatch, nev
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # the 224 x 224 fixture is over it
     code, _, err = run_cli(capsys, "run", IMAGE, "--model", TINY, "--out", tmp_path / "o", "-q")
-    assert_one_line_error(code, err, str(IMAGE), "image too large: 50,176 pixels", "limit of 10,000 pixels",
-                          "PIL.Image.MAX_IMAGE_PIXELS", "downscale")
+    assert_one_line_error(
+        code,
+        err,
+        str(IMAGE),
+        "image too large: 50,176 pixels",
+        "limit of 10,000 pixels",
+        "PIL.Image.MAX_IMAGE_PIXELS",
+        "downscale",
+    )
     assert "DecompressionBomb" not in err
 
 
@@ -430,8 +530,9 @@ def test_failed_run_removes_the_output_folders_it_created(tmp_path, capsys):
 def run3_out(tmp_path_factory):
     """A 3-part ``partattn run`` (2 steps): more figures than a 2-part run writes."""
     out = tmp_path_factory.mktemp("run3") / "np3"
-    code = cli.main(["run", str(IMAGE), "--num-parts", "3", "--model", str(TINY), "--steps", "2", "--out", str(out),
-                     "-q"])
+    code = cli.main(
+        ["run", str(IMAGE), "--num-parts", "3", "--model", str(TINY), "--steps", "2", "--out", str(out), "-q"]
+    )
     assert code == 0
     return out
 

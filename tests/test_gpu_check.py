@@ -16,8 +16,9 @@ SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
 def run(*args, timeout=120):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_small_run_is_exact_and_reports_json():
@@ -28,7 +29,9 @@ def test_small_run_is_exact_and_reports_json():
     result = json.loads(lines[0])
     assert result["check"] == "gpu_check" and result["mode"] == "small" and result["device"] == "cpu"
     assert result["exact"] is True and result["deterministic"] is True
-    assert result["config"] | {"steps": 2, "parts": 2, "tokens": 16, "image_tokens": 17, "cfg": True} == result["config"]
+    assert (
+        result["config"] | {"steps": 2, "parts": 2, "tokens": 16, "image_tokens": 17, "cfg": True} == result["config"]
+    )
     assert result["config"]["width"] == 128 and result["config"]["heads"] == 4 and result["config"]["layers"] == 3
     assert result["step_s"]["plain"] > 0 and result["step_s"]["captured"] > 0 and result["overhead"] > 0
     assert len(result["all_step_s"]["plain"]) == 4 and len(result["all_step_s"]["captured"]) == 2

@@ -70,7 +70,7 @@ def edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(data))
 
 
-# --------------------------------------------------------------------------- round trip
+# ---------------------------------------------------------------------------------------------------------- round trip
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -117,7 +117,7 @@ def test_vae_folder_absent_is_fine_and_present_is_never_read(written, ckpt):
     assert not sentinel.exists()
 
 
-# --------------------------------------------------------------------------- determinism and the committed fixture
+# ------------------------------------------------------------------------------- determinism and the committed fixture
 
 
 def test_same_seed_regenerates_bit_for_bit(written, tmp_path):
@@ -147,8 +147,9 @@ def test_tiny_checkpoint_is_small():
 
 
 def test_script_check_passes_on_committed_fixture():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--check"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "up to date" in done.stdout
 
@@ -169,12 +170,13 @@ def test_script_check_detects_and_regenerate_fixes(ckpt, capsys):
     assert script.main(["--check", "--out", str(ckpt), "--seed", "1"]) == 1
 
 
-# --------------------------------------------------------------------------- errors name the path and the fix
+# ------------------------------------------------------------------------------------ errors name the path and the fix
 
 
 def test_missing_folder(tmp_path):
-    raises_naming(tmp_path / "nope", "model_index.json", "wgsxm/PartCrafter",
-                  call=lambda: load_checkpoint(tmp_path / "nope"))
+    raises_naming(
+        tmp_path / "nope", "model_index.json", "wgsxm/PartCrafter", call=lambda: load_checkpoint(tmp_path / "nope")
+    )
 
 
 def test_missing_model_index(ckpt):
@@ -193,9 +195,15 @@ def test_missing_subfolder(ckpt, component):
     raises_naming(ckpt / component, "subfolder missing", "re-download", call=lambda: load_checkpoint(ckpt))
 
 
-@pytest.mark.parametrize("name", ["transformer/config.json", "image_encoder_dinov2/config.json",
-                                  "feature_extractor_dinov2/preprocessor_config.json",
-                                  "scheduler/scheduler_config.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "transformer/config.json",
+        "image_encoder_dinov2/config.json",
+        "feature_extractor_dinov2/preprocessor_config.json",
+        "scheduler/scheduler_config.json",
+    ],
+)
 def test_missing_config_file(ckpt, name):
     (ckpt / name).unlink()
     raises_naming(ckpt / name, "missing", "re-download", call=lambda: load_checkpoint(ckpt))
@@ -204,18 +212,23 @@ def test_missing_config_file(ckpt, name):
 @pytest.mark.parametrize("name", [TRANSFORMER_WEIGHTS, ENCODER_WEIGHTS])
 def test_missing_weights(ckpt, name):
     (ckpt / name).unlink()
-    raises_naming((ckpt / name).parent, "no weights found", Path(name).name, "re-download",
-                  call=lambda: load_checkpoint(ckpt))
+    raises_naming(
+        (ckpt / name).parent, "no weights found", Path(name).name, "re-download", call=lambda: load_checkpoint(ckpt)
+    )
 
 
 def test_missing_shard_of_sharded_weights(ckpt):
     folder = ckpt / "transformer"
     (folder / "diffusion_pytorch_model.safetensors").unlink()
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"proj_in.weight": "diffusion_pytorch_model-00001-of-00002.safetensors"}}))
-    raises_naming(folder / "diffusion_pytorch_model.safetensors.index.json",
-                  "diffusion_pytorch_model-00001-of-00002.safetensors", "re-download",
-                  call=lambda: load_checkpoint(ckpt))
+        json.dumps({"weight_map": {"proj_in.weight": "diffusion_pytorch_model-00001-of-00002.safetensors"}})
+    )
+    raises_naming(
+        folder / "diffusion_pytorch_model.safetensors.index.json",
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "re-download",
+        call=lambda: load_checkpoint(ckpt),
+    )
 
 
 class OpensFileWhenUnpickled:
@@ -239,15 +252,25 @@ def test_pickle_weights_are_refused_without_loading(ckpt, monkeypatch):
         raise AssertionError("the loader called torch.load on a pickle file")
 
     monkeypatch.setattr(torch, "load", no_torch_load)
-    raises_naming(folder, "refusing pickle-format weights", "diffusion_pytorch_model.bin",
-                  "Convert them to diffusion_pytorch_model.safetensors", call=lambda: load_checkpoint(ckpt))
+    raises_naming(
+        folder,
+        "refusing pickle-format weights",
+        "diffusion_pytorch_model.bin",
+        "Convert them to diffusion_pytorch_model.safetensors",
+        call=lambda: load_checkpoint(ckpt),
+    )
     assert not sentinel.exists()
 
 
 def test_unknown_class_name_is_refused_and_never_imported(ckpt):
     edit_json(ckpt / "model_index.json", transformer=["evil_pkg_partattn.models", "EvilModel"])
-    message = raises_naming(ckpt / "model_index.json", "unknown class 'EvilModel'", "PartCrafterDiTModel",
-                            "point the loader at a PartCrafter checkpoint", call=lambda: load_checkpoint(ckpt))
+    message = raises_naming(
+        ckpt / "model_index.json",
+        "unknown class 'EvilModel'",
+        "PartCrafterDiTModel",
+        "point the loader at a PartCrafter checkpoint",
+        call=lambda: load_checkpoint(ckpt),
+    )
     assert "'transformer'" in message
     assert not any(name.startswith("evil_pkg_partattn") for name in sys.modules)
 
@@ -294,7 +317,7 @@ def test_missing_tensor_is_named(ckpt):
     raises_naming(ckpt / "transformer", "missing keys: proj_out.bias", call=lambda: load_checkpoint(ckpt))
 
 
-# --------------------------------------------------------------------------- part counts the checkpoint can serve
+# -------------------------------------------------------------------------------- part counts the checkpoint can serve
 
 
 def test_check_num_parts_limits(loaded):
@@ -302,8 +325,11 @@ def test_check_num_parts_limits(loaded):
     limit = config.max_num_parts
     check_num_parts(config, limit // 2, cfg=True)
     check_num_parts(config, limit, cfg=False)
-    with pytest.raises(ValueError, match=rf"num_parts={limit // 2 + 1} needs {limit + 2} .*classifier-free guidance"
-                                         rf".*max_num_parts={limit}: use at most {limit // 2} parts"):
+    with pytest.raises(
+        ValueError,
+        match=rf"num_parts={limit // 2 + 1} needs {limit + 2} .*classifier-free guidance"
+        rf".*max_num_parts={limit}: use at most {limit // 2} parts",
+    ):
         check_num_parts(config, limit // 2 + 1, cfg=True)
     with pytest.raises(ValueError, match=rf"max_num_parts={limit}: use at most {limit} parts"):
         check_num_parts(config, limit + 1, cfg=False)
@@ -322,7 +348,7 @@ def test_pipeline_refuses_part_counts_the_checkpoint_cannot_serve(loaded):
     assert result.latents.shape == (limit // 2 + 1, 4, loaded.transformer.config.in_channels)
 
 
-# --------------------------------------------------------------------------- damaged weights: files.py, no raw SafetensorError
+# ------------------------------------------------------------------- damaged weights: files.py, no raw SafetensorError
 
 
 def write_safetensors(path: Path, header, data: bytes = b"", *, length: int | None = None) -> Path:
@@ -350,34 +376,53 @@ def test_read_safetensors_header_matches_safetensors(written):
 def test_truncated_weights_are_named_with_sizes_and_the_fix(ckpt, name):
     weights = ckpt / name
     size = weights.stat().st_size
-    weights.write_bytes(weights.read_bytes()[:size // 2])  # an interrupted download
-    message = raises_naming(weights, f"truncated: {size // 2:,} bytes", f"the header promises {size:,}",
-                            "re-download or re-export the checkpoint", call=lambda: load_checkpoint(ckpt))
+    weights.write_bytes(weights.read_bytes()[: size // 2])  # an interrupted download
+    message = raises_naming(
+        weights,
+        f"truncated: {size // 2:,} bytes",
+        f"the header promises {size:,}",
+        "re-download or re-export the checkpoint",
+        call=lambda: load_checkpoint(ckpt),
+    )
     assert "SafetensorError" not in message
     assert checkpoint_problems(ckpt) == [message]
 
 
-@pytest.mark.parametrize("content, phrase", [
-    (b"", "empty file"),
-    (b"PK\x03\x04\x14\x00\x00\x00 a torch.save zip", "not a safetensors file"),
-    (b"\x80\x02}q\x00(X\x04\x00\x00\x00a pickle", "not a safetensors file"),
-    (struct.pack("<Q", 7) + b"[1,2,3]", "not a safetensors file"),   # JSON, but not an object
-])
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        (b"", "empty file"),
+        (b"PK\x03\x04\x14\x00\x00\x00 a torch.save zip", "not a safetensors file"),
+        (b"\x80\x02}q\x00(X\x04\x00\x00\x00a pickle", "not a safetensors file"),
+        (struct.pack("<Q", 7) + b"[1,2,3]", "not a safetensors file"),  # JSON, but not an object
+    ],
+)
 def test_foreign_files_named_safetensors_are_refused(ckpt, content, phrase):
     weights = ckpt / TRANSFORMER_WEIGHTS
     weights.write_bytes(content)
     raises_naming(weights, phrase, "re-download", call=lambda: load_checkpoint(ckpt))
 
 
-@pytest.mark.parametrize("header, data, phrase", [
-    ({"w": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "tensor 'w' has no data_offsets"),
-    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 6]}}, b"\0" * 6, "needs 8 bytes but its data_offsets span 6"),
-    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "corrupt: 4 bytes after the last tensor"),
-    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "gap or overlap"),
-    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "not a list of sizes"),
-    ({"__metadata__": {"n": 1}}, b"", "__metadata__ is not an object of strings"),
-    (b"{not json", b"", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "header, data, phrase",
+    [
+        ({"w": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "tensor 'w' has no data_offsets"),
+        (
+            {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 6]}},
+            b"\0" * 6,
+            "needs 8 bytes but its data_offsets span 6",
+        ),
+        (
+            {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            b"\0" * 12,
+            "corrupt: 4 bytes after the last tensor",
+        ),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "gap or overlap"),
+        ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "not a list of sizes"),
+        ({"__metadata__": {"n": 1}}, b"", "__metadata__ is not an object of strings"),
+        (b"{not json", b"", "not valid JSON"),
+    ],
+)
 def test_corrupt_headers_are_named(tmp_path, header, data, phrase):
     path = write_safetensors(tmp_path / "w.safetensors", header, data)
     with pytest.raises(CheckpointError) as info:
@@ -402,7 +447,7 @@ def test_what_safetensors_still_refuses_is_wrapped(ckpt):
     length = struct.unpack("<Q", raw[:8])[0]
     first = next(name for name in header if name != "__metadata__")
     header[first]["dtype"] = "Q99"
-    write_safetensors(weights, header, raw[8 + length:])
+    write_safetensors(weights, header, raw[8 + length :])
     assert checkpoint_problems(ckpt) == []
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(ckpt)
@@ -411,7 +456,7 @@ def test_what_safetensors_still_refuses_is_wrapped(ckpt):
     assert str(weights) in message and "cannot be read as safetensors" in message and "re-download" in message
 
 
-# --------------------------------------------------------------------------- checkpoint_problems: the torch-free pre-flight
+# ---------------------------------------------------------------------- checkpoint_problems: the torch-free pre-flight
 
 
 def test_checkpoint_problems_of_good_checkpoints(written):
@@ -440,7 +485,8 @@ def test_checkpoint_problems_lists_every_problem_as_a_sentence(ckpt):
 def test_checkpoint_problems_of_missing_empty_and_file(tmp_path):
     assert checkpoint_problems(tmp_path / "nope") == [
         f"{tmp_path / 'nope'}: checkpoint folder not found; pass the folder that holds model_index.json "
-        f"(for the release: a local copy of wgsxm/PartCrafter)."]
+        f"(for the release: a local copy of wgsxm/PartCrafter)."
+    ]
     (tmp_path / "empty").mkdir()
     [problem] = checkpoint_problems(tmp_path / "empty")
     assert problem.startswith(f"{tmp_path / 'empty'}: the checkpoint folder is empty")
@@ -454,7 +500,8 @@ def test_checkpoint_problems_sees_pickles_missing_shards_and_classes(ckpt):
     (ckpt / TRANSFORMER_WEIGHTS).rename(ckpt / "transformer" / "diffusion_pytorch_model.bin")
     (ckpt / ENCODER_WEIGHTS).unlink()
     (ckpt / "image_encoder_dinov2" / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}})
+    )
     problems = " ".join(checkpoint_problems(ckpt))
     assert "unknown class 'EvilScheduler'" in problems
     assert "refusing pickle-format weights (diffusion_pytorch_model.bin)" in problems

@@ -34,7 +34,9 @@ def stochastic(draw, min_k=1, max_k=9, max_q=5, batch=True, zeros=True):
 def distributions(draw, n=2, min_k=1, max_k=9):
     """n distributions over the same K keys, stacked as (n, K)."""
     k = draw(st.integers(min_k, max_k))
-    x = torch.from_numpy(draw(arrays(np.float32, (n, k), elements=st.one_of(st.just(0.0), st.floats(0.0, 1.0, width=32)))))
+    x = torch.from_numpy(
+        draw(arrays(np.float32, (n, k), elements=st.one_of(st.just(0.0), st.floats(0.0, 1.0, width=32))))
+    )
     x[:, 0] += (x.sum(-1) == 0).float()  # no all-zero rows
     return x / x.sum(-1, keepdim=True)
 
@@ -119,7 +121,7 @@ def test_identical_parts_have_zero_separation(d, n_parts):
 def test_disjoint_parts_have_full_separation(n_parts, width):
     m = torch.zeros(n_parts, n_parts * width)
     for p in range(n_parts):
-        m[p, p * width:(p + 1) * width] = 1.0 / width
+        m[p, p * width : (p + 1) * width] = 1.0 / width
     assert float(M.part_separation(m)) == pytest.approx(1.0, abs=1e-6)
     pair = M.pairwise_separation(m)
     torch.testing.assert_close(pair, 1.0 - torch.eye(n_parts), atol=1e-6, rtol=0)
@@ -198,8 +200,16 @@ def test_summarize_keys():
     marg = torch.softmax(torch.randn(S, L, P, H, K), -1)
     ent = torch.rand(S, L, P, H)
     out = M.summarize(ent, ent, ent, marg, ent)
-    assert set(out) == {"entropy_mean", "entropy_min", "entropy_max", "peak_mean", "cls_mass_max",
-                        "eff_keys_mean", "separation", "stability_max_jump"}
+    assert set(out) == {
+        "entropy_mean",
+        "entropy_min",
+        "entropy_max",
+        "peak_mean",
+        "cls_mass_max",
+        "eff_keys_mean",
+        "separation",
+        "stability_max_jump",
+    }
     assert all(isinstance(v, float) for v in out.values())
     single = M.summarize(ent[:1, :, :1], ent[:1, :, :1], ent[:1, :, :1], marg[:1, :, :1])
     assert "separation" not in single and "stability_max_jump" not in single

@@ -102,8 +102,10 @@ def test_seeded_latents_drawn_on_cpu_in_fp32_then_cast(pipe):
 
 def test_explicit_latents_are_used(pipe):
     start = pipe.initial_latents(2, 6, 11)
-    assert torch.equal(pipe(IMAGE, 2, steps=2, num_tokens=6, seed=11).latents,
-                       pipe(IMAGE, 2, steps=2, latents=start.clone(), seed=999).latents)
+    assert torch.equal(
+        pipe(IMAGE, 2, steps=2, num_tokens=6, seed=11).latents,
+        pipe(IMAGE, 2, steps=2, latents=start.clone(), seed=999).latents,
+    )
 
 
 # --------------------------------------------------------------------------- schedule, CFG, Euler step
@@ -122,8 +124,9 @@ def test_cfg_loop_math(pipe, recorder):
     """Batch [uncond zeros, cond], t = 1000·sigma, x += (sigma_i - sigma_i+1)·(u + g·(c - u))."""
     n, steps, guidance = 2, 4, 3.5
     start = pipe.initial_latents(n, 6, 0)
-    result = pipe(IMAGE, n, steps=steps, num_tokens=6, guidance_scale=guidance, latents=start.clone(),
-                  callback=recorder.callback)
+    result = pipe(
+        IMAGE, n, steps=steps, num_tokens=6, guidance_scale=guidance, latents=start.clone(), callback=recorder.callback
+    )
     image_tokens = pipe.encode_image(IMAGE)
     sigmas = [1 - i / steps for i in range(steps)] + [0.0]
     assert len(recorder.calls) == steps
@@ -143,7 +146,7 @@ def test_guidance_one_runs_without_cfg(pipe, recorder):
     start = pipe.initial_latents(n, 6, 0)
     result = pipe(IMAGE, n, steps=steps, num_tokens=6, guidance_scale=1.0, latents=start.clone())
     latents = start
-    for i, (model_input, _, tokens, velocity) in enumerate(recorder.calls):
+    for _i, (model_input, _, tokens, velocity) in enumerate(recorder.calls):
         assert model_input.shape[0] == n and tokens.shape[0] == n
         assert tokens.abs().amax(dim=(1, 2)).min() > 0, "no zero (unconditional) rows without CFG"
         latents = latents + (1 / steps) * velocity
@@ -176,7 +179,7 @@ def test_observers_called_in_order(pipe, recorder):
     assert [b[2] for b in begins] == pytest.approx([1000 * (1 - i / steps) for i in range(steps)])
     ends = [e for e in recorder.events if e[0] == "end"]
     callbacks = [e for e in recorder.events if e[0] == "callback"]
-    assert all(torch.equal(e[3], c[3]) for e, c in zip(ends, callbacks))
+    assert all(torch.equal(e[3], c[3]) for e, c in zip(ends, callbacks, strict=False))
 
 
 # --------------------------------------------------------------------------- image inputs
@@ -210,8 +213,9 @@ def test_rgba_fixture_composited_on_white(pipe):
     ours = open_image(RGBA_IMAGE)
     assert ours.mode == "RGB"
     assert np.array_equal(np.asarray(ours), by_hand)
-    assert not np.array_equal(np.asarray(Image.fromarray(rgba).convert("RGB")), by_hand), \
+    assert not np.array_equal(np.asarray(Image.fromarray(rgba).convert("RGB")), by_hand), (
         "a plain RGB conversion would differ (black background), so this test can fail"
+    )
     hand_latents = pipe(Image.fromarray(by_hand), 2, steps=2, seed=0).latents
     assert torch.equal(pipe(RGBA_IMAGE, 2, steps=2, seed=0).latents, hand_latents)
 
@@ -252,7 +256,9 @@ def test_truncated_image_names_it(tmp_path):
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("limit", [20_000, 30_000], ids=["over-twice-the-limit-pil-error", "over-the-limit-pil-warning"])
+@pytest.mark.parametrize(
+    "limit", [20_000, 30_000], ids=["over-twice-the-limit-pil-error", "over-the-limit-pil-warning"]
+)
 def test_too_large_image_is_refused_with_its_size_and_the_limit(tmp_path, monkeypatch, limit):
     """PIL raises DecompressionBombError over twice MAX_IMAGE_PIXELS and only warns over it; both are
     refused with one clear message. A small PNG under a lowered limit stands in for a huge image."""
@@ -266,8 +272,10 @@ def test_too_large_image_is_refused_with_its_size_and_the_limit(tmp_path, monkey
         with pytest.raises(ImageError) as info:
             open_image(str(image))
     message = str(info.value)
-    assert message.startswith(f"{image}: image too large: 50,000 pixels, over PIL's decompression-bomb limit of "
-                              f"{limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS)"), message
+    assert message.startswith(
+        f"{image}: image too large: 50,000 pixels, over PIL's decompression-bomb limit of "
+        f"{limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+    ), message
     assert "downscale it" in message
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
     assert open_image(image).size == (250, 200)  # at the limit: fine

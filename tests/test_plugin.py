@@ -7,7 +7,17 @@ import shlex
 from pathlib import Path
 
 import pytest
-from plugin_support import FAILING_SEPARATION, IMAGE, IMAGES, RUN_COUNTER, TINY, args, call_reports, make_project, outcomes
+from plugin_support import (
+    FAILING_SEPARATION,
+    IMAGE,
+    IMAGES,
+    RUN_COUNTER,
+    TINY,
+    args,
+    call_reports,
+    make_project,
+    outcomes,
+)
 
 from partattn_checks.items import ITEM_CHECKS
 from partattn_checks.options import EMBEDDED_MODEL, OPTIONS
@@ -26,7 +36,9 @@ def test_without_flag_items_are_collected_and_skipped(pytester):
     make_project(pytester, images=(IMAGE, "np1_circle.png"))
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=2 * len(ITEM_CHECKS))
-    result.stdout.fnmatch_lines(["*SKIPPED [[]6[]] fixtures/images/np1_circle.png*pass --partattn to run attention checks*"])
+    result.stdout.fnmatch_lines(
+        ["*SKIPPED [[]6[]] fixtures/images/np1_circle.png*pass --partattn to run attention checks*"]
+    )
     assert "partattn summary" not in result.stdout.str()
     assert "partattn: model" not in result.stdout.str()  # no header line either
 
@@ -53,8 +65,14 @@ def test_only_images_under_the_fixtures_folder_are_collected(pytester):
 
 def test_default_model_is_the_embedded_package_folder():
     assert EMBEDDED_MODEL == Path(__import__("partattn_checks").__file__).resolve().parent / "data" / "partcrafter-tiny"
-    assert {o.flag for o in OPTIONS} >= {"--partattn", "--partattn-model", "--partattn-device", "--partattn-update",
-                                         "--partattn-thresholds", "--partattn-save-all-figures"}
+    assert {o.flag for o in OPTIONS} >= {
+        "--partattn",
+        "--partattn-model",
+        "--partattn-device",
+        "--partattn-update",
+        "--partattn-thresholds",
+        "--partattn-save-all-figures",
+    }
 
 
 # ----------------------------------------------------------------------------- activation
@@ -73,8 +91,13 @@ def test_activation_runs_each_image_once_with_one_model_load(pytester):
     assert sorted(events["calls"]) == sorted([IMAGE, "np1_circle.png"])  # once per image, not per check
     result.stdout.fnmatch_lines(["partattn: model from pytest_partattn_load_pipeline (conftest.py)"])
     # the terminal summary: one row per image, one column per check
-    result.stdout.fnmatch_lines(["*= partattn summary =*", "image*uniformity*collapse*part_separation*stability*"
-                                 "nonfinite*baseline", f"fixtures/images/{IMAGE}*pass*written*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*= partattn summary =*",
+            "image*uniformity*collapse*part_separation*stability*nonfinite*baseline",
+            f"fixtures/images/{IMAGE}*pass*written*",
+        ]
+    )
     assert (pytester.path / ".partattn-results" / "index.html").is_file()
 
 
@@ -85,11 +108,15 @@ def test_header_names_model_device_dtype_steps_versions_and_baselines(pytester):
     import torch
 
     fallback = "CUDA not found, fell back to CPU" if not torch.cuda.is_available() else "auto: CUDA found"
-    result.stdout.fnmatch_lines([
-        "partattn: model *tiny-random*",
-        f"partattn: device * ({fallback})* | dtype float32 | steps 2 | seed 0 | *torch {torch.__version__}*diffusers *",
-        "partattn: fixtures fixtures/images | baselines fixtures/baselines (update: off) | results .partattn-results*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "partattn: model *tiny-random*",
+            f"partattn: device * ({fallback})* | dtype float32 | steps 2 | seed 0 | "
+            f"*torch {torch.__version__}*diffusers *",
+            "partattn: fixtures fixtures/images | baselines fixtures/baselines (update: off) | "
+            "results .partattn-results*",
+        ]
+    )
     assert "thresholds: " in text
 
 
@@ -114,18 +141,22 @@ def test_cuda_without_cuda_is_a_usage_error(pytester):
     make_project(pytester)
     result = pytester.runpytest_inprocess(*args("--partattn-device=cuda"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: --partattn-device cuda: CUDA is not available here (torch {torch.__version__}); "
-                                 "use cpu or auto"])
+    result.stderr.fnmatch_lines(
+        [f"ERROR: --partattn-device cuda: CUDA is not available here (torch {torch.__version__}); use cpu or auto"]
+    )
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
-@pytest.mark.parametrize("option, message", [
-    ("--partattn-steps=0", "--partattn-steps 0: steps must be at least 1"),
-    ("--partattn-seed=abc", "--partattn-seed abc: expected a whole number"),
-    ("--partattn-device=tpu", "--partattn-device tpu: unknown device; use auto, cpu, cuda or cuda:N"),
-    ("--partattn-thresholds=nope.toml", "--partattn-thresholds nope.toml: no such file *"),
-    ("--partattn-model=no/such/dir", "--partattn-model no/such/dir: no such checkpoint folder *"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("--partattn-steps=0", "--partattn-steps 0: steps must be at least 1"),
+        ("--partattn-seed=abc", "--partattn-seed abc: expected a whole number"),
+        ("--partattn-device=tpu", "--partattn-device tpu: unknown device; use auto, cpu, cuda or cuda:N"),
+        ("--partattn-thresholds=nope.toml", "--partattn-thresholds nope.toml: no such file *"),
+        ("--partattn-model=no/such/dir", "--partattn-model no/such/dir: no such checkpoint folder *"),
+    ],
+)
 def test_invalid_option_values_are_usage_errors_naming_the_option(pytester, option, message):
     make_project(pytester)
     result = pytester.runpytest_inprocess(*args(option))
@@ -137,21 +168,29 @@ def test_invalid_thresholds_file_is_a_usage_error(pytester):
     make_project(pytester, thresholds="[part_separation]\nmin_separaton = 0.1\n")
     result = pytester.runpytest_inprocess(*args())
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --partattn-thresholds thresholds.toml: *thresholds.toml: [[]part_separation[]] "
-                                 "unknown key 'min_separaton'*"])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --partattn-thresholds thresholds.toml: *thresholds.toml: [[]part_separation[]] "
+            "unknown key 'min_separaton'*"
+        ]
+    )
 
 
 def test_ini_twins_with_command_line_precedence(pytester):
     make_project(pytester)
-    pytester.makeini(f"[pytest]\npartattn = true\npartattn_model = {TINY}\npartattn_steps = 3\n"
-                     "partattn_dtype = bfloat16\npartattn_baselines = refs\npartattn_device = tpu\n")
+    pytester.makeini(
+        f"[pytest]\npartattn = true\npartattn_model = {TINY}\npartattn_steps = 3\n"
+        "partattn_dtype = bfloat16\npartattn_baselines = refs\npartattn_device = tpu\n"
+    )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: ini option partattn_device = tpu: unknown device*"])
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "--partattn-steps=2",
-                                          "--partattn-device=cpu")
-    result.stdout.fnmatch_lines(["partattn: device cpu | dtype bfloat16 | steps 2 | *",
-                                 "partattn: fixtures fixtures/images | baselines refs *"])
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "--collect-only", "--partattn-steps=2", "--partattn-device=cpu"
+    )
+    result.stdout.fnmatch_lines(
+        ["partattn: device cpu | dtype bfloat16 | steps 2 | *", "partattn: fixtures fixtures/images | baselines refs *"]
+    )
 
 
 def test_thresholds_from_the_rootdir_pyproject(pytester):
@@ -192,8 +231,12 @@ def test_unknown_table_under_tool_partattn_is_a_usage_error(pytester):
     base = [a for a in args() if not a.startswith("--partattn-thresholds")]
     result = pytester.runpytest_inprocess(*base, "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: *pyproject.toml: unknown key [[]tool.partattn.threshold[]]; did you mean "
-                                 "[[]tool.partattn.thresholds[]]? (known: [[]tool.partattn.thresholds[]])"])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: *pyproject.toml: unknown key [[]tool.partattn.threshold[]]; did you mean "
+            "[[]tool.partattn.thresholds[]]? (known: [[]tool.partattn.thresholds[]])"
+        ]
+    )
 
 
 def test_verbose_output_prints_node_ids_that_can_be_pasted_back(pytester):
@@ -211,11 +254,13 @@ def test_header_says_what_is_collected(pytester):
     pytester.makeini("[pytest]\ntestpaths = tests\n")
     pytester.mkdir("tests")
     result = pytester.runpytest_inprocess(*args("--collect-only"))
-    result.stdout.fnmatch_lines(["partattn: collecting 2 fixture images under fixtures/images "
-                                 "(added to testpaths: tests)"])
+    result.stdout.fnmatch_lines(
+        ["partattn: collecting 2 fixture images under fixtures/images (added to testpaths: tests)"]
+    )
     result = pytester.runpytest_inprocess(*args("--collect-only"), f"fixtures/images/{IMAGE}")
-    result.stdout.fnmatch_lines(["partattn: 2 fixture images under fixtures/images; collected where the paths "
-                                 "given include them"])
+    result.stdout.fnmatch_lines(
+        ["partattn: 2 fixture images under fixtures/images; collected where the paths given include them"]
+    )
 
 
 # ----------------------------------------------------------------------------- failure report
@@ -226,25 +271,30 @@ def test_failing_check_reports_table_offender_figures_and_commands(pytester):
     assert got[f"fixtures/images/{IMAGE}::part_separation"] == "failed"
     assert got[f"fixtures/images/{IMAGE}::uniformity"] == "passed"
     text = result.stdout.str()
-    result.stdout.fnmatch_lines([
-        f"partattn: part_separation failed for fixtures/images/{IMAGE}",
-        "parts attend to the same image regions: part separation * < 0.999*",
-        "*metric*measured*threshold*baseline*verdict",
-        "*part separation*≥ 0.999*FAIL",
-        "worst offender: step -, layer blocks.*.attn2, part *, head -",
-        "figures:",
-        "rerun this check:",
-        f'  pytest --partattn --partattn-model={TINY} --partattn-steps=2 --partattn-thresholds=thresholds.toml '
-        f'"fixtures/images/{IMAGE}::part_separation"',
-        "update this image's baseline:",
-        f'  pytest --partattn --partattn-model={TINY} --partattn-steps=2 --partattn-thresholds=thresholds.toml '
-        f'--partattn-update=failed "fixtures/images/{IMAGE}::baseline"',
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"partattn: part_separation failed for fixtures/images/{IMAGE}",
+            "parts attend to the same image regions: part separation * < 0.999*",
+            "*metric*measured*threshold*baseline*verdict",
+            "*part separation*≥ 0.999*FAIL",
+            "worst offender: step -, layer blocks.*.attn2, part *, head -",
+            "figures:",
+            "rerun this check:",
+            f"  pytest --partattn --partattn-model={TINY} --partattn-steps=2 --partattn-thresholds=thresholds.toml "
+            f'"fixtures/images/{IMAGE}::part_separation"',
+            "update this image's baseline:",
+            f"  pytest --partattn --partattn-model={TINY} --partattn-steps=2 --partattn-thresholds=thresholds.toml "
+            f'--partattn-update=failed "fixtures/images/{IMAGE}::baseline"',
+        ]
+    )
     assert "Traceback" not in text and "items.py" not in text  # a report, not a traceback
     figures = [Path(ln.strip()) for ln in text.splitlines() if ln.strip().endswith(".png") and ln.startswith("  /")]
     stem = IMAGE.rsplit(".", 1)[0]
-    assert {f.name for f in figures} == {"part_separation__overlay.png", "part_separation__parts.png",
-                                         "part_separation__timeline.png"}
+    assert {f.name for f in figures} == {
+        "part_separation__overlay.png",
+        "part_separation__parts.png",
+        "part_separation__timeline.png",
+    }
     for f in figures:
         assert f.is_absolute() and f.is_file() and f.parent == pytester.path / ".partattn-results" / stem
         assert f"[[ATTACHMENT|{f}]]" in text
@@ -290,8 +340,12 @@ def test_broken_image_fails_its_own_items_only(pytester):
     got = outcomes(result)
     assert {k for k, v in got.items() if v == "failed"} == {f"fixtures/images/np2_broken.png::{c}" for c in ITEM_CHECKS}
     assert {k for k, v in got.items() if v == "passed"} == {f"fixtures/images/{IMAGE}::{c}" for c in ITEM_CHECKS}
-    result.stdout.fnmatch_lines(["partattn: uniformity failed for fixtures/images/np2_broken.png",
-                                 "could not run fixtures/images/np2_broken.png: *np2_broken.png: not a readable image*"])
+    result.stdout.fnmatch_lines(
+        [
+            "partattn: uniformity failed for fixtures/images/np2_broken.png",
+            "could not run fixtures/images/np2_broken.png: *np2_broken.png: not a readable image*",
+        ]
+    )
     assert "Traceback" not in result.stdout.str()
     result.stdout.fnmatch_lines(["fixtures/images/np2_broken.png*ERROR*ERROR*ERROR*"])  # summary row
 
@@ -301,9 +355,13 @@ def test_missing_part_count_names_the_file_and_both_fixes(pytester):
     (folder / "shapes.png").write_bytes((IMAGES / IMAGE).read_bytes())
     result = pytester.runpytest_inprocess(*args())
     result.assert_outcomes(failed=len(ITEM_CHECKS))
-    result.stdout.fnmatch_lines(["fixtures/images/shapes.png: unknown part count. Either rename "
-                                 "the file with an np<N>_ prefix (e.g. np3_shapes.png) or add a sidecar file shapes.toml "
-                                 "next to it with 'num_parts = 3'"])
+    result.stdout.fnmatch_lines(
+        [
+            "fixtures/images/shapes.png: unknown part count. Either rename "
+            "the file with an np<N>_ prefix (e.g. np3_shapes.png) or add a sidecar file shapes.toml "
+            "next to it with 'num_parts = 3'"
+        ]
+    )
     # without --partattn the same items are skipped, not failed
     pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(skipped=len(ITEM_CHECKS))
 
@@ -311,8 +369,9 @@ def test_missing_part_count_names_the_file_and_both_fixes(pytester):
 def test_sidecar_sets_parts_steps_and_threshold_overrides(pytester):
     folder = make_project(pytester, images=())
     (folder / "shapes.png").write_bytes((IMAGES / IMAGE).read_bytes())
-    (folder / "shapes.toml").write_text("num_parts = 2\nsteps = 1\nseed = 3\n\n"
-                                        "[thresholds.part_separation]\nmin_separation = 0.999\n")
+    (folder / "shapes.toml").write_text(
+        "num_parts = 2\nsteps = 1\nseed = 3\n\n[thresholds.part_separation]\nmin_separation = 0.999\n"
+    )
     result = pytester.runpytest_inprocess(*args("--partattn-update=missing"))
     got = outcomes(result)
     assert got["fixtures/images/shapes.png::part_separation"] == "failed"  # the sidecar's threshold
@@ -337,7 +396,9 @@ def test_bad_sidecar_fails_the_items_with_the_file_named(pytester, tmp_path):
     ]:
         (folder / "np2_x.toml").write_text(text)
         spec = read_spec(img, folder, tmp_path)
-        assert spec.error is not None and str(folder / "np2_x.toml") in spec.error and expected in spec.error, spec.error
+        assert spec.error is not None and str(folder / "np2_x.toml") in spec.error and expected in spec.error, (
+            spec.error
+        )
 
 
 # ----------------------------------------------------------------------------- fixture and marker
@@ -407,10 +468,26 @@ def test_device_choice_per_xdist_worker(monkeypatch):
     from partattn_checks import options
 
     def settings(device):
-        return options.Settings(enabled=True, model=TINY, device=device, dtype="float32", steps=None, seed=0,
-                                guidance=None, fixtures=IMAGES, results=IMAGES, baselines=IMAGES, update=None,
-                                force_update=False, strict_env=False, thresholds=None, save_all_figures=False,
-                                rootdir=IMAGES, sources={"device": "cli"}, raw={"device": device})
+        return options.Settings(
+            enabled=True,
+            model=TINY,
+            device=device,
+            dtype="float32",
+            steps=None,
+            seed=0,
+            guidance=None,
+            fixtures=IMAGES,
+            results=IMAGES,
+            baselines=IMAGES,
+            update=None,
+            force_update=False,
+            strict_env=False,
+            thresholds=None,
+            save_all_figures=False,
+            rootdir=IMAGES,
+            sources={"device": "cli"},
+            raw={"device": device},
+        )
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

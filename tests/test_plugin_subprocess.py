@@ -33,8 +33,10 @@ def _no_ci(monkeypatch):
 
 def test_importing_the_plugin_is_light():
     modules = "plugin, items, gate, session, sidecar, runspec, options, report"
-    code = (f"import sys, partattn_checks; from partattn_checks import {modules}; "
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        f"import sys, partattn_checks; from partattn_checks import {modules}; "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -97,10 +99,15 @@ def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, dist)
 def test_xdist_controller_reports_the_workers_results(pytester):
     _, parallel, _ = _serial_then(pytester, "-n", "2")
     # the controller printed the summary from the workers' reports and wrote the index
-    parallel.stdout.fnmatch_lines(["*= partattn summary =*", "image*baseline",
-                                   "fixtures/images/np1_circle.png*skip*FAIL",
-                                   "fixtures/images/np2_broken.png*ERROR*",
-                                   f"fixtures/images/{IMAGE}*FAIL*"])
+    parallel.stdout.fnmatch_lines(
+        [
+            "*= partattn summary =*",
+            "image*baseline",
+            "fixtures/images/np1_circle.png*skip*FAIL",
+            "fixtures/images/np2_broken.png*ERROR*",
+            f"fixtures/images/{IMAGE}*FAIL*",
+        ]
+    )
     assert parallel.stdout.str().count("which leaves out <system-out>") == 1  # warned by the controller only
     index = (pytester.path / ".partattn-results" / "index.html").read_text()
     assert all(name in index for name in (*IMAGES, "np2_broken.png"))

@@ -15,15 +15,26 @@ LAYERS = ["blocks.0.attn2", "blocks.1.attn2"]
 def make_record(with_maps=True, **overrides) -> AttentionRecord:
     g = torch.Generator().manual_seed(0)
     kw = dict(
-        steps=[0, 5, 10], timesteps=[1000.0, 900.0, 800.0], layers=list(LAYERS),
-        layer_kinds=["global", "local"], num_parts=P, num_heads=H, num_patch_keys=NK,
-        has_cls=True, patch_grid=(3, 3),
-        entropy=torch.rand(S, L, P, H, generator=g), peak=torch.rand(S, L, P, H, generator=g),
-        eff_keys=torch.rand(S, L, P, H, generator=g), cls_mass=torch.rand(S, L, P, H, generator=g),
+        steps=[0, 5, 10],
+        timesteps=[1000.0, 900.0, 800.0],
+        layers=list(LAYERS),
+        layer_kinds=["global", "local"],
+        num_parts=P,
+        num_heads=H,
+        num_patch_keys=NK,
+        has_cls=True,
+        patch_grid=(3, 3),
+        entropy=torch.rand(S, L, P, H, generator=g),
+        peak=torch.rand(S, L, P, H, generator=g),
+        eff_keys=torch.rand(S, L, P, H, generator=g),
+        cls_mass=torch.rand(S, L, P, H, generator=g),
         marginals=torch.softmax(torch.randn(S, L, P, H, NK, generator=g), -1),
-        full_maps={(5, "blocks.1.attn2"): torch.softmax(torch.randn(P, H, Q, NK + 1, generator=g), -1),
-                   (0, "blocks.0.attn2"): torch.softmax(torch.randn(P, H, Q, NK + 1, generator=g), -1)}
-        if with_maps else {},
+        full_maps={
+            (5, "blocks.1.attn2"): torch.softmax(torch.randn(P, H, Q, NK + 1, generator=g), -1),
+            (0, "blocks.0.attn2"): torch.softmax(torch.randn(P, H, Q, NK + 1, generator=g), -1),
+        }
+        if with_maps
+        else {},
         nonfinite=[{"step": 5, "layer": "blocks.1.attn2", "where": "attention"}],
         meta={"model": "tiny", "seed": 3, "versions": {"torch": torch.__version__}},
     )
@@ -39,20 +50,23 @@ def test_tensors_are_stored_fp16_on_cpu():
     assert list(r.full_maps) == [(0, "blocks.0.attn2"), (5, "blocks.1.attn2")]  # ordered by (step, layer)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(timesteps=[1.0, 2.0]), "timesteps has 2 entries but steps has 3"),
-    (dict(steps=[0, 5, 5]), "strictly increasing"),
-    (dict(layer_kinds=["global"]), "layer_kinds has 1 entries"),
-    (dict(layer_kinds=["global", "cross"]), "unknown layer kind 'cross'"),
-    (dict(patch_grid=(2, 2)), "patch_grid"),
-    (dict(entropy=torch.rand(S, L, P, H + 1)), r"entropy has shape \(3, 2, 2, 5\), expected \(3, 2, 2, 4\)"),
-    (dict(marginals=torch.rand(S, L, P, H, NK - 1)), "marginals has shape"),
-    (dict(full_maps={(7, "blocks.0.attn2"): torch.rand(P, H, Q, NK + 1)}), "step 7"),
-    (dict(full_maps={(0, "blocks.9.attn2"): torch.rand(P, H, Q, NK + 1)}), "blocks.9.attn2"),
-    (dict(full_maps={(0, "blocks.0.attn2"): torch.rand(P, H, Q, NK)}), "keys incl. CLS"),
-    (dict(steps=[], timesteps=[]), "at least one step"),
-    (dict(peak=torch.ones(S, L, P, H, dtype=torch.int64)), "floating-point"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(timesteps=[1.0, 2.0]), "timesteps has 2 entries but steps has 3"),
+        (dict(steps=[0, 5, 5]), "strictly increasing"),
+        (dict(layer_kinds=["global"]), "layer_kinds has 1 entries"),
+        (dict(layer_kinds=["global", "cross"]), "unknown layer kind 'cross'"),
+        (dict(patch_grid=(2, 2)), "patch_grid"),
+        (dict(entropy=torch.rand(S, L, P, H + 1)), r"entropy has shape \(3, 2, 2, 5\), expected \(3, 2, 2, 4\)"),
+        (dict(marginals=torch.rand(S, L, P, H, NK - 1)), "marginals has shape"),
+        (dict(full_maps={(7, "blocks.0.attn2"): torch.rand(P, H, Q, NK + 1)}), "step 7"),
+        (dict(full_maps={(0, "blocks.9.attn2"): torch.rand(P, H, Q, NK + 1)}), "blocks.9.attn2"),
+        (dict(full_maps={(0, "blocks.0.attn2"): torch.rand(P, H, Q, NK)}), "keys incl. CLS"),
+        (dict(steps=[], timesteps=[]), "at least one step"),
+        (dict(peak=torch.ones(S, L, P, H, dtype=torch.int64)), "floating-point"),
+    ],
+)
 def test_validation_errors(change, message):
     with pytest.raises(ValueError, match=message):
         make_record(**change)
@@ -86,13 +100,31 @@ def test_nbytes_and_summary():
     expected = 2 * (4 * S * L * P * H + S * L * P * H * NK + 2 * P * H * Q * (NK + 1))
     assert r.nbytes() == expected
     s = r.summary()
-    assert {"entropy_mean", "entropy_min", "entropy_max", "peak_mean", "cls_mass_max",
-            "separation", "stability_max_jump"} <= set(s)
+    assert {
+        "entropy_mean",
+        "entropy_min",
+        "entropy_max",
+        "peak_mean",
+        "cls_mass_max",
+        "separation",
+        "stability_max_jump",
+    } <= set(s)
 
 
 def _assert_same(a: AttentionRecord, b: AttentionRecord):
-    for name in ("steps", "timesteps", "layers", "layer_kinds", "num_parts", "num_heads",
-                 "num_patch_keys", "has_cls", "patch_grid", "nonfinite", "meta"):
+    for name in (
+        "steps",
+        "timesteps",
+        "layers",
+        "layer_kinds",
+        "num_parts",
+        "num_heads",
+        "num_patch_keys",
+        "has_cls",
+        "patch_grid",
+        "nonfinite",
+        "meta",
+    ):
         assert getattr(a, name) == getattr(b, name), name
     for name in ("entropy", "peak", "eff_keys", "cls_mass", "marginals"):
         x, y = getattr(a, name), getattr(b, name)
@@ -106,8 +138,12 @@ def _assert_same(a: AttentionRecord, b: AttentionRecord):
 def test_round_trip_is_bit_exact(tmp_path, how):
     r = make_record()
     r.entropy[0, 0, 0, 0] = float("nan")  # NaN bits survive too
-    target = {"stem": tmp_path / "run", "json": tmp_path / "run.json",
-              "safetensors": tmp_path / "run.safetensors", "directory": tmp_path}[how]
+    target = {
+        "stem": tmp_path / "run",
+        "json": tmp_path / "run.json",
+        "safetensors": tmp_path / "run.safetensors",
+        "directory": tmp_path,
+    }[how]
     tensor_path, json_path = r.save(target)
     stem = "record" if how == "directory" else "run"
     assert (tensor_path.name, json_path.name) == (f"{stem}.safetensors", f"{stem}.json")
@@ -171,7 +207,7 @@ def test_failed_write_leaves_no_temp_file_and_keeps_old(tmp_path, monkeypatch):
     assert AttentionRecord.load(tmp_path / "run").meta == r.meta
 
 
-# ----------------------------------------------------------------------------- damaged records: RecordError naming the file
+# ------------------------------------------------------------------------ damaged records: RecordError naming the file
 FIX = "re-save the record with partattn run"
 
 
@@ -200,14 +236,17 @@ def test_truncated_tensor_file(tmp_path):
     assert "truncated:" in message and "the header promises" in message
 
 
-@pytest.mark.parametrize("content, phrase", [(b"", "empty file"), (b"\x00" * 40, "not a safetensors file"),
-                                             (b"<html>404</html>", "not a safetensors file")])
+@pytest.mark.parametrize(
+    "content, phrase",
+    [(b"", "empty file"), (b"\x00" * 40, "not a safetensors file"), (b"<html>404</html>", "not a safetensors file")],
+)
 def test_foreign_tensor_file(tmp_path, content, phrase):
     assert phrase in damaged(tmp_path, "r.safetensors", lambda p: p.write_bytes(content))
 
 
-@pytest.mark.parametrize("text, phrase", [('{"schema_version": 1, "pair', "not valid JSON"),
-                                          (b"\xff\xfe binary", "not valid JSON")])
+@pytest.mark.parametrize(
+    "text, phrase", [('{"schema_version": 1, "pair', "not valid JSON"), (b"\xff\xfe binary", "not valid JSON")]
+)
 def test_broken_json_file(tmp_path, text, phrase):
     def write(path):
         path.write_bytes(text if isinstance(text, bytes) else text.encode())

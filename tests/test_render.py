@@ -38,7 +38,7 @@ def _assert_figure(png_or_path, *, max_px=512, fmt="PNG"):
 def _axes_pixels(fig, ax, inset=3) -> np.ndarray:
     """RGB pixels strictly inside ``ax`` (spines excluded) of the rendered figure."""
     left, top, right, bottom = render._axes_pixel_box(fig, ax)
-    return render._figure_rgb(fig)[top + inset:bottom - inset, left + inset:right - inset]
+    return render._figure_rgb(fig)[top + inset : bottom - inset, left + inset : right - inset]
 
 
 def _scale_colour(value, scale="log", vmax=8.0) -> np.ndarray:
@@ -152,8 +152,9 @@ def test_heatmap_rejects_wrong_rank(bad):
         render.heatmap(bad)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"vmax": 1.0}, "vmax"), ({"scale": "sqrt"}, "scale"),
-                                           ({"max_px": 10}, "max_px")])
+@pytest.mark.parametrize(
+    "kwargs, match", [({"vmax": 1.0}, "vmax"), ({"scale": "sqrt"}, "scale"), ({"max_px": 10}, "max_px")]
+)
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         render.heatmap(_uniform(4, 4), **kwargs)
@@ -239,7 +240,7 @@ def test_overlay_puts_the_hot_colour_where_attention_is(picture):
     pixels = _axes_pixels(fig, fig.axes[0]).astype(int)
     h, w = pixels.shape[:2]
     warmth = pixels[..., 0] - pixels[..., 2]  # red minus blue
-    assert warmth[: h // 2, : w // 2].mean() > 40 > warmth[h // 2:, w // 2:].mean()
+    assert warmth[: h // 2, : w // 2].mean() > 40 > warmth[h // 2 :, w // 2 :].mean()
 
 
 # --------------------------------------------------------------------------- timeline
@@ -311,14 +312,15 @@ def test_animation_frames_share_the_fixed_scale():
     frames = np.stack([_uniform(8, 32), np.eye(8, 32)])
     first = np.asarray(render._animation_frames(frames)[0])
     h, w = first.shape[:2]
-    centre = first[h // 2 - 40:h // 2 + 40, w // 2 - 60:w // 2 + 20]  # well inside the axes
+    centre = first[h // 2 - 40 : h // 2 + 40, w // 2 - 60 : w // 2 + 20]  # well inside the axes
     colours = _distinct(centre)
     assert len(colours) == 1
     assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 1
 
 
-@pytest.mark.parametrize("kwargs, match", [({"titles": ["a"]}, "1 titles for 2 frames"),
-                                           ({"image": np.zeros((8, 8, 3))}, "grid")])
+@pytest.mark.parametrize(
+    "kwargs, match", [({"titles": ["a"]}, "1 titles for 2 frames"), ({"image": np.zeros((8, 8, 3))}, "grid")]
+)
 def test_animation_errors(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         render.animation(_blobs(2), tmp_path / "x.gif", **kwargs)
@@ -328,8 +330,10 @@ def test_animation_errors(tmp_path, kwargs, match):
 
 
 def test_render_never_touches_pyplot():
-    code = ("import sys, matplotlib; import partattn_checks.render as r, numpy as np; "
-            "r.heatmap(np.full((4, 4), 0.25)); "
-            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    code = (
+        "import sys, matplotlib; import partattn_checks.render as r, numpy as np; "
+        "r.heatmap(np.full((4, 4), 0.25)); "
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
+    )
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -21,14 +21,26 @@ def _no_ci(monkeypatch):
 
 
 def _payload(**kw):
-    result = {"name": "part_separation", "verdict": "fail", "value": 0.0123, "threshold": 0.5,
-              "offender": {"step": None, "layer": "blocks.0.attn2", "part": 1, "head": None},
-              "reason": "parts attend to the same image regions", "details": {}}
-    base = dict(image="fixtures/images/np2_a.png", image_abs="/x/fixtures/images/np2_a.png", key="np2_a",
-                check="part_separation", result=result, figures=["/r/np2_a/part_separation__overlay.png"],
-                rerun='pytest --partattn "fixtures/images/np2_a.png::part_separation"',
-                update='pytest --partattn --partattn-update=failed "fixtures/images/np2_a.png::baseline"',
-                baseline_checks={"part_separation": 0.2})
+    result = {
+        "name": "part_separation",
+        "verdict": "fail",
+        "value": 0.0123,
+        "threshold": 0.5,
+        "offender": {"step": None, "layer": "blocks.0.attn2", "part": 1, "head": None},
+        "reason": "parts attend to the same image regions",
+        "details": {},
+    }
+    base = dict(
+        image="fixtures/images/np2_a.png",
+        image_abs="/x/fixtures/images/np2_a.png",
+        key="np2_a",
+        check="part_separation",
+        result=result,
+        figures=["/r/np2_a/part_separation__overlay.png"],
+        rerun='pytest --partattn "fixtures/images/np2_a.png::part_separation"',
+        update='pytest --partattn --partattn-update=failed "fixtures/images/np2_a.png::baseline"',
+        baseline_checks={"part_separation": 0.2},
+    )
     base.update(kw)
     return report.payload(**base)
 
@@ -49,11 +61,21 @@ def test_failure_text_has_table_offender_paths_commands_and_attachments():
 
 
 def test_baseline_rows_and_properties():
-    result = {"name": "baseline", "verdict": "fail", "value": 0.3, "threshold": 0.1, "offender": None,
-              "reason": "entropy_mean drifted", "details": {
-                  "per_metric": {"entropy_mean": {"measured": 0.9, "baseline": 0.6, "drift": 0.3, "allowed": 0.08},
-                                 "peak_mean": {"measured": 0.05, "baseline": 0.05, "drift": 0.0, "allowed": 0.025}},
-                  "missing_in_measured": ["separation"]}}
+    result = {
+        "name": "baseline",
+        "verdict": "fail",
+        "value": 0.3,
+        "threshold": 0.1,
+        "offender": None,
+        "reason": "entropy_mean drifted",
+        "details": {
+            "per_metric": {
+                "entropy_mean": {"measured": 0.9, "baseline": 0.6, "drift": 0.3, "allowed": 0.08},
+                "peak_mean": {"measured": 0.05, "baseline": 0.05, "drift": 0.0, "allowed": 0.025},
+            },
+            "missing_in_measured": ["separation"],
+        },
+    }
     p = _payload(check="baseline", result=result, figures=[], summary={"entropy_mean": 0.9, "peak_mean": 0.05})
     rows = report.metric_rows(p)
     assert rows[0] == ["entropy_mean", "0.9", "±0.08", "0.6", "DRIFT"]
@@ -65,16 +87,32 @@ def test_baseline_rows_and_properties():
 def test_commands_quote_and_relativise(tmp_path):
     image = tmp_path / "fixtures" / "images" / "np3_a b.png"
     cmd = report.pytest_command(["--partattn-model=/m x"], tmp_path, image, "baseline", update="failed")
-    assert cmd == "pytest --partattn '--partattn-model=/m x' --partattn-update=failed \"fixtures/images/np3_a b.png::baseline\""
+    assert (
+        cmd == "pytest --partattn '--partattn-model=/m x' --partattn-update=failed "
+        '"fixtures/images/np3_a b.png::baseline"'
+    )
     assert report.quote_nodeid("a$b::c") == "'a$b::c'"
 
 
 def test_summary_table_and_index_escape(tmp_path):
     s = report.Summary()
     s.add(_payload(image="fixtures/images/np2_<a>.png", figures=[str(tmp_path / "np2_a" / "f.png")]))
-    s.add(_payload(image="fixtures/images/np2_<a>.png", check="uniformity",
-                   result={"name": "uniformity", "verdict": "pass", "value": 0.25, "threshold": 0.5,
-                           "offender": None, "reason": "ok", "details": {}}, figures=[]))
+    s.add(
+        _payload(
+            image="fixtures/images/np2_<a>.png",
+            check="uniformity",
+            result={
+                "name": "uniformity",
+                "verdict": "pass",
+                "value": 0.25,
+                "threshold": 0.5,
+                "offender": None,
+                "reason": "ok",
+                "details": {},
+            },
+            figures=[],
+        )
+    )
     lines = s.table_lines()
     assert lines[0].split() == ["image", "uniformity", "part_separation"]
     assert lines[2].split() == ["fixtures/images/np2_<a>.png", "0.25", "pass", "0.0123", "FAIL"]
@@ -90,8 +128,9 @@ def test_junit_logging_warning_text():
 # ----------------------------------------------------------------------------- JUnit and pytest-html
 def test_junit_xml_has_failure_text_properties_and_attachments(pytester):
     make_project(pytester, thresholds=FAILING_SEPARATION)
-    result = pytester.runpytest_inprocess(*args("--junitxml=out.xml", "-o", "junit_logging=system-out"),
-                                          NODE, f"fixtures/images/{IMAGE}::uniformity")
+    result = pytester.runpytest_inprocess(
+        *args("--junitxml=out.xml", "-o", "junit_logging=system-out"), NODE, f"fixtures/images/{IMAGE}::uniformity"
+    )
     assert "junit_logging" not in result.stdout.str()  # no warning: system-out is kept
     cases = {c.get("name"): c for c in ET.parse(pytester.path / "out.xml").getroot().iter("testcase")}
     failed = cases["part_separation"]
@@ -117,8 +156,9 @@ def test_junit_xml_has_failure_text_properties_and_attachments(pytester):
 def test_junitxml_without_system_out_warns_at_start(pytester):
     make_project(pytester)
     result = pytester.runpytest_inprocess(*args("--junitxml=out.xml", "--collect-only"))
-    result.stdout.fnmatch_lines(["*PartattnConfigWarning: --junitxml is used with junit_logging = no*"
-                                 "junit_logging = system-out*"])
+    result.stdout.fnmatch_lines(
+        ["*PartattnConfigWarning: --junitxml is used with junit_logging = no*junit_logging = system-out*"]
+    )
 
 
 def test_pytest_html_extras(pytester):
@@ -130,7 +170,10 @@ def test_pytest_html_extras(pytester):
     assert "data:image/png;base64,iVBOR" in page  # the figures, embedded
     rep = next(r for r in result.reprec.getreports("pytest_runtest_logreport") if r.when == "call")
     assert len(rep.extras) == 3
-    assert {e["name"] for e in rep.extras} == {"part_separation__overlay.png", "part_separation__parts.png",
-                                                "part_separation__timeline.png"}
+    assert {e["name"] for e in rep.extras} == {
+        "part_separation__overlay.png",
+        "part_separation__parts.png",
+        "part_separation__timeline.png",
+    }
     # base64 PNGs (pytest-html prefixes them with a data: URL while it writes the report)
     assert all(e["mime_type"] == "image/png" and "iVBOR" in e["content"][:40] for e in rep.extras)

@@ -47,10 +47,15 @@ def pipe():
 
 # ----------------------------------------------------------------------------- run specs
 def test_resolution_order_checkpoint_options_sidecar_call():
-    spec = resolve_run(DEFAULTS, {"steps": 5, "seed": None, "guidance_scale": 2.0}, {"num_parts": 2, "steps": 3},
-                       {"seed": 4, "num_parts": None})
-    assert spec == RunSpec(num_parts=2, steps=3, seed=4, guidance_scale=2.0, num_tokens=16, device="cpu",
-                           dtype="float32")
+    spec = resolve_run(
+        DEFAULTS,
+        {"steps": 5, "seed": None, "guidance_scale": 2.0},
+        {"num_parts": 2, "steps": 3},
+        {"seed": 4, "num_parts": None},
+    )
+    assert spec == RunSpec(
+        num_parts=2, steps=3, seed=4, guidance_scale=2.0, num_tokens=16, device="cpu", dtype="float32"
+    )
     assert spec.cfg and spec.run_kwargs() == {"steps": 3, "seed": 4, "guidance_scale": 2.0, "num_tokens": 16}
     assert resolve_run(DEFAULTS, call={"num_parts": 1}).seed == 0  # nobody sets a seed: 0
     with pytest.raises(AttributeError):
@@ -82,7 +87,10 @@ def test_checkpoint_defaults_are_read_in_one_place(pipe):
     assert checkpoint_defaults(TINY_FIXTURE / "missing")["steps"] == 50  # no partattn.json: the built-in ones
     spec = for_pipeline(pipe, call={"num_parts": 2})
     assert (spec.steps, spec.guidance_scale, spec.num_tokens) == (
-        pipe.run_defaults["steps"], pipe.run_defaults["guidance_scale"], pipe.run_defaults["num_tokens"])
+        pipe.run_defaults["steps"],
+        pipe.run_defaults["guidance_scale"],
+        pipe.run_defaults["num_tokens"],
+    )
     assert (spec.device, spec.dtype) == ("cpu", "float32")
 
 

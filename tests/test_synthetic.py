@@ -94,7 +94,7 @@ def test_targets_lie_on_outline_and_encode_type_and_colour(seed, n):
         xy = (t[:, :2] + 1) / 2 * size
         for x, y in xy:
             i, j = int(y), int(x)
-            window = s.masks[k, max(i - 2, 0): i + 3, max(j - 2, 0): j + 3]
+            window = s.masks[k, max(i - 2, 0) : i + 3, max(j - 2, 0) : j + 3]
             assert window.any() and not window.all(), (info, x, y)
         # the first token is the top of the shape, the rest go clockwise (x increases first)
         cx, cy = info["centre"]
@@ -194,9 +194,7 @@ def test_placement_failure_is_clear(monkeypatch):
 
 
 def test_fixture_images_are_up_to_date():
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
 
@@ -209,7 +207,9 @@ def test_fixture_check_detects_a_changed_file(tmp_path):
     Image.new("RGB", (224, 224), "white").save(victim)
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--check", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1 and "np2_circle_square.png" in result.stderr
 

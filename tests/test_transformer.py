@@ -145,8 +145,11 @@ def test_u_skips_last_in_first_out(tiny):
     outputs, skips, handles = {}, {}, []
     for i, block in enumerate(tiny.blocks):
         handles.append(block.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out)))
-        handles.append(block.register_forward_pre_hook(
-            lambda m, a, kw, i=i: skips.__setitem__(i, kw.get("skip")), with_kwargs=True))
+        handles.append(
+            block.register_forward_pre_hook(
+                lambda m, a, kw, i=i: skips.__setitem__(i, kw.get("skip")), with_kwargs=True
+            )
+        )
     try:
         run(tiny, *tiny_inputs(tiny, 2), 2)
     finally:

@@ -19,10 +19,16 @@ from diffusers.models.attention import BasicTransformerBlock
 from PIL import Image
 
 from partattn_checks import render
-from partattn_checks.capture import AttentionRecorder, CaptureError, RecordingProcessor, Selection, cross_attention_modules
-from partattn_checks.reporting import render_index, write_index
+from partattn_checks.capture import (
+    AttentionRecorder,
+    CaptureError,
+    RecordingProcessor,
+    Selection,
+    cross_attention_modules,
+)
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.record import AttentionRecord
+from partattn_checks.reporting import render_index, write_index
 from partattn_checks.reporting.run_report import render_record
 from partattn_checks.visualizer import SPARSITY_FACTOR, AttentionVisualizer
 
@@ -107,7 +113,7 @@ def test_guide_example_in_the_docs_runs(tmp_path, monkeypatch):
     assert set(namespace["stats"]) == set(LAYERS)
     folders = namespace["folders"]
     assert [f.name for f in folders] == ["np1_circle", "np3_three_shapes"]
-    for folder, parts in zip(folders, (1, 3)):
+    for folder, parts in zip(folders, (1, 3), strict=False):
         assert AttentionRecord.load(folder / "record").num_parts == parts
         for png in folder.glob("**/*.png"):
             if png.name != "input.png":
@@ -132,7 +138,10 @@ def test_extracted_weights_are_the_recorders_full_maps(pipe, viz):
     assert viz.record.timesteps == [700.0] and viz.record.patch_grid == (8, 8)
 
     # An independent recorder on the same inputs keeps exactly the same maps.
-    with torch.no_grad(), AttentionRecorder(pipe.transformer, num_parts=2, selection=Selection(full_maps=lambda n, s: True)) as rec:
+    with (
+        torch.no_grad(),
+        AttentionRecorder(pipe.transformer, num_parts=2, selection=Selection(full_maps=lambda n, s: True)) as rec,
+    ):
         pipe.transformer(latents, torch.full((4,), 700.0), context, attention_kwargs={"num_parts": 2})
     reference = rec.record()
     for name in LAYERS:
@@ -142,8 +151,9 @@ def test_extracted_weights_are_the_recorders_full_maps(pipe, viz):
     one = viz.extract_attention_weights(pipe.transformer, latents, context, layer_idx=3, timestep=700.0)
     assert torch.equal(one, weights["blocks.3.attn2"])
     assert viz.record.layers == ["blocks.3.attn2"]
-    assert torch.equal(viz.extract_attention_weights(pipe.transformer, latents, context, "blocks.3.attn2",
-                                                     timestep=700.0), one)
+    assert torch.equal(
+        viz.extract_attention_weights(pipe.transformer, latents, context, "blocks.3.attn2", timestep=700.0), one
+    )
     with pytest.raises(ValueError, match="matches 5 layers"):
         viz.extract_attention_weights(pipe.transformer, latents, context, layer_idx="blocks.*")
 
@@ -169,12 +179,16 @@ def test_hooked_forwards_are_steps_and_outputs_unchanged(pipe, viz):
     model = pipe.transformer
     latents, context = cfg_inputs(pipe, 2, seed=1)
     with torch.no_grad():
-        plain = [model(latents, torch.full((4,), t), context, attention_kwargs={"num_parts": 2}).sample
-                 for t in (1000.0, 500.0)]
+        plain = [
+            model(latents, torch.full((4,), t), context, attention_kwargs={"num_parts": 2}).sample
+            for t in (1000.0, 500.0)
+        ]
         with viz.register_hooks(model, layers=[0, "blocks.4.attn2"], full_maps=[(4, 1)]):
-            hooked = [model(latents, torch.full((4,), t), context, attention_kwargs={"num_parts": 2}).sample
-                      for t in (1000.0, 500.0)]
-    assert all(torch.equal(a, b) for a, b in zip(plain, hooked))
+            hooked = [
+                model(latents, torch.full((4,), t), context, attention_kwargs={"num_parts": 2}).sample
+                for t in (1000.0, 500.0)
+            ]
+    assert all(torch.equal(a, b) for a, b in zip(plain, hooked, strict=False))
     record = viz.record
     assert record.steps == [0, 1] and record.layers == ["blocks.0.attn2", "blocks.4.attn2"]
     assert list(record.full_maps) == [(1, "blocks.4.attn2")]
@@ -249,8 +263,9 @@ def test_record_figures(tmp_path, run_record):
     with pytest.raises(ValueError, match="no full maps for layer blocks.0.attn2"):
         viz.visualize_attention_heatmap(record, tmp_path / "x.png", layer=0)
     for part in (0, 1):
-        assert_image(viz.create_attention_animation(record, tmp_path / f"p{part}.gif", fps=3, part=part),
-                     fmt="GIF", frames=3)
+        assert_image(
+            viz.create_attention_animation(record, tmp_path / f"p{part}.gif", fps=3, part=part), fmt="GIF", frames=3
+        )
     assert set(viz.results) >= {"uniformity", "collapse", "part_separation", "stability", "nonfinite"}
 
 
@@ -344,11 +359,15 @@ def assert_links_resolve(page: Path):
 
 def test_html_index_escapes_and_writes_atomically(tmp_path):
     (tmp_path / "a b.png").write_bytes(b"png")
-    page = write_index(tmp_path / "index.html", "<title & co>",
-                       sections=[("Figs", [("cap <1>", "a b.png"), ("data", "m.json")]), ("Empty", [])],
-                       metrics={"entropy": 0.91234, "nan": float("nan"), "n": 3},
-                       tables=[("Checks", ["check", "verdict"], [["uniformity", "fail"]])],
-                       links=[("record", tmp_path / "a b.png")], note="a < b")
+    page = write_index(
+        tmp_path / "index.html",
+        "<title & co>",
+        sections=[("Figs", [("cap <1>", "a b.png"), ("data", "m.json")]), ("Empty", [])],
+        metrics={"entropy": 0.91234, "nan": float("nan"), "n": 3},
+        tables=[("Checks", ["check", "verdict"], [["uniformity", "fail"]])],
+        links=[("record", tmp_path / "a b.png")],
+        note="a < b",
+    )
     text = page.read_text()
     assert "&lt;title &amp; co&gt;" in text and "cap &lt;1&gt;" in text and "a &lt; b" in text
     assert 'src="a%20b.png"' in text and 'href="m.json"' in text

@@ -56,8 +56,9 @@ class Baseline(Check):
         baseline but not measured fails; a measured metric absent from the baseline is reported only."""
         t = self.limits(thresholds)
         if not baseline:
-            return CheckResult(self.name, "skip", None, None, None, "no baseline stored for this image",
-                               BaselineDetails())
+            return CheckResult(
+                self.name, "skip", None, None, None, "no baseline stored for this image", BaselineDetails()
+            )
         missing = sorted(set(baseline) - set(measured))
         extra = sorted(set(measured) - set(baseline))
         per_metric, worst, worst_ratio = {}, None, -1.0
@@ -69,8 +70,14 @@ class Baseline(Check):
             per_metric[key] = MetricDrift(m, b, drift, allowed)
             if ratio > worst_ratio:
                 worst, worst_ratio = key, ratio
-        details = BaselineDetails(per_metric=per_metric, missing_in_measured=missing, missing_in_baseline=extra,
-                                  atol=t.atol, rtol=t.rtol, worst_metric=worst)
+        details = BaselineDetails(
+            per_metric=per_metric,
+            missing_in_measured=missing,
+            missing_in_baseline=extra,
+            atol=t.atol,
+            rtol=t.rtol,
+            worst_metric=worst,
+        )
         notes = []
         if missing:
             notes.append(f"not measured: {', '.join(missing)}")
@@ -80,10 +87,17 @@ class Baseline(Check):
         if worst is not None:
             w = per_metric[worst]
             drifted = worst_ratio > 1.0
-            head = (f"{worst} drifted from its baseline: {w.measured:.4f} vs {w.baseline:.4f}, "
-                    f"|Δ| {w.drift:.4f} > allowed {w.allowed:.4f}") if drifted else \
-                   (f"all metrics within tolerance (closest to the limit: {worst}, |Δ| {w.drift:.4f} "
-                    f"≤ allowed {w.allowed:.4f})")
+            head = (
+                (
+                    f"{worst} drifted from its baseline: {w.measured:.4f} vs {w.baseline:.4f}, "
+                    f"|Δ| {w.drift:.4f} > allowed {w.allowed:.4f}"
+                )
+                if drifted
+                else (
+                    f"all metrics within tolerance (closest to the limit: {worst}, |Δ| {w.drift:.4f} "
+                    f"≤ allowed {w.allowed:.4f})"
+                )
+            )
             value, threshold = w.drift, w.allowed
         else:
             drifted, head, value, threshold = False, "no metric in common with the baseline", None, None
@@ -94,7 +108,8 @@ class Baseline(Check):
         return CheckResult(self.name, "pass", value, threshold, None, head + note, details)
 
 
-def check_baseline(measured: dict[str, float], baseline: dict[str, float],
-                   thresholds: Thresholds | None = None) -> CheckResult:
+def check_baseline(
+    measured: dict[str, float], baseline: dict[str, float], thresholds: Thresholds | None = None
+) -> CheckResult:
     """Compare headline metrics with a stored baseline (``Baseline.compare``)."""
     return Baseline().compare(measured, baseline, thresholds or Thresholds())

@@ -14,8 +14,9 @@ from .thresholds import Thresholds, param
 class CollapseThresholds:
     peak_max: float = param(0.9, 0.0, 1.0, doc="a map whose peak is >= this counts as collapsed onto one key")
     entropy_min: float = param(0.05, 0.0, 1.0, doc="a map whose normalized entropy is <= this counts as collapsed")
-    cls_mass_max: float = param(0.9, 0.0, 1.0, doc="a map whose CLS (sink) mass is >= this counts as collapsed "
-                                                   "into CLS")
+    cls_mass_max: float = param(
+        0.9, 0.0, 1.0, doc="a map whose CLS (sink) mass is >= this counts as collapsed into CLS"
+    )
     max_share: float = param(0.5, 0.0, 1.0, doc="fail when a layer's share of collapsed maps exceeds this")
 
 
@@ -51,21 +52,36 @@ class Collapse(Check):
 
     def judge(self, record, thresholds: Thresholds) -> CheckResult:
         t = self.limits(thresholds)
-        guarded = nonfinite_guard(self.name, record, {"peak": record.peak, "entropy": record.entropy,
-                                                      "cls_mass": record.cls_mass})
+        guarded = nonfinite_guard(
+            self.name, record, {"peak": record.peak, "entropy": record.entropy, "cls_mass": record.cls_mass}
+        )
         if guarded is not None:
             result, li = guarded
             result.details = CollapseDetails(
-                nonfinite_count=int(result.value),
-                worst_map=map_at(record, li, worst_cell(record.peak.float()[:, li])))
+                nonfinite_count=int(result.value), worst_map=map_at(record, li, worst_cell(record.peak.float()[:, li]))
+            )
             return result
         pk, ent, cls = record.peak.float(), record.entropy.float(), record.cls_mass.float()
         causes = {  # cause -> (flags, severity, values, comparison, threshold, label, description)
             "peak": (pk >= t.peak_max, pk, pk, "≥", t.peak_max, "peak", "attention collapsed onto one key"),
-            "entropy": (ent <= t.entropy_min, -ent, ent, "≤", t.entropy_min, "normalized entropy",
-                        "attention collapsed onto few keys"),
-            "cls_mass": (cls >= t.cls_mass_max, cls, cls, "≥", t.cls_mass_max, "CLS mass",
-                         "attention sinks into the CLS token"),
+            "entropy": (
+                ent <= t.entropy_min,
+                -ent,
+                ent,
+                "≤",
+                t.entropy_min,
+                "normalized entropy",
+                "attention collapsed onto few keys",
+            ),
+            "cls_mass": (
+                cls >= t.cls_mass_max,
+                cls,
+                cls,
+                "≥",
+                t.cls_mass_max,
+                "CLS mass",
+                "attention sinks into the CLS token",
+            ),
         }
         flags = causes["peak"][0] | causes["entropy"][0] | causes["cls_mass"][0]
         shares = layer_share(flags)
@@ -73,8 +89,10 @@ class Collapse(Check):
         share = float(shares[worst])
         max_pk, min_ent, max_cls = pk.amax(dim=(0, 2, 3)), ent.amin(dim=(0, 2, 3)), cls.amax(dim=(0, 2, 3))
         fields = dict(
-            per_layer={layer: LayerCollapse(float(shares[i]), float(max_pk[i]), float(min_ent[i]), float(max_cls[i]))
-                       for i, layer in enumerate(record.layers)},
+            per_layer={
+                layer: LayerCollapse(float(shares[i]), float(max_pk[i]), float(min_ent[i]), float(max_cls[i]))
+                for i, layer in enumerate(record.layers)
+            },
             worst_layer=record.layers[worst],
             counts={c: int(v[0].sum()) for c, v in causes.items()},
         )
@@ -85,13 +103,21 @@ class Collapse(Check):
             s, p, h = worst_cell(severity[:, worst], cflags[:, worst])
             off = map_at(record, worst, (s, p, h))
             return CheckResult(
-                self.name, "fail", share, t.max_share, off,
+                self.name,
+                "fail",
+                share,
+                t.max_share,
+                off,
                 f"{text}: {label} {float(values[s, worst, p, h]):.3f} {op} {thr:g} at {off} "
                 f"({pct(share)} of heads in that layer collapsed; allowed {pct(t.max_share)})",
                 CollapseDetails(**fields, cause=cause, worst_map=off),
             )
         return CheckResult(
-            self.name, "pass", share, t.max_share, None,
+            self.name,
+            "pass",
+            share,
+            t.max_share,
+            None,
             f"{pct(share)} of heads collapsed in the worst layer (allowed {pct(t.max_share)}; max peak "
             f"{float(pk.max()):.3f}, min entropy {float(ent.min()):.3f}, max CLS mass {float(cls.max()):.3f})",
             CollapseDetails(**fields, worst_map=map_at(record, worst, worst_cell(pk[:, worst]))),
@@ -102,9 +128,19 @@ class Collapse(Check):
         from .. import render
 
         out = heads_and_overlay(record, details.worst_map, image, "collapse")
-        out.append(("peak", render.timeline(layer_means(record.peak, "max"), record.steps, record.layers,
-                                            metric="max peak", threshold=self.limits(thresholds).peak_max,
-                                            title=verdict_title(result, "collapsed share", "≤"))))
+        out.append(
+            (
+                "peak",
+                render.timeline(
+                    layer_means(record.peak, "max"),
+                    record.steps,
+                    record.layers,
+                    metric="max peak",
+                    threshold=self.limits(thresholds).peak_max,
+                    title=verdict_title(result, "collapsed share", "≤"),
+                ),
+            )
+        )
         return out
 
 

@@ -73,7 +73,11 @@ def nonfinite_guard(name: str, record: AttentionRecord, tensors: dict) -> tuple[
     s, li, tname = first
     off = Offender(step=record.steps[s], layer=record.layers[li])
     return CheckResult(
-        name, "fail", float(total), 0.0, off,
+        name,
+        "fail",
+        float(total),
+        0.0,
+        off,
         f"cannot judge {name.replace('_', ' ')}: {count(total, 'non-finite value')} in the recorded "
         f"{', '.join(tensors)} (first in {tname} at {off}); see the nonfinite check",
     ), li
@@ -95,8 +99,14 @@ def layer_means(t, how: str = "mean"):
 def entropy_timeline(record: AttentionRecord, title: str, threshold=None) -> bytes:
     from .. import render
 
-    return render.timeline(layer_means(record.entropy), record.steps, record.layers,
-                           metric="mean normalized entropy", threshold=threshold, title=title)
+    return render.timeline(
+        layer_means(record.entropy),
+        record.steps,
+        record.layers,
+        metric="mean normalized entropy",
+        threshold=threshold,
+        title=title,
+    )
 
 
 def heads_and_overlay(record: AttentionRecord, shown: Offender, image, what: str) -> list[tuple[str, bytes]]:
@@ -113,11 +123,18 @@ def heads_and_overlay(record: AttentionRecord, shown: Offender, image, what: str
     else:
         maps, ylabel = record.marginals[s, li, p].float()[:, None, :], None  # (H, 1, Nk) strips
         note = "per-head key-marginals (mean over queries)"
-    out = [("heads", render.multi_head_grid(maps, title=f"{what}: {note}", layer=layer, step=step, part=p,
-                                            ylabel=ylabel))]
+    out = [
+        ("heads", render.multi_head_grid(maps, title=f"{what}: {note}", layer=layer, step=step, part=p, ylabel=ylabel))
+    ]
     if record.patch_grid is not None and image is not None:
         marg = record.marginals[s, li, p, h].float().nan_to_num(0.0)
         marg = marg / marg.sum().clamp_min(1e-12)
-        out.append(("overlay", render.overlay(marg, record.patch_grid, image, title=f"{what}: worst head",
-                                              layer=layer, step=step, part=p, head=h)))
+        out.append(
+            (
+                "overlay",
+                render.overlay(
+                    marg, record.patch_grid, image, title=f"{what}: worst head", layer=layer, step=step, part=p, head=h
+                ),
+            )
+        )
     return out

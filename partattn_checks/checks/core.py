@@ -47,9 +47,11 @@ class Offender:
     head: int | None = None
 
     def __str__(self) -> str:
-        parts = [f"{name} {value}" for name, value in
-                 (("step", self.step), ("layer", self.layer), ("part", self.part), ("head", self.head))
-                 if value is not None]
+        parts = [
+            f"{name} {value}"
+            for name, value in (("step", self.step), ("layer", self.layer), ("part", self.part), ("head", self.head))
+            if value is not None
+        ]
         return ", ".join(parts) if parts else "the whole record"
 
     def to_dict(self) -> dict:
@@ -81,9 +83,15 @@ class CheckResult:
     def to_dict(self) -> dict:
         """JSON-ready form (for reports and for pytest-xdist transport)."""
         details = self.details.to_dict() if isinstance(self.details, Details) else copy.deepcopy(dict(self.details))
-        return {"name": self.name, "verdict": self.verdict, "value": self.value, "threshold": self.threshold,
-                "offender": self.offender.to_dict() if self.offender is not None else None,
-                "reason": self.reason, "details": details}
+        return {
+            "name": self.name,
+            "verdict": self.verdict,
+            "value": self.value,
+            "threshold": self.threshold,
+            "offender": self.offender.to_dict() if self.offender is not None else None,
+            "reason": self.reason,
+            "details": details,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> CheckResult:
@@ -131,13 +139,20 @@ class Check:
         """This check's table of ``thresholds``."""
         return thresholds[self.name]
 
-    def draw(self, result: CheckResult, details: Details, record: AttentionRecord, image,
-             thresholds: Thresholds) -> list[tuple[str, bytes]]:
+    def draw(
+        self, result: CheckResult, details: Details, record: AttentionRecord, image, thresholds: Thresholds
+    ) -> list[tuple[str, bytes]]:
         """``(what, png bytes)`` pairs explaining ``result``, drawn from ``details`` (never recomputed)."""
         return []
 
-    def figures(self, result: CheckResult, record: AttentionRecord, outdir: str | Path, image=None,
-                thresholds: Thresholds | None = None) -> list[Path]:
+    def figures(
+        self,
+        result: CheckResult,
+        record: AttentionRecord,
+        outdir: str | Path,
+        image=None,
+        thresholds: Thresholds | None = None,
+    ) -> list[Path]:
         """Write ``draw``'s figures as ``<outdir>/<name>__<what>.png``; none for a skip or a check
         that draws none. Details in their JSON form are made typed first."""
         from ..atomic import atomic_write_bytes
@@ -150,8 +165,9 @@ class Check:
             try:
                 details = self.details_type.from_dict(details)
             except (TypeError, ValueError, KeyError) as exc:
-                raise CheckError(f"cannot draw the {self.name} figures: its details are not a "
-                                 f"{self.details_type.__name__} ({exc})") from None
+                raise CheckError(
+                    f"cannot draw the {self.name} figures: its details are not a {self.details_type.__name__} ({exc})"
+                ) from None
         pngs = self.draw(result, details, record, image, thresholds or Thresholds())
         return [atomic_write_bytes(Path(outdir) / f"{self.name}__{what}.png", data) for what, data in pngs]
 
@@ -236,8 +252,9 @@ def register(cls: type[Check]) -> type[Check]:
     return cls
 
 
-def run_checks(record: AttentionRecord, thresholds: Thresholds | None = None,
-               names: list[str] | None = None) -> list[CheckResult]:
+def run_checks(
+    record: AttentionRecord, thresholds: Thresholds | None = None, names: list[str] | None = None
+) -> list[CheckResult]:
     """Run the named record checks (all of ``CHECKS`` by default) in registry order."""
     from .thresholds import Thresholds
 

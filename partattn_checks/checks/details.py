@@ -80,8 +80,10 @@ class Details(Mapping):
         """dict-style read of a key that is there; details are frozen, so a missing key raises."""
         if key in self:
             return self[key]
-        raise TypeError(f"{type(self).__name__} is frozen: cannot add {key!r} "
-                        f"(build a new CheckResult with dict(result.details, {key}=...))")
+        raise TypeError(
+            f"{type(self).__name__} is frozen: cannot add {key!r} "
+            f"(build a new CheckResult with dict(result.details, {key}=...))"
+        )
 
 
 def _plain(value):

@@ -57,12 +57,23 @@ class Nonfinite(Check):
                 found.append((record.steps[s], 0, li, record.layers[li], f"attention (recorded {key})"))
         events = len(record.nonfinite)
         if not found:
-            return CheckResult(self.name, "pass", 0.0, 0.0, None, "no NaN/Inf in attention or latents",
-                               NonfiniteDetails(events=events, nonfinite_values=cells))
+            return CheckResult(
+                self.name,
+                "pass",
+                0.0,
+                0.0,
+                None,
+                "no NaN/Inf in attention or latents",
+                NonfiniteDetails(events=events, nonfinite_values=cells),
+            )
         step, _, _, layer, where = min(found, key=lambda f: f[:3])
         off = Offender(step=step if step >= 0 else None, layer=layer)
         return CheckResult(
-            self.name, "fail", float(cells + events), 0.0, off,
+            self.name,
+            "fail",
+            float(cells + events),
+            0.0,
+            off,
             f"non-finite values (NaN/Inf) in {where} starting at {off} ({count(events, 'event')} "
             f"logged by the recorder, {count(cells, 'non-finite value')} in the record's tensors)",
             NonfiniteDetails(events=events, nonfinite_values=cells, first=FirstNonfinite(off.step, layer, where)),

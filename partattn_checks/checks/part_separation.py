@@ -13,10 +13,12 @@ from .thresholds import Thresholds, param
 @dataclass(frozen=True)
 class PartSeparationThresholds:
     min_separation: float = param(0.075, 0.0, 1.0, doc="fail when the aggregated part separation is below this")
-    step_aggregate: str = param("mean", choices=("mean", "min", "max"),
-                                doc="how separation is reduced over steps, per layer")
-    layer_aggregate: str = param("max", choices=("mean", "min", "max"),
-                                 doc="how the per-layer values are reduced over layers")
+    step_aggregate: str = param(
+        "mean", choices=("mean", "min", "max"), doc="how separation is reduced over steps, per layer"
+    )
+    layer_aggregate: str = param(
+        "max", choices=("mean", "min", "max"), doc="how the per-layer values are reduced over layers"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,14 +52,22 @@ class PartSeparation(Check):
 
         t = self.limits(thresholds)
         if record.num_parts < 2:
-            return CheckResult(self.name, "skip", None, t.min_separation, None,
-                               "part separation needs at least 2 parts; this record has 1", PartSeparationDetails())
+            return CheckResult(
+                self.name,
+                "skip",
+                None,
+                t.min_separation,
+                None,
+                "part separation needs at least 2 parts; this record has 1",
+                PartSeparationDetails(),
+            )
         guarded = nonfinite_guard(self.name, record, {"marginals": record.marginals})
         if guarded is not None:
             result, li = guarded
             sep = metrics.part_separation(record.marginals_by_part())
-            result.details = PartSeparationDetails(nonfinite_count=int(result.value), shown_layer=record.layers[li],
-                                                   separation=Matrix.of(sep))
+            result.details = PartSeparationDetails(
+                nonfinite_count=int(result.value), shown_layer=record.layers[li], separation=Matrix.of(sep)
+            )
             return result
         pair = metrics.pairwise_separation(record.marginals_by_part())  # (S, L, P, P)
         P = record.num_parts
@@ -75,20 +85,35 @@ class PartSeparation(Check):
         failed = value < t.min_separation
         details = PartSeparationDetails(
             per_layer={layer: float(per_layer_t[k]) for k, layer in enumerate(record.layers)},
-            per_step=[float(x) for x in sep.mean(1)], aggregate=how, closest_pair=(a, b), closest_pair_js=closest,
-            shown_layer=record.layers[li if failed else int(sep.mean(0).argmax())], separation=Matrix.of(sep),
+            per_step=[float(x) for x in sep.mean(1)],
+            aggregate=how,
+            closest_pair=(a, b),
+            closest_pair_js=closest,
+            shown_layer=record.layers[li if failed else int(sep.mean(0).argmax())],
+            separation=Matrix.of(sep),
         )
         if failed:
             off = Offender(layer=record.layers[li], part=a)
             which = "best" if t.layer_aggregate == "max" else "worst"
             return CheckResult(
-                self.name, "fail", value, t.min_separation, off,
+                self.name,
+                "fail",
+                value,
+                t.min_separation,
+                off,
                 f"parts attend to the same image regions: part separation {value:.3f} < {t.min_separation:g} "
                 f"({how}; {which} layer {record.layers[li]}, closest parts {a} and {b} at {closest:.3f})",
                 details,
             )
-        return CheckResult(self.name, "pass", value, t.min_separation, None,
-                           f"part separation {value:.3f} ≥ {t.min_separation:g} ({how})", details)
+        return CheckResult(
+            self.name,
+            "pass",
+            value,
+            t.min_separation,
+            None,
+            f"part separation {value:.3f} ≥ {t.min_separation:g} ({how})",
+            details,
+        )
 
     def draw(self, result, details: PartSeparationDetails, record, image, thresholds):
         """``overlay`` (each part's head-averaged key-marginal of the shown layer, mean over steps, on
@@ -103,12 +128,23 @@ class PartSeparation(Check):
         out = []
         grid = record.patch_grid
         if grid is not None and image is not None:
-            out.append(("overlay", render.part_panel(marg, grid, image, title=f"{title}\nmean over steps",
-                                                     layer=layer)))
+            out.append(
+                ("overlay", render.part_panel(marg, grid, image, title=f"{title}\nmean over steps", layer=layer))
+            )
         out.append(("parts", render.part_panel(marg, grid, title=f"{title}\nmean over steps", layer=layer)))
-        out.append(("timeline", render.timeline(details.separation.tensor(), record.steps, record.layers,
-                                                metric="part separation",
-                                                threshold=self.limits(thresholds).min_separation, title=title)))
+        out.append(
+            (
+                "timeline",
+                render.timeline(
+                    details.separation.tensor(),
+                    record.steps,
+                    record.layers,
+                    metric="part separation",
+                    threshold=self.limits(thresholds).min_separation,
+                    title=title,
+                ),
+            )
+        )
         return out
 
 

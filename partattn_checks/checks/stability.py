@@ -12,8 +12,9 @@ from .thresholds import Thresholds, param
 
 @dataclass(frozen=True)
 class StabilityThresholds:
-    max_jump: float = param(0.23, 0.0, 1.0, doc="fail when a consecutive-step JS/log 2 of a part's marginal "
-                                                "exceeds this")
+    max_jump: float = param(
+        0.23, 0.0, 1.0, doc="fail when a consecutive-step JS/log 2 of a part's marginal exceeds this"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,9 +43,15 @@ class Stability(Check):
 
         t = self.limits(thresholds)
         if record.num_steps < 2:
-            return CheckResult(self.name, "skip", None, t.max_jump, None,
-                               f"timestep stability needs at least 2 recorded steps; this record has "
-                               f"{record.num_steps}", StabilityDetails())
+            return CheckResult(
+                self.name,
+                "skip",
+                None,
+                t.max_jump,
+                None,
+                f"timestep stability needs at least 2 recorded steps; this record has {record.num_steps}",
+                StabilityDetails(),
+            )
         guarded = nonfinite_guard(self.name, record, {"marginals": record.marginals})
         jumps = metrics.timestep_jumps(record.marginals_by_part())  # (S-1, L, P)
         if guarded is not None:
@@ -65,14 +72,25 @@ class Stability(Check):
         off = Offender(step=record.steps[k + 1], layer=record.layers[li], part=p)
         if value > t.max_jump:
             return CheckResult(
-                self.name, "fail", value, t.max_jump, off,
+                self.name,
+                "fail",
+                value,
+                t.max_jump,
+                off,
                 f"attention is unstable over steps: part {p} in layer {off.layer} jumps by JS {value:.3f} > "
                 f"{t.max_jump:g} between steps {record.steps[k]} and {record.steps[k + 1]}",
                 details,
             )
-        return CheckResult(self.name, "pass", value, t.max_jump, None,
-                           f"worst consecutive-step jump {value:.3f} ≤ {t.max_jump:g} (steps {record.steps[k]}→"
-                           f"{record.steps[k + 1]}, layer {off.layer}, part {p})", details)
+        return CheckResult(
+            self.name,
+            "pass",
+            value,
+            t.max_jump,
+            None,
+            f"worst consecutive-step jump {value:.3f} ≤ {t.max_jump:g} (steps {record.steps[k]}→"
+            f"{record.steps[k + 1]}, layer {off.layer}, part {p})",
+            details,
+        )
 
     def draw(self, result, details: StabilityDetails, record, image, thresholds):
         """``jumps`` (the worst part's JS jump from the previous step, per layer), ``entropy``."""
@@ -80,10 +98,19 @@ class Stability(Check):
 
         out = []
         if details.jumps is not None:
-            out.append(("jumps", render.timeline(details.jumps.tensor(), record.steps[1:], record.layers,
-                                                 metric="max JS jump from previous step",
-                                                 threshold=self.limits(thresholds).max_jump,
-                                                 title=verdict_title(result, "worst jump", "≤"))))
+            out.append(
+                (
+                    "jumps",
+                    render.timeline(
+                        details.jumps.tensor(),
+                        record.steps[1:],
+                        record.layers,
+                        metric="max JS jump from previous step",
+                        threshold=self.limits(thresholds).max_jump,
+                        title=verdict_title(result, "worst jump", "≤"),
+                    ),
+                )
+            )
         out.append(("entropy", entropy_timeline(record, "entropy over steps")))
         return out
 

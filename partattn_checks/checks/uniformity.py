@@ -21,13 +21,20 @@ from .thresholds import Thresholds, param
 
 @dataclass(frozen=True)
 class UniformityThresholds:
-    entropy_min_uniform: float = param(0.98, 0.0, 1.0, doc="a map with normalized entropy >= this counts as "
-                                                             "near-uniform")
-    max_share: float = param(0.85, 0.0, 1.0, doc="fail when the share of near-uniform maps (reduced over layers by "
-                                                 "layer_aggregate) exceeds this")
-    layer_aggregate: str = param("mean", choices=("mean", "max"),
-                                 doc="mean: share over the whole model (one lazy layer is normal); max: the worst "
-                                     "layer's share")
+    entropy_min_uniform: float = param(
+        0.98, 0.0, 1.0, doc="a map with normalized entropy >= this counts as near-uniform"
+    )
+    max_share: float = param(
+        0.85,
+        0.0,
+        1.0,
+        doc="fail when the share of near-uniform maps (reduced over layers by layer_aggregate) exceeds this",
+    )
+    layer_aggregate: str = param(
+        "mean",
+        choices=("mean", "max"),
+        doc="mean: share over the whole model (one lazy layer is normal); max: the worst layer's share",
+    )
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,8 @@ class Uniformity(Check):
             result, li = guarded
             result.details = UniformityDetails(
                 nonfinite_count=int(result.value),
-                worst_map=map_at(record, li, worst_cell(record.entropy.float()[:, li])))
+                worst_map=map_at(record, li, worst_cell(record.entropy.float()[:, li])),
+            )
             return result
         ent = record.entropy.float()
         flags = ent >= t.entropy_min_uniform
@@ -76,20 +84,31 @@ class Uniformity(Check):
         mean_ent = ent.mean(dim=(0, 2, 3))
         shown = map_at(record, worst, worst_cell(ent[:, worst], flags[:, worst]))
         details = UniformityDetails(
-            per_layer={layer: LayerUniformity(float(shares[i]), float(mean_ent[i]))
-                       for i, layer in enumerate(record.layers)},
-            worst_layer=record.layers[worst], worst_map=shown)
+            per_layer={
+                layer: LayerUniformity(float(shares[i]), float(mean_ent[i])) for i, layer in enumerate(record.layers)
+            },
+            worst_layer=record.layers[worst],
+            worst_map=shown,
+        )
         if share > t.max_share:
             value = float(ent[record.step_index(shown.step), worst, shown.part, shown.head])
             return CheckResult(
-                self.name, "fail", share, t.max_share, shown,
+                self.name,
+                "fail",
+                share,
+                t.max_share,
+                shown,
                 f"attention is near-uniform: {pct(share)} {scope} have normalized entropy ≥ "
                 f"{t.entropy_min_uniform:g} (allowed {pct(t.max_share)}); most uniform layer {shown.layer} "
                 f"({pct(float(shares[worst]))}), worst {value:.3f} at {shown}",
                 details,
             )
         return CheckResult(
-            self.name, "pass", share, t.max_share, None,
+            self.name,
+            "pass",
+            share,
+            t.max_share,
+            None,
             f"{pct(share)} {scope} are near-uniform (allowed {pct(t.max_share)}); most uniform layer "
             f"{record.layers[worst]} ({pct(float(shares[worst]))})",
             details,
@@ -98,8 +117,16 @@ class Uniformity(Check):
     def draw(self, result, details: UniformityDetails, record, image, thresholds):
         """``heads`` and ``overlay`` of the most uniform map, ``entropy`` per layer over steps."""
         out = heads_and_overlay(record, details.worst_map, image, "uniformity")
-        out.append(("entropy", entropy_timeline(record, verdict_title(result, "near-uniform share", "≤"),
-                                                threshold=self.limits(thresholds).entropy_min_uniform)))
+        out.append(
+            (
+                "entropy",
+                entropy_timeline(
+                    record,
+                    verdict_title(result, "near-uniform share", "≤"),
+                    threshold=self.limits(thresholds).entropy_min_uniform,
+                ),
+            )
+        )
         return out
 
 

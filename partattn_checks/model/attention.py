@@ -113,8 +113,16 @@ class TripoSGAttnProcessor:
         out = attn.to_out[0](merged)
         return attn.to_out[1](out)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, image_rotary_emb=None, num_parts=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        image_rotary_emb=None,
+        num_parts=None,
+    ):
         _check_plain_call(attn, attention_mask, image_rotary_emb)
         prepared = self.prepare(attn, hidden_states, encoder_hidden_states, num_parts)
         return self.finish(attn, prepared, self.attend(prepared), prepared.query.dtype)

@@ -24,8 +24,8 @@ nonfinite     one cross-attention key weight of block 2 is set to NaN       nonf
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -36,6 +36,7 @@ def variant(name: str):
     def register(edit):
         VARIANTS[name] = edit
         return edit
+
     return register
 
 

@@ -24,9 +24,21 @@ from pathlib import Path
 from ..errors import PartattnError
 
 __all__ = [
-    "CheckpointError", "RecordError", "ImageError", "read_safetensors_header", "checkpoint_problems",
-    "read_json", "check_component_classes", "find_weights", "format_problems",
-    "ALLOWED_CLASSES", "REQUIRED_FILES", "WEIGHT_FILES", "PICKLE_SUFFIXES", "RUN_DEFAULTS", "read_run_defaults",
+    "CheckpointError",
+    "RecordError",
+    "ImageError",
+    "read_safetensors_header",
+    "checkpoint_problems",
+    "read_json",
+    "check_component_classes",
+    "find_weights",
+    "format_problems",
+    "ALLOWED_CLASSES",
+    "REQUIRED_FILES",
+    "WEIGHT_FILES",
+    "PICKLE_SUFFIXES",
+    "RUN_DEFAULTS",
+    "read_run_defaults",
 ]
 
 
@@ -76,8 +88,24 @@ MAX_HEADER_BYTES = 100_000_000
 #: Bytes per element of the whole-byte safetensors dtypes; other (sub-byte, future) dtypes are not
 #: size-checked here: safetensors itself judges them when the tensors are read.
 DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "F8_E8M0": 1,
+    "F8_E4M3FNUZ": 1,
+    "F8_E5M2FNUZ": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
     "C64": 8,
 }
 
@@ -106,9 +134,12 @@ def read_safetensors_header(path: str | os.PathLike, *, error: type[ValueError] 
             size = os.fstat(fh.fileno()).st_size
             prefix = fh.read(8)
             if len(prefix) < 8:
-                raise fail("empty file, not a safetensors file" if size == 0 else
-                           f"not a safetensors file: only {size:,} bytes (a safetensors file starts with an "
-                           f"8-byte header length)")
+                raise fail(
+                    "empty file, not a safetensors file"
+                    if size == 0
+                    else f"not a safetensors file: only {size:,} bytes (a safetensors file starts with an "
+                    f"8-byte header length)"
+                )
             (length,) = struct.unpack("<Q", prefix)
             raw = fh.read(min(length, MAX_HEADER_BYTES))
     except FileNotFoundError:
@@ -120,8 +151,10 @@ def read_safetensors_header(path: str | os.PathLike, *, error: type[ValueError] 
 
     looks_json = raw.lstrip()[:1] == b"{"
     if length == 0 or length > MAX_HEADER_BYTES or not looks_json:
-        raise fail(f"not a safetensors file: the first 8 bytes give a header length of {length:,} bytes"
-                   + ("" if looks_json else " and no JSON header follows"))
+        raise fail(
+            f"not a safetensors file: the first 8 bytes give a header length of {length:,} bytes"
+            + ("" if looks_json else " and no JSON header follows")
+        )
     if 8 + length > size:
         raise fail(f"truncated: {size:,} bytes, the header alone promises {8 + length:,}")
     try:
@@ -146,32 +179,44 @@ def read_safetensors_header(path: str | os.PathLike, *, error: type[ValueError] 
             raise fail(f"corrupt safetensors header: tensor {name!r} has dtype {dtype!r}, not a name")
         if not isinstance(shape, list) or not all(_count(d) for d in shape):
             raise fail(f"corrupt safetensors header: tensor {name!r} has shape {shape!r}, not a list of sizes")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)
-                and offsets[0] <= offsets[1]):
-            raise fail(f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets!r}, "
-                       f"not [begin, end] with begin <= end")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]
+        ):
+            raise fail(
+                f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets!r}, "
+                f"not [begin, end] with begin <= end"
+            )
         if dtype in DTYPE_BYTES:
             numel = 1
             for d in shape:
                 numel *= d
             if numel * DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
-                raise fail(f"corrupt safetensors header: tensor {name!r} ({dtype}, shape {shape}) needs "
-                           f"{numel * DTYPE_BYTES[dtype]:,} bytes but its data_offsets span "
-                           f"{offsets[1] - offsets[0]:,}")
+                raise fail(
+                    f"corrupt safetensors header: tensor {name!r} ({dtype}, shape {shape}) needs "
+                    f"{numel * DTYPE_BYTES[dtype]:,} bytes but its data_offsets span "
+                    f"{offsets[1] - offsets[0]:,}"
+                )
         spans.append((offsets[0], offsets[1], name))
 
     end = 0
     for begin, stop, name in sorted(spans):
         if begin != end:
-            raise fail(f"corrupt safetensors header: tensor {name!r} starts at byte {begin:,} of the data, "
-                       f"expected {end:,} (gap or overlap)")
+            raise fail(
+                f"corrupt safetensors header: tensor {name!r} starts at byte {begin:,} of the data, "
+                f"expected {end:,} (gap or overlap)"
+            )
         end = stop
     promised = 8 + length + end
     if size < promised:
         raise fail(f"truncated: {size:,} bytes, the header promises {promised:,}")
     if size > promised:
-        raise fail(f"corrupt: {size - promised:,} bytes after the last tensor ({size:,} bytes, the header "
-                   f"accounts for {promised:,})")
+        raise fail(
+            f"corrupt: {size - promised:,} bytes after the last tensor ({size:,} bytes, the header "
+            f"accounts for {promised:,})"
+        )
     return header
 
 
@@ -188,7 +233,9 @@ def read_json(path: str | os.PathLike, *, error: type[ValueError] = CheckpointEr
     except FileNotFoundError:
         raise error(f"{path}: file not found; the checkpoint folder is incomplete (re-download it).") from None
     except IsADirectoryError:
-        raise error(f"{path}: is a folder, not a JSON file; the checkpoint folder is damaged (re-download it).") from None
+        raise error(
+            f"{path}: is a folder, not a JSON file; the checkpoint folder is damaged (re-download it)."
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise error(f"{path}: not valid JSON ({err}); re-download or fix the file.") from None
     except OSError as err:
@@ -208,8 +255,9 @@ def read_run_defaults(folder: str | os.PathLike) -> dict:
 def _read_object(path: Path) -> dict:
     data = read_json(path)
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: holds a JSON {type(data).__name__}, not an object; "
-                              f"the file is damaged (re-download it).")
+        raise CheckpointError(
+            f"{path}: holds a JSON {type(data).__name__}, not an object; the file is damaged (re-download it)."
+        )
     return data
 
 
@@ -219,8 +267,10 @@ def check_component_classes(root: str | os.PathLike, model_index: dict) -> None:
     for component, allowed in ALLOWED_CLASSES.items():
         entry = model_index.get(component)
         if entry is None:
-            raise CheckpointError(f"{where}: no '{component}' entry; a PartCrafter checkpoint needs "
-                                  f"{sorted(REQUIRED_FILES)} (re-download it).")
+            raise CheckpointError(
+                f"{where}: no '{component}' entry; a PartCrafter checkpoint needs "
+                f"{sorted(REQUIRED_FILES)} (re-download it)."
+            )
         name = entry[-1] if isinstance(entry, (list, tuple)) and entry else str(entry)
         if name not in allowed:
             raise CheckpointError(
@@ -309,8 +359,10 @@ def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
     if extra.exists():
         settings = collect(_read_object, extra)
         if settings is not None and not isinstance(settings.get("run_defaults", {}), dict):
-            problems.append(f"{extra}: run_defaults is not an object of settings (num_tokens, steps, "
-                            f"guidance_scale); fix the file or delete it to use the built-in defaults.")
+            problems.append(
+                f"{extra}: run_defaults is not an object of settings (num_tokens, steps, "
+                f"guidance_scale); fix the file or delete it to use the built-in defaults."
+            )
     return problems
 
 

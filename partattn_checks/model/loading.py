@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .encoder_names import to_model_names
 from .files import (  # noqa: F401  (re-exported: the layout and its errors are part of this module's API)
     ALLOWED_CLASSES,
     PICKLE_SUFFIXES,
@@ -37,7 +38,6 @@ from .files import (  # noqa: F401  (re-exported: the layout and its errors are 
     read_run_defaults,
     read_safetensors_header,
 )
-from .encoder_names import to_model_names
 from .transformer import PartCrafterDiTModel
 
 
@@ -130,14 +130,18 @@ def feature_extractor_from_config(config: dict):
     except ImportError:
         from transformers import BitImageProcessor
 
-    return BitImageProcessor(**{k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")})
+    return BitImageProcessor(
+        **{k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")}
+    )
 
 
 def load_feature_extractor(folder: Path):
     return feature_extractor_from_config(read_json(folder / "preprocessor_config.json"))
 
 
-def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> Checkpoint:
     """Load a PartCrafter checkpoint folder; weights (fp16 on disk at release) are cast to ``dtype``."""
     root = Path(path).expanduser()
     problems = checkpoint_problems(root)  # milliseconds: layout, JSON, safetensors headers, no weights

@@ -121,19 +121,23 @@ def as_device(device: str | torch.device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r}: not a device; pass cpu, cuda or cuda:N (to pick one for 'auto', "
-                         f"use partattn_checks.runspec.resolve_device)") from None
+        raise ValueError(
+            f"device {device!r}: not a device; pass cpu, cuda or cuda:N (to pick one for 'auto', "
+            f"use partattn_checks.runspec.resolve_device)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' requested but CUDA is not available here (torch {torch.__version__}); "
-                         f"use 'cpu'")
+        raise ValueError(
+            f"device '{device}' requested but CUDA is not available here (torch {torch.__version__}); use 'cpu'"
+        )
     return device
 
 
 class PartCrafterPipeline:
     """Runs the PartCrafter denoising loop on a loaded checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ):
         self.checkpoint = checkpoint
         self.transformer = checkpoint.transformer
         self.image_encoder = checkpoint.image_encoder
@@ -143,8 +147,9 @@ class PartCrafterPipeline:
         self.num_train_timesteps = float(checkpoint.scheduler_config.get("num_train_timesteps", 1000))
 
     @classmethod
-    def from_pretrained(cls, path, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> PartCrafterPipeline:
+    def from_pretrained(
+        cls, path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> PartCrafterPipeline:
         """Load a checkpoint folder onto ``device`` (concrete, see :func:`as_device`) in ``dtype``."""
         device = as_device(device)
         return cls(load_checkpoint(path, dtype=dtype, device=device), device=device, dtype=dtype)

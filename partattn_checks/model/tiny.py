@@ -79,9 +79,23 @@ def build_transformer(config: dict | None = None, seed: int = 0) -> PartCrafterD
 #: The DINOv2 config keys a checkpoint is written with: the model's own, the same on every
 #: supported transformers version (its generic keys differ from version to version).
 DINOV2_CONFIG_KEYS = (
-    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "hidden_act",
-    "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps", "image_size",
-    "patch_size", "num_channels", "qkv_bias", "layerscale_value", "drop_path_rate", "use_swiglu_ffn",
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "mlp_ratio",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "initializer_range",
+    "layer_norm_eps",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "qkv_bias",
+    "layerscale_value",
+    "drop_path_rate",
+    "use_swiglu_ffn",
     "apply_layernorm",
 )
 
@@ -127,9 +141,15 @@ def _write_weights(path: Path, module: torch.nn.Module) -> None:
     save_file(to_release_names(state), str(path))
 
 
-def write_checkpoint(out: str | Path, transformer: PartCrafterDiTModel, image_encoder, *,
-                     preprocessor: dict | None = None, run_defaults: dict | None = None,
-                     description: str = "") -> Path:
+def write_checkpoint(
+    out: str | Path,
+    transformer: PartCrafterDiTModel,
+    image_encoder,
+    *,
+    preprocessor: dict | None = None,
+    run_defaults: dict | None = None,
+    description: str = "",
+) -> Path:
     """Write a checkpoint folder in the release layout (fp16 safetensors).
 
     The folder is assembled next to ``out`` and moved into place at the end, so an interrupted
@@ -142,17 +162,24 @@ def write_checkpoint(out: str | Path, transformer: PartCrafterDiTModel, image_en
     try:
         _write_json(staging / "model_index.json", MODEL_INDEX)
         transformer_config = {"_class_name": "PartCrafterDiTModel", **dict(transformer.config)}
-        _write_json(staging / "transformer" / "config.json",
-                    {k: v for k, v in transformer_config.items() if not k.startswith("_") or k == "_class_name"})
+        _write_json(
+            staging / "transformer" / "config.json",
+            {k: v for k, v in transformer_config.items() if not k.startswith("_") or k == "_class_name"},
+        )
         _write_weights(staging / "transformer" / "diffusion_pytorch_model.safetensors", transformer)
         _write_json(staging / "image_encoder_dinov2" / "config.json", dinov2_config_dict(image_encoder))
         _write_weights(staging / "image_encoder_dinov2" / "model.safetensors", image_encoder)
-        _write_json(staging / "feature_extractor_dinov2" / "preprocessor_config.json", preprocessor or TINY_PREPROCESSOR)
+        _write_json(
+            staging / "feature_extractor_dinov2" / "preprocessor_config.json", preprocessor or TINY_PREPROCESSOR
+        )
         _write_json(staging / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
-        _write_json(staging / "partattn.json", {
-            "description": description,
-            "run_defaults": run_defaults or TINY_RUN_DEFAULTS,
-        })
+        _write_json(
+            staging / "partattn.json",
+            {
+                "description": description,
+                "run_defaults": run_defaults or TINY_RUN_DEFAULTS,
+            },
+        )
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

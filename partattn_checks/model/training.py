@@ -87,7 +87,9 @@ def param_groups(transformer, encoder, config: TrainConfig) -> list[dict]:
 
 
 def train(config: TrainConfig, progress=print):
-    """Train from scratch; return ``(transformer, image_encoder, TrainLog)``. Deterministic per seed and thread count."""
+    """Train from scratch; return ``(transformer, image_encoder, TrainLog)``.
+
+    Deterministic per seed and thread count."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -117,7 +119,11 @@ def train(config: TrainConfig, progress=print):
         scheduler.step()
         running.append(loss.item())
         if (it + 1) % config.log_every == 0 or it + 1 == config.iterations:
-            point = {"iteration": it + 1, "loss": float(np.mean(running)), "seconds": round(time.perf_counter() - start, 1)}
+            point = {
+                "iteration": it + 1,
+                "loss": float(np.mean(running)),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
             log.curve.append(point)
             running = []
             progress(json.dumps(point))

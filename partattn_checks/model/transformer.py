@@ -58,10 +58,25 @@ class PartCrafterBlock(nn.Module):
         self.norm1 = FP32LayerNorm(width, eps=1e-5, elementwise_affine=True)
         self.norm2 = FP32LayerNorm(width, eps=1e-5, elementwise_affine=True)
         self.norm3 = FP32LayerNorm(width, eps=1e-5, elementwise_affine=True)
-        self.attn1 = Attention(query_dim=width, dim_head=width // heads, heads=heads, qk_norm="rms_norm",
-                               eps=1e-6, bias=False, processor=processor())
-        self.attn2 = Attention(query_dim=width, cross_attention_dim=cross_attention_dim, dim_head=width // heads,
-                               heads=heads, qk_norm="rms_norm", eps=1e-6, bias=False, processor=processor())
+        self.attn1 = Attention(
+            query_dim=width,
+            dim_head=width // heads,
+            heads=heads,
+            qk_norm="rms_norm",
+            eps=1e-6,
+            bias=False,
+            processor=processor(),
+        )
+        self.attn2 = Attention(
+            query_dim=width,
+            cross_attention_dim=cross_attention_dim,
+            dim_head=width // heads,
+            heads=heads,
+            qk_norm="rms_norm",
+            eps=1e-6,
+            bias=False,
+            processor=processor(),
+        )
         self.ff = FeedForward(width, activation_fn="gelu", inner_dim=4 * width, bias=True)
         if use_skip:
             self.skip_norm = FP32LayerNorm(width, eps=1e-5, elementwise_affine=True)
@@ -74,7 +89,9 @@ class PartCrafterBlock(nn.Module):
         if self.skip_linear is not None:
             hidden_states = self.skip_norm(self.skip_linear(torch.cat([skip, hidden_states], dim=-1)))
         hidden_states = hidden_states + self.attn1(self.norm1(hidden_states), **kwargs)
-        hidden_states = hidden_states + self.attn2(self.norm2(hidden_states), encoder_hidden_states=image_tokens, **kwargs)
+        hidden_states = hidden_states + self.attn2(
+            self.norm2(hidden_states), encoder_hidden_states=image_tokens, **kwargs
+        )
         return hidden_states + self.ff(self.norm3(hidden_states))
 
 
@@ -108,8 +125,13 @@ class PartCrafterDiTModel(ModelMixin, ConfigMixin):
             self.part_embedding = nn.Embedding(max_num_parts, width)
         self.proj_in = nn.Linear(in_channels, width)
         self.blocks = nn.ModuleList(
-            PartCrafterBlock(width, num_attention_heads, cross_attention_dim,
-                             use_skip=layer > num_layers // 2, is_global=layer in self.global_block_ids)
+            PartCrafterBlock(
+                width,
+                num_attention_heads,
+                cross_attention_dim,
+                use_skip=layer > num_layers // 2,
+                is_global=layer in self.global_block_ids,
+            )
             for layer in range(num_layers)
         )
         self.norm_out = nn.LayerNorm(width)
@@ -129,8 +151,15 @@ class PartCrafterDiTModel(ModelMixin, ConfigMixin):
             )
         return torch.arange(batch, device=device)
 
-    def forward(self, hidden_states, timestep, encoder_hidden_states, attention_kwargs=None, return_dict=True,
-                part_ids: torch.Tensor | None = None):
+    def forward(
+        self,
+        hidden_states,
+        timestep,
+        encoder_hidden_states,
+        attention_kwargs=None,
+        return_dict=True,
+        part_ids: torch.Tensor | None = None,
+    ):
         """``hidden_states`` (B, T, C) part latents; ``encoder_hidden_states`` (B, K, D) image tokens;
         ``attention_kwargs={"num_parts": N}`` with B a multiple of N (B = 2N under CFG).
 

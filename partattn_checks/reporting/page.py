@@ -126,8 +126,10 @@ class Page:
             href = html.escape(self.href(path))
             cap = html.escape(str(caption))
             if str(path).lower().endswith(IMAGE_SUFFIXES):
-                out.append(f'<figure><a href="{href}"><img src="{href}" alt="{cap}" loading="lazy"></a>'
-                           f"<figcaption>{cap}</figcaption></figure>")
+                out.append(
+                    f'<figure><a href="{href}"><img src="{href}" alt="{cap}" loading="lazy"></a>'
+                    f"<figcaption>{cap}</figcaption></figure>"
+                )
             else:
                 out.append(f'<figure><a href="{href}">{cap}</a></figure>')
         out.append("</div>")
@@ -137,25 +139,36 @@ class Page:
     def links(self, items: Iterable[tuple[str, str | os.PathLike]]) -> Page:
         items = list(items)
         if items:
-            self.blocks.append('<ul class="links">' + "".join(
-                f'<li><a href="{html.escape(self.href(p))}">{html.escape(str(label))}</a></li>' for label, p in items
-            ) + "</ul>")
+            self.blocks.append(
+                '<ul class="links">'
+                + "".join(
+                    f'<li><a href="{html.escape(self.href(p))}">{html.escape(str(label))}</a></li>'
+                    for label, p in items
+                )
+                + "</ul>"
+            )
         return self
 
     def render(self) -> str:
         return Template(_template("page.html")).substitute(
-            title=html.escape(self.title), style=_template("style.css").strip(), body="\n".join(self.blocks))
+            title=html.escape(self.title), style=_template("style.css").strip(), body="\n".join(self.blocks)
+        )
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the page atomically (temporary file, then ``os.replace``); return its path."""
         return atomic_write_text(path, self.render())
 
 
-def render_index(title: str, sections: Iterable[tuple[str, Sequence[tuple[str, str | os.PathLike]]]] = (), *,
-                 metrics: Mapping[str, object] | None = None,
-                 tables: Iterable[tuple[str, Sequence[str] | None, Iterable[Sequence]]] = (),
-                 links: Iterable[tuple[str, str | os.PathLike]] = (), note: str | None = None,
-                 base: str | os.PathLike | None = None) -> str:
+def render_index(
+    title: str,
+    sections: Iterable[tuple[str, Sequence[tuple[str, str | os.PathLike]]]] = (),
+    *,
+    metrics: Mapping[str, object] | None = None,
+    tables: Iterable[tuple[str, Sequence[str] | None, Iterable[Sequence]]] = (),
+    links: Iterable[tuple[str, str | os.PathLike]] = (),
+    note: str | None = None,
+    base: str | os.PathLike | None = None,
+) -> str:
     """A page of metrics, tables, figure sections and file links, as a string. ``sections``:
     ``(heading, [(caption, path), ...])``; ``metrics``: name -> value; ``tables``: ``(heading,
     header or None, rows)``; ``links``: ``(label, path)``. Absolute paths are made relative to ``base``."""
@@ -176,10 +189,12 @@ def render_index(title: str, sections: Iterable[tuple[str, Sequence[tuple[str, s
     return page.render()
 
 
-def write_index(path: str | os.PathLike, title: str, sections=(), *, metrics=None, tables=(), links=(),
-                note: str | None = None) -> Path:
+def write_index(
+    path: str | os.PathLike, title: str, sections=(), *, metrics=None, tables=(), links=(), note: str | None = None
+) -> Path:
     """Write :func:`render_index` to ``path`` atomically; absolute paths are linked relative to it."""
     path = Path(path)
-    text = render_index(title, sections, metrics=metrics, tables=tables, links=links, note=note,
-                        base=path.parent.resolve())
+    text = render_index(
+        title, sections, metrics=metrics, tables=tables, links=links, note=note, base=path.parent.resolve()
+    )
     return atomic_write_text(path, text)

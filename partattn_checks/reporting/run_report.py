@@ -35,9 +35,19 @@ def save_run(folder, record: AttentionRecord, image_view=None) -> list[tuple[str
     return links
 
 
-def render_record(record: AttentionRecord, out_dir, *, image=None, results: Mapping[str, CheckResult] | None = None,
-                  layer=None, fps: float = 2, title: str | None = None, thresholds: Thresholds | None = None,
-                  links: Sequence[tuple[str, str | os.PathLike]] = (), note: str | None = None) -> dict:
+def render_record(
+    record: AttentionRecord,
+    out_dir,
+    *,
+    image=None,
+    results: Mapping[str, CheckResult] | None = None,
+    layer=None,
+    fps: float = 2,
+    title: str | None = None,
+    thresholds: Thresholds | None = None,
+    links: Sequence[tuple[str, str | os.PathLike]] = (),
+    note: str | None = None,
+) -> dict:
     """Write the figures of a record, ``metrics.json`` and ``index.html`` into ``out_dir``.
 
     Figures (A·Nk on the fixed scale): the part panel and one overlay per part (head-averaged key
@@ -62,40 +72,102 @@ def render_record(record: AttentionRecord, out_dir, *, image=None, results: Mapp
     span = f"steps {record.steps[0]}–{record.steps[-1]}" if record.num_steps > 1 else f"step {record.steps[0]}"
     parts_fig, steps_fig, heads_fig = [], [], []
 
-    parts_fig.append((f"parts · layer {name} · mean over {span}",
-                      render.part_panel(mean_marg, grid, image, title=f"mean over {span}", layer=name,
-                                        path=out / "parts.png")))
+    parts_fig.append(
+        (
+            f"parts · layer {name} · mean over {span}",
+            render.part_panel(mean_marg, grid, image, title=f"mean over {span}", layer=name, path=out / "parts.png"),
+        )
+    )
     if grid is not None and image is not None:
         for p in range(record.num_parts):
-            parts_fig.append((f"part {p} on the image", render.overlay(
-                mean_marg[p], grid, image, title=f"mean over {span}", layer=name, part=p,
-                path=out / f"overlay_part{p}.png")))
+            parts_fig.append(
+                (
+                    f"part {p} on the image",
+                    render.overlay(
+                        mean_marg[p],
+                        grid,
+                        image,
+                        title=f"mean over {span}",
+                        layer=name,
+                        part=p,
+                        path=out / f"overlay_part{p}.png",
+                    ),
+                )
+            )
 
     steps_axis = record.steps
     ent = record.entropy.float().mean(dim=(2, 3))
-    steps_fig.append(("normalized entropy per layer", render.timeline(
-        ent, steps_axis, record.layers, metric="normalized entropy (mean over parts, heads)",
-        threshold=thresholds.uniformity.entropy_min_uniform, title="uniformity: entropy over steps",
-        path=out / "timeline_entropy.png")))
-    steps_fig.append(("peak per layer", render.timeline(
-        record.peak.float().mean(dim=(2, 3)), steps_axis, record.layers, metric="peak (mean over parts, heads)",
-        threshold=thresholds.collapse.peak_max, title="collapse: peak over steps", path=out / "timeline_peak.png")))
+    steps_fig.append(
+        (
+            "normalized entropy per layer",
+            render.timeline(
+                ent,
+                steps_axis,
+                record.layers,
+                metric="normalized entropy (mean over parts, heads)",
+                threshold=thresholds.uniformity.entropy_min_uniform,
+                title="uniformity: entropy over steps",
+                path=out / "timeline_entropy.png",
+            ),
+        )
+    )
+    steps_fig.append(
+        (
+            "peak per layer",
+            render.timeline(
+                record.peak.float().mean(dim=(2, 3)),
+                steps_axis,
+                record.layers,
+                metric="peak (mean over parts, heads)",
+                threshold=thresholds.collapse.peak_max,
+                title="collapse: peak over steps",
+                path=out / "timeline_peak.png",
+            ),
+        )
+    )
     if record.num_parts >= 2:
-        steps_fig.append(("part separation per layer", render.timeline(
-            metrics.part_separation(per_part), steps_axis, record.layers, metric="part separation (JS / log 2)",
-            threshold=thresholds.part_separation.min_separation, title="part separation over steps",
-            path=out / "timeline_separation.png")))
+        steps_fig.append(
+            (
+                "part separation per layer",
+                render.timeline(
+                    metrics.part_separation(per_part),
+                    steps_axis,
+                    record.layers,
+                    metric="part separation (JS / log 2)",
+                    threshold=thresholds.part_separation.min_separation,
+                    title="part separation over steps",
+                    path=out / "timeline_separation.png",
+                ),
+            )
+        )
     if record.num_steps >= 2:
-        steps_fig.append(("step-to-step jump per layer", render.timeline(
-            metrics.timestep_jumps(per_part).amax(-1), steps_axis[1:], record.layers,
-            metric="worst part's jump from the previous step (JS / log 2)",
-            threshold=thresholds.stability.max_jump, title="stability over steps",
-            path=out / "timeline_stability.png")))
+        steps_fig.append(
+            (
+                "step-to-step jump per layer",
+                render.timeline(
+                    metrics.timestep_jumps(per_part).amax(-1),
+                    steps_axis[1:],
+                    record.layers,
+                    metric="worst part's jump from the previous step (JS / log 2)",
+                    threshold=thresholds.stability.max_jump,
+                    title="stability over steps",
+                    path=out / "timeline_stability.png",
+                ),
+            )
+        )
     for p in range(record.num_parts):
-        titles = [f"step {s}" + (f" (t={t:.0f})" if math.isfinite(t) else "") + f" · layer {name} · part {p}"
-                  for s, t in zip(record.steps, record.timesteps)]
-        steps_fig.append((f"part {p} over steps (GIF)", render.animation(
-            per_part[:, li, p], out / f"steps_part{p}.gif", fps=fps, titles=titles, grid=grid, image=image)))
+        titles = [
+            f"step {s}" + (f" (t={t:.0f})" if math.isfinite(t) else "") + f" · layer {name} · part {p}"
+            for s, t in zip(record.steps, record.timesteps, strict=False)
+        ]
+        steps_fig.append(
+            (
+                f"part {p} over steps (GIF)",
+                render.animation(
+                    per_part[:, li, p], out / f"steps_part{p}.gif", fps=fps, titles=titles, grid=grid, image=image
+                ),
+            )
+        )
 
     capped = False
     for (s, layer_name), full in record.full_maps.items():
@@ -105,8 +177,14 @@ def render_record(record: AttentionRecord, out_dir, *, image=None, results: Mapp
                 capped = True
                 break
             path = out / f"heads_{safe_name(layer_name)}_step{s}_part{p}.png"
-            heads_fig.append((f"heads · layer {layer_name} · step {s} · part {p}", render.multi_head_grid(
-                rows[p], title=with_cls("queries x keys", cls[p]), layer=layer_name, step=s, part=p, path=path)))
+            heads_fig.append(
+                (
+                    f"heads · layer {layer_name} · step {s} · part {p}",
+                    render.multi_head_grid(
+                        rows[p], title=with_cls("queries x keys", cls[p]), layer=layer_name, step=s, part=p, path=path
+                    ),
+                )
+            )
 
     checks_fig = []
     for result in results.values():
@@ -119,11 +197,20 @@ def render_record(record: AttentionRecord, out_dir, *, image=None, results: Mapp
     doc = {
         "title": title,
         "layer_shown": name,
-        "record": {"steps": record.steps, "timesteps": record.timesteps, "layers": record.layers,
-                   "layer_kinds": record.layer_kinds, "num_parts": record.num_parts, "num_heads": record.num_heads,
-                   "num_patch_keys": record.num_patch_keys, "has_cls": record.has_cls,
-                   "patch_grid": record.patch_grid, "full_maps": [list(k) for k in record.full_maps],
-                   "nonfinite": record.nonfinite, "meta": record.meta},
+        "record": {
+            "steps": record.steps,
+            "timesteps": record.timesteps,
+            "layers": record.layers,
+            "layer_kinds": record.layer_kinds,
+            "num_parts": record.num_parts,
+            "num_heads": record.num_heads,
+            "num_patch_keys": record.num_patch_keys,
+            "has_cls": record.has_cls,
+            "patch_grid": record.patch_grid,
+            "full_maps": [list(k) for k in record.full_maps],
+            "nonfinite": record.nonfinite,
+            "meta": record.meta,
+        },
         "summary": summary,
         "checks": {k: r.to_dict() for k, r in results.items()},
         "figures": [{"caption": c, "path": _rel(p, out)} for c, p in figures],
@@ -132,8 +219,13 @@ def render_record(record: AttentionRecord, out_dir, *, image=None, results: Mapp
     metrics_path = atomic_write_text(out / "metrics.json", json.dumps(_jsonable(doc), indent=2) + "\n")
 
     meta = record.meta
-    bits = [f"{record.num_parts} part(s)", f"{record.num_steps} recorded step(s)", f"{record.num_layers} layer(s)",
-            f"{record.num_heads} heads", f"{record.num_patch_keys} patch keys"]
+    bits = [
+        f"{record.num_parts} part(s)",
+        f"{record.num_steps} recorded step(s)",
+        f"{record.num_layers} layer(s)",
+        f"{record.num_heads} heads",
+        f"{record.num_patch_keys} patch keys",
+    ]
     for key in ("model", "device", "dtype", "seed", "guidance_scale"):
         if key in meta:
             bits.append(f"{key} {meta[key]}")
@@ -144,12 +236,19 @@ def render_record(record: AttentionRecord, out_dir, *, image=None, results: Mapp
         notes.append(f"Only the first {MAX_HEAD_GRIDS} multi-head grids are drawn.")
     if note:
         notes.append(note)
-    check_rows = [[r.name, r.verdict, r.value, r.threshold, str(r.offender) if r.offender else "", r.reason]
-                  for r in results.values()]
+    check_rows = [
+        [r.name, r.verdict, r.value, r.threshold, str(r.offender) if r.offender else "", r.reason]
+        for r in results.values()
+    ]
     index = write_index(
-        out / "index.html", title or f"partattn: {meta.get('image', 'attention record')}",
-        sections=[("Why checks failed", _rels(checks_fig, out)), ("Parts", _rels(parts_fig, out)), ("Over steps", _rels(steps_fig, out)),
-                  ("Heads (full query x key maps)", _rels(heads_fig, out))],
+        out / "index.html",
+        title or f"partattn: {meta.get('image', 'attention record')}",
+        sections=[
+            ("Why checks failed", _rels(checks_fig, out)),
+            ("Parts", _rels(parts_fig, out)),
+            ("Over steps", _rels(steps_fig, out)),
+            ("Heads (full query x key maps)", _rels(heads_fig, out)),
+        ],
         metrics=summary,
         tables=[("Checks", ["check", "verdict", "value", "threshold", "worst offender", "reason"], check_rows)],
         links=[(label, _rel(p, out)) for label, p in links] + [("metrics (json)", "metrics.json")],
