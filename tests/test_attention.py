@@ -1,6 +1,6 @@
 """The attention processors against an independent, plainly written reference.
 
-The reference below is written from the description of PartCrafter's attention (DESIGN §2), not
+The reference below is written from the description of PartCrafter's attention (docs/model.md), not
 from ``partattn_checks.model.attention``: it projects with the raw weight matrices, slices every
 head's columns out by hand, applies the per-head RMSNorm, and attends with two einsums per head
 and per batch row, choosing each row's keys explicitly (own sequence, all parts of its CFG half,

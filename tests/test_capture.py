@@ -1,4 +1,4 @@
-"""The capture contract (DESIGN §3): exact, conditional-half, streaming, selective, loud.
+"""The capture contract (docs/capture.md): exact, conditional-half, streaming, selective, loud.
 
 Models: the tiny random checkpoint (``fixtures/checkpoints/tiny-random``: width 64, 4 heads of 16,
 5 blocks with global ids [0, 2, 4], 8×8 DINOv2 patches + CLS = 65 image tokens) through the
@@ -109,7 +109,7 @@ def _rms(x, norm):
 
 
 def reference_partcrafter(attn, hidden, context, num_parts, is_global):
-    """Conditional-half probabilities and values from DESIGN §2, sliced head by head.
+    """Conditional-half probabilities and values from docs/model.md, sliced head by head.
 
     Independent of the model's code: plain matmuls with the weights, head ``h`` taking query columns
     ``d·h..d·h+d`` of ``to_q`` and key/value columns ``2dh..2dh+d`` / ``2dh+d..2dh+2d`` of

@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from partattn_checks import render
-from partattn_checks.render import _Scale
+from partattn_checks.render import figures as render_figures
+from partattn_checks.render import gif as render_gif
+from partattn_checks.render import panels as render_panels
+from partattn_checks.render.panels import _Scale
 
 GRID = (16, 16)
 NK = GRID[0] * GRID[1]
@@ -37,8 +40,8 @@ def _assert_figure(png_or_path, *, max_px=512, fmt="PNG"):
 
 def _axes_pixels(fig, ax, inset=3) -> np.ndarray:
     """RGB pixels strictly inside ``ax`` (spines excluded) of the rendered figure."""
-    left, top, right, bottom = render._axes_pixel_box(fig, ax)
-    return render._figure_rgb(fig)[top + inset : bottom - inset, left + inset : right - inset]
+    left, top, right, bottom = render_panels._axes_pixel_box(fig, ax)
+    return render_panels._figure_rgb(fig)[top + inset : bottom - inset, left + inset : right - inset]
 
 
 def _scale_colour(value, scale="log", vmax=8.0) -> np.ndarray:
@@ -84,7 +87,7 @@ def test_heatmap_png_bytes_and_path(tmp_path):
 
 
 def test_heatmap_title_names_layer_step_part_head():
-    fig = render._heatmap_fig(_uniform(4, 8), title="uniform", layer="blocks.3", step=7, part=1, head=2)
+    fig = render_figures._heatmap_fig(_uniform(4, 8), title="uniform", layer="blocks.3", step=7, part=1, head=2)
     title = fig.axes[0].get_title()
     assert title.startswith("uniform")
     for bit in ("layer blocks.3", "step 7", "part 1", "head 2"):
@@ -93,7 +96,7 @@ def test_heatmap_title_names_layer_step_part_head():
 
 
 def test_colorbar_label_states_the_scale():
-    fig = render._heatmap_fig(_uniform(4, 8))
+    fig = render_figures._heatmap_fig(_uniform(4, 8))
     label = fig.axes[1].get_ylabel()
     assert "attention × Nk" in label and "uniform = 1" in label and "Nk = 8" in label
 
@@ -101,7 +104,7 @@ def test_colorbar_label_states_the_scale():
 @pytest.mark.parametrize("scale", ["log", "linear"])
 @pytest.mark.parametrize("shape", [(64, 256), (1024, 257), (3, 5)])
 def test_uniform_map_renders_flat_at_the_colour_of_one(scale, shape):
-    fig = render._heatmap_fig(_uniform(*shape), scale=scale)
+    fig = render_figures._heatmap_fig(_uniform(*shape), scale=scale)
     colours = _distinct(_axes_pixels(fig, fig.axes[0]))
     assert len(colours) == 1, colours[:5]
     assert np.abs(colours[0] - _scale_colour(1.0, scale)).max() <= 1
@@ -109,7 +112,7 @@ def test_uniform_map_renders_flat_at_the_colour_of_one(scale, shape):
 
 def test_uniform_fp16_tensor_is_flat_too():
     A = torch.full((32, 257), 1.0 / 257, dtype=torch.float16)
-    fig = render._heatmap_fig(A)
+    fig = render_figures._heatmap_fig(A)
     colours = _distinct(_axes_pixels(fig, fig.axes[0]))
     assert len(colours) == 1
     assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 3
@@ -118,7 +121,7 @@ def test_uniform_fp16_tensor_is_flat_too():
 def test_one_hot_map_is_not_flat():
     A = np.zeros((16, 64))
     A[:, 7] = 1.0
-    fig = render._heatmap_fig(A)
+    fig = render_figures._heatmap_fig(A)
     colours = _distinct(_axes_pixels(fig, fig.axes[0]))
     assert len(colours) >= 2
     # the scale saturates at vmax (hot) and at 1/vmax (cold); both ends show
@@ -130,7 +133,7 @@ def test_scale_is_fixed_not_min_max():
     """A map at 2x uniform on half its keys shows the colour of 2 and of 0 (cold end)."""
     A = np.zeros((8, 16))
     A[:, :8] = 1.0 / 8
-    fig = render._heatmap_fig(A)
+    fig = render_figures._heatmap_fig(A)
     colours = _distinct(_axes_pixels(fig, fig.axes[0]))
     assert len(colours) == 2
     for value in (2.0, 1 / 8.0):
@@ -141,7 +144,7 @@ def test_non_finite_entries_show_black():
     A = _uniform(8, 16)
     A[:, 3] = np.nan
     A[:, 9] = np.inf
-    fig = render._heatmap_fig(A)
+    fig = render_figures._heatmap_fig(A)
     colours = _distinct(_axes_pixels(fig, fig.axes[0]))
     assert (colours == 0).all(axis=1).any()
 
@@ -163,7 +166,7 @@ def test_bad_options_are_refused(kwargs, match):
 @settings(max_examples=6, deadline=None)
 @given(q=st.integers(1, 300), k=st.integers(2, 600))
 def test_any_uniform_map_is_flat(q, k):
-    fig = render._heatmap_fig(_uniform(q, k))
+    fig = render_figures._heatmap_fig(_uniform(q, k))
     colours = _distinct(_axes_pixels(fig, fig.axes[0]))
     assert len(colours) == 1
     assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 1
@@ -175,7 +178,7 @@ def test_any_uniform_map_is_flat(q, k):
 def test_multi_head_grid(tmp_path):
     maps = torch.softmax(torch.randn(16, 32, 64) * 2, dim=-1)
     _assert_figure(render.multi_head_grid(maps, layer=4, step=10, part=1, path=tmp_path / "g.png"))
-    fig = render._multi_head_fig(maps)
+    fig = render_figures._multi_head_fig(maps)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 16 + 1  # 16 panels, one shared colorbar
     assert [ax.get_title() for ax in visible[:3]] == ["head 0", "head 1", "head 2"]
@@ -184,7 +187,7 @@ def test_multi_head_grid(tmp_path):
 def test_multi_head_grid_shares_the_fixed_scale():
     """Head 0 uniform, head 1 one-hot: head 0 still renders flat at the colour of 1."""
     maps = np.stack([_uniform(8, 32), np.eye(8, 32)])
-    fig = render._multi_head_fig(maps)
+    fig = render_figures._multi_head_fig(maps)
     colours = _distinct(_axes_pixels(fig, fig.axes[0], inset=2))
     assert len(colours) == 1
     assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 1
@@ -195,7 +198,7 @@ def test_multi_head_grid_shares_the_fixed_scale():
 
 def test_part_panel_with_grid_and_image(tmp_path, picture):
     _assert_figure(render.part_panel(_blobs(3), GRID, picture, layer=4, step=25, path=tmp_path / "p.png"))
-    fig = render._part_panel_fig(_blobs(3), GRID, picture)
+    fig = render_figures._part_panel_fig(_blobs(3), GRID, picture)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles[:4] == ["input", "part 0", "part 1", "part 2"]
 
@@ -204,7 +207,7 @@ def test_part_panel_grid_without_image_and_strips(tmp_path):
     _assert_figure(render.part_panel(_blobs(4), grid=GRID, path=tmp_path / "grid.png"))
     half = torch.tensor(_blobs(4), dtype=torch.float16)
     _assert_figure(render.part_panel(half, path=tmp_path / "strip.png"))
-    strips = render._part_panel_fig(_blobs(4))
+    strips = render_figures._part_panel_fig(_blobs(4))
     assert [t.get_text() for t in strips.axes[0].get_yticklabels()] == [f"part {p}" for p in range(4)]
 
 
@@ -229,14 +232,14 @@ def test_overlay_grid_mismatch_names_both_numbers(picture):
 
 def test_uniform_overlay_adds_no_colour(picture):
     """The backdrop is grey and 1 is neutral, so a uniform marginal leaves the overlay grey."""
-    fig = render._overlay_fig(np.full(NK, 1.0 / NK), GRID, picture)
+    fig = render_figures._overlay_fig(np.full(NK, 1.0 / NK), GRID, picture)
     pixels = _axes_pixels(fig, fig.axes[0]).astype(int)
     spread = pixels.max(axis=-1) - pixels.min(axis=-1)
     assert spread.max() <= 6
 
 
 def test_overlay_puts_the_hot_colour_where_attention_is(picture):
-    fig = render._overlay_fig(_blobs(1)[0], GRID, picture)  # blob in the top-left quarter
+    fig = render_figures._overlay_fig(_blobs(1)[0], GRID, picture)  # blob in the top-left quarter
     pixels = _axes_pixels(fig, fig.axes[0]).astype(int)
     h, w = pixels.shape[:2]
     warmth = pixels[..., 0] - pixels[..., 2]  # red minus blue
@@ -252,7 +255,7 @@ def test_timeline(tmp_path, n_layers):
     values = np.clip(rng.normal(0.6, 0.1, (50, n_layers)), 0, 1)
     names = [f"blocks.{i}" for i in range(n_layers)]
     _assert_figure(render.timeline(values, np.arange(50), names, threshold=0.98, path=tmp_path / "t.png"))
-    fig = render._timeline_fig(values, np.arange(50), names, threshold=0.98)
+    fig = render_figures._timeline_fig(values, np.arange(50), names, threshold=0.98)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "normalized entropy" and ax.get_xlabel() == "denoising step"
     assert len(ax.get_lines()) == n_layers + 1  # one line per layer + the threshold
@@ -262,10 +265,10 @@ def test_timeline(tmp_path, n_layers):
 
 
 def test_timeline_axis_is_fixed_unless_data_escapes():
-    fig = render._timeline_fig(np.full((5, 2), 0.5), range(5), ["a", "b"])
+    fig = render_figures._timeline_fig(np.full((5, 2), 0.5), range(5), ["a", "b"])
     lo, hi = fig.axes[0].get_ylim()
     assert lo < 0.0 < 1.0 < hi < 1.1
-    fig = render._timeline_fig(np.full((5, 2), 3.0), range(5), ["a", "b"], metric="N_eff")
+    fig = render_figures._timeline_fig(np.full((5, 2), 3.0), range(5), ["a", "b"], metric="N_eff")
     assert fig.axes[0].get_ylim()[1] >= 3.0
 
 
@@ -310,7 +313,7 @@ def test_animation_overlay_marginals_and_bytes(picture):
 def test_animation_frames_share_the_fixed_scale():
     """A uniform frame next to a one-hot frame still renders flat at the colour of 1."""
     frames = np.stack([_uniform(8, 32), np.eye(8, 32)])
-    first = np.asarray(render._animation_frames(frames)[0])
+    first = np.asarray(render_gif._animation_frames(frames)[0])
     h, w = first.shape[:2]
     centre = first[h // 2 - 40 : h // 2 + 40, w // 2 - 60 : w // 2 + 20]  # well inside the axes
     colours = _distinct(centre)

@@ -18,7 +18,6 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from PIL import Image
 
-from partattn_checks import render
 from partattn_checks.capture import (
     AttentionRecorder,
     CaptureError,
@@ -28,6 +27,7 @@ from partattn_checks.capture import (
 )
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.record import AttentionRecord
+from partattn_checks.render import panels as render_panels
 from partattn_checks.reporting import render_index, write_index
 from partattn_checks.reporting.run_report import render_record
 from partattn_checks.visualizer import SPARSITY_FACTOR, AttentionVisualizer
@@ -281,7 +281,7 @@ def test_uniform_attention_reads_and_renders_as_uniform(pipe, viz):
         assert stats[name]["max"] == pytest.approx(1 / NK, rel=2e-3)
     png = viz.visualize_attention_heatmap(weights, None, part=1, head=3)
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
-    sc = render._Scale()
+    sc = render_panels._Scale()
     neutral = np.round(np.asarray(sc.cmap(sc.norm(1.0))[:3]) * 255)
     share = (np.abs(rgb - neutral).max(axis=1) <= 2).mean()
     assert share > 0.3, f"only {share:.0%} of the heatmap is the uniform colour"

@@ -1,6 +1,6 @@
 """PartCrafter's attention math as diffusers attention processors.
 
-Two facts make this math easy to get wrong (DESIGN §2):
+Two facts make this math easy to get wrong (docs/model.md):
 
 * Heads are split *heads first*. Cross-attention views ``cat(to_k(ctx), to_v(ctx))`` as
   ``(..., heads, 2 * head_dim)``: head ``h`` takes its key from columns ``2·d·h .. 2·d·h + d`` and
@@ -129,7 +129,7 @@ class TripoSGAttnProcessor:
 
 
 class PartCrafterAttnProcessor(TripoSGAttnProcessor):
-    """Global attention: the parts of an object attend as one sequence (DESIGN §2)."""
+    """Global attention: the parts of an object attend as one sequence (docs/model.md)."""
 
     def prepare(self, attn, hidden_states, encoder_hidden_states=None, num_parts=None) -> PreparedAttention:
         if num_parts is None:

@@ -1,6 +1,6 @@
 """Broken variants of a checkpoint, each made by a weight edit aimed at one failure.
 
-They prove that each check can fail and names the right cause (issue 5's test matrix):
+They prove that each check can fail and names the right cause (the model matrix, docs/model-matrix.md):
 
 ============  ===========================================================  =================
 variant       edit                                                         check it targets

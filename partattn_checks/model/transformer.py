@@ -1,4 +1,4 @@
-"""The PartCrafter DiT, written from its published architecture (DESIGN §2).
+"""The PartCrafter DiT, written from its published architecture (docs/model.md).
 
 At the release config its state dict has exactly the names and shapes of the released
 ``transformer/diffusion_pytorch_model.safetensors`` (555 tensors, 1,439,621,696 parameters), so the

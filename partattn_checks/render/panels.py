@@ -1,0 +1,254 @@
+"""Shared pieces of every figure: the fixed colour scale, panels, the figure canvas and output."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from PIL import Image
+
+_FONT = 8.0  # points; with ~100 dpi at 512 px this is ~11 px text
+_ALPHA = 0.55  # overlay opacity of the attention colours over the image
+_LUMA = np.array([0.299, 0.587, 0.114])
+_AXIS_LABELS = {"qk": ("keys", "queries"), "strip": ("keys", None), "grid": ("patch column", "patch row")}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _to_numpy(x, dtype=np.float64) -> np.ndarray:
+    """numpy array from a numpy array, nested list or torch tensor (any device/dtype)."""
+    if hasattr(x, "detach"):  # torch tensor, without importing torch
+        x = x.detach().cpu()
+        if x.is_floating_point():
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+
+
+def _to_rgb(image) -> np.ndarray:
+    """Float RGB (H, W, 3) in [0, 1] from a PIL image, HxW(x1|3|4) or (1|3)xHxW array/tensor.
+
+    A normalised encoder tensor (values outside [0, 1]) is min-max rescaled for display;
+    this touches only the backdrop image, never attention values.
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    arr = _to_numpy(image, dtype=None)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image must be PIL, HxW, HxWx3 or 3xHxW; got shape {arr.shape}")
+    rgb = np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3]
+    if np.issubdtype(rgb.dtype, np.integer):
+        return rgb.astype(np.float64) / 255.0
+    rgb = np.nan_to_num(rgb.astype(np.float64))
+    lo, hi = rgb.min(), rgb.max()
+    if lo < 0.0 or hi > 1.0:
+        rgb = (rgb - lo) / (hi - lo) if hi > lo else np.zeros_like(rgb)
+    return rgb
+
+
+def _check_grid(grid, nk: int) -> tuple[int, int]:
+    rows, cols = (int(g) for g in grid)
+    if rows * cols != nk:
+        raise ValueError(
+            f"grid {rows}x{cols} has {rows * cols} cells but the map has Nk={nk} keys; "
+            "pass patch keys only (no CLS) and the encoder's patch grid"
+        )
+    return rows, cols
+
+
+def _title(title=None, layer=None, step=None, part=None, head=None) -> str | None:
+    bits = [
+        f"{name} {value}"
+        for name, value in (("layer", layer), ("step", step), ("part", part), ("head", head))
+        if value is not None
+    ]
+    text = " · ".join(bits)
+    if title and text:
+        return f"{title}\n{text}"
+    return title or text or None
+
+
+# --------------------------------------------------------------------------- colour scale
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """The fixed ``A * Nk`` colour scale shared by every attention panel of a figure."""
+
+    vmax: float = 8.0
+    kind: str = "log"  # "log": 1/vmax..vmax diverging around 1; "linear": 0..vmax
+
+    def __post_init__(self):
+        if self.kind not in ("log", "linear"):
+            raise ValueError(f"scale must be 'log' or 'linear', got {self.kind!r}")
+        if not self.vmax > 1.0:
+            raise ValueError(f"vmax must be > 1 so that uniform (=1) is inside the scale, got {self.vmax}")
+
+    @property
+    def norm(self) -> Normalize:
+        if self.kind == "log":
+            return LogNorm(vmin=1.0 / self.vmax, vmax=self.vmax)
+        return Normalize(vmin=0.0, vmax=self.vmax)
+
+    @property
+    def cmap(self):
+        name = "coolwarm" if self.kind == "log" else "magma"
+        return colormaps[name].with_extremes(bad="black")
+
+    def values(self, attn: np.ndarray) -> np.ndarray:
+        """``attn * Nk`` clipped into the scale; non-finite entries become NaN (drawn black)."""
+        scaled = attn * attn.shape[-1]
+        scaled = np.where(np.isfinite(scaled), scaled, np.nan)
+        return np.clip(scaled, self.norm.vmin, self.norm.vmax)
+
+    def rgb(self, scaled: np.ndarray) -> np.ndarray:
+        return self.cmap(self.norm(scaled))[..., :3]
+
+    def colorbar(self, fig: Figure, axes, nk: int):
+        mappable = ScalarMappable(norm=self.norm, cmap=self.cmap)
+        extend = "both" if self.kind == "log" else "max"
+        cbar = fig.colorbar(mappable, ax=axes, extend=extend, shrink=0.9, pad=0.02)
+        cbar.set_label(f"attention × Nk\n(uniform = 1, Nk = {nk})", fontsize=_FONT)
+        if self.kind == "log":
+            ticks = _log2_ticks(self.vmax)
+            cbar.set_ticks(ticks, labels=[_fraction(t) for t in ticks])
+            cbar.ax.minorticks_off()
+        cbar.ax.tick_params(labelsize=_FONT - 1)
+        return cbar
+
+
+def _log2_ticks(vmax: float) -> list[float]:
+    top = math.floor(math.log2(vmax))
+    stride = max(1, math.ceil((2 * top + 1) / 9))  # at most ~9 ticks
+    exps = [e for e in range(-top, top + 1) if e % stride == 0]
+    return [2.0**e for e in exps]
+
+
+def _fraction(t: float) -> str:
+    return f"{t:g}" if t >= 1 else f"1/{1 / t:g}"
+
+
+# --------------------------------------------------------------------------- figure plumbing
+
+
+def _new_figure(figsize: tuple[float, float], max_px: int) -> Figure:
+    if max_px < 64:
+        raise ValueError(f"max_px must be at least 64, got {max_px}")
+    fig = Figure(figsize=figsize, dpi=max_px / max(figsize), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _output(fig: Figure, path=None):
+    """PNG bytes of ``fig``, or write them to ``path`` and return the Path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
+    data = buf.getvalue()
+    if path is None:
+        return data
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _figure_rgb(fig: Figure) -> np.ndarray:
+    """The rendered figure as an (H, W, 3) uint8 array (draws the canvas)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _axes_pixel_box(fig: Figure, ax) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) pixel box of ``ax`` in the rendered image (origin top-left)."""
+    fig.canvas.draw()
+    bbox = ax.get_window_extent()
+    height = fig.canvas.get_width_height()[1]
+    return (math.ceil(bbox.x0), math.ceil(height - bbox.y1), math.floor(bbox.x1), math.floor(height - bbox.y0))
+
+
+def _panel_array(values: np.ndarray, scale: _Scale, grid=None, image_rgb=None):
+    """What one attention panel shows, from a (Q, K) map or an (Nk,) marginal.
+
+    Returns ``(array, kind)``: scaled values (kind "qk", "strip" or "grid", coloured by the
+    scale) or an RGB overlay (kind "rgb").
+    """
+    scaled = scale.values(values)
+    if values.ndim == 2:
+        if grid is not None:
+            raise ValueError("grid applies to (Nk,) key marginals, not to (queries, keys) maps")
+        return scaled, "qk"
+    if values.ndim != 1:
+        raise ValueError(f"expected a (queries, keys) map or an (Nk,) marginal, got shape {values.shape}")
+    if grid is None:
+        return scaled[None, :], "strip"
+    cells = scaled.reshape(_check_grid(grid, values.shape[0]))
+    if image_rgb is None:
+        return cells, "grid"
+    height, width = image_rgb.shape[:2]
+    cells_img = Image.fromarray(cells.astype(np.float32))
+    up = np.asarray(cells_img.resize((width, height), Image.Resampling.BILINEAR))
+    backdrop = image_rgb @ _LUMA  # grey, so that every colour on the overlay is attention
+    return (1.0 - _ALPHA) * backdrop[..., None] + _ALPHA * scale.rgb(up), "rgb"
+
+
+def _interpolation(ax, shape) -> str:
+    """Nearest while every cell gets a pixel or more; antialiased when cells outnumber pixels."""
+    fig_w, fig_h = ax.figure.get_size_inches() * ax.figure.dpi
+    box = ax.get_position()
+    return "antialiased" if shape[0] > box.height * fig_h or shape[1] > box.width * fig_w else "nearest"
+
+
+def _show(ax, panel, scale: _Scale, *, labels: bool = True):
+    """Draw ``(array, kind)`` from :func:`_panel_array` on ``ax``; returns the AxesImage."""
+    arr, kind = panel
+    if kind == "rgb":
+        im = ax.imshow(arr, interpolation="antialiased")
+        ax.set_axis_off()
+        return im
+    im = ax.imshow(
+        arr,
+        cmap=scale.cmap,
+        norm=scale.norm,
+        aspect="equal" if kind == "grid" else "auto",
+        interpolation=_interpolation(ax, arr.shape),
+        interpolation_stage="rgba",
+    )
+    ax.tick_params(labelsize=_FONT - 1)
+    xlabel, ylabel = _AXIS_LABELS[kind]
+    if not labels:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return im
+    ax.set_xlabel(xlabel, fontsize=_FONT)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=_FONT)
+    else:
+        ax.set_yticks([])
+    return im
+
+
+def _panel_grid(fig: Figure, n: int, ncols: int | None = None):
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return list(axes[:n])
+
+
+# --------------------------------------------------------------------------- figures
