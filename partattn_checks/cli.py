@@ -23,7 +23,17 @@ from pathlib import Path
 
 from . import EMBEDDED_MODEL as DEFAULT_MODEL
 from . import runspec
-from .cli_io import MANIFEST, Outputs, ProgressBar, UsageError, remove_created, writable_folder
+from .cli_io import (
+    MANIFEST,
+    Outputs,
+    ProgressBar,
+    UsageError,
+    print_results,
+    read_thresholds,
+    remove_created,
+    writable_folder,
+)
+from .cli_show import cmd_show
 from .errors import PartattnError
 from .runspec import DTYPES
 
@@ -186,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--layer", type=_layer, metavar="L", help="layer to show (default: the most part-separated)")
     show.add_argument("--thresholds", metavar="TOML", help="thresholds file for the checks")
     show.add_argument("--fps", type=_float, default=2.0, help="frames per second of the GIFs (default: 2)")
-    show.set_defaults(func=_cmd_show)
+    show.set_defaults(func=cmd_show)
     parser._partattn_subparsers = {"run": run, "check": check, "show": show}  # for errors about extra arguments
     return parser
 
@@ -234,27 +244,6 @@ def _model_dir(arg: str | None) -> Path:
     return path
 
 
-def _thresholds(arg: str | None):
-    from .checks import Thresholds, load_thresholds
-
-    if arg is None:
-        return Thresholds()
-    path = Path(arg)
-    if not path.is_file():
-        raise UsageError(f"thresholds file not found: {path}")
-    try:
-        return load_thresholds(path)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-
-def _print_results(results, index: Path, n_figures: int) -> None:
-    width = max((len(name) for name in results), default=0)
-    for result in results.values():
-        print(f"  {result.name:<{width}}  {result.verdict.upper():<4}  {result.reason}")
-    print(f"wrote {n_figures} figures, metrics.json and the record; open {index}")
-
-
 # ====================================================================== run
 def _cmd_run(args, extra) -> int:
     image = Path(args.image).expanduser()
@@ -269,7 +258,7 @@ def _cmd_run(args, extra) -> int:
         )
     model = _model_dir(args.model)
     _check_model(model)
-    thresholds = _thresholds(args.thresholds)
+    thresholds = read_thresholds(args.thresholds)
     out = Path(args.out).expanduser() if args.out else DEFAULT_RESULTS / image.stem
     created = writable_folder(out, "--out" if args.out else "output folder")
     try:
@@ -368,107 +357,8 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
             links=links,
         )
         outputs.add(*(p for _, p in report["figures"]), report["metrics"], report["index"])
-    _print_results(viz.results, report["index"], len(report["figures"]))
+    print_results(viz.results, report["index"], len(report["figures"]))
     return 0
-
-
-# ====================================================================== show
-def _cmd_show(args, extra) -> int:
-    from .checks import run_checks
-    from .record import AttentionRecord
-    from .reporting.run_report import render_record
-
-    path = Path(args.record).expanduser()
-    try:
-        record = AttentionRecord.load(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    if path.is_dir():
-        stem = path / "record"
-    elif path.suffix in (".json", ".safetensors"):
-        stem = path.with_suffix("")
-    else:
-        stem = path
-    folder = stem.parent
-    out = Path(args.out).expanduser() if args.out else folder
-    thresholds = _thresholds(args.thresholds)
-    if args.layer is not None:
-        try:
-            record.layer_index(args.layer)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-    view, note = _image_for(record, folder, args.image)
-    created = writable_folder(out, "--out" if args.out else "output folder (the record's)")
-    results = {r.name: r for r in run_checks(record, thresholds)}
-    links = [
-        ("record (json)", stem.with_name(stem.name + ".json")),
-        ("record (tensors)", stem.with_name(stem.name + ".safetensors")),
-    ]
-    try:
-        with Outputs(out, "show") as outputs:
-            report = render_record(
-                record,
-                out,
-                image=view,
-                results=results,
-                layer=args.layer,
-                fps=args.fps,
-                title=f"partattn show: {path.name}",
-                thresholds=thresholds,
-                links=links,
-                note=note,
-            )
-            outputs.add(*(p for _, p in report["figures"]), report["metrics"], report["index"])
-    except BaseException:
-        remove_created(out, created)
-        raise
-    _print_results(results, report["index"], len(report["figures"]))
-    return 0
-
-
-def _image_for(record, folder: Path, image_arg: str | None):
-    """(encoder view or None, note) for overlays of a loaded record.
-
-    ``--image`` must be readable (else a usage error naming it); an unreadable ``input.png`` or
-    recorded image is skipped with a warning, and the figures fall back to the patch grid.
-    """
-    from .model.loading import CheckpointError, load_feature_extractor
-    from .model.pipeline import open_image
-    from .visualizer import encoder_view
-
-    model = Path(str(record.meta.get("model", ""))) if record.meta.get("model") else None
-    extractor = None
-    if model is not None and (model / "feature_extractor_dinov2").is_dir():
-        try:
-            extractor = load_feature_extractor(model / "feature_extractor_dinov2")
-        except CheckpointError:
-            extractor = None
-    if image_arg is not None:
-        image = Path(image_arg).expanduser()
-        if not image.is_file():
-            raise UsageError(f"image not found: {image}")
-        try:
-            if extractor is not None:
-                return encoder_view(extractor, image), f"Input image {image}, preprocessed like the model's encoder."
-            return open_image(image), f"Input image {image} (as given: the record's model was not found)."
-        except (OSError, ValueError) as err:
-            raise UsageError(str(err) if str(image) in str(err) else f"{image}: not a readable image ({err})") from None
-    saved = folder / "input.png"
-    original = Path(str(record.meta.get("image", "")))
-    candidates = [(saved, None)] if saved.is_file() else []
-    if extractor is not None and record.meta.get("image") and original.is_file():
-        candidates.append((original, extractor))
-    for image, preprocess in candidates:
-        try:
-            return (open_image(image) if preprocess is None else encoder_view(preprocess, image)), None
-        except (OSError, ValueError) as err:
-            print(f"partattn show: warning: skipping {image} for the overlays: {err}", file=sys.stderr)
-    if candidates:
-        return None, (
-            f"The input image could not be read ({', '.join(str(c) for c, _ in candidates)}): pass "
-            f"--image PATH for overlays."
-        )
-    return None, "The input image was not found (pass --image PATH for overlays)."
 
 
 # ====================================================================== check

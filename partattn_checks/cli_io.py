@@ -205,3 +205,24 @@ class Outputs:
             "files": files,
         }
         atomic_write_text(self.out / MANIFEST, json.dumps(doc, indent=2) + "\n")
+
+
+def read_thresholds(arg: str | None):
+    from .checks import Thresholds, load_thresholds
+
+    if arg is None:
+        return Thresholds()
+    path = Path(arg)
+    if not path.is_file():
+        raise UsageError(f"thresholds file not found: {path}")
+    try:
+        return load_thresholds(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def print_results(results, index: Path, n_figures: int) -> None:
+    width = max((len(name) for name in results), default=0)
+    for result in results.values():
+        print(f"  {result.name:<{width}}  {result.verdict.upper():<4}  {result.reason}")
+    print(f"wrote {n_figures} figures, metrics.json and the record; open {index}")

@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import EMBEDDED_MODEL
-from .baseline import BaselineError, BaselineOutcome, BaselineStore, evaluate, fingerprint
+from .baseline import BaselineError, BaselineStore, fingerprint
+from .baseline_compare import BaselineOutcome, evaluate
 from .checks import CheckResult, Thresholds
 from .runspec import DeviceChoice
 from .session import CaseError, CaseOutcome, Session, describe

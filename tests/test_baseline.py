@@ -10,6 +10,7 @@ from plugin_support import IMAGE, TINY, args, make_project, outcomes
 
 from partattn_checks import atomic
 from partattn_checks import baseline as bl
+from partattn_checks.baseline_compare import evaluate
 from partattn_checks.checks import Thresholds
 
 pytest_plugins = ("pytester",)
@@ -40,7 +41,7 @@ def _no_ci(monkeypatch):
 
 def _evaluate(tmp_path, metrics=METRICS, env=ENV, **kw):
     store, cands = bl.BaselineStore(tmp_path / "base"), bl.BaselineStore(tmp_path / "cand")
-    return bl.evaluate(
+    return evaluate(
         store,
         cands,
         "img",

@@ -1,0 +1,234 @@
+"""The baseline comparison of one image: a small engine with a status enum.
+
+:func:`evaluate` loads the stored baseline (``baseline.BaselineStore``), compares the measured
+headline metrics with it (the ``baseline`` check), and writes the baseline or a candidate as the
+update mode says (``WRITES``: one table of which situations each mode writes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+
+from .baseline import (
+    ENVIRONMENT_FILE,
+    Baseline,
+    BaselineError,
+    BaselinePaths,
+    BaselineStore,
+    fingerprint_diff,
+    nonfinite_metrics,
+)
+from .checks import CheckResult, Thresholds, check_baseline
+
+
+class BaselineStatus(str, Enum):
+    """What happened to an image's baseline (compares equal to its string value)."""
+
+    COMPARED = "compared"  # measured against the stored baseline (includes "up to date" under an update)
+    MISSING = "missing"  # none stored, none written
+    UNREADABLE = "unreadable"  # stored but unusable, not replaced
+    WRITTEN = "written"  # none stored; written by an update mode
+    UPDATED = "updated"  # stored; replaced by an update mode
+    ENV_MISMATCH = "env-mismatch"  # recorded elsewhere, and --partattn-strict-env
+    REFUSED = "refused"  # an update would have stored non-finite metrics
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class BaselineOutcome:
+    """What the ``baseline`` check decided for one image."""
+
+    result: CheckResult
+    baseline: Baseline | None
+    looked: BaselinePaths
+    status: BaselineStatus = BaselineStatus.COMPARED
+    written: Path | None = None  # baseline folder written in the store
+    candidate: Path | None = None  # candidate folder written under the results folder
+    warnings: list[str] = field(default_factory=list)
+
+
+#: update mode -> the situations in which it writes the measured metrics as the baseline
+WRITES = {
+    None: frozenset(),
+    "missing": frozenset({"missing"}),
+    "failed": frozenset({"missing", "failed", "env-failed", "outdated"}),
+    "all": frozenset({"missing", "failed", "env-failed", "outdated", "passed"}),
+}
+
+
+@dataclass
+class _Comparison:
+    """One image's baseline comparison; :func:`evaluate` is its one entry point."""
+
+    store: BaselineStore
+    candidates: BaselineStore
+    key: str
+    image: str
+    metrics: dict
+    checks: dict
+    environment: dict
+    thresholds: Thresholds
+    update: str | None
+    force: bool
+    strict_env: bool
+    update_hint: str
+
+    @property
+    def looked(self) -> BaselinePaths:
+        return self.store.paths(self.key)
+
+    def run(self) -> BaselineOutcome:
+        try:
+            stored = self.store.load(self.key)
+        except BaselineError as err:
+            return self.unusable(err)
+        if stored is None:
+            return self.missing()
+        return self.compare(stored)
+
+    # -- the three situations ------------------------------------------------------------------
+    def unusable(self, err: BaselineError) -> BaselineOutcome:
+        situation = "outdated" if not err.corrupt else ("forced" if self.force and self.update == "all" else None)
+        if situation == "forced" or situation in WRITES[self.update]:
+            return self.write(
+                BaselineStatus.UPDATED, f"replaced the unusable baseline {err.path} ({err}) with the measured metrics"
+            )
+        cand = self.candidate()
+        if err.corrupt:
+            keep = (
+                "It was NOT overwritten: fix it, or delete the folder and run with --partattn-update=missing "
+                "(or replace it with --partattn-update=all --partattn-force-update)"
+            )
+        else:
+            keep = "Regenerate it with --partattn-update=failed"
+        reason = f"baseline unusable: {err}. {keep}. A candidate was written to {cand}"
+        return self.failed(BaselineStatus.UNREADABLE, reason, None, cand, file=str(err.path))
+
+    def missing(self) -> BaselineOutcome:
+        looked = self.looked
+        if "missing" in WRITES[self.update]:
+            return self.write(
+                BaselineStatus.WRITTEN, f"no baseline existed; wrote {looked.metrics} (--partattn-update={self.update})"
+            )
+        cand = self.candidate()
+        reason = (
+            f"no baseline for this image: looked for {looked.metrics}; a candidate was written to {cand} "
+            f"(review it, then copy that folder to {looked.folder}, or create it with "
+            f"--partattn-update=missing{self.update_hint})"
+        )
+        return self.failed(BaselineStatus.MISSING, reason, None, cand, looked=str(looked.metrics))
+
+    def compare(self, stored: Baseline) -> BaselineOutcome:
+        result = check_baseline(self.metrics, stored.metrics, self.thresholds)
+        env_diff = (
+            fingerprint_diff(stored.environment, self.environment)
+            if stored.environment is not None
+            else [f"no {ENVIRONMENT_FILE} next to the baseline"]
+        )
+        env_failed = self.strict_env and bool(env_diff)
+        situation = "failed" if result.verdict == "fail" else "env-failed" if env_failed else "passed"
+        if situation in WRITES[self.update]:
+            why = {
+                "failed": f"it failed: {result.reason}",
+                "env-failed": "its environment differed",
+                "passed": f"--partattn-update={self.update}",
+            }[situation]
+            return self.write(BaselineStatus.UPDATED, f"baseline updated ({why})", stored)
+        warnings = []
+        if env_diff:
+            text = (
+                f"{self.looked.folder}: the baseline was recorded in a different environment "
+                f"({'; '.join(env_diff)}); differences may come from there"
+            )
+            if env_failed:
+                cand = self.candidate()
+                reason = (
+                    f"{text} [--partattn-strict-env]. Comparison: {result.reason}. A candidate was written "
+                    f"to {cand}; regenerate with --partattn-update=failed"
+                )
+                failed = replace(
+                    result,
+                    verdict="fail",
+                    offender=None,
+                    reason=reason,
+                    details=dict(
+                        result.details,
+                        status=str(BaselineStatus.ENV_MISMATCH),
+                        environment_diff=env_diff,
+                        candidate=str(cand),
+                    ),
+                )
+                return BaselineOutcome(failed, stored, self.looked, BaselineStatus.ENV_MISMATCH, candidate=cand)
+            warnings.append(text)
+        cand = None
+        if result.verdict == "fail":
+            cand = self.candidate()
+            result = replace(
+                result,
+                reason=f"{result.reason}; a candidate was written to {cand}",
+                details=dict(result.details, candidate=str(cand)),
+            )
+        return BaselineOutcome(result, stored, self.looked, BaselineStatus.COMPARED, candidate=cand, warnings=warnings)
+
+    # -- steps -------------------------------------------------------------------------------
+    def write(self, status: BaselineStatus, reason: str, stored: Baseline | None = None) -> BaselineOutcome:
+        looked = self.looked
+        bad = nonfinite_metrics(self.metrics)
+        if bad:
+            reason = (
+                f"not written: the measured metrics are not finite ({', '.join(bad)}); a baseline must "
+                f"come from a healthy run (see the nonfinite check)"
+            )
+            return self.failed(BaselineStatus.REFUSED, reason, stored, None)
+        if not self.store.write(
+            self.key, image=self.image, metrics=self.metrics, checks=self.checks, environment=self.environment
+        ):
+            status, reason = BaselineStatus.COMPARED, f"baseline up to date: no stored value changed ({looked.metrics})"
+        result = CheckResult(
+            "baseline", "pass", None, None, None, reason, {"status": str(status), "written": str(looked.folder)}
+        )
+        return BaselineOutcome(result, stored, looked, status, written=looked.folder)
+
+    def candidate(self) -> Path:
+        self.candidates.write(
+            self.key, image=self.image, metrics=self.metrics, checks=self.checks, environment=self.environment
+        )
+        return self.candidates.paths(self.key).folder
+
+    def failed(
+        self, status: BaselineStatus, reason: str, stored: Baseline | None, cand: Path | None, **details
+    ) -> BaselineOutcome:
+        extra = {"candidate": str(cand)} if cand is not None else {}
+        result = CheckResult("baseline", "fail", None, None, None, reason, {"status": str(status), **details, **extra})
+        return BaselineOutcome(result, stored, self.looked, status, candidate=cand)
+
+
+def evaluate(
+    store: BaselineStore,
+    candidates: BaselineStore,
+    key: str,
+    *,
+    image: str,
+    metrics: dict,
+    checks: dict,
+    environment: dict,
+    thresholds: Thresholds,
+    update: str | None = None,
+    force: bool = False,
+    strict_env: bool = False,
+    update_hint: str = "",
+) -> BaselineOutcome:
+    """Compare ``metrics`` with the stored baseline of ``key``, writing baselines as ``update`` says.
+
+    ``update``: None (compare only), "missing" (write absent baselines), "failed" (write absent and
+    failing ones, including a strict environment mismatch and a readable baseline of another schema
+    or with non-finite values), "all" (rewrite every baseline whose values changed; with ``force``,
+    also an unreadable one). A failing comparison also writes a candidate under ``candidates``.
+    """
+    return _Comparison(
+        store, candidates, key, image, metrics, checks, environment, thresholds, update, force, strict_env, update_hint
+    ).run()
