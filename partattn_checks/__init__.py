@@ -25,6 +25,8 @@ _LAZY = {
     "record_attention": "capture",
     "AttentionRecord": "record",
     "AttentionVisualizer": "visualizer",
+    "RunSpec": "runspec",
+    "resolve_device": "runspec",
     "PartCrafterPipeline": "model.pipeline",
     "CheckpointError": "model.files",
     "ImageError": "model.files",
