@@ -68,7 +68,6 @@ class CheckItem(pytest.Item):
             rerun=self._command(self.check),
             update=self._command("baseline", update="failed"),
             image=self.spec.display,
-            image_abs=str(self.spec.path),
             key=self.spec.key,
             check=self.check,
         )

@@ -68,7 +68,6 @@ def offender_text(offender: dict | None) -> str:
 def payload(
     *,
     image: str,
-    image_abs: str,
     key: str,
     check: str,
     result: dict | None,
@@ -89,7 +88,6 @@ def payload(
         verdict = str(status)
     return {
         "image": image,
-        "image_abs": image_abs,
         "key": key,
         "check": check,
         "verdict": verdict,

@@ -3,7 +3,7 @@
     python scripts/make_fixture_images.py                 # (re)write fixtures/images
     python scripts/make_fixture_images.py --check         # exit 1 if the committed files differ
 
-Images are 224 x 224 (the 112 px task at scale 2), drawn by ``partattn_checks.synthetic`` with
+Images are 224 x 224 (the 112 px task at scale 2), drawn by ``partattn_checks.model.synthetic`` with
 PALETTE[N + k] for part k; the part count is the ``np<N>_`` prefix (no sidecar files). Images
 named ``*_unseen_*`` are outside the training distribution: ring/star shapes, a light grey
 background, and an RGBA image whose background is fully transparent (RGBA 0, 0, 0, 0; an
@@ -26,10 +26,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 try:
-    from partattn_checks.synthetic import draw_scene
+    from partattn_checks.model.synthetic import draw_scene
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(REPO))
-    from partattn_checks.synthetic import draw_scene
+    from partattn_checks.model.synthetic import draw_scene
 
 SCALE = 2
 LIGHT_GREY = (220, 220, 220)

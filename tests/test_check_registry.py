@@ -177,7 +177,6 @@ def test_reports_show_its_headline_and_column(max_peak):
     result = max_peak(make_record(peak=0.75)).to_dict()
     p = report.payload(
         image="fixtures/images/np2_a.png",
-        image_abs="/x/np2_a.png",
         key="np2_a",
         check="max_peak",
         result=result,

@@ -32,7 +32,6 @@ def _payload(**kw):
     }
     base = dict(
         image="fixtures/images/np2_a.png",
-        image_abs="/x/fixtures/images/np2_a.png",
         key="np2_a",
         check="part_separation",
         result=result,

@@ -1,4 +1,4 @@
-"""Tests of the synthetic part task (partattn_checks.synthetic) and its fixture images."""
+"""Tests of the synthetic part task (partattn_checks.model.synthetic) and its fixture images."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from partattn_checks.synthetic import (
+from partattn_checks.model.synthetic import (
     PALETTE,
     SHAPES,
     UNSEEN_SHAPES,
@@ -186,7 +186,7 @@ def test_refuses_bad_arguments():
 
 
 def test_placement_failure_is_clear(monkeypatch):
-    import partattn_checks.synthetic as synthetic
+    import partattn_checks.model.synthetic as synthetic
 
     monkeypatch.setattr(synthetic, "_SIZE_RANGE", (0.4, 0.44))  # two such shapes cannot fit
     with pytest.raises(RuntimeError, match="could not place shape 2 of 2"):

@@ -2,7 +2,7 @@
 
 PartCrafter's flow objective: for a clean part latent ``x0``, noise ``e`` and ``sigma ~ U(0, 1)``
 the model sees ``x = sigma * e + (1 - sigma) * x0`` at timestep ``1000 * sigma`` and predicts the
-velocity ``x0 - e``. In the synthetic task (``partattn_checks.synthetic``) part k's latent is the
+velocity ``x0 - e``. In the synthetic task (``partattn_checks.model.synthetic``) part k's latent is the
 outline of the shape whose colour belongs to that part, so the model can only solve it by looking
 at that shape: a healthy model's cross-attention for part k sits on part k's region.
 
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .. import synthetic
+from . import synthetic
 from .loading import feature_extractor_from_config
 from .tiny import TINY_PREPROCESSOR, build_image_encoder, build_transformer
 
