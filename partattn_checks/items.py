@@ -58,7 +58,7 @@ class CheckItem(pytest.Item):
         super().__init__(**kwargs)
         self.check = check
         self.spec = spec
-        self.partattn_payload: dict | None = None
+        self.partattn_report: report.ItemReport | None = None
 
     def runtest(self) -> None:
         session: GateSession = self.config.stash[SESSION_KEY]
@@ -75,7 +75,7 @@ class CheckItem(pytest.Item):
             thresholds = session.thresholds_for(self.spec) if not self.spec.error else session.thresholds
             outcome = session.image_outcome(self.spec, thresholds)
         except (CaseError, ValueError) as err:
-            p = report.payload(result=None, figures=[], error=str(err), seconds=time.perf_counter() - start, **args)
+            p = report.ItemReport(result=None, figures=(), error=str(err), seconds=time.perf_counter() - start, **args)
             self._finish(p)
             raise CheckFailed(report.failure_text(p)) from None
 
@@ -96,14 +96,14 @@ class CheckItem(pytest.Item):
         if result.verdict == "fail" or (settings.save_all_figures and result.verdict == "pass"):
             figures, problems = session.figures(self.spec, outcome, result, thresholds)
             notes += problems
-        p = report.payload(
+        p = report.ItemReport(
             result=result.to_dict(),
-            figures=figures,
-            baseline_checks=stored,
+            figures=tuple(figures),
+            baseline_checks=stored or {},
             status=status,
-            warnings=notes,
+            warnings=tuple(notes),
             seconds=time.perf_counter() - start,
-            summary=outcome.summary if self.check == "baseline" else None,
+            summary=outcome.summary if self.check == "baseline" else {},
             **args,
         )
         self._finish(p)
@@ -113,12 +113,12 @@ class CheckItem(pytest.Item):
             # reported at the image (like a skip marker), not at this line
             raise pytest.skip.Exception(result.reason, _use_item_location=True)
 
-    def _finish(self, p: dict) -> None:
-        self.partattn_payload = p
+    def _finish(self, p: report.ItemReport) -> None:
+        self.partattn_report = p
         self.user_properties.extend(report.user_properties(p))
-        if p["figures"] and getattr(self.config.option, "xmlpath", None):
+        if p.figures and getattr(self.config.option, "xmlpath", None):
             # Jenkins and GitLab read attachments from <system-out>
-            self.add_report_section("call", "stdout", "\n".join(report.attachment_lines(p["figures"])) + "\n")
+            self.add_report_section("call", "stdout", "\n".join(report.attachment_lines(p.figures)) + "\n")
 
     def _command(self, name: str, update: str | None = None) -> str:
         settings = self.config.stash[SETTINGS_KEY]

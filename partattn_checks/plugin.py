@@ -19,7 +19,7 @@ from . import hookspecs, options, scheduling
 from .baseline import BaselineError, BaselineStore, UpdateLock, unused_keys
 from .gate import GateSession, PartattnFixture
 from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
-from .report import Summary, header_lines, junit_logging_warning
+from .report import ItemReport, Summary, header_lines, junit_logging_warning
 from .runspec import DeviceChoice, checkpoint_defaults, torch_dtype
 from .sidecar import IMAGE_SUFFIXES, image_keys
 
@@ -166,13 +166,13 @@ def partattn(request: pytest.FixtureRequest) -> PartattnFixture:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
-    payload = getattr(item, "partattn_payload", None)
-    if payload is not None and report.when == "call":
-        report.partattn = payload  # plain JSON-ready data: travels to the xdist controller
-        if payload["figures"] and item.config.pluginmanager.hasplugin("html"):
+    item_report = getattr(item, "partattn_report", None)
+    if item_report is not None and report.when == "call":
+        report.partattn = item_report.to_dict()  # plain JSON-ready data: travels to the xdist controller
+        if item_report.figures and item.config.pluginmanager.hasplugin("html"):
             from .report import html_extras
 
-            report.extras = [*getattr(report, "extras", []), *html_extras(payload)]
+            report.extras = [*getattr(report, "extras", []), *html_extras(item_report)]
     return report
 
 
@@ -228,9 +228,9 @@ class Controller:
         return scheduling.make_scheduler(self.plan, config, log, IMAGE_SUFFIXES)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        payload = getattr(report, "partattn", None)
-        if payload is not None and report.when == "call":
-            self.summary.add(payload)
+        data = getattr(report, "partattn", None)
+        if data is not None and report.when == "call":
+            self.summary.add(ItemReport.from_dict(data))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

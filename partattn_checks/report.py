@@ -1,9 +1,9 @@
 """What the plugin reports: failure text, JUnit properties and attachments, pytest-html extras,
 the terminal summary table and the results folder's ``index.html``.
 
-Everything here works on *payloads*: plain JSON-ready dicts that an item builds where it ran
-(possibly a pytest-xdist worker) and that travel to the controller on the test report
-(``report.partattn``). The functions build lines and documents; the plugin's hooks print or
+Everything here works on :class:`ItemReport`: what an item found, built where it ran (possibly a
+pytest-xdist worker); it travels to the controller as a plain dict on the test report
+(``report.partattn``) and is rebuilt there. The functions build lines and documents; the plugin's hooks print or
 write them. No torch, no matplotlib.
 """
 
@@ -14,6 +14,7 @@ import math
 import os
 import shlex
 from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .atomic import atomic_write_text
@@ -64,52 +65,67 @@ def offender_text(offender: dict | None) -> str:
     )
 
 
-# ----------------------------------------------------------------------------- payload
-def payload(
-    *,
-    image: str,
-    key: str,
-    check: str,
-    result: dict | None,
-    figures: list[str],
-    rerun: str,
-    update: str,
-    baseline_checks: dict | None = None,
-    status: str | None = None,
-    error: str | None = None,
-    warnings: list[str] | None = None,
-    seconds: float = 0.0,
-    summary: dict | None = None,
-) -> dict:
-    """One item's data, JSON-ready. ``result`` is ``CheckResult.to_dict()`` (None when the image
-    could not be run; ``error`` says why)."""
-    verdict = "error" if result is None else result["verdict"]
-    if status in ("written", "updated"):
-        verdict = str(status)
-    return {
-        "image": image,
-        "key": key,
-        "check": check,
-        "verdict": verdict,
-        "result": result,
-        "figures": list(figures),
-        "rerun": rerun,
-        "update": update,
-        "baseline_checks": baseline_checks or {},
-        "status": None if status is None else str(status),
-        "error": error,
-        "warnings": list(warnings or []),
-        "seconds": seconds,
-        "summary": summary or {},
-    }
+# ----------------------------------------------------------------------------- item report
+@dataclass(frozen=True)
+class ItemReport:
+    """What one item found, as reports need it. Frozen and typed; it becomes a dict only to travel
+    on the test report to the pytest-xdist controller (``to_dict``/``from_dict``).
+
+    ``result`` is ``CheckResult.to_dict()`` (None when the image could not run: ``error`` says
+    why). ``verdict`` is the check's own; ``status`` the baseline's (written, updated, missing, ...).
+    """
+
+    image: str
+    key: str
+    check: str
+    result: dict | None
+    figures: tuple[str, ...]
+    rerun: str
+    update: str
+    baseline_checks: dict = field(default_factory=dict)
+    status: str | None = None
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+    summary: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "figures", tuple(self.figures))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+        if self.status is not None:
+            object.__setattr__(self, "status", str(self.status))
+
+    @property
+    def verdict(self) -> str:
+        """pass | fail | skip, or error when the image could not run."""
+        return "error" if self.result is None else self.result["verdict"]
+
+    @property
+    def baseline_written(self) -> bool:
+        return self.status in ("written", "updated")
+
+    @property
+    def outcome(self) -> str:
+        """What the summary shows: the verdict, or the baseline's "written"/"updated"."""
+        return self.status if self.baseline_written else self.verdict
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["figures"], d["warnings"] = list(self.figures), list(self.warnings)
+        d["verdict"] = self.verdict  # for readers of report.partattn; from_dict derives it again
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ItemReport:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-def metric_rows(p: dict) -> list[list[str]]:
-    """(metric, measured, threshold, baseline, verdict) rows of a payload."""
-    r = p["result"]
+def metric_rows(p: ItemReport) -> list[list[str]]:
+    """(metric, measured, threshold, baseline, verdict) rows of an item report."""
+    r = p.result
     if r is None:
         return []
-    if p["check"] == "baseline":
+    if p.check == "baseline":
         rows = []
         per = r.get("details", {}).get("per_metric", {})
         for name, m in per.items():
@@ -119,15 +135,15 @@ def metric_rows(p: dict) -> list[list[str]]:
             )
         for name in r.get("details", {}).get("missing_in_measured", []):
             rows.append([name, "not measured", "", "stored", "MISSING"])
-        if not rows and p["summary"]:  # nothing compared: no (usable) baseline, or one just written
-            stored = "written" if p["status"] in ("written", "updated") else "missing"
-            for name, value in sorted(p["summary"].items()):
+        if not rows and p.summary:  # nothing compared: no (usable) baseline, or one just written
+            stored = "written" if p.baseline_written else "missing"
+            for name, value in sorted(p.summary.items()):
                 rows.append([name, fmt(value), "", stored, "—"])
         return rows
-    check = REGISTRY.get(p["check"])  # headline: label and pass condition shown before the threshold
-    label, op = (check.label, check.op) if check is not None else (p["check"], "")
+    check = REGISTRY.get(p.check)  # headline: label and pass condition shown before the threshold
+    label, op = (check.label, check.op) if check is not None else (p.check, "")
     threshold = "" if r["threshold"] is None else f"{op} {fmt(r['threshold'])}"
-    return [[label, fmt(r["value"]), threshold, fmt(p["baseline_checks"].get(p["check"])), r["verdict"].upper()]]
+    return [[label, fmt(r["value"]), threshold, fmt(p.baseline_checks.get(p.check)), r["verdict"].upper()]]
 
 
 def table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -146,50 +162,52 @@ def attachment_lines(figures: list[str]) -> list[str]:
     return [ATTACHMENT.format(f) for f in figures]
 
 
-def failure_text(p: dict) -> str:
+def failure_text(p: ItemReport) -> str:
     """The long report of a failing item: what failed, the metric table, the worst offender,
     figure paths, the commands to rerun / update the baseline, and attachment lines."""
-    r = p["result"]
-    lines = [f"partattn: {p['check']} failed for {p['image']}"]
+    r = p.result
+    lines = [f"partattn: {p.check} failed for {p.image}"]
     if r is None:
-        lines += [p["error"]]
+        lines += [p.error]
     else:
         lines += [r["reason"], ""]
         lines += ["  " + ln for ln in table(metric_rows(p), ["metric", "measured", "threshold", "baseline", "verdict"])]
         lines += ["", f"worst offender: {offender_text(r.get('offender'))}"]
-    for w in p["warnings"]:
+    for w in p.warnings:
         lines.append(f"warning: {w}")
-    if p["figures"]:
-        lines += ["figures:", *(f"  {f}" for f in p["figures"])]
-    lines += ["rerun this check:", f"  {p['rerun']}", "update this image's baseline:", f"  {p['update']}"]
-    lines += attachment_lines(p["figures"])
+    if p.figures:
+        lines += ["figures:", *(f"  {f}" for f in p.figures)]
+    lines += ["rerun this check:", f"  {p.rerun}", "update this image's baseline:", f"  {p.update}"]
+    lines += attachment_lines(p.figures)
     return "\n".join(lines)
 
 
-def user_properties(p: dict) -> list[tuple[str, object]]:
+def user_properties(p: ItemReport) -> list[tuple[str, object]]:
     """(name, value) pairs for ``item.user_properties`` (JUnit <property> elements)."""
-    props: list[tuple[str, object]] = [("partattn_check", p["check"]), ("partattn_verdict", p["verdict"])]
-    r = p["result"]
+    props: list[tuple[str, object]] = [("partattn_check", p.check), ("partattn_verdict", p.verdict)]
+    if p.status is not None:
+        props.append(("partattn_baseline_status", p.status))
+    r = p.result
     if r is not None:
         props += [("partattn_value", fmt(r["value"], 6)), ("partattn_threshold", fmt(r["threshold"], 6))]
         if r.get("offender"):
             props.append(("partattn_offender", offender_text(r["offender"])))
-        if p["check"] in p["baseline_checks"]:
-            props.append(("partattn_baseline", fmt(p["baseline_checks"][p["check"]], 6)))
-    if p["check"] == "baseline":
-        props += [(f"partattn_metric_{k}", fmt(v, 6)) for k, v in sorted(p["summary"].items())]
-    props += [("partattn_figure", f) for f in p["figures"]]
+        if p.check in p.baseline_checks:
+            props.append(("partattn_baseline", fmt(p.baseline_checks[p.check], 6)))
+    if p.check == "baseline":
+        props += [(f"partattn_metric_{k}", fmt(v, 6)) for k, v in sorted(p.summary.items())]
+    props += [("partattn_figure", f) for f in p.figures]
     return props
 
 
-def html_extras(p: dict) -> list[dict]:
+def html_extras(p: ItemReport) -> list[dict]:
     """pytest-html (>= 4) extras: one base64 PNG per figure; [] when pytest-html is not installed."""
     try:
         from pytest_html import extras
     except ImportError:
         return []
     out = []
-    for f in p["figures"]:
+    for f in p.figures:
         try:
             data = base64.b64encode(Path(f).read_bytes()).decode("ascii")
         except OSError:
@@ -211,13 +229,13 @@ def junit_logging_warning(junit_logging: str) -> str | None:
 
 # ----------------------------------------------------------------------------- session summary
 class Summary:
-    """Collects payloads (on the controller) and renders the summary table and index.html."""
+    """Collects item reports (on the controller) and renders the summary table and index.html."""
 
     def __init__(self):
-        self.by_image: OrderedDict[str, dict[str, dict]] = OrderedDict()
+        self.by_image: OrderedDict[str, dict[str, ItemReport]] = OrderedDict()
 
-    def add(self, p: dict) -> None:
-        self.by_image.setdefault(p["image"], {})[p["check"]] = p
+    def add(self, p: ItemReport) -> None:
+        self.by_image.setdefault(p.image, {})[p.check] = p
         # sorted by image, whatever order xdist workers report in
         self.by_image = OrderedDict(sorted(self.by_image.items()))
 
@@ -230,14 +248,14 @@ class Summary:
         return [c for c in order if c in seen] + sorted(seen - set(order))
 
     @staticmethod
-    def cell(p: dict | None) -> str:
+    def cell(p: ItemReport | None) -> str:
         if p is None:
             return ""
-        verdict = p["verdict"]
+        verdict = p.outcome
         shown = verdict.upper() if verdict in ("fail", "error") else verdict
-        r = p["result"]
-        if p["status"] in ("missing", "unreadable", "env-mismatch") and verdict == "fail":
-            return f"{p['status']} {shown}"
+        r = p.result
+        if p.status in ("missing", "unreadable", "env-mismatch") and verdict == "fail":
+            return f"{p.status} {shown}"
         if r is None or r.get("value") is None:
             return shown
         return f"{fmt(r['value'], 3)} {shown}"
@@ -251,18 +269,18 @@ class Summary:
         out: dict[str, int] = {}
         for per in self.by_image.values():
             for p in per.values():
-                out[p["verdict"]] = out.get(p["verdict"], 0) + 1
+                out[p.outcome] = out.get(p.outcome, 0) + 1
         return out
 
     def notes(self) -> list[str]:
         out = []
-        written = [p for per in self.by_image.values() for p in per.values() if p["verdict"] in ("written", "updated")]
+        written = [p for per in self.by_image.values() for p in per.values() if p.baseline_written]
         if written:
             out.append(
                 f"{len(written)} baseline{'s' if len(written) != 1 else ''} written or updated "
                 f"(review and commit them):"
             )
-            out += [f"  {p['verdict']}: {p['result']['details'].get('written', '')}" for p in written]
+            out += [f"  {p.status}: {p.result['details'].get('written', '')}" for p in written]
         return out
 
     # -- index.html ------------------------------------------------------------------------
@@ -272,12 +290,12 @@ class Summary:
         page.preformatted(header).paragraph(", ".join(f"{n} {v}" for v, n in sorted(self.counts().items())))
         rows = []
         for image, per in self.by_image.items():
-            anchor = "#" + next(iter(per.values()))["key"]
+            anchor = "#" + next(iter(per.values())).key
             rows.append(
                 [
                     Cell(image, href=anchor),
                     *(
-                        Cell(self.cell(per[c]), _CELL_CLASSES.get(per[c]["verdict"], "note"), anchor)
+                        Cell(self.cell(per[c]), _CELL_CLASSES.get(per[c].outcome, "note"), anchor)
                         if c in per
                         else Cell("")
                         for c in checks
@@ -286,14 +304,14 @@ class Summary:
             )
         page.table(["image", *checks], rows)
         for image, per in self.by_image.items():
-            page.heading(image, anchor=next(iter(per.values()))["key"])
+            page.heading(image, anchor=next(iter(per.values())).key)
             for c in checks:
                 p = per.get(c)
                 if p is None:
                     continue
-                reason = p["error"] if p["result"] is None else p["result"]["reason"]
-                page.heading(f"{c}: {p['verdict']}", level=3, cls=_CELL_CLASSES.get(p["verdict"], ""))
-                page.paragraph(reason or "").figures([(Path(f).name, f) for f in p["figures"]])
+                reason = p.error if p.result is None else p.result["reason"]
+                page.heading(f"{c}: {p.outcome}", level=3, cls=_CELL_CLASSES.get(p.outcome, ""))
+                page.paragraph(reason or "").figures([(Path(f).name, f) for f in p.figures])
         return page.render()
 
     def write_index(self, results_dir: Path, header: list[str]) -> Path:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import textwrap
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ def test_unregistered_check_has_no_table():
 
 def test_reports_show_its_headline_and_column(max_peak):
     result = max_peak(make_record(peak=0.75)).to_dict()
-    p = report.payload(
+    p = report.ItemReport(
         image="fixtures/images/np2_a.png",
         key="np2_a",
         check="max_peak",
@@ -188,7 +189,7 @@ def test_reports_show_its_headline_and_column(max_peak):
     assert report.metric_rows(p) == [["largest peak", "0.75", "≤ 0.5", "—", "FAIL"]]
     summary = report.Summary()
     summary.add(p)
-    summary.add({**p, "check": "collapse", "verdict": "pass", "result": {**result, "name": "collapse"}})
+    summary.add(dataclasses.replace(p, check="collapse", result={**result, "name": "collapse", "verdict": "pass"}))
     assert summary.checks() == ["collapse", "max_peak"]  # registry order
     assert summary.table_lines()[0].split() == ["image", "collapse", "max_peak"]
 

@@ -20,7 +20,7 @@ def _no_ci(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
 
 
-def _payload(**kw):
+def _item(**kw):
     result = {
         "name": "part_separation",
         "verdict": "fail",
@@ -41,12 +41,12 @@ def _payload(**kw):
         baseline_checks={"part_separation": 0.2},
     )
     base.update(kw)
-    return report.payload(**base)
+    return report.ItemReport(**base)
 
 
 # ----------------------------------------------------------------------------- pure pieces
 def test_failure_text_has_table_offender_paths_commands_and_attachments():
-    text = report.failure_text(_payload())
+    text = report.failure_text(_item())
     lines = text.splitlines()
     assert lines[0] == "partattn: part_separation failed for fixtures/images/np2_a.png"
     header = next(ln for ln in lines if "measured" in ln)
@@ -75,7 +75,7 @@ def test_baseline_rows_and_properties():
             "missing_in_measured": ["separation"],
         },
     }
-    p = _payload(check="baseline", result=result, figures=[], summary={"entropy_mean": 0.9, "peak_mean": 0.05})
+    p = _item(check="baseline", result=result, figures=[], summary={"entropy_mean": 0.9, "peak_mean": 0.05})
     rows = report.metric_rows(p)
     assert rows[0] == ["entropy_mean", "0.9", "±0.08", "0.6", "DRIFT"]
     assert rows[1][-1] == "ok" and rows[2][0] == "separation" and rows[2][-1] == "MISSING"
@@ -95,9 +95,9 @@ def test_commands_quote_and_relativise(tmp_path):
 
 def test_summary_table_and_index_escape(tmp_path):
     s = report.Summary()
-    s.add(_payload(image="fixtures/images/np2_<a>.png", figures=[str(tmp_path / "np2_a" / "f.png")]))
+    s.add(_item(image="fixtures/images/np2_<a>.png", figures=[str(tmp_path / "np2_a" / "f.png")]))
     s.add(
-        _payload(
+        _item(
             image="fixtures/images/np2_<a>.png",
             check="uniformity",
             result={
@@ -176,3 +176,16 @@ def test_pytest_html_extras(pytester):
     }
     # base64 PNGs (pytest-html prefixes them with a data: URL while it writes the report)
     assert all(e["mime_type"] == "image/png" and "iVBOR" in e["content"][:40] for e in rep.extras)
+
+
+def test_item_report_is_frozen_and_travels_as_a_dict():
+    import dataclasses
+
+    p = _item(check="baseline", status="written", result={**_item().result, "name": "baseline", "verdict": "pass"})
+    assert p.verdict == "pass" and p.status == "written" and p.outcome == "written"  # kept apart
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.check = "x"
+    data = p.to_dict()
+    assert data["verdict"] == "pass" and isinstance(data["figures"], list)
+    assert report.ItemReport.from_dict(__import__("json").loads(__import__("json").dumps(data))) == p
+    assert ("partattn_baseline_status", "written") in report.user_properties(p)
