@@ -14,14 +14,15 @@ import warnings
 import pytest
 
 from . import report
-from .checks import CHECKS
+from .checks import REGISTRY
 from .errors import PartattnError
 from .gate import GateSession
 from .options import Settings
 from .session import CaseError
 from .sidecar import ImageSpec, read_spec
 
-ITEM_CHECKS = (*CHECKS, "baseline")
+#: The built-in checks, one item each; collection reads the registry, so a registered check adds its item.
+ITEM_CHECKS = tuple(REGISTRY)
 SKIP_REASON = "pass --partattn to run attention checks"
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -43,7 +44,7 @@ class ImageFile(pytest.File):
     def collect(self):
         settings = self.config.stash[SETTINGS_KEY]
         spec = read_spec(self.path, settings.fixtures, settings.rootdir)
-        for check in ITEM_CHECKS:
+        for check in REGISTRY:
             item = CheckItem.from_parent(self, name=check, check=check, spec=spec)
             item.add_marker(pytest.mark.partattn)
             if not settings.enabled:

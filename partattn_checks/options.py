@@ -29,7 +29,7 @@ from . import (
 )
 from .model.files import RUN_DEFAULTS
 from .runspec import DTYPES, DeviceChoice
-from .tomlread import tomllib
+from .tomlread import TomlError, read_toml
 
 UPDATE_MODES = ("missing", "failed", "all")
 
@@ -369,7 +369,7 @@ def resolve_device(s: Settings, worker_id: str | None = None, spread: bool = Fal
 def load_thresholds(s: Settings):
     """(Thresholds, where they came from): ``--partattn-thresholds`` FILE, else the rootdir
     pyproject's ``[tool.partattn.thresholds]``, else the built-in defaults."""
-    from .checks import Thresholds, thresholds_from_pyproject
+    from .checks import Thresholds
     from .checks import load_thresholds as load_file
 
     if s.thresholds is not None:
@@ -380,9 +380,9 @@ def load_thresholds(s: Settings):
     pyproject = s.rootdir / "pyproject.toml"
     if pyproject.is_file():
         try:
-            doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise _usage(f"{pyproject}: invalid TOML ({exc})") from None
+            doc = read_toml(pyproject, "pyproject file")
+        except TomlError as exc:
+            raise _usage(str(exc)) from None
         table = doc.get("tool", {}).get("partattn", {})
         unknown = sorted(set(table) - {"thresholds"}) if isinstance(table, dict) else []
         if unknown:
@@ -393,8 +393,11 @@ def load_thresholds(s: Settings):
                 + " (known: [tool.partattn.thresholds])"
             )
         if table.get("thresholds") is not None:
-            try:
-                return thresholds_from_pyproject(pyproject), f"{pyproject} [tool.partattn.thresholds]"
+            try:  # the document read above, not the file again
+                thresholds = Thresholds.from_dict(
+                    table["thresholds"], source=str(pyproject), table_prefix="tool.partattn.thresholds."
+                )
+                return thresholds, f"{pyproject} [tool.partattn.thresholds]"
             except ValueError as exc:
                 raise _usage(str(exc)) from None
     return Thresholds(), "built-in defaults"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checks import Thresholds
 from .runspec import problem
-from .tomlread import tomllib
+from .tomlread import TomlError, read_toml
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 #: Run settings a sidecar may pin (``num_tokens`` is the checkpoint's, or a call argument).
@@ -82,9 +82,9 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
             )
         return ImageSpec(**base, num_parts=from_name)
     try:
-        doc = tomllib.loads(sidecar.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        return ImageSpec(**base, sidecar=sidecar, error=f"{sidecar}: invalid TOML ({exc})")
+        doc = read_toml(sidecar, "sidecar file")
+    except TomlError as exc:
+        return ImageSpec(**base, sidecar=sidecar, error=str(exc))
     problems = _sidecar_problems(doc)
     if problems:
         return ImageSpec(**base, sidecar=sidecar, error=f"{sidecar}: {problems}")
