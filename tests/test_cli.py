@@ -216,7 +216,7 @@ def test_incomplete_model_is_named(tmp_path, capsys):
 
 
 def test_missing_default_model(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "DEFAULT_MODEL", tmp_path / "partcrafter-tiny")
+    monkeypatch.setattr(cli.args, "DEFAULT_MODEL", tmp_path / "partcrafter-tiny")
     code, _, err = run_cli(capsys, "run", IMAGE)
     assert code == 2 and str(tmp_path / "partcrafter-tiny") in err and "--model" in err
 

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import PartattnError
+from ..errors import PartattnError
 
 #: What ``run``/``show`` wrote into an output folder, so the next command there removes exactly its
 #: own stale files (``overlay_part2.png`` of an earlier 3-part run) and nothing else.
@@ -23,6 +23,10 @@ KEPT_OUTPUTS = ("record.json", "record.safetensors", "input.png")
 
 class UsageError(PartattnError):
     """Bad arguments or inputs: printed as one line, exit status 2."""
+
+
+class RunFailed(PartattnError):
+    """The run itself failed (for example a capture error): printed as one line, exit status 1."""
 
 
 class ProgressBar:
@@ -196,7 +200,7 @@ class Outputs:
         self._write_manifest(self.written + kept)
 
     def _write_manifest(self, files: list[str]) -> None:
-        from .atomic import atomic_write_text
+        from ..atomic import atomic_write_text
 
         doc = {
             "written_by": f"partattn {self.command}",
@@ -208,7 +212,7 @@ class Outputs:
 
 
 def read_thresholds(arg: str | None):
-    from .checks import Thresholds, load_thresholds
+    from ..checks import Thresholds, load_thresholds
 
     if arg is None:
         return Thresholds()

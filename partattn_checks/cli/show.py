@@ -5,13 +5,36 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli_io import Outputs, UsageError, print_results, read_thresholds, remove_created, writable_folder
+from .args import layer_arg, number_arg
+from .io import Outputs, UsageError, print_results, read_thresholds, remove_created, writable_folder
 
 
-def cmd_show(args, extra) -> int:
-    from .checks import run_checks
-    from .record import AttentionRecord
-    from .reporting.run_report import render_record
+def add_parser(sub):
+    parser = sub.add_parser(
+        "show",
+        help="render a saved attention record (figures, metrics.json, index.html)",
+        description="Render the figures, metrics.json and index.html of a record saved by 'partattn run', "
+        "the pytest plugin or AttentionRecord.save. The overlays use input.png next to the "
+        "record, else the record's image and model when they still exist, else --image.",
+    )
+    parser.add_argument(
+        "record",
+        metavar="RECORD",
+        help="record: its .json or .safetensors file, their common stem, or a folder holding record.json",
+    )
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: the record's folder)")
+    parser.add_argument("--image", metavar="PATH", help="input image for the overlays (default: see above)")
+    parser.add_argument("--layer", type=layer_arg, metavar="L", help="layer to show (default: the most part-separated)")
+    parser.add_argument("--thresholds", metavar="TOML", help="thresholds file for the checks")
+    parser.add_argument("--fps", type=number_arg, default=2.0, help="frames per second of the GIFs (default: 2)")
+    parser.set_defaults(func=main)
+    return parser
+
+
+def main(args, extra) -> int:
+    from ..checks import run_checks
+    from ..record import AttentionRecord
+    from ..reporting.run_report import render_record
 
     path = Path(args.record).expanduser()
     try:
@@ -67,9 +90,9 @@ def _image_for(record, folder: Path, image_arg: str | None):
     ``--image`` must be readable (else a usage error naming it); an unreadable ``input.png`` or
     recorded image is skipped with a warning, and the figures fall back to the patch grid.
     """
-    from .model.loading import CheckpointError, load_feature_extractor
-    from .model.pipeline import open_image
-    from .visualizer import encoder_view
+    from ..model.loading import CheckpointError, load_feature_extractor
+    from ..model.pipeline import open_image
+    from ..visualizer import encoder_view
 
     model = Path(str(record.meta.get("model", ""))) if record.meta.get("model") else None
     extractor = None

@@ -1,0 +1,8 @@
+"""``python -m partattn_checks.cli``: the ``partattn`` command."""
+
+import sys
+
+from . import main
+
+if __name__ == "__main__":
+    sys.exit(main())
