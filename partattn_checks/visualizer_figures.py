@@ -45,17 +45,47 @@ class FigureMethods:
         )
 
     def visualize_multi_head_attention(
-        self, weights, path=None, layer=None, part=0, *, step=None, title=None, **render_kwargs
+        self,
+        weights,
+        path=None,
+        layer=None,
+        part=0,
+        *,
+        step=None,
+        title=None,
+        image=None,
+        queries_keys: bool = False,
+        **render_kwargs,
     ):
-        """Every head of one layer (and part) on one fixed scale, via :func:`render.multi_head_grid`."""
+        """Every head of one layer (and part) on one fixed scale, via :func:`render.multi_head_grid`.
+
+        When the patch grid is known (the record's or the visualizer's, matching the key count),
+        each panel is the head's key marginal (mean over queries) on the image (``image`` or the
+        last run's; on the bare patch grid without one), so one sees where each head looks.
+        ``queries_keys=True`` (or no grid) draws the raw queries x keys maps instead.
+        """
         name, step, maps = self._pick_maps(weights, layer, step)
         if maps.dim() == 4:
             maps = maps[_check_index(part, maps.shape[0], "part")]
         if maps.dim() != 3:
             raise ValueError(f"multi-head view needs (heads, queries, keys) maps, got shape {tuple(maps.shape)}")
         rows, cls = self._patch_rows(maps)
+        grid = None
+        if not queries_keys:
+            record_grid = weights.patch_grid if isinstance(weights, AttentionRecord) else None
+            grid, image = self._grid_image(rows.shape[-1], image, record_grid)
+        if grid is not None:
+            title = title or ("each head's key marginal on the image" if image is not None else "on the patch grid")
         return render.multi_head_grid(
-            rows, title=with_cls(title, cls), layer=name, step=step, part=part, path=path, **render_kwargs
+            rows,
+            title=with_cls(title, cls),
+            layer=name,
+            step=step,
+            part=part,
+            path=path,
+            grid=grid,
+            image=image,
+            **render_kwargs,
         )
 
     def visualize_part_attention(

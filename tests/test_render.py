@@ -28,11 +28,12 @@ NK = GRID[0] * GRID[1]
 
 
 def _assert_figure(png_or_path, *, max_px=512, fmt="PNG"):
-    """Right format, ~max_px on the long side, and visibly not blank."""
+    """Right format, at least max_px on the long side and readable on the short one, not blank."""
     src = png_or_path if isinstance(png_or_path, Path) else io.BytesIO(png_or_path)
     with Image.open(src) as im:
         assert im.format == fmt
-        assert abs(max(im.size) - max_px) <= 1, im.size
+        assert max(im.size) >= max_px - 1, im.size
+        assert min(im.size) >= render_panels.MIN_PANEL_PX, im.size
         rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
     assert len(np.unique(rgb, axis=0)) > 8, "figure has only a handful of colours"
     assert (rgb < 250).any(), "figure is all white"
@@ -244,6 +245,145 @@ def test_overlay_puts_the_hot_colour_where_attention_is(picture):
     h, w = pixels.shape[:2]
     warmth = pixels[..., 0] - pixels[..., 2]  # red minus blue
     assert warmth[: h // 2, : w // 2].mean() > 40 > warmth[h // 2 :, w // 2 :].mean()
+
+
+# --------------------------------------------------------------------------- readable sizes
+
+
+def _texts(fig):
+    """Every visible, non-empty text of the drawn figure (titles, labels, ticks, legends, colorbars)."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    owner = {id(t): ax for ax in fig.axes for t in ax.findobj(Text)}  # tick labels have no .axes
+
+    def shown(t) -> bool:
+        ax = owner.get(id(t))
+        if ax is None:
+            return True  # figure-level text: suptitle, supxlabel, ...
+        if not ax.get_visible():
+            return False
+        return ax.axison or t is ax.title  # tick labels of an axis-off image panel are not drawn
+
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and shown(t)]
+
+
+def _image_panels(fig):
+    """Pixel (width, height) of every axes that shows an image (not the colorbar)."""
+    boxes = [render_panels._axes_pixel_box(fig, ax) for ax in fig.axes if ax.get_images() and ax.get_visible()]
+    return [(right - left, bottom - top) for left, top, right, bottom in boxes]
+
+
+def _every_kind(picture, n_parts, grid=GRID):
+    """One figure of every kind at ``n_parts`` parts on ``grid`` (16x16 = the release's 224 px crop)."""
+    nk = grid[0] * grid[1]
+    rng = np.random.default_rng(n_parts)
+    marg = rng.dirichlet(np.ones(nk), size=n_parts)
+    maps = rng.dirichlet(np.ones(nk), size=(4 * n_parts, 16))
+    long_title = "part_separation 0.0123 (pass: >= 0.1) — fail: the parts attend to the same keys\nmean over steps"
+    return {
+        "part panel": render_figures._part_panel_fig(marg, grid, picture, title=long_title, layer="blocks.20.attn2"),
+        "part grid": render_figures._part_panel_fig(marg, grid, title=long_title, layer="blocks.20.attn2"),
+        "part strips": render_figures._part_panel_fig(marg, title=long_title, layer="blocks.20.attn2"),
+        "heads on image": render_figures._multi_head_fig(maps, grid=grid, image=picture, title=long_title, layer=3),
+        "heads qk": render_figures._multi_head_fig(maps, title=long_title, layer="blocks.20.attn2", step=49, part=0),
+        "overlay": render_figures._overlay_fig(
+            marg[-1], grid, picture, title=long_title, layer="blocks.20.attn2", step=49, part=n_parts - 1, head=15
+        ),
+        "heatmap": render_figures._heatmap_fig(maps[0], title=long_title, layer="blocks.20.attn2", step=49, head=3),
+        "timeline": render_figures._timeline_fig(
+            rng.uniform(size=(10, 21)), np.arange(10), [f"blocks.{i}.attn2" for i in range(21)], title=long_title
+        ),
+    }
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 4])
+def test_every_figure_kind_is_readable(picture, n_parts):
+    """Text at >= MIN_FONT_PT at >= DPI, image panels >= ~MIN_PANEL_PX, whatever the part count."""
+    for kind, fig in _every_kind(picture, n_parts).items():
+        assert fig.dpi >= render_panels.DPI, kind
+        sizes = {t.get_text(): t.get_fontsize() for t in _texts(fig)}
+        small = {text: size for text, size in sizes.items() if size < render_panels.MIN_FONT_PT}
+        assert not small, (kind, small)
+        assert any(size >= render_panels.TITLE_FONT_PT for size in sizes.values()), kind
+        width, height = fig.canvas.get_width_height()
+        assert min(width, height) >= render_panels.MIN_PANEL_PX, (kind, width, height)
+        for w, h in _image_panels(fig):
+            if kind != "part strips" and kind != "heatmap":  # square image panels
+                assert min(w, h) >= 0.95 * render_panels.MIN_PANEL_PX, (kind, w, h)
+        titles = [ax.title for ax in fig.axes if ax.get_visible()] + [fig._suptitle]
+        renderer = fig.canvas.get_renderer()
+        for t in (t for t in titles if t is not None and t.get_text()):  # wrapped to fit, never cut
+            box = t.get_window_extent(renderer)
+            assert box.x0 >= -1 and box.x1 <= width + 1, (kind, t.get_text())
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 4])
+def test_part_panel_grows_with_parts_instead_of_shrinking(picture, n_parts):
+    png = render.part_panel(_blobs(n_parts), GRID, picture, title="parts")
+    with Image.open(io.BytesIO(png)) as im:
+        width, height = im.size
+    layout = render_panels.panel_layout(n_parts + 1, title_lines=1)
+    assert (width, height) == pytest.approx(layout.pixels, abs=2)
+    columns = min(n_parts + 1, render_panels.MAX_COLUMNS)
+    rows = -(-(n_parts + 1) // columns)
+    assert width >= columns * render_panels.MIN_PANEL_PX and height >= rows * render_panels.MIN_PANEL_PX
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), ncols=st.one_of(st.none(), st.integers(1, 8)), max_px=st.integers(64, 3000))
+def test_panel_layout_keeps_minimums(n, ncols, max_px):
+    layout = render_panels.panel_layout(n, ncols=ncols, max_px=max_px)
+    assert layout.nrows * layout.ncols >= n > (layout.nrows - 1) * layout.ncols
+    assert layout.ncols <= (ncols or render_panels.MAX_COLUMNS)
+    assert layout.dpi >= render_panels.DPI
+    width, height = layout.pixels
+    assert width >= layout.ncols * render_panels.MIN_PANEL_PX
+    assert height >= layout.nrows * render_panels.MIN_PANEL_PX
+    assert max(width, height) >= max_px - 1  # max_px is met when the minimums fit in it ...
+    natural = max(layout.figsize) * render_panels.DPI
+    if natural >= max_px:  # ... and exceeded only by what the minimums need
+        assert layout.dpi == render_panels.DPI
+
+
+def test_panel_layout_rejects_nonsense():
+    with pytest.raises(ValueError, match="at least one panel"):
+        render_panels.panel_layout(0)
+    with pytest.raises(ValueError, match="max_px"):
+        render_panels.figure_dpi((4.0, 3.0), 10)
+
+
+def test_multi_head_grid_on_the_image_shows_the_image(picture):
+    """Uniform heads add no colour, so each panel is the grey image itself (correlates with it);
+    on the bare grid (no image) the same heads are one flat colour."""
+    maps = np.full((4, 8, NK), 1.0 / NK)
+    fig = render_figures._multi_head_fig(maps, grid=GRID, image=picture)
+    luma = np.asarray(picture.convert("L"), dtype=float)
+    for ax in fig.axes[:4]:
+        panel = _axes_pixels(fig, ax, inset=4).astype(float).mean(axis=-1)
+        ref = np.asarray(Image.fromarray(luma.astype(np.uint8)).resize(panel.shape[::-1]), dtype=float)
+        assert np.corrcoef(panel.ravel(), ref.ravel())[0, 1] > 0.9
+    flat = render_figures._multi_head_fig(maps, grid=GRID)
+    assert len(_distinct(_axes_pixels(flat, flat.axes[0], inset=3))) == 1
+
+
+def test_multi_head_grid_on_the_image_puts_each_head_where_it_looks(picture):
+    blobs = _blobs(4)  # head h looks at quadrant h
+    fig = render_figures._multi_head_fig(np.repeat(blobs[:, None, :], 3, axis=1), grid=GRID, image=picture)
+    for h, (qy, qx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        pixels = _axes_pixels(fig, fig.axes[h]).astype(int)
+        hh, ww = pixels.shape[0] // 2, pixels.shape[1] // 2
+        warmth = pixels[..., 0] - pixels[..., 2]
+        quarters = {(y, x): warmth[y * hh : (y + 1) * hh, x * ww : (x + 1) * ww].mean() for y in (0, 1) for x in (0, 1)}
+        assert max(quarters, key=quarters.get) == (qy, qx), (h, quarters)
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["head 0", "head 1", "head 2", "head 3"]
+
+
+def test_multi_head_grid_with_grid_checks_the_key_count(picture):
+    with pytest.raises(ValueError, match="Nk=255"):
+        render.multi_head_grid(np.full((2, 3, 255), 1 / 255), grid=GRID, image=picture)
+    with pytest.raises(ValueError, match="marginals"):
+        render.multi_head_grid(np.full((2, 3, 4, NK), 1 / NK), grid=GRID)
 
 
 # --------------------------------------------------------------------------- timeline

@@ -43,11 +43,13 @@ NK = 64  # patch keys of the tiny encoder (CLS is key 0 of 65)
 
 # ----------------------------------------------------------------------------- helpers
 def assert_image(path_or_bytes, *, fmt="PNG", frames=None, max_px=512):
-    """A real figure: right format, ~max_px on the long side, not blank; GIFs: the frame count."""
+    """A real figure: right format, at least max_px on the long side (more when its panels need it,
+    docs/visualization.md "Figure sizes"), readable on the short side, not blank; GIFs: the frame count."""
     src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else Path(path_or_bytes)
     with Image.open(src) as im:
         assert im.format == fmt, (src, im.format)
-        assert abs(max(im.size) - max_px) <= 1, (src, im.size)
+        assert max(im.size) >= max_px - 1, (src, im.size)
+        assert min(im.size) >= render_panels.MIN_PANEL_PX, (src, im.size)
         n = getattr(im, "n_frames", 1)
         if frames is not None:
             assert n == frames, (src, n)
@@ -287,6 +289,29 @@ def test_uniform_attention_reads_and_renders_as_uniform(pipe, viz):
     assert share > 0.3, f"only {share:.0%} of the heatmap is the uniform colour"
 
 
+def test_multi_head_view_draws_each_head_on_the_image(pipe, viz):
+    """Uniform heads on a half-black, half-white image: the panels show the two halves (the image is
+    under the heads); the raw queries x keys view of the same weights is flat instead."""
+    latents, _ = cfg_inputs(pipe, 2)
+    context = torch.zeros(4, NK + 1, pipe.transformer.config.cross_attention_dim)
+    weights = viz.extract_attention_weights(pipe.transformer, latents, context)
+    halves = np.zeros((112, 112, 3), np.uint8)
+    halves[:, 56:] = 255
+    sc = render_panels._Scale()
+    neutral = np.asarray(sc.cmap(sc.norm(1.0))[:3]) * 255
+    dark = np.round(render_panels._ALPHA * neutral)  # the overlay colour over black: alpha * neutral
+
+    def share_dark(png: bytes) -> float:
+        rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(float)
+        return float((np.abs(rgb - dark).max(axis=1) <= 3).mean())
+
+    on_image = viz.visualize_multi_head_attention(weights, None, part=1, image=Image.fromarray(halves))
+    raw = viz.visualize_multi_head_attention(weights, None, part=1, image=Image.fromarray(halves), queries_keys=True)
+    assert share_dark(on_image) > 0.15  # half of every head panel is the black half, darkened
+    assert share_dark(raw) < 0.01
+    assert_image(on_image)
+
+
 def test_statistics_definitions():
     """One-hot and uniform maps without CLS: the documented values."""
     block = BasicTransformerBlock(16, 2, 8, cross_attention_dim=8).eval()
@@ -355,6 +380,43 @@ def assert_links_resolve(page: Path):
     for link in parser.links:
         assert not link.startswith(("/", "file:")), link
         assert (page.parent / unquote(link)).exists(), f"{page}: broken link {link}"
+
+
+class _Thumbnails(html.parser.HTMLParser):
+    """(link href, img src) of every <img>, with the <a href> it sits in (None outside a link)."""
+
+    def __init__(self):
+        super().__init__()
+        self.href, self.images = None, []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "a":
+            self.href = attrs.get("href")
+        elif tag == "img":
+            self.images.append((self.href, attrs.get("src")))
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self.href = None
+
+
+def test_run_report_thumbnails_link_to_the_full_image_at_natural_size(tmp_path, run_record):
+    viz, record = run_record
+    report = render_record(record, tmp_path / "r", image=viz.image, results=viz.results)
+    page = tmp_path / "r" / "index.html"
+    parser = _Thumbnails()
+    parser.feed(page.read_text(encoding="utf-8"))
+    shown = {src for _, src in parser.images}
+    assert shown == {Path(p).relative_to(tmp_path / "r").as_posix() for _, p in report["figures"]}
+    assert all(href == src for href, src in parser.images), parser.images  # each thumbnail opens its file
+    css = re.sub(r"\s+", "", (page.read_text(encoding="utf-8")))
+    assert "figure{margin:0;max-width:100%}" in css  # no fixed thumbnail width: images at 1:1 up to the page
+    names = {Path(p).name for _, p in report["figures"]}
+    for p in range(2):  # each head on the image, and the raw queries x keys maps
+        assert {f"heads_blocks.4.attn2_step2_part{p}.png", f"qk_blocks.4.attn2_step2_part{p}.png"} <= names
+    for _, path in report["figures"]:
+        assert_image(path, fmt="GIF" if str(path).endswith(".gif") else "PNG", frames=None)
 
 
 def test_html_index_escapes_and_writes_atomically(tmp_path):

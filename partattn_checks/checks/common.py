@@ -110,22 +110,35 @@ def entropy_timeline(record: AttentionRecord, title: str, threshold=None) -> byt
 
 
 def heads_and_overlay(record: AttentionRecord, shown: Offender, image, what: str) -> list[tuple[str, bytes]]:
-    """The ``heads`` grid of the map ``shown`` names (its full maps when recorded, else each head's
-    key-marginal as a strip) and the ``overlay`` of its head's key-marginal on the image."""
+    """The ``heads`` grid of the map ``shown`` names (each head's key-marginal on the patch grid, on
+    the image when given; without a grid its full maps when recorded, else strips) and the
+    ``overlay`` of its head's key-marginal on the image."""
     from .. import render
 
     s, li, p, h = record.step_index(shown.step), record.layers.index(shown.layer), shown.part, shown.head
     step, layer = shown.step, shown.layer
     full = record.full_maps.get((step, layer))
-    if full is not None:
+    grid = record.patch_grid
+    if grid is not None:
+        maps, ylabel = record.marginals[s, li, p].float().nan_to_num(0.0), None  # (H, Nk) on the grid
+        note = "per-head key-marginals" + (" on the image" if image is not None else " on the patch grid")
+    elif full is not None:
         maps, ylabel = full[p].float(), "queries"
         note = "full maps (key 0 = CLS)"
     else:
         maps, ylabel = record.marginals[s, li, p].float()[:, None, :], None  # (H, 1, Nk) strips
         note = "per-head key-marginals (mean over queries)"
-    out = [
-        ("heads", render.multi_head_grid(maps, title=f"{what}: {note}", layer=layer, step=step, part=p, ylabel=ylabel))
-    ]
+    drawn = render.multi_head_grid(
+        maps,
+        title=f"{what}: {note}",
+        layer=layer,
+        step=step,
+        part=p,
+        ylabel=ylabel,
+        grid=grid,
+        image=image if grid is not None else None,
+    )
+    out = [("heads", drawn)]
     if record.patch_grid is not None and image is not None:
         marg = record.marginals[s, li, p, h].float().nan_to_num(0.0)
         marg = marg / marg.sum().clamp_min(1e-12)

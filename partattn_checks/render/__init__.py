@@ -12,7 +12,10 @@ logarithmic and symmetric around 1 (``1/vmax .. vmax``, diverging colormap), so:
 per-map min-max normalisation anywhere in this module, on purpose (docs/visualization.md).
 
 Functions take numpy arrays or torch tensors and return PNG bytes, or write ``path`` and
-return it as a :class:`pathlib.Path`. Figures are ``max_px`` pixels on their long side.
+return it as a :class:`pathlib.Path`. Figures are ``max_px`` pixels on their long side, or
+larger when their panels need it: text is never below ``panels.MIN_FONT_PT`` at
+``panels.DPI`` or more, and image panels never below ``panels.MIN_PANEL_PX``, whatever the
+number of parts or heads (``panels.panel_layout`` is the shared sizing rule).
 matplotlib is used through ``Figure`` + the Agg canvas only: no pyplot, no display.
 """
 

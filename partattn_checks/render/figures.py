@@ -12,7 +12,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .panels import (
-    _FONT,
+    LABEL_FONT_PT,
+    MIN_FONT_PT,
+    TITLE_FONT_PT,
     _check_grid,
     _new_figure,
     _output,
@@ -23,6 +25,8 @@ from .panels import (
     _title,
     _to_numpy,
     _to_rgb,
+    _wrap,
+    panel_layout,
 )
 
 
@@ -36,7 +40,7 @@ def _heatmap_fig(
     fig = _new_figure((5.0, 4.0), max_px)
     ax = fig.add_subplot()
     _show(ax, _panel_array(A, sc), sc)
-    ax.set_title(_title(title, layer, step, part, head), fontsize=_FONT + 1)
+    ax.set_title(_wrap(_title(title, layer, step, part, head), 3.6), fontsize=TITLE_FONT_PT)
     sc.colorbar(fig, ax, A.shape[-1])
     return fig
 
@@ -65,20 +69,45 @@ def _multi_head_fig(
     ncols=None,
     max_px=512,
     ylabel="queries",
+    grid=None,
+    image=None,
 ) -> Figure:
     maps = _to_numpy(maps)
-    if maps.ndim != 3:
-        raise ValueError(f"multi_head_grid expects (heads, queries, keys) maps, got shape {maps.shape}")
     sc = _Scale(vmax, scale)
-    fig = _new_figure((6.0, 5.0), max_px)
-    axes = _panel_grid(fig, maps.shape[0], ncols)
+    if grid is not None:  # each head's key marginal on the patch grid (on the image when given)
+        if maps.ndim == 3:
+            maps = maps.mean(axis=-2)  # (H, Q, Nk) -> (H, Nk): mean over queries
+        if maps.ndim != 2:
+            raise ValueError(
+                f"multi_head_grid with grid expects (heads, queries, keys) maps or (heads, keys) marginals, "
+                f"got shape {maps.shape}"
+            )
+        _check_grid(grid, maps.shape[-1])
+    elif maps.ndim != 3:
+        raise ValueError(f"multi_head_grid expects (heads, queries, keys) maps, got shape {maps.shape}")
+    rgb = None if image is None or grid is None else _to_rgb(image)
+    n_heads = maps.shape[0]
+    probe = panel_layout(n_heads, ncols=ncols or math.ceil(math.sqrt(n_heads)))
+    suptitle = _wrap(_title(title, layer, step, part), probe.figsize[0] - 0.3)
+    labels = grid is None
+    layout = panel_layout(
+        n_heads,
+        ncols=probe.ncols,
+        max_px=max_px,
+        title_lines=suptitle.count("\n") + 1 if suptitle else 0,
+        extra_height_in=0.3 if labels else 0.0,
+    )
+    fig = _new_figure(layout.figsize, max_px, layout.dpi)
+    axes = _panel_grid(fig, n_heads, layout.ncols)
     for h, ax in enumerate(axes):
-        _show(ax, _panel_array(maps[h], sc), sc, labels=False)
-        ax.set_title(f"head {h}", fontsize=_FONT, pad=2)
-    fig.supxlabel("keys", fontsize=_FONT)
-    if ylabel:
-        fig.supylabel(ylabel, fontsize=_FONT)
-    fig.suptitle(_title(title, layer, step, part), fontsize=_FONT + 1)
+        _show(ax, _panel_array(maps[h], sc, grid, rgb), sc, labels=False)
+        ax.set_title(f"head {h}", fontsize=LABEL_FONT_PT, pad=3)
+    if labels:
+        fig.supxlabel("keys", fontsize=LABEL_FONT_PT)
+        if ylabel:
+            fig.supylabel(ylabel, fontsize=LABEL_FONT_PT)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT)
     sc.colorbar(fig, axes, maps.shape[-1])
     return fig
 
@@ -96,9 +125,16 @@ def multi_head_grid(
     path=None,
     max_px=512,
     ylabel="queries",
+    grid=None,
+    image=None,
 ):
     """(heads, queries, keys) maps: one panel per head, one shared fixed scale and colorbar.
-    ``ylabel=None`` drops the row label (for one-row key-marginal strips)."""
+
+    Without ``grid``, each panel is the head's queries x keys map (``ylabel=None`` drops the row
+    label, for one-row key-marginal strips). With ``grid=(rows, cols)`` (the encoder's patch grid;
+    patch keys only, no CLS), each panel is the head's key marginal (mean over queries; ``maps``
+    may also be ``(heads, Nk)`` marginals) reshaped onto the grid, and with ``image`` too it is
+    blended over a grey copy of the image, so one sees where every head looks."""
     return _output(
         _multi_head_fig(
             maps,
@@ -111,6 +147,8 @@ def multi_head_grid(
             ncols=ncols,
             max_px=max_px,
             ylabel=ylabel,
+            grid=grid,
+            image=image,
         ),
         path,
     )
@@ -137,31 +175,38 @@ def _part_panel_fig(
     n_parts, nk = marginals.shape
     suptitle = _title(title, layer, step, None, head)
     if grid is None:  # strips: one row per part
-        fig = _new_figure((6.0, 1.4 + 0.35 * n_parts), max_px)
+        width = 6.0
+        suptitle = _wrap(suptitle, width - 1.6)
+        fig = _new_figure((width, 1.5 + 0.4 * n_parts + 0.25 * _lines(suptitle)), max_px)
         ax = fig.add_subplot()
         _show(ax, (sc.values(marginals), "strip"), sc)
         ax.set_yticks(range(n_parts), [f"part {p}" for p in range(n_parts)])
-        ax.set_title(suptitle, fontsize=_FONT + 1)
+        ax.set_title(suptitle, fontsize=TITLE_FONT_PT)
         sc.colorbar(fig, ax, nk)
         return fig
     _check_grid(grid, nk)
     rgb = None if image is None else _to_rgb(image)
     n_panels = n_parts + (rgb is not None)
-    ncols = ncols or (n_panels if n_panels <= 3 else math.ceil(math.sqrt(n_panels)))
-    nrows = math.ceil(n_panels / ncols)
-    fig = _new_figure((1.6 * ncols + 1.3, 1.6 * nrows + (0.4 if suptitle else 0.1)), max_px)
-    axes = _panel_grid(fig, n_panels, ncols)
+    probe = panel_layout(n_panels, ncols=ncols)
+    suptitle = _wrap(suptitle, probe.figsize[0] - 0.3)
+    layout = panel_layout(n_panels, ncols=probe.ncols, max_px=max_px, title_lines=_lines(suptitle))
+    fig = _new_figure(layout.figsize, max_px, layout.dpi)
+    axes = _panel_grid(fig, n_panels, layout.ncols)
     if rgb is not None:
         axes[0].imshow(rgb)
         axes[0].set_axis_off()
-        axes[0].set_title("input", fontsize=_FONT, pad=2)
+        axes[0].set_title("input", fontsize=LABEL_FONT_PT, pad=3)
     for p, ax in enumerate(axes[n_panels - n_parts :]):
         _show(ax, _panel_array(marginals[p], sc, grid, rgb), sc, labels=False)
-        ax.set_title(f"part {p}", fontsize=_FONT, pad=2)
+        ax.set_title(f"part {p}", fontsize=LABEL_FONT_PT, pad=3)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=_FONT + 1)
+        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT)
     sc.colorbar(fig, axes[n_panels - n_parts :], nk)
     return fig
+
+
+def _lines(text: str | None) -> int:
+    return 0 if not text else text.count("\n") + 1
 
 
 def part_panel(
@@ -210,10 +255,11 @@ def _overlay_fig(
     if marginal.ndim != 1:
         raise ValueError(f"overlay expects one (Nk,) key marginal, got shape {marginal.shape}")
     sc = _Scale(vmax, scale)
-    fig = _new_figure((5.0, 4.2), max_px)
+    text = _wrap(_title(title, layer, step, part, head), 2.9)  # the axes width: the title is centred on it
+    fig = _new_figure((4.4, 3.5 + 0.22 * _lines(text)), max_px)
     ax = fig.add_subplot()
     _show(ax, _panel_array(marginal, sc, grid, _to_rgb(image)), sc)
-    ax.set_title(_title(title, layer, step, part, head), fontsize=_FONT + 1)
+    ax.set_title(text, fontsize=TITLE_FONT_PT)
     sc.colorbar(fig, ax, marginal.shape[0])
     return fig
 
@@ -264,7 +310,7 @@ def _timeline_fig(
     if values.ndim != 2 or values.shape != (len(steps), len(layer_names)):
         raise ValueError(f"values must be (steps={len(steps)}, layers={len(layer_names)}), got shape {values.shape}")
     n_layers = len(layer_names)
-    fig = _new_figure((5.6, 3.6), max_px)
+    fig = _new_figure((5.8, 4.0), max_px)
     ax = fig.add_subplot()
     colour_bar = n_layers > 10
     cmap = colormaps["viridis"] if colour_bar else colormaps["tab10"]
@@ -288,22 +334,22 @@ def _timeline_fig(
         hi = max(ylim[1], finite.max()) if finite.size else ylim[1]
         pad = 0.02 * (hi - lo)
         ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("denoising step", fontsize=_FONT)
+    ax.set_xlabel("denoising step", fontsize=LABEL_FONT_PT)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(metric, fontsize=_FONT)
-    ax.tick_params(labelsize=_FONT - 1)
+    ax.set_ylabel(_wrap(metric, 3.0, LABEL_FONT_PT), fontsize=LABEL_FONT_PT)
+    ax.tick_params(labelsize=MIN_FONT_PT)
     ax.grid(alpha=0.3)
     if title:
-        ax.set_title(title, fontsize=_FONT + 1)
+        ax.set_title(_wrap(title, 5.0), fontsize=TITLE_FONT_PT)
     if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=_FONT - 1, ncols=2 if n_layers > 5 and not colour_bar else 1, loc="best", framealpha=0.8)
+        ax.legend(fontsize=MIN_FONT_PT, ncols=2 if n_layers > 5 and not colour_bar else 1, loc="best", framealpha=0.8)
     if colour_bar:
         mappable = ScalarMappable(norm=Normalize(0, n_layers - 1), cmap=cmap)
         cbar = fig.colorbar(mappable, ax=ax, pad=0.02)
         ticks = np.unique(np.linspace(0, n_layers - 1, min(n_layers, 6)).round().astype(int))
         cbar.set_ticks(ticks, labels=[str(layer_names[t]) for t in ticks])
-        cbar.set_label("layer", fontsize=_FONT)
-        cbar.ax.tick_params(labelsize=_FONT - 1)
+        cbar.set_label("layer", fontsize=LABEL_FONT_PT)
+        cbar.ax.tick_params(labelsize=MIN_FONT_PT)
     return fig
 
 

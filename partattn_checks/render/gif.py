@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .panels import _FONT, _figure_rgb, _new_figure, _panel_array, _Scale, _show, _to_numpy, _to_rgb
+from .panels import TITLE_FONT_PT, _figure_rgb, _new_figure, _panel_array, _Scale, _show, _to_numpy, _to_rgb, _wrap
 
 
 def _animation_frames(
@@ -20,22 +20,24 @@ def _animation_frames(
         raise ValueError(f"frames must be (S, Q, K) maps or (S, Nk) marginals, got shape {frames.shape}")
     if titles is not None and len(titles) != len(frames):
         raise ValueError(f"got {len(titles)} titles for {len(frames)} frames")
-    titles = titles or [f"frame {i + 1}/{len(frames)}" for i in range(len(frames))]
+    titles = [_wrap(t, 3.4) for t in (titles or [f"frame {i + 1}/{len(frames)}" for i in range(len(frames))])]
+    lines = max(t.count("\n") + 1 for t in titles)
+    titles = [t + "\n" * (lines - 1 - t.count("\n")) for t in titles]  # same height: the layout is frozen
     sc = _Scale(vmax, scale)
     rgb = None if image is None else _to_rgb(image)
     if rgb is not None and grid is None:
         raise ValueError("an image overlay needs grid=(rows, cols)")
-    fig = _new_figure((5.0, 4.2), max_px)
+    fig = _new_figure((5.0, 4.0 + 0.22 * lines), max_px)
     ax = fig.add_subplot()
     im = _show(ax, _panel_array(frames[0], sc, grid, rgb), sc)
-    ax.set_title(titles[0], fontsize=_FONT + 1)
+    ax.set_title(titles[0], fontsize=TITLE_FONT_PT)
     sc.colorbar(fig, ax, frames.shape[-1])
     fig.canvas.draw()
     fig.set_layout_engine("none")  # freeze the layout: no jitter between frames
     out = []
     for frame, text in zip(frames, titles, strict=False):
         im.set_data(_panel_array(frame, sc, grid, rgb)[0])
-        ax.set_title(text, fontsize=_FONT + 1)
+        ax.set_title(text, fontsize=TITLE_FONT_PT)
         out.append(Image.fromarray(_figure_rgb(fig)))
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,94 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-_FONT = 8.0  # points; with ~100 dpi at 512 px this is ~11 px text
 _ALPHA = 0.55  # overlay opacity of the attention colours over the image
 _LUMA = np.array([0.299, 0.587, 0.114])
 _AXIS_LABELS = {"qk": ("keys", "queries"), "strip": ("keys", None), "grid": ("patch column", "patch row")}
+
+
+# --------------------------------------------------------------------------- readable sizes
+#: The sizing rule of every figure (docs/visualization.md, "Figure sizes"): figures are drawn at
+#: ``DPI`` pixels per inch or more, so a point is at least DPI/72 px; no text is smaller than
+#: ``MIN_FONT_PT`` and no image panel (a map, an overlay, a head) smaller than ``MIN_PANEL_PX``,
+#: whatever the number of parts or heads: panels wrap into rows of at most ``MAX_COLUMNS``.
+#: ``max_px`` is the long side a figure gets when its readable layout fits in it; a figure whose
+#: layout needs more (many parts or heads) is larger than ``max_px``, never smaller-texted.
+DPI = 100
+MIN_FONT_PT = 10.0  # ticks, legends, colorbar ticks: 10 pt = 13.9 px at DPI
+LABEL_FONT_PT = 11.0  # axis labels, panel titles, colorbar label
+TITLE_FONT_PT = 12.0  # figure and axes titles
+MIN_PANEL_PX = 200
+MAX_COLUMNS = 3
+_PANEL_IN = MIN_PANEL_PX / DPI
+_COLORBAR_IN = 1.35  # bar, tick labels and a two-line label beside the panels
+_PANEL_TITLE_IN = 0.32  # one line of LABEL_FONT_PT above each panel
+_LINE_IN = 0.26  # one line of TITLE_FONT_PT (figure title)
+_MARGIN_IN = 0.25
+
+# legacy name (points): the body text size
+_FONT = LABEL_FONT_PT
+
+
+@dataclass(frozen=True)
+class PanelLayout:
+    """Rows x columns of square image panels and the figure size (inches) and dpi that hold them."""
+
+    nrows: int
+    ncols: int
+    figsize: tuple[float, float]
+    dpi: float
+
+    @property
+    def pixels(self) -> tuple[int, int]:
+        """(width, height) of the saved PNG."""
+        return round(self.figsize[0] * self.dpi), round(self.figsize[1] * self.dpi)
+
+
+def figure_dpi(figsize: tuple[float, float], max_px: int = 512) -> float:
+    """The dpi that gives ``figsize`` a long side of ``max_px``, but never below ``DPI``."""
+    if max_px < 64:
+        raise ValueError(f"max_px must be at least 64, got {max_px}")
+    return max(float(DPI), max_px / max(figsize))
+
+
+def panel_layout(
+    n_panels: int,
+    *,
+    ncols: int | None = None,
+    max_px: int = 512,
+    colorbar: bool = True,
+    title_lines: int = 1,
+    extra_height_in: float = 0.0,
+) -> PanelLayout:
+    """The layout of ``n_panels`` square image panels of at least ``MIN_PANEL_PX`` each.
+
+    One row up to ``MAX_COLUMNS`` panels, then near-square rows of at most ``MAX_COLUMNS`` (or
+    ``ncols`` per row), so the figure stays legible when a report shows it at its natural size;
+    ``title_lines`` lines of figure title on top, a colorbar on the right, ``extra_height_in``
+    more at the bottom (axis labels). Figures with other panels (drift, training) can use it too.
+    """
+    if n_panels < 1:
+        raise ValueError(f"a figure needs at least one panel, got {n_panels}")
+    if not ncols:  # one row up to MAX_COLUMNS, then near square (4 -> 2x2, 5 or 6 -> 2x3, ...)
+        ncols = n_panels if n_panels <= MAX_COLUMNS else min(MAX_COLUMNS, math.ceil(math.sqrt(n_panels)))
+    ncols = max(1, min(int(ncols), n_panels))
+    nrows = math.ceil(n_panels / ncols)
+    width = ncols * (_PANEL_IN + 0.12) + (_COLORBAR_IN if colorbar else 0.0) + _MARGIN_IN
+    height = nrows * (_PANEL_IN + _PANEL_TITLE_IN) + title_lines * _LINE_IN + extra_height_in + _MARGIN_IN
+    figsize = (round(width, 3), round(height, 3))
+    return PanelLayout(nrows, ncols, figsize, figure_dpi(figsize, max_px))
+
+
+def _title_lines(text: str | None) -> int:
+    return 0 if not text else text.count("\n") + 1
+
+
+def _wrap(text: str | None, width_in: float, fontsize: float = TITLE_FONT_PT) -> str | None:
+    """``text`` with each line wrapped to fit ``width_in`` inches at ``fontsize`` (so titles are never cut)."""
+    if not text:
+        return text
+    chars = max(12, int(width_in * 72 / (0.58 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) if line else line for line in text.split("\n"))
 
 
 # --------------------------------------------------------------------------- inputs
@@ -123,12 +208,12 @@ class _Scale:
         mappable = ScalarMappable(norm=self.norm, cmap=self.cmap)
         extend = "both" if self.kind == "log" else "max"
         cbar = fig.colorbar(mappable, ax=axes, extend=extend, shrink=0.9, pad=0.02)
-        cbar.set_label(f"attention × Nk\n(uniform = 1, Nk = {nk})", fontsize=_FONT)
+        cbar.set_label(f"attention × Nk\n(uniform = 1, Nk = {nk})", fontsize=LABEL_FONT_PT)
         if self.kind == "log":
             ticks = _log2_ticks(self.vmax)
             cbar.set_ticks(ticks, labels=[_fraction(t) for t in ticks])
             cbar.ax.minorticks_off()
-        cbar.ax.tick_params(labelsize=_FONT - 1)
+        cbar.ax.tick_params(labelsize=MIN_FONT_PT)
         return cbar
 
 
@@ -146,10 +231,10 @@ def _fraction(t: float) -> str:
 # --------------------------------------------------------------------------- figure plumbing
 
 
-def _new_figure(figsize: tuple[float, float], max_px: int) -> Figure:
-    if max_px < 64:
-        raise ValueError(f"max_px must be at least 64, got {max_px}")
-    fig = Figure(figsize=figsize, dpi=max_px / max(figsize), layout="constrained")
+def _new_figure(figsize: tuple[float, float], max_px: int, dpi: float | None = None) -> Figure:
+    """A constrained-layout figure of ``figsize`` inches at :func:`figure_dpi` (or ``dpi``)."""
+    dpi = figure_dpi(figsize, max_px) if dpi is None else dpi
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -228,7 +313,7 @@ def _show(ax, panel, scale: _Scale, *, labels: bool = True):
         interpolation=_interpolation(ax, arr.shape),
         interpolation_stage="rgba",
     )
-    ax.tick_params(labelsize=_FONT - 1)
+    ax.tick_params(labelsize=MIN_FONT_PT)
     xlabel, ylabel = _AXIS_LABELS[kind]
     if not labels:
         ax.set_xticks([])

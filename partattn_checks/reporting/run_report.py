@@ -53,8 +53,10 @@ def render_record(
     Figures (A·Nk on the fixed scale): the part panel and one overlay per part (head-averaged key
     marginal of ``layer``, mean over steps; ``layer=None``: the most part-separated layer, the last
     one for a single part), timelines of entropy, peak, part separation and step-to-step jumps per
-    layer (with the check thresholds), one multi-head grid per part for every full map (at most
-    ``MAX_HEAD_GRIDS``), one GIF per part of its marginal over steps, and for every failing check
+    layer (with the check thresholds), per part for every full map (at most ``MAX_HEAD_GRIDS``) a
+    multi-head grid of each head's key marginal on the image (``heads_*``; with a patch grid) and
+    one of the raw queries x keys maps (``qk_*``; ``heads_*`` when there is no grid), one GIF per
+    part of its marginal over steps, and for every failing check
     the gate's failure-report figures (``figures.figures_for``, under ``checks/``). Overlays need ``image``
     (the encoder's view) and the record's patch grid; without them the grid or strips are drawn.
     Returns ``{"figures": [(caption, path)], "metrics": path, "index": path}``.
@@ -169,19 +171,43 @@ def render_record(
             )
         )
 
-    capped = False
+    capped, grids_drawn = False, 0
     for (s, layer_name), full in record.full_maps.items():
         rows, cls = metrics.split_cls(full, has_cls=record.has_cls)
         for p in range(record.num_parts):
-            if len(heads_fig) >= MAX_HEAD_GRIDS:
+            if grids_drawn >= MAX_HEAD_GRIDS:
                 capped = True
                 break
-            path = out / f"heads_{safe_name(layer_name)}_step{s}_part{p}.png"
+            grids_drawn += 1
+            stem = f"{safe_name(layer_name)}_step{s}_part{p}"
+            where = "the image" if image is not None else "the patch grid"
+            if grid is not None:  # where each head looks: its key marginal on the image
+                heads_fig.append(
+                    (
+                        f"heads on {where} · layer {layer_name} · step {s} · part {p}",
+                        render.multi_head_grid(
+                            rows[p],
+                            title=with_cls(f"each head's key marginal on {where}", cls[p]),
+                            layer=layer_name,
+                            step=s,
+                            part=p,
+                            grid=grid,
+                            image=image,
+                            path=out / f"heads_{stem}.png",
+                        ),
+                    )
+                )
+            qk_path = out / (f"qk_{stem}.png" if grid is not None else f"heads_{stem}.png")
             heads_fig.append(
                 (
-                    f"heads · layer {layer_name} · step {s} · part {p}",
+                    f"heads, queries x keys · layer {layer_name} · step {s} · part {p}",
                     render.multi_head_grid(
-                        rows[p], title=with_cls("queries x keys", cls[p]), layer=layer_name, step=s, part=p, path=path
+                        rows[p],
+                        title=with_cls("queries x keys", cls[p]),
+                        layer=layer_name,
+                        step=s,
+                        part=p,
+                        path=qk_path,
                     ),
                 )
             )
@@ -233,7 +259,7 @@ def render_record(
     if grid is None or image is None:
         notes.append("No input image or patch grid: overlays are skipped.")
     if capped:
-        notes.append(f"Only the first {MAX_HEAD_GRIDS} multi-head grids are drawn.")
+        notes.append(f"Only the first {MAX_HEAD_GRIDS} (full map, part) pairs get multi-head grids.")
     if note:
         notes.append(note)
     check_rows = [
@@ -247,7 +273,7 @@ def render_record(
             ("Why checks failed", _rels(checks_fig, out)),
             ("Parts", _rels(parts_fig, out)),
             ("Over steps", _rels(steps_fig, out)),
-            ("Heads (full query x key maps)", _rels(heads_fig, out)),
+            ("Heads (from the full query x key maps)", _rels(heads_fig, out)),
         ],
         metrics=summary,
         tables=[("Checks", ["check", "verdict", "value", "threshold", "worst offender", "reason"], check_rows)],

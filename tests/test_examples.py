@@ -1,0 +1,116 @@
+"""The three scripts in examples/ run as written, from any working directory, on the embedded model.
+
+Each runs as a subprocess (``python examples/<name>.py OUT_DIR ...``) from an empty temporary
+working directory, so it can only find the model and its images through the installed package.
+Their outputs are opened and checked: real PNG/GIF figures of a readable size, and JSON numbers
+that say what the script claims.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from partattn_checks.render.panels import MIN_PANEL_PX
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+LAYERS = [f"blocks.{i}.attn2" for i in range(5)]  # the embedded tiny model's cross-attention layers
+STEPS = 3
+
+
+def run_example(name: str, cwd: Path, *args: str) -> tuple[Path, str]:
+    """Run ``examples/<name>.py OUT ...`` from ``cwd``; return the output folder and stdout."""
+    out = cwd / "out"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "out", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return out, proc.stdout
+
+
+def assert_figure(path: Path, fmt: str = "PNG", frames: int | None = None) -> None:
+    """A decodable figure of real content and readable size."""
+    assert path.is_file(), path
+    assert path.stat().st_size > 10_000, (path, path.stat().st_size)
+    with Image.open(path) as im:
+        assert im.format == fmt, (path, im.format)
+        assert min(im.size) >= MIN_PANEL_PX, (path, im.size)
+        if frames is not None:
+            assert im.n_frames == frames, (path, im.n_frames)
+        colours = len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0))
+    assert colours > 50, (path, colours)
+
+
+@pytest.fixture
+def cwd(tmp_path: Path) -> Path:
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    return folder
+
+
+def test_examples_folder_has_the_three_scripts_the_guide_names():
+    names = {p.name for p in EXAMPLES.glob("*.py")}
+    assert {
+        "attention_visualization_example.py",
+        "part_attention_analysis.py",
+        "temporal_attention_analysis.py",
+    } <= names
+    assert (EXAMPLES / "README.md").is_file()
+
+
+def test_attention_visualization_example(cwd):
+    out, stdout = run_example("attention_visualization_example", cwd)
+    for name in ("heatmap.png", "heads.png", "parts.png"):
+        assert_figure(out / name)
+    with Image.open(out / "scene.png") as scene:  # the drawn 2-part scene it ran on
+        assert scene.size == (224, 224) and len(scene.convert("RGB").getcolors()) == 3  # background + 2 parts
+    stats = json.loads((out / "statistics.json").read_text())
+    assert list(stats) == LAYERS
+    for layer in stats.values():
+        assert 0.0 < layer["entropy"] <= 1.0 and 0.0 <= layer["sparsity"] <= 1.0
+        assert len(layer["heads"]) == 4 and layer["num_keys"] == 64
+    assert "blocks.4.attn2: (2, 4, 16, 65)" in stdout  # parts, heads, queries, CLS + 64 patch keys
+
+
+def test_part_attention_analysis(cwd):
+    out, stdout = run_example("part_attention_analysis", cwd, "--steps", str(STEPS))
+    assert_figure(out / "parts.png")
+    for layer in LAYERS:
+        assert_figure(out / f"parts_{layer}.png")
+    summary = json.loads((out / "separation.json").read_text())
+    per_layer = summary["separation_per_layer"]
+    assert list(per_layer) == LAYERS and all(0.0 <= v <= 1.0 for v in per_layer.values())
+    assert summary["most_separated_layer"] == max(per_layer, key=per_layer.get)
+    pairwise = summary["pairwise_separation"]
+    assert len(pairwise) == 3 and all(math.isclose(pairwise[i][i], 0.0, abs_tol=1e-6) for i in range(3))
+    # the healthy embedded model separates the parts of a scene like those it was trained on
+    assert summary["checks"]["part_separation"] == "pass"
+    assert f"{summary['most_separated_layer']}: part separation" in stdout
+
+
+def test_temporal_attention_analysis_on_a_given_image(cwd):
+    image = REPO / "fixtures" / "images" / "np2_circle_square.png"
+    args = ("--steps", str(STEPS), "--image", str(image), "--num-parts", "2")
+    out, stdout = run_example("temporal_attention_analysis", cwd, *args)
+    assert_figure(out / "entropy.png")
+    assert_figure(out / "jumps.png")
+    for part in range(2):
+        assert_figure(out / f"part{part}.gif", fmt="GIF", frames=STEPS)
+    assert not (out / "scene.png").exists()  # it used the given image
+    doc = json.loads((out / "steps.json").read_text())
+    assert [row["step"] for row in doc["steps"]] == list(range(STEPS))
+    assert doc["steps"][0]["max_jump"] is None
+    assert all(0.0 <= row["max_jump"] <= 1.0 for row in doc["steps"][1:])
+    assert all(0.0 < row["entropy"] <= 1.0 for row in doc["steps"])
+    assert stdout.count("step ") == STEPS
