@@ -1,55 +1,113 @@
-"""The model zoo: the trained healthy tiny model, its broken variants and a random-init one.
+"""The model zoo, measured: a known-good checkpoint, its broken variants made in memory, and
+optionally other checkpoints (the random-init one), each run on every fixture image and judged.
 
-``build_zoo`` lays the models out as checkpoint folders (the variants come from
-:mod:`partattn_checks.model.broken`); ``evaluate`` runs every fixture image through one of them and
-returns the judged cases. ``scripts/model_matrix.py`` turns this into the table in
-docs/model-matrix.md, and tests/test_model_matrix.py asserts its verdicts (docs/training.md).
-It lives above the model package because it runs and judges (the model package never does).
+The variants are :mod:`partattn_checks.model.broken`'s weight edits, applied to the loaded
+pipeline's transformer in place and undone after their images (``broken``), so the checkpoint is
+loaded once and never copied. ``measure`` returns the raw matrix; :mod:`partattn_checks.calibrate`
+derives thresholds from it and ``partattn calibrate`` writes it (docs/model-matrix.md for the
+embedded model). It lives above the model package because it runs and judges.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import EMBEDDED_MODEL as HEALTHY
-from .model.broken import VARIANTS, make_variant
+from .checks import CHECKS, CheckResult, Thresholds
+from .model.broken import VARIANTS
 
-#: Which check each broken model is made to fail (the random-init model should fail separation).
-TARGETS = {
-    "uniform": "uniformity",
-    "collapsed": "collapse",
-    "merged_parts": "part_separation",
-    "unstable": "stability",
-    "nonfinite": "nonfinite",
-    "random": "part_separation",
-}
+#: The checkpoint folder a random-init tiny model lives in (the matrix's extra row for the embedded model).
+RANDOM = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints" / "tiny-random"
 
 
-def build_zoo(out_dir: str | Path, random: str | Path, healthy: str | Path = HEALTHY) -> dict[str, Path]:
-    """``{"healthy": ..., <variant>: ..., "random": ...}``: variants are written under ``out_dir``;
-    ``random`` is a random-init checkpoint (the repo's ``fixtures/checkpoints/tiny-random``)."""
-    out_dir = Path(out_dir)
-    zoo = {"healthy": Path(healthy)}
-    for name in VARIANTS:
-        zoo[name] = make_variant(healthy, out_dir / name, name)
-    zoo["random"] = Path(random)
-    return zoo
+def targets() -> dict[str, str]:
+    """Which check each broken model is made to fail (the random-init model should fail separation)."""
+    return {**{name: v.target for name, v in VARIANTS.items()}, "random": "part_separation"}
 
 
-def evaluate(model: str | Path, images: list[Path], *, steps: int | None = None, thresholds=None, device="cpu"):
-    """Run and judge every image on one model; ``{image name: CaseOutcome}``."""
-    from .model.pipeline import PartCrafterPipeline
-    from .runspec import for_pipeline, resolve_device
+TARGETS = targets()
+
+
+@dataclass(frozen=True)
+class ImageRun:
+    """What one image needs to run: its path, display name and the run settings of its sidecar."""
+
+    path: Path
+    name: str
+    sidecar: dict
+
+
+def fixture_images(folder: str | Path, rootdir: str | Path = ".") -> list[ImageRun]:
+    """The images under ``folder`` as the gate collects them (sorted), with their sidecar settings;
+    an image the gate could not run (no part count, a bad sidecar) is a ``ValueError`` naming it."""
+    from .sidecar import IMAGE_SUFFIXES, read_spec
+
+    folder = Path(folder).resolve()
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    runs = []
+    for path in paths:
+        spec = read_spec(path, folder, Path(rootdir).resolve())
+        if spec.error:
+            raise ValueError(spec.error)
+        runs.append(ImageRun(path, path.relative_to(folder).as_posix(), spec.run_layer()))
+    return runs
+
+
+#: ``{model: {image name: {check: CheckResult}}}``
+Matrix = dict[str, dict[str, dict[str, CheckResult]]]
+
+
+def run_images(
+    pipeline,
+    images: Iterable[ImageRun],
+    *,
+    options: Mapping | None = None,
+    thresholds: Thresholds | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, CheckResult]]:
+    """Run and judge every image on ``pipeline`` as it is now; ``{image name: {check: result}}``
+    (records are dropped: at release scale they are large and the results hold what we need)."""
+    from .runspec import for_pipeline
     from .session import run_case
-    from .sidecar import parts_from_name
 
-    pipeline = PartCrafterPipeline.from_pretrained(model, device=resolve_device(device).device)
-    return {
-        image.name: run_case(
-            pipeline,
-            image,
-            for_pipeline(pipeline, {"steps": steps}, call={"num_parts": parts_from_name(image)}),
-            thresholds,
-        )
-        for image in images
+    out = {}
+    for image in images:
+        spec = for_pipeline(pipeline, options, image.sidecar, labels={"sidecar": f"{image.name} sidecar"})
+        outcome = run_case(pipeline, image.path, spec, thresholds)
+        out[image.name] = dict(outcome.results)
+        if progress is not None:
+            progress(image.name)
+    return out
+
+
+def measure(
+    pipeline,
+    images: list[ImageRun],
+    *,
+    options: Mapping | None = None,
+    thresholds: Thresholds | None = None,
+    variants: Iterable[str] | None = None,
+    others: Mapping[str, Callable[[], object]] | None = None,
+    progress: Callable[[str, str], None] | None = None,
+) -> Matrix:
+    """The matrix: ``"healthy"`` (``pipeline`` as loaded), each variant (edited in memory, restored
+    after its images) and each of ``others`` (``{row name: load()}``, loaded one at a time)."""
+    from .model.broken import broken
+
+    def tell(model):
+        return (lambda image: progress(model, image)) if progress is not None else None
+
+    matrix: Matrix = {
+        "healthy": run_images(pipeline, images, options=options, thresholds=thresholds, progress=tell("healthy"))
     }
+    for name in VARIANTS if variants is None else variants:
+        with broken(pipeline.transformer, name):
+            matrix[name] = run_images(pipeline, images, options=options, thresholds=thresholds, progress=tell(name))
+    for name, load in (others or {}).items():
+        matrix[name] = run_images(load(), images, options=options, thresholds=thresholds, progress=tell(name))
+    return matrix
+
+
+__all__ = ["CHECKS", "HEALTHY", "RANDOM", "TARGETS", "ImageRun", "Matrix", "fixture_images", "measure", "run_images"]

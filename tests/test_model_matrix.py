@@ -1,20 +1,21 @@
-"""The model matrix (docs/model-matrix.md): the trained default passes every check on every fixture image, and each
-broken model fails the check it was built to fail, with a reason that names the cause.
+"""The model matrix (docs/model-matrix.md, written by ``partattn calibrate`` on the embedded model): the
+trained default passes every check on every fixture image under the shipped defaults, each broken
+variant (made in memory) fails the check it was built to fail with a reason that names the cause,
+and the shipped defaults are the ones that calibration wrote (one calibration path)."""
 
-The thresholds are the documented defaults (partattn_checks/checks.py); the margins they leave are
-measured by scripts/model_matrix.py and written in docs/model-matrix.md.
-"""
-
+import json
 from pathlib import Path
 
 import pytest
 
-from partattn_checks.checks import CHECKS
-from partattn_checks.zoo import TARGETS, build_zoo, evaluate
+from partattn_checks.calibrate import CALIBRATED
+from partattn_checks.checks import CHECKS, Thresholds
+from partattn_checks.zoo import HEALTHY, TARGETS, fixture_images, measure
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"
 RANDOM = REPO / "fixtures" / "checkpoints" / "tiny-random"
+MATRIX_JSON = REPO / "docs" / "model-matrix.json"
 
 #: How each failing check's reason starts: it names the cause.
 CAUSES = {
@@ -28,20 +29,13 @@ FIXTURE_IMAGES = sorted(p for p in IMAGES.iterdir() if p.suffix == ".png")
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    return build_zoo(tmp_path_factory.mktemp("zoo"), RANDOM)
+def matrix():
+    from partattn_checks.model.pipeline import PartCrafterPipeline
 
+    def load(path):
+        return PartCrafterPipeline.from_pretrained(path, device="cpu")
 
-@pytest.fixture(scope="module")
-def outcomes(zoo):
-    cache = {}
-
-    def judged(model):
-        if model not in cache:
-            cache[model] = evaluate(zoo[model], FIXTURE_IMAGES)
-        return cache[model]
-
-    return judged
+    return measure(load(HEALTHY), fixture_images(IMAGES, REPO), others={"random": lambda: load(RANDOM)})
 
 
 def test_fixture_images_cover_two_to_four_parts_and_unseen_ones():
@@ -50,20 +44,30 @@ def test_fixture_images_cover_two_to_four_parts_and_unseen_ones():
     assert any("unseen" in n for n in names)
 
 
+def test_the_shipped_defaults_are_the_embedded_models_calibration():
+    """docs/model-matrix.json is written by `partattn calibrate` on the embedded model; the defaults in
+    the checks' thresholds dataclasses must be what it calibrated (regenerate both together)."""
+    doc = json.loads(MATRIX_JSON.read_text())
+    assert doc["provenance"]["model"].endswith("partcrafter-tiny")
+    defaults = Thresholds()
+    shipped = {f"{table}.{key}": getattr(defaults[table], key) for table, key in CALIBRATED.values()}
+    assert doc["calibrated"] == shipped
+
+
 @pytest.mark.parametrize("check", list(CHECKS))
-def test_healthy_default_passes_every_check_on_every_image(outcomes, check):
-    for image, outcome in outcomes("healthy").items():
-        result = outcome.results[check]
+def test_healthy_default_passes_every_check_on_every_image(matrix, check):
+    for image, results in matrix["healthy"].items():
+        result = results[check]
         assert result.verdict in ("pass", "skip"), f"{image}: {result.reason}"
         if result.verdict == "skip":  # only part separation on a single-part image
-            assert check == "part_separation" and outcome.spec.num_parts == 1
+            assert check == "part_separation" and image.startswith("np1_")
 
 
 @pytest.mark.parametrize("model, check", sorted(TARGETS.items()))
-def test_broken_model_fails_its_target_check_naming_the_cause(outcomes, model, check):
-    for image, outcome in outcomes(model).items():
-        result = outcome.results[check]
-        if outcome.spec.num_parts == 1 and check == "part_separation":
+def test_broken_model_fails_its_target_check_naming_the_cause(matrix, model, check):
+    for image, results in matrix[model].items():
+        result = results[check]
+        if image.startswith("np1_") and check == "part_separation":
             assert result.verdict == "skip"
             continue
         assert result.verdict == "fail", f"{model} on {image}: {result.reason}"

@@ -17,7 +17,7 @@ class CollapseThresholds:
     cls_mass_max: float = param(
         0.9, 0.0, 1.0, doc="a map whose CLS (sink) mass is >= this counts as collapsed into CLS"
     )
-    max_share: float = param(0.5, 0.0, 1.0, doc="fail when a layer's share of collapsed maps exceeds this")
+    max_share: float = param(0.56, 0.0, 1.0, doc="fail when a layer's share of collapsed maps exceeds this")
 
 
 @dataclass(frozen=True)

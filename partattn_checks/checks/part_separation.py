@@ -12,7 +12,7 @@ from .thresholds import Thresholds, param
 
 @dataclass(frozen=True)
 class PartSeparationThresholds:
-    min_separation: float = param(0.075, 0.0, 1.0, doc="fail when the aggregated part separation is below this")
+    min_separation: float = param(0.084, 0.0, 1.0, doc="fail when the aggregated part separation is below this")
     step_aggregate: str = param(
         "mean", choices=("mean", "min", "max"), doc="how separation is reduced over steps, per layer"
     )

@@ -13,7 +13,7 @@ from .thresholds import Thresholds, param
 @dataclass(frozen=True)
 class StabilityThresholds:
     max_jump: float = param(
-        0.23, 0.0, 1.0, doc="fail when a consecutive-step JS/log 2 of a part's marginal exceeds this"
+        0.25, 0.0, 1.0, doc="fail when a consecutive-step JS/log 2 of a part's marginal exceeds this"
     )
 
 

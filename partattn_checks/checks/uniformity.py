@@ -25,7 +25,7 @@ class UniformityThresholds:
         0.98, 0.0, 1.0, doc="a map with normalized entropy >= this counts as near-uniform"
     )
     max_share: float = param(
-        0.85,
+        0.84,
         0.0,
         1.0,
         doc="fail when the share of near-uniform maps (reduced over layers by layer_aggregate) exceeds this",

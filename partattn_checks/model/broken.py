@@ -1,99 +1,182 @@
-"""Broken variants of a checkpoint, each made by a weight edit aimed at one failure.
+"""Broken variants of a loaded PartCrafter transformer, each a weight edit aimed at one failure.
 
-They prove that each check can fail and names the right cause (the model matrix, docs/model-matrix.md):
+``with broken(transformer, "uniform"): ...`` edits the model's own parameters in place and, on
+leaving the block (also on an error), copies the saved originals back: the same ``Parameter``
+objects, bit-identical values. Only the edited tensors are saved (at the release config about
+0.15 GB in float32: the timestep MLP and one block's output projection), so a 1.4 B-parameter model
+is never copied, in memory or on disk. The edits find their tensors by name
+patterns, so they apply to any depth and width (the tiny model, the release config):
 
 ============  ===========================================================  =================
 variant       edit                                                         check it targets
 ============  ===========================================================  =================
-uniform       every cross-attention key-norm gain is zeroed: all keys, so   uniformity
-              all logits, are 0 (zeroing ``to_k`` would not do: with the
-              heads-first split half of the heads take keys from ``to_v``)
+uniform       every cross-attention key-norm gain (``blocks.N.attn2.       uniformity
+              norm_k.weight``) is zeroed: all keys, so all logits, are 0
+              (zeroing ``to_k`` would not do: with the heads-first split
+              half of the heads take keys from ``to_v``)
 collapsed     cross-attention q/k RMSNorm gains x30: logits x900, one key   collapse
               per query wins
 merged_parts  every row of the part embedding is set to their mean: the     part_separation
               parts can no longer be told apart
-unstable      the timestep embedding is scrambled (its frequencies       stability
-              reversed, the time token scaled x40) and block 0's
-              self-attention broadcasts it to every token (key gains 0,
-              output x50); cross-attention query gains x3. Queries then
+unstable      the timestep embedding is scrambled (``time_proj.linear_1``   stability
+              columns reversed within the sin and the cos half: slowest
+              <-> fastest frequency; ``time_proj.linear_2`` x40) and block
+              0's self-attention broadcasts it to every token (key gains
+              0, output x50); cross-attention query gains x3. Queries then
               follow a pseudo-random function of the step
-nonfinite     one cross-attention key weight of block 2 is set to NaN       nonfinite
+nonfinite     one cross-attention key weight (``blocks.K.attn2.to_k``,      nonfinite
+              K = 2, or the last block of a shallower model) is NaN
 ============  ===========================================================  =================
+
+Whether an edit really breaks a given model is measured, not assumed: ``partattn calibrate``
+runs each variant and refuses a check whose variant does not separate from the healthy model.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
-from pathlib import Path
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
-VARIANTS: dict[str, Callable[[dict[str, torch.Tensor]], None]] = {}
+from ..errors import PartattnError
+
+#: An edit of one tensor, in place.
+Edit = tuple[str, Callable[[torch.Tensor], None]]
 
 
-def variant(name: str):
-    def register(edit):
-        VARIANTS[name] = edit
-        return edit
+class VariantError(PartattnError, ValueError):
+    """A broken variant that cannot be made of this model (an unknown name, a missing tensor)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named weight edit: ``plan(names)`` lists ``(parameter name, in-place edit)`` pairs
+    for a model whose parameter names are ``names``."""
+
+    name: str
+    target: str  # the check it is built to fail
+    summary: str
+    plan: Callable[[list[str]], list[Edit]]
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def variant(name: str, target: str, summary: str):
+    def register(plan):
+        VARIANTS[name] = Variant(name, target, summary, plan)
+        return plan
 
     return register
 
 
-def _cross_attention(state, suffix):
-    return [k for k in state if ".attn2." in k and k.endswith(suffix)]
+def matching(names: list[str], pattern: str, what: str) -> list[str]:
+    """The names matching ``pattern`` (a regular expression over the whole name); none is an error."""
+    found = [n for n in names if re.fullmatch(pattern, n)]
+    if not found:
+        raise VariantError(f"this model has no {what} (no parameter named like {pattern!r})")
+    return found
 
 
-@variant("uniform")
-def _uniform(state):
-    for key in _cross_attention(state, "norm_k.weight"):
-        state[key].zero_()
+def _cross(names, which: str) -> list[str]:
+    return matching(names, rf"blocks\.\d+\.attn2\.{which}\.weight", f"cross-attention {which} gains")
 
 
-@variant("collapsed")
-def _collapsed(state):
-    for key in _cross_attention(state, "norm_q.weight") + _cross_attention(state, "norm_k.weight"):
-        state[key].mul_(30.0)
+def _zero(t):
+    t.zero_()
 
 
-@variant("merged_parts")
-def _merged_parts(state):
-    weight = state["part_embedding.weight"]
-    weight.copy_(weight.mean(dim=0, keepdim=True).expand_as(weight))
+def _scale(factor: float):
+    def edit(t):
+        t.mul_(factor)
+
+    return edit
 
 
-@variant("unstable")
-def _unstable(state):
-    freq = state["time_proj.linear_1.weight"]
-    half = freq.shape[1] // 2
-    freq[:, :half] = freq[:, :half].flip(1).clone()  # sin columns: slowest <-> fastest frequency
-    freq[:, half:] = freq[:, half:].flip(1).clone()  # cos columns likewise
-    state["time_proj.linear_2.weight"].mul_(40.0)
-    state["time_proj.linear_2.bias"].mul_(40.0)
-    state["blocks.0.attn1.norm_k.weight"].zero_()
-    state["blocks.0.attn1.to_out.0.weight"].mul_(50.0)
-    for key in _cross_attention(state, "norm_q.weight"):
-        state[key].mul_(3.0)
+@variant("uniform", "uniformity", "cross-attention key-norm gains set to 0: every logit is 0")
+def _uniform(names):
+    return [(n, _zero) for n in _cross(names, "norm_k")]
 
 
-@variant("nonfinite")
-def _nonfinite(state):
-    state["blocks.2.attn2.to_k.weight"][0, 0] = float("nan")
+@variant("collapsed", "collapse", "cross-attention q/k norm gains x30: logits x900, one key per query wins")
+def _collapsed(names):
+    return [(n, _scale(30.0)) for n in _cross(names, "norm_q") + _cross(names, "norm_k")]
 
 
-def make_variant(source: str | Path, out: str | Path, name: str) -> Path:
-    """Copy the checkpoint folder ``source`` to ``out`` with the transformer weights edited as ``name``."""
-    from safetensors.torch import load_file, save_file
+def _row_mean(t):
+    t.copy_(t.mean(dim=0, keepdim=True).expand_as(t))
 
+
+@variant("merged_parts", "part_separation", "every part-embedding row set to their mean: parts cannot be told apart")
+def _merged_parts(names):
+    return [(n, _row_mean) for n in matching(names, r"part_embedding\.weight", "part embedding")]
+
+
+def _flip_halves(t):
+    half = t.shape[1] // 2  # the sinusoidal embedding is [sin | cos]: reverse each half's frequencies
+    t[:, :half] = t[:, :half].flip(1).clone()
+    t[:, half:] = t[:, half:].flip(1).clone()
+
+
+@variant(
+    "unstable",
+    "stability",
+    "timestep embedding scrambled (frequencies reversed, time token x40), broadcast into every token by block 0's "
+    "self-attention (key gains 0, output x50), cross-attention query gains x3",
+)
+def _unstable(names):
+    one = {
+        "time_proj.linear_1.weight": _flip_halves,
+        "time_proj.linear_2.weight": _scale(40.0),
+        "time_proj.linear_2.bias": _scale(40.0),
+        "blocks.0.attn1.norm_k.weight": _zero,
+        "blocks.0.attn1.to_out.0.weight": _scale(50.0),
+    }
+    edits = [(matching(names, re.escape(n), n)[0], edit) for n, edit in one.items()]
+    return edits + [(n, _scale(3.0)) for n in _cross(names, "norm_q")]
+
+
+def _first_nan(t):
+    t.view(-1)[0] = float("nan")
+
+
+@variant("nonfinite", "nonfinite", "one cross-attention key weight of block 2 (or the last block) set to NaN")
+def _nonfinite(names):
+    keys = matching(names, r"blocks\.\d+\.attn2\.to_k\.weight", "cross-attention key projections")
+    by_block = {int(n.split(".")[1]): n for n in keys}
+    return [(by_block.get(2, by_block[max(by_block)]), _first_nan)]
+
+
+def get_variant(name: str) -> Variant:
     if name not in VARIANTS:
-        raise ValueError(f"unknown broken variant '{name}' (known: {', '.join(VARIANTS)})")
-    source, out = Path(source), Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(source, out)
-    weights = out / "transformer" / "diffusion_pytorch_model.safetensors"
-    state = load_file(str(weights))
-    state = {k: v.float() for k, v in state.items()}
-    VARIANTS[name](state)
-    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(weights))
-    return out
+        raise VariantError(f"unknown broken variant {name!r} (known: {', '.join(VARIANTS)})")
+    return VARIANTS[name]
+
+
+def edited_parameters(model: torch.nn.Module, name: str) -> list[str]:
+    """The parameter names variant ``name`` edits in ``model`` (each once, in edit order)."""
+    plan = get_variant(name).plan([n for n, _ in model.named_parameters()])
+    return list(dict.fromkeys(n for n, _ in plan))
+
+
+@contextlib.contextmanager
+def broken(model: torch.nn.Module, name: str) -> Iterator[list[str]]:
+    """Apply variant ``name`` to ``model``'s parameters in place for the ``with`` block; yields the
+    edited parameter names. On exit the saved originals are copied back into the same tensors."""
+    params = dict(model.named_parameters())
+    plan = get_variant(name).plan(list(params))  # a missing tensor fails before any edit
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for pname, edit in plan:
+                if pname not in saved:
+                    saved[pname] = params[pname].detach().clone()
+                edit(params[pname].data)
+        yield list(saved)
+    finally:
+        with torch.no_grad():
+            for pname, original in saved.items():
+                params[pname].data.copy_(original)

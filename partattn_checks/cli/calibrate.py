@@ -1,0 +1,234 @@
+"""``partattn calibrate --model DIR``: thresholds from a known-good checkpoint and its broken variants.
+
+Loads the checkpoint once, runs the fixture images on it and on each broken variant (a weight edit
+applied in memory and undone after its images), picks each check's threshold between the healthy
+worst image and the variant's least-failing image (partattn_checks/calibrate.py has the rule), and
+writes ``thresholds.toml`` (with its provenance), ``model-matrix.md``/``.json``/``.png``; with
+``--baselines DIR`` it then runs the gate in update mode to write the fixture images' baselines.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .. import runspec
+from ..runspec import DTYPES
+from .args import MODEL_HELP, check_model, device_arg, model_dir, number_arg, say, setting_arg
+from .check import DEFAULT_FIXTURES, REWRITE_WARNING_FILTER, _plugin_args, check_args
+from .io import RunFailed, UsageError, read_thresholds, writable_folder
+
+DEFAULT_OUT = Path("partattn-calibration")
+OUTPUTS = ("thresholds.toml", "model-matrix.md", "model-matrix.json", "model-matrix.png")
+
+
+def add_parser(sub):
+    parser = sub.add_parser(
+        "calibrate",
+        help="derive thresholds from a known-good checkpoint and its in-memory broken variants",
+        description="Run the fixture images on a known-good checkpoint and on each of its broken variants "
+        "(weight edits applied in memory, undone after use), pick each check's threshold between the healthy "
+        "model's worst image and the variant's least-failing image, and write thresholds.toml (with its "
+        "provenance), the model matrix (model-matrix.md/.json/.png) and, with --baselines, the fixture "
+        "images' baselines. A check whose two sides overlap keeps its previous threshold (said on stderr).",
+    )
+    parser.add_argument("--model", metavar="DIR", help=MODEL_HELP)
+    parser.add_argument("--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES})")
+    parser.add_argument("--out", metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
+    parser.add_argument(
+        "--steps", type=setting_arg("steps"), metavar="S", help="denoising steps (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--seed", type=setting_arg("seed"), default=runspec.DEFAULT_SEED, help="noise seed (default: 0)"
+    )
+    parser.add_argument(
+        "--num-tokens",
+        type=setting_arg("num_tokens"),
+        metavar="T",
+        help="latent tokens per part (default: the checkpoint's)",
+    )
+    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
+    parser.add_argument(
+        "--margin",
+        type=number_arg,
+        default=0.5,
+        metavar="F",
+        help="where the threshold sits between the healthy worst (0) and the variant's least-failing image (1); "
+        "default 0.5, the midpoint",
+    )
+    parser.add_argument(
+        "--thresholds",
+        metavar="TOML",
+        help="the previous thresholds (kept where a check cannot be calibrated; "
+        "they also set the fields that are not calibrated); default: the built-in defaults",
+    )
+    parser.add_argument(
+        "--baselines", metavar="DIR", help="also write the fixture images' baselines here (the gate in update mode)"
+    )
+    parser.add_argument(
+        "--random",
+        metavar="DIR",
+        help="a random-init checkpoint shown as an extra matrix row (not used for thresholds)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no status lines and no matrix on stdout")
+    parser.set_defaults(func=main)
+    return parser
+
+
+def main(args, extra) -> int:
+    model = model_dir(args.model)
+    check_model(model)
+    if args.random:
+        check_model(model_dir(args.random))
+    if not 0.0 < args.margin < 1.0:
+        raise UsageError(f"--margin {args.margin:g}: must be between 0 and 1 (exclusive); 0.5 is the midpoint")
+    fixtures = Path(args.fixtures).expanduser() if args.fixtures else DEFAULT_FIXTURES
+    if not fixtures.is_dir():
+        raise UsageError(f"fixture folder not found: {fixtures} (pass --fixtures DIR, a folder of np<N>_*.png images)")
+    base = read_thresholds(args.thresholds)
+    if args.baselines and args.num_tokens is not None and not _gate_has("num_tokens"):
+        raise UsageError("--num-tokens with --baselines needs the gate's --partattn-num-tokens option (not installed)")
+    out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
+    writable_folder(out, "--out" if args.out else "output folder")
+    if args.baselines:
+        writable_folder(Path(args.baselines).expanduser(), "--baselines")
+    from ..zoo import fixture_images
+
+    try:
+        images = fixture_images(fixtures)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not images:
+        raise UsageError(f"no fixture images in {fixtures} (.png, .jpg, .jpeg, .webp)")
+    toml = _calibrate(args, model, images, base, out)
+    if args.baselines:
+        return _write_baselines(args, model, fixtures, toml)
+    return 0
+
+
+def _calibrate(args, model: Path, images, base, out: Path) -> Path:
+    from .. import calibration_report as report
+    from ..atomic import atomic_write_bytes, atomic_write_text
+    from ..calibrate import CalibrationError, calibrated, decide, summarize
+    from ..model.loading import CheckpointError
+    from ..model.pipeline import PartCrafterPipeline
+    from ..zoo import measure
+
+    try:
+        device = runspec.resolve_device(args.device).device
+    except runspec.RunSpecError as err:
+        raise UsageError(f"--device {args.device}: {err}") from None
+    dtype = runspec.torch_dtype(args.dtype)
+
+    def load(path):
+        say(args, f"loading {path} on {device} ({args.dtype})")
+        try:
+            return PartCrafterPipeline.from_pretrained(path, device=device, dtype=dtype)
+        except CheckpointError as err:
+            raise UsageError(str(err)) from None
+
+    pipeline = load(model)
+    options = {"steps": args.steps, "seed": args.seed, "num_tokens": args.num_tokens}
+    try:
+        spec = runspec.for_pipeline(pipeline, options, images[0].sidecar)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    others = {"random": lambda: load(model_dir(args.random))} if args.random else None
+
+    def progress(name, image):
+        say(args, f"{name}: {image}")
+
+    try:
+        matrix = measure(pipeline, images, options=options, thresholds=base, others=others, progress=progress)
+        decisions = decide(matrix, base, args.margin)
+    except CalibrationError as err:
+        raise RunFailed(str(err)) from None
+    except ValueError as err:  # a run setting or a variant that does not fit this model
+        raise UsageError(str(err)) from None
+    del pipeline
+    thresholds = calibrated(base, decisions)
+    table = summarize(matrix, thresholds)
+    settings = {k: getattr(spec, k) for k in ("steps", "seed", "num_tokens", "guidance_scale", "dtype", "device")}
+    prov = report.provenance(
+        model, [i.name for i in images], settings, args.margin, args.thresholds or "built-in defaults"
+    )
+    for d in decisions:
+        if not d.calibrated and d.field:
+            print(d.note, file=sys.stderr)
+    text = report.markdown(table, decisions)
+    header = (
+        "# Model matrix: every check on the healthy model, its broken variants"
+        + (" and the random-init model" if args.random else "")
+        + f"\n\nGenerated by `{command_line(args)}` ({prov['date']}, {prov['machine']}, {len(images)} fixture "
+        f"images; settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + "). The calibrated "
+        "thresholds are in thresholds.toml next to this file.\n\n"
+    )
+    toml = atomic_write_text(out / "thresholds.toml", report.thresholds_toml(thresholds, decisions, prov))
+    atomic_write_text(out / "model-matrix.md", header + text + "\n")
+    atomic_write_text(out / "model-matrix.json", report.matrix_json(table, decisions, thresholds, prov))
+    atomic_write_bytes(out / "model-matrix.png", report.figure(table, decisions, f"{model.name}: {len(images)} images"))
+    if not args.quiet:
+        print(text)
+    say(args, f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
+    return toml
+
+
+def command_line(args) -> str:
+    """The command as the user would type it again (paths as given)."""
+    words = ["partattn", "calibrate"]
+    for flag, value in (
+        ("--model", args.model),
+        ("--fixtures", args.fixtures),
+        ("--random", args.random),
+        ("--steps", args.steps),
+        ("--num-tokens", args.num_tokens),
+        ("--thresholds", args.thresholds),
+        ("--out", args.out),
+    ):
+        if value is not None:
+            words += [flag, str(value)]
+    for flag, value, default in (
+        ("--seed", args.seed, runspec.DEFAULT_SEED),
+        ("--dtype", args.dtype, "float32"),
+        ("--margin", args.margin, 0.5),
+    ):
+        if value != default:
+            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return " ".join(words)
+
+
+def _gate_has(option: str) -> bool:
+    from ..options import BY_NAME
+
+    return option in BY_NAME
+
+
+def _write_baselines(args, model: Path, fixtures: Path, toml: Path) -> int:
+    """The gate (``pytest --partattn``) in update mode with the new thresholds: the baselines are
+    written by the plugin itself, in whatever format it stores."""
+    baselines = Path(args.baselines).expanduser().resolve()
+    extra = [
+        "--partattn-update=all",
+        f"--partattn-baselines={baselines}",
+        f"--partattn-thresholds={toml.resolve()}",
+        f"--partattn-seed={args.seed}",
+        f"--partattn-dtype={args.dtype}",
+        f"--partattn-results={(toml.parent / 'gate-results').resolve()}",
+        "-q",
+    ]
+    if args.num_tokens is not None:
+        extra.append(f"--partattn-num-tokens={args.num_tokens}")
+    say(args, f"writing baselines into {baselines} (pytest --partattn --partattn-update=all)")
+    import pytest
+
+    code = int(
+        pytest.main(
+            _plugin_args()
+            + ["-W", REWRITE_WARNING_FILTER]
+            + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra)
+        )
+    )
+    if code != 0:
+        raise RunFailed(f"the gate exited with status {code} while writing the baselines into {baselines}")
+    return 0

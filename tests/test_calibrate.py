@@ -1,0 +1,356 @@
+"""``partattn calibrate``: the threshold rule, the in-memory broken variants (restored bit for bit;
+at the release config on the ``meta`` device), and the whole path on a checkpoint other than the
+embedded one: calibrate writes thresholds and baselines, the gate passes on the checkpoint with
+them and fails the right check for each broken variant (docs/own-checkpoint.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from plugin_support import outcomes
+
+from partattn_checks import cli
+from partattn_checks.calibrate import (
+    CALIBRATED,
+    ROUNDING_SLACK,
+    CalibrationError,
+    calibrated,
+    decide,
+    is_ceiling,
+    passes,
+    pick_threshold,
+)
+from partattn_checks.checks import REGISTRY, CheckResult, Thresholds, load_thresholds
+from partattn_checks.checks.details import Details
+from partattn_checks.model.broken import VARIANTS, VariantError, broken, edited_parameters
+from partattn_checks.model.loading import load_transformer
+from partattn_checks.model.transformer import RELEASE_CONFIG, PartCrafterDiTModel
+
+pytest_plugins = ("pytester",)
+
+REPO = Path(__file__).resolve().parents[1]
+SEED1 = REPO / "fixtures" / "checkpoints" / "tiny-seed1"
+EMBEDDED = REPO / "partattn_checks" / "data" / "partcrafter-tiny"
+IMAGES = REPO / "fixtures" / "images"
+#: A small calibration set on which every check of tiny-seed1 separates (on all ten fixture images its
+#: part separation and stability overlap: docs/own-checkpoint.md shows that refusal).
+CALIBRATION_IMAGES = ("np2_circle_square.png", "np2_triangle_circle.png", "np3_three_shapes.png")
+STEPS = 10
+
+unit = st.floats(0.0, 1.0, allow_nan=False)
+fraction = st.floats(0.01, 0.99)
+
+
+# ---------------------------------------------------------------------------- the rule
+@given(unit, unit, fraction)
+def test_threshold_sits_strictly_between_the_sides_of_a_ceiling_check(healthy, variant, f):
+    t = pick_threshold(True, healthy, variant, f)
+    if not healthy < variant:
+        assert t is None
+        return
+    assume(variant - healthy > 1e-12)
+    assert healthy < t < variant
+    assert abs(t - (healthy + f * (variant - healthy))) <= ROUNDING_SLACK * (variant - healthy) + 1e-15
+    assert passes("stability", healthy, t) and not passes("stability", variant, t)
+
+
+@given(unit, unit, fraction)
+def test_threshold_sits_strictly_between_the_sides_of_a_floor_check(healthy, variant, f):
+    t = pick_threshold(False, healthy, variant, f)
+    if not variant < healthy:
+        assert t is None
+        return
+    assume(healthy - variant > 1e-12)
+    assert variant < t < healthy
+    assert passes("part_separation", healthy, t) and not passes("part_separation", variant, t)
+
+
+def test_rounding_keeps_few_decimals_and_the_margin_must_be_inside():
+    assert pick_threshold(True, 0.6775, 1.0) == 0.84
+    assert pick_threshold(False, 0.12, 0.04878) == 0.084
+    assert pick_threshold(True, 0.5, 0.5) is None  # touching is overlapping
+    assert pick_threshold(True, 0.2, float("nan")) is None
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="margin must be between 0 and 1"):
+            pick_threshold(True, 0.1, 0.9, bad)
+
+
+def test_ceiling_or_floor_comes_from_the_registry():
+    assert {c: is_ceiling(c) for c in REGISTRY if c in CALIBRATED or c == "nonfinite"} == {
+        "uniformity": True,
+        "collapse": True,
+        "part_separation": False,
+        "stability": True,
+        "nonfinite": True,
+    }
+    assert all(REGISTRY[c].thresholds_type is not None for c in CALIBRATED)
+
+
+def _result(check, value, threshold, *, nonfinite=None, verdict=None):
+    details = REGISTRY[check].details_type(nonfinite_count=nonfinite) if nonfinite is not None else Details()
+    return CheckResult(check, verdict or "pass", value, threshold, None, "", details)
+
+
+def _matrix(values: dict[str, list[float]], *, base=None) -> dict:
+    """A matrix of real CheckResults: ``values[model]`` per image for uniformity; other checks pass."""
+    base = base or Thresholds()
+    fixed = {
+        "collapse": (0.0, base.collapse.max_share),
+        "part_separation": (0.5, base.part_separation.min_separation),
+        "stability": (0.1, base.stability.max_jump),
+        "nonfinite": (0.0, 0.0),
+    }
+    out = {}
+    for model, per_image in values.items():
+        out[model] = {}
+        for i, v in enumerate(per_image):
+            row = {"uniformity": _result("uniformity", v, base.uniformity.max_share)}
+            row |= {c: _result(c, *fixed[c]) for c in fixed}
+            out[model][f"np2_{i}.png"] = row
+    return out
+
+
+def test_overlapping_sides_are_refused_and_keep_the_previous_threshold():
+    matrix = _matrix({"healthy": [0.2, 0.7], "uniform": [0.65, 1.0]})
+    (d,) = [d for d in decide(matrix, Thresholds()) if d.check == "uniformity"]
+    assert not d.calibrated and d.threshold == d.previous == Thresholds().uniformity.max_share
+    assert d.note == (
+        "uniformity: cannot be calibrated on these images: healthy worst 0.7, uniform least-failing 0.65 "
+        f"overlap; keeping the previous threshold {d.previous:g}"
+    )
+    assert calibrated(Thresholds(), decide(matrix, Thresholds())).uniformity == Thresholds().uniformity
+
+
+def test_separated_sides_are_calibrated_and_non_finite_variant_images_are_left_out():
+    matrix = _matrix({"healthy": [0.2, 0.6], "uniform": [0.9, 1.0]})
+    poisoned = _result("uniformity", 189.0, 0.84, nonfinite=189, verdict="fail")
+    matrix["uniform"]["np2_9.png"] = {**matrix["uniform"]["np2_0.png"], "uniformity": poisoned}
+    (d,) = [d for d in decide(matrix, Thresholds(), 0.25) if d.check == "uniformity"]
+    assert d.calibrated and (d.healthy_worst, d.variant_least, d.threshold) == (0.6, 0.9, 0.68)
+    assert calibrated(Thresholds(), [d]).uniformity.max_share == 0.68
+
+
+def test_a_healthy_model_with_nan_cannot_anchor_thresholds():
+    matrix = _matrix({"healthy": [0.2], "uniform": [1.0]})
+    matrix["healthy"]["np2_0.png"]["nonfinite"] = _result("nonfinite", 3.0, 0.0, verdict="fail")
+    with pytest.raises(CalibrationError, match="known-good model produces NaN/Inf on np2_0.png"):
+        decide(matrix, Thresholds())
+
+
+# ---------------------------------------------------------------------------- in-memory variants
+def _bits(model) -> dict[str, bytes]:
+    return {n: p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() for n, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_transformer(EMBEDDED / "transformer", torch.float32)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_a_variant_edits_in_place_and_restores_every_bit(tiny, name):
+    before, params = _bits(tiny), dict(tiny.named_parameters())
+    with broken(tiny, name) as touched:
+        during = _bits(tiny)
+        assert touched == edited_parameters(tiny, name) and touched
+        assert {n for n in before if before[n] != during[n]} == set(touched)
+    assert _bits(tiny) == before
+    assert all(p is params[n] for n, p in tiny.named_parameters())
+
+
+def test_a_variant_is_restored_when_the_block_raises(tiny):
+    before = _bits(tiny)
+    with pytest.raises(RuntimeError, match="inside"), broken(tiny, "unstable"):
+        raise RuntimeError("inside")
+    assert _bits(tiny) == before
+
+
+def test_a_variant_that_does_not_fit_the_model_fails_before_editing():
+    model = PartCrafterDiTModel(
+        num_attention_heads=2, width=8, in_channels=4, num_layers=1, cross_attention_dim=8, enable_part_embedding=False
+    )
+    before = _bits(model)
+    with pytest.raises(VariantError, match="no part embedding"), broken(model, "merged_parts"):
+        pass
+    with pytest.raises(VariantError, match="unknown broken variant 'bent'"), broken(model, "bent"):
+        pass
+    assert _bits(model) == before
+    with broken(model, "nonfinite") as touched:  # one block only: its key weight, not block 2's
+        assert touched == ["blocks.0.attn2.to_k.weight"]
+
+
+def _release_keys() -> list[str]:
+    from helpers import read_keys_tsv, reference_keys_path
+
+    return list(read_keys_tsv(reference_keys_path()))
+
+
+def test_every_variant_applies_and_restores_at_the_release_config_on_meta():
+    """The 1.44 B-parameter release transformer on the meta device (no memory): every edit finds its
+    tensors by name, and leaving the block keeps the very same Parameters, shapes and dtypes."""
+    with torch.device("meta"):
+        model = PartCrafterDiTModel(**RELEASE_CONFIG)
+    keys = _release_keys()
+    assert sorted(n for n, _ in model.named_parameters()) == sorted(keys)  # the release state dict's names
+    params = dict(model.named_parameters())
+    shapes = {n: (p.shape, p.dtype, p.device.type) for n, p in params.items()}
+
+    def named(pattern):
+        return [k for k in keys if re.fullmatch(pattern, k)]
+
+    expected = {
+        "uniform": named(r"blocks\.\d+\.attn2\.norm_k\.weight"),
+        "collapsed": named(r"blocks\.\d+\.attn2\.norm_q\.weight") + named(r"blocks\.\d+\.attn2\.norm_k\.weight"),
+        "merged_parts": ["part_embedding.weight"],
+        "unstable": [
+            "time_proj.linear_1.weight",
+            "time_proj.linear_2.weight",
+            "time_proj.linear_2.bias",
+            "blocks.0.attn1.norm_k.weight",
+            "blocks.0.attn1.to_out.0.weight",
+            *named(r"blocks\.\d+\.attn2\.norm_q\.weight"),
+        ],
+        "nonfinite": ["blocks.2.attn2.to_k.weight"],
+    }
+    assert len(expected["uniform"]) == RELEASE_CONFIG["num_layers"] == 21
+    assert set(expected) == set(VARIANTS)
+    for name in VARIANTS:
+        with broken(model, name) as touched:
+            assert touched == expected[name]
+        assert all(p is params[n] for n, p in model.named_parameters())
+        assert {n: (p.shape, p.dtype, p.device.type) for n, p in model.named_parameters()} == shapes
+
+
+def test_release_depth_with_real_values_restores_every_bit():
+    """Release depth and block layout (21 blocks, global blocks 0, 2, ..., 20, U-skips), a small width."""
+    small = {**RELEASE_CONFIG, "width": 32, "num_attention_heads": 2, "in_channels": 4, "cross_attention_dim": 16}
+    model = PartCrafterDiTModel(**small)
+    before = _bits(model)
+    for name in VARIANTS:
+        with broken(model, name) as touched:
+            assert (
+                len(touched)
+                == {"uniform": 21, "collapsed": 42, "merged_parts": 1, "unstable": 26, "nonfinite": 1}[name]
+            )
+        assert _bits(model) == before
+
+
+# ---------------------------------------------------------------------------- the whole path
+#: The gate's pipeline: the checkpoint, with the broken variant named by $PARTATTN_TEST_VARIANT applied
+#: in memory for the whole session (no copy on disk).
+VARIANT_CONFTEST = f"""
+import contextlib, os
+
+import torch
+
+MODEL = {str(SEED1)!r}
+_KEEP = contextlib.ExitStack()
+
+
+def pytest_partattn_load_pipeline(config, device, dtype):
+    from partattn_checks.model.broken import broken
+    from partattn_checks.model.pipeline import PartCrafterPipeline
+
+    pipeline = PartCrafterPipeline.from_pretrained(MODEL, device=device, dtype=getattr(torch, dtype))
+    name = os.environ.get("PARTATTN_TEST_VARIANT")
+    if name:
+        _KEEP.enter_context(broken(pipeline.transformer, name))
+    return pipeline
+"""
+
+
+@pytest.fixture(scope="module")
+def calibrated_project(tmp_path_factory):
+    """``partattn calibrate`` on tiny-seed1 (trained by scripts/train_tiny.py --seed 1), with baselines."""
+    project = tmp_path_factory.mktemp("project")
+    images = project / "fixtures" / "images"
+    images.mkdir(parents=True)
+    for name in CALIBRATION_IMAGES:
+        shutil.copyfile(IMAGES / name, images / name)
+    out = project / "calibration"
+    code = cli.main(
+        [
+            "calibrate",
+            "--model",
+            str(SEED1),
+            "--fixtures",
+            str(images),
+            "--out",
+            str(out),
+            "--baselines",
+            str(project / "fixtures" / "baselines"),
+            "--steps",
+            str(STEPS),
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
+    assert code == 0
+    return project
+
+
+def test_calibrate_writes_thresholds_with_provenance_and_the_matrix(calibrated_project):
+    out = calibrated_project / "calibration"
+    text = (out / "thresholds.toml").read_text()
+    assert f"# model: {SEED1}" in text and "# fingerprint: " in text
+    assert f"# images (3): {', '.join(CALIBRATION_IMAGES)}" in text
+    assert f"steps {STEPS}, seed 0, num_tokens 16" in text and "dtype float32, device cpu" in text
+    t = load_thresholds(out / "thresholds.toml")
+    for check, (table, key) in CALIBRATED.items():  # every check separated on this checkpoint
+        assert f"{key} = {getattr(t[table], key)!r}  # calibrated" in text, check
+    matrix = (out / "model-matrix.md").read_text()
+    assert "| healthy |" in matrix and "FAIL" not in matrix.split("| healthy |")[1].split("\n")[0]
+    assert (out / "model-matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "model-matrix.json").read_text())
+    (sep,) = [d for d in doc["decisions"] if d["check"] == "part_separation"]
+    assert sep["healthy_worst"] < sep["previous"]  # the embedded model's default would fail this healthy model
+    assert sep["variant_least"] < sep["threshold"] < sep["healthy_worst"]
+    baselines = calibrated_project / "fixtures" / "baselines"
+    assert sorted(p.name for p in baselines.iterdir()) == sorted(Path(n).stem for n in CALIBRATION_IMAGES)
+
+
+def _gate(pytester, project, monkeypatch, variant=None, *extra):
+    monkeypatch.setenv("PARTATTN_TEST_VARIANT", variant or "")
+    monkeypatch.delenv("CI", raising=False)
+    return pytester.runpytest_inprocess(
+        "-p",
+        "no:cacheprovider",
+        "--partattn",
+        f"--partattn-model={SEED1}",
+        f"--partattn-steps={STEPS}",
+        "--partattn-device=cpu",
+        f"--partattn-thresholds={project / 'calibration' / 'thresholds.toml'}",
+        f"--partattn-baselines={project / 'fixtures' / 'baselines'}",
+        "fixtures/images",
+        *extra,
+    )
+
+
+@pytest.fixture
+def gate_project(pytester, calibrated_project):
+    shutil.copytree(calibrated_project / "fixtures", pytester.path / "fixtures")
+    pytester.makeconftest(VARIANT_CONFTEST)
+    return pytester
+
+
+def test_the_gate_passes_on_the_calibrated_checkpoint(gate_project, calibrated_project, monkeypatch):
+    got = outcomes(_gate(gate_project, calibrated_project, monkeypatch))
+    assert len(got) == len(CALIBRATION_IMAGES) * len(REGISTRY)
+    assert set(got.values()) == {"passed"}, got
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_gate_fails_the_right_check_for_each_broken_variant(gate_project, calibrated_project, monkeypatch, variant):
+    target = VARIANTS[variant].target  # only its items: a failing item draws figures, the others are slow
+    got = outcomes(_gate(gate_project, calibrated_project, monkeypatch, variant, "-k", target))
+    assert len(got) == len(CALIBRATION_IMAGES)
+    for name in CALIBRATION_IMAGES:
+        assert got[f"fixtures/images/{name}::{target}"] == "failed", got
