@@ -38,6 +38,8 @@ _LAZY = {
     "load_thresholds": "checks",
     "run_checks": "checks",
     "BaselineError": "baseline",
+    "AttentionMonitor": "monitor",
+    "compare_checkpoints": "compare",
 }
 
 __all__ = ["EMBEDDED_MODEL", "PartattnError", "__version__", *_LAZY]

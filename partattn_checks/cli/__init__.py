@@ -4,6 +4,8 @@
     partattn check [--model DIR] [--fixtures DIR] [pytest args ...]
     partattn show RECORD [--out DIR]
     partattn calibrate [--model DIR] [--fixtures DIR] [--out DIR] [--baselines DIR] [--margin F] ...
+    partattn trend CKPT [CKPT ...] [--base DIR] [--fixtures DIR] [--out DIR]
+    partattn compare A B [--fixtures DIR] [--out DIR]
 
 ``run`` denoises one image with capture on and writes figures, GIFs, ``metrics.json``, the record
 and an ``index.html``; ``check`` runs the pytest gate (``pytest --partattn``) on a fixture folder
@@ -30,7 +32,7 @@ from .io import MANIFEST, ProgressBar, RunFailed, UsageError
 __all__ = ["main", "build_parser", "check_args", "COMMANDS", "MANIFEST", "ProgressBar", "UsageError", "RunFailed"]
 
 #: Subcommand modules of this package (``partattn <name>``).
-COMMANDS = ("run", "check", "show", "calibrate")
+COMMANDS = ("run", "check", "show", "trend", "compare", "calibrate")
 #: Subcommands that pass the arguments they do not know on (``check`` hands them to pytest).
 PASS_THROUGH = {"check"}
 

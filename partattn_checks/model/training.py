@@ -86,10 +86,14 @@ def param_groups(transformer, encoder, config: TrainConfig) -> list[dict]:
     return [{"params": rest}, {"params": gains, "lr": config.lr * config.norm_lr_scale}]
 
 
-def train(config: TrainConfig, progress=print):
+def train(config: TrainConfig, progress=print, callback=None, stop_after: int | None = None):
     """Train from scratch; return ``(transformer, image_encoder, TrainLog)``.
 
-    Deterministic per seed and thread count."""
+    Deterministic per seed and thread count. ``callback(iteration, transformer, image_encoder)`` is
+    called after each optimizer step (``iteration`` counts from 1; the modules are in training
+    mode): an attention monitor, checkpoint saving. ``stop_after``: stop after that many iterations
+    of ``config``'s schedule (the learning rate still follows ``config.iterations``), so the first
+    iterations of a long run can be reproduced without running it all."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -108,7 +112,8 @@ def train(config: TrainConfig, progress=print):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     log = TrainLog(config=asdict(config))
     start, running = time.perf_counter(), []
-    for it in range(config.iterations):
+    last = config.iterations if stop_after is None else min(int(stop_after), config.iterations)
+    for it in range(last):
         num_parts = config.part_counts[it % len(config.part_counts)]
         pixels, x0 = make_batch(rng, processor, num_parts, config.objects_per_batch, config.num_tokens)
         loss = flow_loss(transformer, encoder, pixels, x0, num_parts, config.uncond_prob, generator)
@@ -118,7 +123,9 @@ def train(config: TrainConfig, progress=print):
         optimizer.step()
         scheduler.step()
         running.append(loss.item())
-        if (it + 1) % config.log_every == 0 or it + 1 == config.iterations:
+        if callback is not None:
+            callback(it + 1, transformer, encoder)
+        if (it + 1) % config.log_every == 0 or it + 1 == last:
             point = {
                 "iteration": it + 1,
                 "loss": float(np.mean(running)),

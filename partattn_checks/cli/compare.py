@@ -1,0 +1,176 @@
+"""``partattn compare A B``: the fixture images through two checkpoints with the same seed and settings;
+per (layer, head) how far each part's key-marginal moved, side-by-side part panels of the most-changed
+layer, each check on A and on B, and a one-paragraph verdict in ``compare.json`` and ``index.html``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import runspec
+from ..runspec import DTYPES
+from .args import device_arg, say, setting_arg
+from .io import Outputs, ProgressBar, UsageError, read_thresholds, remove_created, writable_folder
+
+DEFAULT_OUT = Path("partattn-results") / "compare"
+DEFAULT_FIXTURES = Path("fixtures") / "images"
+
+
+def add_parser(sub):
+    parser = sub.add_parser(
+        "compare",
+        help="what changed between two checkpoints, per layer and head",
+        description="Run the fixture images through checkpoints A and B with the same seed and settings; write "
+        "the change of every part's key-marginal per (layer, head) (JS / log 2) as a heatmap, part panels of "
+        "the most-changed layer on A and B, each check's value on both, and a verdict: compare.json and "
+        "index.html.",
+    )
+    parser.add_argument("a", metavar="A", help="first checkpoint folder (e.g. before a fine-tune)")
+    parser.add_argument("b", metavar="B", help="second checkpoint folder")
+    parser.add_argument("--base", metavar="DIR", help="checkpoint that a transformer-only A or B borrows the rest from")
+    parser.add_argument(
+        "--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES.as_posix()})"
+    )
+    parser.add_argument(
+        "--steps", type=setting_arg("steps"), metavar="S", help="denoising steps (default: the checkpoint's)"
+    )
+    parser.add_argument("--seed", type=setting_arg("seed"), default=runspec.DEFAULT_SEED, help="noise seed")
+    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
+    parser.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
+    parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_OUT.as_posix()})")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
+    parser.set_defaults(func=main)
+    return parser
+
+
+def main(args, extra) -> int:
+    from ..compare import CompareError, compare_checkpoints
+    from ..model.files import CheckpointError
+    from ..trend import TrendError, fixture_images
+
+    for path in (args.a, args.b):
+        if not Path(path).expanduser().is_dir():
+            raise UsageError(f"checkpoint folder not found: {path}")
+    try:
+        images = fixture_images(Path(args.fixtures) if args.fixtures else DEFAULT_FIXTURES)
+    except TrendError as err:
+        raise UsageError(str(err)) from None
+    thresholds = read_thresholds(args.thresholds)
+    try:
+        device = runspec.resolve_device(args.device).device
+    except runspec.RunSpecError as err:
+        raise UsageError(f"--device {args.device}: {err}") from None
+    out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
+    created = writable_folder(out, "--out" if args.out else "output folder")
+    say(args, f"{args.a} vs {args.b}: {len(images)} image(s) on {device} ({args.dtype})")
+    bar = ProgressBar(len(images), enabled=False if args.quiet else None, label="compare")
+    kept: dict[str, tuple] = {}
+    try:
+        comparison = compare_checkpoints(
+            args.a,
+            args.b,
+            images,
+            steps=args.steps,
+            seed=args.seed,
+            device=device,
+            dtype=args.dtype,
+            thresholds=thresholds,
+            base=args.base,
+            progress=lambda done: bar(done - 1),
+            keep=lambda name, ra, rb, pa, pb: kept.__setitem__(name, (ra, rb, pa)),
+        )
+    except (CompareError, TrendError, CheckpointError, ValueError) as err:
+        remove_created(out, created)
+        raise UsageError(str(err)) from None
+    finally:
+        bar.close()
+    with Outputs(out, "compare") as outputs:
+        written = write_comparison(comparison, kept, out, images)
+        outputs.add(*written.values())
+    print(comparison.verdict)
+    print(f"wrote compare.json and {len(written) - 2} figures; open {written['index']}")
+    return 0
+
+
+def _shown_image(comparison, kept, layer_index: int) -> str | None:
+    """The image with two or more parts whose most-changed layer moved most (None: no such image)."""
+    multi = [img for img in comparison.images if kept[img.image][0].num_parts >= 2]
+    if not multi:
+        return None
+    return max(multi, key=lambda img: sum(img.change[layer_index])).image
+
+
+def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
+    from .. import render
+    from ..atomic import atomic_write_text
+    from ..render import training as figures
+    from ..reporting.page import Page
+    from ..views import renorm
+
+    written = {"json": atomic_write_text(out / "compare.json", json.dumps(comparison.to_dict(), indent=1) + "\n")}
+    name_a, name_b = Path(comparison.a).name, Path(comparison.b).name
+    written["heatmap"] = figures.change_heatmap(
+        comparison.change,
+        comparison.layers,
+        out / "change_heatmap.png",
+        title=f"change of key-marginals {name_a} → {name_b}",
+    )
+    a_means, b_means = comparison.check_means("a"), comparison.check_means("b")
+    shown = [n for n in a_means if a_means[n] is not None and b_means[n] is not None and (a_means[n] or b_means[n])]
+    if shown:
+        written["checks"] = figures.check_bars(
+            shown,
+            [a_means[n] for n in shown],
+            [b_means[n] for n in shown],
+            out / "check_values.png",
+            title=f"check values, mean over images (A: {name_a}, B: {name_b})",
+        )
+    per_layer = comparison.layer_change
+    li = max(range(len(per_layer)), key=per_layer.__getitem__)
+    layer = comparison.layers[li]
+    image_name = _shown_image(comparison, kept, li)
+    panels = []
+    if image_name is not None:
+        ra, rb, pipeline = kept[image_name]
+        view = pipeline.preprocessed_image(next(s.path for s in images if s.path.name == image_name))
+        for side, record, label in (("a", ra, name_a), ("b", rb, name_b)):
+            marg = renorm(record.marginals_by_part()[:, li].mean(0))
+            written[f"parts_{side}"] = render.part_panel(
+                marg,
+                record.patch_grid,
+                view,
+                title=f"{side.upper()}: {label} · {image_name}",
+                layer=layer,
+                path=out / f"parts_{side}.png",
+            )
+            panels.append((f"{side.upper()}: {label} · layer {layer} · {image_name}", written[f"parts_{side}"]))
+
+    page = Page(f"partattn compare: {name_a} vs {name_b}", out.resolve())
+    page.note(
+        f"A = {comparison.a}, B = {comparison.b}; {len(comparison.images)} fixture images, seed "
+        f"{comparison.settings['seed']}, steps {comparison.settings['steps'] or 'the checkpoint default'}, "
+        f"{comparison.settings['device']} {comparison.settings['dtype']}. Change: JS(ā_A, ā_B) / log 2 of each "
+        f"part's key-marginal, per (layer, head), mean over steps, parts and images (0: unchanged, 1: disjoint)."
+    )
+    page.heading("Verdict").paragraph(comparison.verdict)
+    page.heading("Change per layer and head").figures(
+        [("change of key-marginals per (layer, head)", written["heatmap"])]
+    )
+    page.table(
+        ["layer", "mean over heads", *[f"head {h}" for h in range(comparison.num_heads)]],
+        [[name, per_layer[i], *comparison.change[i]] for i, name in enumerate(comparison.layers)],
+    )
+    if panels:
+        page.heading(f"Parts in the most-changed layer ({layer})").figures(panels)
+    fail_a, fail_b = comparison.failing("a"), comparison.failing("b")
+    n = len(comparison.images)
+    page.heading("Checks on A and on B (mean over images)").table(
+        ["check", "A", "B", "A failing images", "B failing images"],
+        [[c, a_means[c], b_means[c], f"{fail_a.get(c, 0)}/{n}", f"{fail_b.get(c, 0)}/{n}"] for c in a_means],
+    )
+    if "checks" in written:
+        page.figures([("check values on A and B", written["checks"])])
+    page.heading("Files").links([("compare.json", written["json"])])
+    written["index"] = page.write(out / "index.html")
+    return written

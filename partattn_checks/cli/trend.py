@@ -1,0 +1,202 @@
+"""``partattn trend CKPT [CKPT ...]``: the fixture images through every checkpoint of a training run;
+a figure of each check against the training step, ``trend.json`` and an ``index.html``. Exits 1 when
+the last checkpoint fails a check."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .. import runspec
+from ..runspec import DTYPES
+from .args import device_arg, say, setting_arg
+from .io import Outputs, ProgressBar, UsageError, read_thresholds, remove_created, writable_folder
+
+DEFAULT_OUT = Path("partattn-results") / "trend"
+DEFAULT_FIXTURES = Path("fixtures") / "images"
+
+
+def add_parser(sub):
+    parser = sub.add_parser(
+        "trend",
+        help="attention health over training: every check against the training step",
+        description="Run the fixture images through each checkpoint (folders, or a training output folder of "
+        "checkpoint-N/ subfolders, ordered by N), judge them with the checks, and write a figure of each "
+        "check against the training step, trend.json and index.html. Prints the first checkpoint at which "
+        "each check fails; exits 1 when the last checkpoint fails a check.",
+    )
+    parser.add_argument(
+        "checkpoints",
+        metavar="CKPT",
+        nargs="+",
+        help="a checkpoint folder, or a folder of checkpoint-N/ subfolders (each in the release layout, or "
+        "holding only transformer/ with --base)",
+    )
+    parser.add_argument(
+        "--base",
+        metavar="DIR",
+        help="checkpoint that transformer-only checkpoints borrow the image encoder, feature extractor and "
+        "scheduler from",
+    )
+    parser.add_argument(
+        "--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES.as_posix()})"
+    )
+    parser.add_argument(
+        "--steps", type=setting_arg("steps"), metavar="S", help="denoising steps (default: the checkpoint's)"
+    )
+    parser.add_argument("--seed", type=setting_arg("seed"), default=runspec.DEFAULT_SEED, help="noise seed")
+    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
+    parser.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
+    parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_OUT.as_posix()})")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
+    parser.set_defaults(func=main)
+    return parser
+
+
+def main(args, extra) -> int:
+    from ..model.files import CheckpointError
+    from ..trend import TrendError, find_checkpoints, fixture_images, run_trend
+
+    try:
+        checkpoints = find_checkpoints(args.checkpoints, base=args.base)
+        images = fixture_images(Path(args.fixtures) if args.fixtures else DEFAULT_FIXTURES)
+    except TrendError as err:
+        raise UsageError(str(err)) from None
+    thresholds = read_thresholds(args.thresholds)
+    try:
+        device = runspec.resolve_device(args.device).device
+    except runspec.RunSpecError as err:
+        raise UsageError(f"--device {args.device}: {err}") from None
+    out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
+    created = writable_folder(out, "--out" if args.out else "output folder")
+    say(args, f"{len(checkpoints)} checkpoint(s) x {len(images)} image(s) on {device} ({args.dtype})")
+    bar = ProgressBar(len(checkpoints) * len(images), enabled=False if args.quiet else None, label="trend")
+    try:
+        trend = run_trend(
+            checkpoints,
+            images,
+            base=args.base,
+            steps=args.steps,
+            seed=args.seed,
+            device=device,
+            dtype=args.dtype,
+            thresholds=thresholds,
+            progress=lambda done: bar(done - 1),
+        )
+    except (TrendError, CheckpointError, ValueError) as err:
+        remove_created(out, created)
+        raise UsageError(str(err)) from None
+    finally:
+        bar.close()
+    with Outputs(out, "trend") as outputs:
+        written = write_trend(trend, out)
+        outputs.add(*written.values())
+    print_trend(trend, written["index"])
+    return 1 if trend.last_fails else 0
+
+
+def write_trend(trend, out: Path) -> dict[str, Path]:
+    """``trend.json``, the two figures and ``index.html`` in ``out``; ``{what: path}``."""
+    from ..atomic import atomic_write_text
+    from ..checks import REGISTRY
+    from ..render import training as figures
+    from ..reporting.page import Page
+    from ..trend import check_label
+
+    by_step = all(c.step is not None for c in trend.checkpoints)
+    xs = [c.step if by_step else i for i, c in enumerate(trend.checkpoints)]
+    labels = [c.label for c in trend.checkpoints]
+    panels = []
+    for name in trend.checks:
+        values = [[math.nan if v is None else v for v in row] for row in trend.values(name)]
+        if all(math.isnan(v) for row in values for v in row):
+            continue
+        threshold = next(
+            (r[name]["threshold"] for per in trend.results for r in per.values() if r[name]["threshold"] is not None),
+            None,
+        )
+        check = REGISTRY.get(name)
+        panels.append((check_label(name), values, trend.verdicts(name), threshold, check.op if check else ""))
+    written = {"json": atomic_write_text(out / "trend.json", json.dumps(trend.to_dict(), indent=1) + "\n")}
+    written["checks"] = figures.trend_checks(xs, labels, panels, out / "trend_checks.png", by_step=by_step)
+    series = {k: [h.get(k, math.nan) for h in trend.headline] for k in trend.headline[0]} if trend.headline else {}
+    written["metrics"] = figures.trend_metrics(xs, labels, series, out / "trend_metrics.png", by_step=by_step)
+
+    page = Page(f"partattn trend: {len(trend.checkpoints)} checkpoints", out.resolve())
+    page.note(
+        f"{len(trend.images)} fixture images, seed {trend.settings['seed']}, "
+        f"steps {trend.settings['steps'] or 'the checkpoint default'}, {trend.settings['device']} "
+        f"{trend.settings['dtype']}. A check fails at a checkpoint when any image fails it."
+    )
+    page.heading("Verdict").paragraph(verdict_text(trend))
+    first = trend.first_failures()
+    page.heading("Checks per checkpoint").table(
+        ["checkpoint", "step", *trend.checks],
+        [
+            [c.label, c.step if c.step is not None else "", *[_cell(trend, i, name) for name in trend.checks]]
+            for i, c in enumerate(trend.checkpoints)
+        ],
+    )
+    page.heading("First failing checkpoint").table(
+        ["check", "first fails at"], [[name, c.label if c else "never"] for name, c in first.items()]
+    )
+    if trend.headline:
+        keys = list(trend.headline[0])
+        page.heading("Headline metrics (mean over images)").table(
+            ["checkpoint", *keys],
+            [[c.label, *[trend.headline[i].get(k) for k in keys]] for i, c in enumerate(trend.checkpoints)],
+        )
+    page.heading("Figures").figures(
+        [("checks against the training step", written["checks"]), ("headline metrics", written["metrics"])]
+    )
+    page.heading("Files").links([("trend.json", written["json"])])
+    written["index"] = page.write(out / "index.html")
+    return written
+
+
+def _cell(trend, index: int, name: str):
+    from ..reporting.page import Cell
+
+    verdicts = [per[name]["verdict"] for per in trend.results[index].values()]
+    fails = verdicts.count("fail")
+    judged = len([v for v in verdicts if v != "skip"])
+    if not judged:
+        return Cell("skip", "skip")
+    return Cell(f"fail ({fails}/{judged})" if fails else "pass", "fail" if fails else "pass")
+
+
+def verdict_text(trend) -> str:
+    first = trend.first_failures()
+    last = trend.checkpoints[-1]
+    failing_last = trend.failing(len(trend.checkpoints) - 1)
+    parts = []
+    sep = [h.get("separation") for h in trend.headline]
+    if all(s is not None for s in sep) and len(sep) > 1:
+        parts.append(
+            f"Part separation (mean over images) goes {' -> '.join(f'{s:.3f}' for s in sep)} "
+            f"from {trend.checkpoints[0].label} to {last.label}."
+        )
+    never = [n for n, c in first.items() if c is None]
+    for name, c in first.items():
+        if c is not None:
+            state = "still fails at the last checkpoint" if name in failing_last else "passes at the last checkpoint"
+            parts.append(f"{name} first fails at {c.label} and {state}.")
+    if never:
+        parts.append(f"Never failing: {', '.join(never)}.")
+    parts.append(
+        f"The last checkpoint ({last.label}) fails {', '.join(failing_last)}."
+        if failing_last
+        else f"The last checkpoint ({last.label}) passes every check."
+    )
+    return " ".join(parts)
+
+
+def print_trend(trend, index: Path) -> None:
+    first = trend.first_failures()
+    width = max(len(n) for n in first)
+    for name, c in first.items():
+        print(f"  {name:<{width}}  first fails at: {c.label if c is not None else 'never'}")
+    print(verdict_text(trend))
+    print(f"wrote trend.json, 2 figures; open {index}")

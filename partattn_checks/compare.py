@@ -1,0 +1,264 @@
+"""What changed between two checkpoints: the same images, seed and settings through both, and per
+(layer, head) how far each part's key-marginal moved.
+
+The distance is the one the checks use for part separation and stability: JS(ā_A, ā_B) / log 2 of
+a part's key-marginal over image patches (``metrics.js_distance_normalized``), taken per (step,
+layer, part, head) and averaged over steps, parts and images. Comparing a model with itself gives
+exactly 0 everywhere (the same run twice is bit-identical on the CPU).
+
+>>> c = compare_checkpoints("ckpt-a", "ckpt-b", fixture_images("fixtures/images"))  # doctest: +SKIP
+>>> c.verdict, c.most_changed_layers, c.to_dict()["change"]  # doctest: +SKIP
+
+``partattn compare`` (``cli/compare.py``) writes it as ``compare.json``, figures and ``index.html``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checks import CHECKS, Thresholds
+from .errors import PartattnError
+
+#: A layer counts as changed when its mean change is at least this share of the largest layer's.
+CHANGED_SHARE = 0.5
+#: ... and at least this much JS/log 2 (below it the runs agree to noise).
+CHANGED_FLOOR = 1e-3
+
+
+class CompareError(PartattnError, ValueError):
+    """Two checkpoints that cannot be compared (different layers, heads or patch grids)."""
+
+
+@dataclass
+class ImageComparison:
+    image: str
+    change: list[list[float]]  # (layers, heads), mean over steps and parts
+    checks_a: dict[str, dict]  # check -> {"value", "verdict"}
+    checks_b: dict[str, dict]
+    summary_a: dict[str, float]
+    summary_b: dict[str, float]
+
+
+@dataclass
+class Comparison:
+    """Two checkpoints on the same images; ``change[l][h]`` is the mean over images."""
+
+    a: str
+    b: str
+    layers: list[str]
+    num_heads: int
+    settings: dict
+    images: list[ImageComparison] = field(default_factory=list)
+
+    @property
+    def change(self) -> list[list[float]]:
+        n = len(self.images)
+        return [
+            [sum(img.change[i][h] for img in self.images) / n for h in range(self.num_heads)]
+            for i in range(len(self.layers))
+        ]
+
+    @property
+    def layer_change(self) -> list[float]:
+        """Mean over heads of :attr:`change`, per layer."""
+        return [sum(row) / len(row) for row in self.change]
+
+    @property
+    def most_changed_layers(self) -> list[str]:
+        """Layers whose change is at least ``CHANGED_SHARE`` of the largest (none when nothing moved)."""
+        per_layer = self.layer_change
+        top = max(per_layer)
+        if top < CHANGED_FLOOR:
+            return []
+        ranked = sorted(range(len(per_layer)), key=lambda i: -per_layer[i])
+        return [self.layers[i] for i in ranked if per_layer[i] >= CHANGED_SHARE * top]
+
+    @property
+    def max_change(self) -> float:
+        return max(max(row) for row in self.change)
+
+    def check_means(self, side: str) -> dict[str, float | None]:
+        """Each check's value on ``side`` ("a" or "b"), mean over the images it was judged on."""
+        out = {}
+        for name in self.images[0].checks_a:
+            values = [getattr(img, f"checks_{side}")[name]["value"] for img in self.images]
+            values = [v for v in values if v is not None]
+            out[name] = sum(values) / len(values) if values else None
+        return out
+
+    def failing(self, side: str) -> dict[str, int]:
+        """``{check: number of images failing it}`` on ``side``."""
+        out: dict[str, int] = {}
+        for img in self.images:
+            for name, r in getattr(img, f"checks_{side}").items():
+                if r["verdict"] == "fail":
+                    out[name] = out.get(name, 0) + 1
+        return out
+
+    def summary_mean(self, side: str, key: str) -> float | None:
+        values = [getattr(img, f"summary_{side}").get(key) for img in self.images]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        return sum(values) / len(values) if values else None
+
+    @property
+    def verdict(self) -> str:
+        """One paragraph: which layers moved, how part separation and the verdicts changed."""
+        name_a, name_b = Path(self.a).name, Path(self.b).name
+        if self.max_change == 0.0:
+            return (
+                f"No change: {name_a} and {name_b} give identical key-marginals on every layer, head, part and "
+                f"step of {len(self.images)} images (JS = 0 everywhere)."
+            )
+        layers = self.most_changed_layers
+        per_layer = dict(zip(self.layers, self.layer_change, strict=True))
+        change = self.change
+        li, hi = max(
+            ((i, h) for i in range(len(self.layers)) for h in range(self.num_heads)),
+            key=lambda ij: change[ij[0]][ij[1]],
+        )
+        text = []
+        if layers:
+            moved = ", ".join(f"{name} ({per_layer[name]:.3f})" for name in layers)
+            text.append(
+                f"From {name_a} to {name_b} the key-marginals moved most in {_layer_span(layers)}: {moved} "
+                f"(JS/log 2, mean over heads); the largest single change is head {hi} of {self.layers[li]} "
+                f"({change[li][hi]:.3f})."
+            )
+        else:
+            text.append(f"From {name_a} to {name_b} the key-marginals barely moved (at most {self.max_change:.2g}).")
+        sep_a, sep_b = self.summary_mean("a", "separation"), self.summary_mean("b", "separation")
+        if sep_a is not None and sep_b is not None:
+            text.append(f"Part separation {sep_a:.3f} -> {sep_b:.3f} (mean over images with 2+ parts).")
+        fail_a, fail_b = self.failing("a"), self.failing("b")
+        n = len(self.images)
+        for name in dict.fromkeys([*fail_a, *fail_b]):
+            text.append(f"{name} fails on {fail_a.get(name, 0)} -> {fail_b.get(name, 0)} of {n} images.")
+        if not fail_a and not fail_b:
+            text.append("Every check passes on both.")
+        return " ".join(text)
+
+    def to_dict(self) -> dict:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "settings": self.settings,
+            "layers": self.layers,
+            "num_heads": self.num_heads,
+            "metric": "JS(key-marginal on A, on B) / log 2, per (layer, head), mean over steps, parts and images",
+            "change": self.change,
+            "layer_change": dict(zip(self.layers, self.layer_change, strict=True)),
+            "most_changed_layers": self.most_changed_layers,
+            "max_change": self.max_change,
+            "checks": {
+                name: {"a": self.check_means("a")[name], "b": self.check_means("b")[name]}
+                for name in self.check_means("a")
+            },
+            "failing": {"a": self.failing("a"), "b": self.failing("b")},
+            "separation": {"a": self.summary_mean("a", "separation"), "b": self.summary_mean("b", "separation")},
+            "verdict": self.verdict,
+            "images": [img.__dict__ for img in self.images],
+        }
+
+
+def _layer_span(layers: Sequence[str]) -> str:
+    return "layer " + layers[0] if len(layers) == 1 else "layers " + ", ".join(layers)
+
+
+def marginal_change(record_a, record_b):
+    """``(layers, heads)`` tensor: JS/log 2 between the per-head key-marginals of two records of the
+    same run shape, mean over steps and parts."""
+    from . import metrics
+
+    for what in ("layers", "num_heads", "num_patch_keys", "num_parts", "steps"):
+        if getattr(record_a, what) != getattr(record_b, what):
+            raise CompareError(
+                f"the two runs differ in {what} ({getattr(record_a, what)} vs {getattr(record_b, what)}); compare "
+                f"checkpoints of the same architecture, image encoder and settings"
+            )
+    js = metrics.js_distance_normalized(record_a.marginals.float(), record_b.marginals.float())  # (S, L, P, H)
+    return js.mean(dim=(0, 2))
+
+
+def _results(outcome) -> dict[str, dict]:
+    return {
+        name: {"value": None if r.value is None or not math.isfinite(r.value) else float(r.value), "verdict": r.verdict}
+        for name, r in outcome.results.items()
+    }
+
+
+def compare_checkpoints(
+    a,
+    b,
+    images,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    thresholds: Thresholds | None = None,
+    base=None,
+    progress: Callable[[int], None] | None = None,
+    keep: Callable[[str, object, object, object, object], None] | None = None,
+) -> Comparison:
+    """Run ``images`` (``sidecar.ImageSpec`` from ``trend.fixture_images``, or paths named np<N>_...)
+    through checkpoints ``a`` and ``b`` with the same settings and compare them. Both models are
+    loaded once. ``keep(image, record_a, record_b, pipeline_a, pipeline_b)`` sees each pair of records
+    (the command draws from them). A transformer-only folder borrows the rest from ``base``."""
+    from .runspec import for_pipeline
+    from .session import run_case
+    from .trend import TrendCheckpoint, _kind, load_pipeline
+
+    thresholds = thresholds or Thresholds()
+    specs = [_as_spec(i) for i in images]
+    pipelines = []
+    for path in (a, b):
+        path = Path(path).expanduser()
+        kind = _kind(path)
+        if kind is None:
+            raise CompareError(f"{path}: not a checkpoint folder (no model_index.json or transformer/)")
+        if kind == "transformer" and base is None:
+            raise CompareError(f"{path} holds only transformer/; pass base= (--base DIR) to borrow the rest")
+        pipelines.append(
+            load_pipeline(TrendCheckpoint(path, None, kind == "transformer"), base=base, device=device, dtype=dtype)
+        )
+    comparison = Comparison(str(a), str(b), [], 0, {"steps": steps, "seed": seed, "device": device, "dtype": dtype})
+    names = list(CHECKS)
+    for n, spec in enumerate(specs, 1):
+        outcomes = []
+        for pipeline in pipelines:
+            run = for_pipeline(pipeline, {"steps": steps, "seed": seed}, spec.run_layer())
+            outcomes.append(run_case(pipeline, spec.path, run, spec.thresholds_over(thresholds), checks=names))
+        ra, rb = outcomes[0].record, outcomes[1].record
+        change = marginal_change(ra, rb)
+        if not comparison.layers:
+            comparison.layers, comparison.num_heads = list(ra.layers), ra.num_heads
+        comparison.images.append(
+            ImageComparison(
+                spec.path.name,
+                change.tolist(),
+                _results(outcomes[0]),
+                _results(outcomes[1]),
+                outcomes[0].summary,
+                outcomes[1].summary,
+            )
+        )
+        if keep is not None:
+            keep(spec.path.name, ra, rb, *pipelines)
+        if progress is not None:
+            progress(n)
+    return comparison
+
+
+def _as_spec(image):
+    from .sidecar import ImageSpec, read_spec
+
+    if isinstance(image, ImageSpec):
+        return image
+    path = Path(image).resolve()
+    spec = read_spec(path, path.parent, Path.cwd())
+    if spec.error:
+        raise CompareError(spec.error)
+    return spec

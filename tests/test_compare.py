@@ -1,0 +1,138 @@
+"""``partattn compare A B`` and ``compare_checkpoints``: what changed between two checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from helpers import FIXTURE_IMAGES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.cli import main
+from partattn_checks.compare import CompareError, compare_checkpoints, marginal_change
+from partattn_checks.model.broken import broken
+from partattn_checks.model.loading import load_checkpoint
+from partattn_checks.model.tiny import write_checkpoint
+from partattn_checks.record import AttentionRecord
+
+IMAGES = ("np2_circle_square.png", "np3_three_shapes.png", "np1_circle.png")
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    for name in IMAGES:
+        shutil.copy(FIXTURE_IMAGES / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    """The embedded model with its part embedding merged (every row their mean), on disk."""
+    checkpoint = load_checkpoint(EMBEDDED_MODEL)
+    out = tmp_path_factory.mktemp("variants") / "merged_parts"
+    with broken(checkpoint.transformer, "merged_parts") as edited:
+        assert edited == ["part_embedding.weight"]
+        write_checkpoint(out, checkpoint.transformer, checkpoint.image_encoder, run_defaults=checkpoint.run_defaults)
+    return out
+
+
+def test_compare_names_the_separation_drop_and_the_layers_that_moved(merged, fixtures, tmp_path, capsys):
+    out = tmp_path / "compare"
+    args = ["compare", str(EMBEDDED_MODEL), str(merged), "--fixtures", str(fixtures), "--steps", "4"]
+    assert main([*args, "--device", "cpu", "--out", str(out), "-q"]) == 0
+    doc = json.loads((out / "compare.json").read_text())
+    assert doc["layers"] == [f"blocks.{i}.attn2" for i in range(5)]
+    change = doc["change"]
+    assert len(change) == 5 and all(len(row) == 4 for row in change)
+    assert all(0.0 <= v <= 1.0 for row in change for v in row)
+    # the part embedding enters at the input; its effect grows with depth and is largest at the end
+    per_layer = [doc["layer_change"][name] for name in doc["layers"]]
+    assert per_layer[-1] == max(per_layer) > 0.05
+    assert doc["most_changed_layers"][0] == "blocks.4.attn2"
+    sep = doc["separation"]
+    assert sep["a"] > 0.075 > sep["b"]
+    assert doc["checks"]["part_separation"]["a"] > doc["checks"]["part_separation"]["b"]
+    assert doc["failing"]["a"] == {} and doc["failing"]["b"]["part_separation"] >= 1
+    verdict = doc["verdict"]
+    assert "blocks.4.attn2" in verdict and f"Part separation {sep['a']:.3f} -> {sep['b']:.3f}" in verdict
+    assert "part_separation fails on 0 -> " in verdict
+    page = (out / "index.html").read_text()
+    assert "blocks.4.attn2" in page and "Part separation" in page
+    for png in ("change_heatmap.png", "parts_a.png", "parts_b.png", "check_values.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert png in page
+    assert verdict in capsys.readouterr().out
+
+
+def test_a_model_compared_with_itself_changes_nowhere(fixtures):
+    images = [fixtures / name for name in IMAGES[:2]]
+    comparison = compare_checkpoints(EMBEDDED_MODEL, EMBEDDED_MODEL, images, steps=3)
+    assert comparison.change == [[0.0] * 4 for _ in range(5)]
+    assert all(v == 0.0 for img in comparison.images for row in img.change for v in row)
+    assert comparison.most_changed_layers == [] and comparison.max_change == 0.0
+    assert comparison.verdict.startswith("No change")
+    assert comparison.check_means("a") == comparison.check_means("b")
+    doc = comparison.to_dict()
+    json.dumps(doc)
+    assert doc["separation"]["a"] == doc["separation"]["b"]
+
+
+def test_compare_refuses_a_folder_that_is_no_checkpoint(tmp_path, capsys):
+    assert main(["compare", str(EMBEDDED_MODEL), str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "checkpoint folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompareError, match="not a checkpoint folder"):
+        compare_checkpoints(EMBEDDED_MODEL, tmp_path / "empty", [FIXTURE_IMAGES / IMAGES[0]])
+
+
+def _record(marginals: torch.Tensor) -> AttentionRecord:
+    S, L, P, H, K = marginals.shape
+    scalars = torch.zeros(S, L, P, H)
+    return AttentionRecord(
+        steps=list(range(S)),
+        timesteps=[1000.0 - i for i in range(S)],
+        layers=[f"blocks.{i}.attn2" for i in range(L)],
+        layer_kinds=["global"] * L,
+        num_parts=P,
+        num_heads=H,
+        num_patch_keys=K,
+        has_cls=True,
+        patch_grid=None,
+        entropy=scalars,
+        peak=scalars,
+        eff_keys=scalars,
+        cls_mass=scalars,
+        marginals=marginals,
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(1, 3), st.integers(2, 9))
+def test_marginal_change_is_zero_on_itself_symmetric_and_bounded(seed, layers, heads, keys):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(2, layers, 2, heads, keys, generator=g).softmax(-1)
+    b = torch.rand(2, layers, 2, heads, keys, generator=g).softmax(-1)
+    ra, rb = _record(a), _record(b)
+    assert torch.equal(marginal_change(ra, ra), torch.zeros(layers, heads))
+    ab, ba = marginal_change(ra, rb), marginal_change(rb, ra)
+    assert ab.shape == (layers, heads)
+    assert torch.allclose(ab, ba, atol=1e-6)
+    assert bool(((ab >= 0) & (ab <= 1)).all())
+    # disjoint supports are as far apart as it gets
+    one_hot = torch.zeros(1, layers, 1, heads, keys)
+    one_hot[..., 0] = 1.0
+    other = torch.zeros(1, layers, 1, heads, keys)
+    other[..., 1] = 1.0
+    assert torch.allclose(marginal_change(_record(one_hot), _record(other)), torch.ones(layers, heads), atol=1e-3)
+
+
+def test_marginal_change_refuses_runs_of_different_shape():
+    a = _record(torch.full((1, 2, 2, 2, 4), 0.25))
+    b = _record(torch.full((1, 3, 2, 2, 4), 0.25))
+    with pytest.raises(CompareError, match="differ in layers"):
+        marginal_change(a, b)
