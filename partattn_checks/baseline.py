@@ -4,6 +4,7 @@ Layout (``<key>`` is the image's path below the fixtures folder, without suffix)
 
     <baselines>/<key>/metrics.json       {"schema_version", "image", "metrics": {...}, "checks": {...}}
     <baselines>/<key>/environment.json   the fingerprint: model, config hash, steps, seed, ...
+    <baselines>/<key>/attention.safetensors  the attention summary (``baseline_attention``), for drift figures
 
 ``metrics`` are ``AttentionRecord.summary()`` (what the ``baseline`` check compares, with
 ``Thresholds.baseline`` atol/rtol); ``checks`` are the values of the record checks at the time
@@ -15,12 +16,15 @@ baselines of an unchanged model leaves the files, and ``git status``, as they we
 values are never stored, and a stored one makes the baseline unusable.
 
 Every file is written to a temporary file in the same folder and moved into place with
-``os.replace`` (``environment.json`` first, ``metrics.json`` last), so an interrupted run leaves
-either the old or the new file, never half of one. A file that cannot be read is reported with
-its path and is never overwritten, except by ``--partattn-update=all`` together with
-``--partattn-force-update``.
+``os.replace`` (``environment.json`` first, then ``attention.safetensors``, ``metrics.json`` last),
+so an interrupted run leaves either the old or the new file, never half of one. A file that
+cannot be read is reported with its path and is never overwritten, except by
+``--partattn-update=all`` together with ``--partattn-force-update``.
 
-No torch here: the store is plain JSON.
+A baseline without ``attention.safetensors`` (written before it existed) is compared on its
+metrics alone; an unreadable one is reported and ignored (the metrics still count).
+
+No torch here: the store is JSON plus an fp16 safetensors file read with numpy.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_write_text
+from .baseline_attention import SUMMARY_FILE, AttentionSummary, SummaryError
 from .errors import PartattnError
 
 SCHEMA_VERSION = 1
@@ -81,6 +86,14 @@ class BaselinePaths:
     def environment(self) -> Path:
         return self.folder / ENVIRONMENT_FILE
 
+    @property
+    def attention(self) -> Path:
+        return self.folder / SUMMARY_FILE
+
+    def files(self) -> tuple[Path, Path, Path]:
+        """Every file of the baseline (what ``remove`` deletes)."""
+        return (self.metrics, self.environment, self.attention)
+
 
 @dataclass
 class Baseline:
@@ -88,6 +101,8 @@ class Baseline:
     checks: dict[str, float | None]
     environment: dict | None
     paths: BaselinePaths
+    attention: AttentionSummary | None = None  # None: not stored (older baseline) or unreadable
+    attention_error: str | None = None  # why a stored summary could not be read
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -188,11 +203,29 @@ class BaselineStore:
         environment = None
         if paths.environment.is_file():
             environment = _read_json(paths.environment)
-        return Baseline({k: float(v) for k, v in metrics.items()}, dict(checks), environment, paths)
+        attention, attention_error = None, None
+        if paths.attention.is_file():
+            try:
+                attention = AttentionSummary.read(paths.attention)
+            except SummaryError as err:
+                attention_error = str(err)
+        return Baseline(
+            {k: float(v) for k, v in metrics.items()}, dict(checks), environment, paths, attention, attention_error
+        )
 
-    def write(self, key: str, *, image: str, metrics: dict, checks: dict, environment: dict) -> bool:
-        """Write both files atomically (environment first, metrics last); files whose content
-        would not change are left alone. Returns whether anything was written."""
+    def write(
+        self,
+        key: str,
+        *,
+        image: str,
+        metrics: dict,
+        checks: dict,
+        environment: dict,
+        attention: AttentionSummary | None = None,
+    ) -> bool:
+        """Write the files atomically (environment first, then the attention summary, metrics
+        last); files whose content would not change are left alone (a summary within
+        ``KEEP_ATOL`` of the stored one counts as unchanged). Returns whether anything was written."""
         paths = self.paths(key)
         doc = {
             "schema_version": SCHEMA_VERSION,
@@ -200,28 +233,35 @@ class BaselineStore:
             "metrics": _kept(_rounded(metrics), _stored_values(paths.metrics, "metrics")),
             "checks": _kept(_rounded(checks), _stored_values(paths.metrics, "checks")),
         }
-        changed = False
-        for path, text in ((paths.environment, _dumps(environment)), (paths.metrics, _dumps(doc))):
-            if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
-                atomic_write_text(path, text)
-                changed = True
-        return changed
+        changed = _write_text(paths.environment, _dumps(environment))
+        if attention is not None:
+            changed = attention.write(paths.attention) or changed
+        return _write_text(paths.metrics, _dumps(doc)) or changed
 
     def keys(self) -> list[str]:
-        """Keys of every stored baseline (folders holding a metrics.json), sorted."""
+        """Keys of every stored baseline (folders holding a metrics.json, or only the attention
+        summary an interrupted first write left), sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(p.parent.relative_to(self.root).as_posix() for p in self.root.rglob(METRICS_FILE))
+        found = {p.parent for name in (METRICS_FILE, SUMMARY_FILE) for p in self.root.rglob(name)}
+        return sorted(folder.relative_to(self.root).as_posix() for folder in found)
 
     def remove(self, key: str) -> None:
         """Remove the files of a baseline (only ours), then its folder and parents if left empty."""
         paths = self.paths(key)
-        for path in (paths.metrics, paths.environment):
+        for path in paths.files():
             path.unlink(missing_ok=True)
         folder = paths.folder
         while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
             folder = folder.parent
+
+
+def _write_text(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return False
+    atomic_write_text(path, text)
+    return True
 
 
 def _rounded(values: dict) -> dict:

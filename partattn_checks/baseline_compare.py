@@ -1,8 +1,10 @@
 """The baseline comparison of one image: a small engine with a status enum.
 
 :func:`evaluate` loads the stored baseline (``baseline.BaselineStore``), compares the measured
-headline metrics with it (the ``baseline`` check), and writes the baseline or a candidate as the
-update mode says (``WRITES``: one table of which situations each mode writes).
+headline metrics with it (the ``baseline`` check), measures how far the attention moved from the
+baseline's attention summary (``baseline_attention``; the drift figure and the worst offender come
+from it), and writes the baseline or a candidate as the update mode says (``WRITES``: one table of
+which situations each mode writes).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from .baseline import (
     ENVIRONMENT_FILE,
+    SUMMARY_FILE,
     Baseline,
     BaselineError,
     BaselinePaths,
@@ -20,7 +23,16 @@ from .baseline import (
     fingerprint_diff,
     nonfinite_metrics,
 )
-from .checks import CheckResult, Thresholds, check_baseline
+from .baseline_attention import AttentionSummary, attention_drift
+from .checks import CheckResult, Offender, Thresholds, check_baseline
+from .checks.baseline import AttentionDrift, BaselineDetails
+from .checks.details import Matrix
+
+#: The note of a comparison against a baseline without an attention summary.
+NO_SUMMARY_NOTE = (
+    f"this baseline has no attention summary ({SUMMARY_FILE}): compared on its metrics alone; "
+    f"regenerate it with --partattn-update=all to add the drift pictures"
+)
 
 
 class BaselineStatus(str, Enum):
@@ -76,6 +88,7 @@ class _Comparison:
     force: bool
     strict_env: bool
     update_hint: str
+    attention: AttentionSummary | None = None
 
     @property
     def looked(self) -> BaselinePaths:
@@ -123,7 +136,7 @@ class _Comparison:
         return self.failed(BaselineStatus.MISSING, reason, None, cand, looked=str(looked.metrics))
 
     def compare(self, stored: Baseline) -> BaselineOutcome:
-        result = check_baseline(self.metrics, stored.metrics, self.thresholds)
+        result = self.with_drift(check_baseline(self.metrics, stored.metrics, self.thresholds), stored)
         env_diff = (
             fingerprint_diff(stored.environment, self.environment)
             if stored.environment is not None
@@ -155,7 +168,7 @@ class _Comparison:
                     verdict="fail",
                     offender=None,
                     reason=reason,
-                    details=dict(
+                    details=replace(
                         result.details,
                         status=str(BaselineStatus.ENV_MISMATCH),
                         environment_diff=env_diff,
@@ -170,9 +183,43 @@ class _Comparison:
             result = replace(
                 result,
                 reason=f"{result.reason}; a candidate was written to {cand}",
-                details=dict(result.details, candidate=str(cand)),
+                details=replace(result.details, candidate=str(cand)),
             )
         return BaselineOutcome(result, stored, self.looked, BaselineStatus.COMPARED, candidate=cand, warnings=warnings)
+
+    def with_drift(self, result: CheckResult, stored: Baseline) -> CheckResult:
+        """``result`` with the attention drift from the stored summary (its worst offender: the
+        layer and part that moved most), or with a note saying why there is none."""
+        details = result.details if isinstance(result.details, BaselineDetails) else BaselineDetails()
+        if stored.attention is None:
+            note = (
+                f"the baseline's attention summary is unusable ({stored.attention_error}); compared on its "
+                f"metrics alone; regenerate it with --partattn-update=all"
+                if stored.attention_error
+                else NO_SUMMARY_NOTE
+            )
+        elif self.attention is None:
+            note = "this run made no attention summary: compared on the metrics alone"
+        else:
+            drift = attention_drift(stored.attention, self.attention)
+            if isinstance(drift, str):
+                note = f"no drift figure: {drift}"
+            else:
+                typed = AttentionDrift(
+                    layers=drift.layers,
+                    per_part=Matrix.of(drift.per_part),
+                    layer=drift.layer,
+                    part=drift.part,
+                    baseline=Matrix.of(drift.baseline),
+                    now=Matrix.of(drift.now),
+                    grid=drift.grid,
+                )
+                return replace(
+                    result,
+                    offender=Offender(layer=drift.layer, part=drift.part),
+                    details=replace(details, attention=typed),
+                )
+        return replace(result, reason=f"{result.reason}. Note: {note}", details=replace(details, attention_note=note))
 
     # -- steps -------------------------------------------------------------------------------
     def write(self, status: BaselineStatus, reason: str, stored: Baseline | None = None) -> BaselineOutcome:
@@ -184,26 +231,32 @@ class _Comparison:
                 f"come from a healthy run (see the nonfinite check)"
             )
             return self.failed(BaselineStatus.REFUSED, reason, stored, None)
-        if not self.store.write(
-            self.key, image=self.image, metrics=self.metrics, checks=self.checks, environment=self.environment
-        ):
+        if not self.store.write(self.key, **self.files()):
             status, reason = BaselineStatus.COMPARED, f"baseline up to date: no stored value changed ({looked.metrics})"
-        result = CheckResult(
-            "baseline", "pass", None, None, None, reason, {"status": str(status), "written": str(looked.folder)}
-        )
+        details = BaselineDetails(status=str(status), written=str(looked.folder))
+        result = CheckResult("baseline", "pass", None, None, None, reason, details)
         return BaselineOutcome(result, stored, looked, status, written=looked.folder)
 
-    def candidate(self) -> Path:
-        self.candidates.write(
-            self.key, image=self.image, metrics=self.metrics, checks=self.checks, environment=self.environment
+    def files(self) -> dict:
+        """What a baseline of this run holds (``BaselineStore.write``'s keyword arguments)."""
+        return dict(
+            image=self.image,
+            metrics=self.metrics,
+            checks=self.checks,
+            environment=self.environment,
+            attention=self.attention,
         )
+
+    def candidate(self) -> Path:
+        self.candidates.write(self.key, **self.files())
         return self.candidates.paths(self.key).folder
 
     def failed(
         self, status: BaselineStatus, reason: str, stored: Baseline | None, cand: Path | None, **details
     ) -> BaselineOutcome:
         extra = {"candidate": str(cand)} if cand is not None else {}
-        result = CheckResult("baseline", "fail", None, None, None, reason, {"status": str(status), **details, **extra})
+        typed = BaselineDetails(status=str(status), **details, **extra)
+        result = CheckResult("baseline", "fail", None, None, None, reason, typed)
         return BaselineOutcome(result, stored, self.looked, status, candidate=cand)
 
 
@@ -221,6 +274,7 @@ def evaluate(
     force: bool = False,
     strict_env: bool = False,
     update_hint: str = "",
+    attention: AttentionSummary | None = None,
 ) -> BaselineOutcome:
     """Compare ``metrics`` with the stored baseline of ``key``, writing baselines as ``update`` says.
 
@@ -228,7 +282,21 @@ def evaluate(
     failing ones, including a strict environment mismatch and a readable baseline of another schema
     or with non-finite values), "all" (rewrite every baseline whose values changed; with ``force``,
     also an unreadable one). A failing comparison also writes a candidate under ``candidates``.
+    ``attention``: this run's attention summary, stored with the baseline and compared with the
+    stored one (the drift figure); None compares and writes the metrics alone.
     """
     return _Comparison(
-        store, candidates, key, image, metrics, checks, environment, thresholds, update, force, strict_env, update_hint
+        store,
+        candidates,
+        key,
+        image,
+        metrics,
+        checks,
+        environment,
+        thresholds,
+        update,
+        force,
+        strict_env,
+        update_hint,
+        attention,
     ).run()

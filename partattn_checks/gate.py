@@ -100,7 +100,11 @@ class GateSession(Session):
     def baseline(
         self, spec: ImageSpec, outcome: CaseOutcome, thresholds: Thresholds, update_hint: str = ""
     ) -> BaselineOutcome:
+        from .baseline_attention import AttentionSummary
+
         s = self.settings
+        view = self.image_view(spec)
+        attention = AttentionSummary.from_record(outcome.record, image_size=getattr(view, "size", None))
         return evaluate(
             self.store,
             self.candidates,
@@ -114,6 +118,7 @@ class GateSession(Session):
             force=s.force_update,
             strict_env=s.strict_env,
             update_hint=update_hint,
+            attention=attention,
         )
 
     def stored_checks(self, spec: ImageSpec) -> dict:

@@ -162,6 +162,20 @@ def attachment_lines(figures: list[str]) -> list[str]:
     return [ATTACHMENT.format(f) for f in figures]
 
 
+def drift_lines(result: dict) -> list[str]:
+    """What the attention drift of a baseline result says: the layer and part that moved most."""
+    drift = (result.get("details") or {}).get("attention") if result.get("name") == "baseline" else None
+    if not drift:
+        return []
+    i = drift["layers"].index(drift["layer"])
+    row = drift["per_part"][i]
+    moved = sum(row) / len(row)
+    return [
+        f"attention drift: layer {drift['layer']} moved most (JS/log2 {moved:.3f}, mean over parts), "
+        f"part {drift['part']} most of all ({row[drift['part']]:.3f})"
+    ]
+
+
 def failure_text(p: ItemReport) -> str:
     """The long report of a failing item: what failed, the metric table, the worst offender,
     figure paths, the commands to rerun / update the baseline, and attachment lines."""
@@ -173,6 +187,7 @@ def failure_text(p: ItemReport) -> str:
         lines += [r["reason"], ""]
         lines += ["  " + ln for ln in table(metric_rows(p), ["metric", "measured", "threshold", "baseline", "verdict"])]
         lines += ["", f"worst offender: {offender_text(r.get('offender'))}"]
+        lines += drift_lines(r)
     for w in p.warnings:
         lines.append(f"warning: {w}")
     if p.figures:
@@ -342,12 +357,14 @@ def header_lines(settings, device, thresholds_source: str, custom_hooks: list[st
         model = settings.shown(settings.model)
     dev = device.device + (f" ({device.note})" if device.note else "")
     steps = str(settings.steps) if settings.steps is not None else f"checkpoint default ({defaults['steps']})"
+    tokens = getattr(settings, "num_tokens", None)
+    tokens = str(tokens) if tokens is not None else f"checkpoint default ({defaults['num_tokens']})"
     guidance = "checkpoint default" if settings.guidance is None else fmt(settings.guidance)
     update = settings.update or "off"
     return [
         f"partattn: model {model}",
         f"partattn: device {dev} | dtype {settings.dtype} | steps {steps} | seed {settings.seed} | "
-        f"guidance {guidance} | torch {version('torch')} | diffusers {version('diffusers')}",
+        f"guidance {guidance} | tokens {tokens} | torch {version('torch')} | diffusers {version('diffusers')}",
         f"partattn: fixtures {settings.shown(settings.fixtures)} | baselines {settings.shown(settings.baselines)} "
         f"(update: {update}) | results {settings.shown(settings.results)} | thresholds: {thresholds_source}",
     ]

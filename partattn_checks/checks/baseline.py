@@ -1,8 +1,9 @@
 """baseline: fails when a headline metric drifts from the stored baseline (``check_baseline``).
 
 Not a record check: it compares ``AttentionRecord.summary()`` with stored metrics, so
-``run_checks`` leaves it out; the baseline store (``partattn_checks.baseline``) calls
-``check_baseline``.
+``run_checks`` leaves it out; the baseline engine (``partattn_checks.baseline_compare``) calls
+``check_baseline`` and, when the baseline stores an attention summary, adds the attention drift
+(``AttentionDrift``) that ``draw`` turns into the ``drift`` figure.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from .core import Check, CheckResult, register
-from .details import Details, optional_key
+from .details import Details, Matrix, optional_key
 from .thresholds import Thresholds, param
 
 
@@ -29,6 +30,29 @@ class MetricDrift:
     allowed: float  # atol + rtol * |baseline|
 
 
+@dataclass(frozen=True)
+class AttentionDrift:
+    """How far each layer's step-averaged, head-averaged key-marginals moved from the baseline's
+    attention summary (JS/log 2 per part), and the marginals of the layer that moved most."""
+
+    layers: tuple[str, ...]
+    per_part: Matrix  # (layers, parts) JS/log 2 in [0, 1]
+    layer: str  # the layer that moved most (largest mean over parts)
+    part: int  # the part that moved most in that layer
+    baseline: Matrix  # (parts, keys) that layer's marginals in the baseline
+    now: Matrix  # (parts, keys) and now
+    grid: tuple[int, int] | None = None  # patch rows, columns
+
+    @property
+    def per_layer(self) -> list[float]:
+        """Each layer's drift: the mean over its parts."""
+        return [sum(row) / len(row) for row in self.per_part.rows]
+
+    @property
+    def value(self) -> float:
+        return self.per_part.rows[self.layers.index(self.layer)][self.part]
+
+
 @dataclass(frozen=True, kw_only=True)
 class BaselineDetails(Details):
     per_metric: dict[str, MetricDrift] | None = optional_key()
@@ -39,6 +63,15 @@ class BaselineDetails(Details):
     worst_metric: str | None = optional_key()  # the metric closest to (or furthest past) its allowance
     #: How the result came about: "compared" here; the baseline store also writes "written", "missing", ...
     status: str = field(default="compared")
+    #: The attention drift from the baseline's summary; ``attention_note`` says why there is none.
+    attention: AttentionDrift | None = optional_key()
+    attention_note: str | None = optional_key()
+    #: Added by the baseline engine: where it wrote, looked, what it could not read, ...
+    candidate: str | None = optional_key()
+    written: str | None = optional_key()
+    looked: str | None = optional_key()
+    file: str | None = optional_key()
+    environment_diff: list[str] | None = optional_key()
 
 
 @register
@@ -106,6 +139,15 @@ class Baseline(Check):
                 head = "baseline metrics were not measured"
             return CheckResult(self.name, "fail", value, threshold, None, head + note, details)
         return CheckResult(self.name, "pass", value, threshold, None, head + note, details)
+
+    def draw(self, result, details, record, image, thresholds) -> list[tuple[str, bytes]]:
+        """``drift``: baseline | now | difference per part for the layer that moved most, and how
+        far every layer moved (from ``details.attention``; none without a stored summary)."""
+        if details.attention is None:
+            return []
+        from ..render.drift import drift_figure
+
+        return [("drift", drift_figure(details.attention, image))]
 
 
 def check_baseline(

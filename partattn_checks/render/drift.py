@@ -1,0 +1,144 @@
+"""The drift figure of a baseline failure: what moved, where, and how far.
+
+Top: one bar per layer, how far its attention moved from the baseline (JS/log 2 between the
+baseline's and this run's step- and head-averaged key-marginals, mean over parts; the layer that
+moved most in red). Below, for that layer, one row per part: baseline | now on the fixed
+``attention × Nk`` scale of every attention figure (uniform = 1), and now − baseline (× Nk) on a
+diverging scale centred on 0 with a symmetric range shared by all parts. Maps are drawn on the
+encoder's view of the image when it is given (like the overlays), else on the patch grid, else
+as one-row strips.
+
+Sizes are fixed in inches at ``DPI``: every panel is ``PANEL_IN`` inches (≥ 180 px) and every text
+at least ``FONT`` points, whatever the number of parts. matplotlib through ``Figure`` + Agg only.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from PIL import Image
+
+from .panels import _ALPHA, _LUMA, _panel_array, _Scale, _to_rgb
+
+DPI = 100
+FONT = 10.0  # points: ~14 px at DPI
+PANEL_IN = 2.4  # inches per map panel: 240 px at DPI
+BAR_IN = 2.6  # height of the per-layer bar chart
+_DIFF_CMAP = "RdBu_r"  # red: more attention now, blue: less
+
+
+def drift_figure(drift, image=None, *, path=None):
+    """PNG bytes of the drift figure for ``drift`` (a ``checks.baseline.AttentionDrift``), or
+    write them to ``path`` and return it. ``image``: the encoder's view of the input (PIL or array)."""
+    fig = _drift_fig(drift, image)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    if path is None:
+        return buf.getvalue()
+    from pathlib import Path
+
+    from ..atomic import atomic_write_bytes
+
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _drift_fig(drift, image) -> Figure:
+    baseline = np.asarray(drift.baseline.rows, dtype=np.float64)
+    now = np.asarray(drift.now.rows, dtype=np.float64)
+    parts, nk = baseline.shape
+    grid = tuple(drift.grid) if drift.grid is not None else None
+    image_rgb = _to_rgb(image) if image is not None and grid is not None else None
+
+    rows_in = 0.9 + parts * (PANEL_IN + 0.25)
+    fig = Figure(figsize=(3 * PANEL_IN + 2.8, BAR_IN + 0.5 + rows_in), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[BAR_IN + 0.5, rows_in])
+    _bars(top, drift)
+
+    scale = _Scale(8.0, "log")
+    diff = (now - baseline) * nk
+    span = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 0.0
+    span = span if span > 0 else 1e-3
+    diff_norm = Normalize(-span, span)
+    diff_cmap = colormaps[_DIFF_CMAP].with_extremes(bad="black")
+    axes = bottom.subplots(parts, 3, squeeze=False)
+    per_part = drift.per_part.rows[drift.layers.index(drift.layer)]
+    for p in range(parts):
+        for col, values in enumerate((baseline[p], now[p])):
+            _map(axes[p, col], _panel_array(values, scale, grid, image_rgb), scale.cmap, scale.norm)
+        _map(axes[p, 2], _diff_panel(diff[p], grid, image_rgb, diff_cmap, diff_norm), diff_cmap, diff_norm)
+        mark = " (most)" if p == drift.part and parts > 1 else ""
+        axes[p, 0].set_ylabel(f"part {p}{mark}\nJS/log2 {per_part[p]:.3f}", fontsize=FONT)
+    for ax, text in zip(axes[0], ("baseline", "now", "now − baseline\n(red: more now, blue: less)"), strict=True):
+        ax.set_title(text, fontsize=FONT + 1)
+    bar = bottom.colorbar(ScalarMappable(scale.norm, scale.cmap), ax=axes[:, :2].ravel().tolist())
+    bar.set_label(f"attention × Nk\n(uniform = 1, Nk = {nk})", fontsize=FONT)
+    ticks = [t for t in (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8)]
+    bar.set_ticks(ticks, labels=[f"{t:g}" if t >= 1 else f"1/{1 / t:g}" for t in ticks])
+    bar.ax.minorticks_off()
+    bar.ax.tick_params(labelsize=FONT)
+    dbar = bottom.colorbar(ScalarMappable(diff_norm, diff_cmap), ax=axes[:, 2].ravel().tolist())
+    dbar.set_label("Δ attention × Nk\n(now − baseline)", fontsize=FONT)
+    dbar.ax.tick_params(labelsize=FONT)
+    bottom.suptitle(f"layer {drift.layer}: each part's key-marginal (mean over heads and steps)", fontsize=FONT + 1)
+    return fig
+
+
+def _bars(sub, drift) -> None:
+    ax = sub.subplots()
+    values = drift.per_layer
+    names = _short_names(list(drift.layers))
+    worst = drift.layers.index(drift.layer)
+    colors = ["#c0392b" if i == worst else "#7f8c8d" for i in range(len(values))]
+    ax.bar(range(len(values)), values, color=colors)
+    tilt = len(values) > 6
+    ax.set_xticks(range(len(values)), names, rotation=60 if tilt else 0, ha="right" if tilt else "center")
+    ax.tick_params(labelsize=FONT)
+    ax.set_ylabel("JS/log2, mean over parts", fontsize=FONT)
+    top = max(max(values), 1e-6)
+    ax.set_ylim(0, top * 1.25)
+    ax.annotate(
+        f"{values[worst]:.3f}", (worst, values[worst]), ha="center", va="bottom", fontsize=FONT, xytext=(0, 2),
+        textcoords="offset points",
+    )  # fmt: skip
+    ax.set_title(
+        f"attention drift from the baseline: layer {drift.layer} moved most (part {drift.part}: JS/log2 "
+        f"{drift.value:.3f})",
+        fontsize=FONT + 1,
+    )
+
+
+def _short_names(names: list[str]) -> list[str]:
+    """Layer names without the suffix they all share (``blocks.3.attn2`` -> ``blocks.3``)."""
+    if len(names) > 1 and all(n.endswith(".attn2") for n in names):
+        return [n[: -len(".attn2")] for n in names]
+    return names
+
+
+def _diff_panel(diff: np.ndarray, grid, image_rgb, cmap, norm):
+    """(array, kind) of a difference map, like ``panels._panel_array`` but on the diverging scale."""
+    if grid is None:
+        return diff[None, :], "strip"
+    cells = diff.reshape(grid)
+    if image_rgb is None:
+        return cells, "grid"
+    height, width = image_rgb.shape[:2]
+    up = np.asarray(Image.fromarray(cells.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
+    backdrop = image_rgb @ _LUMA
+    return (1.0 - _ALPHA) * backdrop[..., None] + _ALPHA * cmap(norm(up))[..., :3], "rgb"
+
+
+def _map(ax, panel, cmap, norm) -> None:
+    arr, kind = panel
+    if kind == "rgb":
+        ax.imshow(arr, interpolation="antialiased")
+    else:
+        ax.imshow(arr, cmap=cmap, norm=norm, aspect="equal" if kind == "grid" else "auto", interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])

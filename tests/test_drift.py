@@ -1,0 +1,382 @@
+"""Baselines that can be drawn: the attention summary next to the metrics, the drift between two
+summaries, the drift figure of a baseline failure, and the gate on a broken model (merged parts)
+against the committed baselines."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+from plugin_support import REPO
+
+from partattn_checks import EMBEDDED_MODEL, metrics, report
+from partattn_checks import baseline as bl
+from partattn_checks.baseline_attention import (
+    KEEP_ATOL,
+    SUMMARY_FILE,
+    AttentionSummary,
+    SummaryError,
+    attention_drift,
+    js_normalized,
+)
+from partattn_checks.baseline_compare import NO_SUMMARY_NOTE, evaluate
+from partattn_checks.checks import REGISTRY, CheckResult, Thresholds
+from partattn_checks.checks.baseline import AttentionDrift, BaselineDetails
+from partattn_checks.checks.details import Matrix
+from partattn_checks.record import AttentionRecord
+from partattn_checks.render import drift as drift_render
+
+pytest_plugins = ("pytester",)
+
+METRICS = {"entropy_mean": 0.9, "peak_mean": 0.06, "separation": 0.3}
+ENV = {"schema_version": bl.SCHEMA_VERSION, "model": "m", "steps": 4}
+COMMITTED = REPO / "fixtures" / "baselines"
+
+
+@pytest.fixture(autouse=True)
+def _no_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+
+
+def _record(S=4, L=3, P=2, H=2, grid=(4, 4), seed=0, focus=None) -> AttentionRecord:
+    """A record whose part p attends mostly to patch ``focus[l][p]`` (default: key p) in layer l."""
+    K = grid[0] * grid[1]
+    g = torch.Generator().manual_seed(seed)
+    m = torch.rand(S, L, P, H, K, generator=g) * 0.1
+    for layer in range(L):
+        for p in range(P):
+            m[:, layer, p, :, (focus[layer][p] if focus else p) % K] += 1.0
+    m = m / m.sum(-1, keepdim=True)
+
+    def scalars():
+        return torch.rand(S, L, P, H, generator=g)
+
+    return AttentionRecord(
+        steps=list(range(0, 2 * S, 2)),
+        timesteps=[1000.0 - 100 * i for i in range(S)],
+        layers=[f"blocks.{i}.attn2" for i in range(L)],
+        layer_kinds=["global"] * L,
+        num_parts=P,
+        num_heads=H,
+        num_patch_keys=K,
+        has_cls=True,
+        patch_grid=grid,
+        entropy=scalars(),
+        peak=scalars(),
+        eff_keys=scalars(),
+        cls_mass=scalars(),
+        marginals=m,
+    )
+
+
+def _typed(d) -> AttentionDrift:
+    return AttentionDrift(
+        layers=d.layers,
+        per_part=Matrix.of(d.per_part),
+        layer=d.layer,
+        part=d.part,
+        baseline=Matrix.of(d.baseline),
+        now=Matrix.of(d.now),
+        grid=d.grid,
+    )
+
+
+# ----------------------------------------------------------------------------- the summary
+def test_summary_is_the_step_and_head_averaged_marginal_and_round_trips(tmp_path):
+    rec = _record(S=10)
+    s = AttentionSummary.from_record(rec, image_size=(112, 112))
+    expected = rec.marginals_by_part().mean(0)
+    expected = (expected / expected.sum(-1, keepdim=True)).numpy()
+    assert s.mean.dtype == np.float16 and s.mean.shape == (3, 2, 16)
+    np.testing.assert_allclose(s.mean.astype(np.float64), expected, atol=2e-3)
+    assert s.step_subset[0] == rec.steps[0] and s.step_subset[-1] == rec.steps[-1] and len(s.step_subset) == 8
+    i = rec.steps.index(s.step_subset[3])
+    np.testing.assert_allclose(s.per_step[3].astype(np.float64), rec.marginals_by_part()[i].numpy(), atol=2e-3)
+    np.testing.assert_allclose(s.cls_mass.astype(np.float64), rec.cls_mass.float().mean((0, 3)).numpy(), atol=2e-3)
+
+    path = tmp_path / SUMMARY_FILE
+    assert s.write(path)
+    back = AttentionSummary.read(path)
+    assert back.metadata() == s.metadata() and back.metadata()["key_grid"] == [4, 4]
+    assert back.metadata()["image_size"] == [112, 112] and back.layers == tuple(rec.layers)
+    for name in ("mean", "per_step", "cls_mass"):
+        assert np.array_equal(getattr(back, name), getattr(s, name))
+
+
+def test_summary_at_release_shape_is_a_few_hundred_kb(tmp_path):
+    # release shape: 21 cross-attention layers, 16 heads, 4 parts, a 16x16 patch grid (+ CLS), 50 steps
+    rec = _record(S=50, L=21, P=4, H=16, grid=(16, 16))
+    path = tmp_path / SUMMARY_FILE
+    AttentionSummary.from_record(rec, image_size=(224, 224)).write(path)
+    size = path.stat().st_size
+    back = AttentionSummary.read(path)
+    assert back.mean.shape == (21, 4, 256) and back.per_step.shape == (6, 21, 4, 256)
+    kept = [rec.steps.index(step) for step in back.step_subset]  # 6 evenly spaced of the 50 recorded steps
+    assert kept[0] == 0 and kept[-1] == 49 and {b - a for a, b in zip(kept, kept[1:], strict=False)} <= {9, 10}
+    assert 300_000 < size < 310_000, size  # docs/plugin.md says 302 KB
+
+
+def test_unreadable_summary_names_the_file(tmp_path):
+    path = tmp_path / SUMMARY_FILE
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(SummaryError, match=str(path)):
+        AttentionSummary.read(path)
+
+
+# ----------------------------------------------------------------------------- the store
+def _write(store, attention, metrics=METRICS):
+    return store.write("img", image="img.png", metrics=metrics, checks={}, environment=ENV, attention=attention)
+
+
+def test_update_twice_leaves_every_file_byte_identical(tmp_path):
+    store = bl.BaselineStore(tmp_path)
+    s = AttentionSummary.from_record(_record())
+    assert _write(store, s)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "img").iterdir()}
+    assert set(before) == {"metrics.json", "environment.json", SUMMARY_FILE}
+    again = AttentionSummary.from_record(_record())  # the same run again
+    assert not _write(store, again)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "img").iterdir()} == before
+    # values that moved by less than KEEP_ATOL keep the stored file; more is a rewrite
+    nudged = AttentionSummary(**{**vars(s), "mean": (s.mean.astype(np.float64) + KEEP_ATOL / 4).astype(np.float16)})
+    assert not _write(store, nudged)
+    moved = AttentionSummary(**{**vars(s), "mean": (s.mean.astype(np.float64) + 0.01).astype(np.float16)})
+    assert _write(store, moved)
+    assert (tmp_path / "img" / "metrics.json").read_bytes() == before["metrics.json"][0]  # only the summary
+
+
+def test_remove_and_unused_listing_include_the_summary(tmp_path):
+    store = bl.BaselineStore(tmp_path)
+    _write(store, AttentionSummary.from_record(_record()))
+    assert bl.unused_keys(store, set()) == ["img"]
+    store.remove("img")
+    assert not (tmp_path / "img").exists()
+    # a folder left with only a summary (an interrupted first write) is a baseline too
+    AttentionSummary.from_record(_record()).write(tmp_path / "half" / SUMMARY_FILE)
+    assert store.keys() == ["half"] and store.load("half") is None
+    store.remove("half")
+    assert not (tmp_path / "half").exists()
+
+
+def _evaluate(tmp_path, attention, **kw):
+    return evaluate(
+        bl.BaselineStore(tmp_path / "base"),
+        bl.BaselineStore(tmp_path / "cand"),
+        "img",
+        image="img.png",
+        metrics=kw.pop("metrics", METRICS),
+        checks={},
+        environment=ENV,
+        thresholds=Thresholds(),
+        attention=attention,
+        **kw,
+    )
+
+
+def test_old_baseline_without_summary_compares_metrics_and_says_how_to_add_pictures(tmp_path):
+    store = bl.BaselineStore(tmp_path / "base")
+    store.write("img", image="img.png", metrics=METRICS, checks={}, environment=ENV)  # as before summaries
+    metrics_bytes = (tmp_path / "base" / "img" / "metrics.json").read_bytes()
+    now = AttentionSummary.from_record(_record())
+    out = _evaluate(tmp_path, now)
+    assert out.result.verdict == "pass" and out.result.offender is None
+    assert out.result.details.attention is None and out.result.details.attention_note == NO_SUMMARY_NOTE
+    assert "regenerate it with --partattn-update=all to add the drift pictures" in out.result.reason
+    drifted = _evaluate(tmp_path, now, metrics={**METRICS, "separation": 0.0})
+    assert drifted.result.verdict == "fail" and "--partattn-update=all" in drifted.result.reason
+    assert REGISTRY["baseline"].figures(drifted.result, None, tmp_path / "figs") == []  # nothing to draw
+    # --partattn-update=all adds the summary and leaves metrics.json as it was
+    added = _evaluate(tmp_path, now, update="all")
+    assert added.status == "updated" and (tmp_path / "base" / "img" / SUMMARY_FILE).is_file()
+    assert (tmp_path / "base" / "img" / "metrics.json").read_bytes() == metrics_bytes
+    assert _evaluate(tmp_path, now, update="all").status == "compared"  # and then it is up to date
+
+
+def test_damaged_summary_is_reported_and_the_metrics_still_count(tmp_path):
+    store = bl.BaselineStore(tmp_path / "base")
+    _write(store, AttentionSummary.from_record(_record()))
+    (tmp_path / "base" / "img" / SUMMARY_FILE).write_bytes(b"\x00" * 12)
+    out = _evaluate(tmp_path, AttentionSummary.from_record(_record()))
+    assert out.result.verdict == "pass" and "attention summary is unusable" in out.result.reason
+    assert str(tmp_path / "base" / "img" / SUMMARY_FILE) in out.result.details.attention_note
+
+
+def test_drift_names_the_layer_and_part_that_moved_and_travels_as_json(tmp_path):
+    store = bl.BaselineStore(tmp_path / "base")
+    _write(store, AttentionSummary.from_record(_record(L=3, P=2)))
+    # layer 1's part 1 now attends elsewhere; everything else as before
+    now = AttentionSummary.from_record(_record(L=3, P=2, focus=[[0, 1], [0, 9], [0, 1]]))
+    out = _evaluate(tmp_path, now, metrics={**METRICS, "separation": 0.0})
+    r = out.result
+    assert r.verdict == "fail" and (r.offender.layer, r.offender.part) == ("blocks.1.attn2", 1)
+    d = r.details.attention
+    assert d.layer == "blocks.1.attn2" and d.part == 1 and d.grid == (4, 4)
+    assert d.per_layer[1] > 10 * max(d.per_layer[0], d.per_layer[2])
+    # through JSON (the pytest-xdist transport) and back, typed again, and drawn from there
+    back = CheckResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert isinstance(back.details, BaselineDetails) and back.details.attention == d
+    assert back.details.candidate == str(tmp_path / "cand" / "img")
+    figs = REGISTRY["baseline"].figures(back, None, tmp_path / "figs")
+    assert [p.name for p in figs] == ["baseline__drift.png"] and figs[0].stat().st_size > 20_000
+    item = report.ItemReport(
+        image="img.png", key="img", check="baseline", result=r.to_dict(), figures=[str(figs[0])], rerun="r", update="u"
+    )
+    text = report.failure_text(report.ItemReport.from_dict(json.loads(json.dumps(item.to_dict()))))
+    assert "worst offender: step -, layer blocks.1.attn2, part 1, head -" in text
+    assert "attention drift: layer blocks.1.attn2 moved most" in text and f"[[ATTACHMENT|{figs[0]}]]" in text
+
+
+def test_drift_between_unlike_summaries_is_a_note_not_an_error(tmp_path):
+    a = AttentionSummary.from_record(_record(P=2))
+    assert "2 parts" in attention_drift(a, AttentionSummary.from_record(_record(P=3)))
+    assert "keys" in attention_drift(a, AttentionSummary.from_record(_record(grid=(2, 2))))
+
+
+# ----------------------------------------------------------------------------- drift math
+_dist = arrays(np.float64, st.integers(2, 12), elements=st.floats(0, 1, allow_nan=False)).filter(
+    lambda a: a.sum() > 1e-6
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_dist, st.data())
+def test_js_normalized_is_bounded_symmetric_and_matches_metrics(p, data):
+    q = data.draw(arrays(np.float64, p.shape, elements=st.floats(0, 1)).filter(lambda a: a.sum() > 1e-6))
+    v = float(js_normalized(p, q))
+    assert 0.0 <= v <= 1.0
+    assert v == pytest.approx(float(js_normalized(q, p)), abs=1e-12)
+    assert js_normalized(p, p) == pytest.approx(0.0, abs=1e-12)
+    expected = float(metrics.js_distance_normalized(torch.tensor(p), torch.tensor(q)))
+    assert v == pytest.approx(expected, abs=1e-5)
+
+
+def test_disjoint_distributions_are_one_apart():
+    assert js_normalized(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(0, 10_000))
+def test_identical_summaries_do_not_drift(L, P, seed):
+    s = AttentionSummary.from_record(_record(S=2, L=L, P=P, seed=seed))
+    d = attention_drift(s, AttentionSummary(**vars(s)))
+    assert np.all(d.per_part == 0.0) and d.value == 0.0 and d.per_part.shape == (L, P)
+
+
+# ----------------------------------------------------------------------------- the figure
+@pytest.mark.parametrize("parts", [1, 2, 4])
+@pytest.mark.parametrize("grid", [(8, 8), (16, 16)])
+def test_drift_figure_keeps_panels_and_text_readable(tmp_path, parts, grid):
+    L = 5
+    focus = [[p for p in range(parts)] for _ in range(L)]
+    focus[3] = [p + grid[1] + 3 for p in range(parts)]
+    d = attention_drift(
+        AttentionSummary.from_record(_record(S=2, L=L, P=parts, grid=grid)),
+        AttentionSummary.from_record(_record(S=2, L=L, P=parts, grid=grid, focus=focus)),
+    )
+    assert d.layer == "blocks.3.attn2"
+    image = Image.open(REPO / "fixtures" / "images" / "np4_four_shapes.png").convert("RGB").resize((224, 224))
+    path = drift_render.drift_figure(_typed(d), image, path=tmp_path / f"drift{parts}.png")
+    with Image.open(path) as png:
+        width, height = png.size
+        pixels = np.asarray(png.convert("RGB"))
+    assert drift_render.PANEL_IN * drift_render.DPI >= 180 and drift_render.FONT >= 10
+    assert width >= 3 * 180 and height >= 250 + parts * 180
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # maps on the image, not a blank canvas
+    # without an image: the patch grid; without a grid: one strip per part
+    assert drift_render.drift_figure(_typed(d))[:4] == b"\x89PNG"
+    no_grid = AttentionDrift(**{**vars(_typed(d)), "grid": None})
+    assert drift_render.drift_figure(no_grid, image)[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- the gate on a broken model
+def _merged_parts_model(out: Path) -> Path:
+    """The embedded model with the merged_parts edit, on disk (the gate loads models from folders)."""
+    from safetensors.torch import load_file, save_file
+
+    from partattn_checks.model.broken import get_variant
+
+    model = Path(shutil.copytree(EMBEDDED_MODEL, out))
+    weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    for name, edit in get_variant("merged_parts").plan(list(state)):
+        edit(state[name])
+    save_file(state, weights)
+    return model
+
+
+def _most_moved(stored: Path, now: Path) -> tuple[str, int]:
+    """The (layer, part) that moved most, computed here from the two files with plain numpy."""
+    a, b = AttentionSummary.read(stored), AttentionSummary.read(now)
+    p, q = a.mean.astype(np.float64), b.mean.astype(np.float64)
+    p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = lambda x: np.where(x > 0, x * np.log(x / m), 0.0).sum(-1)  # noqa: E731
+    js = (kl(p) + kl(q)) / 2 / math.log(2)  # (L, P)
+    layer = int(np.argmax(js.mean(1)))
+    return a.layers[layer], int(np.argmax(js[layer]))
+
+
+IMAGES = ("np2_circle_square.png", "np4_four_shapes.png")
+
+
+def test_merged_parts_against_the_committed_baselines_shows_the_drift_figure(pytester, tmp_path):
+    pytest.importorskip("pytest_html")
+    model = _merged_parts_model(tmp_path / "merged")
+    (pytester.path / "fixtures" / "images").mkdir(parents=True)
+    for name in IMAGES:
+        stem = name.rsplit(".", 1)[0]
+        assert (COMMITTED / stem / SUMMARY_FILE).is_file(), "the committed baselines carry attention summaries"
+        shutil.copyfile(REPO / "fixtures" / "images" / name, pytester.path / "fixtures" / "images" / name)
+        shutil.copytree(COMMITTED / stem, pytester.path / "fixtures" / "baselines" / stem)
+    nodes = [f"fixtures/images/{name}::baseline" for name in IMAGES]
+    result = pytester.runpytest_inprocess(
+        "-p",
+        "no:cacheprovider",
+        "--partattn",
+        f"--partattn-model={model}",
+        "--junitxml=out.xml",
+        "-o",
+        "junit_logging=system-out",
+        "--html=report.html",
+        "--self-contained-html",
+        *nodes,
+    )
+    result.assert_outcomes(failed=2)
+    terminal = result.stdout.str()
+    results = pytester.path / ".partattn-results"
+    cases = {c.get("classname"): c for c in ET.parse(pytester.path / "out.xml").getroot().iter("testcase")}
+    reports = {r.nodeid: r for r in result.reprec.getreports("pytest_runtest_logreport") if r.when == "call"}
+    index = (results / "index.html").read_text()
+    for name, node in zip(IMAGES, nodes, strict=True):
+        stem = name.rsplit(".", 1)[0]
+        candidate = results / "baseline-candidates" / stem / SUMMARY_FILE  # this run's summary
+        layer, part = _most_moved(COMMITTED / stem / SUMMARY_FILE, candidate)
+        figure = results / stem / "baseline__drift.png"
+        assert figure.is_file() and figure.stat().st_size > 50_000
+        # terminal: the worst offender names the layer and part, the figure's path is listed
+        assert f"partattn: baseline failed for fixtures/images/{name}" in terminal
+        assert f"worst offender: step -, layer {layer}, part {part}, head -" in terminal
+        assert f"attention drift: layer {layer} moved most" in terminal and f"  {figure}" in terminal
+        # JUnit: the attachment line in the failure text and in <system-out>
+        case = cases[f"fixtures.images.{name}"]
+        assert f"[[ATTACHMENT|{figure}]]" in case.find("failure").text
+        assert f"[[ATTACHMENT|{figure}]]" in case.find("system-out").text
+        assert f"layer {layer}, part {part}" in case.find("failure").text
+        # pytest-html: the figure as an embedded PNG
+        extras = reports[node].extras
+        assert [e["name"] for e in extras] == ["baseline__drift.png"] and "iVBOR" in extras[0]["content"][:40]
+        assert reports[node].partattn["result"]["offender"]["layer"] == layer
+        # index.html shows it too
+        assert f"{stem}/baseline__drift.png" in index
+    assert "data:image/png;base64,iVBOR" in (pytester.path / "report.html").read_text()
