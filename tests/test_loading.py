@@ -541,3 +541,106 @@ def test_encoder_weights_are_written_with_release_names_and_load_under_either_na
     other = load_image_encoder(ckpt / "image_encoder_dinov2", torch.float32).state_dict()
     assert other.keys() == reference.keys()
     assert all(torch.equal(other[k], reference[k]) for k in reference)
+
+
+# ---------------------------------------------------------------------------------------------- streamed loading
+
+
+def plain_full_load(folder: Path, dtype: torch.dtype):
+    """The loading this project did before streaming: every file read whole (``load_file``), cast,
+    then assigned into modules built on the meta device. The reference for bit-identity."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from partattn_checks.model.encoder_names import to_model_names
+
+    def state(path):
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+
+    config = json.loads((folder / "transformer/config.json").read_text())
+    with torch.device("meta"):
+        transformer = PartCrafterDiTModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+        encoder = Dinov2Model(
+            Dinov2Config.from_dict(json.loads((folder / "image_encoder_dinov2/config.json").read_text()))
+        )
+    transformer.load_state_dict(state(folder / TRANSFORMER_WEIGHTS), assign=True)
+    encoder.load_state_dict(to_model_names(state(folder / ENCODER_WEIGHTS), encoder.state_dict()), assign=True)
+    return transformer.eval(), encoder.eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_streamed_loading_is_bit_identical_to_a_plain_full_load(written, dtype):
+    transformer, encoder = plain_full_load(written, dtype)
+    pipe = PartCrafterPipeline.from_pretrained(written, dtype=dtype)
+    for mine, reference in ((pipe.transformer, transformer), (pipe.image_encoder, encoder)):
+        ours, theirs = mine.state_dict(), reference.state_dict()
+        assert ours.keys() == theirs.keys()
+        for name in theirs:
+            assert ours[name].dtype == theirs[name].dtype and torch.equal(ours[name], theirs[name]), name
+    # and so the same outputs: the encoder on the image, the transformer on one step's input
+    pixels = pipe.preprocess(IMAGE).to(dtype)
+    tokens = pipe.image_encoder(pixels).last_hidden_state
+    assert torch.equal(tokens, encoder(pixels).last_hidden_state)
+    latents = pipe.initial_latents(2, 8, seed=3)
+    image_tokens = torch.cat([torch.zeros_like(tokens), tokens]).repeat_interleave(2, dim=0)
+    args = (torch.cat([latents, latents]), torch.full((4,), 700.0, dtype=dtype), image_tokens)
+    kwargs = {"attention_kwargs": {"num_parts": 2}}
+    with torch.no_grad():
+        assert torch.equal(pipe.transformer(*args, **kwargs).sample, transformer(*args, **kwargs).sample)
+
+
+def test_streamed_loading_reads_shards_and_keeps_integer_tensors(ckpt):
+    """A sharded transformer (index + two files) with an int64 tensor added: every tensor arrives, in
+    the run dtype for floats and as stored for integers."""
+    from partattn_checks.model.loading import read_state_dict
+
+    folder = ckpt / "transformer"
+    state = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    names = sorted(state)
+    half = len(names) // 2
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    extra = {"counter": torch.arange(5, dtype=torch.int64)}
+    save_file({k: state[k] for k in names[:half]} | extra, str(folder / "a.safetensors"))
+    save_file({k: state[k] for k in names[half:]}, str(folder / "b.safetensors"))
+    files = [folder / "a.safetensors", folder / "b.safetensors"]
+    loaded = read_state_dict(files, torch.bfloat16)
+    assert loaded.keys() == state.keys() | {"counter"}
+    assert loaded["counter"].dtype == torch.int64 and torch.equal(loaded["counter"], extra["counter"])
+    assert all(torch.equal(loaded[k], state[k].to(torch.bfloat16)) for k in names)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc (Linux) to read peak RSS")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loading_holds_no_second_copy_of_the_weights(tmp_path, dtype):
+    """Peak RSS grows by about the weights in the run dtype while loading, not by the weights plus
+    a full copy as stored (the old loader: fp16 copy + cast copy = 1.5x in float32, 2x in bfloat16).
+    A checkpoint of ~50 M parameters makes the weights dominate everything else the load allocates."""
+    from partattn_checks.model.release import write_release_checkpoint
+    from partattn_checks.model.tiny import TINY_DINOV2, TINY_PREPROCESSOR, TINY_TRANSFORMER
+
+    folder = write_release_checkpoint(
+        tmp_path / "mid",
+        transformer_config={**TINY_TRANSFORMER, "width": 768, "num_attention_heads": 6, "num_layers": 6},
+        encoder_config=TINY_DINOV2,
+        preprocessor=TINY_PREPROCESSOR,
+    )
+    code = (
+        "import sys, json\nfrom pathlib import Path\nimport torch\n"
+        "import transformers, diffusers, safetensors\n"
+        "from partattn_checks.model.loading import load_checkpoint\n"
+        "def hwm():\n"
+        "    for line in Path('/proc/self/status').read_text().splitlines():\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "from transformers import Dinov2Model  # import every lazy module before measuring\n"
+        "before = hwm()\n"
+        f"ckpt = load_checkpoint(sys.argv[1], dtype=torch.{dtype})\n"
+        "weights = sum(t.numel() * t.element_size() for m in (ckpt.transformer, ckpt.image_encoder) "
+        "for t in m.state_dict().values())\n"
+        "print(json.dumps({'before': before, 'after': hwm(), 'weights': weights}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    grown = got["after"] - got["before"]
+    assert got["weights"] > 150e6 if dtype == "float32" else got["weights"] > 75e6
+    assert grown <= 1.2 * got["weights"], (grown / got["weights"], got)

@@ -17,6 +17,8 @@ classes through an allowlist and no module named by a file is ever imported.
 from __future__ import annotations
 
 import inspect
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,25 +56,98 @@ class Checkpoint:
     run_defaults: dict = field(default_factory=lambda: dict(RUN_DEFAULTS))
 
 
-def read_state_dict(files: list[Path], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every tensor of the safetensors ``files``, floats cast to ``dtype``.
+#: safetensors dtype name -> torch dtype attribute (what this loader reads).
+SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn",
+}
 
-    Each header is validated first (``read_safetensors_header``: truncated or foreign files are
-    named with the fix); whatever safetensors still refuses is re-raised as ``CheckpointError``
-    naming the file, never as a raw ``SafetensorError``.
+
+def iter_tensors(
+    file: Path, dtype: torch.dtype, device: str | torch.device = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each tensor of one safetensors ``file``, floats cast to ``dtype``, on ``device``, one at a time.
+
+    Tensors are read with plain file reads (no memory map: the pages of a mapped file count in the
+    process's resident memory while it is open) into one reused staging buffer the size of the
+    largest tensor, then cast and moved. So loading holds the weights in the run dtype plus one
+    tensor as stored, never a second copy of the model. A tensor already in ``dtype`` on the CPU is
+    read straight into its final place. Casting is ``Tensor.to``: the same bits as casting a
+    ``safetensors.torch.load_file`` result.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    header = read_safetensors_header(file)  # validated: offsets tile the data, the file is complete
+    entries = sorted(
+        ((name, entry) for name, entry in header.items() if name != "__metadata__"),
+        key=lambda item: item[1]["data_offsets"][0],
+    )
+    stored_dtypes = {}
+    for name, entry in entries:
+        if entry["dtype"] not in SAFETENSORS_DTYPES or not hasattr(torch, SAFETENSORS_DTYPES[entry["dtype"]]):
+            raise CheckpointError(
+                f"{file}: cannot be read as safetensors (tensor {name!r} has dtype {entry['dtype']!r}, "
+                f"which this loader does not read); {CheckpointError.fix}."
+            )
+        stored_dtypes[name] = getattr(torch, SAFETENSORS_DTYPES[entry["dtype"]])
+    device = torch.device(device)
+    largest = max((e["data_offsets"][1] - e["data_offsets"][0] for _, e in entries), default=0)
+    staging = None
+    try:
+        with open(file, "rb", buffering=0) as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            fh.seek(8 + length)
+            for name, entry in entries:
+                begin, end = entry["data_offsets"]
+                shape, stored = tuple(entry["shape"]), stored_dtypes[name]
+                target = dtype if stored.is_floating_point else stored
+                if target == stored and device.type == "cpu":
+                    tensor = torch.empty(shape, dtype=stored)
+                    _read_exactly(fh, tensor.view(-1).view(torch.uint8), file)
+                else:
+                    if staging is None:
+                        staging = torch.empty(largest, dtype=torch.uint8)
+                    raw = staging[: end - begin]
+                    _read_exactly(fh, raw, file)
+                    tensor = raw.view(stored).view(shape).to(device=device, dtype=target, copy=True)
+                yield name, tensor
+    except OSError as err:
+        raise CheckpointError(f"{file}: cannot be read as safetensors ({err}); {CheckpointError.fix}.") from None
 
+
+def _read_exactly(fh, buffer: torch.Tensor, file: Path) -> None:
+    """Fill the uint8 tensor ``buffer`` from ``fh`` (short reads are retried; EOF is an error)."""
+    view = memoryview(buffer.numpy()) if buffer.numel() else memoryview(b"")
+    done = 0
+    while done < len(view):
+        got = fh.readinto(view[done:])
+        if not got:
+            raise CheckpointError(f"{file}: ended early while reading tensor data; {CheckpointError.fix}.")
+        done += got
+
+
+def read_state_dict(
+    files: list[Path], dtype: torch.dtype, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors ``files``, floats cast to ``dtype``, on ``device``.
+
+    Streamed tensor by tensor (:func:`iter_tensors`): peak memory is the state dict in ``dtype``
+    plus one tensor as stored. Each header is validated first (``read_safetensors_header``:
+    truncated or foreign files are named with the fix); a dtype this loader cannot read is a
+    ``CheckpointError`` naming the file.
+    """
     state = {}
     for file in files:
-        read_safetensors_header(file)
-        try:
-            tensors = load_file(str(file))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{file}: cannot be read as safetensors ({err}); {CheckpointError.fix}.") from None
-        for name, tensor in tensors.items():
-            state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        for name, tensor in iter_tensors(file, dtype, device):
+            state[name] = tensor
     return state
 
 
@@ -102,23 +177,23 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Pa
     module.load_state_dict(state, strict=True, assign=True)
 
 
-def load_transformer(folder: Path, dtype: torch.dtype) -> PartCrafterDiTModel:
+def load_transformer(folder: Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> PartCrafterDiTModel:
     config = read_json(folder / "config.json")
     known = set(inspect.signature(PartCrafterDiTModel.__init__).parameters) - {"self"}
     kwargs = {k: v for k, v in config.items() if k in known}
     with torch.device("meta"):
         model = PartCrafterDiTModel(**kwargs)
-    load_into(model, read_state_dict(find_weights(folder, WEIGHT_FILES["transformer"]), dtype), folder)
+    load_into(model, read_state_dict(find_weights(folder, WEIGHT_FILES["transformer"]), dtype, device), folder)
     return model.eval()
 
 
-def load_image_encoder(folder: Path, dtype: torch.dtype):
+def load_image_encoder(folder: Path, dtype: torch.dtype, device: str | torch.device = "cpu"):
     from transformers import Dinov2Config, Dinov2Model
 
     config = Dinov2Config.from_dict(read_json(folder / "config.json"))
     with torch.device("meta"):
         model = Dinov2Model(config)
-    state = read_state_dict(find_weights(folder, WEIGHT_FILES["image_encoder_dinov2"]), dtype)
+    state = read_state_dict(find_weights(folder, WEIGHT_FILES["image_encoder_dinov2"]), dtype, device)
     load_into(model, to_model_names(state, model.state_dict()), folder)
     return model.eval()
 
@@ -142,7 +217,11 @@ def load_feature_extractor(folder: Path):
 def load_checkpoint(
     path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> Checkpoint:
-    """Load a PartCrafter checkpoint folder; weights (fp16 on disk at release) are cast to ``dtype``."""
+    """Load a PartCrafter checkpoint folder; weights (fp16 on disk at release) are cast to ``dtype``.
+
+    Modules are built on the ``meta`` device (no random initialisation, no memory) and each stored
+    tensor is read, cast to ``dtype`` and put on ``device`` one at a time, then assigned: peak
+    memory is the weights in ``dtype`` plus one tensor (docs/model.md, "Loading")."""
     root = Path(path).expanduser()
     problems = checkpoint_problems(root)  # milliseconds: layout, JSON, safetensors headers, no weights
     if problems:
@@ -151,8 +230,8 @@ def load_checkpoint(
     run_defaults = read_run_defaults(root)
     return Checkpoint(
         path=root,
-        transformer=load_transformer(root / "transformer", dtype).to(device),
-        image_encoder=load_image_encoder(root / "image_encoder_dinov2", dtype).to(device),
+        transformer=load_transformer(root / "transformer", dtype, device),
+        image_encoder=load_image_encoder(root / "image_encoder_dinov2", dtype, device),
         feature_extractor=load_feature_extractor(root / "feature_extractor_dinov2"),
         scheduler_config=read_json(root / "scheduler" / "scheduler_config.json"),
         model_index=model_index,
