@@ -5,7 +5,7 @@ Every option ``--partattn-<x>`` has the ini twin ``partattn_<x>`` (``[tool.pytes
 line are taken relative to the directory pytest was started in; relative paths from the ini file
 and the defaults are relative to the rootdir.
 
-Run settings (steps, seed, guidance, device, dtype) are validated by :mod:`partattn_checks.runspec`,
+Run settings (steps, num_tokens, seed, guidance, device, dtype) are validated by :mod:`partattn_checks.runspec`,
 the same rules the sidecar and the ``partattn`` command use; :meth:`Settings.run_options` is the
 options layer of every run spec.
 
@@ -90,6 +90,14 @@ OPTIONS: tuple[Option, ...] = (
         default=None,
         metavar="N",
         default_text=f"the checkpoint's default (its partattn.json, else {RUN_DEFAULTS['steps']})",
+    ),
+    Option(
+        "num_tokens",
+        "latent tokens per part (upstream PartCrafter uses 1024)",
+        kind="int",
+        default=None,
+        metavar="T",
+        default_text=f"the checkpoint's default (its partattn.json, else {RUN_DEFAULTS['num_tokens']})",
     ),
     Option("seed", "seed of the initial latents", kind="int", default=0, metavar="N", default_text="0"),
     Option(
@@ -213,6 +221,7 @@ class Settings:
     rootdir: Path
     sources: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)  # what the user wrote, per option
+    num_tokens: int | None = None  # last, with a default: code that builds Settings by keyword keeps working
 
     def where(self, name: str) -> str:
         """How the user set an option, for error messages: ``--partattn-device cuda`` or the ini key."""
@@ -233,7 +242,7 @@ class Settings:
 
     def run_options(self) -> dict:
         """The options layer of a run spec (``None``: unset, the checkpoint's default applies)."""
-        return {"steps": self.steps, "seed": self.seed, "guidance_scale": self.guidance}
+        return {"steps": self.steps, "seed": self.seed, "guidance_scale": self.guidance, "num_tokens": self.num_tokens}
 
     @property
     def model_is_embedded(self) -> bool:
@@ -313,7 +322,12 @@ def _validate(s: Settings) -> None:
     wrong = runspec.device_problem(s.device)
     if wrong:
         raise _usage(f"{s.where('device')}: {wrong}")
-    for option, key in (("steps", "steps"), ("seed", "seed"), ("guidance", "guidance_scale")):
+    for option, key in (
+        ("steps", "steps"),
+        ("num_tokens", "num_tokens"),
+        ("seed", "seed"),
+        ("guidance", "guidance_scale"),
+    ):
         value = getattr(s, option)
         wrong = runspec.problem(key, value) if value is not None else None
         if wrong:

@@ -2,7 +2,7 @@
 
 The part count comes from the file name prefix ``np<N>_`` (``np3_chair.png`` -> 3) or from a
 sidecar TOML file next to the image with the same stem (``chair.toml``): ``num_parts``, optional
-``steps`` / ``seed`` / ``guidance_scale`` (the sidecar layer of :mod:`partattn_checks.runspec`)
+``steps`` / ``num_tokens`` / ``seed`` / ``guidance_scale`` (the sidecar layer of :mod:`partattn_checks.runspec`)
 and ``[thresholds.<check>]`` tables merged over the session's thresholds. A problem never raises
 here: it goes into :attr:`ImageSpec.error`, and the image's items fail with it.
 
@@ -20,8 +20,10 @@ from .runspec import problem
 from .tomlread import TomlError, read_toml
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-#: Run settings a sidecar may pin (``num_tokens`` is the checkpoint's, or a call argument).
-SIDECAR_RUN_KEYS = ("num_parts", "steps", "seed", "guidance_scale")
+#: Run settings a sidecar may pin. ``num_tokens`` is one: the record (hence the baseline) depends on
+#: it, so an image whose baseline was made at, say, 256 tokens can pin them while the gate's option
+#: sets another count for the rest.
+SIDECAR_RUN_KEYS = ("num_parts", "steps", "num_tokens", "seed", "guidance_scale")
 PART_PREFIX = re.compile(r"^np(\d+)_")
 
 
@@ -37,7 +39,7 @@ class ImageSpec:
     key: str  # path below the fixtures folder, posix, without suffix: baseline and results folder name
     display: str  # path relative to the rootdir (as in node ids)
     num_parts: int | None = None
-    run: dict = field(default_factory=dict)  # steps / seed / guidance_scale from the sidecar
+    run: dict = field(default_factory=dict)  # steps / num_tokens / seed / guidance_scale from the sidecar
     thresholds: dict = field(default_factory=dict)  # [thresholds.<check>] of the sidecar
     sidecar: Path | None = None
     error: str | None = None  # why this image cannot run (bad sidecar, no part count)
@@ -111,7 +113,7 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
                 f"rename the image or fix the sidecar"
             ),
         )
-    run = {k: doc[k] for k in ("steps", "seed", "guidance_scale") if k in doc}
+    run = {k: doc[k] for k in SIDECAR_RUN_KEYS if k != "num_parts" and k in doc}
     return ImageSpec(**base, num_parts=int(num_parts), run=run, thresholds=thresholds, sidecar=sidecar)
 
 

@@ -31,6 +31,12 @@ def add_parser(sub):
     parser.add_argument(
         "--steps", type=setting_arg("steps"), metavar="S", help="denoising steps (default: the plugin's)"
     )
+    parser.add_argument(
+        "--num-tokens",
+        type=setting_arg("num_tokens"),
+        metavar="T",
+        help="latent tokens per part (default: the plugin's, i.e. the checkpoint's)",
+    )
     parser.add_argument("--device", type=device_arg, help="auto, cpu, cuda or cuda:N (default: the plugin's)")
     parser.set_defaults(func=main)
     return parser
@@ -56,7 +62,13 @@ def _plugin_args() -> list[str]:
 
 
 def check_args(
-    model: Path, fixtures: Path, *, steps: int | None = None, device: str | None = None, extra: list[str] = ()
+    model: Path,
+    fixtures: Path,
+    *,
+    steps: int | None = None,
+    num_tokens: int | None = None,
+    device: str | None = None,
+    extra: list[str] = (),
 ) -> list[str]:
     """The pytest command line that ``partattn check`` runs.
 
@@ -67,6 +79,8 @@ def check_args(
     args = ["--partattn", f"--partattn-model={model}", f"--partattn-fixtures={fixtures}"]
     if steps is not None:
         args.append(f"--partattn-steps={steps}")
+    if num_tokens is not None:
+        args.append(f"--partattn-num-tokens={num_tokens}")
     if device is not None:
         args.append(f"--partattn-device={device}")
     extra = list(extra)
@@ -84,7 +98,7 @@ def main(args, extra) -> int:
     pytest_args = (
         _plugin_args()
         + ["-W", REWRITE_WARNING_FILTER]
-        + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra)
+        + check_args(model, fixtures, steps=args.steps, num_tokens=args.num_tokens, device=args.device, extra=extra)
     )
     import pytest
 
