@@ -16,10 +16,19 @@ median step seconds without and with capture, their ratio, peak ``torch.cuda.max
 of each run, and the record's size next to what keeping every full map would take. It exits 1
 when the capture is not exact and 2 when the plain runs themselves differ.
 
-``--small`` runs the same code on the CPU at a reduced size (width 128, 4 heads, 3 layers,
-2 parts × 16 tokens, 17 image tokens, fp32) so that tests can run it.
+Then the release pipeline stage (``release_pipeline`` in the JSON line; ``--no-pipeline`` skips
+it): it writes a release-shaped random checkpoint on the device itself
+(``partattn_checks.model.release``: release transformer, DINOv2-large, 256/224 preprocessor, fp16
+safetensors; nothing downloaded), loads it with the real loader and runs the real pipeline at the
+full release settings (1024 tokens, 50 steps, 4 parts, CFG) in bfloat16 and float16:
+captured/plain (goal <= 1.03), seconds per image, peak ``torch.cuda.max_memory_allocated``,
+exactness; then the gate (``partattn check``) on the fixture images in bfloat16.
 
-    scripts/gpu_check.sh [--steps 3] [--parts 8] [--tokens 1024] [--device cuda:0]
+``--small`` runs the same code on the CPU at a reduced size (width 128, 4 heads, 3 layers,
+2 parts × 16 tokens, 17 image tokens, fp32; the pipeline stage on a narrow release-layout
+checkpoint at 2 parts × 8 tokens × 2 steps) so that tests can run it.
+
+    scripts/gpu_check.sh [--steps 3] [--parts 8] [--tokens 1024] [--device cuda:0] [--no-pipeline]
     scripts/gpu_check.sh --small
 """
 
@@ -117,6 +126,184 @@ def measured(device, run):
     return result, peak
 
 
+# ---------------------------------------------------------------------------- the release pipeline stage
+#: Narrow stand-ins for ``--small`` (the release layout and image geometry, tiny widths).
+SMALL_STAGE_TRANSFORMER = {**SMALL_CONFIG, "in_channels": 8, "max_num_parts": 8, "cross_attention_dim": 64}
+SMALL_STAGE_ENCODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
+
+
+def add_stage_args(parser) -> None:
+    group = parser.add_argument_group("release pipeline stage")
+    group.add_argument("--no-pipeline", dest="pipeline", action="store_false", help="skip the stage")
+    group.add_argument("--checkpoint", help="use this release-shaped checkpoint instead of writing one")
+    group.add_argument("--pipeline-dtypes", default="bfloat16,float16")
+    group.add_argument("--pipeline-steps", type=int, default=None, help="default: 50 (2 with --small)")
+    group.add_argument("--pipeline-tokens", type=int, default=None, help="default: 1024 (8 with --small)")
+    group.add_argument("--pipeline-parts", type=int, default=None, help="default: 4 (2 with --small)")
+    group.add_argument("--repeats", type=int, default=2, help="plain and captured images each, interleaved")
+    group.add_argument("--gate-dtype", default="bfloat16", help="dtype of the gate run ('none' skips it)")
+    group.add_argument("--fixtures", default=str(FIXTURES), help="fixture images of the gate run")
+
+
+def peak_rss() -> int | None:
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def write_stage_checkpoint(args, device, folder: Path) -> float:
+    from partattn_checks.model.release import RELEASE_DINOV2, write_release_checkpoint
+
+    start = time.perf_counter()
+    if args.small:
+        write_release_checkpoint(
+            folder,
+            seed=args.seed,
+            device=device,
+            transformer_config=SMALL_STAGE_TRANSFORMER,
+            encoder_config={**RELEASE_DINOV2, **SMALL_STAGE_ENCODER},
+        )
+    else:
+        write_release_checkpoint(folder, seed=args.seed, device=device)
+    return time.perf_counter() - start
+
+
+def stage_run(checkpoint: Path, device, dtype_name: str, settings: dict, repeats: int) -> dict:
+    """Load ``checkpoint`` in ``dtype_name``; plain and captured images interleaved after a warm-up."""
+    from partattn_checks.capture import record_attention
+    from partattn_checks.model.pipeline import PartCrafterPipeline
+
+    image = FIXTURES / "np4_four_shapes.png"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    pipe = PartCrafterPipeline.from_pretrained(checkpoint, device=device, dtype=DTYPES[dtype_name])
+    sync(device)
+    load_s = time.perf_counter() - start
+    loaded_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
+    weights = sum(
+        t.numel() * t.element_size() for m in (pipe.transformer, pipe.image_encoder) for t in m.state_dict().values()
+    )
+    warm = {**settings, "steps": 1}
+    pipe(image, **warm)
+    record_attention(pipe, image, **warm)
+    seconds = {"plain": [], "captured": []}
+    latents = {}
+    for kind in (["plain", "captured", "captured", "plain"] * repeats)[: 2 * repeats]:
+        sync(device)
+        begin = time.perf_counter()
+        if kind == "plain":
+            latents[kind] = pipe(image, **settings).latents
+        else:
+            latents[kind] = record_attention(pipe, image, **settings)[0].latents
+        sync(device)
+        seconds[kind].append(time.perf_counter() - begin)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
+    plain, captured = statistics.median(seconds["plain"]), statistics.median(seconds["captured"])
+    out = {
+        "load_s": round(load_s, 3),
+        "image_s": {"plain": round(plain, 4), "captured": round(captured, 4)},
+        "all_image_s": {k: [round(s, 4) for s in v] for k, v in seconds.items()},
+        "captured_over_plain": round(captured / plain, 4),
+        "exact": bool(torch.equal(latents["plain"], latents["captured"])),
+        "weights_bytes": weights,
+        "peak_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS (VmHWM)",
+        "peak_after_load_bytes": loaded_peak,
+        "peak_bytes": peak,
+        "peak_over_weights": None if peak is None else round(peak / weights, 4),
+    }
+    del pipe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def gate_run(checkpoint: Path, device, args, settings: dict, work: Path) -> dict:
+    """``partattn check`` (pytest --partattn) on the fixture images, in a child process; the counts
+    come from its JUnit XML. The random weights are expected to fail checks: this reports them."""
+    import subprocess
+    import xml.etree.ElementTree as ElementTree
+
+    junit = work / "gate.xml"
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from partattn_checks.cli import main; sys.exit(main(sys.argv[1:]))",
+        "check",
+        "--model",
+        str(checkpoint),
+        "--fixtures",
+        args.fixtures,
+        "--steps",
+        str(settings["steps"]),
+        "--num-tokens",
+        str(settings["num_tokens"]),
+        "--device",
+        str(device),
+        "--",
+        f"--partattn-dtype={args.gate_dtype}",
+        f"--partattn-results={work / 'results'}",
+        f"--partattn-baselines={work / 'baselines'}",
+        f"--junitxml={junit}",
+        "-q",
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    wall = time.perf_counter() - start
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    if junit.is_file():
+        suite = ElementTree.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        counts = {k: int(suite.get(k, 0)) for k in counts}
+    images = len([p for p in Path(args.fixtures).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")])
+    return {
+        "dtype": args.gate_dtype,
+        "exit": proc.returncode,
+        "wall_s": round(wall, 2),
+        "images": images,
+        "seconds_per_image": round(wall / max(images, 1), 3),
+        **counts,
+        "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
+        "tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else proc.stderr[-300:],
+    }
+
+
+def release_pipeline_stage(args, device) -> dict:
+    """Write (or reuse) the release-shaped checkpoint, measure each dtype, run the gate."""
+    import shutil
+    import tempfile
+
+    settings = {
+        "num_parts": args.pipeline_parts or (2 if args.small else 4),
+        "num_tokens": args.pipeline_tokens or (8 if args.small else 1024),
+        "steps": args.pipeline_steps or (2 if args.small else 50),
+    }
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    try:
+        out: dict = {"settings": settings}
+        if args.checkpoint:
+            checkpoint = Path(args.checkpoint)
+        else:
+            checkpoint = work / "release-shaped"
+            out["write_s"] = round(write_stage_checkpoint(args, device, checkpoint), 2)
+        from partattn_checks.model.release import weight_count
+
+        out["parameters"] = weight_count(checkpoint)
+        out["runs"] = {}
+        for dtype_name in args.pipeline_dtypes.split(","):
+            out["runs"][dtype_name] = stage_run(checkpoint, device, dtype_name, settings, args.repeats)
+        if args.gate_dtype != "none":
+            out["gate"] = gate_run(checkpoint, device, args, settings, work)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="reduced size on the CPU (for tests)")
@@ -128,6 +315,7 @@ def parse_args(argv):
     parser.add_argument("--image-tokens", type=int, default=None, help="default: 257 (17 with --small)")
     parser.add_argument("--guidance", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=0)
+    add_stage_args(parser)
     args = parser.parse_args(argv)
     small = args.small
     args.device = args.device or ("cpu" if small else "cuda")
@@ -236,6 +424,14 @@ def main(argv=None) -> int:
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    model = record = None  # free the device for the pipeline stage
+    records.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    stage_ok = True
+    if args.pipeline:
+        result["release_pipeline"] = release_pipeline_stage(args, device)
+        stage_ok = all(run["exact"] for run in result["release_pipeline"]["runs"].values())
     print(json.dumps(result))
     if not deterministic:
         print(
@@ -246,6 +442,9 @@ def main(argv=None) -> int:
         return 2
     if not exact:
         print("gpu_check: FAILED: latents with capture differ from latents without", file=sys.stderr)
+        return 1
+    if not stage_ok:
+        print("gpu_check: FAILED: the release pipeline's captured latents differ from the plain ones", file=sys.stderr)
         return 1
     return 0
 
