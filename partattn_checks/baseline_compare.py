@@ -214,8 +214,15 @@ class _Comparison:
                     now=Matrix.of(drift.now),
                     grid=drift.grid,
                 )
+                reason = result.reason
+                if result.verdict == "fail":
+                    reason += (
+                        f" (attention moved most in layer {drift.layer}, part {drift.part}: JS/log2 {drift.value:.3f}; "
+                        f"see the drift figure)"
+                    )
                 return replace(
                     result,
+                    reason=reason,
                     offender=Offender(layer=drift.layer, part=drift.part),
                     details=replace(details, attention=typed),
                 )

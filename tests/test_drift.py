@@ -219,6 +219,7 @@ def test_drift_names_the_layer_and_part_that_moved_and_travels_as_json(tmp_path)
     out = _evaluate(tmp_path, now, metrics={**METRICS, "separation": 0.0})
     r = out.result
     assert r.verdict == "fail" and (r.offender.layer, r.offender.part) == ("blocks.1.attn2", 1)
+    assert "(attention moved most in layer blocks.1.attn2, part 1: JS/log2 " in r.reason  # index.html shows it
     d = r.details.attention
     assert d.layer == "blocks.1.attn2" and d.part == 1 and d.grid == (4, 4)
     assert d.per_layer[1] > 10 * max(d.per_layer[0], d.per_layer[2])
@@ -379,4 +380,5 @@ def test_merged_parts_against_the_committed_baselines_shows_the_drift_figure(pyt
         assert reports[node].partattn["result"]["offender"]["layer"] == layer
         # index.html shows it too
         assert f"{stem}/baseline__drift.png" in index
+        assert f"attention moved most in layer {layer}, part {part}: JS/log2" in index
     assert "data:image/png;base64,iVBOR" in (pytester.path / "report.html").read_text()
