@@ -1,7 +1,8 @@
 """``figures_for(result, record, outdir, image, thresholds)``: the figures that explain a check result.
 
 Each check draws its own (``Check.draw`` in ``partattn_checks/checks/<name>.py``) from its typed
-details, on ``render``'s fixed ``A·Nk`` scale (uniform = 1), ~512 px; files are written atomically as
+details, on ``render``'s fixed ``A·Nk`` scale (uniform = 1), ~512 px or more (text >= 10 pt, panels >= 200 px:
+``render.panels.panel_layout``); files are written atomically as
 ``<outdir>/<check>__<what>.png`` (``outdir`` is the image's folder under the results folder):
 
 | check | files |
@@ -13,9 +14,10 @@ details, on ``render``'s fixed ``A·Nk`` scale (uniform = 1), ~512 px; files are
 | nonfinite | ``entropy`` timeline (NaN shows as a gap) |
 | baseline | none |
 
-``heads`` shows full query×key maps (key 0 = CLS) when the record kept them for that
-(step, layer); otherwise each head's key-marginal (mean over queries) as a one-row strip, which
-is what every record has. matplotlib and torch are imported when a figure is drawn.
+``heads`` shows each head's key-marginal (mean over queries, what every record has) on the image,
+or on the patch grid without one; a record without a patch grid gets the full query×key maps
+(key 0 = CLS) when it kept them for that (step, layer), else one-row strips. matplotlib and torch
+are imported when a figure is drawn.
 """  # noqa: E501
 
 from __future__ import annotations

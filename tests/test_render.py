@@ -91,8 +91,11 @@ def test_heatmap_title_names_layer_step_part_head():
     fig = render_figures._heatmap_fig(_uniform(4, 8), title="uniform", layer="blocks.3", step=7, part=1, head=2)
     title = fig.axes[0].get_title()
     assert title.startswith("uniform")
-    for bit in ("layer blocks.3", "step 7", "part 1", "head 2"):
-        assert bit in title
+    for bit in ("layer blocks.3", "step 7", "part 1", "head 2"):  # joined by no-break spaces: wrapping keeps them
+        assert bit.replace(" ", "\u00a0") in title
+    long = render_figures._heatmap_fig(_uniform(4, 8), title="x" * 30, layer="blocks.20.attn2", step=49, part=3, head=9)
+    lines = long.axes[0].get_title().split("\n")
+    assert len(lines) >= 3 and not any(line.endswith(("layer", "step", "part", "head")) for line in lines)
     assert fig.axes[0].get_xlabel() == "keys" and fig.axes[0].get_ylabel() == "queries"
 
 

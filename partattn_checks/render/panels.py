@@ -158,7 +158,7 @@ def _check_grid(grid, nk: int) -> tuple[int, int]:
 
 def _title(title=None, layer=None, step=None, part=None, head=None) -> str | None:
     bits = [
-        f"{name} {value}"
+        f"{name}\u00a0{value}"  # a no-break space: a wrapped title never splits "part" from its number
         for name, value in (("layer", layer), ("step", step), ("part", part), ("head", head))
         if value is not None
     ]

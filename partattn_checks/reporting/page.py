@@ -3,7 +3,8 @@
 A :class:`Page` collects blocks (preformatted text, notes, tables, figure grids, file links) and
 renders them through ``templates/page.html`` with ``templates/style.css`` inlined, so a page is a
 single self-contained file. Files are linked by paths relative to the page, so a results folder
-can be moved or zipped whole; every image is a thumbnail that links to the full-size file.
+can be moved or zipped whole; every image is shown at its natural size (at most the page width, so
+its text stays readable at 100 % zoom) and links to the file itself.
 Everything shown is HTML-escaped. Pages are written atomically.
 
 >>> write_index("out/index.html", "np2_chair",

@@ -1,0 +1,107 @@
+"""Write the figure gallery of docs/visualization.md (``docs/gallery/*.png|gif``).
+
+    python scripts/make_gallery.py            # (re)write docs/gallery
+    python scripts/make_gallery.py --out DIR  # somewhere else
+
+Every figure kind, drawn from real runs of the embedded tiny model (``partattn_checks.EMBEDDED_MODEL``,
+10 steps, 8x8 patch grid) on ``fixtures/images/np3_three_shapes.png``: part panel, overlay,
+multi-head grid on the image and as queries x keys maps, heatmap, timeline, GIF over steps, and
+the failure figures of the part-separation and uniformity checks on broken copies of the model
+(``model.broken`` variants ``merged_parts`` and ``uniform``). PNGs are stored with a 256-colour
+palette to keep the gallery small (a few hundred KB); the figures themselves are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from partattn_checks import EMBEDDED_MODEL, AttentionVisualizer, render
+from partattn_checks.figures import figures_for
+from partattn_checks.model.broken import broken
+from partattn_checks.views import renorm
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = REPO / "fixtures" / "images" / "np3_three_shapes.png"
+PARTS = 3
+
+
+def _palette_png(data: bytes, path: Path) -> Path:
+    """Store a PNG figure with a 256-colour palette (about a third of the bytes)."""
+    with Image.open(io.BytesIO(data)) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(path, optimize=True)
+    return path
+
+
+def _failure_figure(viz: AttentionVisualizer, variant: str, check: str, what: str, path: Path) -> Path:
+    """Run the image on a broken copy of the model and keep the ``what`` figure of ``check``'s failure."""
+    with broken(viz.model, variant):
+        record = viz.run(IMAGE, PARTS)
+    result = viz.results[check]
+    if result.verdict != "fail":
+        raise SystemExit(f"the {variant} variant did not fail {check} ({result.verdict}: {result.reason})")
+    with tempfile.TemporaryDirectory() as tmp:
+        drawn = {p.stem.split("__", 1)[-1]: p for p in figures_for(result, record, tmp, viz.image, viz.thresholds)}
+        return _palette_png(drawn[what].read_bytes(), path)
+
+
+def make_gallery(out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    viz = AttentionVisualizer.from_pretrained(EMBEDDED_MODEL, device="cpu")
+    record = viz.run(IMAGE, PARTS)  # the checkpoint's run settings; full maps of the last layer, last step
+    written = [
+        _palette_png(viz.visualize_part_attention(record, PARTS), out / "part_panel.png"),
+        _palette_png(viz.visualize_multi_head_attention(record, part=0), out / "heads_on_image.png"),
+        _palette_png(viz.visualize_multi_head_attention(record, part=0, queries_keys=True), out / "heads_qk.png"),
+        _palette_png(viz.visualize_attention_heatmap(record, head="mean", part=0), out / "heatmap.png"),
+    ]
+    layer = record.layers[-1]
+    marginal = renorm(record.marginals_by_part()[:, -1, 1].mean(0))  # part 1, last layer, mean over steps
+    overlay = render.overlay(marginal, record.patch_grid, viz.image, title="mean over steps", layer=layer, part=1)
+    written.append(_palette_png(overlay, out / "overlay.png"))
+    entropy = record.entropy.float().mean(dim=(2, 3))
+    timeline = render.timeline(
+        entropy,
+        record.steps,
+        record.layers,
+        metric="normalized entropy (mean over parts, heads)",
+        threshold=viz.thresholds.uniformity.entropy_min_uniform,
+        title="uniformity: entropy over steps",
+    )
+    written.append(_palette_png(timeline, out / "timeline.png"))
+    shown = list(range(0, record.num_steps, 3))  # every third step keeps the GIF small
+    written.append(
+        render.animation(
+            record.marginals_by_part()[shown, -1, 0],
+            out / "steps_part0.gif",
+            fps=1,
+            titles=[f"step {record.steps[i]} of {record.num_steps} · layer {layer} · part 0" for i in shown],
+            grid=record.patch_grid,
+            image=viz.image,
+        )
+    )
+    written.append(_failure_figure(viz, "merged_parts", "part_separation", "overlay", out / "fail_part_separation.png"))
+    written.append(_failure_figure(viz, "uniform", "uniformity", "heads", out / "fail_uniformity_heads.png"))
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "gallery", help="folder (default docs/gallery)")
+    args = parser.parse_args(argv)
+    paths = make_gallery(args.out)
+    total = sum(p.stat().st_size for p in paths)
+    for p in paths:
+        print(f"{p.stat().st_size / 1024:7.1f} KB  {p}")
+    print(f"{total / 1024:7.1f} KB  in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
