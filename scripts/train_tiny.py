@@ -12,6 +12,9 @@ to it. CI never retrains: it uses the committed weights.
     --save-at 300,1500 --save-dir DIR            accelerate-style DIR/checkpoint-N/ folders (release
                                                  layout) for `partattn trend DIR`
     --stop-after N                               stop after N iterations of the --iterations schedule
+    --monitor-plot PNG                           draw the monitor's part separation and uniformity
+                                                 against the iteration (with --plot-only: from an
+                                                 existing --monitor-log, no training)
 """
 
 from __future__ import annotations
@@ -78,6 +81,27 @@ def make_callback(args, config: TrainConfig):
     return callback
 
 
+def plot_monitor(log_path: Path, png: Path) -> Path:
+    """Part separation and uniformity (mean over the images) against the iteration, from the monitor log."""
+    from partattn_checks.checks import Thresholds
+    from partattn_checks.monitor import JsonlLog
+    from partattn_checks.render.training import monitor_curve
+
+    rows = JsonlLog(log_path).read()
+    if not rows:
+        raise SystemExit(f"{log_path}: no monitor lines to plot")
+    defaults = Thresholds()
+    keys = [
+        ("partattn/part_separation/mean", "part separation (best layer), mean over images"),
+        ("partattn/uniformity/mean", "near-uniform share, mean over images"),
+    ]
+    limits = {
+        keys[0][0]: defaults.part_separation.min_separation,
+        keys[1][0]: defaults.uniformity.max_share,
+    }
+    return monitor_curve(rows, keys, png, thresholds=limits)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint folder to write")
@@ -94,7 +118,16 @@ def main(argv=None) -> int:
     parser.add_argument("--save-at", type=iterations_list, metavar="N,N", help="iterations to save checkpoint-N/ at")
     parser.add_argument("--save-dir", type=Path, metavar="DIR", help="folder of the checkpoint-N/ folders")
     parser.add_argument("--stop-after", type=int, metavar="N", help="stop after N iterations of the schedule")
+    parser.add_argument("--monitor-plot", type=Path, metavar="PNG", help="draw the monitor's curve here")
+    parser.add_argument("--plot-only", action="store_true", help="only draw --monitor-plot from --monitor-log")
     args = parser.parse_args(argv)
+    if args.monitor_plot and not args.monitor_log:
+        parser.error("--monitor-plot needs --monitor-log FILE.jsonl")
+    if args.plot_only:
+        if not args.monitor_plot:
+            parser.error("--plot-only needs --monitor-plot PNG")
+        print(f"wrote {plot_monitor(args.monitor_log, args.monitor_plot)}")
+        return 0
     if args.monitor_every and not args.monitor_log:
         parser.error("--monitor-every needs --monitor-log FILE.jsonl")
     if args.save_at and not args.save_dir:
@@ -114,6 +147,8 @@ def main(argv=None) -> int:
         json.dumps({"config": log.config, "seconds": log.seconds, "curve": log.curve}, indent=1) + "\n"
     )
     print(f"wrote {out} in {log.seconds} s of training")
+    if args.monitor_plot:
+        print(f"wrote {plot_monitor(args.monitor_log, args.monitor_plot)}")
     return 0
 
 

@@ -53,7 +53,10 @@ def _x_axis(ax, xs: Sequence[float], labels: Sequence[str], by_step: bool) -> No
     """Ticks at the checkpoints; steps spanning a factor of 10 or more go on a (sym)log axis."""
     positive = [x for x in xs if x > 0]
     if by_step and len(positive) > 1 and max(positive) / min(positive) >= 10:
-        ax.set_xscale("symlog", linthresh=min(positive))
+        if len(positive) == len(xs):
+            ax.set_xscale("log")
+        else:  # a step 0 among them
+            ax.set_xscale("symlog", linthresh=min(positive))
     ax.set_xticks(list(xs))
     ax.minorticks_off()
     if by_step:
@@ -98,7 +101,7 @@ def trend_checks(
         if threshold is not None:
             ax.axhline(threshold, color=_THRESHOLD, ls="--", lw=1.4, label=f"threshold (pass: {op} {threshold:g})")
         _x_axis(ax, xs, labels, by_step)
-        _style(ax, "training step" if by_step else "checkpoint", label, label)
+        _style(ax, "training step" if by_step else "checkpoint", label.split(" (")[0], label)
         ax.legend(fontsize=FONT_PT - 0.5, loc="best", framealpha=0.85)
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -179,9 +182,10 @@ def check_bars(
 
 def monitor_curve(rows: Sequence[dict], keys: Sequence[tuple[str, str]], path, *, thresholds=None) -> Path:
     """The monitor's log: ``keys`` (``(metric name, label)``) against ``rows[i]["iteration"]``,
-    one panel each, with the check threshold where ``thresholds[name]`` gives one."""
+    one panel each (the y axis is named by the label up to its first comma), with the check threshold
+    where ``thresholds[name]`` gives one."""
     thresholds = thresholds or {}
-    fig = _figure(6.0 * len(keys), 3.6)
+    fig = _figure(6.0 * len(keys), 4.0)
     axes = fig.subplots(1, len(keys), squeeze=False).ravel()
     it = np.asarray([r["iteration"] for r in rows], dtype=float)
     for ax, (name, label) in zip(axes, keys, strict=True):
@@ -190,5 +194,5 @@ def monitor_curve(rows: Sequence[dict], keys: Sequence[tuple[str, str]], path, *
         if name in thresholds:
             ax.axhline(thresholds[name], color=_THRESHOLD, ls="--", lw=1.4, label=f"threshold {thresholds[name]:g}")
             ax.legend(fontsize=FONT_PT - 0.5, loc="best")
-        _style(ax, "training iteration", label, label)
+        _style(ax, "training iteration", label.split(",")[0], label)
     return _save(fig, path)
