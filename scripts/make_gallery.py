@@ -7,8 +7,8 @@ Every figure kind, drawn from real runs of the embedded tiny model (``partattn_c
 10 steps, 8x8 patch grid) on ``fixtures/images/np3_three_shapes.png``: part panel, overlay,
 multi-head grid on the image and as queries x keys maps, heatmap, timeline, GIF over steps, and
 the failure figures of the part-separation and uniformity checks on broken copies of the model
-(``model.broken`` variants ``merged_parts`` and ``uniform``). PNGs are stored with a 256-colour
-palette to keep the gallery small (a few hundred KB); the figures themselves are unchanged.
+(``model.broken`` variants ``merged_parts`` and ``uniform``). PNGs are stored as drawn, re-compressed;
+the gallery is a few hundred KB.
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ IMAGE = REPO / "fixtures" / "images" / "np3_three_shapes.png"
 PARTS = 3
 
 
-def _palette_png(data: bytes, path: Path) -> Path:
-    """Store a PNG figure with a 256-colour palette (about a third of the bytes)."""
+def _store_png(data: bytes, path: Path) -> Path:
+    """Store a PNG figure re-compressed (``optimize``): the same pixels in fewer bytes."""
     with Image.open(io.BytesIO(data)) as im:
-        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    small.save(path, optimize=True)
+        im.convert("RGB").save(path, optimize=True)
     return path
 
 
@@ -48,7 +47,7 @@ def _failure_figure(viz: AttentionVisualizer, variant: str, check: str, what: st
         raise SystemExit(f"the {variant} variant did not fail {check} ({result.verdict}: {result.reason})")
     with tempfile.TemporaryDirectory() as tmp:
         drawn = {p.stem.split("__", 1)[-1]: p for p in figures_for(result, record, tmp, viz.image, viz.thresholds)}
-        return _palette_png(drawn[what].read_bytes(), path)
+        return _store_png(drawn[what].read_bytes(), path)
 
 
 def make_gallery(out: Path) -> list[Path]:
@@ -56,15 +55,15 @@ def make_gallery(out: Path) -> list[Path]:
     viz = AttentionVisualizer.from_pretrained(EMBEDDED_MODEL, device="cpu")
     record = viz.run(IMAGE, PARTS)  # the checkpoint's run settings; full maps of the last layer, last step
     written = [
-        _palette_png(viz.visualize_part_attention(record, PARTS), out / "part_panel.png"),
-        _palette_png(viz.visualize_multi_head_attention(record, part=0), out / "heads_on_image.png"),
-        _palette_png(viz.visualize_multi_head_attention(record, part=0, queries_keys=True), out / "heads_qk.png"),
-        _palette_png(viz.visualize_attention_heatmap(record, head="mean", part=0), out / "heatmap.png"),
+        _store_png(viz.visualize_part_attention(record, PARTS), out / "part_panel.png"),
+        _store_png(viz.visualize_multi_head_attention(record, part=0), out / "heads_on_image.png"),
+        _store_png(viz.visualize_multi_head_attention(record, part=0, queries_keys=True), out / "heads_qk.png"),
+        _store_png(viz.visualize_attention_heatmap(record, head="mean", part=0), out / "heatmap.png"),
     ]
     layer = record.layers[-1]
     marginal = renorm(record.marginals_by_part()[:, -1, 1].mean(0))  # part 1, last layer, mean over steps
     overlay = render.overlay(marginal, record.patch_grid, viz.image, title="mean over steps", layer=layer, part=1)
-    written.append(_palette_png(overlay, out / "overlay.png"))
+    written.append(_store_png(overlay, out / "overlay.png"))
     entropy = record.entropy.float().mean(dim=(2, 3))
     timeline = render.timeline(
         entropy,
@@ -74,7 +73,7 @@ def make_gallery(out: Path) -> list[Path]:
         threshold=viz.thresholds.uniformity.entropy_min_uniform,
         title="uniformity: entropy over steps",
     )
-    written.append(_palette_png(timeline, out / "timeline.png"))
+    written.append(_store_png(timeline, out / "timeline.png"))
     shown = list(range(0, record.num_steps, 3))  # every third step keeps the GIF small
     written.append(
         render.animation(

@@ -415,6 +415,13 @@ def test_timeline_axis_is_fixed_unless_data_escapes():
     assert fig.axes[0].get_ylim()[1] >= 3.0
 
 
+def test_timeline_of_one_step_has_integer_ticks():
+    fig = render_figures._timeline_fig(np.array([[0.5, 0.7]]), [0], ["a", "b"])
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+    assert 0 in ticks and all(float(t).is_integer() for t in ticks)
+
+
 def test_timeline_shape_mismatch():
     with pytest.raises(ValueError, match="steps=5, layers=3"):
         render.timeline(np.zeros((5, 2)), range(5), ["a", "b", "c"])

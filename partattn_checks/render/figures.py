@@ -336,6 +336,8 @@ def _timeline_fig(
         ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("denoising step", fontsize=LABEL_FONT_PT)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(steps) == 1 and np.isfinite(steps[0]):  # one step: integer ticks around it, not ±0.05
+        ax.set_xlim(steps[0] - 1, steps[0] + 1)
     ax.set_ylabel(_wrap(metric, 3.0, LABEL_FONT_PT), fontsize=LABEL_FONT_PT)
     ax.tick_params(labelsize=MIN_FONT_PT)
     ax.grid(alpha=0.3)
