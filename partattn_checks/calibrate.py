@@ -176,18 +176,20 @@ def decide(matrix, base: Thresholds, fraction: float = DEFAULT_MARGIN) -> list[D
         if variant in matrix:
             least = least_failing(check, scale_values(check, column(matrix, variant, check)).values())
         if check not in CALIBRATED:
-            fails = variant in matrix and all(r.verdict == "fail" for r in column(matrix, variant, check).values())
-            note = "not calibrated: any NaN/Inf fails" + (
-                f"; {variant} fails on every image" if fails else f"; {variant} does NOT fail on every image"
-            )
+            note = "not calibrated: any NaN/Inf fails"
+            if variant in matrix:
+                fails = all(r.verdict == "fail" for r in column(matrix, variant, check).values())
+                note += f"; {variant} fails on every image" if fails else f"; {variant} does NOT fail on every image"
             decisions.append(Decision(check, variant, healthy, least, None, None, False, note))
             continue
         table, key = CALIBRATED[check]
         previous = getattr(base[table], key)
         _same_field(matrix, check, previous)
         why = None
-        if variant not in matrix:
+        if variant is None:
             why = f"no broken variant targets {check}"
+        elif variant not in matrix:
+            why = f"the {variant} variant was not run (it does not fit this model)"
         elif healthy is None:
             why = "the healthy model has no judged image for it (one part, or one step?)"
         elif least is None:

@@ -10,7 +10,7 @@ import json
 import platform
 from pathlib import Path
 
-from .calibrate import CALIBRATED, Decision, is_ceiling, least_failing, margin, targeted
+from .calibrate import CALIBRATED, Decision, is_ceiling, margin
 from .checks import Thresholds
 from .zoo import TARGETS
 
@@ -217,7 +217,7 @@ def figure(table: dict, decisions: list[Decision], title: str = "") -> bytes:
         ax.set_xlabel("value per fixture image", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(alpha=0.3, axis="x")
-        ax.legend(fontsize=7, loc="lower right" if is_ceiling(d.check) else "lower left", framealpha=0.8)
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -226,10 +226,4 @@ def figure(table: dict, decisions: list[Decision], title: str = "") -> bytes:
     return buf.getvalue()
 
 
-def least_failing_image(check: str, values: dict) -> str | None:
-    """The image name of the least-failing value (for messages)."""
-    target = least_failing(check, values.values())
-    return next((i for i, v in values.items() if v == target), None)
-
-
-__all__ = ["figure", "fingerprint", "markdown", "matrix_json", "provenance", "targeted", "thresholds_toml"]
+__all__ = ["figure", "fingerprint", "markdown", "matrix_json", "provenance", "thresholds_toml"]

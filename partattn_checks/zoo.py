@@ -91,10 +91,12 @@ def measure(
     variants: Iterable[str] | None = None,
     others: Mapping[str, Callable[[], object]] | None = None,
     progress: Callable[[str, str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Matrix:
     """The matrix: ``"healthy"`` (``pipeline`` as loaded), each variant (edited in memory, restored
-    after its images) and each of ``others`` (``{row name: load()}``, loaded one at a time)."""
-    from .model.broken import broken
+    after its images) and each of ``others`` (``{row name: load()}``, loaded one at a time). A variant
+    that does not fit the model (e.g. no part embedding) is left out and ``warn`` is told why."""
+    from .model.broken import VariantError, broken, edited_parameters
 
     def tell(model):
         return (lambda image: progress(model, image)) if progress is not None else None
@@ -103,6 +105,12 @@ def measure(
         "healthy": run_images(pipeline, images, options=options, thresholds=thresholds, progress=tell("healthy"))
     }
     for name in VARIANTS if variants is None else variants:
+        try:
+            edited_parameters(pipeline.transformer, name)
+        except VariantError as err:
+            if warn is not None:
+                warn(f"the {name} variant does not fit this model: {err}")
+            continue
         with broken(pipeline.transformer, name):
             matrix[name] = run_images(pipeline, images, options=options, thresholds=thresholds, progress=tell(name))
     for name, load in (others or {}).items():

@@ -354,3 +354,56 @@ def test_the_gate_fails_the_right_check_for_each_broken_variant(gate_project, ca
     assert len(got) == len(CALIBRATION_IMAGES)
     for name in CALIBRATION_IMAGES:
         assert got[f"fixtures/images/{name}::{target}"] == "failed", got
+
+
+# ---------------------------------------------------------------------------- the command's edges
+RANDOM = REPO / "fixtures" / "checkpoints" / "tiny-random"
+
+
+def test_an_overlapping_check_is_refused_on_stderr_and_kept_in_the_toml(tmp_path, capsys):
+    """The random-init model's parts are not separated, healthy or merged: that check cannot be calibrated."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copyfile(IMAGES / "np2_circle_square.png", images / "np2_circle_square.png")
+    code = cli.main(
+        ["calibrate", "--model", str(RANDOM), "--fixtures", str(images), "--out", str(tmp_path / "out")]
+        + ["--steps", "2", "--device", "cpu", "-q"]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    previous = Thresholds().part_separation.min_separation
+    assert re.search(
+        r"^part_separation: cannot be calibrated on these images: healthy worst \S+, merged_parts least-failing "
+        rf"\S+ overlap; keeping the previous threshold {previous:g}$",
+        err,
+        re.M,
+    ), err
+    text = (tmp_path / "out" / "thresholds.toml").read_text()
+    assert f"min_separation = {previous!r}  # NOT calibrated" in text
+    assert load_thresholds(tmp_path / "out" / "thresholds.toml").part_separation.min_separation == previous
+
+
+@pytest.mark.parametrize(
+    "extra, phrase",
+    [
+        (["--margin", "1.5"], "--margin 1.5: must be between 0 and 1"),
+        (["--fixtures", "nowhere"], "fixture folder not found: nowhere"),
+        (["--fixtures", str(IMAGES), "--thresholds", "missing.toml"], "thresholds file not found: missing.toml"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_before_loading_anything(tmp_path, capsys, monkeypatch, extra, phrase):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["calibrate", "--model", str(RANDOM), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and phrase in err and "Traceback" not in err
+    assert not (tmp_path / "partattn-calibration").exists()
+
+
+def test_the_fingerprint_reads_headers_not_tensors(tmp_path):
+    from partattn_checks.calibration_report import fingerprint
+
+    copy = Path(shutil.copytree(SEED1, tmp_path / "copy"))
+    assert fingerprint(copy) == fingerprint(SEED1)
+    (copy / "partattn.json").write_text((copy / "partattn.json").read_text().replace('"steps": 10', '"steps": 20'))
+    assert fingerprint(copy) != fingerprint(SEED1)
+    assert fingerprint(RANDOM) != fingerprint(SEED1)

@@ -140,7 +140,15 @@ def _calibrate(args, model: Path, images, base, out: Path) -> Path:
         say(args, f"{name}: {image}")
 
     try:
-        matrix = measure(pipeline, images, options=options, thresholds=base, others=others, progress=progress)
+        matrix = measure(
+            pipeline,
+            images,
+            options=options,
+            thresholds=base,
+            others=others,
+            progress=progress,
+            warn=lambda text: print(f"partattn calibrate: {text}", file=sys.stderr),
+        )
         decisions = decide(matrix, base, args.margin)
     except CalibrationError as err:
         raise RunFailed(str(err)) from None
