@@ -16,7 +16,7 @@ from .. import runspec
 from ..runspec import DTYPES
 from .args import MODEL_HELP, check_model, device_arg, model_dir, number_arg, say, setting_arg
 from .check import DEFAULT_FIXTURES, REWRITE_WARNING_FILTER, _plugin_args, check_args
-from .io import RunFailed, UsageError, read_thresholds, writable_folder
+from .io import RunFailed, UsageError, read_thresholds, remove_created, writable_folder
 
 DEFAULT_OUT = Path("partattn-calibration")
 OUTPUTS = ("thresholds.toml", "model-matrix.md", "model-matrix.json", "model-matrix.png")
@@ -89,10 +89,6 @@ def main(args, extra) -> int:
     base = read_thresholds(args.thresholds)
     if args.baselines and args.num_tokens is not None and not _gate_has("num_tokens"):
         raise UsageError("--num-tokens with --baselines needs the gate's --partattn-num-tokens option (not installed)")
-    out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
-    writable_folder(out, "--out" if args.out else "output folder")
-    if args.baselines:
-        writable_folder(Path(args.baselines).expanduser(), "--baselines")
     from ..zoo import fixture_images
 
     try:
@@ -101,7 +97,15 @@ def main(args, extra) -> int:
         raise UsageError(str(err)) from None
     if not images:
         raise UsageError(f"no fixture images in {fixtures} (.png, .jpg, .jpeg, .webp)")
-    toml = _calibrate(args, model, images, base, out)
+    out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
+    created = writable_folder(out, "--out" if args.out else "output folder")
+    try:
+        if args.baselines:
+            writable_folder(Path(args.baselines).expanduser(), "--baselines")
+        toml = _calibrate(args, model, images, base, out)
+    except BaseException:
+        remove_created(out, created)
+        raise
     if args.baselines:
         return _write_baselines(args, model, fixtures, toml)
     return 0
