@@ -15,7 +15,7 @@ exactly 0 everywhere (the same run twice is bit-identical on the CPU).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,9 +123,8 @@ class Comparison:
         if layers:
             moved = ", ".join(f"{name} ({per_layer[name]:.3f})" for name in layers)
             text.append(
-                f"From {name_a} to {name_b} the key-marginals moved most in {_layer_span(layers)}: {moved} "
-                f"(JS/log 2, mean over heads); the largest single change is head {hi} of {self.layers[li]} "
-                f"({change[li][hi]:.3f})."
+                f"From {name_a} to {name_b} the key-marginals moved most in {moved}, in JS/log 2 averaged "
+                f"over heads; the largest single change is head {hi} of {self.layers[li]} ({change[li][hi]:.3f})."
             )
         else:
             text.append(f"From {name_a} to {name_b} the key-marginals barely moved (at most {self.max_change:.2g}).")
@@ -161,10 +160,6 @@ class Comparison:
             "verdict": self.verdict,
             "images": [img.__dict__ for img in self.images],
         }
-
-
-def _layer_span(layers: Sequence[str]) -> str:
-    return "layer " + layers[0] if len(layers) == 1 else "layers " + ", ".join(layers)
 
 
 def marginal_change(record_a, record_b):
