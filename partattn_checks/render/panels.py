@@ -40,7 +40,7 @@ _PANEL_TITLE_IN = 0.32  # one line of LABEL_FONT_PT above each panel
 _LINE_IN = 0.26  # one line of TITLE_FONT_PT (figure title)
 _MARGIN_IN = 0.25
 
-# legacy name (points): the body text size
+# the former name of the body text size (points), for code that imports it
 _FONT = LABEL_FONT_PT
 
 
@@ -92,10 +92,6 @@ def panel_layout(
     height = nrows * (_PANEL_IN + _PANEL_TITLE_IN) + title_lines * _LINE_IN + extra_height_in + _MARGIN_IN
     figsize = (round(width, 3), round(height, 3))
     return PanelLayout(nrows, ncols, figsize, figure_dpi(figsize, max_px))
-
-
-def _title_lines(text: str | None) -> int:
-    return 0 if not text else text.count("\n") + 1
 
 
 def _wrap(text: str | None, width_in: float, fontsize: float = TITLE_FONT_PT) -> str | None:
@@ -319,9 +315,9 @@ def _show(ax, panel, scale: _Scale, *, labels: bool = True):
         ax.set_xticks([])
         ax.set_yticks([])
         return im
-    ax.set_xlabel(xlabel, fontsize=_FONT)
+    ax.set_xlabel(xlabel, fontsize=LABEL_FONT_PT)
     if ylabel:
-        ax.set_ylabel(ylabel, fontsize=_FONT)
+        ax.set_ylabel(ylabel, fontsize=LABEL_FONT_PT)
     else:
         ax.set_yticks([])
     return im
