@@ -312,6 +312,27 @@ def test_multi_head_view_draws_each_head_on_the_image(pipe, viz):
     assert_image(on_image)
 
 
+def test_failure_report_heads_are_drawn_on_the_image(tmp_path, run_record):
+    """The uniformity failure's ``heads`` figure shows every head on the encoder's view of the image:
+    the same heads drawn over a black image are much darker than over a white one."""
+    from partattn_checks.checks import Thresholds, run_checks
+    from partattn_checks.figures import figures_for
+
+    _, record = run_record
+    strict = Thresholds().merged({"uniformity": {"max_share": 0.0}})  # any near-uniform head fails
+    (result,) = run_checks(record, strict, names=["uniformity"])
+    assert result.verdict == "fail"
+
+    def heads_luma(colour) -> float:
+        image = Image.new("RGB", (112, 112), colour)
+        drawn = figures_for(result, record, tmp_path / str(colour[0]), image, thresholds=strict)
+        (heads,) = [p for p in drawn if p.stem.endswith("__heads")]
+        assert_image(heads)
+        return float(np.asarray(Image.open(heads).convert("L"), dtype=float).mean())
+
+    assert heads_luma((255, 255, 255)) - heads_luma((0, 0, 0)) > 40
+
+
 def test_statistics_definitions():
     """One-hot and uniform maps without CLS: the documented values."""
     block = BasicTransformerBlock(16, 2, 8, cross_attention_dim=8).eval()
