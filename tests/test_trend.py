@@ -1,8 +1,9 @@
 """``partattn trend``: checkpoints of a real (short) training run, in step order, judged image by image.
 
-The early checkpoints are the first iterations of the very schedule the embedded model was trained
-with (seed 0, 5000 iterations, docs/training.md), re-run here with ``stop_after``; the embedded
-model stands in as its ``checkpoint-5000``.
+The early checkpoints are the first iterations of the schedule the embedded model was trained with
+(seed 0, 5000 iterations, docs/training.md), re-run here with ``stop_after``; the embedded model
+stands in as its ``checkpoint-5000`` (today's libraries draw the batches slightly differently, so it
+is that schedule's end, not bit for bit this run's; docs/training.md).
 """
 
 from __future__ import annotations
