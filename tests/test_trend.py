@@ -17,6 +17,7 @@ from helpers import FIXTURE_IMAGES, TINY_FIXTURE
 
 from partattn_checks import EMBEDDED_MODEL
 from partattn_checks.cli import main
+from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.model.tiny import TINY_RUN_DEFAULTS, write_checkpoint
 from partattn_checks.model.training import TrainConfig, train
 from partattn_checks.trend import TrendError, find_checkpoints, load_pipeline
@@ -77,13 +78,22 @@ def test_trend_over_a_training_run_shows_separation_rising(run, fixtures, tmp_pa
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_trend_exits_1_when_the_last_checkpoint_fails(run, fixtures, tmp_path, capsys):
+def test_trend_exits_1_when_the_last_checkpoint_fails(run, fixtures, tmp_path, capsys, monkeypatch):
     out = tmp_path / "trend"
+    loaded = []
+    original = PartCrafterPipeline.from_pretrained.__func__
+
+    def counting(cls, path, **kwargs):
+        loaded.append(path)
+        return original(cls, path, **kwargs)
+
+    monkeypatch.setattr(PartCrafterPipeline, "from_pretrained", classmethod(counting))
     # given in reverse: ordered by step, so checkpoint-150 comes first
     args = ["trend", str(run / "checkpoint-5000"), str(run / "checkpoint-150"), "--fixtures", str(fixtures)]
     assert main([*args, "--steps", "4", "--device", "cpu", "--out", str(out), "-q"]) == 0
     doc = json.loads((out / "trend.json").read_text())
     assert [c["label"] for c in doc["checkpoints"]] == ["checkpoint-150", "checkpoint-5000"]
+    assert len(loaded) == 2  # one load per checkpoint, not per image
     # folders without step numbers keep the order given: the random-init model last fails
     args = ["trend", str(EMBEDDED_MODEL), str(TINY_FIXTURE), "--fixtures", str(fixtures)]
     assert main([*args, "--steps", "4", "--device", "cpu", "--out", str(out), "-q"]) == 1
