@@ -8,8 +8,8 @@ diverging scale centred on 0 with a symmetric range shared by all parts. Maps ar
 encoder's view of the image when it is given (like the overlays), else on the patch grid, else
 as one-row strips.
 
-Sizes are fixed in inches at ``DPI``: every panel is ``PANEL_IN`` inches (≥ 180 px) and every text
-at least ``FONT`` points, whatever the number of parts. matplotlib through ``Figure`` + Agg only.
+Sizes are fixed in inches at render.panels' ``DPI``: every panel is ``PANEL_IN`` inches (≥ ``MIN_PANEL_PX``) and
+every text at least ``MIN_FONT_PT`` points, whatever the number of parts. matplotlib through ``Figure`` + Agg only.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .panels import _ALPHA, _LUMA, _panel_array, _Scale, _to_rgb
+from .panels import _ALPHA, _LUMA, DPI, MIN_PANEL_PX, _panel_array, _Scale, _to_rgb
+from .panels import MIN_FONT_PT as FONT  # the figure-size rule all figures share (render.panels)
 
-DPI = 100
-FONT = 10.0  # points: ~14 px at DPI
-PANEL_IN = 2.4  # inches per map panel: 240 px at DPI
+PANEL_IN = max(2.4, MIN_PANEL_PX / DPI)  # inches per map panel: 240 px at DPI
 BAR_IN = 2.6  # height of the per-layer bar chart
 _DIFF_CMAP = "RdBu_r"  # red: more attention now, blue: less
 
