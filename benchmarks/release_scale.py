@@ -118,21 +118,26 @@ def child_recorder(opts) -> dict:
     }
     if opts.overhead:
         plain_steps, captured_steps = [], []
+        cpu = {"plain": [], "captured": []}
         order = ["plain", "captured", "captured", "plain"] * opts.repeats
         order = order[: 2 * opts.repeats]
         for kind in order:
+            begin = time.process_time()  # CPU seconds of this process: robust to other processes
             if kind == "plain":
                 plain = pipe(IMAGE, opts.parts, **settings)
                 plain_steps.append(step_median(plain))
             else:
                 captured, _ = record_attention(pipe, IMAGE, opts.parts, **settings)
                 captured_steps.append(step_median(captured))
+            cpu[kind].append(time.process_time() - begin)
         exact = torch.equal(plain.latents, captured.latents)
         out["overhead"] = {
             "order": order,
             "plain_step_s": plain_steps,
             "captured_step_s": captured_steps,
             "captured_over_plain": statistics.median(captured_steps) / statistics.median(plain_steps),
+            "cpu_s": cpu,
+            "captured_over_plain_cpu": statistics.median(cpu["captured"]) / statistics.median(cpu["plain"]),
             "exact": bool(exact),
         }
     if opts.table:
@@ -307,6 +312,7 @@ def main() -> int:
         ratio = summary["recorder"].get(opts.ratio_dtype, {}).get("overhead")
         if ratio:
             summary["captured_over_plain"] = ratio["captured_over_plain"]
+            summary["captured_over_plain_cpu"] = ratio["captured_over_plain_cpu"]
         summary["peak_rss_over_weights"] = {
             dtype: round(result["peak_rss_over_weights"], 4) for dtype, result in summary["recorder"].items()
         }

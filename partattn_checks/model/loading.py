@@ -72,6 +72,9 @@ SAFETENSORS_DTYPES = {
     "F8_E4M3": "float8_e4m3fn",
 }
 
+#: Bytes read per file read when a tensor is cast or moved (one staging buffer of this size).
+CHUNK_BYTES = 8 << 20
+
 
 def iter_tensors(
     file: Path, dtype: torch.dtype, device: str | torch.device = "cpu"
@@ -79,10 +82,11 @@ def iter_tensors(
     """Each tensor of one safetensors ``file``, floats cast to ``dtype``, on ``device``, one at a time.
 
     Tensors are read with plain file reads (no memory map: the pages of a mapped file count in the
-    process's resident memory while it is open) into one reused staging buffer the size of the
-    largest tensor, then cast and moved. So loading holds the weights in the run dtype plus one
-    tensor as stored, never a second copy of the model. A tensor already in ``dtype`` on the CPU is
-    read straight into its final place. Casting is ``Tensor.to``: the same bits as casting a
+    process's resident memory while it is open). A tensor already in ``dtype`` on the CPU is read
+    straight into its final place; any other is allocated in ``dtype`` on ``device`` and filled
+    chunk by chunk through one reused staging buffer of :data:`CHUNK_BYTES`. So loading holds the
+    weights in the run dtype plus 8 MiB, never a second copy of the model nor of a whole tensor.
+    The cast is ``Tensor.copy_`` (what ``Tensor.to`` does): the same bits as casting a
     ``safetensors.torch.load_file`` result.
     """
     header = read_safetensors_header(file)  # validated: offsets tile the data, the file is complete
@@ -99,25 +103,29 @@ def iter_tensors(
             )
         stored_dtypes[name] = getattr(torch, SAFETENSORS_DTYPES[entry["dtype"]])
     device = torch.device(device)
-    largest = max((e["data_offsets"][1] - e["data_offsets"][0] for _, e in entries), default=0)
     staging = None
     try:
         with open(file, "rb", buffering=0) as fh:
             (length,) = struct.unpack("<Q", fh.read(8))
             fh.seek(8 + length)
             for name, entry in entries:
-                begin, end = entry["data_offsets"]
                 shape, stored = tuple(entry["shape"]), stored_dtypes[name]
                 target = dtype if stored.is_floating_point else stored
                 if target == stored and device.type == "cpu":
                     tensor = torch.empty(shape, dtype=stored)
                     _read_exactly(fh, tensor.view(-1).view(torch.uint8), file)
-                else:
-                    if staging is None:
-                        staging = torch.empty(largest, dtype=torch.uint8)
-                    raw = staging[: end - begin]
+                    yield name, tensor
+                    continue
+                if staging is None:
+                    staging = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
+                tensor = torch.empty(shape, dtype=target, device=device)
+                flat, size = tensor.view(-1), stored.itemsize
+                step = CHUNK_BYTES // size
+                for start in range(0, flat.numel(), step):
+                    count = min(step, flat.numel() - start)
+                    raw = staging[: count * size]
                     _read_exactly(fh, raw, file)
-                    tensor = raw.view(stored).view(shape).to(device=device, dtype=target, copy=True)
+                    flat[start : start + count].copy_(raw.view(stored))
                 yield name, tensor
     except OSError as err:
         raise CheckpointError(f"{file}: cannot be read as safetensors ({err}); {CheckpointError.fix}.") from None
@@ -140,7 +148,7 @@ def read_state_dict(
     """Every tensor of the safetensors ``files``, floats cast to ``dtype``, on ``device``.
 
     Streamed tensor by tensor (:func:`iter_tensors`): peak memory is the state dict in ``dtype``
-    plus one tensor as stored. Each header is validated first (``read_safetensors_header``:
+    plus an 8 MiB staging buffer. Each header is validated first (``read_safetensors_header``:
     truncated or foreign files are named with the fix); a dtype this loader cannot read is a
     ``CheckpointError`` naming the file.
     """
