@@ -12,7 +12,7 @@ details, on ``render``'s fixed ``A·Nk`` scale (uniform = 1), ~512 px or more (t
 | collapse | ``heads``, ``overlay``, ``peak`` (max peak per layer over steps) |
 | stability | ``jumps`` (worst part's JS jump from the previous step, per layer), ``entropy`` |
 | nonfinite | ``entropy`` timeline (NaN shows as a gap) |
-| baseline | ``drift`` (per-layer JS bars; baseline \| now \| difference per part for the layer that moved most; needs the attention summary stored with the baseline) |
+| baseline | ``drift`` (per-layer JS bars; baseline, now and their difference per part for the layer that moved most; needs the attention summary stored with the baseline) |
 
 ``heads`` shows each head's key-marginal (mean over queries, what every record has) on the image,
 or on the patch grid without one; a record without a patch grid gets the full query×key maps
