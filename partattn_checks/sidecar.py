@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checks import Thresholds
+from .errors import PartattnError
 from .runspec import problem
 from .tomlread import TomlError, read_toml
 
@@ -139,3 +140,24 @@ def image_keys(fixtures: Path, results: Path) -> set[str]:
         for p in fixtures.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES and results not in p.parents and p.is_file()
     }
+
+
+class FixtureError(PartattnError, ValueError):
+    """A fixture folder that cannot be run: missing, empty, or an image the gate could not run."""
+
+
+def fixture_specs(folder: str | Path, rootdir: str | Path = ".") -> list[ImageSpec]:
+    """The images under ``folder`` as the gate collects them (sorted, subfolders included), with their
+    sidecar settings, for the commands that run a fixture set outside pytest (calibrate, trend, compare)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FixtureError(f"fixture folder not found: {folder} (pass --fixtures DIR, a folder of np<N>_*.png images)")
+    folder = folder.resolve()
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FixtureError(f"no fixture images in {folder} ({', '.join(IMAGE_SUFFIXES)})")
+    specs = [read_spec(path, folder, Path(rootdir).resolve()) for path in paths]
+    for spec in specs:
+        if spec.error:
+            raise FixtureError(spec.error)
+    return specs

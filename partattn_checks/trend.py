@@ -144,20 +144,14 @@ def load_pipeline(checkpoint: TrendCheckpoint, *, base=None, device: str = "cpu"
 
 
 def fixture_images(folder: str | Path):
-    """The images of a fixture folder (sorted) as ``sidecar.ImageSpec``; one that cannot run is an error."""
-    from .sidecar import IMAGE_SUFFIXES, read_spec
+    """The images of a fixture folder (sorted, as the gate collects them) as ``sidecar.ImageSpec``;
+    a folder or image that cannot run is a :class:`TrendError`."""
+    from .sidecar import FixtureError, fixture_specs
 
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise TrendError(f"fixture folder not found: {folder} (pass --fixtures DIR, a folder of np<N>_*.png images)")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise TrendError(f"{folder}: no images (.png, .jpg, .jpeg, .webp)")
-    specs = [read_spec(p, folder.resolve(), Path.cwd()) for p in paths]
-    bad = [s for s in specs if s.error]
-    if bad:
-        raise TrendError(bad[0].error)
-    return specs
+    try:
+        return fixture_specs(folder, Path.cwd())
+    except FixtureError as err:
+        raise TrendError(str(err)) from None
 
 
 # ---------------------------------------------------------------------------------------- trend

@@ -41,18 +41,13 @@ class ImageRun:
 
 def fixture_images(folder: str | Path, rootdir: str | Path = ".") -> list[ImageRun]:
     """The images under ``folder`` as the gate collects them (sorted), with their sidecar settings;
-    an image the gate could not run (no part count, a bad sidecar) is a ``ValueError`` naming it."""
-    from .sidecar import IMAGE_SUFFIXES, read_spec
+    a missing or empty folder, or an image the gate could not run, is a ``sidecar.FixtureError``
+    (a ``ValueError``) naming it."""
+    from .sidecar import fixture_specs
 
-    folder = Path(folder).resolve()
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    runs = []
-    for path in paths:
-        spec = read_spec(path, folder, Path(rootdir).resolve())
-        if spec.error:
-            raise ValueError(spec.error)
-        runs.append(ImageRun(path, path.relative_to(folder).as_posix(), spec.run_layer()))
-    return runs
+    specs = fixture_specs(folder, rootdir)
+    folder = Path(folder).expanduser().resolve()
+    return [ImageRun(spec.path, spec.path.relative_to(folder).as_posix(), spec.run_layer()) for spec in specs]
 
 
 #: ``{model: {image name: {check: CheckResult}}}``

@@ -1,5 +1,6 @@
 """What several ``partattn`` subcommands share: argument types checked by the run settings' own
-rules, the model folder (default: the embedded model) and its torch-free pre-flight, status lines."""
+rules, the options of the commands that run a fixture set, the model folder (default: the embedded
+model) and its torch-free pre-flight, the device, status lines."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .. import EMBEDDED_MODEL as DEFAULT_MODEL
 from .. import runspec
 from .io import UsageError
 
+DEFAULT_FIXTURES = Path("fixtures") / "images"
 MODEL_HELP = (
     f"PartCrafter checkpoint folder (hub layout, safetensors); default: the embedded tiny model ({DEFAULT_MODEL.name})"
 )
@@ -81,3 +83,31 @@ def check_model(model: Path) -> None:
     problems = checkpoint_problems(model)
     if problems:
         raise UsageError(format_problems(problems))
+
+
+def add_fixture_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--fixtures --steps --seed --device --dtype``: how the commands that run a fixture set run it."""
+    parser.add_argument("--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES})")
+    parser.add_argument(
+        "--steps", type=setting_arg("steps"), metavar="S", help="denoising steps (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=setting_arg("seed"),
+        default=runspec.DEFAULT_SEED,
+        help=f"noise seed (default: {runspec.DEFAULT_SEED})",
+    )
+    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--dtype", choices=runspec.DTYPES, default="float32", help="model dtype (default: float32)")
+
+
+def fixtures_dir(arg: str | None) -> Path:
+    return Path(arg).expanduser() if arg else DEFAULT_FIXTURES
+
+
+def run_device(arg: str) -> str:
+    """The torch device ``--device`` names (``auto``: CUDA when present), or a usage error saying why not."""
+    try:
+        return runspec.resolve_device(arg).device
+    except runspec.RunSpecError as err:
+        raise UsageError(f"--device {arg}: {err}") from None

@@ -13,9 +13,18 @@ import sys
 from pathlib import Path
 
 from .. import runspec
-from ..runspec import DTYPES
-from .args import MODEL_HELP, check_model, device_arg, model_dir, number_arg, say, setting_arg
-from .check import DEFAULT_FIXTURES, REWRITE_WARNING_FILTER, _plugin_args, check_args
+from .args import (
+    MODEL_HELP,
+    add_fixture_run_options,
+    check_model,
+    fixtures_dir,
+    model_dir,
+    number_arg,
+    run_device,
+    say,
+    setting_arg,
+)
+from .check import REWRITE_WARNING_FILTER, _plugin_args, check_args
 from .io import RunFailed, UsageError, read_thresholds, remove_created, writable_folder
 
 DEFAULT_OUT = Path("partattn-calibration")
@@ -33,22 +42,14 @@ def add_parser(sub):
         "images' baselines. A check whose two sides overlap keeps its previous threshold (said on stderr).",
     )
     parser.add_argument("--model", metavar="DIR", help=MODEL_HELP)
-    parser.add_argument("--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES})")
+    add_fixture_run_options(parser)
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
-    parser.add_argument(
-        "--steps", type=setting_arg("steps"), metavar="S", help="denoising steps (default: the checkpoint's)"
-    )
-    parser.add_argument(
-        "--seed", type=setting_arg("seed"), default=runspec.DEFAULT_SEED, help="noise seed (default: 0)"
-    )
     parser.add_argument(
         "--num-tokens",
         type=setting_arg("num_tokens"),
         metavar="T",
         help="latent tokens per part (default: the checkpoint's)",
     )
-    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
     parser.add_argument(
         "--margin",
         type=number_arg,
@@ -83,9 +84,7 @@ def main(args, extra) -> int:
         check_model(model_dir(args.random))
     if not 0.0 < args.margin < 1.0:
         raise UsageError(f"--margin {args.margin:g}: must be between 0 and 1 (exclusive); 0.5 is the midpoint")
-    fixtures = Path(args.fixtures).expanduser() if args.fixtures else DEFAULT_FIXTURES
-    if not fixtures.is_dir():
-        raise UsageError(f"fixture folder not found: {fixtures} (pass --fixtures DIR, a folder of np<N>_*.png images)")
+    fixtures = fixtures_dir(args.fixtures)
     base = read_thresholds(args.thresholds)
     if args.baselines and args.num_tokens is not None and not _gate_has("num_tokens"):
         raise UsageError("--num-tokens with --baselines needs the gate's --partattn-num-tokens option (not installed)")
@@ -95,8 +94,6 @@ def main(args, extra) -> int:
         images = fixture_images(fixtures)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if not images:
-        raise UsageError(f"no fixture images in {fixtures} (.png, .jpg, .jpeg, .webp)")
     out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
     created = writable_folder(out, "--out" if args.out else "output folder")
     try:
@@ -119,10 +116,7 @@ def _calibrate(args, model: Path, images, base, out: Path) -> Path:
     from ..model.pipeline import PartCrafterPipeline
     from ..zoo import measure
 
-    try:
-        device = runspec.resolve_device(args.device).device
-    except runspec.RunSpecError as err:
-        raise UsageError(f"--device {args.device}: {err}") from None
+    device = run_device(args.device)
     dtype = runspec.torch_dtype(args.dtype)
 
     def load(path):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .args import MODEL_HELP, check_model, device_arg, model_dir, setting_arg
+from .args import DEFAULT_FIXTURES, MODEL_HELP, check_model, device_arg, model_dir, setting_arg
 from .io import UsageError
 
-DEFAULT_FIXTURES = Path("fixtures") / "images"
 PLUGIN_MODULE = "partattn_checks.plugin"
 #: ``pytest.main`` runs in this process, after the ``partattn`` command imported partattn_checks
 #: (the plugin's package, which pytest marks for assert rewriting): pytest cannot rewrite it and

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import runspec
 from ..runspec import DTYPES
-from .args import MODEL_HELP, check_model, device_arg, layer_arg, model_dir, number_arg, say, setting_arg
+from .args import MODEL_HELP, check_model, device_arg, layer_arg, model_dir, number_arg, run_device, say, setting_arg
 from .io import (
     Outputs,
     ProgressBar,
@@ -122,10 +122,7 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
         open_image(image)
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
-    try:
-        device = runspec.resolve_device(args.device).device
-    except runspec.RunSpecError as err:
-        raise UsageError(f"--device {args.device}: {err}") from None
+    device = run_device(args.device)
     say(args, f"loading {model} on {device} ({args.dtype})")
     try:
         viz = AttentionVisualizer.from_pretrained(

@@ -8,13 +8,10 @@ import json
 import math
 from pathlib import Path
 
-from .. import runspec
-from ..runspec import DTYPES
-from .args import device_arg, say, setting_arg
+from .args import add_fixture_run_options, fixtures_dir, run_device, say
 from .io import Outputs, ProgressBar, UsageError, read_thresholds, remove_created, writable_folder
 
 DEFAULT_OUT = Path("partattn-results") / "trend"
-DEFAULT_FIXTURES = Path("fixtures") / "images"
 
 
 def add_parser(sub):
@@ -39,15 +36,7 @@ def add_parser(sub):
         help="checkpoint that transformer-only checkpoints borrow the image encoder, feature extractor and "
         "scheduler from",
     )
-    parser.add_argument(
-        "--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES.as_posix()})"
-    )
-    parser.add_argument(
-        "--steps", type=setting_arg("steps"), metavar="S", help="denoising steps (default: the checkpoint's)"
-    )
-    parser.add_argument("--seed", type=setting_arg("seed"), default=runspec.DEFAULT_SEED, help="noise seed")
-    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
+    add_fixture_run_options(parser)
     parser.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_OUT.as_posix()})")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
@@ -61,14 +50,11 @@ def main(args, extra) -> int:
 
     try:
         checkpoints = find_checkpoints(args.checkpoints, base=args.base)
-        images = fixture_images(Path(args.fixtures) if args.fixtures else DEFAULT_FIXTURES)
+        images = fixture_images(fixtures_dir(args.fixtures))
     except TrendError as err:
         raise UsageError(str(err)) from None
     thresholds = read_thresholds(args.thresholds)
-    try:
-        device = runspec.resolve_device(args.device).device
-    except runspec.RunSpecError as err:
-        raise UsageError(f"--device {args.device}: {err}") from None
+    device = run_device(args.device)
     out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
     created = writable_folder(out, "--out" if args.out else "output folder")
     say(args, f"{len(checkpoints)} checkpoint(s) x {len(images)} image(s) on {device} ({args.dtype})")
