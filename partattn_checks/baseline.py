@@ -34,16 +34,21 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_write_text
-from .baseline_attention import SUMMARY_FILE, AttentionSummary, SummaryError
 from .errors import PartattnError
+
+if TYPE_CHECKING:  # numpy loads with the summary, not with the plugin
+    from .baseline_attention import AttentionSummary
 
 SCHEMA_VERSION = 1
 #: Decimal places of stored metrics; a change smaller than one step keeps the stored value.
 DECIMALS = 5
 METRICS_FILE = "metrics.json"
 ENVIRONMENT_FILE = "environment.json"
+#: The attention summary (``baseline_attention.AttentionSummary``) that drift figures are drawn from.
+SUMMARY_FILE = "attention.safetensors"
 #: Fingerprint keys whose mismatch is reported (in this order).
 FINGERPRINT_KEYS = (
     "schema_version",
@@ -205,6 +210,8 @@ class BaselineStore:
             environment = _read_json(paths.environment)
         attention, attention_error = None, None
         if paths.attention.is_file():
+            from .baseline_attention import AttentionSummary, SummaryError
+
             try:
                 attention = AttentionSummary.read(paths.attention)
             except SummaryError as err:

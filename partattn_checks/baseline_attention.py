@@ -33,7 +33,6 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .errors import PartattnError
 
-SUMMARY_FILE = "attention.safetensors"
 SUMMARY_VERSION = 1
 #: At most this many evenly spaced steps are kept per step, and no more than fit in the budget:
 #: at release shape (21 layers, 4 parts, 256 keys; 43 KB a step) that is 6 steps, 302 KB in all.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .baseline import (
     ENVIRONMENT_FILE,
@@ -23,9 +24,11 @@ from .baseline import (
     fingerprint_diff,
     nonfinite_metrics,
 )
-from .baseline_attention import AttentionSummary, attention_drift
 from .checks import CheckResult, Offender, Thresholds, check_baseline
 from .checks.baseline import AttentionDrift, BaselineDetails
+
+if TYPE_CHECKING:  # numpy loads with a summary, not with the plugin
+    from .baseline_attention import AttentionSummary
 from .checks.details import Matrix
 
 #: The note of a comparison against a baseline without an attention summary.
@@ -201,6 +204,8 @@ class _Comparison:
         elif self.attention is None:
             note = "this run made no attention summary: compared on the metrics alone"
         else:
+            from .baseline_attention import attention_drift  # numpy: only when there is a summary
+
             drift = attention_drift(stored.attention, self.attention)
             if isinstance(drift, str):
                 note = f"no drift figure: {drift}"

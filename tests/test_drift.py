@@ -21,9 +21,9 @@ from plugin_support import REPO
 
 from partattn_checks import EMBEDDED_MODEL, metrics, report
 from partattn_checks import baseline as bl
+from partattn_checks.baseline import SUMMARY_FILE
 from partattn_checks.baseline_attention import (
     KEEP_ATOL,
-    SUMMARY_FILE,
     AttentionSummary,
     SummaryError,
     attention_drift,
