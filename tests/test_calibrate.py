@@ -275,24 +275,26 @@ def calibrated_project(tmp_path_factory):
     for name in CALIBRATION_IMAGES:
         shutil.copyfile(IMAGES / name, images / name)
     out = project / "calibration"
-    code = cli.main(
-        [
-            "calibrate",
-            "--model",
-            str(SEED1),
-            "--fixtures",
-            str(images),
-            "--out",
-            str(out),
-            "--baselines",
-            str(project / "fixtures" / "baselines"),
-            "--steps",
-            str(STEPS),
-            "--device",
-            "cpu",
-            "-q",
-        ]
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("CI", raising=False)  # --baselines updates baselines: refused under CI (tested below)
+        code = cli.main(
+            [
+                "calibrate",
+                "--model",
+                str(SEED1),
+                "--fixtures",
+                str(images),
+                "--out",
+                str(out),
+                "--baselines",
+                str(project / "fixtures" / "baselines"),
+                "--steps",
+                str(STEPS),
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
     assert code == 0
     return project
 
@@ -397,6 +399,15 @@ def test_bad_arguments_are_usage_errors_before_loading_anything(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and phrase in err and "Traceback" not in err
     assert not (tmp_path / "partattn-calibration").exists()
+
+
+def test_baselines_under_ci_are_refused_before_calibrating(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CI", "true")
+    code = cli.main(["calibrate", "--model", str(RANDOM), "--fixtures", str(IMAGES), "--baselines", "b"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--baselines updates baselines" in err and "CI=true" in err and "Traceback" not in err
+    assert not (tmp_path / "partattn-calibration").exists() and not (tmp_path / "b").exists()
 
 
 def test_the_fingerprint_reads_headers_not_tensors(tmp_path):
