@@ -85,9 +85,8 @@ def check_model(model: Path) -> None:
         raise UsageError(format_problems(problems))
 
 
-def add_fixture_run_options(parser: argparse.ArgumentParser) -> None:
-    """``--fixtures --steps --seed --device --dtype``: how the commands that run a fixture set run it."""
-    parser.add_argument("--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES})")
+def add_run_options(parser: argparse.ArgumentParser, *, num_tokens: bool = False) -> None:
+    """``--steps --seed [--num-tokens] --device --dtype``: how a command that denoises runs the model."""
     parser.add_argument(
         "--steps", type=setting_arg("steps"), metavar="S", help="denoising steps (default: the checkpoint's)"
     )
@@ -97,8 +96,26 @@ def add_fixture_run_options(parser: argparse.ArgumentParser) -> None:
         default=runspec.DEFAULT_SEED,
         help=f"noise seed (default: {runspec.DEFAULT_SEED})",
     )
-    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    if num_tokens:
+        parser.add_argument(
+            "--num-tokens",
+            type=setting_arg("num_tokens"),
+            metavar="T",
+            help="latent tokens per part (default: the checkpoint's)",
+        )
+    parser.add_argument(
+        "--device",
+        type=device_arg,
+        default="auto",
+        help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)",
+    )
     parser.add_argument("--dtype", choices=runspec.DTYPES, default="float32", help="model dtype (default: float32)")
+
+
+def add_fixture_run_options(parser: argparse.ArgumentParser, *, num_tokens: bool = False) -> None:
+    """``--fixtures`` and the run options: how the commands that run a fixture set run it."""
+    parser.add_argument("--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES})")
+    add_run_options(parser, num_tokens=num_tokens)
 
 
 def fixtures_dir(arg: str | None) -> Path:

@@ -24,7 +24,6 @@ from .args import (
     number_arg,
     run_device,
     say,
-    setting_arg,
 )
 from .check import REWRITE_WARNING_FILTER, _plugin_args, check_args
 from .io import RunFailed, UsageError, read_thresholds, remove_created, writable_folder
@@ -44,14 +43,8 @@ def add_parser(sub):
         "images' baselines. A check whose two sides overlap keeps its previous threshold (said on stderr).",
     )
     parser.add_argument("--model", metavar="DIR", help=MODEL_HELP)
-    add_fixture_run_options(parser)
+    add_fixture_run_options(parser, num_tokens=True)
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
-    parser.add_argument(
-        "--num-tokens",
-        type=setting_arg("num_tokens"),
-        metavar="T",
-        help="latent tokens per part (default: the checkpoint's)",
-    )
     parser.add_argument(
         "--margin",
         type=number_arg,

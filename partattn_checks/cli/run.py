@@ -6,8 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import runspec
-from ..runspec import DTYPES
-from .args import MODEL_HELP, check_model, device_arg, layer_arg, model_dir, number_arg, run_device, say, setting_arg
+from .args import (
+    MODEL_HELP,
+    add_run_options,
+    check_model,
+    layer_arg,
+    model_dir,
+    number_arg,
+    run_device,
+    say,
+    setting_arg,
+)
 from .io import (
     Outputs,
     ProgressBar,
@@ -38,34 +47,13 @@ def add_parser(sub):
         metavar="N",
         help="number of parts; default: from an np<N>_ file-name prefix (np3_chair.png -> 3)",
     )
-    parser.add_argument(
-        "--steps", type=setting_arg("steps"), metavar="S", help="denoising steps (default: the checkpoint's)"
-    )
-    parser.add_argument(
-        "--seed",
-        type=setting_arg("seed"),
-        default=runspec.DEFAULT_SEED,
-        help=f"noise seed (default: {runspec.DEFAULT_SEED})",
-    )
+    add_run_options(parser, num_tokens=True)
     parser.add_argument(
         "--guidance",
         type=setting_arg("guidance_scale"),
         metavar="G",
         help="guidance scale (default: the checkpoint's; <= 1 turns classifier-free guidance off)",
     )
-    parser.add_argument(
-        "--num-tokens",
-        type=setting_arg("num_tokens"),
-        metavar="T",
-        help="latent tokens per part (default: the checkpoint's)",
-    )
-    parser.add_argument(
-        "--device",
-        type=device_arg,
-        default="auto",
-        help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)",
-    )
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_RESULTS}/<image stem>)")
     parser.add_argument(
         "--layer",
