@@ -2,13 +2,19 @@
 
 Layout (``<key>`` is the image's path below the fixtures folder, without suffix)::
 
-    <baselines>/<key>/metrics.json       {"schema_version", "image", "metrics": {...}, "checks": {...}}
+    <baselines>/<key>/metrics.json       {"schema_version", "image", "seeds", "metrics", "spread", "samples", "checks"}
     <baselines>/<key>/environment.json   the fingerprint: model, config hash, steps, seed, ...
     <baselines>/<key>/attention.safetensors  the attention summary (``baseline_attention``), for drift figures
 
-``metrics`` are ``AttentionRecord.summary()`` (what the ``baseline`` check compares, with
-``Thresholds.baseline`` atol/rtol); ``checks`` are the values of the record checks at the time
-(shown next to the measured values in failure reports, never compared).
+``samples`` are ``AttentionRecord.summary()`` of one run per noise seed (``seeds``, see
+:mod:`partattn_checks.noise`), ``metrics`` their mean and ``spread`` their seed-to-seed standard
+deviation (for the reader; the gate recomputes it from the samples): the ``baseline`` check judges
+a run in units of that spread. ``checks`` are the values of the record checks (mean over the seeds;
+shown next to the measured values in failure reports, never compared).
+
+Schema 1 (before the seed spread) holds one run's ``metrics`` and no ``seeds``: it still loads and
+is compared with ``Thresholds.baseline`` atol/rtol, with a note to regenerate it. A candidate
+(written under the results folder when a comparison fails) holds the gate's own run only.
 
 Metrics are stored rounded to ``DECIMALS`` places (far inside the default tolerance, atol 0.02),
 and a value that moved by less than one rounding step keeps its stored digits: rewriting the
@@ -32,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +48,11 @@ from .errors import PartattnError
 if TYPE_CHECKING:  # numpy loads with the summary, not with the plugin
     from .baseline_attention import AttentionSummary
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema versions this version reads (1: one run, no seeds).
+READABLE_SCHEMAS = (1, 2)
+#: Version of environment.json's fingerprint (unchanged by the metrics schema).
+FINGERPRINT_VERSION = 1
 #: Decimal places of stored metrics; a change smaller than one step keeps the stored value.
 DECIMALS = 5
 METRICS_FILE = "metrics.json"
@@ -108,6 +118,14 @@ class Baseline:
     paths: BaselinePaths
     attention: AttentionSummary | None = None  # None: not stored (older baseline) or unreadable
     attention_error: str | None = None  # why a stored summary could not be read
+    seeds: tuple[int, ...] = ()  # the noise seeds of ``samples``; empty: a single run (schema 1)
+    samples: dict[str, list[float]] = field(default_factory=dict)  # metric -> one value per seed
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def has_spread(self) -> bool:
+        """Written from several noise seeds: the comparison can be judged in units of noise."""
+        return len(self.seeds) >= 2 and bool(self.samples)
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -122,7 +140,7 @@ def fingerprint(meta: dict, model_label: str) -> dict:
     versions = meta.get("versions", {}) or {}
     device = str(meta.get("device", ""))
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": FINGERPRINT_VERSION,
         "model": model_label,
         "config_hash": config_hash(meta.get("config", {})),
         "num_parts": meta.get("num_parts"),
@@ -180,10 +198,10 @@ class BaselineStore:
             return None
         doc = _read_json(paths.metrics)
         version = doc.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise BaselineError(
-                f"{paths.metrics}: baseline schema version {version!r}, this partattn-checks writes version "
-                f"{SCHEMA_VERSION}",
+                f"{paths.metrics}: baseline schema version {version!r}, this partattn-checks reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMAS))}",
                 paths.metrics,
                 corrupt=not isinstance(version, int),
             )
@@ -205,6 +223,7 @@ class BaselineStore:
         checks = doc.get("checks") or {}
         if not isinstance(checks, dict):
             raise BaselineError(f"{paths.metrics}: 'checks' must be a table", paths.metrics)
+        seeds, samples = _seed_samples(doc, paths.metrics) if version >= 2 else ((), {})
         environment = None
         if paths.environment.is_file():
             environment = _read_json(paths.environment)
@@ -217,8 +236,34 @@ class BaselineStore:
             except SummaryError as err:
                 attention_error = str(err)
         return Baseline(
-            {k: float(v) for k, v in metrics.items()}, dict(checks), environment, paths, attention, attention_error
+            {k: float(v) for k, v in metrics.items()},
+            dict(checks),
+            environment,
+            paths,
+            attention,
+            attention_error,
+            seeds,
+            samples,
+            version,
         )
+
+    def pooled_spreads(self) -> dict[str, float]:
+        """Per metric, the seed-to-seed spread pooled over every stored baseline with seeds (the
+        root-mean-square of their spreads): what an image's own spread is shrunk toward. Baselines
+        that cannot be read are left out (their own items report them)."""
+        from .noise import mean_sd, pooled_sd
+
+        spreads: dict[str, list[float]] = {}
+        for key in self.keys():
+            try:
+                stored = self.load(key)
+            except BaselineError:
+                continue
+            if stored is None or not stored.has_spread:
+                continue
+            for name, values in stored.samples.items():
+                spreads.setdefault(name, []).append(mean_sd(values)[1])
+        return {name: pooled_sd(sds) for name, sds in spreads.items()}
 
     def write(
         self,
@@ -229,17 +274,29 @@ class BaselineStore:
         checks: dict,
         environment: dict,
         attention: AttentionSummary | None = None,
+        seeds: tuple[int, ...] | list[int] = (),
+        samples: dict[str, list[float]] | None = None,
     ) -> bool:
         """Write the files atomically (environment first, then the attention summary, metrics
         last); files whose content would not change are left alone (a summary within
-        ``KEEP_ATOL`` of the stored one counts as unchanged). Returns whether anything was written."""
+        ``KEEP_ATOL`` of the stored one counts as unchanged). Returns whether anything was written.
+
+        ``samples``: one value per seed of ``seeds`` for each metric; ``metrics`` is then their mean."""
+        from .noise import mean_sd
+
         paths = self.paths(key)
         doc = {
             "schema_version": SCHEMA_VERSION,
             "image": image,
+            "seeds": list(seeds),
             "metrics": _kept(_rounded(metrics), _stored_values(paths.metrics, "metrics")),
             "checks": _kept(_rounded(checks), _stored_values(paths.metrics, "checks")),
         }
+        if samples:
+            stored = _stored_values(paths.metrics, "samples")
+            kept = {name: _kept_list(values, stored.get(name)) for name, values in sorted(samples.items())}
+            doc["samples"] = kept
+            doc["spread"] = {name: round(mean_sd(values)[1], DECIMALS) for name, values in kept.items()}
         changed = _write_text(paths.environment, _dumps(environment))
         if attention is not None:
             changed = attention.write(paths.attention) or changed
@@ -296,6 +353,37 @@ def _kept(new: dict, old: dict) -> dict:
         )
         out[k] = round(float(o), DECIMALS) if same and o is not None else v
     return out
+
+
+def _kept_list(new: list[float], old) -> list[float]:
+    """:func:`_kept` for one value per seed (kept only when the stored list has the same length)."""
+    rounded = _rounded(dict(enumerate(new)))
+    same_length = isinstance(old, list) and len(old) == len(new)
+    kept = _kept(rounded, dict(enumerate(old)) if same_length else {})
+    return [kept[i] for i in range(len(new))]
+
+
+def _seed_samples(doc: dict, path: Path) -> tuple[tuple[int, ...], dict[str, list[float]]]:
+    """``seeds`` and ``samples`` of a schema-2 document, checked (one finite number per seed)."""
+    seeds = doc.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise BaselineError(f"{path}: 'seeds' must be a list of whole numbers", path)
+    samples = doc.get("samples") or {}
+    if not isinstance(samples, dict):
+        raise BaselineError(f"{path}: 'samples' must be a table of lists", path)
+    for name, values in samples.items():
+        if (
+            not isinstance(values, list)
+            or len(values) != len(seeds)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        ):
+            raise BaselineError(
+                f"{path}: samples of {name} must be {len(seeds)} finite numbers, one per seed; regenerate the "
+                f"baseline with --partattn-update=all",
+                path,
+                corrupt=False,
+            )
+    return tuple(seeds), {name: [float(v) for v in values] for name, values in samples.items()}
 
 
 def nonfinite_metrics(metrics: dict) -> list[str]:

@@ -9,6 +9,11 @@ of the image encoder (the CLS key is left out of the marginals, its mass is kept
               recorded steps (first and last included; fewer when they would take more than
               ``PER_STEP_BUDGET`` bytes), listed in the metadata
 ``cls_mass``  ``(layers, parts)``: head- and step-averaged attention mass on the CLS key
+``seed_drift`` ``(seeds, layers, parts)`` (version 2, a baseline written from several noise seeds):
+              √(JS/log 2) of each seed's ``mean`` marginal from the mean of the other seeds'
+              (leave-one-out): how far one run's attention lies from the baseline by chance
+
+With several seeds, ``mean``, ``per_step`` and ``cls_mass`` are means over the seeds.
 
 The metadata (one ``partattn`` entry, sorted JSON) names the layers, the key grid, the CLS
 handling, the recorded steps, the steps kept per step and the image size. With one metadata entry
@@ -33,7 +38,9 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .errors import PartattnError
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
+#: Versions this version reads (1: one run, no ``seed_drift``).
+READABLE_VERSIONS = (1, 2)
 #: At most this many evenly spaced steps are kept per step, and no more than fit in the budget:
 #: at release shape (21 layers, 4 parts, 256 keys; 43 KB a step) that is 6 steps, 302 KB in all.
 MAX_STEPS = 8
@@ -41,6 +48,7 @@ PER_STEP_BUDGET = 256 * 1024
 #: A new summary whose values all lie within this of the stored one keeps the stored file.
 KEEP_ATOL = 1e-4
 _TENSORS = ("mean", "per_step", "cls_mass")
+_OPTIONAL_TENSORS = ("seed_drift",)
 _META_KEY = "partattn"
 
 
@@ -58,6 +66,8 @@ class AttentionSummary:
     mean: np.ndarray  # float16 (L, P, K)
     per_step: np.ndarray  # float16 (S', L, P, K)
     cls_mass: np.ndarray  # float16 (L, P)
+    seeds: tuple[int, ...] = ()  # the noise seeds averaged (empty: one run, seed unknown)
+    seed_drift: np.ndarray | None = None  # (seeds, L, P) leave-one-out √(JS/log 2), with 2+ seeds
 
     def __post_init__(self) -> None:
         L, P, K = self.mean.shape
@@ -70,6 +80,8 @@ class AttentionSummary:
             raise ValueError(f"cls_mass has shape {self.cls_mass.shape}, expected {(L, P)}")
         if self.grid is not None and self.grid[0] * self.grid[1] != K:
             raise ValueError(f"grid {self.grid} does not have {K} cells")
+        if self.seed_drift is not None and self.seed_drift.shape != (len(self.seeds), L, P):
+            raise ValueError(f"seed_drift has shape {self.seed_drift.shape}, expected {(len(self.seeds), L, P)}")
 
     @property
     def num_parts(self) -> int:
@@ -80,9 +92,22 @@ class AttentionSummary:
         return self.mean.shape[2]
 
     # ------------------------------------------------------------------ from a record
+    @property
+    def has_spread(self) -> bool:
+        return self.seed_drift is not None and len(self.seeds) >= 2
+
     @classmethod
-    def from_record(cls, record, image_size: tuple[int, int] | None = None, max_steps: int = MAX_STEPS):
-        """The summary of an ``AttentionRecord`` (its key-marginals, head-averaged)."""
+    def from_record(
+        cls,
+        record,
+        image_size: tuple[int, int] | None = None,
+        max_steps: int = MAX_STEPS,
+        *,
+        exact: bool = False,
+    ):
+        """The summary of an ``AttentionRecord`` (its key-marginals, head-averaged); ``exact`` keeps
+        float64 (to be combined over seeds by :meth:`combine`) instead of the stored float16."""
+        store = (lambda x: np.ascontiguousarray(x, dtype=np.float64)) if exact else _f16
         by_part = record.marginals_by_part().double().numpy()  # (S, L, P, K), each row sums to 1
         S = by_part.shape[0]
         fit = PER_STEP_BUDGET // max(1, by_part[0].size * 2)  # fp16 bytes of one step
@@ -94,9 +119,42 @@ class AttentionSummary:
             steps=tuple(record.steps),
             step_subset=tuple(record.steps[i] for i in keep),
             image_size=tuple(int(x) for x in image_size) if image_size is not None else None,
-            mean=_f16(_renormalized(by_part.mean(axis=0))),
-            per_step=_f16(by_part[keep]),
-            cls_mass=_f16(cls_mass),
+            mean=store(_renormalized(by_part.mean(axis=0))),
+            per_step=store(by_part[keep]),
+            cls_mass=store(cls_mass),
+        )
+
+    @classmethod
+    def combine(cls, parts: list[AttentionSummary], seeds: tuple[int, ...] | list[int] = ()) -> AttentionSummary:
+        """The mean of the summaries of one image's runs (same layers and steps); with ``seeds`` (one
+        per part, two or more) also each seed's leave-one-out drift (``seed_drift``)."""
+        first = parts[0]
+        for other in parts[1:]:
+            if (
+                other.layers != first.layers
+                or other.step_subset != first.step_subset
+                or other.mean.shape != first.mean.shape
+            ):
+                raise ValueError("summaries of different run shapes cannot be combined")
+        means = np.stack([p.mean.astype(np.float64) for p in parts])  # (S, L, P, K)
+        seed_drift = None
+        if len(seeds) >= 2:
+            if len(seeds) != len(parts):
+                raise ValueError(f"{len(seeds)} seeds for {len(parts)} summaries")
+            total = means.sum(axis=0)
+            others = (total[None] - means) / (len(parts) - 1)  # the mean of the other seeds, per seed
+            seed_drift = np.sqrt(js_normalized(means, others))
+        return cls(
+            layers=first.layers,
+            grid=first.grid,
+            steps=first.steps,
+            step_subset=first.step_subset,
+            image_size=first.image_size,
+            mean=_f16(_renormalized(means.mean(axis=0))),
+            per_step=_f16(np.mean([p.per_step.astype(np.float64) for p in parts], axis=0)),
+            cls_mass=_f16(np.mean([p.cls_mass.astype(np.float64) for p in parts], axis=0)),
+            seeds=tuple(int(s) for s in seeds) if len(seeds) >= 2 else (),
+            seed_drift=_f16(seed_drift) if seed_drift is not None else None,
         )
 
     # ------------------------------------------------------------------ file
@@ -109,19 +167,28 @@ class AttentionSummary:
             "steps": list(self.steps),
             "per_step_steps": list(self.step_subset),
             "image_size": list(self.image_size) if self.image_size is not None else None,
+            "seeds": list(self.seeds),
             "tensors": {
                 "mean": "(layers, parts, keys) head-averaged key-marginal, mean over steps",
                 "per_step": "(per_step_steps, layers, parts, keys) head-averaged key-marginal",
                 "cls_mass": "(layers, parts) head- and step-averaged CLS mass",
+                **(
+                    {"seed_drift": "(seeds, layers, parts) sqrt(JS/log 2) of each seed's mean from the other seeds'"}
+                    if self.seed_drift is not None
+                    else {}
+                ),
             },
         }
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        names = _TENSORS + tuple(n for n in _OPTIONAL_TENSORS if getattr(self, n) is not None)
+        return {name: np.ascontiguousarray(getattr(self, name), dtype=np.float16) for name in names}
 
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save
 
         meta = json.dumps(self.metadata(), sort_keys=True, separators=(",", ":"))
-        tensors = {name: np.ascontiguousarray(getattr(self, name), dtype=np.float16) for name in _TENSORS}
-        return save(tensors, metadata={_META_KEY: meta})
+        return save(self._tensors(), metadata={_META_KEY: meta})
 
     @classmethod
     def from_bytes(cls, data: bytes, where: Path | str) -> AttentionSummary:
@@ -133,10 +200,10 @@ class AttentionSummary:
             meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"][_META_KEY])
         except Exception as exc:  # noqa: BLE001 - any damage reads the same to the user
             raise SummaryError(f"{where}: not a readable attention summary ({type(exc).__name__}: {exc})") from None
-        if meta.get("schema_version") != SUMMARY_VERSION:
+        if meta.get("schema_version") not in READABLE_VERSIONS:
             raise SummaryError(
                 f"{where}: attention summary version {meta.get('schema_version')!r}, this partattn-checks "
-                f"reads version {SUMMARY_VERSION}; regenerate it with --partattn-update=all"
+                f"reads versions {', '.join(map(str, READABLE_VERSIONS))}; regenerate it with --partattn-update=all"
             )
         missing = [n for n in _TENSORS if n not in tensors]
         if missing:
@@ -152,6 +219,8 @@ class AttentionSummary:
                 mean=tensors["mean"],
                 per_step=tensors["per_step"],
                 cls_mass=tensors["cls_mass"],
+                seeds=tuple(meta.get("seeds") or ()),
+                seed_drift=tensors.get("seed_drift"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SummaryError(f"{where}: attention summary metadata does not fit its tensors ({exc})") from None
@@ -185,10 +254,11 @@ class AttentionSummary:
         """Same metadata, and every value within ``KEEP_ATOL``."""
         if self.metadata() != other.metadata():
             return False
-        return all(
-            getattr(self, n).shape == getattr(other, n).shape
-            and bool(np.all(np.abs(getattr(self, n).astype(np.float64) - getattr(other, n)) <= KEEP_ATOL))
-            for n in _TENSORS
+        mine, theirs = self._tensors(), other._tensors()
+        return mine.keys() == theirs.keys() and all(
+            mine[n].shape == theirs[n].shape
+            and bool(np.all(np.abs(mine[n].astype(np.float64) - theirs[n]) <= KEEP_ATOL))
+            for n in mine
         )
 
 
@@ -249,6 +319,35 @@ def attention_drift(stored: AttentionSummary, now: AttentionSummary) -> Drift | 
         now=_renormalized(b[worst]),
         grid=now.grid if now.grid is not None else stored.grid,
     )
+
+
+@dataclass(frozen=True)
+class LayerDrift:
+    """One layer's attention drift from a baseline written from several seeds, and that baseline's own."""
+
+    layer: str
+    drift: float  # mean over parts of √(JS/log 2) of now from the baseline mean
+    part: int  # the part that moved most
+    seed_drifts: tuple[float, ...]  # per stored seed, the same quantity (leave-one-out)
+
+
+def layer_drifts(stored: AttentionSummary, now: AttentionSummary) -> list[LayerDrift] | str:
+    """Per common layer (in the stored depth order), the drift of ``now`` from ``stored`` and the
+    stored seeds' own drifts; or why they cannot be compared."""
+    if not stored.has_spread:
+        return "the baseline's attention summary was written from one run (no seed spread)"
+    if stored.num_parts != now.num_parts or stored.num_keys != now.num_keys:
+        return "the baseline's attention summary has another number of parts or keys"
+    out = []
+    for i, name in enumerate(stored.layers):
+        if name not in now.layers:
+            continue
+        a = stored.mean[i].astype(np.float64)
+        b = now.mean[now.layers.index(name)].astype(np.float64)
+        per_part = np.sqrt(js_normalized(a, b))  # (P,)
+        seed = stored.seed_drift[:, i, :].astype(np.float64).mean(axis=1)  # (K,)
+        out.append(LayerDrift(name, float(per_part.mean()), int(np.argmax(per_part)), tuple(float(x) for x in seed)))
+    return out or "the baseline's attention summary has no layer in common with this run"
 
 
 def _renormalized(x: np.ndarray) -> np.ndarray:

@@ -1,14 +1,17 @@
 """The baseline comparison of one image: a small engine with a status enum.
 
 :func:`evaluate` loads the stored baseline (``baseline.BaselineStore``), compares the measured
-headline metrics with it (the ``baseline`` check), measures how far the attention moved from the
-baseline's attention summary (``baseline_attention``; the drift figure and the worst offender come
-from it), and writes the baseline or a candidate as the update mode says (``WRITES``: one table of
-which situations each mode writes).
+headline metrics with it (the ``baseline`` check: in units of the baseline's seed spread when it
+has one, :mod:`partattn_checks.noise`), measures how far the attention moved from the baseline's
+attention summary (``baseline_attention``; the drift figure and the worst offender come from it),
+and writes the baseline or a candidate as the update mode says (``WRITES``: one table of which
+situations each mode writes). A baseline is written from the runs of its noise seeds (``sample``,
+run only when one is written); a candidate holds the gate's own run(s).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -30,6 +33,13 @@ from .checks.baseline import AttentionDrift, BaselineDetails
 if TYPE_CHECKING:  # numpy loads with a summary, not with the plugin
     from .baseline_attention import AttentionSummary
 from .checks.details import Matrix
+from .noise import DEFAULT_FALSE_ALARM_RATE, allowances, layer_band, layer_deviation, metric_deviation, pooled_sd
+
+#: The note of a comparison against a baseline written from one run.
+SINGLE_RUN_NOTE = (
+    "this baseline holds a single run (no seed spread): compared with the fixed atol/rtol; regenerate it with "
+    "--partattn-update=all to judge drift in units of seed noise"
+)
 
 #: The note of a comparison against a baseline without an attention summary.
 NO_SUMMARY_NOTE = (
@@ -66,6 +76,33 @@ class BaselineOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SeedSample:
+    """Runs of one image under several noise seeds, summarized: what a baseline stores."""
+
+    seeds: tuple[int, ...]
+    samples: dict[str, list[float]]  # metric -> one value per seed
+    checks: dict[str, float | None]  # check values, mean over the seeds
+    attention: AttentionSummary | None = None  # mean over the seeds, with their seed drift
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Each metric's mean over the seeds (a metric missing from any run is left out)."""
+        return {k: sum(v) / len(v) for k, v in self.samples.items() if len(v) == len(self.seeds)}
+
+    @classmethod
+    def of(cls, seeds: Sequence[int], summaries: Sequence[Mapping], checks: Sequence[Mapping], attention=None):
+        """From per-run headline metrics and check values (one mapping per seed)."""
+        names = sorted(set().union(*summaries)) if summaries else []
+        samples = {n: [float(s[n]) for s in summaries] for n in names if all(n in s for s in summaries)}
+        check_names = sorted(set().union(*checks)) if checks else []
+        means = {}
+        for name in check_names:
+            values = [c.get(name) for c in checks]
+            means[name] = None if any(v is None for v in values) else sum(values) / len(values)
+        return cls(tuple(int(s) for s in seeds), samples, means, attention)
+
+
 #: update mode -> the situations in which it writes the measured metrics as the baseline
 WRITES = {
     None: frozenset(),
@@ -92,6 +129,11 @@ class _Comparison:
     strict_env: bool
     update_hint: str
     attention: AttentionSummary | None = None
+    measured_seeds: tuple[int, ...] = ()
+    measured_samples: dict[str, list[float]] | None = None
+    sample: Callable[[], SeedSample] | None = None
+    pooled: Callable[[], Mapping[str, float]] | None = None
+    alpha: float = DEFAULT_FALSE_ALARM_RATE
 
     @property
     def looked(self) -> BaselinePaths:
@@ -139,7 +181,13 @@ class _Comparison:
         return self.failed(BaselineStatus.MISSING, reason, None, cand, looked=str(looked.metrics))
 
     def compare(self, stored: Baseline) -> BaselineOutcome:
-        result = self.with_drift(check_baseline(self.metrics, stored.metrics, self.thresholds), stored)
+        if stored.has_spread:
+            result = self.judge_noise(stored)
+        else:
+            legacy = check_baseline(self.metrics, stored.metrics, self.thresholds)
+            details = replace(legacy.details, attention_note=SINGLE_RUN_NOTE)
+            result = replace(legacy, reason=f"{legacy.reason}. Note: {SINGLE_RUN_NOTE}", details=details)
+        result = self.with_drift(result, stored)
         env_diff = (
             fingerprint_diff(stored.environment, self.environment)
             if stored.environment is not None
@@ -190,6 +238,59 @@ class _Comparison:
             )
         return BaselineOutcome(result, stored, self.looked, BaselineStatus.COMPARED, candidate=cand, warnings=warnings)
 
+    @property
+    def repeats(self) -> int:
+        return max(1, len(self.measured_seeds))
+
+    def judge_noise(self, stored: Baseline) -> CheckResult:
+        """The measured metrics and layers against the baseline's seed distribution."""
+        from .checks.baseline import Baseline as BaselineCheck
+
+        pooled = dict(self.pooled()) if self.pooled is not None else {}
+        common = [n for n in stored.samples if n in self.metrics]
+        drifts = []
+        if self.attention is not None and stored.attention is not None:
+            from .baseline_attention import layer_drifts  # numpy: only when there is a summary
+
+            found = layer_drifts(stored.attention, self.attention)
+            drifts = found if not isinstance(found, str) else []
+        tests = len(common) + len(drifts)
+        a_metric, a_layer = allowances(self.alpha, tests, len(stored.seeds))
+        deviations = [
+            metric_deviation(
+                n,
+                float(self.metrics[n]),
+                stored.samples[n],
+                pooled=pooled.get(n),
+                repeats=self.repeats,
+                allowance=a_metric,
+            )
+            for n in common
+        ]
+        if drifts:
+            import math
+
+            log_sds = []
+            for d in drifts:
+                logs = [math.log(max(x, 1e-12)) for x in d.seed_drifts]
+                mean = sum(logs) / len(logs)
+                log_sds.append(math.sqrt(sum((x - mean) ** 2 for x in logs) / max(1, len(logs) - 1)))
+            layer_pool = pooled_sd(log_sds)  # the image's layers pooled: spreads on the log scale are relative
+            deviations += [
+                layer_deviation(
+                    d.layer,
+                    d.drift,
+                    d.seed_drifts,
+                    pooled=layer_pool,
+                    repeats=self.repeats,
+                    allowance=a_layer,
+                    part=d.part,
+                )
+                for d in drifts
+            ]
+        missing = sorted(set(stored.samples) - set(self.metrics))
+        return BaselineCheck().judge_noise(deviations, self.alpha, missing)
+
     def with_drift(self, result: CheckResult, stored: Baseline) -> CheckResult:
         """``result`` with the attention drift from the stored summary (its worst offender: the
         layer and part that moved most), or with a note saying why there is none."""
@@ -210,6 +311,10 @@ class _Comparison:
             if isinstance(drift, str):
                 note = f"no drift figure: {drift}"
             else:
+                layers = {d.name: d for d in details.deviations or () if d.kind == "layer"}
+                judged = [layers.get(name) for name in drift.layers]
+                banded = all(d is not None for d in judged) and bool(judged)
+                bands = [layer_band(d) for d in judged] if banded else []
                 typed = AttentionDrift(
                     layers=drift.layers,
                     per_part=Matrix.of(drift.per_part),
@@ -218,6 +323,10 @@ class _Comparison:
                     baseline=Matrix.of(drift.baseline),
                     now=Matrix.of(drift.now),
                     grid=drift.grid,
+                    judged=tuple(d.measured for d in judged) if banded else None,
+                    typical=tuple(b[0] for b in bands) if banded else None,
+                    band=tuple(b[1] for b in bands) if banded else None,
+                    onset=details.onset,
                 )
                 reason = result.reason
                 if result.verdict == "fail":
@@ -225,10 +334,12 @@ class _Comparison:
                         f" (attention moved most in layer {drift.layer}, part {drift.part}: JS/log2 {drift.value:.3f}; "
                         f"see the drift figure)"
                     )
+                layer = details.onset or drift.layer
+                part = layers[layer].part if layer in layers and layers[layer].part is not None else drift.part
                 return replace(
                     result,
                     reason=reason,
-                    offender=Offender(layer=drift.layer, part=drift.part),
+                    offender=Offender(layer=layer, part=part),
                     details=replace(details, attention=typed),
                 )
         return replace(result, reason=f"{result.reason}. Note: {note}", details=replace(details, attention_note=note))
@@ -243,20 +354,44 @@ class _Comparison:
                 f"come from a healthy run (see the nonfinite check)"
             )
             return self.failed(BaselineStatus.REFUSED, reason, stored, None)
-        if not self.store.write(self.key, **self.files()):
+        files = self.files()
+        if self.sample is not None:
+            seeded = self.sample()
+            bad = nonfinite_metrics(seeded.metrics) or [k for k in self.metrics if k not in seeded.samples]
+            if bad:
+                reason = (
+                    f"not written: the runs of the baseline's noise seeds {list(seeded.seeds)} gave non-finite or "
+                    f"missing metrics ({', '.join(bad)}); a baseline must come from healthy runs"
+                )
+                return self.failed(BaselineStatus.REFUSED, reason, stored, None)
+            files = self.files(seeded)
+        if not self.store.write(self.key, **files):
             status, reason = BaselineStatus.COMPARED, f"baseline up to date: no stored value changed ({looked.metrics})"
         details = BaselineDetails(status=str(status), written=str(looked.folder))
         result = CheckResult("baseline", "pass", None, None, None, reason, details)
         return BaselineOutcome(result, stored, looked, status, written=looked.folder)
 
-    def files(self) -> dict:
-        """What a baseline of this run holds (``BaselineStore.write``'s keyword arguments)."""
+    def files(self, seeded: SeedSample | None = None) -> dict:
+        """What a baseline holds (``BaselineStore.write``'s keyword arguments): the runs of the
+        noise seeds (``seeded``), or this run's own (a candidate, a baseline without seeds)."""
+        if seeded is not None:
+            return dict(
+                image=self.image,
+                metrics=seeded.metrics,
+                checks=seeded.checks,
+                environment=self.environment,
+                attention=seeded.attention,
+                seeds=seeded.seeds,
+                samples=seeded.samples,
+            )
         return dict(
             image=self.image,
             metrics=self.metrics,
             checks=self.checks,
             environment=self.environment,
             attention=self.attention,
+            seeds=self.measured_seeds,
+            samples=self.measured_samples,
         )
 
     def candidate(self) -> Path:
@@ -287,6 +422,11 @@ def evaluate(
     strict_env: bool = False,
     update_hint: str = "",
     attention: AttentionSummary | None = None,
+    measured_seeds: Sequence[int] = (),
+    measured_samples: dict[str, list[float]] | None = None,
+    sample: Callable[[], SeedSample] | None = None,
+    pooled: Callable[[], Mapping[str, float]] | None = None,
+    alpha: float = DEFAULT_FALSE_ALARM_RATE,
 ) -> BaselineOutcome:
     """Compare ``metrics`` with the stored baseline of ``key``, writing baselines as ``update`` says.
 
@@ -296,6 +436,11 @@ def evaluate(
     also an unreadable one). A failing comparison also writes a candidate under ``candidates``.
     ``attention``: this run's attention summary, stored with the baseline and compared with the
     stored one (the drift figure); None compares and writes the metrics alone.
+
+    Noise: ``metrics`` (and ``attention``) are the mean of the runs of ``measured_seeds``
+    (``measured_samples``: their values); ``sample()`` runs the baseline's noise seeds when a
+    baseline is written; ``pooled()`` gives the folder's pooled spreads; ``alpha`` is the item's
+    false-alarm rate.
     """
     return _Comparison(
         store,
@@ -311,4 +456,9 @@ def evaluate(
         strict_env,
         update_hint,
         attention,
+        tuple(measured_seeds),
+        measured_samples,
+        sample,
+        pooled,
+        alpha,
     ).run()

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from . import EMBEDDED_MODEL
 from .baseline import BaselineError, BaselineStore, fingerprint
-from .baseline_compare import BaselineOutcome, evaluate
+from .baseline_compare import BaselineOutcome, SeedSample, evaluate
 from .checks import CheckResult, Thresholds
+from .noise import baseline_seeds, gate_seeds
 from .runspec import DeviceChoice
 from .session import CaseError, CaseOutcome, Session, describe
 from .sidecar import ImageSpec, read_spec
@@ -27,13 +28,13 @@ class GateSession(Session):
     """Per process: the pipeline (``load()``, lazily, once), the record cache and the stores."""
 
     def __init__(self, load: Callable[[], object], settings, thresholds: Thresholds, device: DeviceChoice):
-        super().__init__(load, options=settings.run_options())
+        super().__init__(load, options=settings.run_options(), thresholds=thresholds)
         self.settings = settings
-        self.thresholds = thresholds
         self.device = device
         self.store = BaselineStore(settings.baselines)
         self.candidates = BaselineStore(settings.results / "baseline-candidates")
         self._images: dict[str, object] = {}
+        self._pooled: dict[str, float] | None = None
 
     @property
     def model_label(self) -> str:
@@ -47,21 +48,6 @@ class GateSession(Session):
             return path.relative_to(self.settings.rootdir).as_posix()
         except ValueError:
             return str(path)
-
-    # -- running and judging ------------------------------------------------------------------
-    def thresholds_for(self, spec: ImageSpec, extra: dict | None = None) -> Thresholds:
-        t = spec.thresholds_over(self.thresholds)
-        return t.merged(extra, source="thresholds argument") if extra else t
-
-    def image_outcome(
-        self, spec: ImageSpec, thresholds: Thresholds, call: dict | None = None, *, checks=None, selection=None
-    ) -> CaseOutcome:
-        """Run ``spec``'s image (once per run spec; cached) and judge it; ``CaseError`` if it cannot
-        run, ``RunSpecError`` (a ``ValueError``) if its settings are invalid."""
-        if spec.error:
-            raise CaseError(spec.error)
-        run = self.spec(spec.run_layer(), call, sidecar_label=str(spec.sidecar or spec.display))
-        return self.outcome(spec.path, run, thresholds, checks=checks, selection=selection, name=spec.display)
 
     # -- figures ------------------------------------------------------------------------------
     def image_view(self, spec: ImageSpec):
@@ -97,28 +83,60 @@ class GateSession(Session):
             stale.unlink(missing_ok=True)
 
     # -- baselines ----------------------------------------------------------------------------
+    def seed_sample(self, spec: ImageSpec, seeds: list[int]) -> SeedSample:
+        """``spec``'s image under each of ``seeds`` (each run once, like any run), summarized;
+        records are summarized as they come, not kept."""
+        from .baseline_attention import AttentionSummary
+
+        size = getattr(self.image_view(spec), "size", None)
+        summaries, checks, parts = [], [], []
+        for seed in seeds:
+            outcome = self.image_outcome(spec, call={"seed": seed})
+            summaries.append(outcome.summary)
+            checks.append({name: r.value for name, r in outcome.results.items()})
+            parts.append(AttentionSummary.from_record(outcome.record, image_size=size, exact=True))
+        return SeedSample.of(seeds, summaries, checks, AttentionSummary.combine(parts, seeds))
+
+    def baseline_sample(self, spec: ImageSpec, gate_seed: int) -> SeedSample:
+        """The runs of a baseline's noise seeds (``--partattn-baseline-seeds`` of them, see
+        :func:`partattn_checks.noise.baseline_seeds`)."""
+        sample = self.seed_sample(spec, baseline_seeds(gate_seed, self.settings.baseline_seeds))
+        self._pooled = None  # the folder's spreads change with this baseline
+        return sample
+
+    def pooled_spreads(self) -> dict[str, float]:
+        """The baseline folder's pooled seed spreads, read once per session (and after a write)."""
+        if self._pooled is None:
+            self._pooled = self.store.pooled_spreads()
+        return self._pooled
+
     def baseline(
         self, spec: ImageSpec, outcome: CaseOutcome, thresholds: Thresholds, update_hint: str = ""
     ) -> BaselineOutcome:
-        from .baseline_attention import AttentionSummary
-
+        """The ``baseline`` item: the mean of the gate's ``--partattn-seeds`` runs (the first is
+        ``outcome``) against the stored baseline, which is written from its own noise seeds."""
         s = self.settings
-        view = self.image_view(spec)
-        attention = AttentionSummary.from_record(outcome.record, image_size=getattr(view, "size", None))
+        seeds = gate_seeds(outcome.seed, s.seeds)
+        measured = self.seed_sample(spec, seeds)  # the first run is ``outcome``'s, from the cache
         return evaluate(
             self.store,
             self.candidates,
             spec.key,
             image=spec.display,
-            metrics=outcome.summary,
-            checks={name: r.value for name, r in outcome.results.items()},
+            metrics=measured.metrics,
+            checks=measured.checks,
             environment=fingerprint(outcome.record.meta, self.model_label),
             thresholds=thresholds,
             update=s.update,
             force=s.force_update,
             strict_env=s.strict_env,
             update_hint=update_hint,
-            attention=attention,
+            attention=measured.attention,
+            measured_seeds=measured.seeds,
+            measured_samples=measured.samples,
+            sample=lambda: self.baseline_sample(spec, outcome.seed),
+            pooled=self.pooled_spreads,
+            alpha=s.false_alarm_rate,
         )
 
     def stored_checks(self, spec: ImageSpec) -> dict:
@@ -190,7 +208,7 @@ class PartattnFixture:
             if num_parts is None:
                 raise ValueError("partattn(image): pass num_parts= with a PIL image")
             t = thresholds if isinstance(thresholds, Thresholds) else session.thresholds.merged(thresholds or {})
-            return session.run_image(image, session.spec(None, call), t, selection=selection, checks=checks)
+            return session.run_in_memory(image, session.spec(None, call), t, selection=selection, checks=checks)
         s = session.settings
         spec = read_spec(self.resolve(image), s.fixtures, s.rootdir)
         if num_parts is not None and spec.num_parts is None and spec.sidecar is None:

@@ -28,6 +28,7 @@ from . import (
     runspec,
 )
 from .model.files import RUN_DEFAULTS
+from .noise import BASELINE_SEED_OFFSET, DEFAULT_BASELINE_SEEDS, DEFAULT_FALSE_ALARM_RATE
 from .runspec import DTYPES, DeviceChoice
 from .tomlread import TomlError, read_toml
 
@@ -165,6 +166,30 @@ OPTIONS: tuple[Option, ...] = (
         default_text="[tool.partattn.thresholds] of the rootdir's pyproject.toml, else built-in defaults",
     ),
     Option(
+        "baseline_seeds",
+        "noise seeds each baseline is written with (its spread is what drift is judged against)",
+        kind="int",
+        default=DEFAULT_BASELINE_SEEDS,
+        metavar="K",
+        default_text=str(DEFAULT_BASELINE_SEEDS),
+    ),
+    Option(
+        "seeds",
+        "noise seeds each image's baseline item judges (the mean of R runs; more power, R times the cost)",
+        kind="int",
+        default=1,
+        metavar="R",
+        default_text="1",
+    ),
+    Option(
+        "false_alarm_rate",
+        "chance that a healthy image's baseline item (or the fixture-set item) fails, for the noise judgement",
+        kind="float",
+        default=DEFAULT_FALSE_ALARM_RATE,
+        metavar="P",
+        default_text=str(DEFAULT_FALSE_ALARM_RATE),
+    ),
+    Option(
         "save_all_figures",
         "also write figures of passing checks (failing ones always get them)",
         kind="flag",
@@ -222,6 +247,9 @@ class Settings:
     sources: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)  # what the user wrote, per option
     num_tokens: int | None = None  # last, with a default: code that builds Settings by keyword keeps working
+    baseline_seeds: int = DEFAULT_BASELINE_SEEDS
+    seeds: int = 1
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
 
     def where(self, name: str) -> str:
         """How the user set an option, for error messages: ``--partattn-device cuda`` or the ini key."""
@@ -332,6 +360,18 @@ def _validate(s: Settings) -> None:
         wrong = runspec.problem(key, value) if value is not None else None
         if wrong:
             raise _usage(f"{s.where(option)}: {key} {wrong}")
+    if not 2 <= s.baseline_seeds <= BASELINE_SEED_OFFSET:
+        raise _usage(
+            f"{s.where('baseline_seeds')}: must be between 2 and {BASELINE_SEED_OFFSET} (a spread needs two seeds; "
+            f"{DEFAULT_BASELINE_SEEDS} is the measured default)"
+        )
+    if not 1 <= s.seeds <= BASELINE_SEED_OFFSET:
+        raise _usage(f"{s.where('seeds')}: must be between 1 and {BASELINE_SEED_OFFSET} (1 judges one run per image)")
+    if not 0.0 < s.false_alarm_rate < 0.5:
+        raise _usage(
+            f"{s.where('false_alarm_rate')}: must lie between 0 and 0.5 (exclusive), e.g. 0.001 for one false "
+            f"alarm in a thousand healthy images"
+        )
 
 
 def ci_is_set(environ=None) -> bool:

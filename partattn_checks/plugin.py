@@ -198,6 +198,42 @@ class Controller:
         self.index: Path | None = None
         self.index_error: str | None = None
         self.unused_lines: list[str] = []
+        self.fixture_set = None  # the SetVerdict of this session, once judged
+
+    def _judge_fixture_set(self, session: pytest.Session) -> None:
+        """The fixture-set item: the images' baseline deviations combined (``fixture_set``),
+        reported as one more test so it counts, prints and lands in JUnit like the others."""
+        from .fixture_set import ITEM_NAME, set_verdict
+
+        per_image = {}
+        for image, per in self.summary.by_image.items():
+            item = per.get("baseline")
+            details = (item.result or {}).get("details") or {} if item is not None else {}
+            if details.get("deviations"):
+                per_image[image] = details["deviations"]
+        verdict = set_verdict(per_image, self.settings.false_alarm_rate)
+        if verdict is None:
+            return
+        self.fixture_set = verdict
+        where = self.settings.shown(self.settings.fixtures)
+        failed = verdict.verdict == "fail"
+        report = pytest.TestReport(
+            nodeid=f"{where}::{ITEM_NAME}",
+            location=(where, None, ITEM_NAME),
+            keywords={ITEM_NAME: 1, "partattn": 1},
+            outcome="failed" if failed else "passed",
+            longrepr="\n".join(verdict.lines()) if failed else None,
+            when="call",
+            user_properties=[("partattn_check", ITEM_NAME), ("partattn_verdict", verdict.verdict)],
+        )
+        hook = session.config.hook
+        hook.pytest_runtest_logstart(nodeid=report.nodeid, location=report.location)
+        hook.pytest_runtest_logreport(report=report)
+        hook.pytest_runtest_logfinish(nodeid=report.nodeid, location=report.location)
+        if failed:
+            session.testsfailed += 1
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _unused_baselines(self) -> None:
         """List stored baselines whose image is gone (like unused snapshots); ``--partattn-update=all``
@@ -238,6 +274,7 @@ class Controller:
             return
         if not session.config.option.collectonly and session.exitstatus != pytest.ExitCode.INTERRUPTED:
             self._unused_baselines()
+            self._judge_fixture_set(session)
         if not self.summary:
             return
         try:
@@ -257,6 +294,8 @@ class Controller:
             return
         for line in self.summary.table_lines():
             tr.write_line(line)
+        if self.fixture_set is not None:
+            tr.write_line(f"fixture set: {self.fixture_set.verdict} ({self.fixture_set.reason()})")
         for line in [*self.summary.notes(), *self.unused_lines]:
             tr.write_line(line)
         if self.index is not None:

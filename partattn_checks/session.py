@@ -5,10 +5,13 @@
 * :func:`judge` applies the checks to a record under thresholds: cheap, and re-runnable on the
   same record with other thresholds or checks without denoising again.
 * :func:`run_case` is both, once (no cache): ``partattn run``, the visualizer and the model zoo.
-* :class:`Session` is the per-process state of a long-lived user (the pytest plugin, once per
-  xdist worker): the pipeline, loaded lazily and once, and a record cache keyed by what changes
-  the denoising only, ``(model, image path, RunSpec)``. Thresholds and check names are not part of
-  that key: judging a cached record again never re-runs the model.
+* :class:`Session` is **the fixture-set runner** every front end uses (the pytest gate, ``partattn
+  calibrate``, ``trend`` and ``compare``, the training monitor, the benchmarks): fixture images
+  (``sidecar.ImageSpec``: part count, pinned run settings and ``[thresholds.*]`` overrides) and
+  noise seeds in, one typed :class:`CaseOutcome` per (image, seed) out (:meth:`Session.run_set`),
+  with one progress bar. It holds the pipeline, loaded lazily and once, and a record cache keyed
+  by what changes the denoising only, ``(model, image path, RunSpec)``. Thresholds and check names
+  are not part of that key: judging a cached record again never re-runs the model.
 
 Importing this module imports no torch.
 """
@@ -18,13 +21,14 @@ from __future__ import annotations
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checks import CHECKS, CheckResult, Thresholds, run_checks
 from .errors import PartattnError
 from .runspec import RunSpec, for_pipeline
+from .sidecar import ImageSpec
 
 #: Records (and judged outcomes) kept per process; an image's items run back to back, so a few suffice.
 CACHE_SIZE = 4
@@ -34,15 +38,21 @@ class CaseError(PartattnError):
     """An image (or the model) could not be run; the message says why and what to do."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaseOutcome:
-    """One image's record and the verdicts of the checks on it."""
+    """One image's record under one run spec (seed included) and the verdicts of the checks on it."""
 
     image: Path | str
     spec: RunSpec
     record: object  # AttentionRecord
     results: dict[str, CheckResult] = field(default_factory=dict)
     seconds: float = 0.0  # denoising with capture (0 when the record came from the cache)
+    name: str = ""  # the image as reports show it (``ImageSpec.display``), when run from a fixture set
+    thresholds: Thresholds | None = None  # what the checks judged with (sidecar overrides applied)
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
 
     @property
     def summary(self) -> dict[str, float]:
@@ -105,11 +115,15 @@ class Session:
         options: Mapping | None = None,
         options_label: str = "options",
         cache_size: int = CACHE_SIZE,
+        thresholds: Thresholds | None = None,
+        checks: Sequence[str] | None = None,
     ):
         self._load = load
         self.options = {k: v for k, v in (options or {}).items() if v is not None}
         self.options_label = options_label
         self.cache_size = cache_size
+        self.thresholds = thresholds or Thresholds()
+        self.checks = list(checks) if checks is not None else None
         self.runs = 0
         self._pipeline = None
         self._pipeline_error: str | None = None
@@ -193,18 +207,71 @@ class Session:
         record = self.record(image, spec, selection=selection, name=name)
         seconds = time.perf_counter() - start if self.runs > runs else 0.0
         outcome = CaseOutcome(
-            image=image, spec=spec, record=record, results=judge(record, thresholds, checks), seconds=seconds
+            image=image,
+            spec=spec,
+            record=record,
+            results=judge(record, thresholds, checks),
+            seconds=seconds,
+            name=name or "",
+            thresholds=thresholds,
         )
         if selection is None:
             _remember(self._outcomes, key, outcome, self.cache_size)
         return outcome
 
-    def run_image(
+    def run_in_memory(
         self, image, spec: RunSpec, thresholds: Thresholds | None = None, *, checks=None, selection=None
     ) -> CaseOutcome:
         """An in-memory image (PIL): run and judge, not cached (it has no path to key on)."""
         self.runs += 1
         return run_case(self.pipeline, image, spec, thresholds, selection=selection, checks=checks)
+
+    # -- fixture images -----------------------------------------------------------------------
+    def thresholds_for(self, image: ImageSpec, extra: Mapping | None = None) -> Thresholds:
+        """This session's thresholds with ``image``'s sidecar ``[thresholds.*]`` overrides (and ``extra``)."""
+        t = image.thresholds_over(self.thresholds)
+        return t.merged(extra, source="thresholds argument") if extra else t
+
+    def image_spec(self, image: ImageSpec, call: Mapping | None = None) -> RunSpec:
+        """``image``'s run spec: checkpoint defaults, options, its sidecar, ``call``."""
+        if image.error:
+            raise CaseError(image.error)
+        return self.spec(image.run_layer(), call, sidecar_label=str(image.sidecar or image.display))
+
+    def image_outcome(
+        self,
+        image: ImageSpec,
+        thresholds: Thresholds | None = None,
+        call: Mapping | None = None,
+        *,
+        checks=None,
+        selection=None,
+    ) -> CaseOutcome:
+        """Run ``image`` (once per run spec; cached) and judge it under ``thresholds`` (default: the
+        session's with the image's sidecar overrides); ``CaseError`` if it cannot run,
+        ``RunSpecError`` (a ``ValueError``) if its settings are invalid."""
+        run = self.image_spec(image, call)
+        t = thresholds if thresholds is not None else self.thresholds_for(image)
+        checks = checks if checks is not None else self.checks
+        return self.outcome(image.path, run, t, checks=checks, selection=selection, name=image.display)
+
+    def run_set(
+        self,
+        images: Iterable[ImageSpec],
+        *,
+        seeds: Sequence[int] | None = None,
+        progress: Callable[[CaseOutcome], None] | None = None,
+    ) -> Iterator[CaseOutcome]:
+        """Every image under every seed (default: the seed its spec resolves to), image by image:
+        one :class:`CaseOutcome` each, judged with the image's own thresholds. A generator: a
+        caller that keeps only what it needs holds one record at a time. ``progress`` is called
+        after each run (e.g. :class:`partattn_checks.progress.Progress`)."""
+        for image in images:
+            for seed in seeds if seeds is not None else (None,):
+                outcome = self.image_outcome(image, call={"seed": seed} if seed is not None else None)
+                if progress is not None:
+                    progress(outcome)
+                yield outcome
 
 
 def _remember(cache: OrderedDict, key, value, size: int) -> None:

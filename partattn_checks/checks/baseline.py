@@ -1,9 +1,13 @@
-"""baseline: fails when a headline metric drifts from the stored baseline (``check_baseline``).
+"""baseline: fails when a headline metric or a layer's attention moved from the stored baseline
+further than the baseline's noise seeds make likely.
 
 Not a record check: it compares ``AttentionRecord.summary()`` with stored metrics, so
-``run_checks`` leaves it out; the baseline engine (``partattn_checks.baseline_compare``) calls
-``check_baseline`` and, when the baseline stores an attention summary, adds the attention drift
-(``AttentionDrift``) that ``draw`` turns into the ``drift`` figure.
+``run_checks`` leaves it out; the baseline engine (``partattn_checks.baseline_compare``) calls it.
+A baseline written from several noise seeds is judged in units of their spread
+(:meth:`Baseline.judge_noise`, statistics in :mod:`partattn_checks.noise`); a single-run baseline
+(schema 1) with the fixed ``atol``/``rtol`` of :meth:`Baseline.compare`. When the baseline stores
+an attention summary the engine adds the attention drift (``AttentionDrift``) that ``draw`` turns
+into the ``drift`` figure.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..noise import Deviation
 from .core import Check, CheckResult, register
 from .details import Details, Matrix, optional_key
 from .thresholds import Thresholds, param
@@ -27,7 +32,11 @@ class MetricDrift:
     measured: float
     baseline: float
     drift: float  # |measured - baseline| (inf when either is not finite)
-    allowed: float  # atol + rtol * |baseline|
+    allowed: float  # atol + rtol * |baseline|; judged in noise units: the allowance times the standard error
+    spread: float | None = None  # seed-to-seed spread used (noise units only)
+    seeds: int | None = None  # baseline seeds
+    z: float | None = None  # (measured - baseline) in standard errors
+    allowance: float | None = None  # the largest |z| allowed
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,12 @@ class AttentionDrift:
     baseline: Matrix  # (parts, keys) that layer's marginals in the baseline
     now: Matrix  # (parts, keys) and now
     grid: tuple[int, int] | None = None  # patch rows, columns
+    #: With a seed spread: per layer, the drift judged (√(JS/log 2), mean over parts), the typical
+    #: drift of one seed and the largest drift the allowance admits (the noise band).
+    judged: tuple[float, ...] | None = None
+    typical: tuple[float, ...] | None = None
+    band: tuple[float, ...] | None = None
+    onset: str | None = None  # the first layer in depth order beyond its own seed noise
 
     @property
     def per_layer(self) -> list[float]:
@@ -63,6 +78,12 @@ class BaselineDetails(Details):
     worst_metric: str | None = optional_key()  # the metric closest to (or furthest past) its allowance
     #: How the result came about: "compared" here; the baseline store also writes "written", "missing", ...
     status: str = field(default="compared")
+    #: Noise units: every metric and layer compared, the seeds, the gate's repeats and the rate.
+    deviations: list[Deviation] | None = optional_key()
+    onset: str | None = optional_key()  # first layer (depth order) that moved beyond its own noise
+    seeds: int | None = optional_key()
+    repeats: int | None = optional_key()
+    false_alarm_rate: float | None = optional_key()
     #: The attention drift from the baseline's summary; ``attention_note`` says why there is none.
     attention: AttentionDrift | None = optional_key()
     attention_note: str | None = optional_key()
@@ -140,6 +161,54 @@ class Baseline(Check):
             return CheckResult(self.name, "fail", value, threshold, None, head + note, details)
         return CheckResult(self.name, "pass", value, threshold, None, head + note, details)
 
+    def judge_noise(self, deviations: list[Deviation], alpha: float, missing: list[str] = ()) -> CheckResult:
+        """Fail when a metric or a layer moved further from the baseline's seed mean than its
+        allowance (``noise``); the reason gives measured, mean ± spread over N seeds, the distance in
+        spreads and the allowance, and names the first layer (in depth order) that moved."""
+        metrics = {d.name: d for d in deviations if d.kind == "metric"}
+        per_metric = {
+            name: MetricDrift(
+                d.measured,
+                d.mean,
+                abs(d.measured - d.mean) if math.isfinite(d.measured) else math.inf,
+                d.allowed_delta,
+                d.spread,
+                d.seeds,
+                d.z,
+                d.allowance,
+            )
+            for name, d in metrics.items()
+        }
+        moved = [d for d in deviations if d.moved]
+        onset = next((d for d in deviations if d.kind == "layer" and d.moved), None)
+        worst = max(deviations, key=lambda d: (abs(d.z) if d.two_sided else d.z) / d.allowance) if deviations else None
+        any_d = deviations[0] if deviations else None
+        details = BaselineDetails(
+            per_metric=per_metric,
+            missing_in_measured=list(missing),
+            worst_metric=worst.name if worst is not None and worst.kind == "metric" else None,
+            deviations=list(deviations),
+            onset=onset.name if onset is not None else None,
+            seeds=any_d.seeds if any_d else None,
+            repeats=any_d.repeats if any_d else None,
+            false_alarm_rate=alpha,
+        )
+        if worst is None:
+            return CheckResult(self.name, "fail", None, None, None, "no metric in common with the baseline", details)
+        runs = f"the mean of {worst.repeats} runs" if worst.repeats > 1 else "this run"
+        if moved:
+            names = ", ".join(d.name for d in moved)
+            head = f"moved beyond the baseline's seed noise: {names}. {describe(worst, runs)}"
+            if onset is not None:
+                head += f"; the drift starts at {onset.name} (the first layer beyond its own noise)"
+        else:
+            head = f"within the baseline's seed noise (closest to its allowance: {describe(worst, runs)})"
+        if missing:
+            head += f" (not measured: {', '.join(missing)})"
+        value, threshold = (abs(worst.z) if worst.two_sided else worst.z), worst.allowance
+        verdict = "fail" if moved or missing else "pass"
+        return CheckResult(self.name, verdict, value, threshold, None, head, details)
+
     def draw(self, result, details, record, image, thresholds) -> list[tuple[str, bytes]]:
         """``drift``: baseline | now | difference per part for the layer that moved most, and how
         far every layer moved (from ``details.attention``; none without a stored summary)."""
@@ -148,6 +217,21 @@ class Baseline(Check):
         from ..render.drift import drift_figure
 
         return [("drift", drift_figure(details.attention, image))]
+
+
+def describe(d: Deviation, runs: str = "this run") -> str:
+    """``separation 0.2100 vs 0.2612 ± 0.0050 over 16 seeds: 5.2 spreads away (allowance 4.9)``."""
+    if d.kind == "metric":
+        return (
+            f"{d.name} {d.measured:.4f} ({runs}) vs baseline {d.mean:.4f} ± {d.spread:.4f} over {d.seeds} seeds: "
+            f"{d.z:+.1f} standard errors away (allowance ±{d.allowance:.1f}, i.e. |Δ| ≤ {d.allowed_delta:.4f})"
+        )
+    part = f", part {d.part} most" if d.part is not None else ""
+    return (
+        f"attention of {d.name} drifted √(JS/log2) {d.measured:.4f} ({runs}{part}) where one seed typically "
+        f"drifts {d.mean:.4f} (log-spread {d.spread:.2f} over {d.seeds} seeds): {d.z:+.1f} spreads "
+        f"(allowance {d.allowance:.1f})"
+    )
 
 
 def check_baseline(

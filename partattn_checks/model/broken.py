@@ -30,6 +30,12 @@ nonfinite     one cross-attention key weight (``blocks.K.attn2.to_k``,      nonf
 
 Whether an edit really breaks a given model is measured, not assumed: ``partattn calibrate``
 runs each variant and refuses a check whose variant does not separate from the healthy model.
+
+Graded degradations (:data:`GRADES`, ``graded(name, level)``) make the same kind of edit by
+degrees, to measure how small a regression the gate can see (``benchmarks/diagnostic_power.py``,
+``partattn calibrate``): ``merge_parts`` moves every part-embedding row the fraction ``level`` of
+the way to their mean (1 is ``merged_parts``); ``xattn_gain`` multiplies every cross-attention
+key-norm gain by ``level`` (the attention logits scale with it: 0 is ``uniform``).
 """
 
 from __future__ import annotations
@@ -150,24 +156,75 @@ def _nonfinite(names):
     return [(by_block.get(2, by_block[max(by_block)]), _first_nan)]
 
 
+@dataclass(frozen=True)
+class Grade:
+    """A degradation by degrees: ``plan(names, level)``; ``levels`` are those the benchmark runs."""
+
+    name: str
+    summary: str
+    levels: tuple[float, ...]
+    healthy: float  # the level that leaves the model as it is
+    plan: Callable[[list[str], float], list[Edit]]
+
+
+def _toward_mean(fraction: float):
+    def edit(t):
+        t.add_(fraction * (t.mean(dim=0, keepdim=True) - t))
+
+    return edit
+
+
+GRADES: dict[str, Grade] = {
+    "merge_parts": Grade(
+        "merge_parts",
+        "part-embedding rows moved this fraction of the way toward their mean",
+        (0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
+        0.0,
+        lambda names, level: [
+            (n, _toward_mean(level)) for n in matching(names, r"part_embedding\.weight", "part embedding")
+        ],
+    ),
+    "xattn_gain": Grade(
+        "xattn_gain",
+        "cross-attention key-norm gains times this factor (attention logits scale with it)",
+        (0.5, 0.8, 0.9, 1.1, 1.25, 1.5, 2.0),
+        1.0,
+        lambda names, level: [(n, _scale(level)) for n in _cross(names, "norm_k")],
+    ),
+}
+
+
+def graded(name: str, level: float) -> Variant:
+    """The degradation ``name`` of :data:`GRADES` at ``level``, as a variant :func:`broken` applies."""
+    if name not in GRADES:
+        raise VariantError(f"unknown graded degradation {name!r} (known: {', '.join(GRADES)})")
+    grade = GRADES[name]
+    return Variant(f"{name}@{level:g}", "", f"{grade.summary}: {level:g}", lambda names: grade.plan(names, level))
+
+
 def get_variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise VariantError(f"unknown broken variant {name!r} (known: {', '.join(VARIANTS)})")
     return VARIANTS[name]
 
 
-def edited_parameters(model: torch.nn.Module, name: str) -> list[str]:
+def _as_variant(name: str | Variant) -> Variant:
+    return name if isinstance(name, Variant) else get_variant(name)
+
+
+def edited_parameters(model: torch.nn.Module, name: str | Variant) -> list[str]:
     """The parameter names variant ``name`` edits in ``model`` (each once, in edit order)."""
-    plan = get_variant(name).plan([n for n, _ in model.named_parameters()])
+    plan = _as_variant(name).plan([n for n, _ in model.named_parameters()])
     return list(dict.fromkeys(n for n, _ in plan))
 
 
 @contextlib.contextmanager
-def broken(model: torch.nn.Module, name: str) -> Iterator[list[str]]:
-    """Apply variant ``name`` to ``model``'s parameters in place for the ``with`` block; yields the
-    edited parameter names. On exit the saved originals are copied back into the same tensors."""
+def broken(model: torch.nn.Module, name: str | Variant) -> Iterator[list[str]]:
+    """Apply variant ``name`` (a name of :data:`VARIANTS` or a :func:`graded` variant) to ``model``'s
+    parameters in place for the ``with`` block; yields the edited parameter names. On exit the
+    saved originals are copied back into the same tensors."""
     params = dict(model.named_parameters())
-    plan = get_variant(name).plan(list(params))  # a missing tensor fails before any edit
+    plan = _as_variant(name).plan(list(params))  # a missing tensor fails before any edit
     saved: dict[str, torch.Tensor] = {}
     try:
         with torch.no_grad():

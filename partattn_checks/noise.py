@@ -1,0 +1,338 @@
+"""The noise model of a baseline: how far a metric moves by chance, and whether a run moved further.
+
+A baseline holds, per headline metric, the values of ``K`` runs under different noise seeds
+(:func:`baseline_seeds`); its attention summary holds, per seed, how far that seed's key-marginals
+lie from the mean of the others (leave-one-out). The gate's run (or the mean of ``R`` runs,
+``--partattn-seeds``) is a new, independent draw: its seeds (:func:`gate_seeds`) are never among
+the baseline's. The statistics (docs/plugin.md, "Verdicts in units of noise"):
+
+* **spread** of a metric on one image: the seed-to-seed standard deviation ``s`` of its ``K``
+  values, shrunk toward the spread pooled over the baseline folder's images,
+  ``σ² = (ν·s² + ν₀·s_pool²) / (ν + ν₀)`` with ``ν = K − 1`` and ``ν₀ = ν`` (an image's own
+  spread and the folder's weigh the same), so an image whose seeds happened to agree does not get
+  a spread of nearly 0; never below ``RESOLUTION`` (the stored rounding).
+* **distance** in spreads: ``z = (x − mean) / (σ·√(1/R + 1/K))``, the standard error of the
+  difference between a mean of ``R`` new runs and the mean of ``K`` stored ones.
+* **attention drift** of a layer: ``log`` of the mean over parts of √JS(now, baseline mean)
+  against the same quantity for each stored seed (leave-one-out), one-sided (only moving away
+  counts); ``log`` because these distances are skewed to the right.
+* **allowance**: the Student-t quantile with ``2(K − 1)`` degrees of freedom (the image's own
+  ``K − 1`` and the pooled spread's, of equal weight) at ``α / M``
+  (two-sided for metrics, one-sided for layers): ``α`` the false-alarm rate of one item
+  (``--partattn-false-alarm-rate``), ``M`` the number of metrics and layers compared
+  (Bonferroni), so an image of a healthy model fails with probability at most about ``α``.
+* **the fixture set**: per metric and layer, the sum of the images' distances (each clipped to
+  ±``CLIP``, so one image in an unusual mode cannot carry the set) over its null standard deviation
+  ``√(n + n(n−1)·ρ)``, where ``ρ ≥ 0`` is the mean correlation between images of the stored
+  per-seed values (the images share their noise seeds); normal quantile at ``α / M``.
+
+Standard library only: the plugin's controller judges the fixture set without numpy or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+#: A baseline's seeds start here (plus the gate's ``--partattn-seed``): far from the gate's own.
+BASELINE_SEED_OFFSET = 1000
+#: Noise seeds per baseline (``--partattn-baseline-seeds``); docs/diagnostic-power.md measures the choice.
+DEFAULT_BASELINE_SEEDS = 16
+#: False-alarm rate of one item (``--partattn-false-alarm-rate``).
+DEFAULT_FALSE_ALARM_RATE = 0.001
+#: Stored metrics are rounded to 5 decimals: no spread is smaller than that.
+RESOLUTION = 1e-5
+#: Per-image distances are clipped to ±CLIP before they are combined over the fixture set.
+CLIP = 3.0
+
+
+def baseline_seeds(gate_seed: int, count: int) -> list[int]:
+    """The noise seeds a baseline is written with: ``gate_seed + 1000 + i``, ``i < count``."""
+    return [gate_seed + BASELINE_SEED_OFFSET + i for i in range(count)]
+
+
+def gate_seeds(gate_seed: int, repeats: int) -> list[int]:
+    """The seeds the gate judges an image with: ``gate_seed .. gate_seed + repeats − 1``; with
+    ``repeats`` up to 1000 they never meet a baseline's seeds (an independent test)."""
+    return [gate_seed + i for i in range(repeats)]
+
+
+# ----------------------------------------------------------------------------- Student t
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        for num in (
+            m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_sf(t: float, dof: float) -> float:
+    """P(T > t) for Student's t with ``dof`` degrees of freedom."""
+    if math.isinf(dof):
+        return 1.0 - NormalDist().cdf(t)
+    tail = 0.5 * _betainc(dof / 2.0, 0.5, dof / (dof + t * t))
+    return tail if t >= 0 else 1.0 - tail
+
+
+def t_quantile(p: float, dof: float) -> float:
+    """The ``t`` with P(T > t) = ``p`` (0 < p < 1/2): bisection on :func:`t_sf`."""
+    if not 0.0 < p < 0.5:
+        raise ValueError(f"upper-tail probability must lie in (0, 0.5), got {p}")
+    if math.isinf(dof):
+        return NormalDist().inv_cdf(1.0 - p)
+    lo, hi = 0.0, 1.0
+    while t_sf(hi, dof) > p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_sf(mid, dof) > p else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def critical(alpha: float, tests: int, dof: float, two_sided: bool) -> float:
+    """The distance (in spreads) one of ``tests`` comparisons may reach at family-wise rate ``alpha``."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"the false-alarm rate must lie in (0, 1), got {alpha}")
+    per_test = alpha / max(1, tests) / (2.0 if two_sided else 1.0)
+    return t_quantile(per_test, dof)
+
+
+# ----------------------------------------------------------------------------- distributions
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof`` 1; 0 for a single value)."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def pooled_sd(sds: Sequence[float]) -> float | None:
+    """The root-mean-square of per-image spreads (each from the same number of seeds), or None."""
+    sds = [s for s in sds if s is not None and math.isfinite(s)]
+    return math.sqrt(math.fsum(s * s for s in sds) / len(sds)) if sds else None
+
+
+def shrunk(sd: float, seeds: int, pooled: float | None) -> float:
+    """An image's spread shrunk toward the folder's (see the module docstring), at least ``RESOLUTION``."""
+    if pooled is None or seeds < 2:
+        return max(sd, RESOLUTION)
+    nu = seeds - 1
+    return max(math.sqrt((nu * sd * sd + nu * pooled * pooled) / (2 * nu)), RESOLUTION)
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One metric (or layer) of one image against its stored seed distribution."""
+
+    name: str
+    kind: str  # "metric" (two-sided) or "layer" (attention drift, one-sided, on the log scale)
+    measured: float  # the metric; for a layer, the drift √JS (mean over parts)
+    mean: float  # over the baseline's seeds (for a layer: the typical leave-one-out drift, exp(mean log))
+    spread: float  # the spread used (shrunk), in the units ``z`` is computed in
+    seeds: int  # K
+    repeats: int  # R
+    z: float  # distance in spreads of the difference's standard error
+    allowance: float  # the critical distance
+    residuals: tuple[float, ...] = ()  # each stored seed's (value − mean) / spread, for the set's correlation
+    part: int | None = None  # for a layer: the part that moved most
+
+    @property
+    def two_sided(self) -> bool:
+        return self.kind == "metric"
+
+    @property
+    def moved(self) -> bool:
+        return (abs(self.z) if self.two_sided else self.z) > self.allowance
+
+    @property
+    def standard_error(self) -> float:
+        return self.spread * math.sqrt(1.0 / self.repeats + 1.0 / self.seeds)
+
+    @property
+    def allowed_delta(self) -> float:
+        """The allowance in the metric's own units (for metrics): |measured − mean| may reach this."""
+        return self.allowance * self.standard_error
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "residuals": list(self.residuals)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Deviation:
+        return cls(**{**d, "residuals": tuple(d.get("residuals", ()))})
+
+
+def metric_deviation(
+    name: str,
+    measured: float,
+    samples: Sequence[float],
+    *,
+    pooled: float | None,
+    repeats: int,
+    allowance: float,
+) -> Deviation:
+    """``measured`` (the mean of ``repeats`` runs) against the ``samples`` of the baseline's seeds."""
+    mean, sd = mean_sd(samples)
+    spread = shrunk(sd, len(samples), pooled)
+    k = len(samples)
+    z = (measured - mean) / (spread * math.sqrt(1.0 / repeats + 1.0 / k)) if math.isfinite(measured) else math.inf
+    residuals = tuple(round((v - mean) / spread, 4) for v in samples)
+    return Deviation(name, "metric", measured, mean, spread, k, repeats, z, allowance, residuals)
+
+
+def layer_deviation(
+    name: str,
+    drift: float,
+    seed_drifts: Sequence[float],
+    *,
+    pooled: float | None,
+    repeats: int,
+    allowance: float,
+    part: int | None = None,
+) -> Deviation:
+    """A layer's attention drift (√JS from the baseline mean, mean over parts) against the stored
+    leave-one-out drifts of the baseline's seeds, on the log scale. A mean of ``R`` runs drifts
+    less than one run: its drift is scaled to one run's before the comparison."""
+    k = len(seed_drifts)
+    logs = [math.log(max(d, 1e-12)) for d in seed_drifts]
+    mean, sd = mean_sd(logs)
+    spread = shrunk(sd, k, pooled)
+    # expected squared drift of a mean of R runs from the mean of K, over that of one seed from the other K-1
+    scale = (1.0 / repeats + 1.0 / k) / (1.0 + 1.0 / max(1, k - 1))
+    now = math.log(max(drift, 1e-12)) - 0.5 * math.log(scale) if math.isfinite(drift) else math.inf
+    z = (now - mean) / (spread * math.sqrt(1.0 + 1.0 / k))
+    residuals = tuple(round((v - mean) / spread, 4) for v in logs)
+    return Deviation(name, "layer", drift, math.exp(mean), spread, k, repeats, z, allowance, residuals, part)
+
+
+def layer_band(d: Deviation) -> tuple[float, float]:
+    """(typical, largest allowed) drift of a layer deviation, in the units of ``d.measured``: the
+    band a drift figure draws (for the mean of ``d.repeats`` runs)."""
+    k = d.seeds
+    scale = math.sqrt((1.0 / d.repeats + 1.0 / k) / (1.0 + 1.0 / max(1, k - 1)))
+    upper = math.exp(math.log(d.mean) + d.allowance * d.spread * math.sqrt(1.0 + 1.0 / k))
+    return d.mean * scale, upper * scale
+
+
+# ----------------------------------------------------------------------------- one image
+@dataclass(frozen=True)
+class ImageNoiseVerdict:
+    """Every metric and layer of one image against its baseline's seeds."""
+
+    deviations: tuple[Deviation, ...]
+    alpha: float
+
+    @property
+    def moved(self) -> list[Deviation]:
+        return [d for d in self.deviations if d.moved]
+
+    @property
+    def worst(self) -> Deviation | None:
+        """The deviation furthest past (or closest to) its allowance."""
+        if not self.deviations:
+            return None
+        return max(self.deviations, key=lambda d: (abs(d.z) if d.two_sided else d.z) / d.allowance)
+
+    @property
+    def onset(self) -> Deviation | None:
+        """The first layer in depth order that moved beyond its own seed noise."""
+        return next((d for d in self.deviations if d.kind == "layer" and d.moved), None)
+
+
+def allowances(alpha: float, tests: int, seeds: int, pooled: bool = True) -> tuple[float, float]:
+    """(two-sided metric allowance, one-sided layer allowance) for ``tests`` comparisons. The
+    spread has ``K − 1`` degrees of freedom of its own, ``2(K − 1)`` when shrunk toward a pooled
+    spread of equal weight."""
+    dof = max(1, seeds - 1) * (2 if pooled else 1)
+    return critical(alpha, tests, dof, True), critical(alpha, tests, dof, False)
+
+
+# ----------------------------------------------------------------------------- the fixture set
+@dataclass(frozen=True)
+class SetDeviation:
+    """One metric or layer over the fixture set: the clipped distances of its images, combined."""
+
+    name: str
+    kind: str
+    images: int
+    mean_z: float  # mean of the clipped per-image distances (its sign says the direction)
+    correlation: float  # ρ used (≥ 0)
+    z: float  # the combined distance
+    allowance: float
+    per_image: dict = field(default_factory=dict)  # image -> clipped z
+
+    @property
+    def moved(self) -> bool:
+        return (abs(self.z) if self.kind == "metric" else self.z) > self.allowance
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def mean_correlation(residuals: Sequence[Sequence[float]]) -> float:
+    """Mean pairwise correlation of the images' per-seed residuals (aligned by seed), at least 0."""
+    rows = [r for r in residuals if len(r) >= 3]
+    if len(rows) < 2 or len({len(r) for r in rows}) != 1:
+        return 0.0
+    std = []
+    for r in rows:
+        m, s = mean_sd(r)
+        if s > 0:
+            std.append([(v - m) / s for v in r])
+    pairs = [
+        math.fsum(a * b for a, b in zip(std[i], std[j], strict=True)) / (len(std[i]) - 1)
+        for i in range(len(std))
+        for j in range(i + 1, len(std))
+    ]
+    return max(0.0, math.fsum(pairs) / len(pairs)) if pairs else 0.0
+
+
+def combine(per_image: Mapping[str, Sequence[Deviation]], alpha: float) -> list[SetDeviation]:
+    """Combine per-image deviations (``{image: deviations}``) per metric and layer name."""
+    by_name: dict[str, list[tuple[str, Deviation]]] = {}
+    for image, deviations in per_image.items():
+        for d in deviations:
+            if math.isfinite(d.z):
+                by_name.setdefault(d.name, []).append((image, d))
+    tests = len(by_name)
+    out = []
+    for name, entries in by_name.items():
+        kind = entries[0][1].kind
+        n = len(entries)
+        clipped = {image: max(-CLIP, min(CLIP, d.z)) for image, d in entries}
+        rho = mean_correlation([d.residuals for _, d in entries])
+        z = math.fsum(clipped.values()) / math.sqrt(n + n * (n - 1) * rho)
+        two_sided = kind == "metric"
+        allowance = critical(alpha, tests, math.inf, two_sided)
+        out.append(SetDeviation(name, kind, n, math.fsum(clipped.values()) / n, rho, z, allowance, clipped))
+    return out
