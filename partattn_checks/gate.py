@@ -11,13 +11,14 @@ Importing this module imports no torch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import EMBEDDED_MODEL
 from .baseline import BaselineError, BaselineStore, fingerprint
 from .baseline_compare import BaselineOutcome, SeedSample, evaluate
 from .checks import CheckResult, Thresholds
+from .fixture_set import SetVerdict
 from .noise import baseline_seeds, gate_seeds
 from .runspec import DeviceChoice
 from .session import CaseError, CaseOutcome, Session, describe
@@ -145,6 +146,43 @@ class GateSession(Session):
         except BaselineError:
             return {}
         return stored.checks if stored is not None else {}
+
+
+@dataclass(frozen=True)
+class SetJudgement:
+    """What the gate decides on a fixture set: each image's check results (``baseline`` included)
+    and the fixture-set verdict (None with fewer than two images judged in units of noise)."""
+
+    results: dict[str, dict[str, CheckResult]]
+    fixture_set: SetVerdict | None
+
+    def failing(self) -> dict[str, list[str]]:
+        """``{check: [images failing it]}``."""
+        out: dict[str, list[str]] = {}
+        for image, checks in self.results.items():
+            for name, result in checks.items():
+                if result.verdict == "fail":
+                    out.setdefault(name, []).append(image)
+        return out
+
+
+def judge_set(session: GateSession, images: list[ImageSpec]) -> SetJudgement:
+    """The gate's judgement of ``images`` without pytest (benchmarks, library use): every check
+    and the ``baseline`` item of each image, as the items judge them, then the fixture-set item."""
+    from .fixture_set import set_verdict
+
+    results: dict[str, dict[str, CheckResult]] = {}
+    deviations = {}
+    for spec in images:
+        thresholds = session.thresholds_for(spec)
+        outcome = session.image_outcome(spec, thresholds)
+        judged = dict(outcome.results)
+        judged["baseline"] = session.baseline(spec, outcome, thresholds).result
+        results[spec.display] = judged
+        found = getattr(judged["baseline"].details, "deviations", None)
+        if found:
+            deviations[spec.display] = [d.to_dict() for d in found]
+    return SetJudgement(results, set_verdict(deviations, session.settings.false_alarm_rate))
 
 
 class PartattnFixture:

@@ -251,6 +251,24 @@ class Settings:
     seeds: int = 1
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
 
+    @classmethod
+    def of(cls, **values) -> Settings:
+        """Settings without pytest (benchmarks, library use): every option at its default, paths
+        relative to the current folder, then ``values`` (``baselines=...``, ``seeds=4``, ...)."""
+        rootdir = Path.cwd()
+        defaults = {}
+        for opt in OPTIONS:
+            value = _convert(opt, opt.default, "default", rootdir)
+            defaults[opt.name] = value
+        defaults.update(values)
+        for name in ("model", "fixtures", "results", "baselines", "thresholds"):
+            if defaults.get(name) is not None:
+                defaults[name] = Path(defaults[name]).expanduser().resolve()
+        defaults["enabled"] = True
+        settings = cls(rootdir=rootdir, **defaults)
+        _validate(settings)
+        return settings
+
     def where(self, name: str) -> str:
         """How the user set an option, for error messages: ``--partattn-device cuda`` or the ini key."""
         opt = BY_NAME[name]
