@@ -200,13 +200,11 @@ def compare_checkpoints(
 ) -> Comparison:
     """Run ``images`` (``sidecar.ImageSpec`` from ``trend.fixture_images``, or paths named np<N>_...)
     through checkpoints ``a`` and ``b`` with the same settings and compare them. Both models are
-    loaded once. ``keep(image, record_a, record_b, pipeline_a, pipeline_b)`` sees each pair of records
-    (the command draws from them). A transformer-only folder borrows the rest from ``base``."""
-    from .runspec import for_pipeline
-    from .session import run_case
-    from .trend import TrendCheckpoint, _kind, load_pipeline
+    loaded once; each image runs with its sidecar's settings and ``[thresholds.*]`` overrides.
+    ``keep(image, record_a, record_b, pipeline_a, pipeline_b)`` sees each pair of records (the
+    command draws from them). A transformer-only folder borrows the rest from ``base``."""
+    from .trend import TrendCheckpoint, _kind, load_pipeline, pipeline_session
 
-    thresholds = thresholds or Thresholds()
     specs = [_as_spec(i) for i in images]
     pipelines = []
     for path in (a, b):
@@ -220,28 +218,22 @@ def compare_checkpoints(
             load_pipeline(TrendCheckpoint(path, None, kind == "transformer"), base=base, device=device, dtype=dtype)
         )
     comparison = Comparison(str(a), str(b), [], 0, {"steps": steps, "seed": seed, "device": device, "dtype": dtype})
-    names = list(CHECKS)
-    for n, spec in enumerate(specs, 1):
-        outcomes = []
-        for pipeline in pipelines:
-            run = for_pipeline(pipeline, {"steps": steps, "seed": seed}, spec.run_layer())
-            outcomes.append(run_case(pipeline, spec.path, run, spec.thresholds_over(thresholds), checks=names))
-        ra, rb = outcomes[0].record, outcomes[1].record
+    side_a, side_b = (pipeline_session(p, {"steps": steps, "seed": seed}, thresholds, CHECKS) for p in pipelines)
+    # image by image, A then B (zip pulls one outcome from each in turn)
+    pairs = zip(side_a.run_set(specs), side_b.run_set(specs), strict=True)
+    for n, (outcome_a, outcome_b) in enumerate(pairs, 1):
+        ra, rb = outcome_a.record, outcome_b.record
         change = marginal_change(ra, rb)
         if not comparison.layers:
             comparison.layers, comparison.num_heads = list(ra.layers), ra.num_heads
+        name = Path(outcome_a.image).name
         comparison.images.append(
             ImageComparison(
-                spec.path.name,
-                change.tolist(),
-                _results(outcomes[0]),
-                _results(outcomes[1]),
-                outcomes[0].summary,
-                outcomes[1].summary,
+                name, change.tolist(), _results(outcome_a), _results(outcome_b), outcome_a.summary, outcome_b.summary
             )
         )
         if keep is not None:
-            keep(spec.path.name, ra, rb, *pipelines)
+            keep(name, ra, rb, *pipelines)
         if progress is not None:
             progress(n)
     return comparison

@@ -128,17 +128,14 @@ class AttentionMonitor:
         return PartCrafterPipeline(checkpoint, device=param.device, dtype=param.dtype)
 
     def __call__(self, transformer, image_encoder) -> dict[str, float]:
-        from .runspec import for_pipeline
-        from .session import run_case
+        from .trend import pipeline_session
 
-        outcomes = {}
+        call = {"num_tokens": self.num_tokens}  # the monitor's token count wins over a sidecar's
         with preserved_state(transformer, image_encoder):
-            pipeline = self.pipeline(transformer, image_encoder)
-            for spec in self.images:
-                run = for_pipeline(pipeline, self.options, spec.run_layer(), {"num_tokens": self.num_tokens})
-                outcomes[spec.path.name] = run_case(
-                    pipeline, spec.path, run, spec.thresholds_over(self.thresholds), checks=self.checks
-                )
+            session = pipeline_session(
+                self.pipeline(transformer, image_encoder), self.options, self.thresholds, self.checks
+            )
+            outcomes = {spec.path.name: session.image_outcome(spec, call=call) for spec in self.images}
         self.last = outcomes
         return self.flatten(outcomes)
 

@@ -246,10 +246,8 @@ def run_trend(
     progress: Callable[[int], None] | None = None,
 ) -> Trend:
     """Run and judge every image (``sidecar.ImageSpec``, from :func:`fixture_images`) on every
-    checkpoint, one model in memory at a time. ``progress(done)`` is called after each image."""
-    from .runspec import for_pipeline
-    from .session import run_case
-
+    checkpoint, one model in memory at a time, each image with its sidecar's settings and
+    ``[thresholds.*]`` overrides. ``progress(done)`` is called after each image."""
     thresholds = thresholds or Thresholds()
     names = list(checks) if checks is not None else list(CHECKS)
     trend = Trend(
@@ -260,14 +258,15 @@ def run_trend(
     )
     done = 0
     for checkpoint in checkpoints:
-        pipeline = load_pipeline(checkpoint, base=base, device=device, dtype=dtype)
+        session = pipeline_session(
+            load_pipeline(checkpoint, base=base, device=device, dtype=dtype),
+            {"steps": steps, "seed": seed},
+            thresholds,
+            names,
+        )
         per_image, summaries = {}, []
-        for spec in images:
-            run = for_pipeline(
-                pipeline, {"steps": steps, "seed": seed}, spec.run_layer(), labels={"sidecar": str(spec.sidecar)}
-            )
-            outcome = run_case(pipeline, spec.path, run, spec.thresholds_over(thresholds), checks=names)
-            per_image[spec.path.name] = {
+        for outcome in session.run_set(images):
+            per_image[Path(outcome.image).name] = {
                 name: {
                     "value": _finite_or_none(r.value),
                     "verdict": r.verdict,
@@ -282,8 +281,16 @@ def run_trend(
                 progress(done)
         trend.results.append(per_image)
         trend.headline.append(headline_means(summaries))
-        del pipeline
+        del session  # and with it the pipeline: the next checkpoint loads into the freed memory
     return trend
+
+
+def pipeline_session(pipeline, options: dict, thresholds: Thresholds | None = None, checks=None):
+    """A :class:`~partattn_checks.session.Session` around a loaded checkpoint's ``pipeline``, without
+    a record cache (each record is run and judged once)."""
+    from .session import Session
+
+    return Session(lambda: pipeline, options=options, cache_size=0, thresholds=thresholds, checks=checks)
 
 
 def check_label(name: str) -> str:

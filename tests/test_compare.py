@@ -136,3 +136,32 @@ def test_marginal_change_refuses_runs_of_different_shape():
     b = _record(torch.full((1, 3, 2, 2, 4), 0.25))
     with pytest.raises(CompareError, match="differ in layers"):
         marginal_change(a, b)
+
+
+def test_a_sidecar_threshold_override_fails_that_image_on_both_sides(tmp_path):
+    """The same picture twice; the sidecar of one raises part separation's bar out of reach."""
+    for name in ("np2_plain.png", "np2_strict.png"):
+        shutil.copy(FIXTURE_IMAGES / IMAGES[0], tmp_path / name)
+    (tmp_path / "np2_strict.toml").write_text("[thresholds.part_separation]\nmin_separation = 0.99\n")
+    images = [tmp_path / "np2_plain.png", tmp_path / "np2_strict.png"]
+    done = []
+    comparison = compare_checkpoints(EMBEDDED_MODEL, EMBEDDED_MODEL, images, steps=3, progress=done.append)
+    assert done == [1, 2]
+    plain, strict = comparison.images
+    assert (plain.image, strict.image) == ("np2_plain.png", "np2_strict.png")
+    for side in (plain.checks_a, plain.checks_b):
+        assert side["part_separation"]["verdict"] == "pass"
+    for side in (strict.checks_a, strict.checks_b):
+        assert side["part_separation"]["verdict"] == "fail"
+    assert strict.checks_a["part_separation"]["value"] == plain.checks_a["part_separation"]["value"]
+    assert comparison.to_dict()["failing"] == {"a": {"part_separation": 1}, "b": {"part_separation": 1}}
+
+
+def test_an_image_that_cannot_run_fails_the_command_with_one_line(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "np2_broken.png").write_bytes(b"not a png")
+    args = ["compare", str(EMBEDDED_MODEL), str(EMBEDDED_MODEL), "--fixtures", str(tmp_path / "images")]
+    assert main([*args, "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "out"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "partattn compare: failed: could not run" in err and "np2_broken.png" in err
+    assert not (tmp_path / "out").exists()

@@ -120,3 +120,20 @@ def test_monitor_refuses_images_it_cannot_run(tmp_path):
             feature_extractor=feature_extractor_from_config(TINY_PREPROCESSOR),
             run_defaults=TINY_RUN_DEFAULTS,
         )
+
+
+def test_a_sidecar_threshold_override_fails_that_image_in_the_monitor(tmp_path):
+    """The same picture twice; the sidecar of one raises part separation's bar out of reach and pins
+    a token count, which the monitor's own ``num_tokens`` overrides."""
+    for name in ("np2_plain.png", "np2_strict.png"):
+        shutil.copy(IMAGES[0], tmp_path / name)
+    (tmp_path / "np2_strict.toml").write_text("num_tokens = 8\n[thresholds.part_separation]\nmin_separation = 0.99\n")
+    monitor = AttentionMonitor.from_checkpoint(EMBEDDED_MODEL, tmp_path, steps=3, num_tokens=16)
+    checkpoint = load_checkpoint(EMBEDDED_MODEL)
+    values = monitor(checkpoint.transformer, checkpoint.image_encoder)
+    plain, strict = monitor.last["np2_plain.png"], monitor.last["np2_strict.png"]
+    assert plain.results["part_separation"].verdict == "pass"
+    assert strict.results["part_separation"].verdict == "fail"
+    assert values["partattn/part_separation/fails"] == 1.0
+    assert strict.spec.num_tokens == plain.spec.num_tokens == 16
+    assert values["partattn/part_separation/np2_strict"] == values["partattn/part_separation/np2_plain"]

@@ -20,7 +20,7 @@ from partattn_checks.cli import main
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.model.tiny import TINY_RUN_DEFAULTS, write_checkpoint
 from partattn_checks.model.training import TrainConfig, train
-from partattn_checks.trend import TrendError, find_checkpoints, load_pipeline
+from partattn_checks.trend import TrendError, find_checkpoints, fixture_images, load_pipeline, run_trend
 
 IMAGES = ("np2_circle_square.png", "np2_triangle_circle.png", "np3_three_shapes.png")
 EARLY = (150, 300)
@@ -151,3 +151,18 @@ def test_checkpoint_folders_are_ordered_by_step_number(tmp_path):
         find_checkpoints([tmp_path / "missing"])
     # without step numbers the order given is kept
     assert [c.path for c in find_checkpoints([EMBEDDED_MODEL, TINY_FIXTURE])] == [EMBEDDED_MODEL, TINY_FIXTURE]
+
+
+def test_a_sidecar_threshold_override_fails_that_image_in_the_trend(tmp_path):
+    """The same picture twice; the sidecar of one raises part separation's bar out of reach."""
+    for name in ("np2_plain.png", "np2_strict.png"):
+        shutil.copy(FIXTURE_IMAGES / IMAGES[0], tmp_path / name)
+    (tmp_path / "np2_strict.toml").write_text("[thresholds.part_separation]\nmin_separation = 0.99\n")
+    done = []
+    trend = run_trend(find_checkpoints([EMBEDDED_MODEL]), fixture_images(tmp_path), steps=3, progress=done.append)
+    assert done == [1, 2]
+    [checkpoint] = trend.to_dict()["checkpoints"]
+    plain, strict = (checkpoint["images"][name]["part_separation"] for name in ("np2_plain.png", "np2_strict.png"))
+    assert plain["verdict"] == "pass" and strict["verdict"] == "fail"
+    assert strict["threshold"] == 0.99 and strict["value"] == plain["value"]  # the same run, judged by another bar
+    assert checkpoint["failing"] == {"part_separation": ["np2_strict.png"]}

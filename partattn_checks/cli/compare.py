@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .args import add_fixture_run_options, fixtures_dir, run_device, say
-from .io import Outputs, ProgressBar, UsageError, read_thresholds, remove_created, writable_folder
+from .io import Outputs, ProgressBar, RunFailed, UsageError, read_thresholds, remove_created, writable_folder
 
 DEFAULT_OUT = Path("partattn-results") / "compare"
 
@@ -36,6 +36,7 @@ def add_parser(sub):
 def main(args, extra) -> int:
     from ..compare import CompareError, compare_checkpoints
     from ..model.files import CheckpointError
+    from ..session import CaseError
     from ..trend import TrendError, fixture_images
 
     for path in (args.a, args.b):
@@ -69,6 +70,9 @@ def main(args, extra) -> int:
     except (CompareError, TrendError, CheckpointError, ValueError) as err:
         remove_created(out, created)
         raise UsageError(str(err)) from None
+    except CaseError as err:  # an image or model that could not run
+        remove_created(out, created)
+        raise RunFailed(str(err)) from None
     finally:
         bar.close()
     with Outputs(out, "compare") as outputs:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from .args import add_fixture_run_options, fixtures_dir, run_device, say
-from .io import Outputs, ProgressBar, UsageError, read_thresholds, remove_created, writable_folder
+from .io import Outputs, ProgressBar, RunFailed, UsageError, read_thresholds, remove_created, writable_folder
 
 DEFAULT_OUT = Path("partattn-results") / "trend"
 
@@ -46,6 +46,7 @@ def add_parser(sub):
 
 def main(args, extra) -> int:
     from ..model.files import CheckpointError
+    from ..session import CaseError
     from ..trend import TrendError, find_checkpoints, fixture_images, run_trend
 
     try:
@@ -74,6 +75,9 @@ def main(args, extra) -> int:
     except (TrendError, CheckpointError, ValueError) as err:
         remove_created(out, created)
         raise UsageError(str(err)) from None
+    except CaseError as err:  # an image or model that could not run
+        remove_created(out, created)
+        raise RunFailed(str(err)) from None
     finally:
         bar.close()
     with Outputs(out, "trend") as outputs:
