@@ -155,10 +155,13 @@ def fingerprint(meta: dict, model_label: str) -> dict:
     }
 
 
-def fingerprint_diff(stored: dict, current: dict) -> list[str]:
-    """Human-readable differences (``"steps: 10 in the baseline, 2 now"``), empty when equal."""
+def fingerprint_diff(stored: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Human-readable differences (``"steps: 10 in the baseline, 2 now"``), empty when equal;
+    ``ignore``: keys not compared (a baseline with a seed spread is independent of the gate's seed)."""
     out = []
     for key in FINGERPRINT_KEYS:
+        if key in ignore:
+            continue
         a, b = stored.get(key), current.get(key)
         if a != b:
             out.append(f"{key}: {a!r} in the baseline, {b!r} now")
@@ -249,9 +252,10 @@ class BaselineStore:
 
     def pooled_spreads(self) -> dict[str, float]:
         """Per metric, the seed-to-seed spread pooled over every stored baseline with seeds (the
-        root-mean-square of their spreads): what an image's own spread is shrunk toward. Baselines
+        root-mean-square of their spreads, in the units the metric is judged in): what an image's
+        own spread is shrunk toward. Baselines
         that cannot be read are left out (their own items report them)."""
-        from .noise import mean_sd, pooled_sd
+        from .noise import judged_spread, pooled_sd
 
         spreads: dict[str, list[float]] = {}
         for key in self.keys():
@@ -262,7 +266,7 @@ class BaselineStore:
             if stored is None or not stored.has_spread:
                 continue
             for name, values in stored.samples.items():
-                spreads.setdefault(name, []).append(mean_sd(values)[1])
+                spreads.setdefault(name, []).append(judged_spread(name, values))
         return {name: pooled_sd(sds) for name, sds in spreads.items()}
 
     def write(

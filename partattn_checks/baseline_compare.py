@@ -33,7 +33,15 @@ from .checks.baseline import AttentionDrift, BaselineDetails
 if TYPE_CHECKING:  # numpy loads with a summary, not with the plugin
     from .baseline_attention import AttentionSummary
 from .checks.details import Matrix
-from .noise import DEFAULT_FALSE_ALARM_RATE, allowances, layer_band, layer_deviation, metric_deviation, pooled_sd
+from .noise import (
+    DEFAULT_FALSE_ALARM_RATE,
+    JUDGED_METRICS,
+    allowances,
+    layer_band,
+    layer_deviation,
+    metric_deviation,
+    pooled_sd,
+)
 
 #: The note of a comparison against a baseline written from one run.
 SINGLE_RUN_NOTE = (
@@ -189,7 +197,7 @@ class _Comparison:
             result = replace(legacy, reason=f"{legacy.reason}. Note: {SINGLE_RUN_NOTE}", details=details)
         result = self.with_drift(result, stored)
         env_diff = (
-            fingerprint_diff(stored.environment, self.environment)
+            fingerprint_diff(stored.environment, self.environment, ignore=("seed",) if stored.has_spread else ())
             if stored.environment is not None
             else [f"no {ENVIRONMENT_FILE} next to the baseline"]
         )
@@ -247,7 +255,7 @@ class _Comparison:
         from .checks.baseline import Baseline as BaselineCheck
 
         pooled = dict(self.pooled()) if self.pooled is not None else {}
-        common = [n for n in stored.samples if n in self.metrics]
+        common = [n for n in JUDGED_METRICS if n in stored.samples and n in self.metrics]
         drifts = []
         if self.attention is not None and stored.attention is not None:
             from .baseline_attention import layer_drifts  # numpy: only when there is a summary
@@ -288,7 +296,7 @@ class _Comparison:
                 )
                 for d in drifts
             ]
-        missing = sorted(set(stored.samples) - set(self.metrics))
+        missing = sorted(n for n in JUDGED_METRICS if n in stored.samples and n not in self.metrics)
         return BaselineCheck().judge_noise(deviations, self.alpha, missing)
 
     def with_drift(self, result: CheckResult, stored: Baseline) -> CheckResult:

@@ -189,14 +189,15 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor, dim: int = -1) -> torch.Tens
     """Jensen-Shannon divergence in nats along ``dim``, in [0, log 2].
 
     Inputs are renormalised along ``dim`` first (fp16 marginals do not sum to exactly 1);
-    zero entries are fine.
+    zero entries are fine. Computed in float64 (returned in float32): in float32 the mixture of a
+    subnormal entry and a zero underflows to 0 and the divergence would read as disjoint.
     """
-    p = _renormalize(_f32(p), dim)
-    q = _renormalize(_f32(q), dim)
+    p = _renormalize(_f32(p).double(), dim)
+    q = _renormalize(_f32(q).double(), dim)
     m = 0.5 * (p + q)
     kl_pm = (torch.xlogy(p, p) - torch.xlogy(p, m)).sum(dim)
     kl_qm = (torch.xlogy(q, q) - torch.xlogy(q, m)).sum(dim)
-    return (0.5 * (kl_pm + kl_qm)).clamp(0.0, LOG2)
+    return (0.5 * (kl_pm + kl_qm)).clamp(0.0, LOG2).float()
 
 
 def js_distance_normalized(p: torch.Tensor, q: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -6,6 +6,12 @@ lie from the mean of the others (leave-one-out). The gate's run (or the mean of 
 ``--partattn-seeds``) is a new, independent draw: its seeds (:func:`gate_seeds`) are never among
 the baseline's. The statistics (docs/plugin.md, "Verdicts in units of noise"):
 
+* **which metrics**: :data:`JUDGED_METRICS`, the means and aggregates whose seed distributions
+  are close to normal. The extremes (``entropy_min``, ``entropy_max``, ``cls_mass_max``: one map
+  out of thousands decides them) are stored and shown but not judged: over 300 healthy runs of the
+  embedded model they reached 5–7 standard errors by chance (docs/diagnostic-power.md); gross
+  changes in them are what the uniformity and collapse checks judge. ``peak_mean`` and
+  ``stability_max_jump`` (positive, skewed to the right) are judged on the log scale.
 * **spread** of a metric on one image: the seed-to-seed standard deviation ``s`` of its ``K``
   values, shrunk toward the spread pooled over the baseline folder's images,
   ``σ² = (ν·s² + ν₀·s_pool²) / (ν + ν₀)`` with ``ν = K − 1`` and ``ν₀ = ν`` (an image's own
@@ -46,6 +52,9 @@ DEFAULT_FALSE_ALARM_RATE = 0.001
 RESOLUTION = 1e-5
 #: Per-image distances are clipped to ±CLIP before they are combined over the fixture set.
 CLIP = 3.0
+#: The headline metrics a baseline judges (see the module docstring), and those judged on the log scale.
+JUDGED_METRICS = ("entropy_mean", "peak_mean", "eff_keys_mean", "separation", "stability_max_jump")
+LOG_SCALE = frozenset({"peak_mean", "stability_max_jump"})
 
 
 def baseline_seeds(gate_seed: int, count: int) -> list[int]:
@@ -158,14 +167,15 @@ class Deviation:
     name: str
     kind: str  # "metric" (two-sided) or "layer" (attention drift, one-sided, on the log scale)
     measured: float  # the metric; for a layer, the drift √JS (mean over parts)
-    mean: float  # over the baseline's seeds (for a layer: the typical leave-one-out drift, exp(mean log))
-    spread: float  # the spread used (shrunk), in the units ``z`` is computed in
+    mean: float  # over the baseline's seeds (geometric on the log scale; for a layer: the typical drift)
+    spread: float  # the spread used (shrunk), in the units ``z`` is computed in (log units on the log scale)
     seeds: int  # K
     repeats: int  # R
     z: float  # distance in spreads of the difference's standard error
     allowance: float  # the critical distance
     residuals: tuple[float, ...] = ()  # each stored seed's (value − mean) / spread, for the set's correlation
     part: int | None = None  # for a layer: the part that moved most
+    log_scale: bool = False  # a metric judged on the log scale (``mean`` geometric, ``spread`` in log units)
 
     @property
     def two_sided(self) -> bool:
@@ -181,8 +191,18 @@ class Deviation:
 
     @property
     def allowed_delta(self) -> float:
-        """The allowance in the metric's own units (for metrics): |measured − mean| may reach this."""
-        return self.allowance * self.standard_error
+        """The allowance in the metric's own units (for metrics): |measured − mean| may reach this
+        (on the log scale: the larger of the two sides of the allowed range)."""
+        low, high = self.allowed_range
+        return max(self.mean - low, high - self.mean)
+
+    @property
+    def allowed_range(self) -> tuple[float, float]:
+        """The values of the metric the allowance admits (for metrics)."""
+        reach = self.allowance * self.standard_error
+        if self.log_scale:
+            return self.mean * math.exp(-reach), self.mean * math.exp(reach)
+        return self.mean - reach, self.mean + reach
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "residuals": list(self.residuals)}
@@ -201,13 +221,25 @@ def metric_deviation(
     repeats: int,
     allowance: float,
 ) -> Deviation:
-    """``measured`` (the mean of ``repeats`` runs) against the ``samples`` of the baseline's seeds."""
-    mean, sd = mean_sd(samples)
-    spread = shrunk(sd, len(samples), pooled)
-    k = len(samples)
-    z = (measured - mean) / (spread * math.sqrt(1.0 / repeats + 1.0 / k)) if math.isfinite(measured) else math.inf
-    residuals = tuple(round((v - mean) / spread, 4) for v in samples)
-    return Deviation(name, "metric", measured, mean, spread, k, repeats, z, allowance, residuals)
+    """``measured`` (the mean of ``repeats`` runs) against the ``samples`` of the baseline's seeds;
+    ``pooled`` is the folder's spread in the same units (log units for :data:`LOG_SCALE` metrics)."""
+    log = name in LOG_SCALE
+    scale = (lambda x: math.log(max(x, RESOLUTION))) if log else (lambda x: x)
+    values = [scale(v) for v in samples]
+    mean, sd = mean_sd(values)
+    spread = shrunk(sd, len(values), pooled)
+    k = len(values)
+    finite = math.isfinite(measured)
+    z = (scale(measured) - mean) / (spread * math.sqrt(1.0 / repeats + 1.0 / k)) if finite else math.inf
+    residuals = tuple(round((v - mean) / spread, 4) for v in values)
+    center = math.exp(mean) if log else mean
+    return Deviation(name, "metric", measured, center, spread, k, repeats, z, allowance, residuals, None, log)
+
+
+def judged_spread(name: str, samples: Sequence[float]) -> float:
+    """The seed-to-seed spread of a metric in the units it is judged in (log units on the log scale)."""
+    values = [math.log(max(v, RESOLUTION)) for v in samples] if name in LOG_SCALE else list(samples)
+    return mean_sd(values)[1]
 
 
 def layer_deviation(

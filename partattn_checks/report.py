@@ -127,12 +127,35 @@ def metric_rows(p: ItemReport) -> list[list[str]]:
         return []
     if p.check == "baseline":
         rows = []
-        per = r.get("details", {}).get("per_metric", {})
-        for name, m in per.items():
+        details = r.get("details", {})
+        for name, m in details.get("per_metric", {}).items():
             ok = m["drift"] <= m["allowed"]
-            rows.append(
-                [name, fmt(m["measured"]), f"±{fmt(m['allowed'], 3)}", fmt(m["baseline"]), "ok" if ok else "DRIFT"]
-            )
+            if m.get("z") is not None:  # judged in units of seed noise
+                rows.append(
+                    [
+                        name,
+                        fmt(m["measured"]),
+                        f"±{fmt(m['allowed'], 3)} ({m['allowance']:.1f} se)",
+                        f"{fmt(m['baseline'])} {_spread_text(m)} ({m['seeds']} seeds)",
+                        f"{m['z']:+.1f} se {'ok' if ok else 'DRIFT'}",
+                    ]
+                )
+            else:
+                rows.append(
+                    [name, fmt(m["measured"]), f"±{fmt(m['allowed'], 3)}", fmt(m["baseline"]), "ok" if ok else "DRIFT"]
+                )
+        for d in details.get("deviations") or []:
+            if d["kind"] == "layer":
+                moved = d["z"] > d["allowance"]
+                rows.append(
+                    [
+                        f"attention {d['name']}",
+                        f"√JS {fmt(d['measured'], 3)}",
+                        f"{d['allowance']:.1f} spreads",
+                        f"typical {fmt(d['mean'], 3)} ({d['seeds']} seeds)",
+                        f"{d['z']:+.1f} {'DRIFT' if moved else 'ok'}",
+                    ]
+                )
         for name in r.get("details", {}).get("missing_in_measured", []):
             rows.append([name, "not measured", "", "stored", "MISSING"])
         if not rows and p.summary:  # nothing compared: no (usable) baseline, or one just written
@@ -144,6 +167,11 @@ def metric_rows(p: ItemReport) -> list[list[str]]:
     label, op = (check.label, check.op) if check is not None else (p.check, "")
     threshold = "" if r["threshold"] is None else f"{op} {fmt(r['threshold'])}"
     return [[label, fmt(r["value"]), threshold, fmt(p.baseline_checks.get(p.check)), r["verdict"].upper()]]
+
+
+def _spread_text(m: dict) -> str:
+    """``± 0.005``, or ``×/÷ 1.29`` for a metric judged on the log scale."""
+    return f"×/÷ {math.exp(m['spread']):.3g}" if m.get("log_scale") else f"± {fmt(m['spread'], 2)}"
 
 
 def table(rows: list[list[str]], header: list[str]) -> list[str]:

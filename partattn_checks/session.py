@@ -265,7 +265,7 @@ class Session:
         """Every image under every seed (default: the seed its spec resolves to), image by image:
         one :class:`CaseOutcome` each, judged with the image's own thresholds. A generator: a
         caller that keeps only what it needs holds one record at a time. ``progress`` is called
-        after each run (e.g. :class:`partattn_checks.progress.Progress`)."""
+        after each run (e.g. a progress bar's update)."""
         for image in images:
             for seed in seeds if seeds is not None else (None,):
                 outcome = self.image_outcome(image, call={"seed": seed} if seed is not None else None)

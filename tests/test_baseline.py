@@ -280,12 +280,19 @@ def test_workflow_missing_create_pass_drift_fail_update_pass(pytester):
 
     assert outcomes(run()) == {NODE: "passed"}  # pass
 
-    doc = json.loads(metrics.read_text())  # drift
-    doc["metrics"]["entropy_mean"] += 0.5
+    doc = json.loads(metrics.read_text())  # drift: every seed of the baseline 0.5 higher
+    assert len(doc["seeds"]) == 16 and len(doc["samples"]["entropy_mean"]) == 16
+    doc["samples"]["entropy_mean"] = [v + 0.5 for v in doc["samples"]["entropy_mean"]]
     metrics.write_text(json.dumps(doc))
     result = run()
     assert outcomes(result) == {NODE: "failed"}
-    result.stdout.fnmatch_lines(["entropy_mean drifted from its baseline*", "*entropy_mean*±*DRIFT*"])
+    result.stdout.fnmatch_lines(
+        [
+            "moved beyond the baseline's seed noise: entropy_mean. entropy_mean * vs baseline * ± * over 16 seeds: "
+            "* standard errors away (allowance ±*",
+            "*entropy_mean*±*se)*16 seeds)*se DRIFT",
+        ]
+    )
 
     update = shlex.split(next(ln for ln in result.stdout.lines if "--partattn-update=failed" in ln))
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *update[1:])  # the printed command

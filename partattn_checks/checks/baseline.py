@@ -37,6 +37,7 @@ class MetricDrift:
     seeds: int | None = None  # baseline seeds
     z: float | None = None  # (measured - baseline) in standard errors
     allowance: float | None = None  # the largest |z| allowed
+    log_scale: bool = False  # judged on the log scale: ``spread`` is in log units
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class Baseline(Check):
                 d.seeds,
                 d.z,
                 d.allowance,
+                d.log_scale,
             )
             for name, d in metrics.items()
         }
@@ -222,9 +224,11 @@ class Baseline(Check):
 def describe(d: Deviation, runs: str = "this run") -> str:
     """``separation 0.2100 vs 0.2612 ± 0.0050 over 16 seeds: 5.2 spreads away (allowance 4.9)``."""
     if d.kind == "metric":
+        low, high = d.allowed_range
+        spread = f"×/÷ {math.exp(d.spread):.3f} (geometric)" if d.log_scale else f"± {d.spread:.4f}"
         return (
-            f"{d.name} {d.measured:.4f} ({runs}) vs baseline {d.mean:.4f} ± {d.spread:.4f} over {d.seeds} seeds: "
-            f"{d.z:+.1f} standard errors away (allowance ±{d.allowance:.1f}, i.e. |Δ| ≤ {d.allowed_delta:.4f})"
+            f"{d.name} {d.measured:.4f} ({runs}) vs baseline {d.mean:.4f} {spread} over {d.seeds} seeds: "
+            f"{d.z:+.1f} standard errors away (allowance ±{d.allowance:.1f}, i.e. {low:.4f} .. {high:.4f})"
         )
     part = f", part {d.part} most" if d.part is not None else ""
     return (
