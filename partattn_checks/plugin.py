@@ -227,6 +227,7 @@ class Controller:
             user_properties=[("partattn_check", ITEM_NAME), ("partattn_verdict", verdict.verdict)],
         )
         hook = session.config.hook
+        session.testscollected += 1  # the terminal's progress counts it
         hook.pytest_runtest_logstart(nodeid=report.nodeid, location=report.location)
         hook.pytest_runtest_logreport(report=report)
         hook.pytest_runtest_logfinish(nodeid=report.nodeid, location=report.location)

@@ -2,11 +2,15 @@
 
 Top: one bar per layer, how far its attention moved from the baseline (JS/log 2 between the
 baseline's and this run's step- and head-averaged key-marginals, mean over parts; the layer that
-moved most in red). Below, for that layer, one row per part: baseline | now on the fixed
-``attention × Nk`` scale of every attention figure (uniform = 1), and now − baseline (× Nk) on a
-diverging scale centred on 0 with a symmetric range shared by all parts. Maps are drawn on the
-encoder's view of the image when it is given (like the overlays), else on the patch grid, else
-as one-row strips.
+moved most in red). With a baseline written from several noise seeds the bars show what is judged,
+√(JS/log 2) mean over parts, inside the noise band of each layer (grey: up to the largest drift its
+seeds make likely at the false-alarm rate; a tick: one seed's typical drift), and the first layer in
+depth order beyond its band (where the drift starts) is named and drawn in red.
+
+Below, for that layer, one row per part: baseline | now on the fixed ``attention × Nk`` scale of
+every attention figure (uniform = 1), and now − baseline (× Nk) on a diverging scale centred on 0
+with a symmetric range shared by all parts. Maps are drawn on the encoder's view of the image when
+it is given (like the overlays), else on the patch grid, else as one-row strips.
 
 Sizes are fixed in inches at render.panels' ``DPI``: every panel is ``PANEL_IN`` inches (≥ ``MIN_PANEL_PX``) and
 every text at least ``MIN_FONT_PT`` points, whatever the number of parts. matplotlib through ``Figure`` + Agg only.
@@ -91,26 +95,37 @@ def _drift_fig(drift, image) -> Figure:
 
 def _bars(sub, drift) -> None:
     ax = sub.subplots()
-    values = drift.per_layer
+    banded = drift.judged is not None
+    values = list(drift.judged) if banded else drift.per_layer
     names = _short_names(list(drift.layers))
-    worst = drift.layers.index(drift.layer)
+    marked = drift.layers.index(drift.onset) if banded and drift.onset in drift.layers else None
+    worst = marked if marked is not None else drift.layers.index(drift.layer)
     colors = ["#c0392b" if i == worst else "#7f8c8d" for i in range(len(values))]
-    ax.bar(range(len(values)), values, color=colors)
+    x = np.arange(len(values))
+    if banded:
+        ax.bar(x, drift.band, width=0.9, color="#dfe6e9", label="noise band (allowed by the seeds)")
+        ax.scatter(x, drift.typical, marker="_", s=300, color="#2d3436", zorder=3, label="one seed's typical drift")
+    ax.bar(x, values, width=0.5, color=colors, zorder=2, label="this run")
     tilt = len(values) > 6
-    ax.set_xticks(range(len(values)), names, rotation=60 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_xticks(x, names, rotation=60 if tilt else 0, ha="right" if tilt else "center")
     ax.tick_params(labelsize=FONT)
-    ax.set_ylabel("JS/log2, mean over parts", fontsize=FONT)
-    top = max(max(values), 1e-6)
-    ax.set_ylim(0, top * 1.25)
+    ax.set_ylabel("√(JS/log2), mean over parts" if banded else "JS/log2, mean over parts", fontsize=FONT)
+    top = max(max(values), max(drift.band) if banded else 0.0, 1e-6)
+    ax.set_ylim(0, top * 1.3)
     ax.annotate(
         f"{values[worst]:.3f}", (worst, values[worst]), ha="center", va="bottom", fontsize=FONT, xytext=(0, 2),
         textcoords="offset points",
     )  # fmt: skip
-    ax.set_title(
-        f"attention drift from the baseline: layer {drift.layer} moved most (part {drift.part}: JS/log2 "
-        f"{drift.value:.3f})",
-        fontsize=FONT + 1,
-    )
+    if banded:
+        ax.legend(fontsize=FONT - 1, loc="upper left", frameon=False, ncol=3)
+        start = f"the drift starts at {drift.onset}" if drift.onset else "every layer within its seed noise"
+        title = f"attention drift against the baseline's seed noise: {start}; {drift.layer} moved most"
+    else:
+        title = (
+            f"attention drift from the baseline: layer {drift.layer} moved most (part {drift.part}: JS/log2 "
+            f"{drift.value:.3f})"
+        )
+    ax.set_title(title, fontsize=FONT + 1)
 
 
 def _short_names(names: list[str]) -> list[str]:
