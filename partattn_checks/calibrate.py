@@ -22,6 +22,14 @@ NaN/Inf fails; calibration only reports whether its variant fails.
 A variant image whose record holds NaN/Inf is judged "cannot judge" by the metric checks with a
 count as its value, not a value on the check's scale: such images are left out of the
 least-failing value. A healthy model that produces NaN/Inf is not known-good: calibration stops.
+
+An image whose sidecar sets a check's calibrated field itself (``[thresholds.part_separation]
+min_separation = ...``) is judged with its own value, as in the gate, and is left out of that
+check's calibration: the shared threshold is not its threshold.
+
+The graded degradations (:func:`graded_catches`) say how small a regression the calibrated
+thresholds see: per check and grade, the level closest to the healthy model at which the check
+fails on at least one image it passes on the healthy model.
 """
 
 from __future__ import annotations
@@ -32,7 +40,11 @@ from dataclasses import dataclass
 
 from .checks import REGISTRY, CheckResult, Thresholds
 from .errors import PartattnError
-from .model.broken import VARIANTS
+from .model.broken import GRADES, VARIANTS
+from .sidecar import ImageSpec
+
+#: ``{image name: ImageSpec}`` of the matrix's images (``zoo.by_name``): their sidecar thresholds.
+Images = Mapping[str, ImageSpec]
 
 #: check -> (thresholds table, field) that calibration sets: the field the headline value is compared with.
 CALIBRATED: dict[str, tuple[str, str]] = {
@@ -128,6 +140,25 @@ def column(matrix, model: str, check: str) -> dict[str, CheckResult]:
     return {image: checks[check] for image, checks in matrix[model].items()}
 
 
+def own_threshold(check: str, image: ImageSpec | None) -> float | None:
+    """The value ``image``'s sidecar gives the check's calibrated field, if it sets it."""
+    if image is None or check not in CALIBRATED:
+        return None
+    table, key = CALIBRATED[check]
+    return image.thresholds.get(table, {}).get(key)
+
+
+def shared(check: str, results: Mapping[str, CheckResult], images: Images | None) -> dict[str, CheckResult]:
+    """The results of the images judged with the shared threshold (not with their sidecar's own)."""
+    images = images or {}
+    return {i: r for i, r in results.items() if own_threshold(check, images.get(i)) is None}
+
+
+def image_thresholds(thresholds: Thresholds, image: ImageSpec | None) -> Thresholds:
+    """``thresholds`` with ``image``'s sidecar ``[thresholds.*]`` overrides (as the gate judges it)."""
+    return thresholds if image is None else image.thresholds_over(thresholds)
+
+
 def targeted(check: str) -> str | None:
     """The variant built to fail ``check`` (the first registered)."""
     return next((name for name, v in VARIANTS.items() if v.target == check), None)
@@ -159,9 +190,9 @@ def _fmt(x) -> str:
     return "—" if x is None else f"{x:.4g}"
 
 
-def decide(matrix, base: Thresholds, fraction: float = DEFAULT_MARGIN) -> list[Decision]:
+def decide(matrix, base: Thresholds, fraction: float = DEFAULT_MARGIN, images: Images | None = None) -> list[Decision]:
     """One :class:`Decision` per record check, from ``matrix`` (:func:`partattn_checks.zoo.measure`)
-    judged under ``base`` (the previous thresholds)."""
+    judged under ``base`` (the previous thresholds) and ``images``' sidecar overrides."""
     healthy_nonfinite = [i for i, r in column(matrix, "healthy", "nonfinite").items() if r.verdict == "fail"]
     if healthy_nonfinite:
         raise CalibrationError(
@@ -171,10 +202,12 @@ def decide(matrix, base: Thresholds, fraction: float = DEFAULT_MARGIN) -> list[D
     decisions = []
     for check in matrix_checks(matrix):
         variant = targeted(check)
-        healthy = worst(check, scale_values(check, column(matrix, "healthy", check)).values())
+        healthy = worst(check, scale_values(check, shared(check, column(matrix, "healthy", check), images)).values())
         least = None
         if variant in matrix:
-            least = least_failing(check, scale_values(check, column(matrix, variant, check)).values())
+            least = least_failing(
+                check, scale_values(check, shared(check, column(matrix, variant, check), images)).values()
+            )
         if check not in CALIBRATED:
             note = "not calibrated: any NaN/Inf fails"
             if variant in matrix:
@@ -184,14 +217,14 @@ def decide(matrix, base: Thresholds, fraction: float = DEFAULT_MARGIN) -> list[D
             continue
         table, key = CALIBRATED[check]
         previous = getattr(base[table], key)
-        _same_field(matrix, check, previous)
+        _same_field(matrix, check, base, images)
         why = None
         if variant is None:
             why = f"no broken variant targets {check}"
         elif variant not in matrix:
             why = f"the {variant} variant was not run (it does not fit this model)"
         elif healthy is None:
-            why = "the healthy model has no judged image for it (one part, or one step?)"
+            why = "the healthy model has no judged image for it (one part, one step, or all with their own threshold?)"
         elif least is None:
             why = f"{variant} has no judged image on the check's scale (all skipped or NaN/Inf)"
         if why is not None:
@@ -219,13 +252,14 @@ def matrix_checks(matrix) -> list[str]:
     return [c for c in REGISTRY if c in first]
 
 
-def _same_field(matrix, check: str, previous: float) -> None:
+def _same_field(matrix, check: str, base: Thresholds, images: Images | None) -> None:
     """Guard of :data:`CALIBRATED`: the results compared their value with exactly that field."""
-    for checks in matrix["healthy"].values():
+    for image, checks in matrix["healthy"].items():
         r = checks[check]
-        if r.threshold is not None and not math.isclose(r.threshold, previous, rel_tol=1e-9, abs_tol=1e-12):
+        expected = threshold_of(check, image_thresholds(base, (images or {}).get(image)))
+        if r.threshold is not None and not math.isclose(r.threshold, expected, rel_tol=1e-9, abs_tol=1e-12):
             table, key = CALIBRATED[check]
-            raise CalibrationError(f"{check} compared its value with {r.threshold}, not {table}.{key} = {previous}")
+            raise CalibrationError(f"{check} compared its value with {r.threshold}, not {table}.{key} = {expected}")
 
 
 def calibrated(base: Thresholds, decisions: list[Decision]) -> Thresholds:
@@ -253,19 +287,31 @@ def rejudged(result: CheckResult, check: str, thresholds: Thresholds) -> str:
     return "pass" if passes(check, result.value, threshold_of(check, thresholds)) else "fail"
 
 
-def summarize(matrix, thresholds: Thresholds) -> dict[str, dict[str, dict]]:
-    """``{model: {check: row}}``: worst value, threshold, failing/judged images under ``thresholds``,
+def verdicts(matrix, model: str, thresholds: Thresholds, images: Images | None = None) -> dict[str, dict[str, str]]:
+    """``{image: {check: verdict}}`` of ``model``'s row under ``thresholds``, each image's sidecar overrides applied."""
+    images = images or {}
+    out = {}
+    for image, checks in matrix[model].items():
+        own = image_thresholds(thresholds, images.get(image))
+        out[image] = {check: rejudged(r, check, own) for check, r in checks.items()}
+    return out
+
+
+def summarize(matrix, thresholds: Thresholds, images: Images | None = None) -> dict[str, dict[str, dict]]:
+    """``{model: {check: row}}``: worst value, threshold, failing/judged images under ``thresholds``
+    (an image whose sidecar sets the field is judged with its own value, listed in ``own_thresholds``),
     margin, and every image's value."""
+    own = {check: {i: own_threshold(check, s) for i, s in (images or {}).items()} for check in CALIBRATED}
     table = {}
     for model in matrix:
         rows = {}
+        verdict = verdicts(matrix, model, thresholds, images)
         for check in matrix_checks(matrix):
             results = column(matrix, model, check)
             judged = {i: r for i, r in results.items() if r.verdict != "skip"}
-            verdicts = {i: rejudged(r, check, thresholds) for i, r in judged.items()}
             value = worst(check, [r.value for r in judged.values()])
             threshold = threshold_of(check, thresholds)
-            failing = [i for i, v in verdicts.items() if v == "fail"]
+            failing = [i for i in judged if verdict[i][check] == "fail"]
             rows[check] = {
                 "value": value,
                 "threshold": threshold,
@@ -275,6 +321,77 @@ def summarize(matrix, thresholds: Thresholds) -> dict[str, dict[str, dict]]:
                 "nonfinite_images": sorted(i for i, r in judged.items() if poisoned(r)),
                 "reason": next((judged[i].reason for i in failing if judged[i].verdict == "fail"), ""),
                 "values": {i: r.value for i, r in results.items()},
+                "own_thresholds": {i: t for i, t in own.get(check, {}).items() if t is not None and i in results},
             }
         table[model] = rows
     return table
+
+
+# ---------------------------------------------------------------------------- graded degradations
+@dataclass(frozen=True)
+class Catch:
+    """The level closest to healthy, on one side of a graded degradation, at which a check fails."""
+
+    check: str
+    grade: str
+    side: str  # the grade's name, or "xattn_gain < 1" / "xattn_gain > 1" for a grade with levels on both sides
+    level: float | None  # None: not caught at any level of this side
+    failing: int  # images failing at that level, of the ``judged`` ones
+    judged: int  # images the check judges and passes on the healthy model
+    healthy_failing: int  # images the check already fails on the healthy model (not counted)
+    levels: tuple[float, ...]  # this side's levels, closest to healthy first
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "levels": list(self.levels)}
+
+
+def sides(grade: str) -> list[tuple[str, tuple[float, ...]]]:
+    """``[(label, levels closest to healthy first)]``: one entry per side of the grade's healthy level."""
+    g = GRADES[grade]
+    below = tuple(sorted((x for x in g.levels if x < g.healthy), reverse=True))
+    above = tuple(sorted(x for x in g.levels if x > g.healthy))
+    if below and above:
+        return [(f"{grade} < {g.healthy:g}", below), (f"{grade} > {g.healthy:g}", above)]
+    return [(grade, below or above)]
+
+
+def graded_failing(graded, healthy: Mapping[str, Mapping[str, str]], checks) -> dict[str, dict[float, dict[str, int]]]:
+    """``{grade: {level: {check: images failing}}}``, counting only the images the check passes on the
+    healthy model (``healthy``: :func:`verdicts` of the matrix's healthy row under the same thresholds)."""
+    return {
+        grade: {
+            level: {
+                check: sum(
+                    results[i][check].verdict == "fail" for i in results if healthy.get(i, {}).get(check) == "pass"
+                )
+                for check in checks
+            }
+            for level, results in levels.items()
+        }
+        for grade, levels in graded.items()
+    }
+
+
+def graded_catches(graded, healthy: Mapping[str, Mapping[str, str]], checks) -> list[Catch]:
+    """Per check and side of each grade in ``graded`` (:func:`partattn_checks.zoo.measure_graded`, judged
+    with the calibrated thresholds): the level closest to healthy at which the check fails on at least
+    one image it passes on the healthy model, and on how many."""
+    failing = graded_failing(graded, healthy, checks)
+    out = []
+    for check in checks:
+        judged = sum(v.get(check) == "pass" for v in healthy.values())
+        already = sum(v.get(check) == "fail" for v in healthy.values())
+        for grade, levels in failing.items():
+            for side, order in sides(grade):
+                caught = next((x for x in order if levels.get(x, {}).get(check)), None)
+                n = levels[caught][check] if caught is not None else 0
+                out.append(Catch(check, grade, side, caught, n, judged, already, order))
+    return out
+
+
+def graded_summary(graded, matrix, thresholds: Thresholds, images: Images | None = None):
+    """``(catches, failing)`` of :func:`graded_catches` and :func:`graded_failing`, the healthy verdicts
+    taken from ``matrix``'s healthy row under ``thresholds`` (the ones ``graded`` was judged with)."""
+    checks = matrix_checks(matrix)
+    healthy = verdicts(matrix, "healthy", thresholds, images)
+    return graded_catches(graded, healthy, checks), graded_failing(graded, healthy, checks)

@@ -1,5 +1,6 @@
 """What ``partattn calibrate`` writes: the thresholds TOML with its provenance, the model matrix as
-markdown and JSON, and a figure of every check's values per model with the chosen threshold."""
+markdown and JSON, the smallest graded degradation each check catches, and a figure of every
+check's values per model with the chosen threshold."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import json
 import platform
 from pathlib import Path
 
-from .calibrate import CALIBRATED, Decision, is_ceiling, margin
+from .calibrate import CALIBRATED, Catch, Decision, is_ceiling, margin
 from .checks import Thresholds
+from .model.broken import GRADES
 from .zoo import TARGETS
 
 FINGERPRINT_NOTE = "sha256 of every file's relative path and size, safetensors headers and JSON files' bytes"
@@ -128,6 +130,7 @@ def markdown(table: dict, decisions: list[Decision]) -> str:
         f"many images fail under it. ◀ marks the check a model is built to fail. Ceilings (the value must stay "
         f"at or below): {ceilings}; floor (at or above): {floors}. A model whose record holds NaN/Inf gets "
         'counts of non-finite values instead (every check fails on it: "cannot judge").',
+        *_own_thresholds_note(table),
         "",
         "## Calibration and margins",
         "",
@@ -149,20 +152,103 @@ def markdown(table: dict, decisions: list[Decision]) -> str:
     return "\n".join(lines)
 
 
-def matrix_json(table: dict, decisions: list[Decision], thresholds: Thresholds, prov: dict) -> str:
-    return (
-        json.dumps(
-            {
-                "provenance": prov,
-                "calibrated": {d.field: d.threshold for d in decisions if d.calibrated},
-                "thresholds": thresholds.to_dict(),
-                "decisions": [d.to_dict() for d in decisions],
-                "matrix": table,
-            },
-            indent=1,
+def _own_thresholds_note(table: dict) -> list[str]:
+    """A line naming the images judged with their sidecar's own value of a calibrated field, if any."""
+    own = {
+        (i, check, t)
+        for rows in table.values()
+        for check, row in rows.items()
+        for i, t in row["own_thresholds"].items()
+    }
+    if not own:
+        return []
+    listed = ", ".join(f"{i} ({'.'.join(CALIBRATED[check])} {t:g})" for i, check, t in sorted(own))
+    return [
+        "",
+        f"Judged with their sidecar's own threshold (and left out of that check's calibration): {listed}.",
+    ]
+
+
+def matrix_json(
+    table: dict, decisions: list[Decision], thresholds: Thresholds, prov: dict, graded: dict | None = None
+) -> str:
+    """The matrix document; ``graded`` (:func:`graded_doc`) is added under its key when measured."""
+    doc = {
+        "provenance": prov,
+        "calibrated": {d.field: d.threshold for d in decisions if d.calibrated},
+        "thresholds": thresholds.to_dict(),
+        "decisions": [d.to_dict() for d in decisions],
+        "matrix": table,
+    }
+    if graded is not None:
+        doc["graded"] = graded
+    return json.dumps(doc, indent=1) + "\n"
+
+
+# ---------------------------------------------------------------------------- graded degradations
+GRADED_TITLE = "## Smallest graded degradation caught"
+
+
+def _levels(levels) -> str:
+    return ", ".join(f"{x:g}" for x in levels)
+
+
+def _caught(c: Catch) -> str:
+    return "not caught" if c.level is None else f"{c.level:g} ({c.failing}/{c.judged})"
+
+
+def graded_markdown(catches: list[Catch]) -> str:
+    """One row per check, one column per side of each grade: the smallest level caught, n/N images."""
+    columns = list(dict.fromkeys(c.side for c in catches))
+    cell = {(c.check, c.side): c for c in catches}
+    checks = list(dict.fromkeys(c.check for c in catches))
+    lines = [
+        GRADED_TITLE,
+        "",
+        "Every level of each graded degradation (a weight edit made in memory, like the variants) on the fixture "
+        "images, judged with the calibrated thresholds. Each cell: the level closest to the healthy model at which "
+        "the check fails on at least one image, and on how many of the images it passes on the healthy model "
+        '(n/N); "not caught" when no level fails it.',
+        "",
+        "| check | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    lines += [f"| {check} | " + " | ".join(_caught(cell[check, side]) for side in columns) + " |" for check in checks]
+    lines.append("")
+    for grade in dict.fromkeys(c.grade for c in catches):
+        g = GRADES[grade]
+        lines.append(f"- {grade}: {g.summary}; levels {_levels(g.levels)} (healthy: {g.healthy:g})")
+    for c in {c.check: c for c in catches if c.healthy_failing}.values():
+        lines.append(
+            f"- {c.check}: {c.healthy_failing} image(s) fail already on the healthy model, not counted "
+            "(a threshold kept uncalibrated, or a sidecar's own)"
         )
-        + "\n"
-    )
+    return "\n".join(lines)
+
+
+def graded_doc(catches: list[Catch], failing: dict) -> dict:
+    """The ``graded`` key of model-matrix.json: the grades, each check's smallest caught level per side
+    (``null``: not caught) and every level's failing-image counts (``graded_failing``)."""
+    caught: dict[str, dict] = {}
+    for c in catches:
+        caught.setdefault(c.check, {})[c.side] = {
+            "grade": c.grade,
+            "level": c.level,
+            "failing": c.failing,
+            "judged": c.judged,
+            "healthy_failing": c.healthy_failing,
+        }
+    return {
+        "judged_with": "the calibrated thresholds, each image's sidecar overrides applied",
+        "grades": {
+            name: {"summary": GRADES[name].summary, "healthy": GRADES[name].healthy, "levels": list(levels)}
+            for name, levels in failing.items()
+        },
+        "caught": caught,
+        "failing": {
+            name: {f"{level:g}": counts for level, counts in levels.items()} for name, levels in failing.items()
+        },
+    }
 
 
 # ---------------------------------------------------------------------------- figure
@@ -226,4 +312,13 @@ def figure(table: dict, decisions: list[Decision], title: str = "") -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["figure", "fingerprint", "markdown", "matrix_json", "provenance", "thresholds_toml"]
+__all__ = [
+    "figure",
+    "fingerprint",
+    "graded_doc",
+    "graded_markdown",
+    "markdown",
+    "matrix_json",
+    "provenance",
+    "thresholds_toml",
+]

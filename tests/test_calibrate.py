@@ -1,10 +1,14 @@
 """``partattn calibrate``: the threshold rule, the in-memory broken variants (restored bit for bit;
 at the release config on the ``meta`` device), and the whole path on a checkpoint other than the
-embedded one: calibrate writes thresholds and baselines, the gate passes on the checkpoint with
-them and fails the right check for each broken variant (docs/own-checkpoint.md)."""
+embedded one: calibrate writes thresholds and baselines (with the noise seeds asked for), the gate
+passes on the checkpoint with them and fails the right check for each broken variant
+(docs/own-checkpoint.md). On the embedded model: an image's sidecar thresholds judge it in the
+matrix, and the graded report names the smallest merge of the parts that part separation catches."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -23,15 +27,20 @@ from partattn_checks.calibrate import (
     CalibrationError,
     calibrated,
     decide,
+    graded_catches,
     is_ceiling,
     passes,
     pick_threshold,
+    summarize,
 )
+from partattn_checks.calibration_report import GRADED_TITLE
 from partattn_checks.checks import REGISTRY, CheckResult, Thresholds, load_thresholds
 from partattn_checks.checks.details import Details
-from partattn_checks.model.broken import VARIANTS, VariantError, broken, edited_parameters
+from partattn_checks.fixture_set import ITEM_NAME
+from partattn_checks.model.broken import GRADES, VARIANTS, VariantError, broken, edited_parameters
 from partattn_checks.model.loading import load_transformer
 from partattn_checks.model.transformer import RELEASE_CONFIG, PartCrafterDiTModel
+from partattn_checks.sidecar import ImageSpec
 
 pytest_plugins = ("pytester",)
 
@@ -43,6 +52,8 @@ IMAGES = REPO / "fixtures" / "images"
 #: part separation and stability overlap: docs/own-checkpoint.md shows that refusal).
 CALIBRATION_IMAGES = ("np2_circle_square.png", "np2_triangle_circle.png", "np3_three_shapes.png")
 STEPS = 10
+#: Noise seeds of the baselines calibrate writes (the gate's default is 16: slower, no more to test).
+BASELINE_SEEDS = 4
 
 unit = st.floats(0.0, 1.0, allow_nan=False)
 fraction = st.floats(0.01, 0.99)
@@ -142,6 +153,42 @@ def test_a_healthy_model_with_nan_cannot_anchor_thresholds():
     matrix["healthy"]["np2_0.png"]["nonfinite"] = _result("nonfinite", 3.0, 0.0, verdict="fail")
     with pytest.raises(CalibrationError, match="known-good model produces NaN/Inf on np2_0.png"):
         decide(matrix, Thresholds())
+
+
+def test_an_image_with_its_own_sidecar_threshold_is_judged_with_it_and_left_out_of_calibration():
+    """np2_1's sidecar sets uniformity.max_share = 0.95 itself: its healthy 0.9 would overlap the
+    variant's 0.95; left out, the threshold sits between 0.2 and 0.95. The matrix judges it with 0.95."""
+    base = Thresholds()
+    matrix = _matrix({"healthy": [0.2, 0.9], "uniform": [0.95, 1.0]}, base=base)
+    matrix["healthy"]["np2_1.png"]["uniformity"] = _result("uniformity", 0.9, 0.95)
+    matrix["uniform"]["np2_1.png"]["uniformity"] = _result("uniformity", 1.0, 0.95, verdict="fail")
+    own = {"uniformity": {"max_share": 0.95}}
+    images = {"np2_1.png": ImageSpec(Path("np2_1.png"), "np2_1", "np2_1.png", 2, thresholds=own, sidecar=Path("x"))}
+    with pytest.raises(CalibrationError, match="compared its value with 0.95"):  # the guard needs the sidecar
+        decide(matrix, base)
+    (d,) = [d for d in decide(matrix, base, images=images) if d.check == "uniformity"]
+    assert d.calibrated and (d.healthy_worst, d.variant_least, d.threshold) == (0.2, 0.95, 0.57)
+    row = summarize(matrix, calibrated(base, [d]), images)["healthy"]["uniformity"]
+    assert (row["threshold"], row["failing"], row["own_thresholds"]) == (0.57, 0, {"np2_1.png": 0.95})
+
+
+def test_a_graded_level_counts_only_images_that_pass_on_the_healthy_model():
+    def level(verdicts):
+        return {
+            f"np2_{i}.png": {"part_separation": _result("part_separation", 0.1, 0.08, verdict=v)}
+            for i, v in enumerate(verdicts)
+        }
+
+    graded = {
+        "merge_parts": {0.1: level(["pass", "fail"]), 0.5: level(["fail", "fail"])},
+        "xattn_gain": {0.9: level(["fail", "fail"]), 1.1: level(["pass", "pass"])},
+    }
+    healthy = {"np2_0.png": {"part_separation": "pass"}, "np2_1.png": {"part_separation": "fail"}}
+    got = {
+        c.side: (c.level, c.failing, c.judged, c.healthy_failing)
+        for c in graded_catches(graded, healthy, ["part_separation"])
+    }
+    assert got == {"merge_parts": (0.5, 1, 1, 1), "xattn_gain < 1": (0.9, 1, 1, 1), "xattn_gain > 1": (None, 0, 1, 1)}
 
 
 # ---------------------------------------------------------------------------- in-memory variants
@@ -288,6 +335,9 @@ def calibrated_project(tmp_path_factory):
                 str(out),
                 "--baselines",
                 str(project / "fixtures" / "baselines"),
+                "--baseline-seeds",
+                str(BASELINE_SEEDS),
+                "--no-graded",
                 "--steps",
                 str(STEPS),
                 "--device",
@@ -310,13 +360,17 @@ def test_calibrate_writes_thresholds_with_provenance_and_the_matrix(calibrated_p
         assert f"{key} = {getattr(t[table], key)!r}  # calibrated" in text, check
     matrix = (out / "model-matrix.md").read_text()
     assert "| healthy |" in matrix and "FAIL" not in matrix.split("| healthy |")[1].split("\n")[0]
+    assert GRADED_TITLE not in matrix  # --no-graded
     assert (out / "model-matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((out / "model-matrix.json").read_text())
+    assert "graded" not in doc
     (sep,) = [d for d in doc["decisions"] if d["check"] == "part_separation"]
     assert sep["healthy_worst"] < sep["previous"]  # the embedded model's default would fail this healthy model
     assert sep["variant_least"] < sep["threshold"] < sep["healthy_worst"]
     baselines = calibrated_project / "fixtures" / "baselines"
     assert sorted(p.name for p in baselines.iterdir()) == sorted(Path(n).stem for n in CALIBRATION_IMAGES)
+    for folder in baselines.iterdir():  # --baseline-seeds reached the gate
+        assert len(json.loads((folder / "metrics.json").read_text())["seeds"]) == BASELINE_SEEDS
 
 
 def _gate(pytester, project, monkeypatch, variant=None, *extra):
@@ -345,7 +399,8 @@ def gate_project(pytester, calibrated_project):
 
 def test_the_gate_passes_on_the_calibrated_checkpoint(gate_project, calibrated_project, monkeypatch):
     got = outcomes(_gate(gate_project, calibrated_project, monkeypatch))
-    assert len(got) == len(CALIBRATION_IMAGES) * len(REGISTRY)
+    assert len(got) == len(CALIBRATION_IMAGES) * len(REGISTRY) + 1  # and the fixture-set item
+    assert f"fixtures/images::{ITEM_NAME}" in got
     assert set(got.values()) == {"passed"}, got
 
 
@@ -356,6 +411,63 @@ def test_the_gate_fails_the_right_check_for_each_broken_variant(gate_project, ca
     assert len(got) == len(CALIBRATION_IMAGES)
     for name in CALIBRATION_IMAGES:
         assert got[f"fixtures/images/{name}::{target}"] == "failed", got
+
+
+# ---------------------------------------------------------------------------- the embedded model
+#: Few steps keep the 19 runs per image (healthy, five variants, thirteen graded levels) quick.
+EMBEDDED_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def embedded_calibration(tmp_path_factory):
+    """``partattn calibrate`` on the embedded model, graded report included, on one image twice: as it
+    is (np2_plain) and with a sidecar whose part-separation threshold no model reaches (np2_strict).
+    Returns the output folder and what it printed."""
+    root = tmp_path_factory.mktemp("embedded")
+    images = root / "images"
+    images.mkdir()
+    for name in ("np2_plain.png", "np2_strict.png"):
+        shutil.copyfile(IMAGES / "np2_circle_square.png", images / name)
+    (images / "np2_strict.toml").write_text("[thresholds.part_separation]\nmin_separation = 0.99\n")
+    out = root / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(
+            ["calibrate", "--model", str(EMBEDDED), "--fixtures", str(images), "--out", str(out)]
+            + ["--steps", str(EMBEDDED_STEPS), "--device", "cpu"]
+        )
+    assert code == 0
+    return out, printed.getvalue()
+
+
+def test_a_sidecar_threshold_judges_its_image_in_the_calibration_matrix(embedded_calibration):
+    out, _ = embedded_calibration
+    doc = json.loads((out / "model-matrix.json").read_text())
+    healthy = doc["matrix"]["healthy"]
+    sep = healthy["part_separation"]
+    assert sep["values"]["np2_plain.png"] == sep["values"]["np2_strict.png"]  # the same image
+    assert (sep["failing"], sep["judged"], sep["own_thresholds"]) == (1, 2, {"np2_strict.png": 0.99})
+    assert all(row["failing"] == 0 for check, row in healthy.items() if check != "part_separation")
+    (decision,) = [d for d in doc["decisions"] if d["check"] == "part_separation"]
+    assert decision["calibrated"] and decision["threshold"] < sep["values"]["np2_plain.png"]
+    text = (out / "model-matrix.md").read_text()
+    assert "| healthy |" in text and "part_separation.min_separation 0.99" in text
+
+
+def test_the_graded_report_names_the_smallest_merge_part_separation_catches(embedded_calibration):
+    out, printed = embedded_calibration
+    graded = json.loads((out / "model-matrix.json").read_text())["graded"]
+    caught = graded["caught"]["part_separation"]["merge_parts"]
+    level = caught["level"]
+    assert level in GRADES["merge_parts"].levels
+    # of the two images only np2_plain passes on the healthy model: np2_strict fails there already
+    assert (caught["failing"], caught["judged"], caught["healthy_failing"]) == (1, 1, 1)
+    closer = [x for x in GRADES["merge_parts"].levels if x < level]
+    assert all(graded["failing"]["merge_parts"][f"{x:g}"]["part_separation"] == 0 for x in closer)
+    assert set(graded["caught"]["part_separation"]) == {"merge_parts", "xattn_gain < 1", "xattn_gain > 1"}
+    for text in (printed, (out / "model-matrix.md").read_text()):
+        assert GRADED_TITLE in text
+        assert re.search(rf"^\| part_separation \| {level:g} \(1/1\) \|", text, re.M), text
 
 
 # ---------------------------------------------------------------------------- the command's edges
@@ -399,6 +511,19 @@ def test_bad_arguments_are_usage_errors_before_loading_anything(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and phrase in err and "Traceback" not in err
     assert not (tmp_path / "partattn-calibration").exists()
+
+
+def test_baseline_seeds_need_baselines_and_at_least_two_seeds(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CI", raising=False)
+    for extra, phrase in (
+        (["--baseline-seeds", "4"], "--baseline-seeds says how the baselines are written: it needs --baselines"),
+        (["--baselines", "b", "--baseline-seeds", "1"], "--baseline-seeds 1: must be between 2 and"),
+    ):
+        code = cli.main(["calibrate", "--model", str(RANDOM), "--fixtures", str(IMAGES), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and phrase in err and "Traceback" not in err
+    assert not (tmp_path / "partattn-calibration").exists() and not (tmp_path / "b").exists()
 
 
 def test_baselines_under_ci_are_refused_before_calibrating(tmp_path, capsys, monkeypatch):

@@ -10,7 +10,8 @@ import pytest
 
 from partattn_checks.calibrate import CALIBRATED
 from partattn_checks.checks import CHECKS, Thresholds
-from partattn_checks.zoo import HEALTHY, TARGETS, fixture_images, measure
+from partattn_checks.sidecar import fixture_specs
+from partattn_checks.zoo import HEALTHY, TARGETS, measure
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"
@@ -35,13 +36,17 @@ def matrix():
     def load(path):
         return PartCrafterPipeline.from_pretrained(path, device="cpu")
 
-    return measure(load(HEALTHY), fixture_images(IMAGES, REPO), others={"random": lambda: load(RANDOM)})
+    return measure(load(HEALTHY), fixture_specs(IMAGES, REPO), others={"random": lambda: load(RANDOM)})
 
 
 def test_fixture_images_cover_two_to_four_parts_and_unseen_ones():
     names = [p.name for p in FIXTURE_IMAGES]
     assert {n[:3] for n in names} >= {"np2", "np3", "np4"}
     assert any("unseen" in n for n in names)
+
+
+def test_the_matrix_names_images_by_their_path_below_the_fixtures_folder(matrix):
+    assert list(matrix["healthy"]) == [p.name for p in FIXTURE_IMAGES]
 
 
 def test_the_shipped_defaults_are_the_embedded_models_calibration():
