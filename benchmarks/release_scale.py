@@ -198,25 +198,22 @@ def child_cli(opts) -> dict:
 
 def metric_deltas(settings: str) -> dict:
     """Check values and verdicts of every fixture image at each STEPSxTOKENS setting (embedded model)."""
-    from partattn_checks import EMBEDDED_MODEL, runspec
+    from partattn_checks import EMBEDDED_MODEL
     from partattn_checks.model.pipeline import PartCrafterPipeline
-    from partattn_checks.session import run_case
-    from partattn_checks.sidecar import parts_from_name
+    from partattn_checks.session import Session
+    from partattn_checks.sidecar import fixture_specs
 
     pipe = PartCrafterPipeline.from_pretrained(EMBEDDED_MODEL)
-    images = sorted((ROOT / "fixtures" / "images").glob("np*_*.png"))
+    images = fixture_specs(ROOT / "fixtures" / "images", ROOT)
     labels = settings.split(",")
     table: dict = {}
     seconds: dict = {}
     for label in labels:
         steps, tokens = (int(x) for x in label.split("x"))
         start = time.perf_counter()
-        for image in images:
-            spec = runspec.for_pipeline(
-                pipe, call={"num_parts": parts_from_name(image), "steps": steps, "num_tokens": tokens}
-            )
-            outcome = run_case(pipe, image, spec)
-            table.setdefault(image.stem, {})[label] = {
+        session = Session(lambda: pipe, options={"steps": steps, "num_tokens": tokens}, cache_size=0)
+        for outcome in session.run_set(images):
+            table.setdefault(outcome.image.stem, {})[label] = {
                 name: {"value": r.value, "verdict": r.verdict} for name, r in outcome.results.items()
             }
         seconds[label] = time.perf_counter() - start

@@ -226,11 +226,8 @@ class Controller:
             when="call",
             user_properties=[("partattn_check", ITEM_NAME), ("partattn_verdict", verdict.verdict)],
         )
-        hook = session.config.hook
-        session.testscollected += 1  # the terminal's progress counts it
-        hook.pytest_runtest_logstart(nodeid=report.nodeid, location=report.location)
-        hook.pytest_runtest_logreport(report=report)
-        hook.pytest_runtest_logfinish(nodeid=report.nodeid, location=report.location)
+        session.testscollected += 1  # the terminal's progress counts it: [100%], not [101%]
+        session.config.hook.pytest_runtest_logreport(report=report)
         if failed:
             session.testsfailed += 1
             if session.exitstatus == pytest.ExitCode.OK:

@@ -4,14 +4,16 @@
   :class:`~partattn_checks.runspec.RunSpec` and returns its ``AttentionRecord``: the expensive step.
 * :func:`judge` applies the checks to a record under thresholds: cheap, and re-runnable on the
   same record with other thresholds or checks without denoising again.
-* :func:`run_case` is both, once (no cache): ``partattn run``, the visualizer and the model zoo.
+* :func:`run_case` is both, once (no cache), for one image that is not a fixture: ``partattn run``
+  and the visualizer.
 * :class:`Session` is **the fixture-set runner** every front end uses (the pytest gate, ``partattn
   calibrate``, ``trend`` and ``compare``, the training monitor, the benchmarks): fixture images
   (``sidecar.ImageSpec``: part count, pinned run settings and ``[thresholds.*]`` overrides) and
-  noise seeds in, one typed :class:`CaseOutcome` per (image, seed) out (:meth:`Session.run_set`),
-  with one progress bar. It holds the pipeline, loaded lazily and once, and a record cache keyed
-  by what changes the denoising only, ``(model, image path, RunSpec)``. Thresholds and check names
-  are not part of that key: judging a cached record again never re-runs the model.
+  noise seeds in, one typed :class:`CaseOutcome` per (image, seed) out (:meth:`Session.run_set`,
+  whose ``progress`` callback drives the command's one progress bar). It holds the pipeline,
+  loaded lazily and once, and a record cache keyed by what changes the denoising only, ``(model,
+  image path, RunSpec)``. Thresholds and check names are not part of that key: judging a cached
+  record again never re-runs the model.
 
 Importing this module imports no torch.
 """
