@@ -39,6 +39,7 @@ from .noise import (
     allowances,
     layer_band,
     layer_deviation,
+    log_spread,
     metric_deviation,
     pooled_sd,
 )
@@ -276,14 +277,8 @@ class _Comparison:
             for n in common
         ]
         if drifts:
-            import math
-
-            log_sds = []
-            for d in drifts:
-                logs = [math.log(max(x, 1e-12)) for x in d.seed_drifts]
-                mean = sum(logs) / len(logs)
-                log_sds.append(math.sqrt(sum((x - mean) ** 2 for x in logs) / max(1, len(logs) - 1)))
-            layer_pool = pooled_sd(log_sds)  # the image's layers pooled: spreads on the log scale are relative
+            # the image's layers pooled: spreads on the log scale are relative
+            layer_pool = pooled_sd([log_spread(d.seed_drifts) for d in drifts])
             deviations += [
                 layer_deviation(
                     d.layer,

@@ -256,7 +256,7 @@ def layer_deviation(
     leave-one-out drifts of the baseline's seeds, on the log scale. A mean of ``R`` runs drifts
     less than one run: its drift is scaled to one run's before the comparison."""
     k = len(seed_drifts)
-    logs = [math.log(max(d, 1e-12)) for d in seed_drifts]
+    logs = _logs(seed_drifts)
     mean, sd = mean_sd(logs)
     spread = shrunk(sd, k, pooled)
     # expected squared drift of a mean of R runs from the mean of K, over that of one seed from the other K-1
@@ -265,6 +265,15 @@ def layer_deviation(
     z = (now - mean) / (spread * math.sqrt(1.0 + 1.0 / k))
     residuals = tuple(round((v - mean) / spread, 4) for v in logs)
     return Deviation(name, "layer", drift, math.exp(mean), spread, k, repeats, z, allowance, residuals, part)
+
+
+def _logs(drifts: Sequence[float]) -> list[float]:
+    return [math.log(max(d, 1e-12)) for d in drifts]
+
+
+def log_spread(drifts: Sequence[float]) -> float:
+    """The spread of a layer's seed drifts on the log scale (what :func:`layer_deviation` shrinks)."""
+    return mean_sd(_logs(drifts))[1]
 
 
 def layer_band(d: Deviation) -> tuple[float, float]:
