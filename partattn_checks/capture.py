@@ -1,10 +1,17 @@
 """Exact, streaming capture of cross-attention while a diffusers model denoises (docs/capture.md).
 
-``AttentionRecorder`` swaps the processor of each selected cross-attention module, per instance,
-for a ``RecordingProcessor`` and restores the originals on exit (also on exceptions and
-KeyboardInterrupt). The recording processor computes the layer output with the very steps of the
-original processor and derives probabilities ``softmax(q kᵀ · scale)`` in fp32 from the same
-``q`` and ``k``, so outputs are bit-identical with capture on or off.
+``AttentionRecorder`` never replaces a module's code: every selected cross-attention module keeps
+its own processor (a user's fork included), and the recorder reads the tensors that processor
+makes through forward hooks on the module's projections and norms: the queries and keys (after
+``norm_q``/``norm_k`` when the module has them, else ``to_q``/``to_k`` split into heads), and the
+attention output handed to ``to_out[0]``. A :class:`ProcessorFamily` says how a processor class
+lays out its heads, folds parts and scales its scores; from that the recorder derives the
+probabilities ``softmax(q kᵀ · scale)`` in fp32 of the very ``q`` and ``k`` the layer used. On the
+first recorded step of each layer it checks that those probabilities reproduce the processor's
+own attention output (``P·V``, merged over heads, against the input of ``to_out[0]``) within
+:data:`VERIFY_TOLERANCE`; when they do not (a fork whose math differs from its family's), it
+refuses, naming the layer, the processor class and the size of the mismatch. Hooks only read, so
+the model's outputs are bit-identical with capture on or off, for any processor.
 
 Per (step, layer) call it keeps the conditional CFG half only, drops the time-token query row,
 reduces over queries right away (entropy, peak, effective keys, CLS mass, key-marginals), and keeps
@@ -14,19 +21,20 @@ the number of query tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from . import metrics
 from .errors import PartattnError
-from .model.attention import PartCrafterAttnProcessor, PreparedAttention, TripoSGAttnProcessor
 from .record import AttentionRecord
 from .runspec import RUN_KEYS, RunSpec, dtype_name, for_pipeline, run_meta
 from .selection import Selection  # noqa: F401  (part of this module's API)
 
-#: Processor class names from upstream PartCrafter/TripoSG forks that run our attention math.
-UPSTREAM_MATH = {"TripoSGAttnProcessor2_0": TripoSGAttnProcessor, "PartCrafterAttnProcessor": PartCrafterAttnProcessor}
+#: Largest relative mismatch (‖P·V − output‖ / ‖output‖) the verification accepts, per model dtype:
+#: the processor computes in that dtype, the recorder in fp32.
+VERIFY_TOLERANCE = {"float32": 1e-3, "float64": 1e-6, "float16": 1e-2, "bfloat16": 5e-2}
 
 
 class CaptureError(PartattnError, RuntimeError):
@@ -61,28 +69,65 @@ def _refuse_compiled(model: torch.nn.Module) -> None:
         what = f", processor {type(processor).__name__}" if processor is not None else ""
         raise CaptureError(
             f"module '{first}' ({type(module).__name__}{what}) of {type(model).__name__} is torch.compile'd "
-            f"(diffusers {_diffusers_version()}; compiled: {', '.join(compiled)}): processor swaps are "
-            f"invisible to a compiled graph. Record the uncompiled model, then compile for production"
+            f"(diffusers {_diffusers_version()}; compiled: {', '.join(compiled)}): hooks are invisible to a "
+            f"compiled graph. Record the uncompiled model, then compile for production"
         )
 
 
-def _math_for(name: str, processor):
-    """How to reproduce a processor: ('partcrafter', math) or ('standard', None); else a loud error."""
-    from diffusers.models import attention_processor as dap
+# ------------------------------------------------------------------------------ processor families
+@dataclass(frozen=True)
+class ProcessorFamily:
+    """How one kind of attention processor computes, as far as the recorder needs to know.
 
-    if isinstance(processor, TripoSGAttnProcessor):
-        return "partcrafter", processor
-    if type(processor).__name__ in UPSTREAM_MATH:
-        return "partcrafter", UPSTREAM_MATH[type(processor).__name__]()
-    if type(processor) in (dap.AttnProcessor2_0, dap.AttnProcessor):
-        return "standard", None
-    if isinstance(processor, RecordingProcessor):
-        raise CaptureError(
-            f"{_where(name, processor)}: this module is already being recorded; nested recorders are refused"
-        )
+    ``class_names``: processor classes of the family, matched by name along the class's MRO (so a
+    fork's class of the same name fits). ``heads_first``: keys and values are split heads-first
+    from ``cat(to_k(ctx), to_v(ctx))`` (PartCrafter/TripoSG); else diffusers' plain split.
+    ``folded``: a global block, whose parts of one CFG half share the first part's keys and values.
+    ``scale(attn, processor, head_dim)``: the factor of ``q kᵀ`` before the softmax. ``kind``: what
+    the record calls its layers (``local``, ``global``, ``standard``).
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    heads_first: bool
+    folded: bool
+    kind: str
+    scale: Callable[[object, object, int], float]
+
+    def matches(self, processor) -> bool:
+        return any(cls.__name__ in self.class_names for cls in type(processor).__mro__)
+
+
+def _sdpa_scale(attn, processor, head_dim: int) -> float:
+    return head_dim**-0.5  # scaled_dot_product_attention's default
+
+
+#: Known families, first match wins; :func:`register_family` adds one (e.g. a fork's processor).
+FAMILIES: list[ProcessorFamily] = [
+    ProcessorFamily("partcrafter-global", ("PartCrafterAttnProcessor",), True, True, "global", _sdpa_scale),
+    ProcessorFamily(
+        "partcrafter-local", ("TripoSGAttnProcessor", "TripoSGAttnProcessor2_0"), True, False, "local", _sdpa_scale
+    ),
+    ProcessorFamily("diffusers-sdpa", ("AttnProcessor2_0",), False, False, "standard", _sdpa_scale),
+    ProcessorFamily("diffusers-eager", ("AttnProcessor",), False, False, "standard", lambda a, p, d: a.scale),
+]
+
+
+def register_family(family: ProcessorFamily) -> None:
+    """Teach the recorder a processor family (checked before the built-in ones)."""
+    FAMILIES.insert(0, family)
+
+
+def family_of(name: str, processor) -> ProcessorFamily:
+    """The family of ``processor``, or a :class:`CaptureError` that says how to describe it."""
+    for family in FAMILIES:
+        if family.matches(processor):
+            return family
+    known = ", ".join(n for f in FAMILIES for n in f.class_names)
     raise CaptureError(
-        f"{_where(name, processor)}: unknown attention processor; the recorder knows PartCrafter/TripoSG processors "
-        f"and diffusers' AttnProcessor2_0/AttnProcessor. Set one of those on this module or record other layers"
+        f"{_where(name, processor)}: unknown attention processor; the recorder knows {known}. If this processor "
+        f"computes softmax(q kᵀ·scale)·V like one of them, describe it with partattn_checks.capture.register_family("
+        f"ProcessorFamily(...)) (docs/capture.md), or record other layers"
     )
 
 
@@ -95,112 +140,105 @@ class _LayerCall:
     full_map: torch.Tensor | None = None
 
 
-class RecordingProcessor:
-    """Stands in for one module's processor while recording; computes exactly what it would."""
+class _LayerTap:
+    """The hooks on one cross-attention module: they read what its own processor computes."""
 
-    def __init__(self, recorder: AttentionRecorder, name: str, original, family: str, math):
+    def __init__(self, recorder: AttentionRecorder, name: str, module, family: ProcessorFamily):
         self.recorder = recorder
         self.name = name
-        self.original = original
+        self.module = module
+        self.processor = module.processor
         self.family = family
-        self.math = math
+        self.verified = False
+        self.seen: dict[str, torch.Tensor] = {}
+        self.handles = []
 
-    def __call__(
-        self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
-        image_rotary_emb=None,
-        num_parts=None,
-        **kwargs,
-    ):
+    def attach(self) -> None:
+        m = self.module
+        if getattr(m, "_partattn_recording", False):
+            raise CaptureError(
+                f"{_where(self.name, self.processor)}: this module is already being recorded; nested recorders "
+                f"are refused"
+            )
+        slots = [("q", m.to_q), ("k", m.to_k), ("v", m.to_v)]
+        slots += [(slot, norm) for slot, norm in (("norm_q", m.norm_q), ("norm_k", m.norm_k)) if norm is not None]
+        self.handles = [mod.register_forward_hook(self._keep(slot)) for slot, mod in slots]
+        self.handles.append(m.to_out[0].register_forward_pre_hook(self._attended))
+        m._partattn_recording = True
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self.module._partattn_recording = False
+        self.seen = {}
+
+    def _keep(self, slot: str):
+        def hook(_module, _inputs, output):
+            if self.recorder.current_step() is not None:
+                self.seen[slot] = output
+
+        return hook
+
+    def _attended(self, _module, inputs) -> None:
+        """``to_out[0]`` is about to run on the processor's merged attention output: record the call."""
         step = self.recorder.current_step()
+        seen, self.seen = self.seen, {}
         if step is None:
-            return self._call_original(
-                attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb, num_parts, kwargs
-            )
-        if self.family == "partcrafter":
-            if attention_mask is not None or image_rotary_emb is not None:
-                raise CaptureError(f"{_where(self.name, self.original)}: masks and rotary embeddings are not supported")
-            prepared = self.math.prepare(attn, hidden_states, encoder_hidden_states, num_parts)
-            out = self.math.finish(attn, prepared, self.math.attend(prepared), prepared.query.dtype)
-            query, key = _per_part_query_key(prepared)
-            scale = query.shape[-1] ** -0.5  # scaled_dot_product_attention's default
-        else:
-            out, query, key = self._standard(attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
-            scale = _standard_scale(attn, self.original, query.shape[-1])
+            return
+        query, key, value = self._heads(seen)
+        scale = self.family.scale(self.module, self.processor, query.shape[-1])
+        if not self.verified:
+            self.verified = self._verify(query, key, value, scale, inputs[0])
         self.recorder.observe(self.name, step, query, key, scale)
-        return out
 
-    def _call_original(
-        self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb, num_parts, kwargs
-    ):
-        extra = dict(kwargs)
-        if image_rotary_emb is not None:
-            extra["image_rotary_emb"] = image_rotary_emb
-        if num_parts is not None:
-            extra["num_parts"] = num_parts
-        if temb is not None:
-            extra["temb"] = temb
-        return self.original(
-            attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **extra
-        )
+    def _heads(self, seen):
+        """Per-part ``(B, H, L, d)`` queries, keys and values, as the family lays them out."""
+        attn, heads = self.module, self.module.heads
+        missing = [slot for slot in ("q", "k", "v") if slot not in seen]
+        if missing:
+            raise CaptureError(f"{_where(self.name, self.processor)}: the processor never called {missing[0]}")
+        batch = seen["q"].shape[0]
+        head_dim = seen["q"].shape[-1] // heads
+        if self.family.heads_first:
+            kv = torch.cat((seen["k"], seen["v"]), dim=-1).view(batch, -1, heads, 2 * head_dim).transpose(1, 2)
+            key, value = kv[..., :head_dim], kv[..., head_dim:]
+        else:
+            key, value = (seen[s].view(batch, -1, heads, head_dim).transpose(1, 2) for s in ("k", "v"))
+        query = seen.get("norm_q", seen["q"].view(batch, -1, heads, head_dim).transpose(1, 2))
+        key = seen.get("norm_k", key) if attn.norm_k is not None else key
+        if self.family.folded:  # every part of a CFG half uses the first part's keys and values
+            n = self.recorder.num_parts
+            if batch % n:
+                raise CaptureError(f"{_where(self.name, self.processor)}: batch {batch} is not a multiple of {n} parts")
+            key, value = (t[::n].repeat_interleave(n, dim=0) for t in (key, value))
+        return query, key, value
 
-    def _standard(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs):
-        """Run the original diffusers processor; catch its q and k with temporary forward hooks."""
-        seen = {}
-
-        def keep(slot):
-            def hook(_module, _inputs, output):
-                seen[slot] = output
-
-            return hook
-
-        hooks = [attn.to_q.register_forward_hook(keep("q")), attn.to_k.register_forward_hook(keep("k"))]
-        if attn.norm_q is not None:
-            hooks.append(attn.norm_q.register_forward_hook(keep("norm_q")))
-        if attn.norm_k is not None:
-            hooks.append(attn.norm_k.register_forward_hook(keep("norm_k")))
-        try:
-            out = self._call_original(
-                attn, hidden_states, encoder_hidden_states, attention_mask, temb, None, None, kwargs
+    def _verify(self, query, key, value, scale, attended) -> bool:
+        """Do the probabilities reproduce the processor's output (``P·V`` against ``attended``)?
+        Returns False (try the next recorded step) when non-finite values make it undecidable."""
+        err2 = ref2 = 0.0
+        heads = query.shape[1]
+        for b in range(query.shape[0]):  # one batch row at a time bounds peak memory
+            probs = torch.softmax((query[b].float() * scale) @ key[b].float().transpose(-1, -2), dim=-1)
+            rebuilt = (probs @ value[b].float()).transpose(0, 1).reshape(-1, heads * value.shape[-1])
+            out = attended[b].float()
+            err2 += float((rebuilt - out).pow(2).sum())
+            ref2 += float(out.pow(2).sum())
+        if not (err2 == err2 and ref2 == ref2) or err2 == float("inf"):  # NaN/Inf: decide on a later step
+            return False
+        mismatch = (err2 / ref2) ** 0.5 if ref2 > 0 else (0.0 if err2 == 0 else float("inf"))
+        dtype = dtype_name(attended.dtype)
+        tolerance = VERIFY_TOLERANCE.get(dtype, 1e-2)
+        if mismatch > tolerance:
+            raise CaptureError(
+                f"{_where(self.name, self.processor)}: the probabilities softmax(q kᵀ·scale) of the {self.family.name} "
+                f"family do not reproduce this processor's attention output (relative mismatch {mismatch:.3g} > "
+                f"{tolerance:g} for {dtype}): its math differs from its family's, so what would be recorded is not "
+                f"the attention it computes. Describe it with partattn_checks.capture.register_family(ProcessorFamily("
+                f"...)) (its head layout, folding and score scale; docs/capture.md)"
             )
-        finally:
-            for hook in hooks:
-                hook.remove()
-        if attention_mask is not None:
-            raise CaptureError(f"{_where(self.name, self.original)}: attention masks are not supported by the recorder")
-        batch, head_dim = hidden_states.shape[0], attn.inner_dim // attn.heads
-        query = seen.get("norm_q", _heads(seen["q"], batch, attn.heads, head_dim))
-        key = seen.get("norm_k", _heads(seen["k"], batch, attn.heads, head_dim))
-        return out, query, key
-
-
-def _standard_scale(attn, processor, head_dim: int) -> float:
-    """AttnProcessor2_0 calls scaled_dot_product_attention without a scale; AttnProcessor uses attn.scale."""
-    from diffusers.models.attention_processor import AttnProcessor
-
-    return attn.scale if type(processor) is AttnProcessor else head_dim**-0.5
-
-
-def _heads(t: torch.Tensor, batch: int, heads: int, head_dim: int) -> torch.Tensor:
-    return t.view(batch, -1, heads, head_dim).transpose(1, 2)
-
-
-def _per_part_query_key(prepared: PreparedAttention) -> tuple[torch.Tensor, torch.Tensor]:
-    """Queries as ``(B, H, Lq, d)`` per part, keys as ``(B, H, Lk, d)`` per part, undoing the fold.
-
-    In a global cross-attention block all parts of a CFG half share the first part's keys, so
-    each part's rows use that half's key tensor.
-    """
-    query, key, n = prepared.query, prepared.key, prepared.num_parts
-    if n is None:
-        return query, key
-    b, heads, nl, dim = query.shape
-    query = query.view(b, heads, n, nl // n, dim).transpose(1, 2).reshape(b * n, heads, nl // n, dim)
-    return query, key.repeat_interleave(n, dim=0)
+        return True
 
 
 class AttentionRecorder:
@@ -237,7 +275,7 @@ class AttentionRecorder:
         self.patch_grid = tuple(patch_grid) if patch_grid else None
         self.nonfinite_mode = nonfinite
         self.meta = dict(meta or {})
-        self._originals: dict[str, tuple[torch.nn.Module, object]] = {}
+        self._taps: dict[str, _LayerTap] = {}
         self._kinds: dict[str, str] = {}
         self._calls: dict[tuple[int, str], _LayerCall] = {}
         self._timesteps: dict[int, float] = {}
@@ -268,15 +306,14 @@ class AttentionRecorder:
         self.layer_names = self.selection.pick_layers(names)
         self._wants_full = self.selection.full_map_test(names)
         chosen = dict(modules)
-        plans = {n: _math_for(n, chosen[n].processor) for n in self.layer_names}
+        families = {n: family_of(n, chosen[n].processor) for n in self.layer_names}  # all known before any hook
         try:
             for name in self.layer_names:
-                module = chosen[name]
-                family, math = plans[name]
-                self._originals[name] = (module, module.processor)
-                self._kinds[name] = _layer_kind(module.processor, family)
-                module.set_processor(RecordingProcessor(self, name, module.processor, family, math))
-            self._hook = self.model.register_forward_pre_hook(self._count_forward)
+                tap = _LayerTap(self, name, chosen[name], families[name])
+                tap.attach()
+                self._taps[name] = tap
+                self._kinds[name] = families[name].kind
+            self._hook = self.model.register_forward_pre_hook(self._count_forward, with_kwargs=True)
         except BaseException:
             self._restore()
             raise
@@ -291,9 +328,8 @@ class AttentionRecorder:
             self._validate_counts()
 
     def _restore(self) -> None:
-        for module, processor in self._originals.values():
-            module.set_processor(processor)
-        self._originals.clear()
+        for tap in self._taps.values():
+            tap.detach()
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -312,11 +348,15 @@ class AttentionRecorder:
             self._nonfinite.append({"step": int(step), "layer": None, "where": "latents"})
         self._check_nonfinite()
 
-    def _count_forward(self, _module, args, kwargs=None) -> None:
+    def _count_forward(self, _module, args, kwargs) -> None:
+        """Used alone (no ``begin_step``), every forward call of the model is one step; its timestep
+        is read from the call (``timestep=`` or the second positional argument, as diffusers
+        transformers take it)."""
         if self._explicit_steps:
             return
         self._step = self._forward_count
-        self._timesteps[self._step] = float("nan")
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        self._timesteps[self._step] = _first_value(timestep)
         self._forward_count += 1
 
     def current_step(self) -> int | None:
@@ -338,7 +378,7 @@ class AttentionRecorder:
         """Reduce one call's attention (conditional half, time token dropped) and keep the result."""
         if (step, name) in self._calls:
             raise CaptureError(
-                f"{_where(name, self._originals[name][1])}: called twice in step {step}; the recorder expects one "
+                f"{_where(name, self._taps[name].processor)}: called twice in step {step}; the recorder expects one "
                 f"model call per step (drive it with begin_step/end_step or one forward per step)"
             )
         query, key = self._conditional(query), self._conditional(key)
@@ -372,7 +412,7 @@ class AttentionRecorder:
             first = self._nonfinite[0]
             where = f"layer {first['layer']}" if first["layer"] else "the latents"
             layer = first["layer"]
-            detail = _where(layer, self._originals.get(layer, (None, "?"))[1]) if layer else ""
+            detail = _where(layer, self._taps[layer].processor) if layer in self._taps else ""
             raise CaptureError(f"non-finite values in {where} at step {first['step']}{': ' + detail if detail else ''}")
 
     def _validate_counts(self) -> None:
@@ -426,13 +466,14 @@ class AttentionRecorder:
         )
 
 
-def _layer_kind(processor, family: str) -> str:
-    if family == "standard":
-        return "standard"
-    is_global = (
-        isinstance(processor, PartCrafterAttnProcessor) or type(processor).__name__ == "PartCrafterAttnProcessor"
-    )
-    return "global" if is_global else "local"
+def _first_value(timestep) -> float:
+    """The timestep of a forward call as a float (the first element of a tensor), NaN when absent."""
+    if timestep is None:
+        return float("nan")
+    try:
+        return float(torch.as_tensor(timestep).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError, RuntimeError):
+        return float("nan")
 
 
 def record_attention(

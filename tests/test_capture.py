@@ -26,13 +26,15 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
+from partattn_checks.capture import FAMILIES as CAPTURE_FAMILIES
 from partattn_checks.capture import (
     AttentionRecorder,
     CaptureError,
-    RecordingProcessor,
+    ProcessorFamily,
     Selection,
     cross_attention_modules,
     record_attention,
+    register_family,
 )
 from partattn_checks.model.attention import PartCrafterAttnProcessor, TripoSGAttnProcessor, split_heads_first
 from partattn_checks.model.pipeline import PartCrafterPipeline
@@ -69,6 +71,15 @@ def model():
 
 def processors(model):
     return {name: module.processor for name, module in cross_attention_modules(model)}
+
+
+def hook_count(model) -> int:
+    """Forward hooks and pre-hooks on the cross-attention modules' submodules (the recorder's taps)."""
+    return sum(
+        len(sub._forward_hooks) + len(sub._forward_pre_hooks)
+        for _, module in cross_attention_modules(model)
+        for sub in module.modules()
+    )
 
 
 def run_steps(model, num_parts, *, steps=2, tokens=16, cfg=True, image_tokens=None, seed=0):
@@ -311,12 +322,14 @@ def test_time_token_dropped_and_cls_separate(pipe):
 
 
 # ---------------------------------------------------------------------------------- cleanup
-def test_restores_processors_on_normal_exit(model):
+def test_processors_are_never_replaced_and_the_taps_come_off(model):
     before = processors(model)
     with AttentionRecorder(model, num_parts=2) as rec:
         inside = processors(model)
+        taps = hook_count(model)
         run_steps(model, 2, steps=1)
-    assert all(isinstance(p, RecordingProcessor) for p in inside.values())
+    assert all(inside[n] is before[n] for n in before)  # every module's own processor runs
+    assert taps > 0 and hook_count(model) == 0
     assert all(processors(model)[n] is before[n] for n in before)
     assert rec.record().num_steps == 1
 
@@ -328,7 +341,7 @@ def test_restores_processors_when_interrupted(model, error):
         with AttentionRecorder(model, num_parts=2):
             run_steps(model, 2, steps=1)
             raise error
-    assert all(processors(model)[n] is before[n] for n in before)
+    assert all(processors(model)[n] is before[n] for n in before) and hook_count(model) == 0
 
 
 def test_restores_processors_on_zero_captures(model):
@@ -347,10 +360,11 @@ def test_nested_recorders_are_refused(model):
             with AttentionRecorder(model, num_parts=2, selection=Selection(layers=[3])):
                 pass
         message = str(info.value)
-        assert "blocks.3.attn2" in message and "RecordingProcessor" in message and diffusers.__version__ in message
-        assert all(isinstance(p, RecordingProcessor) and p.recorder is outer for p in processors(model).values())
-        run_steps(model, 2, steps=1)
-    assert all(processors(model)[n] is before[n] for n in before)
+        assert "blocks.3.attn2" in message and "TripoSGAttnProcessor" in message and diffusers.__version__ in message
+        assert all(processors(model)[n] is before[n] for n in before)
+        run_steps(model, 2, steps=1)  # the outer recorder's taps are still on
+    assert outer.record().num_steps == 1
+    assert all(processors(model)[n] is before[n] for n in before) and hook_count(model) == 0
     with pytest.raises(CaptureError, match="already used; use a new one per run"):
         with outer:  # a second run would be appended to the first one's: refused
             pass
@@ -376,7 +390,8 @@ def test_unknown_processor_is_named(model):
         AttentionRecorder(model, num_parts=2).__enter__()
     message = str(info.value)
     assert "blocks.1.attn2" in message and "DummyProcessor" in message and diffusers.__version__ in message
-    assert all(processors(model)[n] is before[n] for n in before)  # nothing was swapped
+    assert "register_family" in message  # how to describe it
+    assert all(processors(model)[n] is before[n] for n in before) and hook_count(model) == 0
     # Recording the other layers is fine.
     with AttentionRecorder(model, num_parts=2, selection=Selection(layers=[0, 2, 3, 4])) as rec:
         run_steps(model, 2, steps=1)
@@ -420,7 +435,7 @@ def test_compiled_model_is_refused_before_compiling(model, target):
     message = str(info.value)
     assert f"'{target or '<root>'}'" in message and diffusers.__version__ in message
     assert dict(counters["frames"]) == frames  # nothing was traced or compiled
-    assert all(processors(model)[n] is before[n] for n in before)
+    assert all(processors(model)[n] is before[n] for n in before) and hook_count(model) == 0
 
 
 def _nan_key_weight(pipeline, layer):
@@ -687,3 +702,74 @@ def test_upstream_processor_names_are_accepted(model, style):
     assert record.layer_kinds == ["global" if i in GLOBAL else "local" for i in range(5)]
     for name in ("entropy", "peak", "eff_keys", "cls_mass", "marginals"):
         assert torch.equal(getattr(record, name), getattr(ours_record, name)), name
+
+
+# ---------------------------------------------------------------------------------- a fork's own math
+class ForkedTripoSGAttnProcessor2_0(TripoSGAttnProcessor):
+    """A fork's local processor whose scores are scaled ×``factor`` inside its attention call."""
+
+    factor = 3.0
+
+    @classmethod
+    def attend(cls, prepared):
+        d = prepared.query.shape[-1]
+        return torch.nn.functional.scaled_dot_product_attention(
+            prepared.query, prepared.key, prepared.value, scale=cls.factor * d**-0.5
+        )
+
+
+ForkedTripoSGAttnProcessor2_0.__name__ = "TripoSGAttnProcessor2_0"
+
+
+def test_a_fork_whose_math_differs_runs_its_own_code_and_is_refused_by_name(model):
+    model.blocks[1].attn2.set_processor(ForkedTripoSGAttnProcessor2_0())
+    plain = run_steps(model, 2)
+    with pytest.raises(CaptureError) as info:
+        with AttentionRecorder(model, num_parts=2):
+            captured = run_steps(model, 2, steps=1)
+    message = str(info.value)
+    assert "blocks.1.attn2" in message and "TripoSGAttnProcessor2_0" in message and "relative mismatch" in message
+    assert "register_family" in message
+    # What ran under the recorder was the fork's code, not ours: record only other layers and compare.
+    with AttentionRecorder(model, num_parts=2, selection=Selection(layers=[0, 2, 3, 4])) as rec:
+        captured = run_steps(model, 2)
+    assert all(torch.equal(a, b) for a, b in zip(plain, captured, strict=True))
+    assert rec.record().num_steps == 2
+    assert hook_count(model) == 0
+
+
+def test_a_fork_described_by_its_family_is_recorded_as_it_computes(model):
+    forked = type("ScaledScoresProcessor", (ForkedTripoSGAttnProcessor2_0,), {})
+    attn = model.blocks[1].attn2
+    attn.set_processor(forked())
+    family = ProcessorFamily(
+        "scaled-scores", ("ScaledScoresProcessor",), True, False, "local", lambda a, p, d: 3.0 * d**-0.5
+    )
+    register_family(family)
+    seen = []
+    hook = attn.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append((args[0], kwargs["encoder_hidden_states"], out)), with_kwargs=True
+    )
+    try:
+        plain = run_steps(model, 2)
+        seen.clear()
+        with AttentionRecorder(model, num_parts=2, selection=Selection(layers=[1], full_maps=[(1, 1)])) as rec:
+            captured = run_steps(model, 2)
+    finally:
+        hook.remove()
+        CAPTURE_FAMILIES.remove(family)
+    assert all(torch.equal(a, b) for a, b in zip(plain, captured, strict=True))
+    record = rec.record()
+    assert record.layers == ["blocks.1.attn2"] and record.num_steps == 2
+    # the stored map is the fork's: to_out(P·V) rebuilds the fork's own output at that step
+    hidden, context, output = seen[1]
+    _, _, value = split_heads_first(attn, hidden, context)
+    assert_pv_reproduces(output[2:, 1:], record.full_maps[(1, "blocks.1.attn2")], value[2:], attn.to_out)
+
+
+def test_used_alone_every_forward_is_a_step_with_its_own_timestep(model):
+    with AttentionRecorder(model, num_parts=2) as rec:
+        run_steps(model, 2, steps=3)
+    record = rec.record()
+    assert record.steps == [0, 1, 2]
+    assert record.timesteps == pytest.approx([1000.0, 1000.0 * 2 / 3, 1000.0 / 3])
