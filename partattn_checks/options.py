@@ -77,6 +77,14 @@ OPTIONS: tuple[Option, ...] = (
         default_text="the embedded tiny checkpoint (partattn_checks/data/partcrafter-tiny)",
     ),
     Option(
+        "pipeline",
+        "module:factory of your own pipeline (an upstream-style PartCrafter pipeline, a fork's), imported from the "
+        "rootdir and called as factory(model, device, dtype) with --partattn-model (or None)",
+        default=None,
+        metavar="MODULE:FACTORY",
+        default_text="none: the built-in PartCrafter pipeline",
+    ),
+    Option(
         "device",
         "auto | cpu | cuda | cuda:N (auto picks CUDA when present)",
         default="auto",
@@ -247,6 +255,7 @@ class Settings:
     sources: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)  # what the user wrote, per option
     num_tokens: int | None = None  # last, with a default: code that builds Settings by keyword keeps working
+    pipeline: str | None = None
     baseline_seeds: int = DEFAULT_BASELINE_SEEDS
     seeds: int = 1
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE

@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not settings.enabled:
         return
     hooks = [impl.plugin_name for impl in config.hook.pytest_partattn_load_pipeline.get_hookimpls()]
-    options.check_enabled_settings(settings, custom_pipeline=bool(hooks))
+    options.check_enabled_settings(settings, custom_pipeline=bool(hooks) or settings.pipeline is not None)
     thresholds, source = options.load_thresholds(settings)
     worker = getattr(config, "workerinput", {}).get("workerid")
     if worker is None:
@@ -84,12 +84,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _pipeline_loader(config: pytest.Config, settings: options.Settings, device: DeviceChoice):
     """How this process gets its pipeline (called lazily, once): the first non-None
-    ``pytest_partattn_load_pipeline`` result, else the ``--partattn-model`` checkpoint."""
+    ``pytest_partattn_load_pipeline`` result, else ``--partattn-pipeline``'s factory, else the
+    ``--partattn-model`` checkpoint. An upstream-style pipeline is wrapped (``upstream.as_pipeline``)."""
 
     def load():
+        from .upstream import as_pipeline, build_pipeline
+
         custom = config.hook.pytest_partattn_load_pipeline(config=config, device=device.device, dtype=settings.dtype)
         if custom is not None:
-            return custom
+            return as_pipeline(custom)
+        if settings.pipeline is not None:
+            model = settings.model if settings.sources.get("model") != "default" else None
+            return build_pipeline(
+                settings.pipeline, settings.rootdir, model, device.device, settings.dtype, settings.where("pipeline")
+            )
         from .model.pipeline import PartCrafterPipeline
 
         return PartCrafterPipeline.from_pretrained(

@@ -379,6 +379,9 @@ def header_lines(settings, device, thresholds_source: str, custom_hooks: list[st
 
     if custom_hooks:
         model = f"from pytest_partattn_load_pipeline ({', '.join(custom_hooks)})"
+    elif getattr(settings, "pipeline", None):
+        given = settings.sources.get("model") != "default"
+        model = f"{settings.pipeline}({settings.shown(settings.model) if given else 'None'}, ...)"
     elif settings.model_is_embedded:
         model = f"embedded {settings.model.name} ({settings.model})"
     else:

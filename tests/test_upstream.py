@@ -1,0 +1,106 @@
+"""Upstream-style pipelines under the recorder and the gate: the adapter's record equals our
+pipeline's for the same seed, no mesh is decoded, a fork whose attention differs is refused by
+name while its outputs stay its own, and ``--partattn-pipeline=module:factory`` runs the gate."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import upstream_standin
+from plugin_support import outcomes
+
+from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.capture import AttentionRecorder, CaptureError, Selection, record_attention
+from partattn_checks.model.pipeline import PartCrafterPipeline
+from partattn_checks.upstream import PipelineError, UpstreamPipeline, as_pipeline, load_factory
+
+pytest_plugins = ("pytester",)
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = REPO / "fixtures" / "images" / "np2_circle_square.png"
+RECORDED = ("entropy", "peak", "eff_keys", "cls_mass", "marginals")
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return PartCrafterPipeline.from_pretrained(EMBEDDED_MODEL)
+
+
+@pytest.fixture(scope="module")
+def adapted():
+    return as_pipeline(upstream_standin.factory(None, "cpu", "float32"))
+
+
+def test_the_adapter_records_what_our_pipeline_records(ours, adapted):
+    assert isinstance(adapted, UpstreamPipeline) and adapted.patch_grid == ours.patch_grid
+    kwargs = dict(steps=3, seed=5, num_tokens=16, guidance_scale=7.0)
+    _, mine = record_attention(ours, IMAGE, 2, **kwargs)
+    result, theirs = record_attention(adapted, IMAGE, 2, **kwargs)  # stops before mesh decoding
+    assert theirs.steps == mine.steps == [0, 1, 2]
+    assert theirs.timesteps == pytest.approx(mine.timesteps)  # read from the transformer's forward
+    assert theirs.layer_kinds == mine.layer_kinds
+    for name in RECORDED:
+        assert torch.equal(getattr(theirs, name), getattr(mine, name)), name
+    assert len(result.timesteps) == 3
+
+
+def test_a_fork_regression_is_refused_by_name_and_capture_does_not_change_it(adapted, monkeypatch):
+    monkeypatch.setenv(upstream_standin.FORK_SCALE, "3")
+    kwargs = dict(steps=2, seed=1, num_tokens=16, guidance_scale=7.0)
+    with pytest.raises(CaptureError) as info:
+        record_attention(adapted, IMAGE, 2, **kwargs)
+    message = str(info.value)
+    assert "blocks.1.attn2" in message and "TripoSGAttnProcessor2_0" in message and "relative mismatch" in message
+    plain = adapted(IMAGE, 2, **kwargs).latents
+    with AttentionRecorder(adapted.transformer, num_parts=2, selection=Selection(layers=[0, 2, 4])) as rec:
+        captured = adapted(IMAGE, 2, observers=(rec,), **kwargs).latents
+    assert torch.equal(plain, captured)  # the fork's own code ran, with and without capture
+    monkeypatch.delenv(upstream_standin.FORK_SCALE)
+    healthy = adapted(IMAGE, 2, **kwargs).latents
+    assert not torch.equal(plain, healthy)  # and it is the fork's: the scores really were scaled
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_colon", "expected module:factory"),
+        ("no_such_module_here:factory", "cannot import no_such_module_here"),
+        ("upstream_standin:nothing", "upstream_standin has no nothing"),
+        ("upstream_standin:FORK_SCALE", "is not callable"),
+    ],
+)
+def test_a_bad_factory_is_named(spec, message):
+    with pytest.raises(PipelineError, match=message):
+        load_factory(spec, REPO / "tests")
+
+
+def test_the_gate_runs_an_upstream_style_pipeline(pytester, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    images = ("np2_circle_square.png", "np3_three_shapes.png")
+    folder = pytester.path / "fixtures" / "images"
+    folder.mkdir(parents=True)
+    for name in images:
+        shutil.copyfile(REPO / "fixtures" / "images" / name, folder / name)
+        stem = name.rsplit(".", 1)[0]
+        shutil.copytree(REPO / "fixtures" / "baselines" / stem, pytester.path / "fixtures" / "baselines" / stem)
+    shutil.copyfile(Path(upstream_standin.__file__), pytester.path / "upstream_standin.py")
+    args = (
+        "-p",
+        "no:cacheprovider",
+        "--partattn",
+        "--partattn-pipeline=upstream_standin:factory",
+        f"--partattn-model={EMBEDDED_MODEL}",  # the factory loads it; its partattn.json gives the run settings
+    )
+    healthy = pytester.runpytest_inprocess(*args)
+    found = outcomes(healthy)
+    assert healthy.ret == 0 and set(found.values()) == {"passed"} and len(found) == 2 * 6 + 1, found
+    healthy.stdout.fnmatch_lines([f"partattn: model upstream_standin:factory({EMBEDDED_MODEL}, ...)*"])
+
+    monkeypatch.setenv(upstream_standin.FORK_SCALE, "3")
+    forked = pytester.runpytest_inprocess(*args)
+    assert forked.ret == pytest.ExitCode.TESTS_FAILED
+    assert set(outcomes(forked).values()) == {"failed"}
+    forked.stdout.fnmatch_lines(["*blocks.1.attn2*TripoSGAttnProcessor2_0*relative mismatch*"])
