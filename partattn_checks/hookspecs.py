@@ -13,7 +13,9 @@ def pytest_partattn_load_pipeline(config: pytest.Config, device: str, dtype: str
     the first non-``None`` result wins. The default loads ``--partattn-model`` with
     ``PartCrafterPipeline.from_pretrained(path, device=device, dtype=...)``.
 
-    The object must offer what ``partattn_checks.capture.record_attention`` uses: ``transformer``
+    An upstream-style PartCrafter pipeline (``pipe(image=[img] * N, attention_kwargs=...,
+    num_inference_steps=..., generator=...)``) is wrapped in ``partattn_checks.upstream.UpstreamPipeline``.
+    Otherwise the object must offer what ``partattn_checks.capture.record_attention`` uses: ``transformer``
     (a diffusers model whose cross-attention modules use PartCrafter/TripoSG or standard diffusers
     processors), ``run_defaults`` (dict with ``num_tokens``, ``steps``, ``guidance_scale``),
     ``patch_grid``, ``checkpoint.path``, ``dtype``, ``device`` and

@@ -37,6 +37,12 @@ def add_parser(sub):
         help="latent tokens per part (default: the plugin's, i.e. the checkpoint's)",
     )
     parser.add_argument("--device", type=device_arg, help="auto, cpu, cuda or cuda:N (default: the plugin's)")
+    parser.add_argument(
+        "--pipeline",
+        metavar="MODULE:FACTORY",
+        help="your own pipeline (an upstream-style PartCrafter pipeline, a fork's): factory(model, device, dtype), "
+        "imported from the current folder (the gate's --partattn-pipeline)",
+    )
     parser.set_defaults(func=main)
     return parser
 
@@ -93,7 +99,10 @@ def main(args, extra) -> int:
     fixtures = Path(args.fixtures).expanduser() if args.fixtures else DEFAULT_FIXTURES
     if not fixtures.is_dir():
         raise UsageError(f"fixture folder not found: {fixtures} (pass --fixtures DIR, a folder of np<N>_*.png images)")
-    check_model(model)
+    if args.pipeline is None:
+        check_model(model)  # a factory may load a layout of its own
+    else:
+        extra = [f"--partattn-pipeline={args.pipeline}", *extra]
     pytest_args = (
         _plugin_args()
         + ["-W", REWRITE_WARNING_FILTER]
