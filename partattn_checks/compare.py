@@ -29,7 +29,7 @@ CHANGED_FLOOR = 1e-3
 
 
 class CompareError(PartattnError, ValueError):
-    """Two checkpoints that cannot be compared (different layers, heads or patch grids)."""
+    """Two checkpoints that cannot be compared (different architectures, layers, heads or patch grids)."""
 
 
 @dataclass
@@ -195,29 +195,31 @@ def compare_checkpoints(
     dtype: str = "float32",
     thresholds: Thresholds | None = None,
     base=None,
+    ema: bool = False,
     progress: Callable[[int], None] | None = None,
     keep: Callable[[str, object, object, object, object], None] | None = None,
 ) -> Comparison:
     """Run ``images`` (``sidecar.ImageSpec`` from ``trend.fixture_images``, or paths named np<N>_...)
     through checkpoints ``a`` and ``b`` with the same settings and compare them. Both models are
-    loaded once; each image runs with its sidecar's settings and ``[thresholds.*]`` overrides.
+    loaded once, after their ``config.json`` files were found to describe the same architecture; each
+    image runs with its sidecar's settings and ``[thresholds.*]`` overrides.
     ``keep(image, record_a, record_b, pipeline_a, pipeline_b)`` sees each pair of records (the
-    command draws from them). A transformer-only folder borrows the rest from ``base``."""
-    from .trend import TrendCheckpoint, _kind, load_pipeline, pipeline_session
+    command draws from them). A transformer-only folder (e.g. upstream's ``000500/``) borrows the rest
+    from ``base``; ``ema`` judges ``transformer_ema/`` instead of ``transformer/`` on both sides."""
+    from .trend import TrendError, as_checkpoint, check_architecture, load_pipeline, pipeline_session
 
     specs = [_as_spec(i) for i in images]
-    pipelines = []
-    for path in (a, b):
-        path = Path(path).expanduser()
-        kind = _kind(path)
-        if kind is None:
-            raise CompareError(f"{path}: not a checkpoint folder (no model_index.json or transformer/)")
-        if kind == "transformer" and base is None:
-            raise CompareError(f"{path} holds only transformer/; pass base= (--base DIR) to borrow the rest")
-        pipelines.append(
-            load_pipeline(TrendCheckpoint(path, None, kind == "transformer"), base=base, device=device, dtype=dtype)
-        )
-    comparison = Comparison(str(a), str(b), [], 0, {"steps": steps, "seed": seed, "device": device, "dtype": dtype})
+    try:
+        sides = [as_checkpoint(path, ema=ema) for path in (a, b)]
+    except TrendError as err:
+        raise CompareError(str(err)) from None
+    for side in sides:
+        if side.transformer_only and base is None:
+            raise CompareError(f"{side.path} holds only {side.weights}/; pass base= (--base DIR) to borrow the rest")
+    check_architecture(sides, CompareError)
+    pipelines = [load_pipeline(side, base=base, device=device, dtype=dtype) for side in sides]
+    settings = {"steps": steps, "seed": seed, "device": device, "dtype": dtype, "weights": sides[0].weights}
+    comparison = Comparison(str(a), str(b), [], 0, settings)
     side_a, side_b = (pipeline_session(p, {"steps": steps, "seed": seed}, thresholds, CHECKS) for p in pipelines)
     # image by image, A then B (zip pulls one outcome from each in turn)
     pairs = zip(side_a.run_set(specs), side_b.run_set(specs), strict=True)

@@ -1,9 +1,11 @@
 """Attention health over training: the fixture images through each saved checkpoint, in step order.
 
 * :func:`find_checkpoints` turns paths into ordered :class:`TrendCheckpoint` entries: a checkpoint
-  folder, or a training output folder holding accelerate-style ``checkpoint-N/`` subfolders
-  (ordered by N). A folder holding only ``transformer/`` borrows the rest (image encoder, feature
-  extractor, scheduler, ``partattn.json``) from a base checkpoint.
+  folder, or a run folder of step subfolders (accelerate's ``checkpoint-N/``, upstream PartCrafter's
+  ``000500/``), ordered by step. A folder holding only ``transformer/`` (and/or ``transformer_ema/``)
+  borrows the rest (image encoder, feature extractor, scheduler, ``partattn.json``) from a base
+  checkpoint; the optimizer, scheduler and RNG files beside it are never read. ``ema=True`` judges
+  ``transformer_ema/``. Checkpoints of different architectures (``config.json``) are refused.
 * :func:`load_pipeline` loads one of them (once), through the normal loader.
 * :func:`fixture_images` lists a folder's images with their part counts and sidecars.
 * :func:`run_trend` runs and judges every image on every checkpoint; the :class:`Trend` it returns
@@ -26,9 +28,26 @@ from pathlib import Path
 from .checks import CHECKS, REGISTRY, Thresholds
 from .errors import PartattnError
 
-#: ``checkpoint-1500`` (accelerate, diffusers' training scripts), else a trailing number (``step_300``).
-STEP_NAME = re.compile(r"^checkpoint[-_](\d+)$")
-TRAILING_NUMBER = re.compile(r"(\d+)$")
+#: A step folder: ``checkpoint-1500`` (accelerate, diffusers' training scripts) or ``001500`` (upstream
+#: PartCrafter's ``accelerator.save_state(<ckpt_dir>/<step:06d>)``). ``seed1`` or ``run_v2`` is no step.
+STEP_NAME = re.compile(r"^(?:checkpoint[-_])?(\d+)$")
+#: The transformer subfolders a checkpoint may hold: the trained weights and their EMA.
+WEIGHTS = ("transformer", "transformer_ema")
+#: ``PartCrafterDiTModel``'s arguments: the ``config.json`` keys that fix the transformer's shape. Others
+#: (``_diffusers_version``, an EMA's ``decay`` and ``optimization_step``) may differ between checkpoints.
+ARCHITECTURE_KEYS = (
+    "num_attention_heads",
+    "width",
+    "in_channels",
+    "num_layers",
+    "cross_attention_dim",
+    "max_num_parts",
+    "enable_part_embedding",
+    "enable_local_cross_attn",
+    "enable_global_cross_attn",
+    "global_attn_block_ids",
+    "global_attn_block_id_range",
+)
 #: Headline metrics (``AttentionRecord.summary`` keys) the trend follows, mean over images.
 HEADLINE = ("separation", "entropy_mean", "peak_mean", "stability_max_jump")
 
@@ -40,12 +59,18 @@ class TrendError(PartattnError, ValueError):
 @dataclass(frozen=True)
 class TrendCheckpoint:
     path: Path
-    step: int | None  # from the folder name; None when it has no number
+    step: int | None  # from the folder name (checkpoint-N or all digits); None otherwise
     transformer_only: bool = False  # borrows the rest from the base checkpoint
+    weights: str = "transformer"  # the subfolder judged: "transformer" or "transformer_ema"
 
     @property
     def label(self) -> str:
         return self.path.name
+
+    @property
+    def config(self) -> Path:
+        """The judged transformer's ``config.json``."""
+        return self.path / self.weights / "config.json"
 
     def to_dict(self) -> dict:
         return {
@@ -53,76 +78,130 @@ class TrendCheckpoint:
             "label": self.label,
             "step": self.step,
             "transformer_only": self.transformer_only,
+            "weights": self.weights,
         }
 
 
 def _step_of(folder: Path) -> int | None:
-    match = STEP_NAME.match(folder.name) or TRAILING_NUMBER.search(folder.name)
+    match = STEP_NAME.match(folder.name)
     return int(match.group(1)) if match else None
 
 
 def _kind(folder: Path) -> str | None:
-    """``"full"`` (has model_index.json), ``"transformer"`` (only transformer/), else None."""
+    """``"full"`` (has model_index.json), ``"transformer"`` (only transformer/ or transformer_ema/), else None."""
     if (folder / "model_index.json").is_file():
         return "full"
-    if (folder / "transformer").is_dir():
+    if any((folder / name).is_dir() for name in WEIGHTS):
         return "transformer"
     return None
 
 
-def find_checkpoints(paths: Sequence[str | Path], *, base: str | Path | None = None) -> list[TrendCheckpoint]:
-    """The checkpoints ``paths`` name, ordered by training step when every one has a step number
-    (else in the order given). A path is a checkpoint folder or a folder of ``checkpoint-N/``."""
+def as_checkpoint(path: str | Path, *, ema: bool = False) -> TrendCheckpoint:
+    """One checkpoint folder, judged on ``transformer_ema/`` under ``ema`` (else ``transformer/``);
+    a folder without that subfolder is a :class:`TrendError` naming it."""
+    path = Path(path).expanduser()
+    kind = _kind(path)
+    if kind is None:
+        raise TrendError(f"{path}: not a checkpoint folder (no model_index.json, transformer/ or transformer_ema/)")
+    weights = WEIGHTS[1] if ema else WEIGHTS[0]
+    if not (path / weights).is_dir():
+        if ema:
+            fix = "drop --ema to judge transformer/, or save the run with EMA on"
+        elif (path / WEIGHTS[1]).is_dir():
+            fix = "pass --ema to judge its EMA weights (transformer_ema/)"
+        else:
+            fix = "the checkpoint is incomplete (re-save or re-download it)"
+        raise TrendError(f"{path}: no {weights}/ in it; {fix}")
+    return TrendCheckpoint(path, _step_of(path), kind == "transformer", weights)
+
+
+def find_checkpoints(
+    paths: Sequence[str | Path], *, base: str | Path | None = None, ema: bool = False
+) -> list[TrendCheckpoint]:
+    """The checkpoints ``paths`` name. A path is a checkpoint folder or a run folder of step subfolders
+    (``checkpoint-N/`` or upstream's ``000500/``; optimizer, scheduler and RNG files beside them are
+    never read), whose checkpoints come ordered by step. Folders given one by one keep the order
+    given unless every checkpoint has a step name. ``ema``: judge ``transformer_ema/``."""
     found: list[TrendCheckpoint] = []
     for given in paths:
         path = Path(given).expanduser()
         if not path.is_dir():
             raise TrendError(f"{path}: not a folder; give checkpoint folders or a training output folder")
-        kind = _kind(path)
-        if kind is not None:
-            found.append(TrendCheckpoint(path, _step_of(path), kind == "transformer"))
+        if _kind(path) is not None:
+            found.append(as_checkpoint(path, ema=ema))
             continue
-        subs = [p for p in path.iterdir() if p.is_dir() and STEP_NAME.match(p.name) and _kind(p)]
+        subs = sorted((p for p in path.iterdir() if p.is_dir() and _step_of(p) is not None and _kind(p)), key=_step_of)
         if not subs:
             raise TrendError(
-                f"{path}: neither a checkpoint (model_index.json or transformer/) nor a folder of "
-                f"checkpoint-N/ subfolders; give the checkpoint folders themselves"
+                f"{path}: neither a checkpoint (model_index.json or transformer/) nor a folder of step "
+                f"subfolders (checkpoint-N/ or 000500/, each holding transformer/); give the checkpoint folders "
+                f"themselves"
             )
-        found.extend(TrendCheckpoint(p, _step_of(p), _kind(p) == "transformer") for p in subs)
+        found.extend(as_checkpoint(p, ema=ema) for p in subs)
     if not found:
         raise TrendError("no checkpoints given")
-    if all(c.step is not None for c in found):
+    steps = [c.step for c in found if c.step is not None]
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    if repeated:
+        same = [str(c.path) for c in found if c.step == repeated[0]]
+        raise TrendError(f"two checkpoints for step {repeated[0]}: {', '.join(same)}; give one of them")
+    if len(steps) == len(found):
         found.sort(key=lambda c: c.step)
-        steps = [c.step for c in found]
-        repeated = sorted({s for s in steps if steps.count(s) > 1})
-        if repeated:
-            same = [str(c.path) for c in found if c.step == repeated[0]]
-            raise TrendError(f"two checkpoints for step {repeated[0]}: {', '.join(same)}; give one of them")
     borrowing = [c for c in found if c.transformer_only]
     if borrowing and base is None:
         raise TrendError(
-            f"{borrowing[0].path} holds only transformer/; pass --base DIR, the checkpoint it was trained "
+            f"{borrowing[0].path} holds only {borrowing[0].weights}/; pass --base DIR, the checkpoint it was trained "
             f"from, to borrow the image encoder, feature extractor and scheduler"
         )
     if base is not None and _kind(Path(base).expanduser()) != "full":
         raise TrendError(f"--base {base}: not a checkpoint folder (no model_index.json)")
+    check_architecture(found)
     return found
+
+
+def read_architecture(config: Path, error: type[Exception] = TrendError) -> dict:
+    """The :data:`ARCHITECTURE_KEYS` a transformer's ``config.json`` sets (the JSON only; no weights)."""
+    from .model.files import read_json
+
+    data = read_json(config, error=error)
+    if not isinstance(data, dict):
+        raise error(f"{config}: holds a JSON {type(data).__name__}, not an object; re-save the checkpoint")
+    return {key: data[key] for key in ARCHITECTURE_KEYS if key in data}
+
+
+def check_architecture(checkpoints: Sequence[TrendCheckpoint], error: type[Exception] = TrendError) -> None:
+    """Refuse checkpoints whose transformers differ in architecture, naming the first two configs that
+    differ and how. A missing ``config.json`` is left to the loader's pre-flight."""
+    configs = [c.config for c in checkpoints if c.config.is_file()]
+    if len(configs) < 2:
+        return
+    first = read_architecture(configs[0], error)
+    for config in configs[1:]:
+        other = read_architecture(config, error)
+        differ = [f"{key} {first[key]} vs {other[key]}" for key in first if key in other and first[key] != other[key]]
+        if differ:
+            raise error(
+                f"{configs[0]} and {config} describe different architectures ({', '.join(differ)}); attention "
+                f"cannot be followed layer by layer across them: give checkpoints of the same model"
+            )
 
 
 @contextlib.contextmanager
 def assembled(checkpoint: TrendCheckpoint, base: str | Path | None) -> Iterator[Path]:
-    """A folder to load ``checkpoint`` from: itself, or (transformer only) a temporary folder of links
-    to the base's components and the checkpoint's ``transformer/``, removed afterwards."""
-    if not checkpoint.transformer_only:
+    """A folder to load ``checkpoint`` from: itself, or a temporary folder of links to the components
+    of the base (transformer only; else of the checkpoint itself) with the judged weights
+    (``transformer/`` or ``transformer_ema/``) as ``transformer/``, removed afterwards. Nothing else
+    of the checkpoint folder (optimizer, RNG states) is linked or read."""
+    if not checkpoint.transformer_only and checkpoint.weights == "transformer":
         yield checkpoint.path
         return
-    base = Path(base).expanduser().resolve()
+    rest = Path(base if checkpoint.transformer_only else checkpoint.path).expanduser().resolve()
     folder = Path(tempfile.mkdtemp(prefix="partattn-trend-"))
     try:
-        for entry in base.iterdir():
-            if entry.name != "transformer":
+        for entry in rest.iterdir():
+            if entry.name not in WEIGHTS:
                 (folder / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
-        (folder / "transformer").symlink_to(checkpoint.path.resolve() / "transformer", target_is_directory=True)
+        (folder / "transformer").symlink_to(checkpoint.path.resolve() / checkpoint.weights, target_is_directory=True)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -248,13 +327,22 @@ def run_trend(
     """Run and judge every image (``sidecar.ImageSpec``, from :func:`fixture_images`) on every
     checkpoint, one model in memory at a time, each image with its sidecar's settings and
     ``[thresholds.*]`` overrides. ``progress(done)`` is called after each image."""
+    check_architecture(checkpoints)
     thresholds = thresholds or Thresholds()
     names = list(checks) if checks is not None else list(CHECKS)
+    weights = ", ".join(dict.fromkeys(c.weights for c in checkpoints))  # one name unless mixed by hand
     trend = Trend(
         list(checkpoints),
         [spec.path.name for spec in images],
         names,
-        {"steps": steps, "seed": seed, "device": device, "dtype": dtype, "thresholds": thresholds.to_dict()},
+        {
+            "steps": steps,
+            "seed": seed,
+            "device": device,
+            "dtype": dtype,
+            "weights": weights,
+            "thresholds": thresholds.to_dict(),
+        },
     )
     done = 0
     for checkpoint in checkpoints:

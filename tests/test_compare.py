@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
 import torch
-from helpers import FIXTURE_IMAGES
+from helpers import FIXTURE_IMAGES, TINY_FIXTURE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,4 +165,50 @@ def test_an_image_that_cannot_run_fails_the_command_with_one_line(tmp_path, caps
     assert main([*args, "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "out"), "-q"]) == 1
     err = capsys.readouterr().err
     assert "partattn compare: failed: could not run" in err and "np2_broken.png" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _transformer_only(folder, weights, ema=None):
+    """An upstream-style step folder: ``transformer/`` from checkpoint ``weights``, ``transformer_ema/``
+    from ``ema`` when given, and an optimizer state that is never read."""
+    folder.mkdir(parents=True)
+    shutil.copytree(weights / "transformer", folder / "transformer")
+    if ema is not None:
+        shutil.copytree(ema / "transformer", folder / "transformer_ema")
+    (folder / "optimizer.bin").write_bytes(b"\x80\x05 not a pickle")
+    return folder
+
+
+def test_compare_ema_judges_the_ema_weights(tmp_path, capsys):
+    """A and B share their weights; only B's EMA differs (the random-init transformer)."""
+    a = _transformer_only(tmp_path / "000100", EMBEDDED_MODEL, ema=EMBEDDED_MODEL)
+    b = _transformer_only(tmp_path / "000200", EMBEDDED_MODEL, ema=TINY_FIXTURE)
+    (tmp_path / "images").mkdir()
+    shutil.copy(FIXTURE_IMAGES / IMAGES[0], tmp_path / "images" / IMAGES[0])
+    plain = compare_checkpoints(a, b, [tmp_path / "images" / IMAGES[0]], steps=2, base=EMBEDDED_MODEL)
+    assert plain.max_change == 0.0 and plain.settings["weights"] == "transformer"
+    out = tmp_path / "compare"
+    args = ["compare", str(a), str(b), "--base", str(EMBEDDED_MODEL), "--ema", "--fixtures", str(tmp_path / "images")]
+    assert main([*args, "--steps", "2", "--device", "cpu", "--out", str(out), "-q"]) == 0
+    doc = json.loads((out / "compare.json").read_text())
+    assert doc["settings"]["weights"] == "transformer_ema" and doc["max_change"] > 0.05
+    assert "weights judged: transformer_ema" in (out / "index.html").read_text()
+    capsys.readouterr()
+    with pytest.raises(CompareError, match=re.escape(f"{tmp_path / 'plain'}: no transformer_ema/ in it; drop --ema")):
+        compare_checkpoints(a, _transformer_only(tmp_path / "plain", EMBEDDED_MODEL), [], base=EMBEDDED_MODEL, ema=True)
+
+
+def test_compare_checks_both_configs_before_running_either(tmp_path, capsys):
+    """B has a deeper transformer's config.json and no weights at all: refused before A is run."""
+    config = json.loads((EMBEDDED_MODEL / "transformer" / "config.json").read_text())
+    deeper = tmp_path / "deeper"
+    (deeper / "transformer").mkdir(parents=True)
+    (deeper / "transformer" / "config.json").write_text(json.dumps({**config, "num_layers": 7}))
+    with pytest.raises(CompareError, match="different architectures \\(num_layers 5 vs 7\\)"):
+        compare_checkpoints(EMBEDDED_MODEL, deeper, [FIXTURE_IMAGES / IMAGES[0]], base=EMBEDDED_MODEL)
+    args = ["compare", str(EMBEDDED_MODEL), str(deeper), "--base", str(EMBEDDED_MODEL)]
+    assert main([*args, "--fixtures", str(FIXTURE_IMAGES), "--out", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert str(EMBEDDED_MODEL / "transformer" / "config.json") in err
+    assert str(deeper / "transformer" / "config.json") in err and "num_layers 5 vs 7" in err
     assert not (tmp_path / "out").exists()

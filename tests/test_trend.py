@@ -9,18 +9,26 @@ is that schedule's end, not bit for bit this run's; docs/training.md).
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 
 import pytest
 import torch
-from helpers import FIXTURE_IMAGES, TINY_FIXTURE
+from helpers import FIXTURE_IMAGES, REPO, TINY_FIXTURE
 
 from partattn_checks import EMBEDDED_MODEL
 from partattn_checks.cli import main
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.model.tiny import TINY_RUN_DEFAULTS, write_checkpoint
 from partattn_checks.model.training import TrainConfig, train
-from partattn_checks.trend import TrendError, find_checkpoints, fixture_images, load_pipeline, run_trend
+from partattn_checks.trend import (
+    TrendError,
+    as_checkpoint,
+    find_checkpoints,
+    fixture_images,
+    load_pipeline,
+    run_trend,
+)
 
 IMAGES = ("np2_circle_square.png", "np2_triangle_circle.png", "np3_three_shapes.png")
 EARLY = (150, 300)
@@ -166,3 +174,149 @@ def test_a_sidecar_threshold_override_fails_that_image_in_the_trend(tmp_path):
     assert plain["verdict"] == "pass" and strict["verdict"] == "fail"
     assert strict["threshold"] == 0.99 and strict["value"] == plain["value"]  # the same run, judged by another bar
     assert checkpoint["failing"] == {"part_separation": ["np2_strict.png"]}
+
+
+# ------------------------------------------------------------------ upstream's training output
+SEED1 = REPO / "fixtures" / "checkpoints" / "tiny-seed1"
+#: What accelerate's save_state writes beside the models. Garbage: unpickling any of them would raise.
+STATE_FILES = ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "scaler.pt")
+GARBAGE = b"\x80\x05 not a pickle"
+
+
+def _upstream_step(folder, weights, ema):
+    """``<ckpt_dir>/<step:06d>/`` as upstream's training script saves it with EMA on: ``transformer/``
+    (from checkpoint ``weights``), ``transformer_ema/`` (from ``ema``; its config.json carries the
+    EMA's own keys, as diffusers' EMAModel writes them) and accelerate's state files."""
+    folder.mkdir(parents=True)
+    shutil.copytree(weights / "transformer", folder / "transformer")
+    shutil.copytree(ema / "transformer", folder / "transformer_ema")
+    config = json.loads((folder / "transformer_ema" / "config.json").read_text())
+    config.update(decay=0.9999, optimization_step=int(folder.name), _diffusers_version="0.30.0")
+    (folder / "transformer_ema" / "config.json").write_text(json.dumps(config))
+    for name in STATE_FILES:
+        (folder / name).write_bytes(GARBAGE)
+    return folder
+
+
+def test_upstream_run_folder_is_ordered_by_step_and_judged_on_its_ema_weights(fixtures, tmp_path, capsys):
+    """Upstream's ``000150/``, ``000300/`` with ``--base``: step 150's EMA equals its weights, step 300's
+    EMA is the random-init transformer, so only step 300 changes (and fails) under ``--ema``."""
+    run = tmp_path / "ckpt"
+    _upstream_step(run / "000300", EMBEDDED_MODEL, TINY_FIXTURE)
+    _upstream_step(run / "000150", SEED1, SEED1)
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(GARBAGE)  # what reading the state files would do
+    args = ["trend", str(run), "--base", str(EMBEDDED_MODEL), "--fixtures", str(fixtures), "--steps", "4"]
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "plain"), "-q"]) == 0
+    assert main([*args, "--ema", "--device", "cpu", "--out", str(tmp_path / "ema"), "-q"]) == 1
+    plain, ema = (json.loads((tmp_path / out / "trend.json").read_text()) for out in ("plain", "ema"))
+    for doc, weights in ((plain, "transformer"), (ema, "transformer_ema")):
+        assert [(c["label"], c["step"]) for c in doc["checkpoints"]] == [("000150", 150), ("000300", 300)]
+        assert doc["settings"]["weights"] == weights
+        assert all(c["weights"] == weights and c["transformer_only"] for c in doc["checkpoints"])
+        page = (tmp_path / ("plain" if doc is plain else "ema") / "index.html").read_text()
+        assert f"weights judged: {weights}" in page and "000300" in page
+    assert ema["checkpoints"][0]["images"] == plain["checkpoints"][0]["images"]  # the same weights at step 150
+    separation = [doc["checkpoints"][1]["headline"]["separation"] for doc in (plain, ema)]
+    assert separation[0] > 0.075 > separation[1]  # the embedded transformer vs the random-init EMA
+    assert plain["last_fails"] is False and ema["last_fails"] is True
+    assert plain["checkpoints"][1]["failing"] == {} and ema["checkpoints"][1]["failing"]["part_separation"]
+    assert "last checkpoint (000300) fails part_separation" in capsys.readouterr().out
+    # the EMA weights are the ones loaded, and nothing of the step folder but them was touched
+    [step] = find_checkpoints([run / "000300"], base=EMBEDDED_MODEL, ema=True)
+    loaded = load_pipeline(step, base=EMBEDDED_MODEL).transformer.state_dict()
+    random = load_pipeline(as_checkpoint(TINY_FIXTURE)).transformer.state_dict()
+    assert all(torch.equal(value, random[key]) for key, value in loaded.items())
+    for name in STATE_FILES:
+        assert (run / "000300" / name).read_bytes() == GARBAGE
+    assert sorted(p.name for p in run.iterdir()) == ["000150", "000300"]
+
+
+def _step_folders(root, *names):
+    for name in names:
+        (root / name / "transformer").mkdir(parents=True)
+    return root
+
+
+def test_step_names_decide_the_order(tmp_path):
+    run = _step_folders(tmp_path / "run", "001000", "000150", "checkpoint-300", "final")
+    (run / "logs").mkdir()
+    # a run folder's step subfolders (upstream's and accelerate's alike) by step; others in it ignored
+    found = find_checkpoints([run], base=EMBEDDED_MODEL)
+    assert [(c.label, c.step) for c in found] == [("000150", 150), ("checkpoint-300", 300), ("001000", 1000)]
+    # given one by one: a name that merely ends in a number is no step, and the order given is kept
+    _step_folders(tmp_path, "seed2", "seed1", "run_v2")
+    found = find_checkpoints([tmp_path / n for n in ("seed2", "seed1", "run_v2")], base=EMBEDDED_MODEL)
+    assert [(c.label, c.step) for c in found] == [("seed2", None), ("seed1", None), ("run_v2", None)]
+    # every name a step: ordered by step; one that is not: the order given, a run folder's steps in order
+    found = find_checkpoints([run / "001000", run / "checkpoint-300", run / "000150"], base=EMBEDDED_MODEL)
+    assert [c.step for c in found] == [150, 300, 1000]
+    found = find_checkpoints([run / "001000", tmp_path / "seed1", run / "000150"], base=EMBEDDED_MODEL)
+    assert [c.label for c in found] == ["001000", "seed1", "000150"]
+    found = find_checkpoints([tmp_path / "seed1", run], base=EMBEDDED_MODEL)
+    assert [c.label for c in found] == ["seed1", "000150", "checkpoint-300", "001000"]
+    # the same step under two names
+    _step_folders(tmp_path / "other", "checkpoint-150")
+    with pytest.raises(TrendError, match="two checkpoints for step 150"):
+        find_checkpoints([run, tmp_path / "other"], base=EMBEDDED_MODEL)
+
+
+def test_ema_needs_transformer_ema_in_every_checkpoint(tmp_path, capsys):
+    run = _step_folders(tmp_path / "run", "000100", "000200")
+    (run / "000100" / "transformer_ema").mkdir()
+    assert [c.weights for c in find_checkpoints([run], base=EMBEDDED_MODEL)] == ["transformer", "transformer"]
+    with pytest.raises(TrendError, match=r"000200: no transformer_ema/ in it; drop --ema"):
+        find_checkpoints([run], base=EMBEDDED_MODEL, ema=True)
+    assert main(["trend", str(run), "--base", str(EMBEDDED_MODEL), "--ema", "--out", str(tmp_path / "out")]) == 2
+    assert f"{run / '000200'}: no transformer_ema/" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(TrendError, match=r"no transformer_ema/ in it"):
+        find_checkpoints([EMBEDDED_MODEL], ema=True)
+    # EMA weights alone: judged with --ema, pointed at it without
+    (tmp_path / "ema-only" / "transformer_ema").mkdir(parents=True)
+    [found] = find_checkpoints([tmp_path / "ema-only"], base=EMBEDDED_MODEL, ema=True)
+    assert found.weights == "transformer_ema" and found.transformer_only
+    with pytest.raises(TrendError, match="no transformer/ in it; pass --ema"):
+        find_checkpoints([tmp_path / "ema-only"], base=EMBEDDED_MODEL)
+    # a full checkpoint with EMA weights: the rest comes from itself, the transformer from transformer_ema/
+    full = tmp_path / "full"
+    shutil.copytree(EMBEDDED_MODEL, full)
+    shutil.copytree(TINY_FIXTURE / "transformer", full / "transformer_ema")
+    [found] = find_checkpoints([full], ema=True)
+    assert not found.transformer_only and found.weights == "transformer_ema"
+    loaded = load_pipeline(found)
+    random = load_pipeline(as_checkpoint(TINY_FIXTURE)).transformer.state_dict()
+    assert all(torch.equal(value, random[key]) for key, value in loaded.transformer.state_dict().items())
+    trained = load_pipeline(as_checkpoint(EMBEDDED_MODEL)).image_encoder.state_dict()
+    assert all(torch.equal(value, trained[key]) for key, value in loaded.image_encoder.state_dict().items())
+
+
+def _config_only(folder, **changes):
+    """A transformer-only checkpoint holding the embedded model's config.json with ``changes`` and no
+    weights: whatever refuses it does so before loading anything."""
+    config = json.loads((EMBEDDED_MODEL / "transformer" / "config.json").read_text())
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "transformer" / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+def test_mixed_architectures_are_refused_before_running_anything(tmp_path, capsys):
+    run = tmp_path / "run"
+    _config_only(run / "000100")
+    _config_only(run / "000200", num_layers=3)
+    with pytest.raises(TrendError) as refused:
+        find_checkpoints([run], base=EMBEDDED_MODEL)
+    message = str(refused.value)
+    assert str(run / "000100" / "transformer" / "config.json") in message
+    assert str(run / "000200" / "transformer" / "config.json") in message and "num_layers 5 vs 3" in message
+    wide = _config_only(tmp_path / "wide", width=32)
+    args = ["trend", str(EMBEDDED_MODEL), str(wide), "--base", str(EMBEDDED_MODEL), "--out", str(tmp_path / "out")]
+    assert main([*args, "--fixtures", str(FIXTURE_IMAGES)]) == 2
+    err = capsys.readouterr().err
+    assert "describe different architectures (width 64 vs 32)" in err and str(wide / "transformer") in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(TrendError, match="width 64 vs 32"):
+        run_trend([as_checkpoint(EMBEDDED_MODEL), as_checkpoint(wide)], [], base=EMBEDDED_MODEL)
+    # keys that are no architecture (an EMA's decay, the diffusers version) may differ
+    ema_like = _config_only(tmp_path / "ema_like", decay=0.9999, _diffusers_version="0.30.0")
+    assert len(find_checkpoints([EMBEDDED_MODEL, ema_like], base=EMBEDDED_MODEL)) == 2

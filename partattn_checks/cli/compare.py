@@ -24,7 +24,14 @@ def add_parser(sub):
     )
     parser.add_argument("a", metavar="A", help="first checkpoint folder (e.g. before a fine-tune)")
     parser.add_argument("b", metavar="B", help="second checkpoint folder")
-    parser.add_argument("--base", metavar="DIR", help="checkpoint that a transformer-only A or B borrows the rest from")
+    parser.add_argument(
+        "--base",
+        metavar="DIR",
+        help="checkpoint that a transformer-only A or B (e.g. upstream's 000500/) borrows the rest from",
+    )
+    parser.add_argument(
+        "--ema", action="store_true", help="judge the EMA weights (transformer_ema/) of A and B instead of transformer/"
+    )
     add_fixture_run_options(parser)
     parser.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_OUT.as_posix()})")
@@ -64,6 +71,7 @@ def main(args, extra) -> int:
             dtype=args.dtype,
             thresholds=thresholds,
             base=args.base,
+            ema=args.ema,
             progress=lambda done: bar(done - 1),
             keep=lambda name, ra, rb, pa, pb: kept.__setitem__(name, (ra, rb, pa)),
         )
@@ -140,7 +148,8 @@ def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
     page.note(
         f"A = {comparison.a}, B = {comparison.b}; {len(comparison.images)} fixture images, seed "
         f"{comparison.settings['seed']}, steps {comparison.settings['steps'] or 'the checkpoint default'}, "
-        f"{comparison.settings['device']} {comparison.settings['dtype']}. Change: JS(ā_A, ā_B) / log 2 of each "
+        f"{comparison.settings['device']} {comparison.settings['dtype']}; weights judged: "
+        f"{comparison.settings['weights']}. Change: JS(ā_A, ā_B) / log 2 of each "
         f"part's key-marginal, per (layer, head), mean over steps, parts and images (0: unchanged, 1: disjoint)."
     )
     page.heading("Verdict").paragraph(comparison.verdict)

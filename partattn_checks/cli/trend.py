@@ -19,22 +19,29 @@ def add_parser(sub):
         "trend",
         help="attention health over training: every check against the training step",
         description="Run the fixture images through each checkpoint (folders, or a training output folder of "
-        "checkpoint-N/ subfolders, ordered by N), judge them with the checks, and write a figure of each "
-        "check against the training step, trend.json and index.html. Prints the first checkpoint at which "
-        "each check fails; exits 1 when the last checkpoint fails a check.",
+        "step subfolders: checkpoint-N/ or upstream PartCrafter's 000500/, ordered by step), judge them with the "
+        "checks, and write a figure of each check against the training step, trend.json and index.html. Folders "
+        "given one by one keep their order unless every name is a step (checkpoint-N or digits). Prints the first "
+        "checkpoint at which each check fails; exits 1 when the last checkpoint fails a check.",
     )
     parser.add_argument(
         "checkpoints",
         metavar="CKPT",
         nargs="+",
-        help="a checkpoint folder, or a folder of checkpoint-N/ subfolders (each in the release layout, or "
-        "holding only transformer/ with --base)",
+        help="a checkpoint folder, or a folder of checkpoint-N/ or 000500/ subfolders (each in the release layout, "
+        "or holding only transformer/ and/or transformer_ema/ with --base; optimizer and RNG files are never read)",
     )
     parser.add_argument(
         "--base",
         metavar="DIR",
         help="checkpoint that transformer-only checkpoints borrow the image encoder, feature extractor and "
         "scheduler from",
+    )
+    parser.add_argument(
+        "--ema",
+        action="store_true",
+        help="judge the EMA weights (transformer_ema/, saved by upstream's training script with EMA on) "
+        "instead of transformer/",
     )
     add_fixture_run_options(parser)
     parser.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
@@ -50,7 +57,7 @@ def main(args, extra) -> int:
     from ..trend import TrendError, find_checkpoints, fixture_images, run_trend
 
     try:
-        checkpoints = find_checkpoints(args.checkpoints, base=args.base)
+        checkpoints = find_checkpoints(args.checkpoints, base=args.base, ema=args.ema)
         images = fixture_images(fixtures_dir(args.fixtures))
     except TrendError as err:
         raise UsageError(str(err)) from None
@@ -58,7 +65,8 @@ def main(args, extra) -> int:
     device = run_device(args.device)
     out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
     created = writable_folder(out, "--out" if args.out else "output folder")
-    say(args, f"{len(checkpoints)} checkpoint(s) x {len(images)} image(s) on {device} ({args.dtype})")
+    weights = checkpoints[0].weights
+    say(args, f"{len(checkpoints)} checkpoint(s) ({weights}/) x {len(images)} image(s) on {device} ({args.dtype})")
     bar = ProgressBar(len(checkpoints) * len(images), enabled=False if args.quiet else None, label="trend")
     try:
         trend = run_trend(
@@ -118,7 +126,9 @@ def write_trend(trend, out: Path) -> dict[str, Path]:
     page.note(
         f"{len(trend.images)} fixture images, seed {trend.settings['seed']}, "
         f"steps {trend.settings['steps'] or 'the checkpoint default'}, {trend.settings['device']} "
-        f"{trend.settings['dtype']}. A check fails at a checkpoint when any image fails it."
+        f"{trend.settings['dtype']}; weights judged: {trend.settings['weights']}"
+        f"{' (EMA)' if trend.settings['weights'] == 'transformer_ema' else ''}. "
+        f"A check fails at a checkpoint when any image fails it."
     )
     page.heading("Verdict").paragraph(verdict_text(trend))
     first = trend.first_failures()
