@@ -353,7 +353,7 @@ def test_merged_parts_against_the_committed_baselines_shows_the_drift_figure(pyt
         "--self-contained-html",
         *nodes,
     )
-    result.assert_outcomes(failed=2)
+    result.assert_outcomes(failed=3)  # both images' baseline items, and the fixture set they both moved
     terminal = result.stdout.str()
     results = pytester.path / ".partattn-results"
     cases = {c.get("classname"): c for c in ET.parse(pytester.path / "out.xml").getroot().iter("testcase")}
@@ -365,19 +365,23 @@ def test_merged_parts_against_the_committed_baselines_shows_the_drift_figure(pyt
         layer, part = _most_moved(COMMITTED / stem / SUMMARY_FILE, candidate)
         figure = results / stem / "baseline__drift.png"
         assert figure.is_file() and figure.stat().st_size > 50_000
-        # terminal: the worst offender names the layer and part, the figure's path is listed
+        # terminal: the worst offender is where the drift starts (the first layer beyond its seed noise;
+        # the one that moved most when none is), the layer that moved most is named, the figure listed
+        details = reports[node].partattn["result"]["details"]
+        start = details["onset"] or layer
+        start_part = next(d["part"] for d in details["deviations"] if d["name"] == start) if details["onset"] else part
         assert f"partattn: baseline failed for fixtures/images/{name}" in terminal
-        assert f"worst offender: step -, layer {layer}, part {part}, head -" in terminal
+        assert f"worst offender: step -, layer {start}, part {start_part}, head -" in terminal
         assert f"attention drift: layer {layer} moved most" in terminal and f"  {figure}" in terminal
         # JUnit: the attachment line in the failure text and in <system-out>
         case = cases[f"fixtures.images.{name}"]
         assert f"[[ATTACHMENT|{figure}]]" in case.find("failure").text
         assert f"[[ATTACHMENT|{figure}]]" in case.find("system-out").text
-        assert f"layer {layer}, part {part}" in case.find("failure").text
+        assert f"layer {start}, part {start_part}" in case.find("failure").text
         # pytest-html: the figure as an embedded PNG
         extras = reports[node].extras
         assert [e["name"] for e in extras] == ["baseline__drift.png"] and "iVBOR" in extras[0]["content"][:40]
-        assert reports[node].partattn["result"]["offender"]["layer"] == layer
+        assert reports[node].partattn["result"]["offender"]["layer"] == start
         # index.html shows it too
         assert f"{stem}/baseline__drift.png" in index
         assert f"attention moved most in layer {layer}, part {part}: JS/log2" in index
