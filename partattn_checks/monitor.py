@@ -67,6 +67,8 @@ class AttentionMonitor:
     ``feature_extractor``: the image processor the encoder is trained with; ``scheduler_config``
     (``num_train_timesteps``) and ``run_defaults`` (``num_tokens``, ``steps``, ``guidance_scale``)
     complete the settings; :meth:`from_checkpoint` reads all three from a checkpoint folder.
+    ``main_process_only``: under distributed training, only the process of rank 0 runs the images
+    (the others return ``{}`` at once), so a multi-GPU run pays for the monitor once.
     """
 
     def __init__(
@@ -83,8 +85,10 @@ class AttentionMonitor:
         thresholds: Thresholds | None = None,
         checks: Sequence[str] | None = None,
         prefix: str = "partattn",
+        main_process_only: bool = False,
     ):
         self.images = _image_specs(images)
+        self.main_process_only = main_process_only
         self.feature_extractor = feature_extractor
         self.run_defaults = dict(run_defaults)
         self.scheduler_config = dict(scheduler_config or {"num_train_timesteps": 1000})
@@ -128,8 +132,14 @@ class AttentionMonitor:
         return PartCrafterPipeline(checkpoint, device=param.device, dtype=param.dtype)
 
     def __call__(self, transformer, image_encoder) -> dict[str, float]:
+        """Run the images on ``transformer`` and ``image_encoder`` as they are now. Either may be
+        wrapped for training (DDP, DataParallel, DeepSpeed, accelerate, ``torch.compile``): the
+        module inside is used."""
         from .trend import pipeline_session
 
+        if self.main_process_only and rank() != 0:
+            return {}
+        transformer, image_encoder = unwrapped(transformer), unwrapped(image_encoder)
         call = {"num_tokens": self.num_tokens}  # the monitor's token count wins over a sidecar's
         with preserved_state(transformer, image_encoder):
             session = pipeline_session(
@@ -159,6 +169,34 @@ class AttentionMonitor:
         for key, value in headline_means([o.summary for o in outcomes.values()]).items():
             out[f"{p}/{key}"] = value
         return out
+
+
+#: Wrappers that keep the trained module in ``.module`` (accelerate's ``unwrap_model`` undoes the same).
+WRAPPERS = ("DistributedDataParallel", "DataParallel", "DeepSpeedEngine", "FullyShardedDataParallel")
+
+
+def unwrapped(module):
+    """The module a training wrapper holds (DDP, DataParallel, DeepSpeed, FSDP: ``.module``;
+    ``torch.compile``: ``._orig_mod``), however deeply nested; the module itself otherwise."""
+    while True:
+        name = type(module).__name__
+        if name in WRAPPERS and hasattr(module, "module"):
+            module = module.module
+        elif name == "OptimizedModule" and hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def rank() -> int:
+    """This process's rank under distributed training (0 when not distributed)."""
+    import os
+
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 class JsonlLog:

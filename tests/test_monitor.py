@@ -137,3 +137,19 @@ def test_a_sidecar_threshold_override_fails_that_image_in_the_monitor(tmp_path):
     assert values["partattn/part_separation/fails"] == 1.0
     assert strict.spec.num_tokens == plain.spec.num_tokens == 16
     assert values["partattn/part_separation/np2_strict"] == values["partattn/part_separation/np2_plain"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method`:DeprecationWarning")
+def test_a_wrapped_model_is_unwrapped_and_other_ranks_skip_when_asked(monkeypatch):
+    checkpoint = load_checkpoint(EMBEDDED_MODEL)
+    monitor = AttentionMonitor.from_checkpoint(EMBEDDED_MODEL, IMAGES[:1], steps=2)
+    plain = monitor(checkpoint.transformer, checkpoint.image_encoder)
+    # DataParallel (DDP, DeepSpeed and FSDP keep the module in .module the same way) around a
+    # torch.compile wrapper (never compiled: the monitor runs the module inside)
+    wrapped = torch.nn.DataParallel(torch.compile(checkpoint.transformer))
+    assert monitor(wrapped, torch.nn.DataParallel(checkpoint.image_encoder)) == plain
+    ranked = AttentionMonitor.from_checkpoint(EMBEDDED_MODEL, IMAGES[:1], steps=2, main_process_only=True)
+    monkeypatch.setenv("RANK", "1")
+    assert ranked(checkpoint.transformer, checkpoint.image_encoder) == {}
+    monkeypatch.setenv("RANK", "0")
+    assert ranked(checkpoint.transformer, checkpoint.image_encoder) == plain
