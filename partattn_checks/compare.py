@@ -198,6 +198,7 @@ def compare_checkpoints(
     ema: bool = False,
     progress: Callable[[int], None] | None = None,
     keep: Callable[[str, object, object, object, object], None] | None = None,
+    pipeline: str | None = None,
 ) -> Comparison:
     """Run ``images`` (``sidecar.ImageSpec`` from ``trend.fixture_images``, or paths named np<N>_...)
     through checkpoints ``a`` and ``b`` with the same settings and compare them. Both models are
@@ -205,7 +206,8 @@ def compare_checkpoints(
     image runs with its sidecar's settings and ``[thresholds.*]`` overrides.
     ``keep(image, record_a, record_b, pipeline_a, pipeline_b)`` sees each pair of records (the
     command draws from them). A transformer-only folder (e.g. upstream's ``000500/``) borrows the rest
-    from ``base``; ``ema`` judges ``transformer_ema/`` instead of ``transformer/`` on both sides."""
+    from ``base``; ``ema`` judges ``transformer_ema/`` instead of ``transformer/`` on both sides;
+    ``pipeline``: the user's own ``module:factory`` (``trend.load_pipeline``)."""
     from .trend import TrendError, as_checkpoint, check_architecture, load_pipeline, pipeline_session
 
     specs = [_as_spec(i) for i in images]
@@ -217,7 +219,7 @@ def compare_checkpoints(
         if side.transformer_only and base is None:
             raise CompareError(f"{side.path} holds only {side.weights}/; pass base= (--base DIR) to borrow the rest")
     check_architecture(sides, CompareError)
-    pipelines = [load_pipeline(side, base=base, device=device, dtype=dtype) for side in sides]
+    pipelines = [load_pipeline(side, base=base, device=device, dtype=dtype, pipeline=pipeline) for side in sides]
     settings = {"steps": steps, "seed": seed, "device": device, "dtype": dtype, "weights": sides[0].weights}
     comparison = Comparison(str(a), str(b), [], 0, settings)
     side_a, side_b = (pipeline_session(p, {"steps": steps, "seed": seed}, thresholds, CHECKS) for p in pipelines)

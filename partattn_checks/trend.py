@@ -207,13 +207,23 @@ def assembled(checkpoint: TrendCheckpoint, base: str | Path | None) -> Iterator[
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def load_pipeline(checkpoint: TrendCheckpoint, *, base=None, device: str = "cpu", dtype: str = "float32"):
-    """The pipeline of one checkpoint (loaded once; its ``checkpoint.path`` is the checkpoint's own)."""
+def load_pipeline(
+    checkpoint: TrendCheckpoint, *, base=None, device: str = "cpu", dtype: str = "float32", pipeline: str | None = None
+):
+    """The pipeline of one checkpoint (loaded once; its ``checkpoint.path`` is the checkpoint's own).
+    ``pipeline``: ``module:factory`` of the user's own pipeline (``upstream.build_pipeline``),
+    called with the checkpoint folder (assembled with ``base`` when it holds only a transformer)."""
     from .model.files import checkpoint_problems, format_problems
     from .model.pipeline import PartCrafterPipeline
     from .runspec import torch_dtype
 
     with assembled(checkpoint, base) as folder:
+        if pipeline is not None:
+            from .upstream import build_pipeline
+
+            loaded = build_pipeline(pipeline, Path.cwd(), folder, device, dtype, "--pipeline")
+            loaded.checkpoint.path = checkpoint.path
+            return loaded
         problems = checkpoint_problems(folder)
         if problems:
             raise TrendError(f"{checkpoint.path}: {format_problems(problems)}")
@@ -323,10 +333,12 @@ def run_trend(
     thresholds: Thresholds | None = None,
     checks: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    pipeline: str | None = None,
 ) -> Trend:
     """Run and judge every image (``sidecar.ImageSpec``, from :func:`fixture_images`) on every
     checkpoint, one model in memory at a time, each image with its sidecar's settings and
-    ``[thresholds.*]`` overrides. ``progress(done)`` is called after each image."""
+    ``[thresholds.*]`` overrides. ``progress(done)`` is called after each image. ``pipeline``: the
+    user's own ``module:factory`` (see :func:`load_pipeline`)."""
     check_architecture(checkpoints)
     thresholds = thresholds or Thresholds()
     names = list(checks) if checks is not None else list(CHECKS)
@@ -347,7 +359,7 @@ def run_trend(
     done = 0
     for checkpoint in checkpoints:
         session = pipeline_session(
-            load_pipeline(checkpoint, base=base, device=device, dtype=dtype),
+            load_pipeline(checkpoint, base=base, device=device, dtype=dtype, pipeline=pipeline),
             {"steps": steps, "seed": seed},
             thresholds,
             names,

@@ -104,3 +104,18 @@ def test_the_gate_runs_an_upstream_style_pipeline(pytester, monkeypatch):
     assert forked.ret == pytest.ExitCode.TESTS_FAILED
     assert set(outcomes(forked).values()) == {"failed"}
     forked.stdout.fnmatch_lines(["*blocks.1.attn2*TripoSGAttnProcessor2_0*relative mismatch*"])
+
+
+def test_trend_and_compare_run_an_upstream_style_pipeline(tmp_path, monkeypatch):
+    from partattn_checks.compare import compare_checkpoints
+    from partattn_checks.trend import find_checkpoints, fixture_images, run_trend
+
+    monkeypatch.chdir(REPO / "tests")  # the factory's module is imported from the current folder
+    images = [s for s in fixture_images(REPO / "fixtures" / "images") if s.path.name == IMAGE.name]
+    kwargs = dict(steps=2, pipeline="upstream_standin:factory")
+    trend = run_trend(find_checkpoints([EMBEDDED_MODEL]), images, **kwargs)
+    ours = run_trend(find_checkpoints([EMBEDDED_MODEL]), images, steps=2)
+    assert trend.results == ours.results  # the same records through the stand-in
+    monkeypatch.setenv(upstream_standin.FORK_SCALE, "3")
+    with pytest.raises(Exception, match="relative mismatch"):
+        compare_checkpoints(EMBEDDED_MODEL, EMBEDDED_MODEL, images, **kwargs)

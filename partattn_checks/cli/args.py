@@ -116,6 +116,7 @@ def add_fixture_run_options(parser: argparse.ArgumentParser, *, num_tokens: bool
     """``--fixtures`` and the run options: how the commands that run a fixture set run it."""
     parser.add_argument("--fixtures", metavar="DIR", help=f"folder of fixture images (default: ./{DEFAULT_FIXTURES})")
     add_run_options(parser, num_tokens=num_tokens)
+    add_pipeline_option(parser)
 
 
 def fixtures_dir(arg: str | None) -> Path:
@@ -128,3 +129,13 @@ def run_device(arg: str) -> str:
         return runspec.resolve_device(arg).device
     except runspec.RunSpecError as err:
         raise UsageError(f"--device {arg}: {err}") from None
+
+
+def add_pipeline_option(parser: argparse.ArgumentParser) -> None:
+    """``--pipeline MODULE:FACTORY``: the user's own pipeline (the gate's ``--partattn-pipeline``)."""
+    parser.add_argument(
+        "--pipeline",
+        metavar="MODULE:FACTORY",
+        help="your own pipeline (an upstream-style PartCrafter pipeline, a fork's): factory(model, device, dtype), "
+        "imported from the current folder and called with each checkpoint folder",
+    )

@@ -138,16 +138,21 @@ def _calibrate(args, model: Path, images, base, out: Path) -> Path:
     from ..model.loading import CheckpointError
     from ..model.pipeline import PartCrafterPipeline
     from ..session import CaseError
+    from ..upstream import PipelineError
     from ..zoo import by_name, image_name, measure, measure_graded, session
 
     device = run_device(args.device)
     dtype = runspec.torch_dtype(args.dtype)
 
     def load(path):
-        say(args, f"loading {path} on {device} ({args.dtype})")
+        say(args, f"loading {path} on {device} ({args.dtype})" + (f" with {args.pipeline}" if args.pipeline else ""))
         try:
+            if args.pipeline:
+                from ..upstream import build_pipeline
+
+                return build_pipeline(args.pipeline, Path.cwd(), path, device, args.dtype, "--pipeline")
             return PartCrafterPipeline.from_pretrained(path, device=device, dtype=dtype)
-        except CheckpointError as err:
+        except (CheckpointError, PipelineError) as err:
             raise UsageError(str(err)) from None
 
     pipeline = load(model)
@@ -239,7 +244,8 @@ def _write_baselines(args, model: Path, fixtures: Path, toml: Path) -> int:
     """The gate (``pytest --partattn``) in update mode with the new thresholds: the baselines are
     written by the plugin itself, in whatever format it stores."""
     baselines = Path(args.baselines).expanduser().resolve()
-    extra = [
+    extra = [f"--partattn-pipeline={args.pipeline}"] if args.pipeline else []
+    extra += [
         "--partattn-update=all",
         f"--partattn-baselines={baselines}",
         f"--partattn-thresholds={toml.resolve()}",

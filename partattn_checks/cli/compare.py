@@ -73,6 +73,7 @@ def main(args, extra) -> int:
             base=args.base,
             ema=args.ema,
             progress=lambda done: bar(done - 1),
+            pipeline=args.pipeline,
             keep=lambda name, ra, rb, pa, pb: kept.__setitem__(name, (ra, rb, pa)),
         )
     except (CompareError, TrendError, CheckpointError, ValueError) as err:

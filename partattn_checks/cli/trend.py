@@ -79,6 +79,7 @@ def main(args, extra) -> int:
             dtype=args.dtype,
             thresholds=thresholds,
             progress=lambda done: bar(done - 1),
+            pipeline=args.pipeline,
         )
     except (TrendError, CheckpointError, ValueError) as err:
         remove_created(out, created)
