@@ -208,6 +208,12 @@ class AttentionSummary:
         missing = [n for n in _TENSORS if n not in tensors]
         if missing:
             raise SummaryError(f"{where}: attention summary lacks the tensor {missing[0]!r}")
+        bad = [n for n in (*_TENSORS, *_OPTIONAL_TENSORS) if n in tensors and not np.isfinite(tensors[n]).all()]
+        if bad:  # a NaN marginal would read as the largest drift in every layer
+            raise SummaryError(
+                f"{where}: attention summary holds non-finite values (NaN or inf) in {bad[0]!r}; "
+                f"regenerate it with --partattn-update=all"
+            )
         try:
             grid, size = meta.get("key_grid"), meta.get("image_size")
             return cls(

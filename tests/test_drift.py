@@ -211,6 +211,22 @@ def test_damaged_summary_is_reported_and_the_metrics_still_count(tmp_path):
     assert str(tmp_path / "base" / "img" / SUMMARY_FILE) in out.result.details.attention_note
 
 
+def test_summary_with_nan_is_unusable_and_the_metrics_still_count(tmp_path):
+    store = bl.BaselineStore(tmp_path / "base")
+    good = AttentionSummary.from_record(_record())
+    nan_mean = good.mean.copy()
+    nan_mean[0, 0, 0] = np.nan
+    _write(store, AttentionSummary(**{**vars(good), "mean": nan_mean}))
+    path = tmp_path / "base" / "img" / SUMMARY_FILE
+    with pytest.raises(SummaryError, match="non-finite") as err:
+        AttentionSummary.read(path)
+    assert str(path) in str(err.value) and "regenerate it with --partattn-update=all" in str(err.value)
+    out = _evaluate(tmp_path, good)  # no drift of 0.500 in every layer, no blame on blocks.0
+    assert out.result.verdict == "pass" and out.result.offender is None
+    assert out.result.details.attention is None and "attention summary is unusable" in out.result.reason
+    assert str(path) in out.result.details.attention_note
+
+
 def test_drift_names_the_layer_and_part_that_moved_and_travels_as_json(tmp_path):
     store = bl.BaselineStore(tmp_path / "base")
     _write(store, AttentionSummary.from_record(_record(L=3, P=2)))
