@@ -40,6 +40,8 @@ class ImageComparison:
     checks_b: dict[str, dict]
     summary_a: dict[str, float]
     summary_b: dict[str, float]
+    nonfinite_a: str | None = None  # where A's key-marginals first stop being finite ("LAYER at step S")
+    nonfinite_b: str | None = None
 
 
 @dataclass
@@ -68,17 +70,36 @@ class Comparison:
 
     @property
     def most_changed_layers(self) -> list[str]:
-        """Layers whose change is at least ``CHANGED_SHARE`` of the largest (none when nothing moved)."""
-        per_layer = self.layer_change
-        top = max(per_layer)
+        """Layers whose change is at least ``CHANGED_SHARE`` of the largest (none when nothing moved);
+        layers whose change is not finite are left out (see :attr:`nonfinite`)."""
+        per_layer = {i: v for i, v in enumerate(self.layer_change) if math.isfinite(v)}
+        top = max(per_layer.values(), default=0.0)
         if top < CHANGED_FLOOR:
             return []
-        ranked = sorted(range(len(per_layer)), key=lambda i: -per_layer[i])
+        ranked = sorted(per_layer, key=lambda i: -per_layer[i])
         return [self.layers[i] for i in ranked if per_layer[i] >= CHANGED_SHARE * top]
 
     @property
     def max_change(self) -> float:
-        return max(max(row) for row in self.change)
+        """The largest finite change (NaN when no change is finite)."""
+        return max((v for row in self.change for v in row if math.isfinite(v)), default=math.nan)
+
+    @property
+    def finite(self) -> bool:
+        """Both sides' attention, and so every change, is finite."""
+        return (
+            not self.nonfinite("a")
+            and not self.nonfinite("b")
+            and all(math.isfinite(v) for row in self.change for v in row)
+        )
+
+    def nonfinite(self, side: str) -> list[str]:
+        """``"IMAGE (from LAYER at step S)"`` for each image whose attention on ``side`` is not finite."""
+        return [
+            f"{img.image} (from {where})"
+            for img in self.images
+            if (where := getattr(img, f"nonfinite_{side}")) is not None
+        ]
 
     def check_means(self, side: str) -> dict[str, float | None]:
         """Each check's value on ``side`` ("a" or "b"), mean over the images it was judged on."""
@@ -107,7 +128,7 @@ class Comparison:
     def verdict(self) -> str:
         """One paragraph: which layers moved, how part separation and the verdicts changed."""
         name_a, name_b = Path(self.a).name, Path(self.b).name
-        if self.max_change == 0.0:
+        if self.finite and self.max_change == 0.0:
             return (
                 f"No change: {name_a} and {name_b} give identical key-marginals on every layer, head, part and "
                 f"step of {len(self.images)} images (JS = 0 everywhere)."
@@ -115,18 +136,27 @@ class Comparison:
         layers = self.most_changed_layers
         per_layer = dict(zip(self.layers, self.layer_change, strict=True))
         change = self.change
-        li, hi = max(
-            ((i, h) for i in range(len(self.layers)) for h in range(self.num_heads)),
-            key=lambda ij: change[ij[0]][ij[1]],
-        )
         text = []
+        for side, name in (("a", name_a), ("b", name_b)):
+            if bad := self.nonfinite(side):
+                text.append(
+                    f"{side.upper()}'s attention is not finite (NaN or inf) on {', '.join(bad)}: {name} is broken, "
+                    f"and the change there cannot be measured."
+                )
+        if not text and not self.finite:
+            bad_layers = [n for n, v in per_layer.items() if not math.isfinite(v)]
+            text.append(f"The change is not finite on {', '.join(bad_layers)}.")
         if layers:
+            li, hi = max(
+                ((i, h) for i in range(len(self.layers)) for h in range(self.num_heads) if math.isfinite(change[i][h])),
+                key=lambda ij: change[ij[0]][ij[1]],
+            )
             moved = ", ".join(f"{name} ({per_layer[name]:.3f})" for name in layers)
             text.append(
                 f"From {name_a} to {name_b} the key-marginals moved most in {moved}, in JS/log 2 averaged "
                 f"over heads; the largest single change is head {hi} of {self.layers[li]} ({change[li][hi]:.3f})."
             )
-        else:
+        elif self.finite:
             text.append(f"From {name_a} to {name_b} the key-marginals barely moved (at most {self.max_change:.2g}).")
         sep_a, sep_b = self.summary_mean("a", "separation"), self.summary_mean("b", "separation")
         if sep_a is not None and sep_b is not None:
@@ -140,26 +170,54 @@ class Comparison:
         return " ".join(text)
 
     def to_dict(self) -> dict:
-        return {
-            "a": self.a,
-            "b": self.b,
-            "settings": self.settings,
-            "layers": self.layers,
-            "num_heads": self.num_heads,
-            "metric": "JS(key-marginal on A, on B) / log 2, per (layer, head), mean over steps, parts and images",
-            "change": self.change,
-            "layer_change": dict(zip(self.layers, self.layer_change, strict=True)),
-            "most_changed_layers": self.most_changed_layers,
-            "max_change": self.max_change,
-            "checks": {
-                name: {"a": self.check_means("a")[name], "b": self.check_means("b")[name]}
-                for name in self.check_means("a")
-            },
-            "failing": {"a": self.failing("a"), "b": self.failing("b")},
-            "separation": {"a": self.summary_mean("a", "separation"), "b": self.summary_mean("b", "separation")},
-            "verdict": self.verdict,
-            "images": [img.__dict__ for img in self.images],
-        }
+        """Plain JSON values: a change that is not finite is ``null`` (``nonfinite`` says where)."""
+        return _json_safe(
+            {
+                "a": self.a,
+                "b": self.b,
+                "settings": self.settings,
+                "layers": self.layers,
+                "num_heads": self.num_heads,
+                "metric": "JS(key-marginal on A, on B) / log 2, per (layer, head), mean over steps, parts and images",
+                "change": self.change,
+                "layer_change": dict(zip(self.layers, self.layer_change, strict=True)),
+                "most_changed_layers": self.most_changed_layers,
+                "max_change": self.max_change,
+                "checks": {
+                    name: {"a": self.check_means("a")[name], "b": self.check_means("b")[name]}
+                    for name in self.check_means("a")
+                },
+                "failing": {"a": self.failing("a"), "b": self.failing("b")},
+                "separation": {"a": self.summary_mean("a", "separation"), "b": self.summary_mean("b", "separation")},
+                "finite": self.finite,
+                "nonfinite": {"a": self.nonfinite("a"), "b": self.nonfinite("b")},
+                "verdict": self.verdict,
+                "images": [img.__dict__ for img in self.images],
+            }
+        )
+
+
+def _json_safe(value):
+    """``value`` with every float that is not finite replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def first_nonfinite(record) -> str | None:
+    """Where a record's key-marginals first stop being finite (``"LAYER at step S"``), or None."""
+    import torch
+
+    marginals = record.marginals.float()
+    bad = ~torch.isfinite(marginals).reshape(*marginals.shape[:2], -1).all(dim=-1)  # (steps, layers)
+    if not bool(bad.any()):
+        return None
+    s, layer = (int(i) for i in bad.nonzero()[0])  # step-major: the earliest step, then the shallowest layer
+    return f"{record.layers[layer]} at step {record.steps[s]}"
 
 
 def marginal_change(record_a, record_b):
@@ -233,7 +291,14 @@ def compare_checkpoints(
         name = Path(outcome_a.image).name
         comparison.images.append(
             ImageComparison(
-                name, change.tolist(), _results(outcome_a), _results(outcome_b), outcome_a.summary, outcome_b.summary
+                name,
+                change.tolist(),
+                _results(outcome_a),
+                _results(outcome_b),
+                outcome_a.summary,
+                outcome_b.summary,
+                first_nonfinite(ra),
+                first_nonfinite(rb),
             )
         )
         if keep is not None:

@@ -42,6 +42,17 @@ def merged(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory):
+    """The embedded model with one cross-attention key weight of block 2 set to NaN, on disk."""
+    checkpoint = load_checkpoint(EMBEDDED_MODEL)
+    out = tmp_path_factory.mktemp("variants") / "nan_weights"
+    with broken(checkpoint.transformer, "nonfinite") as edited:
+        assert edited == ["blocks.2.attn2.to_k.weight"]
+        write_checkpoint(out, checkpoint.transformer, checkpoint.image_encoder, run_defaults=checkpoint.run_defaults)
+    return out
+
+
 def test_compare_names_the_separation_drop_and_the_layers_that_moved(merged, fixtures, tmp_path, capsys):
     out = tmp_path / "compare"
     args = ["compare", str(EMBEDDED_MODEL), str(merged), "--fixtures", str(fixtures), "--steps", "4"]
@@ -81,6 +92,28 @@ def test_a_model_compared_with_itself_changes_nowhere(fixtures):
     doc = comparison.to_dict()
     json.dumps(doc)
     assert doc["separation"]["a"] == doc["separation"]["b"]
+
+
+def test_nan_weights_in_b_fail_the_command_and_compare_json_stays_json(nan_model, tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    shutil.copy(FIXTURE_IMAGES / IMAGES[0], tmp_path / "images" / IMAGES[0])
+    out = tmp_path / "compare"
+    args = ["compare", str(EMBEDDED_MODEL), str(nan_model), "--fixtures", str(tmp_path / "images"), "--steps", "2"]
+    assert main([*args, "--device", "cpu", "--out", str(out), "-q"]) == 1
+    captured = capsys.readouterr()
+    where = f"{IMAGES[0]} (from blocks.2.attn2 at step 0)"
+    assert "barely moved" not in captured.out and f"B's attention is not finite (NaN or inf) on {where}" in captured.out
+    assert captured.err.startswith("partattn compare: failed: attention is not finite")
+    assert f"B: {where}" in captured.err
+
+    def no_nan(token):
+        raise AssertionError(f"compare.json holds {token}")
+
+    doc = json.loads((out / "compare.json").read_text(), parse_constant=no_nan)
+    assert doc["finite"] is False and doc["nonfinite"] == {"a": [], "b": [where]}
+    assert doc["max_change"] is None and doc["layer_change"]["blocks.4.attn2"] is None
+    assert doc["images"][0]["nonfinite_b"] == "blocks.2.attn2 at step 0" and doc["images"][0]["nonfinite_a"] is None
+    assert "attention is not finite" in (out / "index.html").read_text()
 
 
 def test_compare_refuses_a_folder_that_is_no_checkpoint(tmp_path, capsys):

@@ -5,6 +5,8 @@ layer, each check on A and on B, and a one-paragraph verdict in ``compare.json``
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 
 from .args import add_fixture_run_options, fixtures_dir, run_device, say
@@ -89,6 +91,9 @@ def main(args, extra) -> int:
         outputs.add(*written.values())
     print(comparison.verdict)
     print(f"wrote compare.json and {len(written) - 2} figures; open {written['index']}")
+    if not comparison.finite:  # a broken checkpoint fails the command, like a failing check
+        bad = [f"{side.upper()}: {', '.join(where)}" for side in "ab" if (where := comparison.nonfinite(side))]
+        raise RunFailed(f"attention is not finite ({'; '.join(bad) or 'the change'}); see {written['json']}")
     return 0
 
 
@@ -97,7 +102,12 @@ def _shown_image(comparison, kept, layer_index: int) -> str | None:
     multi = [img for img in comparison.images if kept[img.image][0].num_parts >= 2]
     if not multi:
         return None
-    return max(multi, key=lambda img: sum(img.change[layer_index])).image
+    return max(multi, key=lambda img: _finite_or_low(sum(img.change[layer_index]))).image
+
+
+def _finite_or_low(value: float) -> float:
+    """``value`` for ``max``: a change that is not finite ranks below every measured one."""
+    return value if math.isfinite(value) else -math.inf
 
 
 def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
@@ -107,14 +117,17 @@ def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
     from ..reporting.page import Page
     from ..views import renorm
 
-    written = {"json": atomic_write_text(out / "compare.json", json.dumps(comparison.to_dict(), indent=1) + "\n")}
+    doc = json.dumps(comparison.to_dict(), indent=1, allow_nan=False)  # JSON has no NaN: to_dict writes null
+    written = {"json": atomic_write_text(out / "compare.json", doc + "\n")}
     name_a, name_b = Path(comparison.a).name, Path(comparison.b).name
-    written["heatmap"] = figures.change_heatmap(
-        comparison.change,
-        comparison.layers,
-        out / "change_heatmap.png",
-        title=f"change of key-marginals {name_a} → {name_b}",
-    )
+    with warnings.catch_warnings():  # cells that are not finite stay blank and read "nan"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        written["heatmap"] = figures.change_heatmap(
+            comparison.change,
+            comparison.layers,
+            out / "change_heatmap.png",
+            title=f"change of key-marginals {name_a} → {name_b}",
+        )
     a_means, b_means = comparison.check_means("a"), comparison.check_means("b")
     shown = [n for n in a_means if a_means[n] is not None and b_means[n] is not None and (a_means[n] or b_means[n])]
     if shown:
@@ -126,7 +139,7 @@ def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
             title=f"check values, mean over images (A: {name_a}, B: {name_b})",
         )
     per_layer = comparison.layer_change
-    li = max(range(len(per_layer)), key=per_layer.__getitem__)
+    li = max(range(len(per_layer)), key=lambda i: _finite_or_low(per_layer[i]))
     layer = comparison.layers[li]
     image_name = _shown_image(comparison, kept, li)
     panels = []
