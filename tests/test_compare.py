@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from partattn_checks import EMBEDDED_MODEL
 from partattn_checks.cli import main
+from partattn_checks.cli.io import COMPARE_OUTPUTS, refuse_foreign
 from partattn_checks.compare import CompareError, compare_checkpoints, marginal_change
 from partattn_checks.model.broken import broken
 from partattn_checks.model.loading import load_checkpoint
@@ -122,6 +123,20 @@ def test_compare_refuses_a_folder_that_is_no_checkpoint(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CompareError, match="not a checkpoint folder"):
         compare_checkpoints(EMBEDDED_MODEL, tmp_path / "empty", [FIXTURE_IMAGES / IMAGES[0]])
+
+
+def test_compare_refuses_to_overwrite_a_users_own_file_in_out(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.html").write_text("<p>mine</p>")
+    args = ["compare", str(EMBEDDED_MODEL), str(EMBEDDED_MODEL), "--fixtures", str(FIXTURE_IMAGES)]
+    assert main([*args, "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: {out / 'index.html'} is not a file partattn wrote there" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["index.html"] and (out / "index.html").read_text() == "<p>mine</p>"
+    # what an earlier compare wrote there (before manifests existed) is its own to overwrite
+    (out / "compare.json").write_text(json.dumps({"a": "A", "b": "B", "change": [[0.0]], "verdict": "No change"}))
+    refuse_foreign(out, COMPARE_OUTPUTS, "--out")
 
 
 def _record(marginals: torch.Tensor) -> AttentionRecord:

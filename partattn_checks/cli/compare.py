@@ -10,7 +10,17 @@ import warnings
 from pathlib import Path
 
 from .args import add_fixture_run_options, fixtures_dir, run_device, say
-from .io import Outputs, ProgressBar, RunFailed, UsageError, read_thresholds, remove_created, writable_folder
+from .io import (
+    COMPARE_OUTPUTS,
+    Outputs,
+    ProgressBar,
+    RunFailed,
+    UsageError,
+    read_thresholds,
+    refuse_foreign,
+    remove_created,
+    writable_folder,
+)
 
 DEFAULT_OUT = Path("partattn-results") / "compare"
 
@@ -58,7 +68,9 @@ def main(args, extra) -> int:
     thresholds = read_thresholds(args.thresholds)
     device = run_device(args.device)
     out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
-    created = writable_folder(out, "--out" if args.out else "output folder")
+    option = "--out" if args.out else "output folder"
+    created = writable_folder(out, option)
+    refuse_foreign(out, COMPARE_OUTPUTS, option)  # a user's own index.html stays theirs
     say(args, f"{args.a} vs {args.b}: {len(images)} image(s) on {device} ({args.dtype})")
     bar = ProgressBar(len(images), enabled=False if args.quiet else None, label="compare")
     kept: dict[str, tuple] = {}

@@ -1,6 +1,7 @@
 """What the ``partattn`` command shows and writes besides its results: the progress bar, and
-its output folders (checked writable before any work; a manifest of what ``run``/``show`` wrote,
-so the next command into the same folder removes exactly its own stale files).
+its output folders (checked writable before any work; a manifest of what ``run``/``show``/``compare``/
+``calibrate`` wrote, so the next command into the same folder removes exactly its own stale files and
+refuses to overwrite a file the user put there).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from ..errors import PartattnError
 #: What ``run``/``show`` wrote into an output folder, so the next command there removes exactly its
 #: own stale files (``overlay_part2.png`` of an earlier 3-part run) and nothing else.
 MANIFEST = "partattn-manifest.json"
+#: The files ``partattn compare`` writes (recognised in folders written before manifests existed).
+COMPARE_OUTPUTS = ("compare.json", "index.html", "change_heatmap.png", "check_values.png", "parts_a.png", "parts_b.png")
+#: The files ``partattn calibrate`` writes, and the folder of the gate run that wrote the baselines.
+CALIBRATE_OUTPUTS = ("thresholds.toml", "model-matrix.md", "model-matrix.json", "model-matrix.png")
+GATE_RESULTS = "gate-results"
 #: Never removed as stale, only overwritten: a saved record is data (``show`` may be rendering it),
 #: and ``input.png`` is the record's view of its image.
 KEPT_OUTPUTS = ("record.json", "record.safetensors", "input.png")
@@ -103,11 +109,40 @@ def _inside(path: Path, out: Path) -> str | None:
         return None
 
 
-def _owned_files(out: Path) -> list[str]:
-    """Files (relative to ``out``) that an earlier ``partattn run``/``show`` wrote into ``out``.
+def _json_object(path: Path) -> dict:
+    """A JSON object file, ``{}`` when it is none; silently: a file that is not ours is simply not ours."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
-    From its manifest; for folders written before manifests existed, from its ``metrics.json``
-    (figures and metrics.json, index.html). Entries outside ``out`` are ignored.
+
+def _legacy_files(out: Path) -> list[str]:
+    """What an earlier command wrote into ``out`` before manifests existed, recognised by its main file:
+    ``run``'s metrics.json (its figures, index.html), ``compare``'s compare.json, ``calibrate``'s
+    model-matrix.json (its outputs and the gate's results folder)."""
+    names: list[str] = []
+    metrics = _json_object(out / "metrics.json")
+    if (out / "index.html").is_file() and {"figures", "checks", "summary"} <= metrics.keys():
+        try:
+            names += [f["path"] for f in metrics["figures"]] + ["metrics.json", "index.html"]
+        except (KeyError, TypeError):
+            pass
+    if {"a", "b", "change", "verdict"} <= _json_object(out / "compare.json").keys():
+        names += list(COMPARE_OUTPUTS)
+    if {"provenance", "decisions", "matrix"} <= _json_object(out / "model-matrix.json").keys():
+        names += list(CALIBRATE_OUTPUTS)
+        if (out / GATE_RESULTS).is_dir():
+            names += [p.relative_to(out).as_posix() for p in (out / GATE_RESULTS).rglob("*") if p.is_file()]
+    return names
+
+
+def _owned_files(out: Path) -> list[str]:
+    """Files (relative to ``out``) that an earlier ``partattn`` command wrote into ``out``.
+
+    From its manifest; for folders written before manifests existed, recognised by their main file
+    (:func:`_legacy_files`). Entries outside ``out`` are ignored.
     """
     names = []
     manifest = out / MANIFEST
@@ -123,18 +158,28 @@ def _owned_files(out: Path) -> list[str]:
                 file=sys.stderr,
             )
             return []
-    elif (out / "metrics.json").is_file() and (out / "index.html").is_file():
-        try:  # silently: a metrics.json that is not ours is simply not ours
-            doc = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-            if isinstance(doc, dict) and {"figures", "checks", "summary"} <= doc.keys():
-                names = [f["path"] for f in doc["figures"]] + ["metrics.json", "index.html"]
-        except (OSError, ValueError, KeyError, TypeError):
-            names = []
+    else:
+        names = _legacy_files(out)
     owned = []
     for name in names:
         if isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts:
             owned.append(Path(name).as_posix())
     return owned
+
+
+def refuse_foreign(out: Path, names, option: str) -> None:
+    """Refuse, before any work, to overwrite a file in ``out`` that partattn did not write: one of
+    ``names`` (files, or folders whose files count) that exists there and that no manifest lists."""
+    owned = set(_owned_files(out))
+    for name in names:
+        path = out / name
+        found = [p for p in path.rglob("*") if not p.is_dir()] if path.is_dir() else [path]
+        for file in found:
+            if (file.exists() or file.is_symlink()) and file.relative_to(out).as_posix() not in owned:
+                raise UsageError(
+                    f"{option} {out}: {file} is not a file partattn wrote there (no {MANIFEST} lists it) and would be "
+                    f"overwritten; pass --out DIR, another folder, or move the file away"
+                )
 
 
 def _top_files(out: Path) -> set[str]:
@@ -204,8 +249,9 @@ class Outputs:
 
         doc = {
             "written_by": f"partattn {self.command}",
-            "note": "files partattn wrote here; the next partattn run/show into this folder removes "
-            "the ones it does not write again (not record.json, record.safetensors, input.png)",
+            "note": "files partattn wrote here; the next partattn command into this folder removes "
+            "the ones it does not write again (not record.json, record.safetensors, input.png), and "
+            "overwrites no other file",
             "files": files,
         }
         atomic_write_text(self.out / MANIFEST, json.dumps(doc, indent=2) + "\n")
