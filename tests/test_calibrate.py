@@ -543,3 +543,78 @@ def test_the_fingerprint_reads_headers_not_tensors(tmp_path):
     (copy / "partattn.json").write_text((copy / "partattn.json").read_text().replace('"steps": 10', '"steps": 20'))
     assert fingerprint(copy) != fingerprint(SEED1)
     assert fingerprint(RANDOM) != fingerprint(SEED1)
+
+
+# ---------------------------------------------------------------------------- what calibrate leaves in place
+COMMITTED_BASELINES = REPO / "fixtures" / "baselines"
+#: A conftest in the fixture folder that presses Ctrl-C in the gate once every baseline is written.
+INTERRUPT_CONFTEST = """
+def pytest_runtest_teardown(item, nextitem):
+    if nextitem is None:
+        raise KeyboardInterrupt
+"""
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and modification time."""
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+def _calibrate_with_baselines(root: Path, *extra: str) -> int:
+    """``partattn calibrate --baselines`` on the embedded model, one image, quickly."""
+    return cli.main(
+        ["calibrate", "--model", str(EMBEDDED), "--fixtures", str(root / "images"), "--out", str(root / "out")]
+        + ["--baselines", str(root / "baselines"), "--no-graded", "--steps", str(EMBEDDED_STEPS), "--device", "cpu"]
+        + ["-q"]
+        + (list(extra) or ["--baseline-seeds", "2"])
+    )
+
+
+@pytest.fixture
+def one_image(tmp_path, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    (tmp_path / "images").mkdir()
+    shutil.copyfile(IMAGES / "np2_circle_square.png", tmp_path / "images" / "np2_circle_square.png")
+    return tmp_path
+
+
+def test_calibrate_keeps_the_baselines_of_other_images_and_the_users_own_files(one_image, capsys):
+    root = one_image
+    shutil.copytree(COMMITTED_BASELINES / "np3_three_shapes", root / "baselines" / "np3_three_shapes")
+    other = _files(root / "baselines" / "np3_three_shapes")
+    (root / "out").mkdir()
+    (root / "out" / "thresholds.toml").write_text("# my own thresholds\n")
+    assert _calibrate_with_baselines(root) == 2
+    err = capsys.readouterr().err
+    assert f"--out {root / 'out'}: {root / 'out' / 'thresholds.toml'} is not a file partattn wrote there" in err
+    assert err.count("\n") == 1 and "move the file away" in err
+    assert (root / "out" / "thresholds.toml").read_text() == "# my own thresholds\n"
+    assert sorted(p.name for p in (root / "baselines").iterdir()) == ["np3_three_shapes"]
+
+    (root / "out" / "thresholds.toml").rename(root / "my-thresholds.toml")
+    assert _calibrate_with_baselines(root) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "unused baseline" not in printed
+    assert sorted(p.name for p in (root / "baselines").iterdir()) == ["np2_circle_square", "np3_three_shapes"]
+    assert _files(root / "baselines" / "np3_three_shapes") == other
+    manifest = json.loads((root / "out" / cli.MANIFEST).read_text())
+    assert set(OUTPUTS_OF_CALIBRATE) <= set(manifest["files"]) and "gate-results/index.html" in manifest["files"]
+    assert sorted(p.name for p in (root / "out").iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
+OUTPUTS_OF_CALIBRATE = ("thresholds.toml", "model-matrix.md", "model-matrix.json", "model-matrix.png")
+
+
+def test_an_interrupted_calibration_leaves_out_and_baselines_as_they_were(one_image, capsys):
+    root = one_image
+    assert _calibrate_with_baselines(root) == 0, capsys.readouterr().err
+    out, baselines = _files(root / "out"), _files(root / "baselines")
+    (root / "images" / "conftest.py").write_text(INTERRUPT_CONFTEST)
+    # other settings: new thresholds and baselines were written (staged) when Ctrl-C came
+    assert _calibrate_with_baselines(root, "--margin", "0.3", "--baseline-seeds", "3") == 130
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("partattn calibrate: interrupted") and "failed" not in err
+    assert _files(root / "out") == out and _files(root / "baselines") == baselines
+    assert [p.name for p in (root / "out").iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in (root / "baselines").iterdir() if p.name.startswith(".")] == []

@@ -8,12 +8,20 @@ with ``--no-graded``), and writes ``thresholds.toml`` (with its provenance),
 ``model-matrix.md``/``.json``/``.png``; with ``--baselines DIR`` it then runs the gate in update mode
 to write the fixture images' baselines. Every run goes through the fixture-set runner
 (``session.Session``), so each image's sidecar settings and ``[thresholds.*]`` overrides apply.
+
+Everything is written into hidden staging folders (one in ``--out``, one in ``--baselines``) and moved
+into place only when all of it is done: a failed or interrupted calibration leaves both folders as they
+were. The gate writes the baselines of the fixture images into its staging folder, seeded with their
+stored ones, so baselines of other images in ``--baselines`` are never touched. A file in ``--out``
+that partattn did not write (no manifest lists it) is refused before any work.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .. import runspec
@@ -30,10 +38,22 @@ from .args import (
     say,
 )
 from .check import REWRITE_WARNING_FILTER, _plugin_args, check_args
-from .io import RunFailed, UsageError, read_thresholds, remove_created, writable_folder
+from .io import (
+    CALIBRATE_OUTPUTS,
+    GATE_RESULTS,
+    Outputs,
+    RunFailed,
+    UsageError,
+    read_thresholds,
+    refuse_foreign,
+    remove_created,
+    writable_folder,
+)
 
 DEFAULT_OUT = Path("partattn-calibration")
-OUTPUTS = ("thresholds.toml", "model-matrix.md", "model-matrix.json", "model-matrix.png")
+OUTPUTS = CALIBRATE_OUTPUTS
+#: Prefix of the staging folders (removed at the end; one left behind is a killed calibration's).
+STAGING_PREFIX = ".partattn-calibrate-"
 
 
 def add_parser(sub):
@@ -118,17 +138,62 @@ def main(args, extra) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
-    created = writable_folder(out, "--out" if args.out else "output folder")
+    option = "--out" if args.out else "output folder"
+    baselines = Path(args.baselines).expanduser() if args.baselines else None
+    created = writable_folder(out, option)
+    created_baselines, lock, stages, done = None, None, [], False
     try:
-        if args.baselines:
-            writable_folder(Path(args.baselines).expanduser(), "--baselines")
-        toml = _calibrate(args, model, images, base, out)
-    except BaseException:
-        remove_created(out, created)
-        raise
-    if args.baselines:
-        return _write_baselines(args, model, fixtures, toml)
+        refuse_foreign(out, OUTPUTS + ((GATE_RESULTS,) if baselines else ()), option)
+        if baselines is not None:
+            created_baselines = writable_folder(baselines, "--baselines")
+            lock = _lock(baselines)
+        stages.append(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out)))
+        toml = _calibrate(args, model, images, base, stages[0])
+        if baselines is not None:
+            stages.append(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=baselines)).resolve())
+            _write_baselines(args, model, fixtures, toml, stages[1])
+            _publish_baselines(stages[1], baselines)
+        _publish_outputs(stages[0], out)
+        done = True
+    finally:  # failed or interrupted (Ctrl-C included): both folders stay as they were
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+        if not done:
+            if baselines is not None:
+                remove_created(baselines, created_baselines)
+            remove_created(out, created)
+    say(args, f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
+    if baselines is not None:
+        say(args, f"wrote the baselines of {len(images)} image(s) into {baselines}")
     return 0
+
+
+def _lock(baselines: Path):
+    """The gate's update lock on ``--baselines``, held while calibrate writes there."""
+    from ..baseline import BaselineError, UpdateLock
+
+    lock = UpdateLock(baselines)
+    try:
+        lock.acquire()
+    except BaselineError as err:
+        raise UsageError(str(err)) from None
+    return lock
+
+
+def _publish_outputs(stage: Path, out: Path) -> None:
+    """Move the staged outputs (and the gate's results folder) into ``out``, listed in its manifest."""
+    with Outputs(out, "calibrate") as outputs:
+        for name in OUTPUTS:
+            os.replace(stage / name, out / name)
+            outputs.add(out / name)
+        results = stage / GATE_RESULTS
+        if results.is_dir():
+            if (out / GATE_RESULTS).exists():
+                os.replace(out / GATE_RESULTS, stage / f"old-{GATE_RESULTS}")
+            os.replace(results, out / GATE_RESULTS)
+            outputs.add(*(p for p in (out / GATE_RESULTS).rglob("*") if p.is_file()))
 
 
 def _calibrate(args, model: Path, images, base, out: Path) -> Path:
@@ -210,7 +275,6 @@ def _calibrate(args, model: Path, images, base, out: Path) -> Path:
     atomic_write_bytes(out / "model-matrix.png", report.figure(table, decisions, f"{model.name}: {len(images)} images"))
     if not args.quiet:
         print(text)
-    say(args, f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
     return toml
 
 
@@ -240,10 +304,21 @@ def command_line(args) -> str:
     return " ".join(words)
 
 
-def _write_baselines(args, model: Path, fixtures: Path, toml: Path) -> int:
+def _write_baselines(args, model: Path, fixtures: Path, toml: Path, baselines: Path) -> None:
     """The gate (``pytest --partattn``) in update mode with the new thresholds: the baselines are
-    written by the plugin itself, in whatever format it stores."""
-    baselines = Path(args.baselines).expanduser().resolve()
+    written by the plugin itself, in whatever format it stores, into ``baselines`` (a staging folder)
+    seeded with the fixture images' stored baselines: unchanged files stay as they are, and the
+    gate's removal of unused baselines finds none (those of other images are never touched)."""
+    from ..baseline import BaselineStore
+    from ..sidecar import image_keys
+
+    target = Path(args.baselines).expanduser().resolve()
+    stored, staged = BaselineStore(target), BaselineStore(baselines)
+    for key in image_keys(fixtures.resolve(), (toml.parent / GATE_RESULTS).resolve()):
+        for src, dst in zip(stored.paths(key).files(), staged.paths(key).files(), strict=True):
+            if src.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
     extra = [f"--partattn-pipeline={args.pipeline}"] if args.pipeline else []
     extra += [
         "--partattn-update=all",
@@ -258,16 +333,44 @@ def _write_baselines(args, model: Path, fixtures: Path, toml: Path) -> int:
         extra.append(f"--partattn-num-tokens={args.num_tokens}")
     if args.baseline_seeds is not None:
         extra.append(f"--partattn-baseline-seeds={args.baseline_seeds}")
-    say(args, f"writing baselines into {baselines} (pytest --partattn --partattn-update=all)")
+    say(args, f"writing baselines for {target} (pytest --partattn --partattn-update=all)")
     import pytest
 
+    interrupt = _Interrupt()
     code = int(
         pytest.main(
             _plugin_args()
             + ["-W", REWRITE_WARNING_FILTER]
-            + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra)
+            + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra),
+            plugins=[interrupt],
         )
     )
+    if interrupt.seen:  # pytest turns Ctrl-C into an exit status; it is still an interrupt
+        raise KeyboardInterrupt
     if code != 0:
-        raise RunFailed(f"the gate exited with status {code} while writing the baselines into {baselines}")
-    return 0
+        raise RunFailed(f"the gate exited with status {code} while writing the baselines into {target}")
+
+
+class _Interrupt:
+    """A pytest plugin that notes a Ctrl-C (pytest's exit status 2 also means a collection error)."""
+
+    seen = False
+
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        if excinfo.errisinstance(KeyboardInterrupt):
+            self.seen = True
+
+
+def _publish_baselines(staged: Path, target: Path) -> None:
+    """Move the baselines the gate wrote into ``staged`` over those in ``target``, file by file (an
+    unchanged file keeps its bytes and time); a file the gate removed is removed."""
+    from ..baseline import BaselineStore
+
+    for key in BaselineStore(staged).keys():
+        pairs = zip(BaselineStore(staged).paths(key).files(), BaselineStore(target).paths(key).files(), strict=True)
+        for new, old in pairs:
+            if not new.is_file():
+                old.unlink(missing_ok=True)
+            elif not old.is_file() or new.read_bytes() != old.read_bytes():
+                old.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(new, old)
