@@ -37,8 +37,9 @@ class PipelineError(PartattnError, ValueError):
     """A pipeline factory or object that cannot be used; the message names it and the fix."""
 
 
-class _Denoised(Exception):
-    """Raised from the transformer's forward hook after the last step: stops before mesh decoding."""
+class _Denoised(PartattnError):
+    """Raised from the transformer's forward hook after the last step: stops before mesh decoding
+    (caught by :class:`UpstreamPipeline`; never reaches a user)."""
 
 
 @dataclass

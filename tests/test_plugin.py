@@ -81,14 +81,15 @@ def test_default_model_is_the_embedded_package_folder():
 def test_activation_runs_each_image_once_with_one_model_load(pytester):
     make_project(pytester, images=(IMAGE, "np1_circle.png"))
     pytester.makeconftest(RUN_COUNTER)
-    result = pytester.runpytest_inprocess(*args("--partattn-update=missing"))
+    result = pytester.runpytest_inprocess(*args("--partattn-update=missing", "--partattn-baseline-seeds=2"))
     got = outcomes(result)
     assert got["fixtures/images/np1_circle.png::part_separation"] == "skipped"  # one part
     assert sorted(got.values()).count("passed") == 2 * len(ITEM_CHECKS) - 1
     assert result.ret == 0
     events = __import__("json").loads((pytester.path / "events-main.json").read_text())
     assert events["loads"] == ["cpu"]
-    assert sorted(events["calls"]) == sorted([IMAGE, "np1_circle.png"])  # once per image, not per check
+    # once per image, not per check, plus once per baseline seed when its baseline is written
+    assert sorted(events["calls"]) == sorted([IMAGE, "np1_circle.png"] * (1 + 2))
     result.stdout.fnmatch_lines(["partattn: model from pytest_partattn_load_pipeline (conftest.py)"])
     # the terminal summary: one row per image, one column per check
     result.stdout.fnmatch_lines(
@@ -336,7 +337,7 @@ def test_save_all_figures_and_index(pytester):
 def test_broken_image_fails_its_own_items_only(pytester):
     folder = make_project(pytester)
     (folder / "np2_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    result = pytester.runpytest_inprocess(*args("--partattn-update=missing"))
+    result = pytester.runpytest_inprocess(*args("--partattn-update=missing", "--partattn-baseline-seeds=2"))
     got = outcomes(result)
     assert {k for k, v in got.items() if v == "failed"} == {f"fixtures/images/np2_broken.png::{c}" for c in ITEM_CHECKS}
     assert {k for k, v in got.items() if v == "passed"} == {f"fixtures/images/{IMAGE}::{c}" for c in ITEM_CHECKS}
@@ -372,7 +373,7 @@ def test_sidecar_sets_parts_steps_and_threshold_overrides(pytester):
     (folder / "shapes.toml").write_text(
         "num_parts = 2\nsteps = 1\nseed = 3\n\n[thresholds.part_separation]\nmin_separation = 0.999\n"
     )
-    result = pytester.runpytest_inprocess(*args("--partattn-update=missing"))
+    result = pytester.runpytest_inprocess(*args("--partattn-update=missing", "--partattn-baseline-seeds=2"))
     got = outcomes(result)
     assert got["fixtures/images/shapes.png::part_separation"] == "failed"  # the sidecar's threshold
     assert got["fixtures/images/shapes.png::stability"] == "skipped"  # 1 step (sidecar beats --partattn-steps)
