@@ -3,9 +3,10 @@
 The guide promised ``register_hooks`` / ``extract_attention_weights`` / ``visualize_*`` /
 ``create_attention_animation`` / ``clear_hooks`` plus statistics and batch processing. Its known
 implementations hook modules in ways that capture nothing (or the wrong heads); this one is a thin
-layer over :class:`~partattn_checks.capture.AttentionRecorder` (processor swaps, PartCrafter's
-head split, conditional CFG half, time token dropped, CLS key kept in column 0) and
-:mod:`~partattn_checks.render` (A·Nk on a fixed scale, uniform = 1). See docs/visualization.md.
+layer over :class:`~partattn_checks.capture.AttentionRecorder` (hooks that read what each layer's
+own processor computes, PartCrafter's head split, conditional CFG half, time token dropped, CLS key
+kept in column 0) and :mod:`~partattn_checks.render` (A·Nk on a fixed scale, uniform = 1). See
+docs/visualization.md; tests/test_guide.py runs the guide's code blocks.
 
 Vocabulary used below:
 
@@ -15,6 +16,8 @@ Vocabulary used below:
   renormalised, with the CLS ("sink") mass in the title.
 * *record*: an :class:`~partattn_checks.record.AttentionRecord` (streamed per-step reductions, full
   maps only where opted in). Every method that draws also accepts a record.
+* *attention maps*: while hooks are registered, ``model.attention_maps`` is the latest hooked
+  step's weights (``{layer name: (P, H, Q, K)}``), what the guide's step callback reads.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -52,20 +56,24 @@ class AttentionVisualizer(FigureMethods):
     object with a ``transformer`` and the same call signature), a checkpoint folder (loaded with
     ``device``, ``auto`` by default, and ``dtype``), a ``PartCrafterDiTModel``, or any diffusers
     model whose cross-attention modules use standard diffusers or PartCrafter/TripoSG processors.
+    Left out (``AttentionVisualizer()``, as the guide writes it), the visualizer binds to the model
+    or pipeline first given to :meth:`register_hooks`.
 
     ``num_parts``: default part count (a pipeline run takes it from the ``np<N>_`` file-name prefix
-    when not given). ``cfg``: hooked forwards get the batch ``[uncond, cond]`` and only the
-    conditional half is kept (pipeline runs decide this from the guidance scale). ``has_cls`` /
-    ``time_token``: whether key 0 is an image CLS token and query 0 a time token (default: true
-    for PartCrafter, false otherwise). ``patch_grid``: (rows, cols) of the image patch keys, for
-    drawing on the image (default: the pipeline's encoder grid).
+    when not given). ``cfg``: whether model inputs are the batch ``[uncond, cond]``, of which only
+    the conditional half is kept; ``None`` (default) decides per call: a PartCrafter batch of exactly
+    ``num_parts`` rows has no CFG half, any other batch is ``[uncond, cond]`` (pipeline runs decide
+    from the guidance scale). ``has_cls`` / ``time_token``: whether key 0 is an image CLS token and
+    query 0 a time token (default: true for PartCrafter and before binding, false for other
+    models). ``patch_grid``: (rows, cols) of the image patch keys, for drawing on the image
+    (default: the pipeline's encoder grid).
     """
 
     def __init__(
         self,
-        model_or_pipeline,
+        model_or_pipeline=None,
         num_parts: int | None = None,
-        cfg: bool = True,
+        cfg: bool | None = None,
         *,
         has_cls: bool | None = None,
         time_token: bool | None = None,
@@ -74,14 +82,33 @@ class AttentionVisualizer(FigureMethods):
         dtype=torch.float32,
         thresholds: Thresholds | None = None,
     ):
-        from .model.transformer import PartCrafterDiTModel
-
         if isinstance(model_or_pipeline, (str, os.PathLike)):
             from .model.pipeline import PartCrafterPipeline
 
             model_or_pipeline = PartCrafterPipeline.from_pretrained(
                 model_or_pipeline, dtype=dtype, device=resolve_device(str(device)).device
             )
+        if num_parts is not None and int(num_parts) < 1:
+            raise ValueError(f"num_parts must be at least 1, got {num_parts}")
+        self.num_parts = None if num_parts is None else int(num_parts)
+        self.cfg = None if cfg is None else bool(cfg)
+        self._settings = {"has_cls": has_cls, "time_token": time_token, "patch_grid": patch_grid}
+        self.pipeline = self.model = None
+        self.has_cls = True if has_cls is None else bool(has_cls)
+        self.time_token = True if time_token is None else bool(time_token)
+        self.patch_grid = tuple(int(g) for g in patch_grid) if patch_grid else None
+        if model_or_pipeline is not None:
+            self._bind(model_or_pipeline)
+        self.thresholds = thresholds or Thresholds()
+        self.record: AttentionRecord | None = None  # the last record made by any method
+        self.results: dict[str, CheckResult] = {}  # checks of the last pipeline run
+        self.image = None  # the encoder's view (PIL) of the last image run, for overlays
+        self._hooks: _Hooks | None = None
+
+    def _bind(self, model_or_pipeline) -> None:
+        """Take ``model_or_pipeline`` as this visualizer's model; PartCrafter decides the defaults."""
+        from .model.transformer import PartCrafterDiTModel
+
         if isinstance(model_or_pipeline, torch.nn.Module):
             self.pipeline, self.model = None, model_or_pipeline
         elif isinstance(getattr(model_or_pipeline, "transformer", None), torch.nn.Module) and callable(
@@ -93,24 +120,13 @@ class AttentionVisualizer(FigureMethods):
                 f"AttentionVisualizer needs a PartCrafterPipeline, a checkpoint folder or a torch/diffusers model, "
                 f"got {type(model_or_pipeline).__name__}"
             )
-        if num_parts is not None and int(num_parts) < 1:
-            raise ValueError(f"num_parts must be at least 1, got {num_parts}")
         partcrafter = isinstance(self.model, PartCrafterDiTModel)
-        self.num_parts = None if num_parts is None else int(num_parts)
-        self.cfg = bool(cfg)
+        has_cls, time_token, grid = (self._settings[k] for k in ("has_cls", "time_token", "patch_grid"))
         self.has_cls = partcrafter if has_cls is None else bool(has_cls)
         self.time_token = partcrafter if time_token is None else bool(time_token)
-        if patch_grid is None and self.pipeline is not None:
-            patch_grid = getattr(self.pipeline, "patch_grid", None)
-        self.patch_grid = tuple(int(g) for g in patch_grid) if patch_grid else None
-        self.thresholds = thresholds or Thresholds()
-        self.record: AttentionRecord | None = None  # the last record made by any method
-        self.results: dict[str, CheckResult] = {}  # checks of the last pipeline run
-        self.image = None  # the encoder's view (PIL) of the last image run, for overlays
-        self._recorder: AttentionRecorder | None = None
-        self._hook_settings: dict | None = None
-        self._count_hook = None
-        self._forwards = 0
+        if grid is None and self.pipeline is not None:
+            grid = getattr(self.pipeline, "patch_grid", None)
+        self.patch_grid = tuple(int(g) for g in grid) if grid else None
 
     @classmethod
     def from_pretrained(cls, path, *, device="auto", dtype=torch.float32, **kwargs) -> AttentionVisualizer:
@@ -122,8 +138,8 @@ class AttentionVisualizer(FigureMethods):
         return cls(PartCrafterPipeline.from_pretrained(path, device=device, dtype=dtype), **kwargs)
 
     def __repr__(self) -> str:
-        what = type(self.pipeline or self.model).__name__
-        state = "hooks registered" if self._recorder is not None else "no hooks"
+        what = type(self.pipeline or self.model).__name__ if self.model is not None else "no model yet"
+        state = "hooks registered" if self._hooks is not None else "no hooks"
         return (
             f"AttentionVisualizer({what}, num_parts={self.num_parts}, cfg={self.cfg}, {state}, record={self.record!r})"
         )
@@ -131,96 +147,91 @@ class AttentionVisualizer(FigureMethods):
     # ------------------------------------------------------------------ hooks
     @property
     def hooks_registered(self) -> bool:
-        return self._recorder is not None
+        return self._hooks is not None
 
-    def register_hooks(self, model=None, layers=None, steps=None, full_maps=False, *, every: int | None = None):
-        """Start recording: swap the ``attn2`` processors of ``model`` (default: this visualizer's).
+    @property
+    def attention_maps(self) -> dict[str, torch.Tensor]:
+        """The latest hooked step's weights, ``{layer: (P, H, Q, K)}`` (``{}`` without hooks or before a step)."""
+        return self._hooks.maps if self._hooks is not None else {}
 
-        Until :meth:`clear_hooks`, every forward call of the model is one recorded step (the
-        record's timesteps are NaN: the model alone does not know them). ``layers``: indices, module
-        names, glob patterns or a callable; ``steps``: step indices and/or ``every=k``;
-        ``full_maps``: ``True`` (every selected layer and step: memory!), ``False``, (layer, step)
-        pairs or a callable ``(name, step) -> bool``. Registering twice is refused. Returns ``self``.
+    def register_hooks(
+        self, model=None, layers=None, steps=None, full_maps=False, *, every: int | None = None, attention_maps=True
+    ):
+        """Start recording ``model`` (default: this visualizer's; an unbound visualizer binds to it).
+
+        ``model``: a torch/diffusers model or a pipeline (its transformer is hooked). Until
+        :meth:`clear_hooks`, every forward call of the model is one recorded step, its timestep read
+        from the call. ``layers``: indices, module names, glob patterns or a callable; ``steps``:
+        step indices and/or ``every=k``; ``full_maps``: ``True`` (every selected layer and step:
+        memory!), ``False``, (layer, step) pairs or a callable ``(name, step) -> bool``: the full maps
+        kept in the record. ``attention_maps``: while hooks are registered, ``model.attention_maps``
+        (on the object given here and on the hooked model) is the latest step's weights
+        ``{layer: (P, H, Q, K)}`` fp32, replaced by a new dict at every step (``{}`` before the first
+        step and after an unselected one); only that one step is held. Registering twice is refused.
+        Returns ``self``.
         """
-        if self._recorder is not None:
+        if self._hooks is not None:
             raise CaptureError("hooks are already registered on this visualizer; call clear_hooks() first")
+        if model is not None and self.model is None:
+            self._bind(model)
         target = self._target(model)
-        selection = Selection(layers=layers, steps=steps, every=every, full_maps=_full_maps_arg(full_maps))
-        recorder = AttentionRecorder(
+        holders = [target] if model is None or model is target else [model, target]
+        self._hooks = _Hooks(
+            self,
             target,
-            num_parts=self.num_parts or 1,
-            cfg=self.cfg,
-            selection=selection,
-            time_token=self.time_token,
-            has_cls=self.has_cls,
-            meta={"source": "AttentionVisualizer.register_hooks"},
+            holders,
+            layers=layers,
+            steps=Selection(steps=steps, every=every),
+            full_maps=Selection(full_maps=_full_maps_arg(full_maps)),
+            attention_maps=bool(attention_maps),
         )
-        self._forwards = 0
-
-        def count(_module, _args):
-            self._forwards += 1
-
-        hook = target.register_forward_pre_hook(count)
-        try:
-            recorder.__enter__()
-        except BaseException:
-            hook.remove()
-            raise
-        self._recorder, self._count_hook = recorder, hook
-        self._hook_settings = {"model": model, "layers": layers, "steps": steps, "full_maps": full_maps, "every": every}
         return self
 
     def clear_hooks(self) -> AttentionRecord | None:
-        """Restore the original processors (idempotent) and finish the record in ``self.record``.
+        """Remove the hooks and ``attention_maps`` (idempotent); the hooked steps become ``self.record``.
 
-        If the model ran while hooked, the record is validated as the recorder always does (zero
-        captures, miscounts or NaN/Inf raise, after the processors are restored); if it never ran,
-        the hooks are just removed. Returns ``self.record``.
+        Every hooked step was already checked as the recorder checks a run (captures, counts, NaN/Inf
+        raise from the forward). If hooked forwards ran but no step was recorded (``steps`` selected
+        none) this raises; if none ran, the hooks are just removed. Returns ``self.record``.
         """
-        recorder, hook, forwards = self._recorder, self._count_hook, self._forwards
-        if recorder is None:
+        hooks, self._hooks = self._hooks, None
+        if hooks is None:
             return self.record
-        self._recorder = self._count_hook = self._hook_settings = None
-        try:
-            recorder.__exit__(None, None, None)  # restores first, then validates
-        except CaptureError:
-            if forwards:
-                raise
-        finally:
-            hook.remove()
-        if forwards:
-            self.record = self._attach_grid(recorder.record())
+        hooks.remove()
+        if hooks.records:
+            self.record = self._attach_grid(_concat(hooks.records))
+        elif hooks.forwards:
+            raise CaptureError(
+                f"no cross-attention was recorded: the model ran {hooks.forwards} hooked forward(s), steps "
+                f"0-{hooks.forwards - 1}, and none was recorded (register_hooks selected steps="
+                f"{hooks.steps.steps!r}, every={hooks.steps.every!r}, or the forwards raised)"
+            )
         return self.record
 
     def __enter__(self) -> AttentionVisualizer:
-        if self._recorder is None:
+        if self._hooks is None:
             self.register_hooks()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._recorder is None:
-            return
         if exc_type is None:
             self.clear_hooks()
-            return
-        recorder, hook = self._recorder, self._count_hook
-        self._recorder = self._count_hook = self._hook_settings = None
-        try:
-            recorder.__exit__(exc_type, exc, tb)  # restore only; the exception propagates
-        finally:
-            hook.remove()
+        elif self._hooks is not None:
+            hooks, self._hooks = self._hooks, None
+            hooks.remove()  # the exception propagates; nothing is finished
 
     @contextlib.contextmanager
     def _paused(self):
-        """Methods that run their own recorder pause registered hooks (nested recorders are refused)."""
-        settings = self._hook_settings if self._recorder is not None else None
-        if settings is not None:
-            self.clear_hooks()
+        """Methods that run their own recorder pause registered hooks (nested recorders are refused):
+        forwards meanwhile are not hooked steps."""
+        hooks = self._hooks
+        if hooks is not None:
+            hooks.paused += 1
         try:
             yield
         finally:
-            if settings is not None:
-                self.register_hooks(**settings)
+            if hooks is not None:
+                hooks.paused -= 1
 
     # ------------------------------------------------------------------ extraction
     @torch.no_grad()
@@ -245,21 +256,20 @@ class AttentionVisualizer(FigureMethods):
         are exactly the recorder's full maps (``self.record.full_maps``, fp16 on the CPU).
 
         ``hidden_states``/``encoder_hidden_states`` are the model's inputs, with the CFG batch
-        ``[uncond, cond]`` when ``cfg`` (default: the visualizer's). For a PartCrafter transformer
+        ``[uncond, cond]`` when ``cfg`` (default: the visualizer's, else true unless the batch holds
+        exactly ``num_parts`` rows). For a PartCrafter transformer
         ``num_parts`` defaults to the batch's part count and ``timestep`` to 1000 (sigma 1); other
         models get ``timestep`` only when given. ``image``: the image the encoder tokens came from (a
         path or PIL image; with a pipeline it is preprocessed like the encoder's input), kept in
         ``self.image`` for overlays; without it ``self.image`` is cleared, since the tokens' source is
         unknown. ``forward_kwargs`` go to the model unchanged.
-        Registered hooks are paused around the call (their record so far lands in ``self.record``,
-        then is replaced by this one) and registered again afterwards.
+        Registered hooks are paused around the call: this forward is not one of their steps.
         """
         from .model.transformer import PartCrafterDiTModel
 
         if hidden_states is None or encoder_hidden_states is None:
             raise TypeError("extract_attention_weights needs hidden_states and encoder_hidden_states")
         target = self._target(model)
-        cfg = self.cfg if cfg is None else bool(cfg)
         names = [n for n, _ in cross_attention_modules(target)]
         layers = None
         if layer_idx is not None:
@@ -269,14 +279,15 @@ class AttentionVisualizer(FigureMethods):
                     f"layer_idx {layer_idx!r} matches {len(layers)} layers ({', '.join(layers)}); "
                     f"give one index or name, or leave it out for all layers"
                 )
-        elif self._hook_settings is not None:
-            layers = self._hook_settings["layers"]
+        elif self._hooks is not None:
+            layers = self._hooks.layers
         param = next(target.parameters(), None)
         if param is not None:
             hidden_states = hidden_states.to(device=param.device, dtype=param.dtype)
             encoder_hidden_states = encoder_hidden_states.to(device=param.device, dtype=param.dtype)
         batch = hidden_states.shape[0]
         partcrafter = isinstance(target, PartCrafterDiTModel)
+        cfg = _cfg_for(self.cfg if cfg is None else cfg, batch, self.num_parts if num_parts is None else num_parts)
         if num_parts is None:
             num_parts = self.num_parts or (batch // 2 if cfg else batch)
         kwargs = dict(forward_kwargs)
@@ -423,6 +434,11 @@ class AttentionVisualizer(FigureMethods):
     # ------------------------------------------------------------------ internals
     def _target(self, model) -> torch.nn.Module:
         if model is None:
+            if self.model is None:
+                raise TypeError(
+                    "this AttentionVisualizer has no model yet: pass one, register_hooks(model), or build it "
+                    "with AttentionVisualizer(pipeline_or_model)"
+                )
             return self.model
         if isinstance(model, torch.nn.Module):
             return model
@@ -435,7 +451,7 @@ class AttentionVisualizer(FigureMethods):
         if self.pipeline is None:
             raise TypeError(
                 f"{what}() runs images through a pipeline; build the visualizer from a "
-                f"PartCrafterPipeline or a checkpoint folder, not from a bare model"
+                f"PartCrafterPipeline or a checkpoint folder (or register_hooks(pipeline)), not from a bare model"
             )
         return self.pipeline
 
@@ -475,7 +491,178 @@ class AttentionVisualizer(FigureMethods):
         return record
 
 
+# ====================================================================== hooks
+_MISSING = object()
+
+
+class _Hooks:
+    """What :meth:`AttentionVisualizer.register_hooks` installs: one recorder per hooked forward.
+
+    A forward pre-hook on the model opens an :class:`AttentionRecorder` (public API only) and tells
+    it the step and the call's timestep; a forward hook, also run when the forward raises, closes it
+    (which validates the step), keeps the step's reductions and the selected full maps, and
+    publishes the step's full maps as ``attention_maps``. Memory: one step's full maps, plus the
+    record's streamed reductions.
+    """
+
+    def __init__(self, viz, model, holders, *, layers, steps: Selection, full_maps: Selection, attention_maps: bool):
+        names = [n for n, _ in cross_attention_modules(model)]
+        if not names:
+            raise CaptureError(f"{type(model).__name__} has no cross-attention modules to hook")
+        self.viz, self.model = viz, model
+        self.layers = Selection(layers=layers).pick_layers(names)
+        self.steps = steps
+        self.keep_full = full_maps.full_map_test(names)
+        self.publish_maps = attention_maps
+        self.signature = inspect.signature(model.forward)
+        self.forwards = 0  # hooked forwards so far = the next step's index
+        self.paused = 0
+        self.records: list[AttentionRecord] = []
+        self.open: AttentionRecorder | None = None
+        self.maps: dict[str, torch.Tensor] = {}
+        self.holders = [(h, getattr(h, "attention_maps", _MISSING)) for h in holders] if attention_maps else []
+        self._publish({})
+        self.handles = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after, always_call=True),
+        ]
+
+    def _before(self, module, args, kwargs) -> None:
+        if self.paused:
+            return
+        if self.open is not None:  # its forward was interrupted (KeyboardInterrupt skips the closing hook)
+            raise CaptureError(
+                f"the hooked forward of step {self.forwards - 1} was interrupted and its recorder is still "
+                f"attached; call clear_hooks() before running the model again"
+            )
+        step, self.forwards = self.forwards, self.forwards + 1
+        if not self.steps.wants_step(step):
+            self._publish({})
+            return
+        try:
+            call = self.signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            call = {}
+        hidden = call.get("hidden_states")
+        parts = (call.get("attention_kwargs") or {}).get("num_parts") or self.viz.num_parts
+        batch = hidden.shape[0] if torch.is_tensor(hidden) else None
+        recorder = AttentionRecorder(
+            module,
+            num_parts=int(parts or 1),
+            cfg=_cfg_for(self.viz.cfg, batch, parts),
+            selection=Selection(layers=self.layers, full_maps=self._wants_full),
+            time_token=self.viz.time_token,
+            has_cls=self.viz.has_cls,
+            meta={"source": "AttentionVisualizer.register_hooks"},
+        )
+        recorder.__enter__()
+        recorder.begin_step(step, _first_value(call.get("timestep")))
+        self.open = recorder
+
+    def _after(self, module, args, output) -> None:
+        recorder, self.open = self.open, None
+        if recorder is None:
+            return
+        if output is None and sys.exc_info()[0] is not None:  # the forward raised: drop the step
+            recorder.__exit__(*sys.exc_info())  # removes its hooks only
+            return
+        recorder.__exit__(None, None, None)  # removes its hooks, then validates the step (raises)
+        record = recorder.record()
+        step = record.steps[0]
+        if self.publish_maps:
+            self._publish({name: record.full_maps[(step, name)].float() for name in record.layers})
+        record.full_maps = {k: v for k, v in record.full_maps.items() if self.keep_full(k[1], k[0])}
+        self.records.append(record)
+
+    def _wants_full(self, name: str, step: int) -> bool:
+        return self.publish_maps or self.keep_full(name, step)
+
+    def _publish(self, maps: dict) -> None:
+        self.maps = maps
+        for holder, _ in self.holders:
+            holder.attention_maps = maps
+
+    def _abandon(self) -> None:
+        """Remove the hooks of a recorder whose forward was interrupted (its step is dropped)."""
+        recorder, self.open = self.open, None
+        if recorder is not None:
+            recorder.__exit__(RuntimeError, None, None)  # restore only
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self._abandon()
+        for holder, previous in self.holders:
+            if previous is _MISSING:
+                with contextlib.suppress(AttributeError):
+                    del holder.attention_maps
+            else:
+                holder.attention_maps = previous
+        self.maps = {}
+
+
+def _concat(records: list[AttentionRecord]) -> AttentionRecord:
+    """One record of the hooked steps (each step's record holds one step)."""
+    first = records[0]
+    for r in records[1:]:
+        if (r.layers, r.num_parts, r.num_heads, r.num_patch_keys) != (
+            first.layers,
+            first.num_parts,
+            first.num_heads,
+            first.num_patch_keys,
+        ):
+            raise CaptureError(
+                f"the hooked steps differ in shape: step {first.steps[0]} recorded {first.num_parts} parts, "
+                f"{first.num_heads} heads, {first.num_patch_keys} keys; step {r.steps[0]} {r.num_parts}, "
+                f"{r.num_heads}, {r.num_patch_keys}. One record holds one shape: call clear_hooks() and "
+                f"register_hooks() again between such runs"
+            )
+    if len(records) == 1:
+        return first
+
+    def cat(name):
+        return torch.cat([getattr(r, name) for r in records])
+
+    return AttentionRecord(
+        steps=[s for r in records for s in r.steps],
+        timesteps=[t for r in records for t in r.timesteps],
+        layers=first.layers,
+        layer_kinds=first.layer_kinds,
+        num_parts=first.num_parts,
+        num_heads=first.num_heads,
+        num_patch_keys=first.num_patch_keys,
+        has_cls=first.has_cls,
+        patch_grid=first.patch_grid,
+        entropy=cat("entropy"),
+        peak=cat("peak"),
+        eff_keys=cat("eff_keys"),
+        cls_mass=cat("cls_mass"),
+        marginals=cat("marginals"),
+        full_maps={k: v for r in records for k, v in r.full_maps.items()},
+        nonfinite=[e for r in records for e in r.nonfinite],
+        meta=first.meta,
+    )
+
+
 # ====================================================================== helpers
+def _cfg_for(cfg: bool | None, batch: int | None, num_parts: int | None) -> bool:
+    """``cfg`` when set; else whether a batch is ``[uncond, cond]``: not when it holds exactly
+    ``num_parts`` rows (one object's parts without guidance), yes otherwise."""
+    if cfg is not None:
+        return bool(cfg)
+    return not (num_parts is not None and batch == int(num_parts))
+
+
+def _first_value(timestep) -> float:
+    """A forward's timestep as a float (the first element of a tensor), NaN when absent."""
+    if timestep is None:
+        return float("nan")
+    try:
+        return float(torch.as_tensor(timestep).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError, RuntimeError):
+        return float("nan")
+
+
 def _full_maps_arg(full_maps):
     if full_maps is True:
         return lambda name, step: True

@@ -13,6 +13,8 @@ from helpers import FIXTURE_IMAGES, REPO, TINY_FIXTURE
 from PIL import Image
 
 from partattn_checks.model.pipeline import (
+    MESH_DECODING_ARGS,
+    DenoiseResult,
     ImageError,
     PartCrafterPipeline,
     flow_sigmas,
@@ -180,6 +182,89 @@ def test_observers_called_in_order(pipe, recorder):
     ends = [e for e in recorder.events if e[0] == "end"]
     callbacks = [e for e in recorder.events if e[0] == "callback"]
     assert all(torch.equal(e[3], c[3]) for e, c in zip(ends, callbacks, strict=False))
+
+
+# --------------------------------------------------------------------------- upstream's call, diffusers' callback
+
+
+def test_upstream_call_form_is_our_call(pipe):
+    """Upstream's inference script's call runs unchanged and denoises exactly like ours."""
+    ours = pipe(IMAGE, 2, num_tokens=6, steps=STEPS, guidance_scale=3.0, seed=13)
+    with Image.open(IMAGE) as img:
+        upstream = pipe(
+            image=[img] * 2,
+            attention_kwargs={"num_parts": 2},
+            num_tokens=6,
+            num_inference_steps=STEPS,
+            guidance_scale=3.0,
+            generator=torch.Generator(device=pipe.device).manual_seed(13),
+            max_num_expanded_coords=int(1e9),  # mesh decoding: accepted, ignored
+            use_flash_decoder=False,
+        )
+        twins = [img.copy(), img.copy()]
+        copies = pipe(image=twins, num_tokens=6, num_inference_steps=STEPS, guidance_scale=3.0, seed=13)
+    assert isinstance(upstream, DenoiseResult) and upstream.latents.shape == (2, 6, pipe.transformer.config.in_channels)
+    assert torch.equal(upstream.latents, ours.latents)
+    assert torch.equal(copies.latents, ours.latents)  # equal images need not be the same object
+    assert upstream.timesteps == ours.timesteps
+    assert {"max_num_expanded_coords", "use_flash_decoder", "bounds"} <= MESH_DECODING_ARGS
+
+
+def test_generator_draws_the_noise(pipe):
+    """A CPU generator seeded s is seed=s; the draw advances it, as upstream's does."""
+    generator = torch.Generator().manual_seed(7)
+    assert torch.equal(pipe.initial_latents(2, 6, generator=generator), pipe.initial_latents(2, 6, 7))
+    assert not torch.equal(pipe.initial_latents(2, 6, generator=generator), pipe.initial_latents(2, 6, 7))
+    generator = torch.Generator().manual_seed(7)
+    first = pipe(IMAGE, 2, num_tokens=6, steps=2, generator=generator).latents
+    assert torch.equal(first, pipe(IMAGE, 2, num_tokens=6, steps=2, seed=7).latents)
+    assert not torch.equal(first, pipe(IMAGE, 2, num_tokens=6, steps=2, generator=generator).latents)
+    start = pipe.initial_latents(2, 6, 3)  # explicit latents: the generator is not used
+    assert torch.equal(
+        pipe(IMAGE, 2, steps=2, latents=start.clone(), generator=torch.Generator().manual_seed(99)).latents,
+        pipe(IMAGE, 2, steps=2, latents=start.clone()).latents,
+    )
+    with pytest.raises(TypeError, match="generator: expected one torch.Generator, got list"):
+        pipe(IMAGE, 2, steps=1, generator=[torch.Generator()] * 2)
+
+
+def test_one_image_without_a_part_count_is_one_part(pipe):
+    assert pipe(IMAGE, steps=1).latents.shape[0] == 1
+    assert pipe(IMAGE, steps=1, attention_kwargs={"num_parts": 3}).latents.shape[0] == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"num_parts": 2, "attention_kwargs": {"num_parts": 2}}, TypeError, "part count is given twice"),
+        ({"image": [IMAGE, IMAGE], "num_parts": 2}, TypeError, "part count is given twice"),
+        ({"steps": 2, "num_inference_steps": 2}, TypeError, "steps= and num_inference_steps= are the same setting"),
+        ({"seed": 1, "generator": torch.Generator()}, TypeError, "seed= and generator= both give the noise"),
+        ({"image": [IMAGE] * 3, "attention_kwargs": {"num_parts": 2}}, ValueError, "lists 3 images but"),
+        ({"image": [IMAGE, FIXTURE_IMAGES / IMAGES[3]]}, ValueError, "the list holds different images"),
+        ({"image": []}, ValueError, "an empty list"),
+        ({"attention_kwargs": {"num_parts": 2, "scale": 1}}, ValueError, "only 'num_parts' is used here, got 'scale'"),
+        ({"num_parts": 2, "step": 3}, TypeError, "unexpected keyword argument 'step'"),
+        ({"num_parts": 2, "callback_on_step_end": print}, TypeError, "'callback_on_step_end'; it takes"),
+        ({"num_parts": 2, "callback_steps": 0}, ValueError, "callback_steps must be a whole number of at least 1"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_each_setting_in_one_form(pipe, kwargs, error, message):
+    kwargs = {"image": IMAGE, **kwargs}
+    with pytest.raises(error, match=re.escape(message)):
+        pipe(**kwargs)
+
+
+def test_legacy_callback_every_callback_steps(pipe, recorder):
+    """diffusers' legacy ``callback(step, timestep, latents)`` after steps 0, k, 2k, ..."""
+    steps = 5
+    result = pipe(IMAGE, 2, num_inference_steps=steps, callback=recorder.callback, callback_steps=2)
+    calls = [e for e in recorder.events if e[0] == "callback"]
+    assert [c[1] for c in calls] == [0, 2, 4]
+    assert [c[2] for c in calls] == pytest.approx([1000 * (1 - i / steps) for i in (0, 2, 4)])
+    assert torch.equal(calls[-1][3], result.latents)
+    assert len(result.step_seconds) == steps
 
 
 # --------------------------------------------------------------------------- image inputs

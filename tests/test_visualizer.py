@@ -7,9 +7,11 @@ model", diffusers' own ``BasicTransformerBlock``. Every written PNG/GIF is opene
 
 from __future__ import annotations
 
+import gc
 import html.parser
 import io
 import re
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,9 @@ from PIL import Image
 from partattn_checks.capture import (
     AttentionRecorder,
     CaptureError,
-    RecordingProcessor,
     Selection,
     cross_attention_modules,
+    record_attention,
 )
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.record import AttentionRecord
@@ -65,6 +67,15 @@ def processors(model):
     return {name: module.processor for name, module in cross_attention_modules(model)}
 
 
+def hooks_on(model) -> dict[str, int]:
+    """Forward hooks and pre-hooks per module that has any (``""`` is the model itself)."""
+    return {
+        name: len(m._forward_hooks) + len(m._forward_pre_hooks)
+        for name, m in model.named_modules()
+        if m._forward_hooks or m._forward_pre_hooks
+    }
+
+
 def cfg_inputs(pipe, num_parts, *, seed=0, image=IMAGE):
     """Latents ``(2N, T, C)`` and image tokens ``[zeros, tokens]`` as the pipeline builds them."""
     gen = torch.Generator().manual_seed(seed)
@@ -83,7 +94,7 @@ def viz(pipe):
     v = AttentionVisualizer(pipe)
     yield v
     v.clear_hooks()
-    assert not any(isinstance(p, RecordingProcessor) for p in processors(pipe.transformer).values())
+    assert hooks_on(pipe.transformer) == {}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +135,7 @@ def test_guide_example_in_the_docs_runs(tmp_path, monkeypatch):
             assert_image(gif, fmt="GIF", frames=2)
         assert_links_resolve(folder / "index.html")
     assert_links_resolve(out / "batch" / "index.html")
-    assert not any(isinstance(p, RecordingProcessor) for p in processors(viz.model).values())
+    assert hooks_on(viz.model) == {}
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -165,16 +176,20 @@ def test_extraction_with_hooks_registered_pauses_them(pipe, viz):
     originals = processors(model)
     latents, context = cfg_inputs(pipe, 2)
     assert viz.register_hooks(model) is viz
-    assert all(isinstance(p, RecordingProcessor) for p in processors(model).values())
+    assert hooks_on(model) == {"": 2} and processors(model) == originals  # a pre-hook and a hook; no swap
     with pytest.raises(CaptureError, match="already registered"):
         viz.register_hooks(model)
     weights = viz.extract_attention_weights(model, latents, context)
     assert weights[LAYERS[0]].shape[0] == 2  # num_parts inferred from the CFG batch
-    assert viz.hooks_registered and all(isinstance(p, RecordingProcessor) for p in processors(model).values())
+    assert viz.hooks_registered and hooks_on(model) == {"": 2}
+    assert viz.record.meta["source"] == "AttentionVisualizer.extract_attention_weights"
+    assert model.attention_maps == {}  # the extraction's forward was not a hooked step
     assert viz.clear_hooks() is viz.record  # never ran while hooked: nothing to finish, no error
-    assert processors(model) == originals
+    assert viz.record.meta["source"] == "AttentionVisualizer.extract_attention_weights"
+    assert hooks_on(model) == {} and processors(model) == originals
+    assert not hasattr(model, "attention_maps")
     viz.clear_hooks()  # idempotent
-    assert processors(model) == originals
+    assert hooks_on(model) == {}
 
 
 def test_hooked_forwards_are_steps_and_outputs_unchanged(pipe, viz):
@@ -194,6 +209,7 @@ def test_hooked_forwards_are_steps_and_outputs_unchanged(pipe, viz):
     record = viz.record
     assert record.steps == [0, 1] and record.layers == ["blocks.0.attn2", "blocks.4.attn2"]
     assert list(record.full_maps) == [(1, "blocks.4.attn2")]
+    assert record.timesteps == [1000.0, 500.0]  # read from each forward call
     assert not viz.hooks_registered
 
 
@@ -205,6 +221,7 @@ def test_context_manager_restores_on_error(pipe, viz):
             assert viz.hooks_registered
             raise RuntimeError("boom")
     assert processors(model) == originals and not viz.hooks_registered
+    assert hooks_on(model) == {} and not hasattr(model, "attention_maps")
 
 
 def test_hooks_that_capture_nothing_fail_loudly(pipe, viz):
@@ -215,7 +232,149 @@ def test_hooks_that_capture_nothing_fail_loudly(pipe, viz):
         pipe.transformer(latents, torch.full((2,), 1000.0), context, attention_kwargs={"num_parts": 1})
     with pytest.raises(CaptureError, match="no cross-attention was recorded"):
         viz.clear_hooks()
-    assert not any(isinstance(p, RecordingProcessor) for p in processors(pipe.transformer).values())
+    assert hooks_on(pipe.transformer) == {}
+
+
+# ----------------------------------------------------------------------------- hooks during a pipeline run
+def test_unbound_visualizer_binds_to_the_hooked_model(pipe):
+    """``AttentionVisualizer()`` as the guide writes it: the model comes with ``register_hooks(model)``."""
+    viz = AttentionVisualizer()
+    assert viz.model is None and "no model yet" in repr(viz)
+    with pytest.raises(TypeError, match="no model yet"):
+        viz.register_hooks()
+    assert viz.register_hooks(pipe) is viz
+    assert viz.pipeline is pipe and viz.model is pipe.transformer and viz.patch_grid == (8, 8)
+    assert viz.has_cls and viz.time_token and viz.cfg is None
+    assert pipe.attention_maps == {} and pipe.transformer.attention_maps == {}  # no step yet
+    assert viz.clear_hooks() is None  # nothing ran
+    assert not hasattr(pipe, "attention_maps") and not hasattr(pipe.transformer, "attention_maps")
+
+    bare = AttentionVisualizer().register_hooks(pipe.transformer)
+    assert bare.model is pipe.transformer and bare.pipeline is None and bare.patch_grid is None
+    bare.clear_hooks()
+    with pytest.raises(TypeError, match=r"register_hooks\(pipeline\)"):
+        bare.run(IMAGE)
+
+
+def test_attention_maps_are_each_steps_full_maps(pipe):
+    """In the pipeline's callback, ``model.attention_maps`` is exactly that step's full maps as a
+    recorder driven by the pipeline keeps them, and the hooked record is that recorder's record."""
+    steps = 3
+    everything = Selection(full_maps=lambda name, step: True)
+    _, reference = record_attention(pipe, IMAGE, 2, steps=steps, num_tokens=TOKENS, selection=everything)
+    viz = AttentionVisualizer().register_hooks(pipe.transformer)
+    seen = []
+
+    def callback(step, timestep, latents):
+        seen.append((step, pipe.transformer.attention_maps.copy()))
+
+    pipe(IMAGE, 2, steps=steps, num_tokens=TOKENS, callback=callback)
+    record = viz.clear_hooks()
+    assert [step for step, _ in seen] == list(range(steps))
+    for step, maps in seen:
+        assert list(maps) == LAYERS
+        for name, weights in maps.items():
+            assert weights.dtype == torch.float32 and weights.shape == (2, 4, TOKENS, NK + 1)
+            assert torch.equal(weights, reference.full_maps[(step, name)].float()), (step, name)
+    assert not torch.equal(seen[0][1][LAYERS[-1]], seen[-1][1][LAYERS[-1]])
+    assert record.steps == reference.steps and record.timesteps == pytest.approx(reference.timesteps)
+    for name in ("entropy", "peak", "eff_keys", "cls_mass", "marginals"):
+        assert torch.equal(getattr(record, name), getattr(reference, name)), name
+    assert record.full_maps == {} and record.meta["source"] == "AttentionVisualizer.register_hooks"
+
+
+def test_only_the_latest_step_is_held(pipe):
+    """Each step's maps replace the previous step's, which are freed once the caller drops them."""
+    viz = AttentionVisualizer().register_hooks(pipe)
+    previous, alive, dicts = [], [], []
+
+    def callback(step, timestep, latents):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in previous))
+        previous[:] = [weakref.ref(w) for w in pipe.attention_maps.values()]
+        dicts.append(id(pipe.attention_maps))
+
+    pipe(IMAGE, 2, steps=4, num_tokens=TOKENS, callback=callback)
+    assert alive == [0, 0, 0, 0] and len(set(dicts)) == 4  # a new dict each step
+    assert viz.clear_hooks().full_maps == {}
+    gc.collect()
+    assert all(ref() is None for ref in previous)
+
+
+def test_hooks_follow_the_runs_guidance(pipe):
+    """Without guidance a batch is the parts alone, not [uncond, cond]: every part is kept."""
+    _, reference = record_attention(pipe, IMAGE, 2, steps=2, num_tokens=TOKENS, guidance_scale=1.0)
+    viz = AttentionVisualizer().register_hooks(pipe)
+    pipe(IMAGE, 2, steps=2, num_tokens=TOKENS, guidance_scale=1.0)
+    record = viz.clear_hooks()
+    assert record.num_parts == 2 and torch.equal(record.marginals, reference.marginals)
+    assert record.patch_grid == (8, 8)
+
+
+def test_hooked_step_selection_and_maps_off(pipe):
+    viz = AttentionVisualizer().register_hooks(pipe, steps=[1], full_maps=[(-1, 1)])
+    seen = []
+    pipe(IMAGE, 1, steps=3, num_tokens=TOKENS, callback=lambda i, t, x: seen.append(list(pipe.attention_maps)))
+    record = viz.clear_hooks()
+    assert seen == [[], LAYERS, []]  # unselected steps hold no maps
+    assert record.steps == [1] and list(record.full_maps) == [(1, "blocks.4.attn2")]
+
+    viz = AttentionVisualizer().register_hooks(pipe, attention_maps=False)
+    pipe(IMAGE, 1, steps=2, num_tokens=TOKENS)
+    assert not hasattr(pipe, "attention_maps") and viz.attention_maps == {}
+    assert viz.clear_hooks().steps == [0, 1]
+
+
+def test_a_models_own_attention_maps_attribute_is_restored(pipe):
+    model = pipe.transformer
+    model.attention_maps = "theirs"
+    try:
+        viz = AttentionVisualizer().register_hooks(model)
+        assert model.attention_maps == {}
+        viz.clear_hooks()
+        assert model.attention_maps == "theirs"
+    finally:
+        del model.attention_maps
+
+
+def test_hooked_forward_that_raises_then_runs_of_two_shapes(pipe):
+    model = pipe.transformer
+    latents, context = cfg_inputs(pipe, 2)
+    viz = AttentionVisualizer().register_hooks(model)
+    with pytest.raises(ValueError, match="num_parts"), torch.no_grad():
+        model(latents, torch.full((4,), 1000.0), context)  # no attention_kwargs: the model refuses
+    assert hooks_on(model) == {"": 2}  # that step's recorder is gone, the step dropped
+    with torch.no_grad():
+        model(latents, torch.full((4,), 900.0), context, attention_kwargs={"num_parts": 2})
+    assert hooks_on(model) == {"": 2}
+    three, three_context = cfg_inputs(pipe, 3)
+    with torch.no_grad():
+        model(three, torch.full((6,), 800.0), three_context, attention_kwargs={"num_parts": 3})
+    with pytest.raises(CaptureError, match="differ in shape: step 1 recorded 2 parts.*step 2 3"):
+        viz.clear_hooks()
+    assert hooks_on(model) == {} and not hasattr(model, "attention_maps")
+
+
+def test_interrupted_hooked_forward(pipe):
+    """A KeyboardInterrupt skips the closing hook: the next forward refuses, clear_hooks() cleans up."""
+    model = pipe.transformer
+    latents, context = cfg_inputs(pipe, 1)
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    viz = AttentionVisualizer().register_hooks(model)
+    handle = model.blocks[2].register_forward_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt), torch.no_grad():
+            model(latents, torch.full((2,), 1000.0), context, attention_kwargs={"num_parts": 1})
+    finally:
+        handle.remove()
+    with pytest.raises(CaptureError, match="interrupted.*call clear_hooks"), torch.no_grad():
+        model(latents, torch.full((2,), 1000.0), context, attention_kwargs={"num_parts": 1})
+    with pytest.raises(CaptureError, match="no cross-attention was recorded"):
+        viz.clear_hooks()
+    assert hooks_on(model) == {}
 
 
 def test_any_diffusers_model_with_cross_attention():

@@ -6,7 +6,9 @@ image -> DINOv2 image tokens -> CFG batch ``[uncond (zeros), cond]`` -> rectifie
 
 Upstream's pipeline ignores ``latents`` and breaks ``callback_on_step_end``; this loop keeps the
 same math and adds what observation needs: seeded latents, per-step callbacks and timings, and
-step hooks that a recorder uses to know which step a forward belongs to.
+step hooks that a recorder uses to know which step a forward belongs to. It also takes upstream's
+call (``image=[img] * N, attention_kwargs={"num_parts": N}, num_inference_steps=, generator=``)
+and diffusers' legacy ``callback=`` / ``callback_steps=`` (see :meth:`PartCrafterPipeline.__call__`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,20 @@ import torch
 
 from .files import ImageError
 from .loading import Checkpoint, check_num_parts, load_checkpoint
+
+#: Upstream's mesh-decoding arguments: accepted so upstream calls run unchanged, and ignored (this
+#: pipeline stops at the latents; it decodes no meshes).
+MESH_DECODING_ARGS = frozenset(
+    {
+        "bounds",
+        "dense_octree_depth",
+        "hierarchical_octree_depth",
+        "max_num_expanded_coords",
+        "flash_octree_depth",
+        "use_flash_decoder",
+    }
+)
+DEFAULT_SEED = 0
 
 
 class StepObserver(Protocol):
@@ -182,26 +198,71 @@ class PartCrafterPipeline:
         pixels = self.preprocess(image).to(device=self.device, dtype=self.dtype)
         return self.image_encoder(pixels).last_hidden_state
 
-    def initial_latents(self, num_parts: int, num_tokens: int, seed: int) -> torch.Tensor:
-        """Seeded noise ``(N, T, C)``, drawn on the CPU so a seed means the same noise on every device."""
-        generator = torch.Generator().manual_seed(int(seed))
+    def initial_latents(
+        self, num_parts: int, num_tokens: int, seed: int = DEFAULT_SEED, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Noise ``(N, T, C)`` in fp32, then cast to the pipeline's device and dtype.
+
+        From ``seed``: drawn on the CPU with ``torch.Generator().manual_seed(seed)``, so a seed means
+        the same noise on every device. From ``generator`` (upstream's way): drawn from it, on its
+        device, advancing its state; a CPU generator seeded ``s`` gives exactly the noise of ``seed=s``.
+        """
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(seed))
+        elif not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator: expected one torch.Generator, got {type(generator).__name__} (a list of generators, "
+                f"one per part, is not supported: pass one, or seed=)"
+            )
         shape = (num_parts, num_tokens, self.transformer.config.in_channels)
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=self.device, dtype=self.dtype)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
+        return noise.to(device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
     def __call__(
         self,
         image,
-        num_parts: int,
+        num_parts: int | None = None,
         *,
         num_tokens: int | None = None,
         steps: int | None = None,
         guidance_scale: float | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         latents: torch.Tensor | None = None,
         callback: Callable[[int, float, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
         observers: tuple[StepObserver, ...] = (),
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        attention_kwargs: dict | None = None,
+        **mesh_decoding,
     ) -> DenoiseResult:
+        """Denoise the part latents of ``image`` (a path, PIL image or preprocessed pixel tensor).
+
+        Our form: ``pipe(image, num_parts, steps=, seed=, guidance_scale=, num_tokens=)``. Upstream's:
+        ``pipe(image=[img] * N, attention_kwargs={"num_parts": N}, num_inference_steps=, generator=, ...)``:
+        the list's length is the part count (every item must be the same image), ``num_inference_steps``
+        is ``steps`` and ``generator`` draws the noise (:meth:`initial_latents`). One image without a
+        part count is one part, as upstream. Giving one setting in both forms is a ``TypeError``.
+        Unset settings are the checkpoint's (``run_defaults``). ``latents``: the starting noise (then
+        ``seed``/``generator`` are not used). ``callback(step, timestep, latents)`` (diffusers' legacy
+        signature) runs after steps 0, ``callback_steps``, 2·``callback_steps``, ...; ``observers``
+        are told of every step. Upstream's mesh-decoding arguments (:data:`MESH_DECODING_ARGS`) are
+        ignored: the result is the latents (:class:`DenoiseResult`), never meshes.
+        """
+        unknown = sorted(set(mesh_decoding) - MESH_DECODING_ARGS)
+        if unknown:
+            raise TypeError(
+                f"PartCrafterPipeline got an unexpected keyword argument {unknown[0]!r}; it takes num_parts, steps "
+                f"(or num_inference_steps), seed (or generator), guidance_scale, num_tokens, latents, callback, "
+                f"callback_steps, observers and attention_kwargs={{'num_parts': N}}"
+            )
+        image, num_parts = self._image_and_parts(image, num_parts, attention_kwargs)
+        steps = _one_form("steps", steps, "num_inference_steps", num_inference_steps)
+        if seed is not None and generator is not None:
+            raise TypeError("seed= and generator= both give the noise: pass one (a CPU generator seeded s is seed=s)")
+        if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
+            raise ValueError(f"callback_steps must be a whole number of at least 1, got {callback_steps!r}")
         defaults = self.run_defaults  # unset settings: the checkpoint's
         num_tokens = int(defaults["num_tokens"] if num_tokens is None else num_tokens)
         steps = int(defaults["steps"] if steps is None else steps)
@@ -215,7 +276,8 @@ class PartCrafterPipeline:
         if cfg:
             image_tokens = torch.cat([torch.zeros_like(image_tokens), image_tokens])
         if latents is None:
-            latents = self.initial_latents(num_parts, num_tokens, seed)
+            seed = DEFAULT_SEED if seed is None else seed
+            latents = self.initial_latents(num_parts, num_tokens, seed, generator=generator)
         latents = latents.to(device=self.device, dtype=self.dtype)
 
         sigmas = flow_sigmas(steps)
@@ -236,10 +298,52 @@ class PartCrafterPipeline:
             latents = latents + (sigmas[i] - sigmas[i + 1]) * velocity
             for observer in observers:
                 observer.end_step(i, t, latents)
-            if callback is not None:
+            if callback is not None and i % callback_steps == 0:
                 callback(i, t, latents)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             result.step_seconds.append(time.perf_counter() - start)
         result.latents = latents
         return result
+
+    def _image_and_parts(self, image, num_parts, attention_kwargs):
+        """One image and the part count, from our form ``(image, num_parts)`` or upstream's
+        ``(image=[img] * N, attention_kwargs={"num_parts": N})``."""
+        attention_kwargs = dict(attention_kwargs or {})
+        extra = sorted(set(attention_kwargs) - {"num_parts"})
+        if extra:
+            raise ValueError(f"attention_kwargs: only 'num_parts' is used here, got {extra[0]!r}")
+        upstream = attention_kwargs.get("num_parts")
+        listed = isinstance(image, (list, tuple))
+        if num_parts is not None and (listed or upstream is not None):
+            raise TypeError(
+                "the part count is given twice: pass pipe(image, num_parts) or upstream's "
+                "pipe(image=[img] * N, attention_kwargs={'num_parts': N}), not both"
+            )
+        if not listed:
+            return image, int(num_parts if num_parts is not None else upstream if upstream is not None else 1)
+        if not image:
+            raise ValueError("image: an empty list; pass [img] * N for N parts")
+        if upstream is not None and int(upstream) != len(image):
+            raise ValueError(
+                f"image lists {len(image)} images but attention_kwargs={{'num_parts': {upstream}}}: "
+                f"repeat the image once per part"
+            )
+        first = image[0]
+        pixels = None
+        for other in image[1:]:
+            if other is not first:
+                pixels = self.preprocess(first) if pixels is None else pixels
+                if not torch.equal(self.preprocess(other), pixels):
+                    raise ValueError(
+                        "image: the list holds different images; every part is conditioned on one image "
+                        "here, so pass the same image once per part ([img] * N)"
+                    )
+        return first, len(image)
+
+
+def _one_form(name: str, value, upstream_name: str, upstream_value):
+    """A setting given in our form or upstream's, not both."""
+    if value is not None and upstream_value is not None:
+        raise TypeError(f"{name}= and {upstream_name}= are the same setting: pass one")
+    return value if value is not None else upstream_value
