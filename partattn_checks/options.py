@@ -440,11 +440,16 @@ def check_enabled_settings(s: Settings, *, custom_pipeline: bool) -> None:
 
 def resolve_device(s: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
     """:func:`partattn_checks.runspec.resolve_device` for ``--partattn-device`` (imports torch): a
-    device that is not there is a ``UsageError`` naming the option."""
+    device that is not there is a ``UsageError`` naming the option; so is a ``--partattn-num-tokens``
+    whose runs clearly cannot fit in that device's memory (once, before any item runs)."""
     try:
-        return runspec.resolve_device(s.device, worker_id, spread=spread)
+        choice = runspec.resolve_device(s.device, worker_id, spread=spread)
     except runspec.RunSpecError as err:
         raise _usage(f"{s.where('device')}: {err}") from None
+    wrong = runspec.tokens_problem(s.num_tokens, s.model, choice.device, dtype=s.dtype) if s.num_tokens else None
+    if wrong:
+        raise _usage(f"{s.where('num_tokens')}: {wrong}")
+    return choice
 
 
 def load_thresholds(s: Settings):

@@ -13,13 +13,18 @@ Device and dtype are resolved in the same step: a spec holds the concrete device
 ``meta`` (hence the baseline fingerprint) and the plugin's header all take their values from here.
 
 :func:`problem` is the one validation of a run setting's value: the plugin's options, the sidecar
-and the ``partattn`` command word their errors around it. Importing this module imports no torch;
-:func:`resolve_device` and :func:`torch_dtype` import it when called.
+and the ``partattn`` command word their errors around it. :func:`tokens_problem` refuses a number of
+latent tokens whose run clearly cannot fit in the device's memory (a lower bound of what one run
+holds, :func:`run_memory`, against what is free, :func:`free_memory`); :func:`for_pipeline` applies
+it to every run. Importing this module imports no torch; :func:`resolve_device`, :func:`torch_dtype`
+and :func:`free_memory` on a CUDA device import it when called.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -119,13 +124,7 @@ def resolve_run(
     a request (``auto`` is resolved here); ``dtype``: a name of :data:`DTYPES`. A bad value raises
     :class:`RunSpecError` naming its source (``labels[layer]``, e.g. the sidecar's path).
     ``loaded``: ``device`` and ``dtype`` are those of a loaded pipeline, taken as they are."""
-    names = {
-        "checkpoint": "the checkpoint's run_defaults",
-        "options": "options",
-        "sidecar": "sidecar",
-        "call": "argument",
-        **(labels or {}),
-    }
+    names = _layer_names(labels)
     values: dict = {"seed": DEFAULT_SEED}
     for layer, given in zip(LAYERS, (checkpoint, options, sidecar, call), strict=True):
         for key, value in (given or {}).items():
@@ -156,6 +155,17 @@ def resolve_run(
     return RunSpec(**ints, guidance_scale=float(values["guidance_scale"]), device=str(device), dtype=dtype)
 
 
+def _layer_names(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """How errors name each layer of a run's settings (``labels`` override, e.g. a sidecar's path)."""
+    names = {
+        "checkpoint": "the checkpoint's run_defaults",
+        "options": "options",
+        "sidecar": "sidecar",
+        "call": "argument",
+    }
+    return {**names, **(labels or {})}
+
+
 def for_pipeline(
     pipeline,
     options: Mapping | None = None,
@@ -163,8 +173,9 @@ def for_pipeline(
     call: Mapping | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> RunSpec:
-    """:func:`resolve_run` for a loaded pipeline: its ``run_defaults``, its device and its dtype."""
-    return resolve_run(
+    """:func:`resolve_run` for a loaded pipeline: its ``run_defaults``, its device and its dtype; a
+    ``num_tokens`` whose run clearly cannot fit in the device's memory is refused before it starts."""
+    spec = resolve_run(
         pipeline.run_defaults,
         options,
         sidecar,
@@ -174,6 +185,98 @@ def for_pipeline(
         labels=labels,
         loaded=True,
     )
+    config = getattr(getattr(pipeline, "transformer", None), "config", None)
+    wrong = tokens_problem(
+        spec.num_tokens, config, spec.device, num_parts=spec.num_parts, cfg=spec.cfg, dtype=spec.dtype
+    )
+    if wrong:
+        given = {"call": call, "sidecar": sidecar, "options": options}  # the last layer that set it wins
+        source = next((k for k, v in given.items() if (v or {}).get("num_tokens") is not None), "checkpoint")
+        raise RunSpecError(f"{_layer_names(labels)[source]}: num_tokens = {spec.num_tokens} {wrong}")
+    return spec
+
+
+# ---------------------------------------------------------------------------- memory of a run
+#: Bytes per element of each dtype.
+_ITEM_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def run_memory(config, num_tokens: int, num_parts: int = 1, *, cfg: bool = True, dtype: str = "float32") -> int | None:
+    """A lower bound on the bytes one denoising run holds at once with ``num_tokens`` latent tokens per
+    part: the float32 initial latents (parts x tokens x ``in_channels``) and, in any attention layer,
+    the hidden states, queries, keys and values of the whole batch (parts, twice with guidance, x
+    tokens x ``width``, in ``dtype``). Attention maps, the MLP and the image encoder come on top.
+    ``config``: the transformer's config (a mapping) or a checkpoint folder; None when it says no width."""
+    config = _transformer_config(config)
+    if config is None:
+        return None
+    width, channels = config["width"], config["in_channels"]
+    batch = num_parts * (2 if cfg else 1)
+    return num_parts * num_tokens * channels * 4 + 4 * batch * num_tokens * width * _ITEM_BYTES.get(dtype, 4)
+
+
+def free_memory(device: str) -> tuple[int, str] | None:
+    """``(bytes, what)`` a run on ``device`` can use now: on CUDA the free memory
+    (``torch.cuda.mem_get_info``), on the CPU the available RAM (``MemAvailable`` of /proc/meminfo,
+    else ``os.sysconf``'s free pages); None when it cannot be told."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0]), "free"
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "of RAM available"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "of RAM available"
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def tokens_problem(
+    num_tokens: int, config, device: str, *, num_parts: int = 1, cfg: bool = True, dtype: str = "float32"
+) -> str | None:
+    """Why a run with ``num_tokens`` per part clearly cannot fit on ``device`` (its lower bound,
+    :func:`run_memory`, is more than :func:`free_memory`), else None (also when either is unknown)."""
+    need = run_memory(config, num_tokens, num_parts, cfg=cfg, dtype=dtype)
+    free = free_memory(device) if need is not None else None
+    if need is None or free is None or need <= free[0]:
+        return None
+    width = _transformer_config(config)["width"]
+    parts = f"{num_parts} part{'s' if num_parts != 1 else ''}{' x 2 (guidance)' if cfg else ''}"
+    return (
+        f"cannot fit: one run needs at least {_size(need)} ({parts} x {num_tokens} tokens x width {width}: the "
+        f"latents, hidden states, queries, keys and values), and {device} has {_size(free[0])} {free[1]}; "
+        f"pass fewer tokens"
+    )
+
+
+def _transformer_config(config) -> dict | None:
+    """``{"width", "in_channels"}`` of a transformer config (a mapping, or a checkpoint folder's
+    ``transformer/config.json``), None when it does not say them."""
+    if isinstance(config, (str, Path)):
+        try:
+            config = json.loads((Path(config) / "transformer" / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    try:
+        return {"width": int(config["width"]), "in_channels": int(config["in_channels"])}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 def checkpoint_defaults(model: str | Path) -> dict:

@@ -11,7 +11,7 @@ from plugin_support import IMAGE, IMAGES, TINY, args, make_project
 from partattn_checks import cli
 from partattn_checks.capture import Selection
 from partattn_checks.model.pipeline import PartCrafterPipeline
-from partattn_checks.runspec import RunSpecError
+from partattn_checks.runspec import RunSpecError, run_memory, tokens_problem
 from partattn_checks.session import Session
 from partattn_checks.sidecar import SIDECAR_RUN_KEYS, read_spec
 
@@ -146,3 +146,52 @@ def test_check_refuses_bad_num_tokens(capsys):
     code = cli.main(["check", "--model", str(TINY), "--fixtures", str(IMAGES), "--num-tokens", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "--num-tokens" in err and "must be at least 1" in err
+
+
+# ----------------------------------------------------------------------------- tokens that cannot fit
+HUGE = 10**9  # 2 TB of hidden states, queries, keys and values for one part of the tiny model
+
+
+def test_run_memory_is_the_latents_and_the_attention_inputs_of_the_batch():
+    config = json.loads((TINY / "transformer" / "config.json").read_text())
+    width, channels = config["width"], config["in_channels"]
+    assert run_memory(TINY, 16, 3) == 3 * 16 * channels * 4 + 4 * (3 * 2) * 16 * width * 4
+    assert run_memory(config, 16, 3, cfg=False, dtype="float16") == 3 * 16 * channels * 4 + 4 * 3 * 16 * width * 2
+    assert run_memory({"width": 64}, 16) is None  # a config that does not say its channels: no estimate
+    assert tokens_problem(HUGE, {}, "cpu") is None and tokens_problem(4096, TINY, "cpu") is None
+
+
+def test_the_plugin_refuses_tokens_that_cannot_fit_once_naming_the_estimate(pytester):
+    make_project(pytester)
+    result = pytester.runpytest_inprocess(*args(f"--partattn-num-tokens={HUGE}", "--partattn-device=cpu"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: --partattn-num-tokens {HUGE}: cannot fit: one run needs at least *.* TB (1 part x 2 (guidance) x "
+            f"{HUGE} tokens x width 64: *), and cpu has *.* GB of RAM available; pass fewer tokens"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_the_commands_refuse_tokens_that_cannot_fit(tmp_path, capsys):
+    code = cli.main(["calibrate", "--model", str(TINY), "--fixtures", str(IMAGES), "--num-tokens", str(HUGE)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"partattn calibrate: error: --num-tokens {HUGE}: cannot fit: one run needs")
+    assert "of RAM available" in err and err.count("\n") == 1
+    # partattn run: refused when the run is resolved, before it starts
+    argv = ["run", str(IMAGES / IMAGE), "--model", str(TINY), "--num-tokens", str(HUGE), "--device", "cpu", "-q"]
+    code = cli.main([*argv, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"num_tokens = {HUGE} cannot fit: one run needs at least" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sidecar_with_tokens_that_cannot_fit_names_the_file(tmp_path, pipe):
+    image = tmp_path / "np2_x.png"
+    image.write_bytes((IMAGES / IMAGE).read_bytes())
+    (tmp_path / "np2_x.toml").write_text(f"num_tokens = {HUGE}\n")
+    spec = read_spec(image, tmp_path, tmp_path)
+    session = Session(lambda: pipe, options={"steps": 1})
+    with pytest.raises(RunSpecError, match=f"np2_x.toml: num_tokens = {HUGE} cannot fit: one run needs at least"):
+        session.spec(spec.run_layer(), sidecar_label=str(tmp_path / "np2_x.toml"))

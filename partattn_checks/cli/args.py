@@ -131,6 +131,14 @@ def run_device(arg: str) -> str:
         raise UsageError(f"--device {arg}: {err}") from None
 
 
+def check_num_tokens(num_tokens: int | None, model: Path, device: str, dtype: str) -> None:
+    """``--num-tokens`` whose runs clearly cannot fit in ``device``'s memory is a usage error naming the
+    estimate and the memory there (before anything is loaded)."""
+    wrong = runspec.tokens_problem(num_tokens, model, device, dtype=dtype) if num_tokens is not None else None
+    if wrong:
+        raise UsageError(f"--num-tokens {num_tokens}: {wrong}")
+
+
 def add_pipeline_option(parser: argparse.ArgumentParser) -> None:
     """``--pipeline MODULE:FACTORY``: the user's own pipeline (the gate's ``--partattn-pipeline``)."""
     parser.add_argument(

@@ -31,6 +31,7 @@ from .args import (
     MODEL_HELP,
     add_fixture_run_options,
     check_model,
+    check_num_tokens,
     fixtures_dir,
     model_dir,
     number_arg,
@@ -123,6 +124,8 @@ def main(args, extra) -> int:
                 f"--baseline-seeds {args.baseline_seeds}: must be between 2 and {BASELINE_SEED_OFFSET} "
                 "(a spread needs two seeds)"
             )
+    if args.num_tokens is not None:
+        check_num_tokens(args.num_tokens, model, run_device(args.device), args.dtype)
     fixtures = fixtures_dir(args.fixtures)
     base = read_thresholds(args.thresholds)
     if args.baselines and ci_is_set():
