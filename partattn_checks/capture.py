@@ -186,11 +186,12 @@ class _LayerTap:
         seen, self.seen = self.seen, {}
         if step is None:
             return
-        query, key, value = self._heads(seen)
-        scale = self.family.scale(self.module, self.processor, query.shape[-1])
-        if not self.verified:
-            self.verified = self._verify(query, key, value, scale, inputs[0])
-        self.recorder.observe(self.name, step, query, key, scale)
+        with torch.no_grad():  # reading only: no graph, also when the model runs with autograd on
+            query, key, value = self._heads(seen)
+            scale = self.family.scale(self.module, self.processor, query.shape[-1])
+            if not self.verified:
+                self.verified = self._verify(query, key, value, scale, inputs[0])
+            self.recorder.observe(self.name, step, query, key, scale)
 
     def _heads(self, seen):
         """Per-part ``(B, H, L, d)`` queries, keys and values, as the family lays them out."""
