@@ -73,6 +73,15 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
     sidecar = path.with_suffix(".toml")
     base = dict(path=path, key=key, display=display)
     from_name = parts_from_name(path)
+    if from_name is not None and from_name < 1:
+        rest = PART_PREFIX.sub("", path.name)
+        return ImageSpec(
+            **base,
+            error=(
+                f"{display}: the np<N>_ prefix needs N >= 1 (the number of parts), not np{from_name}_; "
+                f"rename the file, e.g. np1_{rest}"
+            ),
+        )
     if not sidecar.is_file():
         if from_name is None:
             return ImageSpec(
