@@ -119,3 +119,17 @@ def test_trend_and_compare_run_an_upstream_style_pipeline(tmp_path, monkeypatch)
     monkeypatch.setenv(upstream_standin.FORK_SCALE, "3")
     with pytest.raises(Exception, match="relative mismatch"):
         compare_checkpoints(EMBEDDED_MODEL, EMBEDDED_MODEL, images, **kwargs)
+
+
+def test_partattn_run_with_an_upstream_style_pipeline(tmp_path, monkeypatch, capsys):
+    from partattn_checks import cli
+
+    monkeypatch.chdir(REPO / "tests")
+    out = tmp_path / "run"
+    code = cli.main(
+        ["run", str(IMAGE), "--pipeline", "upstream_standin:factory", "--model", str(EMBEDDED_MODEL)]
+        + ["--steps", "2", "--out", str(out), "-q"]
+    )
+    assert code == 0 and (out / "index.html").is_file() and (out / "metrics.json").is_file()
+    assert cli.main(["run", str(IMAGE), "--pipeline", "nosuch:factory", "--out", str(tmp_path / "x"), "-q"]) == 2
+    assert "--pipeline nosuch:factory: cannot import nosuch" in capsys.readouterr().err

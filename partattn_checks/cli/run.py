@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import runspec
 from .args import (
     MODEL_HELP,
+    add_pipeline_option,
     add_run_options,
     check_model,
     layer_arg,
@@ -48,6 +49,7 @@ def add_parser(sub):
         help="number of parts; default: from an np<N>_ file-name prefix (np3_chair.png -> 3)",
     )
     add_run_options(parser, num_tokens=True)
+    add_pipeline_option(parser)
     parser.add_argument(
         "--guidance",
         type=setting_arg("guidance_scale"),
@@ -104,6 +106,7 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
     from ..model.loading import CheckpointError, check_num_parts
     from ..model.pipeline import open_image
     from ..reporting.run_report import render_record, save_run
+    from ..upstream import PipelineError
     from ..visualizer import AttentionVisualizer
 
     try:
@@ -111,12 +114,18 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
     device = run_device(args.device)
-    say(args, f"loading {model} on {device} ({args.dtype})")
+    say(args, f"loading {model} on {device} ({args.dtype})" + (f" with {args.pipeline}" if args.pipeline else ""))
     try:
-        viz = AttentionVisualizer.from_pretrained(
-            model, device=device, dtype=runspec.torch_dtype(args.dtype), thresholds=thresholds
-        )
-    except CheckpointError as err:
+        if args.pipeline:
+            from ..upstream import build_pipeline
+
+            pipe = build_pipeline(args.pipeline, Path.cwd(), model, device, args.dtype, "--pipeline")
+            viz = AttentionVisualizer(pipe, thresholds=thresholds)
+        else:
+            viz = AttentionVisualizer.from_pretrained(
+                model, device=device, dtype=runspec.torch_dtype(args.dtype), thresholds=thresholds
+            )
+    except (CheckpointError, PipelineError) as err:
         raise UsageError(str(err)) from None
     try:  # the checkpoint's defaults, then the arguments: the run's settings, resolved once
         spec = runspec.for_pipeline(
