@@ -140,6 +140,12 @@ def find_checkpoints(
         found.extend(as_checkpoint(p, ema=ema) for p in subs)
     if not found:
         raise TrendError("no checkpoints given")
+    seen: dict[Path, Path] = {}
+    for c in found:  # the same folder twice (X and X/, a link to it, a run folder and one of its steps)
+        first = seen.setdefault(c.path.resolve(), c.path)
+        if first is not c.path:
+            also = f" (also given as {first})" if str(first) != str(c.path) else ""
+            raise TrendError(f"{c.path}: the same checkpoint folder is given twice{also}; give each checkpoint once")
     steps = [c.step for c in found if c.step is not None]
     repeated = sorted({s for s in steps if steps.count(s) > 1})
     if repeated:

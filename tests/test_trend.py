@@ -261,6 +261,23 @@ def test_step_names_decide_the_order(tmp_path):
         find_checkpoints([run, tmp_path / "other"], base=EMBEDDED_MODEL)
 
 
+def test_the_same_folder_given_twice_is_refused_naming_it(tmp_path, capsys):
+    run = _step_folders(tmp_path / "run", "checkpoint-5", "checkpoint-9")
+    (tmp_path / "link").symlink_to(run / "checkpoint-9", target_is_directory=True)
+    for given, named in (
+        ([EMBEDDED_MODEL, f"{EMBEDDED_MODEL}/"], EMBEDDED_MODEL),  # X and X/: no step name, so no step clash
+        ([run / "checkpoint-5", run], run / "checkpoint-5"),  # a checkpoint and its run folder
+        ([run / "checkpoint-9", tmp_path / "link"], tmp_path / "link"),  # a link to it
+    ):
+        with pytest.raises(TrendError, match="the same checkpoint folder is given twice") as err:
+            find_checkpoints(given, base=EMBEDDED_MODEL)
+        assert str(err.value).startswith(f"{named}: ")
+    assert main(["trend", str(EMBEDDED_MODEL), f"{EMBEDDED_MODEL}/", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{EMBEDDED_MODEL}: the same checkpoint folder is given twice; give each checkpoint once" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_ema_needs_transformer_ema_in_every_checkpoint(tmp_path, capsys):
     run = _step_folders(tmp_path / "run", "000100", "000200")
     (run / "000100" / "transformer_ema").mkdir()
