@@ -1,13 +1,14 @@
 """Where does each part look? A denoising run of a multi-part image, part by part and layer by layer.
 
-    python examples/part_attention_analysis.py OUT_DIR [--image PATH --num-parts N] [--steps S]
+    python examples/part_attention_analysis.py OUT_DIR [--image PATH [--num-parts N]] [--steps S]
 
 A healthy PartCrafter looks at a different region of the image for every part; a model whose part
 embedding was lost looks at the same region for all. This runs the embedded tiny model with
 capture on, then writes into OUT_DIR: ``parts.png`` (every part's key marginal on the image, mean
 over steps, the most part-separated layer), ``parts_<layer>.png`` for every layer,
 ``separation.json`` (part separation per layer, the pairwise separation of the best layer and the
-plugin's check verdicts) and ``scene.png`` when no ``--image`` is given.
+plugin's check verdicts) and ``scene.png`` when no ``--image`` is given. The part count of an image
+is ``--num-parts`` or its ``np<N>_`` name prefix.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from _inputs import checked_inputs, positive_int  # examples/_inputs.py: one-line errors, exit status 2
 
 from partattn_checks import EMBEDDED_MODEL, AttentionVisualizer, metrics
 from partattn_checks.model.synthetic import draw_scene
@@ -24,20 +26,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="folder for the results (created when missing)")
     parser.add_argument("--image", type=Path, help="an image (default: a drawn 3-part scene)")
-    parser.add_argument("--num-parts", type=int, default=3, help="parts in the image (default 3; the tiny model: 1-4)")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    parser.add_argument(
+        "--num-parts",
+        type=positive_int,
+        help="parts in the image (default: its np<N>_ name prefix; 3 for the drawn scene; the tiny model: 1-4)",
+    )
+    parser.add_argument("--steps", type=positive_int, default=10, help="denoising steps (default 10)")
     args = parser.parse_args()
+    num_parts = checked_inputs(parser, args, drawn_parts=3)
     out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     image = args.image
     if image is None:  # part k is painted in the colour the tiny model ties to part k
         image = out / "scene.png"
-        draw_scene(np.random.default_rng(1), args.num_parts, scale=2).image.save(image)
+        draw_scene(np.random.default_rng(1), num_parts, scale=2).image.save(image)
 
     # A full denoising run with every step of every cross-attention layer recorded (streamed
     # reductions: per-head key marginals, entropy, ...) and the plugin's checks run on it.
     viz = AttentionVisualizer.from_pretrained(EMBEDDED_MODEL, device="cpu")
-    record = viz.run(image, args.num_parts, steps=args.steps)
+    record = viz.run(image, num_parts, steps=args.steps)
 
     # Part separation: mean Jensen-Shannon distance between the parts' key marginals (0 = all
     # parts look at the same keys, 1 = disjoint regions), per step and layer, then over steps.

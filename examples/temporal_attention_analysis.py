@@ -1,12 +1,13 @@
 """How attention changes over the denoising steps: timelines per layer and one GIF per part.
 
-    python examples/temporal_attention_analysis.py OUT_DIR [--image PATH --num-parts N] [--steps S]
+    python examples/temporal_attention_analysis.py OUT_DIR [--image PATH [--num-parts N]] [--steps S]
 
 Runs the embedded tiny model with every step recorded, then writes into OUT_DIR:
 ``entropy.png`` (normalized entropy per layer over steps: 1 = uniform, lower = focused),
 ``jumps.png`` (how far each layer's part marginals move from one step to the next),
 ``part<k>.gif`` (part k's key marginal on the image, one frame per step), ``steps.json`` and
-``scene.png`` when no ``--image`` is given.
+``scene.png`` when no ``--image`` is given. The part count of an image is ``--num-parts`` or its
+``np<N>_`` name prefix.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from _inputs import checked_inputs, positive_int  # examples/_inputs.py: one-line errors, exit status 2
 
 from partattn_checks import EMBEDDED_MODEL, AttentionVisualizer, metrics, render
 from partattn_checks.model.synthetic import draw_scene
@@ -23,18 +25,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="folder for the results (created when missing)")
     parser.add_argument("--image", type=Path, help="an image (default: a drawn 2-part scene)")
-    parser.add_argument("--num-parts", type=int, default=2, help="parts in the image (default 2; the tiny model: 1-4)")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    parser.add_argument(
+        "--num-parts",
+        type=positive_int,
+        help="parts in the image (default: its np<N>_ name prefix; 2 for the drawn scene; the tiny model: 1-4)",
+    )
+    parser.add_argument("--steps", type=positive_int, default=10, help="denoising steps (default 10)")
     args = parser.parse_args()
+    num_parts = checked_inputs(parser, args, drawn_parts=2)
     out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     image = args.image
     if image is None:  # part k is painted in the colour the tiny model ties to part k
         image = out / "scene.png"
-        draw_scene(np.random.default_rng(2), args.num_parts, scale=2).image.save(image)
+        draw_scene(np.random.default_rng(2), num_parts, scale=2).image.save(image)
 
     viz = AttentionVisualizer.from_pretrained(EMBEDDED_MODEL, device="cpu")
-    record = viz.run(image, args.num_parts, steps=args.steps)  # every step, every layer
+    record = viz.run(image, num_parts, steps=args.steps)  # every step, every layer
 
     # Entropy per step and layer, averaged over parts and heads: (steps, layers).
     entropy = record.entropy.float().mean(dim=(2, 3))

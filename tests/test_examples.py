@@ -8,8 +8,10 @@ that say what the script claims.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +116,66 @@ def test_temporal_attention_analysis_on_a_given_image(cwd):
     assert all(0.0 <= row["max_jump"] <= 1.0 for row in doc["steps"][1:])
     assert all(0.0 < row["entropy"] <= 1.0 for row in doc["steps"])
     assert stdout.count("step ") == STEPS
+
+
+def test_temporal_attention_analysis_takes_the_part_count_from_the_image_name(cwd):
+    image = REPO / "fixtures" / "images" / "np3_three_shapes.png"
+    out, _ = run_example("temporal_attention_analysis", cwd, "--steps", "2", "--image", str(image))
+    assert sorted(p.name for p in out.glob("*.gif")) == ["part0.gif", "part1.gif", "part2.gif"]
+
+
+# ----------------------------------------------------------------------------- bad arguments: one line, exit 2
+@pytest.mark.parametrize(
+    "name", ["attention_visualization_example", "part_attention_analysis", "temporal_attention_analysis"]
+)
+def test_an_output_path_that_is_a_file_is_one_line_and_exit_2(cwd, name):
+    (cwd / "out").write_text("my notes\n")
+    script = str(EXAMPLES / f"{name}.py")
+    proc = subprocess.run([sys.executable, script, "out"], cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"{name}.py: error: out: exists and is not a folder")
+    assert (cwd / "out").read_text() == "my notes\n"
+
+
+@pytest.fixture
+def inputs(monkeypatch):
+    """``examples/_inputs.py``, the scripts' argument checks, and a parser like theirs."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import _inputs
+
+    parser = argparse.ArgumentParser(prog="example.py")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--image", type=Path)
+    parser.add_argument("--num-parts", type=_inputs.positive_int)
+    return lambda *argv: _inputs.checked_inputs(parser, parser.parse_args(argv), drawn_parts=2)
+
+
+def test_the_part_count_comes_from_the_option_the_name_or_the_drawn_scene(inputs, tmp_path):
+    np3 = tmp_path / "np3_shapes.png"
+    shutil.copyfile(REPO / "fixtures" / "images" / "np3_three_shapes.png", np3)
+    assert inputs(str(tmp_path / "a"), "--image", str(np3)) == 3
+    assert inputs(str(tmp_path / "b"), "--image", str(np3), "--num-parts", "3") == 3
+    assert inputs(str(tmp_path / "c")) == 2 and (tmp_path / "c").is_dir()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--image", "missing.png"], "--image missing.png: no such file"),
+        (["--image", "notes.png"], "--image notes.png: not a readable image"),
+        (["--image", "plain.png"], "--image plain.png: cannot tell its number of parts; pass --num-parts N or name"),
+        (["--image", "np0_x.png"], "--image np0_x.png: the np<N>_ prefix needs N >= 1"),
+        (["--image", "np3_x.png", "--num-parts", "2"], "--num-parts 2 contradicts the image's name np3_x.png (np3_)"),
+        (["--num-parts", "0"], "argument --num-parts: must be at least 1, got 0"),
+    ],
+)
+def test_bad_images_and_part_counts_are_one_line_and_exit_2(inputs, tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.png").write_text("not an image")
+    for name in ("plain.png", "np0_x.png", "np3_x.png"):
+        shutil.copyfile(REPO / "fixtures" / "images" / "np2_circle_square.png", tmp_path / name)
+    with pytest.raises(SystemExit) as exit_:
+        inputs("out", *argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err.splitlines()[-1], err
+    assert not (tmp_path / "out").exists()  # checked before the output folder is made
