@@ -304,6 +304,7 @@ class AttentionRecorder:
             raise CaptureError(
                 f"{type(self.model).__name__} has no cross-attention modules (diffusers {_diffusers_version()})"
             )
+        self._all_names = names
         self.layer_names = self.selection.pick_layers(names)
         self._wants_full = self.selection.full_map_test(names)
         chosen = dict(modules)
@@ -422,6 +423,14 @@ class AttentionRecorder:
             raise CaptureError(
                 f"no cross-attention was recorded (selected layers: {', '.join(self.layer_names)}; "
                 f"diffusers {_diffusers_version()}): the model never called them, or no selected step ran"
+            )
+        never = self.selection.missing_full_maps(self._all_names, steps)
+        if never:
+            name, step = never[0]
+            raise CaptureError(
+                f"a full map was asked for step {step} of '{name}', but the steps recorded were "
+                f"{steps[0]}..{steps[-1]} ({len(steps)} steps); ask for a step that runs (negative steps are not "
+                f"counted from the end)"
             )
         missing = [(s, n) for s in steps for n in self.layer_names if (s, n) not in self._calls]
         if missing:

@@ -773,3 +773,10 @@ def test_used_alone_every_forward_is_a_step_with_its_own_timestep(model):
     record = rec.record()
     assert record.steps == [0, 1, 2]
     assert record.timesteps == pytest.approx([1000.0, 1000.0 * 2 / 3, 1000.0 / 3])
+
+
+def test_a_full_map_for_a_step_that_never_ran_is_an_error(pipe):
+    with pytest.raises(
+        CaptureError, match=r"full map was asked for step 99 of 'blocks.4.attn2'.*steps recorded were 0..1"
+    ):
+        record_attention(pipe, IMAGE, 2, steps=2, num_tokens=16, selection=Selection(full_maps=[(-1, 99)]))
