@@ -377,24 +377,19 @@ class _Comparison:
     def files(self, seeded: SeedSample | None = None) -> dict:
         """What a baseline holds (``BaselineStore.write``'s keyword arguments): the runs of the
         noise seeds (``seeded``), or this run's own (a candidate, a baseline without seeds)."""
-        if seeded is not None:
-            return dict(
-                image=self.image,
-                metrics=seeded.metrics,
-                checks=seeded.checks,
-                environment=self.environment,
-                attention=seeded.attention,
-                seeds=seeded.seeds,
-                samples=seeded.samples,
-            )
+        metrics, checks, attention, seeds, samples = (
+            (seeded.metrics, seeded.checks, seeded.attention, seeded.seeds, seeded.samples)
+            if seeded is not None
+            else (self.metrics, self.checks, self.attention, self.measured_seeds, self.measured_samples)
+        )
         return dict(
             image=self.image,
-            metrics=self.metrics,
-            checks=self.checks,
+            metrics=metrics,
+            checks=checks,
             environment=self.environment,
-            attention=self.attention,
-            seeds=self.measured_seeds,
-            samples=self.measured_samples,
+            attention=attention,
+            seeds=seeds,
+            samples=samples,
         )
 
     def candidate(self) -> Path:

@@ -358,7 +358,7 @@ class AttentionRecorder:
             return
         self._step = self._forward_count
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        self._timesteps[self._step] = _first_value(timestep)
+        self._timesteps[self._step] = timestep_value(timestep)
         self._forward_count += 1
 
     def current_step(self) -> int | None:
@@ -476,7 +476,7 @@ class AttentionRecorder:
         )
 
 
-def _first_value(timestep) -> float:
+def timestep_value(timestep) -> float:
     """The timestep of a forward call as a float (the first element of a tensor), NaN when absent."""
     if timestep is None:
         return float("nan")

@@ -47,15 +47,6 @@ class _Source:
     path: Path  # what the record's meta and the baseline fingerprint name
 
 
-def _first_float(value) -> float:
-    import torch
-
-    try:
-        return float(torch.as_tensor(value).reshape(-1)[0])
-    except (TypeError, ValueError, IndexError, RuntimeError):
-        return float("nan")
-
-
 class UpstreamPipeline:
     """An upstream-style PartCrafter pipeline, as the gate and the recorder call pipelines."""
 
@@ -115,6 +106,7 @@ class UpstreamPipeline:
     ):
         import torch
 
+        from .capture import timestep_value
         from .model.pipeline import DenoiseResult, open_image
 
         if latents is not None:
@@ -134,7 +126,7 @@ class UpstreamPipeline:
                     f"{type(self.pipe).__name__} called its transformer more than {steps} times for "
                     f"{steps} steps; the adapter expects one forward per step (CFG batch concatenated)"
                 )
-            timesteps.append(_first_float(kwargs.get("timestep", args[1] if len(args) > 1 else None)))
+            timesteps.append(timestep_value(kwargs.get("timestep", args[1] if len(args) > 1 else None)))
             for observer in observers:
                 observer.begin_step(step, timesteps[-1])
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .capture import AttentionRecorder, CaptureError, Selection, cross_attention_modules
+from .capture import AttentionRecorder, CaptureError, Selection, cross_attention_modules, timestep_value
 from .checks import CHECKS, CheckResult, Thresholds
 from .model.pipeline import encoder_view
 from .record import AttentionRecord
@@ -556,7 +556,7 @@ class _Hooks:
             meta={"source": "AttentionVisualizer.register_hooks"},
         )
         recorder.__enter__()
-        recorder.begin_step(step, _first_value(call.get("timestep")))
+        recorder.begin_step(step, timestep_value(call.get("timestep")))
         self.open = recorder
 
     def _after(self, module, args, output) -> None:
@@ -651,16 +651,6 @@ def _cfg_for(cfg: bool | None, batch: int | None, num_parts: int | None) -> bool
     if cfg is not None:
         return bool(cfg)
     return not (num_parts is not None and batch == int(num_parts))
-
-
-def _first_value(timestep) -> float:
-    """A forward's timestep as a float (the first element of a tensor), NaN when absent."""
-    if timestep is None:
-        return float("nan")
-    try:
-        return float(torch.as_tensor(timestep).reshape(-1)[0])
-    except (TypeError, ValueError, IndexError, RuntimeError):
-        return float("nan")
 
 
 def _full_maps_arg(full_maps):
