@@ -286,30 +286,6 @@ def layer_band(d: Deviation) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- one image
-@dataclass(frozen=True)
-class ImageNoiseVerdict:
-    """Every metric and layer of one image against its baseline's seeds."""
-
-    deviations: tuple[Deviation, ...]
-    alpha: float
-
-    @property
-    def moved(self) -> list[Deviation]:
-        return [d for d in self.deviations if d.moved]
-
-    @property
-    def worst(self) -> Deviation | None:
-        """The deviation furthest past (or closest to) its allowance."""
-        if not self.deviations:
-            return None
-        return max(self.deviations, key=lambda d: (abs(d.z) if d.two_sided else d.z) / d.allowance)
-
-    @property
-    def onset(self) -> Deviation | None:
-        """The first layer in depth order that moved beyond its own seed noise."""
-        return next((d for d in self.deviations if d.kind == "layer" and d.moved), None)
-
-
 def allowances(alpha: float, tests: int, seeds: int, pooled: bool = True) -> tuple[float, float]:
     """(two-sided metric allowance, one-sided layer allowance) for ``tests`` comparisons. The
     spread has ``K − 1`` degrees of freedom of its own, ``2(K − 1)`` when shrunk toward a pooled
