@@ -266,7 +266,8 @@ def compare_checkpoints(
     command draws from them). A transformer-only folder (e.g. upstream's ``000500/``) borrows the rest
     from ``base``; ``ema`` judges ``transformer_ema/`` instead of ``transformer/`` on both sides;
     ``pipeline``: the user's own ``module:factory`` (``trend.load_pipeline``)."""
-    from .trend import TrendError, as_checkpoint, check_architecture, load_pipeline, pipeline_session
+    from .session import Session
+    from .trend import TrendError, as_checkpoint, check_architecture, load_pipeline
 
     specs = [_as_spec(i) for i in images]
     try:
@@ -280,7 +281,8 @@ def compare_checkpoints(
     pipelines = [load_pipeline(side, base=base, device=device, dtype=dtype, pipeline=pipeline) for side in sides]
     settings = {"steps": steps, "seed": seed, "device": device, "dtype": dtype, "weights": sides[0].weights}
     comparison = Comparison(str(a), str(b), [], 0, settings)
-    side_a, side_b = (pipeline_session(p, {"steps": steps, "seed": seed}, thresholds, CHECKS) for p in pipelines)
+    options = {"steps": steps, "seed": seed}
+    side_a, side_b = (Session.around(p, options=options, thresholds=thresholds, checks=CHECKS) for p in pipelines)
     # image by image, A then B (zip pulls one outcome from each in turn)
     pairs = zip(side_a.run_set(specs), side_b.run_set(specs), strict=True)
     for n, (outcome_a, outcome_b) in enumerate(pairs, 1):

@@ -135,15 +135,18 @@ class AttentionMonitor:
         """Run the images on ``transformer`` and ``image_encoder`` as they are now. Either may be
         wrapped for training (DDP, DataParallel, DeepSpeed, accelerate, ``torch.compile``): the
         module inside is used."""
-        from .trend import pipeline_session
+        from .session import Session
 
         if self.main_process_only and rank() != 0:
             return {}
         transformer, image_encoder = unwrapped(transformer), unwrapped(image_encoder)
         call = {"num_tokens": self.num_tokens}  # the monitor's token count wins over a sidecar's
         with preserved_state(transformer, image_encoder):
-            session = pipeline_session(
-                self.pipeline(transformer, image_encoder), self.options, self.thresholds, self.checks
+            session = Session.around(
+                self.pipeline(transformer, image_encoder),
+                options=self.options,
+                thresholds=self.thresholds,
+                checks=self.checks,
             )
             outcomes = {spec.path.name: session.image_outcome(spec, call=call) for spec in self.images}
         self.last = outcomes

@@ -132,6 +132,13 @@ class Session:
         self._records: OrderedDict[tuple, object] = OrderedDict()
         self._outcomes: OrderedDict[tuple, CaseOutcome] = OrderedDict()
 
+    @classmethod
+    def around(cls, pipeline, **kwargs) -> Session:
+        """The runner around an already loaded ``pipeline``, without a record cache: calibration's
+        variants and a training run change its weights in place between runs, and trend, compare
+        and the monitor run each record once."""
+        return cls(lambda: pipeline, cache_size=0, **kwargs)
+
     # -- pipeline -----------------------------------------------------------------------------
     @property
     def pipeline(self):

@@ -362,13 +362,15 @@ def run_trend(
             "thresholds": thresholds.to_dict(),
         },
     )
+    from .session import Session
+
     done = 0
     for checkpoint in checkpoints:
-        session = pipeline_session(
+        session = Session.around(
             load_pipeline(checkpoint, base=base, device=device, dtype=dtype, pipeline=pipeline),
-            {"steps": steps, "seed": seed},
-            thresholds,
-            names,
+            options={"steps": steps, "seed": seed},
+            thresholds=thresholds,
+            checks=names,
         )
         per_image, summaries = {}, []
         for outcome in session.run_set(images):
@@ -389,14 +391,6 @@ def run_trend(
         trend.headline.append(headline_means(summaries))
         del session  # and with it the pipeline: the next checkpoint loads into the freed memory
     return trend
-
-
-def pipeline_session(pipeline, options: dict, thresholds: Thresholds | None = None, checks=None):
-    """A :class:`~partattn_checks.session.Session` around a loaded checkpoint's ``pipeline``, without
-    a record cache (each record is run and judged once)."""
-    from .session import Session
-
-    return Session(lambda: pipeline, options=options, cache_size=0, thresholds=thresholds, checks=checks)
 
 
 def check_label(name: str) -> str:

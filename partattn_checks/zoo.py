@@ -51,12 +51,10 @@ def by_name(images: Iterable[ImageSpec]) -> dict[str, ImageSpec]:
 
 
 def session(pipeline, *, options: Mapping | None = None, thresholds: Thresholds | None = None):
-    """The fixture-set runner around ``pipeline``, uncached: the variants edit its weights in place."""
+    """The fixture-set runner around ``pipeline`` (uncached: the variants edit its weights in place)."""
     from .session import Session
 
-    return Session(
-        lambda: pipeline, options=options, options_label="the command line", cache_size=0, thresholds=thresholds
-    )
+    return Session.around(pipeline, options=options, options_label="the command line", thresholds=thresholds)
 
 
 def run_images(

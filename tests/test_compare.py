@@ -32,26 +32,26 @@ def fixtures(tmp_path_factory):
     return folder
 
 
+def _variant_on_disk(tmp_path_factory, name: str, edited: str):
+    """The embedded model with broken variant ``name`` applied (it edits ``edited``), written to disk."""
+    checkpoint = load_checkpoint(EMBEDDED_MODEL)
+    out = tmp_path_factory.mktemp("variants") / name
+    with broken(checkpoint.transformer, name) as names:
+        assert names == [edited]
+        write_checkpoint(out, checkpoint.transformer, checkpoint.image_encoder, run_defaults=checkpoint.run_defaults)
+    return out
+
+
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory):
     """The embedded model with its part embedding merged (every row their mean), on disk."""
-    checkpoint = load_checkpoint(EMBEDDED_MODEL)
-    out = tmp_path_factory.mktemp("variants") / "merged_parts"
-    with broken(checkpoint.transformer, "merged_parts") as edited:
-        assert edited == ["part_embedding.weight"]
-        write_checkpoint(out, checkpoint.transformer, checkpoint.image_encoder, run_defaults=checkpoint.run_defaults)
-    return out
+    return _variant_on_disk(tmp_path_factory, "merged_parts", "part_embedding.weight")
 
 
 @pytest.fixture(scope="module")
 def nan_model(tmp_path_factory):
     """The embedded model with one cross-attention key weight of block 2 set to NaN, on disk."""
-    checkpoint = load_checkpoint(EMBEDDED_MODEL)
-    out = tmp_path_factory.mktemp("variants") / "nan_weights"
-    with broken(checkpoint.transformer, "nonfinite") as edited:
-        assert edited == ["blocks.2.attn2.to_k.weight"]
-        write_checkpoint(out, checkpoint.transformer, checkpoint.image_encoder, run_defaults=checkpoint.run_defaults)
-    return out
+    return _variant_on_disk(tmp_path_factory, "nonfinite", "blocks.2.attn2.to_k.weight")
 
 
 def test_compare_names_the_separation_drop_and_the_layers_that_moved(merged, fixtures, tmp_path, capsys):

@@ -8,7 +8,7 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-from plugin_support import args, make_project, outcomes
+from plugin_support import make_project, outcomes
 
 pytest_plugins = ("pytester",)
 
@@ -68,18 +68,3 @@ def test_the_fixture_set_item_passes_then_fails_on_a_shared_shift(pytester):
     cases = ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")
     (case,) = [c for c in cases if c.get("name") == "fixture-set"]
     assert "separation (lower" in case.find("failure").get("message", "") + case.find("failure").text
-
-
-@pytest.mark.parametrize(
-    "option, message",
-    [
-        ("--partattn-baseline-seeds=1", "*--partattn-baseline-seeds 1: must be between 2 and 1000*"),
-        ("--partattn-seeds=0", "*--partattn-seeds 0: must be between 1 and 1000*"),
-        ("--partattn-false-alarm-rate=0.7", "*--partattn-false-alarm-rate 0.7: must lie between 0 and 0.5*"),
-    ],
-)
-def test_noise_options_are_validated(pytester, option, message):
-    make_project(pytester)
-    result = pytester.runpytest_inprocess(*args(option))
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([message])

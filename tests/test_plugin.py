@@ -156,6 +156,9 @@ def test_cuda_without_cuda_is_a_usage_error(pytester):
         ("--partattn-device=tpu", "--partattn-device tpu: unknown device; use auto, cpu, cuda or cuda:N"),
         ("--partattn-thresholds=nope.toml", "--partattn-thresholds nope.toml: no such file *"),
         ("--partattn-model=no/such/dir", "--partattn-model no/such/dir: no such checkpoint folder *"),
+        ("--partattn-baseline-seeds=1", "--partattn-baseline-seeds 1: must be between 2 and 1000*"),
+        ("--partattn-seeds=0", "--partattn-seeds 0: must be between 1 and 1000*"),
+        ("--partattn-false-alarm-rate=0.7", "--partattn-false-alarm-rate 0.7: must lie between 0 and 0.5*"),
     ],
 )
 def test_invalid_option_values_are_usage_errors_naming_the_option(pytester, option, message):
