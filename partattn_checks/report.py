@@ -10,16 +10,20 @@ write them. No torch, no matplotlib.
 from __future__ import annotations
 
 import base64
+import html
 import math
 import os
 import shlex
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from urllib.parse import quote
 
 from .atomic import atomic_write_text
 from .checks import REGISTRY
+from .fixture_set import ITEM_NAME as ITEM_FIXTURE_SET
 from .reporting import Cell, Page
+from .reporting.page import anchor_id
 
 ATTACHMENT = "[[ATTACHMENT|{}]]"
 #: css class of a summary cell per item verdict
@@ -243,8 +247,11 @@ def user_properties(p: ItemReport) -> list[tuple[str, object]]:
     return props
 
 
-def html_extras(p: ItemReport) -> list[dict]:
-    """pytest-html (>= 4) extras: one base64 PNG per figure; [] when pytest-html is not installed."""
+def html_extras(p: ItemReport, report_dir: Path | None = None) -> list[dict]:
+    """pytest-html (>= 4) extras: per figure, the base64 PNG (shown in pytest-html's fixed-size media
+    box, which crops tall figures) and a link to the file at full size (in the report's Links
+    column; relative to ``report_dir``, the folder of the ``--html`` report, when given, else a
+    ``file://`` URL). [] when pytest-html is not installed."""
     try:
         from pytest_html import extras
     except ImportError:
@@ -255,8 +262,21 @@ def html_extras(p: ItemReport) -> list[dict]:
             data = base64.b64encode(Path(f).read_bytes()).decode("ascii")
         except OSError:
             continue
-        out.append(extras.png(data, name=Path(f).name))
+        name = Path(f).name
+        out.append(extras.png(data, name=name))
+        out.append(extras.url(_file_url(Path(f), report_dir), name=html.escape(f"{name} (full size)")))
     return out
+
+
+def _file_url(path: Path, report_dir: Path | None) -> str:
+    """A link to ``path`` from a page in ``report_dir`` (relative where possible), URL-quoted."""
+    path = path.resolve()
+    if report_dir is not None:
+        try:
+            return quote(Path(os.path.relpath(path, Path(report_dir).resolve())).as_posix())
+        except ValueError:  # another drive on Windows
+            pass
+    return path.as_uri()
 
 
 def junit_logging_warning(junit_logging: str) -> str | None:
@@ -327,38 +347,194 @@ class Summary:
         return out
 
     # -- index.html ------------------------------------------------------------------------
-    def index_html(self, results_dir: Path, header: list[str]) -> str:
+    def items(self) -> list[ItemReport]:
+        """Every item, by image and then in check order."""
         checks = self.checks()
+        return [per[c] for per in self.by_image.values() for c in checks if c in per]
+
+    def index_html(self, results_dir: Path, header: list[str], fixture_set=None) -> str:
+        """The results page: verdict line, failures (reason, metric table, figures, commands), the
+        image x check table (each cell links to its check), then passing items collapsed per image.
+        ``fixture_set``: the session's ``fixture_set.SetVerdict``, if judged."""
+        groups = self._failure_groups()
+        set_failed = fixture_set is not None and fixture_set.verdict == "fail"
         page = Page("partattn results", base=results_dir)
-        page.preformatted(header).paragraph(", ".join(f"{n} {v}" for v, n in sorted(self.counts().items())))
-        rows = []
-        for image, per in self.by_image.items():
-            anchor = "#" + next(iter(per.values())).key
-            rows.append(
-                [
-                    Cell(image, href=anchor),
-                    *(
-                        Cell(self.cell(per[c]), _CELL_CLASSES.get(per[c].outcome, "note"), anchor)
-                        if c in per
-                        else Cell("")
-                        for c in checks
-                    ),
-                ]
-            )
-        page.table(["image", *checks], rows)
-        for image, per in self.by_image.items():
-            page.heading(image, anchor=next(iter(per.values())).key)
-            for c in checks:
-                p = per.get(c)
-                if p is None:
-                    continue
-                reason = p.error if p.result is None else p.result["reason"]
-                page.heading(f"{c}: {p.outcome}", level=3, cls=_CELL_CLASSES.get(p.outcome, ""))
-                page.paragraph(reason or "").figures([(Path(f).name, f) for f in p.figures])
+        page.paragraph(self._verdict_line(fixture_set), cls="verdict " + ("fail" if groups or set_failed else "pass"))
+        if header:
+            with page.details("run: " + header[0].removeprefix("partattn: ")):
+                page.preformatted(header)
+        for line in self.notes():
+            page.note(line.strip())
+        if groups or set_failed:
+            page.heading(f"Failures ({len(groups) + set_failed})")
+            for group in groups:
+                self._failure(page, group)
+            if set_failed:
+                with page.section(cls="failure", anchor=anchor_id(ITEM_FIXTURE_SET)):
+                    page.heading(f"{ITEM_FIXTURE_SET}: FAIL · all {len(fixture_set.images)} images", level=3)
+                    page.paragraph(fixture_set.reason()).preformatted(fixture_set.lines()[2:])
+        else:
+            page.paragraph(self._passing_hint(results_dir), cls="hint")
+        page.heading("All checks")
+        self._table(page, groups, fixture_set)
+        self._passing(page)
+        if groups or set_failed:
+            page.note(f"This page: {Path(results_dir) / 'index.html'}; figures: {Path(results_dir)}/<image>/")
         return page.render()
 
-    def write_index(self, results_dir: Path, header: list[str]) -> Path:
-        return atomic_write_text(Path(results_dir) / "index.html", self.index_html(Path(results_dir), header))
+    def _failure_groups(self) -> list[list[ItemReport]]:
+        """Failing items in image and check order, one per group, except that the items of an image
+        that could not run (the same error for each check) form one group."""
+        groups: list[list[ItemReport]] = []
+        for p in self.items():
+            if p.outcome not in ("fail", "error"):
+                continue
+            last = groups[-1][0] if groups else None
+            same_error = last is not None and last.result is None and (last.image, last.error) == (p.image, p.error)
+            if p.result is None and same_error:
+                groups[-1].append(p)
+            else:
+                groups.append([p])
+        return groups
+
+    def _table(self, page: Page, groups: list[list[ItemReport]], fixture_set) -> None:
+        """The image x check table; each cell links to its check (a failure's card, or the check
+        inside its image's collapsed block), an image to its first failure."""
+        anchors = {(p.image, p.check): _item_anchor(group[0]) for group in groups for p in group}
+        checks = self.checks()
+        rows = []
+        for image, per in self.by_image.items():
+            first = next((group[0] for group in groups if group[0].image == image), None)
+            image_href = _href(_item_anchor(first) if first else anchor_id(next(iter(per.values())).key))
+            cells = [
+                Cell(
+                    self.cell(p),
+                    _CELL_CLASSES.get(p.outcome, "note"),
+                    _href(anchors.get((image, p.check)) or _item_anchor(p)),
+                )
+                if p
+                else Cell("")
+                for p in (per.get(c) for c in checks)
+            ]
+            rows.append([Cell(image, href=image_href), *cells])
+        set_failed = fixture_set is not None and fixture_set.verdict == "fail"
+        if fixture_set is not None and "baseline" in checks:  # the set is judged from the baseline items
+            href = _href(anchor_id(ITEM_FIXTURE_SET)) if set_failed else None
+            verdict = Cell("FAIL" if set_failed else fixture_set.verdict, _CELL_CLASSES[fixture_set.verdict], href)
+            cells = [verdict if c == "baseline" else Cell("") for c in checks]
+            rows.append([Cell(f"{ITEM_FIXTURE_SET} (all {len(fixture_set.images)} images)", href=href), *cells])
+        page.table(["image", *checks], rows)
+        if fixture_set is not None and not set_failed:
+            page.note(f"fixture set: {fixture_set.reason()}")
+
+    def _passing(self, page: Page) -> None:
+        """Passing (and skipped, written) items: one closed ``<details>`` per image."""
+        passing: OrderedDict[str, list[ItemReport]] = OrderedDict()
+        for p in self.items():
+            if p.outcome not in ("fail", "error"):
+                passing.setdefault(p.image, []).append(p)
+        if passing:
+            page.heading("Passing checks").note("Closed: click an image to open its checks.")
+        for image, items in passing.items():
+            counts: dict[str, int] = {}
+            for p in items:
+                counts[p.outcome] = counts.get(p.outcome, 0) + 1
+            summary = f"{image}: " + ", ".join(f"{n} {_PAST[v]}" for v, n in counts.items())
+            with page.details(summary, anchor=anchor_id(items[0].key)):
+                for p in items:
+                    cls = _CELL_CLASSES.get(p.outcome, "")
+                    page.heading(f"{p.check}: {p.outcome}", level=3, anchor=_item_anchor(p), cls=cls)
+                    page.paragraph((p.result or {}).get("reason") or "").figures(_figures(p))
+
+    def _verdict_line(self, fixture_set) -> str:
+        """FAILED or PASSED: what failed, then the other counts."""
+        counts = self.counts()
+        bad = []
+        if counts.get("fail"):
+            bad.append(f"{counts['fail']} of {sum(counts.values())} checks failed")
+        if counts.get("error"):
+            bad.append(f"{counts['error']} could not run")
+        if fixture_set is not None and fixture_set.verdict == "fail":
+            bad.append("the fixture set moved")
+        rest = [f"{counts[v]} {_PAST[v]}" for v in ("pass", "skip", "written", "updated") if counts.get(v)]
+        if fixture_set is not None and fixture_set.verdict == "pass":
+            rest.append("fixture set passed")
+        if bad:
+            return "FAILED: " + " · ".join([", ".join(bad), *rest])
+        return "PASSED: " + " · ".join(rest)
+
+    def _passing_hint(self, results_dir: Path) -> str:
+        where = f"This page and its figures: {Path(results_dir)}"
+        if any(p.figures for p in self.items()):
+            return f"Nothing failed. {where}."
+        return (
+            "Nothing failed, so no figures were drawn; rerun with --partattn-save-all-figures to draw them for "
+            f"every check. {where}."
+        )
+
+    def _failure(self, page: Page, group: list[ItemReport]) -> None:
+        """One failure: what failed, the reason, the metric table, figures, then the commands.
+        A group of items is an image that could not run: its error once, for all its checks."""
+        p = group[0]
+        with page.section(cls="failure", anchor=_item_anchor(p)):
+            if p.result is None:
+                checks = ", ".join(q.check for q in group)
+                page.heading(f"ERROR · {p.image} could not run ({checks})", level=3)
+                page.preformatted([p.error or ""])
+                page.preformatted(["# rerun this check", p.rerun], cls="commands")
+                return
+            r = p.result
+            page.heading(f"{p.check}: {p.outcome.upper()} · {p.image}", level=3)
+            page.paragraph(r["reason"])
+            rows = metric_rows(p)
+            if rows:
+                limit = "allowance" if p.check == "baseline" else "threshold"
+                page.table(
+                    ["metric", "measured", limit, "baseline", "verdict"],
+                    [[*row[:-1], Cell(row[-1], _row_class(row[-1]))] for row in rows],
+                )
+            if r.get("offender") and p.check != "baseline":
+                page.note(f"worst offender: {offender_text(r['offender'])}")
+            page.figures(_figures(p))
+            for w in p.warnings:
+                page.note(f"warning: {w}")
+            page.preformatted(
+                ["# rerun this check", p.rerun, "# update this image's baseline", p.update], cls="commands"
+            )
+
+    def write_index(self, results_dir: Path, header: list[str], fixture_set=None) -> Path:
+        """Write ``index.html`` into ``results_dir`` atomically."""
+        text = self.index_html(Path(results_dir), header, fixture_set)
+        return atomic_write_text(Path(results_dir) / "index.html", text)
+
+
+#: how the verdict line and the collapsed summaries name outcomes
+_PAST = {
+    "pass": "passed",
+    "skip": "skipped",
+    "fail": "failed",
+    "error": "errors",
+    "written": "written",
+    "updated": "updated",
+}
+
+
+def _item_anchor(p: ItemReport) -> str:
+    return anchor_id(p.key, p.check)
+
+
+def _href(anchor: str) -> str:
+    return "#" + quote(anchor)
+
+
+def _figures(p: ItemReport) -> list[tuple[str, str]]:
+    return [(Path(f).name, f) for f in p.figures]
+
+
+def _row_class(verdict: str) -> str:
+    if any(word in verdict for word in ("DRIFT", "FAIL", "MISSING")):
+        return "fail"
+    return "pass" if "ok" in verdict or "PASS" in verdict else ""
 
 
 # ----------------------------------------------------------------------------- header

@@ -3,6 +3,7 @@ extras, the summary table and index.html."""
 
 from __future__ import annotations
 
+import html
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -168,14 +169,17 @@ def test_pytest_html_extras(pytester):
     page = (pytester.path / "report.html").read_text()
     assert "data:image/png;base64,iVBOR" in page  # the figures, embedded
     rep = next(r for r in result.reprec.getreports("pytest_runtest_logreport") if r.when == "call")
-    assert len(rep.extras) == 3
-    assert {e["name"] for e in rep.extras} == {
-        "part_separation__overlay.png",
-        "part_separation__parts.png",
-        "part_separation__timeline.png",
-    }
+    images = [e for e in rep.extras if e["format_type"] == "image"]
+    links = [e for e in rep.extras if e["format_type"] == "url"]
+    names = {"part_separation__overlay.png", "part_separation__parts.png", "part_separation__timeline.png"}
+    assert len(rep.extras) == 6 and {e["name"] for e in images} == names
     # base64 PNGs (pytest-html prefixes them with a data: URL while it writes the report)
-    assert all(e["mime_type"] == "image/png" and "iVBOR" in e["content"][:40] for e in rep.extras)
+    assert all(e["mime_type"] == "image/png" and "iVBOR" in e["content"][:40] for e in images)
+    # and a link to each file at full size (pytest-html's media box crops tall figures)
+    assert {e["name"] for e in links} == {f"{n} (full size)" for n in names}
+    results = pytester.path / ".partattn-results"
+    assert {e["content"] for e in links} == {f.as_uri() for f in results.glob("*/part_separation__*.png")}
+    assert "part_separation__parts.png (full size)</a>" in html.unescape(page)  # in the Links column
 
 
 def test_item_report_is_frozen_and_travels_as_a_dict():

@@ -19,7 +19,8 @@ from __future__ import annotations
 import html
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -69,6 +70,16 @@ class Cell:
         return f"<{tag}{attr}>{text}</{tag}>"
 
 
+def anchor_id(*parts: str) -> str:
+    """An element id made of ``parts`` (whitespace, which ids cannot hold, becomes ``_``);
+    link to it with ``"#" + quote(id)``."""
+    return "_".join("--".join(parts).split())
+
+
+def _attrs(anchor: str | None = None, cls: str = "") -> str:
+    return (f' id="{html.escape(anchor)}"' if anchor else "") + (f' class="{html.escape(cls)}"' if cls else "")
+
+
 class Page:
     """Blocks of one page, in order. Absolute file paths are linked relative to ``base``."""
 
@@ -90,21 +101,40 @@ class Page:
         return quote(PurePosixPath(*p.parts).as_posix())
 
     def heading(self, text: str, *, level: int = 2, anchor: str | None = None, cls: str = "") -> Page:
-        attrs = (f' id="{html.escape(anchor)}"' if anchor else "") + (f' class="{html.escape(cls)}"' if cls else "")
-        self.blocks.append(f"<h{level}{attrs}>{html.escape(text)}</h{level}>")
+        self.blocks.append(f"<h{level}{_attrs(anchor, cls)}>{html.escape(text)}</h{level}>")
         return self
 
     def note(self, text: str) -> Page:
         self.blocks.append(f'<p class="note">{html.escape(text)}</p>')
         return self
 
-    def paragraph(self, text: str) -> Page:
-        self.blocks.append(f"<p>{html.escape(text)}</p>")
+    def paragraph(self, text: str, *, cls: str = "") -> Page:
+        self.blocks.append(f"<p{_attrs(cls=cls)}>{html.escape(text)}</p>")
         return self
 
-    def preformatted(self, lines: Iterable[str]) -> Page:
-        self.blocks.append(f"<pre>{html.escape(chr(10).join(lines))}</pre>")
+    def preformatted(self, lines: Iterable[str], *, cls: str = "") -> Page:
+        self.blocks.append(f"<pre{_attrs(cls=cls)}>{html.escape(chr(10).join(lines))}</pre>")
         return self
+
+    @contextmanager
+    def section(self, *, cls: str = "", anchor: str | None = None) -> Iterator[Page]:
+        """Blocks added inside the ``with`` go into one ``<section>`` (a card, a link target)."""
+        start = len(self.blocks)
+        yield self
+        inner = self.blocks[start:]
+        del self.blocks[start:]
+        self.blocks.append(f"<section{_attrs(anchor, cls)}>\n" + "\n".join(inner) + "\n</section>")
+
+    @contextmanager
+    def details(self, summary: str, *, anchor: str | None = None, open: bool = False) -> Iterator[Page]:
+        """Blocks added inside the ``with`` go into a collapsible ``<details>``, closed unless ``open``;
+        a link to an id inside it opens it in current browsers."""
+        start = len(self.blocks)
+        yield self
+        inner = self.blocks[start:]
+        del self.blocks[start:]
+        head = f"<details{_attrs(anchor)}{' open' if open else ''}><summary>{html.escape(summary)}</summary>"
+        self.blocks.append(head + "\n" + "\n".join(inner) + "\n</details>")
 
     def table(self, header: Sequence | None, rows: Iterable[Sequence]) -> Page:
         """A table; values may be plain (formatted by ``Cell.of``) or ``Cell`` objects with a class or link."""
