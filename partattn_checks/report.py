@@ -134,7 +134,8 @@ def metric_rows(p: ItemReport) -> list[list[str]]:
         details = r.get("details", {})
         for name, m in details.get("per_metric", {}).items():
             ok = m["drift"] <= m["allowed"]
-            if m.get("z") is not None:  # judged in units of seed noise
+            if m.get("z") is not None:  # judged in units of seed noise (as noise.Deviation.moved)
+                ok = abs(m["z"]) <= m["allowance"]
                 rows.append(
                     [
                         name,

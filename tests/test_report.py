@@ -84,6 +84,26 @@ def test_baseline_rows_and_properties():
     assert props["partattn_verdict"] == "fail" and props["partattn_metric_entropy_mean"] == "0.9"
 
 
+def test_noise_rows_judge_by_distance_as_the_check_does():
+    """A log-scale metric below its mean is judged against the lower side of its allowed range: the
+    row says DRIFT when the distance exceeds the allowance, even within the wider upper side."""
+    peak = dict(measured=0.0756, baseline=0.0867, drift=0.0111, allowed=0.0124, spread=0.03, seeds=16)
+    rows = {}
+    for z in (-4.5, -4.3):
+        result = {
+            "name": "baseline",
+            "verdict": "fail",
+            "value": abs(z),
+            "threshold": None,
+            "offender": None,
+            "reason": "moved beyond the baseline's seed noise: peak_mean",
+            "details": {"per_metric": {"peak_mean": {**peak, "z": z, "allowance": 4.4, "log_scale": True}}},
+        }
+        (rows[z],) = report.metric_rows(_item(check="baseline", result=result, figures=[]))
+    assert rows[-4.5][-1] == "-4.5 se DRIFT" and rows[-4.3][-1] == "-4.3 se ok"
+    assert rows[-4.5][3] == "0.0867 ×/÷ 1.03 (16 seeds)"
+
+
 def test_commands_quote_and_relativise(tmp_path):
     image = tmp_path / "fixtures" / "images" / "np3_a b.png"
     cmd = report.pytest_command(["--partattn-model=/m x"], tmp_path, image, "baseline", update="failed")
