@@ -373,6 +373,7 @@ class Summary:
             if set_failed:
                 with page.section(cls="failure", anchor=anchor_id(ITEM_FIXTURE_SET)):
                     page.heading(f"{ITEM_FIXTURE_SET}: FAIL · all {len(fixture_set.images)} images", level=3)
+                    # lines(): the reason, a blank line, then how it is judged and the table
                     page.paragraph(fixture_set.reason()).preformatted(fixture_set.lines()[2:])
         else:
             page.paragraph(self._passing_hint(results_dir), cls="hint")
