@@ -26,6 +26,7 @@ from .panels import (
     _to_numpy,
     _to_rgb,
     _wrap,
+    figure_dpi,
     panel_layout,
 )
 
@@ -97,19 +98,40 @@ def _multi_head_fig(
         title_lines=suptitle.count("\n") + 1 if suptitle else 0,
         extra_height_in=0.3 if labels else 0.0,
     )
-    fig = _new_figure(layout.figsize, max_px, layout.dpi)
+    figsize = layout.figsize
+    if labels:  # room for the index ticks left of and below the panels
+        figsize = (figsize[0] + _TICKS_IN, figsize[1] + _TICKS_IN)
+    fig = _new_figure(figsize, max_px, figure_dpi(figsize, max_px))
     axes = _panel_grid(fig, n_heads, layout.ncols)
     for h, ax in enumerate(axes):
         _show(ax, _panel_array(maps[h], sc, grid, rgb), sc, labels=False)
         ax.set_title(f"head {h}", fontsize=LABEL_FONT_PT, pad=3)
+        if labels:
+            _index_ticks(ax, maps[h].shape, left=h % layout.ncols == 0, bottom=h + layout.ncols >= n_heads)
     if labels:
-        fig.supxlabel("keys", fontsize=LABEL_FONT_PT)
+        fig.supxlabel("key index", fontsize=LABEL_FONT_PT)
         if ylabel:
-            fig.supylabel(ylabel, fontsize=LABEL_FONT_PT)
+            fig.supylabel("query index" if ylabel == "queries" else ylabel, fontsize=LABEL_FONT_PT)
     if suptitle:
         fig.suptitle(suptitle, fontsize=TITLE_FONT_PT)
     sc.colorbar(fig, axes, maps.shape[-1])
     return fig
+
+
+#: Inches added to a bare heads grid for its index ticks.
+_TICKS_IN = 0.35
+
+
+def _index_ticks(ax, shape, *, left: bool, bottom: bool) -> None:
+    """Integer index ticks on a (queries, keys) panel: key indices on every panel's x axis (labelled
+    on the bottom row), query indices on the y axis (labelled in the left column; none on a strip)."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    ax.tick_params(axis="x", labelbottom=bottom, labelsize=MIN_FONT_PT, length=2.5, pad=1.5)
+    if shape[0] > 1:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+        ax.tick_params(axis="y", labelleft=left, labelsize=MIN_FONT_PT, length=2.5, pad=1.5)
+    else:
+        ax.set_yticks([])
 
 
 def multi_head_grid(
@@ -303,48 +325,80 @@ def overlay(
 
 
 def _timeline_fig(
-    values, steps, layer_names, *, metric="normalized entropy", threshold=None, title=None, ylim=(0.0, 1.0), max_px=512
+    values,
+    steps,
+    layer_names,
+    *,
+    metric="normalized entropy",
+    threshold=None,
+    title=None,
+    ylim=None,
+    judged=None,
+    judged_label="",
+    value=None,
+    value_label="",
+    max_px=512,
 ) -> Figure:
     values = _to_numpy(values)
     steps = _to_numpy(steps)
     if values.ndim != 2 or values.shape != (len(steps), len(layer_names)):
         raise ValueError(f"values must be (steps={len(steps)}, layers={len(layer_names)}), got shape {values.shape}")
+    if judged is not None:
+        judged = _to_numpy(judged)
+        if judged.shape != (len(steps),):
+            raise ValueError(f"judged must be (steps={len(steps)},), got shape {judged.shape}")
     n_layers = len(layer_names)
-    fig = _new_figure((5.8, 4.0), max_px)
-    ax = fig.add_subplot()
     colour_bar = n_layers > 10
+    entries = (0 if colour_bar else n_layers) + sum(x is not None for x in (judged, value, threshold))
+    legend_cols = 2 if entries > 3 else 1
+    legend_rows = math.ceil(entries / legend_cols)
+    fig = _new_figure((5.8, 3.6 + 0.2 * legend_rows), max_px)  # the legend goes below the axes
+    ax = fig.add_subplot()
     cmap = colormaps["viridis"] if colour_bar else colormaps["tab10"]
     marker = "o" if len(steps) <= 25 else None
+    thin = judged is not None  # the layers are context, the judged series is the line to read
     for i, name in enumerate(layer_names):
         colour = cmap(i / max(n_layers - 1, 1)) if colour_bar else cmap(i)
         ax.plot(
             steps,
             values[:, i],
             color=colour,
-            lw=1.2,
+            lw=0.9 if thin else 1.2,
+            alpha=0.6 if thin else 1.0,
             marker=marker,
             ms=2.5,
             label="_nolegend_" if colour_bar else f"layer {name}",
         )
+    if judged is not None:
+        ax.plot(steps, judged, color="black", lw=2.2, marker=marker, ms=3.5, label=judged_label or "judged", zorder=3)
+    if value is not None and math.isfinite(value):
+        text = f"value {value:.3g}" + (f" ({value_label})" if value_label else "")
+        ax.axhline(value, color="black", ls=":", lw=1.2, label=text, zorder=3)
     if threshold is not None:
-        ax.axhline(threshold, color="crimson", ls="--", lw=1.0, label=f"threshold {threshold:g}")
-    if ylim is not None:  # fixed axis, widened only if the data escapes it
-        finite = values[np.isfinite(values)]
-        lo = min(ylim[0], finite.min()) if finite.size else ylim[0]
-        hi = max(ylim[1], finite.max()) if finite.size else ylim[1]
-        pad = 0.02 * (hi - lo)
-        ax.set_ylim(lo - pad, hi + pad)
+        ax.axhline(threshold, color="crimson", ls="--", lw=1.2, label=f"threshold {threshold:g}", zorder=3)
+    ax.set_ylim(*_y_range(values, [threshold, value], ylim))
     ax.set_xlabel("denoising step", fontsize=LABEL_FONT_PT)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(steps) == 1 and np.isfinite(steps[0]):  # one step: integer ticks around it, not ±0.05
         ax.set_xlim(steps[0] - 1, steps[0] + 1)
+    elif len(steps) > 1 and np.isfinite(steps).all():  # every step, even where the values are NaN
+        pad = 0.04 * (steps.max() - steps.min())
+        ax.set_xlim(steps.min() - pad, steps.max() + pad)
     ax.set_ylabel(_wrap(metric, 3.0, LABEL_FONT_PT), fontsize=LABEL_FONT_PT)
     ax.tick_params(labelsize=MIN_FONT_PT)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(_wrap(title, 5.0), fontsize=TITLE_FONT_PT)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=MIN_FONT_PT, ncols=2 if n_layers > 5 and not colour_bar else 1, loc="best", framealpha=0.8)
+    if ax.get_legend_handles_labels()[1]:  # below the axes, never over the lines
+        ax.legend(
+            fontsize=MIN_FONT_PT,
+            ncols=legend_cols,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            frameon=False,
+            handlelength=1.8,
+            columnspacing=1.2,
+        )
     if colour_bar:
         mappable = ScalarMappable(norm=Normalize(0, n_layers - 1), cmap=cmap)
         cbar = fig.colorbar(mappable, ax=ax, pad=0.02)
@@ -355,6 +409,22 @@ def _timeline_fig(
     return fig
 
 
+def _y_range(values: np.ndarray, lines, ylim) -> tuple[float, float]:
+    """``ylim`` when given (widened only if the data escapes it, 2 % margin); else the range of the
+    finite data and the horizontal ``lines`` (threshold, value) with an 8 % margin on each side."""
+    finite = values[np.isfinite(values)]
+    data = [float(finite.min()), float(finite.max())] if finite.size else []
+    if ylim is not None:
+        lo, hi = min([ylim[0], *data]), max([ylim[1], *data])
+        return (lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
+    points = data + [float(x) for x in lines if x is not None and math.isfinite(x)]
+    if not points:
+        return (0.0, 1.0)
+    lo, hi = min(points), max(points)
+    pad = 0.08 * (hi - lo) if hi > lo else max(0.05 * abs(hi), 0.05)
+    return (lo - pad, hi + pad)
+
+
 def timeline(
     values,
     steps,
@@ -363,18 +433,37 @@ def timeline(
     metric="normalized entropy",
     threshold=None,
     title=None,
-    ylim=(0.0, 1.0),
+    ylim=None,
+    judged=None,
+    judged_label="",
+    value=None,
+    value_label="",
     path=None,
     max_px=512,
 ):
     """(steps, layers) metric values over denoising steps, one line per layer.
 
-    ``ylim`` is fixed by default ([0, 1], the range of every metric in docs/metrics.md) and
-    only widened when data falls outside it; ``ylim=None`` lets matplotlib choose.
+    ``threshold`` is a dashed line; ``judged`` (steps,) a bold series (what a check's verdict
+    reduces, named by ``judged_label``) drawn over thinner layer lines; ``value`` a dotted line (the
+    number the verdict compares, ``value_label`` saying how it comes from the figure). The y-range
+    fits the data, the threshold and the value with a margin, so the threshold is always visible
+    and small values are not squeezed into a corner; ``ylim=(lo, hi)`` fixes it instead (widened
+    only when data falls outside it).
     """
     return _output(
         _timeline_fig(
-            values, steps, layer_names, metric=metric, threshold=threshold, title=title, ylim=ylim, max_px=max_px
+            values,
+            steps,
+            layer_names,
+            metric=metric,
+            threshold=threshold,
+            title=title,
+            ylim=ylim,
+            judged=judged,
+            judged_label=judged_label,
+            value=value,
+            value_label=value_label,
+            max_px=max_px,
         ),
         path,
     )
