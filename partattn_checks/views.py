@@ -19,6 +19,13 @@ def default_layer(record: AttentionRecord) -> int:
     return record.num_layers - 1
 
 
+def default_layer_reason(record: AttentionRecord) -> str:
+    """Why :func:`default_layer` picks its layer, in words for a caption."""
+    if record.num_parts >= 2:
+        return "the most part-separated layer (mean over steps), the best the model does"
+    return "the last layer (one part: no separation to rank the layers by)"
+
+
 def renorm(x: torch.Tensor) -> torch.Tensor:
     s = x.sum(-1, keepdim=True)
     return x / torch.where(s > 0, s, torch.ones_like(s))

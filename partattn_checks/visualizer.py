@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from .capture import AttentionRecorder, CaptureError, Selection, cross_attention_modules, timestep_value
-from .checks import CHECKS, CheckResult, Thresholds
+from .checks import CHECKS, REGISTRY, CheckResult, Thresholds
 from .model.pipeline import encoder_view
 from .record import AttentionRecord
-from .reporting import write_index
+from .reporting import Cell, write_index
 from .reporting.run_report import render_record, save_run
 from .runspec import for_pipeline, resolve_device
 from .session import run_case
@@ -422,12 +422,15 @@ class AttentionVisualizer(FigureMethods):
                 links=links,
             )
             folders.append(folder)
-            rows.append([f"{name}", n] + [self.results[c].verdict if c in self.results else "" for c in CHECKS])
+            rows.append(
+                [Cell(name, href=f"{name}/index.html"), n] + [verdict_cell(self.results.get(c)) for c in CHECKS]
+            )
         write_index(
             out_dir / "index.html",
             f"partattn: {len(folders)} images",
             sections=[("Images", [(f.name, f"{f.name}/index.html") for f in folders])],
             tables=[("Checks", ["image", "parts", *CHECKS], rows)],
+            note="Each cell: the verdict, the value the check measured and its pass condition (op threshold).",
         )
         return folders
 
@@ -659,3 +662,14 @@ def _full_maps_arg(full_maps):
     if full_maps is False or full_maps is None:
         return ()
     return full_maps
+
+
+def verdict_cell(result: CheckResult | None) -> Cell:
+    """A batch table cell: ``fail · 1 (≤ 0.84)``, the verdict with the value and its pass condition."""
+    if result is None:
+        return Cell("")
+    text = result.verdict
+    if result.value is not None and result.threshold is not None and result.verdict != "skip":
+        op = REGISTRY[result.name].op if result.name in REGISTRY else "vs"
+        text += f" · {result.value:.3g} ({op} {result.threshold:g})"
+    return Cell(text, result.verdict)

@@ -1,10 +1,12 @@
 """Adding a check touches one module: a check class defined here, once registered, is run by
-``run_checks``, has its thresholds table, its headline in reports and its figures."""
+``run_checks``, has its thresholds table, its headline in reports, its figures and its timeline on
+the run page."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import textwrap
 from dataclasses import dataclass
 
@@ -27,8 +29,10 @@ from partattn_checks.checks import (
     param,
     run_checks,
 )
+from partattn_checks.checks.core import Timeline
 from partattn_checks.figures import figures_for
 from partattn_checks.record import AttentionRecord
+from partattn_checks.reporting.run_report import render_record
 
 BUILT_IN = ["uniformity", "collapse", "part_separation", "stability", "nonfinite", "baseline"]
 
@@ -80,6 +84,21 @@ class MaxPeak(Check):
         png = io.BytesIO()
         bars.save(png, format="PNG")
         return [("bars", png.getvalue())]
+
+    def timeline(self, record, thresholds):
+        per = record.peak.float().amax(dim=(2, 3))  # (steps, layers): each layer's largest peak
+        return Timeline(
+            per,
+            tuple(record.steps),
+            tuple(record.layers),
+            metric="largest peak",
+            threshold=self.limits(thresholds).max_peak,
+            op=self.op,
+            title="max_peak: largest peak per step and layer",
+            stem=self.name,
+            value=float(per.max()),
+            value_label="max over steps and layers",
+        )
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -206,6 +225,26 @@ def test_figures_dispatch_to_it(max_peak, tmp_path):
     ]
     with pytest.raises(CheckError, match="cannot draw the max_peak figures: its details are not a MaxPeakDetails"):
         figures_for(CheckResult("max_peak", "fail", 1.0, 0.5, None, "", {"other": 1}), record, tmp_path)
+
+
+def test_the_run_page_draws_its_timeline(max_peak, tmp_path):
+    record = make_record(peak=0.75)
+    report = render_record(record, tmp_path)
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["timelines"]["max_peak"] == {
+        "path": "timeline_max_peak.png",
+        "metric": "largest peak",
+        "value": 0.75,
+        "value_label": "max over steps and layers",
+        "op": "≤",
+        "threshold": 0.5,
+    }
+    assert (tmp_path / "timeline_max_peak.png") in [p for _, p in report["figures"]]
+    assert Image.open(tmp_path / "timeline_max_peak.png").format == "PNG"
+    caption = {f["path"]: f["caption"] for f in doc["figures"]}["timeline_max_peak.png"]
+    assert caption == "max_peak: largest peak per step and layer (pass: max over steps and layers ≤ 0.5)"
+    assert "timeline_max_peak.png" in (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert (tmp_path / "checks" / "max_peak__bars.png").is_file()  # it failed: its figures too
 
 
 def test_checks_without_figures_draw_none(tmp_path):

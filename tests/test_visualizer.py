@@ -524,6 +524,43 @@ def test_batch_needs_a_part_count_and_a_pipeline(tmp_path, pipe):
         AttentionVisualizer(pipe.transformer).run(IMAGE)
 
 
+class _Cells(html.parser.HTMLParser):
+    """The text and class of every <td>."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self._open = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "td":
+            self._open = [dict(attrs).get("class", ""), ""]
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open[1] += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._open is not None:
+            self.cells.append(tuple(self._open))
+            self._open = None
+
+
+def test_batch_page_shows_each_verdict_with_its_value_and_threshold(tmp_path, pipe):
+    from partattn_checks.checks import CHECKS
+
+    viz = AttentionVisualizer(pipe)
+    (folder,) = viz.process_batch([IMAGE], tmp_path, steps=2, full_map=None)
+    parser = _Cells()
+    parser.feed((tmp_path / "index.html").read_text(encoding="utf-8"))
+    cells = parser.cells
+    assert cells[:2] == [("", folder.name), ("num", "2")]
+    for (cls, text), name in zip(cells[2:], CHECKS, strict=True):
+        result = viz.results[name]
+        assert cls == result.verdict  # coloured by the verdict
+        assert text == f"{result.verdict} · {result.value:.3g} ({CHECKS[name].op} {result.threshold:g})"
+    assert_links_resolve(tmp_path / "index.html")
+
+
 def test_render_record_without_image(tmp_path, pipe):
     record = AttentionVisualizer(pipe).run(REPO / "fixtures" / "images" / "np1_circle.png", steps=2, full_map=None)
     report = render_record(record, tmp_path / "r")

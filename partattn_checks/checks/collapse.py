@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import heads_and_overlay, layer_means, layer_share, map_at, nonfinite_guard, pct, verdict_title, worst_cell
-from .core import Check, CheckResult, Offender, register
+from .common import heads_and_overlay, map_at, nonfinite_guard, pct, step_layer_share, verdict_title, worst_cell
+from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, optional_key
 from .thresholds import Thresholds, param
 
@@ -62,29 +62,9 @@ class Collapse(Check):
             )
             return result
         pk, ent, cls = record.peak.float(), record.entropy.float(), record.cls_mass.float()
-        causes = {  # cause -> (flags, severity, values, comparison, threshold, label, description)
-            "peak": (pk >= t.peak_max, pk, pk, "≥", t.peak_max, "peak", "attention collapsed onto one key"),
-            "entropy": (
-                ent <= t.entropy_min,
-                -ent,
-                ent,
-                "≤",
-                t.entropy_min,
-                "normalized entropy",
-                "attention collapsed onto few keys",
-            ),
-            "cls_mass": (
-                cls >= t.cls_mass_max,
-                cls,
-                cls,
-                "≥",
-                t.cls_mass_max,
-                "CLS mass",
-                "attention sinks into the CLS token",
-            ),
-        }
+        causes = _causes(record, t)
         flags = causes["peak"][0] | causes["entropy"][0] | causes["cls_mass"][0]
-        shares = layer_share(flags)
+        shares = step_layer_share(flags).mean(0)  # (L,)
         worst = int(shares.argmax())
         share = float(shares[worst])
         max_pk, min_ent, max_cls = pk.amax(dim=(0, 2, 3)), ent.amin(dim=(0, 2, 3)), cls.amax(dim=(0, 2, 3))
@@ -123,25 +103,65 @@ class Collapse(Check):
             CollapseDetails(**fields, worst_map=map_at(record, worst, worst_cell(pk[:, worst]))),
         )
 
-    def draw(self, result, details: CollapseDetails, record, image, thresholds):
-        """``heads`` and ``overlay`` of the worst map, ``peak`` (max per layer) over steps."""
-        from .. import render
-
-        out = heads_and_overlay(record, details.worst_map, image, "collapse")
-        out.append(
-            (
-                "peak",
-                render.timeline(
-                    layer_means(record.peak, "max"),
-                    record.steps,
-                    record.layers,
-                    metric="max peak",
-                    threshold=self.limits(thresholds).peak_max,
-                    title=verdict_title(result, "collapsed share", "≤"),
-                ),
-            )
+    def timeline(self, record, thresholds: Thresholds) -> Timeline:
+        """Per step and layer, the share of collapsed (part, head) maps (any cause); bold: the most
+        collapsed layer, whose mean over steps is the judged share."""
+        t = self.limits(thresholds)
+        per = step_layer_share(collapsed(record, t))  # (S, L)
+        worst = int(per.mean(0).argmax())
+        return Timeline(
+            per,
+            tuple(record.steps),
+            tuple(record.layers),
+            metric=f"share collapsed (peak ≥ {t.peak_max:g}, Ĥ ≤ {t.entropy_min:g} or CLS ≥ {t.cls_mass_max:g})",
+            threshold=t.max_share,
+            op=self.op,
+            title="collapse: collapsed share per step and layer",
+            stem=self.name,
+            judged=per[:, worst],
+            judged_label=f"layer {record.layers[worst]} (most collapsed)",
+            value=float(per[:, worst].mean()),
+            value_label="mean over steps of the bold line",
         )
+
+    def draw(self, result, details: CollapseDetails, record, image, thresholds):
+        """``heads`` and ``overlay`` of the worst map, ``timeline`` (the judged share over steps)."""
+        out = heads_and_overlay(record, details.worst_map, image, "collapse")
+        title = verdict_title(result, self.label, self.op)
+        out.append(("timeline", self.timeline(record, thresholds).draw(title=title)))
         return out
+
+
+def _causes(record, t: CollapseThresholds) -> dict:
+    """cause -> (flags, severity, values, comparison, threshold, label, description), each (S, L, P, H)."""
+    pk, ent, cls = record.peak.float(), record.entropy.float(), record.cls_mass.float()
+    return {
+        "peak": (pk >= t.peak_max, pk, pk, "≥", t.peak_max, "peak", "attention collapsed onto one key"),
+        "entropy": (
+            ent <= t.entropy_min,
+            -ent,
+            ent,
+            "≤",
+            t.entropy_min,
+            "normalized entropy",
+            "attention collapsed onto few keys",
+        ),
+        "cls_mass": (
+            cls >= t.cls_mass_max,
+            cls,
+            cls,
+            "≥",
+            t.cls_mass_max,
+            "CLS mass",
+            "attention sinks into the CLS token",
+        ),
+    }
+
+
+def collapsed(record, t: CollapseThresholds):
+    """(S, L, P, H) bool: the maps that count as collapsed, for any cause."""
+    flags = [f for f, *_ in _causes(record, t).values()]
+    return flags[0] | flags[1] | flags[2]
 
 
 def check_collapse(record, thresholds: Thresholds | None = None) -> CheckResult:

@@ -33,9 +33,15 @@ def unravel(flat_index: int, shape) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
+def step_layer_share(flags) -> torch.Tensor:
+    """Share of flagged (part, head) maps per step and layer: (S, L, P, H) bool -> (S, L)."""
+    return flags.float().mean(dim=(2, 3))
+
+
 def layer_share(flags) -> torch.Tensor:
-    """Share of flagged (step, part, head) maps per layer: (S, L, P, H) bool -> (L,)."""
-    return flags.float().mean(dim=(0, 2, 3))
+    """Share of flagged (step, part, head) maps per layer: (S, L, P, H) bool -> (L,), the mean over
+    steps of :func:`step_layer_share` (what the timelines draw)."""
+    return step_layer_share(flags).mean(0)
 
 
 def worst_cell(score, mask=None) -> tuple[int, int, int]:
@@ -85,28 +91,13 @@ def nonfinite_guard(name: str, record: AttentionRecord, tensors: dict) -> tuple[
 
 # ----------------------------------------------------------------------------- figures
 def verdict_title(result: CheckResult, label: str, op: str) -> str:
+    """``label value (pass: op threshold) — verdict``: a figure title in the check's own words (a
+    record the check could not judge for NaN/Inf says so)."""
+    if result.reason.startswith("cannot judge"):  # nonfinite_guard: value is the NaN/Inf count
+        return f"{result.name}: cannot judge, {count(int(result.value), 'non-finite value')} — {result.verdict}"
     if result.value is None or result.threshold is None:
         return f"{result.name}: {result.verdict}"
     return f"{label} {result.value:.3g} (pass: {op} {result.threshold:g}) — {result.verdict}"
-
-
-def layer_means(t, how: str = "mean"):
-    """(S, L, P, H) -> (S, L) over parts and heads."""
-    t = t.float()
-    return t.amax(dim=(2, 3)) if how == "max" else t.mean(dim=(2, 3))
-
-
-def entropy_timeline(record: AttentionRecord, title: str, threshold=None) -> bytes:
-    from .. import render
-
-    return render.timeline(
-        layer_means(record.entropy),
-        record.steps,
-        record.layers,
-        metric="mean normalized entropy",
-        threshold=threshold,
-        title=title,
-    )
 
 
 def heads_and_overlay(record: AttentionRecord, shown: Offender, image, what: str) -> list[tuple[str, bytes]]:

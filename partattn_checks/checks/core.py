@@ -3,9 +3,11 @@
 A check is one class, registered with ``@register``: its ``name``, its thresholds dataclass
 (``thresholds_type``, the ``[name]`` table of a thresholds file), its headline (``label`` and
 ``op``, the pass condition shown before the threshold), ``judge(record, thresholds)`` returning a
-``CheckResult`` whose ``details`` is the check's own frozen dataclass (``details.py``), and ``draw`` (the figures
-that explain the result, drawn from those details). Reports, the summary table, the figures and
-the thresholds tables all read the registry; see "Writing a check" in docs/metrics.md.
+``CheckResult`` whose ``details`` is the check's own frozen dataclass (``details.py``), ``draw`` (the figures
+that explain the result, drawn from those details) and ``timeline`` (what it judges per recorded step and
+layer against its own threshold: the run report's figure of the check). Reports, the summary table, the
+figures, the run report and the thresholds tables all read the registry; see "Writing a check" in
+docs/metrics.md.
 
 No torch here: checks import it when they run.
 """
@@ -18,7 +20,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import PartattnError
 from .details import Details
@@ -110,6 +112,67 @@ class CheckResult:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class Timeline:
+    """What a check judges, per recorded step and layer, against its own threshold.
+
+    ``values`` is ``(len(steps), len(layers))`` (a tensor or array; NaN shows as a gap). ``judged``,
+    when set, is the ``(len(steps),)`` series the verdict reduces over the steps (``judged_label``
+    names it: all layers, the worst layer, ...); ``value`` is the number the verdict compares with
+    ``threshold`` (passing when it is ``op`` the threshold) and ``value_label`` says how it comes
+    from the figure ("mean over steps of the bold line"). ``stem``: the run report writes
+    ``timeline_<stem>.png``."""
+
+    values: Any
+    steps: tuple[int, ...]
+    layers: tuple[str, ...]
+    metric: str
+    threshold: float | None
+    op: str
+    title: str
+    stem: str
+    judged: Any = None
+    judged_label: str = ""
+    value: float | None = None
+    value_label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise CheckError(f"timeline {self.stem!r}: op must be one of {', '.join(OPS)}, got {self.op!r}")
+        shape = tuple(getattr(self.values, "shape", ()))
+        if shape != (len(self.steps), len(self.layers)):
+            raise CheckError(
+                f"timeline {self.stem!r}: values must be (steps={len(self.steps)}, layers={len(self.layers)}), "
+                f"got shape {shape}"
+            )
+
+    @property
+    def caption(self) -> str:
+        """One line for a page: the title and the pass condition."""
+        if self.threshold is None:
+            return self.title
+        return f"{self.title} (pass: {self.value_label or 'value'} {self.op} {self.threshold:g})"
+
+    def draw(self, path=None, *, title: str | None = None, ylim=None):
+        """The figure (``render.timeline``): PNG bytes, or the written ``path``."""
+        from .. import render
+
+        return render.timeline(
+            self.values,
+            self.steps,
+            self.layers,
+            metric=self.metric,
+            threshold=self.threshold,
+            title=self.title if title is None else title,
+            judged=self.judged,
+            judged_label=self.judged_label,
+            value=self.value,
+            value_label=self.value_label,
+            ylim=ylim,
+            path=path,
+        )
+
+
 # ====================================================================== checks
 class Check:
     """One check. Subclass it, set the class attributes, implement ``judge`` (and ``draw`` for
@@ -144,6 +207,11 @@ class Check:
     ) -> list[tuple[str, bytes]]:
         """``(what, png bytes)`` pairs explaining ``result``, drawn from ``details`` (never recomputed)."""
         return []
+
+    def timeline(self, record: AttentionRecord, thresholds: Thresholds) -> Timeline | None:
+        """What this check judges per recorded step and layer, against its threshold (the run
+        report draws it); None: nothing to draw (the default, or a record the check skips)."""
+        return None
 
     def figures(
         self,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import count, entropy_timeline, unravel
-from .core import Check, CheckResult, Offender, register
+from .common import count, unravel, verdict_title
+from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, optional_key
 from .thresholds import Thresholds
 
@@ -79,9 +79,37 @@ class Nonfinite(Check):
             NonfiniteDetails(events=events, nonfinite_values=cells, first=FirstNonfinite(off.step, layer, where)),
         )
 
+    def timeline(self, record, thresholds: Thresholds) -> Timeline | None:
+        """NaN/Inf values in the record's tensors (per-map statistics, marginals, full maps) per step
+        and layer, against 0 (their sum, with the recorder's events, is the judged count; it is in
+        the title, not a line, so the per-step counts keep their scale). None when there are none."""
+        import torch
+
+        counts = torch.zeros(record.num_steps, record.num_layers)
+        for key, t in record.tensors().items():
+            if not key.startswith("full/"):  # (S, L, ...) per-map tensors
+                counts += (~torch.isfinite(t.float())).flatten(2).sum(-1)
+        for (step, layer), t in record.full_maps.items():
+            counts[record.step_index(step), record.layers.index(layer)] += int((~torch.isfinite(t.float())).sum())
+        if not bool(counts.any()):
+            return None
+        return Timeline(
+            counts,
+            tuple(record.steps),
+            tuple(record.layers),
+            metric="NaN/Inf values in the record",
+            threshold=0.0,
+            op=self.op,
+            title="nonfinite: NaN/Inf values per step and layer",
+            stem=self.name,
+        )
+
     def draw(self, result, details: NonfiniteDetails, record, image, thresholds):
-        """``entropy`` per layer over steps (NaN shows as a gap)."""
-        return [("entropy", entropy_timeline(record, f"non-finite check: {result.verdict} (gaps are NaN/Inf)"))]
+        """``timeline`` (NaN/Inf values per step and layer; none when only the recorder's events saw them)."""
+        timeline = self.timeline(record, thresholds)
+        if timeline is None:
+            return []
+        return [("timeline", timeline.draw(title=verdict_title(result, self.label, self.op)))]
 
 
 def check_nonfinite(record, thresholds: Thresholds | None = None) -> CheckResult:

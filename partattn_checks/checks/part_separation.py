@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .common import nonfinite_guard, unravel, verdict_title
-from .core import Check, CheckResult, Offender, register
+from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, Matrix, optional_key
 from .thresholds import Thresholds, param
 
@@ -32,6 +32,7 @@ class PartSeparationDetails(Details):
     #: The layer the figures show: the one that sets the value on a failure, the most separated one
     #: (mean over steps) on a pass, the first one with NaN/Inf when the record cannot be judged.
     shown_layer: str | None = optional_key()
+    shown_why: str | None = optional_key()  # why that layer, in words (figure titles)
     separation: Matrix | None = optional_key()  # (step, layer) part separation
 
 
@@ -66,7 +67,10 @@ class PartSeparation(Check):
             result, li = guarded
             sep = metrics.part_separation(record.marginals_by_part())
             result.details = PartSeparationDetails(
-                nonfinite_count=int(result.value), shown_layer=record.layers[li], separation=Matrix.of(sep)
+                nonfinite_count=int(result.value),
+                shown_layer=record.layers[li],
+                shown_why="the first layer with NaN/Inf",
+                separation=Matrix.of(sep),
             )
             return result
         pair = metrics.pairwise_separation(record.marginals_by_part())  # (S, L, P, P)
@@ -83,13 +87,21 @@ class PartSeparation(Check):
         closest = float(pair_layer[a, b])
         how = f"{t.layer_aggregate} over layers of the {t.step_aggregate} over steps"
         failed = value < t.min_separation
+        shown = li if failed else int(sep.mean(0).argmax())
+        if not failed:
+            why = "the most separated layer (mean over steps)"
+        elif t.layer_aggregate == "max":
+            why = "the most separated layer, which sets the value: the best the model does, still below the floor"
+        else:
+            why = f"the least separated layer, which sets the {t.layer_aggregate} over layers"
         details = PartSeparationDetails(
             per_layer={layer: float(per_layer_t[k]) for k, layer in enumerate(record.layers)},
             per_step=[float(x) for x in sep.mean(1)],
             aggregate=how,
             closest_pair=(a, b),
             closest_pair_js=closest,
-            shown_layer=record.layers[li if failed else int(sep.mean(0).argmax())],
+            shown_layer=record.layers[shown],
+            shown_why=why,
             separation=Matrix.of(sep),
         )
         if failed:
@@ -115,36 +127,60 @@ class PartSeparation(Check):
             details,
         )
 
+    def timeline(self, record, thresholds: Thresholds) -> Timeline | None:
+        """Part separation per step and layer; bold: the series whose ``step_aggregate`` over steps is
+        the judged value (the layer that sets it, or the mean over layers). None for a single part."""
+        from .. import metrics
+
+        if record.num_parts < 2:
+            return None
+        t = self.limits(thresholds)
+        sep = metrics.part_separation(record.marginals_by_part())  # (S, L)
+        per_layer = metrics.reduce(sep, t.step_aggregate, 0)  # (L,)
+        value = float(metrics.reduce(per_layer, t.layer_aggregate, 0))
+        exact = f"{t.step_aggregate} over steps of the bold line"
+        if t.layer_aggregate == "mean":
+            judged, label = sep.mean(1), "mean over layers"
+            how = exact if t.step_aggregate == "mean" else f"mean over layers of their {t.step_aggregate} over steps"
+        else:
+            ranked = per_layer.nan_to_num(-1.0 if t.layer_aggregate == "max" else 2.0)
+            li = int(ranked.argmax() if t.layer_aggregate == "max" else ranked.argmin())
+            word = "most" if t.layer_aggregate == "max" else "least"
+            judged, label, how = sep[:, li], f"layer {record.layers[li]} ({word} separated)", exact
+        return Timeline(
+            sep,
+            tuple(record.steps),
+            tuple(record.layers),
+            metric="part separation (JS / log 2)",
+            threshold=t.min_separation,
+            op=self.op,
+            title="part separation per step and layer",
+            stem=self.name,
+            judged=judged,
+            judged_label=label,
+            value=value,
+            value_label=how,
+        )
+
     def draw(self, result, details: PartSeparationDetails, record, image, thresholds):
         """``overlay`` (each part's head-averaged key-marginal of the shown layer, mean over steps, on
         the encoder's view of the image), ``parts`` (the same on the bare patch grid, or strips),
-        ``timeline`` (separation per step, one line per layer, threshold dashed)."""
+        ``timeline`` (separation per step and layer against the floor, the judged series bold).
+        The titles say why that layer is shown."""
         from .. import render
 
         layer = details.shown_layer
         marg = record.marginals_by_part()[:, record.layers.index(layer)].mean(0).nan_to_num(0.0)
         marg = marg / marg.sum(-1, keepdim=True).clamp_min(1e-12)
-        title = verdict_title(result, "separation", "≥")
+        title = verdict_title(result, self.label, self.op)
+        why = f" — {details.shown_why}" if details.shown_why else ""
+        shown = f"{title}\nlayer\u00a0{layer}{why} · mean over steps"
         out = []
         grid = record.patch_grid
         if grid is not None and image is not None:
-            out.append(
-                ("overlay", render.part_panel(marg, grid, image, title=f"{title}\nmean over steps", layer=layer))
-            )
-        out.append(("parts", render.part_panel(marg, grid, title=f"{title}\nmean over steps", layer=layer)))
-        out.append(
-            (
-                "timeline",
-                render.timeline(
-                    details.separation.tensor(),
-                    record.steps,
-                    record.layers,
-                    metric="part separation",
-                    threshold=self.limits(thresholds).min_separation,
-                    title=title,
-                ),
-            )
-        )
+            out.append(("overlay", render.part_panel(marg, grid, image, title=shown)))
+        out.append(("parts", render.part_panel(marg, grid, title=shown)))
+        out.append(("timeline", self.timeline(record, thresholds).draw(title=title)))
         return out
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import entropy_timeline, nonfinite_guard, unravel, verdict_title
-from .core import Check, CheckResult, Offender, register
+from .common import nonfinite_guard, unravel, verdict_title
+from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, Matrix, optional_key
 from .thresholds import Thresholds, param
 
@@ -92,27 +92,31 @@ class Stability(Check):
             details,
         )
 
-    def draw(self, result, details: StabilityDetails, record, image, thresholds):
-        """``jumps`` (the worst part's JS jump from the previous step, per layer), ``entropy``."""
-        from .. import render
+    def timeline(self, record, thresholds: Thresholds) -> Timeline | None:
+        """The worst part's jump from the previous step, per step and layer; the judged value is its
+        maximum (any point above the threshold fails). None with fewer than 2 steps."""
+        from .. import metrics
 
-        out = []
-        if details.jumps is not None:
-            out.append(
-                (
-                    "jumps",
-                    render.timeline(
-                        details.jumps.tensor(),
-                        record.steps[1:],
-                        record.layers,
-                        metric="max JS jump from previous step",
-                        threshold=self.limits(thresholds).max_jump,
-                        title=verdict_title(result, "worst jump", "≤"),
-                    ),
-                )
-            )
-        out.append(("entropy", entropy_timeline(record, "entropy over steps")))
-        return out
+        if record.num_steps < 2:
+            return None
+        t = self.limits(thresholds)
+        jumps = metrics.timestep_jumps(record.marginals_by_part()).amax(-1)  # (S-1, L)
+        return Timeline(
+            jumps,
+            tuple(record.steps[1:]),
+            tuple(record.layers),
+            metric="worst part's jump from the previous step (JS / log 2)",
+            threshold=t.max_jump,
+            op=self.op,
+            title="stability: step-to-step jump per step and layer",
+            stem=self.name,
+            value=float(jumps.max()),
+            value_label="max over steps and layers",
+        )
+
+    def draw(self, result, details: StabilityDetails, record, image, thresholds):
+        """``timeline`` (the worst part's jump from the previous step, per layer, against the threshold)."""
+        return [("timeline", self.timeline(record, thresholds).draw(title=verdict_title(result, self.label, self.op)))]
 
 
 def check_stability(record, thresholds: Thresholds | None = None) -> CheckResult:

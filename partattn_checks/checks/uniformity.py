@@ -4,17 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import (
-    entropy_timeline,
-    heads_and_overlay,
-    layer_share,
-    map_at,
-    nonfinite_guard,
-    pct,
-    verdict_title,
-    worst_cell,
-)
-from .core import Check, CheckResult, Offender, register
+from .common import heads_and_overlay, map_at, nonfinite_guard, pct, step_layer_share, verdict_title, worst_cell
+from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, optional_key
 from .thresholds import Thresholds, param
 
@@ -77,7 +68,7 @@ class Uniformity(Check):
             return result
         ent = record.entropy.float()
         flags = ent >= t.entropy_min_uniform
-        shares = layer_share(flags)
+        shares = step_layer_share(flags).mean(0)  # (L,)
         worst = int(shares.argmax())
         share = float(shares.mean() if t.layer_aggregate == "mean" else shares[worst])
         scope = "of all heads" if t.layer_aggregate == "mean" else f"of heads in layer {record.layers[worst]}"
@@ -114,19 +105,36 @@ class Uniformity(Check):
             details,
         )
 
-    def draw(self, result, details: UniformityDetails, record, image, thresholds):
-        """``heads`` and ``overlay`` of the most uniform map, ``entropy`` per layer over steps."""
-        out = heads_and_overlay(record, details.worst_map, image, "uniformity")
-        out.append(
-            (
-                "entropy",
-                entropy_timeline(
-                    record,
-                    verdict_title(result, "near-uniform share", "≤"),
-                    threshold=self.limits(thresholds).entropy_min_uniform,
-                ),
-            )
+    def timeline(self, record, thresholds: Thresholds) -> Timeline:
+        """Per step and layer, the share of (part, head) maps with Ĥ >= entropy_min_uniform; bold: the
+        series whose mean over steps is the judged share (all layers, or the most uniform one)."""
+        t = self.limits(thresholds)
+        per = step_layer_share(record.entropy.float() >= t.entropy_min_uniform)  # (S, L)
+        if t.layer_aggregate == "mean":
+            judged, label = per.mean(1), "all layers (mean)"
+        else:
+            worst = int(per.mean(0).argmax())
+            judged, label = per[:, worst], f"layer {record.layers[worst]} (most uniform)"
+        return Timeline(
+            per,
+            tuple(record.steps),
+            tuple(record.layers),
+            metric=f"share of maps with Ĥ ≥ {t.entropy_min_uniform:g}",
+            threshold=t.max_share,
+            op=self.op,
+            title="uniformity: near-uniform share per step and layer",
+            stem=self.name,
+            judged=judged,
+            judged_label=label,
+            value=float(judged.mean()),
+            value_label="mean over steps of the bold line",
         )
+
+    def draw(self, result, details: UniformityDetails, record, image, thresholds):
+        """``heads`` and ``overlay`` of the most uniform map, ``timeline`` (the judged share over steps)."""
+        out = heads_and_overlay(record, details.worst_map, image, "uniformity")
+        title = verdict_title(result, self.label, self.op)
+        out.append(("timeline", self.timeline(record, thresholds).draw(title=title)))
         return out
 
 

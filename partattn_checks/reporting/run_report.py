@@ -12,10 +12,10 @@ import torch
 
 from .. import metrics, render
 from ..atomic import atomic_write_text
-from ..checks import CheckResult, Thresholds, run_checks
+from ..checks import REGISTRY, CheckResult, Thresholds, run_checks
 from ..figures import figures_for
 from ..record import AttentionRecord
-from ..views import default_layer, renorm, safe_name, with_cls
+from ..views import default_layer, default_layer_reason, renorm, safe_name, with_cls
 from .page import write_index
 
 #: Head grids drawn at most (one per recorded full map).
@@ -52,13 +52,14 @@ def render_record(
 
     Figures (A·Nk on the fixed scale): the part panel and one overlay per part (head-averaged key
     marginal of ``layer``, mean over steps; ``layer=None``: the most part-separated layer, the last
-    one for a single part), timelines of entropy, peak, part separation and step-to-step jumps per
-    layer (with the check thresholds), per part for every full map (at most ``MAX_HEAD_GRIDS``) a
-    multi-head grid of each head's key marginal on the image (``heads_*``; with a patch grid) and
-    one of the raw queries x keys maps (``qk_*``; ``heads_*`` when there is no grid), one GIF per
-    part of its marginal over steps, and for every failing check
-    the gate's failure-report figures (``figures.figures_for``, under ``checks/``). Overlays need ``image``
-    (the encoder's view) and the record's patch grid; without them the grid or strips are drawn.
+    one for a single part; the caption says why), every registered check's ``timeline`` (what it
+    judges per step and layer against its own threshold: ``timeline_<stem>.png``), per part for
+    every full map (at most ``MAX_HEAD_GRIDS``) a multi-head grid of each head's key marginal on the
+    image (``heads_*``; with a patch grid) and one of the raw queries x keys maps (``qk_*``;
+    ``heads_*`` when there is no grid), one GIF per part of its marginal over steps, and for every
+    failing check the gate's failure-report figures (``figures.figures_for``, under ``checks/``).
+    Overlays need ``image`` (the encoder's view) and the record's patch grid; without them the grid
+    or strips are drawn. ``metrics.json`` lists the timelines (path, metric, value, op, threshold).
     Returns ``{"figures": [(caption, path)], "metrics": path, "index": path}``.
     """
     out = Path(out_dir)
@@ -73,11 +74,17 @@ def render_record(
     mean_marg = renorm(per_part[:, li].mean(0))  # (P, Nk)
     span = f"steps {record.steps[0]}–{record.steps[-1]}" if record.num_steps > 1 else f"step {record.steps[0]}"
     parts_fig, steps_fig, heads_fig = [], [], []
+    why = "the layer asked for" if layer is not None else default_layer_reason(record)
+    separation = results.get("part_separation")
+    if layer is None and separation is not None and separation.verdict == "fail":
+        why += f"; still below the floor {separation.threshold:g}"
 
     parts_fig.append(
         (
-            f"parts · layer {name} · mean over {span}",
-            render.part_panel(mean_marg, grid, image, title=f"mean over {span}", layer=name, path=out / "parts.png"),
+            f"parts · layer {name}: {why} · mean over {span}",
+            render.part_panel(
+                mean_marg, grid, image, title=f"{why} · mean over {span}", layer=name, path=out / "parts.png"
+            ),
         )
     )
     if grid is not None and image is not None:
@@ -97,66 +104,20 @@ def render_record(
                 )
             )
 
-    steps_axis = record.steps
-    ent = record.entropy.float().mean(dim=(2, 3))
-    steps_fig.append(
-        (
-            "normalized entropy per layer",
-            render.timeline(
-                ent,
-                steps_axis,
-                record.layers,
-                metric="normalized entropy (mean over parts, heads)",
-                threshold=thresholds.uniformity.entropy_min_uniform,
-                title="uniformity: entropy over steps",
-                path=out / "timeline_entropy.png",
-            ),
-        )
-    )
-    steps_fig.append(
-        (
-            "peak per layer",
-            render.timeline(
-                record.peak.float().mean(dim=(2, 3)),
-                steps_axis,
-                record.layers,
-                metric="peak (mean over parts, heads)",
-                threshold=thresholds.collapse.peak_max,
-                title="collapse: peak over steps",
-                path=out / "timeline_peak.png",
-            ),
-        )
-    )
-    if record.num_parts >= 2:
-        steps_fig.append(
-            (
-                "part separation per layer",
-                render.timeline(
-                    metrics.part_separation(per_part),
-                    steps_axis,
-                    record.layers,
-                    metric="part separation (JS / log 2)",
-                    threshold=thresholds.part_separation.min_separation,
-                    title="part separation over steps",
-                    path=out / "timeline_separation.png",
-                ),
-            )
-        )
-    if record.num_steps >= 2:
-        steps_fig.append(
-            (
-                "step-to-step jump per layer",
-                render.timeline(
-                    metrics.timestep_jumps(per_part).amax(-1),
-                    steps_axis[1:],
-                    record.layers,
-                    metric="worst part's jump from the previous step (JS / log 2)",
-                    threshold=thresholds.stability.max_jump,
-                    title="stability over steps",
-                    path=out / "timeline_stability.png",
-                ),
-            )
-        )
+    timelines = {}  # each check's own: what it judges per step and layer, against its threshold
+    for check in REGISTRY.values():
+        timeline = check.timeline(record, thresholds)
+        if timeline is not None:
+            path = timeline.draw(out / f"timeline_{timeline.stem}.png")
+            steps_fig.append((timeline.caption, path))
+            timelines[check.name] = {
+                "path": _rel(path, out),
+                "metric": timeline.metric,
+                "value": timeline.value,
+                "value_label": timeline.value_label,
+                "op": timeline.op,
+                "threshold": timeline.threshold,
+            }
     for p in range(record.num_parts):
         titles = [
             f"step {s}" + (f" (t={t:.0f})" if math.isfinite(t) else "") + f" · layer {name} · part {p}"
@@ -223,6 +184,7 @@ def render_record(
     doc = {
         "title": title,
         "layer_shown": name,
+        "layer_shown_why": why,
         "record": {
             "steps": record.steps,
             "timesteps": record.timesteps,
@@ -240,6 +202,7 @@ def render_record(
         "summary": summary,
         "checks": {k: r.to_dict() for k, r in results.items()},
         "figures": [{"caption": c, "path": _rel(p, out)} for c, p in figures],
+        "timelines": timelines,
         "files": [{"label": label, "path": _rel(p, out)} for label, p in links],
     }
     metrics_path = atomic_write_text(out / "metrics.json", json.dumps(_jsonable(doc), indent=2) + "\n")
@@ -263,7 +226,7 @@ def render_record(
     if note:
         notes.append(note)
     check_rows = [
-        [r.name, r.verdict, r.value, r.threshold, str(r.offender) if r.offender else "", r.reason]
+        [r.name, r.verdict, r.value, _pass_when(r), str(r.offender) if r.offender else "", r.reason]
         for r in results.values()
     ]
     index = write_index(
@@ -276,11 +239,19 @@ def render_record(
             ("Heads (from the full query x key maps)", _rels(heads_fig, out)),
         ],
         metrics=summary,
-        tables=[("Checks", ["check", "verdict", "value", "threshold", "worst offender", "reason"], check_rows)],
+        tables=[("Checks", ["check", "verdict", "value", "pass when", "worst offender", "reason"], check_rows)],
         links=[(label, _rel(p, out)) for label, p in links] + [("metrics (json)", "metrics.json")],
         note=" ".join(notes),
     )
     return {"figures": figures, "metrics": metrics_path, "index": index}
+
+
+def _pass_when(result: CheckResult) -> str:
+    """``≤ 0.84``: the check's pass condition on its value."""
+    if result.threshold is None:
+        return ""
+    check = REGISTRY.get(result.name)
+    return f"{check.op if check is not None else 'vs'} {result.threshold:g}"
 
 
 def _rel(path, base: Path) -> str:
