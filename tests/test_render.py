@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,69 @@ def test_heatmap_title_names_layer_step_part_head():
     lines = long.axes[0].get_title().split("\n")
     assert len(lines) >= 3 and not any(line.endswith(("layer", "step", "part", "head")) for line in lines)
     assert fig.axes[0].get_xlabel() == "keys" and fig.axes[0].get_ylabel() == "queries"
+
+
+#: A name and its value: what a wrapped title must keep on one line.
+_PHRASE = re.compile(r"\b(?:part|head|layer|step)s?[ \u00a0]\S*\d\S*")
+_VOCABULARY = [
+    "part 0", "head 12", "layer blocks.20.attn2", "step 49", "parts 0–3", "mean", "over", "steps", "the",
+    "part_separation", "0.0123", "(pass:", ">=", "0.1)", "—", "fail:", "attend", "to", "same", "keys", "·",
+]  # fmt: skip
+
+
+def _flat(text: str) -> str:
+    """``text`` with line breaks, no-break spaces and " · " separators as single spaces."""
+    return re.sub(r"[\s\u00a0·]+", " ", text).strip()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(_VOCABULARY), min_size=1, max_size=16),
+    st.floats(2.5, 6.0),
+    st.sampled_from([render_panels.LABEL_FONT_PT, render_panels.TITLE_FONT_PT]),
+)
+def test_wrapped_titles_keep_each_name_with_its_value_and_fit(words, width, fontsize):
+    groups = " ".join(words).split("·")
+    text = " · ".join(g.strip() for g in groups if g.strip()) or "mean"  # "·" only between words
+    wrapped = render_panels._wrap(text, width, fontsize)
+    lines = wrapped.split("\n")
+    for line in lines:
+        assert render_panels.text_width_in(line, fontsize) <= width, (line, width)
+        assert not line.strip().startswith("· ") and not line.strip().endswith(" ·"), line
+    for phrase in _PHRASE.findall(text):  # each "part 0", "layer blocks.20.attn2" whole on one line
+        assert any(phrase in line.replace("\u00a0", " ") for line in lines), (phrase, lines)
+    assert _flat(wrapped) == _flat(text)  # nothing lost but spaces and separators
+
+
+def test_wrapping_breaks_at_separators_not_inside_a_phrase():
+    title = render_panels._title("mean over steps 0–9 of 10", "blocks.4.attn2", 9, 0, 0)
+    assert render_panels._wrap(title, 3.0).replace("\u00a0", " ").split("\n") == [
+        "mean over steps 0–9 of 10",
+        "layer blocks.4.attn2 · step 9",
+        "part 0 · head 0",
+    ]
+    assert render_panels._wrap("step 0 of 10 · layer blocks.4.attn2 · part 0", 3.0).split("\n")[-1] == "part\u00a00"
+    cut = render_panels._wrap("a" * 80, 1.0)  # one word wider than the line: the only cut
+    assert cut.replace("\n", "") == "a" * 80 and all(render_panels.text_width_in(x) <= 1.0 for x in cut.split("\n"))
+
+
+@pytest.mark.parametrize("n_parts", [1, 4])
+def test_wrapped_suptitle_lines_get_their_room(picture, n_parts):
+    """The figure is as tall as its layout for the number of lines the title wrapped to, and the
+    title's lines neither leave the figure nor cover a panel title."""
+    title = "part_separation 0.0123 (pass: >= 0.1) — fail: the parts attend to the same keys\nmean over steps"
+    fig = render_figures._part_panel_fig(_blobs(n_parts), GRID, picture, title=title, layer="blocks.20.attn2", head=3)
+    text = fig._suptitle.get_text()
+    layout = render_panels.panel_layout(n_parts + 1, title_lines=text.count("\n") + 1)
+    assert fig.canvas.get_width_height() == pytest.approx(layout.pixels, abs=2)
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.canvas.get_width_height()[0]
+    for ax in (ax for ax in fig.axes if ax.get_visible() and ax.get_title()):
+        assert box.y0 >= ax.title.get_window_extent(renderer).y1 - 1, ax.get_title()
+    for phrase in ("layer blocks.20.attn2", "head 3"):
+        assert any(phrase in line.replace("\u00a0", " ") for line in text.split("\n"))
 
 
 def test_colorbar_label_states_the_scale():
@@ -234,12 +298,54 @@ def test_overlay_grid_mismatch_names_both_numbers(picture):
     assert "256" in str(err.value) and "257" in str(err.value)
 
 
-def test_uniform_overlay_adds_no_colour(picture):
-    """The backdrop is grey and 1 is neutral, so a uniform marginal leaves the overlay grey."""
+def _panel_and_edges(fig, ax, image: Image.Image, inset=3) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels inside ``ax`` and where ``image`` has an edge there (widened by a few pixels)."""
+    from PIL import ImageFilter
+
+    left, top, right, bottom = render_panels._axes_pixel_box(fig, ax)
+    rgb = np.asarray(image.convert("RGB"), dtype=float)
+    step = np.zeros(rgb.shape[:2])
+    step[:, :-1] = np.abs(np.diff(rgb, axis=1)).max(-1)
+    step[:-1, :] = np.maximum(step[:-1, :], np.abs(np.diff(rgb, axis=0)).max(-1))
+    edges = Image.fromarray(((step > 10) * 255).astype(np.uint8)).resize((right - left, bottom - top))
+    edges = np.asarray(edges.filter(ImageFilter.MaxFilter(7))) > 0
+    pixels = render_panels._figure_rgb(fig)[top:bottom, left:right].astype(int)
+    return pixels[inset:-inset, inset:-inset], edges[inset:-inset, inset:-inset]
+
+
+def _green(pixels: np.ndarray) -> np.ndarray:
+    """Pixels where green clearly dominates: the outline colour, or a blend of it."""
+    pixels = pixels.astype(int)
+    return pixels[..., 1] - np.maximum(pixels[..., 0], pixels[..., 2]) > 20
+
+
+def test_uniform_overlay_is_neutral_with_the_image_as_green_outlines(picture):
+    """Uniform attention is one flat neutral colour wherever the image has no edge; the image shows
+    only as outlines, in a green that neither colour map uses."""
     fig = render_figures._overlay_fig(np.full(NK, 1.0 / NK), GRID, picture)
-    pixels = _axes_pixels(fig, fig.axes[0]).astype(int)
-    spread = pixels.max(axis=-1) - pixels.min(axis=-1)
-    assert spread.max() <= 6
+    pixels, edges = _panel_and_edges(fig, fig.axes[0], picture)
+    off_neutral = np.abs(pixels - _scale_colour(1.0)).max(-1) > 2
+    assert not (off_neutral & ~edges).any(), "colour off the neutral away from the image's edges"
+    assert 0.005 < off_neutral.mean() < 0.2  # the outlines are drawn, and thin
+    assert _green(pixels)[off_neutral].mean() > 0.6
+    assert render_panels.OUTLINE_RGB[1] > 2 * max(render_panels.OUTLINE_RGB[0], render_panels.OUTLINE_RGB[2])
+
+
+@pytest.mark.parametrize("scale", ["log", "linear"])
+def test_attention_over_a_black_and_a_white_image_has_the_same_colours(scale):
+    """Image brightness never reads as attention: the same marginal over a black and a white image
+    (no edges) draws the same pixels, and uniform attention is exactly the neutral colour."""
+    black, white = Image.new("RGB", (224, 224), (0, 0, 0)), Image.new("RGB", (224, 224), (255, 255, 255))
+    for marginal, colours in ((np.full(NK, 1.0 / NK), 1), (_blobs(1)[0], 100)):
+        drawn = [render_figures._overlay_fig(marginal, GRID, im, scale=scale) for im in (black, white)]
+        on_black, on_white = (_axes_pixels(f, f.axes[0]).astype(int) for f in drawn)
+        assert np.abs(on_black - on_white).max() <= 1
+        assert (len(_distinct(on_black)) == 1) == (colours == 1)  # uniform: one colour; the blob: many
+    assert np.abs(on_black[0, 0] - _scale_colour(_blobs(1)[0][0] * NK, scale)).max() <= 3  # the corner cell's value
+    uniform = render_figures._part_panel_fig(np.full((2, NK), 1.0 / NK), GRID, black, scale=scale)
+    for ax in uniform.axes[1:3]:
+        colours = _distinct(_axes_pixels(uniform, ax))
+        assert len(colours) == 1 and np.abs(colours[0] - _scale_colour(1.0, scale)).max() <= 1
 
 
 def test_overlay_puts_the_hot_colour_where_attention_is(picture):
@@ -356,16 +462,16 @@ def test_panel_layout_rejects_nonsense():
         render_panels.figure_dpi((4.0, 3.0), 10)
 
 
-def test_multi_head_grid_on_the_image_shows_the_image(picture):
-    """Uniform heads add no colour, so each panel is the grey image itself (correlates with it);
-    on the bare grid (no image) the same heads are one flat colour."""
+def test_multi_head_grid_on_the_image_shows_the_image_outlines(picture):
+    """Uniform heads on the image: neutral everywhere but the image's green outlines; on the bare
+    grid (no image) the same heads are one flat colour."""
     maps = np.full((4, 8, NK), 1.0 / NK)
     fig = render_figures._multi_head_fig(maps, grid=GRID, image=picture)
-    luma = np.asarray(picture.convert("L"), dtype=float)
     for ax in fig.axes[:4]:
-        panel = _axes_pixels(fig, ax, inset=4).astype(float).mean(axis=-1)
-        ref = np.asarray(Image.fromarray(luma.astype(np.uint8)).resize(panel.shape[::-1]), dtype=float)
-        assert np.corrcoef(panel.ravel(), ref.ravel())[0, 1] > 0.9
+        panel, edges = _panel_and_edges(fig, ax, picture)
+        off_neutral = np.abs(panel - _scale_colour(1.0)).max(-1) > 2
+        assert not (off_neutral & ~edges).any()
+        assert off_neutral.mean() > 0.005 and _green(panel)[off_neutral].mean() > 0.6
     flat = render_figures._multi_head_fig(maps, grid=GRID)
     assert len(_distinct(_axes_pixels(flat, flat.axes[0], inset=3))) == 1
 
@@ -469,6 +575,46 @@ def test_animation_frames_share_the_fixed_scale():
     colours = _distinct(centre)
     assert len(colours) == 1
     assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 1
+
+
+def _colour_bar(frame: np.ndarray, cmap) -> tuple[int, np.ndarray]:
+    """(column, rows) of the colour bar in a rendered frame: the middle column of those in the
+    right half whose pixels lie on the colour map's curve, and its rows on that curve."""
+    curve = np.round(np.asarray(cmap(np.linspace(0, 1, 256)))[:, :3] * 255)
+    height, width = frame.shape[:2]
+
+    def off_curve(pixels):
+        return np.sqrt(((pixels[:, None, :] - curve[None]) ** 2).sum(-1).min(1))
+
+    columns = [
+        x
+        for x in range(width // 2, width)
+        if len(_distinct(frame[height // 4 : 3 * height // 4, x])) > 100
+        and off_curve(frame[height // 4 : 3 * height // 4, x].astype(float)).max() <= 2
+    ]
+    assert columns, "no colour bar found"
+    x = columns[len(columns) // 2]
+    rows = np.flatnonzero((off_curve(frame[:, x].astype(float)) <= 2) & (frame[:, x].sum(-1) < 760))
+    return x, rows
+
+
+@pytest.mark.parametrize("scale", ["log", "linear"])
+def test_gif_keeps_the_colour_bar_smooth(picture, scale):
+    """The GIF's palette holds enough colours along the colour map that the colour bar does not band:
+    measured against the RGB frames it was made from (a median-cut palette gave about 100 of the
+    bar's 256 colours and errors of 40+ levels on it)."""
+    a = np.linspace(0, 1, 4)[:, None]
+    frames = (1 - a) * _blobs(4)[0] + a * _blobs(4)[3]
+    kwargs = {"grid": GRID, "image": picture, "scale": scale, "titles": [f"step {s}" for s in range(4)]}
+    drawn = [np.asarray(f).astype(int) for f in render_gif._animation_frames(frames, **kwargs)]
+    stored = [f.astype(int) for f in _gif_frames(render.animation_bytes(frames, **kwargs))]
+    x, rows = _colour_bar(drawn[0], _Scale(8.0, scale).cmap)
+    assert len(rows) > 250 and len(_distinct(drawn[0][rows, x])) >= 250
+    assert len(_distinct(stored[0][rows, x])) >= 150
+    assert np.abs(drawn[0][rows, x] - stored[0][rows, x]).max() <= 4
+    error = np.abs(np.stack(drawn) - np.stack(stored)).max(-1)
+    print(f"{scale}: mean {error.mean():.2f}, 99th percentile {np.percentile(error, 99):.0f}")
+    assert error.mean() < 1.5 and np.percentile(error, 99) <= 16
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,10 @@ logarithmic and symmetric around 1 (``1/vmax .. vmax``, diverging colormap), so:
 
 * a uniform map renders as one flat neutral colour, never as "structure";
 * keys attended more than uniform are warm, keys attended less are cool;
-* values outside the range saturate (the colorbar shows arrows); NaN/Inf show in black.
+* values outside the range saturate (the colorbar shows arrows); NaN/Inf show in black;
+* on an image (overlays, part panels and head grids with ``image``, GIF frames) the attention is
+  drawn opaque and the image only as green outlines (``panels.OUTLINE_RGB``), never as a grey
+  backdrop whose brightness would read as attention.
 
 ``scale="linear"`` gives ``0 .. vmax`` on a sequential colormap instead. There is no
 per-map min-max normalisation anywhere in this module, on purpose (docs/visualization.md).

@@ -9,8 +9,9 @@ depth order beyond its band (where the drift starts) is named and drawn in red.
 
 Below, for that layer, one row per part: baseline | now on the fixed ``attention × Nk`` scale of
 every attention figure (uniform = 1), and now − baseline (× Nk) on a diverging scale centred on 0
-with a symmetric range shared by all parts. Maps are drawn on the encoder's view of the image when
-it is given (like the overlays), else on the patch grid, else as one-row strips.
+with a symmetric range shared by all parts. Maps are drawn in opaque colours with the outlines of the
+encoder's view of the image when it is given (like the overlays), else on the patch grid, else as
+one-row strips.
 
 Sizes are fixed in inches at render.panels' ``DPI``: every panel is ``PANEL_IN`` inches (≥ ``MIN_PANEL_PX``) and
 every text at least ``MIN_FONT_PT`` points, whatever the number of parts. matplotlib through ``Figure`` + Agg only.
@@ -26,9 +27,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from PIL import Image
 
-from .panels import _ALPHA, _LUMA, DPI, MIN_PANEL_PX, _panel_array, _Scale, _to_rgb
+from .panels import DPI, MIN_PANEL_PX, _on_image, _panel_array, _Scale, _to_rgb
 from .panels import MIN_FONT_PT as FONT  # the figure-size rule all figures share (render.panels)
 
 PANEL_IN = max(2.4, MIN_PANEL_PX / DPI)  # inches per map panel: 240 px at DPI
@@ -142,10 +142,7 @@ def _diff_panel(diff: np.ndarray, grid, image_rgb, cmap, norm):
     cells = diff.reshape(grid)
     if image_rgb is None:
         return cells, "grid"
-    height, width = image_rgb.shape[:2]
-    up = np.asarray(Image.fromarray(cells.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
-    backdrop = image_rgb @ _LUMA
-    return (1.0 - _ALPHA) * backdrop[..., None] + _ALPHA * cmap(norm(up))[..., :3], "rgb"
+    return _on_image(cells, image_rgb, cmap, norm), "rgb"
 
 
 def _map(ax, panel, cmap, norm) -> None:

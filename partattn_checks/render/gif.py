@@ -42,16 +42,67 @@ def _animation_frames(
     return out
 
 
-def _write_gif(images: list[Image.Image], fp, fps: float) -> None:
-    # One palette for all frames, so a colour means the same value in every frame
-    # (built from at most ~8 sampled frames to bound the cost).
-    sample = images[:: max(1, len(images) // 8)]
-    strip = Image.fromarray(np.concatenate([np.asarray(i) for i in sample], axis=0))
-    palette = strip.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-    frames = [i.quantize(palette=palette, dither=Image.Dither.NONE) for i in images]
+#: Palette entries of a GIF taken along the colour map (the colour bar and every attention colour);
+#: the rest (text, outlines, blends at edges) adapts to the frames.
+_COLORMAP_ENTRIES = 160
+
+
+def _write_gif(images: list[Image.Image], fp, fps: float, cmap) -> None:
+    """One palette for all frames, so a colour means the same value in every frame: ``_COLORMAP_ENTRIES``
+    evenly spaced colours of ``cmap`` (adjacent ones a few levels apart, so the colour bar and the
+    smooth maps do not band) plus a median-cut palette of the colours the map does not make; each
+    pixel gets its nearest palette colour, without dithering (flat areas stay flat)."""
+    codes = [_codes(np.asarray(i.convert("RGB"))) for i in images]
+    colours, counts = np.unique(np.concatenate([c.ravel() for c in codes]), return_counts=True)
+    palette = _palette(_rgb_of(colours), counts, cmap)
+    index = _nearest(_rgb_of(colours), palette).astype(np.uint8)
+    frames = []
+    for c in codes:
+        frame = Image.fromarray(index[np.searchsorted(colours, c)], mode="P")
+        frame.putpalette(palette.astype(np.uint8).ravel().tolist())
+        frames.append(frame)
     frames[0].save(
         fp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0, disposal=1
     )
+
+
+def _palette(rgb: np.ndarray, counts: np.ndarray, cmap) -> np.ndarray:
+    """(256, 3) palette: ``_COLORMAP_ENTRIES`` colours along ``cmap``, then a median cut of the
+    frames' other colours (``rgb``, each ``counts`` pixels)."""
+    along = np.round(np.asarray(cmap(np.linspace(0.0, 1.0, _COLORMAP_ENTRIES)))[:, :3] * 255)
+    off = _distance(rgb, along) > 3.0  # colours the map does not make
+    rest = 256 - _COLORMAP_ENTRIES
+    if not off.any():
+        return np.concatenate([along, np.repeat(along[:1], rest, axis=0)])
+    pixels = np.repeat(rgb[off], counts[off], axis=0).astype(np.uint8)
+    adaptive = Image.fromarray(pixels[None]).quantize(colors=rest, method=Image.Quantize.MEDIANCUT)
+    extra = np.asarray(adaptive.getpalette()[: 3 * rest], dtype=np.float64).reshape(-1, 3)
+    extra = np.concatenate([extra, np.repeat(extra[:1], rest - len(extra), axis=0)])
+    return np.concatenate([along, extra])
+
+
+def _codes(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) int codes ``r << 16 | g << 8 | b`` of a uint8 RGB array."""
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _rgb_of(codes: np.ndarray) -> np.ndarray:
+    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.float64)
+
+
+def _squared(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) squared distances between RGB rows."""
+    return (a**2).sum(1)[:, None] - 2.0 * a @ b.T + (b**2).sum(1)[None, :]
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each row of ``a``'s distance to its nearest row of ``b``."""
+    return np.sqrt(np.maximum(_squared(a, b).min(axis=1), 0.0))
+
+
+def _nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _squared(a, b).argmin(axis=1)
 
 
 def animation(frames, path, *, fps=4, titles=None, grid=None, image=None, vmax=8.0, scale="log", max_px=512) -> Path:
@@ -64,7 +115,7 @@ def animation(frames, path, *, fps=4, titles=None, grid=None, image=None, vmax=8
     images = _animation_frames(frames, titles=titles, grid=grid, image=image, vmax=vmax, scale=scale, max_px=max_px)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_gif(images, path, fps)
+    _write_gif(images, path, fps, _Scale(vmax, scale).cmap)
     return path
 
 
@@ -72,5 +123,5 @@ def animation_bytes(frames, *, fps=4, titles=None, grid=None, image=None, vmax=8
     """Same as :func:`animation`, returning the GIF bytes."""
     images = _animation_frames(frames, titles=titles, grid=grid, image=image, vmax=vmax, scale=scale, max_px=max_px)
     buf = io.BytesIO()
-    _write_gif(images, buf, fps)
+    _write_gif(images, buf, fps, _Scale(vmax, scale).cmap)
     return buf.getvalue()

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-import textwrap
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from PIL import Image
 
-_ALPHA = 0.55  # overlay opacity of the attention colours over the image
-_LUMA = np.array([0.299, 0.587, 0.114])
+#: The colour of the image's outlines on attention overlays (``_on_image``): a green that neither
+#: colour map uses, so it never reads as a value.
+OUTLINE_RGB = (0.0, 0.78, 0.25)
+_OUTLINE_ALPHA = 0.9  # opacity of a full-strength edge
+_OUTLINE_PX = 256  # smaller images are enlarged (by a whole factor) to about this before their edges are found
+_EDGE_FULL = 0.5  # colour step (next pixel, channels in [0, 1]) of a full-strength edge
+_EDGE_MIN = 0.2  # weaker edges (texture, noise) are not drawn
 _AXIS_LABELS = {"qk": ("keys", "queries"), "strip": ("keys", None), "grid": ("patch column", "patch row")}
 
 
@@ -94,12 +101,74 @@ def panel_layout(
     return PanelLayout(nrows, ncols, figsize, figure_dpi(figsize, max_px))
 
 
+#: A name and its value that a wrapped title keeps on one line ("part 0", "head 3", "layer blocks.4.attn2").
+_PHRASE = re.compile(r"\b((?:part|head|layer|step|frame|seed|block)s?)[ \u00a0]+(?=\S*\d)", re.IGNORECASE)
+_SEPARATOR = " · "
+
+
+@functools.lru_cache(maxsize=1)
+def _measuring_renderer() -> RendererAgg:
+    return RendererAgg(1, 1, 72)  # at 72 dpi one pixel is one point
+
+
+def text_width_in(text: str, fontsize: float = TITLE_FONT_PT) -> float:
+    """Width in inches of one line of ``text`` at ``fontsize`` points, as matplotlib draws it."""
+    width, _, _ = _measuring_renderer().get_text_width_height_descent(text, FontProperties(size=fontsize), False)
+    return width / 72.0
+
+
 def _wrap(text: str | None, width_in: float, fontsize: float = TITLE_FONT_PT) -> str | None:
-    """``text`` with each line wrapped to fit ``width_in`` inches at ``fontsize`` (so titles are never cut)."""
+    """``text`` with each line wrapped to fit ``width_in`` inches at ``fontsize`` (so titles are never cut).
+
+    Widths are measured with matplotlib's own text extent. Lines break at the " · " separators first
+    (the separator is dropped at a break), then between words, never inside a name and its value
+    ("part 0", "head 3", "layer blocks.4.attn2": a no-break space binds them); only a single word
+    wider than the line is cut. The number of lines is ``text.count("\\n") + 1`` of the result.
+    """
     if not text:
         return text
-    chars = max(12, int(width_in * 72 / (0.58 * fontsize)))
-    return "\n".join(textwrap.fill(line, chars) if line else line for line in text.split("\n"))
+
+    def fits(line: str) -> bool:
+        return text_width_in(line, fontsize) <= width_in
+
+    def words(segment: str) -> list[str]:
+        return _pack(segment.split(" "), " ", fits, lambda word: _cut(word, fits))
+
+    out: list[str] = []
+    for line in text.split("\n"):
+        line = _PHRASE.sub(lambda m: m.group(1) + "\u00a0", line)
+        out += _pack(line.split(_SEPARATOR), _SEPARATOR, fits, words)
+    return "\n".join(out)
+
+
+def _pack(pieces: list[str], joiner: str, fits, split) -> list[str]:
+    """Greedy lines of ``pieces`` joined by ``joiner``; a piece too wide on its own goes to ``split``."""
+    lines: list[str] = []
+    current: str | None = None
+    for piece in pieces:
+        joined = piece if current is None else current + joiner + piece
+        if fits(joined):
+            current = joined
+            continue
+        if current is not None:
+            lines.append(current)
+        *full, current = [piece] if fits(piece) else split(piece)
+        lines += full
+    if current is not None:
+        lines.append(current)
+    return lines
+
+
+def _cut(word: str, fits) -> list[str]:
+    """The last resort: a word wider than the line, cut into the longest pieces that fit."""
+    pieces = []
+    while word:
+        n = len(word)
+        while n > 1 and not fits(word[:n]):
+            n -= 1
+        pieces.append(word[:n])
+        word = word[n:]
+    return pieces
 
 
 # --------------------------------------------------------------------------- inputs
@@ -266,7 +335,7 @@ def _panel_array(values: np.ndarray, scale: _Scale, grid=None, image_rgb=None):
     """What one attention panel shows, from a (Q, K) map or an (Nk,) marginal.
 
     Returns ``(array, kind)``: scaled values (kind "qk", "strip" or "grid", coloured by the
-    scale) or an RGB overlay (kind "rgb").
+    scale) or, with ``image_rgb``, the attention on the image (kind "rgb", see :func:`_on_image`).
     """
     scaled = scale.values(values)
     if values.ndim == 2:
@@ -280,11 +349,47 @@ def _panel_array(values: np.ndarray, scale: _Scale, grid=None, image_rgb=None):
     cells = scaled.reshape(_check_grid(grid, values.shape[0]))
     if image_rgb is None:
         return cells, "grid"
+    return _on_image(cells, image_rgb, scale.cmap, scale.norm), "rgb"
+
+
+def _on_image(cells: np.ndarray, image_rgb: np.ndarray, cmap, norm) -> np.ndarray:
+    """Patch-grid ``cells`` upsampled bilinearly onto the image, in opaque colours of ``cmap``/``norm``,
+    with the image's outlines drawn over them in ``OUTLINE_RGB``.
+
+    The image is never blended under the attention: a grey (or any) backdrop under a diverging map
+    whose neutral is light grey reads as values, a dark shape as "less attention". So every pixel
+    off the outlines has exactly the colour of its value on the colour bar (uniform = one flat
+    neutral colour, whatever the image's brightness), and the image shows only as thin edges, in a
+    green that neither colour map (coolwarm: blue-grey-red, magma: black-purple-yellow) uses.
+    A small image is first enlarged to about ``_OUTLINE_PX`` so that its edges stay one pixel thin.
+    """
+    factor = max(1, round(_OUTLINE_PX / max(image_rgb.shape[:2])))
+    if factor > 1:
+        image_rgb = _resize(image_rgb, (image_rgb.shape[1] * factor, image_rgb.shape[0] * factor))
     height, width = image_rgb.shape[:2]
-    cells_img = Image.fromarray(cells.astype(np.float32))
-    up = np.asarray(cells_img.resize((width, height), Image.Resampling.BILINEAR))
-    backdrop = image_rgb @ _LUMA  # grey, so that every colour on the overlay is attention
-    return (1.0 - _ALPHA) * backdrop[..., None] + _ALPHA * scale.rgb(up), "rgb"
+    up = np.asarray(Image.fromarray(cells.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
+    colours = np.asarray(cmap(norm(up)))[..., :3]
+    alpha = _outline(image_rgb)[..., None]
+    return (1.0 - alpha) * colours + alpha * np.asarray(OUTLINE_RGB)
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Float RGB resized bilinearly to ``size`` (width, height)."""
+    channels = [
+        Image.fromarray(c.astype(np.float32)).resize(size, Image.Resampling.BILINEAR) for c in rgb.transpose(2, 0, 1)
+    ]
+    return np.stack([np.asarray(c) for c in channels], axis=-1).astype(np.float64)
+
+
+def _outline(image_rgb: np.ndarray) -> np.ndarray:
+    """(H, W) opacity of the image's outline: its strongest colour step to the next pixel right or
+    below, 0 on flat regions."""
+    step = np.zeros(image_rgb.shape[:2])
+    step[:, :-1] = np.abs(np.diff(image_rgb, axis=1)).max(axis=-1)
+    step[:-1, :] = np.maximum(step[:-1, :], np.abs(np.diff(image_rgb, axis=0)).max(axis=-1))
+    strength = np.clip(step / _EDGE_FULL, 0.0, 1.0)
+    strength[strength < _EDGE_MIN] = 0.0  # texture and compression noise stay flat
+    return _OUTLINE_ALPHA * strength
 
 
 def _interpolation(ax, shape) -> str:
