@@ -67,9 +67,12 @@ class GateSession(Session):
     def figures(
         self, spec: ImageSpec, outcome: CaseOutcome, result: CheckResult, thresholds: Thresholds
     ) -> tuple[list[str], list[str]]:
-        """(figure paths, problems): drawing problems never hide the check's verdict."""
+        """(figure paths, problems): drawing problems never hide the check's verdict. The drift
+        figure draws now − baseline on ``--partattn-drift-scale`` (auto: each figure its own range)."""
+        from .checks.baseline import with_delta_scale
         from .figures import figures_for
 
+        result = with_delta_scale(result, self.settings.drift_scale)
         try:
             paths = figures_for(
                 result, outcome.record, self.settings.results / spec.key, self.image_view(spec), thresholds=thresholds

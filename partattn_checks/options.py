@@ -41,7 +41,7 @@ class Option:
 
     name: str
     help: str
-    kind: str = "str"  # flag | str | int | float | path | choice
+    kind: str = "str"  # flag | str | int | float | path | choice | scale ("auto" -> None, else a number > 0)
     default: object = None
     choices: tuple[str, ...] = ()
     metavar: str | None = None
@@ -198,6 +198,15 @@ OPTIONS: tuple[Option, ...] = (
         default_text=str(DEFAULT_FALSE_ALARM_RATE),
     ),
     Option(
+        "drift_scale",
+        "± range of the drift figure's now − baseline colours (attention × Nk): auto (each figure its own "
+        "largest |Δ|) or a number, e.g. 4, the same for every image so that their figures compare",
+        kind="scale",
+        default="auto",
+        metavar="auto|X",
+        default_text="auto",
+    ),
+    Option(
         "save_all_figures",
         "also write figures of passing checks (failing ones always get them)",
         kind="flag",
@@ -259,6 +268,7 @@ class Settings:
     baseline_seeds: int = DEFAULT_BASELINE_SEEDS
     seeds: int = 1
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    drift_scale: float | None = None  # None: auto
 
     @classmethod
     def of(cls, **values) -> Settings:
@@ -362,6 +372,16 @@ def _convert(opt: Option, value, src: str, base: Path):
         if not math.isfinite(number):
             raise _usage(f"{label} {text}: expected a finite number")
         return number
+    if opt.kind == "scale":
+        if text.lower() == "auto":
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise _usage(f"{label} {text}: expected auto or a positive number (the ± range, e.g. 4)")
+        return number
     if opt.kind == "choice":
         if text not in opt.choices:
             raise _usage(f"{label} {text}: expected one of {', '.join(opt.choices)}")
@@ -394,6 +414,10 @@ def _validate(s: Settings) -> None:
         )
     if not 1 <= s.seeds <= BASELINE_SEED_OFFSET:
         raise _usage(f"{s.where('seeds')}: must be between 1 and {BASELINE_SEED_OFFSET} (1 judges one run per image)")
+    if s.drift_scale is not None and not (
+        isinstance(s.drift_scale, (int, float)) and math.isfinite(s.drift_scale) and s.drift_scale > 0
+    ):
+        raise _usage(f"{s.where('drift_scale')}: expected auto or a positive number (the ± range, e.g. 4)")
     if not 0.0 < s.false_alarm_rate < 0.5:
         raise _usage(
             f"{s.where('false_alarm_rate')}: must lie between 0 and 0.5 (exclusive), e.g. 0.001 for one false "

@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,88 @@ def test_drift_figure_keeps_panels_and_text_readable(tmp_path, parts, grid):
     assert drift_render.drift_figure(_typed(d))[:4] == b"\x89PNG"
     no_grid = AttentionDrift(**{**vars(_typed(d)), "grid": None})
     assert drift_render.drift_figure(no_grid, image)[:4] == b"\x89PNG"
+
+
+def _drift(shift: int = 3, parts: int = 2) -> AttentionDrift:
+    """A drift whose layer 1 moved: every part now attends ``shift`` patches further on a 4x4 grid."""
+    focus = [[p for p in range(parts)] for _ in range(3)]
+    focus[1] = [p + shift for p in range(parts)]
+    base = AttentionSummary.from_record(_record(S=2, L=3, P=parts))
+    return _typed(attention_drift(base, AttentionSummary.from_record(_record(S=2, L=3, P=parts, focus=focus))))
+
+
+def _delta_bar(fig):
+    """The colour bar of the now − baseline column: (its limits, its label)."""
+    (ax,) = [ax for sub in fig.subfigs for ax in sub.axes if ax.get_ylabel().startswith("Δ attention")]
+    return ax.get_ylim(), ax.get_ylabel()
+
+
+def test_drift_scale_fixes_the_delta_colours_and_the_figure_says_which():
+    d = _drift()
+    diff = (np.asarray(d.now.rows) - np.asarray(d.baseline.rows)) * 16
+    (lo, hi), label = _delta_bar(drift_render._drift_fig(d, None))
+    assert (lo, hi) == pytest.approx((-np.abs(diff).max(), np.abs(diff).max())) and "auto" in label
+    assert f"±{np.abs(diff).max():.3g}" in label
+    for fig in (drift_render._drift_fig(d, None, 3.0), drift_render._drift_fig(replace(d, delta_scale=3.0), None)):
+        (lo, hi), label = _delta_bar(fig)
+        assert (lo, hi) == (-3.0, 3.0) and "scale ±3 (fixed)" in label
+        diff_maps = [ax.get_images()[0] for ax in fig.subfigs[1].axes[2:6:3]]
+        assert all(im.norm.vmin == -3.0 and im.norm.vmax == 3.0 for im in diff_maps)
+    # two images that moved by different amounts: their own ranges (auto), one range (fixed)
+    half = replace(d, now=Matrix.of((np.asarray(d.baseline.rows) + np.asarray(d.now.rows)) / 2))
+    assert _delta_bar(drift_render._drift_fig(half, None))[0][1] == pytest.approx(
+        _delta_bar(drift_render._drift_fig(d, None))[0][1] / 2
+    )
+    assert _delta_bar(drift_render._drift_fig(half, None, 3.0))[0] == (-3.0, 3.0)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, "4", True])
+def test_drift_scale_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="delta_scale must be a positive number"):
+        drift_render.drift_figure(_drift(), delta_scale=bad)
+
+
+def test_the_gate_draws_the_drift_figure_on_its_drift_scale_option(tmp_path):
+    from types import SimpleNamespace
+
+    from partattn_checks.gate import GateSession
+    from partattn_checks.options import Settings
+    from partattn_checks.runspec import DeviceChoice
+
+    d = _drift()
+    result = CheckResult("baseline", "fail", 9.0, 4.0, None, "moved", BaselineDetails(attention=d))
+    spec, outcome = SimpleNamespace(key="img", path=tmp_path / "img.png"), SimpleNamespace(record=None)
+    drawn = {}
+    for scale in (None, 2.5):
+        settings = Settings.of(results=tmp_path / str(scale), drift_scale=scale)
+        session = GateSession(lambda: None, settings, Thresholds(), DeviceChoice("cpu"))
+        paths, problems = session.figures(spec, outcome, result, Thresholds())
+        assert not problems and [Path(p).name for p in paths] == ["baseline__drift.png"]
+        drawn[scale] = Path(paths[0]).read_bytes()
+    assert drawn[2.5] == drift_render.drift_figure(d, delta_scale=2.5) != drawn[None]
+    assert drawn[None] == drift_render.drift_figure(d)
+    assert result.details.attention.delta_scale is None  # the judged result is left as it was
+
+
+@pytest.mark.parametrize("value, expected", [("auto", None), ("AUTO", None), ("4", 4.0), ("0.5", 0.5), (" 12 ", 12.0)])
+def test_drift_scale_option_values(value, expected):
+    from partattn_checks.options import BY_NAME, _convert
+
+    assert _convert(BY_NAME["drift_scale"], value, "cli", Path.cwd()) == expected
+
+
+def test_bad_drift_scale_in_the_ini_file_names_the_ini_key(pytester):
+    from plugin_support import args, make_project
+
+    from partattn_checks.options import Settings
+
+    make_project(pytester)
+    pytester.makeini("[pytest]\npartattn_drift_scale = wide\n")
+    result = pytester.runpytest_inprocess(*args("--collect-only"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ini option partattn_drift_scale wide: expected auto or a positive number*"])
+    with pytest.raises(pytest.UsageError, match="--partattn-drift-scale.*expected auto or a positive number"):
+        Settings.of(drift_scale=-2.0)
 
 
 # ----------------------------------------------------------------------------- the gate on a broken model

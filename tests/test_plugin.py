@@ -159,6 +159,8 @@ def test_cuda_without_cuda_is_a_usage_error(pytester):
         ("--partattn-baseline-seeds=1", "--partattn-baseline-seeds 1: must be between 2 and 1000*"),
         ("--partattn-seeds=0", "--partattn-seeds 0: must be between 1 and 1000*"),
         ("--partattn-false-alarm-rate=0.7", "--partattn-false-alarm-rate 0.7: must lie between 0 and 0.5*"),
+        ("--partattn-drift-scale=0", "--partattn-drift-scale 0: expected auto or a positive number*"),
+        ("--partattn-drift-scale=wide", "--partattn-drift-scale wide: expected auto or a positive number*"),
     ],
 )
 def test_invalid_option_values_are_usage_errors_naming_the_option(pytester, option, message):

@@ -13,7 +13,7 @@ into the ``drift`` figure.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..noise import Deviation
 from .core import Check, CheckResult, register
@@ -58,6 +58,8 @@ class AttentionDrift:
     typical: tuple[float, ...] | None = None
     band: tuple[float, ...] | None = None
     onset: str | None = None  # the first layer in depth order beyond its own seed noise
+    #: How the drift figure draws now − baseline: ± this (attention × Nk), None: its largest |Δ|.
+    delta_scale: float | None = None
 
     @property
     def per_layer(self) -> list[float]:
@@ -219,6 +221,16 @@ class Baseline(Check):
         from ..render.drift import drift_figure
 
         return [("drift", drift_figure(details.attention, image))]
+
+
+def with_delta_scale(result: CheckResult, delta_scale: float | None) -> CheckResult:
+    """``result`` whose drift figure draws now − baseline on ±``delta_scale`` (the gate's
+    ``--partattn-drift-scale``); unchanged when it has no attention drift or ``delta_scale`` is None."""
+    details = result.details
+    attention = getattr(details, "attention", None)
+    if delta_scale is None or not isinstance(attention, AttentionDrift):
+        return result
+    return replace(result, details=replace(details, attention=replace(attention, delta_scale=delta_scale)))
 
 
 def describe(d: Deviation, runs: str = "this run") -> str:

@@ -9,7 +9,9 @@ depth order beyond its band (where the drift starts) is named and drawn in red.
 
 Below, for that layer, one row per part: baseline | now on the fixed ``attention × Nk`` scale of
 every attention figure (uniform = 1), and now − baseline (× Nk) on a diverging scale centred on 0
-with a symmetric range shared by all parts. Maps are drawn in opaque colours with the outlines of the
+with a symmetric range shared by all parts: the largest |Δ| of the figure ("auto"), or a fixed range
+(``delta_scale``, the gate's ``--partattn-drift-scale``) so that the figures of different images
+compare; the colour bar says which. Maps are drawn in opaque colours with the outlines of the
 encoder's view of the image when it is given (like the overlays), else on the patch grid, else as
 one-row strips.
 
@@ -20,6 +22,7 @@ every text at least ``MIN_FONT_PT`` points, whatever the number of parts. matplo
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from matplotlib import colormaps
@@ -36,10 +39,15 @@ BAR_IN = 2.6  # height of the per-layer bar chart
 _DIFF_CMAP = "RdBu_r"  # red: more attention now, blue: less
 
 
-def drift_figure(drift, image=None, *, path=None):
+def drift_figure(drift, image=None, *, path=None, delta_scale=None):
     """PNG bytes of the drift figure for ``drift`` (a ``checks.baseline.AttentionDrift``), or
-    write them to ``path`` and return it. ``image``: the encoder's view of the input (PIL or array)."""
-    fig = _drift_fig(drift, image)
+    write them to ``path`` and return it. ``image``: the encoder's view of the input (PIL or array).
+
+    ``delta_scale``: the ± range of the now − baseline colours (attention × Nk), fixed so that the
+    figures of different images compare; None takes ``drift.delta_scale`` (the gate's
+    ``--partattn-drift-scale``), and when that is None too the figure's own largest |Δ| ("auto").
+    """
+    fig = _drift_fig(drift, image, delta_scale)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
     if path is None:
@@ -51,7 +59,24 @@ def drift_figure(drift, image=None, *, path=None):
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def _drift_fig(drift, image) -> Figure:
+def delta_norm(largest: float, delta_scale: float | None) -> Normalize:
+    """The norm of the now − baseline colours: ±``delta_scale``, or ±``largest`` (the largest |Δ|) when None."""
+    if delta_scale is None:
+        span = largest if largest > 0 else 1e-3
+    elif (
+        isinstance(delta_scale, (int, float))
+        and not isinstance(delta_scale, bool)
+        and math.isfinite(delta_scale)
+        and delta_scale > 0
+    ):
+        span = float(delta_scale)
+    else:
+        raise ValueError(f"delta_scale must be a positive number (or None: auto), got {delta_scale!r}")
+    return Normalize(-span, span)
+
+
+def _drift_fig(drift, image, delta_scale=None) -> Figure:
+    delta_scale = drift.delta_scale if delta_scale is None else delta_scale
     baseline = np.asarray(drift.baseline.rows, dtype=np.float64)
     now = np.asarray(drift.now.rows, dtype=np.float64)
     parts, nk = baseline.shape
@@ -66,9 +91,9 @@ def _drift_fig(drift, image) -> Figure:
 
     scale = _Scale(8.0, "log")
     diff = (now - baseline) * nk
-    span = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 0.0
-    span = span if span > 0 else 1e-3
-    diff_norm = Normalize(-span, span)
+    finite = np.abs(diff[np.isfinite(diff)])
+    largest = float(finite.max()) if finite.size else 0.0
+    diff_norm = delta_norm(largest, delta_scale)
     diff_cmap = colormaps[_DIFF_CMAP].with_extremes(bad="black")
     axes = bottom.subplots(parts, 3, squeeze=False)
     per_part = drift.per_part.rows[drift.layers.index(drift.layer)]
@@ -86,8 +111,13 @@ def _drift_fig(drift, image) -> Figure:
     bar.set_ticks(ticks, labels=[f"{t:g}" if t >= 1 else f"1/{1 / t:g}" for t in ticks])
     bar.ax.minorticks_off()
     bar.ax.tick_params(labelsize=FONT)
-    dbar = bottom.colorbar(ScalarMappable(diff_norm, diff_cmap), ax=axes[:, 2].ravel().tolist())
-    dbar.set_label("Δ attention × Nk\n(now − baseline)", fontsize=FONT)
+    dbar = bottom.colorbar(
+        ScalarMappable(diff_norm, diff_cmap),
+        ax=axes[:, 2].ravel().tolist(),
+        extend="both" if largest > diff_norm.vmax else "neither",  # arrows: some Δ saturate
+    )
+    said = "auto: this figure's largest |Δ|" if delta_scale is None else "fixed"
+    dbar.set_label(f"Δ attention × Nk (now − baseline)\nscale ±{diff_norm.vmax:.3g} ({said})", fontsize=FONT)
     dbar.ax.tick_params(labelsize=FONT)
     bottom.suptitle(f"layer {drift.layer}: each part's key-marginal (mean over heads and steps)", fontsize=FONT + 1)
     return fig
