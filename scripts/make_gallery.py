@@ -7,7 +7,9 @@ Every figure kind, drawn from real runs of the embedded tiny model (``partattn_c
 10 steps, 8x8 patch grid) on ``fixtures/images/np3_three_shapes.png``: part panel, overlay,
 multi-head grid on the image and as queries x keys maps, heatmap, timeline, GIF over steps, and
 the failure figures of the part-separation and uniformity checks on broken copies of the model
-(``model.broken`` variants ``merged_parts`` and ``uniform``). PNGs are stored as drawn, re-compressed;
+(``model.broken`` variants ``merged_parts`` and ``uniform``), and the gate's drift figure of
+``np4_four_shapes.png`` against its committed baseline with the part embeddings moved 30 % toward
+their mean (``merge_parts`` at 0.3). PNGs are stored as drawn, re-compressed;
 the gallery is a few hundred KB.
 """
 
@@ -22,13 +24,19 @@ from pathlib import Path
 from PIL import Image
 
 from partattn_checks import EMBEDDED_MODEL, AttentionVisualizer, render
+from partattn_checks.checks import Thresholds
 from partattn_checks.figures import figures_for
-from partattn_checks.model.broken import broken
+from partattn_checks.gate import GateSession
+from partattn_checks.model.broken import broken, graded
+from partattn_checks.options import Settings
+from partattn_checks.runspec import resolve_device
+from partattn_checks.sidecar import fixture_specs
 from partattn_checks.views import renorm
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "fixtures" / "images" / "np3_three_shapes.png"
 PARTS = 3
+DRIFT_IMAGE = "np4_four_shapes.png"
 
 
 def _store_png(data: bytes, path: Path) -> Path:
@@ -48,6 +56,21 @@ def _failure_figure(viz: AttentionVisualizer, variant: str, check: str, what: st
     with tempfile.TemporaryDirectory() as tmp:
         drawn = {p.stem.split("__", 1)[-1]: p for p in figures_for(result, record, tmp, viz.image, viz.thresholds)}
         return _store_png(drawn[what].read_bytes(), path)
+
+
+def _drift_figure(viz: AttentionVisualizer, path: Path) -> Path:
+    """The gate's drift figure of ``DRIFT_IMAGE`` against its committed baseline, on a model whose
+    part embeddings moved 30 % toward their mean."""
+    (spec,) = [s for s in fixture_specs(REPO / "fixtures" / "images", REPO) if s.path.name == DRIFT_IMAGE]
+    with tempfile.TemporaryDirectory() as tmp, broken(viz.model, graded("merge_parts", 0.3)):
+        settings = Settings.of(baselines=REPO / "fixtures" / "baselines", results=Path(tmp), device="cpu")
+        session = GateSession(lambda: viz.pipeline, settings, Thresholds(), resolve_device("cpu"))
+        outcome = session.image_outcome(spec, Thresholds())
+        result = session.baseline(spec, outcome, Thresholds()).result
+        paths, problems = session.figures(spec, outcome, result, Thresholds())
+        if problems or not paths:
+            raise SystemExit(f"no drift figure for {DRIFT_IMAGE}: {problems or result.reason}")
+        return _store_png(Path(paths[0]).read_bytes(), path)
 
 
 def make_gallery(out: Path) -> list[Path]:
@@ -87,6 +110,7 @@ def make_gallery(out: Path) -> list[Path]:
     )
     written.append(_failure_figure(viz, "merged_parts", "part_separation", "overlay", out / "fail_part_separation.png"))
     written.append(_failure_figure(viz, "uniform", "uniformity", "heads", out / "fail_uniformity_heads.png"))
+    written.append(_drift_figure(viz, out / "baseline_drift.png"))
     return written
 
 
