@@ -479,7 +479,8 @@ def test_merged_parts_against_the_committed_baselines_shows_the_drift_figure(pyt
         assert f"layer {start}, part {start_part}" in case.find("failure").text
         # pytest-html: the figure as an embedded PNG
         extras = reports[node].extras
-        assert [e["name"] for e in extras] == ["baseline__drift.png"] and "iVBOR" in extras[0]["content"][:40]
+        assert [e["name"] for e in extras] == ["baseline__drift.png", "baseline__drift.png (full size)"]
+        assert "iVBOR" in extras[0]["content"][:40]  # embedded, and linked at full size
         assert reports[node].partattn["result"]["offender"]["layer"] == start
         # index.html shows it too
         assert f"{stem}/baseline__drift.png" in index

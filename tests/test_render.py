@@ -513,11 +513,13 @@ def test_timeline(tmp_path, n_layers):
     assert ("layer blocks.0" in legend) == (n_layers <= 10)  # many layers: colorbar instead
 
 
-def test_timeline_axis_is_fixed_unless_data_escapes():
-    fig = render_figures._timeline_fig(np.full((5, 2), 0.5), range(5), ["a", "b"])
+def test_timeline_axis_given_is_fixed_unless_data_escapes():
+    """``ylim`` given: that axis, widened only by data outside it (the default fits the data and the
+    threshold instead: tests/test_timelines.py)."""
+    fig = render_figures._timeline_fig(np.full((5, 2), 0.5), range(5), ["a", "b"], ylim=(0.0, 1.0))
     lo, hi = fig.axes[0].get_ylim()
     assert lo < 0.0 < 1.0 < hi < 1.1
-    fig = render_figures._timeline_fig(np.full((5, 2), 3.0), range(5), ["a", "b"], metric="N_eff")
+    fig = render_figures._timeline_fig(np.full((5, 2), 3.0), range(5), ["a", "b"], metric="N_eff", ylim=(0.0, 1.0))
     assert fig.axes[0].get_ylim()[1] >= 3.0
 
 
