@@ -11,6 +11,7 @@ from the ``pytest_partattn_load_pipeline`` hook or the checkpoint option.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -180,7 +181,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if item_report.figures and item.config.pluginmanager.hasplugin("html"):
             from .report import html_extras
 
-            report.extras = [*getattr(report, "extras", []), *html_extras(item_report)]
+            html_path = item.config.getoption("htmlpath", None)  # links relative to the --html report
+            report_dir = Path(os.path.expandvars(html_path)).expanduser().absolute().parent if html_path else None
+            report.extras = [*getattr(report, "extras", []), *html_extras(item_report, report_dir)]
     return report
 
 
@@ -284,7 +287,7 @@ class Controller:
         if not self.summary:
             return
         try:
-            self.index = self.summary.write_index(self.settings.results, self.header)
+            self.index = self.summary.write_index(self.settings.results, self.header, fixture_set=self.fixture_set)
         except OSError as exc:
             self.index_error = f"could not write index.html in {self.settings.results}: {exc}"
 

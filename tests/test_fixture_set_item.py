@@ -68,3 +68,5 @@ def test_the_fixture_set_item_passes_then_fails_on_a_shared_shift(pytester):
     cases = ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")
     (case,) = [c for c in cases if c.get("name") == "fixture-set"]
     assert "separation (lower" in case.find("failure").get("message", "") + case.find("failure").text
+    page = (pytester.path / ".partattn-results" / "index.html").read_text()  # the page shows it too
+    assert 'id="fixture-set"' in page and "the fixture set moved as a whole" in page
