@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+import pytest
+
 # Keep the project's tests light on this 2-core machine: one intra-op thread per process.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -15,3 +17,17 @@ def pytest_ignore_collect(collection_path, config):
     if config.getoption("partattn", default=False) and _OWN_TESTS in (collection_path, *collection_path.parents):
         return True
     return None
+
+
+@pytest.fixture(autouse=True)
+def _pytester_runs_are_their_own_session(request):
+    """A pytester run is a pytest session of its own, not a pytest-xdist worker: when this suite runs
+    under ``pytest -n N``, hide the outer worker's variables from it (and from its subprocesses)."""
+    if "pytester" not in request.fixturenames:
+        yield
+        return
+    mp = pytest.MonkeyPatch()
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        mp.delenv(name, raising=False)
+    yield
+    mp.undo()
