@@ -36,7 +36,7 @@ class CompareError(PartattnError, ValueError):
 class ImageComparison:
     image: str
     change: list[list[float]]  # (layers, heads), mean over steps and parts
-    checks_a: dict[str, dict]  # check -> {"value", "verdict"}
+    checks_a: dict[str, dict]  # check -> {"value", "verdict", "threshold", "reason"} (trend.result_entry)
     checks_b: dict[str, dict]
     summary_a: dict[str, float]
     summary_b: dict[str, float]
@@ -105,10 +105,21 @@ class Comparison:
         """Each check's value on ``side`` ("a" or "b"), mean over the images it was judged on."""
         out = {}
         for name in self.images[0].checks_a:
-            values = [getattr(img, f"checks_{side}")[name]["value"] for img in self.images]
-            values = [v for v in values if v is not None]
+            values = [v for v in self.check_values(side, name) if v is not None]
             out[name] = sum(values) / len(values) if values else None
         return out
+
+    def check_values(self, side: str, name: str) -> list[float | None]:
+        """One check's value on ``side`` per image (None where it was not judged or could not measure)."""
+        return [getattr(img, f"checks_{side}")[name]["value"] for img in self.images]
+
+    def check_verdicts(self, side: str, name: str) -> list[str]:
+        return [getattr(img, f"checks_{side}")[name]["verdict"] for img in self.images]
+
+    def threshold(self, name: str) -> float | None:
+        """A check's threshold (the first image's that has one, A then B; a sidecar may set another)."""
+        results = [img.checks_a[name] for img in self.images] + [img.checks_b[name] for img in self.images]
+        return next((r["threshold"] for r in results if r.get("threshold") is not None), None)
 
     def failing(self, side: str) -> dict[str, int]:
         """``{check: number of images failing it}`` on ``side``."""
@@ -184,7 +195,11 @@ class Comparison:
                 "most_changed_layers": self.most_changed_layers,
                 "max_change": self.max_change,
                 "checks": {
-                    name: {"a": self.check_means("a")[name], "b": self.check_means("b")[name]}
+                    name: {
+                        "a": self.check_means("a")[name],
+                        "b": self.check_means("b")[name],
+                        "threshold": self.threshold(name),
+                    }
                     for name in self.check_means("a")
                 },
                 "failing": {"a": self.failing("a"), "b": self.failing("b")},
@@ -236,10 +251,9 @@ def marginal_change(record_a, record_b):
 
 
 def _results(outcome) -> dict[str, dict]:
-    return {
-        name: {"value": None if r.value is None or not math.isfinite(r.value) else float(r.value), "verdict": r.verdict}
-        for name, r in outcome.results.items()
-    }
+    from .trend import result_entry
+
+    return {name: result_entry(r) for name, r in outcome.results.items()}
 
 
 def compare_checkpoints(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import CHECKS, REGISTRY, Thresholds
+from .checks import CHECKS, Thresholds
 from .errors import PartattnError
 
 #: A step folder: ``checkpoint-1500`` (accelerate, diffusers' training scripts) or ``001500`` (upstream
@@ -50,6 +50,8 @@ ARCHITECTURE_KEYS = (
 )
 #: Headline metrics (``AttentionRecord.summary`` keys) the trend follows, mean over images.
 HEADLINE = ("separation", "entropy_mean", "peak_mean", "stability_max_jump")
+#: Checks whose value is a count (of non-finite values), not a share or distance on the 0..1 scale.
+COUNT_CHECKS = ("nonfinite",)
 
 
 class TrendError(PartattnError, ValueError):
@@ -280,11 +282,23 @@ class Trend:
         return first
 
     def values(self, check: str) -> list[list[float | None]]:
-        """``[checkpoint][image]`` values of one check (None where it was skipped)."""
+        """``[checkpoint][image]`` values of one check (None where it was skipped or could not measure)."""
         return [[self.results[i][img][check]["value"] for img in self.images] for i in range(len(self.checkpoints))]
 
     def verdicts(self, check: str) -> list[list[str]]:
         return [[self.results[i][img][check]["verdict"] for img in self.images] for i in range(len(self.checkpoints))]
+
+    def threshold(self, check: str) -> float | None:
+        """The check's threshold (the first image's that has one; a sidecar may set another)."""
+        return next(
+            (r[check]["threshold"] for per in self.results for r in per.values() if r[check]["threshold"] is not None),
+            None,
+        )
+
+    @property
+    def by_step(self) -> bool:
+        """Every checkpoint has a step: the trend is drawn against the training step, else per folder."""
+        return all(c.step is not None for c in self.checkpoints)
 
     @property
     def last_fails(self) -> bool:
@@ -315,6 +329,19 @@ def _finite_or_none(value) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def result_entry(result) -> dict:
+    """``{"value", "verdict", "threshold", "reason"}`` of one check result. A check that could not
+    measure (the record holds NaN/Inf: its details carry ``nonfinite_count``, and its value is that
+    count) has no value or threshold here; its verdict and reason stay."""
+    unmeasured = result.details.get("nonfinite_count") is not None
+    return {
+        "value": None if unmeasured else _finite_or_none(result.value),
+        "verdict": result.verdict,
+        "threshold": None if unmeasured else result.threshold,
+        "reason": result.reason,
+    }
 
 
 def headline_means(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -374,15 +401,7 @@ def run_trend(
         )
         per_image, summaries = {}, []
         for outcome in session.run_set(images):
-            per_image[Path(outcome.image).name] = {
-                name: {
-                    "value": _finite_or_none(r.value),
-                    "verdict": r.verdict,
-                    "threshold": r.threshold,
-                    "reason": r.reason,
-                }
-                for name, r in outcome.results.items()
-            }
+            per_image[Path(outcome.image).name] = {name: result_entry(r) for name, r in outcome.results.items()}
             summaries.append(outcome.summary)
             done += 1
             if progress is not None:
@@ -391,9 +410,3 @@ def run_trend(
         trend.headline.append(headline_means(summaries))
         del session  # and with it the pipeline: the next checkpoint loads into the freed memory
     return trend
-
-
-def check_label(name: str) -> str:
-    """``"part separation (≥ threshold)"``-style label of a registered check."""
-    check = REGISTRY.get(name)
-    return f"{check.label} ({check.op} threshold)" if check is not None else name

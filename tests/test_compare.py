@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from helpers import FIXTURE_IMAGES, TINY_FIXTURE
@@ -13,13 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.checks import CHECKS
 from partattn_checks.cli import main
+from partattn_checks.cli.compare import check_panels
 from partattn_checks.cli.io import COMPARE_OUTPUTS, refuse_foreign
 from partattn_checks.compare import CompareError, compare_checkpoints, marginal_change
 from partattn_checks.model.broken import broken
 from partattn_checks.model.loading import load_checkpoint
 from partattn_checks.model.tiny import write_checkpoint
 from partattn_checks.record import AttentionRecord
+from partattn_checks.render.training import CheckPanel, check_marks, check_values_figure
 
 IMAGES = ("np2_circle_square.png", "np3_three_shapes.png", "np1_circle.png")
 
@@ -80,6 +85,20 @@ def test_compare_names_the_separation_drop_and_the_layers_that_moved(merged, fix
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
         assert png in page
     assert verdict in capsys.readouterr().out
+    # the verdict first, then the two figures that show it, then the tables
+    assert re.findall(r"<h2[^>]*>([^<]*)</h2>", page)[0] == "Verdict"
+    assert page.index("Part separation") < page.index("check_values.png") < page.index("change_heatmap.png")
+    assert page.index("change_heatmap.png") < page.index("<table>")
+    # the part panels say why their image was chosen
+    shown = max(
+        (img for img in doc["images"] if not img["image"].startswith("np1_")),
+        key=lambda img: sum(img["change"][4]),
+    )
+    why = f"Shown: {shown['image']}, the image whose attention changed most in blocks.4.attn2 (JS/log 2"
+    assert why in page and "of the 2 images with two or more parts" in page
+    assert doc["checks"]["part_separation"]["threshold"] == pytest.approx(0.084)
+    row = re.search(r"<tr><td>part_separation</td>(.*?)</tr>", page).group(1)
+    assert "≥ 0.084" in row and f"{doc['failing']['b']['part_separation']}/2" in row  # np1_ is not judged
 
 
 def test_a_model_compared_with_itself_changes_nowhere(fixtures):
@@ -114,7 +133,18 @@ def test_nan_weights_in_b_fail_the_command_and_compare_json_stays_json(nan_model
     assert doc["finite"] is False and doc["nonfinite"] == {"a": [], "b": [where]}
     assert doc["max_change"] is None and doc["layer_change"]["blocks.4.attn2"] is None
     assert doc["images"][0]["nonfinite_b"] == "blocks.2.attn2 at step 0" and doc["images"][0]["nonfinite_a"] is None
-    assert "attention is not finite" in (out / "index.html").read_text()
+    # checks that cannot measure B fail with no value (not the count of NaN, not on their 0..1 scale)
+    uniformity = doc["images"][0]["checks_b"]["uniformity"]
+    assert uniformity["verdict"] == "fail" and uniformity["value"] is None and uniformity["threshold"] is None
+    assert doc["checks"]["uniformity"] == {
+        "a": pytest.approx(doc["checks"]["uniformity"]["a"]),
+        "b": None,
+        "threshold": 0.84,
+    }
+    assert doc["checks"]["nonfinite"]["b"] > 0 and doc["checks"]["nonfinite"]["threshold"] == 0.0
+    page = (out / "index.html").read_text()
+    assert "attention is not finite" in page and "check_values.png" in page
+    assert re.search(r"<tr><td>nonfinite</td><td>≤ 0</td>.*?<td>0/1</td><td>1/1</td></tr>", page)
 
 
 def test_compare_refuses_a_folder_that_is_no_checkpoint(tmp_path, capsys):
@@ -260,3 +290,70 @@ def test_compare_checks_both_configs_before_running_either(tmp_path, capsys):
     assert str(EMBEDDED_MODEL / "transformer" / "config.json") in err
     assert str(deeper / "transformer" / "config.json") in err and "num_layers 5 vs 7" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ what the page and figures show
+def _panel(name, label, values, verdicts, threshold, op, count=False):
+    return CheckPanel(name, label, np.array(values, dtype=float), verdicts, threshold, op, count=count)
+
+
+def test_check_values_draw_each_threshold_and_a_pass_or_fail_mark_per_side():
+    panels = [
+        _panel(
+            "part_separation",
+            "part separation",
+            [[0.2, 0.1, 0.3], [0.01, 0.2, 0.0]],
+            [["pass"] * 3, ["fail", "pass", "fail"]],
+            0.084,
+            "≥",
+        ),
+        _panel(
+            "uniformity",
+            "near-uniform share",
+            [[0.4, 0.5, 0.6], [math.nan] * 3],
+            [["pass"] * 3, ["skip"] * 3],
+            0.84,
+            "≤",
+        ),
+        _panel(
+            "nonfinite",
+            "non-finite values",
+            [[0, 0, 0], [0, 12, 0]],
+            [["pass"] * 3, ["pass", "fail", "pass"]],
+            0.0,
+            "≤",
+            count=True,
+        ),
+    ]
+    assert [check_marks(p) for p in panels] == [
+        [("pass", "pass"), ("fail 2/3", "fail")],
+        [("pass", "pass"), ("not judged", "skip")],
+        [("pass", "pass"), ("fail 1/3", "fail")],
+    ]
+    fig = check_values_figure(panels, title="A vs B")
+    assert len(fig.axes) == 3
+    for ax, panel in zip(fig.axes, panels, strict=True):
+        low, high = ax.get_ylim()
+        assert [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"] == [panel.threshold]
+        assert low <= 0 and max(np.nanmax(panel.values), panel.threshold) < high  # bars from 0, every dot shown
+        assert ax.get_xlabel() == f"pass: {panel.op} {panel.threshold:g}"
+        marks = [(t.get_text(), t.get_color()) for t in ax.texts if t.get_position()[1] == 0.975]
+        assert [text for text, _ in marks] == [text for text, _ in check_marks(panel)]
+        assert {colour for text, colour in marks if text.startswith("fail")} <= {"#c62828"}
+    assert fig.axes[2].get_ylabel() == "count" and fig.axes[2].get_ylim()[1] > 12
+    # a side that fails without a value (its record held NaN/Inf) says so where its bar would be
+    assert [t.get_text() for t in fig.axes[1].texts] == ["pass", "not judged"]
+    unmeasured = _panel("stability", "jump", [[0.1, 0.2, 0.1], [math.nan] * 3], [["pass"] * 3, ["fail"] * 3], 0.25, "≤")
+    assert check_marks(unmeasured) == [("pass", "pass"), ("fail 3/3", "fail")]
+    [ax] = check_values_figure([unmeasured], title="A vs B").axes
+    assert "no value\n(NaN/Inf)" in [t.get_text() for t in ax.texts]
+
+
+def test_every_check_keeps_its_panel_and_threshold_when_nothing_changed(fixtures):
+    comparison = compare_checkpoints(EMBEDDED_MODEL, EMBEDDED_MODEL, [fixtures / IMAGES[0]], steps=2)
+    panels = check_panels(comparison)
+    assert [p.name for p in panels] == list(CHECKS)  # the non-finite count (0 on both sides) included
+    nonfinite = panels[-1]
+    assert nonfinite.count and nonfinite.threshold == 0.0 and nonfinite.values.tolist() == [[0.0], [0.0]]
+    assert all(p.threshold is not None for p in panels)
+    assert comparison.to_dict()["checks"]["part_separation"]["threshold"] == pytest.approx(0.084)

@@ -9,19 +9,28 @@ is that schedule's end, not bit for bit this run's; docs/training.md).
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import FIXTURE_IMAGES, REPO, TINY_FIXTURE
 
 from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.checks import CHECKS
 from partattn_checks.cli import main
+from partattn_checks.cli.trend import check_panels, write_trend
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.model.tiny import TINY_RUN_DEFAULTS, write_checkpoint
 from partattn_checks.model.training import TrainConfig, train
+from partattn_checks.render.training import MIN_SPAN, shared_ranges, trend_checks_figure, x_label
 from partattn_checks.trend import (
+    Trend,
+    TrendCheckpoint,
     TrendError,
     as_checkpoint,
     find_checkpoints,
@@ -82,6 +91,7 @@ def test_trend_over_a_training_run_shows_separation_rising(run, fixtures, tmp_pa
     assert "part_separation  first fails at: checkpoint-150" in printed
     page = (out / "index.html").read_text()
     assert "checkpoint-300" in page and "trend_checks.png" in page and "trend.json" in page
+    assert _h2s(page)[0] == "Verdict" and _caption(page, "trend_checks.png").endswith("training step (log scale)")
     for png in ("trend_checks.png", "trend_metrics.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -110,6 +120,8 @@ def test_trend_exits_1_when_the_last_checkpoint_fails(run, fixtures, tmp_path, c
     assert doc["last_fails"] is True and "part_separation" in doc["checkpoints"][-1]["failing"]
     assert doc["first_failure"]["part_separation"] == "tiny-random"
     assert "last checkpoint (tiny-random) fails part_separation" in capsys.readouterr().out
+    page = (out / "index.html").read_text()  # folder names: no step column, no "training step"
+    assert "<th>step</th>" not in page and "training step" not in page
 
 
 def _transformer_only(folder, source):
@@ -337,3 +349,120 @@ def test_mixed_architectures_are_refused_before_running_anything(tmp_path, capsy
     # keys that are no architecture (an EMA's decay, the diffusers version) may differ
     ema_like = _config_only(tmp_path / "ema_like", decay=0.9999, _diffusers_version="0.30.0")
     assert len(find_checkpoints([EMBEDDED_MODEL, ema_like], base=EMBEDDED_MODEL)) == 2
+
+
+# ------------------------------------------------------------------ what the page and figures show
+def _h2s(page: str) -> list[str]:
+    return re.findall(r"<h2[^>]*>([^<]*)</h2>", page)
+
+
+def _caption(page: str, png: str) -> str:
+    return re.search(rf'<img src="{png}"[^>]*></a><figcaption>([^<]*)</figcaption>', page).group(1)
+
+
+def _trend(steps, separation, *, fails=()):
+    """A judged trend without running a model: two images, every check, ``separation[i]`` at checkpoint
+    ``i`` (image b a little above it); ``fails``: checkpoints where both images fail part separation."""
+    checkpoints = [
+        TrendCheckpoint(Path(f"checkpoint-{s}" if s is not None else f"run{i}"), s) for i, s in enumerate(steps)
+    ]
+    images = ["np2_a.png", "np2_b.png"]
+    checks = list(CHECKS)
+    values = {"uniformity": 0.4, "collapse": 0.05, "stability": 0.1, "nonfinite": 0.0}
+    thresholds = {"uniformity": 0.84, "collapse": 0.56, "part_separation": 0.084, "stability": 0.25, "nonfinite": 0.0}
+    trend = Trend(
+        checkpoints,
+        images,
+        checks,
+        {"steps": 4, "seed": 0, "device": "cpu", "dtype": "float32", "weights": "transformer", "thresholds": {}},
+    )
+    for i, sep in enumerate(separation):
+        per_image = {}
+        for j, image in enumerate(images):
+            value = {**values, "part_separation": sep + 0.01 * j}
+            per_image[image] = {
+                name: {
+                    "value": value[name],
+                    "verdict": "fail" if name == "part_separation" and i in fails else "pass",
+                    "threshold": thresholds[name],
+                    "reason": "",
+                }
+                for name in checks
+            }
+        trend.results.append(per_image)
+        trend.headline.append({"separation": sep, "entropy_mean": 0.92 - 0.01 * i, "peak_mean": 0.1})
+    return trend
+
+
+def test_the_trend_page_opens_with_the_verdict_and_its_figure_and_says_what_the_axis_shows(tmp_path):
+    written = write_trend(_trend([150, 300, 5000], [0.03, 0.12, 0.22], fails={0}), tmp_path / "steps")
+    page = written["index"].read_text()
+    assert _h2s(page)[0] == "Verdict"
+    # the verdict, then the checks' figure, before any table
+    assert (
+        page.index("part_separation first fails at checkpoint-150")
+        < page.index("trend_checks.png")
+        < page.index("<table>")
+    )
+    assert _caption(page, "trend_checks.png") == f"each check against the {x_label([150, 300, 5000], True)}"
+    assert x_label([150, 300, 5000], True) == "training step (log scale)"
+    header = re.search(r"<table>\s*<tr>(.*?)</tr>", page, re.S).group(1)
+    assert "<th>step</th>" in header
+    assert all(f'<td class="num">{s}</td>' in page for s in (150, 300, 5000))
+    # folder names without steps: no step column, and the caption names what the axis shows
+    written = write_trend(_trend([None, None], [0.2, 0.01], fails={1}), tmp_path / "names")
+    page = written["index"].read_text()
+    assert "<th>step</th>" not in page and "training step" not in page
+    assert _caption(page, "trend_checks.png").startswith(f"each check per {x_label([], False)}: not every folder")
+    assert x_label([], False) == "checkpoint folder (order given)"
+    # a step known for some checkpoints only: the column stays, unknown steps are marked
+    page = write_trend(_trend([None, 300], [0.2, 0.01]), tmp_path / "some")["index"].read_text()
+    assert "<th>step</th>" in page and "<td>–</td>" in page and "checkpoint folder (order given)" in page
+
+
+def test_trend_panels_put_failing_checks_first_and_share_one_scale_with_their_thresholds():
+    trend = _trend([150, 300, 5000], [0.03, 0.06, 0.09], fails={0, 1})
+    panels = check_panels(trend)
+    assert [p.name for p in panels] == ["part_separation", "uniformity", "collapse", "stability", "nonfinite"]
+    assert [p.threshold for p in panels] == [0.084, 0.84, 0.56, 0.25, 0.0]
+    fig = trend_checks_figure([150, 300, 5000], [], panels)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == len(panels)
+    spans = set()
+    for ax, panel in zip(axes, panels, strict=True):
+        low, high = ax.get_ylim()
+        assert low <= panel.threshold <= high and low <= np.nanmin(panel.values) and np.nanmax(panel.values) <= high
+        assert [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"] == [panel.threshold]
+        assert ax.get_xlabel() == "training step (log scale)"
+        if not panel.count:
+            spans.add(round(high - low, 9))
+    assert len(spans) == 1  # a 0.03 change is as tall in every 0..1 panel
+    low, high = axes[-1].get_ylim()  # the count of non-finite values: from 0, with room above it
+    assert axes[-1].get_ylabel() == "count" and low < 0 < 1 < high
+
+
+def test_shared_ranges_hold_data_and_threshold_at_one_span():
+    panels = [([0.025, 0.117, 0.221], 0.084), ([0.92, 0.879, 0.882], None), ([0.04, 0.05], 0.25)]
+    ranges, span = shared_ranges(panels)
+    assert span == pytest.approx(0.25 - 0.04)  # the widest extent, the jump panel's threshold included
+    assert len({round(high - low, 12) for low, high in ranges}) == 1
+    for (low, high), (values, threshold) in zip(ranges, panels, strict=True):
+        assert low < min([*values, threshold or 1.0]) and max([*values, threshold or 0.0]) < high
+        assert low >= -0.1 * span and high <= 1 + 0.1 * span  # inside the 0..1 scale, but for the pad
+    # changes smaller than the noise floor do not fill a panel; NaN (not judged) and empty panels are ignored
+    ranges, span = shared_ranges([([0.5, 0.501], None), ([math.nan], None), ([], None)])
+    assert span == MIN_SPAN and all(high - low == pytest.approx(MIN_SPAN * 1.16) for low, high in ranges)
+
+
+def test_a_checkpoint_with_nan_attention_puts_the_count_first_and_marks_checks_it_left_without_value():
+    trend = _trend([100, 200], [0.2, 0.2])
+    for image in trend.images:  # what result_entry keeps of a check that cannot measure NaN attention
+        trend.results[1][image]["uniformity"] = {"value": None, "verdict": "fail", "threshold": None, "reason": ""}
+        trend.results[1][image]["nonfinite"] = {"value": 40.0, "verdict": "fail", "threshold": 0.0, "reason": ""}
+    panels = check_panels(trend)
+    assert [p.name for p in panels][:2] == ["nonfinite", "uniformity"]
+    assert panels[1].threshold == 0.84 and panels[1].unmeasured([100, 200]) == [200]
+    fig = trend_checks_figure([100, 200], [], panels)
+    texts = [[t.get_text() for t in ax.texts] for ax in fig.axes[:3]]
+    assert texts[1] == ["✗ no value\n(NaN/Inf)", "pass: ≤ 0.84"] and texts[2] == ["pass: ≤ 0.56"]
+    assert fig.axes[0].get_ylim()[1] > 40

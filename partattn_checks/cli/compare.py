@@ -109,12 +109,20 @@ def main(args, extra) -> int:
     return 0
 
 
-def _shown_image(comparison, kept, layer_index: int) -> str | None:
-    """The image with two or more parts whose most-changed layer moved most (None: no such image)."""
+def _shown_image(comparison, kept, layer_index: int) -> tuple[str, str] | None:
+    """The image the part panels show, and why: of the images with two or more parts, the one whose
+    attention changed most in the most-changed layer (None: no such image)."""
     multi = [img for img in comparison.images if kept[img.image][0].num_parts >= 2]
     if not multi:
         return None
-    return max(multi, key=lambda img: _finite_or_low(sum(img.change[layer_index]))).image
+    shown = max(multi, key=lambda img: _finite_or_low(sum(img.change[layer_index])))
+    change = sum(shown.change[layer_index]) / len(shown.change[layer_index])
+    why = (
+        f"Shown: {shown.image}, the image whose attention changed most in {comparison.layers[layer_index]} "
+        f"(JS/log 2 {change:.3f}, mean over heads) of the {len(multi)} images with two or more parts. "
+        f"Each panel is one part's key-marginal over the image, mean over steps and heads."
+    )
+    return shown.image, why
 
 
 def _finite_or_low(value: float) -> float:
@@ -122,7 +130,36 @@ def _finite_or_low(value: float) -> float:
     return value if math.isfinite(value) else -math.inf
 
 
+def check_panels(comparison) -> list:
+    """Each check on A and on B as a figure panel (``render.training.CheckPanel``), in registry order;
+    every check is kept, the count of non-finite values too."""
+    import numpy as np
+
+    from ..checks import REGISTRY
+    from ..render.training import CheckPanel
+    from ..trend import COUNT_CHECKS
+
+    panels = []
+    for name in comparison.check_means("a"):
+        values = [[math.nan if v is None else v for v in comparison.check_values(side, name)] for side in "ab"]
+        check = REGISTRY.get(name)
+        panels.append(
+            CheckPanel(
+                name,
+                check.label if check else name,
+                np.array(values, dtype=float),
+                [comparison.check_verdicts(side, name) for side in "ab"],
+                comparison.threshold(name),
+                check.op if check else "",
+                count=name in COUNT_CHECKS,
+            )
+        )
+    return panels
+
+
 def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
+    """``compare.json``, the figures and ``index.html`` in ``out``; ``{what: path}``. The page opens
+    with the verdict, the checks on both sides and the change per (layer, head)."""
     from .. import render
     from ..atomic import atomic_write_text
     from ..render import training as figures
@@ -140,22 +177,19 @@ def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
             out / "change_heatmap.png",
             title=f"change of key-marginals {name_a} → {name_b}",
         )
-    a_means, b_means = comparison.check_means("a"), comparison.check_means("b")
-    shown = [n for n in a_means if a_means[n] is not None and b_means[n] is not None and (a_means[n] or b_means[n])]
-    if shown:
-        written["checks"] = figures.check_bars(
-            shown,
-            [a_means[n] for n in shown],
-            [b_means[n] for n in shown],
-            out / "check_values.png",
-            title=f"check values, mean over images (A: {name_a}, B: {name_b})",
-        )
+    checks = check_panels(comparison)
+    written["checks"] = figures.check_values(
+        checks,
+        out / "check_values.png",
+        title=f"each check on A ({name_a}) and on B ({name_b}), {len(comparison.images)} images",
+    )
     per_layer = comparison.layer_change
     li = max(range(len(per_layer)), key=lambda i: _finite_or_low(per_layer[i]))
     layer = comparison.layers[li]
-    image_name = _shown_image(comparison, kept, li)
+    shown = _shown_image(comparison, kept, li)
     panels = []
-    if image_name is not None:
+    if shown is not None:
+        image_name, why = shown
         ra, rb, pipeline = kept[image_name]
         view = pipeline.preprocessed_image(next(s.path for s in images if s.path.name == image_name))
         for side, record, label in (("a", ra, name_a), ("b", rb, name_b)):
@@ -168,9 +202,21 @@ def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
                 layer=layer,
                 path=out / f"parts_{side}.png",
             )
-            panels.append((f"{side.upper()}: {label} · layer {layer} · {image_name}", written[f"parts_{side}"]))
+            panels.append(
+                (
+                    f"{side.upper()}: {label} · layer {layer} · {image_name}, the image that changed most there",
+                    written[f"parts_{side}"],
+                )
+            )
 
     page = Page(f"partattn compare: {name_a} vs {name_b}", out.resolve())
+    page.heading("Verdict").paragraph(comparison.verdict)
+    page.figures(
+        [
+            ("each check on A and on B: threshold dashed, pass/fail over each bar", written["checks"]),
+            (f"change of key-marginals per (layer, head); {_most_changed(comparison)}", written["heatmap"]),
+        ]
+    )
     page.note(
         f"A = {comparison.a}, B = {comparison.b}; {len(comparison.images)} fixture images, seed "
         f"{comparison.settings['seed']}, steps {comparison.settings['steps'] or 'the checkpoint default'}, "
@@ -178,24 +224,27 @@ def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
         f"{comparison.settings['weights']}. Change: JS(ā_A, ā_B) / log 2 of each "
         f"part's key-marginal, per (layer, head), mean over steps, parts and images (0: unchanged, 1: disjoint)."
     )
-    page.heading("Verdict").paragraph(comparison.verdict)
-    page.heading("Change per layer and head").figures(
-        [("change of key-marginals per (layer, head)", written["heatmap"])]
+    a_means, b_means = comparison.check_means("a"), comparison.check_means("b")
+    page.heading("Checks on A and on B (mean over images)").table(
+        ["check", "pass when", "A", "B", "A failing images", "B failing images"],
+        [
+            [p.name, p.pass_when.removeprefix("pass: "), a_means[p.name], b_means[p.name]]
+            + [f"{fails}/{judged}" for fails, judged in zip(p.fails(), p.judged(), strict=True)]
+            for p in checks
+        ],
     )
-    page.table(
+    page.heading("Change per layer and head").table(
         ["layer", "mean over heads", *[f"head {h}" for h in range(comparison.num_heads)]],
         [[name, per_layer[i], *comparison.change[i]] for i, name in enumerate(comparison.layers)],
     )
     if panels:
-        page.heading(f"Parts in the most-changed layer ({layer})").figures(panels)
-    fail_a, fail_b = comparison.failing("a"), comparison.failing("b")
-    n = len(comparison.images)
-    page.heading("Checks on A and on B (mean over images)").table(
-        ["check", "A", "B", "A failing images", "B failing images"],
-        [[c, a_means[c], b_means[c], f"{fail_a.get(c, 0)}/{n}", f"{fail_b.get(c, 0)}/{n}"] for c in a_means],
-    )
-    if "checks" in written:
-        page.figures([("check values on A and B", written["checks"])])
+        page.heading(f"Parts in the most-changed layer ({layer})")
+        page.note(why).figures(panels)
     page.heading("Files").links([("compare.json", written["json"])])
     written["index"] = page.write(out / "index.html")
     return written
+
+
+def _most_changed(comparison) -> str:
+    layers = comparison.most_changed_layers
+    return f"moved most (mean over heads): {', '.join(layers)}" if layers else "no layer moved"

@@ -96,34 +96,69 @@ def main(args, extra) -> int:
     return 1 if trend.last_fails else 0
 
 
-def write_trend(trend, out: Path) -> dict[str, Path]:
-    """``trend.json``, the two figures and ``index.html`` in ``out``; ``{what: path}``."""
-    from ..atomic import atomic_write_text
-    from ..checks import REGISTRY
-    from ..render import training as figures
-    from ..reporting.page import Page
-    from ..trend import check_label
+def check_panels(trend) -> list:
+    """The checks' figure panels (``render.training.CheckPanel``): those that fail somewhere first
+    (the verdict's story; non-finite values, the cause of others failing, before them), then in
+    registry order; a check never measured is left out."""
+    import numpy as np
 
-    by_step = all(c.step is not None for c in trend.checkpoints)
-    xs = [c.step if by_step else i for i, c in enumerate(trend.checkpoints)]
-    labels = [c.label for c in trend.checkpoints]
+    from ..checks import REGISTRY
+    from ..render.training import CheckPanel
+    from ..trend import COUNT_CHECKS
+
     panels = []
     for name in trend.checks:
-        values = [[math.nan if v is None else v for v in row] for row in trend.values(name)]
-        if all(math.isnan(v) for row in values for v in row):
+        values = np.array([[math.nan if v is None else v for v in row] for row in trend.values(name)], dtype=float)
+        if not np.isfinite(values).any():
             continue
-        threshold = next(
-            (r[name]["threshold"] for per in trend.results for r in per.values() if r[name]["threshold"] is not None),
-            None,
-        )
         check = REGISTRY.get(name)
-        panels.append((check_label(name), values, trend.verdicts(name), threshold, check.op if check else ""))
+        panels.append(
+            CheckPanel(
+                name,
+                check.label if check else name,
+                values,
+                trend.verdicts(name),
+                trend.threshold(name),
+                check.op if check else "",
+                count=name in COUNT_CHECKS,
+            )
+        )
+    first = trend.first_failures()
+
+    def rank(panel) -> int:  # failing: non-finite values (the cause) first; never failing: counts last
+        return (0 if panel.count else 1) if first.get(panel.name) is not None else (3 if panel.count else 2)
+
+    return sorted(panels, key=rank)
+
+
+def figure_caption(trend, what: str) -> str:
+    """A trend figure's caption: ``what`` against what its x axis really shows."""
+    from ..render.training import x_label
+
+    xs = [c.step for c in trend.checkpoints] if trend.by_step else []
+    axis = x_label(xs, trend.by_step)
+    if trend.by_step:
+        return f"{what} against the {axis}"
+    return f"{what} per {axis}: not every folder name is a step (checkpoint-N or digits)"
+
+
+def write_trend(trend, out: Path) -> dict[str, Path]:
+    """``trend.json``, the two figures and ``index.html`` in ``out``; ``{what: path}``. The page
+    opens with the verdict and the checks' figure."""
+    from ..atomic import atomic_write_text
+    from ..render import training as figures
+    from ..reporting.page import Page
+
+    by_step = trend.by_step
+    xs = [c.step if by_step else i for i, c in enumerate(trend.checkpoints)]
+    labels = [c.label for c in trend.checkpoints]
     written = {"json": atomic_write_text(out / "trend.json", json.dumps(trend.to_dict(), indent=1) + "\n")}
-    written["checks"] = figures.trend_checks(xs, labels, panels, out / "trend_checks.png", by_step=by_step)
+    written["checks"] = figures.trend_checks(xs, labels, check_panels(trend), out / "trend_checks.png", by_step=by_step)
     series = {k: [h.get(k, math.nan) for h in trend.headline] for k in trend.headline[0]} if trend.headline else {}
     written["metrics"] = figures.trend_metrics(xs, labels, series, out / "trend_metrics.png", by_step=by_step)
 
     page = Page(f"partattn trend: {len(trend.checkpoints)} checkpoints", out.resolve())
+    page.heading("Verdict").paragraph(verdict_text(trend))
     page.note(
         f"{len(trend.images)} fixture images, seed {trend.settings['seed']}, "
         f"steps {trend.settings['steps'] or 'the checkpoint default'}, {trend.settings['device']} "
@@ -131,15 +166,20 @@ def write_trend(trend, out: Path) -> dict[str, Path]:
         f"{' (EMA)' if trend.settings['weights'] == 'transformer_ema' else ''}. "
         f"A check fails at a checkpoint when any image fails it."
     )
-    page.heading("Verdict").paragraph(verdict_text(trend))
-    first = trend.first_failures()
+    page.figures([(figure_caption(trend, "each check"), written["checks"])])
+    steps = any(c.step is not None for c in trend.checkpoints)  # a step column only when some step is known
     page.heading("Checks per checkpoint").table(
-        ["checkpoint", "step", *trend.checks],
+        ["checkpoint", *(["step"] if steps else []), *trend.checks],
         [
-            [c.label, c.step if c.step is not None else "", *[_cell(trend, i, name) for name in trend.checks]]
+            [
+                c.label,
+                *([c.step if c.step is not None else "–"] if steps else []),
+                *[_cell(trend, i, name) for name in trend.checks],
+            ]
             for i, c in enumerate(trend.checkpoints)
         ],
     )
+    first = trend.first_failures()
     page.heading("First failing checkpoint").table(
         ["check", "first fails at"], [[name, c.label if c else "never"] for name, c in first.items()]
     )
@@ -149,9 +189,7 @@ def write_trend(trend, out: Path) -> dict[str, Path]:
             ["checkpoint", *keys],
             [[c.label, *[trend.headline[i].get(k) for k in keys]] for i, c in enumerate(trend.checkpoints)],
         )
-    page.heading("Figures").figures(
-        [("checks against the training step", written["checks"]), ("headline metrics", written["metrics"])]
-    )
+        page.figures([(figure_caption(trend, "headline metrics"), written["metrics"])])
     page.heading("Files").links([("trend.json", written["json"])])
     written["index"] = page.write(out / "index.html")
     return written

@@ -1,9 +1,12 @@
 """Figures of training analysis: check values over training steps, headline metrics over steps,
-the change between two checkpoints per (layer, head), and the in-loop monitor's curve.
+the change between two checkpoints per (layer, head), each check on two checkpoints, and the
+in-loop monitor's curve.
 
+Honest scales: panels of values on the 0..1 scale share one y-span (:func:`shared_ranges`), so a
+change is as tall in each; each check is drawn against its threshold, with its pass condition.
 Drawn at :data:`DPI` with no text under 10 pt (the project's sizing rule, docs/visualization.md);
-matplotlib through ``Figure`` and the Agg canvas only. Each function writes ``path`` (atomically)
-and returns it.
+matplotlib through ``Figure`` and the Agg canvas only. A ``*_figure`` function returns the figure
+(tests read its axes); the others write ``path`` (atomically) and return it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +53,109 @@ def _style(ax, xlabel: str | None, ylabel: str | None, title: str | None) -> Non
     ax.grid(alpha=0.3)
 
 
+#: Check and headline values on the 0..1 scale (shares, JS / log 2, normalised entropy, peak
+#: probability) share one y-span per figure; below it a change is noise, not a trend.
+MIN_SPAN = 0.1
+
+
+@dataclass(frozen=True)
+class CheckPanel:
+    """One check on a figure: ``values[row][image]`` (NaN where not measured; rows are checkpoints or
+    the sides A and B), ``verdicts`` alike, the threshold and its ``op`` (the value passes when it is
+    ``op`` the threshold), and whether the value is a count (non-finite values) rather than 0..1."""
+
+    name: str
+    label: str
+    values: np.ndarray
+    verdicts: Sequence[Sequence[str]]
+    threshold: float | None
+    op: str
+    count: bool = False
+
+    @property
+    def title(self) -> str:
+        """The check's name over what its value is (``"collapse\\ncollapsed share (worst layer)"``)."""
+        name = self.name.replace("_", " ")
+        return self.label if self.label == name else f"{name}\n{self.label}"
+
+    @property
+    def pass_when(self) -> str:
+        """``"pass: ≤ 0.84"`` (empty without a threshold)."""
+        return f"pass: {self.op} {self.threshold:g}" if self.threshold is not None else ""
+
+    @property
+    def unit(self) -> str:
+        return "count" if self.count else "value (0–1 scale)"
+
+    def unmeasured(self, xs: Sequence) -> list:
+        """The ``xs`` of rows where an image fails without a value (its record held NaN/Inf)."""
+        values = np.asarray(self.values, dtype=float)
+        return [
+            x
+            for x, row, vals in zip(xs, self.verdicts, values, strict=True)
+            if any(v == "fail" and not np.isfinite(y) for v, y in zip(row, vals, strict=True))
+        ]
+
+    def fails(self) -> list[int]:
+        """Failing images per row."""
+        return [list(row).count("fail") for row in self.verdicts]
+
+    def judged(self) -> list[int]:
+        """Judged (not skipped) images per row."""
+        return [len([v for v in row if v != "skip"]) for row in self.verdicts]
+
+
+def shared_ranges(
+    panels: Sequence[tuple[Sequence[float] | np.ndarray, float | None]],
+    *,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    min_span: float = MIN_SPAN,
+    pad: float = 0.08,
+) -> tuple[list[tuple[float, float]], float]:
+    """Y-ranges of one common span for panels on the same scale, so that a change of 0.03 is as tall in
+    each: ``([(low, high) per panel], span)``. ``panels``: ``(values, threshold or None)``. Each range
+    holds its panel's finite values and threshold; the span is the widest extent any panel needs (at
+    least ``min_span``); ``pad`` of it is added on either side, and ranges stay inside ``bounds``
+    (widened by that pad) where their data allows."""
+    extents = []
+    for values, threshold in panels:
+        v = np.asarray(values, dtype=float).ravel()
+        v = v[np.isfinite(v)]
+        if threshold is not None and math.isfinite(threshold):
+            v = np.append(v, threshold)
+        extents.append((float(v.min()), float(v.max())) if v.size else None)
+    span = max([hi - lo for lo, hi in filter(None, extents)] + [min_span])
+    margin = pad * span
+    width = span + 2 * margin
+    low_bound, high_bound = bounds[0] - margin, bounds[1] + margin
+    ranges = []
+    for extent in extents:
+        lo, hi = extent or (bounds[0], bounds[0])
+        low = (lo + hi) / 2 - width / 2
+        low = min(max(low, low_bound), high_bound - width)  # inside the bounds ...
+        low = max(min(low, lo - margin), hi + margin - width)  # ... unless the data lies outside them
+        ranges.append((low, low + width))
+    return ranges, span
+
+
+def count_range(values, threshold: float | None = None) -> tuple[float, float]:
+    """Y-range of a count panel: from 0 to at least 1 (a count of 0 sits above the floor)."""
+    v = np.asarray(values, dtype=float).ravel()
+    top = max([1.0, *v[np.isfinite(v)].tolist(), *([threshold] if threshold is not None else [])])
+    return -0.08 * top, 1.15 * top
+
+
+def x_label(xs: Sequence[float], by_step: bool) -> str:
+    """What the x axis of a trend figure shows: training steps (a log scale when they span a factor of
+    10 or more), else checkpoint folder names in the order given."""
+    if not by_step:
+        return "checkpoint folder (order given)"
+    positive = [x for x in xs if x > 0]
+    if len(positive) > 1 and max(positive) / min(positive) >= 10:
+        return "training step (log scale)"
+    return "training step"
+
+
 def _x_axis(ax, xs: Sequence[float], labels: Sequence[str], by_step: bool) -> None:
     """Ticks at the checkpoints; steps spanning a factor of 10 or more go on a (sym)log axis."""
     positive = [x for x in xs if x > 0]
@@ -63,71 +170,163 @@ def _x_axis(ax, xs: Sequence[float], labels: Sequence[str], by_step: bool) -> No
         ax.set_xticklabels([f"{int(x)}" for x in xs], fontsize=FONT_PT)
     else:
         ax.set_xticklabels(list(labels), fontsize=FONT_PT, rotation=20, ha="right")
+    ax.set_xlabel(x_label(xs, by_step), fontsize=FONT_PT + 0.5)
 
 
-def trend_checks(
-    xs: Sequence[float],
-    labels: Sequence[str],
-    checks: Sequence[tuple[str, np.ndarray, list[list[str]], float | None, str]],
-    path,
-    *,
-    by_step: bool = True,
-    images: Sequence[str] = (),
-) -> Path:
-    """One panel per check: each image's value against the training step (thin lines), the mean
-    over images (thick), the threshold (dashed) and failing points (red crosses).
+def _free_height(ax, threshold: float | None) -> float:
+    """An axes-fraction height away from the threshold line (set the y-range first)."""
+    if threshold is None:
+        return 0.5
+    low, high = ax.get_ylim()
+    return 0.25 if (threshold - low) / (high - low) > 0.5 else 0.75
 
-    ``checks``: ``(label, values (checkpoints, images) with NaN where skipped, verdicts
-    [checkpoint][image], threshold, op)``."""
-    n = len(checks)
-    ncols = 2 if n > 1 else 1
-    nrows = math.ceil(n / ncols)
-    fig = _figure(6.2 * ncols, 3.4 * nrows + 0.4)
+
+def _integer_ticks(ax, panel: CheckPanel) -> None:
+    if panel.count:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+
+
+def _threshold_line(ax, threshold: float | None, op: str, *, label: bool = True) -> None:
+    """The threshold, dashed, labelled with its pass condition at the right end: on the passing side
+    of the line, unless that side has no room (call after setting the y-range)."""
+    if threshold is None:
+        return
+    ax.axhline(threshold, color=_THRESHOLD, ls="--", lw=1.4, zorder=1)
+    if not label:
+        return
+    low, high = ax.get_ylim()
+    where = (threshold - low) / (high - low)
+    above = where < 0.15 or (op == "≥" and where < 0.85)
+    ax.annotate(
+        f"pass: {op} {threshold:g}",
+        (1.0, threshold),
+        xycoords=("axes fraction", "data"),
+        xytext=(-4, 3 if above else -3),
+        textcoords="offset points",
+        ha="right",
+        va="bottom" if above else "top",
+        fontsize=FONT_PT - 0.5,
+        color=_THRESHOLD,
+        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+    )
+
+
+def _panel_ranges(panels: Sequence[CheckPanel]) -> tuple[list[tuple[float, float]], float]:
+    """Each panel's y-range: the 0..1 panels share one span (:func:`shared_ranges`), counts start at 0."""
+    scaled = [p for p in panels if not p.count]
+    shared, span = shared_ranges([(p.values, p.threshold) for p in scaled])
+    by_name = dict(zip([p.name for p in scaled], shared, strict=True))
+    return [by_name.get(p.name) or count_range(p.values, p.threshold) for p in panels], span
+
+
+def trend_checks_figure(
+    xs: Sequence[float], labels: Sequence[str], panels: Sequence[CheckPanel], *, by_step: bool = True
+) -> Figure:
+    """One panel per check: each image's value against the checkpoint (thin lines), the mean over
+    images (thick), the threshold (dashed, with its pass condition) and failing images (red crosses).
+    The 0..1 panels share one y-span, so a change is as tall in each; a count panel starts at 0."""
+    n = len(panels)
+    ncols = min(n, 3) or 1
+    nrows = max(1, math.ceil(n / ncols))
+    fig = _figure(3.6 * ncols + 0.2, 2.7 * nrows + 0.8)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     xs = np.asarray(xs, dtype=float)
-    for ax, (label, values, verdicts, threshold, op) in zip(axes, checks, strict=False):
-        values = np.asarray(values, dtype=float)
+    ranges, span = _panel_ranges(panels)
+    for ax, panel, ylim in zip(axes, panels, ranges, strict=False):
+        values = np.asarray(panel.values, dtype=float)
         for j in range(values.shape[1]):
             ax.plot(xs, values[:, j], color="#90a4ae", lw=0.9, alpha=0.8, marker=".", ms=4)
         with np.errstate(invalid="ignore"):
             counts = np.sum(np.isfinite(values), axis=1)
             mean = np.where(counts > 0, np.nansum(values, axis=1) / np.maximum(counts, 1), np.nan)
-        ax.plot(xs, mean, color="#1565c0", lw=2.2, marker="o", ms=5, label="mean over images")
-        fails = [(xs[i], values[i, j]) for i, row in enumerate(verdicts) for j, v in enumerate(row) if v == "fail"]
+        ax.plot(xs, mean, color="#1565c0", lw=2.2, marker="o", ms=5, zorder=4)
+        fails = [
+            (xs[i], values[i, j]) for i, row in enumerate(panel.verdicts) for j, v in enumerate(row) if v == "fail"
+        ]
         fails = [(x, y) for x, y in fails if np.isfinite(y)]
         if fails:
             fx, fy = zip(*fails, strict=True)
-            ax.scatter(fx, fy, marker="x", s=46, color=_FAIL, lw=2, zorder=5, label="failing image")
-        if threshold is not None:
-            ax.axhline(threshold, color=_THRESHOLD, ls="--", lw=1.4, label=f"threshold (pass: {op} {threshold:g})")
+            ax.scatter(fx, fy, marker="x", s=46, color=_FAIL, lw=2, zorder=5)
+        ax.set_ylim(*ylim)
+        for x in panel.unmeasured(xs):  # failing with no value: the record held NaN/Inf
+            ax.text(
+                x,
+                _free_height(ax, panel.threshold),
+                "✗ no value\n(NaN/Inf)",
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="center",
+                fontsize=FONT_PT,
+                color=_FAIL,
+                fontweight="bold",
+                zorder=6,
+            )
+        _threshold_line(ax, panel.threshold, panel.op)
         _x_axis(ax, xs, labels, by_step)
-        _style(ax, "training step" if by_step else "checkpoint", label.split(" (")[0], label)
-        ax.legend(fontsize=FONT_PT - 0.5, loc="best", framealpha=0.85)
+        _style(ax, None, panel.unit, panel.title)
+        _integer_ticks(ax, panel)
     for ax in axes[n:]:
         ax.set_visible(False)
-    if images:
-        fig.suptitle(f"checks over training ({len(images)} fixture images)", fontsize=TITLE_PT)
-    return _save(fig, path)
+    _legend_row(fig)
+    over = "over training" if by_step else "per checkpoint"
+    fig.suptitle(f"checks {over}: the 0–1 panels share one scale (each spans {span:.2g})", fontsize=TITLE_PT)
+    return fig
+
+
+def _legend_row(fig: Figure) -> None:
+    """One legend for every panel, under the title."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color="#90a4ae", lw=0.9, marker=".", ms=4, label="one image"),
+        Line2D([], [], color="#1565c0", lw=2.2, marker="o", ms=5, label="mean over images"),
+        Line2D([], [], color=_FAIL, lw=0, marker="x", ms=7, mew=2, label="failing image"),
+        Line2D([], [], color=_THRESHOLD, lw=1.4, ls="--", label="threshold (pass condition)"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=FONT_PT, frameon=False)
+
+
+def trend_checks(
+    xs: Sequence[float], labels: Sequence[str], panels: Sequence[CheckPanel], path, *, by_step: bool = True
+) -> Path:
+    """:func:`trend_checks_figure`, written to ``path``."""
+    return _save(trend_checks_figure(xs, labels, panels, by_step=by_step), path)
+
+
+def trend_metrics_figure(
+    xs: Sequence[float], labels: Sequence[str], series: dict[str, Sequence[float]], *, by_step: bool = True
+) -> Figure:
+    """Headline metrics (mean over images) against the checkpoint, one panel each, all on the 0..1
+    scale with one shared y-span (:func:`shared_ranges`)."""
+    names = list(series)
+    ncols = min(len(names), 4) or 1
+    nrows = max(1, math.ceil(len(names) / ncols))
+    fig = _figure(2.7 * ncols + 0.2, 2.7 * nrows + 0.5)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    xs = np.asarray(xs, dtype=float)
+    ranges, span = shared_ranges([(series[name], None) for name in names])
+    for ax, name, ylim in zip(axes, names, ranges, strict=False):
+        ax.plot(xs, np.asarray(series[name], dtype=float), color="#2e7d32", lw=2, marker="o", ms=5)
+        ax.set_ylim(*ylim)
+        _x_axis(ax, xs, labels, by_step)
+        _style(ax, None, "value (0–1 scale)", name.replace("_", " "))
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        f"headline metrics {'over training' if by_step else 'per checkpoint'} (mean over images): one scale, "
+        f"each panel spans {span:.2g}",
+        fontsize=TITLE_PT,
+    )
+    return fig
 
 
 def trend_metrics(
     xs: Sequence[float], labels: Sequence[str], series: dict[str, Sequence[float]], path, *, by_step: bool = True
 ) -> Path:
-    """Headline metrics (mean over images) against the training step, one panel each."""
-    names = list(series)
-    ncols = min(len(names), 2) or 1
-    nrows = max(1, math.ceil(len(names) / ncols))
-    fig = _figure(6.2 * ncols, 3.2 * nrows + 0.4)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    xs = np.asarray(xs, dtype=float)
-    for ax, name in zip(axes, names, strict=False):
-        ax.plot(xs, np.asarray(series[name], dtype=float), color="#2e7d32", lw=2, marker="o", ms=5)
-        _x_axis(ax, xs, labels, by_step)
-        _style(ax, "training step" if by_step else "checkpoint", name.replace("_", " "), name.replace("_", " "))
-    for ax in axes[len(names) :]:
-        ax.set_visible(False)
-    fig.suptitle("headline metrics over training (mean over images)", fontsize=TITLE_PT)
-    return _save(fig, path)
+    """:func:`trend_metrics_figure`, written to ``path``."""
+    return _save(trend_metrics_figure(xs, labels, series, by_step=by_step), path)
 
 
 def change_heatmap(change: np.ndarray, layers: Sequence[str], path, *, title: str | None = None) -> Path:
@@ -135,7 +334,7 @@ def change_heatmap(change: np.ndarray, layers: Sequence[str], path, *, title: st
     each cell labelled with its value."""
     change = np.asarray(change, dtype=float)
     n_layers, n_heads = change.shape
-    fig = _figure(max(4.8, 1.1 * n_heads + 3.2), max(3.2, 0.5 * n_layers + 1.6))
+    fig = _figure(max(4.8, 0.9 * n_heads + 3.0), max(3.0, 0.42 * n_layers + 1.5))
     ax = fig.subplots()
     vmax = max(float(np.nanmax(change)) if change.size else 0.0, 1e-6)
     im = ax.imshow(change, cmap="magma_r", vmin=0.0, vmax=vmax, aspect="auto")
@@ -164,20 +363,94 @@ def change_heatmap(change: np.ndarray, layers: Sequence[str], path, *, title: st
     return _save(fig, path)
 
 
-def check_bars(
-    names: Sequence[str], a: Sequence[float], b: Sequence[float], path, *, title: str = "check values on A and B"
-) -> Path:
-    """Each check's value (mean over images) on A and on B, one small panel per check."""
-    n = len(names)
-    fig = _figure(2.6 * n + 0.6, 3.2)
+def check_marks(panel: CheckPanel) -> list[tuple[str, str]]:
+    """Per row (side) of a check panel: ``(text, verdict)``, e.g. ``("pass", "pass")``,
+    ``("fail 2/3", "fail")`` (failing images of the judged ones) or ``("not judged", "skip")``."""
+    marks = []
+    for fails, judged in zip(panel.fails(), panel.judged(), strict=True):
+        if not judged:
+            marks.append(("not judged", "skip"))
+        elif fails:
+            marks.append((f"fail {fails}/{judged}", "fail"))
+        else:
+            marks.append(("pass", "pass"))
+    return marks
+
+
+def bar_range(panel: CheckPanel) -> tuple[float, float]:
+    """Y-range of a check's bars: from 0, holding every image's value and the threshold, with the top
+    fifth left for the pass/fail marks."""
+    if panel.count:
+        low, high = count_range(panel.values, panel.threshold)
+        return low, high / 0.8
+    v = np.asarray(panel.values, dtype=float).ravel()
+    top = max([*v[np.isfinite(v)].tolist(), panel.threshold or 0.0, 1e-3])
+    return -0.03 * top, top / 0.78
+
+
+_MARK_COLOURS = {"pass": "#17702d", "fail": _FAIL, "skip": "#7a6400"}
+_SIDE_COLOURS = ("#1565c0", "#ef6c00")
+
+
+def check_values_figure(panels: Sequence[CheckPanel], sides: Sequence[str] = ("A", "B"), *, title: str) -> Figure:
+    """Each check on each side: a bar of the mean over images, a dot per image (red: failing), the
+    threshold dashed (its pass condition under the axis), and a pass/fail mark over each bar. Bars
+    start at 0; the count of non-finite values keeps its panel."""
+    n = len(panels)
+    fig = _figure(2.45 * n + 0.3, 3.4)
     axes = fig.subplots(1, n, squeeze=False).ravel()
-    for ax, name, va, vb in zip(axes, names, a, b, strict=True):
-        ax.bar([0, 1], [va, vb], color=["#1565c0", "#ef6c00"])
-        ax.set_xticks([0, 1])
-        ax.set_xticklabels(["A", "B"], fontsize=FONT_PT)
-        _style(ax, None, None, name.replace("_", " "))
-    fig.suptitle(title, fontsize=TITLE_PT)
-    return _save(fig, path)
+    for ax, panel in zip(axes, panels, strict=True):
+        values = np.asarray(panel.values, dtype=float)
+        x = np.arange(len(sides), dtype=float)
+        with np.errstate(invalid="ignore"):
+            counts = np.sum(np.isfinite(values), axis=1)
+            means = np.where(counts > 0, np.nansum(values, axis=1) / np.maximum(counts, 1), np.nan)
+        ax.bar(x, np.nan_to_num(means), width=0.6, color=_SIDE_COLOURS[: len(sides)], alpha=0.75, zorder=2)
+        for i, row in enumerate(panel.verdicts):
+            ys = values[i]
+            jitter = np.linspace(-0.16, 0.16, len(ys)) if len(ys) > 1 else np.zeros(1)
+            colours = [_FAIL if v == "fail" else "#263238" for v in row]
+            ax.scatter(x[i] + jitter, ys, s=16, c=colours, zorder=3, lw=0)
+        ax.set_ylim(*bar_range(panel))
+        _threshold_line(ax, panel.threshold, panel.op, label=False)
+        for xi in panel.unmeasured(x):  # failing with no value: the record held NaN/Inf
+            ax.text(
+                xi,
+                _free_height(ax, panel.threshold),
+                "no value\n(NaN/Inf)",
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="center",
+                fontsize=FONT_PT,
+                color=_FAIL,
+            )
+        for xi, (text, verdict) in zip(x, check_marks(panel), strict=True):
+            ax.text(
+                xi,
+                0.975,
+                text,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=FONT_PT,
+                fontweight="bold",
+                color=_MARK_COLOURS[verdict],
+            )
+        ax.set_xticks(x)
+        ax.set_xticklabels(list(sides), fontsize=FONT_PT)
+        ax.set_xlim(-0.6, len(sides) - 0.4)
+        _style(ax, panel.pass_when, panel.unit, panel.title)
+        _integer_ticks(ax, panel)
+        ax.grid(axis="x", visible=False)
+    fig.suptitle(
+        f"{title}\nbar: mean over images · dot: one image (red: failing) · dashed: threshold", fontsize=TITLE_PT
+    )
+    return fig
+
+
+def check_values(panels: Sequence[CheckPanel], path, sides: Sequence[str] = ("A", "B"), *, title: str) -> Path:
+    """:func:`check_values_figure`, written to ``path``."""
+    return _save(check_values_figure(panels, sides, title=title), path)
 
 
 def monitor_curve(rows: Sequence[dict], keys: Sequence[tuple[str, str]], path, *, thresholds=None) -> Path:
