@@ -179,6 +179,11 @@ def test_the_run_page_draws_every_checks_timeline(broken_page):
     assert any(str(p).endswith("timeline_uniformity.png") for _, p in report["figures"])
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "timeline_part_separation.png" in page and "≥ 0.084" in page
+    # the story first: the verdict, the checks, why they failed, what each judges; then parts and metrics
+    assert '<p class="verdict fail">1 of 5 checks failed: part_separation.</p>' in page
+    order = ["Checks", "Why checks failed", "What each check judges", "Parts", "Over steps", "Metrics", "Files"]
+    at = [page.index(f"<h2>{heading}") for heading in order]
+    assert at == sorted(at), dict(zip(order, at, strict=True))
 
 
 def test_the_default_layer_says_why(broken_page, records, tmp_path):

@@ -16,7 +16,7 @@ from ..checks import REGISTRY, CheckResult, Thresholds, run_checks
 from ..figures import figures_for
 from ..record import AttentionRecord
 from ..views import default_layer, default_layer_reason, renorm, safe_name, with_cls
-from .page import write_index
+from .page import Page
 
 #: Head grids drawn at most (one per recorded full map).
 MAX_HEAD_GRIDS = 16
@@ -104,12 +104,12 @@ def render_record(
                 )
             )
 
-    timelines = {}  # each check's own: what it judges per step and layer, against its threshold
+    timelines, timeline_fig = {}, []  # each check's own: what it judges per step and layer, against its threshold
     for check in REGISTRY.values():
         timeline = check.timeline(record, thresholds)
         if timeline is not None:
             path = timeline.draw(out / f"timeline_{timeline.stem}.png")
-            steps_fig.append((timeline.caption, path))
+            timeline_fig.append((timeline.caption, path))
             timelines[check.name] = {
                 "path": _rel(path, out),
                 "metric": timeline.metric,
@@ -179,7 +179,7 @@ def render_record(
             for path in figures_for(result, record, out / "checks", image, thresholds=thresholds):
                 checks_fig.append((f"{result.name} failed: {path.stem.split('__', 1)[-1]}", path))
 
-    figures = checks_fig + parts_fig + steps_fig + heads_fig
+    figures = checks_fig + timeline_fig + parts_fig + steps_fig + heads_fig
     summary = record.summary()
     doc = {
         "title": title,
@@ -229,21 +229,35 @@ def render_record(
         [r.name, r.verdict, r.value, _pass_when(r), str(r.offender) if r.offender else "", r.reason]
         for r in results.values()
     ]
-    index = write_index(
-        out / "index.html",
-        title or f"partattn: {meta.get('image', 'attention record')}",
-        sections=[
-            ("Why checks failed", _rels(checks_fig, out)),
-            ("Parts", _rels(parts_fig, out)),
-            ("Over steps", _rels(steps_fig, out)),
-            ("Heads (from the full query x key maps)", _rels(heads_fig, out)),
-        ],
-        metrics=summary,
-        tables=[("Checks", ["check", "verdict", "value", "pass when", "worst offender", "reason"], check_rows)],
-        links=[(label, _rel(p, out)) for label, p in links] + [("metrics (json)", "metrics.json")],
-        note=" ".join(notes),
-    )
+    page = Page(title or f"partattn: {meta.get('image', 'attention record')}", base=out)
+    failed = any(r.verdict == "fail" for r in results.values())
+    page.paragraph(_verdict_line(results), cls="verdict " + ("fail" if failed else "pass"))
+    page.note(" ".join(notes))
+    page.heading("Checks").table(["check", "verdict", "value", "pass when", "worst offender", "reason"], check_rows)
+    for heading, items in (
+        ("Why checks failed", checks_fig),
+        ("What each check judges, per step and layer", timeline_fig),
+        ("Parts", parts_fig),
+        ("Over steps", steps_fig),
+        ("Heads (from the full query x key maps)", heads_fig),
+    ):
+        if items:
+            page.heading(heading).figures(_rels(items, out))
+    page.heading("Metrics").table(["metric", "value"], [[k, v] for k, v in summary.items()])
+    page.heading("Files").links([(label, _rel(p, out)) for label, p in links] + [("metrics (json)", "metrics.json")])
+    index = page.write(out / "index.html")
     return {"figures": figures, "metrics": metrics_path, "index": index}
+
+
+def _verdict_line(results: Mapping[str, CheckResult]) -> str:
+    """One sentence: which checks failed, or that all judged checks passed."""
+    failed = [name for name, r in results.items() if r.verdict == "fail"]
+    skipped = [name for name, r in results.items() if r.verdict == "skip"]
+    judged = len(results) - len(skipped)
+    text = (
+        f"{len(failed)} of {judged} checks failed: {', '.join(failed)}." if failed else f"All {judged} checks passed."
+    )
+    return text + (f" Skipped: {', '.join(skipped)}." if skipped else "")
 
 
 def _pass_when(result: CheckResult) -> str:
