@@ -7,14 +7,15 @@ details, on ``render``'s fixed ``A·Nk`` scale (uniform = 1), ~512 px or more (t
 
 | check | files |
 |---|---|
-| part_separation | ``overlay`` (each part's head-averaged key-marginal, mean over steps, on the encoder's view of the image; needs the patch grid and the image), ``parts`` (the same on the bare patch grid, or as strips without a grid), ``timeline`` (separation per step, one line per layer, threshold dashed) |
-| uniformity | ``heads`` (multi-head grid of the worst (step, layer, part)), ``overlay`` (the worst head's key-marginal on the image), ``entropy`` (mean normalized entropy per layer over steps) |
-| collapse | ``heads``, ``overlay``, ``peak`` (max peak per layer over steps) |
-| stability | ``jumps`` (worst part's JS jump from the previous step, per layer), ``entropy`` |
-| nonfinite | ``entropy`` timeline (NaN shows as a gap) |
+| part_separation | ``overlay`` (each part's head-averaged key-marginal, mean over steps, on the encoder's view of the image; needs the patch grid and the image), ``parts`` (the same on the bare patch grid, or as strips without a grid), ``timeline`` |
+| uniformity | ``heads`` (multi-head grid of the worst (step, layer, part)), ``overlay`` (the worst head's key-marginal on the image), ``timeline`` |
+| collapse | ``heads``, ``overlay``, ``timeline`` |
+| stability | ``timeline`` |
+| nonfinite | ``timeline`` (NaN/Inf counts per step and layer) |
 | baseline | ``drift`` (per-layer JS bars; baseline, now and their difference per part for the layer that moved most; needs the attention summary stored with the baseline) |
 
-``heads`` shows each head's key-marginal (mean over queries, what every record has) on the image,
+``timeline`` is the check's own ``Check.timeline``: what it judges per step and layer against its
+threshold (the judged series bold, the value the verdict compares dotted). ``heads`` shows each head's key-marginal (mean over queries, what every record has) on the image,
 or on the patch grid without one; a record without a patch grid gets the full query×key maps
 (key 0 = CLS) when it kept them for that (step, layer), else one-row strips. matplotlib and torch
 are imported when a figure is drawn.

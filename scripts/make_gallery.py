@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from partattn_checks import EMBEDDED_MODEL, AttentionVisualizer, render
-from partattn_checks.checks import Thresholds
+from partattn_checks.checks import CHECKS, Thresholds
 from partattn_checks.figures import figures_for
 from partattn_checks.gate import GateSession
 from partattn_checks.model.broken import broken, graded
@@ -87,15 +87,7 @@ def make_gallery(out: Path) -> list[Path]:
     marginal = renorm(record.marginals_by_part()[:, -1, 1].mean(0))  # part 1, last layer, mean over steps
     overlay = render.overlay(marginal, record.patch_grid, viz.image, title="mean over steps", layer=layer, part=1)
     written.append(_store_png(overlay, out / "overlay.png"))
-    entropy = record.entropy.float().mean(dim=(2, 3))
-    timeline = render.timeline(
-        entropy,
-        record.steps,
-        record.layers,
-        metric="normalized entropy (mean over parts, heads)",
-        threshold=viz.thresholds.uniformity.entropy_min_uniform,
-        title="uniformity: entropy over steps",
-    )
+    timeline = CHECKS["uniformity"].timeline(record, viz.thresholds).draw()  # what the check judges
     written.append(_store_png(timeline, out / "timeline.png"))
     shown = list(range(0, record.num_steps, 3))  # every third step keeps the GIF small
     written.append(

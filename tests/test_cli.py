@@ -77,9 +77,9 @@ def test_run_writes_figures_gifs_metrics_record_and_index(run_out, capsys):
         "parts.png",
         "overlay_part0.png",
         "overlay_part1.png",
-        "timeline_entropy.png",
-        "timeline_peak.png",
-        "timeline_separation.png",
+        "timeline_uniformity.png",
+        "timeline_collapse.png",
+        "timeline_part_separation.png",
         "timeline_stability.png",
         "steps_part0.gif",
         "steps_part1.gif",
@@ -165,7 +165,7 @@ def test_show_renders_a_saved_record(run_out, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "show", run_out / "record.json", "--out", tmp_path / "shown")
     assert code == 0 and "open" in out
     shown = tmp_path / "shown"
-    for name in ("parts.png", "overlay_part0.png", "timeline_entropy.png", "heads_blocks.4.attn2_step1_part1.png"):
+    for name in ("parts.png", "overlay_part0.png", "timeline_uniformity.png", "heads_blocks.4.attn2_step1_part1.png"):
         assert_image(shown / name)  # overlays: input.png next to the record was found
     assert_image(shown / "steps_part1.gif", fmt="GIF", frames=2)
     assert json.loads((shown / "metrics.json").read_text())["checks"].keys() == CHECKS

@@ -9,7 +9,19 @@ docs/metrics.md defines every metric, check and default, and shows how to write 
 
 from __future__ import annotations
 
-from .core import CHECKS, OPS, REGISTRY, VERDICTS, Check, CheckError, CheckResult, Offender, register, run_checks
+from .core import (
+    CHECKS,
+    OPS,
+    REGISTRY,
+    VERDICTS,
+    Check,
+    CheckError,
+    CheckResult,
+    Offender,
+    Timeline,
+    register,
+    run_checks,
+)
 from .details import Details, Matrix, optional_key
 from .thresholds import Thresholds, ThresholdsError, load_thresholds, param, thresholds_from_pyproject
 
@@ -42,6 +54,7 @@ __all__ = [
     "Details",
     "Matrix",
     "Offender",
+    "Timeline",
     "optional_key",
     "register",
     "run_checks",
