@@ -37,8 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from partattn_checks import capture  # noqa: E402
-from partattn_checks.capture import AttentionRecorder, cross_attention_modules  # noqa: E402
+from partattn_checks.capture import recorder as capture  # noqa: E402
+from partattn_checks.capture.recorder import AttentionRecorder, cross_attention_modules  # noqa: E402
 from partattn_checks.model.pipeline import flow_sigmas  # noqa: E402
 from partattn_checks.model.tiny import build_transformer  # noqa: E402
 

@@ -41,13 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from partattn_checks import EMBEDDED_MODEL  # noqa: E402
-from partattn_checks.gate import GateSession, judge_set  # noqa: E402
+from partattn_checks.capture.runspec import resolve_device, torch_dtype  # noqa: E402
+from partattn_checks.checks.baseline.noise import DEFAULT_BASELINE_SEEDS, DEFAULT_FALSE_ALARM_RATE  # noqa: E402
+from partattn_checks.gate.options import Settings, load_thresholds  # noqa: E402
+from partattn_checks.gate.state import GateSession, judge_set  # noqa: E402
 from partattn_checks.model.broken import GRADES, broken, graded  # noqa: E402
 from partattn_checks.model.pipeline import PartCrafterPipeline  # noqa: E402
-from partattn_checks.noise import DEFAULT_BASELINE_SEEDS, DEFAULT_FALSE_ALARM_RATE  # noqa: E402
-from partattn_checks.options import Settings, load_thresholds  # noqa: E402
-from partattn_checks.runspec import resolve_device, torch_dtype  # noqa: E402
-from partattn_checks.sidecar import fixture_specs  # noqa: E402
+from partattn_checks.runs.sidecar import fixture_specs  # noqa: E402
 
 SET = "fixture_set"  # the fixture-set item's key in the counts
 

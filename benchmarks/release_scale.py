@@ -92,7 +92,7 @@ def step_median(result) -> float:
 def child_recorder(opts) -> dict:
     import torch
 
-    from partattn_checks.capture import record_attention
+    from partattn_checks.capture.recorder import record_attention
     from partattn_checks.model.pipeline import PartCrafterPipeline
 
     torch.manual_seed(0)
@@ -200,8 +200,8 @@ def metric_deltas(settings: str) -> dict:
     """Check values and verdicts of every fixture image at each STEPSxTOKENS setting (embedded model)."""
     from partattn_checks import EMBEDDED_MODEL
     from partattn_checks.model.pipeline import PartCrafterPipeline
-    from partattn_checks.session import Session
-    from partattn_checks.sidecar import fixture_specs
+    from partattn_checks.runs.session import Session
+    from partattn_checks.runs.sidecar import fixture_specs
 
     pipe = PartCrafterPipeline.from_pretrained(EMBEDDED_MODEL)
     images = fixture_specs(ROOT / "fixtures" / "images", ROOT)

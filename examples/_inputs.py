@@ -4,7 +4,7 @@ stderr and exit status 2, found before any work (not a traceback half-way throug
 import argparse
 
 from partattn_checks.model.pipeline import open_image
-from partattn_checks.sidecar import parts_from_name
+from partattn_checks.runs.sidecar import parts_from_name
 
 
 def positive_int(text: str) -> int:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from _inputs import checked_inputs, positive_int  # examples/_inputs.py: one-line errors, exit status 2
 
-from partattn_checks import EMBEDDED_MODEL, AttentionVisualizer, metrics
+from partattn_checks import EMBEDDED_MODEL, AttentionVisualizer
+from partattn_checks.capture import metrics
 from partattn_checks.model.synthetic import draw_scene
 
 

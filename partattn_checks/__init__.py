@@ -19,14 +19,16 @@ EMBEDDED_MODEL = Path(__file__).resolve().parent / "data" / "partcrafter-tiny"
 
 #: public name -> the module that defines it (imported on first access)
 _LAZY = {
-    "AttentionRecorder": "capture",
-    "CaptureError": "capture",
-    "Selection": "capture",
-    "record_attention": "capture",
-    "AttentionRecord": "record",
-    "AttentionVisualizer": "visualizer",
-    "RunSpec": "runspec",
-    "resolve_device": "runspec",
+    "AttentionRecorder": "capture.recorder",
+    "CaptureError": "capture.recorder",
+    "ProcessorFamily": "capture.recorder",
+    "register_family": "capture.recorder",
+    "Selection": "capture.recorder",
+    "record_attention": "capture.recorder",
+    "AttentionRecord": "capture.record",
+    "AttentionVisualizer": "present.visualizer",
+    "RunSpec": "capture.runspec",
+    "resolve_device": "capture.runspec",
     "PartCrafterPipeline": "model.pipeline",
     "CheckpointError": "model.files",
     "ImageError": "model.files",
@@ -37,9 +39,10 @@ _LAZY = {
     "ThresholdsError": "checks",
     "load_thresholds": "checks",
     "run_checks": "checks",
-    "BaselineError": "baseline",
-    "AttentionMonitor": "monitor",
-    "compare_checkpoints": "compare",
+    "BaselineError": "checks.baseline.store",
+    "AttentionMonitor": "analysis.monitor",
+    "JsonlLog": "analysis.monitor",
+    "compare_checkpoints": "analysis.compare",
 }
 
 __all__ = ["EMBEDDED_MODEL", "PartattnError", "__version__", *_LAZY]

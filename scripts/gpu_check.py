@@ -47,10 +47,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from partattn_checks.capture import AttentionRecorder, cross_attention_modules  # noqa: E402
+from partattn_checks.capture.recorder import AttentionRecorder, cross_attention_modules  # noqa: E402
+from partattn_checks.capture.runspec import resolve_device  # noqa: E402
 from partattn_checks.model.pipeline import flow_sigmas  # noqa: E402
 from partattn_checks.model.transformer import RELEASE_CONFIG, PartCrafterDiTModel  # noqa: E402
-from partattn_checks.runspec import resolve_device  # noqa: E402
 
 SMALL_CONFIG = {
     **RELEASE_CONFIG,
@@ -175,7 +175,7 @@ def write_stage_checkpoint(args, device, folder: Path) -> float:
 
 def stage_run(checkpoint: Path, device, dtype_name: str, settings: dict, repeats: int) -> dict:
     """Load ``checkpoint`` in ``dtype_name``; plain and captured images interleaved after a warm-up."""
-    from partattn_checks.capture import record_attention
+    from partattn_checks.capture.recorder import record_attention
     from partattn_checks.model.pipeline import PartCrafterPipeline
 
     image = FIXTURES / "np4_four_shapes.png"

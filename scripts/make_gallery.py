@@ -24,14 +24,14 @@ from pathlib import Path
 from PIL import Image
 
 from partattn_checks import EMBEDDED_MODEL, AttentionVisualizer, render
+from partattn_checks.capture.runspec import resolve_device
 from partattn_checks.checks import CHECKS, Thresholds
-from partattn_checks.figures import figures_for
-from partattn_checks.gate import GateSession
+from partattn_checks.gate.options import Settings
+from partattn_checks.gate.state import GateSession
 from partattn_checks.model.broken import broken, graded
-from partattn_checks.options import Settings
-from partattn_checks.runspec import resolve_device
-from partattn_checks.sidecar import fixture_specs
-from partattn_checks.views import renorm
+from partattn_checks.present.check_figures import figures_for
+from partattn_checks.present.views import renorm
+from partattn_checks.runs.sidecar import fixture_specs
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "fixtures" / "images" / "np3_three_shapes.png"

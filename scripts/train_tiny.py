@@ -8,7 +8,7 @@ Writes the checkpoint in the release folder layout and `training_log.json` (the 
 to it. CI never retrains: it uses the committed weights.
 
     --monitor-every K --monitor-log FILE.jsonl   attention health of the fixture images every K
-                                                 iterations (partattn_checks.monitor), one JSON line each
+                                                 iterations (partattn_checks.analysis.monitor), one JSON line each
     --save-at 300,1500 --save-dir DIR            accelerate-style DIR/checkpoint-N/ folders (release
                                                  layout) for `partattn trend DIR`
     --stop-after N                               stop after N iterations of the --iterations schedule
@@ -49,7 +49,7 @@ def make_callback(args, config: TrainConfig):
     """The per-iteration callback: the attention monitor and checkpoint saving (None when neither)."""
     monitor = log = None
     if args.monitor_every:
-        from partattn_checks.monitor import AttentionMonitor, JsonlLog
+        from partattn_checks.analysis.monitor import AttentionMonitor, JsonlLog
 
         monitor = AttentionMonitor(
             args.monitor_images,
@@ -83,8 +83,8 @@ def make_callback(args, config: TrainConfig):
 
 def plot_monitor(log_path: Path, png: Path) -> Path:
     """Part separation and uniformity (mean over the images) against the iteration, from the monitor log."""
+    from partattn_checks.analysis.monitor import JsonlLog
     from partattn_checks.checks import Thresholds
-    from partattn_checks.monitor import JsonlLog
     from partattn_checks.render.training import monitor_curve
 
     rows = JsonlLog(log_path).read()

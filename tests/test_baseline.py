@@ -8,10 +8,10 @@ import shlex
 import pytest
 from plugin_support import IMAGE, TINY, args, make_project, outcomes
 
-from partattn_checks import atomic
-from partattn_checks import baseline as bl
-from partattn_checks.baseline_compare import evaluate
+from partattn_checks.base import atomic
 from partattn_checks.checks import Thresholds
+from partattn_checks.checks.baseline import store as bl
+from partattn_checks.checks.baseline.compare import evaluate
 
 pytest_plugins = ("pytester",)
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from plugin_support import outcomes
 
 from partattn_checks import cli
-from partattn_checks.calibrate import (
+from partattn_checks.analysis.calibrate import (
     CALIBRATED,
     ROUNDING_SLACK,
     CalibrationError,
@@ -33,14 +33,14 @@ from partattn_checks.calibrate import (
     pick_threshold,
     summarize,
 )
-from partattn_checks.calibration_report import GRADED_TITLE
+from partattn_checks.analysis.calibration_page import GRADED_TITLE
 from partattn_checks.checks import REGISTRY, CheckResult, Thresholds, load_thresholds
 from partattn_checks.checks.details import Details
-from partattn_checks.fixture_set import ITEM_NAME
+from partattn_checks.checks.fixture_set import ITEM_NAME
 from partattn_checks.model.broken import GRADES, VARIANTS, VariantError, broken, edited_parameters
 from partattn_checks.model.loading import load_transformer
 from partattn_checks.model.transformer import RELEASE_CONFIG, PartCrafterDiTModel
-from partattn_checks.sidecar import ImageSpec
+from partattn_checks.runs.sidecar import ImageSpec
 
 pytest_plugins = ("pytester",)
 
@@ -536,7 +536,7 @@ def test_baselines_under_ci_are_refused_before_calibrating(tmp_path, capsys, mon
 
 
 def test_the_fingerprint_reads_headers_not_tensors(tmp_path):
-    from partattn_checks.calibration_report import fingerprint
+    from partattn_checks.analysis.calibration_page import fingerprint
 
     copy = Path(shutil.copytree(SEED1, tmp_path / "copy"))
     assert fingerprint(copy) == fingerprint(SEED1)

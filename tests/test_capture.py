@@ -26,8 +26,8 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
-from partattn_checks.capture import FAMILIES as CAPTURE_FAMILIES
-from partattn_checks.capture import (
+from partattn_checks.capture.recorder import FAMILIES as CAPTURE_FAMILIES
+from partattn_checks.capture.recorder import (
     AttentionRecorder,
     CaptureError,
     ProcessorFamily,

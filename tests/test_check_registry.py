@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from partattn_checks import report
+from partattn_checks.capture.record import AttentionRecord
 from partattn_checks.checks import (
     CHECKS,
     REGISTRY,
@@ -30,9 +30,9 @@ from partattn_checks.checks import (
     run_checks,
 )
 from partattn_checks.checks.core import Timeline
-from partattn_checks.figures import figures_for
-from partattn_checks.record import AttentionRecord
-from partattn_checks.reporting.run_report import render_record
+from partattn_checks.gate import report
+from partattn_checks.present.check_figures import figures_for
+from partattn_checks.present.pages.run_page import render_record
 
 BUILT_IN = ["uniformity", "collapse", "part_separation", "stability", "nonfinite", "baseline"]
 

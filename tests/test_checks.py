@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from partattn_checks import metrics
+from partattn_checks.capture import metrics
+from partattn_checks.capture.record import AttentionRecord
 from partattn_checks.checks import (
     CHECKS,
     CheckResult,
@@ -23,7 +24,6 @@ from partattn_checks.checks import (
     run_checks,
     thresholds_from_pyproject,
 )
-from partattn_checks.record import AttentionRecord
 
 S, L, P, H, NK = 4, 3, 3, 4, 16
 LAYERS = [f"blocks.{i}.attn2" for i in range(L)]

@@ -16,7 +16,7 @@ import pytest
 from test_visualizer import assert_image, assert_links_resolve
 
 from partattn_checks import cli
-from partattn_checks.record import AttentionRecord
+from partattn_checks.capture.record import AttentionRecord
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "fixtures" / "checkpoints" / "tiny-random"
@@ -337,7 +337,7 @@ def test_check_runs_the_gate_and_fails_on_a_random_model(tmp_path, monkeypatch, 
     """The random-init model's parts are not separated: the gate exits non-zero, and pytest's rootdir
     (where results and baselines live) is the user's project, not the model's folder."""
     if not (REPO / "partattn_checks" / "plugin.py").is_file():
-        pytest.skip("partattn_checks/plugin.py is not written yet: `partattn check` has no gate to run")
+        pytest.skip("partattn_checks/gate/plugin.py is not written yet: `partattn check` has no gate to run")
     project = tmp_path / "project"
     (project / "fixtures").mkdir(parents=True)
     (project / "pytest.ini").write_text("[pytest]\n")
@@ -383,7 +383,7 @@ def truncate(path: Path) -> None:
 @pytest.fixture
 def never_loads(monkeypatch):
     """Loading a model (hence denoising) is an error: the command must stop before it."""
-    from partattn_checks import visualizer
+    from partattn_checks.present import visualizer
 
     def refuse(*args, **kwargs):
         raise AssertionError("the command loaded the model")
@@ -595,20 +595,20 @@ def test_folder_written_before_manifests_is_cleaned_from_its_metrics(run_out, ru
 
 
 def test_interrupted_render_is_cleaned_up_by_the_next_run(run_out, run3_out, tmp_path, capsys, monkeypatch):
-    from partattn_checks.reporting import run_report
+    from partattn_checks.present.pages import run_page
 
     out = tmp_path / "out"
-    real = run_report.render_record
+    real = run_page.render_record
 
     def crash_after_figures(record, out_dir, **kwargs):
         real(record, out_dir, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_report, "render_record", crash_after_figures)
+    monkeypatch.setattr(run_page, "render_record", crash_after_figures)
     code, _, _ = run_cli(capsys, "show", run3_out, "--out", out)
     assert code == 130 and (out / "overlay_part2.png").is_file()
     assert "overlay_part2.png" in manifest_files(out)  # what the interrupted attempt left is on record
-    monkeypatch.setattr(run_report, "render_record", real)
+    monkeypatch.setattr(run_page, "render_record", real)
     code, _, _ = run_cli(capsys, "show", run_out, "--out", out)
     assert code == 0 and not (out / "overlay_part2.png").exists()
 

@@ -15,15 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.analysis.compare import CompareError, compare_checkpoints, marginal_change
+from partattn_checks.capture.record import AttentionRecord
 from partattn_checks.checks import CHECKS
 from partattn_checks.cli import main
 from partattn_checks.cli.compare import check_panels
 from partattn_checks.cli.io import COMPARE_OUTPUTS, refuse_foreign
-from partattn_checks.compare import CompareError, compare_checkpoints, marginal_change
 from partattn_checks.model.broken import broken
 from partattn_checks.model.loading import load_checkpoint
 from partattn_checks.model.tiny import write_checkpoint
-from partattn_checks.record import AttentionRecord
 from partattn_checks.render.training import CheckPanel, check_marks, check_values_figure
 
 IMAGES = ("np2_circle_square.png", "np3_three_shapes.png", "np1_circle.png")

@@ -20,21 +20,23 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from plugin_support import REPO
 
-from partattn_checks import EMBEDDED_MODEL, metrics, report
-from partattn_checks import baseline as bl
-from partattn_checks.baseline import SUMMARY_FILE
-from partattn_checks.baseline_attention import (
+from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.capture import metrics
+from partattn_checks.capture.record import AttentionRecord
+from partattn_checks.checks import REGISTRY, CheckResult, Thresholds
+from partattn_checks.checks.baseline import store as bl
+from partattn_checks.checks.baseline.attention import (
     KEEP_ATOL,
     AttentionSummary,
     SummaryError,
     attention_drift,
     js_normalized,
 )
-from partattn_checks.baseline_compare import NO_SUMMARY_NOTE, evaluate
-from partattn_checks.checks import REGISTRY, CheckResult, Thresholds
-from partattn_checks.checks.baseline import AttentionDrift, BaselineDetails
+from partattn_checks.checks.baseline.check import AttentionDrift, BaselineDetails
+from partattn_checks.checks.baseline.compare import NO_SUMMARY_NOTE, evaluate
+from partattn_checks.checks.baseline.store import SUMMARY_FILE
 from partattn_checks.checks.details import Matrix
-from partattn_checks.record import AttentionRecord
+from partattn_checks.gate import report
 from partattn_checks.render import drift as drift_render
 
 pytest_plugins = ("pytester",)
@@ -358,9 +360,9 @@ def test_drift_scale_must_be_a_positive_number(bad):
 def test_the_gate_draws_the_drift_figure_on_its_drift_scale_option(tmp_path):
     from types import SimpleNamespace
 
-    from partattn_checks.gate import GateSession
-    from partattn_checks.options import Settings
-    from partattn_checks.runspec import DeviceChoice
+    from partattn_checks.capture.runspec import DeviceChoice
+    from partattn_checks.gate.options import Settings
+    from partattn_checks.gate.state import GateSession
 
     d = _drift()
     result = CheckResult("baseline", "fail", 9.0, 4.0, None, "moved", BaselineDetails(attention=d))
@@ -379,7 +381,7 @@ def test_the_gate_draws_the_drift_figure_on_its_drift_scale_option(tmp_path):
 
 @pytest.mark.parametrize("value, expected", [("auto", None), ("AUTO", None), ("4", 4.0), ("0.5", 0.5), (" 12 ", 12.0)])
 def test_drift_scale_option_values(value, expected):
-    from partattn_checks.options import BY_NAME, _convert
+    from partattn_checks.gate.options import BY_NAME, _convert
 
     assert _convert(BY_NAME["drift_scale"], value, "cli", Path.cwd()) == expected
 
@@ -387,7 +389,7 @@ def test_drift_scale_option_values(value, expected):
 def test_bad_drift_scale_in_the_ini_file_names_the_ini_key(pytester):
     from plugin_support import args, make_project
 
-    from partattn_checks.options import Settings
+    from partattn_checks.gate.options import Settings
 
     make_project(pytester)
     pytester.makeini("[pytest]\npartattn_drift_scale = wide\n")

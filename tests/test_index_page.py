@@ -12,11 +12,11 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from partattn_checks import report
-from partattn_checks.fixture_set import SetVerdict
-from partattn_checks.noise import SetDeviation
-from partattn_checks.reporting import Page
-from partattn_checks.reporting.page import anchor_id
+from partattn_checks.checks.baseline.noise import SetDeviation
+from partattn_checks.checks.fixture_set import SetVerdict
+from partattn_checks.gate import report
+from partattn_checks.present.pages import Page
+from partattn_checks.present.pages.page import anchor_id
 
 HEADER = ["partattn: model /models/mine", "partattn: device cpu | dtype float32"]
 ERROR = "could not run fixtures/images/np3_broken.png: not a readable image"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from partattn_checks import metrics as M
+from partattn_checks.capture import metrics as M
 
 SETTINGS = settings(max_examples=50, deadline=None)
 TOL = 1e-4

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from partattn_checks.calibrate import CALIBRATED
+from partattn_checks.analysis.calibrate import CALIBRATED
+from partattn_checks.analysis.zoo import HEALTHY, TARGETS, measure
 from partattn_checks.checks import CHECKS, Thresholds
-from partattn_checks.sidecar import fixture_specs
-from partattn_checks.zoo import HEALTHY, TARGETS, measure
+from partattn_checks.runs.sidecar import fixture_specs
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"

@@ -13,11 +13,11 @@ import torch
 from helpers import FIXTURE_IMAGES
 
 from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.analysis.monitor import AttentionMonitor, JsonlLog, MonitorError, preserved_state
 from partattn_checks.model.loading import feature_extractor_from_config, load_checkpoint
 from partattn_checks.model.tiny import SCHEDULER_CONFIG, TINY_PREPROCESSOR, TINY_RUN_DEFAULTS
 from partattn_checks.model.training import TrainConfig, train
-from partattn_checks.monitor import AttentionMonitor, JsonlLog, MonitorError, preserved_state
-from partattn_checks.session import run_case
+from partattn_checks.runs.session import run_case
 
 IMAGES = [FIXTURE_IMAGES / "np2_circle_square.png", FIXTURE_IMAGES / "np3_three_shapes.png"]
 
@@ -66,7 +66,7 @@ def test_monitor_values_match_the_checks_on_a_loaded_checkpoint():
     json.dumps(values)  # any tracker (W&B, TensorBoard, a JSONL file) takes it as it is
     # the same numbers as judging the same run through the normal path
     pipeline = monitor.pipeline(checkpoint.transformer, checkpoint.image_encoder)
-    from partattn_checks.runspec import for_pipeline
+    from partattn_checks.capture.runspec import for_pipeline
 
     for image in IMAGES:
         spec = for_pipeline(pipeline, {"steps": 3, "seed": 0}, call={"num_parts": int(image.name[2])})

@@ -15,18 +15,19 @@ from helpers import FIXTURE_IMAGES, REPO
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from partattn_checks import EMBEDDED_MODEL, noise
-from partattn_checks import baseline as bl
-from partattn_checks.baseline_compare import SINGLE_RUN_NOTE, evaluate
+from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.capture.runspec import DeviceChoice
 from partattn_checks.checks import Thresholds
-from partattn_checks.fixture_set import set_verdict
-from partattn_checks.gate import GateSession, judge_set
+from partattn_checks.checks.baseline import noise
+from partattn_checks.checks.baseline import store as bl
+from partattn_checks.checks.baseline.compare import SINGLE_RUN_NOTE, evaluate
+from partattn_checks.checks.fixture_set import set_verdict
+from partattn_checks.gate.options import Settings
+from partattn_checks.gate.state import GateSession, judge_set
 from partattn_checks.model.broken import Variant, broken, graded
 from partattn_checks.model.pipeline import PartCrafterPipeline
-from partattn_checks.options import Settings
-from partattn_checks.runspec import DeviceChoice
-from partattn_checks.session import Session
-from partattn_checks.sidecar import fixture_specs
+from partattn_checks.runs.session import Session
+from partattn_checks.runs.sidecar import fixture_specs
 
 finite = st.floats(-1e3, 1e3, allow_nan=False)
 samples = st.lists(st.floats(0.01, 1.0), min_size=3, max_size=20)

@@ -9,11 +9,11 @@ import pytest
 from plugin_support import IMAGE, IMAGES, TINY, args, make_project
 
 from partattn_checks import cli
-from partattn_checks.capture import Selection
+from partattn_checks.capture.recorder import Selection
+from partattn_checks.capture.runspec import RunSpecError, run_memory, tokens_problem
 from partattn_checks.model.pipeline import PartCrafterPipeline
-from partattn_checks.runspec import RunSpecError, run_memory, tokens_problem
-from partattn_checks.session import Session
-from partattn_checks.sidecar import SIDECAR_RUN_KEYS, read_spec
+from partattn_checks.runs.session import Session
+from partattn_checks.runs.sidecar import SIDECAR_RUN_KEYS, read_spec
 
 pytest_plugins = ("pytester",)
 

@@ -12,6 +12,7 @@ import torch
 from helpers import FIXTURE_IMAGES, REPO, TINY_FIXTURE
 from PIL import Image
 
+from partattn_checks.capture.runspec import RunSpecError, resolve_device
 from partattn_checks.model.pipeline import (
     MESH_DECODING_ARGS,
     DenoiseResult,
@@ -21,7 +22,6 @@ from partattn_checks.model.pipeline import (
     open_image,
     to_rgb,
 )
-from partattn_checks.runspec import RunSpecError, resolve_device
 
 IMAGES = {2: "np2_circle_square.png", 3: "np3_three_shapes.png", 4: "np4_four_shapes.png"}
 IMAGE = FIXTURE_IMAGES / IMAGES[2]
@@ -370,7 +370,7 @@ def test_too_large_image_is_refused_with_its_size_and_the_limit(tmp_path, monkey
 
 
 def test_resolve_device_without_cuda(monkeypatch):
-    """One resolver (partattn_checks.runspec) picks the device; the pipeline takes a concrete one."""
+    """One resolver (partattn_checks.capture.runspec) picks the device; the pipeline takes a concrete one."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name in ("cuda", "cuda:1"):
         with pytest.raises(RunSpecError, match="CUDA is not available here"):

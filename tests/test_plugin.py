@@ -19,9 +19,9 @@ from plugin_support import (
     outcomes,
 )
 
-from partattn_checks.items import ITEM_CHECKS
-from partattn_checks.options import EMBEDDED_MODEL, OPTIONS
-from partattn_checks.sidecar import read_spec
+from partattn_checks.gate.items import ITEM_CHECKS
+from partattn_checks.gate.options import EMBEDDED_MODEL, OPTIONS
+from partattn_checks.runs.sidecar import read_spec
 
 pytest_plugins = ("pytester",)
 
@@ -472,7 +472,7 @@ def test_changing_only_thresholds_does_not_rerun_the_model(pytester):
 def test_device_choice_per_xdist_worker(monkeypatch):
     import torch
 
-    from partattn_checks import options
+    from partattn_checks.gate import options
 
     def settings(device):
         return options.Settings(

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from plugin_support import FAILING_SEPARATION, IMAGE, RUN_COUNTER, args, make_project
 
-from partattn_checks.items import ITEM_CHECKS
+from partattn_checks.gate.items import ITEM_CHECKS
 
 pytest_plugins = ("pytester",)
 HEAVY = ("torch", "diffusers", "transformers", "matplotlib")
@@ -32,12 +32,13 @@ def _no_ci(monkeypatch):
 
 
 def test_importing_the_plugin_is_light():
-    modules = "plugin, items, gate, session, sidecar, runspec, options, report"
-    heavy = (*HEAVY, "numpy", "safetensors", "PIL")  # numpy alone costs ~0.2 s at every pytest start
-    code = (
-        f"import sys, partattn_checks; from partattn_checks import {modules}; "
-        f"print([m for m in {heavy!r} if m in sys.modules])"
+    imports = (
+        "from partattn_checks.gate import plugin, items, state, options, report",
+        "from partattn_checks.runs import session, sidecar",
+        "from partattn_checks.capture import runspec",
     )
+    heavy = (*HEAVY, "numpy", "safetensors", "PIL")  # numpy alone costs ~0.2 s at every pytest start
+    code = f"import sys; {'; '.join(imports)}; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

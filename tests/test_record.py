@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from partattn_checks.record import SCHEMA_VERSION, AttentionRecord, RecordError
+from partattn_checks.capture.record import SCHEMA_VERSION, AttentionRecord, RecordError
 
 S, L, P, H, NK, Q = 3, 2, 2, 4, 9, 5
 LAYERS = ["blocks.0.attn2", "blocks.1.attn2"]

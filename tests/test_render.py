@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from partattn_checks import render
-from partattn_checks.render import figures as render_figures
 from partattn_checks.render import gif as render_gif
+from partattn_checks.render import maps as render_figures
 from partattn_checks.render import panels as render_panels
 from partattn_checks.render.panels import _Scale
 

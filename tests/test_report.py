@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from plugin_support import FAILING_SEPARATION, IMAGE, args, make_project
 
-from partattn_checks import report
+from partattn_checks.gate import report
 
 pytest_plugins = ("pytester",)
 NODE = f"fixtures/images/{IMAGE}::part_separation"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from partattn_checks.capture import AttentionRecorder, cross_attention_modules
+from partattn_checks.capture.recorder import AttentionRecorder, cross_attention_modules
+from partattn_checks.capture.selection import Selection
 from partattn_checks.model.tiny import TINY_TRANSFORMER, build_transformer
-from partattn_checks.selection import Selection
 
 LAYERS = [f"blocks.{i}.attn2" for i in range(TINY_TRANSFORMER["num_layers"])]
 KNOWN = f"known: {', '.join(LAYERS)}"

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 from helpers import FIXTURE_IMAGES, TINY_FIXTURE
 
-from partattn_checks.checks import Thresholds
-from partattn_checks.runspec import (
+from partattn_checks.capture.runspec import (
     RunSpec,
     RunSpecError,
     checkpoint_defaults,
@@ -15,7 +14,8 @@ from partattn_checks.runspec import (
     problem,
     resolve_run,
 )
-from partattn_checks.session import CaseError, Session, judge
+from partattn_checks.checks import Thresholds
+from partattn_checks.runs.session import CaseError, Session, judge
 
 IMAGE = FIXTURE_IMAGES / "np2_circle_square.png"
 DEFAULTS = {"num_tokens": 16, "steps": 10, "guidance_scale": 7.0}

@@ -8,7 +8,7 @@ import shutil
 from plugin_support import IMAGE, IMAGES, TINY
 
 from partattn_checks import cli
-from partattn_checks.sidecar import read_spec
+from partattn_checks.runs.sidecar import read_spec
 
 
 def test_np0_prefix_names_the_image_and_the_rule(tmp_path):

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from partattn_checks import EMBEDDED_MODEL, metrics, record_attention
+from partattn_checks import EMBEDDED_MODEL, record_attention
+from partattn_checks.capture import metrics
 from partattn_checks.checks import CHECKS, REGISTRY, Thresholds, run_checks
 from partattn_checks.checks.core import CheckError, Timeline
 from partattn_checks.model.broken import broken
 from partattn_checks.model.pipeline import PartCrafterPipeline
-from partattn_checks.render import figures as render_figures
-from partattn_checks.reporting.run_report import render_record
+from partattn_checks.present.pages.run_page import render_record
+from partattn_checks.render import maps as render_figures
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "fixtures" / "images" / "np3_three_shapes.png"

@@ -21,14 +21,7 @@ import torch
 from helpers import FIXTURE_IMAGES, REPO, TINY_FIXTURE
 
 from partattn_checks import EMBEDDED_MODEL
-from partattn_checks.checks import CHECKS
-from partattn_checks.cli import main
-from partattn_checks.cli.trend import check_panels, write_trend
-from partattn_checks.model.pipeline import PartCrafterPipeline
-from partattn_checks.model.tiny import TINY_RUN_DEFAULTS, write_checkpoint
-from partattn_checks.model.training import TrainConfig, train
-from partattn_checks.render.training import MIN_SPAN, shared_ranges, trend_checks_figure, x_label
-from partattn_checks.trend import (
+from partattn_checks.analysis.trend import (
     Trend,
     TrendCheckpoint,
     TrendError,
@@ -38,6 +31,13 @@ from partattn_checks.trend import (
     load_pipeline,
     run_trend,
 )
+from partattn_checks.checks import CHECKS
+from partattn_checks.cli import main
+from partattn_checks.cli.trend import check_panels, write_trend
+from partattn_checks.model.pipeline import PartCrafterPipeline
+from partattn_checks.model.tiny import TINY_RUN_DEFAULTS, write_checkpoint
+from partattn_checks.model.training import TrainConfig, train
+from partattn_checks.render.training import MIN_SPAN, shared_ranges, trend_checks_figure, x_label
 
 IMAGES = ("np2_circle_square.png", "np2_triangle_circle.png", "np3_three_shapes.png")
 EARLY = (150, 300)

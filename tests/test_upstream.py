@@ -13,9 +13,9 @@ import upstream_standin
 from plugin_support import outcomes
 
 from partattn_checks import EMBEDDED_MODEL
-from partattn_checks.capture import AttentionRecorder, CaptureError, Selection, record_attention
+from partattn_checks.capture.recorder import AttentionRecorder, CaptureError, Selection, record_attention
+from partattn_checks.capture.upstream import PipelineError, UpstreamPipeline, as_pipeline, load_factory
 from partattn_checks.model.pipeline import PartCrafterPipeline
-from partattn_checks.upstream import PipelineError, UpstreamPipeline, as_pipeline, load_factory
 
 pytest_plugins = ("pytester",)
 
@@ -107,8 +107,8 @@ def test_the_gate_runs_an_upstream_style_pipeline(pytester, monkeypatch):
 
 
 def test_trend_and_compare_run_an_upstream_style_pipeline(tmp_path, monkeypatch):
-    from partattn_checks.compare import compare_checkpoints
-    from partattn_checks.trend import find_checkpoints, fixture_images, run_trend
+    from partattn_checks.analysis.compare import compare_checkpoints
+    from partattn_checks.analysis.trend import find_checkpoints, fixture_images, run_trend
 
     monkeypatch.chdir(REPO / "tests")  # the factory's module is imported from the current folder
     images = [s for s in fixture_images(REPO / "fixtures" / "images") if s.path.name == IMAGE.name]

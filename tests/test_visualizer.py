@@ -20,7 +20,8 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from PIL import Image
 
-from partattn_checks.capture import (
+from partattn_checks.capture.record import AttentionRecord
+from partattn_checks.capture.recorder import (
     AttentionRecorder,
     CaptureError,
     Selection,
@@ -28,11 +29,10 @@ from partattn_checks.capture import (
     record_attention,
 )
 from partattn_checks.model.pipeline import PartCrafterPipeline
-from partattn_checks.record import AttentionRecord
+from partattn_checks.present.pages import render_index, write_index
+from partattn_checks.present.pages.run_page import render_record
+from partattn_checks.present.visualizer import SPARSITY_FACTOR, AttentionVisualizer
 from partattn_checks.render import panels as render_panels
-from partattn_checks.reporting import render_index, write_index
-from partattn_checks.reporting.run_report import render_record
-from partattn_checks.visualizer import SPARSITY_FACTOR, AttentionVisualizer
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "fixtures" / "checkpoints" / "tiny-random"
@@ -488,7 +488,7 @@ def test_failure_report_heads_are_drawn_on_the_image(tmp_path, run_record):
     """The uniformity failure's ``heads`` figure shows every head on the encoder's view of the image: an
     image with a shape gives the shape's outline on the heads, a plain one none."""
     from partattn_checks.checks import Thresholds, run_checks
-    from partattn_checks.figures import figures_for
+    from partattn_checks.present.check_figures import figures_for
 
     _, record = run_record
     strict = Thresholds().merged({"uniformity": {"max_share": 0.0}})  # any near-uniform head fails

@@ -12,7 +12,7 @@ from .core import CheckResult, Offender
 if TYPE_CHECKING:
     import torch
 
-    from ..record import AttentionRecord
+    from ..capture.record import AttentionRecord
 
 
 # ----------------------------------------------------------------------------- wording and indexing

@@ -26,7 +26,7 @@ from ..errors import PartattnError
 from .details import Details
 
 if TYPE_CHECKING:
-    from ..record import AttentionRecord
+    from ..capture.record import AttentionRecord
     from .thresholds import Thresholds
 
 VERDICTS = ("pass", "fail", "skip")
@@ -223,7 +223,7 @@ class Check:
     ) -> list[Path]:
         """Write ``draw``'s figures as ``<outdir>/<name>__<what>.png``; none for a skip or a check
         that draws none. Details in their JSON form are made typed first."""
-        from ..atomic import atomic_write_bytes
+        from ..base.atomic import atomic_write_bytes
         from .thresholds import Thresholds
 
         if result.verdict == "skip" or type(self).draw is Check.draw:

@@ -49,7 +49,7 @@ class PartSeparation(Check):
     def judge(self, record, thresholds: Thresholds) -> CheckResult:
         import torch
 
-        from .. import metrics
+        from ..capture import metrics
 
         t = self.limits(thresholds)
         if record.num_parts < 2:
@@ -130,7 +130,7 @@ class PartSeparation(Check):
     def timeline(self, record, thresholds: Thresholds) -> Timeline | None:
         """Part separation per step and layer; bold: the series whose ``step_aggregate`` over steps is
         the judged value (the layer that sets it, or the mean over layers). None for a single part."""
-        from .. import metrics
+        from ..capture import metrics
 
         if record.num_parts < 2:
             return None

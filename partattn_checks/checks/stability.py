@@ -39,7 +39,7 @@ class Stability(Check):
     details_type = StabilityDetails
 
     def judge(self, record, thresholds: Thresholds) -> CheckResult:
-        from .. import metrics
+        from ..capture import metrics
 
         t = self.limits(thresholds)
         if record.num_steps < 2:
@@ -95,7 +95,7 @@ class Stability(Check):
     def timeline(self, record, thresholds: Thresholds) -> Timeline | None:
         """The worst part's jump from the previous step, per step and layer; the judged value is its
         maximum (any point above the threshold fails). None with fewer than 2 steps."""
-        from .. import metrics
+        from ..capture import metrics
 
         if record.num_steps < 2:
             return None

@@ -13,8 +13,8 @@ import os
 from dataclasses import field
 from pathlib import Path
 
+from ..base.tomlread import read_toml
 from ..errors import PartattnError
-from ..tomlread import read_toml
 from .core import REGISTRY
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .. import EMBEDDED_MODEL as DEFAULT_MODEL
-from .. import runspec
+from ..capture import runspec
 from .io import UsageError
 
 DEFAULT_FIXTURES = Path("fixtures") / "images"
@@ -19,7 +19,7 @@ MODEL_HELP = (
 
 
 def setting_arg(name: str):
-    """An argparse type for run setting ``name``, validated by the rules of :mod:`partattn_checks.runspec`."""
+    """An argparse type for run setting ``name``, validated by the rules of :mod:`partattn_checks.capture.runspec`."""
     whole = name in ("num_parts", "steps", "seed", "num_tokens")
 
     def parse(text: str):

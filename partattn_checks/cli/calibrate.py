@@ -2,7 +2,7 @@
 
 Loads the checkpoint once, runs the fixture images on it and on each broken variant (a weight edit
 applied in memory and undone after its images), picks each check's threshold between the healthy
-worst image and the variant's least-failing image (partattn_checks/calibrate.py has the rule), runs
+worst image and the variant's least-failing image (partattn_checks/analysis/calibrate.py has the rule), runs
 every level of the graded degradations to report the smallest one each new threshold catches (not
 with ``--no-graded``), and writes ``thresholds.toml`` (with its provenance),
 ``model-matrix.md``/``.json``/``.png``; with ``--baselines DIR`` it then runs the gate in update mode
@@ -24,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import runspec
-from ..noise import BASELINE_SEED_OFFSET
-from ..options import ci_is_set
+from ..capture import runspec
+from ..checks.baseline.noise import BASELINE_SEED_OFFSET
+from ..gate.options import ci_is_set
 from .args import (
     MODEL_HELP,
     add_fixture_run_options,
@@ -134,7 +134,7 @@ def main(args, extra) -> int:
             f"(CI={os.environ.get('CI')}): calibrate on a workstation or in a job without CI set, then commit the "
             f"thresholds and baselines (or leave out --baselines)"
         )
-    from ..sidecar import fixture_specs
+    from ..runs.sidecar import fixture_specs
 
     try:
         images = fixture_specs(fixtures)
@@ -175,7 +175,7 @@ def main(args, extra) -> int:
 
 def _lock(baselines: Path):
     """The gate's update lock on ``--baselines``, held while calibrate writes there."""
-    from ..baseline import BaselineError, UpdateLock
+    from ..checks.baseline.store import BaselineError, UpdateLock
 
     lock = UpdateLock(baselines)
     try:
@@ -200,14 +200,14 @@ def _publish_outputs(stage: Path, out: Path) -> None:
 
 
 def _calibrate(args, model: Path, images, base, out: Path) -> Path:
-    from .. import calibration_report as report
-    from ..atomic import atomic_write_bytes, atomic_write_text
-    from ..calibrate import CalibrationError, calibrated, decide, graded_summary, summarize
+    from ..analysis import calibration_page as report
+    from ..analysis.calibrate import CalibrationError, calibrated, decide, graded_summary, summarize
+    from ..analysis.zoo import by_name, image_name, measure, measure_graded, session
+    from ..base.atomic import atomic_write_bytes, atomic_write_text
+    from ..capture.upstream import PipelineError
     from ..model.loading import CheckpointError
     from ..model.pipeline import PartCrafterPipeline
-    from ..session import CaseError
-    from ..upstream import PipelineError
-    from ..zoo import by_name, image_name, measure, measure_graded, session
+    from ..runs.session import CaseError
 
     device = run_device(args.device)
     dtype = runspec.torch_dtype(args.dtype)
@@ -216,7 +216,7 @@ def _calibrate(args, model: Path, images, base, out: Path) -> Path:
         say(args, f"loading {path} on {device} ({args.dtype})" + (f" with {args.pipeline}" if args.pipeline else ""))
         try:
             if args.pipeline:
-                from ..upstream import build_pipeline
+                from ..capture.upstream import build_pipeline
 
                 return build_pipeline(args.pipeline, Path.cwd(), path, device, args.dtype, "--pipeline")
             return PartCrafterPipeline.from_pretrained(path, device=device, dtype=dtype)
@@ -312,8 +312,8 @@ def _write_baselines(args, model: Path, fixtures: Path, toml: Path, baselines: P
     written by the plugin itself, in whatever format it stores, into ``baselines`` (a staging folder)
     seeded with the fixture images' stored baselines: unchanged files stay as they are, and the
     gate's removal of unused baselines finds none (those of other images are never touched)."""
-    from ..baseline import BaselineStore
-    from ..sidecar import image_keys
+    from ..checks.baseline.store import BaselineStore
+    from ..runs.sidecar import image_keys
 
     target = Path(args.baselines).expanduser().resolve()
     stored, staged = BaselineStore(target), BaselineStore(baselines)
@@ -367,7 +367,7 @@ class _Interrupt:
 def _publish_baselines(staged: Path, target: Path) -> None:
     """Move the baselines the gate wrote into ``staged`` over those in ``target``, file by file (an
     unchanged file keeps its bytes and time); a file the gate removed is removed."""
-    from ..baseline import BaselineStore
+    from ..checks.baseline.store import BaselineStore
 
     for key in BaselineStore(staged).keys():
         pairs = zip(BaselineStore(staged).paths(key).files(), BaselineStore(target).paths(key).files(), strict=True)

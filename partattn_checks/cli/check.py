@@ -8,7 +8,7 @@ from pathlib import Path
 from .args import DEFAULT_FIXTURES, MODEL_HELP, check_model, device_arg, model_dir, setting_arg
 from .io import UsageError
 
-PLUGIN_MODULE = "partattn_checks.plugin"
+PLUGIN_MODULE = "partattn_checks.gate.plugin"
 #: ``pytest.main`` runs in this process, after the ``partattn`` command imported partattn_checks
 #: (the plugin's package, which pytest marks for assert rewriting): pytest cannot rewrite it and
 #: would say so on every ``check``. Nothing is lost: the gate's verdicts are not ``assert``
@@ -48,7 +48,7 @@ def add_parser(sub):
 
 
 def _plugin_args() -> list[str]:
-    """``-p partattn_checks.plugin`` unless the plugin is already registered through its entry point."""
+    """``-p partattn_checks.gate.plugin`` unless the plugin is already registered through its entry point."""
     from importlib import metadata, util
 
     try:

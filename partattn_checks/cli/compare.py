@@ -53,10 +53,10 @@ def add_parser(sub):
 
 
 def main(args, extra) -> int:
-    from ..compare import CompareError, compare_checkpoints
+    from ..analysis.compare import CompareError, compare_checkpoints
+    from ..analysis.trend import TrendError, fixture_images
     from ..model.files import CheckpointError
-    from ..session import CaseError
-    from ..trend import TrendError, fixture_images
+    from ..runs.session import CaseError
 
     for path in (args.a, args.b):
         if not Path(path).expanduser().is_dir():
@@ -135,9 +135,9 @@ def check_panels(comparison) -> list:
     every check is kept, the count of non-finite values too."""
     import numpy as np
 
+    from ..analysis.trend import COUNT_CHECKS
     from ..checks import REGISTRY
     from ..render.training import CheckPanel
-    from ..trend import COUNT_CHECKS
 
     panels = []
     for name in comparison.check_means("a"):
@@ -161,10 +161,10 @@ def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
     """``compare.json``, the figures and ``index.html`` in ``out``; ``{what: path}``. The page opens
     with the verdict, the checks on both sides and the change per (layer, head)."""
     from .. import render
-    from ..atomic import atomic_write_text
+    from ..base.atomic import atomic_write_text
+    from ..present.pages.page import Page
+    from ..present.views import renorm
     from ..render import training as figures
-    from ..reporting.page import Page
-    from ..views import renorm
 
     doc = json.dumps(comparison.to_dict(), indent=1, allow_nan=False)  # JSON has no NaN: to_dict writes null
     written = {"json": atomic_write_text(out / "compare.json", doc + "\n")}

@@ -245,7 +245,7 @@ class Outputs:
         self._write_manifest(self.written + kept)
 
     def _write_manifest(self, files: list[str]) -> None:
-        from ..atomic import atomic_write_text
+        from ..base.atomic import atomic_write_text
 
         doc = {
             "written_by": f"partattn {self.command}",

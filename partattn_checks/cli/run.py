@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import runspec
+from ..capture import runspec
 from .args import (
     MODEL_HELP,
     add_pipeline_option,
@@ -82,7 +82,7 @@ def main(args, extra) -> int:
     image = Path(args.image).expanduser()
     if not image.is_file():
         raise UsageError(f"image not found: {image}")
-    from ..sidecar import parts_from_name
+    from ..runs.sidecar import parts_from_name
 
     num_parts = args.num_parts or parts_from_name(image)
     if num_parts is None:
@@ -102,12 +102,12 @@ def main(args, extra) -> int:
 
 
 def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) -> int:
-    from ..capture import CaptureError, cross_attention_modules
+    from ..capture.recorder import CaptureError, cross_attention_modules
+    from ..capture.upstream import PipelineError
     from ..model.loading import CheckpointError, check_num_parts
     from ..model.pipeline import open_image
-    from ..reporting.run_report import render_record, save_run
-    from ..upstream import PipelineError
-    from ..visualizer import AttentionVisualizer
+    from ..present.pages.run_page import render_record, save_run
+    from ..present.visualizer import AttentionVisualizer
 
     try:
         open_image(image)
@@ -117,7 +117,7 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
     say(args, f"loading {model} on {device} ({args.dtype})" + (f" with {args.pipeline}" if args.pipeline else ""))
     try:
         if args.pipeline:
-            from ..upstream import build_pipeline
+            from ..capture.upstream import build_pipeline
 
             pipe = build_pipeline(args.pipeline, Path.cwd(), model, device, args.dtype, "--pipeline")
             viz = AttentionVisualizer(pipe, thresholds=thresholds)

@@ -32,9 +32,9 @@ def add_parser(sub):
 
 
 def main(args, extra) -> int:
+    from ..capture.record import AttentionRecord
     from ..checks import run_checks
-    from ..record import AttentionRecord
-    from ..reporting.run_report import render_record
+    from ..present.pages.run_page import render_record
 
     path = Path(args.record).expanduser()
     try:
@@ -92,7 +92,7 @@ def _image_for(record, folder: Path, image_arg: str | None):
     """
     from ..model.loading import CheckpointError, load_feature_extractor
     from ..model.pipeline import open_image
-    from ..visualizer import encoder_view
+    from ..present.visualizer import encoder_view
 
     model = Path(str(record.meta.get("model", ""))) if record.meta.get("model") else None
     extractor = None

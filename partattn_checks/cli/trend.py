@@ -52,9 +52,9 @@ def add_parser(sub):
 
 
 def main(args, extra) -> int:
+    from ..analysis.trend import TrendError, find_checkpoints, fixture_images, run_trend
     from ..model.files import CheckpointError
-    from ..session import CaseError
-    from ..trend import TrendError, find_checkpoints, fixture_images, run_trend
+    from ..runs.session import CaseError
 
     try:
         checkpoints = find_checkpoints(args.checkpoints, base=args.base, ema=args.ema)
@@ -102,9 +102,9 @@ def check_panels(trend) -> list:
     registry order; a check never measured is left out."""
     import numpy as np
 
+    from ..analysis.trend import COUNT_CHECKS
     from ..checks import REGISTRY
     from ..render.training import CheckPanel
-    from ..trend import COUNT_CHECKS
 
     panels = []
     for name in trend.checks:
@@ -145,9 +145,9 @@ def figure_caption(trend, what: str) -> str:
 def write_trend(trend, out: Path) -> dict[str, Path]:
     """``trend.json``, the two figures and ``index.html`` in ``out``; ``{what: path}``. The page
     opens with the verdict and the checks' figure."""
-    from ..atomic import atomic_write_text
+    from ..base.atomic import atomic_write_text
+    from ..present.pages.page import Page
     from ..render import training as figures
-    from ..reporting.page import Page
 
     by_step = trend.by_step
     xs = [c.step if by_step else i for i, c in enumerate(trend.checkpoints)]
@@ -196,7 +196,7 @@ def write_trend(trend, out: Path) -> dict[str, Path]:
 
 
 def _cell(trend, index: int, name: str):
-    from ..reporting.page import Cell
+    from ..present.pages.page import Cell
 
     verdicts = [per[name]["verdict"] for per in trend.results[index].values()]
     fails = verdicts.count("fail")

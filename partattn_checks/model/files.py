@@ -11,7 +11,7 @@ file with a message that names it and says the fix instead of a raw ``Safetensor
 
 The error classes live here and are re-exported where users meet them:
 ``CheckpointError`` (``partattn_checks.model.loading``), ``RecordError``
-(``partattn_checks.record``), ``ImageError`` (``partattn_checks.model.pipeline``).
+(``partattn_checks.capture.record``), ``ImageError`` (``partattn_checks.model.pipeline``).
 """
 
 from __future__ import annotations

@@ -133,13 +133,13 @@ def flow_sigmas(steps: int) -> list[float]:
 def as_device(device: str | torch.device) -> torch.device:
     """A concrete device (``cpu``, ``cuda``, ``cuda:N``) as a ``torch.device``; ``cuda`` without CUDA
     is an error that says so. Choosing one (``auto``, one GPU per xdist worker) is the run layer's
-    job: ``partattn_checks.runspec.resolve_device``."""
+    job: ``partattn_checks.capture.runspec.resolve_device``."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(
             f"device {device!r}: not a device; pass cpu, cuda or cuda:N (to pick one for 'auto', "
-            f"use partattn_checks.runspec.resolve_device)"
+            f"use partattn_checks.capture.runspec.resolve_device)"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(

@@ -22,8 +22,8 @@ number of parts or heads (``panels.panel_layout`` is the shared sizing rule).
 matplotlib is used through ``Figure`` + the Agg canvas only: no pyplot, no display.
 """
 
-from .figures import heatmap, multi_head_grid, overlay, part_panel, timeline
 from .gif import animation, animation_bytes
+from .maps import heatmap, multi_head_grid, overlay, part_panel, timeline
 
 __all__ = [
     "heatmap",

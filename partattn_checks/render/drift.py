@@ -54,7 +54,7 @@ def drift_figure(drift, image=None, *, path=None, delta_scale=None):
         return buf.getvalue()
     from pathlib import Path
 
-    from ..atomic import atomic_write_bytes
+    from ..base.atomic import atomic_write_bytes
 
     return atomic_write_bytes(Path(path), buf.getvalue())
 

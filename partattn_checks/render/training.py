@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..atomic import atomic_write_bytes
+from ..base.atomic import atomic_write_bytes
 
 DPI = 110
 FONT_PT = 10.5

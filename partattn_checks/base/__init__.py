@@ -1,0 +1,1 @@
+"""Foundations with no package imports: atomic writes, TOML reading."""

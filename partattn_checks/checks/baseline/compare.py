@@ -1,0 +1,462 @@
+"""The baseline comparison of one image: a small engine with a status enum.
+
+:func:`evaluate` loads the stored baseline (``baseline.BaselineStore``), compares the measured
+headline metrics with it (the ``baseline`` check: in units of the baseline's seed spread when it
+has one, :mod:`partattn_checks.checks.baseline.noise`), measures how far the attention moved from the baseline's
+attention summary (``attention``; the drift figure and the worst offender come from it),
+and writes the baseline or a candidate as the update mode says (``WRITES``: one table of which
+situations each mode writes). A baseline is written from the runs of its noise seeds (``sample``,
+run only when one is written); a candidate holds the gate's own run(s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import CheckResult, Offender, Thresholds, check_baseline
+from .check import AttentionDrift, BaselineDetails
+from .store import (
+    ENVIRONMENT_FILE,
+    SUMMARY_FILE,
+    Baseline,
+    BaselineError,
+    BaselinePaths,
+    BaselineStore,
+    fingerprint_diff,
+    nonfinite_metrics,
+)
+
+if TYPE_CHECKING:  # numpy loads with a summary, not with the plugin
+    from .attention import AttentionSummary
+from ..details import Matrix
+from .noise import (
+    DEFAULT_FALSE_ALARM_RATE,
+    JUDGED_METRICS,
+    allowances,
+    layer_band,
+    layer_deviation,
+    log_spread,
+    metric_deviation,
+    pooled_sd,
+)
+
+#: The note of a comparison against a baseline written from one run.
+SINGLE_RUN_NOTE = (
+    "this baseline holds a single run (no seed spread): compared with the fixed atol/rtol; regenerate it with "
+    "--partattn-update=all to judge drift in units of seed noise"
+)
+
+#: The note of a comparison against a baseline without an attention summary.
+NO_SUMMARY_NOTE = (
+    f"this baseline has no attention summary ({SUMMARY_FILE}): compared on its metrics alone; "
+    f"regenerate it with --partattn-update=all to add the drift pictures"
+)
+
+
+class BaselineStatus(str, Enum):
+    """What happened to an image's baseline (compares equal to its string value)."""
+
+    COMPARED = "compared"  # measured against the stored baseline (includes "up to date" under an update)
+    MISSING = "missing"  # none stored, none written
+    UNREADABLE = "unreadable"  # stored but unusable, not replaced
+    WRITTEN = "written"  # none stored; written by an update mode
+    UPDATED = "updated"  # stored; replaced by an update mode
+    ENV_MISMATCH = "env-mismatch"  # recorded elsewhere, and --partattn-strict-env
+    REFUSED = "refused"  # an update would have stored non-finite metrics
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class BaselineOutcome:
+    """What the ``baseline`` check decided for one image."""
+
+    result: CheckResult
+    baseline: Baseline | None
+    looked: BaselinePaths
+    status: BaselineStatus = BaselineStatus.COMPARED
+    written: Path | None = None  # baseline folder written in the store
+    candidate: Path | None = None  # candidate folder written under the results folder
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SeedSample:
+    """Runs of one image under several noise seeds, summarized: what a baseline stores."""
+
+    seeds: tuple[int, ...]
+    samples: dict[str, list[float]]  # metric -> one value per seed
+    checks: dict[str, float | None]  # check values, mean over the seeds
+    attention: AttentionSummary | None = None  # mean over the seeds, with their seed drift
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Each metric's mean over the seeds (a metric missing from any run is left out)."""
+        return {k: sum(v) / len(v) for k, v in self.samples.items() if len(v) == len(self.seeds)}
+
+    @classmethod
+    def of(cls, seeds: Sequence[int], summaries: Sequence[Mapping], checks: Sequence[Mapping], attention=None):
+        """From per-run headline metrics and check values (one mapping per seed)."""
+        names = sorted(set().union(*summaries)) if summaries else []
+        samples = {n: [float(s[n]) for s in summaries] for n in names if all(n in s for s in summaries)}
+        check_names = sorted(set().union(*checks)) if checks else []
+        means = {}
+        for name in check_names:
+            values = [c.get(name) for c in checks]
+            means[name] = None if any(v is None for v in values) else sum(values) / len(values)
+        return cls(tuple(int(s) for s in seeds), samples, means, attention)
+
+
+#: update mode -> the situations in which it writes the measured metrics as the baseline
+WRITES = {
+    None: frozenset(),
+    "missing": frozenset({"missing"}),
+    "failed": frozenset({"missing", "failed", "env-failed", "outdated"}),
+    "all": frozenset({"missing", "failed", "env-failed", "outdated", "passed"}),
+}
+
+
+@dataclass
+class _Comparison:
+    """One image's baseline comparison; :func:`evaluate` is its one entry point."""
+
+    store: BaselineStore
+    candidates: BaselineStore
+    key: str
+    image: str
+    metrics: dict
+    checks: dict
+    environment: dict
+    thresholds: Thresholds
+    update: str | None
+    force: bool
+    strict_env: bool
+    update_hint: str
+    attention: AttentionSummary | None = None
+    measured_seeds: tuple[int, ...] = ()
+    measured_samples: dict[str, list[float]] | None = None
+    sample: Callable[[], SeedSample] | None = None
+    pooled: Callable[[], Mapping[str, float]] | None = None
+    alpha: float = DEFAULT_FALSE_ALARM_RATE
+
+    @property
+    def looked(self) -> BaselinePaths:
+        return self.store.paths(self.key)
+
+    def run(self) -> BaselineOutcome:
+        try:
+            stored = self.store.load(self.key)
+        except BaselineError as err:
+            return self.unusable(err)
+        if stored is None:
+            return self.missing()
+        return self.compare(stored)
+
+    # -- the three situations ------------------------------------------------------------------
+    def unusable(self, err: BaselineError) -> BaselineOutcome:
+        situation = "outdated" if not err.corrupt else ("forced" if self.force and self.update == "all" else None)
+        if situation == "forced" or situation in WRITES[self.update]:
+            return self.write(
+                BaselineStatus.UPDATED, f"replaced the unusable baseline {err.path} ({err}) with the measured metrics"
+            )
+        cand = self.candidate()
+        if err.corrupt:
+            keep = (
+                "It was NOT overwritten: fix it, or delete the folder and run with --partattn-update=missing "
+                "(or replace it with --partattn-update=all --partattn-force-update)"
+            )
+        else:
+            keep = "Regenerate it with --partattn-update=failed"
+        reason = f"baseline unusable: {err}. {keep}. A candidate was written to {cand}"
+        return self.failed(BaselineStatus.UNREADABLE, reason, None, cand, file=str(err.path))
+
+    def missing(self) -> BaselineOutcome:
+        looked = self.looked
+        if "missing" in WRITES[self.update]:
+            return self.write(
+                BaselineStatus.WRITTEN, f"no baseline existed; wrote {looked.metrics} (--partattn-update={self.update})"
+            )
+        cand = self.candidate()
+        reason = (
+            f"no baseline for this image: looked for {looked.metrics}; a candidate was written to {cand} "
+            f"(review it, then copy that folder to {looked.folder}, or create it with "
+            f"--partattn-update=missing{self.update_hint})"
+        )
+        return self.failed(BaselineStatus.MISSING, reason, None, cand, looked=str(looked.metrics))
+
+    def compare(self, stored: Baseline) -> BaselineOutcome:
+        if stored.has_spread:
+            result = self.judge_noise(stored)
+        else:
+            legacy = check_baseline(self.metrics, stored.metrics, self.thresholds)
+            details = replace(legacy.details, attention_note=SINGLE_RUN_NOTE)
+            result = replace(legacy, reason=f"{legacy.reason}. Note: {SINGLE_RUN_NOTE}", details=details)
+        result = self.with_drift(result, stored)
+        env_diff = (
+            fingerprint_diff(stored.environment, self.environment, ignore=("seed",) if stored.has_spread else ())
+            if stored.environment is not None
+            else [f"no {ENVIRONMENT_FILE} next to the baseline"]
+        )
+        env_failed = self.strict_env and bool(env_diff)
+        situation = "failed" if result.verdict == "fail" else "env-failed" if env_failed else "passed"
+        if situation in WRITES[self.update]:
+            why = {
+                "failed": f"it failed: {result.reason}",
+                "env-failed": "its environment differed",
+                "passed": f"--partattn-update={self.update}",
+            }[situation]
+            return self.write(BaselineStatus.UPDATED, f"baseline updated ({why})", stored)
+        warnings = []
+        if env_diff:
+            text = (
+                f"{self.looked.folder}: the baseline was recorded in a different environment "
+                f"({'; '.join(env_diff)}); differences may come from there"
+            )
+            if env_failed:
+                cand = self.candidate()
+                reason = (
+                    f"{text} [--partattn-strict-env]. Comparison: {result.reason}. A candidate was written "
+                    f"to {cand}; regenerate with --partattn-update=failed"
+                )
+                failed = replace(
+                    result,
+                    verdict="fail",
+                    offender=None,
+                    reason=reason,
+                    details=replace(
+                        result.details,
+                        status=str(BaselineStatus.ENV_MISMATCH),
+                        environment_diff=env_diff,
+                        candidate=str(cand),
+                    ),
+                )
+                return BaselineOutcome(failed, stored, self.looked, BaselineStatus.ENV_MISMATCH, candidate=cand)
+            warnings.append(text)
+        cand = None
+        if result.verdict == "fail":
+            cand = self.candidate()
+            result = replace(
+                result,
+                reason=f"{result.reason}; a candidate was written to {cand}",
+                details=replace(result.details, candidate=str(cand)),
+            )
+        return BaselineOutcome(result, stored, self.looked, BaselineStatus.COMPARED, candidate=cand, warnings=warnings)
+
+    @property
+    def repeats(self) -> int:
+        return max(1, len(self.measured_seeds))
+
+    def judge_noise(self, stored: Baseline) -> CheckResult:
+        """The measured metrics and layers against the baseline's seed distribution."""
+        from .check import Baseline as BaselineCheck
+
+        pooled = dict(self.pooled()) if self.pooled is not None else {}
+        common = [n for n in JUDGED_METRICS if n in stored.samples and n in self.metrics]
+        drifts = []
+        if self.attention is not None and stored.attention is not None:
+            from .attention import layer_drifts  # numpy: only when there is a summary
+
+            found = layer_drifts(stored.attention, self.attention)
+            drifts = found if not isinstance(found, str) else []
+        tests = len(common) + len(drifts)
+        a_metric, a_layer = allowances(self.alpha, tests, len(stored.seeds))
+        deviations = [
+            metric_deviation(
+                n,
+                float(self.metrics[n]),
+                stored.samples[n],
+                pooled=pooled.get(n),
+                repeats=self.repeats,
+                allowance=a_metric,
+            )
+            for n in common
+        ]
+        if drifts:
+            # the image's layers pooled: spreads on the log scale are relative
+            layer_pool = pooled_sd([log_spread(d.seed_drifts) for d in drifts])
+            deviations += [
+                layer_deviation(
+                    d.layer,
+                    d.drift,
+                    d.seed_drifts,
+                    pooled=layer_pool,
+                    repeats=self.repeats,
+                    allowance=a_layer,
+                    part=d.part,
+                )
+                for d in drifts
+            ]
+        missing = sorted(n for n in JUDGED_METRICS if n in stored.samples and n not in self.metrics)
+        return BaselineCheck().judge_noise(deviations, self.alpha, missing)
+
+    def with_drift(self, result: CheckResult, stored: Baseline) -> CheckResult:
+        """``result`` with the attention drift from the stored summary (its worst offender: the
+        layer and part that moved most), or with a note saying why there is none."""
+        details = result.details if isinstance(result.details, BaselineDetails) else BaselineDetails()
+        if stored.attention is None:
+            note = (
+                f"the baseline's attention summary is unusable ({stored.attention_error}); compared on its "
+                f"metrics alone; regenerate it with --partattn-update=all"
+                if stored.attention_error
+                else NO_SUMMARY_NOTE
+            )
+        elif self.attention is None:
+            note = "this run made no attention summary: compared on the metrics alone"
+        else:
+            from .attention import attention_drift  # numpy: only when there is a summary
+
+            drift = attention_drift(stored.attention, self.attention)
+            if isinstance(drift, str):
+                note = f"no drift figure: {drift}"
+            else:
+                layers = {d.name: d for d in details.deviations or () if d.kind == "layer"}
+                judged = [layers.get(name) for name in drift.layers]
+                banded = all(d is not None for d in judged) and bool(judged)
+                bands = [layer_band(d) for d in judged] if banded else []
+                typed = AttentionDrift(
+                    layers=drift.layers,
+                    per_part=Matrix.of(drift.per_part),
+                    layer=drift.layer,
+                    part=drift.part,
+                    baseline=Matrix.of(drift.baseline),
+                    now=Matrix.of(drift.now),
+                    grid=drift.grid,
+                    judged=tuple(d.measured for d in judged) if banded else None,
+                    typical=tuple(b[0] for b in bands) if banded else None,
+                    band=tuple(b[1] for b in bands) if banded else None,
+                    onset=details.onset,
+                )
+                reason = result.reason
+                if result.verdict == "fail":
+                    reason += (
+                        f" (attention moved most in layer {drift.layer}, part {drift.part}: JS/log2 {drift.value:.3f}; "
+                        f"see the drift figure)"
+                    )
+                layer = details.onset or drift.layer
+                part = layers[layer].part if layer in layers and layers[layer].part is not None else drift.part
+                return replace(
+                    result,
+                    reason=reason,
+                    offender=Offender(layer=layer, part=part),
+                    details=replace(details, attention=typed),
+                )
+        return replace(result, reason=f"{result.reason}. Note: {note}", details=replace(details, attention_note=note))
+
+    # -- steps -------------------------------------------------------------------------------
+    def write(self, status: BaselineStatus, reason: str, stored: Baseline | None = None) -> BaselineOutcome:
+        looked = self.looked
+        bad = nonfinite_metrics(self.metrics)
+        if bad:
+            reason = (
+                f"not written: the measured metrics are not finite ({', '.join(bad)}); a baseline must "
+                f"come from a healthy run (see the nonfinite check)"
+            )
+            return self.failed(BaselineStatus.REFUSED, reason, stored, None)
+        files = self.files()
+        if self.sample is not None:
+            seeded = self.sample()
+            bad = nonfinite_metrics(seeded.metrics) or [k for k in self.metrics if k not in seeded.samples]
+            if bad:
+                reason = (
+                    f"not written: the runs of the baseline's noise seeds {list(seeded.seeds)} gave non-finite or "
+                    f"missing metrics ({', '.join(bad)}); a baseline must come from healthy runs"
+                )
+                return self.failed(BaselineStatus.REFUSED, reason, stored, None)
+            files = self.files(seeded)
+        if not self.store.write(self.key, **files):
+            status, reason = BaselineStatus.COMPARED, f"baseline up to date: no stored value changed ({looked.metrics})"
+        details = BaselineDetails(status=str(status), written=str(looked.folder))
+        result = CheckResult("baseline", "pass", None, None, None, reason, details)
+        return BaselineOutcome(result, stored, looked, status, written=looked.folder)
+
+    def files(self, seeded: SeedSample | None = None) -> dict:
+        """What a baseline holds (``BaselineStore.write``'s keyword arguments): the runs of the
+        noise seeds (``seeded``), or this run's own (a candidate, a baseline without seeds)."""
+        metrics, checks, attention, seeds, samples = (
+            (seeded.metrics, seeded.checks, seeded.attention, seeded.seeds, seeded.samples)
+            if seeded is not None
+            else (self.metrics, self.checks, self.attention, self.measured_seeds, self.measured_samples)
+        )
+        return dict(
+            image=self.image,
+            metrics=metrics,
+            checks=checks,
+            environment=self.environment,
+            attention=attention,
+            seeds=seeds,
+            samples=samples,
+        )
+
+    def candidate(self) -> Path:
+        self.candidates.write(self.key, **self.files())
+        return self.candidates.paths(self.key).folder
+
+    def failed(
+        self, status: BaselineStatus, reason: str, stored: Baseline | None, cand: Path | None, **details
+    ) -> BaselineOutcome:
+        extra = {"candidate": str(cand)} if cand is not None else {}
+        typed = BaselineDetails(status=str(status), **details, **extra)
+        result = CheckResult("baseline", "fail", None, None, None, reason, typed)
+        return BaselineOutcome(result, stored, self.looked, status, candidate=cand)
+
+
+def evaluate(
+    store: BaselineStore,
+    candidates: BaselineStore,
+    key: str,
+    *,
+    image: str,
+    metrics: dict,
+    checks: dict,
+    environment: dict,
+    thresholds: Thresholds,
+    update: str | None = None,
+    force: bool = False,
+    strict_env: bool = False,
+    update_hint: str = "",
+    attention: AttentionSummary | None = None,
+    measured_seeds: Sequence[int] = (),
+    measured_samples: dict[str, list[float]] | None = None,
+    sample: Callable[[], SeedSample] | None = None,
+    pooled: Callable[[], Mapping[str, float]] | None = None,
+    alpha: float = DEFAULT_FALSE_ALARM_RATE,
+) -> BaselineOutcome:
+    """Compare ``metrics`` with the stored baseline of ``key``, writing baselines as ``update`` says.
+
+    ``update``: None (compare only), "missing" (write absent baselines), "failed" (write absent and
+    failing ones, including a strict environment mismatch and a readable baseline of another schema
+    or with non-finite values), "all" (rewrite every baseline whose values changed; with ``force``,
+    also an unreadable one). A failing comparison also writes a candidate under ``candidates``.
+    ``attention``: this run's attention summary, stored with the baseline and compared with the
+    stored one (the drift figure); None compares and writes the metrics alone.
+
+    Noise: ``metrics`` (and ``attention``) are the mean of the runs of ``measured_seeds``
+    (``measured_samples``: their values); ``sample()`` runs the baseline's noise seeds when a
+    baseline is written; ``pooled()`` gives the folder's pooled spreads; ``alpha`` is the item's
+    false-alarm rate.
+    """
+    return _Comparison(
+        store,
+        candidates,
+        key,
+        image,
+        metrics,
+        checks,
+        environment,
+        thresholds,
+        update,
+        force,
+        strict_env,
+        update_hint,
+        attention,
+        tuple(measured_seeds),
+        measured_samples,
+        sample,
+        pooled,
+        alpha,
+    ).run()

@@ -1,0 +1,511 @@
+"""The plugin's options: one table, registered as command-line options and ini keys alike.
+
+Every option ``--partattn-<x>`` has the ini twin ``partattn_<x>`` (``[tool.pytest.ini_options]``,
+``pytest.ini`` ...). Precedence: command line > ini > default. Relative paths from the command
+line are taken relative to the directory pytest was started in; relative paths from the ini file
+and the defaults are relative to the rootdir.
+
+Run settings (steps, num_tokens, seed, guidance, device, dtype) are validated by :mod:`partattn_checks.capture.runspec`,
+the same rules the sidecar and the ``partattn`` command use; :meth:`Settings.run_options` is the
+options layer of every run spec.
+
+This module imports nothing heavy: it runs on every pytest start-up. Only
+:func:`resolve_device` imports torch, and the plugin calls it only when ``--partattn`` is on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .. import EMBEDDED_MODEL
+from ..base.tomlread import TomlError, read_toml
+from ..capture import runspec
+from ..capture.runspec import DTYPES, DeviceChoice
+from ..checks.baseline.noise import BASELINE_SEED_OFFSET, DEFAULT_BASELINE_SEEDS, DEFAULT_FALSE_ALARM_RATE
+from ..model.files import RUN_DEFAULTS
+
+UPDATE_MODES = ("missing", "failed", "all")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the option table. ``name`` ``"model"`` gives ``--partattn-model``/``partattn_model``."""
+
+    name: str
+    help: str
+    kind: str = "str"  # flag | str | int | float | path | choice | scale ("auto" -> None, else a number > 0)
+    default: object = None
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    default_text: str = ""  # how the docs and --help show the default
+
+    @property
+    def flag(self) -> str:
+        return "--partattn" if self.name == "enabled" else f"--partattn-{self.name.replace('_', '-')}"
+
+    @property
+    def ini(self) -> str:
+        return "partattn" if self.name == "enabled" else f"partattn_{self.name}"
+
+    @property
+    def dest(self) -> str:
+        return "partattn" if self.name == "enabled" else f"partattn_{self.name}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "enabled",
+        "run the attention checks on the fixture images (without it they are collected and skipped)",
+        kind="flag",
+        default=False,
+        default_text="off",
+    ),
+    Option(
+        "model",
+        "PartCrafter checkpoint folder (hub layout)",
+        kind="path",
+        default=EMBEDDED_MODEL,
+        metavar="DIR",
+        default_text="the embedded tiny checkpoint (partattn_checks/data/partcrafter-tiny)",
+    ),
+    Option(
+        "pipeline",
+        "module:factory of your own pipeline (an upstream-style PartCrafter pipeline, a fork's), imported from the "
+        "rootdir and called as factory(model, device, dtype) with --partattn-model (or None)",
+        default=None,
+        metavar="MODULE:FACTORY",
+        default_text="none: the built-in PartCrafter pipeline",
+    ),
+    Option(
+        "device",
+        "auto | cpu | cuda | cuda:N (auto picks CUDA when present)",
+        default="auto",
+        metavar="DEVICE",
+        default_text="auto",
+    ),
+    Option("dtype", "model dtype", kind="choice", default="float32", choices=DTYPES, default_text="float32"),
+    Option(
+        "steps",
+        "denoising steps per image",
+        kind="int",
+        default=None,
+        metavar="N",
+        default_text=f"the checkpoint's default (its partattn.json, else {RUN_DEFAULTS['steps']})",
+    ),
+    Option(
+        "num_tokens",
+        "latent tokens per part (upstream PartCrafter uses 1024)",
+        kind="int",
+        default=None,
+        metavar="T",
+        default_text=f"the checkpoint's default (its partattn.json, else {RUN_DEFAULTS['num_tokens']})",
+    ),
+    Option("seed", "seed of the initial latents", kind="int", default=0, metavar="N", default_text="0"),
+    Option(
+        "guidance",
+        "classifier-free guidance scale",
+        kind="float",
+        default=None,
+        metavar="SCALE",
+        default_text=f"the checkpoint's default (else {RUN_DEFAULTS['guidance_scale']})",
+    ),
+    Option(
+        "fixtures",
+        "folder of fixture images (only images under it are collected)",
+        kind="path",
+        default="fixtures/images",
+        metavar="DIR",
+        default_text="fixtures/images",
+    ),
+    Option(
+        "results",
+        "folder for heatmaps, candidate baselines and index.html",
+        kind="path",
+        default=".partattn-results",
+        metavar="DIR",
+        default_text=".partattn-results",
+    ),
+    Option(
+        "baselines",
+        "folder of stored baselines (one sub-folder per image)",
+        kind="path",
+        default="fixtures/baselines",
+        metavar="DIR",
+        default_text="fixtures/baselines",
+    ),
+    Option(
+        "update",
+        "write baselines: missing | failed | all (refused when CI is set, unless forced)",
+        kind="choice",
+        default=None,
+        choices=UPDATE_MODES,
+        metavar="MODE",
+        default_text="no update",
+    ),
+    Option(
+        "force_update",
+        "allow --partattn-update when the CI environment variable is set; with "
+        "update=all, also replace baseline files that cannot be read",
+        kind="flag",
+        default=False,
+        default_text="off",
+    ),
+    Option(
+        "strict_env",
+        "a baseline recorded in a different environment (fingerprint mismatch) fails instead of warning",
+        kind="flag",
+        default=False,
+        default_text="off",
+    ),
+    Option(
+        "thresholds",
+        "TOML file of thresholds ([uniformity], [collapse], ...)",
+        kind="path",
+        default=None,
+        metavar="FILE",
+        default_text="[tool.partattn.thresholds] of the rootdir's pyproject.toml, else built-in defaults",
+    ),
+    Option(
+        "baseline_seeds",
+        "noise seeds each baseline is written with (its spread is what drift is judged against)",
+        kind="int",
+        default=DEFAULT_BASELINE_SEEDS,
+        metavar="K",
+        default_text=str(DEFAULT_BASELINE_SEEDS),
+    ),
+    Option(
+        "seeds",
+        "noise seeds each image's baseline item judges (the mean of R runs; more power, R times the cost)",
+        kind="int",
+        default=1,
+        metavar="R",
+        default_text="1",
+    ),
+    Option(
+        "false_alarm_rate",
+        "chance that a healthy image's baseline item (or the fixture-set item) fails, for the noise judgement",
+        kind="float",
+        default=DEFAULT_FALSE_ALARM_RATE,
+        metavar="P",
+        default_text=str(DEFAULT_FALSE_ALARM_RATE),
+    ),
+    Option(
+        "drift_scale",
+        "± range of the drift figure's now − baseline colours (attention × Nk): auto (each figure its own "
+        "largest |Δ|) or a number, e.g. 4, the same for every image so that their figures compare",
+        kind="scale",
+        default="auto",
+        metavar="auto|X",
+        default_text="auto",
+    ),
+    Option(
+        "save_all_figures",
+        "also write figures of passing checks (failing ones always get them)",
+        kind="flag",
+        default=False,
+        default_text="off",
+    ),
+)
+
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register every option on the command line (group "partattn") and as an ini key."""
+    group = parser.getgroup("partattn", "attention health checks of PartCrafter (partattn-checks)")
+    for opt in OPTIONS:
+        text = f"{opt.help} [ini: {opt.ini}; default: {opt.default_text}]"
+        if opt.kind == "flag":
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=text)
+            parser.addini(opt.ini, text, type="bool", default=None)
+        else:
+            kwargs = {"choices": opt.choices} if opt.choices else {}
+            group.addoption(
+                opt.flag,
+                action="store",
+                default=None,
+                dest=opt.dest,
+                metavar=opt.metavar or opt.name.upper(),
+                help=text,
+                **kwargs,
+            )
+            parser.addini(opt.ini, text, type="string", default=None)
+
+
+# ---------------------------------------------------------------------------- resolution
+@dataclass(frozen=True)
+class Settings:
+    """Resolved option values (paths absolute). ``sources[name]`` is "cli", "ini" or "default"."""
+
+    enabled: bool
+    model: Path
+    device: str
+    dtype: str
+    steps: int | None
+    seed: int
+    guidance: float | None
+    fixtures: Path
+    results: Path
+    baselines: Path
+    update: str | None
+    force_update: bool
+    strict_env: bool
+    thresholds: Path | None
+    save_all_figures: bool
+    rootdir: Path
+    sources: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)  # what the user wrote, per option
+    num_tokens: int | None = None  # last, with a default: code that builds Settings by keyword keeps working
+    pipeline: str | None = None
+    baseline_seeds: int = DEFAULT_BASELINE_SEEDS
+    seeds: int = 1
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    drift_scale: float | None = None  # None: auto
+
+    @classmethod
+    def of(cls, **values) -> Settings:
+        """Settings without pytest (benchmarks, library use): every option at its default, paths
+        relative to the current folder, then ``values`` (``baselines=...``, ``seeds=4``, ...)."""
+        rootdir = Path.cwd()
+        defaults = {}
+        for opt in OPTIONS:
+            value = _convert(opt, opt.default, "default", rootdir)
+            defaults[opt.name] = value
+        defaults.update(values)
+        for name in ("model", "fixtures", "results", "baselines", "thresholds"):
+            if defaults.get(name) is not None:
+                defaults[name] = Path(defaults[name]).expanduser().resolve()
+        defaults["enabled"] = True
+        settings = cls(rootdir=rootdir, **defaults)
+        _validate(settings)
+        return settings
+
+    def where(self, name: str) -> str:
+        """How the user set an option, for error messages: ``--partattn-device cuda`` or the ini key."""
+        opt = BY_NAME[name]
+        src, raw = self.sources.get(name), self.raw.get(name)
+        if src == "ini":
+            return f"ini option {opt.ini} = {raw}"
+        if src == "cli":
+            return opt.flag if opt.kind == "flag" else f"{opt.flag} {raw}"
+        return f"{opt.flag} (default {opt.default_text})"
+
+    def shown(self, path: Path) -> str:
+        """``path`` relative to the rootdir when inside it (as in node ids), else absolute."""
+        try:
+            return Path(path).relative_to(self.rootdir).as_posix()
+        except ValueError:
+            return str(path)
+
+    def run_options(self) -> dict:
+        """The options layer of a run spec (``None``: unset, the checkpoint's default applies)."""
+        return {"steps": self.steps, "seed": self.seed, "guidance_scale": self.guidance, "num_tokens": self.num_tokens}
+
+    @property
+    def model_is_embedded(self) -> bool:
+        return self.model == EMBEDDED_MODEL.resolve()
+
+    def cli_args(self, skip: tuple[str, ...] = ("enabled", "update", "force_update", "save_all_figures")) -> list[str]:
+        """The command-line options the user gave (to rebuild an exact command), except ``skip``."""
+        out = []
+        for opt in OPTIONS:
+            if opt.name in skip or self.sources.get(opt.name) != "cli":
+                continue
+            out.append(opt.flag if opt.kind == "flag" else f"{opt.flag}={self.raw[opt.name]}")
+        return out
+
+
+def _usage(msg: str) -> pytest.UsageError:
+    return pytest.UsageError(msg)
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """CLI > ini > default for every option, validated; invalid values raise ``pytest.UsageError``."""
+    rootdir = Path(config.rootpath)
+    invocation = Path(config.invocation_params.dir)
+    values, sources, raw = {}, {}, {}
+    for opt in OPTIONS:
+        cli = config.getoption(opt.dest, default=None)
+        if cli is not None:
+            value, src, base = cli, "cli", invocation
+        else:
+            try:
+                ini = config.getini(opt.ini)
+            except (TypeError, ValueError) as exc:
+                raise _usage(f"ini option {opt.ini}: {exc}") from None
+            if ini is not None and ini != "":
+                value, src, base = ini, "ini", rootdir
+            else:
+                value, src, base = opt.default, "default", rootdir
+        sources[opt.name], raw[opt.name] = src, value
+        values[opt.name] = _convert(opt, value, src, base)
+    settings = Settings(rootdir=rootdir, sources=sources, raw=raw, **values)
+    _validate(settings)
+    return settings
+
+
+def _convert(opt: Option, value, src: str, base: Path):
+    label = opt.flag if src == "cli" else (f"ini option {opt.ini}" if src == "ini" else opt.flag)
+    if value is None:
+        return None
+    if opt.kind == "flag":
+        return bool(value)
+    text = str(value).strip()
+    if opt.kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise _usage(f"{label} {text}: expected a whole number") from None
+    if opt.kind == "float":
+        try:
+            number = float(text)
+        except ValueError:
+            raise _usage(f"{label} {text}: expected a number") from None
+        if not math.isfinite(number):
+            raise _usage(f"{label} {text}: expected a finite number")
+        return number
+    if opt.kind == "scale":
+        if text.lower() == "auto":
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise _usage(f"{label} {text}: expected auto or a positive number (the ± range, e.g. 4)")
+        return number
+    if opt.kind == "choice":
+        if text not in opt.choices:
+            raise _usage(f"{label} {text}: expected one of {', '.join(opt.choices)}")
+        return text
+    if opt.kind == "path":
+        path = Path(os.path.expanduser(text)) if isinstance(value, str) else Path(value)
+        return (path if path.is_absolute() else base / path).resolve()
+    return text
+
+
+def _validate(s: Settings) -> None:
+    """The run settings, by the rules of :mod:`~partattn_checks.capture.runspec` (shared with sidecars, the command)."""
+    wrong = runspec.device_problem(s.device)
+    if wrong:
+        raise _usage(f"{s.where('device')}: {wrong}")
+    for option, key in (
+        ("steps", "steps"),
+        ("num_tokens", "num_tokens"),
+        ("seed", "seed"),
+        ("guidance", "guidance_scale"),
+    ):
+        value = getattr(s, option)
+        wrong = runspec.problem(key, value) if value is not None else None
+        if wrong:
+            raise _usage(f"{s.where(option)}: {key} {wrong}")
+    if not 2 <= s.baseline_seeds <= BASELINE_SEED_OFFSET:
+        raise _usage(
+            f"{s.where('baseline_seeds')}: must be between 2 and {BASELINE_SEED_OFFSET} (a spread needs two seeds; "
+            f"{DEFAULT_BASELINE_SEEDS} is the measured default)"
+        )
+    if not 1 <= s.seeds <= BASELINE_SEED_OFFSET:
+        raise _usage(f"{s.where('seeds')}: must be between 1 and {BASELINE_SEED_OFFSET} (1 judges one run per image)")
+    if s.drift_scale is not None and not (
+        isinstance(s.drift_scale, (int, float)) and math.isfinite(s.drift_scale) and s.drift_scale > 0
+    ):
+        raise _usage(f"{s.where('drift_scale')}: expected auto or a positive number (the ± range, e.g. 4)")
+    if not 0.0 < s.false_alarm_rate < 0.5:
+        raise _usage(
+            f"{s.where('false_alarm_rate')}: must lie between 0 and 0.5 (exclusive), e.g. 0.001 for one false "
+            f"alarm in a thousand healthy images"
+        )
+
+
+def ci_is_set(environ=None) -> bool:
+    """True when the ``CI`` environment variable is set to anything but empty/0/false/no."""
+    value = (environ if environ is not None else os.environ).get("CI", "")
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def check_enabled_settings(s: Settings, *, custom_pipeline: bool) -> None:
+    """Checks that only matter when the plugin runs (files exist, update allowed); no torch."""
+    if s.update is not None and ci_is_set() and not s.force_update:
+        raise _usage(
+            f"{s.where('update')}: refusing to update baselines because the CI environment variable is set "
+            f"(CI={os.environ.get('CI')}); baselines should be reviewed and committed from a developer "
+            f"machine. Pass --partattn-force-update to update anyway"
+        )
+    if s.thresholds is not None and not s.thresholds.is_file():
+        raise _usage(
+            f"{s.where('thresholds')}: no such file ({s.thresholds}); pass a TOML file with "
+            f"[uniformity], [collapse], ... tables or drop the option"
+        )
+    if not custom_pipeline and not s.model.is_dir():
+        if s.model_is_embedded:
+            raise _usage(
+                f"the embedded default checkpoint is missing ({s.model}); the installation looks "
+                f"incomplete: reinstall partattn-checks or pass --partattn-model DIR"
+            )
+        raise _usage(
+            f"{s.where('model')}: no such checkpoint folder ({s.model}); pass the folder that holds model_index.json"
+        )
+    if not custom_pipeline:
+        from ..model.files import checkpoint_problems
+
+        problems = checkpoint_problems(s.model)  # milliseconds, no torch: one clear error, not one per item
+        if problems:
+            listed = "\n".join(f"  - {p}" for p in problems)
+            raise _usage(f"{s.where('model')}: the checkpoint cannot be loaded:\n{listed}")
+
+
+def resolve_device(s: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
+    """:func:`partattn_checks.capture.runspec.resolve_device` for ``--partattn-device`` (imports torch): a
+    device that is not there is a ``UsageError`` naming the option; so is a ``--partattn-num-tokens``
+    whose runs clearly cannot fit in that device's memory (once, before any item runs)."""
+    try:
+        choice = runspec.resolve_device(s.device, worker_id, spread=spread)
+    except runspec.RunSpecError as err:
+        raise _usage(f"{s.where('device')}: {err}") from None
+    wrong = runspec.tokens_problem(s.num_tokens, s.model, choice.device, dtype=s.dtype) if s.num_tokens else None
+    if wrong:
+        raise _usage(f"{s.where('num_tokens')}: {wrong}")
+    return choice
+
+
+def load_thresholds(s: Settings):
+    """(Thresholds, where they came from): ``--partattn-thresholds`` FILE, else the rootdir
+    pyproject's ``[tool.partattn.thresholds]``, else the built-in defaults."""
+    from ..checks import Thresholds
+    from ..checks import load_thresholds as load_file
+
+    if s.thresholds is not None:
+        try:
+            return load_file(s.thresholds), str(s.thresholds)
+        except ValueError as exc:
+            raise _usage(f"{s.where('thresholds')}: {exc}") from None
+    pyproject = s.rootdir / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            doc = read_toml(pyproject, "pyproject file")
+        except TomlError as exc:
+            raise _usage(str(exc)) from None
+        table = doc.get("tool", {}).get("partattn", {})
+        unknown = sorted(set(table) - {"thresholds"}) if isinstance(table, dict) else []
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], ["thresholds"], n=1)
+            raise _usage(
+                f"{pyproject}: unknown key [tool.partattn.{unknown[0]}]"
+                + (f"; did you mean [tool.partattn.{hint[0]}]?" if hint else "")
+                + " (known: [tool.partattn.thresholds])"
+            )
+        if table.get("thresholds") is not None:
+            try:  # the document read above, not the file again
+                thresholds = Thresholds.from_dict(
+                    table["thresholds"], source=str(pyproject), table_prefix="tool.partattn.thresholds."
+                )
+                return thresholds, f"{pyproject} [tool.partattn.thresholds]"
+            except ValueError as exc:
+                raise _usage(str(exc)) from None
+    return Thresholds(), "built-in defaults"

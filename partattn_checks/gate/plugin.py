@@ -1,0 +1,313 @@
+"""The pytest plugin of partattn-checks (entry point ``partattn``): hooks only.
+
+Each hook hands off to a small object: ``options`` (the option table), ``items`` (the pytest
+nodes), ``gate`` (the per-process session: pipeline, record cache, figures, baselines; the
+fixture), ``sidecar`` (what an image needs to run), ``report`` (texts, tables, index.html) and
+``baseline`` (the store). Without ``--partattn`` nothing heavy is imported: fixture images are
+collected and skipped. With it, torch is imported at configure time to check the device before
+any item runs; the model itself loads lazily, once per process (once per pytest-xdist worker),
+from the ``pytest_partattn_load_pipeline`` hook or the checkpoint option.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ..capture.runspec import DeviceChoice, checkpoint_defaults, torch_dtype
+from ..checks.baseline.store import BaselineError, BaselineStore, UpdateLock, unused_keys
+from ..runs.sidecar import IMAGE_SUFFIXES, image_keys
+from . import hookspecs, options, scheduling
+from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
+from .report import ItemReport, Summary, header_lines, junit_logging_warning
+from .state import GateSession, PartattnFixture
+
+MARKER = (
+    "partattn: an attention-check test (uses the partattn fixture or runs PartCrafter); "
+    "skipped unless pytest runs with --partattn"
+)
+
+
+#: ``--dist`` as the user gave it, before pytest-xdist fills in its default.
+CHOSEN_DIST_KEY = pytest.StashKey["str | None"]()
+
+
+class PartattnConfigWarning(pytest.PytestWarning):
+    """A partattn configuration that works but loses something (e.g. JUnit attachments)."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.add_options(parser)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config):
+    option = config.option
+    config.stash[CHOSEN_DIST_KEY] = "load" if getattr(option, "distload", False) else getattr(option, "dist", None)
+    return (yield)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+    settings = options.resolve(config)
+    config.stash[SETTINGS_KEY] = settings
+    if not settings.enabled:
+        return
+    hooks = [impl.plugin_name for impl in config.hook.pytest_partattn_load_pipeline.get_hookimpls()]
+    options.check_enabled_settings(settings, custom_pipeline=bool(hooks) or settings.pipeline is not None)
+    thresholds, source = options.load_thresholds(settings)
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is None:
+        _start_session_files(config, settings)
+    device = options.resolve_device(settings, worker, spread=bool(getattr(config.option, "numprocesses", None)))
+    config.stash[SESSION_KEY] = GateSession(_pipeline_loader(config, settings, device), settings, thresholds, device)
+    plan = scheduling.plan(config.stash.get(CHOSEN_DIST_KEY, None), getattr(config.option, "dist", None))
+    header = header_lines(settings, device, source, [Path(h).name for h in hooks], checkpoint_defaults(settings.model))
+    if plan is not None:
+        header.append(f"partattn: {plan.header}")
+    controller = Controller(settings, header, is_worker=worker is not None, plan=plan)
+    config.pluginmanager.register(controller, "partattn-controller")
+    collected = _collect_fixtures_by_default(config, settings)
+    header.append(f"partattn: {collected}")
+    if worker is None:
+        warnings = [plan.warning if plan is not None else None]
+        if getattr(config.option, "xmlpath", None):
+            warnings.append(junit_logging_warning(config.getini("junit_logging")))
+        for text in filter(None, warnings):
+            config.issue_config_time_warning(PartattnConfigWarning(text), stacklevel=2)
+
+
+def _pipeline_loader(config: pytest.Config, settings: options.Settings, device: DeviceChoice):
+    """How this process gets its pipeline (called lazily, once): the first non-None
+    ``pytest_partattn_load_pipeline`` result, else ``--partattn-pipeline``'s factory, else the
+    ``--partattn-model`` checkpoint. An upstream-style pipeline is wrapped (``upstream.as_pipeline``)."""
+
+    def load():
+        from ..capture.upstream import as_pipeline, build_pipeline
+
+        custom = config.hook.pytest_partattn_load_pipeline(config=config, device=device.device, dtype=settings.dtype)
+        if custom is not None:
+            return as_pipeline(custom)
+        if settings.pipeline is not None:
+            model = settings.model if settings.sources.get("model") != "default" else None
+            return build_pipeline(
+                settings.pipeline, settings.rootdir, model, device.device, settings.dtype, settings.where("pipeline")
+            )
+        from ..model.pipeline import PartCrafterPipeline
+
+        return PartCrafterPipeline.from_pretrained(
+            settings.model, device=device.device, dtype=torch_dtype(settings.dtype)
+        )
+
+    return load
+
+
+def _start_session_files(config: pytest.Config, settings: options.Settings) -> None:
+    """Once per session (the xdist controller): drop the baseline candidates of earlier sessions
+    and, when baselines are written, lock the baselines folder against a second writer."""
+    candidates = BaselineStore(settings.results / "baseline-candidates")
+    for key in candidates.keys():
+        candidates.remove(key)
+    if settings.update is None:
+        return
+    lock = UpdateLock(settings.baselines)
+    try:
+        lock.acquire()
+    except BaselineError as err:
+        raise pytest.UsageError(f"{settings.where('update')}: {err}") from None
+    config.add_cleanup(lock.release)
+
+
+def _collect_fixtures_by_default(config: pytest.Config, settings: options.Settings) -> str:
+    """``pytest --partattn`` without paths also collects the fixtures folder (e.g. next to testpaths).
+    Returns the header text that says what is collected."""
+    shown = settings.shown(settings.fixtures)
+    if not settings.fixtures.is_dir():
+        return f"no fixture images: {shown} is not a folder"
+    found = f"{len(image_keys(settings.fixtures, settings.results))} fixture images under {shown}"
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        return f"{found}; collected where the paths given include them"
+    base = Path(config.invocation_params.dir)
+    for arg in config.args:
+        path = (base / arg.split("::")[0]).resolve()
+        if settings.fixtures == path or path in settings.fixtures.parents:
+            return f"collecting {found}"
+    source = "testpaths" if config.args_source == pytest.Config.ArgsSource.TESTPATHS else "the current folder"
+    config.args.append(str(settings.fixtures))
+    return f"collecting {found} (added to {source}: {' '.join(config.args[:-1])})"
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    settings = parent.config.stash.get(SETTINGS_KEY, None)
+    if settings is None or file_path.suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    path = file_path.resolve()
+    if settings.fixtures not in path.parents or settings.results in path.parents:
+        return None
+    return ImageFile.from_parent(parent, path=file_path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash[SETTINGS_KEY].enabled:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("partattn") is not None and not isinstance(item, CheckItem):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def partattn(request: pytest.FixtureRequest) -> PartattnFixture:
+    """Run an image through the session's pipeline: ``partattn(image, num_parts=None, **settings)``
+    returns a ``CaseOutcome`` (``.record``, ``.results``, ``.summary``). Skips without --partattn."""
+    session = request.config.stash.get(SESSION_KEY, None)
+    if session is None:
+        pytest.skip(SKIP_REASON)
+    return PartattnFixture(session, request.path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    item_report = getattr(item, "partattn_report", None)
+    if item_report is not None and report.when == "call":
+        report.partattn = item_report.to_dict()  # plain JSON-ready data: travels to the xdist controller
+        if item_report.figures and item.config.pluginmanager.hasplugin("html"):
+            from .report import html_extras
+
+            html_path = item.config.getoption("htmlpath", None)  # links relative to the --html report
+            report_dir = Path(os.path.expandvars(html_path)).expanduser().absolute().parent if html_path else None
+            report.extras = [*getattr(report, "extras", []), *html_extras(item_report, report_dir)]
+    return report
+
+
+class Controller:
+    """Session-wide reporting, registered only with --partattn: header, summary, index.html.
+
+    Under pytest-xdist the controller process sees every worker's reports (with their
+    ``partattn`` payloads) and writes the summary; workers write nothing session-wide.
+    """
+
+    def __init__(
+        self,
+        settings: options.Settings,
+        header: list[str],
+        is_worker: bool,
+        plan: scheduling.SchedulingPlan | None = None,
+    ):
+        self.settings = settings
+        self.header = header
+        self.is_worker = is_worker
+        self.plan = plan
+        self.summary = Summary()
+        self.index: Path | None = None
+        self.index_error: str | None = None
+        self.unused_lines: list[str] = []
+        self.fixture_set = None  # the SetVerdict of this session, once judged
+
+    def _judge_fixture_set(self, session: pytest.Session) -> None:
+        """The fixture-set item: the images' baseline deviations combined (``fixture_set``),
+        reported as one more test so it counts, prints and lands in JUnit like the others."""
+        from ..checks.fixture_set import ITEM_NAME, set_verdict
+
+        per_image = {}
+        for image, per in self.summary.by_image.items():
+            item = per.get("baseline")
+            details = (item.result or {}).get("details") or {} if item is not None else {}
+            if details.get("deviations"):
+                per_image[image] = details["deviations"]
+        verdict = set_verdict(per_image, self.settings.false_alarm_rate)
+        if verdict is None:
+            return
+        self.fixture_set = verdict
+        where = self.settings.shown(self.settings.fixtures)
+        failed = verdict.verdict == "fail"
+        report = pytest.TestReport(
+            nodeid=f"{where}::{ITEM_NAME}",
+            location=(where, None, ITEM_NAME),
+            keywords={ITEM_NAME: 1, "partattn": 1},
+            outcome="failed" if failed else "passed",
+            longrepr="\n".join(verdict.lines()) if failed else None,
+            when="call",
+            user_properties=[("partattn_check", ITEM_NAME), ("partattn_verdict", verdict.verdict)],
+        )
+        session.testscollected += 1  # the terminal's progress counts it: [100%], not [101%]
+        session.config.hook.pytest_runtest_logreport(report=report)
+        if failed:
+            session.testsfailed += 1
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _unused_baselines(self) -> None:
+        """List stored baselines whose image is gone (like unused snapshots); ``--partattn-update=all``
+        removes them."""
+        s = self.settings
+        store = BaselineStore(s.baselines)
+        unused = unused_keys(store, image_keys(s.fixtures, s.results))
+        if not unused:
+            return
+        if s.update == "all":
+            for key in unused:
+                store.remove(key)
+            self.unused_lines = [f"{len(unused)} unused baseline(s) removed (no image under {s.shown(s.fixtures)}):"]
+        else:
+            self.unused_lines = [
+                f"{len(unused)} unused baseline(s), their image is no longer under "
+                f"{s.shown(s.fixtures)} (delete them, or let --partattn-update=all remove them):"
+            ]
+        self.unused_lines += [f"  {s.shown(store.paths(key).folder)}" for key in unused]
+
+    def pytest_report_header(self) -> list[str]:
+        return self.header
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
+        if self.plan is None:
+            return None
+        return scheduling.make_scheduler(self.plan, config, log, IMAGE_SUFFIXES)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "partattn", None)
+        if data is not None and report.when == "call":
+            self.summary.add(ItemReport.from_dict(data))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            return
+        if not session.config.option.collectonly and session.exitstatus != pytest.ExitCode.INTERRUPTED:
+            self._unused_baselines()
+            self._judge_fixture_set(session)
+        if not self.summary:
+            return
+        try:
+            self.index = self.summary.write_index(self.settings.results, self.header, fixture_set=self.fixture_set)
+        except OSError as exc:
+            self.index_error = f"could not write index.html in {self.settings.results}: {exc}"
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.is_worker or (not self.summary and terminalreporter.config.option.collectonly):
+            return
+        tr = terminalreporter
+        tr.write_sep("=", "partattn summary")
+        if not self.summary:
+            tr.write_line(f"no fixture images ran (fixtures folder: {self.settings.fixtures})")
+            for line in self.unused_lines:
+                tr.write_line(line)
+            return
+        for line in self.summary.table_lines():
+            tr.write_line(line)
+        if self.fixture_set is not None:
+            tr.write_line(f"fixture set: {self.fixture_set.verdict} ({self.fixture_set.reason()})")
+        for line in [*self.summary.notes(), *self.unused_lines]:
+            tr.write_line(line)
+        if self.index is not None:
+            tr.write_line(f"figures and index: {self.index}")
+        if self.index_error:
+            tr.write_line(self.index_error, red=True)

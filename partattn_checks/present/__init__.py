@@ -1,0 +1,1 @@
+"""What people see: pages, check figures, the visualization guide's API."""

@@ -1,0 +1,675 @@
+"""``AttentionVisualizer``: the API of the cross-attention visualization guide, on our exact capture.
+
+The guide promised ``register_hooks`` / ``extract_attention_weights`` / ``visualize_*`` /
+``create_attention_animation`` / ``clear_hooks`` plus statistics and batch processing. Its known
+implementations hook modules in ways that capture nothing (or the wrong heads); this one is a thin
+layer over :class:`~partattn_checks.capture.recorder.AttentionRecorder` (hooks that read what each layer's
+own processor computes, PartCrafter's head split, conditional CFG half, time token dropped, CLS key
+kept in column 0) and :mod:`~partattn_checks.render` (A·Nk on a fixed scale, uniform = 1). See
+docs/visualization.md; tests/test_guide.py runs the guide's code blocks.
+
+Vocabulary used below:
+
+* *weights*: what :meth:`AttentionVisualizer.extract_attention_weights` returns, a dict
+  ``layer name -> (P, H, Q, K)`` fp32 softmax probabilities (parts, heads, queries, keys); when the
+  model has an image CLS token (PartCrafter) key 0 is CLS, and figures show the patch keys
+  renormalised, with the CLS ("sink") mass in the title.
+* *record*: an :class:`~partattn_checks.capture.record.AttentionRecord` (streamed per-step reductions, full
+  maps only where opted in). Every method that draws also accepts a record.
+* *attention maps*: while hooks are registered, ``model.attention_maps`` is the latest hooked
+  step's weights (``{layer name: (P, H, Q, K)}``), what the guide's step callback reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from ..capture.record import AttentionRecord
+from ..capture.recorder import AttentionRecorder, CaptureError, Selection, cross_attention_modules, timestep_value
+from ..capture.runspec import for_pipeline, resolve_device
+from ..checks import CHECKS, REGISTRY, CheckResult, Thresholds
+from ..model.pipeline import encoder_view
+from ..runs.session import run_case
+from ..runs.sidecar import parts_from_name
+from .pages import Cell, write_index
+from .pages.run_page import render_record, save_run
+from .views import safe_name
+from .visualizer_methods import SPARSITY_FACTOR, FigureMethods, _check_index
+
+__all__ = ["AttentionVisualizer", "encoder_view", "SPARSITY_FACTOR"]
+
+_PARTCRAFTER_TIMESTEP = 1000.0  # first step of the schedule (sigma = 1)
+
+
+# ====================================================================== the guide's API
+class AttentionVisualizer(FigureMethods):
+    """Record and draw a model's cross-attention.
+
+    ``model_or_pipeline``: a :class:`~partattn_checks.model.pipeline.PartCrafterPipeline` (or any
+    object with a ``transformer`` and the same call signature), a checkpoint folder (loaded with
+    ``device``, ``auto`` by default, and ``dtype``), a ``PartCrafterDiTModel``, or any diffusers
+    model whose cross-attention modules use standard diffusers or PartCrafter/TripoSG processors.
+    Left out (``AttentionVisualizer()``, as the guide writes it), the visualizer binds to the model
+    or pipeline first given to :meth:`register_hooks`.
+
+    ``num_parts``: default part count (a pipeline run takes it from the ``np<N>_`` file-name prefix
+    when not given). ``cfg``: whether model inputs are the batch ``[uncond, cond]``, of which only
+    the conditional half is kept; ``None`` (default) decides per call: a PartCrafter batch of exactly
+    ``num_parts`` rows has no CFG half, any other batch is ``[uncond, cond]`` (pipeline runs decide
+    from the guidance scale). ``has_cls`` / ``time_token``: whether key 0 is an image CLS token and
+    query 0 a time token (default: true for PartCrafter and before binding, false for other
+    models). ``patch_grid``: (rows, cols) of the image patch keys, for drawing on the image
+    (default: the pipeline's encoder grid).
+    """
+
+    def __init__(
+        self,
+        model_or_pipeline=None,
+        num_parts: int | None = None,
+        cfg: bool | None = None,
+        *,
+        has_cls: bool | None = None,
+        time_token: bool | None = None,
+        patch_grid: tuple[int, int] | None = None,
+        device="auto",
+        dtype=torch.float32,
+        thresholds: Thresholds | None = None,
+    ):
+        if isinstance(model_or_pipeline, (str, os.PathLike)):
+            from ..model.pipeline import PartCrafterPipeline
+
+            model_or_pipeline = PartCrafterPipeline.from_pretrained(
+                model_or_pipeline, dtype=dtype, device=resolve_device(str(device)).device
+            )
+        if num_parts is not None and int(num_parts) < 1:
+            raise ValueError(f"num_parts must be at least 1, got {num_parts}")
+        self.num_parts = None if num_parts is None else int(num_parts)
+        self.cfg = None if cfg is None else bool(cfg)
+        self._settings = {"has_cls": has_cls, "time_token": time_token, "patch_grid": patch_grid}
+        self.pipeline = self.model = None
+        self.has_cls = True if has_cls is None else bool(has_cls)
+        self.time_token = True if time_token is None else bool(time_token)
+        self.patch_grid = tuple(int(g) for g in patch_grid) if patch_grid else None
+        if model_or_pipeline is not None:
+            self._bind(model_or_pipeline)
+        self.thresholds = thresholds or Thresholds()
+        self.record: AttentionRecord | None = None  # the last record made by any method
+        self.results: dict[str, CheckResult] = {}  # checks of the last pipeline run
+        self.image = None  # the encoder's view (PIL) of the last image run, for overlays
+        self._hooks: _Hooks | None = None
+
+    def _bind(self, model_or_pipeline) -> None:
+        """Take ``model_or_pipeline`` as this visualizer's model; PartCrafter decides the defaults."""
+        from ..model.transformer import PartCrafterDiTModel
+
+        if isinstance(model_or_pipeline, torch.nn.Module):
+            self.pipeline, self.model = None, model_or_pipeline
+        elif isinstance(getattr(model_or_pipeline, "transformer", None), torch.nn.Module) and callable(
+            model_or_pipeline
+        ):
+            self.pipeline, self.model = model_or_pipeline, model_or_pipeline.transformer
+        else:
+            raise TypeError(
+                f"AttentionVisualizer needs a PartCrafterPipeline, a checkpoint folder or a torch/diffusers model, "
+                f"got {type(model_or_pipeline).__name__}"
+            )
+        partcrafter = isinstance(self.model, PartCrafterDiTModel)
+        has_cls, time_token, grid = (self._settings[k] for k in ("has_cls", "time_token", "patch_grid"))
+        self.has_cls = partcrafter if has_cls is None else bool(has_cls)
+        self.time_token = partcrafter if time_token is None else bool(time_token)
+        if grid is None and self.pipeline is not None:
+            grid = getattr(self.pipeline, "patch_grid", None)
+        self.patch_grid = tuple(int(g) for g in grid) if grid else None
+
+    @classmethod
+    def from_pretrained(cls, path, *, device="auto", dtype=torch.float32, **kwargs) -> AttentionVisualizer:
+        """Load a PartCrafter checkpoint folder into a pipeline and wrap it (``device``: ``auto``,
+        ``cpu``, ``cuda`` or ``cuda:N``, resolved by :func:`partattn_checks.capture.runspec.resolve_device`)."""
+        from ..model.pipeline import PartCrafterPipeline
+
+        device = resolve_device(str(device)).device
+        return cls(PartCrafterPipeline.from_pretrained(path, device=device, dtype=dtype), **kwargs)
+
+    def __repr__(self) -> str:
+        what = type(self.pipeline or self.model).__name__ if self.model is not None else "no model yet"
+        state = "hooks registered" if self._hooks is not None else "no hooks"
+        return (
+            f"AttentionVisualizer({what}, num_parts={self.num_parts}, cfg={self.cfg}, {state}, record={self.record!r})"
+        )
+
+    # ------------------------------------------------------------------ hooks
+    @property
+    def hooks_registered(self) -> bool:
+        return self._hooks is not None
+
+    @property
+    def attention_maps(self) -> dict[str, torch.Tensor]:
+        """The latest hooked step's weights, ``{layer: (P, H, Q, K)}`` (``{}`` without hooks or before a step)."""
+        return self._hooks.maps if self._hooks is not None else {}
+
+    def register_hooks(
+        self, model=None, layers=None, steps=None, full_maps=False, *, every: int | None = None, attention_maps=True
+    ):
+        """Start recording ``model`` (default: this visualizer's; an unbound visualizer binds to it).
+
+        ``model``: a torch/diffusers model or a pipeline (its transformer is hooked). Until
+        :meth:`clear_hooks`, every forward call of the model is one recorded step, its timestep read
+        from the call. ``layers``: indices, module names, glob patterns or a callable; ``steps``:
+        step indices and/or ``every=k``; ``full_maps``: ``True`` (every selected layer and step:
+        memory!), ``False``, (layer, step) pairs or a callable ``(name, step) -> bool``: the full maps
+        kept in the record. ``attention_maps``: while hooks are registered, ``model.attention_maps``
+        (on the object given here and on the hooked model) is the latest step's weights
+        ``{layer: (P, H, Q, K)}`` fp32, replaced by a new dict at every step (``{}`` before the first
+        step and after an unselected one); only that one step is held. Registering twice is refused.
+        Returns ``self``.
+        """
+        if self._hooks is not None:
+            raise CaptureError("hooks are already registered on this visualizer; call clear_hooks() first")
+        if model is not None and self.model is None:
+            self._bind(model)
+        target = self._target(model)
+        holders = [target] if model is None or model is target else [model, target]
+        self._hooks = _Hooks(
+            self,
+            target,
+            holders,
+            layers=layers,
+            steps=Selection(steps=steps, every=every),
+            full_maps=Selection(full_maps=_full_maps_arg(full_maps)),
+            attention_maps=bool(attention_maps),
+        )
+        return self
+
+    def clear_hooks(self) -> AttentionRecord | None:
+        """Remove the hooks and ``attention_maps`` (idempotent); the hooked steps become ``self.record``.
+
+        Every hooked step was already checked as the recorder checks a run (captures, counts, NaN/Inf
+        raise from the forward). If hooked forwards ran but no step was recorded (``steps`` selected
+        none) this raises; if none ran, the hooks are just removed. Returns ``self.record``.
+        """
+        hooks, self._hooks = self._hooks, None
+        if hooks is None:
+            return self.record
+        hooks.remove()
+        if hooks.records:
+            self.record = self._attach_grid(_concat(hooks.records))
+        elif hooks.forwards:
+            raise CaptureError(
+                f"no cross-attention was recorded: the model ran {hooks.forwards} hooked forward(s), steps "
+                f"0-{hooks.forwards - 1}, and none was recorded (register_hooks selected steps="
+                f"{hooks.steps.steps!r}, every={hooks.steps.every!r}, or the forwards raised)"
+            )
+        return self.record
+
+    def __enter__(self) -> AttentionVisualizer:
+        if self._hooks is None:
+            self.register_hooks()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.clear_hooks()
+        elif self._hooks is not None:
+            hooks, self._hooks = self._hooks, None
+            hooks.remove()  # the exception propagates; nothing is finished
+
+    @contextlib.contextmanager
+    def _paused(self):
+        """Methods that run their own recorder pause registered hooks (nested recorders are refused):
+        forwards meanwhile are not hooked steps."""
+        hooks = self._hooks
+        if hooks is not None:
+            hooks.paused += 1
+        try:
+            yield
+        finally:
+            if hooks is not None:
+                hooks.paused -= 1
+
+    # ------------------------------------------------------------------ extraction
+    @torch.no_grad()
+    def extract_attention_weights(
+        self,
+        model=None,
+        hidden_states=None,
+        encoder_hidden_states=None,
+        layer_idx=None,
+        *,
+        timestep=None,
+        num_parts: int | None = None,
+        cfg: bool | None = None,
+        image=None,
+        **forward_kwargs,
+    ):
+        """Run ONE forward of ``model`` with capture and full maps on; return its attention probabilities.
+
+        Returns ``{layer name: (P, H, Q, K) fp32}`` (conditional CFG half, time-token row dropped,
+        CLS key in column 0 when ``has_cls``), or one such tensor when ``layer_idx`` (index, name or
+        pattern matching one layer) is given; only that layer is then recorded. The rows sum to 1 and
+        are exactly the recorder's full maps (``self.record.full_maps``, fp16 on the CPU).
+
+        ``hidden_states``/``encoder_hidden_states`` are the model's inputs, with the CFG batch
+        ``[uncond, cond]`` when ``cfg`` (default: the visualizer's, else true unless the batch holds
+        exactly ``num_parts`` rows). For a PartCrafter transformer
+        ``num_parts`` defaults to the batch's part count and ``timestep`` to 1000 (sigma 1); other
+        models get ``timestep`` only when given. ``image``: the image the encoder tokens came from (a
+        path or PIL image; with a pipeline it is preprocessed like the encoder's input), kept in
+        ``self.image`` for overlays; without it ``self.image`` is cleared, since the tokens' source is
+        unknown. ``forward_kwargs`` go to the model unchanged.
+        Registered hooks are paused around the call: this forward is not one of their steps.
+        """
+        from ..model.transformer import PartCrafterDiTModel
+
+        if hidden_states is None or encoder_hidden_states is None:
+            raise TypeError("extract_attention_weights needs hidden_states and encoder_hidden_states")
+        target = self._target(model)
+        names = [n for n, _ in cross_attention_modules(target)]
+        layers = None
+        if layer_idx is not None:
+            layers = Selection(layers=[layer_idx]).pick_layers(names)
+            if len(layers) != 1:
+                raise ValueError(
+                    f"layer_idx {layer_idx!r} matches {len(layers)} layers ({', '.join(layers)}); "
+                    f"give one index or name, or leave it out for all layers"
+                )
+        elif self._hooks is not None:
+            layers = self._hooks.layers
+        param = next(target.parameters(), None)
+        if param is not None:
+            hidden_states = hidden_states.to(device=param.device, dtype=param.dtype)
+            encoder_hidden_states = encoder_hidden_states.to(device=param.device, dtype=param.dtype)
+        batch = hidden_states.shape[0]
+        partcrafter = isinstance(target, PartCrafterDiTModel)
+        cfg = _cfg_for(self.cfg if cfg is None else cfg, batch, self.num_parts if num_parts is None else num_parts)
+        if num_parts is None:
+            num_parts = self.num_parts or (batch // 2 if cfg else batch)
+        kwargs = dict(forward_kwargs)
+        kwargs["encoder_hidden_states"] = encoder_hidden_states
+        if partcrafter:
+            kwargs.setdefault("attention_kwargs", {"num_parts": int(num_parts)})
+            if timestep is None:
+                timestep = _PARTCRAFTER_TIMESTEP
+        if timestep is not None and "timestep" in inspect.signature(target.forward).parameters:
+            if not torch.is_tensor(timestep):
+                timestep = torch.full((batch,), float(timestep), device=hidden_states.device, dtype=hidden_states.dtype)
+            kwargs["timestep"] = timestep
+        recorder = AttentionRecorder(
+            target,
+            num_parts=int(num_parts),
+            cfg=cfg,
+            time_token=self.time_token,
+            has_cls=self.has_cls,
+            selection=Selection(layers=layers, full_maps=lambda name, step: True),
+            meta={"source": "AttentionVisualizer.extract_attention_weights"},
+        )
+        with self._paused():
+            with recorder:
+                target(hidden_states, **kwargs)
+        record = self._attach_grid(recorder.record())
+        t = kwargs.get("timestep")
+        if t is not None:
+            t = t.flatten()[0] if torch.is_tensor(t) else t
+            record.timesteps = [float(t)]
+        self.record = record
+        if image is not None and self.pipeline is not None and not torch.is_tensor(image):
+            image = self.pipeline.preprocessed_image(image)
+        self.image = image
+        weights = {name: record.full_maps[(record.steps[0], name)].float() for name in record.layers}
+        return weights[record.layers[0]] if layer_idx is not None else weights
+
+    # ------------------------------------------------------------------ pipeline runs
+    def run(
+        self,
+        image,
+        num_parts: int | None = None,
+        *,
+        steps: int | None = None,
+        seed: int = 0,
+        guidance_scale: float | None = None,
+        num_tokens: int | None = None,
+        selection: Selection | None = None,
+        full_map: tuple[int | str, int] | None = (-1, -1),
+        callback: Callable | None = None,
+    ) -> AttentionRecord:
+        """Denoise ``image`` with the pipeline while recording; return the record (also ``self.record``).
+
+        The run and its checks are those of the pytest plugin (``session.run_case``); the results are
+        in ``self.results`` and the encoder's view of the image in ``self.image``. ``num_parts``:
+        argument, else the ``np<N>_`` file-name prefix, else the visualizer's. ``full_map``: one
+        (layer, step) pair whose query x key maps are kept (negative indices count from the end;
+        default: last layer, last step); ``None`` keeps none. ``selection`` overrides both.
+        ``callback(step, timestep, latents)`` is called after every step (a progress bar).
+        """
+        pipeline = self._need_pipeline("run")
+        n = self._parts_for(image, num_parts)
+        spec = for_pipeline(
+            pipeline,
+            call={
+                "num_parts": n,
+                "steps": steps,
+                "seed": seed,
+                "guidance_scale": guidance_scale,
+                "num_tokens": num_tokens,
+            },
+        )
+        if selection is None:
+            selection = Selection(full_maps=self._full_map_pairs(full_map, spec.steps))
+        with self._paused():
+            outcome = run_case(pipeline, image, spec, self.thresholds, selection=selection, callback=callback)
+        self.record, self.results = outcome.record, outcome.results
+        self.image = pipeline.preprocessed_image(image) if not torch.is_tensor(image) else None
+        return self.record
+
+    def process_batch(
+        self,
+        images: Iterable,
+        out_dir,
+        num_parts: int | None = None,
+        *,
+        steps: int | None = None,
+        seed: int = 0,
+        guidance_scale: float | None = None,
+        num_tokens: int | None = None,
+        full_map: tuple[int | str, int] | None = (-1, -1),
+        layer=None,
+        fps: float = 2,
+        callback: Callable | None = None,
+    ) -> list[Path]:
+        """Run every image and write, per image, ``<out_dir>/<image stem>/``: the record
+        (``record.json`` + ``record.safetensors``), ``input.png`` (the encoder's view), the figures
+        of :func:`render_record`, ``metrics.json`` and ``index.html``; plus ``<out_dir>/index.html``
+        linking them all. Returns the per-image folders, in input order. ``num_parts`` applies to
+        every image; else each image's ``np<N>_`` prefix or the visualizer's default is used (a
+        missing count is an error that names the image, raised before anything runs)."""
+        images = list(images)
+        counts = [self._parts_for(image, num_parts) for image in images]  # fail before any work
+        out_dir = Path(out_dir)
+        folders, rows, used = [], [], set()
+        for i, (image, n) in enumerate(zip(images, counts, strict=False)):
+            stem = safe_name(Path(image).stem if isinstance(image, (str, os.PathLike)) else f"image{i}")
+            name, k = stem, 2
+            while name in used:
+                name, k = f"{stem}_{k}", k + 1
+            used.add(name)
+            folder = out_dir / name
+            record = self.run(
+                image,
+                n,
+                steps=steps,
+                seed=seed,
+                guidance_scale=guidance_scale,
+                num_tokens=num_tokens,
+                full_map=full_map,
+                callback=callback,
+            )
+            links = save_run(folder, record, self.image)
+            render_record(
+                record,
+                folder,
+                image=self.image,
+                results=self.results,
+                layer=layer,
+                fps=fps,
+                title=str(image) if isinstance(image, (str, os.PathLike)) else name,
+                thresholds=self.thresholds,
+                links=links,
+            )
+            folders.append(folder)
+            rows.append(
+                [Cell(name, href=f"{name}/index.html"), n] + [verdict_cell(self.results.get(c)) for c in CHECKS]
+            )
+        write_index(
+            out_dir / "index.html",
+            f"partattn: {len(folders)} images",
+            sections=[("Images", [(f.name, f"{f.name}/index.html") for f in folders])],
+            tables=[("Checks", ["image", "parts", *CHECKS], rows)],
+            note="Each cell: the verdict, the value the check measured and its pass condition (op threshold).",
+        )
+        return folders
+
+    # ------------------------------------------------------------------ internals
+    def _target(self, model) -> torch.nn.Module:
+        if model is None:
+            if self.model is None:
+                raise TypeError(
+                    "this AttentionVisualizer has no model yet: pass one, register_hooks(model), or build it "
+                    "with AttentionVisualizer(pipeline_or_model)"
+                )
+            return self.model
+        if isinstance(model, torch.nn.Module):
+            return model
+        transformer = getattr(model, "transformer", None)
+        if isinstance(transformer, torch.nn.Module):
+            return transformer
+        raise TypeError(f"expected a torch model or a pipeline, got {type(model).__name__}")
+
+    def _need_pipeline(self, what: str):
+        if self.pipeline is None:
+            raise TypeError(
+                f"{what}() runs images through a pipeline; build the visualizer from a "
+                f"PartCrafterPipeline or a checkpoint folder (or register_hooks(pipeline)), not from a bare model"
+            )
+        return self.pipeline
+
+    def _parts_for(self, image, num_parts) -> int:
+        n = num_parts
+        if n is None and isinstance(image, (str, os.PathLike)):
+            n = parts_from_name(image)
+        if n is None:
+            n = self.num_parts
+        if n is None:
+            raise ValueError(
+                f"{image if isinstance(image, (str, os.PathLike)) else 'image'}: no part count; "
+                f"pass num_parts or name the file np<N>_<name>.png"
+            )
+        if int(n) < 1:
+            raise ValueError(f"num_parts must be at least 1, got {n}")
+        return int(n)
+
+    def _full_map_pairs(self, full_map, steps: int):
+        """``(layer, step)`` with negative indices resolved, validated against the model and the run."""
+        if full_map is None:
+            return ()
+        layer, step = full_map
+        names = [n for n, _ in cross_attention_modules(self.model)]
+        if isinstance(layer, int):
+            layer = names[_check_index(layer, len(names), "full-map layer", allow_negative=True)]
+        elif layer not in names:
+            raise ValueError(f"full-map layer {layer!r} is not a cross-attention module (known: {', '.join(names)})")
+        step = _check_index(step, steps, "full-map step", allow_negative=True)
+        return [(layer, step)]
+
+    def _attach_grid(self, record: AttentionRecord) -> AttentionRecord:
+        """Give a hooked/extracted record this visualizer's patch grid when the key count fits."""
+        grid = self.patch_grid
+        if record.patch_grid is None and grid is not None and grid[0] * grid[1] == record.num_patch_keys:
+            record.patch_grid = grid
+        return record
+
+
+# ====================================================================== hooks
+_MISSING = object()
+
+
+class _Hooks:
+    """What :meth:`AttentionVisualizer.register_hooks` installs: one recorder per hooked forward.
+
+    A forward pre-hook on the model opens an :class:`AttentionRecorder` (public API only) and tells
+    it the step and the call's timestep; a forward hook, also run when the forward raises, closes it
+    (which validates the step), keeps the step's reductions and the selected full maps, and
+    publishes the step's full maps as ``attention_maps``. Memory: one step's full maps, plus the
+    record's streamed reductions.
+    """
+
+    def __init__(self, viz, model, holders, *, layers, steps: Selection, full_maps: Selection, attention_maps: bool):
+        names = [n for n, _ in cross_attention_modules(model)]
+        if not names:
+            raise CaptureError(f"{type(model).__name__} has no cross-attention modules to hook")
+        self.viz, self.model = viz, model
+        self.layers = Selection(layers=layers).pick_layers(names)
+        self.steps = steps
+        self.keep_full = full_maps.full_map_test(names)
+        self.publish_maps = attention_maps
+        self.signature = inspect.signature(model.forward)
+        self.forwards = 0  # hooked forwards so far = the next step's index
+        self.paused = 0
+        self.records: list[AttentionRecord] = []
+        self.open: AttentionRecorder | None = None
+        self.maps: dict[str, torch.Tensor] = {}
+        self.holders = [(h, getattr(h, "attention_maps", _MISSING)) for h in holders] if attention_maps else []
+        self._publish({})
+        self.handles = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after, always_call=True),
+        ]
+
+    def _before(self, module, args, kwargs) -> None:
+        if self.paused:
+            return
+        if self.open is not None:  # its forward was interrupted (KeyboardInterrupt skips the closing hook)
+            raise CaptureError(
+                f"the hooked forward of step {self.forwards - 1} was interrupted and its recorder is still "
+                f"attached; call clear_hooks() before running the model again"
+            )
+        step, self.forwards = self.forwards, self.forwards + 1
+        if not self.steps.wants_step(step):
+            self._publish({})
+            return
+        try:
+            call = self.signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            call = {}
+        hidden = call.get("hidden_states")
+        parts = (call.get("attention_kwargs") or {}).get("num_parts") or self.viz.num_parts
+        batch = hidden.shape[0] if torch.is_tensor(hidden) else None
+        recorder = AttentionRecorder(
+            module,
+            num_parts=int(parts or 1),
+            cfg=_cfg_for(self.viz.cfg, batch, parts),
+            selection=Selection(layers=self.layers, full_maps=self._wants_full),
+            time_token=self.viz.time_token,
+            has_cls=self.viz.has_cls,
+            meta={"source": "AttentionVisualizer.register_hooks"},
+        )
+        recorder.__enter__()
+        recorder.begin_step(step, timestep_value(call.get("timestep")))
+        self.open = recorder
+
+    def _after(self, module, args, output) -> None:
+        recorder, self.open = self.open, None
+        if recorder is None:
+            return
+        if output is None and sys.exc_info()[0] is not None:  # the forward raised: drop the step
+            recorder.__exit__(*sys.exc_info())  # removes its hooks only
+            return
+        recorder.__exit__(None, None, None)  # removes its hooks, then validates the step (raises)
+        record = recorder.record()
+        step = record.steps[0]
+        if self.publish_maps:
+            self._publish({name: record.full_maps[(step, name)].float() for name in record.layers})
+        record.full_maps = {k: v for k, v in record.full_maps.items() if self.keep_full(k[1], k[0])}
+        self.records.append(record)
+
+    def _wants_full(self, name: str, step: int) -> bool:
+        return self.publish_maps or self.keep_full(name, step)
+
+    def _publish(self, maps: dict) -> None:
+        self.maps = maps
+        for holder, _ in self.holders:
+            holder.attention_maps = maps
+
+    def _abandon(self) -> None:
+        """Remove the hooks of a recorder whose forward was interrupted (its step is dropped)."""
+        recorder, self.open = self.open, None
+        if recorder is not None:
+            recorder.__exit__(RuntimeError, None, None)  # restore only
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self._abandon()
+        for holder, previous in self.holders:
+            if previous is _MISSING:
+                with contextlib.suppress(AttributeError):
+                    del holder.attention_maps
+            else:
+                holder.attention_maps = previous
+        self.maps = {}
+
+
+def _concat(records: list[AttentionRecord]) -> AttentionRecord:
+    """One record of the hooked steps (each step's record holds one step)."""
+    first = records[0]
+    for r in records[1:]:
+        if (r.layers, r.num_parts, r.num_heads, r.num_patch_keys) != (
+            first.layers,
+            first.num_parts,
+            first.num_heads,
+            first.num_patch_keys,
+        ):
+            raise CaptureError(
+                f"the hooked steps differ in shape: step {first.steps[0]} recorded {first.num_parts} parts, "
+                f"{first.num_heads} heads, {first.num_patch_keys} keys; step {r.steps[0]} {r.num_parts}, "
+                f"{r.num_heads}, {r.num_patch_keys}. One record holds one shape: call clear_hooks() and "
+                f"register_hooks() again between such runs"
+            )
+    if len(records) == 1:
+        return first
+
+    def cat(name):
+        return torch.cat([getattr(r, name) for r in records])
+
+    return AttentionRecord(
+        steps=[s for r in records for s in r.steps],
+        timesteps=[t for r in records for t in r.timesteps],
+        layers=first.layers,
+        layer_kinds=first.layer_kinds,
+        num_parts=first.num_parts,
+        num_heads=first.num_heads,
+        num_patch_keys=first.num_patch_keys,
+        has_cls=first.has_cls,
+        patch_grid=first.patch_grid,
+        entropy=cat("entropy"),
+        peak=cat("peak"),
+        eff_keys=cat("eff_keys"),
+        cls_mass=cat("cls_mass"),
+        marginals=cat("marginals"),
+        full_maps={k: v for r in records for k, v in r.full_maps.items()},
+        nonfinite=[e for r in records for e in r.nonfinite],
+        meta=first.meta,
+    )
+
+
+# ====================================================================== helpers
+def _cfg_for(cfg: bool | None, batch: int | None, num_parts: int | None) -> bool:
+    """``cfg`` when set; else whether a batch is ``[uncond, cond]``: not when it holds exactly
+    ``num_parts`` rows (one object's parts without guidance), yes otherwise."""
+    if cfg is not None:
+        return bool(cfg)
+    return not (num_parts is not None and batch == int(num_parts))
+
+
+def _full_maps_arg(full_maps):
+    if full_maps is True:
+        return lambda name, step: True
+    if full_maps is False or full_maps is None:
+        return ()
+    return full_maps
+
+
+def verdict_cell(result: CheckResult | None) -> Cell:
+    """A batch table cell: ``fail · 1 (≤ 0.84)``, the verdict with the value and its pass condition."""
+    if result is None:
+        return Cell("")
+    text = result.verdict
+    if result.value is not None and result.threshold is not None and result.verdict != "skip":
+        op = REGISTRY[result.name].op if result.name in REGISTRY else "vs"
+        text += f" · {result.value:.3g} ({op} {result.threshold:g})"
+    return Cell(text, result.verdict)

@@ -1,0 +1,1 @@
+"""Running fixture sets: image specs (sidecars) and the one fixture-set runner (``Session``)."""
