@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from partattn_checks import EMBEDDED_MODEL  # noqa: E402
 from partattn_checks.capture.runspec import resolve_device, torch_dtype  # noqa: E402
 from partattn_checks.checks.baseline.noise import DEFAULT_BASELINE_SEEDS, DEFAULT_FALSE_ALARM_RATE  # noqa: E402
-from partattn_checks.gate.options import Settings, load_thresholds  # noqa: E402
+from partattn_checks.gate.options import Settings, thresholds_for  # noqa: E402
 from partattn_checks.gate.state import GateSession, judge_set  # noqa: E402
 from partattn_checks.model.broken import GRADES, broken, graded  # noqa: E402
 from partattn_checks.model.pipeline import PartCrafterPipeline  # noqa: E402
@@ -61,7 +61,7 @@ class Bench:
         self.images = fixture_specs(args.fixtures, REPO)[: args.images]
         self.pipelines: dict[str, object] = {}
         self.runs = 0
-        self.thresholds, self.thresholds_source = load_thresholds(self.settings(update=None))
+        self.thresholds, self.thresholds_source = thresholds_for(self.settings(update=None))
 
     def pipeline(self, dtype: str = "float32"):
         if dtype not in self.pipelines:

@@ -17,7 +17,7 @@ pytest_plugins = ("pytester",)
 
 METRICS = {"entropy_mean": 0.9, "peak_mean": 0.06, "separation": 0.01}
 ENV = {
-    "schema_version": bl.SCHEMA_VERSION,
+    "schema_version": bl.BASELINE_SCHEMA_VERSION,
     "model": "m",
     "config_hash": "abc",
     "steps": 2,
@@ -94,7 +94,7 @@ def test_store_round_trip_and_layout(tmp_path):
     assert loaded.metrics == METRICS and loaded.environment == ENV
     assert loaded.checks == {"uniformity": 0.5, "part_separation": None}
     doc = json.loads(paths.metrics.read_text())
-    assert doc["schema_version"] == bl.SCHEMA_VERSION and doc["image"] == "fixtures/images/sub/np2_x.png"
+    assert doc["schema_version"] == bl.BASELINE_SCHEMA_VERSION and doc["image"] == "fixtures/images/sub/np2_x.png"
     assert store.load("absent") is None
 
 
@@ -179,7 +179,7 @@ def test_fingerprint_from_record_meta():
         "device": "cuda:1",
         "versions": {"torch": "2.5", "diffusers": "0.31"},
     }
-    fp = bl.fingerprint(meta, "embedded:partcrafter-tiny")
+    fp = bl.environment_fingerprint(meta, "embedded:partcrafter-tiny")
     assert fp["device_kind"] == "cuda" and fp["config_hash"] == bl.config_hash({"width": 64})
     assert set(bl.FINGERPRINT_KEYS) == set(fp)
     assert bl.fingerprint_diff(fp, dict(fp, steps=4)) == ["steps: 2 in the baseline, 4 now"]

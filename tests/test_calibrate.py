@@ -536,13 +536,13 @@ def test_baselines_under_ci_are_refused_before_calibrating(tmp_path, capsys, mon
 
 
 def test_the_fingerprint_reads_headers_not_tensors(tmp_path):
-    from partattn_checks.analysis.calibration_page import fingerprint
+    from partattn_checks.analysis.calibration_page import model_fingerprint
 
     copy = Path(shutil.copytree(SEED1, tmp_path / "copy"))
-    assert fingerprint(copy) == fingerprint(SEED1)
+    assert model_fingerprint(copy) == model_fingerprint(SEED1)
     (copy / "partattn.json").write_text((copy / "partattn.json").read_text().replace('"steps": 10', '"steps": 20'))
-    assert fingerprint(copy) != fingerprint(SEED1)
-    assert fingerprint(RANDOM) != fingerprint(SEED1)
+    assert model_fingerprint(copy) != model_fingerprint(SEED1)
+    assert model_fingerprint(RANDOM) != model_fingerprint(SEED1)
 
 
 # ---------------------------------------------------------------------------- what calibrate leaves in place

@@ -42,7 +42,7 @@ from partattn_checks.render import drift as drift_render
 pytest_plugins = ("pytester",)
 
 METRICS = {"entropy_mean": 0.9, "peak_mean": 0.06, "separation": 0.3}
-ENV = {"schema_version": bl.SCHEMA_VERSION, "model": "m", "steps": 4}
+ENV = {"schema_version": bl.BASELINE_SCHEMA_VERSION, "model": "m", "steps": 4}
 COMMITTED = REPO / "fixtures" / "baselines"
 
 

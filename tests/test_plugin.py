@@ -498,16 +498,16 @@ def test_device_choice_per_xdist_worker(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert options.resolve_device(settings("auto")).device == "cuda:0"
-    assert options.resolve_device(settings("auto"), "gw3").device == "cuda:1"
-    assert options.resolve_device(settings("cuda"), "gw2").device == "cuda:0"
-    assert options.resolve_device(settings("cuda:1"), "gw0").device == "cuda:1"  # explicit index wins
-    assert options.resolve_device(settings("cpu"), "gw1").device == "cpu"
-    assert "xdist worker gwN uses cuda:(N mod 2)" in options.resolve_device(settings("auto"), spread=True).note
+    assert options.device_for(settings("auto")).device == "cuda:0"
+    assert options.device_for(settings("auto"), "gw3").device == "cuda:1"
+    assert options.device_for(settings("cuda"), "gw2").device == "cuda:0"
+    assert options.device_for(settings("cuda:1"), "gw0").device == "cuda:1"  # explicit index wins
+    assert options.device_for(settings("cpu"), "gw1").device == "cpu"
+    assert "xdist worker gwN uses cuda:(N mod 2)" in options.device_for(settings("auto"), spread=True).note
     with pytest.raises(pytest.UsageError, match=r"--partattn-device cuda:2: there are only 2 CUDA devices here"):
-        options.resolve_device(settings("cuda:2"))
+        options.device_for(settings("cuda:2"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    choice = options.resolve_device(settings("auto"), "gw1")
+    choice = options.device_for(settings("auto"), "gw1")
     assert (choice.device, choice.note) == ("cpu", "CUDA not found, fell back to CPU")
 
 

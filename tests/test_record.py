@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from partattn_checks.capture.record import SCHEMA_VERSION, AttentionRecord, RecordError
+from partattn_checks.capture.record import RECORD_SCHEMA_VERSION, AttentionRecord, RecordError
 
 S, L, P, H, NK, Q = 3, 2, 2, 4, 9, 5
 LAYERS = ["blocks.0.attn2", "blocks.1.attn2"]
@@ -169,13 +169,13 @@ def test_views_sharing_storage_can_be_saved(tmp_path):
 def test_refuses_other_schema_version(tmp_path):
     _, json_path = make_record().save(tmp_path / "old")
     doc = json.loads(json_path.read_text())
-    doc["schema_version"] = SCHEMA_VERSION + 1
+    doc["schema_version"] = RECORD_SCHEMA_VERSION + 1
     json_path.write_text(json.dumps(doc))
     with pytest.raises(ValueError) as err:
         AttentionRecord.load(tmp_path / "old")
     msg = str(err.value)
-    assert str(json_path) in msg and f"version {SCHEMA_VERSION + 1}" in msg
-    assert f"reads version {SCHEMA_VERSION}" in msg and "re-record" in msg
+    assert str(json_path) in msg and f"version {RECORD_SCHEMA_VERSION + 1}" in msg
+    assert f"reads version {RECORD_SCHEMA_VERSION}" in msg and "re-record" in msg
 
 
 def test_detects_mismatched_pair(tmp_path):

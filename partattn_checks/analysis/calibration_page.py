@@ -19,7 +19,7 @@ from .zoo import TARGETS
 FINGERPRINT_NOTE = "sha256 of every file's relative path and size, safetensors headers and JSON files' bytes"
 
 
-def fingerprint(model: str | Path) -> str:
+def model_fingerprint(model: str | Path) -> str:
     """A cheap fingerprint of a checkpoint folder: no tensor data is read (a multi-GB release
     checkpoint takes milliseconds); any change of a tensor's name, shape, dtype, file size, config
     or run defaults changes it. Equal fingerprints with edited tensor *values* are possible."""
@@ -49,7 +49,7 @@ def provenance(model: Path, images: list[str], settings: dict, fraction: float, 
         torch_version = "?"
     return {
         "model": str(model),
-        "fingerprint": fingerprint(model),
+        "fingerprint": model_fingerprint(model),
         "fingerprint_of": FINGERPRINT_NOTE,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "images": images,
@@ -314,7 +314,7 @@ def figure(table: dict, decisions: list[Decision], title: str = "") -> bytes:
 
 __all__ = [
     "figure",
-    "fingerprint",
+    "model_fingerprint",
     "graded_doc",
     "graded_markdown",
     "markdown",

@@ -36,7 +36,7 @@ def targets() -> dict[str, str]:
 TARGETS = targets()
 
 #: ``{model: {image name: {check: CheckResult}}}``
-Matrix = dict[str, dict[str, dict[str, CheckResult]]]
+ResultMatrix = dict[str, dict[str, dict[str, CheckResult]]]
 #: ``{grade: {level: {image name: {check: CheckResult}}}}``
 Graded = dict[str, dict[float, dict[str, dict[str, CheckResult]]]]
 
@@ -97,7 +97,7 @@ def measure(
     others: Mapping[str, Callable[[], object]] | None = None,
     progress: Callable[[str, str], None] | None = None,
     warn: Callable[[str], None] | None = None,
-) -> Matrix:
+) -> ResultMatrix:
     """The matrix: ``"healthy"`` (``pipeline`` as loaded), each variant (edited in memory, restored
     after its images) and each of ``others`` (``{row name: load()}``, loaded one at a time), judged with
     ``thresholds`` and each image's sidecar overrides. A variant that does not fit the model (e.g. no
@@ -105,7 +105,7 @@ def measure(
     from ..model.broken import broken
 
     runner = session(pipeline, options=options, thresholds=thresholds)
-    matrix: Matrix = {"healthy": run_images(runner, images, progress=_teller(progress, "healthy"))}
+    matrix: ResultMatrix = {"healthy": run_images(runner, images, progress=_teller(progress, "healthy"))}
     for name in VARIANTS if variants is None else variants:
         if not _fits(pipeline, name, warn, f"the {name} variant"):
             continue
@@ -152,7 +152,7 @@ __all__ = [
     "RANDOM",
     "TARGETS",
     "Graded",
-    "Matrix",
+    "ResultMatrix",
     "by_name",
     "image_name",
     "measure",

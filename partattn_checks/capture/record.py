@@ -20,9 +20,9 @@ import torch
 from ..base.atomic import atomic_write
 from ..model.files import RecordError, read_safetensors_header
 
-__all__ = ["AttentionRecord", "RecordError", "SCHEMA_VERSION"]
+__all__ = ["AttentionRecord", "RecordError", "RECORD_SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+RECORD_SCHEMA_VERSION = 1
 LAYER_KINDS = ("global", "local", "standard")
 SCALARS = ("entropy", "peak", "eff_keys", "cls_mass")
 DEFAULT_STEM = "record"
@@ -239,12 +239,12 @@ class AttentionRecord:
                 t = t.clone()
             seen.add(t.untyped_storage().data_ptr())
             tensors[key] = t
-        header = {"schema_version": str(SCHEMA_VERSION), "pair_id": pair_id}
+        header = {"schema_version": str(RECORD_SCHEMA_VERSION), "pair_id": pair_id}
         tensor_path = stem.with_name(stem.name + _TENSOR_SUFFIX)
         json_path = stem.with_name(stem.name + _JSON_SUFFIX)
         atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=header))
         doc = {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": RECORD_SCHEMA_VERSION,
             "pair_id": pair_id,
             "tensor_file": tensor_path.name,
             "steps": self.steps,
@@ -292,10 +292,10 @@ class AttentionRecord:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise damaged(json_path, f"not valid JSON: {exc}") from None
         found = doc.get("schema_version") if isinstance(doc, dict) else None
-        if found != SCHEMA_VERSION:
+        if found != RECORD_SCHEMA_VERSION:
             raise RecordError(
                 f"{json_path}: attention record schema version {found!r}, but this version of "
-                f"partattn-checks reads version {SCHEMA_VERSION}; re-record it with this version "
+                f"partattn-checks reads version {RECORD_SCHEMA_VERSION}; re-record it with this version "
                 f"(or use the partattn-checks release that wrote it)"
             )
         header = read_safetensors_header(tensor_path, error=RecordError)

@@ -10,7 +10,7 @@ the same rules the sidecar and the ``partattn`` command use; :meth:`Settings.run
 options layer of every run spec.
 
 This module imports nothing heavy: it runs on every pytest start-up. Only
-:func:`resolve_device` imports torch, and the plugin calls it only when ``--partattn`` is on.
+:func:`device_for` imports torch, and the plugin calls it only when ``--partattn`` is on.
 """
 
 from __future__ import annotations
@@ -460,7 +460,7 @@ def check_enabled_settings(s: Settings, *, custom_pipeline: bool) -> None:
             raise _usage(f"{s.where('model')}: the checkpoint cannot be loaded:\n{listed}")
 
 
-def resolve_device(s: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
+def device_for(s: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
     """:func:`partattn_checks.capture.runspec.resolve_device` for ``--partattn-device`` (imports torch): a
     device that is not there is a ``UsageError`` naming the option; so is a ``--partattn-num-tokens``
     whose runs clearly cannot fit in that device's memory (once, before any item runs)."""
@@ -474,7 +474,7 @@ def resolve_device(s: Settings, worker_id: str | None = None, spread: bool = Fal
     return choice
 
 
-def load_thresholds(s: Settings):
+def thresholds_for(s: Settings):
     """(Thresholds, where they came from): ``--partattn-thresholds`` FILE, else the rootdir
     pyproject's ``[tool.partattn.thresholds]``, else the built-in defaults."""
     from ..checks import Thresholds

@@ -18,7 +18,7 @@ import pytest
 
 from ..capture.runspec import DeviceChoice, checkpoint_defaults, torch_dtype
 from ..checks.baseline.store import BaselineError, BaselineStore, UpdateLock, unused_keys
-from ..runs.sidecar import IMAGE_SUFFIXES, image_keys
+from ..runs.sidecar import FIXTURE_IMAGE_SUFFIXES, image_keys
 from . import hookspecs, options, scheduling
 from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
 from .report import ItemReport, Summary, header_lines, junit_logging_warning
@@ -61,11 +61,11 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     hooks = [impl.plugin_name for impl in config.hook.pytest_partattn_load_pipeline.get_hookimpls()]
     options.check_enabled_settings(settings, custom_pipeline=bool(hooks) or settings.pipeline is not None)
-    thresholds, source = options.load_thresholds(settings)
+    thresholds, source = options.thresholds_for(settings)
     worker = getattr(config, "workerinput", {}).get("workerid")
     if worker is None:
         _start_session_files(config, settings)
-    device = options.resolve_device(settings, worker, spread=bool(getattr(config.option, "numprocesses", None)))
+    device = options.device_for(settings, worker, spread=bool(getattr(config.option, "numprocesses", None)))
     config.stash[SESSION_KEY] = GateSession(_pipeline_loader(config, settings, device), settings, thresholds, device)
     plan = scheduling.plan(config.stash.get(CHOSEN_DIST_KEY, None), getattr(config.option, "dist", None))
     header = header_lines(settings, device, source, [Path(h).name for h in hooks], checkpoint_defaults(settings.model))
@@ -145,7 +145,7 @@ def _collect_fixtures_by_default(config: pytest.Config, settings: options.Settin
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     settings = parent.config.stash.get(SETTINGS_KEY, None)
-    if settings is None or file_path.suffix.lower() not in IMAGE_SUFFIXES:
+    if settings is None or file_path.suffix.lower() not in FIXTURE_IMAGE_SUFFIXES:
         return None
     path = file_path.resolve()
     if settings.fixtures not in path.parents or settings.results in path.parents:
@@ -270,7 +270,7 @@ class Controller:
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
         if self.plan is None:
             return None
-        return scheduling.make_scheduler(self.plan, config, log, IMAGE_SUFFIXES)
+        return scheduling.make_scheduler(self.plan, config, log, FIXTURE_IMAGE_SUFFIXES)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "partattn", None)

@@ -19,7 +19,7 @@ from ..capture.runspec import DeviceChoice
 from ..checks import CheckResult, Thresholds
 from ..checks.baseline.compare import BaselineOutcome, SeedSample, evaluate
 from ..checks.baseline.noise import baseline_seeds, gate_seeds
-from ..checks.baseline.store import BaselineError, BaselineStore, fingerprint
+from ..checks.baseline.store import BaselineError, BaselineStore, environment_fingerprint
 from ..checks.fixture_set import SetVerdict
 from ..runs.session import CaseError, CaseOutcome, Session, describe
 from ..runs.sidecar import ImageSpec, read_spec
@@ -129,7 +129,7 @@ class GateSession(Session):
             image=spec.display,
             metrics=measured.metrics,
             checks=measured.checks,
-            environment=fingerprint(outcome.record.meta, self.model_label),
+            environment=environment_fingerprint(outcome.record.meta, self.model_label),
             thresholds=thresholds,
             update=s.update,
             force=s.force_update,

@@ -4,7 +4,7 @@ in-loop monitor's curve.
 
 Honest scales: panels of values on the 0..1 scale share one y-span (:func:`shared_ranges`), so a
 change is as tall in each; each check is drawn against its threshold, with its pass condition.
-Drawn at :data:`DPI` with no text under 10 pt (the project's sizing rule, docs/visualization.md);
+Drawn at ``panels.DPI`` with no text under 10 pt (the one sizing rule of every figure, docs/visualization.md);
 matplotlib through ``Figure`` and the Agg canvas only. A ``*_figure`` function returns the figure
 (tests read its axes); the others write ``path`` (atomically) and return it.
 """
@@ -22,8 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..base.atomic import atomic_write_bytes
+from .panels import DPI
 
-DPI = 110
 FONT_PT = 10.5
 TITLE_PT = 12.0
 _FAIL = "#c62828"

@@ -20,7 +20,7 @@ from ..capture.runspec import problem
 from ..checks import Thresholds
 from ..errors import PartattnError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+FIXTURE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 #: Run settings a sidecar may pin. ``num_tokens`` is one: the record (hence the baseline) depends on
 #: it, so an image whose baseline was made at, say, 256 tokens can pin them while the gate's option
 #: sets another count for the rest.
@@ -147,7 +147,7 @@ def image_keys(fixtures: Path, results: Path) -> set[str]:
     return {
         p.relative_to(fixtures).with_suffix("").as_posix()
         for p in fixtures.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and results not in p.parents and p.is_file()
+        if p.suffix.lower() in FIXTURE_IMAGE_SUFFIXES and results not in p.parents and p.is_file()
     }
 
 
@@ -162,9 +162,9 @@ def fixture_specs(folder: str | Path, rootdir: str | Path = ".") -> list[ImageSp
     if not folder.is_dir():
         raise FixtureError(f"fixture folder not found: {folder} (pass --fixtures DIR, a folder of np<N>_*.png images)")
     folder = folder.resolve()
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FIXTURE_IMAGE_SUFFIXES)
     if not paths:
-        raise FixtureError(f"no fixture images in {folder} ({', '.join(IMAGE_SUFFIXES)})")
+        raise FixtureError(f"no fixture images in {folder} ({', '.join(FIXTURE_IMAGE_SUFFIXES)})")
     specs = [read_spec(path, folder, Path(rootdir).resolve()) for path in paths]
     for spec in specs:
         if spec.error:

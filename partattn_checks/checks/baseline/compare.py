@@ -22,10 +22,10 @@ from .check import AttentionDrift, BaselineDetails
 from .store import (
     ENVIRONMENT_FILE,
     SUMMARY_FILE,
-    Baseline,
     BaselineError,
     BaselinePaths,
     BaselineStore,
+    StoredBaseline,
     fingerprint_diff,
     nonfinite_metrics,
 )
@@ -77,7 +77,7 @@ class BaselineOutcome:
     """What the ``baseline`` check decided for one image."""
 
     result: CheckResult
-    baseline: Baseline | None
+    baseline: StoredBaseline | None
     looked: BaselinePaths
     status: BaselineStatus = BaselineStatus.COMPARED
     written: Path | None = None  # baseline folder written in the store
@@ -189,7 +189,7 @@ class _Comparison:
         )
         return self.failed(BaselineStatus.MISSING, reason, None, cand, looked=str(looked.metrics))
 
-    def compare(self, stored: Baseline) -> BaselineOutcome:
+    def compare(self, stored: StoredBaseline) -> BaselineOutcome:
         if stored.has_spread:
             result = self.judge_noise(stored)
         else:
@@ -251,7 +251,7 @@ class _Comparison:
     def repeats(self) -> int:
         return max(1, len(self.measured_seeds))
 
-    def judge_noise(self, stored: Baseline) -> CheckResult:
+    def judge_noise(self, stored: StoredBaseline) -> CheckResult:
         """The measured metrics and layers against the baseline's seed distribution."""
         from .check import Baseline as BaselineCheck
 
@@ -294,7 +294,7 @@ class _Comparison:
         missing = sorted(n for n in JUDGED_METRICS if n in stored.samples and n not in self.metrics)
         return BaselineCheck().judge_noise(deviations, self.alpha, missing)
 
-    def with_drift(self, result: CheckResult, stored: Baseline) -> CheckResult:
+    def with_drift(self, result: CheckResult, stored: StoredBaseline) -> CheckResult:
         """``result`` with the attention drift from the stored summary (its worst offender: the
         layer and part that moved most), or with a note saying why there is none."""
         details = result.details if isinstance(result.details, BaselineDetails) else BaselineDetails()
@@ -348,7 +348,7 @@ class _Comparison:
         return replace(result, reason=f"{result.reason}. Note: {note}", details=replace(details, attention_note=note))
 
     # -- steps -------------------------------------------------------------------------------
-    def write(self, status: BaselineStatus, reason: str, stored: Baseline | None = None) -> BaselineOutcome:
+    def write(self, status: BaselineStatus, reason: str, stored: StoredBaseline | None = None) -> BaselineOutcome:
         looked = self.looked
         bad = nonfinite_metrics(self.metrics)
         if bad:
@@ -397,7 +397,7 @@ class _Comparison:
         return self.candidates.paths(self.key).folder
 
     def failed(
-        self, status: BaselineStatus, reason: str, stored: Baseline | None, cand: Path | None, **details
+        self, status: BaselineStatus, reason: str, stored: StoredBaseline | None, cand: Path | None, **details
     ) -> BaselineOutcome:
         extra = {"candidate": str(cand)} if cand is not None else {}
         typed = BaselineDetails(status=str(status), **details, **extra)

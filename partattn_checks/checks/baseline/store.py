@@ -48,7 +48,7 @@ from ...errors import PartattnError
 if TYPE_CHECKING:  # numpy loads with the summary, not with the plugin
     from .attention import AttentionSummary
 
-SCHEMA_VERSION = 2
+BASELINE_SCHEMA_VERSION = 2
 #: Schema versions this version reads (1: one run, no seeds).
 READABLE_SCHEMAS = (1, 2)
 #: Version of environment.json's fingerprint (unchanged by the metrics schema).
@@ -111,7 +111,7 @@ class BaselinePaths:
 
 
 @dataclass
-class Baseline:
+class StoredBaseline:
     metrics: dict[str, float]
     checks: dict[str, float | None]
     environment: dict | None
@@ -120,7 +120,7 @@ class Baseline:
     attention_error: str | None = None  # why a stored summary could not be read
     seeds: tuple[int, ...] = ()  # the noise seeds of ``samples``; empty: a single run (schema 1)
     samples: dict[str, list[float]] = field(default_factory=dict)  # metric -> one value per seed
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = BASELINE_SCHEMA_VERSION
 
     @property
     def has_spread(self) -> bool:
@@ -135,7 +135,7 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def fingerprint(meta: dict, model_label: str) -> dict:
+def environment_fingerprint(meta: dict, model_label: str) -> dict:
     """The environment a record was made in, from ``AttentionRecord.meta``."""
     versions = meta.get("versions", {}) or {}
     device = str(meta.get("device", ""))
@@ -194,7 +194,7 @@ class BaselineStore:
     def paths(self, key: str) -> BaselinePaths:
         return BaselinePaths(self.root / key)
 
-    def load(self, key: str) -> Baseline | None:
+    def load(self, key: str) -> StoredBaseline | None:
         """The stored baseline, ``None`` when ``metrics.json`` does not exist; ``BaselineError`` when unusable."""
         paths = self.paths(key)
         if not paths.metrics.is_file():
@@ -238,7 +238,7 @@ class BaselineStore:
                 attention = AttentionSummary.read(paths.attention)
             except SummaryError as err:
                 attention_error = str(err)
-        return Baseline(
+        return StoredBaseline(
             {k: float(v) for k, v in metrics.items()},
             dict(checks),
             environment,
@@ -290,7 +290,7 @@ class BaselineStore:
 
         paths = self.paths(key)
         doc = {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": BASELINE_SCHEMA_VERSION,
             "image": image,
             "seeds": list(seeds),
             "metrics": _kept(_rounded(metrics), _stored_values(paths.metrics, "metrics")),

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from ...base.atomic import atomic_write_text
 
-IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".svg", ".webp")
+FIGURE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".svg", ".webp")
 VERDICT_CLASSES = ("pass", "fail", "skip")
 
 
@@ -156,7 +156,7 @@ class Page:
         for caption, path in items:
             href = html.escape(self.href(path))
             cap = html.escape(str(caption))
-            if str(path).lower().endswith(IMAGE_SUFFIXES):
+            if str(path).lower().endswith(FIGURE_SUFFIXES):
                 out.append(
                     f'<figure><a href="{href}"><img src="{href}" alt="{cap}" loading="lazy"></a>'
                     f"<figcaption>{cap}</figcaption></figure>"
