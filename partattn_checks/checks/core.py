@@ -189,6 +189,11 @@ class Check:
     details_type: ClassVar[type[Details]] = Details
     #: Judged from a record by ``run_checks``; False for checks that need more (baseline).
     record_check: ClassVar[bool] = True
+    #: The field of its thresholds table that ``partattn calibrate`` sets from a known-good model and
+    #: the variant built to break it: the one the headline value is compared with. None: not calibrated.
+    calibrated: ClassVar[str | None] = None
+    #: The ``model.broken`` variant built to make this check fail (the model matrix's expectation).
+    broken_by: ClassVar[str | None] = None
 
     def judge(self, record: AttentionRecord, thresholds: Thresholds) -> CheckResult:
         raise NotImplementedError(f"the {self.name} check is not judged from a record alone")
