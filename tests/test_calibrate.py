@@ -34,6 +34,7 @@ from partattn_checks.analysis.calibrate import (
     summarize,
 )
 from partattn_checks.analysis.calibration_page import GRADED_TITLE
+from partattn_checks.analysis.zoo import targets
 from partattn_checks.checks import REGISTRY, CheckResult, Thresholds, load_thresholds
 from partattn_checks.checks.details import Details
 from partattn_checks.checks.fixture_set import ITEM_NAME
@@ -406,7 +407,7 @@ def test_the_gate_passes_on_the_calibrated_checkpoint(gate_project, calibrated_p
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_the_gate_fails_the_right_check_for_each_broken_variant(gate_project, calibrated_project, monkeypatch, variant):
-    target = VARIANTS[variant].target  # only its items: a failing item draws figures, the others are slow
+    (target,) = targets()[variant]  # only its items: a failing item draws figures, the others are slow
     got = outcomes(_gate(gate_project, calibrated_project, monkeypatch, variant, "-k", target))
     assert len(got) == len(CALIBRATION_IMAGES)
     for name in CALIBRATION_IMAGES:

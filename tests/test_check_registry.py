@@ -54,6 +54,8 @@ class MaxPeak(Check):
 
     name = "max_peak"
     label, op = "largest peak", "≤"
+    calibrated = "max_peak"  # what partattn calibrate sets
+    broken_by = "collapsed"  # the broken variant that must fail it
     thresholds_type = MaxPeakThresholds
     details_type = MaxPeakDetails
 
@@ -245,6 +247,30 @@ def test_the_run_page_draws_its_timeline(max_peak, tmp_path):
     assert caption == "max_peak: largest peak per step and layer (pass: max over steps and layers ≤ 0.5)"
     assert "timeline_max_peak.png" in (tmp_path / "index.html").read_text(encoding="utf-8")
     assert (tmp_path / "checks" / "max_peak__bars.png").is_file()  # it failed: its figures too
+
+
+def test_calibration_sets_its_field_and_the_model_matrix_expects_its_variant_to_fail_it(max_peak):
+    """Calibration reads the check's ``calibrated`` field and ``broken_by`` variant: a matrix of its
+    real results on healthy (peaks 0.3, 0.35) and collapsed (0.9, 0.95) records calibrates
+    max_peak.max_peak between them; the model matrix marks collapsed as built to fail it."""
+    from partattn_checks.analysis.calibrate import CALIBRATED, decide
+    from partattn_checks.analysis.zoo import targets
+
+    def judged(*peaks):
+        return {f"np2_{i}.png": {r.name: r for r in run_checks(make_record(peak))} for i, peak in enumerate(peaks)}
+
+    assert CALIBRATED["max_peak"] == ("max_peak", "max_peak")
+    assert targets()["collapsed"] == ("collapse", "max_peak")
+    decisions = {
+        d.check: d for d in decide({"healthy": judged(0.3, 0.35), "collapsed": judged(0.9, 0.95)}, Thresholds())
+    }
+    d = decisions["max_peak"]
+    assert (
+        d.calibrated
+        and d.variant == "collapsed"
+        and (d.healthy_worst, d.variant_least) == pytest.approx((0.35, 0.9), abs=1e-3)
+    )
+    assert 0.35 < d.threshold < 0.9 and d.previous == MaxPeakThresholds().max_peak
 
 
 def test_checks_without_figures_draw_none(tmp_path):

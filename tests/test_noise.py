@@ -250,7 +250,7 @@ def test_a_graded_degradation_fails_in_units_of_noise(store, pipeline, images):
 def test_the_onset_is_the_first_layer_that_moved_not_the_one_that_moved_most(store, pipeline, images):
     # block 0's cross-attention output x4: its own attention moves (through the latents of later
     # steps) and the change grows downstream, where it is largest
-    out_x4 = Variant("block0_out_x4", "", "", lambda names: [("blocks.0.attn2.to_out.0.weight", lambda t: t.mul_(4.0))])
+    out_x4 = Variant("block0_out_x4", "", lambda names: [("blocks.0.attn2.to_out.0.weight", lambda t: t.mul_(4.0))])
     with broken(pipeline.transformer, out_x4):
         judged = judge_set(_session(pipeline, store), images)
     result = judged.results[images[1].display]["baseline"]

@@ -14,10 +14,11 @@ The rule, per check (docs/own-checkpoint.md):
 * when they overlap (or touch), the check cannot be calibrated on these images: it keeps its
   previous threshold, and the refusal says so with both numbers.
 
-Which thresholds field each check calibrates (:data:`CALIBRATED`): the one its headline value is
-compared with. The other fields of a table (e.g. ``uniformity.entropy_min_uniform``, what counts as
-a near-uniform map) define the value and stay as they were. ``nonfinite`` has no threshold: any
-NaN/Inf fails; calibration only reports whether its variant fails.
+Which thresholds field each check calibrates is the check's own ``Check.calibrated`` (gathered in
+:data:`CALIBRATED`, a live view of the registry): the one its headline value is compared with. The
+other fields of a table (e.g. ``uniformity.entropy_min_uniform``, what counts as a near-uniform map)
+define the value and stay as they were. ``nonfinite`` has no threshold: any NaN/Inf fails;
+calibration only reports whether its variant fails.
 
 A variant image whose record holds NaN/Inf is judged "cannot judge" by the metric checks with a
 count as its value, not a value on the check's scale: such images are left out of the
@@ -35,7 +36,7 @@ fails on at least one image it passes on the healthy model.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from ..checks import REGISTRY, CheckResult, Thresholds
@@ -46,13 +47,25 @@ from ..runs.sidecar import ImageSpec
 #: ``{image name: ImageSpec}`` of the matrix's images (``zoo.by_name``): their sidecar thresholds.
 Images = Mapping[str, ImageSpec]
 
-#: check -> (thresholds table, field) that calibration sets: the field the headline value is compared with.
-CALIBRATED: dict[str, tuple[str, str]] = {
-    "uniformity": ("uniformity", "max_share"),  # share of near-uniform maps (whole model)
-    "collapse": ("collapse", "max_share"),  # share of collapsed maps (worst layer)
-    "part_separation": ("part_separation", "min_separation"),  # aggregated part separation
-    "stability": ("stability", "max_jump"),  # worst consecutive-step JS jump
-}
+
+class _Calibrated(Mapping):
+    """check -> (thresholds table, field) that calibration sets, read from each registered check's
+    ``calibrated`` (a live view: a check registered later is calibrated too)."""
+
+    def _fields(self) -> dict[str, tuple[str, str]]:
+        return {name: (name, check.calibrated) for name, check in REGISTRY.items() if check.calibrated}
+
+    def __getitem__(self, check: str) -> tuple[str, str]:
+        return self._fields()[check]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(self._fields())
+
+
+CALIBRATED: Mapping[str, tuple[str, str]] = _Calibrated()
 DEFAULT_MARGIN = 0.5
 #: Rounding may move a threshold by at most this share of the gap between the two sides.
 ROUNDING_SLACK = 0.05
@@ -160,8 +173,9 @@ def image_thresholds(thresholds: Thresholds, image: ImageSpec | None) -> Thresho
 
 
 def targeted(check: str) -> str | None:
-    """The variant built to fail ``check`` (the first registered)."""
-    return next((name for name, v in VARIANTS.items() if v.target == check), None)
+    """The variant built to fail ``check`` (the check's own ``Check.broken_by``)."""
+    found = REGISTRY.get(check)
+    return found.broken_by if found is not None and found.broken_by in VARIANTS else None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..checks import Thresholds
 from ..model.broken import GRADES
 from .calibrate import CALIBRATED, Catch, Decision, is_ceiling, margin
-from .zoo import TARGETS
+from .zoo import targets
 
 FINGERPRINT_NOTE = "sha256 of every file's relative path and size, safetensors headers and JSON files' bytes"
 
@@ -113,13 +113,14 @@ def _range(row) -> str:
 def markdown(table: dict, decisions: list[Decision]) -> str:
     """The matrix (one row per model, one cell per check) and the calibration table with margins."""
     checks = list(next(iter(table.values())))
+    expected = targets()
     lines = ["| model | " + " | ".join(checks) + " |", "|---|" + "---|" * len(checks)]
     for model, rows in table.items():
         cells = []
         for check in checks:
             row = rows[check]
             verdict = "pass" if row["failing"] == 0 else f"**FAIL {row['failing']}/{row['judged']}**"
-            target = " ◀" if TARGETS.get(model) == check else ""
+            target = " ◀" if check in expected.get(model, ()) else ""
             cells.append(f"{_range(row)} vs {_fmt(row['threshold'])}: {verdict}{target}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     ceilings = ", ".join(c for c in checks if is_ceiling(c))

@@ -17,23 +17,22 @@ because it runs and judges.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 
 from .. import EMBEDDED_MODEL as HEALTHY
-from ..checks import CHECKS, CheckResult, Thresholds
+from ..checks import CHECKS, REGISTRY, CheckResult, Thresholds
 from ..model.broken import GRADES, VARIANTS
 from ..runs.sidecar import ImageSpec
 
-#: The checkpoint folder a random-init tiny model lives in (the matrix's extra row for the embedded model).
-RANDOM = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints" / "tiny-random"
 
+def targets() -> dict[str, tuple[str, ...]]:
+    """The checks each broken model is made to fail: what each registered check says breaks it
+    (``Check.broken_by``); a random-init model (the matrix's ``random`` row) should fail separation."""
+    out: dict[str, tuple[str, ...]] = {"random": ("part_separation",)}
+    for name, check in REGISTRY.items():
+        if check.broken_by in VARIANTS:
+            out[check.broken_by] = (*out.get(check.broken_by, ()), name)
+    return out
 
-def targets() -> dict[str, str]:
-    """Which check each broken model is made to fail (the random-init model should fail separation)."""
-    return {**{name: v.target for name, v in VARIANTS.items()}, "random": "part_separation"}
-
-
-TARGETS = targets()
 
 #: ``{model: {image name: {check: CheckResult}}}``
 ResultMatrix = dict[str, dict[str, dict[str, CheckResult]]]
@@ -149,8 +148,6 @@ def measure_graded(
 __all__ = [
     "CHECKS",
     "HEALTHY",
-    "RANDOM",
-    "TARGETS",
     "Graded",
     "ResultMatrix",
     "by_name",

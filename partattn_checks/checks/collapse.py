@@ -47,6 +47,8 @@ class Collapse(Check):
 
     name = "collapse"
     label, op = "collapsed share (worst layer)", "≤"
+    calibrated = "max_share"  # the field partattn calibrate sets
+    broken_by = "collapsed"  # model.broken's variant built to fail it
     thresholds_type = CollapseThresholds
     details_type = CollapseDetails
 

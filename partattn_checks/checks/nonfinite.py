@@ -31,6 +31,7 @@ class Nonfinite(Check):
 
     name = "nonfinite"
     label, op = "non-finite values", "≤"
+    broken_by = "nonfinite"  # model.broken's variant built to fail it (no threshold to calibrate)
     details_type = NonfiniteDetails
 
     def judge(self, record, thresholds: Thresholds) -> CheckResult:

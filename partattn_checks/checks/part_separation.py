@@ -43,6 +43,8 @@ class PartSeparation(Check):
 
     name = "part_separation"
     label, op = "part separation", "≥"
+    calibrated = "min_separation"  # the field partattn calibrate sets
+    broken_by = "merged_parts"  # model.broken's variant built to fail it
     thresholds_type = PartSeparationThresholds
     details_type = PartSeparationDetails
 

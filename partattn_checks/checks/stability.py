@@ -35,6 +35,8 @@ class Stability(Check):
 
     name = "stability"
     label, op = "worst step-to-step jump", "≤"
+    calibrated = "max_jump"  # the field partattn calibrate sets
+    broken_by = "unstable"  # model.broken's variant built to fail it
     thresholds_type = StabilityThresholds
     details_type = StabilityDetails
 

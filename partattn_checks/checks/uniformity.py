@@ -53,6 +53,8 @@ class Uniformity(Check):
 
     name = "uniformity"
     label, op = "near-uniform share", "≤"
+    calibrated = "max_share"  # the field partattn calibrate sets
+    broken_by = "uniform"  # model.broken's variant built to fail it
     thresholds_type = UniformityThresholds
     details_type = UniformityDetails
 

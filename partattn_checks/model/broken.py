@@ -8,7 +8,7 @@ is never copied, in memory or on disk. The edits find their tensors by name
 patterns, so they apply to any depth and width (the tiny model, the release config):
 
 ============  ===========================================================  =================
-variant       edit                                                         check it targets
+variant       edit                                                         check (broken_by)
 ============  ===========================================================  =================
 uniform       every cross-attention key-norm gain (``blocks.N.attn2.       uniformity
               norm_k.weight``) is zeroed: all keys, so all logits, are 0
@@ -63,7 +63,6 @@ class Variant:
     for a model whose parameter names are ``names``."""
 
     name: str
-    target: str  # the check it is built to fail
     summary: str
     plan: Callable[[list[str]], list[Edit]]
 
@@ -71,9 +70,11 @@ class Variant:
 VARIANTS: dict[str, Variant] = {}
 
 
-def variant(name: str, target: str, summary: str):
+def variant(name: str, summary: str):
+    """Register a variant; the check it is built to fail says so itself (``Check.broken_by``)."""
+
     def register(plan):
-        VARIANTS[name] = Variant(name, target, summary, plan)
+        VARIANTS[name] = Variant(name, summary, plan)
         return plan
 
     return register
@@ -102,12 +103,12 @@ def _scale(factor: float):
     return edit
 
 
-@variant("uniform", "uniformity", "cross-attention key-norm gains set to 0: every logit is 0")
+@variant("uniform", "cross-attention key-norm gains set to 0: every logit is 0")
 def _uniform(names):
     return [(n, _zero) for n in _cross(names, "norm_k")]
 
 
-@variant("collapsed", "collapse", "cross-attention q/k norm gains x30: logits x900, one key per query wins")
+@variant("collapsed", "cross-attention q/k norm gains x30: logits x900, one key per query wins")
 def _collapsed(names):
     return [(n, _scale(30.0)) for n in _cross(names, "norm_q") + _cross(names, "norm_k")]
 
@@ -116,7 +117,7 @@ def _row_mean(t):
     t.copy_(t.mean(dim=0, keepdim=True).expand_as(t))
 
 
-@variant("merged_parts", "part_separation", "every part-embedding row set to their mean: parts cannot be told apart")
+@variant("merged_parts", "every part-embedding row set to their mean: parts cannot be told apart")
 def _merged_parts(names):
     return [(n, _row_mean) for n in matching(names, r"part_embedding\.weight", "part embedding")]
 
@@ -129,7 +130,6 @@ def _flip_halves(t):
 
 @variant(
     "unstable",
-    "stability",
     "timestep embedding scrambled (frequencies reversed, time token x40), broadcast into every token by block 0's "
     "self-attention (key gains 0, output x50), cross-attention query gains x3",
 )
@@ -149,7 +149,7 @@ def _first_nan(t):
     t.view(-1)[0] = float("nan")
 
 
-@variant("nonfinite", "nonfinite", "one cross-attention key weight of block 2 (or the last block) set to NaN")
+@variant("nonfinite", "one cross-attention key weight of block 2 (or the last block) set to NaN")
 def _nonfinite(names):
     keys = matching(names, r"blocks\.\d+\.attn2\.to_k\.weight", "cross-attention key projections")
     by_block = {int(n.split(".")[1]): n for n in keys}
@@ -199,7 +199,7 @@ def graded(name: str, level: float) -> Variant:
     if name not in GRADES:
         raise VariantError(f"unknown graded degradation {name!r} (known: {', '.join(GRADES)})")
     grade = GRADES[name]
-    return Variant(f"{name}@{level:g}", "", f"{grade.summary}: {level:g}", lambda names: grade.plan(names, level))
+    return Variant(f"{name}@{level:g}", f"{grade.summary}: {level:g}", lambda names: grade.plan(names, level))
 
 
 def get_variant(name: str) -> Variant:
