@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *, mode: int = 0o644) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], *, mode: int = 0o644) -> Path:
     """Call ``write(tmp_path)`` to fill a temporary file, then move it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *, mod
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -42,5 +42,5 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, write)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import PartattnError
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
+else:
+    import tomli as tomllib
 
 __all__ = ["TomlError", "read_toml", "tomllib"]
 
@@ -19,7 +21,7 @@ class TomlError(PartattnError, ValueError):
     """A TOML file that cannot be read or parsed; the message starts with the file's path."""
 
 
-def read_toml(path: str | os.PathLike, what: str = "file") -> dict:
+def read_toml(path: str | os.PathLike[str], what: str = "file") -> dict[str, Any]:
     """The parsed document of ``path``; ``what`` names the file's role in the error
     (``"<path>: invalid TOML in the thresholds file (...)"``)."""
     p = Path(path)

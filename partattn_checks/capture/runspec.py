@@ -29,8 +29,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import PartattnError
+
+if TYPE_CHECKING:
+    import torch
 
 #: What a device option may say; ``auto`` picks CUDA when present.
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -55,7 +59,7 @@ class RunSpecError(PartattnError, ValueError):
     """A run setting that cannot be used; the message names where it came from and the fix."""
 
 
-def problem(name: str, value) -> str | None:
+def problem(name: str, value: object) -> str | None:
     """What is wrong with ``value`` as run setting ``name`` (``"must be at least 1"``), else ``None``."""
     kind, least = _RULES[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
@@ -95,7 +99,7 @@ class RunSpec:
         """Classifier-free guidance is on (the batch is ``[uncond, cond]``)."""
         return self.guidance_scale > 1.0
 
-    def run_kwargs(self) -> dict:
+    def run_kwargs(self) -> dict[str, Any]:
         """The pipeline call's keyword arguments."""
         return {
             "steps": self.steps,
@@ -104,15 +108,15 @@ class RunSpec:
             "num_tokens": self.num_tokens,
         }
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def resolve_run(
-    checkpoint: Mapping,
-    options: Mapping | None = None,
-    sidecar: Mapping | None = None,
-    call: Mapping | None = None,
+    checkpoint: Mapping[str, Any],
+    options: Mapping[str, Any] | None = None,
+    sidecar: Mapping[str, Any] | None = None,
+    call: Mapping[str, Any] | None = None,
     *,
     device: str = "cpu",
     dtype: str = "float32",
@@ -125,7 +129,7 @@ def resolve_run(
     :class:`RunSpecError` naming its source (``labels[layer]``, e.g. the sidecar's path).
     ``loaded``: ``device`` and ``dtype`` are those of a loaded pipeline, taken as they are."""
     names = _layer_names(labels)
-    values: dict = {"seed": DEFAULT_SEED}
+    values: dict[str, Any] = {"seed": DEFAULT_SEED}
     for layer, given in zip(LAYERS, (checkpoint, options, sidecar, call), strict=True):
         for key, value in (given or {}).items():
             if value is None or (layer == "checkpoint" and key not in RUN_KEYS):
@@ -166,11 +170,26 @@ def _layer_names(labels: Mapping[str, str] | None) -> dict[str, str]:
     return {**names, **(labels or {})}
 
 
+class LoadedPipeline(Protocol):
+    """What the run settings and a record's meta read from a loaded pipeline (ours, an upstream one)."""
+
+    @property
+    def run_defaults(self) -> Mapping[str, Any]: ...
+    @property
+    def device(self) -> object: ...  # a torch.device
+    @property
+    def dtype(self) -> object: ...  # a torch.dtype
+    @property
+    def checkpoint(self) -> Any: ...  # its .path names the model
+    @property
+    def transformer(self) -> Any: ...  # a torch module with a diffusers config
+
+
 def for_pipeline(
-    pipeline,
-    options: Mapping | None = None,
-    sidecar: Mapping | None = None,
-    call: Mapping | None = None,
+    pipeline: LoadedPipeline,
+    options: Mapping[str, Any] | None = None,
+    sidecar: Mapping[str, Any] | None = None,
+    call: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> RunSpec:
     """:func:`resolve_run` for a loaded pipeline: its ``run_defaults``, its device and its dtype; a
@@ -197,11 +216,15 @@ def for_pipeline(
 
 
 # ---------------------------------------------------------------------------- memory of a run
+#: A transformer's config (a mapping) or a checkpoint folder.
+TransformerConfig = Mapping[str, Any] | str | Path | None
 #: Bytes per element of each dtype.
 _ITEM_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def run_memory(config, num_tokens: int, num_parts: int = 1, *, cfg: bool = True, dtype: str = "float32") -> int | None:
+def run_memory(
+    config: TransformerConfig, num_tokens: int, num_parts: int = 1, *, cfg: bool = True, dtype: str = "float32"
+) -> int | None:
     """A lower bound on the bytes one denoising run holds at once with ``num_tokens`` latent tokens per
     part: the float32 initial latents (parts x tokens x ``in_channels``) and, in any attention layer,
     the hidden states, queries, keys and values of the whole batch (parts, twice with guidance, x
@@ -240,7 +263,13 @@ def free_memory(device: str) -> tuple[int, str] | None:
 
 
 def tokens_problem(
-    num_tokens: int, config, device: str, *, num_parts: int = 1, cfg: bool = True, dtype: str = "float32"
+    num_tokens: int,
+    config: TransformerConfig,
+    device: str,
+    *,
+    num_parts: int = 1,
+    cfg: bool = True,
+    dtype: str = "float32",
 ) -> str | None:
     """Why a run with ``num_tokens`` per part clearly cannot fit on ``device`` (its lower bound,
     :func:`run_memory`, is more than :func:`free_memory`), else None (also when either is unknown)."""
@@ -248,7 +277,7 @@ def tokens_problem(
     free = free_memory(device) if need is not None else None
     if need is None or free is None or need <= free[0]:
         return None
-    width = _transformer_config(config)["width"]
+    width = (_transformer_config(config) or {}).get("width")
     parts = f"{num_parts} part{'s' if num_parts != 1 else ''}{' x 2 (guidance)' if cfg else ''}"
     return (
         f"cannot fit: one run needs at least {_size(need)} ({parts} x {num_tokens} tokens x width {width}: the "
@@ -257,7 +286,7 @@ def tokens_problem(
     )
 
 
-def _transformer_config(config) -> dict | None:
+def _transformer_config(config: TransformerConfig) -> dict[str, int] | None:
     """``{"width", "in_channels"}`` of a transformer config (a mapping, or a checkpoint folder's
     ``transformer/config.json``), None when it does not say them."""
     if isinstance(config, (str, Path)):
@@ -265,6 +294,8 @@ def _transformer_config(config) -> dict | None:
             config = json.loads((Path(config) / "transformer" / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+    if not isinstance(config, Mapping):
+        return None
     try:
         return {"width": int(config["width"]), "in_channels": int(config["in_channels"])}
     except (KeyError, TypeError, ValueError):
@@ -279,7 +310,7 @@ def _size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def checkpoint_defaults(model: str | Path) -> dict:
+def checkpoint_defaults(model: str | Path) -> dict[str, Any]:
     """A checkpoint folder's default run settings without loading it (no torch); the built-in ones
     when the folder or its ``partattn.json`` cannot be read (the pre-flight reports that)."""
     from ..model.files import RUN_DEFAULTS, read_run_defaults
@@ -337,22 +368,23 @@ def resolve_device(requested: str = "auto", worker: str | None = None, spread: b
     return DeviceChoice(f"cuda:{index}", note)
 
 
-def torch_dtype(name: str):
+def torch_dtype(name: str) -> torch.dtype:
     """``"float16"`` -> ``torch.float16`` (imports torch)."""
     wrong = dtype_problem(name)
     if wrong:
         raise RunSpecError(f"dtype {name!r}: {wrong}")
     import torch
 
-    return getattr(torch, name)
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: object) -> str:
     """``torch.float16`` or ``"float16"`` -> ``"float16"`` (as records and fingerprints write it)."""
     return str(dtype).replace("torch.", "")
 
 
-def run_meta(pipeline, image, spec: RunSpec) -> dict:
+def run_meta(pipeline: LoadedPipeline, image: object, spec: RunSpec) -> dict[str, Any]:
     """What a record remembers about the run that made it (``AttentionRecord.meta``; the baseline
     fingerprint is read from it): the model, its config, the image and ``spec``'s settings."""
     import diffusers

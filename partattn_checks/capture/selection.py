@@ -10,6 +10,13 @@ import fnmatch
 import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from ..errors import PartattnError
+
+
+class SelectionError(PartattnError, ValueError):
+    """A selection that can never be recorded (a step, layer or full map it names or leaves out)."""
 
 
 @dataclass
@@ -23,7 +30,8 @@ class Selection:
 
     Iterables are materialised when the selection is made (a generator is not used up by the first
     step), and a full map that can never be recorded (a negative step, a step or layer the selection
-    leaves out, a layer index out of range, an unknown layer name) is a ``ValueError`` naming it.
+    leaves out, a layer index out of range, an unknown layer name) is a :class:`SelectionError` (a
+    ``ValueError``) naming it.
     """
 
     layers: None | Iterable[int | str] | Callable[[str], bool] = None
@@ -35,29 +43,31 @@ class Selection:
         if self.layers is not None and not callable(self.layers):
             self.layers = tuple(self.layers)
         if self.every is not None and not _is_index(self.every, 1):
-            raise ValueError(f"every={self.every!r}: must be a whole number of steps, 1 or more")
+            raise SelectionError(f"every={self.every!r}: must be a whole number of steps, 1 or more")
         if self.steps is not None:
             steps = tuple(self.steps)
             bad = [s for s in steps if not _is_index(s)]
             if bad:
-                raise ValueError(f"steps: {bad[0]!r} is not a step index (whole numbers from 0)")
+                raise SelectionError(f"steps: {bad[0]!r} is not a step index (whole numbers from 0)")
             self.steps = tuple(operator.index(s) for s in steps)
         self._steps = frozenset(self.steps) if self.steps is not None else None
         if not callable(self.full_maps):
             self.full_maps = tuple(self._full_map_pair(pair) for pair in self.full_maps)
 
-    def _full_map_pair(self, pair) -> tuple[int | str, int]:
+    def _full_map_pair(self, pair: tuple[int | str, int]) -> tuple[int | str, int]:
         """One ``(layer, step)`` of ``full_maps``, checked against the steps this selection records."""
         try:
             layer, step = pair
         except (TypeError, ValueError):
-            raise ValueError(f"full_maps: {pair!r} is not a (layer, step) pair") from None
+            raise SelectionError(f"full_maps: {pair!r} is not a (layer, step) pair") from None
         if not _is_index(step):
-            raise ValueError(f"full_maps: ({layer!r}, {step!r}): the step must be a step index (whole numbers from 0)")
+            raise SelectionError(
+                f"full_maps: ({layer!r}, {step!r}): the step must be a step index (whole numbers from 0)"
+            )
         if not self.wants_step(step):
             chosen = [f"steps={list(self.steps)}"] if self.steps is not None else []
             chosen += [f"every={self.every}"] if self.every is not None else []
-            raise ValueError(
+            raise SelectionError(
                 f"full_maps: ({layer!r}, {step}): step {step} is not recorded ({', '.join(chosen)}); "
                 f"ask for a full map at a recorded step"
             )
@@ -75,7 +85,9 @@ class Selection:
             else:
                 matches = [n for n in names if fnmatch.fnmatchcase(n, item)]
                 if not matches:
-                    raise ValueError(f"layer '{item}' matches no cross-attention module (known: {', '.join(names)})")
+                    raise SelectionError(
+                        f"layer '{item}' matches no cross-attention module (known: {', '.join(names)})"
+                    )
                 picked.update(matches)
         return [n for n in names if n in picked]
 
@@ -86,7 +98,7 @@ class Selection:
 
     def full_map_test(self, names: list[str]) -> Callable[[str, int], bool]:
         """``(name, step) -> bool`` over the cross-attention module ``names``; a pair naming a layer
-        that is not one of them, or one the selection leaves out, is a ``ValueError``."""
+        that is not one of them, or one the selection leaves out, is a :class:`SelectionError`."""
         if callable(self.full_maps):
             return self.full_maps
         recorded = self.pick_layers(names)
@@ -97,12 +109,12 @@ class Selection:
             elif layer in names:
                 name = layer
             else:
-                raise ValueError(
+                raise SelectionError(
                     f"full_maps: ({layer!r}, {step}): {layer!r} is not a cross-attention module "
                     f"(known: {', '.join(names)})"
                 )
             if name not in recorded:
-                raise ValueError(
+                raise SelectionError(
                     f"full_maps: ({layer!r}, {step}): layer {name} is not recorded (layers= selects "
                     f"{', '.join(recorded)})"
                 )
@@ -119,7 +131,7 @@ class Selection:
         return sorted((pair for pair in asked if pair[1] not in ran), key=lambda pair: (pair[1], pair[0]))
 
 
-def _is_index(value, smallest: int = 0) -> bool:
+def _is_index(value: Any, smallest: int = 0) -> bool:
     """A whole number (an int, a numpy integer; not a bool) of at least ``smallest``."""
     if isinstance(value, bool):
         return False
@@ -130,9 +142,9 @@ def _is_index(value, smallest: int = 0) -> bool:
 
 
 def _layer_index(index: int, names: list[str], what: str) -> int:
-    """``index`` into ``names`` (negative counts from the end), or a ``ValueError`` naming the layers."""
+    """``index`` into ``names`` (negative counts from the end), or a :class:`SelectionError` naming the layers."""
     if not -len(names) <= index < len(names):
-        raise ValueError(
+        raise SelectionError(
             f"{what} {index} out of range: the model has {len(names)} cross-attention layers "
             f"(known: {', '.join(names)})"
         )

@@ -11,12 +11,17 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import torch
+
+_D = TypeVar("_D", bound="Details")
 
 
-def optional_key():
+def optional_key() -> Any:
     """A details field that is left out of ``to_dict()`` while it is ``None``."""
     return field(default=None, metadata={"omit_none": True})
 
@@ -28,10 +33,10 @@ class Matrix:
     rows: tuple[tuple[float, ...], ...]
 
     @classmethod
-    def of(cls, tensor) -> Matrix:
+    def of(cls, tensor: torch.Tensor) -> Matrix:
         return cls(tuple(tuple(float(x) for x in row) for row in tensor.tolist()))
 
-    def tensor(self):
+    def tensor(self) -> torch.Tensor:
         """fp32 ``(rows, columns)`` tensor (imports torch)."""
         import torch
 
@@ -41,20 +46,20 @@ class Matrix:
         return [[x if math.isfinite(x) else None for x in row] for row in self.rows]
 
     @classmethod
-    def from_json(cls, data) -> Matrix:
+    def from_json(cls, data: Iterable[Iterable[float | None]]) -> Matrix:
         return cls(tuple(tuple(math.nan if x is None else float(x) for x in row) for row in data))
 
 
 @dataclass(frozen=True)
-class Details(Mapping):
+class Details:
     """Base of a check's typed details: a frozen dataclass (declare subclasses with
-    ``@dataclass(frozen=True, kw_only=True)``) that reads like the dict of its JSON form, so
-    ``details["per_layer"]`` and ``dict(details)`` work. A bare ``Details()`` is empty (skips)."""
+    ``@dataclass(frozen=True, kw_only=True)``) read by attribute; ``to_dict()`` is its JSON form.
+    A bare ``Details()`` is empty (the details of a check that is not registered)."""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: nested dataclasses become dicts, tuples lists; ``optional_key()``
         fields that are ``None`` are left out."""
-        out = {}
+        out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is None and f.metadata.get("omit_none"):
@@ -63,30 +68,13 @@ class Details(Mapping):
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> Details:
+    def from_dict(cls: type[_D], data: Mapping[str, Any]) -> _D:
         """The typed details back from ``to_dict()`` (unknown keys raise ``TypeError``)."""
-        return _typed(cls, dict(data))
-
-    def __getitem__(self, key: str):
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
-
-    def setdefault(self, key: str, default=None):
-        """dict-style read of a key that is there; details are frozen, so a missing key raises."""
-        if key in self:
-            return self[key]
-        raise TypeError(
-            f"{type(self).__name__} is frozen: cannot add {key!r} "
-            f"(build a new CheckResult with dict(result.details, {key}=...))"
-        )
+        details: _D = _typed(cls, dict(data))
+        return details
 
 
-def _plain(value):
+def _plain(value: object) -> Any:
     if hasattr(value, "to_json"):
         return value.to_json()
     if hasattr(value, "to_dict"):
@@ -100,7 +88,7 @@ def _plain(value):
     return value
 
 
-def _typed(tp, value):
+def _typed(tp: Any, value: Any) -> Any:
     """``value`` (plain JSON data) as type ``tp``: the inverse of ``_plain`` for details fields."""
     if value is None:
         return None

@@ -10,19 +10,38 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..base.tomlread import read_toml
 from ..errors import PartattnError
 from .core import REGISTRY
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_T = TypeVar("_T")
+_Table = TypeVar("_Table", bound="DataclassInstance")
 
 
 class ThresholdsError(PartattnError, ValueError):
     """A thresholds source that cannot be used; the message names the file, the table and the key."""
 
 
-def param(default, lo=None, hi=None, choices=None, doc=""):
+class ThresholdsTypeError(ThresholdsError, TypeError):
+    """``Thresholds()`` given a table no check has (also a ``TypeError``, as Python's own for an
+    unknown keyword)."""
+
+
+def param(
+    default: _T,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: Sequence[str] | None = None,
+    doc: str = "",
+) -> _T:
     """A thresholds field: its default, its range ``[lo, hi]`` (numbers) or ``choices`` (text)."""
     return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
 
@@ -36,14 +55,14 @@ class Thresholds:
     """All check thresholds, one table per check: ``thresholds.collapse.peak_max``,
     ``thresholds["collapse"]``. Immutable; ``merged`` returns a changed copy."""
 
-    def __init__(self, **given) -> None:
+    def __init__(self, **given: Any) -> None:
         known = tables()
         for name in given:
             if name not in known:
-                raise TypeError(f"Thresholds() got an unknown table {name!r} (known: {', '.join(known)})")
+                raise ThresholdsTypeError(f"Thresholds() got an unknown table {name!r} (known: {', '.join(known)})")
         self.__dict__["_tables"] = {name: given.get(name) or cls() for name, cls in known.items()}
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> Any:
         table = self.__dict__["_tables"].get(name)
         if table is None:
             cls = tables().get(name)
@@ -52,7 +71,7 @@ class Thresholds:
             table = cls()  # registered after this object was made: its defaults
         return table
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         try:
@@ -60,13 +79,13 @@ class Thresholds:
         except KeyError:
             raise AttributeError(f"'Thresholds' has no table {name!r} (known: {', '.join(tables())})") from None
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: object) -> None:
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
 
-    def items(self) -> list[tuple[str, object]]:
+    def items(self) -> list[tuple[str, Any]]:
         return [(name, self[name]) for name in tables()]
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Thresholds) and self.items() == other.items()
 
     def __hash__(self) -> int:
@@ -75,17 +94,17 @@ class Thresholds:
     def __repr__(self) -> str:
         return f"Thresholds({', '.join(f'{name}={table!r}' for name, table in self.items())})"
 
-    def to_dict(self) -> dict[str, dict]:
+    def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(table) for name, table in self.items()}
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "thresholds", table_prefix: str = "") -> Thresholds:
+    def from_dict(cls, data: Mapping[str, Any], source: str = "thresholds", table_prefix: str = "") -> Thresholds:
         """Defaults overridden by ``data`` ({table: {key: value}}), validated."""
         return cls().merged(data, source=source, table_prefix=table_prefix)
 
-    def merged(self, overrides: dict, source: str = "overrides", table_prefix: str = "") -> Thresholds:
+    def merged(self, overrides: Mapping[str, Any], source: str = "overrides", table_prefix: str = "") -> Thresholds:
         """A copy with ``overrides`` ({table: {key: value}}) applied; unknown or invalid entries raise."""
-        if not isinstance(overrides, dict):
+        if not isinstance(overrides, Mapping):
             raise ThresholdsError(f"{source}: thresholds must be a table of tables, got {type(overrides).__name__}")
         known = tables()
         changed = dict(self.items())
@@ -93,15 +112,15 @@ class Thresholds:
             where = f"[{table_prefix}{table}]"
             if table not in known:
                 raise ThresholdsError(f"{source}: unknown table {where} (known: {', '.join(known)})")
-            if not isinstance(values, dict):
+            if not isinstance(values, Mapping):
                 raise ThresholdsError(f"{source}: {where} must be a table of key = value, got {values!r}")
             changed[table] = _validated(changed[table], values, source, where)
         return Thresholds(**changed)
 
 
-def _validated(section, values: dict, source: str, where: str):
+def _validated(section: _Table, values: Mapping[str, Any], source: str, where: str) -> _Table:
     known = {f.name: f for f in dataclasses.fields(section)}
-    updates = {}
+    updates: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
             raise ThresholdsError(f"{source}: {where} unknown key {key!r} (known: {', '.join(known)})")
@@ -121,13 +140,13 @@ def _validated(section, values: dict, source: str, where: str):
     return dataclasses.replace(section, **updates)
 
 
-def load_thresholds(path: str | os.PathLike) -> Thresholds:
+def load_thresholds(path: str | os.PathLike[str]) -> Thresholds:
     """Thresholds from a TOML file with tables [uniformity], [collapse], ... (missing keys keep defaults)."""
     p = Path(path)
     return Thresholds.from_dict(read_toml(p, "thresholds file"), source=str(p))
 
 
-def thresholds_from_pyproject(path: str | os.PathLike) -> Thresholds:
+def thresholds_from_pyproject(path: str | os.PathLike[str]) -> Thresholds:
     """Thresholds from ``[tool.partattn.thresholds]`` of a pyproject.toml (defaults if absent)."""
     p = Path(path)
     table = read_toml(p, "pyproject file").get("tool", {}).get("partattn", {}).get("thresholds", {})

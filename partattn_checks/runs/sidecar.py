@@ -12,8 +12,9 @@ Standard library only (plus the torch-free checks): the plugin reads sidecars wh
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..base.tomlread import TomlError, read_toml
 from ..capture.runspec import problem
@@ -40,12 +41,12 @@ class ImageSpec:
     key: str  # path below the fixtures folder, posix, without suffix: baseline and results folder name
     display: str  # path relative to the rootdir (as in node ids)
     num_parts: int | None = None
-    run: dict = field(default_factory=dict)  # steps / num_tokens / seed / guidance_scale from the sidecar
-    thresholds: dict = field(default_factory=dict)  # [thresholds.<check>] of the sidecar
+    run: dict[str, Any] = field(default_factory=dict)  # steps / num_tokens / seed / guidance_scale from the sidecar
+    thresholds: dict[str, Any] = field(default_factory=dict)  # [thresholds.<check>] of the sidecar
     sidecar: Path | None = None
     error: str | None = None  # why this image cannot run (bad sidecar, no part count)
 
-    def run_layer(self) -> dict:
+    def run_layer(self) -> dict[str, Any]:
         """The sidecar layer of the run spec: the part count and the pinned settings."""
         return {"num_parts": self.num_parts, **self.run}
 
@@ -71,12 +72,12 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
     shown = _relative(path, rootdir)
     display = shown.as_posix() if shown is not None else str(path)
     sidecar = path.with_suffix(".toml")
-    base = dict(path=path, key=key, display=display)
+    base = ImageSpec(path=path, key=key, display=display)
     from_name = parts_from_name(path)
     if from_name is not None and from_name < 1:
         rest = PART_PREFIX.sub("", path.name)
-        return ImageSpec(
-            **base,
+        return replace(
+            base,
             error=(
                 f"{display}: the np<N>_ prefix needs N >= 1 (the number of parts), not np{from_name}_; "
                 f"rename the file, e.g. np1_{rest}"
@@ -84,39 +85,39 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
         )
     if not sidecar.is_file():
         if from_name is None:
-            return ImageSpec(
-                **base,
+            return replace(
+                base,
                 error=(
                     f"{display}: unknown part count. Either rename the file with an np<N>_ prefix "
                     f"(e.g. np3_{path.name}) or add a sidecar file {sidecar.name} next to it with "
                     f"'num_parts = 3'"
                 ),
             )
-        return ImageSpec(**base, num_parts=from_name)
+        return replace(base, num_parts=from_name)
     try:
         doc = read_toml(sidecar, "sidecar file")
     except TomlError as exc:
-        return ImageSpec(**base, sidecar=sidecar, error=str(exc))
+        return replace(base, sidecar=sidecar, error=str(exc))
     problems = _sidecar_problems(doc)
     if problems:
-        return ImageSpec(**base, sidecar=sidecar, error=f"{sidecar}: {problems}")
+        return replace(base, sidecar=sidecar, error=f"{sidecar}: {problems}")
     thresholds = doc.get("thresholds", {})
     try:
         Thresholds().merged(thresholds, source=str(sidecar), table_prefix="thresholds.")
     except ValueError as exc:
-        return ImageSpec(**base, sidecar=sidecar, error=str(exc))
+        return replace(base, sidecar=sidecar, error=str(exc))
     num_parts = doc.get("num_parts", from_name)
     if num_parts is None:
-        return ImageSpec(
-            **base,
+        return replace(
+            base,
             sidecar=sidecar,
             error=(
                 f"{sidecar}: no num_parts, and {path.name} has no np<N>_ prefix; add 'num_parts = N' to the sidecar"
             ),
         )
     if from_name is not None and num_parts != from_name:
-        return ImageSpec(
-            **base,
+        return replace(
+            base,
             sidecar=sidecar,
             error=(
                 f"{sidecar}: num_parts = {num_parts} contradicts the file name prefix np{from_name}_; "
@@ -124,10 +125,10 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
             ),
         )
     run = {k: doc[k] for k in SIDECAR_RUN_KEYS if k != "num_parts" and k in doc}
-    return ImageSpec(**base, num_parts=int(num_parts), run=run, thresholds=thresholds, sidecar=sidecar)
+    return replace(base, num_parts=int(num_parts), run=run, thresholds=thresholds, sidecar=sidecar)
 
 
-def _sidecar_problems(doc: dict) -> str | None:
+def _sidecar_problems(doc: dict[str, Any]) -> str | None:
     unknown = sorted(set(doc) - {*SIDECAR_RUN_KEYS, "thresholds"})
     if unknown:
         return f"unknown key {unknown[0]!r} (known: {', '.join(SIDECAR_RUN_KEYS)}, [thresholds.<check>])"

@@ -41,6 +41,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import Any
+
+from ...errors import PartattnError
 
 #: A baseline's seeds start here (plus the gate's ``--partattn-seed``): far from the gate's own.
 BASELINE_SEED_OFFSET = 1000
@@ -55,6 +58,10 @@ CLIP = 3.0
 #: The headline metrics a baseline judges (see the module docstring), and those judged on the log scale.
 JUDGED_METRICS = ("entropy_mean", "peak_mean", "eff_keys_mean", "separation", "stability_max_jump")
 LOG_SCALE = frozenset({"peak_mean", "stability_max_jump"})
+
+
+class NoiseError(PartattnError, ValueError):
+    """A noise-model setting out of range (a false-alarm rate, a tail probability); the message names it."""
 
 
 def baseline_seeds(gate_seed: int, count: int) -> list[int]:
@@ -114,7 +121,7 @@ def t_sf(t: float, dof: float) -> float:
 def t_quantile(p: float, dof: float) -> float:
     """The ``t`` with P(T > t) = ``p`` (0 < p < 1/2): bisection on :func:`t_sf`."""
     if not 0.0 < p < 0.5:
-        raise ValueError(f"upper-tail probability must lie in (0, 0.5), got {p}")
+        raise NoiseError(f"upper-tail probability must lie in (0, 0.5), got {p}")
     if math.isinf(dof):
         return NormalDist().inv_cdf(1.0 - p)
     lo, hi = 0.0, 1.0
@@ -131,7 +138,7 @@ def t_quantile(p: float, dof: float) -> float:
 def critical(alpha: float, tests: int, dof: float, two_sided: bool) -> float:
     """The distance (in spreads) one of ``tests`` comparisons may reach at family-wise rate ``alpha``."""
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"the false-alarm rate must lie in (0, 1), got {alpha}")
+        raise NoiseError(f"the false-alarm rate must lie in (0, 1), got {alpha}")
     per_test = alpha / max(1, tests) / (2.0 if two_sided else 1.0)
     return t_quantile(per_test, dof)
 
@@ -204,11 +211,11 @@ class Deviation:
             return self.mean * math.exp(-reach), self.mean * math.exp(reach)
         return self.mean - reach, self.mean + reach
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "residuals": list(self.residuals)}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> Deviation:
+    def from_dict(cls, d: Mapping[str, Any]) -> Deviation:
         return cls(**{**d, "residuals": tuple(d.get("residuals", ()))})
 
 
@@ -306,13 +313,13 @@ class SetDeviation:
     correlation: float  # ρ used (≥ 0)
     z: float  # the combined distance
     allowance: float
-    per_image: dict = field(default_factory=dict)  # image -> clipped z
+    per_image: dict[str, float] = field(default_factory=dict)  # image -> clipped z
 
     @property
     def moved(self) -> bool:
         return (abs(self.z) if self.kind == "metric" else self.z) > self.allowance
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 

@@ -48,7 +48,7 @@ class Cell:
     href: str | None = None
 
     @classmethod
-    def of(cls, value) -> Cell:
+    def of(cls, value: object) -> Cell:
         if isinstance(value, Cell):
             return value
         if isinstance(value, bool):
@@ -83,12 +83,12 @@ def _attrs(anchor: str | None = None, cls: str = "") -> str:
 class Page:
     """Blocks of one page, in order. Absolute file paths are linked relative to ``base``."""
 
-    def __init__(self, title: str, base: str | os.PathLike | None = None):
+    def __init__(self, title: str, base: str | os.PathLike[str] | None = None):
         self.title = title
         self.base = Path(base) if base is not None else None
         self.blocks: list[str] = []
 
-    def href(self, path: str | os.PathLike) -> str:
+    def href(self, path: str | os.PathLike[str]) -> str:
         """A URL-quoted link to ``path``: relative to the page where possible."""
         p = Path(path)
         if p.is_absolute() and self.base is not None:
@@ -136,7 +136,7 @@ class Page:
         head = f"<details{_attrs(anchor)}{' open' if open else ''}><summary>{html.escape(summary)}</summary>"
         self.blocks.append(head + "\n" + "\n".join(inner) + "\n</details>")
 
-    def table(self, header: Sequence | None, rows: Iterable[Sequence]) -> Page:
+    def table(self, header: Sequence[object] | None, rows: Iterable[Sequence[object]]) -> Page:
         """A table; values may be plain (formatted by ``Cell.of``) or ``Cell`` objects with a class or link."""
         out = ["<table>"]
         if header:
@@ -147,7 +147,7 @@ class Page:
         self.blocks.append("\n".join(out))
         return self
 
-    def figures(self, items: Iterable[tuple[str, str | os.PathLike]]) -> Page:
+    def figures(self, items: Iterable[tuple[str, str | os.PathLike[str]]]) -> Page:
         """A grid of captioned thumbnails, each linking to its full-size file (other files: links)."""
         items = list(items)
         if not items:
@@ -167,7 +167,7 @@ class Page:
         self.blocks.append("\n".join(out))
         return self
 
-    def links(self, items: Iterable[tuple[str, str | os.PathLike]]) -> Page:
+    def links(self, items: Iterable[tuple[str, str | os.PathLike[str]]]) -> Page:
         items = list(items)
         if items:
             self.blocks.append(
@@ -185,20 +185,20 @@ class Page:
             title=html.escape(self.title), style=_template("style.css").strip(), body="\n".join(self.blocks)
         )
 
-    def write(self, path: str | os.PathLike) -> Path:
+    def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the page atomically (temporary file, then ``os.replace``); return its path."""
         return atomic_write_text(path, self.render())
 
 
 def render_index(
     title: str,
-    sections: Iterable[tuple[str, Sequence[tuple[str, str | os.PathLike]]]] = (),
+    sections: Iterable[tuple[str, Sequence[tuple[str, str | os.PathLike[str]]]]] = (),
     *,
     metrics: Mapping[str, object] | None = None,
-    tables: Iterable[tuple[str, Sequence[str] | None, Iterable[Sequence]]] = (),
-    links: Iterable[tuple[str, str | os.PathLike]] = (),
+    tables: Iterable[tuple[str, Sequence[str] | None, Iterable[Sequence[object]]]] = (),
+    links: Iterable[tuple[str, str | os.PathLike[str]]] = (),
     note: str | None = None,
-    base: str | os.PathLike | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> str:
     """A page of metrics, tables, figure sections and file links, as a string. ``sections``:
     ``(heading, [(caption, path), ...])``; ``metrics``: name -> value; ``tables``: ``(heading,
@@ -221,7 +221,14 @@ def render_index(
 
 
 def write_index(
-    path: str | os.PathLike, title: str, sections=(), *, metrics=None, tables=(), links=(), note: str | None = None
+    path: str | os.PathLike[str],
+    title: str,
+    sections: Iterable[tuple[str, Sequence[tuple[str, str | os.PathLike[str]]]]] = (),
+    *,
+    metrics: Mapping[str, object] | None = None,
+    tables: Iterable[tuple[str, Sequence[str] | None, Iterable[Sequence[object]]]] = (),
+    links: Iterable[tuple[str, str | os.PathLike[str]]] = (),
+    note: str | None = None,
 ) -> Path:
     """Write :func:`render_index` to ``path`` atomically; absolute paths are linked relative to it."""
     path = Path(path)
