@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .files import ModelError
+
 
 @dataclass
 class PreparedAttention:
@@ -75,7 +77,7 @@ def fold_parts(tensor: torch.Tensor, num_parts: int) -> torch.Tensor:
     """``(b·N, h, L, d) -> (b, h, N·L, d)``: the parts of one object become one sequence."""
     bn, heads, length, dim = tensor.shape
     if bn % num_parts:
-        raise ValueError(f"batch {bn} is not a multiple of num_parts={num_parts}")
+        raise ModelError(f"batch {bn} is not a multiple of num_parts={num_parts}")
     b = bn // num_parts
     return tensor.view(b, num_parts, heads, length, dim).transpose(1, 2).reshape(b, heads, num_parts * length, dim)
 
@@ -89,9 +91,9 @@ def unfold_parts(tensor: torch.Tensor, num_parts: int) -> torch.Tensor:
 
 def _check_plain_call(attn, attention_mask, image_rotary_emb):
     if attention_mask is not None:
-        raise ValueError(f"{type(attn.processor).__name__}: PartCrafter attention takes no attention mask")
+        raise ModelError(f"{type(attn.processor).__name__}: PartCrafter attention takes no attention mask")
     if image_rotary_emb is not None:
-        raise ValueError(f"{type(attn.processor).__name__}: PartCrafter attention uses no rotary embedding")
+        raise ModelError(f"{type(attn.processor).__name__}: PartCrafter attention uses no rotary embedding")
 
 
 class TripoSGAttnProcessor:
@@ -133,7 +135,7 @@ class PartCrafterAttnProcessor(TripoSGAttnProcessor):
 
     def prepare(self, attn, hidden_states, encoder_hidden_states=None, num_parts=None) -> PreparedAttention:
         if num_parts is None:
-            raise ValueError("PartCrafterAttnProcessor needs num_parts (pass attention_kwargs={'num_parts': N})")
+            raise ModelError("PartCrafterAttnProcessor needs num_parts (pass attention_kwargs={'num_parts': N})")
         num_parts = int(num_parts)
         q, k, v = split_heads_first(attn, hidden_states, encoder_hidden_states)
         if attn.is_cross_attention:

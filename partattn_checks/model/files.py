@@ -27,6 +27,9 @@ __all__ = [
     "CheckpointError",
     "RecordError",
     "ImageError",
+    "ImageNotFoundError",
+    "ModelError",
+    "ModelTypeError",
     "read_safetensors_header",
     "checkpoint_problems",
     "read_json",
@@ -49,13 +52,28 @@ class CheckpointError(PartattnError, ValueError):
 
 
 class RecordError(PartattnError, ValueError):
-    """A saved attention record that cannot be read; the message names the file and the fix."""
+    """An attention record that cannot be read or built, or lacks a step or layer asked of it; the
+    message names the file or entry and the fix."""
 
     fix = "re-save the record with partattn run"
 
 
 class ImageError(PartattnError, ValueError):
     """An input image that cannot be used; the message names the image and the fix."""
+
+
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """An input image that is not there (also a ``FileNotFoundError``)."""
+
+
+class ModelError(PartattnError, ValueError):
+    """The model or its pipeline given a value it cannot use (a part count, a device, a step count);
+    the message names the value and the fix."""
+
+
+class ModelTypeError(ModelError, TypeError):
+    """A pipeline call with arguments that do not go together (one setting given twice, an unknown
+    keyword); a ``TypeError`` as Python's own for a bad call."""
 
 
 # ====================================================================== the release layout

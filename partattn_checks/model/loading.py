@@ -21,6 +21,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +33,7 @@ from .files import (  # noqa: F401  (re-exported: the layout and its errors are 
     RUN_DEFAULTS,
     WEIGHT_FILES,
     CheckpointError,
+    ModelError,
     check_component_classes,
     checkpoint_problems,
     find_weights,
@@ -42,6 +44,9 @@ from .files import (  # noqa: F401  (re-exported: the layout and its errors are 
 )
 from .transformer import PartCrafterDiTModel
 
+if TYPE_CHECKING:
+    from transformers import Dinov2Model
+
 
 @dataclass
 class Checkpoint:
@@ -49,8 +54,8 @@ class Checkpoint:
 
     path: Path
     transformer: PartCrafterDiTModel
-    image_encoder: torch.nn.Module
-    feature_extractor: object
+    image_encoder: Dinov2Model
+    feature_extractor: Any  # a transformers image processor (BitImageProcessor), as preprocessor_config.json says
     scheduler_config: dict
     model_index: dict
     run_defaults: dict = field(default_factory=lambda: dict(RUN_DEFAULTS))
@@ -133,7 +138,7 @@ def iter_tensors(
 
 def _read_exactly(fh, buffer: torch.Tensor, file: Path) -> None:
     """Fill the uint8 tensor ``buffer`` from ``fh`` (short reads are retried; EOF is an error)."""
-    view = memoryview(buffer.numpy()) if buffer.numel() else memoryview(b"")
+    view = buffer.numpy().data if buffer.numel() else memoryview(b"")
     done = 0
     while done < len(view):
         got = fh.readinto(view[done:])
@@ -208,14 +213,11 @@ def load_image_encoder(folder: Path, dtype: torch.dtype, device: str | torch.dev
 
 def feature_extractor_from_config(config: dict):
     """A DINOv2 ``BitImageProcessor`` from a ``preprocessor_config.json`` dict."""
-    try:  # transformers >= 5: the PIL backend needs no torchvision
-        from transformers import BitImageProcessorPil as BitImageProcessor
-    except ImportError:
-        from transformers import BitImageProcessor
+    import transformers
 
-    return BitImageProcessor(
-        **{k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")}
-    )
+    # transformers >= 5: the PIL backend needs no torchvision
+    processor = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
+    return processor(**{k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")})
 
 
 def load_feature_extractor(folder: Path):
@@ -250,11 +252,11 @@ def load_checkpoint(
 def check_num_parts(config, num_parts: int, *, cfg: bool) -> None:
     """Refuse a part count the checkpoint's part embedding cannot serve (ids run to 2N-1 under CFG)."""
     if num_parts < 1:
-        raise ValueError(f"num_parts must be at least 1, got {num_parts}")
+        raise ModelError(f"num_parts must be at least 1, got {num_parts}")
     needed = 2 * num_parts if cfg else num_parts
     if needed > config.max_num_parts:
         limit = config.max_num_parts // 2 if cfg else config.max_num_parts
-        raise ValueError(
+        raise ModelError(
             f"num_parts={num_parts} needs {needed} part-embedding ids"
             f"{' (classifier-free guidance doubles the batch)' if cfg else ''}, but the checkpoint has "
             f"max_num_parts={config.max_num_parts}: use at most {limit} parts"

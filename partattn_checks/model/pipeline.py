@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from .files import ImageError
+from .files import ImageError, ImageNotFoundError, ModelError, ModelTypeError
 from .loading import Checkpoint, check_num_parts, load_checkpoint
 
 #: Upstream's mesh-decoding arguments: accepted so upstream calls run unchanged, and ignored (this
@@ -69,9 +69,10 @@ def to_rgb(image):
 def open_image(image):
     """Accept a path or a PIL image; return an RGB PIL image.
 
-    A missing path raises ``FileNotFoundError``; a file PIL cannot read (not an image, truncated)
-    or an image over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; PIL only warns
-    below twice the limit, this refuses both) raises :class:`ImageError` naming the file and the fix.
+    A missing path raises :class:`ImageNotFoundError` (a ``FileNotFoundError``); a file PIL cannot
+    read (not an image, truncated) or an image over PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``; PIL only warns below twice the limit, this refuses both) raises
+    :class:`ImageError` naming the file and the fix.
     """
     import warnings
 
@@ -87,7 +88,7 @@ def open_image(image):
                 opened.load()
                 return to_rgb(opened)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image not found") from None
+        raise ImageNotFoundError(f"{path}: image not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise too_large(path, err) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -126,7 +127,7 @@ def encoder_view(feature_extractor, image):
 def flow_sigmas(steps: int) -> list[float]:
     """``[1 - i/steps for i in range(steps)] + [0]``."""
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise ModelError(f"steps must be at least 1, got {steps}")
     return [1.0 - i / steps for i in range(steps)] + [0.0]
 
 
@@ -137,12 +138,12 @@ def as_device(device: str | torch.device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(
+        raise ModelError(
             f"device {device!r}: not a device; pass cpu, cuda or cuda:N (to pick one for 'auto', "
             f"use partattn_checks.capture.runspec.resolve_device)"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise ModelError(
             f"device '{device}' requested but CUDA is not available here (torch {torch.__version__}); use 'cpu'"
         )
     return device
@@ -210,11 +211,11 @@ class PartCrafterPipeline:
         if generator is None:
             generator = torch.Generator().manual_seed(int(seed))
         elif not isinstance(generator, torch.Generator):
-            raise TypeError(
+            raise ModelTypeError(
                 f"generator: expected one torch.Generator, got {type(generator).__name__} (a list of generators, "
                 f"one per part, is not supported: pass one, or seed=)"
             )
-        shape = (num_parts, num_tokens, self.transformer.config.in_channels)
+        shape = (num_parts, num_tokens, self.transformer.config["in_channels"])
         noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
         return noise.to(device=self.device, dtype=self.dtype)
 
@@ -243,16 +244,17 @@ class PartCrafterPipeline:
         ``pipe(image=[img] * N, attention_kwargs={"num_parts": N}, num_inference_steps=, generator=, ...)``:
         the list's length is the part count (every item must be the same image), ``num_inference_steps``
         is ``steps`` and ``generator`` draws the noise (:meth:`initial_latents`). One image without a
-        part count is one part, as upstream. Giving one setting in both forms is a ``TypeError``.
-        Unset settings are the checkpoint's (``run_defaults``). ``latents``: the starting noise (then
-        ``seed``/``generator`` are not used). ``callback(step, timestep, latents)`` (diffusers' legacy
-        signature) runs after steps 0, ``callback_steps``, 2·``callback_steps``, ...; ``observers``
-        are told of every step. Upstream's mesh-decoding arguments (:data:`MESH_DECODING_ARGS`) are
-        ignored: the result is the latents (:class:`DenoiseResult`), never meshes.
+        part count is one part, as upstream. Giving one setting in both forms is a
+        :class:`ModelTypeError` (a ``TypeError``). Unset settings are the checkpoint's
+        (``run_defaults``). ``latents``: the starting noise (then ``seed``/``generator`` are not used).
+        ``callback(step, timestep, latents)`` (diffusers' legacy signature) runs after steps 0,
+        ``callback_steps``, 2·``callback_steps``, ...; ``observers`` are told of every step. Upstream's
+        mesh-decoding arguments (:data:`MESH_DECODING_ARGS`) are ignored: the result is the latents
+        (:class:`DenoiseResult`), never meshes.
         """
         unknown = sorted(set(mesh_decoding) - MESH_DECODING_ARGS)
         if unknown:
-            raise TypeError(
+            raise ModelTypeError(
                 f"PartCrafterPipeline got an unexpected keyword argument {unknown[0]!r}; it takes num_parts, steps "
                 f"(or num_inference_steps), seed (or generator), guidance_scale, num_tokens, latents, callback, "
                 f"callback_steps, observers and attention_kwargs={{'num_parts': N}}"
@@ -260,14 +262,16 @@ class PartCrafterPipeline:
         image, num_parts = self._image_and_parts(image, num_parts, attention_kwargs)
         steps = _one_form("steps", steps, "num_inference_steps", num_inference_steps)
         if seed is not None and generator is not None:
-            raise TypeError("seed= and generator= both give the noise: pass one (a CPU generator seeded s is seed=s)")
+            raise ModelTypeError(
+                "seed= and generator= both give the noise: pass one (a CPU generator seeded s is seed=s)"
+            )
         if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
-            raise ValueError(f"callback_steps must be a whole number of at least 1, got {callback_steps!r}")
+            raise ModelError(f"callback_steps must be a whole number of at least 1, got {callback_steps!r}")
         defaults = self.run_defaults  # unset settings: the checkpoint's
         num_tokens = int(defaults["num_tokens"] if num_tokens is None else num_tokens)
         steps = int(defaults["steps"] if steps is None else steps)
         if num_tokens < 1:
-            raise ValueError(f"num_tokens must be at least 1, got {num_tokens}")
+            raise ModelError(f"num_tokens must be at least 1, got {num_tokens}")
         guidance_scale = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
         cfg = guidance_scale > 1.0
         check_num_parts(self.transformer.config, num_parts, cfg=cfg)
@@ -312,20 +316,20 @@ class PartCrafterPipeline:
         attention_kwargs = dict(attention_kwargs or {})
         extra = sorted(set(attention_kwargs) - {"num_parts"})
         if extra:
-            raise ValueError(f"attention_kwargs: only 'num_parts' is used here, got {extra[0]!r}")
+            raise ModelError(f"attention_kwargs: only 'num_parts' is used here, got {extra[0]!r}")
         upstream = attention_kwargs.get("num_parts")
         listed = isinstance(image, (list, tuple))
         if num_parts is not None and (listed or upstream is not None):
-            raise TypeError(
+            raise ModelTypeError(
                 "the part count is given twice: pass pipe(image, num_parts) or upstream's "
                 "pipe(image=[img] * N, attention_kwargs={'num_parts': N}), not both"
             )
         if not listed:
             return image, int(num_parts if num_parts is not None else upstream if upstream is not None else 1)
         if not image:
-            raise ValueError("image: an empty list; pass [img] * N for N parts")
+            raise ImageError("image: an empty list; pass [img] * N for N parts")
         if upstream is not None and int(upstream) != len(image):
-            raise ValueError(
+            raise ImageError(
                 f"image lists {len(image)} images but attention_kwargs={{'num_parts': {upstream}}}: "
                 f"repeat the image once per part"
             )
@@ -335,7 +339,7 @@ class PartCrafterPipeline:
             if other is not first:
                 pixels = self.preprocess(first) if pixels is None else pixels
                 if not torch.equal(self.preprocess(other), pixels):
-                    raise ValueError(
+                    raise ImageError(
                         "image: the list holds different images; every part is conditioned on one image "
                         "here, so pass the same image once per part ([img] * N)"
                     )
@@ -345,5 +349,5 @@ class PartCrafterPipeline:
 def _one_form(name: str, value, upstream_name: str, upstream_value):
     """A setting given in our form or upstream's, not both."""
     if value is not None and upstream_value is not None:
-        raise TypeError(f"{name}= and {upstream_name}= are the same setting: pass one")
+        raise ModelTypeError(f"{name}= and {upstream_name}= are the same setting: pass one")
     return value if value is not None else upstream_value

@@ -23,12 +23,13 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from .encoder_names import to_release_names
-from .files import RUN_DEFAULTS
+from .files import RUN_DEFAULTS, ModelError
 from .tiny import DINOV2_CONFIG_KEYS, MODEL_INDEX, SCHEDULER_CONFIG, TINY_PREPROCESSOR
 from .transformer import RELEASE_CONFIG, PartCrafterDiTModel
 
@@ -121,8 +122,8 @@ def write_fp16_safetensors(
         for name in names:
             tensor = value(name, specs[name]).to(device="cpu", dtype=torch.float16).contiguous()
             if tuple(tensor.shape) != specs[name]:
-                raise ValueError(f"{name}: value has shape {tuple(tensor.shape)}, expected {specs[name]}")
-            fh.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+                raise ModelError(f"{name}: value has shape {tuple(tensor.shape)}, expected {specs[name]}")
+            fh.write(tensor.view(-1).view(torch.uint8).numpy().data)
     return 8 + len(text) + offset
 
 
@@ -189,7 +190,7 @@ def write_release_checkpoint(
             write_fp16_safetensors(
                 staging / component / COMPONENT_WEIGHTS[component],
                 tensor_specs(module),
-                lambda name, shape, g=generator: initial_value(name, shape, g, layerscale),
+                partial(initial_value, generator=generator, layerscale=layerscale),
             )
         if out.exists():
             shutil.rmtree(out)

@@ -22,7 +22,7 @@ Geometry
     ``image_size * scale`` pixels (``scale=2`` gives the 224 px fixture PNGs), so scale changes
     resolution only: layout and targets are identical for every scale. Shapes sit well inside
     the image (a margin of 6 % of the size) and their bounding boxes never overlap (gap of 4 % of
-    the size); placement is rejection sampling that raises ``RuntimeError`` when it fails.
+    the size); placement is rejection sampling that raises ``LayoutError`` (a ``RuntimeError``) when it fails.
     Rendering is not anti-aliased, so every image pixel is either the background colour or
     exactly its part's palette colour, and ``masks[k]`` equals "pixel has colour PALETTE[N+k]".
     ``size`` of a shape is its half-extent (circle radius; half the side of the axis-aligned
@@ -56,7 +56,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import PartattnError
+
 __all__ = [
+    "SceneError",
+    "LayoutError",
     "PALETTE",
     "SHAPES",
     "UNSEEN_SHAPES",
@@ -94,6 +98,15 @@ _RING_INNER = 0.55  # inner / outer radius of a ring
 _STAR_INNER = 0.45  # inner / outer radius of a star
 
 
+class SceneError(PartattnError, ValueError):
+    """A scene that cannot be drawn as asked (a part count, a shape type, a size); the message says why."""
+
+
+class LayoutError(SceneError, RuntimeError):
+    """Shapes that could not be placed without overlap (also a ``RuntimeError``): fewer parts or a larger
+    image fit."""
+
+
 @dataclass
 class Scene:
     """One drawn scene: the image and, per part k, its mask, targets and shape description."""
@@ -125,7 +138,7 @@ def _outline(kind: str, cx: float, cy: float, r: float) -> np.ndarray | None:
         angles = -np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, r, r * _STAR_INNER)
     else:
-        raise ValueError(f"unknown shape type {kind!r}; known: {SHAPES + UNSEEN_SHAPES}")
+        raise SceneError(f"unknown shape type {kind!r}; known: {SHAPES + UNSEEN_SHAPES}")
     return np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
 
 
@@ -172,7 +185,7 @@ def _place(rng: np.random.Generator, n: int, image_size: int) -> list[tuple[floa
         placed = _try_layout(rng, n, image_size)
         if len(placed) == n:
             return placed
-    raise RuntimeError(
+    raise LayoutError(
         f"could not place shape {len(placed) + 1} of {n} without overlap after {_MAX_LAYOUTS} layouts of "
         f"{_MAX_TRIES} tries each (image_size={image_size}); use fewer parts or a larger image"
     )
@@ -229,31 +242,31 @@ def draw_scene(
     """
     n = int(num_parts)
     if n < 1:
-        raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+        raise SceneError(f"num_parts must be >= 1, got {num_parts}")
     if max_num_parts > len(PALETTE):
-        raise ValueError(f"max_num_parts={max_num_parts} exceeds the {len(PALETTE)} palette colours")
+        raise SceneError(f"max_num_parts={max_num_parts} exceeds the {len(PALETTE)} palette colours")
     if 2 * n > max_num_parts:
-        raise ValueError(
+        raise SceneError(
             f"num_parts={n} needs part-embedding ids up to 2*N-1={2 * n - 1}, but max_num_parts="
             f"{max_num_parts}: under classifier-free guidance the CFG batch has 2N parts with ids "
             f"arange(2N), conditional part k uses id N+k and colour PALETTE[N+k]; "
             f"use num_parts <= {max_num_parts // 2}"
         )
     if num_tokens < 1 or channels < 1 or scale < 1 or image_size < 8:
-        raise ValueError(
+        raise SceneError(
             f"need num_tokens, channels, scale >= 1 and image_size >= 8; got {num_tokens}, "
             f"{channels}, {scale}, {image_size}"
         )
     if types is None:
         if not shapes:
-            raise ValueError("shapes must name at least one type")
+            raise SceneError("shapes must name at least one type")
         types = [shapes[i] for i in rng.integers(0, len(shapes), size=n)]
     types = list(types)
     if len(types) != n:
-        raise ValueError(f"types has {len(types)} entries for num_parts={n}")
+        raise SceneError(f"types has {len(types)} entries for num_parts={n}")
     for kind in types:
         if kind not in SHAPES + UNSEEN_SHAPES:
-            raise ValueError(f"unknown shape type {kind!r}; known: {SHAPES + UNSEEN_SHAPES}")
+            raise SceneError(f"unknown shape type {kind!r}; known: {SHAPES + UNSEEN_SHAPES}")
 
     layout = _place(rng, n, image_size)
     size = image_size * scale
@@ -306,7 +319,7 @@ def masks_to_patch_grid(masks: np.ndarray, grid: tuple[int, int] = (8, 8)) -> np
     if m.ndim == 2:
         m = m[None]
     if m.ndim != 3:
-        raise ValueError(f"masks must be (N, H, W), got shape {m.shape}")
+        raise SceneError(f"masks must be (N, H, W), got shape {m.shape}")
     gh, gw = grid
     wy = _pool_weights(m.shape[1], gh)
     wx = _pool_weights(m.shape[2], gw)

@@ -25,6 +25,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .attention import PartCrafterAttnProcessor, TripoSGAttnProcessor
+from .files import ModelError
 
 #: Config of the released ``wgsxm/PartCrafter`` transformer (``transformer/config.json``).
 RELEASE_CONFIG = {
@@ -65,7 +66,7 @@ class PartCrafterBlock(nn.Module):
             qk_norm="rms_norm",
             eps=1e-6,
             bias=False,
-            processor=processor(),
+            processor=processor(),  # type: ignore[arg-type]  # diffusers annotates its own AttnProcessor; any works
         )
         self.attn2 = Attention(
             query_dim=width,
@@ -75,9 +76,10 @@ class PartCrafterBlock(nn.Module):
             qk_norm="rms_norm",
             eps=1e-6,
             bias=False,
-            processor=processor(),
+            processor=processor(),  # type: ignore[arg-type]  # as above
         )
         self.ff = FeedForward(width, activation_fn="gelu", inner_dim=4 * width, bias=True)
+        self.skip_linear: nn.Linear | None
         if use_skip:
             self.skip_norm = FP32LayerNorm(width, eps=1e-5, elementwise_affine=True)
             self.skip_linear = nn.Linear(2 * width, width)
@@ -95,7 +97,7 @@ class PartCrafterBlock(nn.Module):
         return hidden_states + self.ff(self.norm3(hidden_states))
 
 
-class PartCrafterDiTModel(ModelMixin, ConfigMixin):
+class PartCrafterDiTModel(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' bases type config_name apart
     """PartCrafter's denoising transformer with the config keys of the released ``config.json``."""
 
     _supports_gradient_checkpointing = False
@@ -117,7 +119,7 @@ class PartCrafterDiTModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         if width % num_attention_heads:
-            raise ValueError(f"width {width} must be a multiple of num_attention_heads {num_attention_heads}")
+            raise ModelError(f"width {width} must be a multiple of num_attention_heads {num_attention_heads}")
         self.global_block_ids = _global_block_ids(global_attn_block_ids, global_attn_block_id_range)
         self.time_embed = Timesteps(width, flip_sin_to_cos=False, downscale_freq_shift=0)
         self.time_proj = TimestepEmbedding(width, 4 * width, act_fn="gelu", out_dim=width)
@@ -144,10 +146,10 @@ class PartCrafterDiTModel(ModelMixin, ConfigMixin):
         unconditional parts get ids 0..N-1 and the conditional ones N..2N-1. This is an upstream
         quirk kept on purpose so outputs match the released model (docs/model.md).
         """
-        if batch > self.config.max_num_parts:
-            raise ValueError(
+        if batch > self.config["max_num_parts"]:
+            raise ModelError(
                 f"batch of {batch} part latents needs part ids up to {batch - 1}, but the checkpoint has "
-                f"max_num_parts={self.config.max_num_parts}; use fewer parts (2*N <= max_num_parts under CFG)"
+                f"max_num_parts={self.config['max_num_parts']}; use fewer parts (2*N <= max_num_parts under CFG)"
             )
         return torch.arange(batch, device=device)
 
@@ -168,20 +170,20 @@ class PartCrafterDiTModel(ModelMixin, ConfigMixin):
         cfg = self.config
         attention_kwargs = dict(attention_kwargs or {})
         if self.global_block_ids and "num_parts" not in attention_kwargs:
-            raise ValueError("PartCrafterDiTModel.forward needs attention_kwargs={'num_parts': N}")
+            raise ModelError("PartCrafterDiTModel.forward needs attention_kwargs={'num_parts': N}")
         batch, tokens, _ = hidden_states.shape
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch)
         time_token = self.time_proj(self.time_embed(timestep).to(hidden_states.dtype)).unsqueeze(1)
         hidden_states = torch.cat([time_token, self.proj_in(hidden_states)], dim=1)
-        if cfg.enable_part_embedding:
+        if cfg["enable_part_embedding"]:
             ids = self.part_ids(batch, hidden_states.device) if part_ids is None else part_ids.to(hidden_states.device)
             hidden_states = hidden_states + self.part_embedding(ids).unsqueeze(1)
 
         no_image = torch.zeros_like(encoder_hidden_states)
-        skips = []
+        skips: list[torch.Tensor] = []
         for layer, block in enumerate(self.blocks):
             skip = skips.pop() if block.skip_linear is not None else None
-            sees_image = cfg.enable_global_cross_attn if block.is_global else cfg.enable_local_cross_attn
+            sees_image = cfg["enable_global_cross_attn"] if block.is_global else cfg["enable_local_cross_attn"]
             if not self.global_block_ids:
                 sees_image = True
             hidden_states = block(
@@ -190,7 +192,7 @@ class PartCrafterDiTModel(ModelMixin, ConfigMixin):
                 skip=skip,
                 attention_kwargs=attention_kwargs if block.is_global else None,
             )
-            if layer < cfg.num_layers // 2:
+            if layer < cfg["num_layers"] // 2:
                 skips.append(hidden_states)
 
         hidden_states = self.norm_out(hidden_states)[:, -tokens:]
