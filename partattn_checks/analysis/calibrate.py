@@ -116,7 +116,7 @@ def pick_threshold(ceiling: bool, healthy: float, variant: float, fraction: floa
     """The threshold between ``healthy`` (the healthy worst) and ``variant`` (the least-failing
     value), ``fraction`` of the gap from the healthy side, rounded; ``None`` when they overlap."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"margin must be between 0 and 1 (exclusive), got {fraction}")
+        raise CalibrationError(f"margin must be between 0 and 1 (exclusive), got {fraction}")
     if not (math.isfinite(healthy) and math.isfinite(variant)):
         return None
     if (ceiling and not healthy < variant) or (not ceiling and not variant < healthy):
@@ -133,11 +133,7 @@ def pick_threshold(ceiling: bool, healthy: float, variant: float, fraction: floa
 # ---------------------------------------------------------------------------- the matrix
 def poisoned(result: CheckResult) -> bool:
     """A metric check that could not judge because of NaN/Inf: its value is a count."""
-    details = result.details
-    count = (
-        details.get("nonfinite_count") if isinstance(details, Mapping) else getattr(details, "nonfinite_count", None)
-    )
-    return count is not None
+    return not result.measured
 
 
 def scale_values(check: str, results: Mapping[str, CheckResult]) -> dict[str, float]:

@@ -14,9 +14,13 @@ import math
 
 import torch
 
+from ..errors import PartattnError
+
 LOG2 = math.log(2.0)
 
 __all__ = [
+    "MetricError",
+    "MetricTypeError",
     "normalized_entropy",
     "peak",
     "effective_keys_ratio",
@@ -34,6 +38,14 @@ __all__ = [
 ]
 
 
+class MetricError(PartattnError, ValueError):
+    """A metric given a tensor of the wrong shape or an unknown option; the message names both."""
+
+
+class MetricTypeError(MetricError, TypeError):
+    """A metric given a tensor that is not floating-point (also a ``TypeError``)."""
+
+
 #: Patch mass at or below the smallest normal fp32 counts as none: dividing by a denormal
 #: overflows to inf and turns the zeros of that row into NaN.
 _TINY = 1.1754943508222875e-38
@@ -42,7 +54,7 @@ _TINY = 1.1754943508222875e-38
 def _f32(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x)
     if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+        raise MetricTypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
     return x if x.dtype == torch.float32 else x.float()
 
 
@@ -90,7 +102,7 @@ def split_cls(P: torch.Tensor, has_cls: bool = True) -> tuple[torch.Tensor, torc
     P = _f32(P)
     if has_cls:
         if P.shape[-1] < 2:
-            raise ValueError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(P.shape)}")
+            raise MetricError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(P.shape)}")
         cls_mass = P[..., 0].mean(-1)
         patch = P[..., 1:]
     else:
@@ -115,7 +127,7 @@ def row_stats(P: torch.Tensor, has_cls: bool = True) -> dict[str, torch.Tensor]:
     P = _f32(P)
     if has_cls:
         if P.shape[-1] < 2:
-            raise ValueError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(P.shape)}")
+            raise MetricError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(P.shape)}")
         cls_mass = P[..., 0].mean(-1)
         patch = P[..., 1:]
     else:
@@ -154,7 +166,7 @@ def row_stats_from_logits(S: torch.Tensor, has_cls: bool = True) -> dict[str, to
     S = _f32(S)
     if has_cls:
         if S.shape[-1] < 2:
-            raise ValueError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(S.shape)}")
+            raise MetricError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(S.shape)}")
         patch = S[..., 1:]
     else:
         patch = S
@@ -219,7 +231,7 @@ def part_separation(marginals: torch.Tensor) -> torch.Tensor:
     m = _f32(marginals)
     if m.dim() < 2 or m.shape[-2] < 2:
         n = m.shape[-2] if m.dim() >= 2 else "no part axis"
-        raise ValueError(
+        raise MetricError(
             f"part separation needs at least 2 parts on axis -2 of a (..., P, K) tensor, "
             f"got shape {tuple(m.shape)} ({n}); with one part there is nothing to separate"
         )
@@ -231,7 +243,7 @@ def timestep_jumps(marginals: torch.Tensor) -> torch.Tensor:
     """Normalised JS between consecutive steps: ``(S, ..., K)`` -> ``(S-1, ...)``."""
     m = _f32(marginals)
     if m.dim() < 2:
-        raise ValueError(f"timestep_jumps expects (S, ..., K), got shape {tuple(m.shape)}")
+        raise MetricError(f"timestep_jumps expects (S, ..., K), got shape {tuple(m.shape)}")
     return js_distance_normalized(m[:-1], m[1:])
 
 
@@ -252,7 +264,7 @@ def reduce(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
     try:
         return _REDUCERS[how](x, dim)
     except KeyError:
-        raise ValueError(f"unknown reduction {how!r} (known: {', '.join(_REDUCERS)})") from None
+        raise MetricError(f"unknown reduction {how!r} (known: {', '.join(_REDUCERS)})") from None
 
 
 def summarize(

@@ -20,7 +20,7 @@ import torch
 from ..base.atomic import atomic_write
 from ..model.files import RecordError, read_safetensors_header
 
-__all__ = ["AttentionRecord", "RecordError", "RECORD_SCHEMA_VERSION"]
+__all__ = ["AttentionRecord", "RecordError", "RecordNotFoundError", "RECORD_SCHEMA_VERSION"]
 
 RECORD_SCHEMA_VERSION = 1
 LAYER_KINDS = ("global", "local", "standard")
@@ -43,6 +43,10 @@ _DOC_KEYS = (
     "nonfinite",
     "meta",
 )
+
+
+class RecordNotFoundError(RecordError, FileNotFoundError):
+    """A record file that is not there (also a ``FileNotFoundError``)."""
 
 
 @dataclass(eq=False)
@@ -85,27 +89,27 @@ class AttentionRecord:
         S, L = len(self.steps), len(self.layers)
 
         if S == 0 or L == 0:
-            raise ValueError(f"an AttentionRecord needs at least one step and one layer, got {S} steps and {L} layers")
+            raise RecordError(f"an AttentionRecord needs at least one step and one layer, got {S} steps and {L} layers")
         if len(self.timesteps) != S:
-            raise ValueError(f"timesteps has {len(self.timesteps)} entries but steps has {S}")
+            raise RecordError(f"timesteps has {len(self.timesteps)} entries but steps has {S}")
         if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
-            raise ValueError(f"steps must be strictly increasing, got {self.steps}")
+            raise RecordError(f"steps must be strictly increasing, got {self.steps}")
         if len(self.layer_kinds) != L:
-            raise ValueError(f"layer_kinds has {len(self.layer_kinds)} entries but layers has {L}")
+            raise RecordError(f"layer_kinds has {len(self.layer_kinds)} entries but layers has {L}")
         if len(set(self.layers)) != L:
-            raise ValueError(f"layer names must be unique, got {self.layers}")
+            raise RecordError(f"layer names must be unique, got {self.layers}")
         bad = [k for k in self.layer_kinds if k not in LAYER_KINDS]
         if bad:
-            raise ValueError(f"unknown layer kind {bad[0]!r} (known: {', '.join(LAYER_KINDS)})")
+            raise RecordError(f"unknown layer kind {bad[0]!r} (known: {', '.join(LAYER_KINDS)})")
         for name, value in (
             ("num_parts", self.num_parts),
             ("num_heads", self.num_heads),
             ("num_patch_keys", self.num_patch_keys),
         ):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise RecordError(f"{name} must be >= 1, got {value}")
         if self.patch_grid is not None and self.patch_grid[0] * self.patch_grid[1] != self.num_patch_keys:
-            raise ValueError(
+            raise RecordError(
                 f"patch_grid {self.patch_grid} has {self.patch_grid[0] * self.patch_grid[1]} cells "
                 f"but num_patch_keys is {self.num_patch_keys}"
             )
@@ -120,12 +124,12 @@ class AttentionRecord:
         for key, t in dict(self.full_maps).items():
             step, layer = int(key[0]), str(key[1])
             if step not in self.steps:
-                raise ValueError(f"full_maps has step {step}, which is not among the recorded steps {self.steps}")
+                raise RecordError(f"full_maps has step {step}, which is not among the recorded steps {self.steps}")
             if layer not in self.layers:
-                raise ValueError(f"full_maps has layer {layer!r}, which is not among the recorded layers")
+                raise RecordError(f"full_maps has layer {layer!r}, which is not among the recorded layers")
             t = _as_f16(t, f"full_maps[{step}, {layer!r}]", None)
             if t.dim() != 4 or t.shape[:2] != (self.num_parts, self.num_heads) or t.shape[3] != keys_total:
-                raise ValueError(
+                raise RecordError(
                     f"full_maps[{step}, {layer!r}] has shape {tuple(t.shape)}, expected "
                     f"({self.num_parts}, {self.num_heads}, Q, {keys_total}) (P, H, queries, keys incl. CLS)"
                 )
@@ -148,7 +152,7 @@ class AttentionRecord:
         try:
             return self.steps.index(int(step))
         except ValueError:
-            raise ValueError(f"step {step} was not recorded (recorded steps: {_short(self.steps)})") from None
+            raise RecordError(f"step {step} was not recorded (recorded steps: {_short(self.steps)})") from None
 
     def layer_index(self, layer: str | int) -> int:
         """Position of a layer given by module name or by position (negative counts from the end)."""
@@ -156,10 +160,12 @@ class AttentionRecord:
             try:
                 return self.layers.index(layer)
             except ValueError:
-                raise ValueError(f"layer {layer!r} was not recorded (recorded layers: {_short(self.layers)})") from None
+                raise RecordError(
+                    f"layer {layer!r} was not recorded (recorded layers: {_short(self.layers)})"
+                ) from None
         i = int(layer)
         if not -len(self.layers) <= i < len(self.layers):
-            raise ValueError(f"layer position {i} is out of range for {len(self.layers)} recorded layers")
+            raise RecordError(f"layer position {i} is out of range for {len(self.layers)} recorded layers")
         return i % len(self.layers)
 
     def select(
@@ -170,20 +176,16 @@ class AttentionRecord:
         Returns {"entropy", "peak", "eff_keys", "cls_mass", "marginals"}. ``step`` is a step value
         (as in ``steps``), ``layer`` a name or position, ``part``/``head`` positions.
         """
-        index = []
-        for value, size, what, resolve in (
-            (step, self.num_steps, "step", self.step_index),
-            (layer, self.num_layers, "layer", self.layer_index),
-            (part, self.num_parts, "part", None),
-            (head, self.num_heads, "head", None),
-        ):
+        index: list[int | slice] = [
+            slice(None) if step is None else self.step_index(step),
+            slice(None) if layer is None else self.layer_index(layer),
+        ]
+        for value, size, what in ((part, self.num_parts, "part"), (head, self.num_heads, "head")):
             if value is None:
                 index.append(slice(None))
-            elif resolve is not None:
-                index.append(resolve(value))
             else:
                 if not 0 <= int(value) < size:
-                    raise ValueError(f"{what} {value} is out of range (the record has {size})")
+                    raise RecordError(f"{what} {value} is out of range (the record has {size})")
                 index.append(int(value))
         idx = tuple(index)
         out = {name: getattr(self, name)[idx] for name in SCALARS}
@@ -268,9 +270,9 @@ class AttentionRecord:
     def load(cls, path: str | os.PathLike) -> AttentionRecord:
         """Read a record written by ``save`` (same path rules); refuses other schema versions.
 
-        A missing file raises ``FileNotFoundError``; a damaged pair (invalid or truncated JSON, a
-        truncated or foreign ``.safetensors``, a pair from two saves, missing entries) raises
-        :class:`RecordError` (a ``ValueError``) naming the file and the fix.
+        A missing file raises :class:`RecordNotFoundError` (a ``FileNotFoundError``); a damaged pair
+        (invalid or truncated JSON, a truncated or foreign ``.safetensors``, a pair from two saves,
+        missing entries) raises :class:`RecordError` (a ``ValueError``) naming the file and the fix.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -280,7 +282,7 @@ class AttentionRecord:
         tensor_path = stem.with_name(stem.name + _TENSOR_SUFFIX)
         for p in (json_path, tensor_path):
             if not p.is_file():
-                raise FileNotFoundError(
+                raise RecordNotFoundError(
                     f"attention record file {p} does not exist (a record is a .json + .safetensors pair)"
                 )
 
@@ -352,9 +354,9 @@ class AttentionRecord:
 def _as_f16(t, name: str, shape: tuple | None) -> torch.Tensor:
     t = torch.as_tensor(t)
     if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        raise RecordError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} (S, L, P, H[, Nk])")
+        raise RecordError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} (S, L, P, H[, Nk])")
     return t.detach().to(device="cpu", dtype=torch.float16)
 
 

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from ..errors import PartattnError
 from . import metrics
@@ -39,6 +41,15 @@ VERIFY_TOLERANCE = {"float32": 1e-3, "float64": 1e-6, "float16": 1e-2, "bfloat16
 
 class CaptureError(PartattnError, RuntimeError):
     """Capture could not be done faithfully; the message names module, processor and diffusers version."""
+
+
+class RecorderError(PartattnError, ValueError):
+    """A recorder or ``record_attention`` given an option it cannot use (a policy, a run spec for
+    another device); the message names it and the fix."""
+
+
+class RecorderTypeError(RecorderError, TypeError):
+    """``record_attention`` given the run settings twice (also a ``TypeError``)."""
 
 
 def _diffusers_version() -> str:
@@ -92,7 +103,7 @@ class ProcessorFamily:
     heads_first: bool
     folded: bool
     kind: str
-    scale: Callable[[object, object, int], float]
+    scale: Callable[[Any, Any, int], float]
 
     def matches(self, processor) -> bool:
         return any(cls.__name__ in self.class_names for cls in type(processor).__mro__)
@@ -151,7 +162,7 @@ class _LayerTap:
         self.family = family
         self.verified = False
         self.seen: dict[str, torch.Tensor] = {}
-        self.handles = []
+        self.handles: list[RemovableHandle] = []
 
     def attach(self) -> None:
         m = self.module
@@ -266,14 +277,14 @@ class AttentionRecorder:
         meta: dict | None = None,
     ):
         if nonfinite not in ("raise", "record"):
-            raise ValueError(f"nonfinite must be 'raise' or 'record', got {nonfinite!r}")
+            raise RecorderError(f"nonfinite must be 'raise' or 'record', got {nonfinite!r}")
         self.model = model
         self.num_parts = int(num_parts)
         self.cfg = cfg
         self.selection = selection or Selection()
         self.time_token = time_token
         self.has_cls = has_cls
-        self.patch_grid = tuple(patch_grid) if patch_grid else None
+        self.patch_grid = (patch_grid[0], patch_grid[1]) if patch_grid else None
         self.nonfinite_mode = nonfinite
         self.meta = dict(meta or {})
         self._taps: dict[str, _LayerTap] = {}
@@ -285,7 +296,7 @@ class AttentionRecorder:
         self._step: int | None = None
         self._explicit_steps = False
         self._forward_count = 0
-        self._hook = None
+        self._hook: RemovableHandle | None = None
         self._active = False
         self._entered = False
 
@@ -508,9 +519,9 @@ def record_attention(
     if spec is None:
         spec = for_pipeline(pipeline, call={"num_parts": num_parts, **settings})
     elif num_parts is not None or settings:
-        raise TypeError("record_attention: pass either spec= or num_parts and the run settings, not both")
+        raise RecorderTypeError("record_attention: pass either spec= or num_parts and the run settings, not both")
     elif (spec.device, spec.dtype) != (str(pipeline.device), dtype_name(pipeline.dtype)):
-        raise ValueError(
+        raise RecorderError(
             f"the run spec is for {spec.device} {spec.dtype}, but the pipeline runs on "
             f"{pipeline.device} {dtype_name(pipeline.dtype)}; resolve it with runspec.for_pipeline"
         )

@@ -106,11 +106,14 @@ class UpstreamPipeline:
     ):
         import torch
 
+        from ..model.files import ModelTypeError
         from ..model.pipeline import DenoiseResult, open_image
         from .recorder import timestep_value
 
         if latents is not None:
-            raise TypeError("an upstream-style pipeline draws its own noise from generator=: pass seed=, not latents=")
+            raise ModelTypeError(
+                "an upstream-style pipeline draws its own noise from generator=: pass seed=, not latents="
+            )
         d = self.run_defaults
         steps = int(d["steps"] if steps is None else steps)
         num_tokens = int(d["num_tokens"] if num_tokens is None else num_tokens)
@@ -191,7 +194,7 @@ def load_factory(spec: str, rootdir: str | Path, what: str = "--partattn-pipelin
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise PipelineError(f"{what} {spec}: cannot import {module_name} from {root} ({err})") from None
-    factory = module
+    factory: object = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:

@@ -31,7 +31,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .panels import DPI, MIN_PANEL_PX, _on_image, _panel_array, _Scale, _to_rgb
+from .panels import DPI, MIN_PANEL_PX, RenderError, _on_image, _panel_array, _Scale, _to_rgb
 from .panels import MIN_FONT_PT as FONT  # the figure-size rule all figures share (render.panels)
 
 PANEL_IN = max(2.4, MIN_PANEL_PX / DPI)  # inches per map panel: 240 px at DPI
@@ -71,7 +71,7 @@ def delta_norm(largest: float, delta_scale: float | None) -> Normalize:
     ):
         span = float(delta_scale)
     else:
-        raise ValueError(f"delta_scale must be a positive number (or None: auto), got {delta_scale!r}")
+        raise RenderError(f"delta_scale must be a positive number (or None: auto), got {delta_scale!r}")
     return Normalize(-span, span)
 
 
@@ -86,7 +86,7 @@ def _drift_fig(drift, image, delta_scale=None) -> Figure:
     rows_in = 0.9 + parts * (PANEL_IN + 0.25)
     fig = Figure(figsize=(3 * PANEL_IN + 2.8, BAR_IN + 0.5 + rows_in), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    top, bottom = fig.subfigures(2, 1, height_ratios=[BAR_IN + 0.5, rows_in])
+    top, bottom = fig.subfigures(2, 1, squeeze=False, height_ratios=[BAR_IN + 0.5, rows_in])[:, 0]
     _bars(top, drift)
 
     scale = _Scale(8.0, "log")
@@ -114,7 +114,7 @@ def _drift_fig(drift, image, delta_scale=None) -> Figure:
     dbar = bottom.colorbar(
         ScalarMappable(diff_norm, diff_cmap),
         ax=axes[:, 2].ravel().tolist(),
-        extend="both" if largest > diff_norm.vmax else "neither",  # arrows: some Δ saturate
+        extend="both" if diff_norm.vmax is not None and largest > diff_norm.vmax else "neither",  # some Δ saturate
     )
     said = "auto: this figure's largest |Δ|" if delta_scale is None else "fixed"
     dbar.set_label(f"Δ attention × Nk (now − baseline)\nscale ±{diff_norm.vmax:.3g} ({said})", fontsize=FONT)

@@ -8,7 +8,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .panels import TITLE_FONT_PT, _figure_rgb, _new_figure, _panel_array, _Scale, _show, _to_numpy, _to_rgb, _wrap
+from .panels import (
+    TITLE_FONT_PT,
+    RenderError,
+    _figure_rgb,
+    _new_figure,
+    _panel_array,
+    _Scale,
+    _show,
+    _to_numpy,
+    _to_rgb,
+    _wrap,
+)
 
 
 def _animation_frames(
@@ -17,16 +28,16 @@ def _animation_frames(
     """Render every frame with ONE figure (same layout, same fixed scale) into RGB images."""
     frames = _to_numpy(frames)
     if frames.ndim not in (2, 3) or frames.shape[0] == 0:
-        raise ValueError(f"frames must be (S, Q, K) maps or (S, Nk) marginals, got shape {frames.shape}")
+        raise RenderError(f"frames must be (S, Q, K) maps or (S, Nk) marginals, got shape {frames.shape}")
     if titles is not None and len(titles) != len(frames):
-        raise ValueError(f"got {len(titles)} titles for {len(frames)} frames")
+        raise RenderError(f"got {len(titles)} titles for {len(frames)} frames")
     titles = [_wrap(t, 3.4) for t in (titles or [f"frame {i + 1}/{len(frames)}" for i in range(len(frames))])]
     lines = max(t.count("\n") + 1 for t in titles)
     titles = [t + "\n" * (lines - 1 - t.count("\n")) for t in titles]  # same height: the layout is frozen
     sc = _Scale(vmax, scale)
     rgb = None if image is None else _to_rgb(image)
     if rgb is not None and grid is None:
-        raise ValueError("an image overlay needs grid=(rows, cols)")
+        raise RenderError("an image overlay needs grid=(rows, cols)")
     fig = _new_figure((5.0, 4.0 + 0.22 * lines), max_px)
     ax = fig.add_subplot()
     im = _show(ax, _panel_array(frames[0], sc, grid, rgb), sc)
@@ -76,7 +87,9 @@ def _palette(rgb: np.ndarray, counts: np.ndarray, cmap) -> np.ndarray:
         return np.concatenate([along, np.repeat(along[:1], rest, axis=0)])
     pixels = np.repeat(rgb[off], counts[off], axis=0).astype(np.uint8)
     adaptive = Image.fromarray(pixels[None]).quantize(colors=rest, method=Image.Quantize.MEDIANCUT)
-    extra = np.asarray(adaptive.getpalette()[: 3 * rest], dtype=np.float64).reshape(-1, 3)
+    palette = adaptive.getpalette()
+    assert palette is not None  # quantize() makes a "P" image, and those have a palette
+    extra = np.asarray(palette[: 3 * rest], dtype=np.float64).reshape(-1, 3)
     extra = np.concatenate([extra, np.repeat(extra[:1], rest - len(extra), axis=0)])
     return np.concatenate([along, extra])
 

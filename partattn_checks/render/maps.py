@@ -15,6 +15,7 @@ from .panels import (
     LABEL_FONT_PT,
     MIN_FONT_PT,
     TITLE_FONT_PT,
+    RenderError,
     _check_grid,
     _new_figure,
     _output,
@@ -36,12 +37,12 @@ def _heatmap_fig(
 ) -> Figure:
     A = _to_numpy(A)
     if A.ndim != 2:
-        raise ValueError(f"heatmap expects one (queries, keys) map, got shape {A.shape}")
+        raise RenderError(f"heatmap expects one (queries, keys) map, got shape {A.shape}")
     sc = _Scale(vmax, scale)
     fig = _new_figure((5.0, 4.0), max_px)
     ax = fig.add_subplot()
     _show(ax, _panel_array(A, sc), sc)
-    ax.set_title(_wrap(_title(title, layer, step, part, head), 3.6), fontsize=TITLE_FONT_PT)
+    ax.set_title(_wrap(_title(title, layer, step, part, head), 3.6) or "", fontsize=TITLE_FONT_PT)
     sc.colorbar(fig, ax, A.shape[-1])
     return fig
 
@@ -79,13 +80,13 @@ def _multi_head_fig(
         if maps.ndim == 3:
             maps = maps.mean(axis=-2)  # (H, Q, Nk) -> (H, Nk): mean over queries
         if maps.ndim != 2:
-            raise ValueError(
+            raise RenderError(
                 f"multi_head_grid with grid expects (heads, queries, keys) maps or (heads, keys) marginals, "
                 f"got shape {maps.shape}"
             )
         _check_grid(grid, maps.shape[-1])
     elif maps.ndim != 3:
-        raise ValueError(f"multi_head_grid expects (heads, queries, keys) maps, got shape {maps.shape}")
+        raise RenderError(f"multi_head_grid expects (heads, queries, keys) maps, got shape {maps.shape}")
     rgb = None if image is None or grid is None else _to_rgb(image)
     n_heads = maps.shape[0]
     probe = panel_layout(n_heads, ncols=ncols or math.ceil(math.sqrt(n_heads)))
@@ -192,7 +193,7 @@ def _part_panel_fig(
 ) -> Figure:
     marginals = _to_numpy(marginals)
     if marginals.ndim != 2:
-        raise ValueError(f"part_panel expects (parts, Nk) key marginals, got shape {marginals.shape}")
+        raise RenderError(f"part_panel expects (parts, Nk) key marginals, got shape {marginals.shape}")
     sc = _Scale(vmax, scale)
     n_parts, nk = marginals.shape
     suptitle = _title(title, layer, step, None, head)
@@ -203,7 +204,7 @@ def _part_panel_fig(
         ax = fig.add_subplot()
         _show(ax, (sc.values(marginals), "strip"), sc)
         ax.set_yticks(range(n_parts), [f"part {p}" for p in range(n_parts)])
-        ax.set_title(suptitle, fontsize=TITLE_FONT_PT)
+        ax.set_title(suptitle or "", fontsize=TITLE_FONT_PT)
         sc.colorbar(fig, ax, nk)
         return fig
     _check_grid(grid, nk)
@@ -275,13 +276,13 @@ def _overlay_fig(
 ) -> Figure:
     marginal = _to_numpy(marginal)
     if marginal.ndim != 1:
-        raise ValueError(f"overlay expects one (Nk,) key marginal, got shape {marginal.shape}")
+        raise RenderError(f"overlay expects one (Nk,) key marginal, got shape {marginal.shape}")
     sc = _Scale(vmax, scale)
     text = _wrap(_title(title, layer, step, part, head), 2.9)  # the axes width: the title is centred on it
     fig = _new_figure((4.4, 3.5 + 0.22 * _lines(text)), max_px)
     ax = fig.add_subplot()
     _show(ax, _panel_array(marginal, sc, grid, _to_rgb(image)), sc)
-    ax.set_title(text, fontsize=TITLE_FONT_PT)
+    ax.set_title(text or "", fontsize=TITLE_FONT_PT)
     sc.colorbar(fig, ax, marginal.shape[0])
     return fig
 
@@ -342,11 +343,11 @@ def _timeline_fig(
     values = _to_numpy(values)
     steps = _to_numpy(steps)
     if values.ndim != 2 or values.shape != (len(steps), len(layer_names)):
-        raise ValueError(f"values must be (steps={len(steps)}, layers={len(layer_names)}), got shape {values.shape}")
+        raise RenderError(f"values must be (steps={len(steps)}, layers={len(layer_names)}), got shape {values.shape}")
     if judged is not None:
         judged = _to_numpy(judged)
         if judged.shape != (len(steps),):
-            raise ValueError(f"judged must be (steps={len(steps)},), got shape {judged.shape}")
+            raise RenderError(f"judged must be (steps={len(steps)},), got shape {judged.shape}")
     n_layers = len(layer_names)
     colour_bar = n_layers > 10
     entries = (0 if colour_bar else n_layers) + sum(x is not None for x in (judged, value, threshold))
@@ -384,11 +385,11 @@ def _timeline_fig(
     elif len(steps) > 1 and np.isfinite(steps).all():  # every step, even where the values are NaN
         pad = 0.04 * (steps.max() - steps.min())
         ax.set_xlim(steps.min() - pad, steps.max() + pad)
-    ax.set_ylabel(_wrap(metric, 3.0, LABEL_FONT_PT), fontsize=LABEL_FONT_PT)
+    ax.set_ylabel(_wrap(metric, 3.0, LABEL_FONT_PT) or "", fontsize=LABEL_FONT_PT)
     ax.tick_params(labelsize=MIN_FONT_PT)
     ax.grid(alpha=0.3)
     if title:
-        ax.set_title(_wrap(title, 5.0), fontsize=TITLE_FONT_PT)
+        ax.set_title(_wrap(title, 5.0) or "", fontsize=TITLE_FONT_PT)
     if ax.get_legend_handles_labels()[1]:  # below the axes, never over the lines
         ax.legend(
             fontsize=MIN_FONT_PT,
@@ -402,7 +403,7 @@ def _timeline_fig(
     if colour_bar:
         mappable = ScalarMappable(norm=Normalize(0, n_layers - 1), cmap=cmap)
         cbar = fig.colorbar(mappable, ax=ax, pad=0.02)
-        ticks = np.unique(np.linspace(0, n_layers - 1, min(n_layers, 6)).round().astype(int))
+        ticks = np.unique(np.linspace(0, n_layers - 1, min(n_layers, 6)).round().astype(int)).tolist()
         cbar.set_ticks(ticks, labels=[str(layer_names[t]) for t in ticks])
         cbar.set_label("layer", fontsize=LABEL_FONT_PT)
         cbar.ax.tick_params(labelsize=MIN_FONT_PT)

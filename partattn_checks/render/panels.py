@@ -18,6 +18,14 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from PIL import Image
 
+from ..errors import PartattnError
+
+
+class RenderError(PartattnError, ValueError):
+    """A figure asked of data it cannot draw (a shape, a grid, a scale, a size); the message names the
+    argument and what it should be."""
+
+
 #: The colour of the image's outlines on attention overlays (``_on_image``): a green that neither
 #: colour map uses, so it never reads as a value.
 OUTLINE_RGB = (0.0, 0.78, 0.25)
@@ -69,7 +77,7 @@ class PanelLayout:
 def figure_dpi(figsize: tuple[float, float], max_px: int = 512) -> float:
     """The dpi that gives ``figsize`` a long side of ``max_px``, but never below ``DPI``."""
     if max_px < 64:
-        raise ValueError(f"max_px must be at least 64, got {max_px}")
+        raise RenderError(f"max_px must be at least 64, got {max_px}")
     return max(float(DPI), max_px / max(figsize))
 
 
@@ -90,7 +98,7 @@ def panel_layout(
     more at the bottom (axis labels). Figures with other panels (drift, training) can use it too.
     """
     if n_panels < 1:
-        raise ValueError(f"a figure needs at least one panel, got {n_panels}")
+        raise RenderError(f"a figure needs at least one panel, got {n_panels}")
     if not ncols:  # one row up to MAX_COLUMNS, then near square (4 -> 2x2, 5 or 6 -> 2x3, ...)
         ncols = n_panels if n_panels <= MAX_COLUMNS else min(MAX_COLUMNS, math.ceil(math.sqrt(n_panels)))
     ncols = max(1, min(int(ncols), n_panels))
@@ -200,7 +208,7 @@ def _to_rgb(image) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image must be PIL, HxW, HxWx3 or 3xHxW; got shape {arr.shape}")
+        raise RenderError(f"image must be PIL, HxW, HxWx3 or 3xHxW; got shape {arr.shape}")
     rgb = np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3]
     if np.issubdtype(rgb.dtype, np.integer):
         return rgb.astype(np.float64) / 255.0
@@ -214,7 +222,7 @@ def _to_rgb(image) -> np.ndarray:
 def _check_grid(grid, nk: int) -> tuple[int, int]:
     rows, cols = (int(g) for g in grid)
     if rows * cols != nk:
-        raise ValueError(
+        raise RenderError(
             f"grid {rows}x{cols} has {rows * cols} cells but the map has Nk={nk} keys; "
             "pass patch keys only (no CLS) and the encoder's patch grid"
         )
@@ -245,9 +253,9 @@ class _Scale:
 
     def __post_init__(self):
         if self.kind not in ("log", "linear"):
-            raise ValueError(f"scale must be 'log' or 'linear', got {self.kind!r}")
+            raise RenderError(f"scale must be 'log' or 'linear', got {self.kind!r}")
         if not self.vmax > 1.0:
-            raise ValueError(f"vmax must be > 1 so that uniform (=1) is inside the scale, got {self.vmax}")
+            raise RenderError(f"vmax must be > 1 so that uniform (=1) is inside the scale, got {self.vmax}")
 
     @property
     def norm(self) -> Normalize:
@@ -318,9 +326,10 @@ def _output(fig: Figure, path=None):
 
 
 def _figure_rgb(fig: Figure) -> np.ndarray:
-    """The rendered figure as an (H, W, 3) uint8 array (draws the canvas)."""
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    """The rendered figure as an (H, W, 3) uint8 array (draws the canvas; Agg unless it has one)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _axes_pixel_box(fig: Figure, ax) -> tuple[int, int, int, int]:
@@ -340,10 +349,10 @@ def _panel_array(values: np.ndarray, scale: _Scale, grid=None, image_rgb=None):
     scaled = scale.values(values)
     if values.ndim == 2:
         if grid is not None:
-            raise ValueError("grid applies to (Nk,) key marginals, not to (queries, keys) maps")
+            raise RenderError("grid applies to (Nk,) key marginals, not to (queries, keys) maps")
         return scaled, "qk"
     if values.ndim != 1:
-        raise ValueError(f"expected a (queries, keys) map or an (Nk,) marginal, got shape {values.shape}")
+        raise RenderError(f"expected a (queries, keys) map or an (Nk,) marginal, got shape {values.shape}")
     if grid is None:
         return scaled[None, :], "strip"
     cells = scaled.reshape(_check_grid(grid, values.shape[0]))

@@ -37,6 +37,8 @@ import numpy as np
 
 from ...base.atomic import atomic_write_bytes
 from ...errors import PartattnError
+from ..details import Matrix
+from .check import AttentionDrift
 
 SUMMARY_VERSION = 2
 #: Versions this version reads (1: one run, no ``seed_drift``).
@@ -72,16 +74,16 @@ class AttentionSummary:
     def __post_init__(self) -> None:
         L, P, K = self.mean.shape
         if len(self.layers) != L or self.per_step.shape != (len(self.step_subset), L, P, K):
-            raise ValueError(
+            raise SummaryError(
                 f"summary shapes disagree: mean {self.mean.shape}, per_step {self.per_step.shape}, "
                 f"{len(self.layers)} layers, {len(self.step_subset)} steps"
             )
         if self.cls_mass.shape != (L, P):
-            raise ValueError(f"cls_mass has shape {self.cls_mass.shape}, expected {(L, P)}")
+            raise SummaryError(f"cls_mass has shape {self.cls_mass.shape}, expected {(L, P)}")
         if self.grid is not None and self.grid[0] * self.grid[1] != K:
-            raise ValueError(f"grid {self.grid} does not have {K} cells")
+            raise SummaryError(f"grid {self.grid} does not have {K} cells")
         if self.seed_drift is not None and self.seed_drift.shape != (len(self.seeds), L, P):
-            raise ValueError(f"seed_drift has shape {self.seed_drift.shape}, expected {(len(self.seeds), L, P)}")
+            raise SummaryError(f"seed_drift has shape {self.seed_drift.shape}, expected {(len(self.seeds), L, P)}")
 
     @property
     def num_parts(self) -> int:
@@ -135,12 +137,12 @@ class AttentionSummary:
                 or other.step_subset != first.step_subset
                 or other.mean.shape != first.mean.shape
             ):
-                raise ValueError("summaries of different run shapes cannot be combined")
+                raise SummaryError("summaries of different run shapes cannot be combined")
         means = np.stack([p.mean.astype(np.float64) for p in parts])  # (S, L, P, K)
         seed_drift = None
         if len(seeds) >= 2:
             if len(seeds) != len(parts):
-                raise ValueError(f"{len(seeds)} seeds for {len(parts)} summaries")
+                raise SummaryError(f"{len(seeds)} seeds for {len(parts)} summaries")
             total = means.sum(axis=0)
             others = (total[None] - means) / (len(parts) - 1)  # the mean of the other seeds, per seed
             seed_drift = np.sqrt(js_normalized(means, others))
@@ -269,27 +271,6 @@ class AttentionSummary:
 
 
 # ----------------------------------------------------------------------------- drift
-@dataclass(frozen=True)
-class Drift:
-    """How far each layer's per-part marginals moved from the baseline (JS/log 2, in [0, 1])."""
-
-    layers: tuple[str, ...]
-    per_part: np.ndarray  # (L, P)
-    layer: str  # the layer that moved most (largest mean over parts)
-    part: int  # the part that moved most in that layer
-    baseline: np.ndarray  # (P, K) that layer's baseline marginals
-    now: np.ndarray  # (P, K) that layer's marginals now
-    grid: tuple[int, int] | None
-
-    @property
-    def per_layer(self) -> np.ndarray:
-        return self.per_part.mean(axis=1)
-
-    @property
-    def value(self) -> float:
-        return float(self.per_part[self.layers.index(self.layer), self.part])
-
-
 def js_normalized(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """JS(p, q)/log 2 along the last axis, in [0, 1]; inputs are renormalised first."""
     p, q = _renormalized(np.asarray(p, np.float64)), _renormalized(np.asarray(q, np.float64))
@@ -303,8 +284,9 @@ def js_normalized(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.clip(0.5 * (kl(p) + kl(q)) / math.log(2.0), 0.0, 1.0)
 
 
-def attention_drift(stored: AttentionSummary, now: AttentionSummary) -> Drift | str:
-    """The drift of ``now`` from ``stored`` over their common layers, or why it cannot be measured."""
+def attention_drift(stored: AttentionSummary, now: AttentionSummary) -> AttentionDrift | str:
+    """The drift of ``now`` from ``stored`` over their common layers, or why it cannot be measured
+    (the seed band, ``judged``/``typical``/``band``/``onset``, is the baseline engine's to add)."""
     if stored.num_parts != now.num_parts:
         return f"the baseline's attention summary has {stored.num_parts} parts, this run {now.num_parts}"
     if stored.num_keys != now.num_keys:
@@ -316,13 +298,13 @@ def attention_drift(stored: AttentionSummary, now: AttentionSummary) -> Drift | 
     b = now.mean[[now.layers.index(n) for n in common]].astype(np.float64)
     per_part = js_normalized(a, b)  # (L, P)
     worst = int(np.argmax(per_part.mean(axis=1)))
-    return Drift(
+    return AttentionDrift(
         layers=tuple(common),
-        per_part=per_part,
+        per_part=Matrix.of(per_part),
         layer=common[worst],
         part=int(np.argmax(per_part[worst])),
-        baseline=_renormalized(a[worst]),
-        now=_renormalized(b[worst]),
+        baseline=Matrix.of(_renormalized(a[worst])),
+        now=Matrix.of(_renormalized(b[worst])),
         grid=now.grid if now.grid is not None else stored.grid,
     )
 
