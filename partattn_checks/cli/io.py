@@ -149,11 +149,12 @@ def _owned_files(out: Path) -> list[str]:
     if manifest.is_file():
         try:
             names = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-            if not isinstance(names, list):
-                raise TypeError(f"'files' is a {type(names).__name__}, not a list")
+            problem = None if isinstance(names, list) else f"'files' is a {type(names).__name__}, not a list"
         except (OSError, ValueError, KeyError, TypeError) as err:
+            problem = str(err)
+        if problem is not None:
             print(
-                f"partattn: warning: {manifest} is unreadable ({err}); files of the earlier run in {out} are "
+                f"partattn: warning: {manifest} is unreadable ({problem}); files of the earlier run in {out} are "
                 f"left as they are",
                 file=sys.stderr,
             )

@@ -28,6 +28,7 @@ from ..base.tomlread import TomlError, read_toml
 from ..capture import runspec
 from ..capture.runspec import DTYPES, DeviceChoice
 from ..checks.baseline.noise import BASELINE_SEED_OFFSET, DEFAULT_BASELINE_SEEDS, DEFAULT_FALSE_ALARM_RATE
+from ..errors import PartattnError
 from ..model.files import RUN_DEFAULTS
 
 UPDATE_MODES = ("missing", "failed", "all")
@@ -321,12 +322,18 @@ class Settings:
         return out
 
 
-def _usage(msg: str) -> pytest.UsageError:
-    return pytest.UsageError(msg)
+class OptionError(PartattnError, pytest.UsageError):
+    """A ``--partattn-*`` option (or its ini twin) that cannot be used: pytest's usage error (exit code 4),
+    naming the option and the fix."""
+
+
+def _usage(msg: str) -> OptionError:
+    return OptionError(msg)
 
 
 def resolve(config: pytest.Config) -> Settings:
-    """CLI > ini > default for every option, validated; invalid values raise ``pytest.UsageError``."""
+    """CLI > ini > default for every option, validated; invalid values raise :class:`OptionError` (a
+    ``pytest.UsageError``)."""
     rootdir = Path(config.rootpath)
     invocation = Path(config.invocation_params.dir)
     values, sources, raw = {}, {}, {}

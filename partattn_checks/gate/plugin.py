@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ..capture.runspec import DeviceChoice, checkpoint_defaults, torch_dtype
+from ..checks.baseline.check import BaselineDetails
 from ..checks.baseline.store import BaselineError, BaselineStore, UpdateLock, unused_keys
 from ..runs.sidecar import FIXTURE_IMAGE_SUFFIXES, image_keys
 from . import hookspecs, options, scheduling
 from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
 from .report import ItemReport, Summary, header_lines, junit_logging_warning
 from .state import GateSession, PartattnFixture
+
+if TYPE_CHECKING:
+    from ..checks.fixture_set import SetVerdict
 
 MARKER = (
     "partattn: an attention-check test (uses the partattn fixture or runs PartCrafter); "
@@ -120,7 +125,7 @@ def _start_session_files(config: pytest.Config, settings: options.Settings) -> N
     try:
         lock.acquire()
     except BaselineError as err:
-        raise pytest.UsageError(f"{settings.where('update')}: {err}") from None
+        raise options.OptionError(f"{settings.where('update')}: {err}") from None
     config.add_cleanup(lock.release)
 
 
@@ -209,7 +214,7 @@ class Controller:
         self.index: Path | None = None
         self.index_error: str | None = None
         self.unused_lines: list[str] = []
-        self.fixture_set = None  # the SetVerdict of this session, once judged
+        self.fixture_set: SetVerdict | None = None  # this session's, once judged
 
     def _judge_fixture_set(self, session: pytest.Session) -> None:
         """The fixture-set item: the images' baseline deviations combined (``fixture_set``),
@@ -219,9 +224,9 @@ class Controller:
         per_image = {}
         for image, per in self.summary.by_image.items():
             item = per.get("baseline")
-            details = (item.result or {}).get("details") or {} if item is not None else {}
-            if details.get("deviations"):
-                per_image[image] = details["deviations"]
+            details = item.result.details if item is not None and item.result is not None else None
+            if isinstance(details, BaselineDetails) and details.deviations:
+                per_image[image] = details.deviations
         verdict = set_verdict(per_image, self.settings.false_alarm_rate)
         if verdict is None:
             return

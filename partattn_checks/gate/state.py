@@ -11,18 +11,19 @@ Importing this module imports no torch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import EMBEDDED_MODEL
 from ..capture.runspec import DeviceChoice
 from ..checks import CheckResult, Thresholds
-from ..checks.baseline.compare import BaselineOutcome, SeedSample, evaluate
+from ..checks.baseline.compare import BaselineOutcome, BaselineState, SeedSample, evaluate
 from ..checks.baseline.noise import baseline_seeds, gate_seeds
 from ..checks.baseline.store import BaselineError, BaselineStore, environment_fingerprint
 from ..checks.fixture_set import SetVerdict
+from ..model.files import ImageNotFoundError
 from ..runs.session import CaseError, CaseOutcome, Session, describe
-from ..runs.sidecar import ImageSpec, read_spec
+from ..runs.sidecar import FixtureError, ImageSpec, read_spec
 
 
 class GateSession(Session):
@@ -153,11 +154,13 @@ class GateSession(Session):
 
 @dataclass(frozen=True)
 class SetJudgement:
-    """What the gate decides on a fixture set: each image's check results (``baseline`` included)
-    and the fixture-set verdict (None with fewer than two images judged in units of noise)."""
+    """What the gate decides on a fixture set: each image's check results (``baseline`` included),
+    the fixture-set verdict (None with fewer than two images judged in units of noise) and what
+    happened to each image's baseline."""
 
     results: dict[str, dict[str, CheckResult]]
     fixture_set: SetVerdict | None
+    baselines: dict[str, BaselineState] = field(default_factory=dict)
 
     def failing(self) -> dict[str, list[str]]:
         """``{check: [images failing it]}``."""
@@ -175,17 +178,19 @@ def judge_set(session: GateSession, images: list[ImageSpec]) -> SetJudgement:
     from ..checks.fixture_set import set_verdict
 
     results: dict[str, dict[str, CheckResult]] = {}
+    baselines: dict[str, BaselineState] = {}
     deviations = {}
     for spec in images:
         thresholds = session.thresholds_for(spec)
         outcome = session.image_outcome(spec, thresholds)
         judged = dict(outcome.results)
-        judged["baseline"] = session.baseline(spec, outcome, thresholds).result
+        bo = session.baseline(spec, outcome, thresholds)
+        judged["baseline"], baselines[spec.display] = bo.result, bo.state
         results[spec.display] = judged
-        found = getattr(judged["baseline"].details, "deviations", None)
+        found = bo.details.deviations
         if found:
-            deviations[spec.display] = [d.to_dict() for d in found]
-    return SetJudgement(results, set_verdict(deviations, session.settings.false_alarm_rate))
+            deviations[spec.display] = found
+    return SetJudgement(results, set_verdict(deviations, session.settings.false_alarm_rate), baselines)
 
 
 class PartattnFixture:
@@ -222,7 +227,7 @@ class PartattnFixture:
         for p in tries:
             if p.is_file():
                 return p.resolve()
-        raise FileNotFoundError(f"image {image!s} not found (looked at: {', '.join(map(str, tries))})")
+        raise ImageNotFoundError(f"image {image!s} not found (looked at: {', '.join(map(str, tries))})")
 
     def __call__(
         self,
@@ -247,7 +252,7 @@ class PartattnFixture:
         }
         if hasattr(image, "size") and not isinstance(image, (str, Path)):
             if num_parts is None:
-                raise ValueError("partattn(image): pass num_parts= with a PIL image")
+                raise FixtureError("partattn(image): pass num_parts= with a PIL image")
             t = thresholds if isinstance(thresholds, Thresholds) else session.thresholds.merged(thresholds or {})
             return session.run_in_memory(image, session.spec(None, call), t, selection=selection, checks=checks)
         s = session.settings
@@ -255,9 +260,9 @@ class PartattnFixture:
         if num_parts is not None and spec.num_parts is None and spec.sidecar is None:
             spec = replace(spec, num_parts=num_parts, error=None)  # an explicit count needs no prefix
         if spec.error:
-            raise ValueError(spec.error)
+            raise FixtureError(spec.error)
         t = thresholds if isinstance(thresholds, Thresholds) else session.thresholds_for(spec, thresholds)
         try:
             return session.image_outcome(spec, t, call, checks=checks, selection=selection)
-        except CaseError as err:
-            raise RuntimeError(str(err)) from None
+        except CaseError as err:  # a fresh one: the session keeps the cached error for the image's other items
+            raise CaseError(str(err)) from None

@@ -28,6 +28,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ from ..runs.sidecar import parts_from_name
 from .pages import Cell, write_index
 from .pages.run_page import render_record, save_run
 from .views import safe_name
-from .visualizer_methods import SPARSITY_FACTOR, FigureMethods, _check_index
+from .visualizer_methods import SPARSITY_FACTOR, FigureMethods, VisualizerError, VisualizerTypeError, _check_index
 
 __all__ = ["AttentionVisualizer", "encoder_view", "SPARSITY_FACTOR"]
 
@@ -89,14 +90,15 @@ class AttentionVisualizer(FigureMethods):
                 model_or_pipeline, dtype=dtype, device=resolve_device(str(device)).device
             )
         if num_parts is not None and int(num_parts) < 1:
-            raise ValueError(f"num_parts must be at least 1, got {num_parts}")
+            raise VisualizerError(f"num_parts must be at least 1, got {num_parts}")
         self.num_parts = None if num_parts is None else int(num_parts)
         self.cfg = None if cfg is None else bool(cfg)
-        self._settings = {"has_cls": has_cls, "time_token": time_token, "patch_grid": patch_grid}
-        self.pipeline = self.model = None
+        self._settings: dict[str, Any] = {"has_cls": has_cls, "time_token": time_token, "patch_grid": patch_grid}
+        self.pipeline: Any = None  # a PartCrafterPipeline or one called like it; None for a bare model
+        self.model: torch.nn.Module | None = None
         self.has_cls = True if has_cls is None else bool(has_cls)
         self.time_token = True if time_token is None else bool(time_token)
-        self.patch_grid = tuple(int(g) for g in patch_grid) if patch_grid else None
+        self.patch_grid = (int(patch_grid[0]), int(patch_grid[1])) if patch_grid else None
         if model_or_pipeline is not None:
             self._bind(model_or_pipeline)
         self.thresholds = thresholds or Thresholds()
@@ -116,7 +118,7 @@ class AttentionVisualizer(FigureMethods):
         ):
             self.pipeline, self.model = model_or_pipeline, model_or_pipeline.transformer
         else:
-            raise TypeError(
+            raise VisualizerTypeError(
                 f"AttentionVisualizer needs a PartCrafterPipeline, a checkpoint folder or a torch/diffusers model, "
                 f"got {type(model_or_pipeline).__name__}"
             )
@@ -126,7 +128,7 @@ class AttentionVisualizer(FigureMethods):
         self.time_token = partcrafter if time_token is None else bool(time_token)
         if grid is None and self.pipeline is not None:
             grid = getattr(self.pipeline, "patch_grid", None)
-        self.patch_grid = tuple(int(g) for g in grid) if grid else None
+        self.patch_grid = (int(grid[0]), int(grid[1])) if grid else None
 
     @classmethod
     def from_pretrained(cls, path, *, device="auto", dtype=torch.float32, **kwargs) -> AttentionVisualizer:
@@ -268,14 +270,14 @@ class AttentionVisualizer(FigureMethods):
         from ..model.transformer import PartCrafterDiTModel
 
         if hidden_states is None or encoder_hidden_states is None:
-            raise TypeError("extract_attention_weights needs hidden_states and encoder_hidden_states")
+            raise VisualizerTypeError("extract_attention_weights needs hidden_states and encoder_hidden_states")
         target = self._target(model)
         names = [n for n, _ in cross_attention_modules(target)]
         layers = None
         if layer_idx is not None:
             layers = Selection(layers=[layer_idx]).pick_layers(names)
             if len(layers) != 1:
-                raise ValueError(
+                raise VisualizerError(
                     f"layer_idx {layer_idx!r} matches {len(layers)} layers ({', '.join(layers)}); "
                     f"give one index or name, or leave it out for all layers"
                 )
@@ -438,7 +440,7 @@ class AttentionVisualizer(FigureMethods):
     def _target(self, model) -> torch.nn.Module:
         if model is None:
             if self.model is None:
-                raise TypeError(
+                raise VisualizerTypeError(
                     "this AttentionVisualizer has no model yet: pass one, register_hooks(model), or build it "
                     "with AttentionVisualizer(pipeline_or_model)"
                 )
@@ -448,11 +450,11 @@ class AttentionVisualizer(FigureMethods):
         transformer = getattr(model, "transformer", None)
         if isinstance(transformer, torch.nn.Module):
             return transformer
-        raise TypeError(f"expected a torch model or a pipeline, got {type(model).__name__}")
+        raise VisualizerTypeError(f"expected a torch model or a pipeline, got {type(model).__name__}")
 
     def _need_pipeline(self, what: str):
         if self.pipeline is None:
-            raise TypeError(
+            raise VisualizerTypeError(
                 f"{what}() runs images through a pipeline; build the visualizer from a "
                 f"PartCrafterPipeline or a checkpoint folder (or register_hooks(pipeline)), not from a bare model"
             )
@@ -465,12 +467,12 @@ class AttentionVisualizer(FigureMethods):
         if n is None:
             n = self.num_parts
         if n is None:
-            raise ValueError(
+            raise VisualizerError(
                 f"{image if isinstance(image, (str, os.PathLike)) else 'image'}: no part count; "
                 f"pass num_parts or name the file np<N>_<name>.png"
             )
         if int(n) < 1:
-            raise ValueError(f"num_parts must be at least 1, got {n}")
+            raise VisualizerError(f"num_parts must be at least 1, got {n}")
         return int(n)
 
     def _full_map_pairs(self, full_map, steps: int):
@@ -478,11 +480,13 @@ class AttentionVisualizer(FigureMethods):
         if full_map is None:
             return ()
         layer, step = full_map
-        names = [n for n, _ in cross_attention_modules(self.model)]
+        names = [n for n, _ in cross_attention_modules(self._target(None))]
         if isinstance(layer, int):
             layer = names[_check_index(layer, len(names), "full-map layer", allow_negative=True)]
         elif layer not in names:
-            raise ValueError(f"full-map layer {layer!r} is not a cross-attention module (known: {', '.join(names)})")
+            raise VisualizerError(
+                f"full-map layer {layer!r} is not a cross-attention module (known: {', '.join(names)})"
+            )
         step = _check_index(step, steps, "full-map step", allow_negative=True)
         return [(layer, step)]
 

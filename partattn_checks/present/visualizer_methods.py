@@ -8,20 +8,37 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .. import render
 from ..capture import metrics
 from ..capture.record import AttentionRecord
+from ..errors import PartattnError
 from .views import default_layer, renorm, with_cls
 
 #: ``statistics``: an entry counts as "sparse" when it is below this fraction of uniform (1/Nk).
 SPARSITY_FACTOR = 0.1
 
 
+class VisualizerError(PartattnError, ValueError):
+    """The visualizer asked for something its weights or record do not hold (a layer, a step, a part
+    count, a map shape); the message names it and what there is."""
+
+
+class VisualizerTypeError(VisualizerError, TypeError):
+    """The visualizer used without what the call needs (no model, no pipeline, a missing argument);
+    also a ``TypeError``."""
+
+
 class FigureMethods:
     """Heatmaps, head grids, part panels, animations and statistics of recorded attention."""
+
+    # What the figures read of the visualizer (AttentionVisualizer sets them).
+    has_cls: bool
+    patch_grid: tuple[int, int] | None
+    image: Any  # the encoder's view (PIL) of the last image run
 
     # ------------------------------------------------------------------ figures
     def visualize_attention_heatmap(
@@ -69,7 +86,7 @@ class FigureMethods:
         if maps.dim() == 4:
             maps = maps[_check_index(part, maps.shape[0], "part")]
         if maps.dim() != 3:
-            raise ValueError(f"multi-head view needs (heads, queries, keys) maps, got shape {tuple(maps.shape)}")
+            raise VisualizerError(f"multi-head view needs (heads, queries, keys) maps, got shape {tuple(maps.shape)}")
         rows, cls = self._patch_rows(maps)
         grid = None
         if not queries_keys:
@@ -110,7 +127,7 @@ class FigureMethods:
         """
         name, step, marginals = self._part_marginals(weights, layer, step)
         if num_parts is not None and int(num_parts) != marginals.shape[0]:
-            raise ValueError(f"num_parts={num_parts} but the attention holds {marginals.shape[0]} parts")
+            raise VisualizerError(f"num_parts={num_parts} but the attention holds {marginals.shape[0]} parts")
         record_grid = weights.patch_grid if isinstance(weights, AttentionRecord) else None
         grid, image = self._grid_image(marginals.shape[-1], image, record_grid)
         if title is None and step is None and isinstance(weights, AttentionRecord) and weights.num_steps > 1:
@@ -139,17 +156,18 @@ class FigureMethods:
             return render.animation(frames, path, fps=fps, titles=titles, grid=grid, image=image, **render_kwargs)
         if torch.is_tensor(sequence):
             return render.animation(sequence, path, fps=fps, **render_kwargs)
-        frames, titles = [], []
+        rows_per_frame: list[torch.Tensor] = []
+        titles = []
         for i, item in enumerate(sequence):
             name, _, maps = self._pick_maps(item, layer, None)
             rows, _ = self._patch_rows(_index(maps, part=part, head=head))
-            frames.append(rows)
+            rows_per_frame.append(rows)
             titles.append(f"frame {i + 1}/{len(sequence)}" + (f" · layer {name}" if name else "") + f" · part {part}")
-        if not frames:
-            raise ValueError("create_attention_animation needs at least one frame")
-        if len({tuple(f.shape) for f in frames}) != 1:
-            raise ValueError(f"frames differ in shape: {sorted({tuple(f.shape) for f in frames})}")
-        return render.animation(torch.stack(frames), path, fps=fps, titles=titles, **render_kwargs)
+        if not rows_per_frame:
+            raise VisualizerError("create_attention_animation needs at least one frame")
+        if len({tuple(f.shape) for f in rows_per_frame}) != 1:
+            raise VisualizerError(f"frames differ in shape: {sorted({tuple(f.shape) for f in rows_per_frame})}")
+        return render.animation(torch.stack(rows_per_frame), path, fps=fps, titles=titles, **render_kwargs)
 
     # ------------------------------------------------------------------ statistics
     def statistics(self, weights, *, layer=None, step=None) -> dict[str, dict]:
@@ -172,7 +190,7 @@ class FigureMethods:
                 else [n for n in weights.layers if any(k[1] == n for k in weights.full_maps)]
             )
             if not names:
-                raise ValueError(
+                raise VisualizerError(
                     "the record has no full maps; statistics need them (record with full_maps=...), "
                     "or use record.summary() for the streamed metrics"
                 )
@@ -200,7 +218,7 @@ class FigureMethods:
                         "cls_mass": float(cls[:, h].mean()),
                     }
                 )
-            layer_stats = {
+            layer_stats: dict[str, Any] = {
                 k: sum(d[k] for d in per_head) / len(per_head)
                 for k in ("mean", "sparsity", "entropy", "peak", "cls_mass")
             }
@@ -219,25 +237,27 @@ class FigureMethods:
             have = [s for (s, n) in weights.full_maps if n == name]
             if not have:
                 pairs = ", ".join(f"({s}, {n})" for s, n in weights.full_maps) or "none"
-                raise ValueError(
+                raise VisualizerError(
                     f"the record has no full maps for layer {name} (it has: {pairs}); record them with "
                     f"full_maps=[(layer, step)] or pass extracted weights"
                 )
             step = have[-1] if step is None else int(step)
             if (step, name) not in weights.full_maps:
-                raise ValueError(f"the record has no full map for step {step} of layer {name} (steps with one: {have})")
+                raise VisualizerError(
+                    f"the record has no full map for step {step} of layer {name} (steps with one: {have})"
+                )
             return name, step, weights.full_maps[(step, name)].float()
         if isinstance(weights, Mapping):
             names = list(weights)
             if not names:
-                raise ValueError("no attention weights (empty dict)")
+                raise VisualizerError("no attention weights (empty dict)")
             key = -1 if layer is None else layer
             if isinstance(key, int):
                 name = names[_check_index(key, len(names), "layer", allow_negative=True)]
             elif key in weights:
                 name = key
             else:
-                raise ValueError(f"layer {key!r} is not in the weights (layers: {', '.join(names)})")
+                raise VisualizerError(f"layer {key!r} is not in the weights (layers: {', '.join(names)})")
             return name, step, torch.as_tensor(weights[name]).float()
         return None, step, torch.as_tensor(weights).float()
 
@@ -259,7 +279,9 @@ class FigureMethods:
         if maps.dim() == 3:  # (H, Q, K): one part
             maps = maps.unsqueeze(0)
         if maps.dim() != 4:
-            raise ValueError(f"part attention needs (parts, heads, queries, keys) maps, got shape {tuple(maps.shape)}")
+            raise VisualizerError(
+                f"part attention needs (parts, heads, queries, keys) maps, got shape {tuple(maps.shape)}"
+            )
         rows, _ = self._patch_rows(maps)
         return name, step, metrics.head_averaged_marginals(metrics.key_marginal(rows))
 
@@ -274,7 +296,7 @@ def _check_index(i, size: int, what: str, allow_negative: bool = False) -> int:
     i = int(i)
     lo = -size if allow_negative else 0
     if not lo <= i < size:
-        raise ValueError(f"{what} {i} is out of range (there are {size})")
+        raise VisualizerError(f"{what} {i} is out of range (there are {size})")
     return i % size
 
 
@@ -288,5 +310,5 @@ def _index(maps: torch.Tensor, *, part, head) -> torch.Tensor:
         else:
             maps = maps[_check_index(head, maps.shape[0], "head")]
     if maps.dim() != 2:
-        raise ValueError(f"expected (P, H, Q, K), (H, Q, K) or (Q, K) attention, got shape {tuple(maps.shape)}")
+        raise VisualizerError(f"expected (P, H, Q, K), (H, Q, K) or (Q, K) attention, got shape {tuple(maps.shape)}")
     return maps

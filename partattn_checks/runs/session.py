@@ -26,18 +26,23 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..capture.runspec import RunSpec, for_pipeline
 from ..checks import CHECKS, CheckResult, Thresholds, run_checks
 from ..errors import PartattnError
 from .sidecar import ImageSpec
 
+if TYPE_CHECKING:
+    from ..capture.record import AttentionRecord
+
 #: Records (and judged outcomes) kept per process; an image's items run back to back, so a few suffice.
 CACHE_SIZE = 4
 
 
-class CaseError(PartattnError):
-    """An image (or the model) could not be run; the message says why and what to do."""
+class CaseError(PartattnError, RuntimeError):
+    """An image (or the model) could not be run (also a ``RuntimeError``); the message says why and what
+    to do."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class CaseOutcome:
 
     image: Path | str
     spec: RunSpec
-    record: object  # AttentionRecord
+    record: AttentionRecord
     results: dict[str, CheckResult] = field(default_factory=dict)
     seconds: float = 0.0  # denoising with capture (0 when the record came from the cache)
     name: str = ""  # the image as reports show it (``ImageSpec.display``), when run from a fixture set
