@@ -36,7 +36,6 @@ from partattn_checks.analysis.calibrate import (
 from partattn_checks.analysis.calibration_page import GRADED_TITLE
 from partattn_checks.analysis.zoo import targets
 from partattn_checks.checks import REGISTRY, CheckResult, Thresholds, load_thresholds
-from partattn_checks.checks.details import Details
 from partattn_checks.checks.fixture_set import ITEM_NAME
 from partattn_checks.model.broken import GRADES, VARIANTS, VariantError, broken, edited_parameters
 from partattn_checks.model.loading import load_transformer
@@ -106,7 +105,8 @@ def test_ceiling_or_floor_comes_from_the_registry():
 
 
 def _result(check, value, threshold, *, nonfinite=None, verdict=None):
-    details = REGISTRY[check].details_type(nonfinite_count=nonfinite) if nonfinite is not None else Details()
+    details_type = REGISTRY[check].details_type
+    details = details_type(nonfinite_count=nonfinite) if nonfinite is not None else details_type()
     return CheckResult(check, verdict or "pass", value, threshold, None, "", details)
 
 

@@ -1,6 +1,6 @@
 """Adding a check touches one module: a check class defined here, once registered, is run by
-``run_checks``, has its thresholds table, its headline in reports, its figures and its timeline on
-the run page."""
+``run_checks`` and by the pytest gate (an item per image), has its thresholds table, its headline
+in reports, its figures, its timeline on the run page, and its threshold calibrated."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ from partattn_checks.checks.core import Timeline
 from partattn_checks.gate import report
 from partattn_checks.present.check_figures import figures_for
 from partattn_checks.present.pages.run_page import render_record
+
+pytest_plugins = ("pytester",)
 
 BUILT_IN = ["uniformity", "collapse", "part_separation", "stability", "nonfinite", "baseline"]
 
@@ -196,7 +198,7 @@ def test_unregistered_check_has_no_table():
 
 
 def test_reports_show_its_headline_and_column(max_peak):
-    result = max_peak(make_record(peak=0.75)).to_dict()
+    result = max_peak(make_record(peak=0.75))
     p = report.ItemReport(
         image="fixtures/images/np2_a.png",
         key="np2_a",
@@ -210,7 +212,8 @@ def test_reports_show_its_headline_and_column(max_peak):
     assert report.metric_rows(p) == [["largest peak", "0.75", "≤ 0.5", "—", "FAIL"]]
     summary = report.Summary()
     summary.add(p)
-    summary.add(dataclasses.replace(p, check="collapse", result={**result, "name": "collapse", "verdict": "pass"}))
+    passing = CheckResult("collapse", "pass", 0.1, 0.5, None, "", REGISTRY["collapse"].details_type())
+    summary.add(dataclasses.replace(p, check="collapse", result=passing))
     assert summary.checks() == ["collapse", "max_peak"]  # registry order
     assert summary.table_lines()[0].split() == ["image", "collapse", "max_peak"]
 
@@ -225,8 +228,13 @@ def test_figures_dispatch_to_it(max_peak, tmp_path):
     assert figures_for(CheckResult.from_dict(result.to_dict()), record, tmp_path / "again") == [
         tmp_path / "again" / "max_peak__bars.png"
     ]
-    with pytest.raises(CheckError, match="cannot draw the max_peak figures: its details are not a MaxPeakDetails"):
-        figures_for(CheckResult("max_peak", "fail", 1.0, 0.5, None, "", {"other": 1}), record, tmp_path)
+    # details are always the check's own type: a dict, or JSON of another shape, is refused
+    with pytest.raises(CheckError, match="the max_peak result's details must be a MaxPeakDetails, got dict"):
+        CheckResult("max_peak", "fail", 1.0, 0.5, None, "", {"other": 1})
+    with pytest.raises(CheckError, match="the max_peak result's details do not fit MaxPeakDetails"):
+        CheckResult.from_dict({**result.to_dict(), "details": {"other": 1}})
+    with pytest.raises(CheckError, match="cannot draw the collapse figures: its details are not a CollapseDetails"):
+        REGISTRY["collapse"].figures(result, record, tmp_path)
 
 
 def test_the_run_page_draws_its_timeline(max_peak, tmp_path):
@@ -274,7 +282,33 @@ def test_calibration_sets_its_field_and_the_model_matrix_expects_its_variant_to_
 
 
 def test_checks_without_figures_draw_none(tmp_path):
-    # the baseline store annotates the baseline result's details with keys of its own
-    result = CheckResult("baseline", "fail", None, None, None, "no baseline", {"status": "missing", "looked": "x"})
+    result = CheckResult("baseline", "fail", None, None, None, "no baseline", REGISTRY["baseline"].details_type())
     assert figures_for(result, make_record(), tmp_path) == []
     assert not list(tmp_path.iterdir())
+
+
+#: A user's conftest.py that adds the toy check: the gate collects it, judges it and reports it.
+GATE_CONFTEST = """
+from partattn_checks.checks import REGISTRY
+from test_check_registry import MaxPeak
+
+def pytest_configure(config):
+    REGISTRY.add(MaxPeak())
+
+def pytest_unconfigure(config):
+    REGISTRY.remove("max_peak")
+"""
+
+
+def test_the_gate_makes_it_an_item_per_image_and_reports_it(pytester):
+    from plugin_support import IMAGE, PASSING, args, make_project, outcomes
+
+    make_project(pytester, thresholds=PASSING + "\n[max_peak]\nmax_peak = 0.01\n")  # every model fails 0.01
+    pytester.makeconftest(GATE_CONFTEST)
+    result = pytester.runpytest_inprocess(*args("-k", "max_peak or uniformity"))
+    got = outcomes(result)
+    assert got == {f"fixtures/images/{IMAGE}::uniformity": "passed", f"fixtures/images/{IMAGE}::max_peak": "failed"}
+    result.stdout.fnmatch_lines(
+        ["*partattn: max_peak failed for fixtures/images/*", "*a head is peaky*", "*largest peak*"]
+    )
+    assert "max_peak" not in REGISTRY  # the conftest took it out again

@@ -160,7 +160,7 @@ def test_uniformity_names_the_planted_head():
     assert r.offender == Offender(step=20, layer="blocks.2.attn2", part=1, head=1)
     assert r.value == pytest.approx(0.75)
     assert "75% of heads in layer blocks.2.attn2" in r.reason
-    assert r.details["per_layer"]["blocks.2.attn2"]["share"] == pytest.approx(0.75)
+    assert r.details.per_layer["blocks.2.attn2"].share == pytest.approx(0.75)
     # within the allowed share when it is raised
     raised = PER_LAYER_UNIFORMITY.merged({"uniformity": {"max_share": 0.8}})
     assert check_uniformity(make_record(entropy=ent), raised).passed
@@ -176,7 +176,7 @@ def test_one_hot_maps_fail_collapse():
     r = check_collapse(record_from_maps(maps), ANY_COLLAPSE)
     assert r.verdict == "fail"
     assert r.offender == Offender(step=30, layer="blocks.0.attn2", part=2, head=1)
-    assert r.details["cause"] == "peak"
+    assert r.details.cause == "peak"
     assert "collapsed onto one key: peak 1.000 ≥ 0.9 at step 30, layer blocks.0.attn2, part 2, head 1" in r.reason
 
 
@@ -184,7 +184,7 @@ def test_cls_sink_fails_collapse():
     cls = torch.full((S, L, P, H), 0.05)
     cls[1, 2, 0, 3] = 0.95
     r = check_collapse(make_record(cls_mass=cls), ANY_COLLAPSE)
-    assert r.verdict == "fail" and r.details["cause"] == "cls_mass"
+    assert r.verdict == "fail" and r.details.cause == "cls_mass"
     assert r.offender == Offender(step=10, layer="blocks.2.attn2", part=0, head=3)
     assert "CLS" in r.reason and "0.950 ≥ 0.9" in r.reason
 
@@ -193,7 +193,7 @@ def test_low_entropy_fails_collapse():
     ent = torch.full((S, L, P, H), 0.6)
     ent[0, 1, 1, 0] = 0.01
     r = check_collapse(make_record(entropy=ent), ANY_COLLAPSE)
-    assert r.verdict == "fail" and r.details["cause"] == "entropy"
+    assert r.verdict == "fail" and r.details.cause == "entropy"
     assert r.offender == Offender(step=0, layer="blocks.1.attn2", part=1, head=0)
 
 
@@ -204,7 +204,7 @@ def test_identical_parts_fail_separation():
     r = check_part_separation(make_record(marginals=m))
     assert r.verdict == "fail"
     assert r.value == pytest.approx(0.0, abs=1e-4)
-    assert r.offender.part == 0 and r.details["closest_pair"] == [0, 1]
+    assert r.offender.part == 0 and r.details.closest_pair == (0, 1)
     assert "part separation 0.000 < 0.084" in r.reason
 
 

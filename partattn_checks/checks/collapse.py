@@ -55,14 +55,15 @@ class Collapse(Check):
     def judge(self, record, thresholds: Thresholds) -> CheckResult:
         t = self.limits(thresholds)
         guarded = nonfinite_guard(
-            self.name, record, {"peak": record.peak, "entropy": record.entropy, "cls_mass": record.cls_mass}
+            self.name,
+            record,
+            {"peak": record.peak, "entropy": record.entropy, "cls_mass": record.cls_mass},
+            lambda total, li: CollapseDetails(
+                nonfinite_count=total, worst_map=map_at(record, li, worst_cell(record.peak.float()[:, li]))
+            ),
         )
         if guarded is not None:
-            result, li = guarded
-            result.details = CollapseDetails(
-                nonfinite_count=int(result.value), worst_map=map_at(record, li, worst_cell(record.peak.float()[:, li]))
-            )
-            return result
+            return guarded
         pk, ent, cls = record.peak.float(), record.entropy.float(), record.cls_mass.float()
         causes = _causes(record, t)
         flags = causes["peak"][0] | causes["entropy"][0] | causes["cls_mass"][0]

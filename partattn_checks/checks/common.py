@@ -5,9 +5,11 @@ torch, metrics and render are imported inside the functions, when a check runs o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .core import CheckResult, Offender
+from .details import Details
 
 if TYPE_CHECKING:
     import torch
@@ -60,9 +62,11 @@ def map_at(record: AttentionRecord, layer: int, cell: tuple[int, int, int]) -> O
 
 
 # ----------------------------------------------------------------------------- non-finite guard
-def nonfinite_guard(name: str, record: AttentionRecord, tensors: dict) -> tuple[CheckResult, int] | None:
-    """When the tensors a check reads hold NaN/Inf, no judgement is possible: ``(a failing result
-    without details, the position of its first layer)``; the check adds its details. Else None."""
+def nonfinite_guard(
+    name: str, record: AttentionRecord, tensors: dict, details: Callable[[int, int], Details]
+) -> CheckResult | None:
+    """When the tensors a check reads hold NaN/Inf, no judgement is possible: a failing result whose
+    details are ``details(count of NaN/Inf, position of the first layer holding one)``. Else None."""
     import torch
 
     first, total = None, 0
@@ -86,7 +90,8 @@ def nonfinite_guard(name: str, record: AttentionRecord, tensors: dict) -> tuple[
         off,
         f"cannot judge {name.replace('_', ' ')}: {count(total, 'non-finite value')} in the recorded "
         f"{', '.join(tensors)} (first in {tname} at {off}); see the nonfinite check",
-    ), li
+        details(total, li),
+    )
 
 
 # ----------------------------------------------------------------------------- figures

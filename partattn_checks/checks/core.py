@@ -15,10 +15,9 @@ No torch here: checks import it when they run.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -60,11 +59,11 @@ class Offender:
         return dataclasses.asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckResult:
-    """The outcome of one check. ``value``/``threshold`` are the numbers the verdict compared;
-    ``details`` is the check's typed details (a plain dict where a later stage annotated it,
-    e.g. the baseline store)."""
+    """The outcome of one check, frozen (``dataclasses.replace`` makes a changed copy).
+    ``value``/``threshold`` are the numbers the verdict compared; ``details`` is the check's own
+    ``details_type`` (a ``Details`` subclass; a check that is not registered may use any)."""
 
     name: str
     verdict: str
@@ -72,19 +71,30 @@ class CheckResult:
     threshold: float | None
     offender: Offender | None
     reason: str
-    details: Details | dict = field(default_factory=Details)
+    details: Details
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise CheckError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        expected = details_type_of(self.name)
+        if not isinstance(self.details, expected):
+            raise CheckError(
+                f"the {self.name} result's details must be a {expected.__name__}, got {type(self.details).__name__} "
+                f"(build them with {expected.__name__}(...), or from JSON with CheckResult.from_dict)"
+            )
 
     @property
     def passed(self) -> bool:
         return self.verdict == "pass"
 
+    @property
+    def measured(self) -> bool:
+        """False when NaN/Inf kept the check from judging: its details carry ``nonfinite_count`` and
+        its ``value`` is that count, not a measurement."""
+        return getattr(self.details, "nonfinite_count", None) is None
+
     def to_dict(self) -> dict:
         """JSON-ready form (for reports and for pytest-xdist transport)."""
-        details = self.details.to_dict() if isinstance(self.details, Details) else copy.deepcopy(dict(self.details))
         return {
             "name": self.name,
             "verdict": self.verdict,
@@ -92,24 +102,37 @@ class CheckResult:
             "threshold": self.threshold,
             "offender": self.offender.to_dict() if self.offender is not None else None,
             "reason": self.reason,
-            "details": details,
+            "details": self.details.to_dict(),
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> CheckResult:
-        """Back from ``to_dict()``: details are typed again when the check is registered and they fit."""
-        d = dict(d)
-        if d.get("offender") is not None:
-            d["offender"] = Offender(**d["offender"])
-        details = d.get("details") or {}
-        check = REGISTRY.get(d["name"])
-        if check is not None:
-            try:
-                details = check.details_type.from_dict(details)
-            except (TypeError, ValueError, KeyError):  # annotated by a later stage: keep the dict
-                pass
-        d["details"] = details
-        return cls(**d)
+    def from_dict(cls, d: Mapping) -> CheckResult:
+        """Back from ``to_dict()``, typed: the details as the registered check's ``details_type``."""
+        name = d["name"]
+        details_type = details_type_of(name)
+        try:
+            details = details_type.from_dict(d.get("details") or {})
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckError(
+                f"the {name} result's details do not fit {details_type.__name__} ({exc}); "
+                f"is the check that wrote them registered?"
+            ) from None
+        offender = d.get("offender")
+        return cls(
+            name,
+            d["verdict"],
+            d.get("value"),
+            d.get("threshold"),
+            Offender(**offender) if offender is not None else None,
+            d.get("reason", ""),
+            details,
+        )
+
+
+def details_type_of(name: str) -> type[Details]:
+    """The details type of the check registered as ``name`` (``Details`` for one that is not)."""
+    check = REGISTRY.get(name)
+    return check.details_type if check is not None else Details
 
 
 @dataclass(frozen=True)
@@ -227,7 +250,7 @@ class Check:
         thresholds: Thresholds | None = None,
     ) -> list[Path]:
         """Write ``draw``'s figures as ``<outdir>/<name>__<what>.png``; none for a skip or a check
-        that draws none. Details in their JSON form are made typed first."""
+        that draws none."""
         from ..base.atomic import atomic_write_bytes
         from .thresholds import Thresholds
 
@@ -235,12 +258,10 @@ class Check:
             return []
         details = result.details
         if not isinstance(details, self.details_type):
-            try:
-                details = self.details_type.from_dict(details)
-            except (TypeError, ValueError, KeyError) as exc:
-                raise CheckError(
-                    f"cannot draw the {self.name} figures: its details are not a {self.details_type.__name__} ({exc})"
-                ) from None
+            raise CheckError(
+                f"cannot draw the {self.name} figures: its details are not a {self.details_type.__name__} "
+                f"(got {type(details).__name__})"
+            )
         pngs = self.draw(result, details, record, image, thresholds or Thresholds())
         return [atomic_write_bytes(Path(outdir) / f"{self.name}__{what}.png", data) for what, data in pngs]
 

@@ -64,17 +64,19 @@ class PartSeparation(Check):
                 "part separation needs at least 2 parts; this record has 1",
                 PartSeparationDetails(),
             )
-        guarded = nonfinite_guard(self.name, record, {"marginals": record.marginals})
-        if guarded is not None:
-            result, li = guarded
-            sep = metrics.part_separation(record.marginals_by_part())
-            result.details = PartSeparationDetails(
-                nonfinite_count=int(result.value),
+        guarded = nonfinite_guard(
+            self.name,
+            record,
+            {"marginals": record.marginals},
+            lambda total, li: PartSeparationDetails(
+                nonfinite_count=total,
                 shown_layer=record.layers[li],
                 shown_why="the first layer with NaN/Inf",
-                separation=Matrix.of(sep),
-            )
-            return result
+                separation=Matrix.of(metrics.part_separation(record.marginals_by_part())),
+            ),
+        )
+        if guarded is not None:
+            return guarded
         pair = metrics.pairwise_separation(record.marginals_by_part())  # (S, L, P, P)
         P = record.num_parts
         i, j = torch.triu_indices(P, P, offset=1)

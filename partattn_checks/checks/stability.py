@@ -54,12 +54,15 @@ class Stability(Check):
                 f"timestep stability needs at least 2 recorded steps; this record has {record.num_steps}",
                 StabilityDetails(),
             )
-        guarded = nonfinite_guard(self.name, record, {"marginals": record.marginals})
         jumps = metrics.timestep_jumps(record.marginals_by_part())  # (S-1, L, P)
+        guarded = nonfinite_guard(
+            self.name,
+            record,
+            {"marginals": record.marginals},
+            lambda total, _: StabilityDetails(nonfinite_count=total, jumps=Matrix.of(jumps.amax(-1))),
+        )
         if guarded is not None:
-            result, _ = guarded
-            result.details = StabilityDetails(nonfinite_count=int(result.value), jumps=Matrix.of(jumps.amax(-1)))
-            return result
+            return guarded
         k, li, p = unravel(int(jumps.flatten().argmax()), jumps.shape)
         value = float(jumps[k, li, p])
         per_step = jumps.mean(dim=(1, 2))

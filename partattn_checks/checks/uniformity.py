@@ -60,14 +60,16 @@ class Uniformity(Check):
 
     def judge(self, record, thresholds: Thresholds) -> CheckResult:
         t = self.limits(thresholds)
-        guarded = nonfinite_guard(self.name, record, {"entropy": record.entropy})
+        guarded = nonfinite_guard(
+            self.name,
+            record,
+            {"entropy": record.entropy},
+            lambda total, li: UniformityDetails(
+                nonfinite_count=total, worst_map=map_at(record, li, worst_cell(record.entropy.float()[:, li]))
+            ),
+        )
         if guarded is not None:
-            result, li = guarded
-            result.details = UniformityDetails(
-                nonfinite_count=int(result.value),
-                worst_map=map_at(record, li, worst_cell(record.entropy.float()[:, li])),
-            )
-            return result
+            return guarded
         ent = record.entropy.float()
         flags = ent >= t.entropy_min_uniform
         shares = step_layer_share(flags).mean(0)  # (L,)
