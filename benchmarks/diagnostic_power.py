@@ -250,7 +250,7 @@ def main(argv=None) -> dict:
         bench = Bench(args, Path(tmp))
         written = bench.judge(update="all")
         say(f"baselines written: K={args.baseline_seeds}, {len(bench.images)} images ({bench.runs} runs)")
-        assert all(r["baseline"].details.status == "written" for r in written.results.values()), "baselines not written"
+        assert all(b.written for b in written.baselines.values()), "baselines not written"
 
         healthy = summarize(bench.judge())
         benign = {}

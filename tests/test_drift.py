@@ -82,18 +82,6 @@ def _record(S=4, L=3, P=2, H=2, grid=(4, 4), seed=0, focus=None) -> AttentionRec
     )
 
 
-def _typed(d) -> AttentionDrift:
-    return AttentionDrift(
-        layers=d.layers,
-        per_part=Matrix.of(d.per_part),
-        layer=d.layer,
-        part=d.part,
-        baseline=Matrix.of(d.baseline),
-        now=Matrix.of(d.now),
-        grid=d.grid,
-    )
-
-
 # ----------------------------------------------------------------------------- the summary
 def test_summary_is_the_step_and_head_averaged_marginal_and_round_trips(tmp_path):
     rec = _record(S=10)
@@ -244,12 +232,12 @@ def test_drift_names_the_layer_and_part_that_moved_and_travels_as_json(tmp_path)
     assert d.per_layer[1] > 10 * max(d.per_layer[0], d.per_layer[2])
     # through JSON (the pytest-xdist transport) and back, typed again, and drawn from there
     back = CheckResult.from_dict(json.loads(json.dumps(r.to_dict())))
-    assert isinstance(back.details, BaselineDetails) and back.details.attention == d
-    assert back.details.candidate == str(tmp_path / "cand" / "img")
+    assert isinstance(back.details, BaselineDetails) and back.details.attention == d and back == r
+    assert out.state.candidate == str(tmp_path / "cand" / "img")
     figs = REGISTRY["baseline"].figures(back, None, tmp_path / "figs")
     assert [p.name for p in figs] == ["baseline__drift.png"] and figs[0].stat().st_size > 20_000
     item = report.ItemReport(
-        image="img.png", key="img", check="baseline", result=r.to_dict(), figures=[str(figs[0])], rerun="r", update="u"
+        image="img.png", key="img", check="baseline", result=r, figures=[str(figs[0])], rerun="r", update="u"
     )
     text = report.failure_text(report.ItemReport.from_dict(json.loads(json.dumps(item.to_dict()))))
     assert "worst offender: step -, layer blocks.1.attn2, part 1, head -" in text
@@ -289,7 +277,8 @@ def test_disjoint_distributions_are_one_apart():
 def test_identical_summaries_do_not_drift(L, P, seed):
     s = AttentionSummary.from_record(_record(S=2, L=L, P=P, seed=seed))
     d = attention_drift(s, AttentionSummary(**vars(s)))
-    assert np.all(d.per_part == 0.0) and d.value == 0.0 and d.per_part.shape == (L, P)
+    per_part = np.asarray(d.per_part.rows)
+    assert np.all(per_part == 0.0) and d.value == 0.0 and per_part.shape == (L, P)
 
 
 # ----------------------------------------------------------------------------- the figure
@@ -305,7 +294,7 @@ def test_drift_figure_keeps_panels_and_text_readable(tmp_path, parts, grid):
     )
     assert d.layer == "blocks.3.attn2"
     image = Image.open(REPO / "fixtures" / "images" / "np4_four_shapes.png").convert("RGB").resize((224, 224))
-    path = drift_render.drift_figure(_typed(d), image, path=tmp_path / f"drift{parts}.png")
+    path = drift_render.drift_figure(d, image, path=tmp_path / f"drift{parts}.png")
     with Image.open(path) as png:
         width, height = png.size
         pixels = np.asarray(png.convert("RGB"))
@@ -313,8 +302,8 @@ def test_drift_figure_keeps_panels_and_text_readable(tmp_path, parts, grid):
     assert width >= 3 * 180 and height >= 250 + parts * 180
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # maps on the image, not a blank canvas
     # without an image: the patch grid; without a grid: one strip per part
-    assert drift_render.drift_figure(_typed(d))[:4] == b"\x89PNG"
-    no_grid = AttentionDrift(**{**vars(_typed(d)), "grid": None})
+    assert drift_render.drift_figure(d)[:4] == b"\x89PNG"
+    no_grid = replace(d, grid=None)
     assert drift_render.drift_figure(no_grid, image)[:4] == b"\x89PNG"
 
 
@@ -323,7 +312,7 @@ def _drift(shift: int = 3, parts: int = 2) -> AttentionDrift:
     focus = [[p for p in range(parts)] for _ in range(3)]
     focus[1] = [p + shift for p in range(parts)]
     base = AttentionSummary.from_record(_record(S=2, L=3, P=parts))
-    return _typed(attention_drift(base, AttentionSummary.from_record(_record(S=2, L=3, P=parts, focus=focus))))
+    return attention_drift(base, AttentionSummary.from_record(_record(S=2, L=3, P=parts, focus=focus)))
 
 
 def _delta_bar(fig):

@@ -20,7 +20,7 @@ from partattn_checks.capture.runspec import DeviceChoice
 from partattn_checks.checks import Thresholds
 from partattn_checks.checks.baseline import noise
 from partattn_checks.checks.baseline import store as bl
-from partattn_checks.checks.baseline.compare import SINGLE_RUN_NOTE, evaluate
+from partattn_checks.checks.baseline.compare import SINGLE_RUN_NOTE, BaselineStatus, evaluate
 from partattn_checks.checks.fixture_set import set_verdict
 from partattn_checks.gate.options import Settings
 from partattn_checks.gate.state import GateSession, judge_set
@@ -125,7 +125,7 @@ def test_the_set_fails_on_a_shift_that_no_single_image_flags():
         layers = [_dev(f"blocks.{k}.attn2", 1.6 if k >= 2 else 0.1, "layer", rng.normal(size=16)) for k in range(4)]
         per_image[f"img{i}"] = [_dev("separation", -2.0, residuals=rng.normal(size=16)), *layers]
     assert not any(d.moved for devs in per_image.values() for d in devs)  # every image passes alone
-    verdict = set_verdict({k: [d.to_dict() for d in v] for k, v in per_image.items()}, 0.001)
+    verdict = set_verdict(per_image, 0.001)
     assert verdict.verdict == "fail"
     assert {d.name for d in verdict.moved} == {"separation", "blocks.2.attn2", "blocks.3.attn2"}
     assert verdict.onset == "blocks.2.attn2"  # the first layer in depth order that moved
@@ -134,7 +134,7 @@ def test_the_set_fails_on_a_shift_that_no_single_image_flags():
 
 
 def test_the_set_needs_two_images_judged_in_noise_units():
-    assert set_verdict({"only": [_dev("separation", -9.0).to_dict()]}, 0.001) is None
+    assert set_verdict({"only": [_dev("separation", -9.0)]}, 0.001) is None
 
 
 def test_baseline_and_gate_seeds_never_meet():
@@ -210,7 +210,7 @@ def store(tmp_path_factory, pipeline, images):
     """Baselines of the two images from K noise seeds, written the gate's way."""
     root = tmp_path_factory.mktemp("noise-gate")
     judged = judge_set(_session(pipeline, root, update="all"), images)
-    assert all(r["baseline"].details.status == "written" for r in judged.results.values())
+    assert all(b.status is BaselineStatus.WRITTEN for b in judged.baselines.values()) and len(judged.baselines) == 2
     return root
 
 

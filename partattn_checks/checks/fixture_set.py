@@ -102,10 +102,10 @@ def _direction(d: SetDeviation) -> str:
     return "higher" if d.z > 0 else "lower"
 
 
-def set_verdict(per_image: Mapping[str, Iterable[Mapping]], alpha: float) -> SetVerdict | None:
-    """The set verdict from each image's baseline deviations (``Deviation.to_dict()`` form);
-    ``None`` with fewer than two images judged in units of noise."""
-    typed = {image: [Deviation.from_dict(d) for d in devs] for image, devs in per_image.items()}
+def set_verdict(per_image: Mapping[str, Iterable[Deviation]], alpha: float) -> SetVerdict | None:
+    """The set verdict from each image's baseline deviations; ``None`` with fewer than two images
+    judged in units of noise."""
+    typed = {image: list(devs) for image, devs in per_image.items()}
     typed = {image: devs for image, devs in typed.items() if devs}
     if len(typed) < 2:
         return None

@@ -13,7 +13,7 @@ into the ``drift`` figure.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from ..core import Check, CheckResult, register
 from ..details import Details, Matrix, optional_key
@@ -43,7 +43,9 @@ class MetricDrift:
 @dataclass(frozen=True)
 class AttentionDrift:
     """How far each layer's step-averaged, head-averaged key-marginals moved from the baseline's
-    attention summary (JS/log 2 per part), and the marginals of the layer that moved most."""
+    attention summary (JS/log 2 per part), and the marginals of the layer that moved most: what
+    ``attention.attention_drift`` measures, what the baseline engine adds the seed band to, what the
+    drift figure draws and what travels in ``BaselineDetails.attention``."""
 
     layers: tuple[str, ...]
     per_part: Matrix  # (layers, parts) JS/log 2 in [0, 1]
@@ -73,14 +75,15 @@ class AttentionDrift:
 
 @dataclass(frozen=True, kw_only=True)
 class BaselineDetails(Details):
+    """The comparison with a stored baseline (empty when none was compared: what the store did is
+    ``compare.BaselineState``, beside the result)."""
+
     per_metric: dict[str, MetricDrift] | None = optional_key()
     missing_in_measured: list[str] | None = optional_key()
     missing_in_baseline: list[str] | None = optional_key()
     atol: float | None = optional_key()
     rtol: float | None = optional_key()
     worst_metric: str | None = optional_key()  # the metric closest to (or furthest past) its allowance
-    #: How the result came about: "compared" here; the baseline store also writes "written", "missing", ...
-    status: str = field(default="compared")
     #: Noise units: every metric and layer compared, the seeds, the gate's repeats and the rate.
     deviations: list[Deviation] | None = optional_key()
     onset: str | None = optional_key()  # first layer (depth order) that moved beyond its own noise
@@ -90,12 +93,6 @@ class BaselineDetails(Details):
     #: The attention drift from the baseline's summary; ``attention_note`` says why there is none.
     attention: AttentionDrift | None = optional_key()
     attention_note: str | None = optional_key()
-    #: Added by the baseline engine: where it wrote, looked, what it could not read, ...
-    candidate: str | None = optional_key()
-    written: str | None = optional_key()
-    looked: str | None = optional_key()
-    file: str | None = optional_key()
-    environment_diff: list[str] | None = optional_key()
 
 
 @register
@@ -227,10 +224,9 @@ def with_delta_scale(result: CheckResult, delta_scale: float | None) -> CheckRes
     """``result`` whose drift figure draws now − baseline on ±``delta_scale`` (the gate's
     ``--partattn-drift-scale``); unchanged when it has no attention drift or ``delta_scale`` is None."""
     details = result.details
-    attention = getattr(details, "attention", None)
-    if delta_scale is None or not isinstance(attention, AttentionDrift):
+    if delta_scale is None or not isinstance(details, BaselineDetails) or details.attention is None:
         return result
-    return replace(result, details=replace(details, attention=replace(attention, delta_scale=delta_scale)))
+    return replace(result, details=replace(details, attention=replace(details.attention, delta_scale=delta_scale)))
 
 
 def describe(d: Deviation, runs: str = "this run") -> str:

@@ -4,21 +4,22 @@
 headline metrics with it (the ``baseline`` check: in units of the baseline's seed spread when it
 has one, :mod:`partattn_checks.checks.baseline.noise`), measures how far the attention moved from the baseline's
 attention summary (``attention``; the drift figure and the worst offender come from it),
-and writes the baseline or a candidate as the update mode says (``WRITES``: one table of which
-situations each mode writes). A baseline is written from the runs of its noise seeds (``sample``,
-run only when one is written); a candidate holds the gate's own run(s).
+and writes the baseline or a candidate as the update mode says (:func:`writes`). A baseline is
+written from the runs of its noise seeds (``sample``, run only when one is written); a candidate
+holds the gate's own run(s). What happened to the baseline is said one way: a
+:class:`BaselineStatus` in a :class:`BaselineState`, next to the check's result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import CheckResult, Offender, Thresholds, check_baseline
-from .check import AttentionDrift, BaselineDetails
+from .check import BaselineDetails
 from .store import (
     ENVIRONMENT_FILE,
     SUMMARY_FILE,
@@ -32,7 +33,6 @@ from .store import (
 
 if TYPE_CHECKING:  # numpy loads with a summary, not with the plugin
     from .attention import AttentionSummary
-from ..details import Matrix
 from .noise import (
     DEFAULT_FALSE_ALARM_RATE,
     JUDGED_METRICS,
@@ -72,17 +72,62 @@ class BaselineStatus(str, Enum):
         return self.value
 
 
-@dataclass
+@dataclass(frozen=True)
+class BaselineState:
+    """What happened to an image's baseline: its status and the folders involved (the item report
+    carries it beside the check's result; a dict, the status as its string, only in JSON)."""
+
+    status: BaselineStatus
+    folder: str  # the image's baseline folder: looked in, and written when ``written``
+    candidate: str | None = None  # the candidate folder written under the results folder
+    unusable: str | None = None  # the stored file that could not be used
+    environment_diff: tuple[str, ...] = ()  # how the baseline's environment differs from this run's
+
+    @property
+    def written(self) -> bool:
+        """The baseline was written or updated (to review and commit)."""
+        return self.status in (BaselineStatus.WRITTEN, BaselineStatus.UPDATED)
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status.value,
+            "folder": self.folder,
+            "candidate": self.candidate,
+            "unusable": self.unusable,
+            "environment_diff": list(self.environment_diff),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> BaselineState:
+        return cls(
+            BaselineStatus(d["status"]),
+            d["folder"],
+            d.get("candidate"),
+            d.get("unusable"),
+            tuple(d.get("environment_diff") or ()),
+        )
+
+
+@dataclass(frozen=True)
 class BaselineOutcome:
-    """What the ``baseline`` check decided for one image."""
+    """What the ``baseline`` check decided for one image: its result, the stored baseline it read
+    (None: none usable) and what happened to the baseline."""
 
     result: CheckResult
     baseline: StoredBaseline | None
-    looked: BaselinePaths
-    status: BaselineStatus = BaselineStatus.COMPARED
-    written: Path | None = None  # baseline folder written in the store
-    candidate: Path | None = None  # candidate folder written under the results folder
-    warnings: list[str] = field(default_factory=list)
+    state: BaselineState
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> BaselineStatus:
+        return self.state.status
+
+    @property
+    def details(self) -> BaselineDetails:
+        """The result's details (always ``BaselineDetails``: ``CheckResult`` checks it)."""
+        details = self.result.details
+        assert isinstance(details, BaselineDetails)
+        return details
 
 
 @dataclass(frozen=True)
@@ -112,13 +157,16 @@ class SeedSample:
         return cls(tuple(int(s) for s in seeds), samples, means, attention)
 
 
-#: update mode -> the situations in which it writes the measured metrics as the baseline
-WRITES = {
-    None: frozenset(),
-    "missing": frozenset({"missing"}),
-    "failed": frozenset({"missing", "failed", "env-failed", "outdated"}),
-    "all": frozenset({"missing", "failed", "env-failed", "outdated", "passed"}),
-}
+def writes(update: str | None, status: BaselineStatus, verdict: str) -> bool:
+    """Whether ``--partattn-update=<update>`` writes the measured baseline of an image that would
+    otherwise end with ``status`` and ``verdict``: ``missing`` writes a MISSING one, ``failed`` every
+    failing one (missing, unreadable but of another schema, environment mismatch, drifted), ``all``
+    every one. (A file that cannot be read at all is replaced only when forced: :meth:`unusable`.)"""
+    if update == "all":
+        return True
+    if update == "failed":
+        return verdict == "fail"
+    return update == "missing" and status is BaselineStatus.MISSING
 
 
 @dataclass
@@ -159,8 +207,8 @@ class _Comparison:
 
     # -- the three situations ------------------------------------------------------------------
     def unusable(self, err: BaselineError) -> BaselineOutcome:
-        situation = "outdated" if not err.corrupt else ("forced" if self.force and self.update == "all" else None)
-        if situation == "forced" or situation in WRITES[self.update]:
+        forced = err.corrupt and self.force and self.update == "all"
+        if forced or (not err.corrupt and writes(self.update, BaselineStatus.UNREADABLE, "fail")):
             return self.write(
                 BaselineStatus.UPDATED, f"replaced the unusable baseline {err.path} ({err}) with the measured metrics"
             )
@@ -173,11 +221,11 @@ class _Comparison:
         else:
             keep = "Regenerate it with --partattn-update=failed"
         reason = f"baseline unusable: {err}. {keep}. A candidate was written to {cand}"
-        return self.failed(BaselineStatus.UNREADABLE, reason, None, cand, file=str(err.path))
+        return self.failed(BaselineStatus.UNREADABLE, reason, None, cand, unusable=str(err.path))
 
     def missing(self) -> BaselineOutcome:
         looked = self.looked
-        if "missing" in WRITES[self.update]:
+        if writes(self.update, BaselineStatus.MISSING, "fail"):
             return self.write(
                 BaselineStatus.WRITTEN, f"no baseline existed; wrote {looked.metrics} (--partattn-update={self.update})"
             )
@@ -187,7 +235,7 @@ class _Comparison:
             f"(review it, then copy that folder to {looked.folder}, or create it with "
             f"--partattn-update=missing{self.update_hint})"
         )
-        return self.failed(BaselineStatus.MISSING, reason, None, cand, looked=str(looked.metrics))
+        return self.failed(BaselineStatus.MISSING, reason, None, cand)
 
     def compare(self, stored: StoredBaseline) -> BaselineOutcome:
         if stored.has_spread:
@@ -203,13 +251,15 @@ class _Comparison:
             else [f"no {ENVIRONMENT_FILE} next to the baseline"]
         )
         env_failed = self.strict_env and bool(env_diff)
-        situation = "failed" if result.verdict == "fail" else "env-failed" if env_failed else "passed"
-        if situation in WRITES[self.update]:
-            why = {
-                "failed": f"it failed: {result.reason}",
-                "env-failed": "its environment differed",
-                "passed": f"--partattn-update={self.update}",
-            }[situation]
+        status = BaselineStatus.ENV_MISMATCH if env_failed else BaselineStatus.COMPARED
+        if writes(self.update, status, "fail" if env_failed else result.verdict):
+            why = (
+                f"it failed: {result.reason}"
+                if result.verdict == "fail"
+                else "its environment differed"
+                if env_failed
+                else f"--partattn-update={self.update}"
+            )
             return self.write(BaselineStatus.UPDATED, f"baseline updated ({why})", stored)
         warnings = []
         if env_diff:
@@ -223,29 +273,14 @@ class _Comparison:
                     f"{text} [--partattn-strict-env]. Comparison: {result.reason}. A candidate was written "
                     f"to {cand}; regenerate with --partattn-update=failed"
                 )
-                failed = replace(
-                    result,
-                    verdict="fail",
-                    offender=None,
-                    reason=reason,
-                    details=replace(
-                        result.details,
-                        status=str(BaselineStatus.ENV_MISMATCH),
-                        environment_diff=env_diff,
-                        candidate=str(cand),
-                    ),
-                )
-                return BaselineOutcome(failed, stored, self.looked, BaselineStatus.ENV_MISMATCH, candidate=cand)
+                failed = replace(result, verdict="fail", offender=None, reason=reason)
+                return self.outcome(failed, stored, status, candidate=cand, environment_diff=env_diff)
             warnings.append(text)
         cand = None
         if result.verdict == "fail":
             cand = self.candidate()
-            result = replace(
-                result,
-                reason=f"{result.reason}; a candidate was written to {cand}",
-                details=replace(result.details, candidate=str(cand)),
-            )
-        return BaselineOutcome(result, stored, self.looked, BaselineStatus.COMPARED, candidate=cand, warnings=warnings)
+            result = replace(result, reason=f"{result.reason}; a candidate was written to {cand}")
+        return self.outcome(result, stored, status, candidate=cand, environment_diff=env_diff, warnings=warnings)
 
     @property
     def repeats(self) -> int:
@@ -297,7 +332,8 @@ class _Comparison:
     def with_drift(self, result: CheckResult, stored: StoredBaseline) -> CheckResult:
         """``result`` with the attention drift from the stored summary (its worst offender: the
         layer and part that moved most), or with a note saying why there is none."""
-        details = result.details if isinstance(result.details, BaselineDetails) else BaselineDetails()
+        details = result.details
+        assert isinstance(details, BaselineDetails)
         if stored.attention is None:
             note = (
                 f"the baseline's attention summary is unusable ({stored.attention_error}); compared on its "
@@ -318,14 +354,8 @@ class _Comparison:
                 judged = [layers.get(name) for name in drift.layers]
                 banded = all(d is not None for d in judged) and bool(judged)
                 bands = [layer_band(d) for d in judged] if banded else []
-                typed = AttentionDrift(
-                    layers=drift.layers,
-                    per_part=Matrix.of(drift.per_part),
-                    layer=drift.layer,
-                    part=drift.part,
-                    baseline=Matrix.of(drift.baseline),
-                    now=Matrix.of(drift.now),
-                    grid=drift.grid,
+                banded_drift = replace(
+                    drift,
                     judged=tuple(d.measured for d in judged) if banded else None,
                     typical=tuple(b[0] for b in bands) if banded else None,
                     band=tuple(b[1] for b in bands) if banded else None,
@@ -343,7 +373,7 @@ class _Comparison:
                     result,
                     reason=reason,
                     offender=Offender(layer=layer, part=part),
-                    details=replace(details, attention=typed),
+                    details=replace(details, attention=banded_drift),
                 )
         return replace(result, reason=f"{result.reason}. Note: {note}", details=replace(details, attention_note=note))
 
@@ -370,9 +400,8 @@ class _Comparison:
             files = self.files(seeded)
         if not self.store.write(self.key, **files):
             status, reason = BaselineStatus.COMPARED, f"baseline up to date: no stored value changed ({looked.metrics})"
-        details = BaselineDetails(status=str(status), written=str(looked.folder))
-        result = CheckResult("baseline", "pass", None, None, None, reason, details)
-        return BaselineOutcome(result, stored, looked, status, written=looked.folder)
+        result = CheckResult("baseline", "pass", None, None, None, reason, BaselineDetails())
+        return self.outcome(result, stored, status)
 
     def files(self, seeded: SeedSample | None = None) -> dict:
         """What a baseline holds (``BaselineStore.write``'s keyword arguments): the runs of the
@@ -397,12 +426,35 @@ class _Comparison:
         return self.candidates.paths(self.key).folder
 
     def failed(
-        self, status: BaselineStatus, reason: str, stored: StoredBaseline | None, cand: Path | None, **details
+        self,
+        status: BaselineStatus,
+        reason: str,
+        stored: StoredBaseline | None,
+        cand: Path | None,
+        unusable: str | None = None,
     ) -> BaselineOutcome:
-        extra = {"candidate": str(cand)} if cand is not None else {}
-        typed = BaselineDetails(status=str(status), **details, **extra)
-        result = CheckResult("baseline", "fail", None, None, None, reason, typed)
-        return BaselineOutcome(result, stored, self.looked, status, candidate=cand)
+        result = CheckResult("baseline", "fail", None, None, None, reason, BaselineDetails())
+        return self.outcome(result, stored, status, candidate=cand, unusable=unusable)
+
+    def outcome(
+        self,
+        result: CheckResult,
+        stored: StoredBaseline | None,
+        status: BaselineStatus,
+        *,
+        candidate: Path | None = None,
+        unusable: str | None = None,
+        environment_diff: Sequence[str] = (),
+        warnings: Sequence[str] = (),
+    ) -> BaselineOutcome:
+        state = BaselineState(
+            status,
+            str(self.looked.folder),
+            str(candidate) if candidate is not None else None,
+            unusable,
+            tuple(environment_diff),
+        )
+        return BaselineOutcome(result, stored, state, tuple(warnings))
 
 
 def evaluate(
