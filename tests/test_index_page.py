@@ -12,6 +12,7 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
+from partattn_checks.checks import CheckResult
 from partattn_checks.checks.baseline.noise import SetDeviation
 from partattn_checks.checks.fixture_set import SetVerdict
 from partattn_checks.gate import report
@@ -101,6 +102,7 @@ def _item(image: str, check: str, verdict: str | None, *, value=0.5, details=Non
             "reason": f"{check} of {key} reason",
             "details": details or {},
         }
+        result = CheckResult.from_dict(result)  # typed, as the controller rebuilds it
     return report.ItemReport(
         image=f"fixtures/images/{image}",
         key=key,
@@ -143,7 +145,9 @@ DRIFTING = {
             "name": "blocks.1.attn2",
             "measured": 0.24,
             "mean": 0.015,
+            "spread": 0.4,
             "seeds": 16,
+            "repeats": 1,
             "z": 4.7,
             "allowance": 4.2,
         },
@@ -152,7 +156,9 @@ DRIFTING = {
             "name": "blocks.0.attn2",
             "measured": 0.02,
             "mean": 0.009,
+            "spread": 0.4,
             "seeds": 16,
+            "repeats": 1,
             "z": 1.5,
             "allowance": 4.2,
         },

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from plugin_support import FAILING_SEPARATION, IMAGE, args, make_project
 
+from partattn_checks.checks import CheckResult
+from partattn_checks.checks.baseline.compare import BaselineState, BaselineStatus
 from partattn_checks.gate import report
 
 pytest_plugins = ("pytester",)
@@ -22,6 +24,7 @@ def _no_ci(monkeypatch):
 
 
 def _item(**kw):
+    """An item report; ``result`` may be given in its JSON form (typed here, as the controller does)."""
     result = {
         "name": "part_separation",
         "verdict": "fail",
@@ -42,6 +45,8 @@ def _item(**kw):
         baseline_checks={"part_separation": 0.2},
     )
     base.update(kw)
+    if isinstance(base["result"], dict):
+        base["result"] = CheckResult.from_dict(base["result"])
     return report.ItemReport(**base)
 
 
@@ -207,12 +212,21 @@ def test_pytest_html_extras(pytester):
 
 def test_item_report_is_frozen_and_travels_as_a_dict():
     import dataclasses
+    import json
 
-    p = _item(check="baseline", status="written", result={**_item().result, "name": "baseline", "verdict": "pass"})
-    assert p.verdict == "pass" and p.status == "written" and p.outcome == "written"  # kept apart
+    written = BaselineState(BaselineStatus.WRITTEN, "fixtures/baselines/np2_a")
+    passed = {**_item().result.to_dict(), "name": "baseline", "verdict": "pass", "value": None, "offender": None}
+    p = _item(check="baseline", baseline=written, result=passed)
+    assert p.verdict == "pass" and p.status is BaselineStatus.WRITTEN and p.outcome == "written"  # kept apart
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.check = "x"
     data = p.to_dict()
     assert data["verdict"] == "pass" and isinstance(data["figures"], list)
-    assert report.ItemReport.from_dict(__import__("json").loads(__import__("json").dumps(data))) == p
+    assert data["baseline"]["status"] == "written"  # a string only in JSON
+    back = report.ItemReport.from_dict(json.loads(json.dumps(data)))
+    assert back == p and back.status is BaselineStatus.WRITTEN
     assert ("partattn_baseline_status", "written") in report.user_properties(p)
+    assert report.Summary.cell(p) == "written"
+    s = report.Summary()
+    s.add(p)
+    assert s.notes()[1:] == ["  written: fixtures/baselines/np2_a"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import partial
 
 import pytest
 
@@ -65,7 +66,8 @@ class CheckItem(pytest.Item):
         session: GateSession = self.config.stash[SESSION_KEY]
         settings = session.settings
         start = time.perf_counter()
-        args = dict(
+        item_report = partial(
+            report.ItemReport,
             rerun=self._command(self.check),
             update=self._command("baseline", update="failed"),
             image=self.spec.display,
@@ -76,15 +78,15 @@ class CheckItem(pytest.Item):
             thresholds = session.thresholds_for(self.spec) if not self.spec.error else session.thresholds
             outcome = session.image_outcome(self.spec, thresholds)
         except (CaseError, ValueError) as err:
-            p = report.ItemReport(result=None, figures=(), error=str(err), seconds=time.perf_counter() - start, **args)
+            p = item_report(result=None, figures=(), error=str(err), seconds=time.perf_counter() - start)
             self._finish(p)
             raise CheckFailed(report.failure_text(p)) from None
 
         notes: list[str] = []
-        status = None
+        baseline = None
         if self.check == "baseline":
             bo = session.baseline(self.spec, outcome, thresholds)
-            result, status = bo.result, bo.status
+            result, baseline = bo.result, bo.state
             stored = bo.baseline.checks if bo.baseline is not None else {}
             for text in bo.warnings:
                 warnings.warn(PartattnEnvironmentWarning(text), stacklevel=1)
@@ -97,15 +99,14 @@ class CheckItem(pytest.Item):
         if result.verdict == "fail" or (settings.save_all_figures and result.verdict == "pass"):
             figures, problems = session.figures(self.spec, outcome, result, thresholds)
             notes += problems
-        p = report.ItemReport(
-            result=result.to_dict(),
+        p = item_report(
+            result=result,
             figures=tuple(figures),
             baseline_checks=stored or {},
-            status=status,
+            baseline=baseline,
             warnings=tuple(notes),
             seconds=time.perf_counter() - start,
             summary=outcome.summary if self.check == "baseline" else {},
-            **args,
         )
         self._finish(p)
         if result.verdict == "fail":

@@ -15,12 +15,15 @@ import math
 import os
 import shlex
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from ..base.atomic import atomic_write_text
-from ..checks import REGISTRY
+from ..checks import REGISTRY, CheckResult, Offender
+from ..checks.baseline.check import BaselineDetails, MetricDrift
+from ..checks.baseline.compare import BaselineState, BaselineStatus
 from ..checks.fixture_set import ITEM_NAME as ITEM_FIXTURE_SET
 from ..present.pages import Cell, Page
 from ..present.pages.page import anchor_id
@@ -61,12 +64,11 @@ def pytest_command(
     return " ".join([*(shlex.quote(a) for a in args), quote_nodeid(f"{rel}::{name}")])
 
 
-def offender_text(offender: dict | None) -> str:
-    if not offender:
+def offender_text(offender: Offender | None) -> str:
+    if offender is None:
         return "—"
-    return ", ".join(
-        f"{k} {'-' if offender.get(k) is None else offender.get(k)}" for k in ("step", "layer", "part", "head")
-    )
+    fields = {"step": offender.step, "layer": offender.layer, "part": offender.part, "head": offender.head}
+    return ", ".join(f"{k} {'-' if v is None else v}" for k, v in fields.items())
 
 
 # ----------------------------------------------------------------------------- item report
@@ -75,53 +77,87 @@ class ItemReport:
     """What one item found, as reports need it. Frozen and typed; it becomes a dict only to travel
     on the test report to the pytest-xdist controller (``to_dict``/``from_dict``).
 
-    ``result`` is ``CheckResult.to_dict()`` (None when the image could not run: ``error`` says
-    why). ``verdict`` is the check's own; ``status`` the baseline's (written, updated, missing, ...).
+    ``result`` is the check's ``CheckResult`` (None when the image could not run: ``error`` says
+    why). ``verdict`` is the check's own; ``baseline`` what happened to the image's baseline
+    (the ``baseline`` item's: its status, written, updated, missing, ..., and folders).
     """
 
     image: str
     key: str
     check: str
-    result: dict | None
+    result: CheckResult | None
     figures: tuple[str, ...]
     rerun: str
     update: str
-    baseline_checks: dict = field(default_factory=dict)
-    status: str | None = None
+    baseline_checks: dict[str, float | None] = field(default_factory=dict)
+    baseline: BaselineState | None = None
     error: str | None = None
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
-    summary: dict = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "figures", tuple(self.figures))
         object.__setattr__(self, "warnings", tuple(self.warnings))
-        if self.status is not None:
-            object.__setattr__(self, "status", str(self.status))
 
     @property
     def verdict(self) -> str:
         """pass | fail | skip, or error when the image could not run."""
-        return "error" if self.result is None else self.result["verdict"]
+        return "error" if self.result is None else self.result.verdict
+
+    @property
+    def status(self) -> BaselineStatus | None:
+        """The baseline's status (the ``baseline`` item only)."""
+        return self.baseline.status if self.baseline is not None else None
 
     @property
     def baseline_written(self) -> bool:
-        return self.status in ("written", "updated")
+        return self.baseline is not None and self.baseline.written
 
     @property
     def outcome(self) -> str:
         """What the summary shows: the verdict, or the baseline's "written"/"updated"."""
-        return self.status if self.baseline_written else self.verdict
+        return self.baseline.status.value if self.baseline is not None and self.baseline.written else self.verdict
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["figures"], d["warnings"] = list(self.figures), list(self.warnings)
-        d["verdict"] = self.verdict  # for readers of report.partattn; from_dict derives it again
-        return d
+        """Plain JSON data (the test report's ``partattn``): the result and the baseline as their
+        ``to_dict()``, the verdict alongside for readers (``from_dict`` derives it again)."""
+        return {
+            "image": self.image,
+            "key": self.key,
+            "check": self.check,
+            "result": self.result.to_dict() if self.result is not None else None,
+            "figures": list(self.figures),
+            "rerun": self.rerun,
+            "update": self.update,
+            "baseline_checks": dict(self.baseline_checks),
+            "baseline": self.baseline.to_dict() if self.baseline is not None else None,
+            "error": self.error,
+            "warnings": list(self.warnings),
+            "seconds": self.seconds,
+            "summary": dict(self.summary),
+            "verdict": self.verdict,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> ItemReport:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    def from_dict(cls, d: Mapping) -> ItemReport:
+        """Back from ``to_dict()`` (after JSON), typed again."""
+        result, baseline = d.get("result"), d.get("baseline")
+        return cls(
+            image=d["image"],
+            key=d["key"],
+            check=d["check"],
+            result=CheckResult.from_dict(result) if result is not None else None,
+            figures=tuple(d.get("figures") or ()),
+            rerun=d["rerun"],
+            update=d["update"],
+            baseline_checks=dict(d.get("baseline_checks") or {}),
+            baseline=BaselineState.from_dict(baseline) if baseline is not None else None,
+            error=d.get("error"),
+            warnings=tuple(d.get("warnings") or ()),
+            seconds=d.get("seconds", 0.0),
+            summary=dict(d.get("summary") or {}),
+        )
 
 
 def metric_rows(p: ItemReport) -> list[list[str]]:
@@ -129,54 +165,56 @@ def metric_rows(p: ItemReport) -> list[list[str]]:
     r = p.result
     if r is None:
         return []
-    if p.check == "baseline":
-        rows = []
-        details = r.get("details", {})
-        for name, m in details.get("per_metric", {}).items():
-            ok = m["drift"] <= m["allowed"]
-            if m.get("z") is not None:  # judged in units of seed noise (as noise.Deviation.moved)
-                ok = abs(m["z"]) <= m["allowance"]
-                rows.append(
-                    [
-                        name,
-                        fmt(m["measured"]),
-                        f"±{fmt(m['allowed'], 3)} ({m['allowance']:.1f} se)",
-                        f"{fmt(m['baseline'])} {_spread_text(m)} ({m['seeds']} seeds)",
-                        f"{m['z']:+.1f} se {'ok' if ok else 'DRIFT'}",
-                    ]
-                )
-            else:
-                rows.append(
-                    [name, fmt(m["measured"]), f"±{fmt(m['allowed'], 3)}", fmt(m["baseline"]), "ok" if ok else "DRIFT"]
-                )
-        for d in details.get("deviations") or []:
-            if d["kind"] == "layer":
-                moved = d["z"] > d["allowance"]
-                rows.append(
-                    [
-                        f"attention {d['name']}",
-                        f"√JS {fmt(d['measured'], 3)}",
-                        f"{d['allowance']:.1f} spreads",
-                        f"typical {fmt(d['mean'], 3)} ({d['seeds']} seeds)",
-                        f"{d['z']:+.1f} {'DRIFT' if moved else 'ok'}",
-                    ]
-                )
-        for name in r.get("details", {}).get("missing_in_measured", []):
-            rows.append([name, "not measured", "", "stored", "MISSING"])
-        if not rows and p.summary:  # nothing compared: no (usable) baseline, or one just written
-            stored = "written" if p.baseline_written else "missing"
-            for name, value in sorted(p.summary.items()):
-                rows.append([name, fmt(value), "", stored, "—"])
-        return rows
+    if isinstance(r.details, BaselineDetails):
+        return _baseline_rows(p, r.details)
     check = REGISTRY.get(p.check)  # headline: label and pass condition shown before the threshold
     label, op = (check.label, check.op) if check is not None else (p.check, "")
-    threshold = "" if r["threshold"] is None else f"{op} {fmt(r['threshold'])}"
-    return [[label, fmt(r["value"]), threshold, fmt(p.baseline_checks.get(p.check)), r["verdict"].upper()]]
+    threshold = "" if r.threshold is None else f"{op} {fmt(r.threshold)}"
+    return [[label, fmt(r.value), threshold, fmt(p.baseline_checks.get(p.check)), r.verdict.upper()]]
 
 
-def _spread_text(m: dict) -> str:
+def _baseline_rows(p: ItemReport, details: BaselineDetails) -> list[list[str]]:
+    rows = []
+    for name, m in (details.per_metric or {}).items():
+        ok = m.drift <= m.allowed
+        if m.z is not None and m.allowance is not None:  # judged in units of seed noise (as noise.Deviation.moved)
+            ok = abs(m.z) <= m.allowance
+            rows.append(
+                [
+                    name,
+                    fmt(m.measured),
+                    f"±{fmt(m.allowed, 3)} ({m.allowance:.1f} se)",
+                    f"{fmt(m.baseline)} {_spread_text(m)} ({m.seeds} seeds)",
+                    f"{m.z:+.1f} se {'ok' if ok else 'DRIFT'}",
+                ]
+            )
+        else:
+            rows.append([name, fmt(m.measured), f"±{fmt(m.allowed, 3)}", fmt(m.baseline), "ok" if ok else "DRIFT"])
+    for d in details.deviations or []:
+        if d.kind == "layer":
+            moved = d.z > d.allowance
+            rows.append(
+                [
+                    f"attention {d.name}",
+                    f"√JS {fmt(d.measured, 3)}",
+                    f"{d.allowance:.1f} spreads",
+                    f"typical {fmt(d.mean, 3)} ({d.seeds} seeds)",
+                    f"{d.z:+.1f} {'DRIFT' if moved else 'ok'}",
+                ]
+            )
+    for name in details.missing_in_measured or []:
+        rows.append([name, "not measured", "", "stored", "MISSING"])
+    if not rows and p.summary:  # nothing compared: no (usable) baseline, or one just written
+        stored = "written" if p.baseline_written else "missing"
+        for name, value in sorted(p.summary.items()):
+            rows.append([name, fmt(value), "", stored, "—"])
+    return rows
+
+
+def _spread_text(m: MetricDrift) -> str:
     """``± 0.005``, or ``×/÷ 1.29`` for a metric judged on the log scale."""
-    return f"×/÷ {math.exp(m['spread']):.3g}" if m.get("log_scale") else f"± {fmt(m['spread'], 2)}"
+    spread = m.spread if m.spread is not None else math.nan
+    return f"×/÷ {math.exp(spread):.3g}" if m.log_scale else f"± {fmt(spread, 2)}"
 
 
 def table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -195,17 +233,15 @@ def attachment_lines(figures: list[str]) -> list[str]:
     return [ATTACHMENT.format(f) for f in figures]
 
 
-def drift_lines(result: dict) -> list[str]:
+def drift_lines(result: CheckResult) -> list[str]:
     """What the attention drift of a baseline result says: the layer and part that moved most."""
-    drift = (result.get("details") or {}).get("attention") if result.get("name") == "baseline" else None
-    if not drift:
+    drift = result.details.attention if isinstance(result.details, BaselineDetails) else None
+    if drift is None:
         return []
-    i = drift["layers"].index(drift["layer"])
-    row = drift["per_part"][i]
-    moved = sum(row) / len(row)
+    moved = drift.per_layer[drift.layers.index(drift.layer)]
     return [
-        f"attention drift: layer {drift['layer']} moved most (JS/log2 {moved:.3f}, mean over parts), "
-        f"part {drift['part']} most of all ({row[drift['part']]:.3f})"
+        f"attention drift: layer {drift.layer} moved most (JS/log2 {moved:.3f}, mean over parts), "
+        f"part {drift.part} most of all ({drift.value:.3f})"
     ]
 
 
@@ -217,9 +253,9 @@ def failure_text(p: ItemReport) -> str:
     if r is None:
         lines += [p.error]
     else:
-        lines += [r["reason"], ""]
+        lines += [r.reason, ""]
         lines += ["  " + ln for ln in table(metric_rows(p), ["metric", "measured", "threshold", "baseline", "verdict"])]
-        lines += ["", f"worst offender: {offender_text(r.get('offender'))}"]
+        lines += ["", f"worst offender: {offender_text(r.offender)}"]
         lines += drift_lines(r)
     for w in p.warnings:
         lines.append(f"warning: {w}")
@@ -233,13 +269,13 @@ def failure_text(p: ItemReport) -> str:
 def user_properties(p: ItemReport) -> list[tuple[str, object]]:
     """(name, value) pairs for ``item.user_properties`` (JUnit <property> elements)."""
     props: list[tuple[str, object]] = [("partattn_check", p.check), ("partattn_verdict", p.verdict)]
-    if p.status is not None:
-        props.append(("partattn_baseline_status", p.status))
+    if p.baseline is not None:
+        props.append(("partattn_baseline_status", p.baseline.status.value))
     r = p.result
     if r is not None:
-        props += [("partattn_value", fmt(r["value"], 6)), ("partattn_threshold", fmt(r["threshold"], 6))]
-        if r.get("offender"):
-            props.append(("partattn_offender", offender_text(r["offender"])))
+        props += [("partattn_value", fmt(r.value, 6)), ("partattn_threshold", fmt(r.threshold, 6))]
+        if r.offender is not None:
+            props.append(("partattn_offender", offender_text(r.offender)))
         if p.check in p.baseline_checks:
             props.append(("partattn_baseline", fmt(p.baseline_checks[p.check], 6)))
     if p.check == "baseline":
@@ -318,11 +354,11 @@ class Summary:
         verdict = p.outcome
         shown = verdict.upper() if verdict in ("fail", "error") else verdict
         r = p.result
-        if p.status in ("missing", "unreadable", "env-mismatch") and verdict == "fail":
-            return f"{p.status} {shown}"
-        if r is None or r.get("value") is None:
+        if p.baseline is not None and p.baseline.status in _SAID_IN_CELL and verdict == "fail":
+            return f"{p.baseline.status.value} {shown}"
+        if r is None or r.value is None:
             return shown
-        return f"{fmt(r['value'], 3)} {shown}"
+        return f"{fmt(r.value, 3)} {shown}"
 
     def table_lines(self) -> list[str]:
         checks = self.checks()
@@ -344,7 +380,7 @@ class Summary:
                 f"{len(written)} baseline{'s' if len(written) != 1 else ''} written or updated "
                 f"(review and commit them):"
             )
-            out += [f"  {p.status}: {p.result['details'].get('written', '')}" for p in written]
+            out += [f"  {p.baseline.status.value}: {p.baseline.folder}" for p in written if p.baseline is not None]
         return out
 
     # -- index.html ------------------------------------------------------------------------
@@ -446,7 +482,7 @@ class Summary:
                 for p in items:
                     cls = _CELL_CLASSES.get(p.outcome, "")
                     page.heading(f"{p.check}: {p.outcome}", level=3, anchor=_item_anchor(p), cls=cls)
-                    page.paragraph((p.result or {}).get("reason") or "").figures(_figures(p))
+                    page.paragraph(p.result.reason if p.result is not None else "").figures(_figures(p))
 
     def _verdict_line(self, fixture_set) -> str:
         """FAILED or PASSED: what failed, then the other counts."""
@@ -487,7 +523,7 @@ class Summary:
                 return
             r = p.result
             page.heading(f"{p.check}: {p.outcome.upper()} · {p.image}", level=3)
-            page.paragraph(r["reason"])
+            page.paragraph(r.reason)
             rows = metric_rows(p)
             if rows:
                 limit = "allowance" if p.check == "baseline" else "threshold"
@@ -495,8 +531,8 @@ class Summary:
                     ["metric", "measured", limit, "baseline", "verdict"],
                     [[*row[:-1], Cell(row[-1], _row_class(row[-1]))] for row in rows],
                 )
-            if r.get("offender") and p.check != "baseline":
-                page.note(f"worst offender: {offender_text(r['offender'])}")
+            if r.offender is not None and p.check != "baseline":
+                page.note(f"worst offender: {offender_text(r.offender)}")
             page.figures(_figures(p))
             for w in p.warnings:
                 page.note(f"warning: {w}")
@@ -509,6 +545,9 @@ class Summary:
         text = self.index_html(Path(results_dir), header, fixture_set)
         return atomic_write_text(Path(results_dir) / "index.html", text)
 
+
+#: baseline statuses a failing summary cell names (the value says nothing there)
+_SAID_IN_CELL = (BaselineStatus.MISSING, BaselineStatus.UNREADABLE, BaselineStatus.ENV_MISMATCH)
 
 #: how the verdict line and the collapsed summaries name outcomes
 _PAST = {
