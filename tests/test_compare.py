@@ -229,10 +229,10 @@ def test_a_sidecar_threshold_override_fails_that_image_on_both_sides(tmp_path):
     plain, strict = comparison.images
     assert (plain.image, strict.image) == ("np2_plain.png", "np2_strict.png")
     for side in (plain.checks_a, plain.checks_b):
-        assert side["part_separation"]["verdict"] == "pass"
+        assert side["part_separation"].verdict == "pass"
     for side in (strict.checks_a, strict.checks_b):
-        assert side["part_separation"]["verdict"] == "fail"
-    assert strict.checks_a["part_separation"]["value"] == plain.checks_a["part_separation"]["value"]
+        assert side["part_separation"].verdict == "fail"
+    assert strict.checks_a["part_separation"].value == plain.checks_a["part_separation"].value
     assert comparison.to_dict()["failing"] == {"a": {"part_separation": 1}, "b": {"part_separation": 1}}
 
 

@@ -31,7 +31,7 @@ from partattn_checks.analysis.trend import (
     load_pipeline,
     run_trend,
 )
-from partattn_checks.checks import CHECKS
+from partattn_checks.checks import CHECKS, REGISTRY, CheckResult
 from partattn_checks.cli import main
 from partattn_checks.cli.trend import check_panels, write_trend
 from partattn_checks.model.pipeline import PartCrafterPipeline
@@ -360,6 +360,13 @@ def _caption(page: str, png: str) -> str:
     return re.search(rf'<img src="{png}"[^>]*></a><figcaption>([^<]*)</figcaption>', page).group(1)
 
 
+THRESHOLDS = {"uniformity": 0.84, "collapse": 0.56, "part_separation": 0.084, "stability": 0.25, "nonfinite": 0.0}
+
+
+def _result(name: str, value: float, verdict: str, **details) -> CheckResult:
+    return CheckResult(name, verdict, value, THRESHOLDS[name], None, "", REGISTRY[name].details_type(**details))
+
+
 def _trend(steps, separation, *, fails=()):
     """A judged trend without running a model: two images, every check, ``separation[i]`` at checkpoint
     ``i`` (image b a little above it); ``fails``: checkpoints where both images fail part separation."""
@@ -369,7 +376,6 @@ def _trend(steps, separation, *, fails=()):
     images = ["np2_a.png", "np2_b.png"]
     checks = list(CHECKS)
     values = {"uniformity": 0.4, "collapse": 0.05, "stability": 0.1, "nonfinite": 0.0}
-    thresholds = {"uniformity": 0.84, "collapse": 0.56, "part_separation": 0.084, "stability": 0.25, "nonfinite": 0.0}
     trend = Trend(
         checkpoints,
         images,
@@ -381,12 +387,7 @@ def _trend(steps, separation, *, fails=()):
         for j, image in enumerate(images):
             value = {**values, "part_separation": sep + 0.01 * j}
             per_image[image] = {
-                name: {
-                    "value": value[name],
-                    "verdict": "fail" if name == "part_separation" and i in fails else "pass",
-                    "threshold": thresholds[name],
-                    "reason": "",
-                }
+                name: _result(name, value[name], "fail" if name == "part_separation" and i in fails else "pass")
                 for name in checks
             }
         trend.results.append(per_image)
@@ -456,9 +457,11 @@ def test_shared_ranges_hold_data_and_threshold_at_one_span():
 
 def test_a_checkpoint_with_nan_attention_puts_the_count_first_and_marks_checks_it_left_without_value():
     trend = _trend([100, 200], [0.2, 0.2])
-    for image in trend.images:  # what result_entry keeps of a check that cannot measure NaN attention
-        trend.results[1][image]["uniformity"] = {"value": None, "verdict": "fail", "threshold": None, "reason": ""}
-        trend.results[1][image]["nonfinite"] = {"value": 40.0, "verdict": "fail", "threshold": 0.0, "reason": ""}
+    for image in trend.images:  # a check that cannot measure NaN attention: its value is the NaN count
+        trend.results[1][image]["uniformity"] = _result("uniformity", 40.0, "fail", nonfinite_count=40)
+        trend.results[1][image]["nonfinite"] = _result("nonfinite", 40.0, "fail")
+    entry = trend.to_dict()["checkpoints"][1]["images"][trend.images[0]]["uniformity"]
+    assert entry == {"value": None, "verdict": "fail", "threshold": None, "reason": ""}  # no value in trend.json
     panels = check_panels(trend)
     assert [p.name for p in panels][:2] == ["nonfinite", "uniformity"]
     assert panels[1].threshold == 0.84 and panels[1].unmeasured([100, 200]) == [200]

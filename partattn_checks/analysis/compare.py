@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import CHECKS, Thresholds
+from ..checks import CHECKS, CheckResult, Thresholds
 from ..errors import PartattnError
+from .trend import first_threshold, result_entry, shown_value
 
 #: A layer counts as changed when its mean change is at least this share of the largest layer's.
 CHANGED_SHARE = 0.5
@@ -36,12 +37,24 @@ class CompareError(PartattnError, ValueError):
 class ImageComparison:
     image: str
     change: list[list[float]]  # (layers, heads), mean over steps and parts
-    checks_a: dict[str, dict]  # check -> {"value", "verdict", "threshold", "reason"} (trend.result_entry)
-    checks_b: dict[str, dict]
+    checks_a: dict[str, CheckResult]  # check -> its result on A
+    checks_b: dict[str, CheckResult]
     summary_a: dict[str, float]
     summary_b: dict[str, float]
     nonfinite_a: str | None = None  # where A's key-marginals first stop being finite ("LAYER at step S")
     nonfinite_b: str | None = None
+
+    def checks(self, side: str) -> dict[str, CheckResult]:
+        """The check results on ``side`` ("a" or "b")."""
+        return self.checks_a if side == "a" else self.checks_b
+
+    def to_dict(self) -> dict:
+        """Its form in compare.json: each check as ``trend.result_entry``."""
+        return {
+            **self.__dict__,
+            "checks_a": {name: result_entry(r) for name, r in self.checks_a.items()},
+            "checks_b": {name: result_entry(r) for name, r in self.checks_b.items()},
+        }
 
 
 @dataclass
@@ -111,22 +124,21 @@ class Comparison:
 
     def check_values(self, side: str, name: str) -> list[float | None]:
         """One check's value on ``side`` per image (None where it was not judged or could not measure)."""
-        return [getattr(img, f"checks_{side}")[name]["value"] for img in self.images]
+        return [shown_value(img.checks(side)[name]) for img in self.images]
 
     def check_verdicts(self, side: str, name: str) -> list[str]:
-        return [getattr(img, f"checks_{side}")[name]["verdict"] for img in self.images]
+        return [img.checks(side)[name].verdict for img in self.images]
 
     def threshold(self, name: str) -> float | None:
         """A check's threshold (the first image's that has one, A then B; a sidecar may set another)."""
-        results = [img.checks_a[name] for img in self.images] + [img.checks_b[name] for img in self.images]
-        return next((r["threshold"] for r in results if r.get("threshold") is not None), None)
+        return first_threshold([img.checks(side)[name] for side in "ab" for img in self.images])
 
     def failing(self, side: str) -> dict[str, int]:
         """``{check: number of images failing it}`` on ``side``."""
         out: dict[str, int] = {}
         for img in self.images:
-            for name, r in getattr(img, f"checks_{side}").items():
-                if r["verdict"] == "fail":
+            for name, r in img.checks(side).items():
+                if r.verdict == "fail":
                     out[name] = out.get(name, 0) + 1
         return out
 
@@ -207,7 +219,7 @@ class Comparison:
                 "finite": self.finite,
                 "nonfinite": {"a": self.nonfinite("a"), "b": self.nonfinite("b")},
                 "verdict": self.verdict,
-                "images": [img.__dict__ for img in self.images],
+                "images": [img.to_dict() for img in self.images],
             }
         )
 
@@ -248,12 +260,6 @@ def marginal_change(record_a, record_b):
             )
     js = metrics.js_distance_normalized(record_a.marginals.float(), record_b.marginals.float())  # (S, L, P, H)
     return js.mean(dim=(0, 2))
-
-
-def _results(outcome) -> dict[str, dict]:
-    from .trend import result_entry
-
-    return {name: result_entry(r) for name, r in outcome.results.items()}
 
 
 def compare_checkpoints(
@@ -309,8 +315,8 @@ def compare_checkpoints(
             ImageComparison(
                 name,
                 change.tolist(),
-                _results(outcome_a),
-                _results(outcome_b),
+                dict(outcome_a.results),
+                dict(outcome_b.results),
                 outcome_a.summary,
                 outcome_b.summary,
                 first_nonfinite(ra),

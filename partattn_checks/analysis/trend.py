@@ -21,11 +21,11 @@ import math
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import CHECKS, Thresholds
+from ..checks import CHECKS, CheckResult, Thresholds
 from ..errors import PartattnError
 
 #: A step folder: ``checkpoint-1500`` (accelerate, diffusers' training scripts) or ``001500`` (upstream
@@ -132,7 +132,10 @@ def find_checkpoints(
         if _kind(path) is not None:
             found.append(as_checkpoint(path, ema=ema))
             continue
-        subs = sorted((p for p in path.iterdir() if p.is_dir() and _step_of(p) is not None and _kind(p)), key=_step_of)
+        subs = sorted(
+            (p for p in path.iterdir() if p.is_dir() and _step_of(p) is not None and _kind(p)),
+            key=lambda p: _step_of(p) or 0,  # each has a step
+        )
         if not subs:
             raise TrendError(
                 f"{path}: neither a checkpoint (model_index.json or transformer/) nor a folder of step "
@@ -154,7 +157,7 @@ def find_checkpoints(
         same = [str(c.path) for c in found if c.step == repeated[0]]
         raise TrendError(f"two checkpoints for step {repeated[0]}: {', '.join(same)}; give one of them")
     if len(steps) == len(found):
-        found.sort(key=lambda c: c.step)
+        found.sort(key=lambda c: c.step or 0)  # each has a step
     borrowing = [c for c in found if c.transformer_only]
     if borrowing and base is None:
         raise TrendError(
@@ -167,7 +170,7 @@ def find_checkpoints(
     return found
 
 
-def read_architecture(config: Path, error: type[Exception] = TrendError) -> dict:
+def read_architecture(config: Path, error: type[ValueError] = TrendError) -> dict:
     """The :data:`ARCHITECTURE_KEYS` a transformer's ``config.json`` sets (the JSON only; no weights)."""
     from ..model.files import read_json
 
@@ -177,7 +180,7 @@ def read_architecture(config: Path, error: type[Exception] = TrendError) -> dict
     return {key: data[key] for key in ARCHITECTURE_KEYS if key in data}
 
 
-def check_architecture(checkpoints: Sequence[TrendCheckpoint], error: type[Exception] = TrendError) -> None:
+def check_architecture(checkpoints: Sequence[TrendCheckpoint], error: type[ValueError] = TrendError) -> None:
     """Refuse checkpoints whose transformers differ in architecture, naming the first two configs that
     differ and how. A missing ``config.json`` is left to the loader's pre-flight."""
     configs = [c.config for c in checkpoints if c.config.is_file()]
@@ -203,7 +206,13 @@ def assembled(checkpoint: TrendCheckpoint, base: str | Path | None) -> Iterator[
     if not checkpoint.transformer_only and checkpoint.weights == "transformer":
         yield checkpoint.path
         return
-    rest = Path(base if checkpoint.transformer_only else checkpoint.path).expanduser().resolve()
+    if not checkpoint.transformer_only:
+        rest = checkpoint.path
+    elif base is None:
+        raise TrendError(f"{checkpoint.path} holds only {checkpoint.weights}/; pass --base DIR to borrow the rest")
+    else:
+        rest = Path(base)
+    rest = rest.expanduser().resolve()
     folder = Path(tempfile.mkdtemp(prefix="partattn-trend-"))
     try:
         for entry in rest.iterdir():
@@ -235,9 +244,9 @@ def load_pipeline(
         problems = checkpoint_problems(folder)
         if problems:
             raise TrendError(f"{checkpoint.path}: {format_problems(problems)}")
-        pipeline = PartCrafterPipeline.from_pretrained(folder, device=device, dtype=torch_dtype(dtype))
-    pipeline.checkpoint.path = checkpoint.path
-    return pipeline
+        ours = PartCrafterPipeline.from_pretrained(folder, device=device, dtype=torch_dtype(dtype))
+    ours.checkpoint.path = checkpoint.path
+    return ours
 
 
 def fixture_images(folder: str | Path):
@@ -254,13 +263,13 @@ def fixture_images(folder: str | Path):
 # ---------------------------------------------------------------------------------------- trend
 @dataclass
 class Trend:
-    """Per checkpoint, per image, per check: ``{"value", "verdict", "threshold"}``; headline means."""
+    """Per checkpoint, per image, per check: its ``CheckResult``; headline means."""
 
     checkpoints: list[TrendCheckpoint]
     images: list[str]
     checks: list[str]
     settings: dict
-    results: list[dict[str, dict[str, dict]]] = field(default_factory=list)  # [ckpt][image][check]
+    results: list[dict[str, dict[str, CheckResult]]] = field(default_factory=list)  # [ckpt][image][check]
     headline: list[dict[str, float]] = field(default_factory=list)  # [ckpt] mean over images
 
     def failing(self, index: int) -> dict[str, list[str]]:
@@ -268,7 +277,7 @@ class Trend:
         out: dict[str, list[str]] = {}
         for image, checks in self.results[index].items():
             for name, result in checks.items():
-                if result["verdict"] == "fail":
+                if result.verdict == "fail":
                     out.setdefault(name, []).append(image)
         return out
 
@@ -283,17 +292,14 @@ class Trend:
 
     def values(self, check: str) -> list[list[float | None]]:
         """``[checkpoint][image]`` values of one check (None where it was skipped or could not measure)."""
-        return [[self.results[i][img][check]["value"] for img in self.images] for i in range(len(self.checkpoints))]
+        return [[shown_value(per[img][check]) for img in self.images] for per in self.results]
 
     def verdicts(self, check: str) -> list[list[str]]:
-        return [[self.results[i][img][check]["verdict"] for img in self.images] for i in range(len(self.checkpoints))]
+        return [[per[img][check].verdict for img in self.images] for per in self.results]
 
     def threshold(self, check: str) -> float | None:
         """The check's threshold (the first image's that has one; a sidecar may set another)."""
-        return next(
-            (r[check]["threshold"] for per in self.results for r in per.values() if r[check]["threshold"] is not None),
-            None,
-        )
+        return first_threshold(r[check] for per in self.results for r in per.values())
 
     @property
     def by_step(self) -> bool:
@@ -315,7 +321,10 @@ class Trend:
                     **c.to_dict(),
                     "headline": self.headline[i],
                     "failing": self.failing(i),
-                    "images": self.results[i],
+                    "images": {
+                        image: {name: result_entry(r) for name, r in checks.items()}
+                        for image, checks in self.results[i].items()
+                    },
                 }
                 for i, c in enumerate(self.checkpoints)
             ],
@@ -331,15 +340,25 @@ def _finite_or_none(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def result_entry(result) -> dict:
-    """``{"value", "verdict", "threshold", "reason"}`` of one check result. A check that could not
-    measure (the record holds NaN/Inf: its details carry ``nonfinite_count``, and its value is that
-    count) has no value or threshold here; its verdict and reason stay."""
-    unmeasured = result.details.get("nonfinite_count") is not None
+def shown_value(result: CheckResult) -> float | None:
+    """The value a trend or comparison shows: None where the check was skipped or could not
+    measure (the record holds NaN/Inf: ``result.measured`` is False and its value is that count)."""
+    return _finite_or_none(result.value) if result.measured else None
+
+
+def first_threshold(results: Iterable[CheckResult]) -> float | None:
+    """The first threshold among ``results`` of checks that could measure."""
+    return next((r.threshold for r in results if r.measured and r.threshold is not None), None)
+
+
+def result_entry(result: CheckResult) -> dict:
+    """``{"value", "verdict", "threshold", "reason"}`` of one check result, its JSON form in
+    trend.json and compare.json: a check that could not measure has no value or threshold there; its
+    verdict and reason stay."""
     return {
-        "value": None if unmeasured else _finite_or_none(result.value),
+        "value": shown_value(result),
         "verdict": result.verdict,
-        "threshold": None if unmeasured else result.threshold,
+        "threshold": result.threshold if result.measured else None,
         "reason": result.reason,
     }
 
@@ -401,7 +420,7 @@ def run_trend(
         )
         per_image, summaries = {}, []
         for outcome in session.run_set(images):
-            per_image[Path(outcome.image).name] = {name: result_entry(r) for name, r in outcome.results.items()}
+            per_image[Path(outcome.image).name] = dict(outcome.results)
             summaries.append(outcome.summary)
             done += 1
             if progress is not None:

@@ -198,7 +198,7 @@ def write_trend(trend, out: Path) -> dict[str, Path]:
 def _cell(trend, index: int, name: str):
     from ..present.pages.page import Cell
 
-    verdicts = [per[name]["verdict"] for per in trend.results[index].values()]
+    verdicts = [per[name].verdict for per in trend.results[index].values()]
     fails = verdicts.count("fail")
     judged = len([v for v in verdicts if v != "skip"])
     if not judged:
