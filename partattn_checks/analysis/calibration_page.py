@@ -44,7 +44,7 @@ def provenance(model: Path, images: list[str], settings: dict, fraction: float, 
     try:
         import torch
 
-        torch_version = torch.__version__
+        torch_version = str(torch.__version__)
     except ImportError:  # pragma: no cover - calibration always has torch
         torch_version = "?"
     return {

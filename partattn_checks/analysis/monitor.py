@@ -24,9 +24,13 @@ import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..checks import CHECKS, Thresholds
 from ..errors import PartattnError
+
+if TYPE_CHECKING:
+    from ..runs.session import CaseOutcome
 
 
 class MonitorError(PartattnError, ValueError):
@@ -97,7 +101,7 @@ class AttentionMonitor:
         self.thresholds = thresholds or Thresholds()
         self.checks = list(checks) if checks is not None else list(CHECKS)
         self.prefix = prefix
-        self.last = {}  # image name -> CaseOutcome of the latest call
+        self.last: dict[str, CaseOutcome] = {}  # image name -> outcome of the latest call
 
     @classmethod
     def from_checkpoint(cls, folder, images, **kwargs) -> AttentionMonitor:

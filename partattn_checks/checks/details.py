@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 _D = TypeVar("_D", bound="Details")
@@ -33,7 +34,7 @@ class Matrix:
     rows: tuple[tuple[float, ...], ...]
 
     @classmethod
-    def of(cls, tensor: torch.Tensor) -> Matrix:
+    def of(cls, tensor: torch.Tensor | np.ndarray[Any, Any]) -> Matrix:
         return cls(tuple(tuple(float(x) for x in row) for row in tensor.tolist()))
 
     def tensor(self) -> torch.Tensor:

@@ -37,17 +37,21 @@ COMMANDS = ("run", "check", "show", "trend", "compare", "calibrate")
 PASS_THROUGH = {"check"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """The ``partattn`` parser; ``subparsers``: each command's own, for errors about extra arguments."""
+
+    subparsers: dict[str, argparse.ArgumentParser]
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="partattn",
         description="Record, check and draw the cross-attention of PartCrafter checkpoints.",
         epilog="Run 'partattn <command> --help' for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     sub.required = True
-    parser._partattn_subparsers = {  # for errors about extra arguments
-        name: importlib.import_module(f"{__name__}.{name}").add_parser(sub) for name in COMMANDS
-    }
+    parser.subparsers = {name: importlib.import_module(f"{__name__}.{name}").add_parser(sub) for name in COMMANDS}
     return parser
 
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command not in PASS_THROUGH:
-            parser._partattn_subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+            parser.subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # --help (0) and argparse's usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     try:

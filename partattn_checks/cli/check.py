@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from .args import DEFAULT_FIXTURES, MODEL_HELP, check_model, device_arg, model_dir, setting_arg
@@ -73,7 +74,7 @@ def check_args(
     steps: int | None = None,
     num_tokens: int | None = None,
     device: str | None = None,
-    extra: list[str] = (),
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The pytest command line that ``partattn check`` runs.
 

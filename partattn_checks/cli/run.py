@@ -133,12 +133,12 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
             {"steps": args.steps, "seed": args.seed, "guidance_scale": args.guidance},
             call={"num_parts": num_parts, "num_tokens": args.num_tokens},
         )
-        check_num_parts(viz.model.config, num_parts, cfg=spec.cfg)
+        check_num_parts(viz.pipeline.transformer.config, num_parts, cfg=spec.cfg)
     except ValueError as err:
         raise UsageError(str(err)) from None
     steps = spec.steps
     full_layer = args.layer if args.layer is not None else -1
-    names = [name for name, _ in cross_attention_modules(viz.model)]
+    names = [name for name, _ in cross_attention_modules(viz.pipeline.transformer)]
     if (
         isinstance(full_layer, int)
         and not -len(names) <= full_layer < len(names)

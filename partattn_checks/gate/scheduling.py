@@ -54,13 +54,13 @@ class SchedulingPlan:
         )
 
 
-def plan(chosen_dist: str | None, resolved_dist: str) -> SchedulingPlan | None:
+def plan(chosen_dist: str | None, resolved_dist: str | None) -> SchedulingPlan | None:
     """The plan for an xdist run, ``None`` when xdist does not distribute.
 
     ``chosen_dist``: ``--dist`` as the user gave it (before xdist fills in its default);
     ``resolved_dist``: the value xdist resolved it to.
     """
-    if resolved_dist in (None, "no"):
+    if resolved_dist is None or resolved_dist == "no":
         return None
     if chosen_dist in (None, XDIST_DEFAULT):
         return SchedulingPlan("loadfile", None)

@@ -546,6 +546,7 @@ class _Hooks:
         if not self.steps.wants_step(step):
             self._publish({})
             return
+        call: dict[str, Any]
         try:
             call = self.signature.bind_partial(*args, **kwargs).arguments
         except TypeError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +87,7 @@ class CheckPanel:
     def unit(self) -> str:
         return "count" if self.count else "value (0–1 scale)"
 
-    def unmeasured(self, xs: Sequence) -> list:
+    def unmeasured(self, xs: Sequence[float] | np.ndarray) -> list:
         """The ``xs`` of rows where an image fails without a value (its record held NaN/Inf)."""
         values = np.asarray(self.values, dtype=float)
         return [
@@ -145,7 +145,7 @@ def count_range(values, threshold: float | None = None) -> tuple[float, float]:
     return -0.08 * top, 1.15 * top
 
 
-def x_label(xs: Sequence[float], by_step: bool) -> str:
+def x_label(xs: Sequence[float] | np.ndarray, by_step: bool) -> str:
     """What the x axis of a trend figure shows: training steps (a log scale when they span a factor of
     10 or more), else checkpoint folder names in the order given."""
     if not by_step:
@@ -156,7 +156,7 @@ def x_label(xs: Sequence[float], by_step: bool) -> str:
     return "training step"
 
 
-def _x_axis(ax, xs: Sequence[float], labels: Sequence[str], by_step: bool) -> None:
+def _x_axis(ax, xs: Sequence[float] | np.ndarray, labels: Sequence[str], by_step: bool) -> None:
     """Ticks at the checkpoints; steps spanning a factor of 10 or more go on a (sym)log axis."""
     positive = [x for x in xs if x > 0]
     if by_step and len(positive) > 1 and max(positive) / min(positive) >= 10:
@@ -222,7 +222,7 @@ def _panel_ranges(panels: Sequence[CheckPanel]) -> tuple[list[tuple[float, float
 
 
 def trend_checks_figure(
-    xs: Sequence[float], labels: Sequence[str], panels: Sequence[CheckPanel], *, by_step: bool = True
+    xs: Sequence[float] | np.ndarray, labels: Sequence[str], panels: Sequence[CheckPanel], *, by_step: bool = True
 ) -> Figure:
     """One panel per check: each image's value against the checkpoint (thin lines), the mean over
     images (thick), the threshold (dashed, with its pass condition) and failing images (red crosses).
@@ -296,7 +296,11 @@ def trend_checks(
 
 
 def trend_metrics_figure(
-    xs: Sequence[float], labels: Sequence[str], series: dict[str, Sequence[float]], *, by_step: bool = True
+    xs: Sequence[float] | np.ndarray,
+    labels: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    by_step: bool = True,
 ) -> Figure:
     """Headline metrics (mean over images) against the checkpoint, one panel each, all on the 0..1
     scale with one shared y-span (:func:`shared_ranges`)."""
@@ -323,7 +327,7 @@ def trend_metrics_figure(
 
 
 def trend_metrics(
-    xs: Sequence[float], labels: Sequence[str], series: dict[str, Sequence[float]], path, *, by_step: bool = True
+    xs: Sequence[float], labels: Sequence[str], series: Mapping[str, Sequence[float]], path, *, by_step: bool = True
 ) -> Path:
     """:func:`trend_metrics_figure`, written to ``path``."""
     return _save(trend_metrics_figure(xs, labels, series, by_step=by_step), path)

@@ -11,6 +11,7 @@ Standard library only (plus the torch-free checks): the plugin reads sidecars wh
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ SIDECAR_RUN_KEYS = ("num_parts", "steps", "num_tokens", "seed", "guidance_scale"
 PART_PREFIX = re.compile(r"^np(\d+)_")
 
 
-def parts_from_name(path: str | Path) -> int | None:
+def parts_from_name(path: str | os.PathLike[str]) -> int | None:
     """Part count from a file name prefix ``np<N>_`` (``np3_chair.png`` -> 3), else ``None``."""
     match = PART_PREFIX.match(Path(path).name)
     return int(match.group(1)) if match else None
