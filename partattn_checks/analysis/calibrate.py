@@ -214,13 +214,13 @@ def decide(matrix, base: Thresholds, fraction: float = DEFAULT_MARGIN, images: I
         variant = targeted(check)
         healthy = worst(check, scale_values(check, shared(check, column(matrix, "healthy", check), images)).values())
         least = None
-        if variant in matrix:
+        if variant is not None and variant in matrix:
             least = least_failing(
                 check, scale_values(check, shared(check, column(matrix, variant, check), images)).values()
             )
         if check not in CALIBRATED:
             note = "not calibrated: any NaN/Inf fails"
-            if variant in matrix:
+            if variant is not None and variant in matrix:
                 fails = all(r.verdict == "fail" for r in column(matrix, variant, check).values())
                 note += f"; {variant} fails on every image" if fails else f"; {variant} does NOT fail on every image"
             decisions.append(Decision(check, variant, healthy, least, None, None, False, note))
@@ -241,6 +241,7 @@ def decide(matrix, base: Thresholds, fraction: float = DEFAULT_MARGIN, images: I
             note = f"{check}: cannot be calibrated on these images: {why}; keeping the previous threshold {previous:g}"
             decisions.append(Decision(check, variant, healthy, least, previous, previous, False, note))
             continue
+        assert healthy is not None and least is not None  # else `why` said so above
         new = pick_threshold(is_ceiling(check), healthy, least, fraction)
         if new is None:
             note = (
@@ -258,7 +259,7 @@ def decide(matrix, base: Thresholds, fraction: float = DEFAULT_MARGIN, images: I
 
 
 def matrix_checks(matrix) -> list[str]:
-    first = next(iter(matrix["healthy"].values()), {})
+    first: dict[str, CheckResult] = next(iter(matrix["healthy"].values()), {})
     return [c for c in REGISTRY if c in first]
 
 
@@ -267,7 +268,9 @@ def _same_field(matrix, check: str, base: Thresholds, images: Images | None) -> 
     for image, checks in matrix["healthy"].items():
         r = checks[check]
         expected = threshold_of(check, image_thresholds(base, (images or {}).get(image)))
-        if r.threshold is not None and not math.isclose(r.threshold, expected, rel_tol=1e-9, abs_tol=1e-12):
+        if r.threshold is not None and (
+            expected is None or not math.isclose(r.threshold, expected, rel_tol=1e-9, abs_tol=1e-12)
+        ):
             table, key = CALIBRATED[check]
             raise CalibrationError(f"{check} compared its value with {r.threshold}, not {table}.{key} = {expected}")
 
@@ -294,7 +297,10 @@ def rejudged(result: CheckResult, check: str, thresholds: Thresholds) -> str:
     value (see :data:`CALIBRATED`), so this is a comparison, not a re-run."""
     if result.verdict == "skip" or check not in CALIBRATED or poisoned(result):
         return result.verdict
-    return "pass" if passes(check, result.value, threshold_of(check, thresholds)) else "fail"
+    threshold = threshold_of(check, thresholds)
+    if result.value is None or threshold is None:
+        return result.verdict
+    return "pass" if passes(check, result.value, threshold) else "fail"
 
 
 def verdicts(matrix, model: str, thresholds: Thresholds, images: Images | None = None) -> dict[str, dict[str, str]]:

@@ -11,6 +11,7 @@ Conventions (see docs/metrics.md):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -252,7 +253,7 @@ def head_averaged_marginals(marginals: torch.Tensor) -> torch.Tensor:
     return _renormalize(_f32(marginals).mean(-2), -1)
 
 
-_REDUCERS = {
+_REDUCERS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "mean": lambda x, d: x.mean(d),
     "max": lambda x, d: x.amax(d),
     "min": lambda x, d: x.amin(d),

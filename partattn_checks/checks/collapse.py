@@ -41,7 +41,7 @@ class CollapseDetails(Details):
 
 
 @register
-class Collapse(Check):
+class Collapse(Check[CollapseDetails]):
     """Fails when, in some layer, the share of maps with peak >= peak_max, Ĥ <= entropy_min or
     CLS mass >= cls_mass_max exceeds max_share."""
 

@@ -52,7 +52,8 @@ def worst_cell(score, mask=None) -> tuple[int, int, int]:
     score = score.nan_to_num(-1.0)
     if mask is not None and bool(mask.any()):
         score[~mask] = -float("inf")
-    return unravel(int(score.flatten().argmax()), score.shape)
+    s, p, h = unravel(int(score.flatten().argmax()), score.shape)
+    return s, p, h
 
 
 def map_at(record: AttentionRecord, layer: int, cell: tuple[int, int, int]) -> Offender:
@@ -99,17 +100,20 @@ def verdict_title(result: CheckResult, label: str, op: str) -> str:
     """``label value (pass: op threshold) — verdict``: a figure title in the check's own words (a
     record the check could not judge for NaN/Inf says so)."""
     if result.reason.startswith("cannot judge"):  # nonfinite_guard: value is the NaN/Inf count
-        return f"{result.name}: cannot judge, {count(int(result.value), 'non-finite value')} — {result.verdict}"
+        return f"{result.name}: cannot judge, {count(int(result.value or 0), 'non-finite value')} — {result.verdict}"
     if result.value is None or result.threshold is None:
         return f"{result.name}: {result.verdict}"
     return f"{label} {result.value:.3g} (pass: {op} {result.threshold:g}) — {result.verdict}"
 
 
-def heads_and_overlay(record: AttentionRecord, shown: Offender, image, what: str) -> list[tuple[str, bytes]]:
+def heads_and_overlay(record: AttentionRecord, shown: Offender | None, image, what: str) -> list[tuple[str, bytes]]:
     """The ``heads`` grid of the map ``shown`` names (each head's key-marginal on the patch grid, on
     the image when given; without a grid its full maps when recorded, else strips) and the
-    ``overlay`` of its head's key-marginal on the image."""
+    ``overlay`` of its head's key-marginal on the image; none when ``shown`` names no single map."""
     from .. import render
+
+    if shown is None or shown.step is None or shown.layer is None or shown.part is None or shown.head is None:
+        return []
 
     s, li, p, h = record.step_index(shown.step), record.layers.index(shown.layer), shown.part, shown.head
     step, layer = shown.step, shown.layer

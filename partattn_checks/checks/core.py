@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from ..errors import PartattnError
 from .details import Details
@@ -27,6 +27,9 @@ from .details import Details
 if TYPE_CHECKING:
     from ..capture.record import AttentionRecord
     from .thresholds import Thresholds
+
+#: The details type of a check, ``class Collapse(Check[CollapseDetails])``: what its ``draw`` reads.
+DetailsT = TypeVar("DetailsT", bound=Details)
 
 VERDICTS = ("pass", "fail", "skip")
 #: Headline directions: the value passes when it is ``op`` the threshold.
@@ -197,7 +200,7 @@ class Timeline:
 
 
 # ====================================================================== checks
-class Check:
+class Check(Generic[DetailsT]):
     """One check. Subclass it, set the class attributes, implement ``judge`` (and ``draw`` for
     figures), and decorate the class with ``@register``."""
 
@@ -231,7 +234,7 @@ class Check:
         return thresholds[self.name]
 
     def draw(
-        self, result: CheckResult, details: Details, record: AttentionRecord, image, thresholds: Thresholds
+        self, result: CheckResult, details: DetailsT, record: AttentionRecord, image, thresholds: Thresholds
     ) -> list[tuple[str, bytes]]:
         """``(what, png bytes)`` pairs explaining ``result``, drawn from ``details`` (never recomputed)."""
         return []
@@ -262,7 +265,7 @@ class Check:
                 f"cannot draw the {self.name} figures: its details are not a {self.details_type.__name__} "
                 f"(got {type(details).__name__})"
             )
-        pngs = self.draw(result, details, record, image, thresholds or Thresholds())
+        pngs = self.draw(result, cast(DetailsT, details), record, image, thresholds or Thresholds())
         return [atomic_write_bytes(Path(outdir) / f"{self.name}__{what}.png", data) for what, data in pngs]
 
     def __repr__(self) -> str:

@@ -25,7 +25,7 @@ class NonfiniteDetails(Details):
 
 
 @register
-class Nonfinite(Check):
+class Nonfinite(Check[NonfiniteDetails]):
     """Fails on any NaN/Inf: events the recorder logged (attention or latents) and values in the
     record's tensors. Names the earliest step (then layer) where it started."""
 

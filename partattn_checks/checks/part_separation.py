@@ -37,7 +37,7 @@ class PartSeparationDetails(Details):
 
 
 @register
-class PartSeparation(Check):
+class PartSeparation(Check[PartSeparationDetails]):
     """Fails when the part separation of head-averaged marginals, reduced over steps then layers,
     is below min_separation. Skipped for a single part."""
 
@@ -184,7 +184,9 @@ class PartSeparation(Check):
         if grid is not None and image is not None:
             out.append(("overlay", render.part_panel(marg, grid, image, title=shown)))
         out.append(("parts", render.part_panel(marg, grid, title=shown)))
-        out.append(("timeline", self.timeline(record, thresholds).draw(title=title)))
+        timeline = self.timeline(record, thresholds)
+        if timeline is not None:
+            out.append(("timeline", timeline.draw(title=title)))
         return out
 
 

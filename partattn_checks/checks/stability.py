@@ -29,7 +29,7 @@ class StabilityDetails(Details):
 
 
 @register
-class Stability(Check):
+class Stability(Check[StabilityDetails]):
     """Fails when a part's head-averaged marginal jumps (JS/log 2) by more than max_jump between
     consecutive recorded steps in any layer. Skipped with fewer than 2 steps."""
 
@@ -121,7 +121,10 @@ class Stability(Check):
 
     def draw(self, result, details: StabilityDetails, record, image, thresholds):
         """``timeline`` (the worst part's jump from the previous step, per layer, against the threshold)."""
-        return [("timeline", self.timeline(record, thresholds).draw(title=verdict_title(result, self.label, self.op)))]
+        timeline = self.timeline(record, thresholds)
+        if timeline is None:
+            return []
+        return [("timeline", timeline.draw(title=verdict_title(result, self.label, self.op)))]
 
 
 def check_stability(record, thresholds: Thresholds | None = None) -> CheckResult:

@@ -45,7 +45,7 @@ class UniformityDetails(Details):
 
 
 @register
-class Uniformity(Check):
+class Uniformity(Check[UniformityDetails]):
     """Fails when the share of (step, part, head) maps with Ĥ >= entropy_min_uniform exceeds max_share.
 
     Each layer's share is computed, then reduced over layers by ``layer_aggregate`` (default: the

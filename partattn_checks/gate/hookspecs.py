@@ -6,7 +6,7 @@ import pytest
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_partattn_load_pipeline(config: pytest.Config, device: str, dtype: str):
+def pytest_partattn_load_pipeline(config: pytest.Config, device: str, dtype: str) -> object:
     """Return the pipeline the attention checks run, or ``None`` to let the next plugin decide.
 
     Called once per session (once per pytest-xdist worker), lazily, before the first image runs;

@@ -322,7 +322,7 @@ class Settings:
         return out
 
 
-class OptionError(PartattnError, pytest.UsageError):
+class OptionError(PartattnError, pytest.UsageError):  # type: ignore[misc]  # pytest marks it final; exit code 4
     """A ``--partattn-*`` option (or its ini twin) that cannot be used: pytest's usage error (exit code 4),
     naming the option and the fix."""
 

@@ -15,7 +15,7 @@ import math
 import os
 import shlex
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -229,7 +229,7 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def attachment_lines(figures: list[str]) -> list[str]:
+def attachment_lines(figures: Sequence[str]) -> list[str]:
     return [ATTACHMENT.format(f) for f in figures]
 
 
@@ -251,7 +251,7 @@ def failure_text(p: ItemReport) -> str:
     r = p.result
     lines = [f"partattn: {p.check} failed for {p.image}"]
     if r is None:
-        lines += [p.error]
+        lines += [p.error or "(no result and no error recorded)"]
     else:
         lines += [r.reason, ""]
         lines += ["  " + ln for ln in table(metric_rows(p), ["metric", "measured", "threshold", "baseline", "verdict"])]
@@ -331,7 +331,7 @@ def junit_logging_warning(junit_logging: str) -> str | None:
 class Summary:
     """Collects item reports (on the controller) and renders the summary table and index.html."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.by_image: OrderedDict[str, dict[str, ItemReport]] = OrderedDict()
 
     def add(self, p: ItemReport) -> None:

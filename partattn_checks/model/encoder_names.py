@@ -10,6 +10,9 @@ the name the installed transformers expects, so every checkpoint loads on every 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+_T = TypeVar("_T")  # a state dict's values (tensors)
 
 #: (release name part, transformers >= 5.18 name part)
 RENAMES = (
@@ -20,7 +23,7 @@ RENAMES = (
 )
 
 
-def to_release_names(state: Mapping) -> dict:
+def to_release_names(state: Mapping[str, _T]) -> dict[str, _T]:
     """``state`` with the names the released checkpoints use (for writing)."""
     out = {}
     for name, tensor in state.items():
@@ -30,7 +33,7 @@ def to_release_names(state: Mapping) -> dict:
     return out
 
 
-def to_model_names(state: Mapping, expected: Iterable[str]) -> dict:
+def to_model_names(state: Mapping[str, _T], expected: Iterable[str]) -> dict[str, _T]:
     """``state`` renamed to the names in ``expected`` (the model's own state-dict keys) where a
     weight is stored under the other version's name; names that fit already are kept."""
     expected = set(expected)

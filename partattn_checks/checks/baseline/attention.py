@@ -120,7 +120,7 @@ class AttentionSummary:
             grid=tuple(record.patch_grid) if record.patch_grid is not None else None,
             steps=tuple(record.steps),
             step_subset=tuple(record.steps[i] for i in keep),
-            image_size=tuple(int(x) for x in image_size) if image_size is not None else None,
+            image_size=(int(image_size[0]), int(image_size[1])) if image_size is not None else None,
             mean=store(_renormalized(by_part.mean(axis=0))),
             per_step=store(by_part[keep]),
             cls_mass=store(cls_mass),
@@ -322,7 +322,7 @@ class LayerDrift:
 def layer_drifts(stored: AttentionSummary, now: AttentionSummary) -> list[LayerDrift] | str:
     """Per common layer (in the stored depth order), the drift of ``now`` from ``stored`` and the
     stored seeds' own drifts; or why they cannot be compared."""
-    if not stored.has_spread:
+    if stored.seed_drift is None or not stored.has_spread:
         return "the baseline's attention summary was written from one run (no seed spread)"
     if stored.num_parts != now.num_parts or stored.num_keys != now.num_keys:
         return "the baseline's attention summary has another number of parts or keys"

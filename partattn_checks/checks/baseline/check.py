@@ -13,6 +13,7 @@ into the ``drift`` figure.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..core import Check, CheckResult, register
@@ -96,7 +97,7 @@ class BaselineDetails(Details):
 
 
 @register
-class Baseline(Check):
+class Baseline(Check[BaselineDetails]):
     """Compare headline metrics with a stored baseline (see ``compare``)."""
 
     name = "baseline"
@@ -161,7 +162,7 @@ class Baseline(Check):
             return CheckResult(self.name, "fail", value, threshold, None, head + note, details)
         return CheckResult(self.name, "pass", value, threshold, None, head + note, details)
 
-    def judge_noise(self, deviations: list[Deviation], alpha: float, missing: list[str] = ()) -> CheckResult:
+    def judge_noise(self, deviations: list[Deviation], alpha: float, missing: Sequence[str] = ()) -> CheckResult:
         """Fail when a metric or a layer moved further from the baseline's seed mean than its
         allowance (``noise``); the reason gives measured, mean ± spread over N seeds, the distance in
         spreads and the allowance, and names the first layer (in depth order) that moved."""

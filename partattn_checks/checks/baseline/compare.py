@@ -152,8 +152,8 @@ class SeedSample:
         check_names = sorted(set().union(*checks)) if checks else []
         means = {}
         for name in check_names:
-            values = [c.get(name) for c in checks]
-            means[name] = None if any(v is None for v in values) else sum(values) / len(values)
+            values = [v for c in checks if (v := c.get(name)) is not None]
+            means[name] = sum(values) / len(values) if len(values) == len(checks) else None
         return cls(tuple(int(s) for s in seeds), samples, means, attention)
 
 
@@ -242,6 +242,7 @@ class _Comparison:
             result = self.judge_noise(stored)
         else:
             legacy = check_baseline(self.metrics, stored.metrics, self.thresholds)
+            assert isinstance(legacy.details, BaselineDetails)  # the baseline check's own
             details = replace(legacy.details, attention_note=SINGLE_RUN_NOTE)
             result = replace(legacy, reason=f"{legacy.reason}. Note: {SINGLE_RUN_NOTE}", details=details)
         result = self.with_drift(result, stored)
@@ -268,13 +269,13 @@ class _Comparison:
                 f"({'; '.join(env_diff)}); differences may come from there"
             )
             if env_failed:
-                cand = self.candidate()
+                written = self.candidate()
                 reason = (
                     f"{text} [--partattn-strict-env]. Comparison: {result.reason}. A candidate was written "
-                    f"to {cand}; regenerate with --partattn-update=failed"
+                    f"to {written}; regenerate with --partattn-update=failed"
                 )
                 failed = replace(result, verdict="fail", offender=None, reason=reason)
-                return self.outcome(failed, stored, status, candidate=cand, environment_diff=env_diff)
+                return self.outcome(failed, stored, status, candidate=written, environment_diff=env_diff)
             warnings.append(text)
         cand = None
         if result.verdict == "fail":
@@ -351,8 +352,8 @@ class _Comparison:
                 note = f"no drift figure: {drift}"
             else:
                 layers = {d.name: d for d in details.deviations or () if d.kind == "layer"}
-                judged = [layers.get(name) for name in drift.layers]
-                banded = all(d is not None for d in judged) and bool(judged)
+                judged = [layers[name] for name in drift.layers if name in layers]
+                banded = bool(judged) and len(judged) == len(drift.layers)
                 bands = [layer_band(d) for d in judged] if banded else []
                 banded_drift = replace(
                     drift,

@@ -46,6 +46,8 @@ from ...base.atomic import atomic_write_text
 from ...errors import PartattnError
 
 if TYPE_CHECKING:  # numpy loads with the summary, not with the plugin
+    from filelock import BaseFileLock
+
     from .attention import AttentionSummary
 
 BASELINE_SCHEMA_VERSION = 2
@@ -267,7 +269,8 @@ class BaselineStore:
                 continue
             for name, values in stored.samples.items():
                 spreads.setdefault(name, []).append(judged_spread(name, values))
-        return {name: pooled_sd(sds) for name, sds in spreads.items()}
+        pooled = {name: pooled_sd(sds) for name, sds in spreads.items()}
+        return {name: sd for name, sd in pooled.items() if sd is not None}  # None: no finite spread
 
     def write(
         self,
@@ -403,7 +406,7 @@ class UpdateLock:
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / self.FILE
-        self._lock = None
+        self._lock: BaseFileLock | None = None
 
     def acquire(self) -> None:
         from filelock import FileLock, Timeout
