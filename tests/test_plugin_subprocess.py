@@ -11,7 +11,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from plugin_support import FAILING_SEPARATION, IMAGE, RUN_COUNTER, args, make_project
 
+from partattn_checks.gate import scheduling
 from partattn_checks.gate.items import ITEM_CHECKS
+from partattn_checks.gate.scheduling import KEEPS_FILES_TOGETHER, SPLITS_FILES
 
 pytest_plugins = ("pytester",)
 HEAVY = ("torch", "diffusers", "transformers", "matplotlib")
@@ -79,7 +81,10 @@ def _serial_then(pytester, *xdist_args: str):
     return expected, parallel, workers
 
 
-@pytest.mark.parametrize("dist", [None, "load", "loadgroup", "loadfile", "loadscope", "worksteal"])
+#: One --dist of each scheduling path end to end (partattn's loadfile when none is given; the
+#: image-keeping scheduler replacing a splitting mode, plain and by xdist group; xdist's own
+#: scheduler where it keeps files together). test_every_dist_mode_gets_its_plan covers every mode.
+@pytest.mark.parametrize("dist", [None, "loadgroup", "worksteal", "loadscope"])
 def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, dist):
     xdist_args = ("-n", "2") if dist is None else ("-n", "2", "--dist", dist)
     expected, parallel, workers = _serial_then(pytester, *xdist_args)
@@ -90,7 +95,8 @@ def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, dist)
     out = parallel.stdout.str()
     if dist is None:
         assert "partattn: xdist: --dist loadfile (chosen by partattn" in out
-    elif dist in ("load", "loadgroup", "worksteal"):
+        _the_controller_reported_the_workers_results(pytester, parallel)
+    elif dist in SPLITS_FILES:
         assert f"partattn: xdist: --dist {dist} for other tests, each fixture image kept on one worker" in out
         assert out.count(f"--dist {dist} would split a fixture image's checks across workers") == 1
     else:
@@ -98,8 +104,21 @@ def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, dist)
         assert "would split" not in out
 
 
-def test_xdist_controller_reports_the_workers_results(pytester):
-    _, parallel, _ = _serial_then(pytester, "-n", "2")
+@pytest.mark.parametrize("dist", [None, "no", *SPLITS_FILES, *KEEPS_FILES_TOGETHER, "each"])
+def test_every_dist_mode_gets_its_plan(dist):
+    """Every --dist value maps to the plan (and the header and warning) the runs above show for their
+    representative of the same path."""
+    got = scheduling.plan(dist, "load" if dist in (None, "no") else dist)  # what xdist resolved it to
+    if dist in (None, "no"):  # -n N alone: xdist fills in "no", partattn runs loadfile
+        assert (got.mode, got.replaced) == ("loadfile", False) and "chosen by partattn" in got.header
+    elif dist in SPLITS_FILES:
+        assert (got.mode, got.replaced) == (dist, True) and f"--dist {dist} would split" in got.warning
+    else:
+        assert (got.mode, got.replaced, got.warning) == (dist, False, None)
+    assert scheduling.plan(dist, "no") is None  # xdist not distributing: nothing to plan
+
+
+def _the_controller_reported_the_workers_results(pytester, parallel):
     # the controller printed the summary from the workers' reports and wrote the index
     parallel.stdout.fnmatch_lines(
         [
