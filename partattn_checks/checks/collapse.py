@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import heads_and_overlay, map_at, nonfinite_guard, pct, step_layer_share, verdict_title, worst_cell
+from .common import heads_and_overlay, map_at, nonfinite_guard, pct, step_layer_share, timeline_figure, worst_cell
 from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, optional_key
 from .thresholds import Thresholds, param
@@ -129,10 +129,9 @@ class Collapse(Check[CollapseDetails]):
 
     def draw(self, result, details: CollapseDetails, record, image, thresholds):
         """``heads`` and ``overlay`` of the worst map, ``timeline`` (the judged share over steps)."""
-        out = heads_and_overlay(record, details.worst_map, image, "collapse")
-        title = verdict_title(result, self.label, self.op)
-        out.append(("timeline", self.timeline(record, thresholds).draw(title=title)))
-        return out
+        return heads_and_overlay(record, details.worst_map, image, "collapse") + timeline_figure(
+            self, result, record, thresholds
+        )
 
 
 def _causes(record, t: CollapseThresholds) -> dict:

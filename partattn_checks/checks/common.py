@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .core import CheckResult, Offender
+from .core import Check, CheckResult, Offender
 from .details import Details
 
 if TYPE_CHECKING:
@@ -104,6 +104,15 @@ def verdict_title(result: CheckResult, label: str, op: str) -> str:
     if result.value is None or result.threshold is None:
         return f"{result.name}: {result.verdict}"
     return f"{label} {result.value:.3g} (pass: {op} {result.threshold:g}) — {result.verdict}"
+
+
+def timeline_figure(check: Check, result: CheckResult, record: AttentionRecord, thresholds) -> list[tuple[str, bytes]]:
+    """The check's own timeline as its ``timeline`` failure figure, titled with the verdict; [] when
+    the check draws none for this record."""
+    timeline = check.timeline(record, thresholds)
+    if timeline is None:
+        return []
+    return [("timeline", timeline.draw(title=verdict_title(result, check.label, check.op)))]
 
 
 def heads_and_overlay(record: AttentionRecord, shown: Offender | None, image, what: str) -> list[tuple[str, bytes]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import count, unravel, verdict_title
+from .common import count, timeline_figure, unravel
 from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, optional_key
 from .thresholds import Thresholds
@@ -107,10 +107,7 @@ class Nonfinite(Check[NonfiniteDetails]):
 
     def draw(self, result, details: NonfiniteDetails, record, image, thresholds):
         """``timeline`` (NaN/Inf values per step and layer; none when only the recorder's events saw them)."""
-        timeline = self.timeline(record, thresholds)
-        if timeline is None:
-            return []
-        return [("timeline", timeline.draw(title=verdict_title(result, self.label, self.op)))]
+        return timeline_figure(self, result, record, thresholds)
 
 
 def check_nonfinite(record, thresholds: Thresholds | None = None) -> CheckResult:

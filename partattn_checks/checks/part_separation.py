@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import nonfinite_guard, unravel, verdict_title
+from .common import nonfinite_guard, timeline_figure, unravel, verdict_title
 from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, Matrix, optional_key
 from .thresholds import Thresholds, param
@@ -184,10 +184,7 @@ class PartSeparation(Check[PartSeparationDetails]):
         if grid is not None and image is not None:
             out.append(("overlay", render.part_panel(marg, grid, image, title=shown)))
         out.append(("parts", render.part_panel(marg, grid, title=shown)))
-        timeline = self.timeline(record, thresholds)
-        if timeline is not None:
-            out.append(("timeline", timeline.draw(title=title)))
-        return out
+        return out + timeline_figure(self, result, record, thresholds)
 
 
 def check_part_separation(record, thresholds: Thresholds | None = None) -> CheckResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import nonfinite_guard, unravel, verdict_title
+from .common import nonfinite_guard, timeline_figure, unravel
 from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, Matrix, optional_key
 from .thresholds import Thresholds, param
@@ -121,10 +121,7 @@ class Stability(Check[StabilityDetails]):
 
     def draw(self, result, details: StabilityDetails, record, image, thresholds):
         """``timeline`` (the worst part's jump from the previous step, per layer, against the threshold)."""
-        timeline = self.timeline(record, thresholds)
-        if timeline is None:
-            return []
-        return [("timeline", timeline.draw(title=verdict_title(result, self.label, self.op)))]
+        return timeline_figure(self, result, record, thresholds)
 
 
 def check_stability(record, thresholds: Thresholds | None = None) -> CheckResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import heads_and_overlay, map_at, nonfinite_guard, pct, step_layer_share, verdict_title, worst_cell
+from .common import heads_and_overlay, map_at, nonfinite_guard, pct, step_layer_share, timeline_figure, worst_cell
 from .core import Check, CheckResult, Offender, Timeline, register
 from .details import Details, optional_key
 from .thresholds import Thresholds, param
@@ -136,10 +136,9 @@ class Uniformity(Check[UniformityDetails]):
 
     def draw(self, result, details: UniformityDetails, record, image, thresholds):
         """``heads`` and ``overlay`` of the most uniform map, ``timeline`` (the judged share over steps)."""
-        out = heads_and_overlay(record, details.worst_map, image, "uniformity")
-        title = verdict_title(result, self.label, self.op)
-        out.append(("timeline", self.timeline(record, thresholds).draw(title=title)))
-        return out
+        return heads_and_overlay(record, details.worst_map, image, "uniformity") + timeline_figure(
+            self, result, record, thresholds
+        )
 
 
 def check_uniformity(record, thresholds: Thresholds | None = None) -> CheckResult:
