@@ -379,7 +379,9 @@ def _texts(fig):
 
 def _image_panels(fig):
     """Pixel (width, height) of every axes that shows an image (not the colorbar)."""
-    boxes = [render_panels._axes_pixel_box(fig, ax) for ax in fig.axes if ax.get_images() and ax.get_visible()]
+    fig.canvas.draw()  # once: every draw runs the constrained layout again
+    shown = [ax for ax in fig.axes if ax.get_images() and ax.get_visible()]
+    boxes = [render_panels._axes_pixel_box(fig, ax, draw=False) for ax in shown]
     return [(right - left, bottom - top) for left, top, right, bottom in boxes]
 
 

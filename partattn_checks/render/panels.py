@@ -332,9 +332,11 @@ def _figure_rgb(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def _axes_pixel_box(fig: Figure, ax) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) pixel box of ``ax`` in the rendered image (origin top-left)."""
-    fig.canvas.draw()
+def _axes_pixel_box(fig: Figure, ax, *, draw: bool = True) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) pixel box of ``ax`` in the rendered image (origin top-left);
+    ``draw=False`` when the figure was drawn already (the layout runs at every draw)."""
+    if draw:
+        fig.canvas.draw()
     bbox = ax.get_window_extent()
     height = fig.canvas.get_width_height()[1]
     return (math.ceil(bbox.x0), math.ceil(height - bbox.y1), math.floor(bbox.x1), math.floor(height - bbox.y0))
