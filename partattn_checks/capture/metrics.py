@@ -94,21 +94,30 @@ def key_marginal(A: torch.Tensor) -> torch.Tensor:
     return _f32(A).mean(-2)
 
 
+def _patch_keys(P: torch.Tensor, has_cls: bool) -> torch.Tensor:
+    """The patch columns of a full map ``(..., Q, K_total)`` (key 0 is CLS when ``has_cls``)."""
+    if not has_cls:
+        return P
+    if P.shape[-1] < 2:
+        raise MetricError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(P.shape)}")
+    return P[..., 1:]
+
+
+def _patch_and_cls(P: torch.Tensor, has_cls: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 patch columns and the CLS mass ``(...)`` (mean over queries; zeros without CLS)."""
+    P = _f32(P)
+    if has_cls:
+        return _patch_keys(P, True), P[..., 0].mean(-1)
+    return P, torch.zeros(P.shape[:-2], dtype=torch.float32, device=P.device)
+
+
 def split_cls(P: torch.Tensor, has_cls: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a full map into renormalised patch rows ``(..., Q, K-1)`` and CLS mass ``(...)``.
 
     A row whose patch mass is 0 (all weight on CLS) becomes uniform over the patch keys.
     With ``has_cls=False`` the map is only renormalised and the CLS mass is 0.
     """
-    P = _f32(P)
-    if has_cls:
-        if P.shape[-1] < 2:
-            raise MetricError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(P.shape)}")
-        cls_mass = P[..., 0].mean(-1)
-        patch = P[..., 1:]
-    else:
-        cls_mass = torch.zeros(P.shape[:-2], dtype=torch.float32, device=P.device)
-        patch = P
+    patch, cls_mass = _patch_and_cls(P, has_cls)
     mass = patch.sum(-1, keepdim=True)
     empty = mass <= _TINY
     rows = patch / torch.where(empty, torch.ones_like(mass), mass)
@@ -125,15 +134,7 @@ def row_stats(P: torch.Tensor, has_cls: bool = True) -> dict[str, torch.Tensor]:
     not fp32 already) plus one ``x log x`` temporary; the renormalised rows are never built,
     using H(p/s) = log s - sum(p log p)/s.
     """
-    P = _f32(P)
-    if has_cls:
-        if P.shape[-1] < 2:
-            raise MetricError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(P.shape)}")
-        cls_mass = P[..., 0].mean(-1)
-        patch = P[..., 1:]
-    else:
-        cls_mass = torch.zeros(P.shape[:-2], dtype=torch.float32, device=P.device)
-        patch = P
+    patch, cls_mass = _patch_and_cls(P, has_cls)
     Q, K = patch.shape[-2], patch.shape[-1]
     mass = patch.sum(-1)  # (..., Q)
     empty = mass <= _TINY  # (almost) all weight on CLS: treat the patch row as uniform
@@ -165,12 +166,7 @@ def row_stats_from_logits(S: torch.Tensor, has_cls: bool = True) -> dict[str, to
     One exp pass and no log pass over (Q, K): about half the work of softmax + :func:`row_stats`.
     """
     S = _f32(S)
-    if has_cls:
-        if S.shape[-1] < 2:
-            raise MetricError(f"a map with a CLS key needs at least 2 keys, got shape {tuple(S.shape)}")
-        patch = S[..., 1:]
-    else:
-        patch = S
+    patch = _patch_keys(S, has_cls)
     Q, K = patch.shape[-2], patch.shape[-1]
     top = patch.amax(-1, keepdim=True)
     d = patch - top
