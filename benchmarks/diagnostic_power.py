@@ -1,25 +1,28 @@
 #!/usr/bin/env python
-"""Diagnostic power of the gate: false alarms on healthy runs, detection of graded degradations.
+"""Diagnostic power of the gate, both verdicts side by side: false alarms on benign runs, the
+numeric floor per perturbation, detection of graded degradations and localisation of held-out edits.
 
-For one model (``--model``, default the embedded checkpoint):
+For one model (``--model``, default the embedded checkpoint), through the runner every front end uses
+(``baselines.runner.BaselineRunner`` over a ``runs.session.Session``):
 
-1. write baselines at ``--baseline-seeds K`` noise seeds into a temporary folder (the gate's own
-   ``judge_set`` with update=all, gate seed 0);
-2. **benign set** (each must count as healthy): ``--benign-seeds`` other gate seeds (seed ``i·R``,
-   i = 1..N, so the R-seed groups never overlap each other or seed 0's), the model in each of
-   ``--dtypes`` (a pipeline loaded once per dtype), and ``torch.set_num_threads(n)`` for each of
-   ``--benign-threads`` (every other run uses ``--threads``, default 1), all judged with update=None;
-   counts failing items per check and fixture-set fails;
-3. **graded degradations**: every level of ``model.broken.GRADES`` applied in place
-   (``broken(transformer, graded(name, level))``), judged at gate seed 0; per level, how many images
-   fail each check and the baseline item, and whether the fixture-set item fails (what moved, onset);
-4. prints ONE JSON line (false-alarm rates, detection per level, where each curve starts to rise,
-   goals, wall time) and, with ``--out DIR``, draws ``DIR/diagnostic-power-<model>[-K<k>][-R<r>].png``.
+1. write baselines of the fixture images at ``--baseline-seeds K`` seeds (gate seed 0: seeds 0..K-1),
+   with a numeric floor covering ``--floor-dtypes`` (default float16, bfloat16) besides the rounding
+   error and the thread count;
+2. **paired benign runs** (the baseline's own seed 0, each must pass): a float32 rerun, 1 and 2
+   threads, the model in each floor dtype, the same weights under another path, and
+   ``--rounding-patterns`` runs whose first latents carry another rounding error than the floor's
+   (what another machine's kernels do);
+3. **seed-spread benign runs**: ``--benign-seeds`` gate seeds the baseline never held (5000, 5001, ...)
+   and each floor dtype at seed 5000: judged by the seed-spread verdict;
+4. **degradations** applied in place (``model.broken``): graded levels (``--merge`` part-embedding
+   merges, ``--gain`` cross-attention key-norm gains) and held-out edits confined to one block or to
+   the image encoder; each run at seed 0 once, judged by both verdicts (paired, and seed-spread with
+   the run's seed left out of the baseline's): failing ``baseline`` items, the fixture-set item, and for
+   the paired verdict the layer the onset names;
+5. prints ONE JSON line; with ``--out DIR`` draws ``DIR/diagnostic-power-<model>.png``.
 
-Every condition gets a new ``GateSession`` (its record cache must not outlive an in-place edit).
-
-    python benchmarks/diagnostic_power.py [--model DIR] [--baseline-seeds 16] [--seeds 1] [--out docs]
-    python benchmarks/diagnostic_power.py --quick      # smoke: 3 images, K=4, 3 seeds, 2 levels per grade
+    python benchmarks/diagnostic_power.py [--model DIR] [--out docs]
+    python benchmarks/diagnostic_power.py --quick        # smoke: 3 images, K=4, few runs
 """
 
 from __future__ import annotations
@@ -29,286 +32,330 @@ import datetime
 import json
 import os
 import platform
+import shutil
+import statistics
 import sys
 import tempfile
-import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from partattn_checks import EMBEDDED_MODEL  # noqa: E402
-from partattn_checks.capture.runspec import resolve_device, torch_dtype  # noqa: E402
-from partattn_checks.checks.baseline.noise import DEFAULT_BASELINE_SEEDS, DEFAULT_FALSE_ALARM_RATE  # noqa: E402
-from partattn_checks.gate.options import Settings, thresholds_for  # noqa: E402
-from partattn_checks.gate.state import GateSession, judge_set  # noqa: E402
-from partattn_checks.model.broken import GRADES, broken, graded  # noqa: E402
+from partattn_checks.baselines.fixture_set import set_verdict  # noqa: E402
+from partattn_checks.baselines.floor import Condition  # noqa: E402
+from partattn_checks.baselines.noise import spread_of  # noqa: E402
+from partattn_checks.baselines.policy import DEFAULT_BASELINE_SEEDS, BaselinePolicy  # noqa: E402
+from partattn_checks.baselines.runner import BaselineRunner  # noqa: E402
+from partattn_checks.baselines.store import BaselineStore  # noqa: E402
+from partattn_checks.capture.runspec import torch_dtype  # noqa: E402
+from partattn_checks.checks import load_thresholds, thresholds_from_pyproject  # noqa: E402
+from partattn_checks.model.broken import Variant, broken, graded  # noqa: E402
+from partattn_checks.model.perturb import intra_op_threads  # noqa: E402
 from partattn_checks.model.pipeline import PartCrafterPipeline  # noqa: E402
+from partattn_checks.runs.session import Session  # noqa: E402
 from partattn_checks.runs.sidecar import fixture_specs  # noqa: E402
 
-SET = "fixture_set"  # the fixture-set item's key in the counts
+VERDICTS = ("paired", "seed-spread")
+#: Held-out edits, none of them a graded degradation: (name, parameter, edit, the layer a paired onset should name).
+HELD_OUT = (
+    ("block 2 cross-attention output zeroed", "blocks.2.attn2.to_out.0.weight", lambda t: t.zero_(), "blocks.3.attn2"),
+    ("block 4 query gain x1.05", "blocks.4.attn2.norm_q.weight", lambda t: t.mul_(1.05), "blocks.4.attn2"),
+    ("block 1 value x1.05", "blocks.1.attn2.to_v.weight", lambda t: t.mul_(1.05), "blocks.2.attn2"),
+    ("block 3 key gain x0.97", "blocks.3.attn2.norm_k.weight", lambda t: t.mul_(0.97), "blocks.3.attn2"),
+)
 
 
 class Bench:
-    """The model, its fixture images and one temporary baselines folder; ``judge`` is one condition."""
+    """The model, its fixture images, one temporary baselines folder and a runner per verdict."""
 
     def __init__(self, args, tmp: Path):
         self.args, self.tmp = args, tmp
-        self.device = resolve_device(args.device)
         self.images = fixture_specs(args.fixtures, REPO)[: args.images]
+        self.thresholds = (
+            load_thresholds(args.thresholds) if args.thresholds else thresholds_from_pyproject(REPO / "pyproject.toml")
+        )
         self.pipelines: dict[str, object] = {}
+        self.store = BaselineStore(tmp / "baselines")
         self.runs = 0
-        self.thresholds, self.thresholds_source = thresholds_for(self.settings(update=None))
 
-    def pipeline(self, dtype: str = "float32"):
-        if dtype not in self.pipelines:
-            self.pipelines[dtype] = PartCrafterPipeline.from_pretrained(
-                self.args.model, device=self.device.device, dtype=torch_dtype(dtype)
+    def pipeline(self, dtype: str = "float32", model: Path | None = None):
+        key = f"{dtype}:{model}"
+        if key not in self.pipelines:
+            self.pipelines[key] = PartCrafterPipeline.from_pretrained(
+                model or self.args.model, dtype=torch_dtype(dtype)
             )
-        return self.pipelines[dtype]
+        return self.pipelines[key]
 
-    def settings(self, *, update, seed=0, dtype="float32"):
-        a, tmp = self.args, self.tmp
-        same = ("model", "fixtures", "thresholds", "baseline_seeds", "seeds", "false_alarm_rate")
-        return Settings.of(
-            **{key: getattr(a, key) for key in same},
-            baselines=tmp / "baselines",
-            results=tmp / "results",
-            update=update,
-            seed=seed,
-            dtype=dtype,
-            device=self.device.device,
+    def policy(self, verdict: str = "auto", update: str | None = None) -> BaselinePolicy:
+        a = self.args
+        return BaselinePolicy(
+            update=update, baseline_seeds=a.baseline_seeds, verdict=verdict, floor_dtypes=tuple(a.floor_dtypes)
         )
 
-    def judge(self, *, seed=0, dtype="float32", update=None):
-        """One condition: a fresh GateSession over the (possibly edited) pipeline, every image."""
-        pipeline = self.pipeline(dtype)
-        session = GateSession(
-            lambda: pipeline, self.settings(update=update, seed=seed, dtype=dtype), self.thresholds, self.device
-        )
-        judgement = judge_set(session, self.images)
+    def session(self, pipeline, seed: int = 0) -> Session:
+        return Session.around(pipeline, options={"seed": seed}, thresholds=self.thresholds)
+
+    def judge(self, *, pipeline=None, seed=0, verdicts=VERDICTS, pattern=None, update=None) -> dict:
+        """Every image once (its first run cached), judged by each verdict; ``pattern``: the gate's run
+        carries that rounding error. Returns {verdict: {"failing": [...], "set": SetVerdict, "onsets": {...}}}."""
+        session = self.session(pipeline or self.pipeline(), seed)
+        session.cache_size = 2
+        runners = {v: BaselineRunner(self.store, None, self.policy(v, update)) for v in verdicts}
+        out = {v: {"failing": [], "details": {}, "onsets": {}, "why": {}} for v in verdicts}
+        for spec in self.images:
+            runs = session.image_runs(spec)
+            if pattern is not None:
+                condition = Condition(f"rounding {pattern}", rounding=True, pattern=pattern)
+                runs = replace(runs, sample=perturbed(session, spec, condition))
+            for verdict, runner in runners.items():
+                outcome = runner.evaluate(runs, self.thresholds)
+                found = out[verdict]
+                found["details"][spec.key] = outcome.details
+                if outcome.result.verdict == "fail":
+                    found["failing"].append(spec.key)
+                    found["why"][spec.key] = moved(outcome.details) or outcome.result.reason[:200]
+                onset = outcome.details.paired_onset
+                found["onsets"][spec.key] = onset.layer if onset is not None else None
         self.runs += session.runs
-        return judgement
+        for found in out.values():
+            found["set"] = set_verdict(found.pop("details"), runners[next(iter(runners))].policy.false_alarm_rate)
+        return out
 
 
-def summarize(judgement) -> dict:
-    """Failing images per check (``baseline`` included), the fixture-set verdict, what moved and why."""
-    failing = judgement.failing()
-    checks = {name for results in judgement.results.values() for name in results}
-    out = {name: len(failing.get(name, [])) for name in sorted(checks)}
-    fs = judgement.fixture_set
-    out[SET] = int(fs is not None and fs.verdict == "fail")
-    out["set_moved"] = [d.name for d in fs.moved] if fs is not None else []
-    out["set_onset"] = fs.onset if fs is not None else None
-    out["alarms"] = [
-        {"image": Path(i).name, "why": moved(judgement.results[i]["baseline"])} for i in failing.get("baseline", [])
-    ]
-    out["threshold_alarms"] = [
-        (name, Path(i).name) for name, images in failing.items() if name != "baseline" for i in images
-    ]
-    return out
+def perturbed(session: Session, spec, condition: Condition):
+    """An image's ``sample`` whose plain runs carry ``condition`` (the floor's own conditions stay as they are)."""
+    return lambda seeds, c: session.seed_sample(spec, seeds, c or condition)
 
 
-def moved(result) -> str:
-    """A failing baseline item's metrics and layers beyond their allowance, or its reason."""
-    found = [d for d in (getattr(result.details, "deviations", None) or []) if d.moved]
-    return ", ".join(f"{d.name} z={d.z:+.1f} (allowance {d.allowance:.1f})" for d in found) or str(result.reason)
+def moved(details) -> str:
+    return ", ".join(f"{d.name} {d.z:+.2f} (allowance {d.allowance:.2f})" for d in details.deviations or [] if d.moved)
 
 
-def pick(levels: tuple[float, ...], count: int | None) -> tuple[float, ...]:
-    """``count`` levels spread evenly over ``levels`` (first and last included); all for None, none for 0."""
-    if count is None or count >= len(levels):
-        return levels
-    return tuple(levels[round(i * (len(levels) - 1) / max(1, count - 1))] for i in range(count))
+def row(found: dict, n: int) -> dict:
+    s = found["set"]
+    return {
+        "items": len(found["failing"]),
+        "of": n,
+        "set": s.verdict,
+        "set_moved": [d.name for d in s.moved],
+        "onsets": sorted({o for o in found["onsets"].values() if o}),
+    }
 
 
-def threshold_alarms(benign: dict) -> dict:
-    """``{check: {image: benign runs failing it}}`` for the threshold checks (their reasons are long)."""
-    out: dict[str, dict[str, int]] = {}
-    for check, image in (alarm for b in benign.values() for alarm in b["threshold_alarms"]):
-        out.setdefault(check, {})[image] = out.get(check, {}).get(image, 0) + 1
-    return out
+def floors(store: BaselineStore, keys: list[str]) -> dict:
+    """Per floor condition, the numeric floor in seed spreads over the images: metrics (|shift| / σ) and
+    layers (distance / σ_l), the median and the largest."""
+    pooled = store.pooled_spreads()
+    per: dict[str, dict[str, list[float]]] = {}
+    for key in keys:
+        stored = store.load(key)
+        paired = stored.paired
+        for ci, c in enumerate(paired.conditions):
+            entry = per.setdefault(c.name, {"metrics": [], "layers": []})
+            for name, shifts in paired.floor_metrics[c.name].items():
+                if name in ("entropy_mean", "peak_mean", "eff_keys_mean", "separation", "stability_max_jump"):
+                    ref = stored.samples[name][0]
+                    sigma = spread_of(name, stored.samples[name], pooled.get(name))
+                    delta = (
+                        abs(np.log((ref + shifts[0]) / ref))
+                        if name in ("peak_mean", "stability_max_jump")
+                        else abs(shifts[0])
+                    )
+                    entry["metrics"].append(float(delta / sigma))
+            att = paired.attention
+            per_layer = att.floor[ci].mean(axis=(0, 1, 3)) / att.scale  # (L,)
+            entry["layers"] += [float(x) for x in per_layer]
+    return {
+        c: {k: {"median": round(statistics.median(v), 4), "max": round(max(v), 4)} for k, v in e.items() if v}
+        for c, e in per.items()
+    }
 
 
-def benign_conditions(args) -> list[tuple[str, dict, int | None]]:
-    """(label, judge kwargs, torch threads or None) of every benign run."""
-    runs = [(f"seed {i * args.seeds}", {"seed": i * args.seeds}, None) for i in range(1, args.benign_seeds + 1)]
-    runs += [(dtype, {"dtype": dtype}, None) for dtype in args.dtypes]
-    runs += [(f"threads {n}", {}, n) for n in args.benign_threads]
-    return runs
-
-
-def onset_levels(detection: dict, healthy: float, key: str, baseline_count: int) -> dict:
-    """Per side of the healthy level, the level nearest to it where ``key`` fails more often than
-    on the healthy run (``baseline_count``: a check that already fails there has not "risen")."""
-    out = {}
-    for side, levels in (
-        ("<", sorted((lv for lv in detection if lv < healthy), reverse=True)),
-        (">", sorted(lv for lv in detection if lv > healthy)),
-    ):
-        if levels:
-            out[f"{side}{healthy:g}"] = next((lv for lv in levels if detection[lv][key] > baseline_count), None)
-    return out
-
-
-def draw(result: dict, detection: dict, healthy: dict, path: Path, checks: list[str]) -> None:
+def draw(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n, handles = result["images"], {}
-    fig, axes = plt.subplots(1, len(GRADES), figsize=(6 * len(GRADES), 4.8), squeeze=False)
-    for ax, (name, grade) in zip(axes[0], GRADES.items(), strict=True):
-        rows = {**detection.get(name, {}), grade.healthy: healthy}
-        xs = sorted(rows)
-        curves = [("baseline item: fraction of images failing", "baseline", "o-", "C0", 2.5)]
-        curves += [(f"{c} check: fraction of images failing", c, "^:", f"C{i + 4}", 1.3) for i, c in enumerate(checks)]
-        quiet = []
-        for label, key, style, color, lw in curves:
-            ys = [rows[x].get(key, 0) / n for x in xs]
-            if any(ys) or key == "baseline":
-                (handles[label],) = ax.plot(xs, ys, style, lw=lw, color=color, label=label)
-            else:
-                quiet.append(key)
-        label = "fixture-set item: 0 pass, 1 fail"
-        (handles[label],) = ax.plot(xs, [rows[x][SET] for x in xs], "s--", lw=2, ms=9, mfc="none", color="C3")
-        ax.axvline(grade.healthy, color="grey", ls=":", lw=1.2)
-        ax.text(grade.healthy, 0.5, " healthy", rotation=90, va="center", ha="right", fontsize=9, color="grey")
+    grades = {
+        "merge_parts": ("part-embedding rows moved this fraction toward their mean", 0.0),
+        "xattn_gain": ("cross-attention key-norm gains times this factor", 1.0),
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), squeeze=False)
+    n = result["images"]
+    for ax, (name, (summary, healthy)) in zip(axes[0], grades.items(), strict=True):
+        rows = result["detection"][name]
+        xs = sorted(float(x) for x in rows)
+        for verdict, style, color in (("paired", "o-", "C0"), ("seed-spread", "s--", "C1")):
+            ys = [rows[f"{x:g}"][verdict]["items"] / n for x in xs]
+            ax.plot(xs, ys, style, color=color, lw=2, label=f"{verdict}: fraction of images failing the baseline item")
+            sets = [x for x in xs if rows[f"{x:g}"][verdict]["set"] == "fail"]
+            ax.plot(
+                sets,
+                [1.05] * len(sets),
+                "v" if verdict == "paired" else "^",
+                color=color,
+                ms=9,
+                mfc="none",
+                label=f"{verdict}: fixture-set item fails",
+            )
+        ax.axvline(healthy, color="grey", ls=":", lw=1.2)
         if name == "xattn_gain":
             ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
         ax.minorticks_off()
-        ax.margins(x=0.06)
-        ax.set_ylim(-0.05, 1.08)
-        ax.set_title(f"{name} (never fail: {', '.join(quiet) or 'none'})", fontsize=9)
-        ax.set_xlabel("\n".join(textwrap.wrap(f"level: {grade.summary}", 70)), fontsize=9)
+        ax.set_ylim(-0.05, 1.12)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(summary, fontsize=9)
         ax.set_ylabel("detected")
         ax.grid(alpha=0.3)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fa = result["false_alarm_rate"]
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fa = result["false_alarms"]
     fig.suptitle(
-        f"{result['model']}: detection vs degradation level (K={result['K']}, R={result['R']}, "
-        f"alpha={result['alpha']:g}, {n} images)\n{result['benign_runs']} benign runs, false-alarm rate: "
-        f"baseline item {fa['baseline']:.3f}, fixture-set item {fa[SET]:.3f}",
+        f"{result['model']}: both verdicts (K={result['K']}, R=1, {n} images); failing items in benign runs: "
+        f"paired {fa['paired']['items']}/{fa['paired']['runs'] * n}, "
+        f"seed-spread {fa['seed-spread']['items']}/{fa['seed-spread']['runs'] * n}",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(handles) + 1) // 2), 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def goals(result: dict) -> dict:
-    """The issue's goals, where this run measured them (None: that level was not run)."""
-    det, n = result["detection_rate"], result["images"]
-
-    def hit(grade, level, key, at_least=1):
-        row = det.get(grade, {}).get(f"{level:g}")
-        return None if row is None else row[key] * (1 if key == SET else n) >= at_least - 1e-9
-
-    fails = result["false_alarms"] or result["threshold_false_alarms"]
-    return {
-        ">=20 benign runs, 0 failing items, set passes": result["benign_runs"] >= 20 and not fails,
-        "merge 10% fails the set": hit("merge_parts", 0.1, SET),
-        "gain x0.9 fails the set": hit("xattn_gain", 0.9, SET),
-        "gain x1.1 fails the set": hit("xattn_gain", 1.1, SET),
-        "merge 30% fails the baseline item on >=8/10": hit("merge_parts", 0.3, "baseline", round(0.8 * n)),
-    }
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="checkpoint folder (default: embedded)")
     parser.add_argument("--fixtures", type=Path, default=REPO / "fixtures" / "images")
-    parser.add_argument("--thresholds", type=Path, default=None, help="TOML (default: the gate's, pyproject/built-in)")
+    parser.add_argument("--thresholds", type=Path, default=None, help="TOML (default: the repository's pyproject)")
     parser.add_argument("--images", type=int, default=None, help="judge only the first N fixture images")
     parser.add_argument("--baseline-seeds", type=int, default=DEFAULT_BASELINE_SEEDS, metavar="K")
-    parser.add_argument("--seeds", type=int, default=1, metavar="R", help="gate repeats (mean of R runs)")
-    parser.add_argument("--false-alarm-rate", type=float, default=DEFAULT_FALSE_ALARM_RATE, metavar="ALPHA")
-    parser.add_argument("--benign-seeds", type=int, default=16, metavar="N", help="benign gate seeds R, 2R, .., N·R")
-    parser.add_argument("--dtypes", nargs="*", default=["bfloat16", "float16"], help="benign dtypes (seed 0)")
-    parser.add_argument("--benign-threads", nargs="*", type=int, default=[1, 2], help="benign torch threads (seed 0)")
+    parser.add_argument("--floor-dtypes", nargs="*", default=["float16", "bfloat16"])
+    parser.add_argument("--rounding-patterns", type=int, default=16, metavar="N", help="paired benign runs")
+    parser.add_argument("--benign-seeds", type=int, default=100, metavar="N", help="seed-spread benign runs")
+    parser.add_argument("--merge", nargs="*", type=float, default=[0.05, 0.1, 0.2, 0.3, 0.5])
+    parser.add_argument("--gain", nargs="*", type=float, default=[0.9, 0.97, 1.03, 1.1])
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every other run (default 1)")
-    parser.add_argument("--levels", type=int, default=None, metavar="N", help="levels per grade (all; 0: none)")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="folder for the figure (none without it)")
-    parser.add_argument("--quick", action="store_true", help="smoke: 3 images, K=4, 3 seeds, bf16, 2 threads, 2 levels")
+    parser.add_argument("--quick", action="store_true", help="smoke: 3 images, K=4, 2 patterns, 3 seeds, 2 levels")
     args = parser.parse_args(argv)
     if args.quick:
-        args.images, args.baseline_seeds, args.benign_seeds = args.images or 3, 4, 3
-        args.dtypes, args.benign_threads = args.dtypes[:1], args.benign_threads[-1:]
-        args.levels = 2 if args.levels is None else args.levels
+        args.images, args.baseline_seeds = args.images or 3, 4
+        args.rounding_patterns, args.benign_seeds, args.merge, args.gain = 2, 3, [0.1], [1.1]
     torch.set_num_threads(args.threads)  # 2 OpenMP threads on a busy 2-core machine: 20x slower than 1
     start = time.perf_counter()
     say = lambda text: print(f"[{time.perf_counter() - start:7.1f}s] {text}", file=sys.stderr, flush=True)  # noqa: E731
 
     with tempfile.TemporaryDirectory(prefix="diagnostic-power-") as tmp:
         bench = Bench(args, Path(tmp))
-        written = bench.judge(update="all")
-        say(f"baselines written: K={args.baseline_seeds}, {len(bench.images)} images ({bench.runs} runs)")
-        assert all(b.written for b in written.baselines.values()), "baselines not written"
+        n = len(bench.images)
+        t0 = time.perf_counter()
+        bench.judge(verdicts=("auto",), update="all")
+        write_s, write_runs = time.perf_counter() - t0, bench.runs
+        say(f"baselines written: K={args.baseline_seeds}, {n} images, {write_runs} runs, {write_s:.0f} s")
+        floor = floors(bench.store, [s.key for s in bench.images])
 
-        healthy = summarize(bench.judge())
-        benign = {}
-        for label, kwargs, threads in benign_conditions(args):
-            torch.set_num_threads(threads or args.threads)
-            try:
-                benign[label] = summarize(bench.judge(**kwargs))
-            finally:
-                torch.set_num_threads(args.threads)
-            b = benign[label]
-            say(
-                f"benign {label}: baseline {b['alarms'] or 'ok'}, set {b['set_moved'] or 'ok'}, {b['threshold_alarms']}"
-            )
+        benign: dict[str, dict] = {"paired": {}, "seed-spread": {}}
 
-        detection = {}
+        def note(verdict, label, found):
+            benign[verdict][label] = row(found, n) | {"why": found["why"]}
+            say(f"benign {verdict} {label}: items {found['failing'] or 'ok'}, set {found['set'].verdict}")
+
+        runs_before = bench.runs
+        note("paired", "float32 rerun", bench.judge(verdicts=("paired",))["paired"])
+        gate_runs_per_image = (bench.runs - runs_before) / n
+        for threads in (1, 2):
+            with intra_op_threads(threads):
+                note("paired", f"threads {threads}", bench.judge(verdicts=("paired",))["paired"])
+        for dtype in args.floor_dtypes:
+            note("paired", dtype, bench.judge(pipeline=bench.pipeline(dtype), verdicts=("paired",))["paired"])
+        elsewhere = shutil.copytree(args.model, Path(tmp) / "same-weights-elsewhere")
+        note(
+            "paired",
+            "another path",
+            bench.judge(pipeline=bench.pipeline(model=elsewhere), verdicts=("paired",))["paired"],
+        )
+        for pattern in range(1, args.rounding_patterns + 1):
+            note("paired", f"rounding {pattern}", bench.judge(verdicts=("paired",), pattern=pattern)["paired"])
+        for i in range(args.benign_seeds):
+            note("seed-spread", f"seed {5000 + i}", bench.judge(seed=5000 + i, verdicts=("auto",))["auto"])
+        for dtype in args.floor_dtypes:
+            found = bench.judge(pipeline=bench.pipeline(dtype), seed=5000, verdicts=("auto",))["auto"]
+            note("seed-spread", f"{dtype} seed 5000", found)
+
         transformer = bench.pipeline().transformer
-        for name, grade in GRADES.items():
-            levels = pick(grade.levels, args.levels)
-            detection[name] = {}
+        detection: dict[str, dict] = {"merge_parts": {}, "xattn_gain": {}}
+        for name, levels in (("merge_parts", args.merge), ("xattn_gain", args.gain)):
             for level in levels:
                 with broken(transformer, graded(name, level)):
-                    detection[name][level] = summarize(bench.judge())
-                row = detection[name][level]
-                say(f"{name}@{level:g}: baseline {row['baseline']}/{len(bench.images)}, set {row['set_moved']}")
+                    found = bench.judge()
+                detection[name][f"{level:g}"] = {v: row(found[v], n) for v in VERDICTS}
+                say(
+                    f"{name}@{level:g}: "
+                    + "; ".join(f"{v} {len(found[v]['failing'])}/{n} set {found[v]['set'].verdict}" for v in VERDICTS)
+                )
+        held_out = {}
+        for label, parameter, edit, expected in HELD_OUT:
+            with broken(transformer, Variant(label, "", lambda names, p=parameter, e=edit: [(p, e)])):
+                found = bench.judge()
+            held_out[label] = {v: row(found[v], n) for v in VERDICTS} | {"expected_onset": expected}
+            say(
+                f"{label}: "
+                + "; ".join(f"{v} {len(found[v]['failing'])}/{n} set {found[v]['set'].verdict}" for v in VERDICTS)
+                + f"; onsets {row(found['paired'], n)['onsets']}"
+            )
 
-    n, runs = len(bench.images), len(benign)
-    item_types = [k for k in healthy if k not in ("set_moved", "set_onset", "alarms", "threshold_alarms")]
-    checks = [k for k in item_types if k not in ("baseline", SET)]
-    failing = {k: sum(b[k] for b in benign.values()) for k in item_types}
+    def totals(verdict):
+        runs = benign[verdict]
+        return {
+            "runs": len(runs),
+            "items": sum(r["items"] for r in runs.values()),
+            "sets": sum(r["set"] == "fail" for r in runs.values()),
+        }
+
+    fa = {v: totals(v) for v in VERDICTS}
+    det = detection
+
+    def fails(grade, level, verdict, what="set", at_least=1):
+        r = det[grade].get(f"{level:g}", {}).get(verdict)
+        return None if r is None else (r["set"] == "fail" if what == "set" else r["items"] >= at_least)
+
     result = {
         "benchmark": "diagnostic_power",
         "model": Path(args.model).name,
         "K": args.baseline_seeds,
-        "R": args.seeds,
-        "alpha": args.false_alarm_rate,
         "images": n,
-        "thresholds": bench.thresholds_source,
-        "benign_runs": runs,
-        "benign_conditions": list(benign),
-        "false_alarm_rate": {k: round(v / (runs if k == SET else runs * n), 4) for k, v in failing.items()},
-        "false_alarms": [{"run": label, "check": "baseline", **a} for label, b in benign.items() for a in b["alarms"]]
-        + [{"run": label, "check": SET, "why": ", ".join(b["set_moved"])} for label, b in benign.items() if b[SET]],
-        "threshold_false_alarms": threshold_alarms(benign),
-        "healthy": {k: healthy[k] for k in item_types},
-        "detection_rate": {
-            name: {
-                f"{lv:g}": {k: (row[k] if k == SET else round(row[k] / n, 2)) for k in item_types}
-                for lv, row in rows.items()
-            }
-            for name, rows in detection.items()
+        "floor_dtypes": args.floor_dtypes,
+        "false_alarms": fa,
+        "benign": benign,
+        "numeric_floor_in_seed_spreads": floor,
+        "detection": detection,
+        "held_out": held_out,
+        "cost": {
+            "baseline_write_runs_per_image": write_runs / n,
+            "baseline_write_s": round(write_s, 1),
+            "gate_runs_per_image": gate_runs_per_image,
         },
-        "set_moved": {
-            name: {f"{lv:g}": [row["set_moved"], row["set_onset"]] for lv, row in rows.items() if row[SET]}
-            for name, rows in detection.items()
-        },
-        "detected_from": {
-            name: {k: onset_levels(rows, GRADES[name].healthy, k, healthy[k]) for k in item_types}
-            for name, rows in detection.items()
+        "goals_met": {
+            "paired: >=20 benign runs, 0 failing items": fa["paired"]["runs"] >= 20
+            and fa["paired"]["items"] == 0
+            and fa["paired"]["sets"] == 0,
+            "paired: merge 5% fails the set": fails("merge_parts", 0.05, "paired"),
+            "paired: merge 10% fails the baseline item on >=8/10": fails(
+                "merge_parts", 0.1, "paired", "items", round(0.8 * n)
+            ),
+            "paired: gain x0.97 fails the set": fails("xattn_gain", 0.97, "paired"),
+            "paired: gain x1.03 fails the set": fails("xattn_gain", 1.03, "paired"),
+            "seed-spread: >=100 benign runs, 0 failing items": fa["seed-spread"]["runs"] >= 100
+            and fa["seed-spread"]["items"] == 0,
+            "gate cost at R=1: one run per image": gate_runs_per_image == 1,
         },
         "denoising_runs": bench.runs,
         "wall_s": round(time.perf_counter() - start, 1),
@@ -318,16 +365,12 @@ def main(argv=None) -> dict:
             "threads": args.threads,
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "device": bench.device.device,
         },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    result["goals_met"] = goals(result)
-    if args.out is not None and any(detection.values()):
-        suffix = "" if args.baseline_seeds == DEFAULT_BASELINE_SEEDS else f"-K{args.baseline_seeds}"
-        suffix += "" if args.seeds == 1 else f"-R{args.seeds}"
-        figure = args.out / f"diagnostic-power-{result['model']}{suffix}.png"
-        draw(result, detection, healthy, figure, checks)
+    if args.out is not None:
+        figure = args.out / f"diagnostic-power-{result['model']}.png"
+        draw(result, figure)
         result["figure"] = str(figure)
     print(json.dumps(result))
     return result

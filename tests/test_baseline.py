@@ -1,4 +1,4 @@
-"""Baseline store and workflow: atomic writes, unreadable files, fingerprints, update modes, CI."""
+"""Baseline store and decisions: atomic writes, unreadable files, fingerprints, update modes, CI, the workflow."""
 
 from __future__ import annotations
 
@@ -6,32 +6,21 @@ import json
 import shlex
 
 import pytest
+from baseline_support import ENV, numbers, runner
 from plugin_support import IMAGE, TINY, args, make_project, outcomes
 
 from partattn_checks.base import atomic
+from partattn_checks.baselines import store as bl
+from partattn_checks.baselines.sample import SeedRun, SeedSample
+from partattn_checks.baselines.store import BaselineContent
 from partattn_checks.checks import Thresholds
-from partattn_checks.checks.baseline import store as bl
-from partattn_checks.checks.baseline.compare import evaluate
 
 pytest_plugins = ("pytester",)
 
 METRICS = {"entropy_mean": 0.9, "peak_mean": 0.06, "separation": 0.01}
-ENV = {
-    "schema_version": bl.BASELINE_SCHEMA_VERSION,
-    "model": "m",
-    "config_hash": "abc",
-    "steps": 2,
-    "seed": 0,
-    "num_parts": 2,
-    "guidance_scale": 7.0,
-    "num_tokens": 16,
-    "dtype": "float32",
-    "device_kind": "cpu",
-    "torch": "2.x",
-    "diffusers": "0.x",
-}
 NODE = f"fixtures/images/{IMAGE}::baseline"
 KEY = IMAGE.rsplit(".", 1)[0]
+K = 4
 
 
 @pytest.fixture(autouse=True)
@@ -39,40 +28,39 @@ def _no_ci(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
 
 
-def _evaluate(tmp_path, metrics=METRICS, env=ENV, **kw):
-    store, cands = bl.BaselineStore(tmp_path / "base"), bl.BaselineStore(tmp_path / "cand")
-    return evaluate(
-        store,
-        cands,
-        "img",
-        image="img.png",
-        metrics=metrics,
-        checks={"uniformity": 0.5},
-        environment=env,
-        thresholds=Thresholds(),
-        **kw,
-    )
+def _seeded(metrics=METRICS):
+    """``metrics`` moved a little by each seed (a seed spread of about 0.001), the same under every condition."""
+    return lambda seed, condition: {k: v + 0.001 * ((seed * 7919) % 5 - 2) for k, v in metrics.items()}
+
+
+def _evaluate(tmp_path, metrics=METRICS, env=ENV, **policy):
+    return runner(tmp_path, baseline_seeds=K, **policy).evaluate(numbers("img", _seeded(metrics), env), Thresholds())
+
+
+def _content(metrics=METRICS, seeds=(0, 1, 2), checks=None) -> BaselineContent:
+    runs = tuple(SeedRun(s, dict(_seeded(metrics)(s, None)), dict(checks or {"uniformity": 0.5}), ENV) for s in seeds)
+    return BaselineContent("fixtures/images/sub/np2_x.png", SeedSample(runs), ENV)
 
 
 # ----------------------------------------------------------------------------- files
 def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
     target = tmp_path / "a" / "metrics.json"
-    bl.atomic_write_text(target, "one")
-    bl.atomic_write_text(target, "two")
+    atomic.atomic_write_text(target, "one")
+    atomic.atomic_write_text(target, "two")
     assert target.read_text() == "two"
     assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "metrics.json"
-    bl.atomic_write_text(target, "old")
+    atomic.atomic_write_text(target, "old")
 
     def boom(src, dst):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
-        bl.atomic_write_text(target, "new")
+        atomic.atomic_write_text(target, "new")
     monkeypatch.undo()
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
@@ -80,18 +68,16 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_store_round_trip_and_layout(tmp_path):
     store = bl.BaselineStore(tmp_path)
-    assert store.write(
-        "sub/np2_x",
-        image="fixtures/images/sub/np2_x.png",
-        metrics=METRICS,
-        checks={"uniformity": 0.5, "part_separation": None},
-        environment=ENV,
-    )
+    content = _content(checks={"uniformity": 0.5, "part_separation": None})
+    assert store.write("sub/np2_x", content)
     paths = store.paths("sub/np2_x")
     assert paths.metrics == tmp_path / "sub" / "np2_x" / "metrics.json"
     assert store.keys() == ["sub/np2_x"]
     loaded = store.load("sub/np2_x")
-    assert loaded.metrics == METRICS and loaded.environment == ENV
+    assert loaded.seeds == (0, 1, 2) and loaded.samples == {
+        k: [round(v, 5) for v in vs] for k, vs in content.sample.samples.items()
+    }
+    assert loaded.metrics == {k: round(v, 5) for k, v in content.sample.metrics.items()} and loaded.environment == ENV
     assert loaded.checks == {"uniformity": 0.5, "part_separation": None}
     doc = json.loads(paths.metrics.read_text())
     assert doc["schema_version"] == bl.BASELINE_SCHEMA_VERSION and doc["image"] == "fixtures/images/sub/np2_x.png"
@@ -107,6 +93,15 @@ def test_store_round_trip_and_layout(tmp_path):
         ('{"schema_version": 99, "metrics": {"a": 1}}', False, "baseline schema version 99"),
         ('{"schema_version": 1, "metrics": {"a": 0.5, "b": Infinity}}', False, "metric b is inf, not a finite number"),
         ('{"schema_version": 1, "metrics": {"a": NaN}}', False, "metric a is nan, not a finite number"),
+        ('{"schema_version": 2, "metrics": {"a": 1}, "samples": {"a": [1, 1]}}', False, "the 'seeds' table is missing"),
+        ('{"schema_version": 2, "metrics": {"a": 1}, "seeds": [0, 1]}', False, "the 'samples' table is missing"),
+        (
+            '{"schema_version": 2, "metrics": {"a": 1, "b": 2}, "seeds": [0, 1], "samples": {"a": [1, 1]}}',
+            False,
+            "metric b has no samples (one value per seed)",
+        ),
+        ('{"schema_version": 2, "metrics": {"a": 1}, "seeds": [0], "samples": {"a": [1]}}', False, "two or more"),
+        ('{"schema_version": 3, "candidate": true, "metrics": {"a": 1}}', False, "a candidate"),
     ],
 )
 def test_unusable_baselines_name_the_file(tmp_path, text, corrupt, message):
@@ -126,8 +121,9 @@ def test_a_non_finite_baseline_fails_instead_of_allowing_any_drift(tmp_path):
     out = _evaluate(tmp_path)
     assert out.result.verdict == "fail" and out.status == "unreadable"
     assert "entropy_mean is inf" in out.result.reason and "--partattn-update=failed" in out.result.reason
+    assert "--partattn-update=all" not in out.result.reason  # one way out, not two
     assert _evaluate(tmp_path, update="failed").status == "updated"  # readable, so regenerated on request
-    assert bl.BaselineStore(tmp_path / "base").load("img").metrics == METRICS
+    assert bl.BaselineStore(tmp_path / "base").load("img").seeds == tuple(range(K))
 
 
 def test_non_finite_metrics_are_never_written(tmp_path):
@@ -138,26 +134,29 @@ def test_non_finite_metrics_are_never_written(tmp_path):
 
 def test_rewriting_an_unchanged_baseline_leaves_the_files_alone(tmp_path):
     store = bl.BaselineStore(tmp_path)
-    kw = dict(image="i.png", checks={"uniformity": 0.25}, environment=ENV)
-    assert store.write("img", metrics={"a": 0.1234567, "b": 0.5}, **kw)
+    content = _content(metrics={"a": 0.1234567, "b": 0.5})
+    assert store.write("img", content)
     doc = json.loads(store.paths("img").metrics.read_text())
-    assert doc["metrics"] == {"a": 0.12346, "b": 0.5}  # rounded far inside the tolerance
+    assert doc["metrics"]["b"] == round(content.sample.metrics["b"], 5)
+    assert doc["samples"]["a"][0] == round(content.sample.samples["a"][0], 5)  # rounded far inside any spread
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in store.paths("img").folder.iterdir()}
     # moves of about 1e-6 (what reruns on the same machine give) change nothing on disk
-    assert not store.write("img", metrics={"a": 0.1234612, "b": 0.4999989}, **kw)
+    assert not store.write("img", _content(metrics={"a": 0.1234612, "b": 0.4999989}))
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in store.paths("img").folder.iterdir()} == before
-    out = _evaluate(tmp_path)  # creates tmp_path/base/img
-    assert out.status == "missing"
+    assert store.write("img", _content(metrics={"a": 0.2, "b": 0.5}))  # a real change is written
+
+
+def test_a_rewrite_of_an_unchanged_model_says_up_to_date(tmp_path):
+    assert _evaluate(tmp_path).status == "missing"
     assert _evaluate(tmp_path, update="missing").status == "written"
     again = _evaluate(tmp_path, update="all")
     assert again.status == "compared" and "no stored value changed" in again.result.reason
-    assert store.write("img", metrics={"a": 0.2, "b": 0.5}, **kw)  # a real change is written
 
 
 def test_unused_baselines_are_listed_and_removed_without_touching_other_files(tmp_path):
     store = bl.BaselineStore(tmp_path)
     for key in ("np2_kept", "sub/np2_gone"):
-        store.write(key, image=f"{key}.png", metrics=METRICS, checks={}, environment=ENV)
+        store.write(key, _content())
     (tmp_path / "README.md").write_text("notes")
     assert store.keys() == ["np2_kept", "sub/np2_gone"]
     store.remove("sub/np2_gone")
@@ -165,6 +164,45 @@ def test_unused_baselines_are_listed_and_removed_without_touching_other_files(tm
     (tmp_path / "np2_kept" / "notes.txt").write_text("mine")
     store.remove("np2_kept")
     assert (tmp_path / "np2_kept" / "notes.txt").is_file() and (tmp_path / "README.md").is_file()
+
+
+def test_a_folder_in_the_place_of_a_file_stops_the_write_before_anything_is_written(tmp_path):
+    store = bl.BaselineStore(tmp_path)
+    assert store.write("img", _content())
+    before = {p.name: p.read_bytes() for p in store.paths("img").folder.iterdir() if p.is_file()}
+    store.paths("img").metrics.unlink()
+    store.paths("img").metrics.mkdir()  # metrics.json is a folder
+    with pytest.raises(bl.BaselineWriteError, match="metrics.json: a folder .* is in the way") as info:
+        store.write("img", _content(metrics={"a": 0.9}))
+    assert "nothing was written" in str(info.value)
+    after = {p.name: p.read_bytes() for p in store.paths("img").folder.iterdir() if p.is_file()}
+    assert after == {k: v for k, v in before.items() if k != "metrics.json"}  # environment.json untouched
+    # through the runner: the item reads the folder as unusable, and a forced update fails in one line
+    (tmp_path / "x" / "base" / "img").mkdir(parents=True)
+    (tmp_path / "x" / "base" / "img" / "metrics.json").mkdir()
+    assert "not a file (move it away)" in _evaluate(tmp_path / "x").result.reason
+    out = _evaluate(tmp_path / "x", update="all", force=True)
+    assert out.result.verdict == "fail" and out.status == "refused"
+    assert out.result.reason.startswith("not written: cannot write") and "is in the way" in out.result.reason
+    assert [p.name for p in (tmp_path / "x" / "base" / "img").iterdir()] == ["metrics.json"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_files(tmp_path, monkeypatch):
+    store = bl.BaselineStore(tmp_path)
+    assert store.write("img", _content())
+    before = {p.name: p.read_bytes() for p in store.paths("img").folder.iterdir()}
+
+    def full(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(bl, "atomic_write_text", full)
+    with pytest.raises(bl.BaselineWriteError) as info:
+        store.write("img", _content(metrics={"a": 0.7}))
+    assert str(info.value) == (
+        f"cannot write {store.paths('img').metrics}: no space left on the device; the baseline files already "
+        f"there were kept"
+    )
+    assert {p.name: p.read_bytes() for p in store.paths("img").folder.iterdir()} == before
 
 
 def test_fingerprint_from_record_meta():
@@ -191,7 +229,9 @@ def test_missing_fails_with_where_it_looked_and_a_candidate(tmp_path):
     assert out.result.verdict == "fail" and out.status == "missing"
     assert str(tmp_path / "base" / "img" / "metrics.json") in out.result.reason
     assert str(tmp_path / "cand" / "img") in out.result.reason
-    assert json.loads((tmp_path / "cand" / "img" / "metrics.json").read_text())["metrics"] == METRICS
+    doc = json.loads((tmp_path / "cand" / "img" / "metrics.json").read_text())
+    assert doc["candidate"] is True and doc["seeds"] == [0]
+    assert doc["metrics"] == {k: round(v, 5) for k, v in _seeded()(0, None).items()}
     assert not (tmp_path / "base").exists()
 
 
@@ -199,7 +239,12 @@ def test_missing_fails_with_where_it_looked_and_a_candidate(tmp_path):
 def test_update_modes_write_missing_baselines(tmp_path, mode):
     out = _evaluate(tmp_path, update=mode)
     assert out.result.verdict == "pass" and out.status == "written"
-    assert bl.BaselineStore(tmp_path / "base").load("img").metrics == METRICS
+    stored = bl.BaselineStore(tmp_path / "base").load("img")
+    assert stored.seeds == (0, 1, 2, 3) and stored.samples["separation"] == [
+        _seeded()(s, None)["separation"] for s in range(K)
+    ]
+    assert stored.paired is not None and stored.paired.seeds == (0,)
+    assert [c.name for c in stored.paired.conditions] == ["rounding", "threads"]
 
 
 def test_drift_fails_and_update_modes(tmp_path):
@@ -207,18 +252,17 @@ def test_drift_fails_and_update_modes(tmp_path):
     assert _evaluate(tmp_path).result.verdict == "pass"
     drifted = dict(METRICS, separation=0.5)
     out = _evaluate(tmp_path, metrics=drifted)
-    assert out.result.verdict == "fail" and "separation drifted" in out.result.reason
+    assert out.result.verdict == "fail" and "moved beyond the numeric floor: separation" in out.result.reason
     assert _evaluate(tmp_path, metrics=drifted, update="missing").result.verdict == "fail"  # missing only
     out = _evaluate(tmp_path, metrics=drifted, update="failed")
     assert out.status == "updated" and out.result.verdict == "pass"
     assert _evaluate(tmp_path, metrics=drifted).result.verdict == "pass"
     # "failed" leaves passing baselines alone; "all" rewrites them (where a stored value changes)
-    within = dict(drifted, separation=0.51)
+    within = dict(drifted, separation=0.5 + 1e-6)
     before = (tmp_path / "base" / "img" / "metrics.json").stat().st_mtime_ns
     assert _evaluate(tmp_path, metrics=within, update="failed").status == "compared"
     assert (tmp_path / "base" / "img" / "metrics.json").stat().st_mtime_ns == before
-    assert _evaluate(tmp_path, metrics=within, update="all").status == "updated"
-    assert bl.BaselineStore(tmp_path / "base").load("img").metrics["separation"] == 0.51
+    assert _evaluate(tmp_path, metrics=dict(drifted, separation=0.51), update="all").status == "updated"
 
 
 def test_environment_mismatch_warns_or_fails_when_strict(tmp_path):
@@ -245,7 +289,7 @@ def test_corrupt_baseline_is_never_overwritten_unless_all_and_forced(tmp_path):
         assert "NOT overwritten" in out.result.reason and str(folder / "metrics.json") in out.result.reason
         assert (folder / "metrics.json").read_text() == "{oops"
     out = _evaluate(tmp_path, update="all", force=True)
-    assert out.status == "updated" and bl.BaselineStore(tmp_path / "base").load("img").metrics == METRICS
+    assert out.status == "updated" and bl.BaselineStore(tmp_path / "base").load("img").seeds == tuple(range(K))
 
 
 def test_old_schema_is_replaced_by_update_failed(tmp_path):
@@ -265,8 +309,8 @@ def test_workflow_missing_create_pass_drift_fail_update_pass(pytester):
     metrics = pytester.path / "fixtures" / "baselines" / KEY / "metrics.json"
     result.stdout.fnmatch_lines(
         [
-            f"no baseline for this image: looked for {metrics}; a candidate was written to "
-            f"{pytester.path / '.partattn-results' / 'baseline-candidates' / KEY} *"
+            f"no baseline for this image: looked for {metrics}; create it with --partattn-update=missing. This run's "
+            f"measurements were written to {pytester.path / '.partattn-results' / 'baseline-candidates' / KEY} *"
         ]
     )
     assert not metrics.exists()
@@ -288,9 +332,17 @@ def test_workflow_missing_create_pass_drift_fail_update_pass(pytester):
     assert outcomes(result) == {NODE: "failed"}
     result.stdout.fnmatch_lines(
         [
-            "moved beyond the baseline's seed noise: entropy_mean. entropy_mean * vs baseline * ± * over 16 seeds: "
+            "moved beyond the numeric floor: entropy_mean. entropy_mean * (this run) vs * for the same seed in the "
+            "baseline: * seed spreads (spread *; numeric floor *; allowance ±0.25)*[paired verdict: reran the "
+            "baseline's seed(s) [[]0[]]: judged against the numeric floor]*",
+        ]
+    )
+    assert outcomes(run("--partattn-verdict=seed-spread")) == {NODE: "failed"}
+    result = run("--partattn-verdict=seed-spread")
+    result.stdout.fnmatch_lines(
+        [
+            "moved beyond the baseline's seed noise: entropy_mean. entropy_mean * vs baseline * ± * over 15 seeds: "
             "* standard errors away (allowance ±*",
-            "*entropy_mean*±*se)*16 seeds)*se DRIFT",
         ]
     )
 
@@ -410,3 +462,13 @@ def test_a_second_update_session_on_the_same_folder_is_refused(pytester):
     result = pytester.runpytest_inprocess(*args("--partattn-update=missing"), NODE)
     assert outcomes(result) == {NODE: "passed"}
     assert not (folder / bl.UpdateLock.FILE).exists()  # released and removed at the end
+
+
+def test_a_baseline_whose_seeds_are_identical_says_so(tmp_path):
+    constant = lambda seed, condition: dict(METRICS)  # noqa: E731 - a model that ignores its noise seed
+    runner(tmp_path, update="all", baseline_seeds=K).evaluate(numbers("img", constant), Thresholds())
+    moved = lambda seed, condition: dict(METRICS, separation=0.011)  # noqa: E731
+    for verdict in ("auto", "seed-spread"):
+        out = runner(tmp_path, baseline_seeds=K, verdict=verdict).evaluate(numbers("img", moved), Thresholds())
+        assert out.result.verdict == "fail"
+        assert f"the baseline's {K} seeds are identical in entropy_mean, peak_mean, separation" in out.result.reason

@@ -35,8 +35,8 @@ from partattn_checks.analysis.calibrate import (
 )
 from partattn_checks.analysis.calibration_page import GRADED_TITLE
 from partattn_checks.analysis.zoo import targets
+from partattn_checks.baselines.fixture_set import ITEM_NAME
 from partattn_checks.checks import REGISTRY, CheckResult, Thresholds, load_thresholds
-from partattn_checks.checks.fixture_set import ITEM_NAME
 from partattn_checks.model.broken import GRADES, VARIANTS, VariantError, broken, edited_parameters
 from partattn_checks.model.loading import load_transformer
 from partattn_checks.model.transformer import RELEASE_CONFIG, PartCrafterDiTModel
@@ -520,6 +520,9 @@ def test_baseline_seeds_need_baselines_and_at_least_two_seeds(tmp_path, capsys, 
     for extra, phrase in (
         (["--baseline-seeds", "4"], "--baseline-seeds says how the baselines are written: it needs --baselines"),
         (["--baselines", "b", "--baseline-seeds", "1"], "--baseline-seeds 1: must be between 2 and"),
+        (["--seeds", "2"], "--seeds says how the baselines are written: it needs --baselines"),
+        (["--baselines", "b", "--seeds", "5", "--baseline-seeds", "4"], "--seeds 5: the gate reruns the first R"),
+        (["--baselines", "b", "--floor-dtypes", "float16,fp8"], "--floor-dtypes float16,fp8: 'fp8' is not one of"),
     ):
         code = cli.main(["calibrate", "--model", str(RANDOM), "--fixtures", str(IMAGES), *extra])
         err = capsys.readouterr().err
@@ -548,12 +551,6 @@ def test_the_fingerprint_reads_headers_not_tensors(tmp_path):
 
 # ---------------------------------------------------------------------------- what calibrate leaves in place
 COMMITTED_BASELINES = REPO / "fixtures" / "baselines"
-#: A conftest in the fixture folder that presses Ctrl-C in the gate once every baseline is written.
-INTERRUPT_CONFTEST = """
-def pytest_runtest_teardown(item, nextitem):
-    if nextitem is None:
-        raise KeyboardInterrupt
-"""
 
 
 def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -567,7 +564,6 @@ def _calibrate_with_baselines(root: Path, *extra: str) -> int:
     return cli.main(
         ["calibrate", "--model", str(EMBEDDED), "--fixtures", str(root / "images"), "--out", str(root / "out")]
         + ["--baselines", str(root / "baselines"), "--no-graded", "--steps", str(EMBEDDED_STEPS), "--device", "cpu"]
-        + ["-q"]
         + (list(extra) or ["--baseline-seeds", "2"])
     )
 
@@ -595,23 +591,35 @@ def test_calibrate_keeps_the_baselines_of_other_images_and_the_users_own_files(o
 
     (root / "out" / "thresholds.toml").rename(root / "my-thresholds.toml")
     assert _calibrate_with_baselines(root) == 0, capsys.readouterr().err
-    printed = capsys.readouterr().out
-    assert "unused baseline" not in printed
+    printed = capsys.readouterr()
+    assert "unused baseline" not in printed.out + printed.err
     assert sorted(p.name for p in (root / "baselines").iterdir()) == ["np2_circle_square", "np3_three_shapes"]
     assert _files(root / "baselines" / "np3_three_shapes") == other
     manifest = json.loads((root / "out" / cli.MANIFEST).read_text())
-    assert set(OUTPUTS_OF_CALIBRATE) <= set(manifest["files"]) and "gate-results/index.html" in manifest["files"]
+    assert set(OUTPUTS_OF_CALIBRATE) == set(manifest["files"])
     assert sorted(p.name for p in (root / "out").iterdir() if p.name.startswith(".")) == []  # no staging left
+    # the paths printed are where the files are now, not the staging folders they were written into
+    where = f"partattn: wrote the baselines of 1 image(s) into {root / 'baselines'}:\n"
+    assert where + f"partattn:   {root / 'baselines' / 'np2_circle_square'}\n" in printed.err
+    assert ".partattn-calibrate-" not in printed.err
 
 
 OUTPUTS_OF_CALIBRATE = ("thresholds.toml", "model-matrix.md", "model-matrix.json", "model-matrix.png")
 
 
-def test_an_interrupted_calibration_leaves_out_and_baselines_as_they_were(one_image, capsys):
+def test_an_interrupted_calibration_leaves_out_and_baselines_as_they_were(one_image, capsys, monkeypatch):
+    from partattn_checks.baselines.runner import BaselineRunner
+
     root = one_image
     assert _calibrate_with_baselines(root) == 0, capsys.readouterr().err
     out, baselines = _files(root / "out"), _files(root / "baselines")
-    (root / "images" / "conftest.py").write_text(INTERRUPT_CONFTEST)
+    write = BaselineRunner.write
+
+    def write_then_interrupt(self, image, measured=None):  # Ctrl-C right after a baseline was written (staged)
+        write(self, image, measured)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BaselineRunner, "write", write_then_interrupt)
     # other settings: new thresholds and baselines were written (staged) when Ctrl-C came
     assert _calibrate_with_baselines(root, "--margin", "0.3", "--baseline-seeds", "3") == 130
     err = capsys.readouterr().err

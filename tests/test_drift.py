@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from baseline_support import ENV, records, runner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -21,20 +22,21 @@ from PIL import Image
 from plugin_support import REPO
 
 from partattn_checks import EMBEDDED_MODEL
-from partattn_checks.capture import metrics
-from partattn_checks.capture.record import AttentionRecord
-from partattn_checks.checks import REGISTRY, CheckResult, Thresholds
-from partattn_checks.checks.baseline import store as bl
-from partattn_checks.checks.baseline.attention import (
+from partattn_checks.baselines import store as bl
+from partattn_checks.baselines.judge import NO_SUMMARY_NOTE
+from partattn_checks.baselines.sample import SeedRun, SeedSample
+from partattn_checks.baselines.store import SUMMARY_FILE, BaselineContent
+from partattn_checks.baselines.summary import (
     KEEP_ATOL,
     AttentionSummary,
     SummaryError,
     attention_drift,
     js_normalized,
 )
-from partattn_checks.checks.baseline.check import AttentionDrift, BaselineDetails
-from partattn_checks.checks.baseline.compare import NO_SUMMARY_NOTE, evaluate
-from partattn_checks.checks.baseline.store import SUMMARY_FILE
+from partattn_checks.capture import metrics
+from partattn_checks.capture.record import AttentionRecord
+from partattn_checks.checks import REGISTRY, CheckResult, Thresholds
+from partattn_checks.checks.baseline import AttentionDrift, BaselineDetails
 from partattn_checks.checks.details import Matrix
 from partattn_checks.gate import report
 from partattn_checks.render import drift as drift_render
@@ -42,7 +44,6 @@ from partattn_checks.render import drift as drift_render
 pytest_plugins = ("pytester",)
 
 METRICS = {"entropy_mean": 0.9, "peak_mean": 0.06, "separation": 0.3}
-ENV = {"schema_version": bl.BASELINE_SCHEMA_VERSION, "model": "m", "steps": 4}
 COMMITTED = REPO / "fixtures" / "baselines"
 
 
@@ -125,30 +126,41 @@ def test_unreadable_summary_names_the_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the store
+def _sample(attention: AttentionSummary | None, seeds=(0, 1), metrics=METRICS) -> SeedSample:
+    """Runs of ``seeds`` with the same attention and metrics a little apart (so that they have a spread)."""
+    return SeedSample(
+        tuple(
+            SeedRun(s, {k: v + 0.001 * i for k, v in metrics.items()}, {}, ENV, attention) for i, s in enumerate(seeds)
+        )
+    )
+
+
 def _write(store, attention, metrics=METRICS):
-    return store.write("img", image="img.png", metrics=metrics, checks={}, environment=ENV, attention=attention)
+    return store.write("img", BaselineContent("img.png", _sample(attention, metrics=metrics), ENV))
 
 
 def test_update_twice_leaves_every_file_byte_identical(tmp_path):
     store = bl.BaselineStore(tmp_path)
-    s = AttentionSummary.from_record(_record())
+    s = AttentionSummary.from_record(_record(), exact=True)
     assert _write(store, s)
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "img").iterdir()}
     assert set(before) == {"metrics.json", "environment.json", SUMMARY_FILE}
-    again = AttentionSummary.from_record(_record())  # the same run again
+    again = AttentionSummary.from_record(_record(), exact=True)  # the same run again
     assert not _write(store, again)
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "img").iterdir()} == before
     # values that moved by less than KEEP_ATOL keep the stored file; more is a rewrite
-    nudged = AttentionSummary(**{**vars(s), "mean": (s.mean.astype(np.float64) + KEEP_ATOL / 4).astype(np.float16)})
+    nudged = AttentionSummary(**{**vars(s), "cls_mass": s.cls_mass + KEEP_ATOL / 4})
     assert not _write(store, nudged)
-    moved = AttentionSummary(**{**vars(s), "mean": (s.mean.astype(np.float64) + 0.01).astype(np.float16)})
+    moved = AttentionSummary(**{**vars(s), "cls_mass": s.cls_mass + 0.01})
     assert _write(store, moved)
-    assert (tmp_path / "img" / "metrics.json").read_bytes() == before["metrics.json"][0]  # only the summary
+    doc = json.loads((tmp_path / "img" / "metrics.json").read_text())  # only the summary and its hash changed
+    assert doc["metrics"] == json.loads(before["metrics.json"][0])["metrics"]
+    assert doc["files"][SUMMARY_FILE] != json.loads(before["metrics.json"][0])["files"][SUMMARY_FILE]
 
 
 def test_remove_and_unused_listing_include_the_summary(tmp_path):
     store = bl.BaselineStore(tmp_path)
-    _write(store, AttentionSummary.from_record(_record()))
+    _write(store, AttentionSummary.from_record(_record(), exact=True))
     assert bl.unused_keys(store, set()) == ["img"]
     store.remove("img")
     assert not (tmp_path / "img").exists()
@@ -159,76 +171,69 @@ def test_remove_and_unused_listing_include_the_summary(tmp_path):
     assert not (tmp_path / "half").exists()
 
 
-def _evaluate(tmp_path, attention, **kw):
-    return evaluate(
-        bl.BaselineStore(tmp_path / "base"),
-        bl.BaselineStore(tmp_path / "cand"),
-        "img",
-        image="img.png",
-        metrics=kw.pop("metrics", METRICS),
-        checks={},
-        environment=ENV,
-        thresholds=Thresholds(),
-        attention=attention,
-        **kw,
-    )
+def _judge(tmp_path, now_record, **policy):
+    """The stored baseline of "img" against one run of ``now_record`` (seed 0)."""
+    return runner(tmp_path, **policy).evaluate(records("img", lambda seed, c: now_record), Thresholds())
 
 
 def test_old_baseline_without_summary_compares_metrics_and_says_how_to_add_pictures(tmp_path):
+    rec = _record()
     store = bl.BaselineStore(tmp_path / "base")
-    store.write("img", image="img.png", metrics=METRICS, checks={}, environment=ENV)  # as before summaries
-    metrics_bytes = (tmp_path / "base" / "img" / "metrics.json").read_bytes()
-    now = AttentionSummary.from_record(_record())
-    out = _evaluate(tmp_path, now)
-    assert out.result.verdict == "pass" and out.result.offender is None
+    store.write("img", BaselineContent("img.png", _sample(None, metrics=rec.summary()), ENV))  # as before summaries
+    out = _judge(tmp_path, rec, verdict="seed-spread", baseline_seeds=2)
+    assert out.result.offender is None
     assert out.result.details.attention is None and out.result.details.attention_note == NO_SUMMARY_NOTE
-    assert "regenerate it with --partattn-update=all to add the drift pictures" in out.result.reason
-    drifted = _evaluate(tmp_path, now, metrics={**METRICS, "separation": 0.0})
-    assert drifted.result.verdict == "fail" and "--partattn-update=all" in drifted.result.reason
-    assert REGISTRY["baseline"].figures(drifted.result, None, tmp_path / "figs") == []  # nothing to draw
-    # --partattn-update=all adds the summary and leaves metrics.json as it was
-    added = _evaluate(tmp_path, now, update="all")
+    assert "regenerate it with --partattn-update=failed to add the drift pictures" in out.result.reason
+    assert REGISTRY["baseline"].figures(out.result, None, tmp_path / "figs") == []  # nothing to draw
+    # --partattn-update=all adds the summary
+    added = _judge(tmp_path, rec, update="all", baseline_seeds=2)
     assert added.status == "updated" and (tmp_path / "base" / "img" / SUMMARY_FILE).is_file()
-    assert (tmp_path / "base" / "img" / "metrics.json").read_bytes() == metrics_bytes
-    assert _evaluate(tmp_path, now, update="all").status == "compared"  # and then it is up to date
+    assert _judge(tmp_path, rec, update="all", baseline_seeds=2).status == "compared"  # and then it is up to date
 
 
 def test_damaged_summary_is_reported_and_the_metrics_still_count(tmp_path):
     store = bl.BaselineStore(tmp_path / "base")
-    _write(store, AttentionSummary.from_record(_record()))
+    rec = _record()
+    _write(store, AttentionSummary.from_record(rec, exact=True), metrics=rec.summary())
     (tmp_path / "base" / "img" / SUMMARY_FILE).write_bytes(b"\x00" * 12)
-    out = _evaluate(tmp_path, AttentionSummary.from_record(_record()))
-    assert out.result.verdict == "pass" and "attention summary is unusable" in out.result.reason
+    out = _judge(tmp_path, rec, baseline_seeds=2)
+    assert "attention summary is unusable" in out.result.reason
     assert str(tmp_path / "base" / "img" / SUMMARY_FILE) in out.result.details.attention_note
+    assert "does not belong to its metrics.json" in out.result.details.attention_note  # its hash differs
 
 
 def test_summary_with_nan_is_unusable_and_the_metrics_still_count(tmp_path):
     store = bl.BaselineStore(tmp_path / "base")
-    good = AttentionSummary.from_record(_record())
+    rec = _record()
+    good = AttentionSummary.from_record(rec, exact=True)
     nan_mean = good.mean.copy()
     nan_mean[0, 0, 0] = np.nan
-    _write(store, AttentionSummary(**{**vars(good), "mean": nan_mean}))
     path = tmp_path / "base" / "img" / SUMMARY_FILE
+    AttentionSummary(**{**vars(good), "mean": nan_mean}).write(path)
     with pytest.raises(SummaryError, match="non-finite") as err:
         AttentionSummary.read(path)
     assert str(path) in str(err.value) and "regenerate it with --partattn-update=all" in str(err.value)
-    out = _evaluate(tmp_path, good)  # no drift of 0.500 in every layer, no blame on blocks.0
-    assert out.result.verdict == "pass" and out.result.offender is None
+    store.write("img", BaselineContent("img.png", _sample(None, metrics=rec.summary()), ENV))
+    AttentionSummary(**{**vars(good), "mean": nan_mean}).write(path)  # a summary whose metrics.json names none
+    out = _judge(tmp_path, rec, baseline_seeds=2, verdict="seed-spread")  # no drift of 0.500 in every layer
+    assert out.result.offender is None
     assert out.result.details.attention is None and "attention summary is unusable" in out.result.reason
     assert str(path) in out.result.details.attention_note
 
 
 def test_drift_names_the_layer_and_part_that_moved_and_travels_as_json(tmp_path):
-    store = bl.BaselineStore(tmp_path / "base")
-    _write(store, AttentionSummary.from_record(_record(L=3, P=2)))
+    healthy = [_record(L=3, P=2, seed=s) for s in range(4)]
+    runner(tmp_path, update="all", baseline_seeds=4).evaluate(
+        records("img", lambda seed, c: healthy[seed]), Thresholds()
+    )
     # layer 1's part 1 now attends elsewhere; everything else as before
-    now = AttentionSummary.from_record(_record(L=3, P=2, focus=[[0, 1], [0, 9], [0, 1]]))
-    out = _evaluate(tmp_path, now, metrics={**METRICS, "separation": 0.0})
+    out = _judge(tmp_path, _record(L=3, P=2, focus=[[0, 1], [0, 9], [0, 1]]), baseline_seeds=4)
     r = out.result
     assert r.verdict == "fail" and (r.offender.layer, r.offender.part) == ("blocks.1.attn2", 1)
+    assert r.offender.step == 0  # paired: where the change begins
     assert "(attention moved most in layer blocks.1.attn2, part 1: JS/log2 " in r.reason  # index.html shows it
     d = r.details.attention
-    assert d.layer == "blocks.1.attn2" and d.part == 1 and d.grid == (4, 4)
+    assert d.layer == "blocks.1.attn2" and d.part == 1 and d.grid == (4, 4) and d.verdict == "paired"
     assert d.per_layer[1] > 10 * max(d.per_layer[0], d.per_layer[2])
     # through JSON (the pytest-xdist transport) and back, typed again, and drawn from there
     back = CheckResult.from_dict(json.loads(json.dumps(r.to_dict())))
@@ -240,7 +245,7 @@ def test_drift_names_the_layer_and_part_that_moved_and_travels_as_json(tmp_path)
         image="img.png", key="img", check="baseline", result=r, figures=[str(figs[0])], rerun="r", update="u"
     )
     text = report.failure_text(report.ItemReport.from_dict(json.loads(json.dumps(item.to_dict()))))
-    assert "worst offender: step -, layer blocks.1.attn2, part 1, head -" in text
+    assert "worst offender: step 0, layer blocks.1.attn2, part 1, head -" in text
     assert "attention drift: layer blocks.1.attn2 moved most" in text and f"[[ATTACHMENT|{figs[0]}]]" in text
 
 
@@ -477,3 +482,18 @@ def test_merged_parts_against_the_committed_baselines_shows_the_drift_figure(pyt
         assert f"{stem}/baseline__drift.png" in index
         assert f"attention moved most in layer {layer}, part {part}: JS/log2" in index
     assert "data:image/png;base64,iVBOR" in (pytester.path / "report.html").read_text()
+
+
+def test_a_summary_of_another_shape_is_said_beside_a_passing_item(tmp_path):
+    healthy = [_record(seed=s) for s in range(2)]
+    runner(tmp_path, update="all", baseline_seeds=2).evaluate(
+        records("img", lambda seed, c: healthy[seed]), Thresholds()
+    )
+    other_grid = _record(grid=(2, 2))  # the same metrics' names, another key grid: a truncated or foreign summary
+    out = _judge(tmp_path, other_grid, baseline_seeds=2)
+    folder = tmp_path / "base" / "img"
+    assert (
+        f"{folder}: no drift figure: the baseline's attention summary has 16 keys per part, this run 4" in out.problems
+    )
+    assert any(p.startswith(f"{folder}: layers not compared") for p in out.problems)
+    assert out.result.details.attention is None

@@ -12,9 +12,9 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
+from partattn_checks.baselines.fixture_set import SetVerdict
 from partattn_checks.checks import CheckResult
-from partattn_checks.checks.baseline.noise import SetDeviation
-from partattn_checks.checks.fixture_set import SetVerdict
+from partattn_checks.checks.baseline import SetDeviation
 from partattn_checks.gate import report
 from partattn_checks.present.pages import Page
 from partattn_checks.present.pages.page import anchor_id

@@ -15,7 +15,7 @@ import partattn_checks
 PACKAGE = Path(partattn_checks.__file__).parent
 
 #: Bottom to top. The package root (its __init__) and errors.py belong to "base".
-LAYERS = ("base", "model", "capture", "render", "checks", "runs", "present", "analysis", "gate", "cli")
+LAYERS = ("base", "model", "capture", "render", "checks", "baselines", "runs", "present", "analysis", "gate", "cli")
 ROOT_MODULES = {"__init__": "base", "errors": "base"}
 
 

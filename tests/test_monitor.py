@@ -153,3 +153,37 @@ def test_a_wrapped_model_is_unwrapped_and_other_ranks_skip_when_asked(monkeypatc
     assert ranked(checkpoint.transformer, checkpoint.image_encoder) == {}
     monkeypatch.setenv("RANK", "0")
     assert ranked(checkpoint.transformer, checkpoint.image_encoder) == plain
+
+
+def test_the_monitor_judges_against_baselines_with_the_gates_runner(tmp_path):
+    from partattn_checks.baselines.policy import BaselinePolicy
+    from partattn_checks.baselines.runner import BaselineRunner
+    from partattn_checks.baselines.store import BaselineStore
+    from partattn_checks.model.broken import broken, graded
+    from partattn_checks.runs.session import Session
+    from partattn_checks.runs.sidecar import fixture_specs
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in IMAGES:
+        shutil.copyfile(path, images / path.name)
+    checkpoint = load_checkpoint(EMBEDDED_MODEL)
+    from partattn_checks.model.pipeline import PartCrafterPipeline
+
+    # the reference's baselines, at the monitor's settings (3 steps), written as the gate writes them
+    session = Session.around(PartCrafterPipeline(checkpoint), options={"steps": 3, "seed": 0})
+    writer = BaselineRunner(BaselineStore(tmp_path / "baselines"), None, BaselinePolicy(update="all", baseline_seeds=4))
+    for spec in fixture_specs(images):
+        writer.evaluate(session.image_runs(spec), session.thresholds)
+    monitor = tiny_monitor(baselines=tmp_path / "baselines")
+    same = monitor(checkpoint.transformer, checkpoint.image_encoder)
+    assert same["partattn/baseline/fails"] == 0.0 and same["partattn/baseline/set"] == 0.0
+    assert abs(same["partattn/baseline/shift/separation"]) < 0.01  # the stored run of the same seed, again
+    assert 0 <= same["partattn/baseline/np2_circle_square"] < 0.1
+    with broken(checkpoint.transformer, graded("merge_parts", 0.2)):
+        merged = monitor(checkpoint.transformer, checkpoint.image_encoder)
+    assert merged["partattn/baseline/fails"] == 2.0 and merged["partattn/baseline/set"] == 1.0
+    assert merged["partattn/baseline/shift/separation"] < -1.0  # in seed spreads: parts alike
+    assert merged["partattn/baseline/np3_three_shapes"] > 1.0  # beyond its allowance
+    with pytest.raises(MonitorError, match="no such folder"):
+        tiny_monitor(baselines=tmp_path / "nowhere")

@@ -88,8 +88,9 @@ def test_activation_runs_each_image_once_with_one_model_load(pytester):
     assert result.ret == 0
     events = __import__("json").loads((pytester.path / "events-main.json").read_text())
     assert events["loads"] == ["cpu"]
-    # once per image, not per check, plus once per baseline seed when its baseline is written
-    assert sorted(events["calls"]) == sorted([IMAGE, "np1_circle.png"] * (1 + 2))
+    # once per image, not per check; writing its baseline adds its other K - 1 seeds (the first is the
+    # gate's run) and the numeric floor's two reruns of that seed (a rounding error, another thread count)
+    assert sorted(events["calls"]) == sorted([IMAGE, "np1_circle.png"] * (1 + (2 - 1) + 2))
     result.stdout.fnmatch_lines(["partattn: model from pytest_partattn_load_pipeline (conftest.py)"])
     # the terminal summary: one row per image, one column per check
     result.stdout.fnmatch_lines(
@@ -158,7 +159,10 @@ def test_cuda_without_cuda_is_a_usage_error(pytester):
         ("--partattn-model=no/such/dir", "--partattn-model no/such/dir: no such checkpoint folder *"),
         ("--partattn-baseline-seeds=1", "--partattn-baseline-seeds 1: must be between 2 and 1000*"),
         ("--partattn-seeds=0", "--partattn-seeds 0: must be between 1 and 1000*"),
-        ("--partattn-false-alarm-rate=0.7", "--partattn-false-alarm-rate 0.7: must lie between 0 and 0.5*"),
+        ("--partattn-false-alarm-rate=0.7", "--partattn-false-alarm-rate 0.7: must lie in [[]1e-12, 0.5)*"),
+        ("--partattn-false-alarm-rate=1e-300", "--partattn-false-alarm-rate 1e-300: must lie in [[]1e-12, 0.5)*"),
+        ("--partattn-seeds=17", "--partattn-seeds 17: the gate reruns the first R of the baseline's 16 seeds*"),
+        ("--partattn-floor-dtypes=float16,fp8", "--partattn-floor-dtypes float16,fp8: 'fp8' is not one of *"),
         ("--partattn-drift-scale=0", "--partattn-drift-scale 0: expected auto or a positive number*"),
         ("--partattn-drift-scale=wide", "--partattn-drift-scale wide: expected auto or a positive number*"),
     ],

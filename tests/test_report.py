@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from plugin_support import FAILING_SEPARATION, IMAGE, args, make_project
 
+from partattn_checks.baselines.runner import BaselineState, BaselineStatus
 from partattn_checks.checks import CheckResult
-from partattn_checks.checks.baseline.compare import BaselineState, BaselineStatus
 from partattn_checks.gate import report
 
 pytest_plugins = ("pytester",)

@@ -10,17 +10,15 @@ import json
 
 import pytest
 import torch
+from baseline_support import records, runner
 from test_checks import LAYERS, NK, H, L, P, S, healthy_marginals, make_record
 
+from partattn_checks.baselines.runner import BaselineState, BaselineStatus
 from partattn_checks.checks import CHECKS, REGISTRY, CheckError, CheckResult, Thresholds, run_checks
-from partattn_checks.checks.baseline import store as bl
-from partattn_checks.checks.baseline.attention import AttentionSummary
-from partattn_checks.checks.baseline.check import AttentionDrift, BaselineDetails
-from partattn_checks.checks.baseline.compare import BaselineState, BaselineStatus, SeedSample, evaluate
-from partattn_checks.checks.baseline.noise import Deviation
+from partattn_checks.checks.baseline import AttentionDrift, BaselineDetails, Deviation
 from partattn_checks.gate import report
 
-SEEDS = (101, 102, 103, 104, 105, 106)
+K = 6
 
 
 def _broken():
@@ -62,33 +60,23 @@ def _item(result: CheckResult, baseline: BaselineState | None = None) -> report.
     )
 
 
-def _summary(marginals) -> AttentionSummary:
-    return AttentionSummary.from_record(make_record(marginals=marginals), exact=True)
-
-
 @pytest.fixture(scope="module")
 def drifted(tmp_path_factory):
-    """A baseline written from noise seeds, and a run whose metrics and attention moved away from it."""
+    """A baseline written from noise seeds, and a run of its first seed whose attention moved away from it."""
     root = tmp_path_factory.mktemp("typed")
-    gen = torch.Generator().manual_seed(0)
-    runs = [healthy_marginals() + 0.002 * torch.rand(S, L, P, H, NK, generator=gen) for _ in SEEDS]
-    summaries = [{"separation": 0.40 + 0.002 * i, "entropy_mean": 0.60 - 0.001 * i} for i in range(len(SEEDS))]
-    seeded = SeedSample.of(
-        SEEDS, summaries, [{} for _ in SEEDS], AttentionSummary.combine([_summary(m) for m in runs], SEEDS)
-    )
-    moved = healthy_marginals()
-    moved[:, 1, 0, :, :] = moved[:, 1, 1, :, :]  # layer 1's part 0 now looks where part 1 does
-    kw = dict(image="np3_a.png", checks={}, environment={"model": "m"}, thresholds=Thresholds(), sample=lambda: seeded)
-    stores = bl.BaselineStore(root / "base"), bl.BaselineStore(root / "cand")
-    written = evaluate(*stores, "np3_a", metrics=seeded.metrics, update="missing", **kw)
+
+    def healthy(seed, condition):
+        gen = torch.Generator().manual_seed(seed)
+        return make_record(marginals=healthy_marginals() + 0.002 * torch.rand(S, L, P, H, NK, generator=gen))
+
+    def moved(seed, condition):
+        m = healthy(seed, condition).marginals.float()
+        m[:, 1, 0, :, :] = m[:, 1, 1, :, :]  # layer 1's part 0 now looks where part 1 does
+        return make_record(marginals=m)
+
+    written = runner(root, update="missing", baseline_seeds=K).evaluate(records("np3_a", healthy), Thresholds())
     assert written.status is BaselineStatus.WRITTEN
-    now = evaluate(
-        *stores,
-        "np3_a",
-        metrics={"separation": 0.2, "entropy_mean": 0.6},
-        attention=AttentionSummary.combine([_summary(moved)]),
-        **kw,
-    )
+    now = runner(root, baseline_seeds=K).evaluate(records("np3_a", moved), Thresholds())
     return written, now
 
 
@@ -131,7 +119,8 @@ def test_a_baseline_with_attention_drift_travels_typed_and_equal(drifted):
     assert now.status is BaselineStatus.COMPARED and now.result.verdict == "fail"
     details = now.result.details
     assert isinstance(details, BaselineDetails) and isinstance(details.attention, AttentionDrift)
-    assert details.attention.band is not None and details.attention.layer == LAYERS[1]  # judged in seed noise
+    assert details.attention.band is not None and details.attention.layer == LAYERS[1]  # judged, paired
+    assert details.verdict == "paired" and details.paired_onset is not None and details.onset == LAYERS[1]
     assert details.deviations and all(isinstance(d, Deviation) for d in details.deviations)
     assert now.state.candidate is not None and now.state.folder == written.state.folder
     for outcome in drifted:

@@ -102,7 +102,9 @@ def test_the_gate_runs_an_upstream_style_pipeline(pytester, monkeypatch):
     monkeypatch.setenv(upstream_standin.FORK_SCALE, "3")
     forked = pytester.runpytest_inprocess(*args)
     assert forked.ret == pytest.ExitCode.TESTS_FAILED
-    assert set(outcomes(forked).values()) == {"failed"}
+    found = outcomes(forked)
+    assert found.pop("fixtures/images::fixture-set") == "skipped"  # no image could be compared
+    assert set(found.values()) == {"failed"}
     forked.stdout.fnmatch_lines(["*blocks.1.attn2*TripoSGAttnProcessor2_0*relative mismatch*"])
 
 

@@ -14,6 +14,14 @@ proves bit-identical weights). Names: ``<prefix>/<check>/<image stem>`` (the che
 ``<prefix>/<check>/mean`` and ``<prefix>/<check>/fails`` (images failing it), and the headline
 metrics ``<prefix>/<metric>`` (mean over images). Non-finite values are left out (trackers differ
 on NaN); ``<prefix>/nonfinite/...`` says when there were any.
+
+With ``baselines=`` (a folder the gate or ``partattn calibrate`` wrote for a reference checkpoint, at
+the monitor's settings) each image is also judged against its baseline by the gate's own runner
+(``baselines.runner``; paired with the baseline's seed, so the numbers are the change since the
+reference, in units of its seed spread): ``<prefix>/baseline/<image stem>`` the item's worst distance
+over its allowance (above 1: the gate would fail it), ``<prefix>/baseline/fails``,
+``<prefix>/baseline/set`` (1 when the fixture-set item would fail) and ``<prefix>/baseline/shift/<metric>``
+(the mean over images of each headline metric's distance, signed: e.g. separation falling).
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ class AttentionMonitor:
         checks: Sequence[str] | None = None,
         prefix: str = "partattn",
         main_process_only: bool = False,
+        baselines: str | Path | None = None,
     ):
         self.images = _image_specs(images)
         self.main_process_only = main_process_only
@@ -101,6 +110,11 @@ class AttentionMonitor:
         self.thresholds = thresholds or Thresholds()
         self.checks = list(checks) if checks is not None else list(CHECKS)
         self.prefix = prefix
+        self.baselines = Path(baselines).expanduser() if baselines is not None else None
+        if self.baselines is not None and not self.baselines.is_dir():
+            raise MonitorError(
+                f"baselines={self.baselines}: no such folder (write it with the gate or partattn calibrate)"
+            )
         self.last: dict[str, CaseOutcome] = {}  # image name -> outcome of the latest call
 
     @classmethod
@@ -152,9 +166,48 @@ class AttentionMonitor:
                 thresholds=self.thresholds,
                 checks=self.checks,
             )
-            outcomes = {spec.path.name: session.image_outcome(spec, call=call) for spec in self.images}
+            session.cache_size = 2  # the baseline runner judges the run just made, not a second one
+            out, outcomes = {}, {}
+            for spec in self.images:
+                outcomes[spec.path.name] = session.image_outcome(spec, call=call)
+                if self.baselines is not None:
+                    runs = session.image_runs(spec, call)
+                    out[spec.path.name] = self.runner().evaluate(runs, session.thresholds_for(spec))
         self.last = outcomes
-        return self.flatten(outcomes)
+        return {**self.flatten(outcomes), **self.flatten_baselines(out)}
+
+    def runner(self):
+        """The gate's baseline runner over ``baselines`` (compare only; nothing is written)."""
+        from ..baselines.policy import BaselinePolicy
+        from ..baselines.runner import BaselineRunner
+        from ..baselines.store import BaselineStore
+
+        assert self.baselines is not None
+        return BaselineRunner(BaselineStore(self.baselines), None, BaselinePolicy())
+
+    def flatten_baselines(self, outcomes) -> dict[str, float]:
+        """``{name: float}`` of the images' baseline outcomes (see the module docstring)."""
+        from ..baselines.fixture_set import set_verdict
+
+        if not outcomes:
+            return {}
+        p = f"{self.prefix}/baseline"
+        out: dict[str, float] = {f"{p}/fails": float(sum(o.result.verdict == "fail" for o in outcomes.values()))}
+        shifts: dict[str, list[float]] = {}
+        for image, o in outcomes.items():
+            devs = o.details.deviations or []
+            ratios = [(abs(d.z) if d.two_sided else d.z) / d.allowance for d in devs if math.isfinite(d.z)]
+            if ratios:
+                out[f"{p}/{Path(image).stem}"] = max(ratios)
+            for d in devs:
+                if d.kind == "metric" and math.isfinite(d.z):
+                    shifts.setdefault(d.name, []).append(d.z)
+        out.update({f"{p}/shift/{name}": sum(v) / len(v) for name, v in shifts.items()})
+        verdict = set_verdict(
+            {image: o.details for image, o in outcomes.items()}, self.runner().policy.false_alarm_rate
+        )
+        out[f"{p}/set"] = float(verdict.verdict == "fail")
+        return out
 
     def flatten(self, outcomes) -> dict[str, float]:
         """``{name: float}`` of judged outcomes (see the module docstring for the names)."""

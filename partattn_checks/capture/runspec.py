@@ -392,9 +392,11 @@ def run_meta(pipeline: LoadedPipeline, image: object, spec: RunSpec) -> dict[str
     import transformers
 
     from .. import __version__
+    from ..model.files import weights_digest
 
     return {
         "model": str(pipeline.checkpoint.path),
+        "weights": weights_digest(pipeline.checkpoint.path),
         "config": dict(pipeline.transformer.config),
         "image": str(image) if not hasattr(image, "size") else getattr(image, "filename", "") or "<PIL image>",
         "num_parts": spec.num_parts,

@@ -41,7 +41,7 @@ from .stability import Stability, StabilityThresholds, check_stability
 from .nonfinite import Nonfinite, check_nonfinite
 
 # isort: split
-from .baseline.check import Baseline, BaselineThresholds, check_baseline
+from .baseline import Baseline, BaselineThresholds, check_baseline
 
 __all__ = [
     "CHECKS",

@@ -5,14 +5,16 @@ applied in memory and undone after its images), picks each check's threshold bet
 worst image and the variant's least-failing image (partattn_checks/analysis/calibrate.py has the rule), runs
 every level of the graded degradations to report the smallest one each new threshold catches (not
 with ``--no-graded``), and writes ``thresholds.toml`` (with its provenance),
-``model-matrix.md``/``.json``/``.png``; with ``--baselines DIR`` it then runs the gate in update mode
-to write the fixture images' baselines. Every run goes through the fixture-set runner
-(``session.Session``), so each image's sidecar settings and ``[thresholds.*]`` overrides apply.
+``model-matrix.md``/``.json``/``.png``; with ``--baselines DIR`` it then writes the fixture images'
+baselines through the baseline runner the gate uses (``baselines.runner``, as ``--partattn-update=all``
+does). Every run goes through the fixture-set runner (``session.Session``), so each image's sidecar
+settings and ``[thresholds.*]`` overrides apply.
 
 Everything is written into hidden staging folders (one in ``--out``, one in ``--baselines``) and moved
 into place only when all of it is done: a failed or interrupted calibration leaves both folders as they
-were. The gate writes the baselines of the fixture images into its staging folder, seeded with their
-stored ones, so baselines of other images in ``--baselines`` are never touched. A file in ``--out``
+were. The baselines of the fixture images are written into their staging folder, seeded with their
+stored ones (an unchanged value keeps its stored digits), so baselines of other images in
+``--baselines`` are never touched. A file in ``--out``
 that partattn did not write (no manifest lists it) is refused before any work.
 """
 
@@ -24,8 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..baselines.policy import FLOOR_DTYPES, policy_problem
 from ..capture import runspec
-from ..checks.baseline.noise import BASELINE_SEED_OFFSET
 from ..gate.options import ci_is_set
 from .args import (
     MODEL_HELP,
@@ -38,10 +40,8 @@ from .args import (
     run_device,
     say,
 )
-from .check import REWRITE_WARNING_FILTER, _plugin_args, check_args
 from .io import (
     CALIBRATE_OUTPUTS,
-    GATE_RESULTS,
     Outputs,
     RunFailed,
     UsageError,
@@ -86,13 +86,28 @@ def add_parser(sub):
         "they also set the fields that are not calibrated); default: the built-in defaults",
     )
     parser.add_argument(
-        "--baselines", metavar="DIR", help="also write the fixture images' baselines here (the gate in update mode)"
+        "--baselines",
+        metavar="DIR",
+        help="also write the fixture images' baselines here (as the gate's --partattn-update=all writes them)",
     )
     parser.add_argument(
         "--baseline-seeds",
         type=int,
         metavar="K",
         help="noise seeds each baseline is written with (the gate's --partattn-baseline-seeds; needs --baselines)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        metavar="R",
+        help="paired seeds each baseline keeps: the runs per image the gate will judge (its --partattn-seeds; "
+        "needs --baselines; default 1)",
+    )
+    parser.add_argument(
+        "--floor-dtypes",
+        metavar="DTYPES",
+        help=f"model dtypes, besides --dtype, the numeric floor of the baselines covers, comma-separated ("
+        f"{', '.join(FLOOR_DTYPES)}; the gate's --partattn-floor-dtypes; needs --baselines)",
     )
     parser.add_argument(
         "--no-graded",
@@ -116,14 +131,7 @@ def main(args, extra) -> int:
         check_model(model_dir(args.random))
     if not 0.0 < args.margin < 1.0:
         raise UsageError(f"--margin {args.margin:g}: must be between 0 and 1 (exclusive); 0.5 is the midpoint")
-    if args.baseline_seeds is not None:
-        if not args.baselines:
-            raise UsageError("--baseline-seeds says how the baselines are written: it needs --baselines DIR")
-        if not 2 <= args.baseline_seeds <= BASELINE_SEED_OFFSET:
-            raise UsageError(
-                f"--baseline-seeds {args.baseline_seeds}: must be between 2 and {BASELINE_SEED_OFFSET} "
-                "(a spread needs two seeds)"
-            )
+    policy = _policy(args)
     if args.num_tokens is not None:
         check_num_tokens(args.num_tokens, model, run_device(args.device), args.dtype)
     fixtures = fixtures_dir(args.fixtures)
@@ -146,7 +154,7 @@ def main(args, extra) -> int:
     created = writable_folder(out, option)
     created_baselines, lock, stages, done = None, None, [], False
     try:
-        refuse_foreign(out, OUTPUTS + ((GATE_RESULTS,) if baselines else ()), option)
+        refuse_foreign(out, OUTPUTS, option)
         if baselines is not None:
             created_baselines = writable_folder(baselines, "--baselines")
             lock = _lock(baselines)
@@ -154,7 +162,7 @@ def main(args, extra) -> int:
         toml = _calibrate(args, model, images, base, stages[0])
         if baselines is not None:
             stages.append(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=baselines)).resolve())
-            _write_baselines(args, model, fixtures, toml, stages[1])
+            written = _write_baselines(args, model, images, toml, stages[1], policy)
             _publish_baselines(stages[1], baselines)
         _publish_outputs(stages[0], out)
         done = True
@@ -169,13 +177,36 @@ def main(args, extra) -> int:
             remove_created(out, created)
     say(args, f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
     if baselines is not None:
-        say(args, f"wrote the baselines of {len(images)} image(s) into {baselines}")
+        say(args, f"wrote the baselines of {len(images)} image(s) into {baselines}:")
+        for key in written:
+            say(args, f"  {baselines / key}")
     return 0
+
+
+def _policy(args):
+    """How the baselines are written (the gate's update=all), or a usage error naming the option."""
+    from ..baselines.policy import BaselinePolicy
+
+    given = {"--baseline-seeds": args.baseline_seeds, "--seeds": args.seeds, "--floor-dtypes": args.floor_dtypes}
+    for flag, value in given.items():
+        if value is not None and not args.baselines:
+            raise UsageError(f"{flag} says how the baselines are written: it needs --baselines DIR")
+    floor = tuple(d.strip() for d in (args.floor_dtypes or "").split(",") if d.strip())
+    values = {"update": "all", "floor_dtypes": floor}
+    if args.baseline_seeds is not None:
+        values["baseline_seeds"] = args.baseline_seeds
+    if args.seeds is not None:
+        values["seeds"] = args.seeds
+    wrong = policy_problem(**values)
+    if wrong:
+        flag = {"baseline_seeds": "--baseline-seeds", "seeds": "--seeds", "floor_dtypes": "--floor-dtypes"}[wrong[0]]
+        raise UsageError(f"{flag} {getattr(args, wrong[0])}: {wrong[1]}")
+    return BaselinePolicy(**values)
 
 
 def _lock(baselines: Path):
     """The gate's update lock on ``--baselines``, held while calibrate writes there."""
-    from ..checks.baseline.store import BaselineError, UpdateLock
+    from ..baselines.store import BaselineError, UpdateLock
 
     lock = UpdateLock(baselines)
     try:
@@ -186,17 +217,11 @@ def _lock(baselines: Path):
 
 
 def _publish_outputs(stage: Path, out: Path) -> None:
-    """Move the staged outputs (and the gate's results folder) into ``out``, listed in its manifest."""
+    """Move the staged outputs into ``out``, listed in its manifest."""
     with Outputs(out, "calibrate") as outputs:
         for name in OUTPUTS:
             os.replace(stage / name, out / name)
             outputs.add(out / name)
-        results = stage / GATE_RESULTS
-        if results.is_dir():
-            if (out / GATE_RESULTS).exists():
-                os.replace(out / GATE_RESULTS, stage / f"old-{GATE_RESULTS}")
-            os.replace(results, out / GATE_RESULTS)
-            outputs.add(*(p for p in (out / GATE_RESULTS).rglob("*") if p.is_file()))
 
 
 def _calibrate(args, model: Path, images, base, out: Path) -> Path:
@@ -204,25 +229,9 @@ def _calibrate(args, model: Path, images, base, out: Path) -> Path:
     from ..analysis.calibrate import CalibrationError, calibrated, decide, graded_summary, summarize
     from ..analysis.zoo import by_name, image_name, measure, measure_graded, session
     from ..base.atomic import atomic_write_bytes, atomic_write_text
-    from ..capture.upstream import PipelineError
-    from ..model.loading import CheckpointError
-    from ..model.pipeline import PartCrafterPipeline
     from ..runs.session import CaseError
 
-    device = run_device(args.device)
-    dtype = runspec.torch_dtype(args.dtype)
-
-    def load(path):
-        say(args, f"loading {path} on {device} ({args.dtype})" + (f" with {args.pipeline}" if args.pipeline else ""))
-        try:
-            if args.pipeline:
-                from ..capture.upstream import build_pipeline
-
-                return build_pipeline(args.pipeline, Path.cwd(), path, device, args.dtype, "--pipeline")
-            return PartCrafterPipeline.from_pretrained(path, device=device, dtype=dtype)
-        except (CheckpointError, PipelineError) as err:
-            raise UsageError(str(err)) from None
-
+    load = _loader(args)
     pipeline = load(model)
     options = {"steps": args.steps, "seed": args.seed, "num_tokens": args.num_tokens}
     named = by_name(images)
@@ -307,67 +316,69 @@ def command_line(args) -> str:
     return " ".join(words)
 
 
-def _write_baselines(args, model: Path, fixtures: Path, toml: Path, baselines: Path) -> None:
-    """The gate (``pytest --partattn``) in update mode with the new thresholds: the baselines are
-    written by the plugin itself, in whatever format it stores, into ``baselines`` (a staging folder)
-    seeded with the fixture images' stored baselines: unchanged files stay as they are, and the
-    gate's removal of unused baselines finds none (those of other images are never touched)."""
-    from ..checks.baseline.store import BaselineStore
-    from ..runs.sidecar import image_keys
+def _loader(args, dtype: str | None = None):
+    """``load(path)``: the checkpoint at ``path`` as ``--pipeline`` or the built-in pipeline loads it,
+    on ``--device`` in ``dtype`` (default ``--dtype``); a checkpoint that cannot load is a usage error."""
+    from ..capture.upstream import PipelineError
+    from ..model.loading import CheckpointError
+    from ..model.pipeline import PartCrafterPipeline
+
+    device, dtype = run_device(args.device), dtype or args.dtype
+
+    def load(path):
+        say(args, f"loading {path} on {device} ({dtype})" + (f" with {args.pipeline}" if args.pipeline else ""))
+        try:
+            if args.pipeline:
+                from ..capture.upstream import build_pipeline
+
+                return build_pipeline(args.pipeline, Path.cwd(), path, device, dtype, "--pipeline")
+            return PartCrafterPipeline.from_pretrained(path, device=device, dtype=runspec.torch_dtype(dtype))
+        except (CheckpointError, PipelineError) as err:
+            raise UsageError(str(err)) from None
+
+    return load
+
+
+def _write_baselines(args, model: Path, images, toml: Path, staged: Path, policy) -> list[str]:
+    """The fixture images' baselines, written by the baseline runner under ``policy`` (update=all) with
+    the new thresholds into ``staged``, seeded with their stored baselines: an unchanged value keeps its
+    stored digits, and baselines of other images are never touched. Returns the keys written."""
+    from ..baselines.runner import BaselineRunner, BaselineStatus
+    from ..baselines.store import BaselineStore
+    from ..checks import load_thresholds
+    from ..runs.session import CaseError, Session
 
     target = Path(args.baselines).expanduser().resolve()
-    stored, staged = BaselineStore(target), BaselineStore(baselines)
-    for key in image_keys(fixtures.resolve(), (toml.parent / GATE_RESULTS).resolve()):
-        for src, dst in zip(stored.paths(key).files(), staged.paths(key).files(), strict=True):
+    stored, store = BaselineStore(target), BaselineStore(staged)
+    for image in images:
+        for src, dst in zip(stored.paths(image.key).files(), store.paths(image.key).files(), strict=True):
             if src.is_file():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
-    extra = [f"--partattn-pipeline={args.pipeline}"] if args.pipeline else []
-    extra += [
-        "--partattn-update=all",
-        f"--partattn-baselines={baselines}",
-        f"--partattn-thresholds={toml.resolve()}",
-        f"--partattn-seed={args.seed}",
-        f"--partattn-dtype={args.dtype}",
-        f"--partattn-results={(toml.parent / 'gate-results').resolve()}",
-        "-q",
-    ]
-    if args.num_tokens is not None:
-        extra.append(f"--partattn-num-tokens={args.num_tokens}")
-    if args.baseline_seeds is not None:
-        extra.append(f"--partattn-baseline-seeds={args.baseline_seeds}")
-    say(args, f"writing baselines for {target} (pytest --partattn --partattn-update=all)")
-    import pytest
-
-    interrupt = _Interrupt()
-    code = int(
-        pytest.main(
-            _plugin_args()
-            + ["-W", REWRITE_WARNING_FILTER]
-            + check_args(model, fixtures, steps=args.steps, device=args.device, extra=extra),
-            plugins=[interrupt],
-        )
+    say(args, f"writing the baselines of {len(images)} image(s) for {target}")
+    options = {"steps": args.steps, "seed": args.seed, "num_tokens": args.num_tokens}
+    session = Session.around(
+        _loader(args)(model),
+        options=options,
+        thresholds=load_thresholds(toml),
+        load_in=lambda dtype: _loader(args, dtype)(model),
     )
-    if interrupt.seen:  # pytest turns Ctrl-C into an exit status; it is still an interrupt
-        raise KeyboardInterrupt
-    if code != 0:
-        raise RunFailed(f"the gate exited with status {code} while writing the baselines into {target}")
-
-
-class _Interrupt:
-    """A pytest plugin that notes a Ctrl-C (pytest's exit status 2 also means a collection error)."""
-
-    seen = False
-
-    def pytest_keyboard_interrupt(self, excinfo) -> None:
-        if excinfo.errisinstance(KeyboardInterrupt):
-            self.seen = True
+    runner = BaselineRunner(store, None, policy)
+    for image in images:
+        try:
+            outcome = runner.write(session.image_runs(image))
+        except CaseError as err:
+            raise RunFailed(str(err)) from None
+        if outcome.status is BaselineStatus.REFUSED:
+            raise RunFailed(f"{image.display}: {outcome.result.reason}")
+        say(args, f"{image.display}: {outcome.result.reason}")
+    return [image.key for image in images]
 
 
 def _publish_baselines(staged: Path, target: Path) -> None:
     """Move the baselines the gate wrote into ``staged`` over those in ``target``, file by file (an
     unchanged file keeps its bytes and time); a file the gate removed is removed."""
-    from ..checks.baseline.store import BaselineStore
+    from ..baselines.store import BaselineStore
 
     for key in BaselineStore(staged).keys():
         pairs = zip(BaselineStore(staged).paths(key).files(), BaselineStore(target).paths(key).files(), strict=True)

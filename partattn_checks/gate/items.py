@@ -34,6 +34,11 @@ class PartattnEnvironmentWarning(UserWarning):
     """A baseline was recorded in a different environment (fingerprint mismatch)."""
 
 
+class PartattnBaselineWarning(UserWarning):
+    """Part of a stored baseline could not be used (an attention summary of another shape, a damaged
+    file): the item was judged without it."""
+
+
 class CheckFailed(PartattnError):
     """A check item failed; ``str()`` is the full failure report."""
 
@@ -85,12 +90,14 @@ class CheckItem(pytest.Item):
         notes: list[str] = []
         baseline = None
         if self.check == "baseline":
-            bo = session.baseline(self.spec, outcome, thresholds)
+            bo = session.baseline(self.spec, thresholds)
             result, baseline = bo.result, bo.state
             stored = bo.baseline.checks if bo.baseline is not None else {}
             for text in bo.warnings:
                 warnings.warn(PartattnEnvironmentWarning(text), stacklevel=1)
-            notes += bo.warnings
+            for text in bo.problems:
+                warnings.warn(PartattnBaselineWarning(text), stacklevel=1)
+            notes += [*bo.warnings, *bo.problems]
         else:
             result = outcome.results[self.check]
             stored = session.stored_checks(self.spec)

@@ -25,13 +25,20 @@ import pytest
 
 from .. import EMBEDDED_MODEL
 from ..base.tomlread import TomlError, read_toml
+from ..baselines.policy import (
+    DEFAULT_BASELINE_SEEDS,
+    DEFAULT_FALSE_ALARM_RATE,
+    DEFAULT_GATE_SEEDS,
+    FLOOR_DTYPES,
+    UPDATE_MODES,
+    VERDICT_MODES,
+    BaselinePolicy,
+    policy_problem,
+)
 from ..capture import runspec
 from ..capture.runspec import DTYPES, DeviceChoice
-from ..checks.baseline.noise import BASELINE_SEED_OFFSET, DEFAULT_BASELINE_SEEDS, DEFAULT_FALSE_ALARM_RATE
 from ..errors import PartattnError
 from ..model.files import RUN_DEFAULTS
-
-UPDATE_MODES = ("missing", "failed", "all")
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class Option:
 
     name: str
     help: str
-    kind: str = "str"  # flag | str | int | float | path | choice | scale ("auto" -> None, else a number > 0)
+    kind: str = "str"  # flag | str | int | float | path | choice | choices (comma-separated) | scale (auto|X)
     default: object = None
     choices: tuple[str, ...] = ()
     metavar: str | None = None
@@ -182,15 +189,37 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "seeds",
-        "noise seeds each image's baseline item judges (the mean of R runs; more power, R times the cost)",
+        "runs each image's baseline item judges: the first R of its baseline's seeds (the mean of R runs; "
+        "more power, R times the cost)",
         kind="int",
-        default=1,
+        default=DEFAULT_GATE_SEEDS,
         metavar="R",
-        default_text="1",
+        default_text=str(DEFAULT_GATE_SEEDS),
+    ),
+    Option(
+        "verdict",
+        "auto: pair the run with the baseline's own seeds when the baseline holds them (judged against the "
+        "numeric floor), else judge by the seed spread; paired: fail an item that cannot be paired; "
+        "seed-spread: never pair",
+        kind="choice",
+        default="auto",
+        choices=VERDICT_MODES,
+        metavar="KIND",
+        default_text="auto",
+    ),
+    Option(
+        "floor_dtypes",
+        "model dtypes, besides the baseline's own, whose runs the numeric floor of a written baseline covers "
+        "(comma-separated, e.g. float16,bfloat16): a gate in one of them stays paired",
+        kind="choices",
+        default="",
+        choices=FLOOR_DTYPES,
+        metavar="DTYPES",
+        default_text="none",
     ),
     Option(
         "false_alarm_rate",
-        "chance that a healthy image's baseline item (or the fixture-set item) fails, for the noise judgement",
+        "chance that a healthy image's baseline item (or the fixture-set item) fails under the seed-spread verdict",
         kind="float",
         default=DEFAULT_FALSE_ALARM_RATE,
         metavar="P",
@@ -226,7 +255,7 @@ def add_options(parser: pytest.Parser) -> None:
             group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=text)
             parser.addini(opt.ini, text, type="bool", default=None)
         else:
-            kwargs = {"choices": opt.choices} if opt.choices else {}
+            kwargs = {"choices": opt.choices} if opt.kind == "choice" else {}
             group.addoption(
                 opt.flag,
                 action="store",
@@ -265,9 +294,11 @@ class Settings:
     num_tokens: int | None = None  # last, with a default: code that builds Settings by keyword keeps working
     pipeline: str | None = None
     baseline_seeds: int = DEFAULT_BASELINE_SEEDS
-    seeds: int = 1
+    seeds: int = DEFAULT_GATE_SEEDS
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
     drift_scale: float | None = None  # None: auto
+    verdict: str = "auto"
+    floor_dtypes: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, **values) -> Settings:
@@ -307,6 +338,19 @@ class Settings:
     def run_options(self) -> dict:
         """The options layer of a run spec (``None``: unset, the checkpoint's default applies)."""
         return {"steps": self.steps, "seed": self.seed, "guidance_scale": self.guidance, "num_tokens": self.num_tokens}
+
+    def policy(self) -> BaselinePolicy:
+        """How the gate judges and writes baselines (validated with the options)."""
+        return BaselinePolicy(
+            update=self.update,
+            force=self.force_update,
+            strict_env=self.strict_env,
+            false_alarm_rate=self.false_alarm_rate,
+            baseline_seeds=self.baseline_seeds,
+            seeds=self.seeds,
+            verdict=self.verdict,
+            floor_dtypes=self.floor_dtypes,
+        )
 
     @property
     def model_is_embedded(self) -> bool:
@@ -391,6 +435,12 @@ def _convert(opt: Option, value, src: str, base: Path):
         if text not in opt.choices:
             raise _usage(f"{label} {text}: expected one of {', '.join(opt.choices)}")
         return text
+    if opt.kind == "choices":
+        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        wrong = [n for n in names if n not in opt.choices]
+        if wrong:
+            raise _usage(f"{label} {text}: {wrong[0]!r} is not one of {', '.join(opt.choices)} (comma-separated)")
+        return names
     if opt.kind == "path":
         path = Path(os.path.expanduser(text)) if isinstance(value, str) else Path(value)
         return (path if path.is_absolute() else base / path).resolve()
@@ -412,22 +462,20 @@ def _validate(s: Settings) -> None:
         wrong = runspec.problem(key, value) if value is not None else None
         if wrong:
             raise _usage(f"{s.where(option)}: {key} {wrong}")
-    if not 2 <= s.baseline_seeds <= BASELINE_SEED_OFFSET:
-        raise _usage(
-            f"{s.where('baseline_seeds')}: must be between 2 and {BASELINE_SEED_OFFSET} (a spread needs two seeds; "
-            f"{DEFAULT_BASELINE_SEEDS} is the measured default)"
-        )
-    if not 1 <= s.seeds <= BASELINE_SEED_OFFSET:
-        raise _usage(f"{s.where('seeds')}: must be between 1 and {BASELINE_SEED_OFFSET} (1 judges one run per image)")
+    out_of_range = policy_problem(
+        update=s.update,
+        false_alarm_rate=s.false_alarm_rate,
+        baseline_seeds=s.baseline_seeds,
+        seeds=s.seeds,
+        verdict=s.verdict,
+        floor_dtypes=s.floor_dtypes,
+    )
+    if out_of_range:
+        raise _usage(f"{s.where(out_of_range[0])}: {out_of_range[1]}")
     if s.drift_scale is not None and not (
         isinstance(s.drift_scale, (int, float)) and math.isfinite(s.drift_scale) and s.drift_scale > 0
     ):
         raise _usage(f"{s.where('drift_scale')}: expected auto or a positive number (the ± range, e.g. 4)")
-    if not 0.0 < s.false_alarm_rate < 0.5:
-        raise _usage(
-            f"{s.where('false_alarm_rate')}: must lie between 0 and 0.5 (exclusive), e.g. 0.001 for one false "
-            f"alarm in a thousand healthy images"
-        )
 
 
 def ci_is_set(environ=None) -> bool:

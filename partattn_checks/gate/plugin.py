@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ..baselines.store import BaselineError, BaselineStore, UpdateLock, unused_keys
 from ..capture.runspec import DeviceChoice, checkpoint_defaults, torch_dtype
-from ..checks.baseline.check import BaselineDetails
-from ..checks.baseline.store import BaselineError, BaselineStore, UpdateLock, unused_keys
+from ..checks.baseline import BaselineDetails
 from ..runs.sidecar import FIXTURE_IMAGE_SUFFIXES, image_keys
 from . import hookspecs, options, scheduling
 from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
@@ -27,7 +27,7 @@ from .report import ItemReport, Summary, header_lines, junit_logging_warning
 from .state import GateSession, PartattnFixture
 
 if TYPE_CHECKING:
-    from ..checks.fixture_set import SetVerdict
+    from ..baselines.fixture_set import SetVerdict
 
 MARKER = (
     "partattn: an attention-check test (uses the partattn fixture or runs PartCrafter); "
@@ -71,7 +71,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker is None:
         _start_session_files(config, settings)
     device = options.device_for(settings, worker, spread=bool(getattr(config.option, "numprocesses", None)))
-    config.stash[SESSION_KEY] = GateSession(_pipeline_loader(config, settings, device), settings, thresholds, device)
+    config.stash[SESSION_KEY] = GateSession(
+        _pipeline_loader(config, settings, device),
+        settings,
+        thresholds,
+        device,
+        load_in=lambda dtype: _pipeline_loader(config, settings, device, dtype)(),
+    )
     plan = scheduling.plan(config.stash.get(CHOSEN_DIST_KEY, None), getattr(config.option, "dist", None))
     header = header_lines(settings, device, source, [Path(h).name for h in hooks], checkpoint_defaults(settings.model))
     if plan is not None:
@@ -88,27 +94,27 @@ def pytest_configure(config: pytest.Config) -> None:
             config.issue_config_time_warning(PartattnConfigWarning(text), stacklevel=2)
 
 
-def _pipeline_loader(config: pytest.Config, settings: options.Settings, device: DeviceChoice):
+def _pipeline_loader(config: pytest.Config, settings: options.Settings, device: DeviceChoice, dtype: str | None = None):
     """How this process gets its pipeline (called lazily, once): the first non-None
     ``pytest_partattn_load_pipeline`` result, else ``--partattn-pipeline``'s factory, else the
-    ``--partattn-model`` checkpoint. An upstream-style pipeline is wrapped (``upstream.as_pipeline``)."""
+    ``--partattn-model`` checkpoint. An upstream-style pipeline is wrapped (``upstream.as_pipeline``).
+    ``dtype``: another than ``--partattn-dtype`` (the numeric floor's runs of a baseline)."""
+    dtype = dtype or settings.dtype
 
     def load():
         from ..capture.upstream import as_pipeline, build_pipeline
 
-        custom = config.hook.pytest_partattn_load_pipeline(config=config, device=device.device, dtype=settings.dtype)
+        custom = config.hook.pytest_partattn_load_pipeline(config=config, device=device.device, dtype=dtype)
         if custom is not None:
             return as_pipeline(custom)
         if settings.pipeline is not None:
             model = settings.model if settings.sources.get("model") != "default" else None
             return build_pipeline(
-                settings.pipeline, settings.rootdir, model, device.device, settings.dtype, settings.where("pipeline")
+                settings.pipeline, settings.rootdir, model, device.device, dtype, settings.where("pipeline")
             )
         from ..model.pipeline import PartCrafterPipeline
 
-        return PartCrafterPipeline.from_pretrained(
-            settings.model, device=device.device, dtype=torch_dtype(settings.dtype)
-        )
+        return PartCrafterPipeline.from_pretrained(settings.model, device=device.device, dtype=torch_dtype(dtype))
 
     return load
 
@@ -219,26 +225,34 @@ class Controller:
     def _judge_fixture_set(self, session: pytest.Session) -> None:
         """The fixture-set item: the images' baseline deviations combined (``fixture_set``),
         reported as one more test so it counts, prints and lands in JUnit like the others."""
-        from ..checks.fixture_set import ITEM_NAME, set_verdict
+        from ..baselines.fixture_set import ITEM_NAME, set_verdict
 
-        per_image = {}
+        per_image: dict[str, BaselineDetails | None] = {}
         for image, per in self.summary.by_image.items():
             item = per.get("baseline")
-            details = item.result.details if item is not None and item.result is not None else None
-            if isinstance(details, BaselineDetails) and details.deviations:
-                per_image[image] = details.deviations
-        verdict = set_verdict(per_image, self.settings.false_alarm_rate)
-        if verdict is None:
+            if item is None:
+                continue
+            details = item.result.details if item.result is not None else None
+            per_image[image] = details if isinstance(details, BaselineDetails) else None
+        if len(per_image) < 2:  # no set: one image, or its baseline item deselected
             return
+        verdict = set_verdict(per_image, self.settings.false_alarm_rate)
         self.fixture_set = verdict
         where = self.settings.shown(self.settings.fixtures)
         failed = verdict.verdict == "fail"
+        skipped = verdict.verdict == "skip"
         report = pytest.TestReport(
             nodeid=f"{where}::{ITEM_NAME}",
             location=(where, None, ITEM_NAME),
             keywords={ITEM_NAME: 1, "partattn": 1},
-            outcome="failed" if failed else "passed",
-            longrepr="\n".join(verdict.lines()) if failed else None,
+            outcome="failed" if failed else "skipped" if skipped else "passed",
+            longrepr=(
+                "\n".join(verdict.lines())
+                if failed
+                else (where, 0, f"Skipped: fixture set {verdict.reason()}")
+                if skipped
+                else None
+            ),
             when="call",
             user_properties=[("partattn_check", ITEM_NAME), ("partattn_verdict", verdict.verdict)],
         )
@@ -281,6 +295,25 @@ class Controller:
         data = getattr(report, "partattn", None)
         if data is not None and report.when == "call":
             self.summary.add(ItemReport.from_dict(data))
+        elif data is None and report.failed and not self.is_worker:
+            lost = self._lost_item(report)
+            if lost is not None:
+                self.summary.add(lost)
+
+    def _lost_item(self, report: pytest.TestReport) -> ItemReport | None:
+        """An item of ours that failed without its report (its xdist worker crashed, or pytest's own
+        machinery failed around it): an error in the summary, never a blank (or a pass)."""
+        from ..checks import REGISTRY
+
+        image, _, check = report.nodeid.rpartition("::")
+        s = self.settings
+        path = (s.rootdir / image).resolve()
+        if check not in REGISTRY or path.suffix.lower() not in FIXTURE_IMAGE_SUFFIXES or s.fixtures not in path.parents:
+            return None
+        text = str(report.longrepr).strip().splitlines()
+        why = text[-1] if text else "no report"
+        key = path.relative_to(s.fixtures).with_suffix("").as_posix()
+        return ItemReport(image=image, key=key, check=check, result=None, figures=(), rerun="", update="", error=why)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -21,10 +21,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..base.atomic import atomic_write_text
+from ..baselines.fixture_set import ITEM_NAME as ITEM_FIXTURE_SET
+from ..baselines.runner import BaselineState, BaselineStatus
 from ..checks import REGISTRY, CheckResult, Offender
-from ..checks.baseline.check import BaselineDetails, MetricDrift
-from ..checks.baseline.compare import BaselineState, BaselineStatus
-from ..checks.fixture_set import ITEM_NAME as ITEM_FIXTURE_SET
+from ..checks.baseline import BaselineDetails, MetricDrift
 from ..present.pages import Cell, Page
 from ..present.pages.page import anchor_id
 
@@ -175,9 +175,22 @@ def metric_rows(p: ItemReport) -> list[list[str]]:
 
 def _baseline_rows(p: ItemReport, details: BaselineDetails) -> list[list[str]]:
     rows = []
+    paired = details.verdict == "paired"
     for name, m in (details.per_metric or {}).items():
         ok = m.drift <= m.allowed
-        if m.z is not None and m.allowance is not None:  # judged in units of seed noise (as noise.Deviation.moved)
+        if paired and m.z is not None and m.allowance is not None:  # in seed spreads, against the numeric floor
+            ok = abs(m.z) <= m.allowance
+            floor = f", floor {m.floor:.2f}σ" if m.floor is not None else ""
+            rows.append(
+                [
+                    name,
+                    fmt(m.measured),
+                    f"±{fmt(m.allowed, 3)} ({m.allowance:.2f}σ{floor})",
+                    f"{fmt(m.baseline)} (same seed)",
+                    f"{m.z:+.2f}σ {'ok' if ok else 'DRIFT'}",
+                ]
+            )
+        elif m.z is not None and m.allowance is not None:  # judged in units of seed noise (as Deviation.moved)
             ok = abs(m.z) <= m.allowance
             rows.append(
                 [
@@ -191,7 +204,17 @@ def _baseline_rows(p: ItemReport, details: BaselineDetails) -> list[list[str]]:
         else:
             rows.append([name, fmt(m.measured), f"±{fmt(m.allowed, 3)}", fmt(m.baseline), "ok" if ok else "DRIFT"])
     for d in details.deviations or []:
-        if d.kind == "layer":
+        if d.kind == "layer" and paired:
+            rows.append(
+                [
+                    f"attention {d.name}",
+                    f"√JS {fmt(d.measured, 3)}",
+                    f"{d.allowance:.2f}σ (floor {fmt(d.floor, 2)}σ)",
+                    f"same seed; σ {fmt(d.spread, 3)}",
+                    f"{d.z:+.2f}σ {'DRIFT' if d.moved else 'ok'}",
+                ]
+            )
+        elif d.kind == "layer":
             moved = d.z > d.allowance
             rows.append(
                 [
@@ -279,6 +302,9 @@ def user_properties(p: ItemReport) -> list[tuple[str, object]]:
         if p.check in p.baseline_checks:
             props.append(("partattn_baseline", fmt(p.baseline_checks[p.check], 6)))
     if p.check == "baseline":
+        details = r.details if r is not None else None
+        if isinstance(details, BaselineDetails) and details.verdict is not None:
+            props.append(("partattn_baseline_verdict", details.verdict))  # paired | seed-spread | tolerance
         props += [(f"partattn_metric_{k}", fmt(v, 6)) for k, v in sorted(p.summary.items())]
     props += [("partattn_figure", f) for f in p.figures]
     return props

@@ -1,7 +1,7 @@
 """The pytest gate's per-process state, around the shared :class:`~partattn_checks.runs.session.Session`.
 
 * :class:`GateSession` (one per process, i.e. per xdist worker): the session (pipeline from the
-  plugin's loader, record cache) plus the gate's thresholds, baseline stores and figures. Each
+  plugin's loader, record cache) plus the gate's thresholds, its baseline runner and figures. Each
   fixture image runs once per run spec; its items judge the cached record.
 * :class:`PartattnFixture` is what the ``partattn`` fixture returns.
 
@@ -11,32 +11,38 @@ Importing this module imports no torch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from .. import EMBEDDED_MODEL
+from ..baselines.runner import BaselineOutcome, BaselineRunner
+from ..baselines.store import BaselineError, BaselineStore
 from ..capture.runspec import DeviceChoice
 from ..checks import CheckResult, Thresholds
-from ..checks.baseline.compare import BaselineOutcome, BaselineState, SeedSample, evaluate
-from ..checks.baseline.noise import baseline_seeds, gate_seeds
-from ..checks.baseline.store import BaselineError, BaselineStore, environment_fingerprint
-from ..checks.fixture_set import SetVerdict
 from ..model.files import ImageNotFoundError
 from ..runs.session import CaseError, CaseOutcome, Session, describe
 from ..runs.sidecar import FixtureError, ImageSpec, read_spec
 
 
 class GateSession(Session):
-    """Per process: the pipeline (``load()``, lazily, once), the record cache and the stores."""
+    """Per process: the pipeline (``load()``, lazily, once), the record cache, the baseline runner."""
 
-    def __init__(self, load: Callable[[], object], settings, thresholds: Thresholds, device: DeviceChoice):
-        super().__init__(load, options=settings.run_options(), thresholds=thresholds)
+    def __init__(
+        self,
+        load: Callable[[], object],
+        settings,
+        thresholds: Thresholds,
+        device: DeviceChoice,
+        load_in: Callable[[str], object] | None = None,
+    ):
+        super().__init__(load, options=settings.run_options(), thresholds=thresholds, load_in=load_in)
         self.settings = settings
         self.device = device
-        self.store = BaselineStore(settings.baselines)
-        self.candidates = BaselineStore(settings.results / "baseline-candidates")
-        self._images: dict[str, object] = {}
-        self._pooled: dict[str, float] | None = None
+        self.runner = BaselineRunner(
+            BaselineStore(settings.baselines),
+            BaselineStore(settings.results / "baseline-candidates"),
+            settings.policy(),
+        )
 
     @property
     def model_label(self) -> str:
@@ -52,25 +58,12 @@ class GateSession(Session):
             return str(path)
 
     # -- figures ------------------------------------------------------------------------------
-    def image_view(self, spec: ImageSpec):
-        """The encoder's view of the image (PIL) for overlays, or None if the pipeline cannot give it."""
-        if spec.key not in self._images:
-            view = None
-            fn = getattr(self.loaded, "preprocessed_image", None)
-            if fn is not None:
-                try:
-                    view = fn(str(spec.path))
-                except Exception:  # noqa: BLE001 - overlays are optional
-                    view = None
-            self._images = {spec.key: view}  # keep one
-        return self._images[spec.key]
-
     def figures(
         self, spec: ImageSpec, outcome: CaseOutcome, result: CheckResult, thresholds: Thresholds
     ) -> tuple[list[str], list[str]]:
         """(figure paths, problems): drawing problems never hide the check's verdict. The drift
         figure draws now − baseline on ``--partattn-drift-scale`` (auto: each figure its own range)."""
-        from ..checks.baseline.check import with_delta_scale
+        from ..checks.baseline import with_delta_scale
         from ..present.check_figures import figures_for
 
         result = with_delta_scale(result, self.settings.drift_scale)
@@ -88,109 +81,17 @@ class GateSession(Session):
             stale.unlink(missing_ok=True)
 
     # -- baselines ----------------------------------------------------------------------------
-    def seed_sample(self, spec: ImageSpec, seeds: list[int]) -> SeedSample:
-        """``spec``'s image under each of ``seeds`` (each run once, like any run), summarized;
-        records are summarized as they come, not kept."""
-        from ..checks.baseline.attention import AttentionSummary
-
-        size = getattr(self.image_view(spec), "size", None)
-        summaries, checks, parts = [], [], []
-        for seed in seeds:
-            outcome = self.image_outcome(spec, call={"seed": seed})
-            summaries.append(outcome.summary)
-            checks.append({name: r.value for name, r in outcome.results.items()})
-            parts.append(AttentionSummary.from_record(outcome.record, image_size=size, exact=True))
-        return SeedSample.of(seeds, summaries, checks, AttentionSummary.combine(parts, seeds))
-
-    def baseline_sample(self, spec: ImageSpec, gate_seed: int) -> SeedSample:
-        """The runs of a baseline's noise seeds (``--partattn-baseline-seeds`` of them, see
-        :func:`partattn_checks.checks.baseline.noise.baseline_seeds`)."""
-        sample = self.seed_sample(spec, baseline_seeds(gate_seed, self.settings.baseline_seeds))
-        self._pooled = None  # the folder's spreads change with this baseline
-        return sample
-
-    def pooled_spreads(self) -> dict[str, float]:
-        """The baseline folder's pooled seed spreads, read once per session (and after a write)."""
-        if self._pooled is None:
-            self._pooled = self.store.pooled_spreads()
-        return self._pooled
-
-    def baseline(
-        self, spec: ImageSpec, outcome: CaseOutcome, thresholds: Thresholds, update_hint: str = ""
-    ) -> BaselineOutcome:
-        """The ``baseline`` item: the mean of the gate's ``--partattn-seeds`` runs (the first is
-        ``outcome``) against the stored baseline, which is written from its own noise seeds."""
-        s = self.settings
-        seeds = gate_seeds(outcome.seed, s.seeds)
-        measured = self.seed_sample(spec, seeds)  # the first run is ``outcome``'s, from the cache
-        return evaluate(
-            self.store,
-            self.candidates,
-            spec.key,
-            image=spec.display,
-            metrics=measured.metrics,
-            checks=measured.checks,
-            environment=environment_fingerprint(outcome.record.meta, self.model_label),
-            thresholds=thresholds,
-            update=s.update,
-            force=s.force_update,
-            strict_env=s.strict_env,
-            update_hint=update_hint,
-            attention=measured.attention,
-            measured_seeds=measured.seeds,
-            measured_samples=measured.samples,
-            sample=lambda: self.baseline_sample(spec, outcome.seed),
-            pooled=self.pooled_spreads,
-            alpha=s.false_alarm_rate,
-        )
+    def baseline(self, spec: ImageSpec, thresholds: Thresholds) -> BaselineOutcome:
+        """The ``baseline`` item: the gate's ``--partattn-seeds`` runs of the image (the first is the
+        one its other items judged, from the cache) against its stored baseline."""
+        return self.runner.evaluate(self.image_runs(spec), thresholds)
 
     def stored_checks(self, spec: ImageSpec) -> dict:
         try:
-            stored = self.store.load(spec.key)
+            stored = self.runner.store.load(spec.key, tensors=False)
         except BaselineError:
             return {}
         return stored.checks if stored is not None else {}
-
-
-@dataclass(frozen=True)
-class SetJudgement:
-    """What the gate decides on a fixture set: each image's check results (``baseline`` included),
-    the fixture-set verdict (None with fewer than two images judged in units of noise) and what
-    happened to each image's baseline."""
-
-    results: dict[str, dict[str, CheckResult]]
-    fixture_set: SetVerdict | None
-    baselines: dict[str, BaselineState] = field(default_factory=dict)
-
-    def failing(self) -> dict[str, list[str]]:
-        """``{check: [images failing it]}``."""
-        out: dict[str, list[str]] = {}
-        for image, checks in self.results.items():
-            for name, result in checks.items():
-                if result.verdict == "fail":
-                    out.setdefault(name, []).append(image)
-        return out
-
-
-def judge_set(session: GateSession, images: list[ImageSpec]) -> SetJudgement:
-    """The gate's judgement of ``images`` without pytest (benchmarks, library use): every check
-    and the ``baseline`` item of each image, as the items judge them, then the fixture-set item."""
-    from ..checks.fixture_set import set_verdict
-
-    results: dict[str, dict[str, CheckResult]] = {}
-    baselines: dict[str, BaselineState] = {}
-    deviations = {}
-    for spec in images:
-        thresholds = session.thresholds_for(spec)
-        outcome = session.image_outcome(spec, thresholds)
-        judged = dict(outcome.results)
-        bo = session.baseline(spec, outcome, thresholds)
-        judged["baseline"], baselines[spec.display] = bo.result, bo.state
-        results[spec.display] = judged
-        found = bo.details.deviations
-        if found:
-            deviations[spec.display] = found
-    return SetJudgement(results, set_verdict(deviations, session.settings.false_alarm_rate), baselines)
 
 
 class PartattnFixture:

@@ -351,3 +351,20 @@ def _one_form(name: str, value, upstream_name: str, upstream_value):
     if value is not None and upstream_value is not None:
         raise ModelTypeError(f"{name}= and {upstream_name}= are the same setting: pass one")
     return value if value is not None else upstream_value
+
+
+def converted(pipeline: PartCrafterPipeline, dtype: str) -> PartCrafterPipeline:
+    """A copy of ``pipeline`` with its weights in ``dtype`` (the numeric floor's dtype runs; the
+    loader casts every float tensor alike, so this equals loading the checkpoint in ``dtype``)."""
+    import copy
+
+    if not isinstance(pipeline, PartCrafterPipeline):
+        raise ModelTypeError(
+            f"cannot make a {dtype} copy of a {type(pipeline).__name__}: give the session a loader for other dtypes"
+        )
+    target = getattr(torch, dtype)
+    copied = copy.deepcopy(pipeline)
+    copied.transformer.to(target)
+    copied.image_encoder.to(target)
+    copied.dtype = target
+    return copied

@@ -5,7 +5,9 @@ baseline's and this run's step- and head-averaged key-marginals, mean over parts
 moved most in red). With a baseline written from several noise seeds the bars show what is judged,
 √(JS/log 2) mean over parts, inside the noise band of each layer (grey: up to the largest drift its
 seeds make likely at the false-alarm rate; a tick: one seed's typical drift), and the first layer in
-depth order beyond its band (where the drift starts) is named and drawn in red.
+depth order beyond its band (where the drift starts) is named and drawn in red. Under the paired
+verdict the bars are the distance from the baseline's run of the same seed, the band its allowance
+and the tick the numeric floor; the layer named is where the change begins.
 
 Below, for that layer, one row per part: baseline | now on the fixed ``attention × Nk`` scale of
 every attention figure (uniform = 1), and now − baseline (× Nk) on a diverging scale centred on 0
@@ -132,14 +134,20 @@ def _bars(sub, drift) -> None:
     worst = marked if marked is not None else drift.layers.index(drift.layer)
     colors = ["#c0392b" if i == worst else "#7f8c8d" for i in range(len(values))]
     x = np.arange(len(values))
+    paired = drift.verdict == "paired"
     if banded:
-        ax.bar(x, drift.band, width=0.9, color="#dfe6e9", label="noise band (allowed by the seeds)")
-        ax.scatter(x, drift.typical, marker="_", s=300, color="#2d3436", zorder=3, label="one seed's typical drift")
+        band = (
+            "allowed (3 × the floor, at least ¼ of a seed's drift)" if paired else "noise band (allowed by the seeds)"
+        )
+        tick = "numeric floor (benign reruns)" if paired else "one seed's typical drift"
+        ax.bar(x, drift.band, width=0.9, color="#dfe6e9", label=band)
+        ax.scatter(x, drift.typical, marker="_", s=300, color="#2d3436", zorder=3, label=tick)
     ax.bar(x, values, width=0.5, color=colors, zorder=2, label="this run")
     tilt = len(values) > 6
     ax.set_xticks(x, names, rotation=60 if tilt else 0, ha="right" if tilt else "center")
     ax.tick_params(labelsize=FONT)
-    ax.set_ylabel("√(JS/log2), mean over parts" if banded else "JS/log2, mean over parts", fontsize=FONT)
+    unit = "√(JS/log2) from the same seed's run" if paired else "√(JS/log2), mean over parts"
+    ax.set_ylabel(unit if banded else "JS/log2, mean over parts", fontsize=FONT)
     top = max(max(values), max(drift.band) if banded else 0.0, 1e-6)
     ax.set_ylim(0, top * 1.3)
     ax.annotate(
@@ -148,8 +156,12 @@ def _bars(sub, drift) -> None:
     )  # fmt: skip
     if banded:
         ax.legend(fontsize=FONT - 1, loc="upper left", frameon=False, ncol=3)
-        start = f"the drift starts at {drift.onset}" if drift.onset else "every layer within its seed noise"
-        title = f"attention drift against the baseline's seed noise: {start}; {drift.layer} moved most"
+        if paired:
+            start = f"the change begins at {drift.onset}" if drift.onset else "every layer within the numeric floor"
+            title = f"attention moved from the same seed's baseline run: {start}; {drift.layer} moved most"
+        else:
+            start = f"the drift starts at {drift.onset}" if drift.onset else "every layer within its seed noise"
+            title = f"attention drift against the baseline's seed noise: {start}; {drift.layer} moved most"
     else:
         title = (
             f"attention drift from the baseline: layer {drift.layer} moved most (part {drift.part}: JS/log2 "

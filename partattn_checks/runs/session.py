@@ -28,12 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..capture.runspec import RunSpec, for_pipeline
+from ..capture.runspec import RunSpec, dtype_name, for_pipeline
 from ..checks import CHECKS, CheckResult, Thresholds, run_checks
 from ..errors import PartattnError
 from .sidecar import ImageSpec
 
 if TYPE_CHECKING:
+    from ..baselines.floor import Condition
+    from ..baselines.runner import ImageRuns
+    from ..baselines.sample import SeedRun, SeedSample
     from ..capture.record import AttentionRecord
 
 #: Records (and judged outcomes) kept per process; an image's items run back to back, so a few suffice.
@@ -124,8 +127,12 @@ class Session:
         cache_size: int = CACHE_SIZE,
         thresholds: Thresholds | None = None,
         checks: Sequence[str] | None = None,
+        load_in: Callable[[str], object] | None = None,
     ):
         self._load = load
+        self._load_in = load_in
+        self._in_dtype: dict[str, object] = {}
+        self._views: dict[str, object] = {}
         self.options = {k: v for k, v in (options or {}).items() if v is not None}
         self.options_label = options_label
         self.cache_size = cache_size
@@ -167,6 +174,40 @@ class Session:
 
     def model_key(self) -> str:
         return str(getattr(getattr(self.pipeline, "checkpoint", None), "path", id(self.pipeline)))
+
+    @property
+    def model_label(self) -> str:
+        """The model as a baseline's fingerprint names it (the gate names the embedded one the same
+        on every machine)."""
+        return str(getattr(getattr(self.pipeline, "checkpoint", None), "path", "in-memory model"))
+
+    def pipeline_in(self, dtype: str):
+        """The pipeline in another model dtype (the numeric floor's dtype runs): ``load_in(dtype)``, else
+        a converted copy of the built-in pipeline; loaded once."""
+        if dtype == dtype_name(self.pipeline.dtype):
+            return self.pipeline
+        if dtype not in self._in_dtype:
+            if self._load_in is not None:
+                self._in_dtype[dtype] = self._load_in(dtype)
+            else:
+                from ..model.pipeline import converted
+
+                self._in_dtype[dtype] = converted(self.pipeline, dtype)
+        return self._in_dtype[dtype]
+
+    def image_view(self, image: ImageSpec):
+        """The encoder's view of the image (PIL) for overlays and summaries, or None if the pipeline
+        cannot give it (one kept)."""
+        if image.key not in self._views:
+            view = None
+            fn = getattr(self.loaded, "preprocessed_image", None)
+            if fn is not None:
+                try:
+                    view = fn(str(image.path))
+                except Exception:  # noqa: BLE001 - overlays are optional
+                    view = None
+            self._views = {image.key: view}
+        return self._views[image.key]
 
     # -- run specs ----------------------------------------------------------------------------
     def spec(
@@ -286,6 +327,79 @@ class Session:
                 if progress is not None:
                     progress(outcome)
                 yield outcome
+
+    # -- what the baseline runner runs -----------------------------------------------------------
+    def seed_sample(
+        self, image: ImageSpec, seeds: Sequence[int], condition: Condition | None = None, call: Mapping | None = None
+    ) -> SeedSample:
+        """``image`` under each of ``seeds`` (plain runs come from the cache when they were made), each
+        summarized as it comes; ``condition``: a numeric-floor perturbation (never cached); ``call``:
+        run settings that win over the image's sidecar (the seed aside)."""
+        from ..baselines.sample import SeedSample
+
+        return SeedSample(tuple(self._seed_run(image, seed, condition, call) for seed in seeds))
+
+    def _seed_run(self, image: ImageSpec, seed: int, condition: Condition | None, call: Mapping | None) -> SeedRun:
+        from ..baselines.paired_attention import StepMarginals
+        from ..baselines.sample import SeedRun
+        from ..baselines.store import environment_fingerprint
+        from ..baselines.summary import AttentionSummary
+
+        call = {**(call or {}), "seed": seed}
+        if condition is None:
+            outcome = self.image_outcome(image, call=call)
+            record, results = outcome.record, outcome.results
+        else:
+            record = self._perturbed_record(image, call, condition)
+            results = judge(record, self.thresholds_for(image), self.checks)
+        size = getattr(self.image_view(image), "size", None)
+        return SeedRun(
+            seed=seed,
+            metrics=record.summary(),
+            checks={name: r.value for name, r in results.items()},
+            environment=environment_fingerprint(record.meta, self.model_label),
+            attention=AttentionSummary.from_record(record, image_size=size, exact=True),
+            steps=StepMarginals.from_record(record),
+        )
+
+    def _perturbed_record(self, image: ImageSpec, call: Mapping, condition: Condition):
+        """One run under a floor condition: another dtype, thread count or a rounding error (not cached)."""
+        import contextlib
+
+        from ..model.perturb import ROUNDING_SEED, intra_op_threads, rounding_error
+
+        pipeline = self.pipeline_in(condition.dtype) if condition.dtype is not None else self.pipeline
+        spec = for_pipeline(pipeline, self.options, image.run_layer(), call)
+        self.runs += 1
+        with contextlib.ExitStack() as stack:
+            if condition.threads is not None:
+                stack.enter_context(intra_op_threads(condition.threads))
+            if condition.rounding:
+                stack.enter_context(rounding_error(pipeline, seed=ROUNDING_SEED + condition.pattern))
+            try:
+                return run_record(pipeline, image.path, spec)
+            except Exception as exc:  # noqa: BLE001 - the image's failure, said once
+                raise CaseError(
+                    f"could not run {image.display} for the numeric floor ({condition.name}): {describe(exc)}"
+                ) from None
+
+    def image_runs(self, image: ImageSpec, call: Mapping | None = None) -> ImageRuns:
+        """``image`` as the baseline runner sees it (its run seed, how to run it, where it runs);
+        ``call``: run settings that win over its sidecar."""
+        import torch
+
+        from ..baselines.runner import ImageRuns
+
+        spec = self.image_spec(image, call)
+        return ImageRuns(
+            key=image.key,
+            display=image.display,
+            seed=spec.seed,
+            sample=lambda seeds, condition: self.seed_sample(image, seeds, condition, call),
+            device_kind=spec.device.split(":")[0],
+            dtype=spec.dtype,
+            threads=torch.get_num_threads(),
+        )
 
 
 def _remember(cache: OrderedDict, key, value, size: int) -> None:

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...base.atomic import atomic_write_bytes
-from ...errors import PartattnError
-from ..details import Matrix
-from .check import AttentionDrift
+from ..base.atomic import atomic_write_bytes
+from ..checks.baseline import AttentionDrift
+from ..checks.details import Matrix
+from ..errors import PartattnError
 
 SUMMARY_VERSION = 2
 #: Versions this version reads (1: one run, no ``seed_drift``).
@@ -259,14 +259,18 @@ class AttentionSummary:
         return True
 
     def close_to(self, other: AttentionSummary) -> bool:
-        """Same metadata, and every value within ``KEEP_ATOL``."""
+        """Same metadata, and every value within ``KEEP_ATOL`` (or one fp16 step, where that is larger:
+        a value that merely rounds the other way is not a change)."""
         if self.metadata() != other.metadata():
             return False
         mine, theirs = self._tensors(), other._tensors()
+
+        def near(a: np.ndarray, b: np.ndarray) -> bool:
+            step = np.spacing(np.abs(b)).astype(np.float64)  # fp16 spacing at the stored value
+            return bool(np.all(np.abs(a.astype(np.float64) - b) <= np.maximum(KEEP_ATOL, step)))
+
         return mine.keys() == theirs.keys() and all(
-            mine[n].shape == theirs[n].shape
-            and bool(np.all(np.abs(mine[n].astype(np.float64) - theirs[n]) <= KEEP_ATOL))
-            for n in mine
+            mine[n].shape == theirs[n].shape and near(mine[n], theirs[n]) for n in mine
         )
 
 

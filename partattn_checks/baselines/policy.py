@@ -1,0 +1,150 @@
+"""How baselines are judged and written: one frozen policy, validated once, and the seeds.
+
+Every front end builds a :class:`BaselinePolicy` (the gate from its ``--partattn-*`` options,
+``partattn calibrate``, the benchmarks, the training monitor) and hands it to the runner; the
+ranges below are checked here and nowhere else, and an option's error names the option (``where``).
+
+Seeds. A baseline of an image whose run seed is ``s`` (``--partattn-seed``, or the image's sidecar)
+is written from the ``K`` noise seeds ``s, s + 1, ..., s + K − 1`` (:func:`baseline_seeds`); the
+gate's ``R`` runs are the first ``R`` of them (:func:`gate_seeds`), so by default the gate reruns the
+baseline's own seeds and its difference from the stored runs of those seeds is the change itself
+(the paired verdict). Standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import PartattnError
+
+#: Noise seeds per baseline (``--partattn-baseline-seeds``); docs/diagnostic-power.md measures the choice.
+DEFAULT_BASELINE_SEEDS = 16
+#: Runs per image the gate judges (``--partattn-seeds``).
+DEFAULT_GATE_SEEDS = 1
+#: The ranges of K and R: a spread needs two seeds; more than this many runs per image is never useful.
+MAX_SEEDS = 1000
+#: False-alarm rate of one item of the seed-spread verdict (``--partattn-false-alarm-rate``) and its range:
+#: below ``MIN_FALSE_ALARM_RATE`` no quantile is meaningful (and the arithmetic overflows near 1e-100).
+DEFAULT_FALSE_ALARM_RATE = 0.001
+MIN_FALSE_ALARM_RATE = 1e-12
+MAX_FALSE_ALARM_RATE = 0.5
+#: What the gate writes: ``missing`` baselines, those that ``failed`` (and missing), or ``all``.
+UPDATE_MODES = ("missing", "failed", "all")
+#: The verdict (``--partattn-verdict``): ``auto`` pairs when the baseline holds the run's seeds and
+#: settings and judges by the seed spread otherwise; ``paired`` fails an item that cannot be paired;
+#: ``seed-spread`` never pairs.
+VERDICT_MODES = ("auto", "paired", "seed-spread")
+#: Model dtypes a baseline can measure its numeric floor in (``--partattn-floor-dtypes``).
+FLOOR_DTYPES = ("float32", "float16", "bfloat16")
+
+
+class PolicyError(PartattnError, ValueError):
+    """A baseline setting out of range; the message names the setting (as the user gave it) and the range."""
+
+
+def baseline_seeds(seed: int, count: int) -> list[int]:
+    """The noise seeds a baseline of an image whose run seed is ``seed`` is written with."""
+    return [seed + i for i in range(count)]
+
+
+def gate_seeds(seed: int, repeats: int) -> list[int]:
+    """The seeds the gate judges an image with: the first ``repeats`` of its baseline's seeds."""
+    return baseline_seeds(seed, repeats)
+
+
+@dataclass(frozen=True)
+class BaselinePolicy:
+    """How baselines are judged and written.
+
+    ``update``: None (compare only), ``missing``, ``failed`` or ``all`` (:meth:`writes`); ``force``:
+    also replace a baseline file that cannot be read (with ``all``); ``strict_env``: a baseline
+    recorded in another environment fails; ``false_alarm_rate`` (α), ``baseline_seeds`` (K),
+    ``seeds`` (R); ``verdict``: auto | paired | seed-spread; ``floor_dtypes``: model dtypes, besides
+    the baseline's own, whose runs the numeric floor covers (a gate may run in them and stay paired).
+    ``where`` names each setting in errors (e.g. ``{"seeds": "--partattn-seeds 0"}``).
+    """
+
+    update: str | None = None
+    force: bool = False
+    strict_env: bool = False
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    baseline_seeds: int = DEFAULT_BASELINE_SEEDS
+    seeds: int = DEFAULT_GATE_SEEDS
+    verdict: str = "auto"
+    floor_dtypes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem is not None:
+            setting, what = problem
+            raise PolicyError(f"{setting} {getattr(self, setting)!r}: {what}")
+
+    def problem(self) -> tuple[str, str] | None:
+        """(setting, what is wrong) for the first setting out of range, else None."""
+        return policy_problem(
+            update=self.update,
+            false_alarm_rate=self.false_alarm_rate,
+            baseline_seeds=self.baseline_seeds,
+            seeds=self.seeds,
+            verdict=self.verdict,
+            floor_dtypes=self.floor_dtypes,
+        )
+
+    def writes(self, missing: bool, failed: bool) -> bool:
+        """Whether this update mode writes the measured baseline of an image whose baseline is
+        ``missing`` or whose item would ``fail`` (missing, of another schema, an environment
+        mismatch, drifted). (A file that cannot be read at all is replaced only when forced.)"""
+        if self.update == "all":
+            return True
+        if self.update == "failed":
+            return failed
+        return self.update == "missing" and missing
+
+    @property
+    def pairs(self) -> bool:
+        return self.verdict != "seed-spread"
+
+
+def policy_problem(
+    *,
+    update: str | None = None,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    baseline_seeds: int = DEFAULT_BASELINE_SEEDS,
+    seeds: int = DEFAULT_GATE_SEEDS,
+    verdict: str = "auto",
+    floor_dtypes: tuple[str, ...] = (),
+) -> tuple[str, str] | None:
+    """The one check of every baseline setting: (setting, what is wrong and the range), or None."""
+    if update is not None and update not in UPDATE_MODES:
+        return "update", f"{update!r} is not one of {', '.join(UPDATE_MODES)}"
+    if not _whole(baseline_seeds) or not 2 <= baseline_seeds <= MAX_SEEDS:
+        return "baseline_seeds", (
+            f"must be between 2 and {MAX_SEEDS} (a spread needs two seeds; {DEFAULT_BASELINE_SEEDS} is the measured "
+            f"default)"
+        )
+    if not _whole(seeds) or not 1 <= seeds <= MAX_SEEDS:
+        return "seeds", f"must be between 1 and {MAX_SEEDS} (1 judges one run per image)"
+    if seeds > baseline_seeds:
+        return "seeds", (
+            f"the gate reruns the first R of the baseline's {baseline_seeds} seeds, so R cannot exceed K "
+            f"(raise the baseline seeds or lower the seeds)"
+        )
+    rate = false_alarm_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+        return "false_alarm_rate", "expected a number, e.g. 0.001"
+    if not MIN_FALSE_ALARM_RATE <= rate < MAX_FALSE_ALARM_RATE:
+        return "false_alarm_rate", (
+            f"must lie in [{MIN_FALSE_ALARM_RATE:g}, {MAX_FALSE_ALARM_RATE:g}), e.g. 0.001 for one false alarm in a "
+            f"thousand healthy images"
+        )
+    if verdict not in VERDICT_MODES:
+        return "verdict", f"{verdict!r} is not one of {', '.join(VERDICT_MODES)}"
+    unknown = [d for d in floor_dtypes if d not in FLOOR_DTYPES]
+    if unknown:
+        return "floor_dtypes", f"{unknown[0]!r} is not one of {', '.join(FLOOR_DTYPES)}"
+    return None
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

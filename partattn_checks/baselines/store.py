@@ -1,0 +1,641 @@
+"""Baseline store: per-image folders of the runs of several noise seeds, and the environment they came from.
+
+Layout (``<key>`` is the image's path below the fixtures folder, without suffix)::
+
+    <baselines>/<key>/metrics.json          {"schema_version", "image", "seeds", "metrics", "spread",
+                                             "samples", "checks", "paired", "files"}
+    <baselines>/<key>/environment.json      the fingerprint: model, config hash, steps, dtype, ...
+    <baselines>/<key>/attention.safetensors the attention summary (``summary.py``), for drift figures
+    <baselines>/<key>/paired.safetensors    the paired seeds' per-step attention and numeric floor (``paired.py``)
+
+``samples`` hold the headline metrics of one run per noise seed (``seeds``), ``metrics`` their mean
+and ``spread`` their seed-to-seed standard deviation (for the reader; the judge recomputes it).
+``checks`` are the record checks' values (mean over the seeds; shown next to the measured values,
+never compared). ``paired`` (schema 3) names the paired seeds (the first of ``seeds``) and the
+numeric floor's conditions with their runs' metrics; ``files`` the SHA-256 of the two tensor files,
+so a file left by an interrupted update is recognised as not belonging to this ``metrics.json``.
+
+Schema 1 (one run, no seeds) still loads and is compared with ``Thresholds.baseline`` atol/rtol;
+schema 2 (seeds, no paired part) is judged by the seed spread. A *candidate* (the gate's own runs,
+written under the results folder when a comparison fails, for review) is not a baseline: loading
+one says so.
+
+Metrics are stored rounded to ``DECIMALS`` places, and a value that moved by less than one rounding
+step keeps its stored digits: rewriting the baselines of an unchanged model leaves the files, and
+``git status``, as they were. Non-finite values are never stored, and a stored one makes the
+baseline unusable.
+
+Writing checks every target first (a folder where a file belongs, a file where the folder belongs
+stop it before anything is written), then writes each file to a temporary file in the same folder
+and moves it into place (``environment.json``, the tensor files, ``metrics.json`` last). A full disk
+or a read-only folder is one :class:`BaselineWriteError` line; the old files are kept.
+
+No torch here: the store is JSON plus safetensors files read with numpy.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..base.atomic import atomic_write_text
+from ..errors import PartattnError
+
+if TYPE_CHECKING:  # numpy loads with the tensor files, not with the plugin
+    from filelock import BaseFileLock
+
+    from .paired import PairedBaseline
+    from .sample import SeedSample
+    from .summary import AttentionSummary
+
+BASELINE_SCHEMA_VERSION = 3
+#: Schema versions this version reads (1: one run; 2: seeds, no paired part).
+READABLE_SCHEMAS = (1, 2, 3)
+#: Version of environment.json's fingerprint (unchanged by the metrics schema).
+FINGERPRINT_VERSION = 1
+#: Decimal places of stored metrics; a change smaller than one step keeps the stored value.
+DECIMALS = 5
+METRICS_FILE = "metrics.json"
+ENVIRONMENT_FILE = "environment.json"
+SUMMARY_FILE = "attention.safetensors"
+PAIRED_FILE = "paired.safetensors"
+#: Fingerprint keys whose mismatch is reported (in this order).
+FINGERPRINT_KEYS = (
+    "schema_version",
+    "model",
+    "weights",
+    "config_hash",
+    "num_parts",
+    "steps",
+    "seed",
+    "guidance_scale",
+    "num_tokens",
+    "dtype",
+    "device_kind",
+    "torch",
+    "diffusers",
+)
+#: The fingerprint keys that make another experiment: a run that differs in one is not paired.
+RUN_SETTINGS = ("num_parts", "steps", "guidance_scale", "num_tokens")
+REGENERATE = "regenerate it with --partattn-update=failed"
+
+
+class BaselineError(PartattnError, ValueError):
+    """A baseline file that cannot be used; the message names the file and what to do.
+
+    ``corrupt`` is True for a file that cannot be read at all (bad JSON, wrong structure) and
+    False for a readable file of another schema version or incomplete content (``--partattn-update=failed``
+    replaces it).
+    """
+
+    def __init__(self, message: str, path: Path, corrupt: bool = True):
+        super().__init__(message)
+        self.path = path
+        self.corrupt = corrupt
+
+
+class BaselineWriteError(BaselineError):
+    """A baseline that could not be written (a folder in the way, a full disk, no permission); the
+    files already there were kept."""
+
+
+@dataclass(frozen=True)
+class BaselinePaths:
+    folder: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / METRICS_FILE
+
+    @property
+    def environment(self) -> Path:
+        return self.folder / ENVIRONMENT_FILE
+
+    @property
+    def attention(self) -> Path:
+        return self.folder / SUMMARY_FILE
+
+    @property
+    def paired(self) -> Path:
+        return self.folder / PAIRED_FILE
+
+    def files(self) -> tuple[Path, Path, Path, Path]:
+        """Every file of the baseline (what ``remove`` deletes), in writing order."""
+        return (self.environment, self.attention, self.paired, self.metrics)
+
+
+@dataclass(frozen=True, eq=False)
+class StoredBaseline:
+    metrics: dict[str, float]
+    checks: dict[str, float | None]
+    environment: dict[str, Any] | None
+    paths: BaselinePaths
+    attention: AttentionSummary | None = None  # None: not stored (older baseline) or unusable
+    attention_error: str | None = None  # why a stored summary could not be used
+    seeds: tuple[int, ...] = ()  # the noise seeds of ``samples``; empty: a single run (schema 1)
+    samples: dict[str, list[float]] | None = None  # metric -> one value per seed
+    schema_version: int = BASELINE_SCHEMA_VERSION
+    paired: PairedBaseline | None = None  # schema 3
+
+    @property
+    def has_spread(self) -> bool:
+        """Written from several noise seeds: the comparison can be judged in units of noise."""
+        return len(self.seeds) >= 2 and bool(self.samples)
+
+    @property
+    def dtype(self) -> str | None:
+        return (self.environment or {}).get("dtype")
+
+
+@dataclass(frozen=True, eq=False)
+class BaselineContent:
+    """What a baseline (or a candidate) holds: the runs of its seeds, the environment and the paired part."""
+
+    image: str
+    sample: SeedSample
+    environment: dict[str, Any]
+    paired: PairedBaseline | None = None
+    candidate: bool = False
+
+
+# ----------------------------------------------------------------------------- fingerprint
+def config_hash(config: dict) -> str:
+    """Short stable hash of a model config (sorted-key JSON)."""
+    text = json.dumps(config or {}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def environment_fingerprint(meta: dict, model_label: str) -> dict:
+    """The environment a record was made in, from ``AttentionRecord.meta``."""
+    versions = meta.get("versions", {}) or {}
+    device = str(meta.get("device", ""))
+    return {
+        "schema_version": FINGERPRINT_VERSION,
+        "model": model_label,
+        "weights": meta.get("weights"),
+        "config_hash": config_hash(meta.get("config", {})),
+        "num_parts": meta.get("num_parts"),
+        "steps": meta.get("steps"),
+        "seed": meta.get("seed"),
+        "guidance_scale": meta.get("guidance_scale"),
+        "num_tokens": meta.get("num_tokens"),
+        "dtype": meta.get("dtype"),
+        "device_kind": device.split(":")[0] if device else None,
+        "torch": versions.get("torch"),
+        "diffusers": versions.get("diffusers"),
+    }
+
+
+def fingerprint_diff(stored: dict, current: dict, ignore: tuple[str, ...] = (), keys=FINGERPRINT_KEYS) -> list[str]:
+    """Human-readable differences (``"steps: 10 in the baseline, 2 now"``), empty when equal;
+    ``ignore``: keys not compared (the seed: a baseline holds several). The weights are compared by
+    content where both sides have a digest: the same weights under another path are the same model."""
+    same_weights = stored.get("weights") is not None and stored.get("weights") == current.get("weights")
+    skip = set(ignore) | ({"model"} if same_weights else set())
+    if stored.get("weights") is None or current.get("weights") is None:
+        skip.add("weights")  # a baseline written before digests, or weights in memory: the path says it
+    return [
+        f"{key}: {stored.get(key)!r} in the baseline, {current.get(key)!r} now"
+        for key in keys
+        if key not in skip and stored.get(key) != current.get(key)
+    ]
+
+
+# ----------------------------------------------------------------------------- files
+def _dumps(doc: dict) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True, allow_nan=True) + "\n"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BaselineError(f"{path}: not valid JSON ({exc})", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"{path}: cannot be read ({exc})", path) from None
+    if not isinstance(doc, dict):
+        raise BaselineError(f"{path}: expected a JSON object, got {type(doc).__name__}", path)
+    return doc
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class BaselineStore:
+    """Per-image baseline folders under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def paths(self, key: str) -> BaselinePaths:
+        return BaselinePaths(self.root / key)
+
+    def load(self, key: str, *, tensors: bool = True) -> StoredBaseline | None:
+        """The stored baseline, ``None`` when ``metrics.json`` does not exist; ``BaselineError`` when
+        unusable. ``tensors=False`` skips the tensor files (the spreads alone)."""
+        paths = self.paths(key)
+        if not paths.metrics.exists():
+            return None
+        if not paths.metrics.is_file():
+            raise BaselineError(f"{paths.metrics}: not a file (move it away)", paths.metrics)
+        doc = _read_json(paths.metrics)
+        version = doc.get("schema_version")
+        if version not in READABLE_SCHEMAS:
+            raise BaselineError(
+                f"{paths.metrics}: baseline schema version {version!r}, this partattn-checks reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMAS))}",
+                paths.metrics,
+                corrupt=not isinstance(version, int),
+            )
+        if doc.get("candidate"):
+            raise BaselineError(
+                f"{paths.metrics}: a candidate (one gate run's measurements, for review), not a baseline; write the "
+                f"baseline from its noise seeds with --partattn-update=failed",
+                paths.metrics,
+                corrupt=False,
+            )
+        metrics = _metrics_table(doc, paths.metrics)
+        checks = doc.get("checks") or {}
+        if not isinstance(checks, dict):
+            raise BaselineError(f"{paths.metrics}: 'checks' must be a table", paths.metrics)
+        seeds, samples = _seed_samples(doc, paths.metrics, metrics) if version >= 2 else ((), None)
+        environment = _read_json(paths.environment) if paths.environment.is_file() else None
+        paired = _paired_table(doc, paths.metrics, seeds, metrics) if version >= 3 else None
+        attention, attention_error = None, None
+        if tensors:
+            found = doc.get("files")
+            hashes: dict[str, Any] = found if isinstance(found, dict) else {}
+            attention, attention_error = _read_summary(paths.attention, hashes.get(SUMMARY_FILE), version)
+            if paired is not None:
+                paired = _with_paired_attention(paired, paths.paired, hashes.get(PAIRED_FILE))
+        return StoredBaseline(
+            metrics,
+            dict(checks),
+            environment,
+            paths,
+            attention,
+            attention_error,
+            seeds,
+            samples,
+            version,
+            paired,
+        )
+
+    def pooled_spreads(self) -> dict[str, float]:
+        """Per metric, the seed-to-seed spread pooled over every stored baseline with seeds (the
+        root-mean-square of their spreads, in the units the metric is judged in): what an image's
+        own spread is shrunk toward. Baselines that cannot be read are left out (their own items
+        report them)."""
+        from .noise import judged_spread, pooled_sd
+
+        spreads: dict[str, list[float]] = {}
+        for key in self.keys():
+            try:
+                stored = self.load(key, tensors=False)
+            except BaselineError:
+                continue
+            if stored is None or not stored.has_spread or stored.samples is None:
+                continue
+            for name, values in stored.samples.items():
+                spreads.setdefault(name, []).append(judged_spread(name, values))
+        pooled = {name: pooled_sd(sds) for name, sds in spreads.items()}
+        return {name: sd for name, sd in pooled.items() if sd is not None}  # None: no finite spread
+
+    def write(self, key: str, content: BaselineContent) -> bool:
+        """Write the baseline of ``key`` from ``content``; files whose content would not change are left
+        alone (a summary within ``KEEP_ATOL`` of the stored one counts as unchanged). Returns whether
+        anything was written; :class:`BaselineWriteError` (nothing new written) when a target is not
+        writable."""
+        from .noise import mean_sd
+
+        paths = self.paths(key)
+        _check_targets(paths)
+        sample = content.sample
+        old = _stored_doc(paths.metrics)
+        samples = sample.samples
+        kept_samples = {n: _kept_list(v, (old.get("samples") or {}).get(n)) for n, v in sorted(samples.items())}
+        doc: dict[str, Any] = {
+            "schema_version": BASELINE_SCHEMA_VERSION,
+            "image": content.image,
+            "seeds": list(sample.seeds),
+            "metrics": _kept(_rounded(sample.metrics), old.get("metrics") or {}),
+            "checks": _kept(_rounded(sample.checks), old.get("checks") or {}),
+            "samples": kept_samples,
+            "spread": {n: round(mean_sd(v)[1], DECIMALS) for n, v in kept_samples.items()}
+            if len(sample.runs) > 1
+            else {},
+        }
+        if content.candidate:
+            doc["candidate"] = True
+        try:
+            changed = _write_text(paths.environment, _dumps(content.environment))
+            files = {}
+            attention = sample.attention()
+            if attention is not None:
+                changed = attention.write(paths.attention) or changed
+                files[SUMMARY_FILE] = _sha(paths.attention)
+            else:  # an older file would not belong to this baseline
+                changed = _remove(paths.attention) or changed
+            if content.paired is not None:
+                doc["paired"] = _kept_paired(content.paired.to_json(), old.get("paired"))
+            if content.paired is not None and content.paired.attention is not None:
+                changed = content.paired.attention.write(paths.paired) or changed
+                files[PAIRED_FILE] = _sha(paths.paired)
+            else:
+                changed = _remove(paths.paired) or changed
+            if files:
+                doc["files"] = files
+            return _write_text(paths.metrics, _dumps(doc)) or changed
+        except OSError as exc:
+            raise write_error(exc, paths.folder) from None
+
+    def keys(self) -> list[str]:
+        """Keys of every stored baseline (folders holding a metrics.json, or only a tensor file an
+        interrupted first write left), sorted."""
+        if not self.root.is_dir():
+            return []
+        found = {p.parent for name in (METRICS_FILE, SUMMARY_FILE, PAIRED_FILE) for p in self.root.rglob(name)}
+        return sorted(folder.relative_to(self.root).as_posix() for folder in found)
+
+    def remove(self, key: str) -> None:
+        """Remove the files of a baseline (only ours), then its folder and parents if left empty."""
+        paths = self.paths(key)
+        for path in paths.files():
+            path.unlink(missing_ok=True)
+        folder = paths.folder
+        while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+
+
+def write_error(exc: OSError, where: Path) -> BaselineWriteError:
+    """One line for a failed write: which file, why, and that nothing else was lost."""
+    target = Path(exc.filename) if exc.filename else where
+    why = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return BaselineWriteError(
+        f"cannot write {target}: {why}; the baseline files already there were kept", target, corrupt=False
+    )
+
+
+def _check_targets(paths: BaselinePaths) -> None:
+    """Before the first write: every file of the baseline is absent or a regular file, and its folder
+    is a folder (or can be made)."""
+    for parent in (paths.folder, *paths.folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise BaselineWriteError(
+                    f"cannot write the baseline into {paths.folder}: {parent} is a file, not a folder (move it away)",
+                    parent,
+                    corrupt=False,
+                )
+            break
+    for path in paths.files():
+        if path.exists() and not path.is_file():
+            raise BaselineWriteError(
+                f"cannot write {path}: a folder (or another non-file) is in the way; move it away and run again "
+                f"(nothing was written)",
+                path,
+                corrupt=False,
+            )
+
+
+def _write_text(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return False
+    atomic_write_text(path, text)
+    return True
+
+
+def _remove(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    path.unlink()
+    return True
+
+
+def _rounded(values: dict) -> dict:
+    return {k: (None if v is None else round(float(v), DECIMALS)) for k, v in sorted(values.items())}
+
+
+def _stored_doc(path: Path) -> dict:
+    """An existing metrics.json, ``{}`` when there is none or it cannot be read."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+
+
+def _kept(new: dict, old: dict) -> dict:
+    """``new``, keeping each stored value that lies within one rounding step of the new one."""
+    step = 10.0**-DECIMALS
+    out = {}
+    for k, v in new.items():
+        o = old.get(k) if isinstance(old, dict) else None
+        same = (v is None and o is None) or (v is not None and _number(o) and abs(o - v) <= step)
+        out[k] = round(float(o), DECIMALS) if same and o is not None else v
+    return out
+
+
+def _kept_list(new: list[float], old: Any) -> list[float]:
+    """:func:`_kept` for one value per seed (kept only when the stored list has the same length)."""
+    rounded = _rounded(dict(enumerate(new)))
+    same_length = isinstance(old, list) and len(old) == len(new)
+    kept = _kept(rounded, dict(enumerate(old)) if same_length else {})
+    return [kept[i] for i in range(len(new))]
+
+
+def _kept_paired(new: dict, old: Any) -> dict:
+    """The paired table, each condition's values kept within one rounding step of the stored ones."""
+    stored = {c.get("name"): c for c in (old or {}).get("conditions", []) if isinstance(c, dict)}
+    conditions = []
+    for cond in new["conditions"]:
+        before = (stored.get(cond["name"]) or {}).get("shifts") or {}
+        shifts = {n: _kept_list(v, before.get(n)) for n, v in sorted(cond["shifts"].items())}
+        conditions.append({**cond, "shifts": shifts})
+    return {**new, "conditions": conditions}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------- reading
+def _metrics_table(doc: dict, path: Path) -> dict[str, float]:
+    metrics = doc.get("metrics")
+    if not isinstance(metrics, dict) or not metrics or not all(_number(v) for v in metrics.values()):
+        raise BaselineError(f"{path}: 'metrics' must be a non-empty table of numbers", path)
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        raise BaselineError(
+            f"{path}: metric {bad[0]} is {metrics[bad[0]]}, not a finite number (no drift can be measured against "
+            f"it); {REGENERATE}",
+            path,
+            corrupt=False,
+        )
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _seed_samples(doc: dict, path: Path, metrics: dict) -> tuple[tuple[int, ...], dict[str, list[float]]]:
+    """``seeds`` and ``samples`` of a schema-2+ document, checked: two seeds or more, one finite number
+    per seed for every metric."""
+    if "seeds" not in doc or "samples" not in doc:
+        missing = "seeds" if "seeds" not in doc else "samples"
+        raise BaselineError(
+            f"{path}: the {missing!r} table is missing (a schema {doc['schema_version']} baseline holds the runs of "
+            f"its noise seeds); {REGENERATE}",
+            path,
+            corrupt=False,
+        )
+    seeds, samples = doc["seeds"], doc["samples"]
+    if not isinstance(seeds, list) or not all(_number(s) and float(s).is_integer() for s in seeds):
+        raise BaselineError(f"{path}: 'seeds' must be a list of whole numbers", path)
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise BaselineError(
+            f"{path}: 'seeds' must hold two or more different seeds (it holds {seeds}); {REGENERATE}",
+            path,
+            corrupt=False,
+        )
+    if not isinstance(samples, dict):
+        raise BaselineError(f"{path}: 'samples' must be a table of lists", path)
+    unsampled = sorted(set(metrics) - set(samples))
+    if unsampled:
+        raise BaselineError(
+            f"{path}: metric {unsampled[0]} has no samples (one value per seed); {REGENERATE}", path, corrupt=False
+        )
+    for name, values in samples.items():
+        if not isinstance(values, list) or len(values) != len(seeds) or not all(_finite(v) for v in values):
+            raise BaselineError(
+                f"{path}: samples of {name} must be {len(seeds)} finite numbers, one per seed; {REGENERATE}",
+                path,
+                corrupt=False,
+            )
+    return tuple(int(s) for s in seeds), {name: [float(v) for v in values] for name, values in samples.items()}
+
+
+def _paired_table(doc: dict, path: Path, seeds: tuple[int, ...], metrics: dict) -> PairedBaseline | None:
+    """The ``paired`` table of a schema-3 document (None when the baseline was written without one)."""
+    from .floor import Condition
+    from .paired import PairedBaseline
+
+    table = doc.get("paired")
+    if table is None:
+        return None
+    bad = BaselineError(f"{path}: 'paired' must hold 'seeds' and 'conditions' ({REGENERATE})", path, corrupt=False)
+    if (
+        not isinstance(table, dict)
+        or not isinstance(table.get("seeds"), list)
+        or not isinstance(table.get("conditions"), list)
+    ):
+        raise bad
+    paired = table["seeds"]
+    if not paired or paired != list(seeds[: len(paired)]):
+        raise BaselineError(
+            f"{path}: the paired seeds {paired} must be the first of the baseline's seeds {list(seeds)}; {REGENERATE}",
+            path,
+            corrupt=False,
+        )
+    conditions, values = [], {}
+    for entry in table["conditions"]:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not isinstance(entry.get("shifts"), dict)
+        ):
+            raise bad
+        for name, vals in entry["shifts"].items():
+            if not isinstance(vals, list) or len(vals) != len(paired) or not all(_finite(v) for v in vals):
+                raise BaselineError(
+                    f"{path}: the floor's {entry['name']} shifts of {name} must be {len(paired)} finite numbers; "
+                    f"{REGENERATE}",
+                    path,
+                    corrupt=False,
+                )
+        conditions.append(Condition.from_dict(entry))
+        values[entry["name"]] = {n: [float(v) for v in vals] for n, vals in entry["shifts"].items()}
+    return PairedBaseline(tuple(int(s) for s in paired), tuple(conditions), values)
+
+
+def _finite(value: Any) -> bool:
+    return _number(value) and math.isfinite(value)
+
+
+def _read_summary(path: Path, sha: str | None, version: int) -> tuple[AttentionSummary | None, str | None]:
+    if not path.is_file():
+        return None, None
+    from .summary import AttentionSummary, SummaryError
+
+    if version >= 3 and sha is not None and _sha(path) != sha:
+        return None, f"{path} does not belong to its metrics.json (left by an interrupted update?)"
+    try:
+        return AttentionSummary.read(path), None
+    except SummaryError as err:
+        return None, str(err)
+
+
+def _with_paired_attention(paired: PairedBaseline, path: Path, sha: str | None) -> PairedBaseline:
+    from dataclasses import replace
+
+    from .paired import PairedError
+    from .paired_attention import PairedAttention
+
+    if not path.is_file():
+        return replace(paired, attention_error=f"{path} is missing")
+    if sha is None or _sha(path) != sha:
+        return replace(paired, attention_error=f"{path} does not belong to its metrics.json (an interrupted update?)")
+    try:
+        attention = PairedAttention.read(path)
+    except PairedError as err:
+        return replace(paired, attention_error=str(err))
+    if attention.seeds != paired.seeds or attention.conditions != paired.conditions:
+        return replace(paired, attention_error=f"{path}: its seeds or conditions differ from metrics.json's")
+    return replace(paired, attention=attention)
+
+
+def nonfinite_metrics(metrics: dict) -> list[str]:
+    return sorted(k for k, v in metrics.items() if v is None or not math.isfinite(float(v)))
+
+
+class UpdateLock:
+    """Held by the session that writes baselines (``--partattn-update``): a second session that
+    would write into the same folder at the same time stops with a clear error instead of
+    interleaving with the first. The operating system drops the lock if the holder dies."""
+
+    FILE = ".partattn-update.lock"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.FILE
+        self._lock: BaseFileLock | None = None
+
+    def acquire(self) -> None:
+        from filelock import FileLock, Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise BaselineError(
+                f"{self.path.parent}: another pytest --partattn-update session is writing these baselines "
+                f"right now (it holds {self.path}); wait for it to finish, then run again",
+                self.path,
+                corrupt=False,
+            ) from None
+        self._lock = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            self.path.unlink(missing_ok=True)
+
+
+def unused_keys(store: BaselineStore, image_keys: set[str]) -> list[str]:
+    """Stored baselines whose fixture image no longer exists."""
+    return [key for key in store.keys() if key not in image_keys]
