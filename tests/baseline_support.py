@@ -8,8 +8,12 @@ the package from them). The end-to-end tests run the embedded model instead.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping
 
+from helpers import FIXTURE_IMAGES, REPO
+
+from partattn_checks import EMBEDDED_MODEL
 from partattn_checks.baselines.floor import Condition
 from partattn_checks.baselines.paired_attention import StepMarginals
 from partattn_checks.baselines.policy import BaselinePolicy
@@ -17,6 +21,13 @@ from partattn_checks.baselines.runner import BaselineRunner, ImageRuns
 from partattn_checks.baselines.sample import SeedRun, SeedSample
 from partattn_checks.baselines.store import BaselineStore, environment_fingerprint
 from partattn_checks.baselines.summary import AttentionSummary
+from partattn_checks.capture.runspec import DeviceChoice
+from partattn_checks.checks import Thresholds
+from partattn_checks.gate.options import Settings
+from partattn_checks.gate.state import GateSession
+from partattn_checks.model.pipeline import PartCrafterPipeline
+from partattn_checks.runs.judgement import SetJudgement, judge_set
+from partattn_checks.runs.sidecar import fixture_specs
 
 ENV = {
     "schema_version": 1,
@@ -82,3 +93,27 @@ def records(key: str, record: Callable[[int, Condition | None], object], seed: i
 def runner(root, **policy) -> BaselineRunner:
     """A runner over ``root/base`` with candidates in ``root/cand``."""
     return BaselineRunner(BaselineStore(root / "base"), BaselineStore(root / "cand"), BaselinePolicy(**policy))
+
+
+# ----------------------------------------------------------------------------- the embedded model, for real
+#: Two fixture images of the end-to-end baseline tests (tests/test_noise.py, tests/test_paired.py).
+IMAGES = ("np2_circle_square.png", "np4_four_shapes.png")
+
+
+def embedded_pipeline() -> PartCrafterPipeline:
+    return PartCrafterPipeline.from_pretrained(EMBEDDED_MODEL)
+
+
+def two_images(tmp_path_factory) -> list:
+    """:data:`IMAGES` copied into a fixtures folder of their own, as image specs."""
+    folder = tmp_path_factory.mktemp("images")
+    for name in IMAGES:
+        shutil.copyfile(FIXTURE_IMAGES / name, folder / name)
+    return fixture_specs(folder, REPO)
+
+
+def gate(pipeline, root, images, **values) -> tuple[SetJudgement, GateSession]:
+    """The gate's judgement of ``images`` (no pytest), its baselines and results under ``root``."""
+    s = Settings.of(baselines=root / "baselines", results=root / "results", **values)
+    session = GateSession(lambda: pipeline, s, Thresholds(), DeviceChoice("cpu"))
+    return judge_set(session, session.runner, images), session

@@ -5,12 +5,11 @@ judgement of real runs of the embedded model at seeds the baseline does not pair
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURE_IMAGES, REPO
+from baseline_support import embedded_pipeline, gate, two_images
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +28,6 @@ from partattn_checks.model.broken import broken, graded
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.runs.judgement import judge_set
 from partattn_checks.runs.session import Session
-from partattn_checks.runs.sidecar import fixture_specs
 
 finite = st.floats(-1e3, 1e3, allow_nan=False)
 samples = st.lists(st.floats(0.01, 1.0), min_size=3, max_size=20)
@@ -228,21 +226,17 @@ def test_the_gate_reruns_the_first_seeds_of_the_baseline():
 
 
 # ----------------------------------------------------------------------------- the gate, for real
-IMAGES = ("np2_circle_square.png", "np4_four_shapes.png")
 K = 6
 
 
 @pytest.fixture(scope="module")
 def pipeline():
-    return PartCrafterPipeline.from_pretrained(EMBEDDED_MODEL)
+    return embedded_pipeline()
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    for name in IMAGES:
-        shutil.copyfile(FIXTURE_IMAGES / name, folder / name)
-    return fixture_specs(folder, REPO)
+    return two_images(tmp_path_factory)
 
 
 def _session(pipeline, root, **values):
@@ -251,8 +245,7 @@ def _session(pipeline, root, **values):
 
 
 def _judge(pipeline, root, images, **values):
-    session = _session(pipeline, root, **values)
-    return judge_set(session, session.runner, images)
+    return gate(pipeline, root, images, **{"baseline_seeds": K, **values})[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import statistics
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURE_IMAGES, REPO
+from baseline_support import embedded_pipeline, gate, two_images
 
 from partattn_checks import EMBEDDED_MODEL
 from partattn_checks.baselines import paired as pr
@@ -21,17 +21,11 @@ from partattn_checks.baselines.paired_attention import kept_steps
 from partattn_checks.baselines.runner import BaselineStatus
 from partattn_checks.baselines.sample import SeedRun, SeedSample
 from partattn_checks.baselines.store import BaselineStore
-from partattn_checks.capture.runspec import DeviceChoice
-from partattn_checks.checks import Thresholds
 from partattn_checks.checks.baseline import PAIRED, SEED_SPREAD, Deviation
-from partattn_checks.gate.options import Settings
-from partattn_checks.gate.state import GateSession
 from partattn_checks.model.broken import Variant, broken, graded
 from partattn_checks.model.perturb import intra_op_threads
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.model.tiny import TINY_TRANSFORMER, build_image_encoder, build_transformer, write_checkpoint
-from partattn_checks.runs.judgement import judge_set
-from partattn_checks.runs.sidecar import fixture_specs
 
 
 # ----------------------------------------------------------------------------- pinned formulas
@@ -92,28 +86,21 @@ def test_steps_kept_fit_the_budget_and_always_include_the_first():
 
 
 # ----------------------------------------------------------------------------- real runs
-IMAGES = ("np2_circle_square.png", "np4_four_shapes.png")
 K = 4
 
 
 @pytest.fixture(scope="module")
 def pipeline():
-    return PartCrafterPipeline.from_pretrained(EMBEDDED_MODEL)
+    return embedded_pipeline()
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    for name in IMAGES:
-        shutil.copyfile(FIXTURE_IMAGES / name, folder / name)
-    return fixture_specs(folder, REPO)
+    return two_images(tmp_path_factory)
 
 
 def _judge(pipeline, root, images, **values):
-    values = {"baseline_seeds": K, **values}
-    s = Settings.of(baselines=root / "baselines", results=root / "results", **values)
-    session = GateSession(lambda: pipeline, s, Thresholds(), DeviceChoice("cpu"))
-    return judge_set(session, session.runner, images), session
+    return gate(pipeline, root, images, **{"baseline_seeds": K, **values})
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,12 @@ FLOOR_DTYPES = ("float32", "float16", "bfloat16")
 
 
 class PolicyError(PartattnError, ValueError):
-    """A baseline setting out of range; the message names the setting (as the user gave it) and the range."""
+    """A baseline setting out of range: ``setting`` (the field) and ``what`` is wrong with it, the range."""
+
+    def __init__(self, setting: str, value: object, what: str):
+        super().__init__(f"{setting} {value!r}: {what}")
+        self.setting = setting
+        self.what = what
 
 
 def baseline_seeds(seed: int, count: int) -> list[int]:
@@ -75,21 +80,41 @@ class BaselinePolicy:
     floor_dtypes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        problem = self.problem()
+        problem = self._problem()
         if problem is not None:
             setting, what = problem
-            raise PolicyError(f"{setting} {getattr(self, setting)!r}: {what}")
+            raise PolicyError(setting, getattr(self, setting), what)
 
-    def problem(self) -> tuple[str, str] | None:
-        """(setting, what is wrong) for the first setting out of range, else None."""
-        return policy_problem(
-            update=self.update,
-            false_alarm_rate=self.false_alarm_rate,
-            baseline_seeds=self.baseline_seeds,
-            seeds=self.seeds,
-            verdict=self.verdict,
-            floor_dtypes=self.floor_dtypes,
-        )
+    def _problem(self) -> tuple[str, str] | None:
+        """The one check of every baseline setting: (setting, what is wrong and the range), or None."""
+        if self.update is not None and self.update not in UPDATE_MODES:
+            return "update", f"{self.update!r} is not one of {', '.join(UPDATE_MODES)}"
+        k, r, rate = self.baseline_seeds, self.seeds, self.false_alarm_rate
+        if not _whole(k) or not 2 <= k <= MAX_SEEDS:
+            return "baseline_seeds", (
+                f"must be between 2 and {MAX_SEEDS} (a spread needs two seeds; {DEFAULT_BASELINE_SEEDS} is the "
+                f"measured default)"
+            )
+        if not _whole(r) or not 1 <= r <= MAX_SEEDS:
+            return "seeds", f"must be between 1 and {MAX_SEEDS} (1 judges one run per image)"
+        if r > k:
+            return "seeds", (
+                f"the gate reruns the first R of the baseline's {k} seeds, so R cannot exceed K (raise the baseline "
+                f"seeds or lower the seeds)"
+            )
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+            return "false_alarm_rate", "expected a number, e.g. 0.001"
+        if not MIN_FALSE_ALARM_RATE <= rate < MAX_FALSE_ALARM_RATE:
+            return "false_alarm_rate", (
+                f"must lie in [{MIN_FALSE_ALARM_RATE:g}, {MAX_FALSE_ALARM_RATE:g}), e.g. 0.001 for one false alarm "
+                f"in a thousand healthy images"
+            )
+        if self.verdict not in VERDICT_MODES:
+            return "verdict", f"{self.verdict!r} is not one of {', '.join(VERDICT_MODES)}"
+        unknown = [d for d in self.floor_dtypes if d not in FLOOR_DTYPES]
+        if unknown:
+            return "floor_dtypes", f"{unknown[0]!r} is not one of {', '.join(FLOOR_DTYPES)}"
+        return None
 
     def writes(self, missing: bool, failed: bool) -> bool:
         """Whether this update mode writes the measured baseline of an image whose baseline is
@@ -104,46 +129,6 @@ class BaselinePolicy:
     @property
     def pairs(self) -> bool:
         return self.verdict != "seed-spread"
-
-
-def policy_problem(
-    *,
-    update: str | None = None,
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-    baseline_seeds: int = DEFAULT_BASELINE_SEEDS,
-    seeds: int = DEFAULT_GATE_SEEDS,
-    verdict: str = "auto",
-    floor_dtypes: tuple[str, ...] = (),
-) -> tuple[str, str] | None:
-    """The one check of every baseline setting: (setting, what is wrong and the range), or None."""
-    if update is not None and update not in UPDATE_MODES:
-        return "update", f"{update!r} is not one of {', '.join(UPDATE_MODES)}"
-    if not _whole(baseline_seeds) or not 2 <= baseline_seeds <= MAX_SEEDS:
-        return "baseline_seeds", (
-            f"must be between 2 and {MAX_SEEDS} (a spread needs two seeds; {DEFAULT_BASELINE_SEEDS} is the measured "
-            f"default)"
-        )
-    if not _whole(seeds) or not 1 <= seeds <= MAX_SEEDS:
-        return "seeds", f"must be between 1 and {MAX_SEEDS} (1 judges one run per image)"
-    if seeds > baseline_seeds:
-        return "seeds", (
-            f"the gate reruns the first R of the baseline's {baseline_seeds} seeds, so R cannot exceed K "
-            f"(raise the baseline seeds or lower the seeds)"
-        )
-    rate = false_alarm_rate
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
-        return "false_alarm_rate", "expected a number, e.g. 0.001"
-    if not MIN_FALSE_ALARM_RATE <= rate < MAX_FALSE_ALARM_RATE:
-        return "false_alarm_rate", (
-            f"must lie in [{MIN_FALSE_ALARM_RATE:g}, {MAX_FALSE_ALARM_RATE:g}), e.g. 0.001 for one false alarm in a "
-            f"thousand healthy images"
-        )
-    if verdict not in VERDICT_MODES:
-        return "verdict", f"{verdict!r} is not one of {', '.join(VERDICT_MODES)}"
-    unknown = [d for d in floor_dtypes if d not in FLOOR_DTYPES]
-    if unknown:
-        return "floor_dtypes", f"{unknown[0]!r} is not one of {', '.join(FLOOR_DTYPES)}"
-    return None
 
 
 def _whole(value: object) -> bool:

@@ -26,7 +26,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..baselines.policy import FLOOR_DTYPES, policy_problem
+from ..baselines.policy import (
+    DEFAULT_BASELINE_SEEDS,
+    DEFAULT_GATE_SEEDS,
+    FLOOR_DTYPES,
+    BaselinePolicy,
+    PolicyError,
+)
 from ..capture import runspec
 from ..gate.options import ci_is_set
 from .args import (
@@ -183,25 +189,23 @@ def main(args, extra) -> int:
     return 0
 
 
-def _policy(args):
+def _policy(args) -> BaselinePolicy:
     """How the baselines are written (the gate's update=all), or a usage error naming the option."""
-    from ..baselines.policy import BaselinePolicy
-
     given = {"--baseline-seeds": args.baseline_seeds, "--seeds": args.seeds, "--floor-dtypes": args.floor_dtypes}
     for flag, value in given.items():
         if value is not None and not args.baselines:
             raise UsageError(f"{flag} says how the baselines are written: it needs --baselines DIR")
     floor = tuple(d.strip() for d in (args.floor_dtypes or "").split(",") if d.strip())
-    values = {"update": "all", "floor_dtypes": floor}
-    if args.baseline_seeds is not None:
-        values["baseline_seeds"] = args.baseline_seeds
-    if args.seeds is not None:
-        values["seeds"] = args.seeds
-    wrong = policy_problem(**values)
-    if wrong:
-        flag = {"baseline_seeds": "--baseline-seeds", "seeds": "--seeds", "floor_dtypes": "--floor-dtypes"}[wrong[0]]
-        raise UsageError(f"{flag} {getattr(args, wrong[0])}: {wrong[1]}")
-    return BaselinePolicy(**values)
+    try:
+        return BaselinePolicy(
+            update="all",
+            floor_dtypes=floor,
+            baseline_seeds=DEFAULT_BASELINE_SEEDS if args.baseline_seeds is None else args.baseline_seeds,
+            seeds=DEFAULT_GATE_SEEDS if args.seeds is None else args.seeds,
+        )
+    except PolicyError as err:
+        flag = "--" + err.setting.replace("_", "-")
+        raise UsageError(f"{flag} {getattr(args, err.setting)}: {err.what}") from None
 
 
 def _lock(baselines: Path):

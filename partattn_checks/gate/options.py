@@ -33,7 +33,7 @@ from ..baselines.policy import (
     UPDATE_MODES,
     VERDICT_MODES,
     BaselinePolicy,
-    policy_problem,
+    PolicyError,
 )
 from ..capture import runspec
 from ..capture.runspec import DTYPES, DeviceChoice
@@ -462,16 +462,10 @@ def _validate(s: Settings) -> None:
         wrong = runspec.problem(key, value) if value is not None else None
         if wrong:
             raise _usage(f"{s.where(option)}: {key} {wrong}")
-    out_of_range = policy_problem(
-        update=s.update,
-        false_alarm_rate=s.false_alarm_rate,
-        baseline_seeds=s.baseline_seeds,
-        seeds=s.seeds,
-        verdict=s.verdict,
-        floor_dtypes=s.floor_dtypes,
-    )
-    if out_of_range:
-        raise _usage(f"{s.where(out_of_range[0])}: {out_of_range[1]}")
+    try:
+        s.policy()
+    except PolicyError as err:
+        raise _usage(f"{s.where(err.setting)}: {err.what}") from None
     if s.drift_scale is not None and not (
         isinstance(s.drift_scale, (int, float)) and math.isfinite(s.drift_scale) and s.drift_scale > 0
     ):

@@ -364,7 +364,7 @@ def converted(pipeline: PartCrafterPipeline, dtype: str) -> PartCrafterPipeline:
         )
     target = getattr(torch, dtype)
     copied = copy.deepcopy(pipeline)
-    copied.transformer.to(target)
-    copied.image_encoder.to(target)
+    for module in (copied.transformer, copied.image_encoder):  # nn.Module's own: diffusers' .to() warns of
+        torch.nn.Module.to(module, target)  # fp32-only modules, and PartCrafter's keep none
     copied.dtype = target
     return copied
