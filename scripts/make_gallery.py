@@ -66,7 +66,7 @@ def _drift_figure(viz: AttentionVisualizer, path: Path) -> Path:
         settings = Settings.of(baselines=REPO / "fixtures" / "baselines", results=Path(tmp), device="cpu")
         session = GateSession(lambda: viz.pipeline, settings, Thresholds(), resolve_device("cpu"))
         outcome = session.image_outcome(spec, Thresholds())
-        result = session.baseline(spec, outcome, Thresholds()).result
+        result = session.baseline(spec, Thresholds()).result
         paths, problems = session.figures(spec, outcome, result, Thresholds())
         if problems or not paths:
             raise SystemExit(f"no drift figure for {DRIFT_IMAGE}: {problems or result.reason}")

@@ -128,11 +128,33 @@ def judge(
         )
         note = chosen.note + (f"; {found.note}" if found.note else "") + identical
         result = _result(found.deviations, PAIRED, note, policy, _missing(stored, measured), found.onset)
+        reference, attention = _same_seed(stored, measured, attention)
+        return with_drift(result, replace(stored, attention=reference), attention)
     else:
         deviations, extra = _seed_spread(stored, measured, attention, policy, pooled)
         note = chosen.note + (f"; {extra}" if extra else "") + identical
         result = _result(deviations, SEED_SPREAD, note, policy, _missing(stored, measured))
     return with_drift(result, stored, attention)
+
+
+def _same_seed(
+    stored: StoredBaseline, measured: SeedSample, attention: AttentionSummary | None
+) -> tuple[AttentionSummary | None, AttentionSummary | None]:
+    """For the drift figure of a paired run: the stored run of the same seeds and this run, both averaged
+    over the kept steps of the paired marginals (so that the panels show the change alone); the stored
+    summary and this run's as they are when the paired marginals cannot give them."""
+    paired = stored.paired.attention if stored.paired is not None else None
+    runs = [r.steps for r in measured.runs]
+    if stored.attention is None or attention is None or paired is None or any(r is None for r in runs):
+        return stored.attention, attention
+    if paired.layers != stored.attention.layers or any(r.layers != paired.layers for r in runs if r is not None):
+        return stored.attention, attention
+    slots = [paired.seeds.index(s) for s in measured.seeds]
+    ref = paired.marginals[slots].astype(np.float64).mean(axis=(0, 1))  # (L, P, K)
+    now = np.stack([r.values.astype(np.float64) for r in runs if r is not None]).mean(axis=(0, 1))
+    if ref.shape != stored.attention.mean.shape or now.shape != attention.mean.shape:
+        return stored.attention, attention
+    return replace(stored.attention, mean=ref), replace(attention, mean=now)
 
 
 def environment_difference(stored: StoredBaseline, measured: SeedSample) -> list[str]:

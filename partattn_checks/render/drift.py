@@ -142,7 +142,9 @@ def _bars(sub, drift) -> None:
         tick = "numeric floor (benign reruns)" if paired else "one seed's typical drift"
         ax.bar(x, drift.band, width=0.9, color="#dfe6e9", label=band)
         ax.scatter(x, drift.typical, marker="_", s=300, color="#2d3436", zorder=3, label=tick)
-    ax.bar(x, values, width=0.5, color=colors, zorder=2, label="this run")
+    beyond = [banded and v > b for v, b in zip(values, drift.band or values, strict=True)]
+    edges = ["#2d3436" if b else "none" for b in beyond]  # beyond its allowance: outlined
+    ax.bar(x, values, width=0.5, color=colors, edgecolor=edges, linewidth=1.5, zorder=2, label="this run")
     tilt = len(values) > 6
     ax.set_xticks(x, names, rotation=60 if tilt else 0, ha="right" if tilt else "center")
     ax.tick_params(labelsize=FONT)
@@ -157,8 +159,8 @@ def _bars(sub, drift) -> None:
     if banded:
         ax.legend(fontsize=FONT - 1, loc="upper left", frameon=False, ncol=3)
         if paired:
-            start = f"the change begins at {drift.onset}" if drift.onset else "every layer within the numeric floor"
-            title = f"attention moved from the same seed's baseline run: {start}; {drift.layer} moved most"
+            start = f"the change begins at {drift.onset} (red)" if drift.onset else "no layer differs beyond the floor"
+            title = f"paired with the same seed's run: {start}; outlined: beyond its allowance"
         else:
             start = f"the drift starts at {drift.onset}" if drift.onset else "every layer within its seed noise"
             title = f"attention drift against the baseline's seed noise: {start}; {drift.layer} moved most"
