@@ -21,6 +21,7 @@ from partattn_checks.baselines.paired_attention import kept_steps
 from partattn_checks.baselines.runner import BaselineStatus
 from partattn_checks.baselines.sample import SeedRun, SeedSample
 from partattn_checks.baselines.store import BaselineStore
+from partattn_checks.checks import Thresholds
 from partattn_checks.checks.baseline import PAIRED, SEED_SPREAD, Deviation
 from partattn_checks.model.broken import Variant, broken, graded
 from partattn_checks.model.perturb import intra_op_threads
@@ -143,8 +144,10 @@ def test_benign_reruns_pass_paired(store, pipeline, images, tmp_path):
     assert not judged.failing(), judged.failing()
     assert judged.results[images[0].display]["baseline"].details.verdict == PAIRED  # the declared floor pairs it
     moved = shutil.copytree(EMBEDDED_MODEL, tmp_path / "elsewhere")  # the same weights under another path
-    judged, _ = _judge(PartCrafterPipeline.from_pretrained(moved), store, images)
+    judged, session = _judge(PartCrafterPipeline.from_pretrained(moved), store, images)
     assert not judged.failing() and judged.results[images[0].display]["baseline"].details.verdict == PAIRED
+    again = session.runner.evaluate(session.image_runs(images[0]), Thresholds())
+    assert again.warnings == ()  # fingerprinted by content: the same model, no environment warning
 
 
 def test_a_small_degradation_fails_paired_and_names_where_it_begins(store, pipeline, images):
