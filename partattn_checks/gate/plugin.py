@@ -21,7 +21,7 @@ from ..capture.runspec import DeviceChoice, checkpoint_defaults, torch_dtype
 from ..checks.baseline.check import BaselineDetails
 from ..checks.baseline.store import BaselineError, BaselineStore, UpdateLock, unused_keys
 from ..runs.sidecar import FIXTURE_IMAGE_SUFFIXES, image_keys
-from . import hookspecs, options, scheduling
+from . import hookspecs, options, results_folder, scheduling
 from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
 from .report import ItemReport, Summary, header_lines, junit_logging_warning
 from .state import GateSession, PartattnFixture
@@ -113,9 +113,17 @@ def _pipeline_loader(config: pytest.Config, settings: options.Settings, device: 
     return load
 
 
+#: How to proceed when the results folder holds a file the gate did not write.
+RESULTS_FIX = "pass --partattn-results=DIR, a new or empty folder or one pytest --partattn wrote, or move the file away"
+
+
 def _start_session_files(config: pytest.Config, settings: options.Settings) -> None:
-    """Once per session (the xdist controller): drop the baseline candidates of earlier sessions
-    and, when baselines are written, lock the baselines folder against a second writer."""
+    """Once per session (the xdist controller), before any item runs: refuse a results folder where
+    a file of the user's is in the way, drop the baseline candidates of earlier sessions and, when
+    baselines are written, lock the baselines folder against a second writer."""
+    wrong = results_folder.problem(settings.results, image_keys(settings.fixtures, settings.results), RESULTS_FIX)
+    if wrong:
+        raise options.OptionError(f"{settings.where('results')}: {wrong}")
     candidates = BaselineStore(settings.results / "baseline-candidates")
     for key in candidates.keys():
         candidates.remove(key)
@@ -289,12 +297,13 @@ class Controller:
         if not session.config.option.collectonly and session.exitstatus != pytest.ExitCode.INTERRUPTED:
             self._unused_baselines()
             self._judge_fixture_set(session)
-        if not self.summary:
-            return
+        s = self.settings
         try:
-            self.index = self.summary.write_index(self.settings.results, self.header, fixture_set=self.fixture_set)
+            if self.summary:
+                self.index = self.summary.write_index(s.results, self.header, fixture_set=self.fixture_set)
+            results_folder.write_manifest(s.results, image_keys(s.fixtures, s.results))
         except OSError as exc:
-            self.index_error = f"could not write index.html in {self.settings.results}: {exc}"
+            self.index_error = f"could not write index.html in {s.results}: {exc}"
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.is_worker or (not self.summary and terminalreporter.config.option.collectonly):

@@ -1,0 +1,96 @@
+"""The gate's results folder (``--partattn-results``) under the one output-folder rule
+(:mod:`partattn_checks.base.outfolder`).
+
+What the gate writes, replaces or removes there: ``index.html`` (the controller, at the end), each
+fixture image's figures ``<image key>/<check>__<what>.png`` (an item removes its check's old ones
+before drawing), and ``baseline-candidates/`` (emptied when the session starts). Before any item
+runs, the controller refuses a results folder where one of these is a file the gate did not write
+(a usage error naming the option and the file); at the end it lists them in the folder's
+``partattn-manifest.json``. A folder written before manifests existed is recognised by its
+``index.html`` (the gate's page) and the gate's file names. No torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..base import outfolder
+
+WRITER = "pytest --partattn"
+INDEX = "index.html"
+CANDIDATES = "baseline-candidates"
+#: The files of a baseline (candidate), as ``checks.baseline.store`` writes them.
+BASELINE_FILES = ("metrics.json", "environment.json", "attention.safetensors")
+#: How the gate's own index.html names itself (``Page("partattn results")``).
+INDEX_TITLE = "<title>partattn results</title>"
+
+
+def targets(results: Path, keys: set[str]) -> list[str]:
+    """Files (relative) the gate may write, replace or remove in ``results`` that exist now, and the
+    names it writes: ``index.html``, ``baseline-candidates/``, each image's ``<check>__*.png``."""
+    names = [INDEX, CANDIDATES]
+    for key in sorted(keys):
+        folder = results / key
+        if folder.is_dir():
+            names += [p.relative_to(results).as_posix() for p in sorted(folder.glob("*__*.png"))]
+    return names
+
+
+def legacy_files(keys: set[str]):
+    """The reader of a results folder written before manifests (``base.outfolder.Legacy``): the gate's
+    index.html, figures named after a check, baseline candidates' files."""
+
+    def read(results: Path) -> list[str]:
+        from ..checks import REGISTRY
+
+        names = []
+        index = results / INDEX
+        try:
+            if index.is_file() and INDEX_TITLE in index.read_text(encoding="utf-8", errors="replace")[:4096]:
+                names.append(INDEX)
+        except OSError:
+            pass
+        for name in targets(results, keys)[2:]:
+            if Path(name).name.split("__", 1)[0] in REGISTRY:
+                names.append(name)
+        candidates = results / CANDIDATES
+        if candidates.is_dir():
+            names += [
+                p.relative_to(results).as_posix()
+                for p in candidates.rglob("*")
+                if p.is_file() and p.name in BASELINE_FILES
+            ]
+        return names
+
+    return read
+
+
+def problem(results: Path, keys: set[str], fix: str) -> str | None:
+    """Why the gate may not write into ``results`` (a file there, or a file of the user's in the way;
+    the message starts with the file), else None. Checked before any item runs."""
+    if results.exists() and not results.is_dir():
+        return f"{results} exists and is not a folder; {fix}"
+    if not results.is_dir():
+        return None
+    owned = outfolder.ownership(results, legacy_files(keys)).overwrite
+    found = outfolder.in_the_way(results, targets(results, keys), owned)
+    if not found:
+        return None
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return (
+        f"{found[0]} is not a file partattn wrote there (no {outfolder.MANIFEST} lists it) and would be "
+        f"overwritten{more}; {fix}"
+    )
+
+
+def write_manifest(results: Path, keys: set[str]) -> None:
+    """List what the gate wrote (and what earlier partattn writers listed and is still there)."""
+    if not results.is_dir():
+        return
+    previous = outfolder.ownership(results, legacy_files(keys)).previous
+    now = [n for n in targets(results, keys) if (results / n).is_file()]
+    candidates = results / CANDIDATES
+    if candidates.is_dir():
+        now += [p.relative_to(results).as_posix() for p in sorted(candidates.rglob("*")) if p.is_file()]
+    kept = [n for n in previous if (results / n).is_file()]
+    outfolder.write_manifest(results, WRITER, [*kept, *now])
