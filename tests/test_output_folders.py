@@ -196,9 +196,13 @@ def test_gate_reruns_into_its_results_and_refuses_a_file_added_there(pytester):
     assert manifest["written_by"] == "pytest --partattn" and "index.html" in manifest["files"]
     (results / outfolder.MANIFEST).unlink()  # as written before manifests: the gate's own index.html is recognised
     assert pytester.runpytest_inprocess(*args()).ret == 0
-    users = results / Path(IMAGE).stem / "uniformity__my_notes.png"
+    figure = results / Path(IMAGE).stem / "uniformity__heads.png"  # as a session killed before its end leaves it
+    figure.parent.mkdir(exist_ok=True)
+    figure.write_bytes(b"a figure of the gate's")
+    assert pytester.runpytest_inprocess(*args()).ret == 0
+    users = results / "baseline-candidates" / "my_notes.txt"  # the candidates are emptied when a session starts
     users.parent.mkdir(exist_ok=True)
-    users.write_text("mine, named like a figure")
+    users.write_text("mine")
     before = tree_bytes(pytester.path)
     result = pytester.runpytest_inprocess(*args())
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -90,7 +90,7 @@ def test_activation_runs_each_image_once_with_one_model_load(pytester):
     assert events["loads"] == ["cpu"]
     # once per image, not per check, plus once per baseline seed when its baseline is written
     assert sorted(events["calls"]) == sorted([IMAGE, "np1_circle.png"] * (1 + 2))
-    result.stdout.fnmatch_lines(["partattn: model from pytest_partattn_load_pipeline (conftest.py)"])
+    result.stdout.fnmatch_lines(["partattn: model from pytest_partattn_load_pipeline (conftest.py); unset run *"])
     # the terminal summary: one row per image, one column per check
     result.stdout.fnmatch_lines(
         [

@@ -27,6 +27,7 @@ from ..checks.baseline.compare import BaselineState, BaselineStatus
 from ..checks.fixture_set import ITEM_NAME as ITEM_FIXTURE_SET
 from ..present.pages import Cell, Page
 from ..present.pages.page import anchor_id
+from .context import defaults_note, model_text
 
 ATTACHMENT = "[[ATTACHMENT|{}]]"
 #: css class of a summary cell per item verdict
@@ -594,15 +595,7 @@ def header_lines(settings, device, thresholds_source: str, custom_hooks: list[st
         except md.PackageNotFoundError:
             return "not installed"
 
-    if custom_hooks:
-        model = f"from pytest_partattn_load_pipeline ({', '.join(custom_hooks)})"
-    elif getattr(settings, "pipeline", None):
-        given = settings.sources.get("model") != "default"
-        model = f"{settings.pipeline}({settings.shown(settings.model) if given else 'None'}, ...)"
-    elif settings.model_is_embedded:
-        model = f"embedded {settings.model.name} ({settings.model})"
-    else:
-        model = settings.shown(settings.model)
+    model = model_text(settings, custom_hooks) + defaults_note(settings, custom_hooks)
     dev = device.device + (f" ({device.note})" if device.note else "")
     steps = str(settings.steps) if settings.steps is not None else f"checkpoint default ({defaults['steps']})"
     tokens = getattr(settings, "num_tokens", None)

@@ -6,8 +6,9 @@ fixture image's figures ``<image key>/<check>__<what>.png`` (an item removes its
 before drawing), and ``baseline-candidates/`` (emptied when the session starts). Before any item
 runs, the controller refuses a results folder where one of these is a file the gate did not write
 (a usage error naming the option and the file); at the end it lists them in the folder's
-``partattn-manifest.json``. A folder written before manifests existed is recognised by its
-``index.html`` (the gate's page) and the gate's file names. No torch.
+``partattn-manifest.json``. Files named as the gate names them are its own too (a folder written
+before manifests existed, a session killed before its end): ``index.html`` when it is the gate's
+page, figures named after a check, baseline files among the candidates. No torch.
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def legacy_files(keys: set[str]):
     return read
 
 
+def owned(results: Path, keys: set[str]) -> set[str]:
+    """The gate's files in ``results``: those its manifest lists and those named as it names them (a
+    session killed before its end leaves figures and candidates its manifest does not list yet)."""
+    read = legacy_files(keys)
+    return set(outfolder.ownership(results, read).overwrite) | set(read(results))
+
+
 def problem(results: Path, keys: set[str], fix: str) -> str | None:
     """Why the gate may not write into ``results`` (a file there, or a file of the user's in the way;
     the message starts with the file), else None. Checked before any item runs."""
@@ -72,8 +80,7 @@ def problem(results: Path, keys: set[str], fix: str) -> str | None:
         return f"{results} exists and is not a folder; {fix}"
     if not results.is_dir():
         return None
-    owned = outfolder.ownership(results, legacy_files(keys)).overwrite
-    found = outfolder.in_the_way(results, targets(results, keys), owned)
+    found = outfolder.in_the_way(results, targets(results, keys), owned(results, keys))
     if not found:
         return None
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
