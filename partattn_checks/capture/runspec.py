@@ -449,6 +449,12 @@ def dtype_name(dtype: object) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def _default_steps(pipeline: LoadedPipeline) -> int | None:
+    """The pipeline's default step count (its checkpoint's), None when it does not say one."""
+    steps = dict(pipeline.run_defaults).get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+
+
 def run_meta(pipeline: LoadedPipeline, image: object, spec: RunSpec) -> dict[str, Any]:
     """What a record remembers about the run that made it (``AttentionRecord.meta``; the baseline
     fingerprint is read from it): the model, its config, the image and ``spec``'s settings."""
@@ -464,6 +470,7 @@ def run_meta(pipeline: LoadedPipeline, image: object, spec: RunSpec) -> dict[str
         "image": str(image) if not hasattr(image, "size") else getattr(image, "filename", "") or "<PIL image>",
         "num_parts": spec.num_parts,
         "steps": spec.steps,
+        "default_steps": _default_steps(pipeline),  # the step count thresholds mean (checks.stability)
         "num_tokens": spec.num_tokens,
         "guidance_scale": spec.guidance_scale,
         "seed": spec.seed,
