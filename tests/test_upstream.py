@@ -154,8 +154,10 @@ def test_without_a_model_the_gate_runs_the_settings_its_header_shows(pytester, m
         [
             "model: upstream_standin:factory(None, ...)",  # the summary says it under -q too
             "run settings: steps 10 | tokens 16 | guidance 7 | seed 0 | cpu float32*",
+            "thresholds: built-in defaults",
         ]
     )
+    assert "partattn: model" not in result.stdout.str()  # -q hides the header; the summary said it
 
 
 def test_a_pipeline_with_its_own_defaults_runs_the_ones_given(ours):
