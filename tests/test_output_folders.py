@@ -19,6 +19,7 @@ from partattn_checks import EMBEDDED_MODEL
 from partattn_checks.base import outfolder
 from partattn_checks.capture.record import AttentionRecord
 from partattn_checks.cli import main
+from partattn_checks.gate.results_folder import CANDIDATES
 
 pytest_plugins = ("pytester",)
 RUN_IMAGE = FIXTURE_IMAGES / IMAGE
@@ -188,7 +189,7 @@ def test_gate_refuses_a_results_folder_with_a_users_index_html(pytester):
     assert tree_bytes(pytester.path) == before  # no item ran: no figure, baseline or candidate either
 
 
-def test_gate_reruns_into_its_results_and_refuses_a_file_added_there(pytester):
+def test_gate_reruns_into_its_results_and_leaves_the_users_other_files(pytester):
     make_project(pytester)
     results = pytester.path / ".partattn-results"
     assert pytester.runpytest_inprocess(*args("--partattn-update=missing")).ret == 0
@@ -200,13 +201,19 @@ def test_gate_reruns_into_its_results_and_refuses_a_file_added_there(pytester):
     figure.parent.mkdir(exist_ok=True)
     figure.write_bytes(b"a figure of the gate's")
     assert pytester.runpytest_inprocess(*args()).ret == 0
-    users = results / "baseline-candidates" / "my_notes.txt"  # the candidates are emptied when a session starts
-    users.parent.mkdir(exist_ok=True)
-    users.write_text("mine")
+    notes = [results / "notes.txt", results / Path(IMAGE).stem / "notes__mine.png", results / CANDIDATES / "n.txt"]
+    for path in notes:  # files the gate never writes, replaces or removes
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine")
+    assert pytester.runpytest_inprocess(*args()).ret == 0
+    assert all(path.read_text() == "mine" for path in notes)
+    (results / outfolder.MANIFEST).unlink()
+    (results / "index.html").write_text("<title>our team page</title>")  # not the gate's page, listed nowhere
     before = tree_bytes(pytester.path)
     result = pytester.runpytest_inprocess(*args())
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: --partattn-results (default .partattn-results): {users} is not a file*"])
+    index = results / "index.html"
+    result.stderr.fnmatch_lines([f"ERROR: --partattn-results (default .partattn-results): {index} is not a file*"])
     assert tree_bytes(pytester.path) == before
 
 

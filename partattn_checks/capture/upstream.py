@@ -184,6 +184,8 @@ class WithRunDefaults:
         self.run_defaults = dict(run_defaults)
 
     def __getattr__(self, name: str):
+        if name == "inner":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def __call__(self, *args, **kwargs):

@@ -3,12 +3,14 @@
 
 What the gate writes, replaces or removes there: ``index.html`` (the controller, at the end), each
 fixture image's figures ``<image key>/<check>__<what>.png`` (an item removes its check's old ones
-before drawing), and ``baseline-candidates/`` (emptied when the session starts). Before any item
-runs, the controller refuses a results folder where one of these is a file the gate did not write
-(a usage error naming the option and the file); at the end it lists them in the folder's
-``partattn-manifest.json``. Files named as the gate names them are its own too (a folder written
-before manifests existed, a session killed before its end): ``index.html`` when it is the gate's
-page, figures named after a check, baseline files among the candidates. No torch.
+before drawing), and the baseline files (``metrics.json``, ``environment.json``,
+``attention.safetensors``) under ``baseline-candidates/`` (removed when a session starts). Nothing
+else in the folder is touched. Before any item runs, the controller refuses a results folder where
+one of these is a file the gate did not write (a usage error naming the option and the file); at
+the end it lists them in the folder's ``partattn-manifest.json``. Files named as the gate names them
+are its own too (a folder written before manifests existed, a session killed before its end):
+``index.html`` when it is the gate's page, figures named after a check, baseline files among the
+candidates. So what can stand in the way is an ``index.html`` of someone else's. No torch.
 """
 
 from __future__ import annotations
@@ -27,13 +29,26 @@ INDEX_TITLE = "<title>partattn results</title>"
 
 
 def targets(results: Path, keys: set[str]) -> list[str]:
-    """Files (relative) the gate may write, replace or remove in ``results`` that exist now, and the
-    names it writes: ``index.html``, ``baseline-candidates/``, each image's ``<check>__*.png``."""
-    names = [INDEX, CANDIDATES]
+    """Files (relative) in ``results`` the gate may write, replace or remove: ``index.html``, and those
+    that exist now among each image's ``<check>__*.png`` and the candidates' baseline files."""
+    from ..checks import REGISTRY
+
+    names = [INDEX]
     for key in sorted(keys):
         folder = results / key
         if folder.is_dir():
-            names += [p.relative_to(results).as_posix() for p in sorted(folder.glob("*__*.png"))]
+            names += [
+                p.relative_to(results).as_posix()
+                for p in sorted(folder.glob("*__*.png"))
+                if p.name.split("__", 1)[0] in REGISTRY
+            ]
+    candidates = results / CANDIDATES
+    if candidates.is_dir():
+        names += [
+            p.relative_to(results).as_posix()
+            for p in sorted(candidates.rglob("*"))
+            if p.name in BASELINE_FILES and not p.is_dir()
+        ]
     return names
 
 
@@ -42,25 +57,13 @@ def legacy_files(keys: set[str]):
     index.html, figures named after a check, baseline candidates' files."""
 
     def read(results: Path) -> list[str]:
-        from ..checks import REGISTRY
-
-        names = []
+        names = targets(results, keys)[1:]  # figures named after a check, candidates' baseline files
         index = results / INDEX
         try:
             if index.is_file() and INDEX_TITLE in index.read_text(encoding="utf-8", errors="replace")[:4096]:
                 names.append(INDEX)
         except OSError:
             pass
-        for name in targets(results, keys)[2:]:
-            if Path(name).name.split("__", 1)[0] in REGISTRY:
-                names.append(name)
-        candidates = results / CANDIDATES
-        if candidates.is_dir():
-            names += [
-                p.relative_to(results).as_posix()
-                for p in candidates.rglob("*")
-                if p.is_file() and p.name in BASELINE_FILES
-            ]
         return names
 
     return read
@@ -96,8 +99,5 @@ def write_manifest(results: Path, keys: set[str]) -> None:
         return
     previous = outfolder.ownership(results, legacy_files(keys)).previous
     now = [n for n in targets(results, keys) if (results / n).is_file()]
-    candidates = results / CANDIDATES
-    if candidates.is_dir():
-        now += [p.relative_to(results).as_posix() for p in sorted(candidates.rglob("*")) if p.is_file()]
     kept = [n for n in previous if (results / n).is_file()]
     outfolder.write_manifest(results, WRITER, [*kept, *now])
