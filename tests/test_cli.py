@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import tree_bytes
 from test_visualizer import assert_image, assert_links_resolve
 
 from partattn_checks import cli
@@ -592,7 +593,7 @@ def test_folder_written_before_manifests_is_cleaned_from_its_metrics(run_out, ru
     assert not any("part2" in name for name in files) and "notes.txt" in files
 
 
-def test_interrupted_render_is_cleaned_up_by_the_next_run(run_out, run3_out, tmp_path, capsys, monkeypatch):
+def test_interrupted_render_changes_nothing(run_out, run3_out, tmp_path, capsys, monkeypatch):
     from partattn_checks.present.pages import run_page
 
     out = tmp_path / "out"
@@ -604,11 +605,14 @@ def test_interrupted_render_is_cleaned_up_by_the_next_run(run_out, run3_out, tmp
 
     monkeypatch.setattr(run_page, "render_record", crash_after_figures)
     code, _, _ = run_cli(capsys, "show", run3_out, "--out", out)
-    assert code == 130 and (out / "overlay_part2.png").is_file()
-    assert "overlay_part2.png" in manifest_files(out)  # what the interrupted attempt left is on record
+    assert code == 130 and not out.exists()  # rendered aside: the interrupted attempt leaves nothing behind
+    used = Path(shutil.copytree(run_out, tmp_path / "used"))
+    before = tree_bytes(used)
+    code, _, _ = run_cli(capsys, "show", run3_out, "--out", used)
+    assert code == 130 and tree_bytes(used) == before  # ... and changes nothing in a folder already used
     monkeypatch.setattr(run_page, "render_record", real)
-    code, _, _ = run_cli(capsys, "show", run_out, "--out", out)
-    assert code == 0 and not (out / "overlay_part2.png").exists()
+    code, _, _ = run_cli(capsys, "show", run3_out, "--out", out)
+    assert code == 0 and (out / "overlay_part2.png").is_file()
 
 
 def test_unreadable_manifest_removes_nothing_and_says_so(run3_out, run_out, tmp_path, capsys):

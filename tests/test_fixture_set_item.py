@@ -53,7 +53,12 @@ def test_the_fixture_set_item_passes_then_fails_on_a_shared_shift(pytester):
 
     healthy = run()
     assert healthy.ret == 0 and outcomes(healthy)[SET_NODE] == "passed"
-    healthy.stdout.fnmatch_lines(["fixture set: pass (no shift shared by the 3 images (paired verdict)*"])
+    healthy.stdout.fnmatch_lines(
+        [
+            "baselines: fixtures/baselines (--partattn-verdict auto): paired 3",  # also under -q: which verdict
+            "fixture set: pass (no shift shared by the 3 images (paired verdict)*",
+        ]
+    )
 
     # Paired: every image's stored run of the gate's seed 0.2 seed spreads higher, below each image's own
     # minimum shift (0.25), above the set's (0.1, the median over the images).

@@ -91,7 +91,7 @@ def test_activation_runs_each_image_once_with_one_model_load(pytester):
     # once per image, not per check; writing its baseline adds its other K - 1 seeds (the first is the
     # gate's run) and the numeric floor's two reruns of that seed (a rounding error, another thread count)
     assert sorted(events["calls"]) == sorted([IMAGE, "np1_circle.png"] * (1 + (2 - 1) + 2))
-    result.stdout.fnmatch_lines(["partattn: model from pytest_partattn_load_pipeline (conftest.py)"])
+    result.stdout.fnmatch_lines(["partattn: model from pytest_partattn_load_pipeline (conftest.py); unset run *"])
     # the terminal summary: one row per image, one column per check
     result.stdout.fnmatch_lines(
         [

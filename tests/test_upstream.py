@@ -135,3 +135,41 @@ def test_partattn_run_with_an_upstream_style_pipeline(tmp_path, monkeypatch, cap
     assert code == 0 and (out / "index.html").is_file() and (out / "metrics.json").is_file()
     assert cli.main(["run", str(IMAGE), "--pipeline", "nosuch:factory", "--out", str(tmp_path / "x"), "-q"]) == 2
     assert "--pipeline nosuch:factory: cannot import nosuch" in capsys.readouterr().err
+
+
+def test_without_a_model_the_gate_runs_the_settings_its_header_shows(pytester, monkeypatch):
+    """``--partattn-pipeline=module:factory`` without ``--partattn-model`` (issue 25): the header says
+    the embedded checkpoint's 10 steps and 16 tokens, and the user's pipeline runs exactly those
+    (not upstream's 50 x 1024), so the stored baseline's numbers are met."""
+    monkeypatch.delenv("CI", raising=False)
+    stem = IMAGE.name.rsplit(".", 1)[0]
+    (pytester.path / "fixtures" / "images").mkdir(parents=True)
+    shutil.copyfile(IMAGE, pytester.path / "fixtures" / "images" / IMAGE.name)
+    shutil.copytree(REPO / "fixtures" / "baselines" / stem, pytester.path / "fixtures" / "baselines" / stem)
+    shutil.copyfile(Path(upstream_standin.__file__), pytester.path / "upstream_standin.py")
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "--partattn", "--partattn-pipeline=upstream_standin:factory", "-q"
+    )
+    found = outcomes(result)
+    assert result.ret == 0 and set(found.values()) == {"passed"}, found
+    result.stdout.fnmatch_lines(
+        [
+            "model: upstream_standin:factory(None, ...)",  # the summary says it under -q too
+            "run settings: steps 10 | tokens 16 | guidance 7 | seed 0 | cpu float32*",
+            "thresholds: built-in defaults",
+        ]
+    )
+    assert "partattn: model" not in result.stdout.str()  # -q hides the header; the summary said it
+
+
+def test_a_pipeline_with_its_own_defaults_runs_the_ones_given(ours):
+    from partattn_checks.capture.runspec import for_pipeline
+
+    shown = {"steps": 3, "num_tokens": 8, "guidance_scale": 2.0}
+    wrapped = as_pipeline(ours, run_defaults=shown)
+    spec = for_pipeline(wrapped, call={"num_parts": 2})
+    assert (spec.steps, spec.num_tokens, spec.guidance_scale) == (3, 8, 2.0)
+    assert wrapped.transformer is ours.transformer and wrapped.patch_grid == ours.patch_grid
+    assert as_pipeline(ours, run_defaults=dict(ours.run_defaults)) is ours  # the same defaults: unwrapped
+    _, record = record_attention(wrapped, IMAGE, 2)
+    assert record.num_steps == 3 and record.meta["num_tokens"] == 8

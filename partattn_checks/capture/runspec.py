@@ -15,8 +15,9 @@ Device and dtype are resolved in the same step: a spec holds the concrete device
 :func:`problem` is the one validation of a run setting's value: the plugin's options, the sidecar
 and the ``partattn`` command word their errors around it. :func:`tokens_problem` refuses a number of
 latent tokens whose run clearly cannot fit in the device's memory (a lower bound of what one run
-holds, :func:`run_memory`, against what is free, :func:`free_memory`); :func:`for_pipeline` applies
-it to every run. Importing this module imports no torch; :func:`resolve_device`, :func:`torch_dtype`
+holds, :func:`run_memory`, against what is free, :func:`free_memory`), :func:`steps_problem` a number
+of steps whose attention record cannot (:func:`record_memory`); :func:`for_pipeline` applies both to
+every run. Importing this module imports no torch; :func:`resolve_device`, :func:`torch_dtype`
 and :func:`free_memory` on a CUDA device import it when called.
 """
 
@@ -193,7 +194,7 @@ def for_pipeline(
     labels: Mapping[str, str] | None = None,
 ) -> RunSpec:
     """:func:`resolve_run` for a loaded pipeline: its ``run_defaults``, its device and its dtype; a
-    ``num_tokens`` whose run clearly cannot fit in the device's memory is refused before it starts."""
+    ``num_tokens`` or ``steps`` whose run clearly cannot fit in the device's memory is refused before it starts."""
     spec = resolve_run(
         pipeline.run_defaults,
         options,
@@ -205,13 +206,20 @@ def for_pipeline(
         loaded=True,
     )
     config = getattr(getattr(pipeline, "transformer", None), "config", None)
-    wrong = tokens_problem(
-        spec.num_tokens, config, spec.device, num_parts=spec.num_parts, cfg=spec.cfg, dtype=spec.dtype
-    )
-    if wrong:
-        given = {"call": call, "sidecar": sidecar, "options": options}  # the last layer that set it wins
-        source = next((k for k, v in given.items() if (v or {}).get("num_tokens") is not None), "checkpoint")
-        raise RunSpecError(f"{_layer_names(labels)[source]}: num_tokens = {spec.num_tokens} {wrong}")
+    grid = getattr(pipeline, "patch_grid", None)
+    problems = {
+        "num_tokens": tokens_problem(
+            spec.num_tokens, config, spec.device, num_parts=spec.num_parts, cfg=spec.cfg, dtype=spec.dtype
+        ),
+        "steps": steps_problem(
+            spec.steps, config, spec.device, num_parts=spec.num_parts, patch_keys=grid[0] * grid[1] if grid else None
+        ),
+    }
+    for key, wrong in problems.items():
+        if wrong:
+            given = {"call": call, "sidecar": sidecar, "options": options}  # the last layer that set it wins
+            source = next((k for k, v in given.items() if (v or {}).get(key) is not None), "checkpoint")
+            raise RunSpecError(f"{_layer_names(labels)[source]}: {key} = {getattr(spec, key)} {wrong}")
     return spec
 
 
@@ -286,19 +294,76 @@ def tokens_problem(
     )
 
 
-def _transformer_config(config: TransformerConfig) -> dict[str, int] | None:
-    """``{"width", "in_channels"}`` of a transformer config (a mapping, or a checkpoint folder's
-    ``transformer/config.json``), None when it does not say them."""
+#: Float16 statistics a record keeps per (step, layer, part, head) besides the key marginal.
+RECORD_SCALARS = 4
+
+
+def record_memory(
+    config: TransformerConfig, steps: int, num_parts: int = 1, patch_keys: int | None = None
+) -> int | None:
+    """A lower bound on the bytes the record of a ``steps``-step run holds: per step, cross-attention
+    layer (``num_layers``), part and head (``num_attention_heads``), :data:`RECORD_SCALARS` float16
+    statistics and the float16 key marginal (``patch_keys`` values; a checkpoint folder says them,
+    else 1). None when the config does not say its layers and heads."""
+    shape = _transformer_config(config, ("num_layers", "num_attention_heads"))
+    if shape is None:
+        return None
+    keys = patch_keys or _patch_keys(config) or 1
+    return steps * shape["num_layers"] * num_parts * shape["num_attention_heads"] * (RECORD_SCALARS + keys) * 2
+
+
+def steps_problem(
+    steps: int, config: TransformerConfig, device: str, *, num_parts: int = 1, patch_keys: int | None = None
+) -> str | None:
+    """Why a run of ``steps`` steps clearly cannot fit on ``device``: the record it builds (its lower
+    bound, :func:`record_memory`) is more than :func:`free_memory`; else None (also when unknown)."""
+    need = record_memory(config, steps, num_parts, patch_keys)
+    free = free_memory(device) if need is not None else None
+    if need is None or free is None or need <= free[0]:
+        return None
+    shape = _transformer_config(config, ("num_layers", "num_attention_heads")) or {}
+    keys = patch_keys or _patch_keys(config) or 1
+    parts = f"{num_parts} part{'s' if num_parts != 1 else ''}"
+    return (
+        f"cannot fit: the attention record of {steps} steps needs at least {_size(need)} ({steps} steps x "
+        f"{shape.get('num_layers')} layers x {parts} x {shape.get('num_attention_heads')} heads x "
+        f"{RECORD_SCALARS + keys} float16 values), and {device} has {_size(free[0])} {free[1]}; pass fewer steps "
+        f"(the checkpoint's default is a good start)"
+    )
+
+
+def _transformer_config(
+    config: TransformerConfig, keys: tuple[str, ...] = ("width", "in_channels")
+) -> dict[str, int] | None:
+    """``keys`` (default ``width`` and ``in_channels``) of a transformer config (a mapping, or a
+    checkpoint folder's ``transformer/config.json``) as whole numbers, None when it does not say them."""
     if isinstance(config, (str, Path)):
-        try:
-            config = json.loads((Path(config) / "transformer" / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        config = _json_file(Path(config) / "transformer" / "config.json")
     if not isinstance(config, Mapping):
         return None
     try:
-        return {"width": int(config["width"]), "in_channels": int(config["in_channels"])}
+        return {key: int(config[key]) for key in keys}
     except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _patch_keys(config: TransformerConfig) -> int | None:
+    """Patch keys of a checkpoint folder's image encoder (its crop over its patch size, squared)."""
+    if not isinstance(config, (str, Path)):
+        return None
+    encoder = _json_file(Path(config) / "image_encoder_dinov2" / "config.json")
+    extractor = _json_file(Path(config) / "feature_extractor_dinov2" / "preprocessor_config.json")
+    try:
+        patch, crop = int(encoder["patch_size"]), extractor["crop_size"]
+        return (int(crop["height"]) // patch) * (int(crop["width"]) // patch) or None
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
 
 
@@ -384,6 +449,12 @@ def dtype_name(dtype: object) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def _default_steps(pipeline: LoadedPipeline) -> int | None:
+    """The pipeline's default step count (its checkpoint's), None when it does not say one."""
+    steps = dict(pipeline.run_defaults).get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+
+
 def run_meta(pipeline: LoadedPipeline, image: object, spec: RunSpec) -> dict[str, Any]:
     """What a record remembers about the run that made it (``AttentionRecord.meta``; the baseline
     fingerprint is read from it): the model, its config, the image and ``spec``'s settings."""
@@ -401,6 +472,7 @@ def run_meta(pipeline: LoadedPipeline, image: object, spec: RunSpec) -> dict[str
         "image": str(image) if not hasattr(image, "size") else getattr(image, "filename", "") or "<PIL image>",
         "num_parts": spec.num_parts,
         "steps": spec.steps,
+        "default_steps": _default_steps(pipeline),  # the step count thresholds mean (checks.stability)
         "num_tokens": spec.num_tokens,
         "guidance_scale": spec.guidance_scale,
         "seed": spec.seed,

@@ -26,6 +26,7 @@ observers)``):
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,26 +175,61 @@ def _first_attr(obj, *names):
     return next((getattr(obj, n) for n in names if getattr(obj, n, None) is not None), None)
 
 
-def as_pipeline(obj, model: str | Path | None = None):
+class WithRunDefaults:
+    """A pipeline of the user's that runs with given default run settings (the ones the gate shows),
+    everything else its own."""
+
+    def __init__(self, inner, run_defaults: dict):
+        self.inner = inner
+        self.run_defaults = dict(run_defaults)
+
+    def __getattr__(self, name: str):
+        if name == "inner":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+def as_pipeline(obj, model: str | Path | None = None, run_defaults: dict | None = None):
     """``obj`` as the gate calls pipelines: ours (or anything with ``run_defaults`` and
-    ``checkpoint``) as it is, an upstream-style pipeline through :class:`UpstreamPipeline`."""
+    ``checkpoint``) as it is, an upstream-style pipeline through :class:`UpstreamPipeline`.
+    ``run_defaults``: the settings a run takes when nothing else sets them (default: the pipeline's
+    own, else ``model``'s ``partattn.json``, else upstream's)."""
     if hasattr(obj, "run_defaults") and hasattr(obj, "checkpoint") and hasattr(obj, "patch_grid"):
-        return obj
-    return UpstreamPipeline(obj, model=model)
+        if run_defaults is None or dict(obj.run_defaults) == dict(run_defaults):
+            return obj
+        return WithRunDefaults(obj, run_defaults)
+    return UpstreamPipeline(obj, model=model, run_defaults=run_defaults)
+
+
+#: ``module:factory`` (dotted names on both sides).
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def factory_problem(spec: str) -> str | None:
+    """What is wrong with the form of a ``module:factory`` value, else None (nothing is imported)."""
+    if FACTORY_PATTERN.match(spec.strip()):
+        return None
+    return "expected module:factory (dotted Python names), e.g. my_project.pipelines:load_partcrafter"
 
 
 def load_factory(spec: str, rootdir: str | Path, what: str = "--partattn-pipeline"):
     """The callable ``module:factory`` names, imported with ``rootdir`` first on ``sys.path``."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise PipelineError(f"{what} {spec}: expected module:factory, e.g. my_project.pipelines:load_partcrafter")
+    wrong = factory_problem(spec)
+    if wrong:
+        raise PipelineError(f"{what} {spec}: {wrong}")
+    module_name, _, attr = spec.strip().partition(":")
     root = str(Path(rootdir).resolve())
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise PipelineError(f"{what} {spec}: cannot import {module_name} from {root} ({err})") from None
+    except Exception as err:  # noqa: BLE001 - the user's module: any error on import is told, with its type
+        raise PipelineError(
+            f"{what} {spec}: cannot import {module_name} from {root} ({type(err).__name__}: {err})"
+        ) from None
     factory: object = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
@@ -204,9 +240,12 @@ def load_factory(spec: str, rootdir: str | Path, what: str = "--partattn-pipelin
     return factory
 
 
-def build_pipeline(spec: str, rootdir, model, device: str, dtype: str, what: str = "--partattn-pipeline"):
-    """``factory(model, device, dtype)`` of ``spec``, as the gate calls pipelines."""
+def build_pipeline(
+    spec: str, rootdir, model, device: str, dtype: str, what: str = "--partattn-pipeline", run_defaults=None
+):
+    """``factory(model, device, dtype)`` of ``spec``, as the gate calls pipelines (``run_defaults``:
+    see :func:`as_pipeline`)."""
     pipe = load_factory(spec, rootdir, what)(str(model) if model is not None else None, str(device), dtype)
     if pipe is None:
         raise PipelineError(f"{what} {spec}: the factory returned None")
-    return as_pipeline(pipe, model)
+    return as_pipeline(pipe, model, run_defaults)

@@ -1,7 +1,19 @@
-"""stability: fails when a part's attention jumps between consecutive denoising steps."""
+"""stability: fails when a part's attention jumps between consecutive denoising steps.
+
+A jump is judged at the size of step it was calibrated at: the checkpoint's own step count. The
+jump between recorded steps k and k' is scaled by (Δt_ref / Δt)^½, where Δt = (k' − k)/n is the
+share of the schedule the step covers in a run of n steps (its size in t on PartCrafter's uniform
+flow schedule, σ_i = 1 − i/n) and Δt_ref = 1/n_ref that of one step at the checkpoint's default
+count n_ref (``meta["default_steps"]``). At the checkpoint's own count the factor is 1 and the value
+is the raw jump; fewer, larger steps scale down, more, smaller ones up, so ``max_jump`` means the
+same at any step count. The exponent ½ is measured (docs/metrics.md): it makes the healthy embedded
+model's worst jump flat from 2 to 40 steps. A record that does not say its counts (saved before,
+or made by hooks) is judged on raw jumps.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .common import nonfinite_guard, timeline_figure, unravel
@@ -28,10 +40,49 @@ class StabilityDetails(Details):
     jumps: Matrix | None = optional_key()  # (step pair, layer): the worst part's jump
 
 
+#: The power of (reference step size / step size) a jump is scaled by (measured, docs/metrics.md).
+STEP_SIZE_EXPONENT = 0.5
+
+
+def step_scale(record) -> list[float] | None:
+    """Per recorded step pair, the factor its jump is scaled by to the checkpoint's own step size;
+    None when every factor is 1 (the checkpoint's own count, or a record that does not say)."""
+    n, reference = record.meta.get("steps"), record.meta.get("default_steps")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n, reference)):
+        return None
+    gaps = [b - a for a, b in zip(record.steps[:-1], record.steps[1:], strict=True)]
+    factors = [(n / (reference * gap)) ** STEP_SIZE_EXPONENT for gap in gaps]
+    return None if all(f == 1.0 for f in factors) else factors
+
+
+def scaled_jumps(record):
+    """(jumps, note): the consecutive-step jumps ``(S-1, L, P)``, scaled to the checkpoint's own step
+    size (:func:`step_scale`), and how the reason says so (empty when unscaled)."""
+    import torch
+
+    from ..capture import metrics
+
+    jumps = metrics.timestep_jumps(record.marginals_by_part())  # (S-1, L, P)
+    factors = step_scale(record)
+    if factors is None:
+        return jumps, ""
+    scale = torch.tensor(factors, dtype=jumps.dtype).view(-1, *([1] * (jumps.dim() - 1)))
+    n, reference = record.meta["steps"], record.meta["default_steps"]
+    return jumps * scale, (
+        f"; jumps of this {n}-step run scaled to the checkpoint's {reference}-step size (x{_factors(factors)})"
+    )
+
+
+def _factors(factors: list[float]) -> str:
+    low, high = min(factors), max(factors)
+    return f"{low:.3g}" if math.isclose(low, high) else f"{low:.3g} to {high:.3g}"
+
+
 @register
 class Stability(Check[StabilityDetails]):
-    """Fails when a part's head-averaged marginal jumps (JS/log 2) by more than max_jump between
-    consecutive recorded steps in any layer. Skipped with fewer than 2 steps."""
+    """Fails when a part's head-averaged marginal jumps (JS/log 2, scaled to the checkpoint's own
+    step size) by more than max_jump between consecutive recorded steps in any layer. Skipped with
+    fewer than 2 steps."""
 
     name = "stability"
     label, op = "worst step-to-step jump", "≤"
@@ -41,8 +92,6 @@ class Stability(Check[StabilityDetails]):
     details_type = StabilityDetails
 
     def judge(self, record, thresholds: Thresholds) -> CheckResult:
-        from ..capture import metrics
-
         t = self.limits(thresholds)
         if record.num_steps < 2:
             return CheckResult(
@@ -54,7 +103,7 @@ class Stability(Check[StabilityDetails]):
                 f"timestep stability needs at least 2 recorded steps; this record has {record.num_steps}",
                 StabilityDetails(),
             )
-        jumps = metrics.timestep_jumps(record.marginals_by_part())  # (S-1, L, P)
+        jumps, scaled = scaled_jumps(record)  # (S-1, L, P)
         guarded = nonfinite_guard(
             self.name,
             record,
@@ -83,7 +132,7 @@ class Stability(Check[StabilityDetails]):
                 t.max_jump,
                 off,
                 f"attention is unstable over steps: part {p} in layer {off.layer} jumps by JS {value:.3f} > "
-                f"{t.max_jump:g} between steps {record.steps[k]} and {record.steps[k + 1]}",
+                f"{t.max_jump:g} between steps {record.steps[k]} and {record.steps[k + 1]}{scaled}",
                 details,
             )
         return CheckResult(
@@ -93,24 +142,24 @@ class Stability(Check[StabilityDetails]):
             t.max_jump,
             None,
             f"worst consecutive-step jump {value:.3f} ≤ {t.max_jump:g} (steps {record.steps[k]}→"
-            f"{record.steps[k + 1]}, layer {off.layer}, part {p})",
+            f"{record.steps[k + 1]}, layer {off.layer}, part {p}){scaled}",
             details,
         )
 
     def timeline(self, record, thresholds: Thresholds) -> Timeline | None:
         """The worst part's jump from the previous step, per step and layer; the judged value is its
         maximum (any point above the threshold fails). None with fewer than 2 steps."""
-        from ..capture import metrics
-
         if record.num_steps < 2:
             return None
         t = self.limits(thresholds)
-        jumps = metrics.timestep_jumps(record.marginals_by_part()).amax(-1)  # (S-1, L)
+        jumps, scaled = scaled_jumps(record)
+        jumps = jumps.amax(-1)  # (S-1, L)
+        at = f", at the checkpoint's {record.meta['default_steps']}-step size" if scaled else ""
         return Timeline(
             jumps,
             tuple(record.steps[1:]),
             tuple(record.layers),
-            metric="worst part's jump from the previous step (JS / log 2)",
+            metric=f"worst part's jump from the previous step (JS / log 2{at})",
             threshold=t.max_jump,
             op=self.op,
             title="stability: step-to-step jump per step and layer",

@@ -1,30 +1,26 @@
-"""What the ``partattn`` command shows and writes besides its results: the progress bar, and
-its output folders (checked writable before any work; a manifest of what ``run``/``show``/``compare``/
-``calibrate`` wrote, so the next command into the same folder removes exactly its own stale files and
-refuses to overwrite a file the user put there).
+"""What the ``partattn`` command shows and writes besides its results: the progress bar, and its
+output folders under the one rule of :mod:`partattn_checks.base.outfolder` (checked writable before any
+work; a manifest of what each command wrote, so the next command into the same folder removes exactly
+its own stale files and refuses to overwrite a file the user put there: a usage error, exit status 2).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from ..base import outfolder
+from ..base.outfolder import KEPT_OUTPUTS, OutputFolderError
+from ..base.outfolder import MANIFEST as MANIFEST  # the shared rule's names, used by the commands
+from ..base.outfolder import remove_created as remove_created
 from ..errors import PartattnError
 
-#: What ``run``/``show`` wrote into an output folder, so the next command there removes exactly its
-#: own stale files (``overlay_part2.png`` of an earlier 3-part run) and nothing else.
-MANIFEST = "partattn-manifest.json"
 #: The files ``partattn compare`` writes (recognised in folders written before manifests existed).
 COMPARE_OUTPUTS = ("compare.json", "index.html", "change_heatmap.png", "check_values.png", "parts_a.png", "parts_b.png")
 #: The files ``partattn calibrate`` writes, and the folder of the gate run that wrote the baselines.
 CALIBRATE_OUTPUTS = ("thresholds.toml", "model-matrix.md", "model-matrix.json", "model-matrix.png")
 GATE_RESULTS = "gate-results"
-#: Never removed as stale, only overwritten: a saved record is data (``show`` may be rendering it),
-#: and ``input.png`` is the record's view of its image.
-KEPT_OUTPUTS = ("record.json", "record.safetensors", "input.png")
 
 
 class UsageError(PartattnError):
@@ -60,53 +56,18 @@ class ProgressBar:
         self.bar.close()
 
 
+#: How to proceed when ``--out`` cannot be used as it is.
+OUT_FIX = "pass --out DIR, another folder, or move the file away"
+WRITABLE_FIX = "pass --out DIR, a folder you can write to (created when missing), or move the file away"
+
+
 def writable_folder(out: Path, option: str) -> Path | None:
-    """Create ``out`` if needed and prove it writable, before any work is done.
-
-    Returns the topmost folder this created (to remove again if the command fails), or None.
-    """
-    if out.exists() and not out.is_dir():
-        raise UsageError(
-            f"{option} {out}: exists and is not a folder; pass --out DIR, a folder (created when "
-            f"missing), or move the file away"
-        )
-    top = None
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        top = folder
+    """:func:`partattn_checks.base.outfolder.writable_folder` for ``--out``: create ``out`` if needed and
+    prove it writable, before any work. Returns the topmost folder this created, or None."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".partattn-write-test-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        remove_created(out, top)
-        raise UsageError(
-            f"{option} {out}: cannot write there ({err.strerror or err}); pass --out DIR, a folder you can write to"
-        ) from None
-    return top
-
-
-def remove_created(out: Path, top: Path | None) -> None:
-    """Remove the still-empty folders from ``out`` up to ``top`` (what ``writable_folder`` made)."""
-    if top is None:
-        return
-    for folder in (out, *out.parents):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        if folder == top:
-            return
-
-
-def _inside(path: Path, out: Path) -> str | None:
-    """``path`` relative to ``out`` (posix), or None when it is not inside ``out``."""
-    try:
-        return Path(os.path.abspath(path)).relative_to(os.path.abspath(out)).as_posix()
-    except ValueError:
-        return None
+        return outfolder.writable_folder(out, option, WRITABLE_FIX)
+    except OutputFolderError as err:
+        raise UsageError(str(err)) from None
 
 
 def _json_object(path: Path) -> dict:
@@ -118,15 +79,16 @@ def _json_object(path: Path) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def _legacy_files(out: Path) -> list[str]:
+def legacy_files(out: Path) -> list[str]:
     """What an earlier command wrote into ``out`` before manifests existed, recognised by its main file:
-    ``run``'s metrics.json (its figures, index.html), ``compare``'s compare.json, ``calibrate``'s
-    model-matrix.json (its outputs and the gate's results folder)."""
+    ``run``'s metrics.json (its figures, the record it links, index.html), ``compare``'s compare.json,
+    ``calibrate``'s model-matrix.json (its outputs and the gate's results folder)."""
     names: list[str] = []
     metrics = _json_object(out / "metrics.json")
     if (out / "index.html").is_file() and {"figures", "checks", "summary"} <= metrics.keys():
         try:
             names += [f["path"] for f in metrics["figures"]] + ["metrics.json", "index.html"]
+            names += [f["path"] for f in metrics.get("files", []) if Path(f["path"]).name in KEPT_OUTPUTS]
         except (KeyError, TypeError):
             pass
     if {"a", "b", "change", "verdict"} <= _json_object(out / "compare.json").keys():
@@ -138,124 +100,31 @@ def _legacy_files(out: Path) -> list[str]:
     return names
 
 
-def _owned_files(out: Path) -> list[str]:
-    """Files (relative to ``out``) that an earlier ``partattn`` command wrote into ``out``.
-
-    From its manifest; for folders written before manifests existed, recognised by their main file
-    (:func:`_legacy_files`). Entries outside ``out`` are ignored.
-    """
-    names = []
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        try:
-            names = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-            problem = None if isinstance(names, list) else f"'files' is a {type(names).__name__}, not a list"
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            problem = str(err)
-        if problem is not None:
-            print(
-                f"partattn: warning: {manifest} is unreadable ({problem}); files of the earlier run in {out} are "
-                f"left as they are",
-                file=sys.stderr,
-            )
-            return []
-    else:
-        names = _legacy_files(out)
-    owned = []
-    for name in names:
-        if isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts:
-            owned.append(Path(name).as_posix())
-    return owned
-
-
 def refuse_foreign(out: Path, names, option: str) -> None:
     """Refuse, before any work, to overwrite a file in ``out`` that partattn did not write: one of
     ``names`` (files, or folders whose files count) that exists there and that no manifest lists."""
-    owned = set(_owned_files(out))
-    for name in names:
-        path = out / name
-        found = [p for p in path.rglob("*") if not p.is_dir()] if path.is_dir() else [path]
-        for file in found:
-            if (file.exists() or file.is_symlink()) and file.relative_to(out).as_posix() not in owned:
-                raise UsageError(
-                    f"{option} {out}: {file} is not a file partattn wrote there (no {MANIFEST} lists it) and would be "
-                    f"overwritten; pass --out DIR, another folder, or move the file away"
-                )
+    try:
+        outfolder.refuse_foreign(out, names, option, OUT_FIX, legacy=legacy_files)
+    except OutputFolderError as err:
+        raise UsageError(str(err)) from None
 
 
-def _top_files(out: Path) -> set[str]:
-    """Files directly in ``out`` and under its ``checks/`` (where the outputs live), relative."""
-    found = set()
-    for folder in (out, out / "checks"):
-        if folder.is_dir():
-            found |= {p.relative_to(out).as_posix() for p in folder.iterdir() if p.is_file()}
-    return found
+def _warn(text: str) -> None:
+    print(f"partattn: warning: {text}", file=sys.stderr)
 
 
-class Outputs:
-    """The files a command writes into ``out``: stale ones of the previous command are removed after
-    the new ones are written, and a manifest records what is there now.
+class Outputs(outfolder.Outputs):
+    """:class:`partattn_checks.base.outfolder.Outputs` of a ``partattn`` command: render into
+    :meth:`stage` (or write checked names and ``add`` them); a file in the way is a usage error."""
 
-    Use as a context manager around the writing; ``add(path)`` each written file. On an error
-    nothing is removed, and the manifest also lists the files this attempt created, so the next
-    run can clean them up.
-    """
-
-    def __init__(self, out: Path, command: str):
-        self.out, self.command = out, command
-        self.previous = _owned_files(out)
-        self.before = _top_files(out)
-        self.written: list[str] = []
-
-    def add(self, *paths) -> None:
-        for path in paths:
-            rel = _inside(Path(path), self.out)
-            if rel is not None and rel not in self.written:
-                self.written.append(rel)
-
-    def __enter__(self) -> Outputs:
-        return self
+    def __init__(self, out: Path, command: str, option: str = "--out"):
+        super().__init__(out, f"partattn {command}", option=option, fix=OUT_FIX, legacy=legacy_files, warn=_warn)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            created = sorted(_top_files(self.out) - self.before)
-            try:
-                self._write_manifest(list(dict.fromkeys(self.previous + created)))
-            except OSError:
-                pass  # the original error says more
-            return
-        now = set(self.written)
-        kept = []
-        for name in self.previous:
-            if name in now:
-                continue
-            path = self.out / name
-            if Path(name).name in KEPT_OUTPUTS:
-                if path.is_file():
-                    kept.append(name)
-                continue
-            if path.is_file() or path.is_symlink():
-                path.unlink()
-                parent = path.parent
-                while parent != self.out and _inside(parent, self.out):
-                    try:
-                        parent.rmdir()
-                    except OSError:
-                        break
-                    parent = parent.parent
-        self._write_manifest(self.written + kept)
-
-    def _write_manifest(self, files: list[str]) -> None:
-        from ..base.atomic import atomic_write_text
-
-        doc = {
-            "written_by": f"partattn {self.command}",
-            "note": "files partattn wrote here; the next partattn command into this folder removes "
-            "the ones it does not write again (not record.json, record.safetensors, input.png), and "
-            "overwrites no other file",
-            "files": files,
-        }
-        atomic_write_text(self.out / MANIFEST, json.dumps(doc, indent=2) + "\n")
+        try:
+            super().__exit__(exc_type, exc, tb)
+        except OutputFolderError as err:
+            raise UsageError(str(err)) from None
 
 
 def read_thresholds(arg: str | None):

@@ -25,11 +25,14 @@ from .io import (
     UsageError,
     print_results,
     read_thresholds,
+    refuse_foreign,
     remove_created,
     writable_folder,
 )
 
 DEFAULT_RESULTS = Path("partattn-results")
+#: Files every run writes (checked before it starts; the figures' names are checked before they are moved in).
+FIXED_OUTPUTS = ("metrics.json", "index.html", "parts.png", "record.json", "record.safetensors", "input.png")
 
 
 def add_parser(sub):
@@ -93,15 +96,17 @@ def main(args, extra) -> int:
     check_model(model)
     thresholds = read_thresholds(args.thresholds)
     out = Path(args.out).expanduser() if args.out else DEFAULT_RESULTS / image.stem
-    created = writable_folder(out, "--out" if args.out else "output folder")
+    option = "--out" if args.out else "output folder"
+    created = writable_folder(out, option)
     try:
-        return _run(args, image, num_parts, model, thresholds, out)
+        refuse_foreign(out, FIXED_OUTPUTS, option)  # a user's own index.html stays theirs
+        return _run(args, image, num_parts, model, thresholds, out, option)
     except BaseException:
         remove_created(out, created)
         raise
 
 
-def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) -> int:
+def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path, option: str) -> int:
     from ..capture.recorder import CaptureError, cross_attention_modules
     from ..capture.upstream import PipelineError
     from ..model.loading import CheckpointError, check_num_parts
@@ -170,12 +175,12 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
     finally:
         progress.close()
     say(args, f"rendering figures into {out}")
-    with Outputs(out, "run") as outputs:
-        links = save_run(out, record, viz.image)
-        outputs.add(*(p for _, p in links))
+    with Outputs(out, "run", option) as outputs:  # rendered aside, moved in when no file is in the way
+        stage = outputs.stage()
+        links = save_run(stage, record, viz.image)
         report = render_record(
             record,
-            out,
+            stage,
             image=viz.image,
             results=viz.results,
             layer=args.layer,
@@ -184,6 +189,5 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path) 
             thresholds=thresholds,
             links=links,
         )
-        outputs.add(*(p for _, p in report["figures"]), report["metrics"], report["index"])
-    print_results(viz.results, report["index"], len(report["figures"]))
+    print_results(viz.results, out / report["index"].relative_to(stage), len(report["figures"]))
     return 0

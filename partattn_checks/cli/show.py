@@ -6,7 +6,10 @@ import sys
 from pathlib import Path
 
 from .args import layer_arg, number_arg
-from .io import Outputs, UsageError, print_results, read_thresholds, remove_created, writable_folder
+from .io import Outputs, UsageError, print_results, read_thresholds, refuse_foreign, remove_created, writable_folder
+
+#: Files every ``show`` writes (checked before it starts; the figures' names before they are moved in).
+FIXED_OUTPUTS = ("metrics.json", "index.html", "parts.png")
 
 
 def add_parser(sub):
@@ -56,17 +59,21 @@ def main(args, extra) -> int:
         except ValueError as err:
             raise UsageError(str(err)) from None
     view, note = _image_for(record, folder, args.image)
-    created = writable_folder(out, "--out" if args.out else "output folder (the record's)")
-    results = {r.name: r for r in run_checks(record, thresholds)}
+    option = "--out" if args.out else "output folder (the record's)"
+    created = writable_folder(out, option)
     links = [
         ("record (json)", stem.with_name(stem.name + ".json")),
         ("record (tensors)", stem.with_name(stem.name + ".safetensors")),
     ]
     try:
-        with Outputs(out, "show") as outputs:
+        refuse_foreign(out, FIXED_OUTPUTS, option)  # a user's own index.html stays theirs
+        results = {r.name: r for r in run_checks(record, thresholds)}
+        with Outputs(out, "show", option) as outputs:  # rendered aside, moved in when no file is in the way
+            stage = outputs.stage()
             report = render_record(
                 record,
-                out,
+                stage,
+                base=out,
                 image=view,
                 results=results,
                 layer=args.layer,
@@ -76,11 +83,10 @@ def main(args, extra) -> int:
                 links=links,
                 note=note,
             )
-            outputs.add(*(p for _, p in report["figures"]), report["metrics"], report["index"])
     except BaseException:
         remove_created(out, created)
         raise
-    print_results(results, report["index"], len(report["figures"]))
+    print_results(results, out / report["index"].relative_to(stage), len(report["figures"]))
     return 0
 
 

@@ -9,9 +9,20 @@ import math
 from pathlib import Path
 
 from .args import add_fixture_run_options, fixtures_dir, run_device, say
-from .io import Outputs, ProgressBar, RunFailed, UsageError, read_thresholds, remove_created, writable_folder
+from .io import (
+    Outputs,
+    ProgressBar,
+    RunFailed,
+    UsageError,
+    read_thresholds,
+    refuse_foreign,
+    remove_created,
+    writable_folder,
+)
 
 DEFAULT_OUT = Path("partattn-results") / "trend"
+#: What ``trend`` writes (checked before it starts, and again before the files are moved in).
+OUTPUTS = ("trend.json", "trend_checks.png", "trend_metrics.png", "index.html")
 
 
 def add_parser(sub):
@@ -64,7 +75,13 @@ def main(args, extra) -> int:
     thresholds = read_thresholds(args.thresholds)
     device = run_device(args.device)
     out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
-    created = writable_folder(out, "--out" if args.out else "output folder")
+    option = "--out" if args.out else "output folder"
+    created = writable_folder(out, option)
+    try:
+        refuse_foreign(out, OUTPUTS, option)  # a user's own index.html or trend.json stays theirs
+    except UsageError:
+        remove_created(out, created)
+        raise
     weights = checkpoints[0].weights
     say(args, f"{len(checkpoints)} checkpoint(s) ({weights}/) x {len(images)} image(s) on {device} ({args.dtype})")
     bar = ProgressBar(len(checkpoints) * len(images), enabled=False if args.quiet else None, label="trend")
@@ -89,10 +106,10 @@ def main(args, extra) -> int:
         raise RunFailed(str(err)) from None
     finally:
         bar.close()
-    with Outputs(out, "trend") as outputs:
-        written = write_trend(trend, out)
-        outputs.add(*written.values())
-    print_trend(trend, written["index"])
+    with Outputs(out, "trend", option) as outputs:  # rendered aside, moved in when no file is in the way
+        stage = outputs.stage()
+        written = write_trend(trend, stage)
+    print_trend(trend, out / written["index"].relative_to(stage))
     return 1 if trend.last_fails else 0
 
 

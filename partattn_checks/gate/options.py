@@ -388,8 +388,9 @@ def resolve(config: pytest.Config) -> Settings:
         else:
             try:
                 ini = config.getini(opt.ini)
-            except (TypeError, ValueError) as exc:
-                raise _usage(f"ini option {opt.ini}: {exc}") from None
+            except (TypeError, ValueError, pytest.UsageError) as exc:  # pytest wraps a bad bool in a UsageError
+                fix = "; use true or false (also 1/0, yes/no, on/off)" if opt.kind == "flag" else ""
+                raise _usage(f"ini option {opt.ini} (ini file or -o {opt.ini}=...): {exc}{fix}") from None
             if ini is not None and ini != "":
                 value, src, base = ini, "ini", rootdir
             else:
@@ -478,41 +479,11 @@ def ci_is_set(environ=None) -> bool:
     return value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def check_enabled_settings(s: Settings, *, custom_pipeline: bool) -> None:
-    """Checks that only matter when the plugin runs (files exist, update allowed); no torch."""
-    if s.update is not None and ci_is_set() and not s.force_update:
-        raise _usage(
-            f"{s.where('update')}: refusing to update baselines because the CI environment variable is set "
-            f"(CI={os.environ.get('CI')}); baselines should be reviewed and committed from a developer "
-            f"machine. Pass --partattn-force-update to update anyway"
-        )
-    if s.thresholds is not None and not s.thresholds.is_file():
-        raise _usage(
-            f"{s.where('thresholds')}: no such file ({s.thresholds}); pass a TOML file with "
-            f"[uniformity], [collapse], ... tables or drop the option"
-        )
-    if not custom_pipeline and not s.model.is_dir():
-        if s.model_is_embedded:
-            raise _usage(
-                f"the embedded default checkpoint is missing ({s.model}); the installation looks "
-                f"incomplete: reinstall partattn-checks or pass --partattn-model DIR"
-            )
-        raise _usage(
-            f"{s.where('model')}: no such checkpoint folder ({s.model}); pass the folder that holds model_index.json"
-        )
-    if not custom_pipeline:
-        from ..model.files import checkpoint_problems
-
-        problems = checkpoint_problems(s.model)  # milliseconds, no torch: one clear error, not one per item
-        if problems:
-            listed = "\n".join(f"  - {p}" for p in problems)
-            raise _usage(f"{s.where('model')}: the checkpoint cannot be loaded:\n{listed}")
-
-
 def device_for(s: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
     """:func:`partattn_checks.capture.runspec.resolve_device` for ``--partattn-device`` (imports torch): a
     device that is not there is a ``UsageError`` naming the option; so is a ``--partattn-num-tokens``
-    whose runs clearly cannot fit in that device's memory (once, before any item runs)."""
+    whose runs clearly cannot fit in that device's memory, and a ``--partattn-steps`` whose record cannot
+    (once, before any item runs)."""
     try:
         choice = runspec.resolve_device(s.device, worker_id, spread=spread)
     except runspec.RunSpecError as err:
@@ -520,6 +491,9 @@ def device_for(s: Settings, worker_id: str | None = None, spread: bool = False) 
     wrong = runspec.tokens_problem(s.num_tokens, s.model, choice.device, dtype=s.dtype) if s.num_tokens else None
     if wrong:
         raise _usage(f"{s.where('num_tokens')}: {wrong}")
+    wrong = runspec.steps_problem(s.steps, s.model, choice.device) if s.steps else None
+    if wrong:
+        raise _usage(f"{s.where('steps')}: {wrong}")
     return choice
 
 

@@ -21,7 +21,8 @@ from ..baselines.store import BaselineError, BaselineStore, UpdateLock, unused_k
 from ..capture.runspec import DeviceChoice, checkpoint_defaults, torch_dtype
 from ..checks.baseline import BaselineDetails
 from ..runs.sidecar import FIXTURE_IMAGE_SUFFIXES, image_keys
-from . import hookspecs, options, scheduling
+from . import hookspecs, interrupt, options, preflight, results_folder, scheduling
+from .context import summary_context
 from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
 from .report import ItemReport, Summary, header_lines, junit_logging_warning
 from .state import GateSession, PartattnFixture
@@ -65,7 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not settings.enabled:
         return
     hooks = [impl.plugin_name for impl in config.hook.pytest_partattn_load_pipeline.get_hookimpls()]
-    options.check_enabled_settings(settings, custom_pipeline=bool(hooks) or settings.pipeline is not None)
+    preflight.check_enabled_settings(settings, custom_pipeline=bool(hooks) or settings.pipeline is not None)
     thresholds, source = options.thresholds_for(settings)
     worker = getattr(config, "workerinput", {}).get("workerid")
     if worker is None:
@@ -79,10 +80,12 @@ def pytest_configure(config: pytest.Config) -> None:
         load_in=lambda dtype: _pipeline_loader(config, settings, device, dtype)(),
     )
     plan = scheduling.plan(config.stash.get(CHOSEN_DIST_KEY, None), getattr(config.option, "dist", None))
-    header = header_lines(settings, device, source, [Path(h).name for h in hooks], checkpoint_defaults(settings.model))
+    hook_files, defaults = [Path(h).name for h in hooks], checkpoint_defaults(settings.model)
+    header = header_lines(settings, device, source, hook_files, defaults)
     if plan is not None:
         header.append(f"partattn: {plan.header}")
-    controller = Controller(settings, header, is_worker=worker is not None, plan=plan)
+    context = summary_context(settings, hook_files, device.device, source, defaults)
+    controller = Controller(settings, header, is_worker=worker is not None, plan=plan, context=context)
     config.pluginmanager.register(controller, "partattn-controller")
     collected = _collect_fixtures_by_default(config, settings)
     header.append(f"partattn: {collected}")
@@ -98,19 +101,22 @@ def _pipeline_loader(config: pytest.Config, settings: options.Settings, device: 
     """How this process gets its pipeline (called lazily, once): the first non-None
     ``pytest_partattn_load_pipeline`` result, else ``--partattn-pipeline``'s factory, else the
     ``--partattn-model`` checkpoint. An upstream-style pipeline is wrapped (``upstream.as_pipeline``).
-    ``dtype``: another than ``--partattn-dtype`` (the numeric floor's runs of a baseline)."""
+    ``dtype``: another than ``--partattn-dtype`` (the numeric floor's runs of a baseline). A pipeline of the
+    user's runs with the defaults the header shows (``--partattn-model``'s)."""
     dtype = dtype or settings.dtype
 
     def load():
         from ..capture.upstream import as_pipeline, build_pipeline
 
+        shown = checkpoint_defaults(settings.model)  # what the header says runs when no option sets it
         custom = config.hook.pytest_partattn_load_pipeline(config=config, device=device.device, dtype=dtype)
         if custom is not None:
-            return as_pipeline(custom)
+            return as_pipeline(custom, run_defaults=shown)
         if settings.pipeline is not None:
             model = settings.model if settings.sources.get("model") != "default" else None
+            what = preflight.pipeline_label(settings)
             return build_pipeline(
-                settings.pipeline, settings.rootdir, model, device.device, dtype, settings.where("pipeline")
+                settings.pipeline, settings.rootdir, model, device.device, dtype, what, run_defaults=shown
             )
         from ..model.pipeline import PartCrafterPipeline
 
@@ -119,9 +125,17 @@ def _pipeline_loader(config: pytest.Config, settings: options.Settings, device: 
     return load
 
 
+#: How to proceed when the results folder holds a file the gate did not write.
+RESULTS_FIX = "pass --partattn-results=DIR, a new or empty folder or one pytest --partattn wrote, or move the file away"
+
+
 def _start_session_files(config: pytest.Config, settings: options.Settings) -> None:
-    """Once per session (the xdist controller): drop the baseline candidates of earlier sessions
-    and, when baselines are written, lock the baselines folder against a second writer."""
+    """Once per session (the xdist controller), before any item runs: refuse a results folder where
+    a file of the user's is in the way, drop the baseline candidates of earlier sessions and, when
+    baselines are written, lock the baselines folder against a second writer."""
+    wrong = results_folder.problem(settings.results, image_keys(settings.fixtures, settings.results), RESULTS_FIX)
+    if wrong:
+        raise options.OptionError(f"{settings.where('results')}: {wrong}")
     candidates = BaselineStore(settings.results / "baseline-candidates")
     for key in candidates.keys():
         candidates.remove(key)
@@ -211,9 +225,15 @@ class Controller:
         header: list[str],
         is_worker: bool,
         plan: scheduling.SchedulingPlan | None = None,
+        context: dict[str, str] | None = None,
     ):
         self.settings = settings
         self.header = header
+        #: ``{label: text}`` the summary opens with (it survives ``-q``, the header does not): the model,
+        #: the run settings, the thresholds' source; add here what else a quiet run must say.
+        self.context = dict(context or {})
+        self.interrupted = False
+        self.config: pytest.Config | None = None
         self.is_worker = is_worker
         self.plan = plan
         self.summary = Summary()
@@ -322,20 +342,43 @@ class Controller:
         if not session.config.option.collectonly and session.exitstatus != pytest.ExitCode.INTERRUPTED:
             self._unused_baselines()
             self._judge_fixture_set(session)
-        if not self.summary:
-            return
+        s = self.settings
         try:
-            self.index = self.summary.write_index(self.settings.results, self.header, fixture_set=self.fixture_set)
+            if self.summary:
+                self.index = self.summary.write_index(s.results, self.header, fixture_set=self.fixture_set)
+            results_folder.write_manifest(s.results, image_keys(s.fixtures, s.results))
         except OSError as exc:
-            self.index_error = f"could not write index.html in {self.settings.results}: {exc}"
+            self.index_error = f"could not write index.html in {s.results}: {exc}"
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.config = session.config
+
+    def baseline_context(self) -> dict[str, str]:
+        """The summary's line on the baselines: where, and which verdict judged how many images."""
+        counts = self.summary.verdicts()
+        if not counts:
+            return {}
+        s = self.settings
+        judged = ", ".join(f"{kind} {n}" for kind, n in counts.items())
+        return {"baselines": f"{s.shown(s.baselines)} (--partattn-verdict {s.verdict}): {judged}"}
+
+    @pytest.hookimpl(trylast=True)  # after the terminal reporter has kept the interrupt it will show
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self.interrupted = True
+        if not self.is_worker and self.config is not None:
+            interrupt.one_line(self.config)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.is_worker or (not self.summary and terminalreporter.config.option.collectonly):
             return
         tr = terminalreporter
         tr.write_sep("=", "partattn summary")
+        for label, text in {**self.context, **self.baseline_context()}.items():
+            tr.write_line(f"{label}: {text}")
         if not self.summary:
-            tr.write_line(f"no fixture images ran (fixtures folder: {self.settings.fixtures})")
+            why = f"fixtures folder: {self.settings.fixtures}"
+            why = "interrupted before one finished" if self.interrupted else why
+            tr.write_line(f"no fixture images ran ({why})")
             for line in self.unused_lines:
                 tr.write_line(line)
             return

@@ -27,6 +27,7 @@ from ..checks import REGISTRY, CheckResult, Offender
 from ..checks.baseline import BaselineDetails, MetricDrift
 from ..present.pages import Cell, Page
 from ..present.pages.page import anchor_id
+from .context import defaults_note, model_text
 
 ATTACHMENT = "[[ATTACHMENT|{}]]"
 #: css class of a summary cell per item verdict
@@ -398,6 +399,19 @@ class Summary:
                 out[p.outcome] = out.get(p.outcome, 0) + 1
         return out
 
+    def verdicts(self) -> dict[str, int]:
+        """How many images each baseline verdict judged (paired, seed-spread, tolerance), and how many
+        were not compared (written, missing, unusable, not run)."""
+        out: dict[str, int] = {}
+        for per in self.by_image.values():
+            p = per.get("baseline")
+            if p is None:
+                continue
+            details = p.result.details if p.result is not None else None
+            kind = details.verdict if isinstance(details, BaselineDetails) and details.verdict else "not compared"
+            out[kind] = out.get(kind, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: kv[0] == "not compared"))
+
     def notes(self) -> list[str]:
         out = []
         written = [p for per in self.by_image.values() for p in per.values() if p.baseline_written]
@@ -620,15 +634,7 @@ def header_lines(settings, device, thresholds_source: str, custom_hooks: list[st
         except md.PackageNotFoundError:
             return "not installed"
 
-    if custom_hooks:
-        model = f"from pytest_partattn_load_pipeline ({', '.join(custom_hooks)})"
-    elif getattr(settings, "pipeline", None):
-        given = settings.sources.get("model") != "default"
-        model = f"{settings.pipeline}({settings.shown(settings.model) if given else 'None'}, ...)"
-    elif settings.model_is_embedded:
-        model = f"embedded {settings.model.name} ({settings.model})"
-    else:
-        model = settings.shown(settings.model)
+    model = model_text(settings, custom_hooks) + defaults_note(settings, custom_hooks)
     dev = device.device + (f" ({device.note})" if device.note else "")
     steps = str(settings.steps) if settings.steps is not None else f"checkpoint default ({defaults['steps']})"
     tokens = getattr(settings, "num_tokens", None)

@@ -49,6 +49,7 @@ class FigureMethods:
         ``weights``: extracted weights, a record with full maps, or a tensor (P,H,Q,K)/(H,Q,K)/(Q,K).
         Patch keys are renormalised (CLS mass in the title). Returns ``path`` (or PNG bytes).
         """
+        _need(weights, "visualize_attention_heatmap")
         name, step, maps = self._pick_maps(weights, layer, step)
         rows, cls = self._patch_rows(_index(maps, part=part, head=head))
         return render.heatmap(
@@ -82,6 +83,7 @@ class FigureMethods:
         last run's; on the bare patch grid without one), so one sees where each head looks.
         ``queries_keys=True`` (or no grid) draws the raw queries x keys maps instead.
         """
+        _need(weights, "visualize_multi_head_attention")
         name, step, maps = self._pick_maps(weights, layer, step)
         if maps.dim() == 4:
             maps = maps[_check_index(part, maps.shape[0], "part")]
@@ -125,6 +127,7 @@ class FigureMethods:
         most part-separated layer). Drawn on the image when the patch grid and an image are known
         (``image`` or the last run's), on the patch grid otherwise, else as strips.
         """
+        _need(weights, "visualize_part_attention")
         name, step, marginals = self._part_marginals(weights, layer, step)
         if num_parts is not None and int(num_parts) != marginals.shape[0]:
             raise VisualizerError(f"num_parts={num_parts} but the attention holds {marginals.shape[0]} parts")
@@ -143,6 +146,7 @@ class FigureMethods:
         possible), a list of extracted weights / maps (one queries x keys heatmap per item), or a
         tensor of frames (S, Q, K) / (S, Nk) (already patch keys only).
         """
+        _need(sequence, "create_attention_animation")
         if isinstance(sequence, AttentionRecord):
             li = sequence.layer_index(layer) if layer is not None else default_layer(sequence)
             name = sequence.layers[li]
@@ -180,6 +184,7 @@ class FigureMethods:
         1 uniform), ``peak`` the mean row maximum, ``cls_mass`` the mean CLS mass (0 without CLS).
         Layer values average the heads, except ``max`` (the maximum). ``layer`` limits to one layer.
         """
+        _need(weights, "statistics")
         if isinstance(weights, Mapping):
             names = [self._pick_maps(weights, layer, step)[0]] if layer is not None else list(weights)
             items = [(n, weights[n]) for n in names]
@@ -196,7 +201,7 @@ class FigureMethods:
                 )
             items = [self._pick_maps(weights, n, step)[::2] for n in names]
         else:
-            items = [(None, torch.as_tensor(weights))]
+            items = [(None, _as_tensor(weights))]
         out = {}
         for name, maps in items:
             maps = maps.float()
@@ -259,7 +264,7 @@ class FigureMethods:
             else:
                 raise VisualizerError(f"layer {key!r} is not in the weights (layers: {', '.join(names)})")
             return name, step, torch.as_tensor(weights[name]).float()
-        return None, step, torch.as_tensor(weights).float()
+        return None, step, _as_tensor(weights)
 
     def _patch_rows(self, maps: torch.Tensor):
         """Patch-key rows (renormalised) and CLS mass of maps ``(..., Q, K)``."""
@@ -290,6 +295,26 @@ class FigureMethods:
         if grid is None or grid[0] * grid[1] != nk:
             return None, None
         return grid, image if image is not None else self.image
+
+
+def _need(weights, method: str) -> None:
+    """``weights`` of a figure or statistics method is there (``viz.record`` is None before any run)."""
+    if weights is None:
+        raise VisualizerTypeError(
+            f"{method}: no weights yet: run or extract first (viz.run(image), viz.extract_attention_weights(...) "
+            f"or hooks around a forward fill viz.record; pass it, extracted weights or a tensor)"
+        )
+
+
+def _as_tensor(weights) -> torch.Tensor:
+    """Weights given as a tensor (or anything torch reads as one), float."""
+    try:
+        return torch.as_tensor(weights).float()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise VisualizerTypeError(
+            f"cannot read a {type(weights).__name__} as attention weights ({err}); pass a record, extracted weights "
+            f"(a dict of layer -> maps) or a tensor (P, H, Q, K), (H, Q, K) or (Q, K)"
+        ) from None
 
 
 def _check_index(i, size: int, what: str, allow_negative: bool = False) -> int:

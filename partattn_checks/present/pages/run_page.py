@@ -48,6 +48,7 @@ def render_record(
     thresholds: Thresholds | None = None,
     links: Sequence[tuple[str, str | os.PathLike]] = (),
     note: str | None = None,
+    base=None,
 ) -> dict:
     """Write the figures of a record, ``metrics.json`` and ``index.html`` into ``out_dir``.
 
@@ -61,9 +62,12 @@ def render_record(
     failing check the gate's failure-report figures (``figures.figures_for``, under ``checks/``).
     Overlays need ``image`` (the encoder's view) and the record's patch grid; without them the grid
     or strips are drawn. ``metrics.json`` lists the timelines (path, metric, value, op, threshold).
+    ``base``: the folder the outputs end up in when ``out_dir`` is a staging folder (``links`` are
+    written relative to it; default ``out_dir``).
     Returns ``{"figures": [(caption, path)], "metrics": path, "index": path}``.
     """
     out = Path(out_dir)
+    base = Path(base) if base is not None else out
     out.mkdir(parents=True, exist_ok=True)
     thresholds = thresholds or Thresholds()
     results = dict(results) if results is not None else {r.name: r for r in run_checks(record, thresholds)}
@@ -204,7 +208,7 @@ def render_record(
         "checks": {k: r.to_dict() for k, r in results.items()},
         "figures": [{"caption": c, "path": _rel(p, out)} for c, p in figures],
         "timelines": timelines,
-        "files": [{"label": label, "path": _rel(p, out)} for label, p in links],
+        "files": [{"label": label, "path": _rel(p, base)} for label, p in links],
     }
     metrics_path = atomic_write_text(out / "metrics.json", json.dumps(_jsonable(doc), indent=2) + "\n")
 
@@ -230,7 +234,7 @@ def render_record(
         [r.name, r.verdict, r.value, _pass_when(r), str(r.offender) if r.offender else "", r.reason]
         for r in results.values()
     ]
-    page = Page(title or f"partattn: {meta.get('image', 'attention record')}", base=out)
+    page = Page(title or f"partattn: {meta.get('image', 'attention record')}", base=base)
     failed = any(r.verdict == "fail" for r in results.values())
     page.paragraph(_verdict_line(results), cls="verdict " + ("fail" if failed else "pass"))
     page.note(" ".join(notes))
@@ -245,7 +249,7 @@ def render_record(
         if items:
             page.heading(heading).figures(_rels(items, out))
     page.heading("Metrics").table(["metric", "value"], [[k, v] for k, v in summary.items()])
-    page.heading("Files").links([(label, _rel(p, out)) for label, p in links] + [("metrics (json)", "metrics.json")])
+    page.heading("Files").links([(label, _rel(p, base)) for label, p in links] + [("metrics (json)", "metrics.json")])
     index = page.write(out / "index.html")
     return {"figures": figures, "metrics": metrics_path, "index": index}
 
