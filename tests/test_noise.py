@@ -309,3 +309,29 @@ def test_a_bfloat16_run_without_a_declared_floor_is_judged_by_the_seed_spread(st
     assert not judged.failing(), judged.failing()
     result = judged.results[images[0].display]["baseline"]
     assert result.details.verdict == SEED_SPREAD and "--partattn-floor-dtypes=bfloat16" in result.reason
+
+
+def test_leave_one_out_distances_are_pinned():
+    # k = 0: the others 2, 3, 4 have mean 3 and sd 1: (1 - 3) / (1 * sqrt(1 + 1/3))
+    z = noise.leave_one_out([1.0, 2.0, 3.0, 4.0])
+    assert z[0] == pytest.approx(-2.0 / math.sqrt(4.0 / 3.0), rel=1e-12) and z[3] == pytest.approx(-z[0])
+
+
+def test_the_tail_factor_is_one_for_students_t_and_larger_for_a_heavier_tail():
+    rng = np.random.default_rng(1)
+    k = 16  # the leave-one-out distance of a normal sample follows t with K - 2 degrees of freedom
+    normal = [z for _ in range(400) for z in noise.leave_one_out(list(rng.normal(size=k)))]
+    assert noise.tail_factor(normal, k, two_sided=True) < 1.08
+    heavy = [z for _ in range(400) for z in noise.leave_one_out(list(rng.standard_t(2, size=k)))]
+    assert noise.tail_factor(heavy, k, two_sided=True) > 1.3
+    # pinned: distances whose every quantile is twice Student's at 14 dof give a factor of 2
+    qs = np.linspace(0.0005, 0.9995, 1000)
+    doubled = [2 * noise.t_quantile(1 - q, 14) if q > 0.5 else 0.0 for q in qs]
+    assert noise.tail_factor(doubled, k, two_sided=False) == pytest.approx(2.0, rel=0.02)
+    assert noise.tail_factor([0.1] * 10, k, two_sided=True) == 1.0  # too few to say
+
+
+def test_the_allowance_is_widened_by_the_folders_tail_factor():
+    plain = noise.allowances(0.001, 10, 16)
+    wide = noise.allowances(0.001, 10, 16, (1.1, 1.2))
+    assert wide == pytest.approx((plain[0] * 1.1, plain[1] * 1.2))

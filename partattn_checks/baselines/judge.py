@@ -25,7 +25,18 @@ from ..checks.baseline import (
     Onset,
     deviation_text,
 )
-from .noise import JUDGED_METRICS, allowances, layer_band, layer_deviation, log_spread, metric_deviation, pooled_sd
+from .noise import (
+    JUDGED_METRICS,
+    LAYERS_POOLED,
+    TAIL_LAYERS,
+    TAIL_METRICS,
+    allowances,
+    layer_band,
+    layer_deviation,
+    log_spread,
+    metric_deviation,
+    pooled_sd,
+)
 from .paired import judge_paired
 from .policy import BaselinePolicy
 from .sample import SeedSample
@@ -196,14 +207,16 @@ def _seed_spread(
     drifts, why = _layer_drifts(stored, attention, used)
     if why:
         notes.append(why)
-    a_metric, a_layer = allowances(policy.false_alarm_rate, len(common) + len(drifts), len(keep))
+    tails = (pooled.get(TAIL_METRICS, 1.0), pooled.get(TAIL_LAYERS, 1.0))
+    a_metric, a_layer = allowances(policy.false_alarm_rate, len(common) + len(drifts), len(keep), tails)
     repeats = max(1, len(measured.runs))
     deviations = [
         metric_deviation(n, measured.metrics[n], samples[n], pooled=pooled.get(n), repeats=repeats, allowance=a_metric)
         for n in common
     ]
     if drifts:
-        layer_pool = pooled_sd([log_spread(d.seed_drifts) for d in drifts])  # the image's layers pooled
+        own = pooled_sd([log_spread(d.seed_drifts) for d in drifts])  # the image's layers pooled, and the folder's
+        layer_pool = max((v for v in (own, pooled.get(LAYERS_POOLED)) if v is not None), default=None)
         deviations += [
             layer_deviation(
                 d.layer, d.drift, d.seed_drifts, pooled=layer_pool, repeats=repeats, allowance=a_layer, part=d.part

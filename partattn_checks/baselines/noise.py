@@ -23,13 +23,21 @@ The statistics (docs/plugin.md, "The seed-spread verdict"):
   difference between a mean of ``R`` new runs and the mean of ``K`` stored ones.
 * **attention drift** of a layer: ``log`` of the mean over parts of √JS(now, baseline mean)
   against the same quantity for each stored seed (leave-one-out), one-sided (only moving away
-  counts); ``log`` because these distances are skewed to the right.
+  counts); ``log`` because these distances are skewed to the right. A layer's log-spread is raised
+  toward the larger of its image's layers' pooled log-spread and the folder's (every layer of every
+  image): one fixture image's 16 seeds gave every layer half the folder's log-spread, and 6 % of
+  new seeds failed it.
 * **allowance**: the Student-t quantile with ``K − 1`` degrees of freedom (the image's own; the
   pooled spread only raises a spread, it earns no degrees of freedom) at ``α / M`` (two-sided for
   metrics, one-sided for layers): ``α`` the false-alarm rate of one item
   (``--partattn-false-alarm-rate``), ``M`` the number of metrics and layers compared (Bonferroni).
   Over 200 seeds per fixture image of the embedded model the per-comparison rate beyond the
   allowance is 0.9 × the nominal ``α / M`` (it was 8.7 × with the shrunk spread and ``2(K − 1)``).
+* **tails**: every allowance is widened by the folder's tail factor (:func:`tail_factor`): the
+  stored seeds' leave-one-out distances (each seed against the others, the gate's statistic) pooled
+  over the folder's images, and the largest ratio of their 90/95/99 % quantiles to Student's t with
+  ``K − 2`` degrees of freedom, at least 1. A folder whose seeds show a rare mode or a skew gets wider
+  allowances (the committed baselines: 1.06 for metrics, 1.11 for layers).
 * **the fixture set**: per metric and layer, the sum of the images' distances (each clipped to
   ±``CLIP``, so one image in an unusual mode cannot carry the set) over its null standard deviation
   ``√(n + n(n−1)·ρ)``, where ``ρ ≥ 0`` is the mean correlation between images of the stored
@@ -51,6 +59,13 @@ from ..errors import PartattnError
 RESOLUTION = 1e-5
 #: Per-image distances are clipped to ±CLIP before they are combined over the fixture set.
 CLIP = 3.0
+#: The key of the layers' pooled log-spread in a folder's pooled spreads (``store.pooled_spreads``).
+LAYERS_POOLED = "attention layers (log drift)"
+#: The keys of the folder's tail factors in its pooled spreads: metrics (two-sided) and layers (one-sided).
+TAIL_METRICS = "tail factor (metrics)"
+TAIL_LAYERS = "tail factor (layers)"
+#: The quantiles whose empirical-to-Student ratio is the tail factor.
+TAIL_QUANTILES = (0.9, 0.95, 0.99)
 #: The headline metrics a baseline judges (see the module docstring), and those judged on the log scale.
 JUDGED_METRICS = ("entropy_mean", "peak_mean", "eff_keys_mean", "separation", "stability_max_jump")
 LOG_SCALE = frozenset({"peak_mean", "stability_max_jump"})
@@ -231,11 +246,39 @@ def layer_band(d: Deviation) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- one image
-def allowances(alpha: float, tests: int, seeds: int) -> tuple[float, float]:
+def allowances(alpha: float, tests: int, seeds: int, tails: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float]:
     """(two-sided metric allowance, one-sided layer allowance) for ``tests`` comparisons, with the
-    ``K − 1`` degrees of freedom of the image's own spread."""
+    ``K − 1`` degrees of freedom of the image's own spread, times the folder's tail factors."""
     dof = max(1, seeds - 1)
-    return critical(alpha, tests, dof, True), critical(alpha, tests, dof, False)
+    return critical(alpha, tests, dof, True) * tails[0], critical(alpha, tests, dof, False) * tails[1]
+
+
+def leave_one_out(values: Sequence[float]) -> list[float]:
+    """Each value's distance from the others, in the verdict's units: ``(v_k − mean) / (sd·√(1 + 1/(K−1)))``
+    over the other ``K − 1`` (what the gate computes for a new seed, on the stored ones)."""
+    out = []
+    for k, v in enumerate(values):
+        others = [x for i, x in enumerate(values) if i != k]
+        mean, sd = mean_sd(others)
+        if sd > 0:
+            out.append((v - mean) / (sd * math.sqrt(1.0 + 1.0 / len(others))))
+    return out
+
+
+def tail_factor(distances: Sequence[float], seeds: int, two_sided: bool) -> float:
+    """How much heavier than Student's t the folder's leave-one-out distances are: the largest ratio of
+    their empirical quantile to t's with ``K − 2`` degrees of freedom at :data:`TAIL_QUANTILES`, at
+    least 1. Seed distributions with a tail the normal model misses (a rare mode, a skew) widen every
+    allowance of the folder by it."""
+    values = sorted(abs(z) if two_sided else z for z in distances)
+    if len(values) < 50 or seeds < 4:
+        return 1.0
+    ratios = []
+    for q in TAIL_QUANTILES:
+        empirical = values[min(len(values) - 1, int(q * len(values)))]
+        reference = t_quantile((1.0 - q) / (2.0 if two_sided else 1.0), seeds - 2)
+        ratios.append(empirical / reference)
+    return max(1.0, *ratios)
 
 
 # ----------------------------------------------------------------------------- the fixture set

@@ -289,23 +289,52 @@ class BaselineStore:
 
     def pooled_spreads(self) -> dict[str, float]:
         """Per metric, the seed-to-seed spread pooled over every stored baseline with seeds (the
-        root-mean-square of their spreads, in the units the metric is judged in): what an image's
-        own spread is shrunk toward. Baselines that cannot be read are left out (their own items
-        report them)."""
-        from .noise import judged_spread, pooled_sd
+        root-mean-square of their spreads, in the units the metric is judged in), and under
+        ``LAYERS_POOLED`` the log-spread of the layers' seed drifts pooled over every layer of every
+        baseline: what an image's own spread is raised toward. Baselines that cannot be read are left
+        out (their own items report them)."""
+        from .noise import (
+            JUDGED_METRICS,
+            LAYERS_POOLED,
+            LOG_SCALE,
+            TAIL_LAYERS,
+            TAIL_METRICS,
+            judged_spread,
+            leave_one_out,
+            log_spread,
+            pooled_sd,
+            tail_factor,
+        )
 
         spreads: dict[str, list[float]] = {}
+        loo: dict[str, list[float]] = {TAIL_METRICS: [], TAIL_LAYERS: []}
+        seeds = 0
         for key in self.keys():
             try:
-                stored = self.load(key, tensors=False)
+                stored = self.load(key)
             except BaselineError:
                 continue
             if stored is None or not stored.has_spread or stored.samples is None:
                 continue
+            seeds = max(seeds, len(stored.seeds))
             for name, values in stored.samples.items():
                 spreads.setdefault(name, []).append(judged_spread(name, values))
+                if name in JUDGED_METRICS:
+                    loo[TAIL_METRICS] += leave_one_out(
+                        [math.log(max(v, 1e-5)) for v in values] if name in LOG_SCALE else values
+                    )
+            summary = stored.attention
+            if summary is not None and summary.seed_drift is not None and summary.has_spread:
+                drifts = summary.seed_drift.astype("float64").mean(axis=2)  # (seeds, layers)
+                for column in drifts.T:
+                    logs = [math.log(max(float(x), 1e-12)) for x in column]
+                    spreads.setdefault(LAYERS_POOLED, []).append(log_spread([float(x) for x in column]))
+                    loo[TAIL_LAYERS] += leave_one_out(logs)
         pooled = {name: pooled_sd(sds) for name, sds in spreads.items()}
-        return {name: sd for name, sd in pooled.items() if sd is not None}  # None: no finite spread
+        out = {name: sd for name, sd in pooled.items() if sd is not None}  # None: no finite spread
+        out[TAIL_METRICS] = tail_factor(loo[TAIL_METRICS], seeds, two_sided=True)
+        out[TAIL_LAYERS] = tail_factor(loo[TAIL_LAYERS], seeds, two_sided=False)
+        return out
 
     def write(self, key: str, content: BaselineContent) -> bool:
         """Write the baseline of ``key`` from ``content``; files whose content would not change are left
