@@ -466,7 +466,9 @@ def test_merged_parts_against_the_committed_baselines_shows_the_drift_figure(pyt
         start = details["onset"] or layer
         start_part = next(d["part"] for d in details["deviations"] if d["name"] == start) if details["onset"] else part
         assert f"partattn: baseline failed for fixtures/images/{name}" in terminal
-        assert f"worst offender: step -, layer {start}, part {start_part}, head -" in terminal
+        # the paired verdict also knows the step where the change begins (its first kept step)
+        onset_step = details["paired_onset"]["step"] if details["onset"] and details.get("paired_onset") else "-"
+        assert f"worst offender: step {onset_step}, layer {start}, part {start_part}, head -" in terminal
         assert f"attention drift: layer {layer} moved most" in terminal and f"  {figure}" in terminal
         # JUnit: the attachment line in the failure text and in <system-out>
         case = cases[f"fixtures.images.{name}"]

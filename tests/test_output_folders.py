@@ -189,23 +189,28 @@ def test_gate_refuses_a_results_folder_with_a_users_index_html(pytester):
     assert tree_bytes(pytester.path) == before  # no item ran: no figure, baseline or candidate either
 
 
+def passing_gate(pytester, *extra: str) -> None:
+    result = pytester.runpytest_inprocess(*args(*extra))
+    assert result.ret == 0, result.stderr.str() + result.stdout.str()[-3000:]
+
+
 def test_gate_reruns_into_its_results_and_leaves_the_users_other_files(pytester):
     make_project(pytester)
     results = pytester.path / ".partattn-results"
-    assert pytester.runpytest_inprocess(*args("--partattn-update=missing")).ret == 0
+    passing_gate(pytester, "--partattn-update=missing")
     manifest = json.loads((results / outfolder.MANIFEST).read_text())
     assert manifest["written_by"] == "pytest --partattn" and "index.html" in manifest["files"]
     (results / outfolder.MANIFEST).unlink()  # as written before manifests: the gate's own index.html is recognised
-    assert pytester.runpytest_inprocess(*args()).ret == 0
+    passing_gate(pytester)
     figure = results / Path(IMAGE).stem / "uniformity__heads.png"  # as a session killed before its end leaves it
     figure.parent.mkdir(exist_ok=True)
     figure.write_bytes(b"a figure of the gate's")
-    assert pytester.runpytest_inprocess(*args()).ret == 0
+    passing_gate(pytester)
     notes = [results / "notes.txt", results / Path(IMAGE).stem / "notes__mine.png", results / CANDIDATES / "n.txt"]
     for path in notes:  # files the gate never writes, replaces or removes
         path.parent.mkdir(exist_ok=True)
         path.write_text("mine")
-    assert pytester.runpytest_inprocess(*args()).ret == 0
+    passing_gate(pytester)
     assert all(path.read_text() == "mine" for path in notes)
     (results / outfolder.MANIFEST).unlink()
     (results / "index.html").write_text("<title>our team page</title>")  # not the gate's page, listed nowhere
