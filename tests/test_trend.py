@@ -1,9 +1,11 @@
 """``partattn trend``: checkpoints of a real (short) training run, in step order, judged image by image.
 
 The early checkpoints are the first iterations of the schedule the embedded model was trained with
-(seed 0, 5000 iterations, docs/training.md), re-run here with ``stop_after``; the embedded model
-stands in as its ``checkpoint-5000`` (today's libraries draw the batches slightly differently, so it
-is that schedule's end, not bit for bit this run's; docs/training.md).
+(seed 0, 5000 iterations, docs/training.md), saved by ``scripts/train_tiny.py --stop-after 300
+--save-at 150,300`` and committed under ``fixtures/checkpoints/trend-run/`` (its README.md: the
+command; training them here took most of this file's time); the embedded model stands in as its
+``checkpoint-5000`` (today's libraries draw the batches slightly differently, so it is that
+schedule's end, not bit for bit this run's; docs/training.md).
 """
 
 from __future__ import annotations
@@ -35,12 +37,12 @@ from partattn_checks.checks import CHECKS, REGISTRY, CheckResult
 from partattn_checks.cli import main
 from partattn_checks.cli.trend import check_panels, write_trend
 from partattn_checks.model.pipeline import PartCrafterPipeline
-from partattn_checks.model.tiny import TINY_RUN_DEFAULTS, write_checkpoint
-from partattn_checks.model.training import TrainConfig, train
 from partattn_checks.render.training import MIN_SPAN, shared_ranges, trend_checks_figure, x_label
 
 IMAGES = ("np2_circle_square.png", "np2_triangle_circle.png", "np3_three_shapes.png")
 EARLY = (150, 300)
+#: checkpoint-150/ and checkpoint-300/ of the embedded model's schedule (scripts/train_tiny.py; its README.md)
+TREND_RUN = REPO / "fixtures" / "checkpoints" / "trend-run"
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +55,16 @@ def fixtures(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A training output folder: checkpoint-150/ and checkpoint-300/ of the embedded model's schedule,
-    and checkpoint-5000/, the embedded model itself (a link)."""
+    """A training output folder: checkpoint-150/ and checkpoint-300/ of the embedded model's schedule
+    (copies of the committed ones), and checkpoint-5000/, the embedded model itself (a link)."""
     log = json.loads((EMBEDDED_MODEL / "training_log.json").read_text())
     assert (log["config"]["seed"], log["config"]["iterations"]) == (0, 5000)
     folder = tmp_path_factory.mktemp("run")
-
-    def save(iteration, transformer, encoder):
-        if iteration in EARLY:
-            write_checkpoint(folder / f"checkpoint-{iteration}", transformer, encoder, run_defaults=TINY_RUN_DEFAULTS)
-
-    train(TrainConfig(seed=0, iterations=5000), progress=lambda _: None, callback=save, stop_after=max(EARLY))
+    for iteration in EARLY:
+        saved = TREND_RUN / f"checkpoint-{iteration}"
+        description = json.loads((saved / "partattn.json").read_text())["description"]
+        assert description == f"iteration {iteration} of scripts/train_tiny.py (seed 0, 5000-iteration schedule)"
+        shutil.copytree(saved, folder / saved.name)
     (folder / "checkpoint-5000").symlink_to(EMBEDDED_MODEL, target_is_directory=True)
     return folder
 
