@@ -10,11 +10,13 @@ schedule's end, not bit for bit this run's; docs/training.md).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import pickle
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,33 @@ def run(tmp_path_factory):
         shutil.copytree(saved, folder / saved.name)
     (folder / "checkpoint-5000").symlink_to(EMBEDDED_MODEL, target_is_directory=True)
     return folder
+
+
+def test_train_tiny_saves_the_first_iterations_of_a_longer_schedule_as_the_trend_run_was_made(tmp_path, monkeypatch):
+    """``scripts/train_tiny.py --stop-after N --save-at A,B`` (the command that made fixtures/checkpoints/
+    trend-run, here with 3 iterations of 2 objects): checkpoint-A/ and checkpoint-B/ with the description the
+    ``run`` fixture checks; the weights saved at the stop are --out's, and where a run stops does not change
+    the iterations before it."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repository first on it
+    spec = importlib.util.spec_from_file_location("train_tiny", REPO / "scripts" / "train_tiny.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    schedule = ["--iterations", "5000", "--objects-per-batch", "2", "--log-every", "1"]
+    for stop, save_at in ((3, "1,3"), (1, "1")):
+        args = ["--stop-after", str(stop), "--save-at", save_at, "--save-dir", str(tmp_path / f"run{stop}")]
+        assert script.main([*schedule, *args, "--out", str(tmp_path / f"out{stop}")]) == 0
+    assert sorted(p.name for p in (tmp_path / "run3").iterdir()) == ["checkpoint-1", "checkpoint-3"]
+    for iteration in (1, 3):
+        saved = json.loads((tmp_path / "run3" / f"checkpoint-{iteration}" / "partattn.json").read_text())
+        expected = f"iteration {iteration} of scripts/train_tiny.py (seed 0, 5000-iteration schedule)"
+        assert saved["description"] == expected
+    folders = ("out3", "run3/checkpoint-3", "out1", "run3/checkpoint-1", "run1/checkpoint-1")
+    for name in ("transformer/diffusion_pytorch_model.safetensors", "image_encoder_dinov2/model.safetensors"):
+        weights = {folder: (tmp_path / folder / name).read_bytes() for folder in folders}
+        assert weights["run3/checkpoint-3"] == weights["out3"] != weights["out1"]
+        assert weights["run3/checkpoint-1"] == weights["run1/checkpoint-1"] == weights["out1"]
+    log = json.loads((tmp_path / "out3" / "training_log.json").read_text())
+    assert log["config"]["iterations"] == 5000 and [p["iteration"] for p in log["curve"]] == [1, 2, 3]
 
 
 def test_trend_over_a_training_run_shows_separation_rising(run, fixtures, tmp_path, capsys):
