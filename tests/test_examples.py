@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import more_colours_than
 from PIL import Image
 
 from partattn_checks.render.panels import MIN_PANEL_PX
@@ -50,8 +50,7 @@ def assert_figure(path: Path, fmt: str = "PNG", frames: int | None = None) -> No
         assert min(im.size) >= MIN_PANEL_PX, (path, im.size)
         if frames is not None:
             assert im.n_frames == frames, (path, im.n_frames)
-        colours = len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0))
-    assert colours > 50, (path, colours)
+        assert more_colours_than(im, 50), (path, "50 colours or fewer")
 
 
 @pytest.fixture

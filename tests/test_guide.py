@@ -24,9 +24,9 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import more_colours_than
 from PIL import Image
 
 from partattn_checks import EMBEDDED_MODEL
@@ -217,7 +217,7 @@ def assert_figure(path, fmt="PNG", frames=None) -> None:
         assert min(im.size) >= 200, (path, im.size)
         if frames is not None:
             assert im.n_frames == frames, (path, im.n_frames)
-        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 8, f"{path} is nearly blank"
+        assert more_colours_than(im, 8), f"{path} is nearly blank"
 
 
 def assert_sequence(sequence, num_parts: int) -> None:

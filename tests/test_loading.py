@@ -608,21 +608,26 @@ def test_streamed_loading_reads_shards_and_keeps_integer_tensors(ckpt):
     assert all(torch.equal(loaded[k], state[k].to(torch.bfloat16)) for k in names)
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc (Linux) to read peak RSS")
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_loading_holds_no_second_copy_of_the_weights(tmp_path, dtype):
-    """Peak RSS grows by about the weights in the run dtype while loading, not by the weights plus
-    a full copy as stored (the old loader: fp16 copy + cast copy = 1.5x in float32, 2x in bfloat16).
-    A checkpoint of ~50 M parameters makes the weights dominate everything else the load allocates."""
+@pytest.fixture(scope="module")
+def mid_checkpoint(tmp_path_factory):
+    """A release-layout checkpoint of ~50 M parameters (written once; the loads below only read it)."""
     from partattn_checks.model.release import write_release_checkpoint
-    from partattn_checks.model.tiny import TINY_DINOV2, TINY_PREPROCESSOR, TINY_TRANSFORMER
+    from partattn_checks.model.tiny import TINY_DINOV2, TINY_PREPROCESSOR
 
-    folder = write_release_checkpoint(
-        tmp_path / "mid",
+    return write_release_checkpoint(
+        tmp_path_factory.mktemp("release") / "mid",
         transformer_config={**TINY_TRANSFORMER, "width": 768, "num_attention_heads": 6, "num_layers": 6},
         encoder_config=TINY_DINOV2,
         preprocessor=TINY_PREPROCESSOR,
     )
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc (Linux) to read peak RSS")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loading_holds_no_second_copy_of_the_weights(mid_checkpoint, dtype):
+    """Peak RSS grows by about the weights in the run dtype while loading, not by the weights plus
+    a full copy as stored (the old loader: fp16 copy + cast copy = 1.5x in float32, 2x in bfloat16).
+    A checkpoint of ~50 M parameters makes the weights dominate everything else the load allocates."""
     code = (
         "import sys, json\nfrom pathlib import Path\nimport torch\n"
         "import transformers, diffusers, safetensors\n"
@@ -638,7 +643,7 @@ def test_loading_holds_no_second_copy_of_the_weights(tmp_path, dtype):
         "for t in m.state_dict().values())\n"
         "print(json.dumps({'before': before, 'after': hwm(), 'weights': weights}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-c", code, str(mid_checkpoint)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     grown = got["after"] - got["before"]

@@ -34,7 +34,7 @@ def tiny_monitor(**kwargs) -> AttentionMonitor:
 
 
 def test_a_run_with_the_monitor_ends_with_bit_identical_weights():
-    config = TrainConfig(iterations=24, log_every=12, part_counts=(2, 3))
+    config = TrainConfig(iterations=24, objects_per_batch=4, log_every=12, part_counts=(2, 3))  # small batches: quick
     monitor = tiny_monitor()
     logged = []
 

@@ -65,14 +65,25 @@ def _junit_outcomes(path) -> dict[tuple[str, str], str]:
 IMAGES = (IMAGE, "np1_circle.png", "np3_three_shapes.png")
 
 
-def _serial_then(pytester, *xdist_args: str):
-    """Run the gate serially (in process), then under xdist with ``xdist_args``; both see a broken image."""
+@pytest.fixture(scope="module")
+def serial_outcomes() -> dict:
+    """The serial run's outcomes, kept by the first test of this module that runs (in each xdist worker)
+    for the others: the same project gives the same outcomes in any folder, so one serial run serves
+    every --dist mode's comparison (each ran its own, 13 s apiece)."""
+    return {}
+
+
+def _serial_then(pytester, serial_outcomes: dict, *xdist_args: str):
+    """Run the gate serially (in process; once per module), then under xdist with ``xdist_args``; both
+    see a broken image."""
     folder = make_project(pytester, images=IMAGES, thresholds=FAILING_SEPARATION)
     (folder / "np2_broken.png").write_bytes(b"not an image at all")
     pytester.makeconftest(RUN_COUNTER)
-    serial = pytester.runpytest_inprocess(*args("--junitxml=serial.xml", steps=1))
-    assert serial.ret == pytest.ExitCode.TESTS_FAILED
-    expected = _junit_outcomes(pytester.path / "serial.xml")
+    if "junit" not in serial_outcomes:
+        serial = pytester.runpytest_inprocess(*args("--junitxml=serial.xml", steps=1))
+        assert serial.ret == pytest.ExitCode.TESTS_FAILED
+        serial_outcomes["junit"] = _junit_outcomes(pytester.path / "serial.xml")
+    expected = dict(serial_outcomes["junit"])
     assert len(expected) == 4 * len(ITEM_CHECKS) + 1  # and the fixture-set item, not judged: no baselines
     assert expected[("fixtures.images", "fixture-set")] == "skipped"
     assert set(expected.values()) == {"passed", "failure", "skipped"}
@@ -86,9 +97,9 @@ def _serial_then(pytester, *xdist_args: str):
 #: image-keeping scheduler replacing a splitting mode, plain and by xdist group; xdist's own
 #: scheduler where it keeps files together). test_every_dist_mode_gets_its_plan covers every mode.
 @pytest.mark.parametrize("dist", [None, "loadgroup", "worksteal", "loadscope"])
-def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, dist):
+def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, serial_outcomes, dist):
     xdist_args = ("-n", "2") if dist is None else ("-n", "2", "--dist", dist)
-    expected, parallel, workers = _serial_then(pytester, *xdist_args)
+    expected, parallel, workers = _serial_then(pytester, serial_outcomes, *xdist_args)
     assert _junit_outcomes(pytester.path / "xdist.xml") == expected
     runs = sorted(c for w in workers.values() for c in w["calls"])
     assert runs == sorted([*IMAGES, "np2_broken.png"])  # one denoising run per image, in all

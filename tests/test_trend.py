@@ -1,18 +1,22 @@
 """``partattn trend``: checkpoints of a real (short) training run, in step order, judged image by image.
 
 The early checkpoints are the first iterations of the schedule the embedded model was trained with
-(seed 0, 5000 iterations, docs/training.md), re-run here with ``stop_after``; the embedded model
-stands in as its ``checkpoint-5000`` (today's libraries draw the batches slightly differently, so it
-is that schedule's end, not bit for bit this run's; docs/training.md).
+(seed 0, 5000 iterations, docs/training.md), saved by ``scripts/train_tiny.py --stop-after 300
+--save-at 150,300`` and committed under ``fixtures/checkpoints/trend-run/`` (its README.md: the
+command; training them here took most of this file's time); the embedded model stands in as its
+``checkpoint-5000`` (today's libraries draw the batches slightly differently, so it is that
+schedule's end, not bit for bit this run's; docs/training.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import pickle
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +39,12 @@ from partattn_checks.checks import CHECKS, REGISTRY, CheckResult
 from partattn_checks.cli import main
 from partattn_checks.cli.trend import check_panels, write_trend
 from partattn_checks.model.pipeline import PartCrafterPipeline
-from partattn_checks.model.tiny import TINY_RUN_DEFAULTS, write_checkpoint
-from partattn_checks.model.training import TrainConfig, train
 from partattn_checks.render.training import MIN_SPAN, shared_ranges, trend_checks_figure, x_label
 
 IMAGES = ("np2_circle_square.png", "np2_triangle_circle.png", "np3_three_shapes.png")
 EARLY = (150, 300)
+#: checkpoint-150/ and checkpoint-300/ of the embedded model's schedule (scripts/train_tiny.py; its README.md)
+TREND_RUN = REPO / "fixtures" / "checkpoints" / "trend-run"
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +57,45 @@ def fixtures(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A training output folder: checkpoint-150/ and checkpoint-300/ of the embedded model's schedule,
-    and checkpoint-5000/, the embedded model itself (a link)."""
+    """A training output folder: checkpoint-150/ and checkpoint-300/ of the embedded model's schedule
+    (copies of the committed ones), and checkpoint-5000/, the embedded model itself (a link)."""
     log = json.loads((EMBEDDED_MODEL / "training_log.json").read_text())
     assert (log["config"]["seed"], log["config"]["iterations"]) == (0, 5000)
     folder = tmp_path_factory.mktemp("run")
-
-    def save(iteration, transformer, encoder):
-        if iteration in EARLY:
-            write_checkpoint(folder / f"checkpoint-{iteration}", transformer, encoder, run_defaults=TINY_RUN_DEFAULTS)
-
-    train(TrainConfig(seed=0, iterations=5000), progress=lambda _: None, callback=save, stop_after=max(EARLY))
+    for iteration in EARLY:
+        saved = TREND_RUN / f"checkpoint-{iteration}"
+        description = json.loads((saved / "partattn.json").read_text())["description"]
+        assert description == f"iteration {iteration} of scripts/train_tiny.py (seed 0, 5000-iteration schedule)"
+        shutil.copytree(saved, folder / saved.name)
     (folder / "checkpoint-5000").symlink_to(EMBEDDED_MODEL, target_is_directory=True)
     return folder
+
+
+def test_train_tiny_saves_the_first_iterations_of_a_longer_schedule_as_the_trend_run_was_made(tmp_path, monkeypatch):
+    """``scripts/train_tiny.py --stop-after N --save-at A,B`` (the command that made fixtures/checkpoints/
+    trend-run, here with 3 iterations of 2 objects): checkpoint-A/ and checkpoint-B/ with the description the
+    ``run`` fixture checks; the weights saved at the stop are --out's, and where a run stops does not change
+    the iterations before it."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repository first on it
+    spec = importlib.util.spec_from_file_location("train_tiny", REPO / "scripts" / "train_tiny.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    schedule = ["--iterations", "5000", "--objects-per-batch", "2", "--log-every", "1"]
+    for stop, save_at in ((3, "1,3"), (1, "1")):
+        args = ["--stop-after", str(stop), "--save-at", save_at, "--save-dir", str(tmp_path / f"run{stop}")]
+        assert script.main([*schedule, *args, "--out", str(tmp_path / f"out{stop}")]) == 0
+    assert sorted(p.name for p in (tmp_path / "run3").iterdir()) == ["checkpoint-1", "checkpoint-3"]
+    for iteration in (1, 3):
+        saved = json.loads((tmp_path / "run3" / f"checkpoint-{iteration}" / "partattn.json").read_text())
+        expected = f"iteration {iteration} of scripts/train_tiny.py (seed 0, 5000-iteration schedule)"
+        assert saved["description"] == expected
+    folders = ("out3", "run3/checkpoint-3", "out1", "run3/checkpoint-1", "run1/checkpoint-1")
+    for name in ("transformer/diffusion_pytorch_model.safetensors", "image_encoder_dinov2/model.safetensors"):
+        weights = {folder: (tmp_path / folder / name).read_bytes() for folder in folders}
+        assert weights["run3/checkpoint-3"] == weights["out3"] != weights["out1"]
+        assert weights["run3/checkpoint-1"] == weights["run1/checkpoint-1"] == weights["out1"]
+    log = json.loads((tmp_path / "out3" / "training_log.json").read_text())
+    assert log["config"]["iterations"] == 5000 and [p["iteration"] for p in log["curve"]] == [1, 2, 3]
 
 
 def test_trend_over_a_training_run_shows_separation_rising(run, fixtures, tmp_path, capsys):
