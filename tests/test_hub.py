@@ -9,7 +9,11 @@ the cache offline is one line with the command that fetches it (exit 2 for the c
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +104,26 @@ def test_not_in_the_cache_offline_is_one_line_with_the_fetch_command(hub_cache):
     )
     with pytest.raises(hub.HubError, match="at revision v9 is not in the hub cache"):
         hub.resolve(f"{REPO_ID}@v9")  # the repo is cached, that revision is not
+
+
+def test_online_without_a_reachable_hub_uses_the_cache(hub_cache, tmp_path):
+    """Online (HF_HUB_OFFLINE unset), huggingface_hub asks the Hub first; here the Hub is a closed local
+    port (set before huggingface_hub is imported: a subprocess), so nothing leaves the machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: connections are refused
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    code = (
+        "from partattn_checks.model import hub\n"
+        "print(hub.resolve('wgsxm/PartCrafter').commit)\n"
+        "try:\n    hub.resolve('wgsxm/Missing')\nexcept hub.HubError as err:\n    print(err)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    commit, missing = run.stdout.splitlines()
+    assert commit == snapshot(hub_cache).name
+    assert "wgsxm/Missing is not in the hub cache" in missing and "the Hub could not be reached" in missing
+    assert missing.endswith(f"fetch it with: {COMMAND} wgsxm/Missing --include '*.json' '*.safetensors'")
 
 
 def test_a_local_folder_of_that_name_wins(hub_cache, tmp_path, monkeypatch):

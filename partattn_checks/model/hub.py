@@ -138,7 +138,11 @@ def resolve(text: str) -> HubSnapshot:
             f"no such local folder, and no Hugging Face repo {repo_id} (or it is private: log in with hf auth login)"
         ) from None
     except hf.LocalEntryNotFoundError as err:
-        why = "HF_HUB_OFFLINE is set" if local_only else f"the Hub could not be reached ({_first_line(err)})"
+        why = (
+            "HF_HUB_OFFLINE is set"
+            if local_only
+            else f"the Hub could not be reached ({_first_line(err.__cause__ or err)})"
+        )
         raise HubError(
             f"no such local folder, and the Hugging Face repo {repo_id}"
             f"{f' at revision {revision}' if revision else ''} is not in the hub cache ({cache}) while {why}; {fetch}"
@@ -172,4 +176,4 @@ def provenance(path: str | os.PathLike) -> dict[str, str]:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return text.splitlines()[0].removeprefix("Got: ") if text else type(err).__name__
