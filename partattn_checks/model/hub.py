@@ -60,14 +60,14 @@ def parse(text: str) -> tuple[str, str | None] | None:
     return match["repo"], match["revision"]
 
 
-def is_repo_id(text: str | os.PathLike, base: Path | None = None) -> bool:
+def is_repo_id(text: str | os.PathLike[str], base: Path | None = None) -> bool:
     """True when ``text`` names a repo: written like one, and no local file or folder has that name."""
     local = Path(os.path.expanduser(str(text)))
     local = local if local.is_absolute() or base is None else base / local
     return parse(str(text)) is not None and not local.exists()
 
 
-def model_folder(text: str | os.PathLike, base: Path | None = None) -> Path:
+def model_folder(text: str | os.PathLike[str], base: Path | None = None) -> Path:
     """The folder ``text`` names: a local path (relative to ``base``, else the current folder), or a
     repo id's snapshot in the hub cache (:func:`resolve`). A local path is returned as it is, existing
     or not: its caller says what is wrong with it."""
@@ -155,7 +155,7 @@ def resolve(text: str) -> HubSnapshot:
     return snapshot
 
 
-def snapshot_of(path: str | os.PathLike) -> HubSnapshot | None:
+def snapshot_of(path: str | os.PathLike[str]) -> HubSnapshot | None:
     """The repo and commit of a snapshot folder of the hub cache (``.../models--owner--name/snapshots/
     <commit>``), else None. Reads nothing."""
     folder = Path(path)
@@ -168,7 +168,7 @@ def snapshot_of(path: str | os.PathLike) -> HubSnapshot | None:
     return HubSnapshot("/".join(owner_name), folder.name, folder)
 
 
-def provenance(path: str | os.PathLike) -> dict[str, str]:
+def provenance(path: str | os.PathLike[str]) -> dict[str, str]:
     """``{"repo_id", "commit"}`` of a model folder inside the hub cache, else ``{}``."""
     snapshot = snapshot_of(path)
     return snapshot.provenance() if snapshot is not None else {}
