@@ -195,6 +195,24 @@ def test_partattn_run_on_a_repo_id_not_in_the_cache(hub_cache, tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["check", "--model", "wgsxm/Missing", "--fixtures", IMAGES], "--model"),
+        (["calibrate", "--model", "wgsxm/Missing", "--fixtures", IMAGES], "--model"),
+        (["compare", "wgsxm/Missing", EMBEDDED_MODEL, "--fixtures", IMAGES], "A"),
+        (["trend", EMBEDDED_MODEL, "--base", "wgsxm/Missing@v2", "--fixtures", IMAGES], "--base"),
+    ],
+)
+def test_every_command_says_the_same_line_for_a_repo_not_in_the_cache(hub_cache, tmp_path, capsys, argv, option):
+    code, _, err = run_cli(capsys, *argv, "--out", tmp_path / "out") if argv[0] != "check" else run_cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1, err
+    given = "wgsxm/Missing@v2" if argv[0] == "trend" else "wgsxm/Missing"
+    assert err.startswith(f"partattn {argv[0]}: error: {option} {given}: no such local folder, and the Hugging Face")
+    assert f"fetch it with: HF_HUB_OFFLINE=0 {COMMAND} wgsxm/Missing" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_partattn_check_hands_the_repo_id_to_the_gate(hub_cache, tmp_path, capsys, monkeypatch):
     seen = []
     monkeypatch.setattr(pytest, "main", lambda args: seen.append(args) or 0)
