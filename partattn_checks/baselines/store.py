@@ -69,6 +69,8 @@ FINGERPRINT_KEYS = (
     "schema_version",
     "model",
     "weights",
+    "repo_id",
+    "commit",
     "config_hash",
     "num_parts",
     "steps",
@@ -80,6 +82,8 @@ FINGERPRINT_KEYS = (
     "torch",
     "diffusers",
 )
+#: Keys compared only where both sides have them (a baseline written before them; a local folder has no repo).
+OPTIONAL_KEYS = ("weights", "repo_id", "commit")
 #: The fingerprint keys that make another experiment: a run that differs in one is not paired.
 RUN_SETTINGS = ("num_parts", "steps", "guidance_scale", "num_tokens")
 REGENERATE = "regenerate it with --partattn-update=failed"
@@ -171,13 +175,15 @@ def config_hash(config: dict) -> str:
 
 
 def environment_fingerprint(meta: dict, model_label: str) -> dict:
-    """The environment a record was made in, from ``AttentionRecord.meta``."""
+    """The environment a record was made in, from ``AttentionRecord.meta``; ``repo_id`` and ``commit`` only for
+    a model from the Hugging Face hub cache (a local folder's fingerprint stays as it was)."""
     versions = meta.get("versions", {}) or {}
     device = str(meta.get("device", ""))
     return {
         "schema_version": FINGERPRINT_VERSION,
         "model": model_label,
         "weights": meta.get("weights"),
+        **{key: meta[key] for key in ("repo_id", "commit") if meta.get(key)},
         "config_hash": config_hash(meta.get("config", {})),
         "num_parts": meta.get("num_parts"),
         "steps": meta.get("steps"),
@@ -194,11 +200,11 @@ def environment_fingerprint(meta: dict, model_label: str) -> dict:
 def fingerprint_diff(stored: dict, current: dict, ignore: tuple[str, ...] = (), keys=FINGERPRINT_KEYS) -> list[str]:
     """Human-readable differences (``"steps: 10 in the baseline, 2 now"``), empty when equal;
     ``ignore``: keys not compared (the seed: a baseline holds several). The weights are compared by
-    content where both sides have a digest: the same weights under another path are the same model."""
+    content where both sides have a digest: the same weights under another path (or repo, or commit) are the
+    same model. A key of :data:`OPTIONAL_KEYS` missing on one side is not a difference."""
     same_weights = stored.get("weights") is not None and stored.get("weights") == current.get("weights")
-    skip = set(ignore) | ({"model"} if same_weights else set())
-    if stored.get("weights") is None or current.get("weights") is None:
-        skip.add("weights")  # a baseline written before digests, or weights in memory: the path says it
+    skip = set(ignore) | ({"model", "repo_id", "commit"} if same_weights else set())
+    skip |= {key for key in OPTIONAL_KEYS if stored.get(key) is None or current.get(key) is None}
     return [
         f"{key}: {stored.get(key)!r} in the baseline, {current.get(key)!r} now"
         for key in keys

@@ -457,16 +457,19 @@ def _default_steps(pipeline: LoadedPipeline) -> int | None:
 
 def run_meta(pipeline: LoadedPipeline, image: object, spec: RunSpec) -> dict[str, Any]:
     """What a record remembers about the run that made it (``AttentionRecord.meta``; the baseline
-    fingerprint is read from it): the model, its config, the image and ``spec``'s settings."""
+    fingerprint is read from it): the model (with its repo id and commit when it came from the Hugging Face
+    hub cache), its config, the image and ``spec``'s settings."""
     import diffusers
     import torch
     import transformers
 
     from .. import __version__
     from ..model.files import weights_digest
+    from ..model.hub import provenance
 
     return {
         "model": str(pipeline.checkpoint.path),
+        **provenance(pipeline.checkpoint.path),  # repo_id and commit of a Hugging Face hub snapshot
         "weights": weights_digest(pipeline.checkpoint.path),
         "config": dict(pipeline.transformer.config),
         "image": str(image) if not hasattr(image, "size") else getattr(image, "filename", "") or "<PIL image>",

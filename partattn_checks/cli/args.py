@@ -1,6 +1,7 @@
 """What several ``partattn`` subcommands share: argument types checked by the run settings' own
 rules, the options of the commands that run a fixture set, the model folder (default: the embedded
-model) and its torch-free pre-flight, the device, status lines."""
+model; a Hugging Face repo id is resolved through the hub cache) and its torch-free pre-flight, the
+device, status lines."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .io import UsageError
 
 DEFAULT_FIXTURES = Path("fixtures") / "images"
 MODEL_HELP = (
-    f"PartCrafter checkpoint folder (hub layout, safetensors); default: the embedded tiny model ({DEFAULT_MODEL.name})"
+    "PartCrafter checkpoint folder (hub layout, safetensors) or Hugging Face repo id (wgsxm/PartCrafter[@revision], "
+    f"through the hub cache; HF_HUB_OFFLINE honoured); default: the embedded tiny model ({DEFAULT_MODEL.name})"
 )
 
 
@@ -62,7 +64,9 @@ def say(args, text: str) -> None:
         print(f"partattn: {text}", file=sys.stderr)
 
 
-def model_dir(arg: str | None) -> Path:
+def model_dir(arg: str | None, option: str = "--model") -> Path:
+    """The folder ``--model`` names: the embedded model by default, a local folder, or a Hugging Face repo
+    id's snapshot in the hub cache (``model.hub``); a usage error when there is none."""
     if arg is None:
         if not DEFAULT_MODEL.is_dir():
             raise UsageError(
@@ -70,10 +74,28 @@ def model_dir(arg: str | None) -> Path:
                 f"pass --model DIR, a PartCrafter checkpoint folder"
             )
         return DEFAULT_MODEL
-    path = Path(arg).expanduser()
+    path = hub_folder(arg, option)
     if not path.is_dir():
         raise UsageError(f"model folder not found: {path} (pass the folder that holds model_index.json)")
     return path
+
+
+def hub_folder(arg: str, option: str) -> Path:
+    """``arg`` as a local path, or, written as a Hugging Face repo id with no such local path, its
+    snapshot folder in the hub cache; a repo that cannot be had is a usage error in one line."""
+    from ..model import hub
+
+    try:
+        return hub.model_folder(arg)
+    except hub.HubError as err:
+        raise UsageError(f"{option} {arg}: {err}") from None
+
+
+def resolved(arg: str | None, option: str) -> str | None:
+    """``arg`` as given, or, when it is a Hugging Face repo id (no such local path), its snapshot folder."""
+    from ..model.hub import is_repo_id
+
+    return str(hub_folder(arg, option)) if arg is not None and is_repo_id(arg) else arg
 
 
 def check_model(model: Path) -> None:

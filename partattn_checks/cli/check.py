@@ -68,7 +68,7 @@ def _plugin_args() -> list[str]:
 
 
 def check_args(
-    model: Path,
+    model: Path | str,
     fixtures: Path,
     *,
     steps: int | None = None,
@@ -104,10 +104,13 @@ def main(args, extra) -> int:
         check_model(model)  # a factory may load a layout of its own
     else:
         extra = [f"--partattn-pipeline={args.pipeline}", *extra]
+    from ..model.hub import is_repo_id
+
+    given = args.model if args.model is not None and is_repo_id(args.model) else model  # the gate's commands show it
     pytest_args = (
         _plugin_args()
         + ["-W", REWRITE_WARNING_FILTER]
-        + check_args(model, fixtures, steps=args.steps, num_tokens=args.num_tokens, device=args.device, extra=extra)
+        + check_args(given, fixtures, steps=args.steps, num_tokens=args.num_tokens, device=args.device, extra=extra)
     )
     import pytest
 

@@ -9,7 +9,7 @@ import math
 import warnings
 from pathlib import Path
 
-from .args import add_fixture_run_options, fixtures_dir, run_device, say
+from .args import add_fixture_run_options, fixtures_dir, resolved, run_device, say
 from .io import (
     COMPARE_OUTPUTS,
     Outputs,
@@ -34,12 +34,15 @@ def add_parser(sub):
         "the most-changed layer on A and B, each check's value on both, and a verdict: compare.json and "
         "index.html.",
     )
-    parser.add_argument("a", metavar="A", help="first checkpoint folder (e.g. before a fine-tune)")
-    parser.add_argument("b", metavar="B", help="second checkpoint folder")
+    parser.add_argument(
+        "a", metavar="A", help="first checkpoint folder (e.g. before a fine-tune) or Hugging Face repo id (owner/name)"
+    )
+    parser.add_argument("b", metavar="B", help="second checkpoint folder or repo id (wgsxm/PartCrafter@REV)")
     parser.add_argument(
         "--base",
         metavar="DIR",
-        help="checkpoint that a transformer-only A or B (e.g. upstream's 000500/) borrows the rest from",
+        help="checkpoint (folder or repo id) that a transformer-only A or B (e.g. upstream's 000500/) borrows the rest "
+        "from",
     )
     parser.add_argument(
         "--ema", action="store_true", help="judge the EMA weights (transformer_ema/) of A and B instead of transformer/"
@@ -58,6 +61,7 @@ def main(args, extra) -> int:
     from ..model.files import CheckpointError
     from ..runs.session import CaseError
 
+    args.a, args.b, args.base = resolved(args.a, "A"), resolved(args.b, "B"), resolved(args.base, "--base")
     for path in (args.a, args.b):
         if not Path(path).expanduser().is_dir():
             raise UsageError(f"checkpoint folder not found: {path}")

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from .args import add_fixture_run_options, fixtures_dir, run_device, say
+from .args import add_fixture_run_options, fixtures_dir, resolved, run_device, say
 from .io import (
     Outputs,
     ProgressBar,
@@ -45,8 +45,8 @@ def add_parser(sub):
     parser.add_argument(
         "--base",
         metavar="DIR",
-        help="checkpoint that transformer-only checkpoints borrow the image encoder, feature extractor and "
-        "scheduler from",
+        help="checkpoint (a folder, or a Hugging Face repo id such as wgsxm/PartCrafter) that transformer-only "
+        "checkpoints borrow the image encoder, feature extractor and scheduler from",
     )
     parser.add_argument(
         "--ema",
@@ -67,6 +67,8 @@ def main(args, extra) -> int:
     from ..model.files import CheckpointError
     from ..runs.session import CaseError
 
+    args.base = resolved(args.base, "--base")  # Hugging Face repo ids: their hub-cache snapshots
+    args.checkpoints = [resolved(c, "CKPT") for c in args.checkpoints]
     try:
         checkpoints = find_checkpoints(args.checkpoints, base=args.base, ema=args.ema)
         images = fixture_images(fixtures_dir(args.fixtures))

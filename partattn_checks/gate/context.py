@@ -6,10 +6,13 @@ again, because ``pytest -q`` hides the header. No torch.
 
 from __future__ import annotations
 
+from ..model.hub import snapshot_of
+
 
 def model_text(settings, custom_hooks: list[str]) -> str:
-    """``embedded partcrafter-tiny (/…/partcrafter-tiny)``, ``my_fork:load(None, ...)``, ``from
-    pytest_partattn_load_pipeline (conftest.py)``: where the pipeline comes from."""
+    """``embedded partcrafter-tiny (/…/partcrafter-tiny)``, ``wgsxm/PartCrafter@<commit> (…)``,
+    ``my_fork:load(None, ...)``, ``from pytest_partattn_load_pipeline (conftest.py)``: where the pipeline
+    comes from."""
     if custom_hooks:
         return f"from pytest_partattn_load_pipeline ({', '.join(custom_hooks)})"
     if getattr(settings, "pipeline", None):
@@ -17,6 +20,9 @@ def model_text(settings, custom_hooks: list[str]) -> str:
         return f"{settings.pipeline}({settings.shown(settings.model) if given else 'None'}, ...)"
     if settings.model_is_embedded:
         return f"embedded {settings.model.name} ({settings.model})"
+    snapshot = snapshot_of(settings.model)
+    if snapshot is not None:
+        return f"{snapshot.label} (Hugging Face hub cache: {settings.model})"
     return settings.shown(settings.model)
 
 

@@ -76,10 +76,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "model",
-        "PartCrafter checkpoint folder (hub layout)",
+        "PartCrafter checkpoint folder (hub layout) or Hugging Face repo id (owner/name[@revision], hub cache)",
         kind="path",
         default=EMBEDDED_MODEL,
-        metavar="DIR",
+        metavar="DIR|REPO",
         default_text="the embedded tiny checkpoint (partattn_checks/data/partcrafter-tiny)",
     ),
     Option(

@@ -21,7 +21,7 @@ from ..baselines.store import BaselineError, BaselineStore, UpdateLock, unused_k
 from ..capture.runspec import DeviceChoice, checkpoint_defaults, torch_dtype
 from ..checks.baseline import BaselineDetails
 from ..runs.sidecar import FIXTURE_IMAGE_SUFFIXES, image_keys
-from . import hookspecs, interrupt, options, preflight, results_folder, scheduling
+from . import hookspecs, interrupt, markdown, options, preflight, results_folder, scheduling
 from .context import summary_context
 from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
 from .report import ItemReport, Summary, header_lines, junit_logging_warning
@@ -65,6 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS_KEY] = settings
     if not settings.enabled:
         return
+    settings = config.stash[SETTINGS_KEY] = preflight.resolve_model(settings)  # a hub repo id: its snapshot
     hooks = [impl.plugin_name for impl in config.hook.pytest_partattn_load_pipeline.get_hookimpls()]
     preflight.check_enabled_settings(settings, custom_pipeline=bool(hooks) or settings.pipeline is not None)
     thresholds, source = options.thresholds_for(settings)
@@ -213,7 +214,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 class Controller:
-    """Session-wide reporting, registered only with --partattn: header, summary, index.html.
+    """Session-wide reporting, registered only with --partattn: header, summary, index.html, and the
+    GitHub job summary when ``GITHUB_STEP_SUMMARY`` is set.
 
     Under pytest-xdist the controller process sees every worker's reports (with their
     ``partattn`` payloads) and writes the summary; workers write nothing session-wide.
@@ -239,6 +241,7 @@ class Controller:
         self.summary = Summary()
         self.index: Path | None = None
         self.index_error: str | None = None
+        self.job_summary_error: str | None = None
         self.unused_lines: list[str] = []
         self.fixture_set: SetVerdict | None = None  # this session's, once judged
 
@@ -349,6 +352,30 @@ class Controller:
             results_folder.write_manifest(s.results, image_keys(s.fixtures, s.results))
         except OSError as exc:
             self.index_error = f"could not write index.html in {s.results}: {exc}"
+        self._job_summary(session)
+
+    def _job_summary(self, session: pytest.Session) -> None:
+        """``$GITHUB_STEP_SUMMARY`` set: append the session as markdown (a file that cannot be written is a
+        warning line in the terminal summary, never an error)."""
+        path, config = os.environ.get(markdown.ENV), session.config
+        if not path or config.option.collectonly:
+            return
+        s = self.settings
+        text = markdown.job_summary(
+            self.summary,
+            fixture_set=self.fixture_set,
+            context={**self.context, **self.baseline_context()},
+            shown=lambda p: s.shown(Path(p)),
+            results=s.results,
+            index=self.index,
+            reports={
+                "JUnit XML": getattr(config.option, "xmlpath", None),
+                "pytest-html": config.getoption("htmlpath", None),
+            },
+            notes=[*self.summary.notes(), *self.unused_lines],
+            interrupted=self.interrupted or session.exitstatus == pytest.ExitCode.INTERRUPTED,
+        )
+        self.job_summary_error = markdown.append(path, text)
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.config = session.config
@@ -381,6 +408,7 @@ class Controller:
             tr.write_line(f"no fixture images ran ({why})")
             for line in self.unused_lines:
                 tr.write_line(line)
+            self._write_errors(tr)
             return
         for line in self.summary.table_lines():
             tr.write_line(line)
@@ -390,5 +418,10 @@ class Controller:
             tr.write_line(line)
         if self.index is not None:
             tr.write_line(f"figures and index: {self.index}")
+        self._write_errors(tr)
+
+    def _write_errors(self, tr) -> None:
         if self.index_error:
             tr.write_line(self.index_error, red=True)
+        if self.job_summary_error:
+            tr.write_line(f"warning: {self.job_summary_error}", yellow=True)

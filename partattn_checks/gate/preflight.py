@@ -1,6 +1,7 @@
 """What the plugin checks when ``--partattn`` is on, before any item runs (the xdist controller and
-each worker): files the options name exist, a baseline update is allowed, the checkpoint can be
-loaded, ``--partattn-pipeline`` names a factory that can be imported. Each problem is an
+each worker): a ``--partattn-model`` repo id resolves to a folder of the Hugging Face hub cache, files
+the options name exist, a baseline update is allowed, the checkpoint can be loaded,
+``--partattn-pipeline`` names a factory that can be imported. Each problem is an
 :class:`~partattn_checks.gate.options.OptionError` (pytest's usage error, exit code 4) that names the
 option and the fix. No torch (the device is checked by :func:`options.device_for`).
 """
@@ -8,8 +9,25 @@ option and the fix. No torch (the device is checked by :func:`options.device_for
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from .options import OptionError, Settings, ci_is_set
+
+
+def resolve_model(s: Settings) -> Settings:
+    """``--partattn-model`` written as a Hugging Face repo id (``owner/name[@revision]``) with no local
+    folder of that name: the settings with the model set to the repo's snapshot folder in the hub cache
+    (downloaded only where the environment allows it: ``model.hub``). A repo that cannot be had is a
+    usage error in one line, with the command that fetches it."""
+    from ..model import hub
+
+    raw = s.raw.get("model")
+    if not isinstance(raw, str) or s.model.exists() or hub.parse(raw) is None:
+        return s
+    try:
+        return replace(s, model=hub.resolve(raw).path)
+    except hub.HubError as err:
+        raise OptionError(f"{s.where('model')}: {err}") from None
 
 
 def check_enabled_settings(s: Settings, *, custom_pipeline: bool) -> None:

@@ -433,10 +433,10 @@ class Summary:
         """The results page: verdict line, failures (reason, metric table, figures, commands), the
         image x check table (each cell links to its check), then passing items collapsed per image.
         ``fixture_set``: the session's ``fixture_set.SetVerdict``, if judged."""
-        groups = self._failure_groups()
+        groups = self.failure_groups()
         set_failed = fixture_set is not None and fixture_set.verdict == "fail"
         page = Page("partattn results", base=results_dir)
-        page.paragraph(self._verdict_line(fixture_set), cls="verdict " + ("fail" if groups or set_failed else "pass"))
+        page.paragraph(self.verdict_line(fixture_set), cls="verdict " + ("fail" if groups or set_failed else "pass"))
         if header:
             with page.details("run: " + header[0].removeprefix("partattn: ")):
                 page.preformatted(header)
@@ -460,7 +460,7 @@ class Summary:
             page.note(f"This page: {Path(results_dir) / 'index.html'}; figures: {Path(results_dir)}/<image>/")
         return page.render()
 
-    def _failure_groups(self) -> list[list[ItemReport]]:
+    def failure_groups(self) -> list[list[ItemReport]]:
         """Failing items in image and check order, one per group, except that the items of an image
         that could not run (the same error for each check) form one group."""
         groups: list[list[ItemReport]] = []
@@ -524,7 +524,7 @@ class Summary:
                     page.heading(f"{p.check}: {p.outcome}", level=3, anchor=_item_anchor(p), cls=cls)
                     page.paragraph(p.result.reason if p.result is not None else "").figures(_figures(p))
 
-    def _verdict_line(self, fixture_set) -> str:
+    def verdict_line(self, fixture_set) -> str:
         """FAILED or PASSED: what failed, then the other counts."""
         counts = self.counts()
         bad = []

@@ -20,6 +20,7 @@ from ..baselines.store import BaselineError, BaselineStore
 from ..capture.runspec import DeviceChoice
 from ..checks import CheckResult, Thresholds
 from ..model.files import ImageNotFoundError
+from ..model.hub import snapshot_of
 from ..runs.session import CaseError, CaseOutcome, Session, describe
 from ..runs.sidecar import FixtureError, ImageSpec, read_spec
 
@@ -46,12 +47,16 @@ class GateSession(Session):
 
     @property
     def model_label(self) -> str:
-        """The model as the fingerprint names it: ``embedded:<name>`` for the packaged checkpoint
-        (the same on every machine), else its path relative to the rootdir when inside it."""
+        """The model as the fingerprint names it: ``embedded:<name>`` for the packaged checkpoint and
+        ``hub:<repo id>`` for a Hugging Face hub snapshot (the same on every machine), else its path
+        relative to the rootdir when inside it."""
         loaded = getattr(getattr(self.loaded, "checkpoint", None), "path", None)
         path = Path(str(loaded)).resolve() if loaded is not None else self.settings.model
         if path == EMBEDDED_MODEL.resolve():
             return f"embedded:{path.name}"
+        snapshot = snapshot_of(path)
+        if snapshot is not None:
+            return f"hub:{snapshot.repo_id}"
         try:
             return path.relative_to(self.settings.rootdir).as_posix()
         except ValueError:

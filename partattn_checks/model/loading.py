@@ -1,4 +1,4 @@
-"""Open a local PartCrafter checkpoint folder in the released (hub) layout.
+"""Open a PartCrafter checkpoint folder in the released (hub) layout (a repo id: :mod:`.hub`).
 
 Layout (``wgsxm/PartCrafter``)::
 
@@ -42,6 +42,7 @@ from .files import (  # noqa: F401  (re-exported: the layout and its errors are 
     read_run_defaults,
     read_safetensors_header,
 )
+from .hub import model_folder
 from .transformer import PartCrafterDiTModel
 
 if TYPE_CHECKING:
@@ -227,12 +228,13 @@ def load_feature_extractor(folder: Path):
 def load_checkpoint(
     path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> Checkpoint:
-    """Load a PartCrafter checkpoint folder; weights (fp16 on disk at release) are cast to ``dtype``.
+    """Load a PartCrafter checkpoint folder (or a Hugging Face repo id, ``owner/name[@revision]``, resolved
+    through the hub cache: :mod:`~partattn_checks.model.hub`); weights (fp16 on disk at release) are cast to ``dtype``.
 
     Modules are built on the ``meta`` device (no random initialisation, no memory) and each stored
     tensor is read, cast to ``dtype`` and put on ``device`` one at a time, then assigned: peak
     memory is the weights in ``dtype`` plus one tensor (docs/model.md, "Loading")."""
-    root = Path(path).expanduser()
+    root = model_folder(path)  # a local folder, or a Hugging Face repo id's snapshot in the hub cache
     problems = checkpoint_problems(root)  # milliseconds: layout, JSON, safetensors headers, no weights
     if problems:
         raise CheckpointError(format_problems(problems))

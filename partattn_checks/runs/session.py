@@ -178,8 +178,12 @@ class Session:
     @property
     def model_label(self) -> str:
         """The model as a baseline's fingerprint names it (the gate names the embedded one the same
-        on every machine)."""
-        return str(getattr(getattr(self.pipeline, "checkpoint", None), "path", "in-memory model"))
+        on every machine; a Hugging Face hub snapshot is ``hub:<repo id>`` everywhere)."""
+        from ..model.hub import snapshot_of
+
+        path = getattr(getattr(self.pipeline, "checkpoint", None), "path", None)
+        snapshot = snapshot_of(path) if path is not None else None
+        return f"hub:{snapshot.repo_id}" if snapshot is not None else str(path or "in-memory model")
 
     def pipeline_in(self, dtype: str):
         """The pipeline in another model dtype (the numeric floor's dtype runs): ``load_in(dtype)``, else

@@ -220,7 +220,7 @@ def render_record(
         f"{record.num_heads} heads",
         f"{record.num_patch_keys} patch keys",
     ]
-    for key in ("model", "device", "dtype", "seed", "guidance_scale"):
+    for key in ("model", "repo_id", "commit", "device", "dtype", "seed", "guidance_scale"):
         if key in meta:
             bits.append(f"{key} {meta[key]}")
     notes = ["; ".join(bits) + ". Attention is plotted as A·Nk on a fixed log scale: 1 (neutral) is uniform."]
