@@ -39,7 +39,7 @@ _LAZY = {
     "ThresholdsError": "checks",
     "load_thresholds": "checks",
     "run_checks": "checks",
-    "BaselineError": "baselines.store",
+    "BaselineError": "baselines.errors",
     "BaselinePolicy": "baselines.policy",
     "BaselineRunner": "baselines.runner",
     "AttentionMonitor": "analysis.monitor",

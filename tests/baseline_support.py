@@ -14,12 +14,13 @@ from collections.abc import Callable, Mapping
 from helpers import FIXTURE_IMAGES, REPO
 
 from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.baselines.fingerprint import environment_fingerprint
 from partattn_checks.baselines.floor import Condition
 from partattn_checks.baselines.paired_attention import StepMarginals
 from partattn_checks.baselines.policy import BaselinePolicy
 from partattn_checks.baselines.runner import BaselineRunner, ImageRuns
 from partattn_checks.baselines.sample import SeedRun, SeedSample
-from partattn_checks.baselines.store import BaselineStore, environment_fingerprint
+from partattn_checks.baselines.store import BaselineStore
 from partattn_checks.baselines.summary import AttentionSummary
 from partattn_checks.capture.runspec import DeviceChoice
 from partattn_checks.checks import Thresholds

@@ -10,7 +10,9 @@ from baseline_support import ENV, numbers, runner
 from plugin_support import IMAGE, TINY, args, make_project, outcomes
 
 from partattn_checks.base import atomic
+from partattn_checks.baselines import fingerprint
 from partattn_checks.baselines import store as bl
+from partattn_checks.baselines.errors import BaselineError, BaselineWriteError
 from partattn_checks.baselines.sample import SeedRun, SeedSample
 from partattn_checks.baselines.store import BaselineContent
 from partattn_checks.checks import Thresholds
@@ -107,7 +109,7 @@ def test_store_round_trip_and_layout(tmp_path):
 def test_unusable_baselines_name_the_file(tmp_path, text, corrupt, message):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "metrics.json").write_text(text)
-    with pytest.raises(bl.BaselineError) as info:
+    with pytest.raises(BaselineError) as info:
         bl.BaselineStore(tmp_path).load("img")
     assert str(tmp_path / "img" / "metrics.json") in str(info.value) and message in str(info.value)
     assert info.value.corrupt is corrupt
@@ -172,7 +174,7 @@ def test_a_folder_in_the_place_of_a_file_stops_the_write_before_anything_is_writ
     before = {p.name: p.read_bytes() for p in store.paths("img").folder.iterdir() if p.is_file()}
     store.paths("img").metrics.unlink()
     store.paths("img").metrics.mkdir()  # metrics.json is a folder
-    with pytest.raises(bl.BaselineWriteError, match="metrics.json: a folder .* is in the way") as info:
+    with pytest.raises(BaselineWriteError, match="metrics.json: a folder .* is in the way") as info:
         store.write("img", _content(metrics={"a": 0.9}))
     assert "nothing was written" in str(info.value)
     after = {p.name: p.read_bytes() for p in store.paths("img").folder.iterdir() if p.is_file()}
@@ -196,7 +198,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_files(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(bl, "atomic_write_text", full)
-    with pytest.raises(bl.BaselineWriteError) as info:
+    with pytest.raises(BaselineWriteError) as info:
         store.write("img", _content(metrics={"a": 0.7}))
     assert str(info.value) == (
         f"cannot write {store.paths('img').metrics}: no space left on the device; the baseline files already "
@@ -217,10 +219,10 @@ def test_fingerprint_from_record_meta():
         "device": "cuda:1",
         "versions": {"torch": "2.5", "diffusers": "0.31"},
     }
-    fp = bl.environment_fingerprint(meta, "embedded:partcrafter-tiny")
-    assert fp["device_kind"] == "cuda" and fp["config_hash"] == bl.config_hash({"width": 64})
-    assert set(bl.FINGERPRINT_KEYS) - {"repo_id", "commit"} == set(fp)  # those two: a Hugging Face hub model's
-    assert bl.fingerprint_diff(fp, dict(fp, steps=4)) == ["steps: 2 in the baseline, 4 now"]
+    fp = fingerprint.environment_fingerprint(meta, "embedded:partcrafter-tiny")
+    assert fp["device_kind"] == "cuda" and fp["config_hash"] == fingerprint.config_hash({"width": 64})
+    assert set(fingerprint.FINGERPRINT_KEYS) - {"repo_id", "commit"} == set(fp)  # those two: a Hugging Face hub model's
+    assert fingerprint.fingerprint_diff(fp, dict(fp, steps=4)) == ["steps: 2 in the baseline, 4 now"]
 
 
 # ----------------------------------------------------------------------------- decisions

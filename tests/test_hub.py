@@ -21,7 +21,7 @@ from hub_support import REPO_ID, add_snapshot, offline_cache
 from plugin_support import IMAGE, IMAGES, make_project
 
 from partattn_checks import EMBEDDED_MODEL, cli
-from partattn_checks.baselines import store as bl
+from partattn_checks.baselines import fingerprint
 from partattn_checks.model import hub
 
 pytest_plugins = ("pytester",)
@@ -151,15 +151,15 @@ def test_load_checkpoint_takes_a_repo_id(hub_cache):
 # ----------------------------------------------------------------------------- fingerprints
 def test_the_fingerprint_keeps_repo_id_and_commit_and_old_baselines_still_compare():
     meta = {"config": {}, "steps": 2, "weights": "w1", "repo_id": REPO_ID, "commit": "c" * 40}
-    from_hub = bl.environment_fingerprint(meta, f"hub:{REPO_ID}")
+    from_hub = fingerprint.environment_fingerprint(meta, f"hub:{REPO_ID}")
     assert (from_hub["repo_id"], from_hub["commit"]) == (REPO_ID, "c" * 40)
-    local = bl.environment_fingerprint({"config": {}, "steps": 2, "weights": "w1"}, "ckpt")
+    local = fingerprint.environment_fingerprint({"config": {}, "steps": 2, "weights": "w1"}, "ckpt")
     assert "repo_id" not in local and "commit" not in local  # a local folder's fingerprint is as it was
     old = {k: v for k, v in local.items() if k != "weights"}  # written before weights digests
-    assert bl.fingerprint_diff(old, from_hub) == ["model: 'ckpt' in the baseline, 'hub:wgsxm/PartCrafter' now"]
-    assert bl.fingerprint_diff(local, from_hub) == []  # the same weights: the same model
+    assert fingerprint.fingerprint_diff(old, from_hub) == ["model: 'ckpt' in the baseline, 'hub:wgsxm/PartCrafter' now"]
+    assert fingerprint.fingerprint_diff(local, from_hub) == []  # the same weights: the same model
     other = dict(from_hub, weights="w2", commit="d" * 40)
-    assert bl.fingerprint_diff(from_hub, other) == [
+    assert fingerprint.fingerprint_diff(from_hub, other) == [
         "weights: 'w1' in the baseline, 'w2' now",
         f"commit: {'c' * 40!r} in the baseline, {'d' * 40!r} now",
     ]

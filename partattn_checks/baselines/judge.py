@@ -25,6 +25,7 @@ from ..checks.baseline import (
     Onset,
     deviation_text,
 )
+from .fingerprint import RUN_SETTINGS, fingerprint_diff
 from .noise import (
     JUDGED_METRICS,
     LAYERS_POOLED,
@@ -40,7 +41,7 @@ from .noise import (
 from .paired import judge_paired
 from .policy import BaselinePolicy
 from .sample import SeedSample
-from .store import ENVIRONMENT_FILE, RUN_SETTINGS, SUMMARY_FILE, StoredBaseline, fingerprint_diff
+from .store import ENVIRONMENT_FILE, SUMMARY_FILE, StoredBaseline
 from .summary import AttentionSummary, attention_drift, layer_drifts
 
 #: The note of a comparison against a baseline written from one run.

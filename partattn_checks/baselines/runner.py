@@ -20,19 +20,12 @@ from pathlib import Path
 
 from ..checks import CheckResult, Thresholds
 from ..checks.baseline import BaselineDetails
+from .errors import BaselineError, BaselineWriteError
 from .floor import Condition, conditions
 from .policy import BaselinePolicy, baseline_seeds, gate_seeds
+from .reading import nonfinite_metrics
 from .sample import SeedSample
-from .store import (
-    DECIMALS,
-    BaselineContent,
-    BaselineError,
-    BaselinePaths,
-    BaselineStore,
-    BaselineWriteError,
-    StoredBaseline,
-    nonfinite_metrics,
-)
+from .store import DECIMALS, BaselineContent, BaselinePaths, BaselineStore, StoredBaseline
 
 
 class BaselineStatus(str, Enum):

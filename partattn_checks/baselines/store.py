@@ -36,7 +36,6 @@ No torch here: the store is JSON plus safetensors files read with numpy.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -44,7 +43,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base.atomic import atomic_write_text
-from ..errors import PartattnError
+from .errors import BaselineError, BaselineWriteError
+from .reading import (
+    file_sha,
+    is_number,
+    metrics_table,
+    paired_table,
+    read_json,
+    read_summary,
+    seed_samples,
+    with_paired_attention,
+)
 
 if TYPE_CHECKING:  # numpy loads with the tensor files, not with the plugin
     from filelock import BaseFileLock
@@ -56,56 +65,12 @@ if TYPE_CHECKING:  # numpy loads with the tensor files, not with the plugin
 BASELINE_SCHEMA_VERSION = 3
 #: Schema versions this version reads (1: one run; 2: seeds, no paired part).
 READABLE_SCHEMAS = (1, 2, 3)
-#: Version of environment.json's fingerprint (unchanged by the metrics schema).
-FINGERPRINT_VERSION = 1
 #: Decimal places of stored metrics; a change smaller than one step keeps the stored value.
 DECIMALS = 5
 METRICS_FILE = "metrics.json"
 ENVIRONMENT_FILE = "environment.json"
 SUMMARY_FILE = "attention.safetensors"
 PAIRED_FILE = "paired.safetensors"
-#: Fingerprint keys whose mismatch is reported (in this order).
-FINGERPRINT_KEYS = (
-    "schema_version",
-    "model",
-    "weights",
-    "repo_id",
-    "commit",
-    "config_hash",
-    "num_parts",
-    "steps",
-    "seed",
-    "guidance_scale",
-    "num_tokens",
-    "dtype",
-    "device_kind",
-    "torch",
-    "diffusers",
-)
-#: Keys compared only where both sides have them (a baseline written before them; a local folder has no repo).
-OPTIONAL_KEYS = ("weights", "repo_id", "commit")
-#: The fingerprint keys that make another experiment: a run that differs in one is not paired.
-RUN_SETTINGS = ("num_parts", "steps", "guidance_scale", "num_tokens")
-REGENERATE = "regenerate it with --partattn-update=failed"
-
-
-class BaselineError(PartattnError, ValueError):
-    """A baseline file that cannot be used; the message names the file and what to do.
-
-    ``corrupt`` is True for a file that cannot be read at all (bad JSON, wrong structure) and
-    False for a readable file of another schema version or incomplete content (``--partattn-update=failed``
-    replaces it).
-    """
-
-    def __init__(self, message: str, path: Path, corrupt: bool = True):
-        super().__init__(message)
-        self.path = path
-        self.corrupt = corrupt
-
-
-class BaselineWriteError(BaselineError):
-    """A baseline that could not be written (a folder in the way, a full disk, no permission); the
-    files already there were kept."""
 
 
 @dataclass(frozen=True)
@@ -167,70 +132,9 @@ class BaselineContent:
     candidate: bool = False
 
 
-# ----------------------------------------------------------------------------- fingerprint
-def config_hash(config: dict) -> str:
-    """Short stable hash of a model config (sorted-key JSON)."""
-    text = json.dumps(config or {}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def environment_fingerprint(meta: dict, model_label: str) -> dict:
-    """The environment a record was made in, from ``AttentionRecord.meta``; ``repo_id`` and ``commit`` only for
-    a model from the Hugging Face hub cache (a local folder's fingerprint stays as it was)."""
-    versions = meta.get("versions", {}) or {}
-    device = str(meta.get("device", ""))
-    return {
-        "schema_version": FINGERPRINT_VERSION,
-        "model": model_label,
-        "weights": meta.get("weights"),
-        **{key: meta[key] for key in ("repo_id", "commit") if meta.get(key)},
-        "config_hash": config_hash(meta.get("config", {})),
-        "num_parts": meta.get("num_parts"),
-        "steps": meta.get("steps"),
-        "seed": meta.get("seed"),
-        "guidance_scale": meta.get("guidance_scale"),
-        "num_tokens": meta.get("num_tokens"),
-        "dtype": meta.get("dtype"),
-        "device_kind": device.split(":")[0] if device else None,
-        "torch": versions.get("torch"),
-        "diffusers": versions.get("diffusers"),
-    }
-
-
-def fingerprint_diff(stored: dict, current: dict, ignore: tuple[str, ...] = (), keys=FINGERPRINT_KEYS) -> list[str]:
-    """Human-readable differences (``"steps: 10 in the baseline, 2 now"``), empty when equal;
-    ``ignore``: keys not compared (the seed: a baseline holds several). The weights are compared by
-    content where both sides have a digest: the same weights under another path (or repo, or commit) are the
-    same model. A key of :data:`OPTIONAL_KEYS` missing on one side is not a difference."""
-    same_weights = stored.get("weights") is not None and stored.get("weights") == current.get("weights")
-    skip = set(ignore) | ({"model", "repo_id", "commit"} if same_weights else set())
-    skip |= {key for key in OPTIONAL_KEYS if stored.get(key) is None or current.get(key) is None}
-    return [
-        f"{key}: {stored.get(key)!r} in the baseline, {current.get(key)!r} now"
-        for key in keys
-        if key not in skip and stored.get(key) != current.get(key)
-    ]
-
-
 # ----------------------------------------------------------------------------- files
-def _dumps(doc: dict) -> str:
+def _dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True, allow_nan=True) + "\n"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BaselineError(f"{path}: not valid JSON ({exc})", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"{path}: cannot be read ({exc})", path) from None
-    if not isinstance(doc, dict):
-        raise BaselineError(f"{path}: expected a JSON object, got {type(doc).__name__}", path)
-    return doc
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 class BaselineStore:
@@ -250,7 +154,7 @@ class BaselineStore:
             return None
         if not paths.metrics.is_file():
             raise BaselineError(f"{paths.metrics}: not a file (move it away)", paths.metrics)
-        doc = _read_json(paths.metrics)
+        doc = read_json(paths.metrics)
         version = doc.get("schema_version")
         if version not in READABLE_SCHEMAS:
             raise BaselineError(
@@ -266,20 +170,20 @@ class BaselineStore:
                 paths.metrics,
                 corrupt=False,
             )
-        metrics = _metrics_table(doc, paths.metrics)
+        metrics = metrics_table(doc, paths.metrics)
         checks = doc.get("checks") or {}
         if not isinstance(checks, dict):
             raise BaselineError(f"{paths.metrics}: 'checks' must be a table", paths.metrics)
-        seeds, samples = _seed_samples(doc, paths.metrics, metrics) if version >= 2 else ((), None)
-        environment = _read_json(paths.environment) if paths.environment.is_file() else None
-        paired = _paired_table(doc, paths.metrics, seeds, metrics) if version >= 3 else None
+        seeds, samples = seed_samples(doc, paths.metrics, metrics) if version >= 2 else ((), None)
+        environment = read_json(paths.environment) if paths.environment.is_file() else None
+        paired = paired_table(doc, paths.metrics, seeds, metrics) if version >= 3 else None
         attention, attention_error = None, None
         if tensors:
             found = doc.get("files")
             hashes: dict[str, Any] = found if isinstance(found, dict) else {}
-            attention, attention_error = _read_summary(paths.attention, hashes.get(SUMMARY_FILE), version)
+            attention, attention_error = read_summary(paths.attention, hashes.get(SUMMARY_FILE), version)
             if paired is not None:
-                paired = _with_paired_attention(paired, paths.paired, hashes.get(PAIRED_FILE))
+                paired = with_paired_attention(paired, paths.paired, hashes.get(PAIRED_FILE))
         return StoredBaseline(
             metrics,
             dict(checks),
@@ -374,14 +278,14 @@ class BaselineStore:
             attention = sample.attention()
             if attention is not None:
                 changed = attention.write(paths.attention) or changed
-                files[SUMMARY_FILE] = _sha(paths.attention)
+                files[SUMMARY_FILE] = file_sha(paths.attention)
             else:  # an older file would not belong to this baseline
                 changed = _remove(paths.attention) or changed
             if content.paired is not None:
                 doc["paired"] = _kept_paired(content.paired.to_json(), old.get("paired"))
             if content.paired is not None and content.paired.attention is not None:
                 changed = content.paired.attention.write(paths.paired) or changed
-                files[PAIRED_FILE] = _sha(paths.paired)
+                files[PAIRED_FILE] = file_sha(paths.paired)
             else:
                 changed = _remove(paths.paired) or changed
             if files:
@@ -454,11 +358,11 @@ def _remove(path: Path) -> bool:
     return True
 
 
-def _rounded(values: dict) -> dict:
+def _rounded(values: dict[Any, Any]) -> dict[Any, Any]:
     return {k: (None if v is None else round(float(v), DECIMALS)) for k, v in sorted(values.items())}
 
 
-def _stored_doc(path: Path) -> dict:
+def _stored_doc(path: Path) -> dict[str, Any]:
     """An existing metrics.json, ``{}`` when there is none or it cannot be read."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -467,13 +371,13 @@ def _stored_doc(path: Path) -> dict:
         return {}
 
 
-def _kept(new: dict, old: dict) -> dict:
+def _kept(new: dict[Any, Any], old: dict[Any, Any]) -> dict[Any, Any]:
     """``new``, keeping each stored value that lies within one rounding step of the new one."""
     step = 10.0**-DECIMALS
     out = {}
     for k, v in new.items():
         o = old.get(k) if isinstance(old, dict) else None
-        same = (v is None and o is None) or (v is not None and _number(o) and abs(o - v) <= step)
+        same = (v is None and o is None) or (v is not None and is_number(o) and abs(o - v) <= step)
         out[k] = round(float(o), DECIMALS) if same and o is not None else v
     return out
 
@@ -486,7 +390,7 @@ def _kept_list(new: list[float], old: Any) -> list[float]:
     return [kept[i] for i in range(len(new))]
 
 
-def _kept_paired(new: dict, old: Any) -> dict:
+def _kept_paired(new: dict[str, Any], old: Any) -> dict[str, Any]:
     """The paired table, each condition's values kept within one rounding step of the stored ones."""
     stored = {c.get("name"): c for c in (old or {}).get("conditions", []) if isinstance(c, dict)}
     conditions = []
@@ -495,146 +399,6 @@ def _kept_paired(new: dict, old: Any) -> dict:
         shifts = {n: _kept_list(v, before.get(n)) for n, v in sorted(cond["shifts"].items())}
         conditions.append({**cond, "shifts": shifts})
     return {**new, "conditions": conditions}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# ----------------------------------------------------------------------------- reading
-def _metrics_table(doc: dict, path: Path) -> dict[str, float]:
-    metrics = doc.get("metrics")
-    if not isinstance(metrics, dict) or not metrics or not all(_number(v) for v in metrics.values()):
-        raise BaselineError(f"{path}: 'metrics' must be a non-empty table of numbers", path)
-    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-    if bad:
-        raise BaselineError(
-            f"{path}: metric {bad[0]} is {metrics[bad[0]]}, not a finite number (no drift can be measured against "
-            f"it); {REGENERATE}",
-            path,
-            corrupt=False,
-        )
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def _seed_samples(doc: dict, path: Path, metrics: dict) -> tuple[tuple[int, ...], dict[str, list[float]]]:
-    """``seeds`` and ``samples`` of a schema-2+ document, checked: two seeds or more, one finite number
-    per seed for every metric."""
-    if "seeds" not in doc or "samples" not in doc:
-        missing = "seeds" if "seeds" not in doc else "samples"
-        raise BaselineError(
-            f"{path}: the {missing!r} table is missing (a schema {doc['schema_version']} baseline holds the runs of "
-            f"its noise seeds); {REGENERATE}",
-            path,
-            corrupt=False,
-        )
-    seeds, samples = doc["seeds"], doc["samples"]
-    if not isinstance(seeds, list) or not all(_number(s) and float(s).is_integer() for s in seeds):
-        raise BaselineError(f"{path}: 'seeds' must be a list of whole numbers", path)
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise BaselineError(
-            f"{path}: 'seeds' must hold two or more different seeds (it holds {seeds}); {REGENERATE}",
-            path,
-            corrupt=False,
-        )
-    if not isinstance(samples, dict):
-        raise BaselineError(f"{path}: 'samples' must be a table of lists", path)
-    unsampled = sorted(set(metrics) - set(samples))
-    if unsampled:
-        raise BaselineError(
-            f"{path}: metric {unsampled[0]} has no samples (one value per seed); {REGENERATE}", path, corrupt=False
-        )
-    for name, values in samples.items():
-        if not isinstance(values, list) or len(values) != len(seeds) or not all(_finite(v) for v in values):
-            raise BaselineError(
-                f"{path}: samples of {name} must be {len(seeds)} finite numbers, one per seed; {REGENERATE}",
-                path,
-                corrupt=False,
-            )
-    return tuple(int(s) for s in seeds), {name: [float(v) for v in values] for name, values in samples.items()}
-
-
-def _paired_table(doc: dict, path: Path, seeds: tuple[int, ...], metrics: dict) -> PairedBaseline | None:
-    """The ``paired`` table of a schema-3 document (None when the baseline was written without one)."""
-    from .floor import Condition
-    from .paired import PairedBaseline
-
-    table = doc.get("paired")
-    if table is None:
-        return None
-    bad = BaselineError(f"{path}: 'paired' must hold 'seeds' and 'conditions' ({REGENERATE})", path, corrupt=False)
-    if (
-        not isinstance(table, dict)
-        or not isinstance(table.get("seeds"), list)
-        or not isinstance(table.get("conditions"), list)
-    ):
-        raise bad
-    paired = table["seeds"]
-    if not paired or paired != list(seeds[: len(paired)]):
-        raise BaselineError(
-            f"{path}: the paired seeds {paired} must be the first of the baseline's seeds {list(seeds)}; {REGENERATE}",
-            path,
-            corrupt=False,
-        )
-    conditions, values = [], {}
-    for entry in table["conditions"]:
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("name"), str)
-            or not isinstance(entry.get("shifts"), dict)
-        ):
-            raise bad
-        for name, vals in entry["shifts"].items():
-            if not isinstance(vals, list) or len(vals) != len(paired) or not all(_finite(v) for v in vals):
-                raise BaselineError(
-                    f"{path}: the floor's {entry['name']} shifts of {name} must be {len(paired)} finite numbers; "
-                    f"{REGENERATE}",
-                    path,
-                    corrupt=False,
-                )
-        conditions.append(Condition.from_dict(entry))
-        values[entry["name"]] = {n: [float(v) for v in vals] for n, vals in entry["shifts"].items()}
-    return PairedBaseline(tuple(int(s) for s in paired), tuple(conditions), values)
-
-
-def _finite(value: Any) -> bool:
-    return _number(value) and math.isfinite(value)
-
-
-def _read_summary(path: Path, sha: str | None, version: int) -> tuple[AttentionSummary | None, str | None]:
-    if not path.is_file():
-        return None, None
-    from .summary import AttentionSummary, SummaryError
-
-    if version >= 3 and sha is not None and _sha(path) != sha:
-        return None, f"{path} does not belong to its metrics.json (left by an interrupted update?)"
-    try:
-        return AttentionSummary.read(path), None
-    except SummaryError as err:
-        return None, str(err)
-
-
-def _with_paired_attention(paired: PairedBaseline, path: Path, sha: str | None) -> PairedBaseline:
-    from dataclasses import replace
-
-    from .paired import PairedError
-    from .paired_attention import PairedAttention
-
-    if not path.is_file():
-        return replace(paired, attention_error=f"{path} is missing")
-    if sha is None or _sha(path) != sha:
-        return replace(paired, attention_error=f"{path} does not belong to its metrics.json (an interrupted update?)")
-    try:
-        attention = PairedAttention.read(path)
-    except PairedError as err:
-        return replace(paired, attention_error=str(err))
-    if attention.seeds != paired.seeds or attention.conditions != paired.conditions:
-        return replace(paired, attention_error=f"{path}: its seeds or conditions differ from metrics.json's")
-    return replace(paired, attention=attention)
-
-
-def nonfinite_metrics(metrics: dict) -> list[str]:
-    return sorted(k for k, v in metrics.items() if v is None or not math.isfinite(float(v)))
 
 
 class UpdateLock:

@@ -210,7 +210,8 @@ def _policy(args) -> BaselinePolicy:
 
 def _lock(baselines: Path):
     """The gate's update lock on ``--baselines``, held while calibrate writes there."""
-    from ..baselines.store import BaselineError, UpdateLock
+    from ..baselines.errors import BaselineError
+    from ..baselines.store import UpdateLock
 
     lock = UpdateLock(baselines)
     try:

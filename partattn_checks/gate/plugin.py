@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ..baselines.store import BaselineError, BaselineStore, UpdateLock, unused_keys
+from ..baselines.errors import BaselineError
+from ..baselines.store import BaselineStore, UpdateLock, unused_keys
 from ..capture.runspec import DeviceChoice, checkpoint_defaults, torch_dtype
 from ..checks.baseline import BaselineDetails
 from ..runs.sidecar import FIXTURE_IMAGE_SUFFIXES, image_keys

@@ -15,8 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import EMBEDDED_MODEL
+from ..baselines.errors import BaselineError
 from ..baselines.runner import BaselineOutcome, BaselineRunner
-from ..baselines.store import BaselineError, BaselineStore
+from ..baselines.store import BaselineStore
 from ..capture.runspec import DeviceChoice
 from ..checks import CheckResult, Thresholds
 from ..model.files import ImageNotFoundError

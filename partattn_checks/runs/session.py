@@ -344,9 +344,9 @@ class Session:
         return SeedSample(tuple(self._seed_run(image, seed, condition, call) for seed in seeds))
 
     def _seed_run(self, image: ImageSpec, seed: int, condition: Condition | None, call: Mapping | None) -> SeedRun:
+        from ..baselines.fingerprint import environment_fingerprint
         from ..baselines.paired_attention import StepMarginals
         from ..baselines.sample import SeedRun
-        from ..baselines.store import environment_fingerprint
         from ..baselines.summary import AttentionSummary
 
         call = {**(call or {}), "seed": seed}
