@@ -31,13 +31,16 @@ from . import metrics
 from .families import FAMILIES as FAMILIES  # the family table's names stay importable from here
 from .families import ProcessorFamily, find_family, known_class_names
 from .families import register_family as register_family
-from .record import AttentionRecord
+from .record import TENSORS, AttentionRecord
 from .runspec import RUN_KEYS, RunSpec, dtype_name, for_pipeline, run_meta
 from .selection import Selection  # noqa: F401  (part of this module's API)
 
 #: Largest relative mismatch (‖P·V − output‖ / ‖output‖) the verification accepts, per model dtype:
 #: the processor computes in that dtype, the recorder in fp32.
 VERIFY_TOLERANCE = {"float32": 1e-3, "float64": 1e-6, "float16": 1e-2, "bfloat16": 5e-2}
+
+#: The record's tensors whose per-call statistic (``metrics.row_stats_from_logits``) has another name.
+_STAT_OF = {"marginals": "marginal"}
 
 
 class CaptureError(PartattnError, RuntimeError):
@@ -421,24 +424,16 @@ class AttentionRecorder:
                 [torch.stack([self._calls[(s, n)].stats[key] for n in self.layer_names]) for s in steps]
             ).cpu()
 
-        first = self._calls[(steps[0], self.layer_names[0])].stats["marginal"]
-        return AttentionRecord(
+        return AttentionRecord.assemble(
             steps=steps,
             timesteps=[self._timesteps.get(s, float("nan")) for s in steps],
-            layers=list(self.layer_names),
+            layers=self.layer_names,
             layer_kinds=[self._kinds[n] for n in self.layer_names],
-            num_parts=first.shape[0],
-            num_heads=first.shape[1],
-            num_patch_keys=first.shape[2],
+            tensors={name: stack(_STAT_OF.get(name, name)) for name in TENSORS},
             has_cls=self.has_cls,
             patch_grid=self.patch_grid,
-            entropy=stack("entropy"),
-            peak=stack("peak"),
-            eff_keys=stack("eff_keys"),
-            cls_mass=stack("cls_mass"),
-            marginals=stack("marginal"),
             full_maps={(s, n): c.full_map.cpu() for (s, n), c in self._calls.items() if c.full_map is not None},
-            nonfinite=list(self._nonfinite),
+            nonfinite=self._nonfinite,
             meta={**self.meta, "cfg": self.cfg, "time_token_dropped": self.time_token},
         )
 
