@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from partattn_checks.capture.record import RECORD_SCHEMA_VERSION, AttentionRecord, RecordError
+from partattn_checks.capture.record import RECORD_SCHEMA_VERSION, SCALARS, AttentionRecord, RecordError
 
 S, L, P, H, NK, Q = 3, 2, 2, 4, 9, 5
 LAYERS = ["blocks.0.attn2", "blocks.1.attn2"]
@@ -132,6 +132,49 @@ def _assert_same(a: AttentionRecord, b: AttentionRecord):
     assert list(a.full_maps) == list(b.full_maps)
     for key in a.full_maps:
         assert torch.equal(a.full_maps[key].view(torch.int16), b.full_maps[key].view(torch.int16))
+
+
+def _steps_of(r: AttentionRecord, i: int, j: int) -> AttentionRecord:
+    """Steps ``i:j`` of ``r`` as a record of their own."""
+    kept = set(r.steps[i:j])
+    return AttentionRecord.assemble(
+        steps=r.steps[i:j],
+        timesteps=r.timesteps[i:j],
+        layers=r.layers,
+        layer_kinds=r.layer_kinds,
+        tensors={name: t[i:j] for name, t in r.tensors().items() if not name.startswith("full/")},
+        has_cls=r.has_cls,
+        patch_grid=r.patch_grid,
+        full_maps={k: v for k, v in r.full_maps.items() if k[0] in kept},
+        nonfinite=[e for e in r.nonfinite if e["step"] in kept],
+        meta=r.meta,
+    )
+
+
+def test_assemble_reads_the_counts_from_the_marginals():
+    r = _steps_of(make_record(), 0, 3)
+    _assert_same(r, make_record())
+
+
+def test_concat_joins_steps_and_keeps_the_first_records_meta():
+    whole = make_record()
+    _assert_same(AttentionRecord.concat([_steps_of(whole, 0, 1), _steps_of(whole, 1, 3)]), whole)
+    one = _steps_of(whole, 0, 1)
+    assert AttentionRecord.concat([one]) is one
+    with pytest.raises(RecordError, match="at least one record"):
+        AttentionRecord.concat([])
+    one_part = make_record(
+        with_maps=False,
+        steps=[20, 21, 22],
+        num_parts=1,
+        marginals=torch.rand(S, L, 1, H, NK),
+        **{name: torch.rand(S, L, 1, H) for name in SCALARS},
+    )
+    assert not whole.same_shape(one_part)
+    with pytest.raises(RecordError, match="cannot be joined: step 0 has 2 layers, 2 parts.*; step 20 2, 1, 4, 9"):
+        AttentionRecord.concat([whole, one_part])
+    with pytest.raises(RecordError, match="strictly increasing"):  # steps out of order
+        AttentionRecord.concat([_steps_of(whole, 1, 3), _steps_of(whole, 0, 1)])
 
 
 @pytest.mark.parametrize("how", ["stem", "json", "safetensors", "directory"])

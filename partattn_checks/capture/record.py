@@ -9,11 +9,14 @@ full maps under ``full/<step>/<layer>``) and ``<stem>.json`` (everything else, w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,10 +28,12 @@ __all__ = ["AttentionRecord", "RecordError", "RecordNotFoundError", "RECORD_SCHE
 RECORD_SCHEMA_VERSION = 1
 LAYER_KINDS = ("global", "local", "standard")
 SCALARS = ("entropy", "peak", "eff_keys", "cls_mass")
+#: The per-map tensors, by field name: the ``(S, L, P, H)`` scalars, then the ``(S, L, P, H, Nk)`` marginals.
+TENSORS = (*SCALARS, "marginals")
 DEFAULT_STEM = "record"
 _JSON_SUFFIX = ".json"
 _TENSOR_SUFFIX = ".safetensors"
-#: Entries of ``<stem>.json`` that ``load`` reads (the rest of the record is tensors).
+#: Entries of ``<stem>.json`` that ``load`` reads, in file order (the rest of the record is tensors).
 _DOC_KEYS = (
     "steps",
     "timesteps",
@@ -138,6 +143,81 @@ class AttentionRecord:
         self.nonfinite = [dict(e) for e in self.nonfinite]
         self.meta = dict(self.meta)
 
+    # ------------------------------------------------------------------ assembly
+    @classmethod
+    def assemble(
+        cls,
+        *,
+        steps: Sequence[int],
+        timesteps: Sequence[float],
+        layers: Sequence[str],
+        layer_kinds: Sequence[str],
+        tensors: Mapping[str, torch.Tensor],
+        has_cls: bool,
+        patch_grid: tuple[int, int] | None = None,
+        full_maps: Mapping[tuple[int, str], torch.Tensor] | None = None,
+        nonfinite: Iterable[dict] = (),
+        meta: Mapping[str, Any] | None = None,
+    ) -> AttentionRecord:
+        """A new record from its per-map ``tensors`` (one per name in :data:`TENSORS`, steps first);
+        the part, head and patch-key counts are read from the marginals. The recorder builds its
+        record here; :meth:`concat` joins records."""
+        parts, heads, patch_keys = tensors["marginals"].shape[2:]
+        return cls(
+            steps=list(steps),
+            timesteps=list(timesteps),
+            layers=list(layers),
+            layer_kinds=list(layer_kinds),
+            num_parts=parts,
+            num_heads=heads,
+            num_patch_keys=patch_keys,
+            has_cls=has_cls,
+            patch_grid=patch_grid,
+            **{name: tensors[name] for name in TENSORS},
+            full_maps=dict(full_maps or {}),
+            nonfinite=list(nonfinite),
+            meta=dict(meta or {}),
+        )
+
+    @classmethod
+    def concat(cls, records: Sequence[AttentionRecord]) -> AttentionRecord:
+        """One record of the steps of ``records``, in order (their steps must increase).
+
+        The records must have the same shape (:meth:`same_shape`); layer kinds, CLS, patch grid and
+        meta are the first record's, full maps and non-finite events those of all. One record is
+        returned as it is.
+        """
+        if not records:
+            raise RecordError("AttentionRecord.concat needs at least one record")
+        first = records[0]
+        odd = next((r for r in records[1:] if not first.same_shape(r)), None)
+        if odd is not None:
+            raise RecordError(
+                f"records of different shapes cannot be joined: step {first.steps[0]} has {first.num_layers} layers, "
+                f"{first.num_parts} parts, {first.num_heads} heads, {first.num_patch_keys} patch keys; step "
+                f"{odd.steps[0]} {odd.num_layers}, {odd.num_parts}, {odd.num_heads}, {odd.num_patch_keys}"
+            )
+        if len(records) == 1:
+            return first
+        joined: dict[str, Any] = {name: torch.cat([getattr(r, name) for r in records]) for name in TENSORS}
+        return dataclasses.replace(
+            first,
+            steps=[s for r in records for s in r.steps],
+            timesteps=[t for r in records for t in r.timesteps],
+            **joined,
+            full_maps={k: v for r in records for k, v in r.full_maps.items()},
+            nonfinite=[e for r in records for e in r.nonfinite],
+        )
+
+    def same_shape(self, other: AttentionRecord) -> bool:
+        """Whether ``other`` records the same layers, parts, heads and patch keys (so steps can be joined)."""
+        return (self.layers, self.num_parts, self.num_heads, self.num_patch_keys) == (
+            other.layers,
+            other.num_parts,
+            other.num_heads,
+            other.num_patch_keys,
+        )
+
     # ------------------------------------------------------------------ indexing
     @property
     def num_steps(self) -> int:
@@ -188,9 +268,7 @@ class AttentionRecord:
                     raise RecordError(f"{what} {value} is out of range (the record has {size})")
                 index.append(int(value))
         idx = tuple(index)
-        out = {name: getattr(self, name)[idx] for name in SCALARS}
-        out["marginals"] = self.marginals[idx]
-        return out
+        return {name: getattr(self, name)[idx] for name in TENSORS}
 
     def marginals_by_part(self, head_average: bool = True) -> torch.Tensor:
         """fp32 key-marginals: ``(S, L, P, Nk)`` head-averaged and renormalised, else ``(S, L, P, H, Nk)``."""
@@ -203,8 +281,7 @@ class AttentionRecord:
     # ------------------------------------------------------------------ size and summary
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor under its file key (what ``save`` writes to the safetensors file)."""
-        out = {name: getattr(self, name) for name in SCALARS}
-        out["marginals"] = self.marginals
+        out = {name: getattr(self, name) for name in TENSORS}
         for (step, layer), t in self.full_maps.items():
             out[_full_key(step, layer)] = t
         return out
@@ -249,19 +326,10 @@ class AttentionRecord:
             "schema_version": RECORD_SCHEMA_VERSION,
             "pair_id": pair_id,
             "tensor_file": tensor_path.name,
-            "steps": self.steps,
-            "timesteps": self.timesteps,
-            "layers": self.layers,
-            "layer_kinds": self.layer_kinds,
-            "num_parts": self.num_parts,
-            "num_heads": self.num_heads,
-            "num_patch_keys": self.num_patch_keys,
-            "has_cls": self.has_cls,
-            "patch_grid": list(self.patch_grid) if self.patch_grid is not None else None,
-            "full_maps": [[step, layer, _full_key(step, layer)] for step, layer in self.full_maps],
-            "nonfinite": self.nonfinite,
-            "meta": self.meta,
+            **{key: getattr(self, key) for key in _DOC_KEYS},
         }
+        doc["patch_grid"] = list(self.patch_grid) if self.patch_grid is not None else None
+        doc["full_maps"] = [[step, layer, _full_key(step, layer)] for step, layer in self.full_maps]
         text = json.dumps(doc, indent=2, default=str) + "\n"
         atomic_write(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         return tensor_path, json_path
@@ -312,25 +380,15 @@ class AttentionRecord:
             raise damaged(tensor_path, f"unreadable tensors: {exc}") from None
         try:
             full_maps = {(int(step), str(layer)): tensors[key] for step, layer, key in doc["full_maps"]}
-            fields = dict(
-                steps=doc["steps"],
-                timesteps=doc["timesteps"],
-                layers=doc["layers"],
-                layer_kinds=doc["layer_kinds"],
-                num_parts=doc["num_parts"],
-                num_heads=doc["num_heads"],
-                num_patch_keys=doc["num_patch_keys"],
-                has_cls=doc["has_cls"],
-                patch_grid=tuple(doc["patch_grid"]) if doc["patch_grid"] is not None else None,
-                entropy=tensors["entropy"],
-                peak=tensors["peak"],
-                eff_keys=tensors["eff_keys"],
-                cls_mass=tensors["cls_mass"],
-                marginals=tensors["marginals"],
-                full_maps=full_maps,
-                nonfinite=doc["nonfinite"],
-                meta=doc["meta"],
-            )
+            # read in field order: of two missing entries, the first field's is named
+            fields: dict[str, Any] = {
+                f.name: tensors[f.name] if f.name in TENSORS else doc[f.name]
+                for f in dataclasses.fields(cls)
+                if f.name != "full_maps"
+            }
+            fields["full_maps"] = full_maps
+            if fields["patch_grid"] is not None:
+                fields["patch_grid"] = tuple(fields["patch_grid"])
         except KeyError as exc:
             key = exc.args[0] if exc.args else "?"
             if key in _DOC_KEYS:

@@ -21,22 +21,26 @@ the number of query tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import PartattnError
 from . import metrics
-from .record import AttentionRecord
+from .families import FAMILIES as FAMILIES  # the family table's names stay importable from here
+from .families import ProcessorFamily, find_family, known_class_names
+from .families import register_family as register_family
+from .record import TENSORS, AttentionRecord
 from .runspec import RUN_KEYS, RunSpec, dtype_name, for_pipeline, run_meta
 from .selection import Selection  # noqa: F401  (part of this module's API)
 
 #: Largest relative mismatch (‖P·V − output‖ / ‖output‖) the verification accepts, per model dtype:
 #: the processor computes in that dtype, the recorder in fp32.
 VERIFY_TOLERANCE = {"float32": 1e-3, "float64": 1e-6, "float16": 1e-2, "bfloat16": 5e-2}
+
+#: The record's tensors whose per-call statistic (``metrics.row_stats_from_logits``) has another name.
+_STAT_OF = {"marginals": "marginal"}
 
 
 class CaptureError(PartattnError, RuntimeError):
@@ -85,60 +89,15 @@ def _refuse_compiled(model: torch.nn.Module) -> None:
         )
 
 
-# ------------------------------------------------------------------------------ processor families
-@dataclass(frozen=True)
-class ProcessorFamily:
-    """How one kind of attention processor computes, as far as the recorder needs to know.
-
-    ``class_names``: processor classes of the family, matched by name along the class's MRO (so a
-    fork's class of the same name fits). ``heads_first``: keys and values are split heads-first
-    from ``cat(to_k(ctx), to_v(ctx))`` (PartCrafter/TripoSG); else diffusers' plain split.
-    ``folded``: a global block, whose parts of one CFG half share the first part's keys and values.
-    ``scale(attn, processor, head_dim)``: the factor of ``q kᵀ`` before the softmax. ``kind``: what
-    the record calls its layers (``local``, ``global``, ``standard``).
-    """
-
-    name: str
-    class_names: tuple[str, ...]
-    heads_first: bool
-    folded: bool
-    kind: str
-    scale: Callable[[Any, Any, int], float]
-
-    def matches(self, processor) -> bool:
-        return any(cls.__name__ in self.class_names for cls in type(processor).__mro__)
-
-
-def _sdpa_scale(attn, processor, head_dim: int) -> float:
-    return head_dim**-0.5  # scaled_dot_product_attention's default
-
-
-#: Known families, first match wins; :func:`register_family` adds one (e.g. a fork's processor).
-FAMILIES: list[ProcessorFamily] = [
-    ProcessorFamily("partcrafter-global", ("PartCrafterAttnProcessor",), True, True, "global", _sdpa_scale),
-    ProcessorFamily(
-        "partcrafter-local", ("TripoSGAttnProcessor", "TripoSGAttnProcessor2_0"), True, False, "local", _sdpa_scale
-    ),
-    ProcessorFamily("diffusers-sdpa", ("AttnProcessor2_0",), False, False, "standard", _sdpa_scale),
-    ProcessorFamily("diffusers-eager", ("AttnProcessor",), False, False, "standard", lambda a, p, d: a.scale),
-]
-
-
-def register_family(family: ProcessorFamily) -> None:
-    """Teach the recorder a processor family (checked before the built-in ones)."""
-    FAMILIES.insert(0, family)
-
-
 def family_of(name: str, processor) -> ProcessorFamily:
     """The family of ``processor``, or a :class:`CaptureError` that says how to describe it."""
-    for family in FAMILIES:
-        if family.matches(processor):
-            return family
-    known = ", ".join(n for f in FAMILIES for n in f.class_names)
+    family = find_family(processor)
+    if family is not None:
+        return family
     raise CaptureError(
-        f"{_where(name, processor)}: unknown attention processor; the recorder knows {known}. If this processor "
-        f"computes softmax(q kᵀ·scale)·V like one of them, describe it with partattn_checks.register_family("
-        f"ProcessorFamily(...)) (docs/capture.md), or record other layers"
+        f"{_where(name, processor)}: unknown attention processor; the recorder knows {known_class_names()}. "
+        f"If this processor computes softmax(q kᵀ·scale)·V like one of them, describe it with "
+        f"partattn_checks.register_family(ProcessorFamily(...)) (docs/capture.md), or record other layers"
     )
 
 
@@ -465,24 +424,16 @@ class AttentionRecorder:
                 [torch.stack([self._calls[(s, n)].stats[key] for n in self.layer_names]) for s in steps]
             ).cpu()
 
-        first = self._calls[(steps[0], self.layer_names[0])].stats["marginal"]
-        return AttentionRecord(
+        return AttentionRecord.assemble(
             steps=steps,
             timesteps=[self._timesteps.get(s, float("nan")) for s in steps],
-            layers=list(self.layer_names),
+            layers=self.layer_names,
             layer_kinds=[self._kinds[n] for n in self.layer_names],
-            num_parts=first.shape[0],
-            num_heads=first.shape[1],
-            num_patch_keys=first.shape[2],
+            tensors={name: stack(_STAT_OF.get(name, name)) for name in TENSORS},
             has_cls=self.has_cls,
             patch_grid=self.patch_grid,
-            entropy=stack("entropy"),
-            peak=stack("peak"),
-            eff_keys=stack("eff_keys"),
-            cls_mass=stack("cls_mass"),
-            marginals=stack("marginal"),
             full_maps={(s, n): c.full_map.cpu() for (s, n), c in self._calls.items() if c.full_map is not None},
-            nonfinite=list(self._nonfinite),
+            nonfinite=self._nonfinite,
             meta={**self.meta, "cfg": self.cfg, "time_token_dropped": self.time_token},
         )
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ from typing import Any
 import torch
 
 from ..capture.record import AttentionRecord
-from ..capture.recorder import AttentionRecorder, CaptureError, Selection, cross_attention_modules, timestep_value
+from ..capture.recorder import AttentionRecorder, CaptureError, Selection, cross_attention_modules
 from ..capture.runspec import for_pipeline, resolve_device
+from ..capture.step_hooks import StepHooks, cfg_for_batch
 from ..checks import CHECKS, REGISTRY, CheckResult, Thresholds
 from ..model.pipeline import encoder_view
 from ..runs.session import run_case
@@ -105,7 +105,7 @@ class AttentionVisualizer(FigureMethods):
         self.record: AttentionRecord | None = None  # the last record made by any method
         self.results: dict[str, CheckResult] = {}  # checks of the last pipeline run
         self.image = None  # the encoder's view (PIL) of the last image run, for overlays
-        self._hooks: _Hooks | None = None
+        self._hooks: StepHooks | None = None
 
     def _bind(self, model_or_pipeline) -> None:
         """Take ``model_or_pipeline`` as this visualizer's model; PartCrafter decides the defaults."""
@@ -178,14 +178,16 @@ class AttentionVisualizer(FigureMethods):
             self._bind(model)
         target = self._target(model)
         holders = [target] if model is None or model is target else [model, target]
-        self._hooks = _Hooks(
+        self._hooks = StepHooks(
             self,
             target,
             holders,
             layers=layers,
-            steps=Selection(steps=steps, every=every),
-            full_maps=Selection(full_maps=_full_maps_arg(full_maps)),
+            steps=steps,
+            every=every,
+            full_maps=full_maps,
             attention_maps=bool(attention_maps),
+            meta={"source": "AttentionVisualizer.register_hooks"},
         )
         return self
 
@@ -197,17 +199,9 @@ class AttentionVisualizer(FigureMethods):
         none) this raises; if none ran, the hooks are just removed. Returns ``self.record``.
         """
         hooks, self._hooks = self._hooks, None
-        if hooks is None:
-            return self.record
-        hooks.remove()
-        if hooks.records:
-            self.record = self._attach_grid(_concat(hooks.records))
-        elif hooks.forwards:
-            raise CaptureError(
-                f"no cross-attention was recorded: the model ran {hooks.forwards} hooked forward(s), steps "
-                f"0-{hooks.forwards - 1}, and none was recorded (register_hooks selected steps="
-                f"{hooks.steps.steps!r}, every={hooks.steps.every!r}, or the forwards raised)"
-            )
+        record = hooks.finish() if hooks is not None else None
+        if record is not None:
+            self.record = self._attach_grid(record)
         return self.record
 
     def __enter__(self) -> AttentionVisualizer:
@@ -222,18 +216,10 @@ class AttentionVisualizer(FigureMethods):
             hooks, self._hooks = self._hooks, None
             hooks.remove()  # the exception propagates; nothing is finished
 
-    @contextlib.contextmanager
-    def _paused(self):
+    def _paused(self) -> contextlib.AbstractContextManager:
         """Methods that run their own recorder pause registered hooks (nested recorders are refused):
         forwards meanwhile are not hooked steps."""
-        hooks = self._hooks
-        if hooks is not None:
-            hooks.paused += 1
-        try:
-            yield
-        finally:
-            if hooks is not None:
-                hooks.paused -= 1
+        return self._hooks.pause() if self._hooks is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ extraction
     @torch.no_grad()
@@ -289,7 +275,7 @@ class AttentionVisualizer(FigureMethods):
             encoder_hidden_states = encoder_hidden_states.to(device=param.device, dtype=param.dtype)
         batch = hidden_states.shape[0]
         partcrafter = isinstance(target, PartCrafterDiTModel)
-        cfg = _cfg_for(self.cfg if cfg is None else cfg, batch, self.num_parts if num_parts is None else num_parts)
+        cfg = cfg_for_batch(self.cfg if cfg is None else cfg, batch, self.num_parts if num_parts is None else num_parts)
         if num_parts is None:
             num_parts = self.num_parts or (batch // 2 if cfg else batch)
         kwargs = dict(forward_kwargs)
@@ -496,177 +482,6 @@ class AttentionVisualizer(FigureMethods):
         if record.patch_grid is None and grid is not None and grid[0] * grid[1] == record.num_patch_keys:
             record.patch_grid = grid
         return record
-
-
-# ====================================================================== hooks
-_MISSING = object()
-
-
-class _Hooks:
-    """What :meth:`AttentionVisualizer.register_hooks` installs: one recorder per hooked forward.
-
-    A forward pre-hook on the model opens an :class:`AttentionRecorder` (public API only) and tells
-    it the step and the call's timestep; a forward hook, also run when the forward raises, closes it
-    (which validates the step), keeps the step's reductions and the selected full maps, and
-    publishes the step's full maps as ``attention_maps``. Memory: one step's full maps, plus the
-    record's streamed reductions.
-    """
-
-    def __init__(self, viz, model, holders, *, layers, steps: Selection, full_maps: Selection, attention_maps: bool):
-        names = [n for n, _ in cross_attention_modules(model)]
-        if not names:
-            raise CaptureError(f"{type(model).__name__} has no cross-attention modules to hook")
-        self.viz, self.model = viz, model
-        self.layers = Selection(layers=layers).pick_layers(names)
-        self.steps = steps
-        self.keep_full = full_maps.full_map_test(names)
-        self.publish_maps = attention_maps
-        self.signature = inspect.signature(model.forward)
-        self.forwards = 0  # hooked forwards so far = the next step's index
-        self.paused = 0
-        self.records: list[AttentionRecord] = []
-        self.open: AttentionRecorder | None = None
-        self.maps: dict[str, torch.Tensor] = {}
-        self.holders = [(h, getattr(h, "attention_maps", _MISSING)) for h in holders] if attention_maps else []
-        self._publish({})
-        self.handles = [
-            model.register_forward_pre_hook(self._before, with_kwargs=True),
-            model.register_forward_hook(self._after, always_call=True),
-        ]
-
-    def _before(self, module, args, kwargs) -> None:
-        if self.paused:
-            return
-        if self.open is not None:  # its forward was interrupted (KeyboardInterrupt skips the closing hook)
-            raise CaptureError(
-                f"the hooked forward of step {self.forwards - 1} was interrupted and its recorder is still "
-                f"attached; call clear_hooks() before running the model again"
-            )
-        step, self.forwards = self.forwards, self.forwards + 1
-        if not self.steps.wants_step(step):
-            self._publish({})
-            return
-        call: dict[str, Any]
-        try:
-            call = self.signature.bind_partial(*args, **kwargs).arguments
-        except TypeError:
-            call = {}
-        hidden = call.get("hidden_states")
-        parts = (call.get("attention_kwargs") or {}).get("num_parts") or self.viz.num_parts
-        batch = hidden.shape[0] if torch.is_tensor(hidden) else None
-        recorder = AttentionRecorder(
-            module,
-            num_parts=int(parts or 1),
-            cfg=_cfg_for(self.viz.cfg, batch, parts),
-            selection=Selection(layers=self.layers, full_maps=self._wants_full),
-            time_token=self.viz.time_token,
-            has_cls=self.viz.has_cls,
-            meta={"source": "AttentionVisualizer.register_hooks"},
-        )
-        recorder.__enter__()
-        recorder.begin_step(step, timestep_value(call.get("timestep")))
-        self.open = recorder
-
-    def _after(self, module, args, output) -> None:
-        recorder, self.open = self.open, None
-        if recorder is None:
-            return
-        if output is None and sys.exc_info()[0] is not None:  # the forward raised: drop the step
-            recorder.__exit__(*sys.exc_info())  # removes its hooks only
-            return
-        recorder.__exit__(None, None, None)  # removes its hooks, then validates the step (raises)
-        record = recorder.record()
-        step = record.steps[0]
-        if self.publish_maps:
-            self._publish({name: record.full_maps[(step, name)].float() for name in record.layers})
-        record.full_maps = {k: v for k, v in record.full_maps.items() if self.keep_full(k[1], k[0])}
-        self.records.append(record)
-
-    def _wants_full(self, name: str, step: int) -> bool:
-        return self.publish_maps or self.keep_full(name, step)
-
-    def _publish(self, maps: dict) -> None:
-        self.maps = maps
-        for holder, _ in self.holders:
-            holder.attention_maps = maps
-
-    def _abandon(self) -> None:
-        """Remove the hooks of a recorder whose forward was interrupted (its step is dropped)."""
-        recorder, self.open = self.open, None
-        if recorder is not None:
-            recorder.__exit__(RuntimeError, None, None)  # restore only
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self._abandon()
-        for holder, previous in self.holders:
-            if previous is _MISSING:
-                with contextlib.suppress(AttributeError):
-                    del holder.attention_maps
-            else:
-                holder.attention_maps = previous
-        self.maps = {}
-
-
-def _concat(records: list[AttentionRecord]) -> AttentionRecord:
-    """One record of the hooked steps (each step's record holds one step)."""
-    first = records[0]
-    for r in records[1:]:
-        if (r.layers, r.num_parts, r.num_heads, r.num_patch_keys) != (
-            first.layers,
-            first.num_parts,
-            first.num_heads,
-            first.num_patch_keys,
-        ):
-            raise CaptureError(
-                f"the hooked steps differ in shape: step {first.steps[0]} recorded {first.num_parts} parts, "
-                f"{first.num_heads} heads, {first.num_patch_keys} keys; step {r.steps[0]} {r.num_parts}, "
-                f"{r.num_heads}, {r.num_patch_keys}. One record holds one shape: call clear_hooks() and "
-                f"register_hooks() again between such runs"
-            )
-    if len(records) == 1:
-        return first
-
-    def cat(name):
-        return torch.cat([getattr(r, name) for r in records])
-
-    return AttentionRecord(
-        steps=[s for r in records for s in r.steps],
-        timesteps=[t for r in records for t in r.timesteps],
-        layers=first.layers,
-        layer_kinds=first.layer_kinds,
-        num_parts=first.num_parts,
-        num_heads=first.num_heads,
-        num_patch_keys=first.num_patch_keys,
-        has_cls=first.has_cls,
-        patch_grid=first.patch_grid,
-        entropy=cat("entropy"),
-        peak=cat("peak"),
-        eff_keys=cat("eff_keys"),
-        cls_mass=cat("cls_mass"),
-        marginals=cat("marginals"),
-        full_maps={k: v for r in records for k, v in r.full_maps.items()},
-        nonfinite=[e for r in records for e in r.nonfinite],
-        meta=first.meta,
-    )
-
-
-# ====================================================================== helpers
-def _cfg_for(cfg: bool | None, batch: int | None, num_parts: int | None) -> bool:
-    """``cfg`` when set; else whether a batch is ``[uncond, cond]``: not when it holds exactly
-    ``num_parts`` rows (one object's parts without guidance), yes otherwise."""
-    if cfg is not None:
-        return bool(cfg)
-    return not (num_parts is not None and batch == int(num_parts))
-
-
-def _full_maps_arg(full_maps):
-    if full_maps is True:
-        return lambda name, step: True
-    if full_maps is False or full_maps is None:
-        return ()
-    return full_maps
 
 
 def verdict_cell(result: CheckResult | None) -> Cell:
