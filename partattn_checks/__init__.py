@@ -21,8 +21,8 @@ EMBEDDED_MODEL = Path(__file__).resolve().parent / "data" / "partcrafter-tiny"
 _LAZY = {
     "AttentionRecorder": "capture.recorder",
     "CaptureError": "capture.recorder",
-    "ProcessorFamily": "capture.recorder",
-    "register_family": "capture.recorder",
+    "ProcessorFamily": "capture.families",
+    "register_family": "capture.families",
     "Selection": "capture.recorder",
     "record_attention": "capture.recorder",
     "AttentionRecord": "capture.record",
