@@ -44,6 +44,8 @@ _LAZY = {
     "BaselineRunner": "baselines.runner",
     "AttentionMonitor": "analysis.monitor",
     "JsonlLog": "analysis.monitor",
+    "WandbLogger": "analysis.trackers",
+    "TensorBoardLogger": "analysis.trackers",
     "compare_checkpoints": "analysis.compare",
 }
 

@@ -630,6 +630,37 @@ def test_animation_errors(tmp_path, kwargs, match):
         render.animation(_blobs(2), tmp_path / "x.gif", **kwargs)
 
 
+def test_part_panel_animation_is_the_part_panel_per_step(picture):
+    """Frame k is the still part panel of step k (same layout, same fixed scale), to GIF precision."""
+    a = np.linspace(0, 1, 3)[:, None, None]
+    frames = (1 - a) * _blobs(3)[None] + a * _blobs(3)[::-1][None]  # (steps, parts, Nk): the parts swap places
+    titles = [f"step {s}" for s in range(3)]
+    data = render.part_panel_animation(frames, GRID, picture, titles=titles, layer="blocks.4.attn2", fps=4)
+    gif = _gif_frames(data)
+    assert len(gif) == 3
+    for k in (0, 2):
+        still = Image.open(
+            io.BytesIO(render.part_panel(frames[k], GRID, picture, title=titles[k], layer="blocks.4.attn2"))
+        )
+        still = np.asarray(still.convert("RGB")).astype(int)
+        assert still.shape == gif[k].shape
+        assert np.abs(still - gif[k].astype(int)).max(-1).mean() < 1.5
+    assert not np.array_equal(gif[0], gif[2])
+    assert len(_gif_frames(render.part_panel_animation(frames))) == 3  # strips, no grid
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        ((_blobs(2),), {}, "expects \\(steps, parts, Nk\\)"),
+        ((np.stack([_blobs(2)] * 2),), {"titles": ["a"]}, "1 titles for 2"),
+    ],
+)
+def test_part_panel_animation_errors(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        render.part_panel_animation(*args, **kwargs)
+
+
 # --------------------------------------------------------------------------- hygiene
 
 

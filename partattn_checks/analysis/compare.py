@@ -18,10 +18,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..checks import CHECKS, CheckResult, Thresholds
 from ..errors import PartattnError
 from .trend import first_threshold, result_entry, shown_value
+
+if TYPE_CHECKING:
+    from ..runs.distributed import Ranks
 
 #: A layer counts as changed when its mean change is at least this share of the largest layer's.
 CHANGED_SHARE = 0.5
@@ -67,6 +71,7 @@ class Comparison:
     num_heads: int
     settings: dict
     images: list[ImageComparison] = field(default_factory=list)
+    kept: dict[str, object] = field(default_factory=dict)  # image -> what ``keep`` returned (not in compare.json)
 
     @property
     def change(self) -> list[list[float]]:
@@ -275,17 +280,22 @@ def compare_checkpoints(
     base=None,
     ema: bool = False,
     progress: Callable[[int], None] | None = None,
-    keep: Callable[[str, object, object, object, object], None] | None = None,
+    keep: Callable[[str, object, object, object, object], object] | None = None,
     pipeline: str | None = None,
+    ranks: Ranks | None = None,
 ) -> Comparison:
     """Run ``images`` (``sidecar.ImageSpec`` from ``trend.fixture_images``, or paths named np<N>_...)
     through checkpoints ``a`` and ``b`` with the same settings and compare them. Both models are
     loaded once, after their ``config.json`` files were found to describe the same architecture; each
     image runs with its sidecar's settings and ``[thresholds.*]`` overrides.
-    ``keep(image, record_a, record_b, pipeline_a, pipeline_b)`` sees each pair of records (the
-    command draws from them). A transformer-only folder (e.g. upstream's ``000500/``) borrows the rest
-    from ``base``; ``ema`` judges ``transformer_ema/`` instead of ``transformer/`` on both sides;
-    ``pipeline``: the user's own ``module:factory`` (``trend.load_pipeline``)."""
+    ``keep(image, record_a, record_b, pipeline_a, pipeline_b)`` sees each pair of records; what it
+    returns is kept in ``comparison.kept[image]`` (the command keeps what its figures need). A
+    transformer-only folder (e.g. upstream's ``000500/``) borrows the rest from ``base``; ``ema``
+    judges ``transformer_ema/`` instead of ``transformer/`` on both sides; ``pipeline``: the user's
+    own ``module:factory`` (``trend.load_pipeline``). ``ranks``: the processes of a ``torchrun``
+    launch (``runs.distributed``), which share the images (each loads both models) and all get the
+    whole comparison; ``keep``'s values travel to them, so they must pickle."""
+    from ..runs.distributed import Ranks
     from ..runs.session import Session
     from .trend import TrendError, as_checkpoint, check_architecture, load_pipeline
 
@@ -298,35 +308,44 @@ def compare_checkpoints(
         if side.transformer_only and base is None:
             raise CompareError(f"{side.path} holds only {side.weights}/; pass base= (--base DIR) to borrow the rest")
     check_architecture(sides, CompareError)
-    pipelines = [load_pipeline(side, base=base, device=device, dtype=dtype, pipeline=pipeline) for side in sides]
+    ranks = ranks or Ranks()
     settings = {"steps": steps, "seed": seed, "device": device, "dtype": dtype, "weights": sides[0].weights}
     comparison = Comparison(str(a), str(b), [], 0, settings)
     options = {"steps": steps, "seed": seed}
-    side_a, side_b = (Session.around(p, options=options, thresholds=thresholds, checks=CHECKS) for p in pipelines)
-    # image by image, A then B (zip pulls one outcome from each in turn)
-    pairs = zip(side_a.run_set(specs), side_b.run_set(specs), strict=True)
-    for n, (outcome_a, outcome_b) in enumerate(pairs, 1):
+    loaded: list = []  # both pipelines, loaded by the first image this process runs
+    done = 0
+
+    def run(spec) -> tuple[ImageComparison, list[str], int, object]:
+        nonlocal done
+        if not loaded:
+            run_on = ranks.device(device)
+            loaded.extend(load_pipeline(s, base=base, device=run_on, dtype=dtype, pipeline=pipeline) for s in sides)
+        side_a, side_b = (Session.around(p, options=options, thresholds=thresholds, checks=CHECKS) for p in loaded)
+        outcome_a, outcome_b = side_a.image_outcome(spec), side_b.image_outcome(spec)  # A then B
         ra, rb = outcome_a.record, outcome_b.record
-        change = marginal_change(ra, rb)
-        if not comparison.layers:
-            comparison.layers, comparison.num_heads = list(ra.layers), ra.num_heads
         name = Path(outcome_a.image).name
-        comparison.images.append(
-            ImageComparison(
-                name,
-                change.tolist(),
-                dict(outcome_a.results),
-                dict(outcome_b.results),
-                outcome_a.summary,
-                outcome_b.summary,
-                first_nonfinite(ra),
-                first_nonfinite(rb),
-            )
+        image = ImageComparison(
+            name,
+            marginal_change(ra, rb).tolist(),
+            dict(outcome_a.results),
+            dict(outcome_b.results),
+            outcome_a.summary,
+            outcome_b.summary,
+            first_nonfinite(ra),
+            first_nonfinite(rb),
         )
-        if keep is not None:
-            keep(name, ra, rb, *pipelines)
+        kept = keep(name, ra, rb, *loaded) if keep is not None else None
+        done += 1
         if progress is not None:
-            progress(n)
+            progress(done)
+        return image, list(ra.layers), ra.num_heads, kept
+
+    for image, layers, heads, kept in ranks.map(specs, run, label=lambda spec: spec.path.name):
+        if not comparison.layers:
+            comparison.layers, comparison.num_heads = layers, heads
+        comparison.images.append(image)
+        comparison.kept[image.image] = kept
+    loaded.clear()
     return comparison
 
 

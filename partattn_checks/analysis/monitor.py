@@ -22,6 +22,11 @@ reference, in units of its seed spread): ``<prefix>/baseline/<image stem>`` the 
 over its allowance (above 1: the gate would fail it), ``<prefix>/baseline/fails``,
 ``<prefix>/baseline/set`` (1 when the fixture-set item would fail) and ``<prefix>/baseline/shift/<metric>``
 (the mean over images of each headline metric's distance, signed: e.g. separation falling).
+
+With ``figures_every=N`` every N-th call (the first included) also has pictures for a dashboard:
+:meth:`AttentionMonitor.figures` draws, per image, the part-attention panel, each check's timeline and
+the part panel over the steps (a GIF) from that call's records (``monitor_figures``), which
+``trackers.WandbLogger`` and ``trackers.TensorBoardLogger`` log beside the values.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class AttentionMonitor:
     complete the settings; :meth:`from_checkpoint` reads all three from a checkpoint folder.
     ``main_process_only``: under distributed training, only the process of rank 0 runs the images
     (the others return ``{}`` at once), so a multi-GPU run pays for the monitor once.
+    ``figures_every``: every N-th call (calls 0, N, 2N, ...) has figures (:meth:`figures`); None: none.
     """
 
     def __init__(
@@ -99,7 +105,18 @@ class AttentionMonitor:
         prefix: str = "partattn",
         main_process_only: bool = False,
         baselines: str | Path | None = None,
+        figures_every: int | None = None,
     ):
+        if figures_every is not None and (
+            isinstance(figures_every, bool) or not isinstance(figures_every, int) or figures_every < 1
+        ):
+            raise MonitorError(
+                f"figures_every={figures_every!r}: give a whole number of calls, 1 or more (or None: no figures)"
+            )
+        self.figures_every = figures_every
+        self.calls = 0  # calls made so far (the cadence of figures counts them)
+        self._views: dict[str, object] = {}  # image name -> the encoder's view, for overlays
+        self._pictures: dict[bool, list] = {}  # the latest call's pictures, drawn on demand (key: animate)
         self.images = _image_specs(images)
         self.main_process_only = main_process_only
         self.feature_extractor = feature_extractor
@@ -155,7 +172,10 @@ class AttentionMonitor:
         module inside is used."""
         from ..runs.session import Session
 
+        self.calls += 1
+        self._pictures = {}
         if self.main_process_only and rank() != 0:
+            self.last = {}
             return {}
         transformer, image_encoder = unwrapped(transformer), unwrapped(image_encoder)
         call = {"num_tokens": self.num_tokens}  # the monitor's token count wins over a sidecar's
@@ -170,11 +190,36 @@ class AttentionMonitor:
             out, outcomes = {}, {}
             for spec in self.images:
                 outcomes[spec.path.name] = session.image_outcome(spec, call=call)
+                if spec.path.name not in self._views:  # for the figures' overlays (cheap, kept)
+                    self._views[spec.path.name] = session.image_view(spec)
                 if self.baselines is not None:
                     runs = session.image_runs(spec, call)
                     out[spec.path.name] = self.runner().evaluate(runs, session.thresholds_for(spec))
         self.last = outcomes
         return {**self.flatten(outcomes), **self.flatten_baselines(out)}
+
+    @property
+    def figures_due(self) -> bool:
+        """The latest call (or the one being made) is on the ``figures_every`` cadence."""
+        return self.figures_every is not None and (self.calls - 1) % self.figures_every == 0
+
+    def figures(self, *, animate: bool = True) -> list:
+        """The pictures of the latest call when it is on the ``figures_every`` cadence, else ``[]``
+        (also before the first call and on a rank that skipped it): see :meth:`draw_figures`."""
+        return self.draw_figures(animate=animate) if self.figures_due else []
+
+    def draw_figures(self, *, animate: bool = True) -> list:
+        """``monitor_figures.Picture`` of the latest call, whatever the cadence: per image its part
+        panel, each check's timeline and (``animate``) its part panel over the steps. Drawn once per
+        call and kept; the random states are put back, so drawing cannot change a training run."""
+        from .monitor_figures import draw
+
+        if animate not in self._pictures:
+            with preserved_state():
+                self._pictures[animate] = draw(
+                    self.last, self._views, prefix=self.prefix, checks=self.checks, animate=animate
+                )
+        return self._pictures[animate]
 
     def runner(self):
         """The gate's baseline runner over ``baselines`` (compare only; nothing is written)."""

@@ -24,9 +24,13 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..checks import CHECKS, CheckResult, Thresholds
 from ..errors import PartattnError
+
+if TYPE_CHECKING:
+    from ..runs.distributed import Ranks
 
 #: A step folder: ``checkpoint-1500`` (accelerate, diffusers' training scripts) or ``001500`` (upstream
 #: PartCrafter's ``accelerator.save_state(<ckpt_dir>/<step:06d>)``). ``seed1`` or ``run_v2`` is no step.
@@ -386,11 +390,14 @@ def run_trend(
     checks: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
     pipeline: str | None = None,
+    ranks: Ranks | None = None,
 ) -> Trend:
     """Run and judge every image (``sidecar.ImageSpec``, from :func:`fixture_images`) on every
     checkpoint, one model in memory at a time, each image with its sidecar's settings and
-    ``[thresholds.*]`` overrides. ``progress(done)`` is called after each image. ``pipeline``: the
-    user's own ``module:factory`` (see :func:`load_pipeline`)."""
+    ``[thresholds.*]`` overrides. ``progress(done)`` is called after each image (on this rank's
+    share under a launch). ``pipeline``: the user's own ``module:factory`` (see :func:`load_pipeline`).
+    ``ranks``: the processes of a ``torchrun`` launch (``runs.distributed``), which share the
+    (checkpoint, image) runs and all get the whole trend; default one process."""
     check_architecture(checkpoints)
     thresholds = thresholds or Thresholds()
     names = list(checks) if checks is not None else list(CHECKS)
@@ -408,24 +415,35 @@ def run_trend(
             "thresholds": thresholds.to_dict(),
         },
     )
+    from ..runs.distributed import Ranks
     from ..runs.session import Session
 
+    ranks = ranks or Ranks()
+    held: dict[int, Session] = {}  # the checkpoint this process holds: consecutive runs share it
     done = 0
-    for checkpoint in checkpoints:
-        session = Session.around(
-            load_pipeline(checkpoint, base=base, device=device, dtype=dtype, pipeline=pipeline),
-            options={"steps": steps, "seed": seed},
-            thresholds=thresholds,
-            checks=names,
-        )
-        per_image, summaries = {}, []
-        for outcome in session.run_set(images):
-            per_image[Path(outcome.image).name] = dict(outcome.results)
-            summaries.append(outcome.summary)
-            done += 1
-            if progress is not None:
-                progress(done)
-        trend.results.append(per_image)
-        trend.headline.append(headline_means(summaries))
-        del session  # and with it the pipeline: the next checkpoint loads into the freed memory
+
+    def run(unit: tuple[int, int]) -> tuple[dict[str, CheckResult], dict[str, float]]:
+        nonlocal done
+        c, i = unit
+        if c not in held:
+            held.clear()  # and with it the pipeline: the next checkpoint loads into the freed memory
+            loaded = load_pipeline(
+                checkpoints[c], base=base, device=ranks.device(device), dtype=dtype, pipeline=pipeline
+            )
+            held[c] = Session.around(
+                loaded, options={"steps": steps, "seed": seed}, thresholds=thresholds, checks=names
+            )
+        outcome = held[c].image_outcome(images[i])
+        done += 1
+        if progress is not None:
+            progress(done)
+        return dict(outcome.results), outcome.summary
+
+    units = [(c, i) for c in range(len(checkpoints)) for i in range(len(images))]
+    results = ranks.map(units, run, label=lambda u: f"{checkpoints[u[0]].label} x {images[u[1]].path.name}")
+    held.clear()
+    for c in range(len(checkpoints)):
+        per = results[c * len(images) : (c + 1) * len(images)]
+        trend.results.append({spec.path.name: checks for spec, (checks, _) in zip(images, per, strict=True)})
+        trend.headline.append(headline_means([summary for _, summary in per]))
     return trend

@@ -16,6 +16,7 @@ because it runs and judges.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from .. import EMBEDDED_MODEL as HEALTHY
@@ -82,8 +83,73 @@ def _fits(pipeline, variant, warn, what: str) -> bool:
     return True
 
 
-def _teller(progress, model: str):
-    return (lambda image: progress(model, image)) if progress is not None else None
+class _Rows:
+    """The pipeline as each row of the matrix needs it, switched as the units move from row to row
+    (consecutive units share a row): a variant's weight edit entered (the previous one undone
+    first), another checkpoint loaded (the previous one let go). ``close()`` undoes the last edit."""
+
+    def __init__(self, pipeline, variants: Mapping, others: Mapping, options, thresholds):
+        self.pipeline, self.variants, self.others = pipeline, variants, others
+        self.options, self.thresholds = options, thresholds
+        self.row: str | None = None
+        self.runner = None
+        self.edit = contextlib.ExitStack()
+
+    def __call__(self, row: str):
+        """The fixture-set runner of ``row`` ("healthy", a variant's or another checkpoint's name)."""
+        from ..model.broken import broken
+
+        if row != self.row:
+            self.close()  # the weights as loaded
+            if row in self.others:
+                self.runner = session(self.others[row](), options=self.options, thresholds=self.thresholds)
+            else:
+                if row in self.variants:
+                    self.edit.enter_context(broken(self.pipeline.transformer, self.variants[row]))
+                self.runner = session(self.pipeline, options=self.options, thresholds=self.thresholds)
+            self.row = row
+        return self.runner
+
+    def close(self) -> None:
+        self.edit.close()
+        self.row, self.runner = None, None
+
+
+def _run_rows(
+    pipeline,
+    images: Sequence[ImageSpec],
+    rows: Sequence[str],
+    *,
+    variants: Mapping | None = None,
+    others: Mapping | None = None,
+    options=None,
+    thresholds=None,
+    progress=None,
+    ranks=None,
+) -> dict[str, dict[str, dict[str, CheckResult]]]:
+    """``{row: {image name: {check: result}}}``: every image through every row (see :class:`_Rows`),
+    as (row, image) units over ``ranks`` (``runs.distributed``; default one process)."""
+    from ..runs.distributed import Ranks
+
+    ranks = ranks or Ranks()
+    rows_of = _Rows(pipeline, variants or {}, others or {}, options, thresholds)
+
+    def run(unit: tuple[str, ImageSpec]) -> dict[str, CheckResult]:
+        row, image = unit
+        results = dict(rows_of(row).image_outcome(image).results)
+        if progress is not None:
+            progress(row, image_name(image))
+        return results
+
+    units = [(row, image) for row in rows for image in images]
+    try:
+        results = ranks.map(units, run, label=lambda u: f"{u[0]} x {image_name(u[1])}")
+    finally:
+        rows_of.close()
+    matrix: dict[str, dict[str, dict[str, CheckResult]]] = {row: {} for row in rows}
+    for (row, image), checks in zip(units, results, strict=True):
+        matrix[row][image_name(image)] = checks
+    return matrix
 
 
 def measure(
@@ -96,24 +162,30 @@ def measure(
     others: Mapping[str, Callable[[], object]] | None = None,
     progress: Callable[[str, str], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    ranks=None,
 ) -> ResultMatrix:
     """The matrix: ``"healthy"`` (``pipeline`` as loaded), each variant (edited in memory, restored
     after its images) and each of ``others`` (``{row name: load()}``, loaded one at a time), judged with
     ``thresholds`` and each image's sidecar overrides. A variant that does not fit the model (e.g. no
-    part embedding) is left out and ``warn`` is told why."""
-    from ..model.broken import broken
-
-    runner = session(pipeline, options=options, thresholds=thresholds)
-    matrix: ResultMatrix = {"healthy": run_images(runner, images, progress=_teller(progress, "healthy"))}
-    for name in VARIANTS if variants is None else variants:
-        if not _fits(pipeline, name, warn, f"the {name} variant"):
-            continue
-        with broken(pipeline.transformer, name):
-            matrix[name] = run_images(runner, images, progress=_teller(progress, name))
-    for name, load in (others or {}).items():
-        other = session(load(), options=options, thresholds=thresholds)
-        matrix[name] = run_images(other, images, progress=_teller(progress, name))
-    return matrix
+    part embedding) is left out and ``warn`` is told why. ``ranks``: the processes of a ``torchrun``
+    launch, which share the (row, image) runs and all get the whole matrix."""
+    fitting = [
+        name
+        for name in (VARIANTS if variants is None else variants)
+        if _fits(pipeline, name, warn, f"the {name} variant")
+    ]
+    rows = ["healthy", *fitting, *(others or {})]
+    return _run_rows(
+        pipeline,
+        images,
+        rows,
+        variants={name: name for name in fitting},
+        others=others,
+        options=options,
+        thresholds=thresholds,
+        progress=progress,
+        ranks=ranks,
+    )
 
 
 def measure_graded(
@@ -125,23 +197,34 @@ def measure_graded(
     grades: Iterable[str] | None = None,
     progress: Callable[[str, str], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    ranks=None,
 ) -> Graded:
     """Every level of every graded degradation (:data:`~partattn_checks.model.broken.GRADES`), applied
     in memory like the variants, on every image, judged with ``thresholds`` (the calibrated ones) and
-    each image's sidecar overrides. A grade that does not fit the model is left out (``warn``)."""
-    from ..model.broken import broken, graded
+    each image's sidecar overrides. A grade that does not fit the model is left out (``warn``).
+    ``ranks``: as for :func:`measure`, over the (grade, level, image) runs."""
+    from ..model.broken import graded
 
-    runner = session(pipeline, options=options, thresholds=thresholds)
-    out: Graded = {}
+    levels = {}  # variant name -> (grade, level, variant)
     for name in GRADES if grades is None else grades:
         grade = GRADES[name]
-        if not _fits(pipeline, graded(name, grade.levels[0]), warn, f"the {name} degradation"):
-            continue
-        out[name] = {}
-        for level in grade.levels:
-            variant = graded(name, level)
-            with broken(pipeline.transformer, variant):
-                out[name][level] = run_images(runner, images, progress=_teller(progress, variant.name))
+        if _fits(pipeline, graded(name, grade.levels[0]), warn, f"the {name} degradation"):
+            for level in grade.levels:
+                variant = graded(name, level)
+                levels[variant.name] = (name, level, variant)
+    matrix = _run_rows(
+        pipeline,
+        images,
+        list(levels),
+        variants={key: variant for key, (_, _, variant) in levels.items()},
+        options=options,
+        thresholds=thresholds,
+        progress=progress,
+        ranks=ranks,
+    )
+    out: Graded = {}
+    for key, (name, level, _) in levels.items():
+        out.setdefault(name, {})[level] = matrix[key]
     return out
 
 

@@ -12,8 +12,10 @@ and an ``index.html``; ``check`` runs the pytest gate (``pytest --partattn``) on
 and exits non-zero when a check fails; ``show`` renders a saved record. Exit codes: 0 done,
 1 a run or check failed, 2 bad arguments or inputs (message on stderr, no traceback): also a
 damaged checkpoint, record or image, and an output folder that is a file or cannot be written
-(checked before any work). ``run`` and ``show`` list what they wrote in ``partattn-manifest.json``
-and, on the next run into the same folder, remove those of the files they do not write again.
+(checked before any work). ``trend``, ``calibrate`` and ``compare`` also run under ``torchrun`` /
+``accelerate launch``, spread over the ranks (``cli/launch.py``). ``run`` and ``show`` list what
+they wrote in ``partattn-manifest.json`` and, on the next run into the same folder, remove those of
+the files they do not write again.
 torch is imported only when a subcommand needs it, so ``--help`` is instant.
 
 Each subcommand is one module of this package with ``add_parser(sub)`` (which sets ``func``) and
@@ -66,13 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0) and argparse's usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     try:
-        return int(args.func(args, extra))
+        status = int(args.func(args, extra))
     except UsageError as err:
-        print(f"partattn {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        status = _say(args, f"partattn {args.command}: error: {err}", 2)
     except RunFailed as err:
-        print(f"partattn {args.command}: failed: {err}", file=sys.stderr)
-        return 1
+        status = _say(args, f"partattn {args.command}: failed: {err}", 1)
     except KeyboardInterrupt:
-        print(f"partattn {args.command}: interrupted", file=sys.stderr)
-        return 130
+        status = _say(args, f"partattn {args.command}: interrupted", 130)
+    except Exception as err:  # a bug, or a user's pipeline that raised: the traceback is the message
+        from ..runs.distributed import shared
+
+        if getattr(args, "speaks", True) or not shared(err):
+            raise
+        status = 0  # every rank of the launch raised it; rank 0 shows it
+    # Under a torchrun launch rank 0 carries the status and the message (cli/launch.py): the others
+    # exit 0, since a rank that exits non-zero makes torchrun stop rank 0 before it writes or speaks.
+    return status if getattr(args, "speaks", True) else 0
+
+
+def _say(args, text: str, status: int) -> int:
+    """Print an error message on stderr (rank 0 alone under a launch); return ``status``."""
+    if getattr(args, "speaks", True):
+        print(text, file=sys.stderr)
+    return status

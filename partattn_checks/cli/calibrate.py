@@ -56,6 +56,7 @@ from .io import (
     remove_created,
     writable_folder,
 )
+from .launch import joined, launch, rank_device
 
 DEFAULT_OUT = Path("partattn-calibration")
 OUTPUTS = CALIBRATE_OUTPUTS
@@ -131,6 +132,7 @@ def add_parser(sub):
 
 
 def main(args, extra) -> int:
+    ranks = launch(args)
     model = model_dir(args.model)
     check_model(model)
     if args.random:
@@ -140,6 +142,7 @@ def main(args, extra) -> int:
     policy = _policy(args)
     if args.num_tokens is not None:
         check_num_tokens(args.num_tokens, model, run_device(args.device), args.dtype)
+    device = rank_device(args, ranks)
     fixtures = fixtures_dir(args.fixtures)
     base = read_thresholds(args.thresholds)
     if args.baselines and ci_is_set():
@@ -157,30 +160,39 @@ def main(args, extra) -> int:
     out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
     option = "--out" if args.out else "output folder"
     baselines = Path(args.baselines).expanduser() if args.baselines else None
-    created = writable_folder(out, option)
-    created_baselines, lock, stages, done = None, None, [], False
-    try:
+    created, created_baselines, lock, stages, done = None, None, None, [], False
+
+    def prepare() -> None:  # rank 0's: the folders it writes, checked before any work
+        nonlocal created, created_baselines, lock
+        created = writable_folder(out, option)
         refuse_foreign(out, OUTPUTS, option)
         if baselines is not None:
             created_baselines = writable_folder(baselines, "--baselines")
             lock = _lock(baselines)
         stages.append(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out)))
-        toml = _calibrate(args, model, images, base, stages[0])
-        if baselines is not None:
-            stages.append(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=baselines)).resolve())
-            written = _write_baselines(args, model, images, toml, stages[1], policy)
-            _publish_baselines(stages[1], baselines)
-        _publish_outputs(stages[0], out)
-        done = True
-    finally:  # failed or interrupted (Ctrl-C included): both folders stay as they were
-        for stage in stages:
-            shutil.rmtree(stage, ignore_errors=True)
-        if lock is not None:
-            lock.release()
-        if not done:
+
+    with joined(ranks, device):
+        try:
+            ranks.first(prepare)  # the other ranks hear how it went
+            toml = _calibrate(args, model, images, base, stages[0] if ranks.main else None, ranks)
+            if not ranks.main:  # rank 0 writes (the baselines too, alone) and speaks
+                return 0
+            assert toml is not None  # rank 0 wrote it
             if baselines is not None:
-                remove_created(baselines, created_baselines)
-            remove_created(out, created)
+                stages.append(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=baselines)).resolve())
+                written = _write_baselines(args, model, images, toml, stages[1], policy)
+                _publish_baselines(stages[1], baselines)
+            _publish_outputs(stages[0], out)
+            done = True
+        finally:  # failed or interrupted (Ctrl-C included): both folders stay as they were
+            for stage in stages:
+                shutil.rmtree(stage, ignore_errors=True)
+            if lock is not None:
+                lock.release()
+            if not done and ranks.main:
+                if baselines is not None:
+                    remove_created(baselines, created_baselines)
+                remove_created(out, created)
     say(args, f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
     if baselines is not None:
         say(args, f"wrote the baselines of {len(images)} image(s) into {baselines}:")
@@ -229,15 +241,17 @@ def _publish_outputs(stage: Path, out: Path) -> None:
             outputs.add(out / name)
 
 
-def _calibrate(args, model: Path, images, base, out: Path) -> Path:
+def _calibrate(args, model: Path, images, base, out: Path | None, ranks) -> Path | None:
+    """Measure, decide and (``out``: rank 0's staging folder) write; under a launch every rank
+    measures its share of the runs and gets the whole matrix; ``out`` None: write nothing."""
     from ..analysis import calibration_page as report
     from ..analysis.calibrate import CalibrationError, calibrated, decide, graded_summary, summarize
     from ..analysis.zoo import by_name, image_name, measure, measure_graded, session
     from ..base.atomic import atomic_write_bytes, atomic_write_text
     from ..runs.session import CaseError
 
-    load = _loader(args)
-    pipeline = load(model)
+    load = _loader(args, device=ranks.device(run_device(args.device)))
+    pipeline = ranks.each(lambda: load(model), label=f"loading {model}")  # a rank that cannot stops all
     options = {"steps": args.steps, "seed": args.seed, "num_tokens": args.num_tokens}
     named = by_name(images)
     others = {"random": lambda: load(model_dir(args.random))} if args.random else None
@@ -246,25 +260,28 @@ def _calibrate(args, model: Path, images, base, out: Path) -> Path:
         say(args, f"{name}: {image}")
 
     def warn(text):
-        print(f"partattn calibrate: {text}", file=sys.stderr)
+        if ranks.main:
+            print(f"partattn calibrate: {text}", file=sys.stderr)
 
     graded = None
     try:
         spec = session(pipeline, options=options).image_spec(images[0])
         matrix = measure(
-            pipeline, images, options=options, thresholds=base, others=others, progress=progress, warn=warn
+            pipeline, images, options=options, thresholds=base, others=others, progress=progress, warn=warn, ranks=ranks
         )
         decisions = decide(matrix, base, args.margin, named)
         thresholds = calibrated(base, decisions)
         if not args.no_graded:
             graded = measure_graded(
-                pipeline, images, options=options, thresholds=thresholds, progress=progress, warn=warn
+                pipeline, images, options=options, thresholds=thresholds, progress=progress, warn=warn, ranks=ranks
             )
     except (CalibrationError, CaseError) as err:
         raise RunFailed(str(err)) from None
     except ValueError as err:  # a run setting or a variant that does not fit this model
         raise UsageError(str(err)) from None
     del pipeline
+    if out is None:
+        return None
     table = summarize(matrix, thresholds, named)
     settings = {k: getattr(spec, k) for k in ("steps", "seed", "num_tokens", "guidance_scale", "dtype", "device")}
     prov = report.provenance(
@@ -321,14 +338,15 @@ def command_line(args) -> str:
     return " ".join(words)
 
 
-def _loader(args, dtype: str | None = None):
+def _loader(args, dtype: str | None = None, device: str | None = None):
     """``load(path)``: the checkpoint at ``path`` as ``--pipeline`` or the built-in pipeline loads it,
-    on ``--device`` in ``dtype`` (default ``--dtype``); a checkpoint that cannot load is a usage error."""
+    on ``device`` (default ``--device``) in ``dtype`` (default ``--dtype``); a checkpoint that cannot
+    load is a usage error."""
     from ..capture.upstream import PipelineError
     from ..model.loading import CheckpointError
     from ..model.pipeline import PartCrafterPipeline
 
-    device, dtype = run_device(args.device), dtype or args.dtype
+    device, dtype = device or run_device(args.device), dtype or args.dtype
 
     def load(path):
         say(args, f"loading {path} on {device} ({dtype})" + (f" with {args.pipeline}" if args.pipeline else ""))

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from .args import add_fixture_run_options, fixtures_dir, resolved, run_device, say
+from .args import add_fixture_run_options, fixtures_dir, resolved, say
 from .io import (
     COMPARE_OUTPUTS,
     Outputs,
@@ -21,6 +22,7 @@ from .io import (
     remove_created,
     writable_folder,
 )
+from .launch import joined, launch, processes, rank_device
 
 DEFAULT_OUT = Path("partattn-results") / "compare"
 
@@ -62,6 +64,7 @@ def main(args, extra) -> int:
     from ..runs.session import CaseError
 
     args.a, args.b, args.base = resolved(args.a, "A"), resolved(args.b, "B"), resolved(args.base, "--base")
+    ranks = launch(args)
     for path in (args.a, args.b):
         if not Path(path).expanduser().is_dir():
             raise UsageError(f"checkpoint folder not found: {path}")
@@ -69,54 +72,98 @@ def main(args, extra) -> int:
         images = fixture_images(fixtures_dir(args.fixtures))
     except TrendError as err:
         raise UsageError(str(err)) from None
+    paths = {spec.path.name: spec.path for spec in images}
     thresholds = read_thresholds(args.thresholds)
-    device = run_device(args.device)
+    device = rank_device(args, ranks)
     out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
     option = "--out" if args.out else "output folder"
-    created = writable_folder(out, option)
-    refuse_foreign(out, COMPARE_OUTPUTS, option)  # a user's own index.html stays theirs
-    say(args, f"{args.a} vs {args.b}: {len(images)} image(s) on {device} ({args.dtype})")
-    bar = ProgressBar(len(images), enabled=False if args.quiet else None, label="compare")
-    kept: dict[str, tuple] = {}
-    try:
-        comparison = compare_checkpoints(
-            args.a,
-            args.b,
-            images,
-            steps=args.steps,
-            seed=args.seed,
-            device=device,
-            dtype=args.dtype,
-            thresholds=thresholds,
-            base=args.base,
-            ema=args.ema,
-            progress=lambda done: bar(done - 1),
-            pipeline=args.pipeline,
-            keep=lambda name, ra, rb, pa, pb: kept.__setitem__(name, (ra, rb, pa)),
-        )
-    except (CompareError, TrendError, CheckpointError, ValueError) as err:
-        remove_created(out, created)
-        raise UsageError(str(err)) from None
-    except CaseError as err:  # an image or model that could not run
-        remove_created(out, created)
-        raise RunFailed(str(err)) from None
-    finally:
-        bar.close()
+    with joined(ranks, device):
+        created = ranks.first(lambda: _output_folder(out, option))  # rank 0 writes; the others hear how it went
+        say(args, f"{args.a} vs {args.b}: {len(images)} image(s) on {device} ({args.dtype})" + processes(ranks))
+        bar = ProgressBar(len(ranks.share(len(images))), enabled=False if args.quiet else None, label="compare")
+        try:
+            comparison = compare_checkpoints(
+                args.a,
+                args.b,
+                images,
+                steps=args.steps,
+                seed=args.seed,
+                device=device,
+                dtype=args.dtype,
+                thresholds=thresholds,
+                base=args.base,
+                ema=args.ema,
+                progress=lambda done: bar(done - 1),
+                pipeline=args.pipeline,
+                keep=lambda name, ra, rb, pa, pb: Shown.of(paths[name], ra, rb, pa),
+                ranks=ranks,
+            )
+        except (CompareError, TrendError, CheckpointError, ValueError) as err:
+            _remove(ranks, out, created)
+            raise UsageError(str(err)) from None
+        except CaseError as err:  # an image or model that could not run
+            _remove(ranks, out, created)
+            raise RunFailed(str(err)) from None
+        except BaseException:
+            _remove(ranks, out, created)
+            raise
+        finally:
+            bar.close()
+    if not ranks.main:  # rank 0 writes, speaks and carries the exit status
+        return 0
     with Outputs(out, "compare") as outputs:
-        written = write_comparison(comparison, kept, out, images)
+        written = write_comparison(comparison, comparison.kept, out)
         outputs.add(*written.values())
     print(comparison.verdict)
-    print(f"wrote compare.json and {len(written) - 2} figures; open {written['index']}")
+    print(f"wrote compare.json and {len(written) - 2} figures; open {out / written['index'].name}")
     if not comparison.finite:  # a broken checkpoint fails the command, like a failing check
-        bad = [f"{side.upper()}: {', '.join(where)}" for side in "ab" if (where := comparison.nonfinite(side))]
-        raise RunFailed(f"attention is not finite ({'; '.join(bad) or 'the change'}); see {written['json']}")
+        broken = [f"{side.upper()}: {', '.join(where)}" for side in "ab" if (where := comparison.nonfinite(side))]
+        what = "; ".join(broken) or "the change"
+        raise RunFailed(f"attention is not finite ({what}); see {out / written['json'].name}")
     return 0
+
+
+def _output_folder(out: Path, option: str) -> Path | None:
+    """Create ``out`` if needed and refuse a file of the user's in the way (before any work)."""
+    created = writable_folder(out, option)
+    refuse_foreign(out, COMPARE_OUTPUTS, option)  # a user's own index.html stays theirs
+    return created
+
+
+def _remove(ranks, out: Path, created: Path | None) -> None:
+    if ranks.main:  # the only one that created it
+        remove_created(out, created)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the part panels need of one image, kept by ``compare_checkpoints`` (small, so it can
+    travel between the ranks of a launch): its part count, patch grid and the encoder's view, and per
+    layer each part's key-marginal on A and on B (mean over steps and heads)."""
+
+    num_parts: int
+    grid: tuple[int, int] | None
+    view: object
+    parts_a: list  # [layer] (parts, Nk)
+    parts_b: list
+
+    @classmethod
+    def of(cls, image: Path, record_a, record_b, pipeline_a) -> Shown:
+        """From ``image``'s two records; the view through A's pipeline (one part: none is shown)."""
+        from ..present.views import renorm
+
+        def parts(record) -> list:
+            by_part = record.marginals_by_part()
+            return [renorm(by_part[:, li].mean(0)) for li in range(record.num_layers)]
+
+        view = pipeline_a.preprocessed_image(image) if record_a.num_parts >= 2 else None
+        return cls(record_a.num_parts, record_a.patch_grid, view, parts(record_a), parts(record_b))
 
 
 def _shown_image(comparison, kept, layer_index: int) -> tuple[str, str] | None:
     """The image the part panels show, and why: of the images with two or more parts, the one whose
     attention changed most in the most-changed layer (None: no such image)."""
-    multi = [img for img in comparison.images if kept[img.image][0].num_parts >= 2]
+    multi = [img for img in comparison.images if kept[img.image].num_parts >= 2]
     if not multi:
         return None
     shown = max(multi, key=lambda img: _finite_or_low(sum(img.change[layer_index])))
@@ -161,15 +208,15 @@ def check_panels(comparison) -> list:
     return panels
 
 
-def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
+def write_comparison(comparison, kept, out: Path) -> dict[str, Path]:
     """``compare.json``, the figures and ``index.html`` in ``out``; ``{what: path}``. The page opens
     with the verdict, the checks on both sides and the change per (layer, head)."""
     from .. import render
     from ..base.atomic import atomic_write_text
     from ..present.pages.page import Page
-    from ..present.views import renorm
     from ..render import training as figures
 
+    out = Path(out).resolve()  # the page links its figures relative to itself, whatever --out was
     doc = json.dumps(comparison.to_dict(), indent=1, allow_nan=False)  # JSON has no NaN: to_dict writes null
     written = {"json": atomic_write_text(out / "compare.json", doc + "\n")}
     name_a, name_b = Path(comparison.a).name, Path(comparison.b).name
@@ -194,14 +241,12 @@ def write_comparison(comparison, kept, out: Path, images) -> dict[str, Path]:
     panels = []
     if shown is not None:
         image_name, why = shown
-        ra, rb, pipeline = kept[image_name]
-        view = pipeline.preprocessed_image(next(s.path for s in images if s.path.name == image_name))
-        for side, record, label in (("a", ra, name_a), ("b", rb, name_b)):
-            marg = renorm(record.marginals_by_part()[:, li].mean(0))
+        shown_parts = kept[image_name]
+        for side, label in (("a", name_a), ("b", name_b)):
             written[f"parts_{side}"] = render.part_panel(
-                marg,
-                record.patch_grid,
-                view,
+                getattr(shown_parts, f"parts_{side}")[li],
+                shown_parts.grid,
+                shown_parts.view,
                 title=f"{side.upper()}: {label} · {image_name}",
                 layer=layer,
                 path=out / f"parts_{side}.png",

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from .args import add_fixture_run_options, fixtures_dir, resolved, run_device, say
+from .args import add_fixture_run_options, fixtures_dir, resolved, say
 from .io import (
     Outputs,
     ProgressBar,
@@ -19,6 +19,7 @@ from .io import (
     remove_created,
     writable_folder,
 )
+from .launch import joined, launch, processes, rank_device
 
 DEFAULT_OUT = Path("partattn-results") / "trend"
 #: What ``trend`` writes (checked before it starts, and again before the files are moved in).
@@ -69,50 +70,75 @@ def main(args, extra) -> int:
 
     args.base = resolved(args.base, "--base")  # Hugging Face repo ids: their hub-cache snapshots
     args.checkpoints = [resolved(c, "CKPT") for c in args.checkpoints]
+    ranks = launch(args)
     try:
         checkpoints = find_checkpoints(args.checkpoints, base=args.base, ema=args.ema)
         images = fixture_images(fixtures_dir(args.fixtures))
     except TrendError as err:
         raise UsageError(str(err)) from None
     thresholds = read_thresholds(args.thresholds)
-    device = run_device(args.device)
+    device = rank_device(args, ranks)
     out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
     option = "--out" if args.out else "output folder"
+    with joined(ranks, device):
+        created = ranks.first(lambda: _output_folder(out, option))  # rank 0 writes; the others hear how it went
+        weights = checkpoints[0].weights
+        say(
+            args,
+            f"{len(checkpoints)} checkpoint(s) ({weights}/) x {len(images)} image(s) on {device} ({args.dtype})"
+            + processes(ranks),
+        )
+        share = len(ranks.share(len(checkpoints) * len(images)))
+        bar = ProgressBar(share, enabled=False if args.quiet else None, label="trend")
+        try:
+            trend = run_trend(
+                checkpoints,
+                images,
+                base=args.base,
+                steps=args.steps,
+                seed=args.seed,
+                device=device,
+                dtype=args.dtype,
+                thresholds=thresholds,
+                progress=lambda done: bar(done - 1),
+                pipeline=args.pipeline,
+                ranks=ranks,
+            )
+        except (TrendError, CheckpointError, ValueError) as err:
+            _remove(ranks, out, created)
+            raise UsageError(str(err)) from None
+        except CaseError as err:  # an image or model that could not run
+            _remove(ranks, out, created)
+            raise RunFailed(str(err)) from None
+        except BaseException:
+            _remove(ranks, out, created)
+            raise
+        finally:
+            bar.close()
+    if not ranks.main:  # rank 0 writes, speaks and carries the exit status
+        return 0
+    with Outputs(out, "trend", option) as outputs:  # rendered aside, moved in when no file is in the way
+        stage = outputs.stage()
+        written = write_trend(trend, stage)
+    print_trend(trend, out / written["index"].relative_to(stage.resolve()))
+    return 1 if trend.last_fails else 0
+
+
+def _output_folder(out: Path, option: str) -> Path | None:
+    """Create ``out`` if needed and refuse a file of the user's in the way (before any work); the
+    folder this created, or None."""
     created = writable_folder(out, option)
     try:
         refuse_foreign(out, OUTPUTS, option)  # a user's own index.html or trend.json stays theirs
     except UsageError:
         remove_created(out, created)
         raise
-    weights = checkpoints[0].weights
-    say(args, f"{len(checkpoints)} checkpoint(s) ({weights}/) x {len(images)} image(s) on {device} ({args.dtype})")
-    bar = ProgressBar(len(checkpoints) * len(images), enabled=False if args.quiet else None, label="trend")
-    try:
-        trend = run_trend(
-            checkpoints,
-            images,
-            base=args.base,
-            steps=args.steps,
-            seed=args.seed,
-            device=device,
-            dtype=args.dtype,
-            thresholds=thresholds,
-            progress=lambda done: bar(done - 1),
-            pipeline=args.pipeline,
-        )
-    except (TrendError, CheckpointError, ValueError) as err:
+    return created
+
+
+def _remove(ranks, out: Path, created: Path | None) -> None:
+    if ranks.main:  # the only one that created it
         remove_created(out, created)
-        raise UsageError(str(err)) from None
-    except CaseError as err:  # an image or model that could not run
-        remove_created(out, created)
-        raise RunFailed(str(err)) from None
-    finally:
-        bar.close()
-    with Outputs(out, "trend", option) as outputs:  # rendered aside, moved in when no file is in the way
-        stage = outputs.stage()
-        written = write_trend(trend, stage)
-    print_trend(trend, out / written["index"].relative_to(stage))
-    return 1 if trend.last_fails else 0
 
 
 def check_panels(trend) -> list:
@@ -168,6 +194,7 @@ def write_trend(trend, out: Path) -> dict[str, Path]:
     from ..present.pages.page import Page
     from ..render import training as figures
 
+    out = Path(out).resolve()  # the page links its figures relative to itself, whatever --out was
     by_step = trend.by_step
     xs = [c.step if by_step else i for i, c in enumerate(trend.checkpoints)]
     labels = [c.label for c in trend.checkpoints]

@@ -22,7 +22,7 @@ number of parts or heads (``panels.panel_layout`` is the shared sizing rule).
 matplotlib is used through ``Figure`` + the Agg canvas only: no pyplot, no display.
 """
 
-from .gif import animation, animation_bytes
+from .gif import animation, animation_bytes, part_panel_animation
 from .maps import heatmap, multi_head_grid, overlay, part_panel, timeline
 
 __all__ = [
@@ -33,4 +33,5 @@ __all__ = [
     "timeline",
     "animation",
     "animation_bytes",
+    "part_panel_animation",
 ]

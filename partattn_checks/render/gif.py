@@ -138,3 +138,32 @@ def animation_bytes(frames, *, fps=4, titles=None, grid=None, image=None, vmax=8
     buf = io.BytesIO()
     _write_gif(images, buf, fps, _Scale(vmax, scale).cmap)
     return buf.getvalue()
+
+
+def part_panel_animation(
+    marginals, grid=None, image=None, *, titles=None, layer=None, fps=2, vmax=8.0, scale="log", max_px=512
+) -> bytes:
+    """GIF bytes of the part panel (:func:`~partattn_checks.render.maps.part_panel`) over steps:
+    ``marginals`` is ``(S, parts, Nk)``, one frame per step, every frame on the same fixed scale and
+    palette. ``titles``: one per frame (default: ``frame i/S``)."""
+    from .maps import _part_panel_fig
+
+    frames = _to_numpy(marginals)
+    if frames.ndim != 3 or frames.shape[0] == 0:
+        raise RenderError(f"part_panel_animation expects (steps, parts, Nk) key marginals, got shape {frames.shape}")
+    if titles is not None and len(titles) != len(frames):
+        raise RenderError(f"got {len(titles)} titles for {len(frames)} frames")
+    titles = titles or [f"frame {i + 1}/{len(frames)}" for i in range(len(frames))]
+    shots = [
+        _figure_rgb(_part_panel_fig(f, grid, image, title=t, layer=layer, vmax=vmax, scale=scale, max_px=max_px))
+        for f, t in zip(frames, titles, strict=True)
+    ]
+    height, width = max(s.shape[0] for s in shots), max(s.shape[1] for s in shots)
+    images = []
+    for shot in shots:  # a wrapped title may make one frame taller: all on one white canvas size
+        canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+        canvas[: shot.shape[0], : shot.shape[1]] = shot
+        images.append(Image.fromarray(canvas))
+    buf = io.BytesIO()
+    _write_gif(images, buf, fps, _Scale(vmax, scale).cmap)
+    return buf.getvalue()
