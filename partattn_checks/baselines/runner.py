@@ -18,10 +18,11 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
+from ..base.seeds import baseline_seeds, gate_seeds
 from ..checks import CheckResult, Thresholds
 from ..checks.baseline import BaselineDetails
 from .floor import Condition, conditions
-from .policy import BaselinePolicy, baseline_seeds, gate_seeds
+from .policy import BaselinePolicy
 from .sample import SeedSample
 from .store import (
     DECIMALS,
