@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..base.tomlread import read_toml
 from ..errors import PartattnError
-from .core import REGISTRY
+from .registry import REGISTRY
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
