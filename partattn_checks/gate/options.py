@@ -15,7 +15,6 @@ This module imports nothing heavy: it runs on every pytest start-up. Only
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from .. import EMBEDDED_MODEL
-from ..base.tomlread import TomlError, read_toml
 from ..baselines.policy import (
     DEFAULT_BASELINE_SEEDS,
     DEFAULT_FALSE_ALARM_RATE,
@@ -498,37 +496,19 @@ def device_for(s: Settings, worker_id: str | None = None, spread: bool = False) 
 
 
 def thresholds_for(s: Settings):
-    """(Thresholds, where they came from): ``--partattn-thresholds`` FILE, else the rootdir
-    pyproject's ``[tool.partattn.thresholds]``, else the built-in defaults."""
-    from ..checks import Thresholds
-    from ..checks import load_thresholds as load_file
+    """(Thresholds, where they came from): the file layer of :meth:`Thresholds.resolve`, which is
+    ``--partattn-thresholds`` FILE, else the rootdir pyproject's ``[tool.partattn.thresholds]``, else
+    none (the built-in defaults)."""
+    from ..checks import Thresholds, ThresholdsLayer
 
-    if s.thresholds is not None:
-        try:
-            return load_file(s.thresholds), str(s.thresholds)
-        except ValueError as exc:
-            raise _usage(f"{s.where('thresholds')}: {exc}") from None
     pyproject = s.rootdir / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            doc = read_toml(pyproject, "pyproject file")
-        except TomlError as exc:
-            raise _usage(str(exc)) from None
-        table = doc.get("tool", {}).get("partattn", {})
-        unknown = sorted(set(table) - {"thresholds"}) if isinstance(table, dict) else []
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], ["thresholds"], n=1)
-            raise _usage(
-                f"{pyproject}: unknown key [tool.partattn.{unknown[0]}]"
-                + (f"; did you mean [tool.partattn.{hint[0]}]?" if hint else "")
-                + " (known: [tool.partattn.thresholds])"
-            )
-        if table.get("thresholds") is not None:
-            try:  # the document read above, not the file again
-                thresholds = Thresholds.from_dict(
-                    table["thresholds"], source=str(pyproject), table_prefix="tool.partattn.thresholds."
-                )
-                return thresholds, f"{pyproject} [tool.partattn.thresholds]"
-            except ValueError as exc:
-                raise _usage(str(exc)) from None
-    return Thresholds(), "built-in defaults"
+    layer: ThresholdsLayer | None = None
+    try:
+        if s.thresholds is not None:
+            layer = ThresholdsLayer.from_file(s.thresholds)
+        elif pyproject.is_file():
+            layer = ThresholdsLayer.from_pyproject(pyproject)
+        thresholds = Thresholds.resolve(file=layer)
+    except ValueError as exc:
+        raise _usage(f"{s.where('thresholds')}: {exc}" if s.thresholds is not None else str(exc)) from None
+    return thresholds, layer.where if layer is not None else "built-in defaults"
