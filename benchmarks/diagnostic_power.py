@@ -47,10 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from partattn_checks import EMBEDDED_MODEL  # noqa: E402
+from partattn_checks.base.seeds import DEFAULT_BASELINE_SEEDS  # noqa: E402
 from partattn_checks.baselines.fixture_set import set_verdict  # noqa: E402
 from partattn_checks.baselines.floor import Condition  # noqa: E402
 from partattn_checks.baselines.noise import spread_of  # noqa: E402
-from partattn_checks.baselines.policy import DEFAULT_BASELINE_SEEDS, BaselinePolicy  # noqa: E402
+from partattn_checks.baselines.policy import BaselinePolicy  # noqa: E402
 from partattn_checks.baselines.runner import BaselineRunner  # noqa: E402
 from partattn_checks.baselines.store import BaselineStore  # noqa: E402
 from partattn_checks.capture.runspec import torch_dtype  # noqa: E402

@@ -14,10 +14,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from partattn_checks import EMBEDDED_MODEL
+from partattn_checks.base.seeds import baseline_seeds, gate_seeds
 from partattn_checks.baselines import noise
 from partattn_checks.baselines import store as bl
 from partattn_checks.baselines.fixture_set import set_verdict
-from partattn_checks.baselines.policy import baseline_seeds, gate_seeds
 from partattn_checks.baselines.runner import BaselineStatus
 from partattn_checks.capture.runspec import DeviceChoice
 from partattn_checks.checks import Thresholds

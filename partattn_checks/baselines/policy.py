@@ -1,14 +1,10 @@
-"""How baselines are judged and written: one frozen policy, validated once, and the seeds.
+"""How baselines are judged and written: one frozen policy, validated once.
 
 Every front end builds a :class:`BaselinePolicy` (the gate from its ``--partattn-*`` options,
 ``partattn calibrate``, the benchmarks, the training monitor) and hands it to the runner; the
-ranges below are checked here and nowhere else, and an option's error names the option (``where``).
-
-Seeds. A baseline of an image whose run seed is ``s`` (``--partattn-seed``, or the image's sidecar)
-is written from the ``K`` noise seeds ``s, s + 1, ..., s + K − 1`` (:func:`baseline_seeds`); the
-gate's ``R`` runs are the first ``R`` of them (:func:`gate_seeds`), so by default the gate reruns the
-baseline's own seeds and its difference from the stored runs of those seeds is the change itself
-(the paired verdict). Standard library only.
+ranges below and those of the seeds (:mod:`partattn_checks.base.seeds`, where the seeds are declared)
+are checked here and nowhere else, and an option's error names the option (``where``). Standard
+library only.
 """
 
 from __future__ import annotations
@@ -16,14 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..base.seeds import DEFAULT_BASELINE_SEEDS as DEFAULT_BASELINE_SEEDS  # re-exported: calibrate reads them here
+from ..base.seeds import DEFAULT_GATE_SEEDS as DEFAULT_GATE_SEEDS
+from ..base.seeds import MAX_SEEDS, MIN_BASELINE_SEEDS, MIN_GATE_SEEDS
 from ..errors import PartattnError
 
-#: Noise seeds per baseline (``--partattn-baseline-seeds``); docs/diagnostic-power.md measures the choice.
-DEFAULT_BASELINE_SEEDS = 16
-#: Runs per image the gate judges (``--partattn-seeds``).
-DEFAULT_GATE_SEEDS = 1
-#: The ranges of K and R: a spread needs two seeds; more than this many runs per image is never useful.
-MAX_SEEDS = 1000
 #: False-alarm rate of one item of the seed-spread verdict (``--partattn-false-alarm-rate``) and its range:
 #: below ``MIN_FALSE_ALARM_RATE`` no quantile is meaningful (and the arithmetic overflows near 1e-100).
 DEFAULT_FALSE_ALARM_RATE = 0.001
@@ -46,16 +39,6 @@ class PolicyError(PartattnError, ValueError):
         super().__init__(f"{setting} {value!r}: {what}")
         self.setting = setting
         self.what = what
-
-
-def baseline_seeds(seed: int, count: int) -> list[int]:
-    """The noise seeds a baseline of an image whose run seed is ``seed`` is written with."""
-    return [seed + i for i in range(count)]
-
-
-def gate_seeds(seed: int, repeats: int) -> list[int]:
-    """The seeds the gate judges an image with: the first ``repeats`` of its baseline's seeds."""
-    return baseline_seeds(seed, repeats)
 
 
 @dataclass(frozen=True)
@@ -90,13 +73,13 @@ class BaselinePolicy:
         if self.update is not None and self.update not in UPDATE_MODES:
             return "update", f"{self.update!r} is not one of {', '.join(UPDATE_MODES)}"
         k, r, rate = self.baseline_seeds, self.seeds, self.false_alarm_rate
-        if not _whole(k) or not 2 <= k <= MAX_SEEDS:
+        if not _whole(k) or not MIN_BASELINE_SEEDS <= k <= MAX_SEEDS:
             return "baseline_seeds", (
-                f"must be between 2 and {MAX_SEEDS} (a spread needs two seeds; {DEFAULT_BASELINE_SEEDS} is the "
-                f"measured default)"
+                f"must be between {MIN_BASELINE_SEEDS} and {MAX_SEEDS} (a spread needs two seeds; "
+                f"{DEFAULT_BASELINE_SEEDS} is the measured default)"
             )
-        if not _whole(r) or not 1 <= r <= MAX_SEEDS:
-            return "seeds", f"must be between 1 and {MAX_SEEDS} (1 judges one run per image)"
+        if not _whole(r) or not MIN_GATE_SEEDS <= r <= MAX_SEEDS:
+            return "seeds", f"must be between {MIN_GATE_SEEDS} and {MAX_SEEDS} (1 judges one run per image)"
         if r > k:
             return "seeds", (
                 f"the gate reruns the first R of the baseline's {k} seeds, so R cannot exceed K (raise the baseline "

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
+from ..base.seeds import baseline_seeds, gate_seeds
 from ..checks import CheckResult, Thresholds
 from ..checks.baseline import BaselineDetails
 from .errors import BaselineError, BaselineWriteError
 from .floor import Condition, conditions
-from .policy import BaselinePolicy, baseline_seeds, gate_seeds
+from .policy import BaselinePolicy
 from .reading import nonfinite_metrics
 from .sample import SeedSample
 from .store import DECIMALS, BaselineContent, BaselinePaths, BaselineStore, StoredBaseline

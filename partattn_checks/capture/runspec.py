@@ -3,7 +3,8 @@
 Each setting comes from the first of these, read from the last to the first (later wins):
 
 1. the checkpoint's defaults: its ``partattn.json`` ``run_defaults`` (a loaded pipeline's
-   ``run_defaults``; without the file, ``partattn_checks.model.files.RUN_DEFAULTS``), and seed 0;
+   ``run_defaults``; without the file, ``partattn_checks.model.files.RUN_DEFAULTS``), and the seed
+   :data:`~partattn_checks.base.seeds.DEFAULT_SEED`;
 2. the options: ``--partattn-*`` and their ini twins (plugin), the ``partattn run`` arguments;
 3. the image's sidecar ``<stem>.toml`` (it pins the settings its baseline was made with);
 4. the call's arguments (``partattn(image, steps=...)``, ``record_attention(..., steps=...)``).
@@ -32,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..base.seeds import DEFAULT_SEED as DEFAULT_SEED  # re-exported: the commands' --seed default
+from ..base.seeds import MIN_SEED
 from ..errors import PartattnError
 
 if TYPE_CHECKING:
@@ -43,13 +46,11 @@ DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 DTYPES = ("float32", "float16", "bfloat16")
 #: The settings of one run, in the order a spec lists them.
 RUN_KEYS = ("num_parts", "steps", "seed", "guidance_scale", "num_tokens")
-#: Seed of the initial latents when nothing sets one (checkpoints do not).
-DEFAULT_SEED = 0
 #: (kind, least value) per setting.
 _RULES = {
     "num_parts": (int, 1),
     "steps": (int, 1),
-    "seed": (int, 0),
+    "seed": (int, MIN_SEED),
     "guidance_scale": (float, 0),
     "num_tokens": (int, 1),
 }

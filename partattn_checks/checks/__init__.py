@@ -1,29 +1,26 @@
 """Attention health checks: one class per check in one registry, thresholds, results.
 
 ``core`` holds the shape every check shares (``CheckResult``, ``Offender``, ``Check``,
-``REGISTRY``/``register``, ``run_checks``), ``details`` the typed details base, ``thresholds`` the
-tables and their loaders, ``common`` helpers of the built-in checks, and each other module one
-check. Importing this package registers the built-in checks in report order.
+``run_checks``), ``registry`` the checks by name (``REGISTRY``/``register``), ``details`` the typed
+details base, ``thresholds`` the tables and their one resolver, ``common`` helpers of the built-in
+checks, and each other module one check. Importing this package registers the built-in checks in
+report order.
 docs/metrics.md defines every metric, check and default, and shows how to write a check.
 """
 
 from __future__ import annotations
 
-from .core import (
-    CHECKS,
-    OPS,
-    REGISTRY,
-    VERDICTS,
-    Check,
-    CheckError,
-    CheckResult,
-    Offender,
-    Timeline,
-    register,
-    run_checks,
-)
+from .core import VERDICTS, Check, CheckResult, Offender, Timeline, run_checks
 from .details import Details, Matrix, optional_key
-from .thresholds import Thresholds, ThresholdsError, load_thresholds, param, thresholds_from_pyproject
+from .registry import CHECKS, OPS, REGISTRY, CheckError, register
+from .thresholds import (
+    Thresholds,
+    ThresholdsError,
+    ThresholdsLayer,
+    load_thresholds,
+    param,
+    thresholds_from_pyproject,
+)
 
 # The built-in checks register on import, in this order (the order of reports): keep the splits.
 from .uniformity import Uniformity, UniformityThresholds, check_uniformity
@@ -60,6 +57,7 @@ __all__ = [
     "run_checks",
     "Thresholds",
     "ThresholdsError",
+    "ThresholdsLayer",
     "load_thresholds",
     "param",
     "thresholds_from_pyproject",

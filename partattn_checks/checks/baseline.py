@@ -24,8 +24,9 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .core import Check, CheckResult, register
+from .core import Check, CheckResult
 from .details import Details, Matrix, optional_key
+from .registry import register
 from .thresholds import Thresholds, param
 
 #: The verdict kinds (``BaselineDetails.verdict``, ``Deviation.verdict``).

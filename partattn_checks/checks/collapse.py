@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .common import heads_and_overlay, map_at, nonfinite_guard, pct, step_layer_share, timeline_figure, worst_cell
-from .core import Check, CheckResult, Offender, Timeline, register
+from .core import Check, CheckResult, Offender, Timeline
 from .details import Details, optional_key
+from .registry import register
 from .thresholds import Thresholds, param
 
 

@@ -1,4 +1,4 @@
-"""The shape every check shares: results, the ``Check`` base class and the registry.
+"""The shape every check shares: results and the ``Check`` base class (the registry: ``registry.py``).
 
 A check is one class, registered with ``@register``: its ``name``, its thresholds dataclass
 (``thresholds_type``, the ``[name]`` table of a thresholds file), its headline (``label`` and
@@ -14,30 +14,23 @@ No torch here: checks import it when they run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
-from ..errors import PartattnError
 from .details import Details
+from .registry import CHECKS, OPS, CheckError, details_type_of
+from .thresholds import Thresholds
 
 if TYPE_CHECKING:
     from ..capture.record import AttentionRecord
-    from .thresholds import Thresholds
 
 #: The details type of a check, ``class Collapse(Check[CollapseDetails])``: what its ``draw`` reads.
 DetailsT = TypeVar("DetailsT", bound=Details)
 
 VERDICTS = ("pass", "fail", "skip")
-#: Headline directions: the value passes when it is ``op`` the threshold.
-OPS = ("≤", "≥")
-
-
-class CheckError(PartattnError, ValueError):
-    """A check used wrongly: an unknown check name, a bad verdict, a clashing registration."""
 
 
 # ====================================================================== results
@@ -132,12 +125,6 @@ class CheckResult:
         )
 
 
-def details_type_of(name: str) -> type[Details]:
-    """The details type of the check registered as ``name`` (``Details`` for one that is not)."""
-    check = REGISTRY.get(name)
-    return check.details_type if check is not None else Details
-
-
 @dataclass(frozen=True)
 class Timeline:
     """What a check judges, per recorded step and layer, against its own threshold.
@@ -225,8 +212,6 @@ class Check(Generic[DetailsT]):
         raise NotImplementedError(f"the {self.name} check is not judged from a record alone")
 
     def __call__(self, record: AttentionRecord, thresholds: Thresholds | None = None) -> CheckResult:
-        from .thresholds import Thresholds
-
         return self.judge(record, thresholds or Thresholds())
 
     def limits(self, thresholds: Thresholds):
@@ -255,7 +240,6 @@ class Check(Generic[DetailsT]):
         """Write ``draw``'s figures as ``<outdir>/<name>__<what>.png``; none for a skip or a check
         that draws none."""
         from ..base.atomic import atomic_write_bytes
-        from .thresholds import Thresholds
 
         if result.verdict == "skip" or type(self).draw is Check.draw:
             return []
@@ -272,89 +256,10 @@ class Check(Generic[DetailsT]):
         return f"<check {self.name}>"
 
 
-class Registry(Mapping):
-    """The checks by name, in registration order (the order reports and ``run_checks`` use)."""
-
-    def __init__(self) -> None:
-        self._checks: dict[str, Check] = {}
-
-    def __getitem__(self, name: str) -> Check:
-        return self._checks[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._checks)
-
-    def __len__(self) -> int:
-        return len(self._checks)
-
-    def add(self, check: Check) -> Check:
-        name = getattr(check, "name", None)
-        if not isinstance(name, str) or not name.isidentifier():
-            raise CheckError(f"{type(check).__name__}: a check needs a name that is an identifier, got {name!r}")
-        if name in self._checks:
-            raise CheckError(f"a check named {name!r} is already registered ({self._checks[name]!r})")
-        if not isinstance(getattr(check, "label", None), str) or getattr(check, "op", None) not in OPS:
-            raise CheckError(f"check {name!r} needs a headline: label (text) and op (one of {', '.join(OPS)})")
-        if not (isinstance(check.details_type, type) and issubclass(check.details_type, Details)):
-            raise CheckError(f"check {name!r}: details_type must be a Details subclass")
-        self._checks[name] = check
-        return check
-
-    def remove(self, name: str) -> Check:
-        return self._checks.pop(name)
-
-    @contextlib.contextmanager
-    def registered(self, cls: type[Check]) -> Iterator[Check]:
-        """Register ``cls`` for the ``with`` block only (tests, experiments)."""
-        check = self.add(cls())
-        try:
-            yield check
-        finally:
-            if self._checks.get(check.name) is check:
-                del self._checks[check.name]
-
-    def record_checks(self) -> Mapping[str, Check]:
-        """The checks ``run_checks`` runs (a live view)."""
-        return _RecordChecks(self)
-
-
-class _RecordChecks(Mapping):
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
-
-    def __getitem__(self, name: str) -> Check:
-        check = self._registry[name]
-        if not check.record_check:
-            raise KeyError(name)
-        return check
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, check in self._registry.items() if check.record_check)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __repr__(self) -> str:
-        return f"CHECKS({', '.join(self)})"
-
-
-#: Every check, in order. ``CHECKS``: the record checks among them.
-REGISTRY = Registry()
-CHECKS = REGISTRY.record_checks()
-
-
-def register(cls: type[Check]) -> type[Check]:
-    """Class decorator: add an instance of the check class to ``REGISTRY`` (after the others)."""
-    REGISTRY.add(cls())
-    return cls
-
-
 def run_checks(
     record: AttentionRecord, thresholds: Thresholds | None = None, names: list[str] | None = None
 ) -> list[CheckResult]:
     """Run the named record checks (all of ``CHECKS`` by default) in registry order."""
-    from .thresholds import Thresholds
-
     thresholds = thresholds or Thresholds()
     if names is None:
         names = list(CHECKS)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .common import count, timeline_figure, unravel
-from .core import Check, CheckResult, Offender, Timeline, register
+from .core import Check, CheckResult, Offender, Timeline
 from .details import Details, optional_key
+from .registry import register
 from .thresholds import Thresholds
 
 

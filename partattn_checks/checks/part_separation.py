@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .common import nonfinite_guard, timeline_figure, unravel, verdict_title
-from .core import Check, CheckResult, Offender, Timeline, register
+from .core import Check, CheckResult, Offender, Timeline
 from .details import Details, Matrix, optional_key
+from .registry import register
 from .thresholds import Thresholds, param
 
 

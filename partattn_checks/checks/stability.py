@@ -17,8 +17,9 @@ import math
 from dataclasses import dataclass
 
 from .common import nonfinite_guard, timeline_figure, unravel
-from .core import Check, CheckResult, Offender, Timeline, register
+from .core import Check, CheckResult, Offender, Timeline
 from .details import Details, Matrix, optional_key
+from .registry import register
 from .thresholds import Thresholds, param
 
 

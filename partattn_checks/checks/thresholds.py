@@ -1,23 +1,35 @@
-"""Thresholds: one table per registered check, from TOML files, pyproject or per-image overrides.
+"""Thresholds: one table per registered check, resolved from layers as run settings are.
 
 Each check declares its table as a frozen dataclass whose fields are made with ``param`` (default,
 range or choices, doc); ``Thresholds`` holds one instance per registered check that has a table,
 so registering a check adds its table. docs/metrics.md lists every default.
+
+:meth:`Thresholds.resolve` is the one resolver, as :func:`~partattn_checks.capture.runspec.resolve_run`
+is for run settings; each layer overrides the ones before it (later wins):
+
+1. the defaults: the built-in tables, or thresholds already resolved (a session's);
+2. the session's file: a thresholds TOML file (``--partattn-thresholds``, ``--thresholds``), else the
+   rootdir ``pyproject.toml``'s ``[tool.partattn.thresholds]`` (the gate);
+3. the image's sidecar ``[thresholds.<check>]`` tables;
+4. the call's overrides (``partattn(image, thresholds={...})``).
+
+A layer (:class:`ThresholdsLayer`) is ``{table: {key: value}}`` and how errors name it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..base.tomlread import read_toml
 from ..errors import PartattnError
-from .core import REGISTRY
+from .registry import REGISTRY
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -102,6 +114,25 @@ class Thresholds:
         """Defaults overridden by ``data`` ({table: {key: value}}), validated."""
         return cls().merged(data, source=source, table_prefix=table_prefix)
 
+    @classmethod
+    def resolve(
+        cls,
+        defaults: Thresholds | None = None,
+        file: ThresholdsLayer | None = None,
+        sidecar: ThresholdsLayer | None = None,
+        call: Mapping[str, Any] | None = None,
+    ) -> Thresholds:
+        """The one resolver: ``defaults`` (the built-in tables when None), then the session's ``file``
+        (a thresholds file or a pyproject's table), then an image's ``sidecar`` tables, then the
+        ``call``'s overrides ({table: {key: value}}); each later layer wins. A bad entry raises
+        :class:`ThresholdsError` naming its layer's file and table."""
+        thresholds = defaults if defaults is not None else cls()
+        layers = (file, sidecar, ThresholdsLayer(call, "thresholds argument") if call else None)
+        for layer in layers:
+            if layer is not None:
+                thresholds = thresholds.merged(layer.tables, source=layer.source, table_prefix=layer.prefix)
+        return thresholds
+
     def merged(self, overrides: Mapping[str, Any], source: str = "overrides", table_prefix: str = "") -> Thresholds:
         """A copy with ``overrides`` ({table: {key: value}}) applied; unknown or invalid entries raise."""
         if not isinstance(overrides, Mapping):
@@ -140,14 +171,60 @@ def _validated(section: _Table, values: Mapping[str, Any], source: str, where: s
     return dataclasses.replace(section, **updates)
 
 
+#: The table of a pyproject.toml that holds thresholds, and the keys ``[tool.partattn]`` may have.
+PYPROJECT_TABLE = "tool.partattn.thresholds"
+PYPROJECT_KEYS = ("thresholds",)
+
+
+@dataclass(frozen=True)
+class ThresholdsLayer:
+    """One layer of :meth:`Thresholds.resolve`: ``tables`` ({table: {key: value}}), and how errors name
+    it: ``source`` (its file) and ``prefix`` (where its tables sit in that file, e.g. ``thresholds.``)."""
+
+    tables: Mapping[str, Any]
+    source: str
+    prefix: str = ""
+
+    @property
+    def where(self) -> str:
+        """The file, and the table holding the thresholds when it is not the whole file."""
+        return f"{self.source} [{self.prefix.rstrip('.')}]" if self.prefix else self.source
+
+    def check(self) -> None:
+        """Raise :class:`ThresholdsError` for an unknown or invalid entry (whatever the layers below)."""
+        Thresholds().merged(self.tables, source=self.source, table_prefix=self.prefix)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ThresholdsLayer:
+        """A thresholds TOML file: tables [uniformity], [collapse], ... (``TomlError`` if unreadable)."""
+        p = Path(path)
+        return cls(read_toml(p, "thresholds file"), str(p))
+
+    @classmethod
+    def from_pyproject(cls, path: str | os.PathLike[str]) -> ThresholdsLayer | None:
+        """``[tool.partattn.thresholds]`` of a pyproject.toml, None when absent; another key under
+        ``[tool.partattn]`` is an error (with a did-you-mean)."""
+        p = Path(path)
+        table = read_toml(p, "pyproject file").get("tool", {}).get("partattn", {})
+        if not isinstance(table, Mapping):
+            raise ThresholdsError(f"{p}: [tool.partattn] must be a table, got {table!r}")
+        unknown = sorted(set(table) - set(PYPROJECT_KEYS))
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], PYPROJECT_KEYS, n=1)
+            raise ThresholdsError(
+                f"{p}: unknown key [tool.partattn.{unknown[0]}]"
+                + (f"; did you mean [tool.partattn.{hint[0]}]?" if hint else "")
+                + f" (known: {', '.join(f'[tool.partattn.{key}]' for key in PYPROJECT_KEYS)})"
+            )
+        tables = table.get("thresholds")
+        return None if tables is None else cls(tables, str(p), PYPROJECT_TABLE + ".")
+
+
 def load_thresholds(path: str | os.PathLike[str]) -> Thresholds:
     """Thresholds from a TOML file with tables [uniformity], [collapse], ... (missing keys keep defaults)."""
-    p = Path(path)
-    return Thresholds.from_dict(read_toml(p, "thresholds file"), source=str(p))
+    return Thresholds.resolve(file=ThresholdsLayer.from_file(path))
 
 
 def thresholds_from_pyproject(path: str | os.PathLike[str]) -> Thresholds:
     """Thresholds from ``[tool.partattn.thresholds]`` of a pyproject.toml (defaults if absent)."""
-    p = Path(path)
-    table = read_toml(p, "pyproject file").get("tool", {}).get("partattn", {}).get("thresholds", {})
-    return Thresholds.from_dict(table, source=str(p), table_prefix="tool.partattn.thresholds.")
+    return Thresholds.resolve(file=ThresholdsLayer.from_pyproject(path))

@@ -128,15 +128,17 @@ class Outputs(outfolder.Outputs):
 
 
 def read_thresholds(arg: str | None):
-    from ..checks import Thresholds, load_thresholds
+    """The commands' thresholds: ``--thresholds FILE`` over the defaults (:meth:`Thresholds.resolve`'s
+    file layer; the commands read no pyproject), a usage error when it cannot be used."""
+    from ..checks import Thresholds, ThresholdsLayer
 
     if arg is None:
-        return Thresholds()
+        return Thresholds.resolve()
     path = Path(arg)
     if not path.is_file():
         raise UsageError(f"thresholds file not found: {path}")
     try:
-        return load_thresholds(path)
+        return Thresholds.resolve(file=ThresholdsLayer.from_file(path))
     except ValueError as err:
         raise UsageError(str(err)) from None
 

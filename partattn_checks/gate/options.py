@@ -1,13 +1,16 @@
-"""The plugin's options: one table, registered as command-line options and ini keys alike.
+"""The plugin's options, declared once: the fields of :class:`Settings`, each made with ``option(...)``.
 
 Every option ``--partattn-<x>`` has the ini twin ``partattn_<x>`` (``[tool.pytest.ini_options]``,
-``pytest.ini`` ...). Precedence: command line > ini > default. Relative paths from the command
-line are taken relative to the directory pytest was started in; relative paths from the ini file
-and the defaults are relative to the rootdir.
+``pytest.ini`` ...); ``OPTIONS`` is the table the ``Settings`` fields declare (as ``param()`` declares a
+thresholds table). Precedence: command line > ini > default. Relative paths from the command line are
+taken relative to the directory pytest was started in; relative paths from the ini file and the
+defaults are relative to the rootdir.
 
 Run settings (steps, num_tokens, seed, guidance, device, dtype) are validated by :mod:`partattn_checks.capture.runspec`,
 the same rules the sidecar and the ``partattn`` command use; :meth:`Settings.run_options` is the
-options layer of every run spec.
+options layer of every run spec. The baseline settings are validated by
+:class:`~partattn_checks.baselines.policy.BaselinePolicy`; the thresholds are resolved by
+:meth:`~partattn_checks.checks.Thresholds.resolve` (:func:`thresholds_for`).
 
 This module imports nothing heavy: it runs on every pytest start-up. Only
 :func:`device_for` imports torch, and the plugin calls it only when ``--partattn`` is on.
@@ -15,20 +18,19 @@ This module imports nothing heavy: it runs on every pytest start-up. Only
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .. import EMBEDDED_MODEL
-from ..base.tomlread import TomlError, read_toml
+from ..base.seeds import DEFAULT_BASELINE_SEEDS, DEFAULT_GATE_SEEDS, DEFAULT_SEED
 from ..baselines.policy import (
-    DEFAULT_BASELINE_SEEDS,
     DEFAULT_FALSE_ALARM_RATE,
-    DEFAULT_GATE_SEEDS,
     FLOOR_DTYPES,
     UPDATE_MODES,
     VERDICT_MODES,
@@ -41,9 +43,20 @@ from ..errors import PartattnError
 from ..model.files import RUN_DEFAULTS
 
 
+class OptionError(PartattnError, pytest.UsageError):  # type: ignore[misc]  # pytest marks it final; exit code 4
+    """A ``--partattn-*`` option (or its ini twin) that cannot be used: pytest's usage error (exit code 4),
+    naming the option and the fix."""
+
+
+def _usage(msg: str) -> OptionError:
+    return OptionError(msg)
+
+
 @dataclass(frozen=True)
 class Option:
-    """One row of the option table. ``name`` ``"model"`` gives ``--partattn-model``/``partattn_model``."""
+    """One row of the option table, the ``option(...)`` marker of a :class:`Settings` field (``name``: the
+    field's). ``name`` ``"model"`` gives ``--partattn-model``/``partattn_model``; ``default`` is written as
+    in an ini file (converted like a value the user wrote)."""
 
     name: str
     help: str
@@ -66,138 +79,184 @@ class Option:
         return "partattn" if self.name == "enabled" else f"partattn_{self.name}"
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "enabled",
+def _convert(opt: Option, value, src: str, base: Path):
+    label = opt.flag if src == "cli" else (f"ini option {opt.ini}" if src == "ini" else opt.flag)
+    if value is None:
+        return None
+    if opt.kind == "flag":
+        return bool(value)
+    text = str(value).strip()
+    if opt.kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise _usage(f"{label} {text}: expected a whole number") from None
+    if opt.kind == "float":
+        try:
+            number = float(text)
+        except ValueError:
+            raise _usage(f"{label} {text}: expected a number") from None
+        if not math.isfinite(number):
+            raise _usage(f"{label} {text}: expected a finite number")
+        return number
+    if opt.kind == "scale":
+        if text.lower() == "auto":
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise _usage(f"{label} {text}: expected auto or a positive number (the ± range, e.g. 4)")
+        return number
+    if opt.kind == "choice":
+        if text not in opt.choices:
+            raise _usage(f"{label} {text}: expected one of {', '.join(opt.choices)}")
+        return text
+    if opt.kind == "choices":
+        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        wrong = [n for n in names if n not in opt.choices]
+        if wrong:
+            raise _usage(f"{label} {text}: {wrong[0]!r} is not one of {', '.join(opt.choices)} (comma-separated)")
+        return names
+    if opt.kind == "path":
+        path = Path(os.path.expanduser(text)) if isinstance(value, str) else Path(value)
+        return (path if path.is_absolute() else base / path).resolve()
+    return text
+
+
+def option(
+    help: str,
+    *,
+    kind: str = "str",
+    default: object = None,
+    choices: tuple[str, ...] = (),
+    metavar: str | None = None,
+    default_text: str = "",
+) -> Any:
+    """A :class:`Settings` field that is an option (its row of ``OPTIONS``, named after the field). Its
+    default is ``default`` converted; a path has none (relative to the rootdir, :meth:`Settings.of`)."""
+    row = Option("", help, kind, default, choices, metavar, default_text)
+    if kind == "path":
+        return field(metadata={"option": row})
+    return field(default=_convert(row, default, "default", Path()), metadata={"option": row})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Resolved option values (paths absolute): one field per option, declared with ``option(...)``.
+    ``sources[name]`` is "cli", "ini" or "default"."""
+
+    enabled: bool = option(
         "run the attention checks on the fixture images (without it they are collected and skipped)",
         kind="flag",
         default=False,
         default_text="off",
-    ),
-    Option(
-        "model",
+    )
+    model: Path = option(
         "PartCrafter checkpoint folder (hub layout) or Hugging Face repo id (owner/name[@revision], hub cache)",
         kind="path",
         default=EMBEDDED_MODEL,
         metavar="DIR|REPO",
         default_text="the embedded tiny checkpoint (partattn_checks/data/partcrafter-tiny)",
-    ),
-    Option(
-        "pipeline",
+    )
+    pipeline: str | None = option(
         "module:factory of your own pipeline (an upstream-style PartCrafter pipeline, a fork's), imported from the "
         "rootdir and called as factory(model, device, dtype) with --partattn-model (or None)",
-        default=None,
         metavar="MODULE:FACTORY",
         default_text="none: the built-in PartCrafter pipeline",
-    ),
-    Option(
-        "device",
+    )
+    device: str = option(
         "auto | cpu | cuda | cuda:N (auto picks CUDA when present)",
         default="auto",
         metavar="DEVICE",
         default_text="auto",
-    ),
-    Option("dtype", "model dtype", kind="choice", default="float32", choices=DTYPES, default_text="float32"),
-    Option(
-        "steps",
+    )
+    dtype: str = option("model dtype", kind="choice", default="float32", choices=DTYPES, default_text="float32")
+    steps: int | None = option(
         "denoising steps per image",
         kind="int",
-        default=None,
         metavar="N",
         default_text=f"the checkpoint's default (its partattn.json, else {RUN_DEFAULTS['steps']})",
-    ),
-    Option(
-        "num_tokens",
+    )
+    num_tokens: int | None = option(
         "latent tokens per part (upstream PartCrafter uses 1024)",
         kind="int",
-        default=None,
         metavar="T",
         default_text=f"the checkpoint's default (its partattn.json, else {RUN_DEFAULTS['num_tokens']})",
-    ),
-    Option("seed", "seed of the initial latents", kind="int", default=0, metavar="N", default_text="0"),
-    Option(
-        "guidance",
+    )
+    seed: int = option(
+        "seed of the initial latents", kind="int", default=DEFAULT_SEED, metavar="N", default_text=str(DEFAULT_SEED)
+    )
+    guidance: float | None = option(
         "classifier-free guidance scale",
         kind="float",
-        default=None,
         metavar="SCALE",
         default_text=f"the checkpoint's default (else {RUN_DEFAULTS['guidance_scale']})",
-    ),
-    Option(
-        "fixtures",
+    )
+    fixtures: Path = option(
         "folder of fixture images (only images under it are collected)",
         kind="path",
         default="fixtures/images",
         metavar="DIR",
         default_text="fixtures/images",
-    ),
-    Option(
-        "results",
+    )
+    results: Path = option(
         "folder for heatmaps, candidate baselines and index.html",
         kind="path",
         default=".partattn-results",
         metavar="DIR",
         default_text=".partattn-results",
-    ),
-    Option(
-        "baselines",
+    )
+    baselines: Path = option(
         "folder of stored baselines (one sub-folder per image)",
         kind="path",
         default="fixtures/baselines",
         metavar="DIR",
         default_text="fixtures/baselines",
-    ),
-    Option(
-        "update",
+    )
+    update: str | None = option(
         "write baselines: missing | failed | all (refused when CI is set, unless forced)",
         kind="choice",
-        default=None,
         choices=UPDATE_MODES,
         metavar="MODE",
         default_text="no update",
-    ),
-    Option(
-        "force_update",
+    )
+    force_update: bool = option(
         "allow --partattn-update when the CI environment variable is set; with "
         "update=all, also replace baseline files that cannot be read",
         kind="flag",
         default=False,
         default_text="off",
-    ),
-    Option(
-        "strict_env",
+    )
+    strict_env: bool = option(
         "a baseline recorded in a different environment (fingerprint mismatch) fails instead of warning",
         kind="flag",
         default=False,
         default_text="off",
-    ),
-    Option(
-        "thresholds",
+    )
+    thresholds: Path | None = option(
         "TOML file of thresholds ([uniformity], [collapse], ...)",
         kind="path",
-        default=None,
         metavar="FILE",
         default_text="[tool.partattn.thresholds] of the rootdir's pyproject.toml, else built-in defaults",
-    ),
-    Option(
-        "baseline_seeds",
+    )
+    baseline_seeds: int = option(
         "noise seeds each baseline is written with (its spread is what drift is judged against)",
         kind="int",
         default=DEFAULT_BASELINE_SEEDS,
         metavar="K",
         default_text=str(DEFAULT_BASELINE_SEEDS),
-    ),
-    Option(
-        "seeds",
+    )
+    seeds: int = option(
         "runs each image's baseline item judges: the first R of its baseline's seeds (the mean of R runs; "
         "more power, R times the cost)",
         kind="int",
         default=DEFAULT_GATE_SEEDS,
         metavar="R",
         default_text=str(DEFAULT_GATE_SEEDS),
-    ),
-    Option(
-        "verdict",
+    )
+    verdict: str = option(
         "auto: pair the run with the baseline's own seeds when the baseline holds them (judged against the "
         "numeric floor), else judge by the seed spread; paired: fail an item that cannot be paired; "
         "seed-spread: never pair",
@@ -206,9 +265,8 @@ OPTIONS: tuple[Option, ...] = (
         choices=VERDICT_MODES,
         metavar="KIND",
         default_text="auto",
-    ),
-    Option(
-        "floor_dtypes",
+    )
+    floor_dtypes: tuple[str, ...] = option(
         "model dtypes, besides the baseline's own, whose runs the numeric floor of a written baseline covers "
         "(comma-separated, e.g. float16,bfloat16): a gate in one of them stays paired",
         kind="choices",
@@ -216,89 +274,31 @@ OPTIONS: tuple[Option, ...] = (
         choices=FLOOR_DTYPES,
         metavar="DTYPES",
         default_text="none",
-    ),
-    Option(
-        "false_alarm_rate",
+    )
+    false_alarm_rate: float = option(
         "chance that a healthy image's baseline item (or the fixture-set item) fails under the seed-spread verdict",
         kind="float",
         default=DEFAULT_FALSE_ALARM_RATE,
         metavar="P",
         default_text=str(DEFAULT_FALSE_ALARM_RATE),
-    ),
-    Option(
-        "drift_scale",
+    )
+    drift_scale: float | None = option(
         "± range of the drift figure's now − baseline colours (attention × Nk): auto (each figure its own "
         "largest |Δ|) or a number, e.g. 4, the same for every image so that their figures compare",
         kind="scale",
         default="auto",
         metavar="auto|X",
         default_text="auto",
-    ),
-    Option(
-        "save_all_figures",
+    )
+    save_all_figures: bool = option(
         "also write figures of passing checks (failing ones always get them)",
         kind="flag",
         default=False,
         default_text="off",
-    ),
-)
-
-BY_NAME = {o.name: o for o in OPTIONS}
-
-
-def add_options(parser: pytest.Parser) -> None:
-    """Register every option on the command line (group "partattn") and as an ini key."""
-    group = parser.getgroup("partattn", "attention health checks of PartCrafter (partattn-checks)")
-    for opt in OPTIONS:
-        text = f"{opt.help} [ini: {opt.ini}; default: {opt.default_text}]"
-        if opt.kind == "flag":
-            group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=text)
-            parser.addini(opt.ini, text, type="bool", default=None)
-        else:
-            kwargs = {"choices": opt.choices} if opt.kind == "choice" else {}
-            group.addoption(
-                opt.flag,
-                action="store",
-                default=None,
-                dest=opt.dest,
-                metavar=opt.metavar or opt.name.upper(),
-                help=text,
-                **kwargs,
-            )
-            parser.addini(opt.ini, text, type="string", default=None)
-
-
-# ---------------------------------------------------------------------------- resolution
-@dataclass(frozen=True)
-class Settings:
-    """Resolved option values (paths absolute). ``sources[name]`` is "cli", "ini" or "default"."""
-
-    enabled: bool
-    model: Path
-    device: str
-    dtype: str
-    steps: int | None
-    seed: int
-    guidance: float | None
-    fixtures: Path
-    results: Path
-    baselines: Path
-    update: str | None
-    force_update: bool
-    strict_env: bool
-    thresholds: Path | None
-    save_all_figures: bool
+    )
     rootdir: Path
     sources: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)  # what the user wrote, per option
-    num_tokens: int | None = None  # last, with a default: code that builds Settings by keyword keeps working
-    pipeline: str | None = None
-    baseline_seeds: int = DEFAULT_BASELINE_SEEDS
-    seeds: int = DEFAULT_GATE_SEEDS
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
-    drift_scale: float | None = None  # None: auto
-    verdict: str = "auto"
-    floor_dtypes: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, **values) -> Settings:
@@ -310,7 +310,7 @@ class Settings:
             value = _convert(opt, opt.default, "default", rootdir)
             defaults[opt.name] = value
         defaults.update(values)
-        for name in ("model", "fixtures", "results", "baselines", "thresholds"):
+        for name in (opt.name for opt in OPTIONS if opt.kind == "path"):
             if defaults.get(name) is not None:
                 defaults[name] = Path(defaults[name]).expanduser().resolve()
         defaults["enabled"] = True
@@ -366,13 +366,35 @@ class Settings:
         return out
 
 
-class OptionError(PartattnError, pytest.UsageError):  # type: ignore[misc]  # pytest marks it final; exit code 4
-    """A ``--partattn-*`` option (or its ini twin) that cannot be used: pytest's usage error (exit code 4),
-    naming the option and the fix."""
+#: The option table, in the order of the :class:`Settings` fields that declare it.
+OPTIONS: tuple[Option, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], name=f.name)
+    for f in dataclasses.fields(Settings)
+    if "option" in f.metadata
+)
+BY_NAME = {o.name: o for o in OPTIONS}
 
 
-def _usage(msg: str) -> OptionError:
-    return OptionError(msg)
+def add_options(parser: pytest.Parser) -> None:
+    """Register every option on the command line (group "partattn") and as an ini key."""
+    group = parser.getgroup("partattn", "attention health checks of PartCrafter (partattn-checks)")
+    for opt in OPTIONS:
+        text = f"{opt.help} [ini: {opt.ini}; default: {opt.default_text}]"
+        if opt.kind == "flag":
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=text)
+            parser.addini(opt.ini, text, type="bool", default=None)
+        else:
+            kwargs = {"choices": opt.choices} if opt.kind == "choice" else {}
+            group.addoption(
+                opt.flag,
+                action="store",
+                default=None,
+                dest=opt.dest,
+                metavar=opt.metavar or opt.name.upper(),
+                help=text,
+                **kwargs,
+            )
+            parser.addini(opt.ini, text, type="string", default=None)
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -400,52 +422,6 @@ def resolve(config: pytest.Config) -> Settings:
     settings = Settings(rootdir=rootdir, sources=sources, raw=raw, **values)
     _validate(settings)
     return settings
-
-
-def _convert(opt: Option, value, src: str, base: Path):
-    label = opt.flag if src == "cli" else (f"ini option {opt.ini}" if src == "ini" else opt.flag)
-    if value is None:
-        return None
-    if opt.kind == "flag":
-        return bool(value)
-    text = str(value).strip()
-    if opt.kind == "int":
-        try:
-            return int(text)
-        except ValueError:
-            raise _usage(f"{label} {text}: expected a whole number") from None
-    if opt.kind == "float":
-        try:
-            number = float(text)
-        except ValueError:
-            raise _usage(f"{label} {text}: expected a number") from None
-        if not math.isfinite(number):
-            raise _usage(f"{label} {text}: expected a finite number")
-        return number
-    if opt.kind == "scale":
-        if text.lower() == "auto":
-            return None
-        try:
-            number = float(text)
-        except ValueError:
-            number = math.nan
-        if not (math.isfinite(number) and number > 0):
-            raise _usage(f"{label} {text}: expected auto or a positive number (the ± range, e.g. 4)")
-        return number
-    if opt.kind == "choice":
-        if text not in opt.choices:
-            raise _usage(f"{label} {text}: expected one of {', '.join(opt.choices)}")
-        return text
-    if opt.kind == "choices":
-        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-        wrong = [n for n in names if n not in opt.choices]
-        if wrong:
-            raise _usage(f"{label} {text}: {wrong[0]!r} is not one of {', '.join(opt.choices)} (comma-separated)")
-        return names
-    if opt.kind == "path":
-        path = Path(os.path.expanduser(text)) if isinstance(value, str) else Path(value)
-        return (path if path.is_absolute() else base / path).resolve()
-    return text
 
 
 def _validate(s: Settings) -> None:
@@ -498,37 +474,19 @@ def device_for(s: Settings, worker_id: str | None = None, spread: bool = False) 
 
 
 def thresholds_for(s: Settings):
-    """(Thresholds, where they came from): ``--partattn-thresholds`` FILE, else the rootdir
-    pyproject's ``[tool.partattn.thresholds]``, else the built-in defaults."""
-    from ..checks import Thresholds
-    from ..checks import load_thresholds as load_file
+    """(Thresholds, where they came from): the file layer of :meth:`Thresholds.resolve`, which is
+    ``--partattn-thresholds`` FILE, else the rootdir pyproject's ``[tool.partattn.thresholds]``, else
+    none (the built-in defaults)."""
+    from ..checks import Thresholds, ThresholdsLayer
 
-    if s.thresholds is not None:
-        try:
-            return load_file(s.thresholds), str(s.thresholds)
-        except ValueError as exc:
-            raise _usage(f"{s.where('thresholds')}: {exc}") from None
     pyproject = s.rootdir / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            doc = read_toml(pyproject, "pyproject file")
-        except TomlError as exc:
-            raise _usage(str(exc)) from None
-        table = doc.get("tool", {}).get("partattn", {})
-        unknown = sorted(set(table) - {"thresholds"}) if isinstance(table, dict) else []
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], ["thresholds"], n=1)
-            raise _usage(
-                f"{pyproject}: unknown key [tool.partattn.{unknown[0]}]"
-                + (f"; did you mean [tool.partattn.{hint[0]}]?" if hint else "")
-                + " (known: [tool.partattn.thresholds])"
-            )
-        if table.get("thresholds") is not None:
-            try:  # the document read above, not the file again
-                thresholds = Thresholds.from_dict(
-                    table["thresholds"], source=str(pyproject), table_prefix="tool.partattn.thresholds."
-                )
-                return thresholds, f"{pyproject} [tool.partattn.thresholds]"
-            except ValueError as exc:
-                raise _usage(str(exc)) from None
-    return Thresholds(), "built-in defaults"
+    layer: ThresholdsLayer | None = None
+    try:
+        if s.thresholds is not None:
+            layer = ThresholdsLayer.from_file(s.thresholds)
+        elif pyproject.is_file():
+            layer = ThresholdsLayer.from_pyproject(pyproject)
+        thresholds = Thresholds.resolve(file=layer)
+    except ValueError as exc:
+        raise _usage(f"{s.where('thresholds')}: {exc}" if s.thresholds is not None else str(exc)) from None
+    return thresholds, layer.where if layer is not None else "built-in defaults"

@@ -160,7 +160,11 @@ class PartattnFixture:
         if hasattr(image, "size") and not isinstance(image, (str, Path)):
             if num_parts is None:
                 raise FixtureError("partattn(image): pass num_parts= with a PIL image")
-            t = thresholds if isinstance(thresholds, Thresholds) else session.thresholds.merged(thresholds or {})
+            t = (
+                thresholds
+                if isinstance(thresholds, Thresholds)
+                else Thresholds.resolve(session.thresholds, call=thresholds)
+            )
             return session.run_in_memory(image, session.spec(None, call), t, selection=selection, checks=checks)
         s = session.settings
         spec = read_spec(self.resolve(image), s.fixtures, s.rootdir)

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 
+from ..base.seeds import DEFAULT_SEED
 from .files import ImageError, ImageNotFoundError, ModelError, ModelTypeError
 from .loading import Checkpoint, check_num_parts, load_checkpoint
 
@@ -37,7 +38,6 @@ MESH_DECODING_ARGS = frozenset(
         "use_flash_decoder",
     }
 )
-DEFAULT_SEED = 0
 
 
 class StepObserver(Protocol):

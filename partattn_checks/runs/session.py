@@ -287,9 +287,9 @@ class Session:
 
     # -- fixture images -----------------------------------------------------------------------
     def thresholds_for(self, image: ImageSpec, extra: Mapping | None = None) -> Thresholds:
-        """This session's thresholds with ``image``'s sidecar ``[thresholds.*]`` overrides (and ``extra``)."""
-        t = image.thresholds_over(self.thresholds)
-        return t.merged(extra, source="thresholds argument") if extra else t
+        """This session's thresholds with ``image``'s sidecar ``[thresholds.*]`` overrides, then ``extra`` (the
+        call's): :meth:`Thresholds.resolve` over the session's, never over the built-in defaults."""
+        return Thresholds.resolve(self.thresholds, sidecar=image.thresholds_layer(), call=extra)
 
     def image_spec(self, image: ImageSpec, call: Mapping | None = None) -> RunSpec:
         """``image``'s run spec: checkpoint defaults, options, its sidecar, ``call``."""

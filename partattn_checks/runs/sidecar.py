@@ -19,7 +19,7 @@ from typing import Any
 
 from ..base.tomlread import TomlError, read_toml
 from ..capture.runspec import problem
-from ..checks import Thresholds
+from ..checks import Thresholds, ThresholdsLayer
 from ..errors import PartattnError
 
 FIXTURE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -51,11 +51,17 @@ class ImageSpec:
         """The sidecar layer of the run spec: the part count and the pinned settings."""
         return {"num_parts": self.num_parts, **self.run}
 
+    def thresholds_layer(self) -> ThresholdsLayer | None:
+        """The sidecar layer of :meth:`Thresholds.resolve`: this image's ``[thresholds.<check>]`` tables."""
+        return _thresholds_layer(self.thresholds, self.sidecar) if self.thresholds else None
+
     def thresholds_over(self, base: Thresholds) -> Thresholds:
-        """``base`` with this image's ``[thresholds.<check>]`` overrides applied."""
-        if not self.thresholds:
-            return base
-        return base.merged(self.thresholds, source=str(self.sidecar), table_prefix="thresholds.")
+        """``base`` (the session's thresholds) with this image's ``[thresholds.<check>]`` overrides applied."""
+        return Thresholds.resolve(base, sidecar=self.thresholds_layer())
+
+
+def _thresholds_layer(tables: dict[str, Any], sidecar: Path | None) -> ThresholdsLayer:
+    return ThresholdsLayer(tables, str(sidecar), prefix="thresholds.")
 
 
 def _relative(path: Path, root: Path) -> Path | None:
@@ -104,7 +110,7 @@ def read_spec(path: Path, fixtures: Path, rootdir: Path) -> ImageSpec:
         return replace(base, sidecar=sidecar, error=f"{sidecar}: {problems}")
     thresholds = doc.get("thresholds", {})
     try:
-        Thresholds().merged(thresholds, source=str(sidecar), table_prefix="thresholds.")
+        _thresholds_layer(thresholds, sidecar).check()
     except ValueError as exc:
         return replace(base, sidecar=sidecar, error=str(exc))
     num_parts = doc.get("num_parts", from_name)
