@@ -188,7 +188,7 @@ def failing(results) -> Tree:
         s.add(p)
     moved = SetDeviation("separation", "metric", 2, -3.0, 0.0, -4.24, 3.89)
     fixture_set = SetVerdict(("np1_a", "np2_b"), (moved,), 0.001, ())
-    path = s.write_index(results, HEADER, fixture_set=fixture_set)
+    path = report.write_index(s, results, HEADER, fixture_set=fixture_set)
     return Tree(path.read_text(encoding="utf-8"))
 
 
@@ -275,7 +275,7 @@ def test_a_passing_gate_says_how_to_get_figures_and_where_they_are(tmp_path, sav
     s = report.Summary()
     s.add(_item("np1_a.png", "uniformity", "pass", figures=figures))
     s.add(_item("np1_a.png", "baseline", "pass", value=1.2))
-    page = Tree(s.index_html(tmp_path, HEADER))
+    page = Tree(report.index_html(s, tmp_path, HEADER))
     assert page.heading("Failures") is None
     (verdict,) = page.find("p", **{"class": "verdict pass"})
     assert page.text(verdict) == "PASSED: 2 passed"
@@ -290,7 +290,7 @@ def test_a_passing_fixture_set_is_a_row_and_a_note(tmp_path):
     for image in ("np1_a.png", "np2_b.png"):
         s.add(_item(image, "baseline", "pass", value=1.0))
     calm = SetDeviation("separation", "metric", 2, 0.3, 0.0, 0.4, 3.89)
-    page = Tree(s.index_html(tmp_path, HEADER, SetVerdict(("np1_a", "np2_b"), (calm,), 0.001, ())))
+    page = Tree(report.index_html(s, tmp_path, HEADER, SetVerdict(("np1_a", "np2_b"), (calm,), 0.001, ())))
     rows = page.rows(page.find("table")[-1])
     assert [text for text, _, _ in rows[-1]] == ["fixture-set (all 2 images)", "pass"]
     assert any(page.text(i).startswith("fixture set: no shift shared by the 2 images") for i in page.find("p"))

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from plugin_support import args, make_project
 
-from partattn_checks.gate import markdown
-from partattn_checks.gate.report import ItemReport, metric_rows, offender_text
+from partattn_checks.gate.report import ItemReport, markdown, metric_rows, offender_text
 
 pytest_plugins = ("pytester",)
 

@@ -141,7 +141,7 @@ def test_summary_table_and_index_escape(tmp_path):
     lines = s.table_lines()
     assert lines[0].split() == ["image", "uniformity", "part_separation"]
     assert lines[2].split() == ["fixtures/images/np2_<a>.png", "0.25", "pass", "0.0123", "FAIL"]
-    page = s.index_html(tmp_path, ["partattn: model x"]).replace("&lt;a&gt;", "")
+    page = report.index_html(s, tmp_path, ["partattn: model x"]).replace("&lt;a&gt;", "")
     assert "<a>" not in page.replace("<a href", "") and 'href="np2_a/f.png"' in page
 
 

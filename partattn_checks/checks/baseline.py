@@ -4,7 +4,8 @@ further than chance allows.
 Not a record check: it compares a run with stored baselines, so ``run_checks`` leaves it out; the
 baseline layer (:mod:`partattn_checks.baselines`) judges it. This module is the check's shape: its
 thresholds (``atol``/``rtol``, for a single-run baseline of schema 1), its typed details, the
-deviation of one metric or layer, the text of a deviation and the ``drift`` figure.
+deviation of one metric or layer, the text of a deviation, the ``drift`` figure and the report hooks
+(how the gate's reports show it, and the fixture set's verdict: :mod:`.baseline_report`).
 
 Two verdicts, said in ``BaselineDetails.verdict``:
 
@@ -21,6 +22,7 @@ A baseline of schema 1 (one run) is compared with the fixed ``atol``/``rtol`` of
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -247,6 +249,9 @@ class Baseline(Check[BaselineDetails]):
     thresholds_type = BaselineThresholds
     details_type = BaselineDetails
     record_check = False
+    limit_label = "allowance"  # how far each metric and layer may move
+    offender_note = False  # its rows say which metrics and layers moved
+    set_item = "fixture-set"  # as ``baselines.fixture_set.ITEM_NAME``: the gate's baseline runner judges it
 
     def compare(self, measured: dict[str, float], baseline: dict[str, float], thresholds: Thresholds) -> CheckResult:
         """A metric fails when |measured - baseline| > atol + rtol * |baseline|. A metric in the
@@ -313,6 +318,35 @@ class Baseline(Check[BaselineDetails]):
         from ..render.drift import drift_figure
 
         return [("drift", drift_figure(details.attention, image))]
+
+    # -- report hooks: the bodies are in ``baseline_report``
+    def report_rows(self, result: CheckResult, stored: float | None) -> list[list[str]]:
+        """A row per metric and layer compared (``stored``, the check's own value, does not apply)."""
+        from .baseline_report import rows
+
+        return rows(_details(result))
+
+    def failure_lines(self, result: CheckResult) -> list[str]:
+        from .baseline_report import drift_lines
+
+        return drift_lines(_details(result))
+
+    def report_properties(self, result: CheckResult) -> list[tuple[str, object]]:
+        from .baseline_report import properties
+
+        return properties(_details(result))
+
+    def count_verdicts(self, results: Sequence[CheckResult | None]) -> dict[str, int]:
+        from .baseline_report import count_verdicts
+
+        return count_verdicts(results)
+
+
+def _details(result: CheckResult) -> BaselineDetails:
+    """The details of a baseline result (``CheckResult`` makes sure they are ``BaselineDetails``)."""
+    details = result.details
+    assert isinstance(details, BaselineDetails)
+    return details
 
 
 def with_delta_scale(result: CheckResult, delta_scale: float | None) -> CheckResult:

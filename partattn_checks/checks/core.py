@@ -5,9 +5,10 @@ A check is one class, registered with ``@register``: its ``name``, its threshold
 ``op``, the pass condition shown before the threshold), ``judge(record, thresholds)`` returning a
 ``CheckResult`` whose ``details`` is the check's own frozen dataclass (``details.py``), ``draw`` (the figures
 that explain the result, drawn from those details) and ``timeline`` (what it judges per recorded step and
-layer against its own threshold: the run report's figure of the check). Reports, the summary table, the
-figures, the run report and the thresholds tables all read the registry; see "Writing a check" in
-docs/metrics.md.
+layer against its own threshold: the run report's figure of the check). Its report hooks (``report_rows``,
+``failure_lines``, ...) say how the gate's reports show it; the defaults show the headline. Reports, the
+summary table, the figures, the run report and the thresholds tables all read the registry; see "Writing a
+check" in docs/metrics.md.
 
 No torch here: checks import it when they run.
 """
@@ -15,13 +16,14 @@ No torch here: checks import it when they run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from .details import Details
 from .registry import CHECKS, OPS, CheckError, details_type_of
+from .reporting import headline_row
 from .thresholds import Thresholds
 
 if TYPE_CHECKING:
@@ -207,6 +209,13 @@ class Check(Generic[DetailsT]):
     calibrated: ClassVar[str | None] = None
     #: The ``model.broken`` variant built to make this check fail (the model matrix's expectation).
     broken_by: ClassVar[str | None] = None
+    #: Reports: the name of the limit column of ``report_rows`` in the index page and job summary.
+    limit_label: ClassVar[str] = "threshold"
+    #: Reports: the index page notes the worst offender under the table (False: the rows say where).
+    offender_note: ClassVar[bool] = True
+    #: The item that judges this check over the whole fixture set too, after the fixtures folder in its
+    #: node id (the reports show it in this check's column); None: images one by one only.
+    set_item: ClassVar[str | None] = None
 
     def judge(self, record: AttentionRecord, thresholds: Thresholds) -> CheckResult:
         raise NotImplementedError(f"the {self.name} check is not judged from a record alone")
@@ -228,6 +237,25 @@ class Check(Generic[DetailsT]):
         """What this check judges per recorded step and layer, against its threshold (the run
         report draws it); None: nothing to draw (the default, or a record the check skips)."""
         return None
+
+    # -- how reports show it (gate/report reads these; the defaults show the headline) -------------
+    def report_rows(self, result: CheckResult, stored: float | None) -> list[list[str]]:
+        """(metric, measured, limit, baseline, verdict) rows of ``result`` for the reports' tables;
+        ``stored``: this check's value in the image's stored baseline. Default: the headline."""
+        return [headline_row(self.label, self.op, result, stored)]
+
+    def failure_lines(self, result: CheckResult) -> list[str]:
+        """Lines the failure text adds after the worst offender (default: none)."""
+        return []
+
+    def report_properties(self, result: CheckResult) -> list[tuple[str, object]]:
+        """(name, value) JUnit properties beyond the ones every item records (default: none)."""
+        return []
+
+    def count_verdicts(self, results: Sequence[CheckResult | None]) -> dict[str, int]:
+        """How many of this check's items (their results; None: not run) each of its ways of
+        judging judged, for the summary's opening lines; {} (the default): it has one way."""
+        return {}
 
     def figures(
         self,

@@ -2,34 +2,31 @@
 
 Each hook hands off to a small object: ``options`` (the option table), ``items`` (the pytest
 nodes), ``gate`` (the per-process session: pipeline, record cache, figures, baselines; the
-fixture), ``sidecar`` (what an image needs to run), ``report`` (texts, tables, index.html) and
-``baseline`` (the store). Without ``--partattn`` nothing heavy is imported: fixture images are
-collected and skipped. With it, torch is imported at configure time to check the device before
-any item runs; the model itself loads lazily, once per process (once per pytest-xdist worker),
-from the ``pytest_partattn_load_pipeline`` hook or the checkpoint option.
+fixture), ``sidecar`` (what an image needs to run), ``report`` (the report data and the outputs,
+one sink each, chosen at configure time) and ``baseline`` (the store). Without ``--partattn``
+nothing heavy is imported: fixture images are collected and skipped. With it, torch is imported at
+configure time to check the device before any item runs; the model itself loads lazily, once per
+process (once per pytest-xdist worker), from the ``pytest_partattn_load_pipeline`` hook or the
+checkpoint option.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from ..baselines.errors import BaselineError
 from ..baselines.store import BaselineStore, UpdateLock, unused_keys
 from ..capture.runspec import DeviceChoice, checkpoint_defaults, torch_dtype
-from ..checks.baseline import BaselineDetails
+from ..checks import REGISTRY
 from ..runs.sidecar import FIXTURE_IMAGE_SUFFIXES, image_keys
-from . import hookspecs, interrupt, markdown, options, preflight, results_folder, scheduling
+from . import hookspecs, interrupt, options, preflight, results_folder, scheduling
 from .context import summary_context
 from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
-from .report import ItemReport, Summary, header_lines, junit_logging_warning
+from .report import SINKS_KEY, ItemReport, SessionReport, Sink, choose, header_lines
+from .report.rows import set_check
 from .state import GateSession, PartattnFixture
-
-if TYPE_CHECKING:
-    from ..baselines.fixture_set import SetVerdict
 
 MARKER = (
     "partattn: an attention-check test (uses the partattn fixture or runs PartCrafter); "
@@ -87,14 +84,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if plan is not None:
         header.append(f"partattn: {plan.header}")
     context = summary_context(settings, hook_files, device.device, source, defaults)
-    controller = Controller(settings, header, is_worker=worker is not None, plan=plan, context=context)
+    sinks = config.stash[SINKS_KEY] = choose(config)
+    run = SessionReport(settings, header, context)
+    controller = Controller(run, sinks, is_worker=worker is not None, plan=plan)
     config.pluginmanager.register(controller, "partattn-controller")
     collected = _collect_fixtures_by_default(config, settings)
     header.append(f"partattn: {collected}")
     if worker is None:
-        warnings = [plan.warning if plan is not None else None]
-        if getattr(config.option, "xmlpath", None):
-            warnings.append(junit_logging_warning(config.getini("junit_logging")))
+        warnings = [plan.warning if plan is not None else None, *(sink.warning() for sink in sinks)]
         for text in filter(None, warnings):
             config.issue_config_time_warning(PartattnConfigWarning(text), stacklevel=2)
 
@@ -205,70 +202,54 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     item_report = getattr(item, "partattn_report", None)
     if item_report is not None and report.when == "call":
         report.partattn = item_report.to_dict()  # plain JSON-ready data: travels to the xdist controller
-        if item_report.figures and item.config.pluginmanager.hasplugin("html"):
-            from .report import html_extras
-
-            html_path = item.config.getoption("htmlpath", None)  # links relative to the --html report
-            report_dir = Path(os.path.expandvars(html_path)).expanduser().absolute().parent if html_path else None
-            report.extras = [*getattr(report, "extras", []), *html_extras(item_report, report_dir)]
+        for sink in item.config.stash[SINKS_KEY]:
+            sink.test_report(item, report, item_report)
     return report
 
 
 class Controller:
-    """Session-wide reporting, registered only with --partattn: header, summary, index.html, and the
-    GitHub job summary when ``GITHUB_STEP_SUMMARY`` is set.
+    """Session-wide reporting, registered only with --partattn: the header, the fixture-set item, the
+    unused baselines, and the session's outputs (its sinks: terminal summary, index.html, the GitHub
+    job summary, ...).
 
     Under pytest-xdist the controller process sees every worker's reports (with their
-    ``partattn`` payloads) and writes the summary; workers write nothing session-wide.
+    ``partattn`` payloads) and writes the outputs; workers write nothing session-wide.
     """
 
     def __init__(
         self,
-        settings: options.Settings,
-        header: list[str],
+        run: SessionReport,
+        sinks: list[Sink],
         is_worker: bool,
         plan: scheduling.SchedulingPlan | None = None,
-        context: dict[str, str] | None = None,
     ):
-        self.settings = settings
-        self.header = header
-        #: ``{label: text}`` the summary opens with (it survives ``-q``, the header does not): the model,
-        #: the run settings, the thresholds' source; add here what else a quiet run must say.
-        self.context = dict(context or {})
-        self.interrupted = False
+        self.run = run
+        self.settings = run.settings
+        self.sinks = sinks
         self.config: pytest.Config | None = None
         self.is_worker = is_worker
         self.plan = plan
-        self.summary = Summary()
-        self.index: Path | None = None
-        self.index_error: str | None = None
-        self.job_summary_error: str | None = None
-        self.unused_lines: list[str] = []
-        self.fixture_set: SetVerdict | None = None  # this session's, once judged
 
     def _judge_fixture_set(self, session: pytest.Session) -> None:
-        """The fixture-set item: the images' baseline deviations combined (``fixture_set``),
-        reported as one more test so it counts, prints and lands in JUnit like the others."""
-        from ..baselines.fixture_set import ITEM_NAME, set_verdict
-
-        per_image: dict[str, BaselineDetails | None] = {}
-        for image, per in self.summary.by_image.items():
-            item = per.get("baseline")
-            if item is None:
-                continue
-            details = item.result.details if item.result is not None else None
-            per_image[image] = details if isinstance(details, BaselineDetails) else None
-        if len(per_image) < 2:  # no set: one image, or its baseline item deselected
+        """The fixture-set item (the ``set_item`` of the check judged over the whole set): every
+        image's item of that check combined by the session's baseline runner, reported as one more
+        test so it counts, prints and lands in JUnit like the others."""
+        check = set_check()
+        if check is None or check.set_item is None:
             return
-        verdict = set_verdict(per_image, self.settings.false_alarm_rate)
-        self.fixture_set = verdict
-        where = self.settings.shown(self.settings.fixtures)
+        by_image = self.run.summary.by_image
+        results = {image: per[check.name].result for image, per in by_image.items() if check.name in per}
+        if len(results) < 2:  # no set: one image, or its item deselected
+            return
+        verdict = session.config.stash[SESSION_KEY].fixture_set(results)
+        self.run.fixture_set = verdict
+        name, where = check.set_item, self.settings.shown(self.settings.fixtures)
         failed = verdict.verdict == "fail"
         skipped = verdict.verdict == "skip"
         report = pytest.TestReport(
-            nodeid=f"{where}::{ITEM_NAME}",
-            location=(where, None, ITEM_NAME),
-            keywords={ITEM_NAME: 1, "partattn": 1},
+            nodeid=f"{where}::{name}",
+            location=(where, None, name),
+            keywords={name: 1, "partattn": 1},
             outcome="failed" if failed else "skipped" if skipped else "passed",
             longrepr=(
                 "\n".join(verdict.lines())
@@ -278,7 +259,7 @@ class Controller:
                 else None
             ),
             when="call",
-            user_properties=[("partattn_check", ITEM_NAME), ("partattn_verdict", verdict.verdict)],
+            user_properties=[("partattn_check", name), ("partattn_verdict", verdict.verdict)],
         )
         session.testscollected += 1  # the terminal's progress counts it: [100%], not [101%]
         session.config.hook.pytest_runtest_logreport(report=report)
@@ -298,16 +279,16 @@ class Controller:
         if s.update == "all":
             for key in unused:
                 store.remove(key)
-            self.unused_lines = [f"{len(unused)} unused baseline(s) removed (no image under {s.shown(s.fixtures)}):"]
+            lines = [f"{len(unused)} unused baseline(s) removed (no image under {s.shown(s.fixtures)}):"]
         else:
-            self.unused_lines = [
+            lines = [
                 f"{len(unused)} unused baseline(s), their image is no longer under "
                 f"{s.shown(s.fixtures)} (delete them, or let --partattn-update=all remove them):"
             ]
-        self.unused_lines += [f"  {s.shown(store.paths(key).folder)}" for key in unused]
+        self.run.unused_lines = lines + [f"  {s.shown(store.paths(key).folder)}" for key in unused]
 
     def pytest_report_header(self) -> list[str]:
-        return self.header
+        return self.run.header
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
@@ -318,17 +299,15 @@ class Controller:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "partattn", None)
         if data is not None and report.when == "call":
-            self.summary.add(ItemReport.from_dict(data))
+            self.run.summary.add(ItemReport.from_dict(data))
         elif data is None and report.failed and not self.is_worker:
             lost = self._lost_item(report)
             if lost is not None:
-                self.summary.add(lost)
+                self.run.summary.add(lost)
 
     def _lost_item(self, report: pytest.TestReport) -> ItemReport | None:
         """An item of ours that failed without its report (its xdist worker crashed, or pytest's own
         machinery failed around it): an error in the summary, never a blank (or a pass)."""
-        from ..checks import REGISTRY
-
         image, _, check = report.nodeid.rpartition("::")
         s = self.settings
         path = (s.rootdir / image).resolve()
@@ -346,83 +325,20 @@ class Controller:
         if not session.config.option.collectonly and session.exitstatus != pytest.ExitCode.INTERRUPTED:
             self._unused_baselines()
             self._judge_fixture_set(session)
-        s = self.settings
-        try:
-            if self.summary:
-                self.index = self.summary.write_index(s.results, self.header, fixture_set=self.fixture_set)
-            results_folder.write_manifest(s.results, image_keys(s.fixtures, s.results))
-        except OSError as exc:
-            self.index_error = f"could not write index.html in {s.results}: {exc}"
-        self._job_summary(session)
-
-    def _job_summary(self, session: pytest.Session) -> None:
-        """``$GITHUB_STEP_SUMMARY`` set: append the session as markdown (a file that cannot be written is a
-        warning line in the terminal summary, never an error)."""
-        path, config = os.environ.get(markdown.ENV), session.config
-        if not path or config.option.collectonly:
-            return
-        s = self.settings
-        text = markdown.job_summary(
-            self.summary,
-            fixture_set=self.fixture_set,
-            context={**self.context, **self.baseline_context()},
-            shown=lambda p: s.shown(Path(p)),
-            results=s.results,
-            index=self.index,
-            reports={
-                "JUnit XML": getattr(config.option, "xmlpath", None),
-                "pytest-html": config.getoption("htmlpath", None),
-            },
-            notes=[*self.summary.notes(), *self.unused_lines],
-            interrupted=self.interrupted or session.exitstatus == pytest.ExitCode.INTERRUPTED,
-        )
-        self.job_summary_error = markdown.append(path, text)
+        for sink in self.sinks:
+            sink.session_done(self.run, session)
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.config = session.config
 
-    def baseline_context(self) -> dict[str, str]:
-        """The summary's line on the baselines: where, and which verdict judged how many images."""
-        counts = self.summary.verdicts()
-        if not counts:
-            return {}
-        s = self.settings
-        judged = ", ".join(f"{kind} {n}" for kind, n in counts.items())
-        return {"baselines": f"{s.shown(s.baselines)} (--partattn-verdict {s.verdict}): {judged}"}
-
     @pytest.hookimpl(trylast=True)  # after the terminal reporter has kept the interrupt it will show
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-        self.interrupted = True
+        self.run.interrupted = True
         if not self.is_worker and self.config is not None:
             interrupt.one_line(self.config)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.is_worker or (not self.summary and terminalreporter.config.option.collectonly):
+        if self.is_worker:
             return
-        tr = terminalreporter
-        tr.write_sep("=", "partattn summary")
-        for label, text in {**self.context, **self.baseline_context()}.items():
-            tr.write_line(f"{label}: {text}")
-        if not self.summary:
-            why = f"fixtures folder: {self.settings.fixtures}"
-            why = "interrupted before one finished" if self.interrupted else why
-            tr.write_line(f"no fixture images ran ({why})")
-            for line in self.unused_lines:
-                tr.write_line(line)
-            self._write_errors(tr)
-            return
-        for line in self.summary.table_lines():
-            tr.write_line(line)
-        if self.fixture_set is not None:
-            tr.write_line(f"fixture set: {self.fixture_set.verdict} ({self.fixture_set.reason()})")
-        for line in [*self.summary.notes(), *self.unused_lines]:
-            tr.write_line(line)
-        if self.index is not None:
-            tr.write_line(f"figures and index: {self.index}")
-        self._write_errors(tr)
-
-    def _write_errors(self, tr) -> None:
-        if self.index_error:
-            tr.write_line(self.index_error, red=True)
-        if self.job_summary_error:
-            tr.write_line(f"warning: {self.job_summary_error}", yellow=True)
+        for sink in self.sinks:
+            sink.terminal_summary(terminalreporter, self.run)

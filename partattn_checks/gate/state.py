@@ -1,7 +1,8 @@
 """The pytest gate's per-process state, around the shared :class:`~partattn_checks.runs.session.Session`.
 
 * :class:`GateSession` (one per process, i.e. per xdist worker): the session (pipeline from the
-  plugin's loader, record cache) plus the gate's thresholds, its baseline runner and figures. Each
+  plugin's loader, record cache) plus the gate's thresholds, its baseline runner (the baseline item
+  of each image, the fixture set over them) and figures. Each
   fixture image runs once per run spec; its items judge the cached record.
 * :class:`PartattnFixture` is what the ``partattn`` fixture returns.
 
@@ -10,12 +11,13 @@ Importing this module imports no torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from .. import EMBEDDED_MODEL
 from ..baselines.errors import BaselineError
+from ..baselines.fixture_set import SetVerdict, set_verdict
 from ..baselines.runner import BaselineOutcome, BaselineRunner
 from ..baselines.store import BaselineStore
 from ..capture.runspec import DeviceChoice
@@ -91,6 +93,17 @@ class GateSession(Session):
         """The ``baseline`` item: the gate's ``--partattn-seeds`` runs of the image (the first is the
         one its other items judged, from the cache) against its stored baseline."""
         return self.runner.evaluate(self.image_runs(spec), thresholds)
+
+    def fixture_set(self, results: Mapping[str, CheckResult | None]) -> SetVerdict:
+        """The fixture-set item: every image's baseline result (None: not run) combined into the verdict
+        of the whole set (``baselines.fixture_set``); an image not compared counts as such."""
+        from ..checks.baseline import BaselineDetails
+
+        per_image: dict[str, BaselineDetails | None] = {}
+        for image, result in results.items():
+            details = result.details if result is not None else None
+            per_image[image] = details if isinstance(details, BaselineDetails) else None
+        return set_verdict(per_image, self.settings.false_alarm_rate)
 
     def stored_checks(self, spec: ImageSpec) -> dict:
         try:

@@ -1,12 +1,12 @@
-"""The gate's report as markdown, for CI pages: GitHub's job summary (``$GITHUB_STEP_SUMMARY``).
+"""The gate's report as markdown, a sink: GitHub's job summary (``$GITHUB_STEP_SUMMARY``).
 
 When the environment variable ``GITHUB_STEP_SUMMARY`` names a file, the pytest controller (never an
 xdist worker) appends :func:`job_summary` to it at the end of the session: the verdict first, then
 the failures (reason, metric table with the drift numbers, worst offender, figures, rerun command),
-the image x check table and where the artifacts are. Everything comes from the report data of
-:mod:`.report` (``Summary``, ``ItemReport``, ``metric_rows``) and the fixture set's verdict; this module
-only writes it as markdown. Appending never touches what earlier steps wrote; a file that cannot be
-written is a warning, never a failure of the gate. No torch.
+the image x check table and where the artifacts are. Everything comes from the report data
+(``Summary``, ``ItemReport``, ``metric_rows``) and the fixture set's verdict; this module only writes
+it as markdown. Appending never touches what earlier steps wrote; a file that cannot be written is a
+warning, never a failure of the gate. No torch.
 """
 
 from __future__ import annotations
@@ -14,12 +14,44 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .report import ItemReport, Summary, metric_rows, offender_text
+import pytest
+
+from ...checks.reporting import SetVerdict
+from .item import ItemReport
+from .rows import limit_label, metric_rows, set_check, set_item_name
+from .session import SessionReport, Sink
+from .summary import Summary
+from .text import offender_text
 
 ENV = "GITHUB_STEP_SUMMARY"
 #: Failures written in full; the others are counted (index.html has them all). GitHub keeps 1 MiB a step.
 MAX_FAILURES = 20
 _SPECIAL = "\\`*_[]<>|~"
+
+
+class JobSummary(Sink):
+    """Appends the session to the file ``GITHUB_STEP_SUMMARY`` names (not in a collect-only run)."""
+
+    def __init__(self, path: str, reports: Mapping[str, str]) -> None:
+        self.path = path
+        self.reports = reports  # {label: path} of the other outputs' files (JUnit XML, pytest-html)
+
+    def session_done(self, run: SessionReport, session: pytest.Session) -> None:
+        s = run.settings
+        text = job_summary(
+            run.summary,
+            fixture_set=run.fixture_set,
+            context=run.opening(),
+            shown=lambda p: s.shown(Path(p)),
+            results=s.results,
+            index=run.index,
+            reports=self.reports,
+            notes=run.notes(),
+            interrupted=run.interrupted or session.exitstatus == pytest.ExitCode.INTERRUPTED,
+        )
+        problem = append(self.path, text)
+        if problem:
+            run.warnings.append(problem)
 
 
 def escape(text: str) -> str:
@@ -47,7 +79,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def job_summary(
     summary: Summary,
     *,
-    fixture_set=None,
+    fixture_set: SetVerdict | None = None,
     context: Mapping[str, str] | None = None,
     shown: Callable[[str | Path], str] = str,
     results: Path,
@@ -76,7 +108,7 @@ def job_summary(
             lines += _failure(group, shown)
         if len(groups) > MAX_FAILURES:
             lines += [f"… and {len(groups) - MAX_FAILURES} more failures: see index.html (below).", ""]
-        if set_failed:
+        if fixture_set is not None and set_failed:
             lines += _fixture_set(fixture_set)
     if summary:
         lines += ["### All checks", "", *_checks_table(summary, fixture_set, shown), ""]
@@ -107,8 +139,7 @@ def _failure(group: list[ItemReport], shown: Callable[[str | Path], str]) -> lis
     lines = [f"#### {escape(p.check)}: {p.outcome.upper()} · {code(p.image)}", "", escape(p.result.reason), ""]
     rows = metric_rows(p)
     if rows:
-        limit = "allowance" if p.check == "baseline" else "threshold"
-        header = ["metric", "measured", limit, "baseline", "verdict"]
+        header = ["metric", "measured", limit_label(p), "baseline", "verdict"]
         lines += [*table(header, [[escape(c) for c in row] for row in rows]), ""]
     if p.result.offender is not None:
         lines += [f"worst offender: {escape(offender_text(p.result.offender))}", ""]
@@ -120,10 +151,10 @@ def _failure(group: list[ItemReport], shown: Callable[[str | Path], str]) -> lis
     return lines
 
 
-def _fixture_set(fixture_set) -> list[str]:
+def _fixture_set(fixture_set: SetVerdict) -> list[str]:
     """A failing fixture set: its reason, then how it was judged and its table (its own text)."""
     return [
-        f"#### fixture-set: FAIL · all {len(fixture_set.images)} images",
+        f"#### {escape(set_item_name())}: FAIL · all {len(fixture_set.images)} images",
         "",
         escape(fixture_set.reason()),
         "",
@@ -134,16 +165,17 @@ def _fixture_set(fixture_set) -> list[str]:
     ]
 
 
-def _checks_table(summary: Summary, fixture_set, shown: Callable[[str | Path], str]) -> list[str]:
+def _checks_table(summary: Summary, fixture_set: SetVerdict | None, shown: Callable[[str | Path], str]) -> list[str]:
     """The image x check table (the terminal summary's cells), the fixture set as its last row."""
     checks = summary.checks()
     rows = [
         [code(image), *(escape(summary.cell(per.get(c))) for c in checks)] for image, per in summary.by_image.items()
     ]
-    if fixture_set is not None and "baseline" in checks:  # judged from the baseline items, shown in that column
+    column = set_check()
+    if fixture_set is not None and column is not None and column.name in checks:  # shown in its check's column
         verdict = "FAIL" if fixture_set.verdict == "fail" else fixture_set.verdict
-        name = f"fixture-set (all {len(fixture_set.images)} images)"
-        rows.append([escape(name), *(escape(verdict) if c == "baseline" else "" for c in checks)])
+        name = f"{set_item_name()} (all {len(fixture_set.images)} images)"
+        rows.append([escape(name), *(escape(verdict) if c == column.name else "" for c in checks)])
     return table(["image", *(escape(c) for c in checks)], rows)
 
 
