@@ -277,6 +277,13 @@ def test_disjoint_distributions_are_one_apart():
     assert js_normalized(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
 
 
+def test_a_subnormal_entry_is_no_distance():
+    """Half the smallest subnormal underflows to 0: the mixture is 0 where one side is 5e-324 (found by
+    hypothesis: the distance came out 1, disjoint, instead of 0)."""
+    p, q = np.array([0.0, 1.0]), np.array([5e-324, 1.0])
+    assert js_normalized(p, q) == pytest.approx(0.0, abs=1e-12) and js_normalized(q, p) == pytest.approx(0.0, abs=1e-12)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 3), st.integers(0, 10_000))
 def test_identical_summaries_do_not_drift(L, P, seed):

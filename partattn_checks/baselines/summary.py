@@ -281,8 +281,10 @@ def js_normalized(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     m = 0.5 * (p + q)
 
     def kl(a):
+        # m > 0 wherever a > 0, except where a is the smallest subnormal and halving it underflows to 0:
+        # that term, a·log 2, is below 1e-323 and counts as 0 (not as a·log(a/0) = inf)
         with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(a > 0, a * (np.log(a) - np.log(m)), 0.0)
+            terms = np.where((a > 0) & (m > 0), a * (np.log(a) - np.log(m)), 0.0)
         return terms.sum(axis=-1)
 
     return np.clip(0.5 * (kl(p) + kl(q)) / math.log(2.0), 0.0, 1.0)
