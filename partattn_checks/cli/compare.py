@@ -19,10 +19,9 @@ from .io import (
     UsageError,
     read_thresholds,
     refuse_foreign,
-    remove_created,
     writable_folder,
 )
-from .launch import joined, launch, processes, rank_device
+from .launch import joined, launch, processes, rank_device, shared_run
 
 DEFAULT_OUT = Path("partattn-results") / "compare"
 
@@ -61,7 +60,6 @@ def main(args, extra) -> int:
     from ..analysis.compare import CompareError, compare_checkpoints
     from ..analysis.trend import TrendError, fixture_images
     from ..model.files import CheckpointError
-    from ..runs.session import CaseError
 
     args.a, args.b, args.base = resolved(args.a, "A"), resolved(args.b, "B"), resolved(args.base, "--base")
     ranks = launch(args)
@@ -82,31 +80,23 @@ def main(args, extra) -> int:
         say(args, f"{args.a} vs {args.b}: {len(images)} image(s) on {device} ({args.dtype})" + processes(ranks))
         bar = ProgressBar(len(ranks.share(len(images))), enabled=False if args.quiet else None, label="compare")
         try:
-            comparison = compare_checkpoints(
-                args.a,
-                args.b,
-                images,
-                steps=args.steps,
-                seed=args.seed,
-                device=device,
-                dtype=args.dtype,
-                thresholds=thresholds,
-                base=args.base,
-                ema=args.ema,
-                progress=lambda done: bar(done - 1),
-                pipeline=args.pipeline,
-                keep=lambda name, ra, rb, pa, pb: Shown.of(paths[name], ra, rb, pa),
-                ranks=ranks,
-            )
-        except (CompareError, TrendError, CheckpointError, ValueError) as err:
-            _remove(ranks, out, created)
-            raise UsageError(str(err)) from None
-        except CaseError as err:  # an image or model that could not run
-            _remove(ranks, out, created)
-            raise RunFailed(str(err)) from None
-        except BaseException:
-            _remove(ranks, out, created)
-            raise
+            with shared_run(ranks, out, created, usage=(CompareError, TrendError, CheckpointError, ValueError)):
+                comparison = compare_checkpoints(
+                    args.a,
+                    args.b,
+                    images,
+                    steps=args.steps,
+                    seed=args.seed,
+                    device=device,
+                    dtype=args.dtype,
+                    thresholds=thresholds,
+                    base=args.base,
+                    ema=args.ema,
+                    progress=lambda done: bar(done - 1),
+                    pipeline=args.pipeline,
+                    keep=lambda name, ra, rb, pa, pb: Shown.of(paths[name], ra, rb, pa),
+                    ranks=ranks,
+                )
         finally:
             bar.close()
     if not ranks.main:  # rank 0 writes, speaks and carries the exit status
@@ -128,11 +118,6 @@ def _output_folder(out: Path, option: str) -> Path | None:
     created = writable_folder(out, option)
     refuse_foreign(out, COMPARE_OUTPUTS, option)  # a user's own index.html stays theirs
     return created
-
-
-def _remove(ranks, out: Path, created: Path | None) -> None:
-    if ranks.main:  # the only one that created it
-        remove_created(out, created)
 
 
 @dataclass(frozen=True)

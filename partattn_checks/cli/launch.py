@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 from ..runs.distributed import DistributedError, Ranks
 from .args import run_device
-from .io import RunFailed, UsageError
+from .io import RunFailed, UsageError, remove_created
 
 
 def launch(args) -> Ranks:
@@ -61,3 +62,22 @@ def joined(ranks: Ranks, device: str) -> Iterator[Ranks]:
 def processes(ranks: Ranks) -> str:
     """`` over N processes`` for a status line under a launch, else nothing."""
     return f" over {ranks.size} processes" if ranks.distributed else ""
+
+
+@contextlib.contextmanager
+def shared_run(ranks: Ranks, out: Path, created: Path | None, usage: tuple[type[Exception], ...]) -> Iterator[None]:
+    """Inside: the work the ranks share. Any failure removes the output folder the command created
+    (rank 0 created it); one of ``usage`` (a bad input the run found) is a usage error, an image or
+    model that could not run a :class:`RunFailed`."""
+    from ..runs.session import CaseError
+
+    try:
+        yield
+    except BaseException as err:
+        if ranks.main:
+            remove_created(out, created)
+        if isinstance(err, usage):
+            raise UsageError(str(err)) from None
+        if isinstance(err, CaseError):
+            raise RunFailed(str(err)) from None
+        raise

@@ -12,14 +12,13 @@ from .args import add_fixture_run_options, fixtures_dir, resolved, say
 from .io import (
     Outputs,
     ProgressBar,
-    RunFailed,
     UsageError,
     read_thresholds,
     refuse_foreign,
     remove_created,
     writable_folder,
 )
-from .launch import joined, launch, processes, rank_device
+from .launch import joined, launch, processes, rank_device, shared_run
 
 DEFAULT_OUT = Path("partattn-results") / "trend"
 #: What ``trend`` writes (checked before it starts, and again before the files are moved in).
@@ -66,7 +65,6 @@ def add_parser(sub):
 def main(args, extra) -> int:
     from ..analysis.trend import TrendError, find_checkpoints, fixture_images, run_trend
     from ..model.files import CheckpointError
-    from ..runs.session import CaseError
 
     args.base = resolved(args.base, "--base")  # Hugging Face repo ids: their hub-cache snapshots
     args.checkpoints = [resolved(c, "CKPT") for c in args.checkpoints]
@@ -91,28 +89,20 @@ def main(args, extra) -> int:
         share = len(ranks.share(len(checkpoints) * len(images)))
         bar = ProgressBar(share, enabled=False if args.quiet else None, label="trend")
         try:
-            trend = run_trend(
-                checkpoints,
-                images,
-                base=args.base,
-                steps=args.steps,
-                seed=args.seed,
-                device=device,
-                dtype=args.dtype,
-                thresholds=thresholds,
-                progress=lambda done: bar(done - 1),
-                pipeline=args.pipeline,
-                ranks=ranks,
-            )
-        except (TrendError, CheckpointError, ValueError) as err:
-            _remove(ranks, out, created)
-            raise UsageError(str(err)) from None
-        except CaseError as err:  # an image or model that could not run
-            _remove(ranks, out, created)
-            raise RunFailed(str(err)) from None
-        except BaseException:
-            _remove(ranks, out, created)
-            raise
+            with shared_run(ranks, out, created, usage=(TrendError, CheckpointError, ValueError)):
+                trend = run_trend(
+                    checkpoints,
+                    images,
+                    base=args.base,
+                    steps=args.steps,
+                    seed=args.seed,
+                    device=device,
+                    dtype=args.dtype,
+                    thresholds=thresholds,
+                    progress=lambda done: bar(done - 1),
+                    pipeline=args.pipeline,
+                    ranks=ranks,
+                )
         finally:
             bar.close()
     if not ranks.main:  # rank 0 writes, speaks and carries the exit status
@@ -134,11 +124,6 @@ def _output_folder(out: Path, option: str) -> Path | None:
         remove_created(out, created)
         raise
     return created
-
-
-def _remove(ranks, out: Path, created: Path | None) -> None:
-    if ranks.main:  # the only one that created it
-        remove_created(out, created)
 
 
 def check_panels(trend) -> list:
