@@ -30,6 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 COMMAND = "hf download"  # huggingface_hub >= 0.34 (the lowest CI environment floats to 0.36)
 
 
+@pytest.fixture(autouse=True)
+def _not_under_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)  # the gate refuses --partattn-update under CI (tests/test_baseline.py)
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch) -> Path:
     """An offline hub cache (``HF_HOME``) holding the embedded checkpoint as ``wgsxm/PartCrafter``, with
@@ -252,7 +257,10 @@ def test_the_gate_on_a_repo_id_offline_pairs_with_baselines_of_the_same_weights(
         f"partattn: model {REPO_ID}@{snapshot(hub_cache).name} (Hugging Face hub cache: {snapshot(hub_cache)})" in text
     )
     assert "baselines: baselines (--partattn-verdict auto): paired 1" in text
-    assert "PartattnEnvironmentWarning" not in text
+    # the model is the same: no environment warning names it (another diffusers or torch than the one the
+    # baseline was written with, as in CI's lowest-versions environment, may still be said)
+    warned = [line for line in text.splitlines() if "recorded in a different environment" in line]
+    assert not [line for line in warned if any(key in line for key in ("model:", "weights:", "repo_id:", "commit:"))]
     assert f'--partattn-model={REPO_ID} "fixtures/images/{IMAGE}::' not in text  # nothing failed: no commands
 
 
