@@ -40,7 +40,6 @@ from .args import (
     add_fixture_run_options,
     check_model,
     check_num_tokens,
-    fixtures_dir,
     model_dir,
     number_arg,
     run_device,
@@ -51,12 +50,11 @@ from .io import (
     Outputs,
     RunFailed,
     UsageError,
-    read_thresholds,
-    refuse_foreign,
     remove_created,
     writable_folder,
 )
-from .launch import joined, launch, rank_device
+from .launch import joined, launch
+from .start import add_output_options, claim_output_folder, start_fixture_run
 
 DEFAULT_OUT = Path("partattn-calibration")
 OUTPUTS = CALIBRATE_OUTPUTS
@@ -77,7 +75,6 @@ def add_parser(sub):
     )
     parser.add_argument("--model", metavar="DIR", help=MODEL_HELP)
     add_fixture_run_options(parser, num_tokens=True)
-    parser.add_argument("--out", metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
     parser.add_argument(
         "--margin",
         type=number_arg,
@@ -85,12 +82,6 @@ def add_parser(sub):
         metavar="F",
         help="where the threshold sits between the healthy worst (0) and the variant's least-failing image (1); "
         "default 0.5, the midpoint",
-    )
-    parser.add_argument(
-        "--thresholds",
-        metavar="TOML",
-        help="the previous thresholds (kept where a check cannot be calibrated; "
-        "they also set the fields that are not calibrated); default: the built-in defaults",
     )
     parser.add_argument(
         "--baselines",
@@ -126,7 +117,13 @@ def add_parser(sub):
         metavar="DIR",
         help="a random-init checkpoint shown as an extra matrix row (not used for thresholds)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no status lines and no matrix on stdout")
+    add_output_options(
+        parser,
+        f"./{DEFAULT_OUT}",
+        thresholds_help="the previous thresholds (kept where a check cannot be calibrated; "
+        "they also set the fields that are not calibrated); default: the built-in defaults",
+        quiet_help="no status lines and no matrix on stdout",
+    )
     parser.set_defaults(func=main)
     return parser
 
@@ -142,9 +139,6 @@ def main(args, extra) -> int:
     policy = _policy(args)
     if args.num_tokens is not None:
         check_num_tokens(args.num_tokens, model, run_device(args.device), args.dtype)
-    device = rank_device(args, ranks)
-    fixtures = fixtures_dir(args.fixtures)
-    base = read_thresholds(args.thresholds)
     if args.baselines and ci_is_set():
         raise UsageError(
             f"--baselines updates baselines, which the gate refuses while the CI environment variable is set "
@@ -153,25 +147,20 @@ def main(args, extra) -> int:
         )
     from ..runs.sidecar import fixture_specs
 
-    try:
-        images = fixture_specs(fixtures)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
-    option = "--out" if args.out else "output folder"
+    run = start_fixture_run(args, ranks, DEFAULT_OUT, fixture_specs, bad_images=(ValueError,))
+    images, base, out = run.images, run.thresholds, run.out
     baselines = Path(args.baselines).expanduser() if args.baselines else None
     created, created_baselines, lock, stages, done = None, None, None, [], False
 
     def prepare() -> None:  # rank 0's: the folders it writes, checked before any work
         nonlocal created, created_baselines, lock
-        created = writable_folder(out, option)
-        refuse_foreign(out, OUTPUTS, option)
+        created = claim_output_folder(out, run.option, OUTPUTS)
         if baselines is not None:
             created_baselines = writable_folder(baselines, "--baselines")
             lock = _lock(baselines)
         stages.append(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out)))
 
-    with joined(ranks, device):
+    with joined(ranks, run.device):
         try:
             ranks.first(prepare)  # the other ranks hear how it went
             toml = _calibrate(args, model, images, base, stages[0] if ranks.main else None, ranks)

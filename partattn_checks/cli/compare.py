@@ -10,18 +10,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .args import add_fixture_run_options, fixtures_dir, resolved, say
-from .io import (
-    COMPARE_OUTPUTS,
-    Outputs,
-    ProgressBar,
-    RunFailed,
-    UsageError,
-    read_thresholds,
-    refuse_foreign,
-    writable_folder,
-)
-from .launch import joined, launch, processes, rank_device, shared_run
+from .args import add_fixture_run_options, resolved, say
+from .io import COMPARE_OUTPUTS, Outputs, RunFailed, UsageError
+from .launch import joined, launch, processes, shared_run
+from .start import add_output_options, claim_output_folder, progress_bar, start_fixture_run
 
 DEFAULT_OUT = Path("partattn-results") / "compare"
 
@@ -49,9 +41,7 @@ def add_parser(sub):
         "--ema", action="store_true", help="judge the EMA weights (transformer_ema/) of A and B instead of transformer/"
     )
     add_fixture_run_options(parser)
-    parser.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
-    parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_OUT.as_posix()})")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
+    add_output_options(parser, DEFAULT_OUT.as_posix())
     parser.set_defaults(func=main)
     return parser
 
@@ -66,30 +56,24 @@ def main(args, extra) -> int:
     for path in (args.a, args.b):
         if not Path(path).expanduser().is_dir():
             raise UsageError(f"checkpoint folder not found: {path}")
-    try:
-        images = fixture_images(fixtures_dir(args.fixtures))
-    except TrendError as err:
-        raise UsageError(str(err)) from None
-    paths = {spec.path.name: spec.path for spec in images}
-    thresholds = read_thresholds(args.thresholds)
-    device = rank_device(args, ranks)
-    out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
-    option = "--out" if args.out else "output folder"
-    with joined(ranks, device):
-        created = ranks.first(lambda: _output_folder(out, option))  # rank 0 writes; the others hear how it went
-        say(args, f"{args.a} vs {args.b}: {len(images)} image(s) on {device} ({args.dtype})" + processes(ranks))
-        bar = ProgressBar(len(ranks.share(len(images))), enabled=False if args.quiet else None, label="compare")
+    run = start_fixture_run(args, ranks, DEFAULT_OUT, fixture_images, bad_images=(TrendError,))
+    out = run.out
+    paths = {spec.path.name: spec.path for spec in run.images}
+    with joined(ranks, run.device):
+        created = ranks.first(lambda: claim_output_folder(out, run.option, COMPARE_OUTPUTS))  # rank 0 writes
+        say(args, f"{args.a} vs {args.b}: {len(run.images)} image(s) on {run.device} ({args.dtype})" + processes(ranks))
+        bar = progress_bar(args, len(ranks.share(len(run.images))), label="compare")
         try:
             with shared_run(ranks, out, created, usage=(CompareError, TrendError, CheckpointError, ValueError)):
                 comparison = compare_checkpoints(
                     args.a,
                     args.b,
-                    images,
+                    run.images,
                     steps=args.steps,
                     seed=args.seed,
-                    device=device,
+                    device=run.device,
                     dtype=args.dtype,
-                    thresholds=thresholds,
+                    thresholds=run.thresholds,
                     base=args.base,
                     ema=args.ema,
                     progress=lambda done: bar(done - 1),
@@ -111,13 +95,6 @@ def main(args, extra) -> int:
         what = "; ".join(broken) or "the change"
         raise RunFailed(f"attention is not finite ({what}); see {out / written['json'].name}")
     return 0
-
-
-def _output_folder(out: Path, option: str) -> Path | None:
-    """Create ``out`` if needed and refuse a file of the user's in the way (before any work)."""
-    created = writable_folder(out, option)
-    refuse_foreign(out, COMPARE_OUTPUTS, option)  # a user's own index.html stays theirs
-    return created
 
 
 @dataclass(frozen=True)

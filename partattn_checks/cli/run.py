@@ -18,17 +18,8 @@ from .args import (
     say,
     setting_arg,
 )
-from .io import (
-    Outputs,
-    ProgressBar,
-    RunFailed,
-    UsageError,
-    print_results,
-    read_thresholds,
-    refuse_foreign,
-    remove_created,
-    writable_folder,
-)
+from .io import Outputs, RunFailed, UsageError, print_results, read_thresholds, remove_created
+from .start import add_output_options, claim_output_folder, output_folder, progress_bar
 
 DEFAULT_RESULTS = Path("partattn-results")
 #: Files every run writes (checked before it starts; the figures' names are checked before they are moved in).
@@ -59,7 +50,7 @@ def add_parser(sub):
         metavar="G",
         help="guidance scale (default: the checkpoint's; <= 1 turns classifier-free guidance off)",
     )
-    parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_RESULTS}/<image stem>)")
+    add_output_options(parser, f"{DEFAULT_RESULTS}/<image stem>")
     parser.add_argument(
         "--layer",
         type=layer_arg,
@@ -74,9 +65,7 @@ def add_parser(sub):
         metavar="K",
         help="step whose full query x key maps are kept for the multi-head grids (default: -1, the last)",
     )
-    parser.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
     parser.add_argument("--fps", type=number_arg, default=2.0, help="frames per second of the GIFs (default: 2)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
     parser.set_defaults(func=main)
     return parser
 
@@ -95,11 +84,9 @@ def main(args, extra) -> int:
     model = model_dir(args.model)
     check_model(model)
     thresholds = read_thresholds(args.thresholds)
-    out = Path(args.out).expanduser() if args.out else DEFAULT_RESULTS / image.stem
-    option = "--out" if args.out else "output folder"
-    created = writable_folder(out, option)
+    out, option = output_folder(args, DEFAULT_RESULTS / image.stem)
+    created = claim_output_folder(out, option, FIXED_OUTPUTS)
     try:
-        refuse_foreign(out, FIXED_OUTPUTS, option)  # a user's own index.html stays theirs
         return _run(args, image, num_parts, model, thresholds, out, option)
     except BaseException:
         remove_created(out, created)
@@ -157,7 +144,7 @@ def _run(args, image: Path, num_parts: int, model: Path, thresholds, out: Path, 
     if not -steps <= args.step < steps:
         raise UsageError(f"--step {args.step}: out of range for {steps} steps (give {-steps} to {steps - 1})")
 
-    progress = ProgressBar(steps, enabled=False if args.quiet else None)
+    progress = progress_bar(args, steps)
     say(args, f"{image.name}: {num_parts} part(s), {steps} steps, seed {spec.seed}, guidance {spec.guidance_scale:g}")
     try:
         record = viz.run(

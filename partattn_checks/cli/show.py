@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .args import layer_arg, number_arg
 from .io import Outputs, UsageError, print_results, read_thresholds, refuse_foreign, remove_created, writable_folder
+from .start import output_folder
 
 #: Files every ``show`` writes (checked before it starts; the figures' names before they are moved in).
 FIXED_OUTPUTS = ("metrics.json", "index.html", "parts.png")
@@ -51,7 +52,7 @@ def main(args, extra) -> int:
     else:
         stem = path
     folder = stem.parent
-    out = Path(args.out).expanduser() if args.out else folder
+    out, option = output_folder(args, folder, named="output folder (the record's)")
     thresholds = read_thresholds(args.thresholds)
     if args.layer is not None:
         try:
@@ -59,7 +60,6 @@ def main(args, extra) -> int:
         except ValueError as err:
             raise UsageError(str(err)) from None
     view, note = _image_for(record, folder, args.image)
-    option = "--out" if args.out else "output folder (the record's)"
     created = writable_folder(out, option)
     links = [
         ("record (json)", stem.with_name(stem.name + ".json")),

@@ -8,17 +8,10 @@ import json
 import math
 from pathlib import Path
 
-from .args import add_fixture_run_options, fixtures_dir, resolved, say
-from .io import (
-    Outputs,
-    ProgressBar,
-    UsageError,
-    read_thresholds,
-    refuse_foreign,
-    remove_created,
-    writable_folder,
-)
-from .launch import joined, launch, processes, rank_device, shared_run
+from .args import add_fixture_run_options, resolved, say
+from .io import Outputs, UsageError
+from .launch import joined, launch, processes, shared_run
+from .start import add_output_options, claim_output_folder, progress_bar, start_fixture_run
 
 DEFAULT_OUT = Path("partattn-results") / "trend"
 #: What ``trend`` writes (checked before it starts, and again before the files are moved in).
@@ -55,9 +48,7 @@ def add_parser(sub):
         "instead of transformer/",
     )
     add_fixture_run_options(parser)
-    parser.add_argument("--thresholds", metavar="TOML", help="thresholds file (tables [uniformity], [collapse], ...)")
-    parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_OUT.as_posix()})")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
+    add_output_options(parser, DEFAULT_OUT.as_posix())
     parser.set_defaults(func=main)
     return parser
 
@@ -71,34 +62,32 @@ def main(args, extra) -> int:
     ranks = launch(args)
     try:
         checkpoints = find_checkpoints(args.checkpoints, base=args.base, ema=args.ema)
-        images = fixture_images(fixtures_dir(args.fixtures))
     except TrendError as err:
         raise UsageError(str(err)) from None
-    thresholds = read_thresholds(args.thresholds)
-    device = rank_device(args, ranks)
-    out = Path(args.out).expanduser() if args.out else DEFAULT_OUT
-    option = "--out" if args.out else "output folder"
-    with joined(ranks, device):
-        created = ranks.first(lambda: _output_folder(out, option))  # rank 0 writes; the others hear how it went
+    run = start_fixture_run(args, ranks, DEFAULT_OUT, fixture_images, bad_images=(TrendError,))
+    out = run.out
+    with joined(ranks, run.device):
+        created = ranks.first(
+            lambda: claim_output_folder(out, run.option, OUTPUTS)
+        )  # rank 0 writes; the others hear how it went
         weights = checkpoints[0].weights
         say(
             args,
-            f"{len(checkpoints)} checkpoint(s) ({weights}/) x {len(images)} image(s) on {device} ({args.dtype})"
+            f"{len(checkpoints)} checkpoint(s) ({weights}/) x {len(run.images)} image(s) on {run.device} ({args.dtype})"
             + processes(ranks),
         )
-        share = len(ranks.share(len(checkpoints) * len(images)))
-        bar = ProgressBar(share, enabled=False if args.quiet else None, label="trend")
+        bar = progress_bar(args, len(ranks.share(len(checkpoints) * len(run.images))), label="trend")
         try:
             with shared_run(ranks, out, created, usage=(TrendError, CheckpointError, ValueError)):
                 trend = run_trend(
                     checkpoints,
-                    images,
+                    run.images,
                     base=args.base,
                     steps=args.steps,
                     seed=args.seed,
-                    device=device,
+                    device=run.device,
                     dtype=args.dtype,
-                    thresholds=thresholds,
+                    thresholds=run.thresholds,
                     progress=lambda done: bar(done - 1),
                     pipeline=args.pipeline,
                     ranks=ranks,
@@ -107,23 +96,11 @@ def main(args, extra) -> int:
             bar.close()
     if not ranks.main:  # rank 0 writes, speaks and carries the exit status
         return 0
-    with Outputs(out, "trend", option) as outputs:  # rendered aside, moved in when no file is in the way
+    with Outputs(out, "trend", run.option) as outputs:  # rendered aside, moved in when no file is in the way
         stage = outputs.stage()
         written = write_trend(trend, stage)
     print_trend(trend, out / written["index"].relative_to(stage.resolve()))
     return 1 if trend.last_fails else 0
-
-
-def _output_folder(out: Path, option: str) -> Path | None:
-    """Create ``out`` if needed and refuse a file of the user's in the way (before any work); the
-    folder this created, or None."""
-    created = writable_folder(out, option)
-    try:
-        refuse_foreign(out, OUTPUTS, option)  # a user's own index.html or trend.json stays theirs
-    except UsageError:
-        remove_created(out, created)
-        raise
-    return created
 
 
 def check_panels(trend) -> list:
