@@ -66,7 +66,7 @@ def test_sidecar_thresholds_go_over_the_sessions_not_the_built_in_defaults(tmp_p
     name, text = SESSION_SOURCES[source]
     (tmp_path / name).write_text(text)
     settings = Settings.of(fixtures=tmp_path, thresholds=tmp_path / name if name == "thresholds.toml" else None)
-    session_thresholds, where = options.thresholds_for(settings)
+    session_thresholds, where = options.session_thresholds(settings)
     assert where.startswith(str(tmp_path / name))
     defaults = Thresholds()
     for table, values in SESSION_TABLES.items():

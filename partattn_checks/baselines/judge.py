@@ -106,7 +106,7 @@ def judge(
 ) -> CheckResult:
     """``measured`` (the gate's runs) against ``stored``; ``pooled``: the folder's pooled spreads."""
     if not stored.has_spread or stored.samples is None:
-        legacy = Baseline().compare(measured.metrics, stored.metrics, thresholds)
+        legacy = Baseline().judge_metrics(measured.metrics, stored.metrics, thresholds)
         assert isinstance(legacy.details, BaselineDetails)
         return _with_note(legacy, SINGLE_RUN_NOTE, replace(legacy.details, attention_note=SINGLE_RUN_NOTE))
     chosen = pairing(stored, measured, policy)

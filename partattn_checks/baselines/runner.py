@@ -148,7 +148,7 @@ class BaselineRunner:
             return self._unusable(image, measured, err)
         if stored is None:
             return self._missing(image, measured)
-        return self._compare(image, measured, stored, thresholds)
+        return self._judge_stored(image, measured, stored, thresholds)
 
     def write(self, image: ImageRuns, measured: SeedSample | None = None) -> BaselineOutcome:
         """Write ``image``'s baseline whatever is stored (``partattn calibrate``); ``measured``: runs
@@ -157,8 +157,10 @@ class BaselineRunner:
 
     # -- the situations ---------------------------------------------------------------------------
     def _unusable(self, image: ImageRuns, measured: SeedSample, err: BaselineError) -> BaselineOutcome:
-        p = self.policy
-        if (err.corrupt and p.force and p.update == "all") or (not err.corrupt and p.writes(False, True)):
+        policy = self.policy
+        if (err.corrupt and policy.force and policy.update == "all") or (
+            not err.corrupt and policy.writes(False, True)
+        ):
             why = f"replaced the unusable baseline {err.path} ({err}) with the measured one"
             return self._write(image, measured, BaselineStatus.UPDATED, why, None)
         cand = self._candidate(image, measured)
@@ -184,7 +186,7 @@ class BaselineRunner:
         )
         return self._failed(image, BaselineStatus.MISSING, reason, None, cand, measured)
 
-    def _compare(
+    def _judge_stored(
         self, image: ImageRuns, measured: SeedSample, stored: StoredBaseline, thresholds: Thresholds
     ) -> BaselineOutcome:
         from .judge import environment_difference, judge  # numpy: only when a baseline is compared
@@ -265,19 +267,19 @@ class BaselineRunner:
     def content(self, image: ImageRuns, measured: SeedSample) -> BaselineContent:
         """What ``image``'s baseline holds: the runs of its K seeds (``measured``'s reused) and, for its
         first R seeds (the ones the gate reruns), the numeric floor's reruns."""
-        p = self.policy
-        seeds = baseline_seeds(image.seed, p.baseline_seeds)
-        have = {r.seed for r in measured.runs}
-        todo = [s for s in seeds if s not in have]
+        policy = self.policy
+        seeds = baseline_seeds(image.seed, policy.baseline_seeds)
+        have = {run.seed for run in measured.runs}
+        todo = [seed for seed in seeds if seed not in have]
         sample = (measured.merged(image.sample(todo, None)) if todo else measured).only(seeds)
-        if not p.pairs:
+        if not policy.pairs:
             return BaselineContent(image.display, sample, sample.environment)
         from .paired_attention import paired_baseline  # numpy
 
-        paired = gate_seeds(image.seed, p.seeds)
+        paired = gate_seeds(image.seed, policy.seeds)
         floor = {
-            c: image.sample(paired, c)
-            for c in conditions(image.device_kind, image.dtype, p.floor_dtypes, image.threads)
+            condition: image.sample(paired, condition)
+            for condition in conditions(image.device_kind, image.dtype, policy.floor_dtypes, image.threads)
         }
         pairs = paired_baseline(sample, floor, len(paired), DECIMALS)
         return BaselineContent(image.display, sample, sample.environment, pairs)

@@ -16,7 +16,7 @@ Two verdicts, said in ``BaselineDetails.verdict``:
 * ``seed-spread``: another seed, or a baseline without paired data: the run is judged in standard
   errors of the baseline's seed-to-seed spread at a false-alarm rate (``baselines.noise``).
 
-A baseline of schema 1 (one run) is compared with the fixed ``atol``/``rtol`` of :meth:`Baseline.compare`.
+A baseline of schema 1 (one run) is compared with the fixed ``atol``/``rtol`` of :meth:`Baseline.judge_metrics`.
 """
 
 from __future__ import annotations
@@ -253,7 +253,9 @@ class Baseline(Check[BaselineDetails]):
     offender_note = False  # its rows say which metrics and layers moved
     set_item = "fixture-set"  # as ``baselines.fixture_set.ITEM_NAME``: the gate's baseline runner judges it
 
-    def compare(self, measured: dict[str, float], baseline: dict[str, float], thresholds: Thresholds) -> CheckResult:
+    def judge_metrics(
+        self, measured: dict[str, float], baseline: dict[str, float], thresholds: Thresholds
+    ) -> CheckResult:
         """A metric fails when |measured - baseline| > atol + rtol * |baseline|. A metric in the
         baseline but not measured fails; a measured metric absent from the baseline is reported only."""
         t = self.limits(thresholds)
@@ -393,5 +395,5 @@ def deviation_text(d: Deviation, runs: str = "this run") -> str:
 def check_baseline(
     measured: dict[str, float], baseline: dict[str, float], thresholds: Thresholds | None = None
 ) -> CheckResult:
-    """Compare headline metrics with a stored baseline (``Baseline.compare``)."""
-    return Baseline().compare(measured, baseline, thresholds or Thresholds())
+    """Compare headline metrics with a stored baseline (``Baseline.judge_metrics``)."""
+    return Baseline().judge_metrics(measured, baseline, thresholds or Thresholds())

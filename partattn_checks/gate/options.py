@@ -10,7 +10,7 @@ Run settings (steps, num_tokens, seed, guidance, device, dtype) are validated by
 the same rules the sidecar and the ``partattn`` command use; :meth:`Settings.run_options` is the
 options layer of every run spec. The baseline settings are validated by
 :class:`~partattn_checks.baselines.policy.BaselinePolicy`; the thresholds are resolved by
-:meth:`~partattn_checks.checks.Thresholds.resolve` (:func:`thresholds_for`).
+:meth:`~partattn_checks.checks.Thresholds.resolve` (:func:`session_thresholds`).
 
 This module imports nothing heavy: it runs on every pytest start-up. Only
 :func:`device_for` imports torch, and the plugin calls it only when ``--partattn`` is on.
@@ -424,29 +424,31 @@ def resolve(config: pytest.Config) -> Settings:
     return settings
 
 
-def _validate(s: Settings) -> None:
+def _validate(settings: Settings) -> None:
     """The run settings, by the rules of :mod:`~partattn_checks.capture.runspec` (shared with sidecars, the command)."""
-    wrong = runspec.device_problem(s.device)
+    wrong = runspec.device_problem(settings.device)
     if wrong:
-        raise _usage(f"{s.where('device')}: {wrong}")
+        raise _usage(f"{settings.where('device')}: {wrong}")
     for option, key in (
         ("steps", "steps"),
         ("num_tokens", "num_tokens"),
         ("seed", "seed"),
         ("guidance", "guidance_scale"),
     ):
-        value = getattr(s, option)
+        value = getattr(settings, option)
         wrong = runspec.problem(key, value) if value is not None else None
         if wrong:
-            raise _usage(f"{s.where(option)}: {key} {wrong}")
+            raise _usage(f"{settings.where(option)}: {key} {wrong}")
     try:
-        s.policy()
+        settings.policy()
     except PolicyError as err:
-        raise _usage(f"{s.where(err.setting)}: {err.what}") from None
-    if s.drift_scale is not None and not (
-        isinstance(s.drift_scale, (int, float)) and math.isfinite(s.drift_scale) and s.drift_scale > 0
+        raise _usage(f"{settings.where(err.setting)}: {err.what}") from None
+    if settings.drift_scale is not None and not (
+        isinstance(settings.drift_scale, (int, float))
+        and math.isfinite(settings.drift_scale)
+        and settings.drift_scale > 0
     ):
-        raise _usage(f"{s.where('drift_scale')}: expected auto or a positive number (the ± range, e.g. 4)")
+        raise _usage(f"{settings.where('drift_scale')}: expected auto or a positive number (the ± range, e.g. 4)")
 
 
 def ci_is_set(environ=None) -> bool:
@@ -455,38 +457,44 @@ def ci_is_set(environ=None) -> bool:
     return value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def device_for(s: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
+def device_for(settings: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
     """:func:`partattn_checks.capture.runspec.resolve_device` for ``--partattn-device`` (imports torch): a
     device that is not there is a ``UsageError`` naming the option; so is a ``--partattn-num-tokens``
     whose runs clearly cannot fit in that device's memory, and a ``--partattn-steps`` whose record cannot
     (once, before any item runs)."""
     try:
-        choice = runspec.resolve_device(s.device, worker_id, spread=spread)
+        choice = runspec.resolve_device(settings.device, worker_id, spread=spread)
     except runspec.RunSpecError as err:
-        raise _usage(f"{s.where('device')}: {err}") from None
-    wrong = runspec.tokens_problem(s.num_tokens, s.model, choice.device, dtype=s.dtype) if s.num_tokens else None
+        raise _usage(f"{settings.where('device')}: {err}") from None
+    wrong = (
+        runspec.tokens_problem(settings.num_tokens, settings.model, choice.device, dtype=settings.dtype)
+        if settings.num_tokens
+        else None
+    )
     if wrong:
-        raise _usage(f"{s.where('num_tokens')}: {wrong}")
-    wrong = runspec.steps_problem(s.steps, s.model, choice.device) if s.steps else None
+        raise _usage(f"{settings.where('num_tokens')}: {wrong}")
+    wrong = runspec.steps_problem(settings.steps, settings.model, choice.device) if settings.steps else None
     if wrong:
-        raise _usage(f"{s.where('steps')}: {wrong}")
+        raise _usage(f"{settings.where('steps')}: {wrong}")
     return choice
 
 
-def thresholds_for(s: Settings):
+def session_thresholds(settings: Settings):
     """(Thresholds, where they came from): the file layer of :meth:`Thresholds.resolve`, which is
     ``--partattn-thresholds`` FILE, else the rootdir pyproject's ``[tool.partattn.thresholds]``, else
     none (the built-in defaults)."""
     from ..checks import Thresholds, ThresholdsLayer
 
-    pyproject = s.rootdir / "pyproject.toml"
+    pyproject = settings.rootdir / "pyproject.toml"
     layer: ThresholdsLayer | None = None
     try:
-        if s.thresholds is not None:
-            layer = ThresholdsLayer.from_file(s.thresholds)
+        if settings.thresholds is not None:
+            layer = ThresholdsLayer.from_file(settings.thresholds)
         elif pyproject.is_file():
             layer = ThresholdsLayer.from_pyproject(pyproject)
         thresholds = Thresholds.resolve(file=layer)
     except ValueError as exc:
-        raise _usage(f"{s.where('thresholds')}: {exc}" if s.thresholds is not None else str(exc)) from None
+        raise _usage(
+            f"{settings.where('thresholds')}: {exc}" if settings.thresholds is not None else str(exc)
+        ) from None
     return thresholds, layer.where if layer is not None else "built-in defaults"

@@ -66,7 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = config.stash[SETTINGS_KEY] = preflight.resolve_model(settings)  # a hub repo id: its snapshot
     hooks = [impl.plugin_name for impl in config.hook.pytest_partattn_load_pipeline.get_hookimpls()]
     preflight.check_enabled_settings(settings, custom_pipeline=bool(hooks) or settings.pipeline is not None)
-    thresholds, source = options.thresholds_for(settings)
+    thresholds, source = options.session_thresholds(settings)
     worker = getattr(config, "workerinput", {}).get("workerid")
     if worker is None:
         _start_session_files(config, settings)

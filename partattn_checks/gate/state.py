@@ -24,7 +24,7 @@ from ..capture.runspec import DeviceChoice
 from ..checks import CheckResult, Thresholds
 from ..model.files import ImageNotFoundError
 from ..model.hub import snapshot_of
-from ..runs.session import CaseError, CaseOutcome, Session, describe
+from ..runs.session import CaseError, CaseOutcome, Session, error_message
 from ..runs.sidecar import FixtureError, ImageSpec, read_spec
 
 
@@ -81,7 +81,7 @@ class GateSession(Session):
             )
             return [str(p) for p in paths], []
         except Exception as exc:  # noqa: BLE001
-            return [], [f"could not draw the figures of {result.name}: {describe(exc)}"]
+            return [], [f"could not draw the figures of {result.name}: {error_message(exc)}"]
 
     def clear_figures(self, spec: ImageSpec, check: str) -> None:
         """Remove figures an earlier run wrote for this (image, check)."""

@@ -44,8 +44,8 @@ def judge_set(session: Session, runner: BaselineRunner, images: Sequence[ImageSp
         thresholds = session.thresholds_for(spec)
         outcome = session.image_outcome(spec, thresholds)
         judged = dict(outcome.results)
-        bo = runner.evaluate(session.image_runs(spec), thresholds)
-        judged["baseline"], baselines[spec.display] = bo.result, bo.state
+        baseline = runner.evaluate(session.image_runs(spec), thresholds)
+        judged["baseline"], baselines[spec.display] = baseline.result, baseline.state
         results[spec.display] = judged
-        details[spec.display] = bo.details
+        details[spec.display] = baseline.details
     return SetJudgement(results, set_verdict(details, runner.policy.false_alarm_rate), baselines)

@@ -98,7 +98,7 @@ def run_case(
     )
 
 
-def describe(exc: BaseException) -> str:
+def error_message(exc: BaseException) -> str:
     """A clean message for expected errors; the type and a short traceback for anything else."""
     from ..model.files import CheckpointError
 
@@ -163,7 +163,7 @@ class Session:
             try:
                 self._pipeline = self._load()
             except Exception as exc:  # noqa: BLE001 - this image's failure; later images get one line
-                self._pipeline_error = describe(exc)
+                self._pipeline_error = error_message(exc)
                 raise CaseError(f"could not load the model: {self._pipeline_error}") from None
         return self._pipeline
 
@@ -238,7 +238,7 @@ class Session:
         try:
             record = run_record(pipeline, image, spec, selection=selection)
         except Exception as exc:  # noqa: BLE001 - becomes this image's failure, not the session's
-            record = CaseError(f"could not run {name or image}: {describe(exc)}")
+            record = CaseError(f"could not run {name or image}: {error_message(exc)}")
         if selection is None:
             _remember(self._records, key, record, self.cache_size)
         if isinstance(record, CaseError):
@@ -384,7 +384,7 @@ class Session:
                 return run_record(pipeline, image.path, spec)
             except Exception as exc:  # noqa: BLE001 - the image's failure, said once
                 raise CaseError(
-                    f"could not run {image.display} for the numeric floor ({condition.name}): {describe(exc)}"
+                    f"could not run {image.display} for the numeric floor ({condition.name}): {error_message(exc)}"
                 ) from None
 
     def image_runs(self, image: ImageSpec, call: Mapping | None = None) -> ImageRuns:
