@@ -202,9 +202,12 @@ FAILING = textwrap.dedent(
 
     def work(unit):
         ran.append(unit)
-        if unit == 2:  # rank 1's first unit
+        if unit == 2:  # rank 1's first unit fails once rank 0 is inside its first unit (before, it would
+            while not _store().check(["test/rank0-started"]):  # stop rank 0 before unit 0: a race)
+                time.sleep(0.05)
             raise ValueError("unit 2 cannot run")
         if unit == 0:  # rank 0 waits until rank 1 has flagged its failure
+            _store().set("test/rank0-started", "1")
             while not _store().check(["partattn/failed/1"]):
                 time.sleep(0.05)
         return unit * 10
