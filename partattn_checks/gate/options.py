@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -41,6 +42,12 @@ from ..capture import runspec
 from ..capture.runspec import DTYPES, DeviceChoice
 from ..errors import PartattnError
 from ..model.files import RUN_DEFAULTS
+
+if TYPE_CHECKING:
+    from ..checks import Thresholds
+
+#: An option's converted value: a flag's bool, a number, a name, a tuple of names (``choices``), a path, or None.
+OptionValue = bool | int | float | str | tuple[str, ...] | Path | None
 
 
 class OptionError(PartattnError, pytest.UsageError):  # type: ignore[misc]  # pytest marks it final; exit code 4
@@ -79,7 +86,7 @@ class Option:
         return "partattn" if self.name == "enabled" else f"partattn_{self.name}"
 
 
-def _convert(opt: Option, value, src: str, base: Path):
+def _convert(opt: Option, value: object, src: str, base: Path) -> OptionValue:
     label = opt.flag if src == "cli" else (f"ini option {opt.ini}" if src == "ini" else opt.flag)
     if value is None:
         return None
@@ -120,7 +127,8 @@ def _convert(opt: Option, value, src: str, base: Path):
             raise _usage(f"{label} {text}: {wrong[0]!r} is not one of {', '.join(opt.choices)} (comma-separated)")
         return names
     if opt.kind == "path":
-        path = Path(os.path.expanduser(text)) if isinstance(value, str) else Path(value)
+        # not a string: a path object (a Settings default such as EMBEDDED_MODEL)
+        path = Path(os.path.expanduser(text)) if isinstance(value, str) else Path(cast("os.PathLike[str]", value))
         return (path if path.is_absolute() else base / path).resolve()
     return text
 
@@ -297,15 +305,15 @@ class Settings:
         default_text="off",
     )
     rootdir: Path
-    sources: dict = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)  # what the user wrote, per option
+    sources: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, object] = field(default_factory=dict)  # what the user wrote, per option
 
     @classmethod
-    def of(cls, **values) -> Settings:
+    def of(cls, **values: Any) -> Settings:
         """Settings without pytest (benchmarks, library use): every option at its default, paths
         relative to the current folder, then ``values`` (``baselines=...``, ``seeds=4``, ...)."""
         rootdir = Path.cwd()
-        defaults = {}
+        defaults: dict[str, Any] = {}  # keyword arguments of the Settings fields, each of its own type
         for opt in OPTIONS:
             value = _convert(opt, opt.default, "default", rootdir)
             defaults[opt.name] = value
@@ -335,7 +343,7 @@ class Settings:
         except ValueError:
             return str(path)
 
-    def run_options(self) -> dict:
+    def run_options(self) -> dict[str, int | float | None]:
         """The options layer of a run spec (``None``: unset, the checkpoint's default applies)."""
         return {"steps": self.steps, "seed": self.seed, "guidance_scale": self.guidance, "num_tokens": self.num_tokens}
 
@@ -402,7 +410,9 @@ def resolve(config: pytest.Config) -> Settings:
     ``pytest.UsageError``)."""
     rootdir = Path(config.rootpath)
     invocation = Path(config.invocation_params.dir)
-    values, sources, raw = {}, {}, {}
+    values: dict[str, Any] = {}  # keyword arguments of the Settings fields, each of its own type
+    sources: dict[str, str] = {}
+    raw: dict[str, object] = {}
     for opt in OPTIONS:
         cli = config.getoption(opt.dest, default=None)
         if cli is not None:
@@ -451,7 +461,7 @@ def _validate(settings: Settings) -> None:
         raise _usage(f"{settings.where('drift_scale')}: expected auto or a positive number (the ± range, e.g. 4)")
 
 
-def ci_is_set(environ=None) -> bool:
+def ci_is_set(environ: Mapping[str, str] | None = None) -> bool:
     """True when the ``CI`` environment variable is set to anything but empty/0/false/no."""
     value = (environ if environ is not None else os.environ).get("CI", "")
     return value.strip().lower() not in ("", "0", "false", "no", "off")
@@ -479,7 +489,7 @@ def device_for(settings: Settings, worker_id: str | None = None, spread: bool = 
     return choice
 
 
-def session_thresholds(settings: Settings):
+def session_thresholds(settings: Settings) -> tuple[Thresholds, str]:
     """(Thresholds, where they came from): the file layer of :meth:`Thresholds.resolve`, which is
     ``--partattn-thresholds`` FILE, else the rootdir pyproject's ``[tool.partattn.thresholds]``, else
     none (the built-in defaults)."""

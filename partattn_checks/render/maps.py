@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, cast, overload
 
 import numpy as np
+import numpy.typing as npt
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -31,9 +37,33 @@ from .panels import (
     panel_layout,
 )
 
+if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image
+
+#: Values to draw: a numpy array, nested lists or a torch tensor (any device and dtype; see ``_to_numpy``).
+ArrayInput: TypeAlias = "npt.ArrayLike | torch.Tensor"
+#: A backdrop image: PIL, an HxW(x1|3|4) or (1|3)xHxW array or tensor (see ``_to_rgb``).
+ImageInput: TypeAlias = "Image | npt.ArrayLike | torch.Tensor"
+#: Where a figure goes: a PNG file, or None for the PNG bytes.
+OutPath: TypeAlias = "str | os.PathLike[str] | None"
+#: A layer as a title names it: its name or index.
+LayerLabel: TypeAlias = "str | int | None"
+#: A head as a title names it: its index, or e.g. ``"mean"``.
+HeadLabel: TypeAlias = "int | str | None"
+
 
 def _heatmap_fig(
-    A, *, title=None, layer=None, step=None, part=None, head=None, vmax=8.0, scale="log", max_px=512
+    A: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    max_px: int = 512,
 ) -> Figure:
     A = _to_numpy(A)
     if A.ndim != 2:
@@ -47,9 +77,51 @@ def _heatmap_fig(
     return fig
 
 
+@overload
 def heatmap(
-    A, *, title=None, layer=None, step=None, part=None, head=None, vmax=8.0, scale="log", path=None, max_px=512
-):
+    A: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: None = None,
+    max_px: int = 512,
+) -> bytes: ...
+
+
+@overload
+def heatmap(
+    A: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+) -> Path: ...
+
+
+def heatmap(
+    A: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: OutPath = None,
+    max_px: int = 512,
+) -> bytes | Path:
     """One (queries, keys) attention map, plotted as A·Nk on the fixed scale."""
     return _output(
         _heatmap_fig(
@@ -60,25 +132,25 @@ def heatmap(
 
 
 def _multi_head_fig(
-    maps,
+    maps: ArrayInput,
     *,
-    title=None,
-    layer=None,
-    step=None,
-    part=None,
-    vmax=8.0,
-    scale="log",
-    ncols=None,
-    max_px=512,
-    ylabel="queries",
-    grid=None,
-    image=None,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    max_px: int = 512,
+    ylabel: str | None = "queries",
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
 ) -> Figure:
     maps = _to_numpy(maps)
     sc = _Scale(vmax, scale)
     if grid is not None:  # each head's key marginal on the patch grid (on the image when given)
         if maps.ndim == 3:
-            maps = maps.mean(axis=-2)  # (H, Q, Nk) -> (H, Nk): mean over queries
+            maps = cast("np.ndarray", maps.mean(axis=-2))  # (H, Q, Nk) -> (H, Nk): mean over queries
         if maps.ndim != 2:
             raise RenderError(
                 f"multi_head_grid with grid expects (heads, queries, keys) maps or (heads, keys) marginals, "
@@ -123,7 +195,7 @@ def _multi_head_fig(
 _TICKS_IN = 0.35
 
 
-def _index_ticks(ax, shape, *, left: bool, bottom: bool) -> None:
+def _index_ticks(ax: Axes, shape: tuple[int, ...], *, left: bool, bottom: bool) -> None:
     """Integer index ticks on a (queries, keys) panel: key indices on every panel's x axis (labelled
     on the bottom row), query indices on the y axis (labelled in the left column; none on a strip)."""
     ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
@@ -135,22 +207,60 @@ def _index_ticks(ax, shape, *, left: bool, bottom: bool) -> None:
         ax.set_yticks([])
 
 
+@overload
 def multi_head_grid(
-    maps,
+    maps: ArrayInput,
     *,
-    title=None,
-    layer=None,
-    step=None,
-    part=None,
-    vmax=8.0,
-    scale="log",
-    ncols=None,
-    path=None,
-    max_px=512,
-    ylabel="queries",
-    grid=None,
-    image=None,
-):
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: None = None,
+    max_px: int = 512,
+    ylabel: str | None = "queries",
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+) -> bytes: ...
+
+
+@overload
+def multi_head_grid(
+    maps: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+    ylabel: str | None = "queries",
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+) -> Path: ...
+
+
+def multi_head_grid(
+    maps: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: OutPath = None,
+    max_px: int = 512,
+    ylabel: str | None = "queries",
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+) -> bytes | Path:
     """(heads, queries, keys) maps: one panel per head, one shared fixed scale and colorbar.
 
     Without ``grid``, each panel is the head's queries x keys map (``ylabel=None`` drops the row
@@ -178,18 +288,18 @@ def multi_head_grid(
 
 
 def _part_panel_fig(
-    marginals,
-    grid=None,
-    image=None,
+    marginals: ArrayInput,
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
     *,
-    title=None,
-    layer=None,
-    step=None,
-    head=None,
-    vmax=8.0,
-    scale="log",
-    ncols=None,
-    max_px=512,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    max_px: int = 512,
 ) -> Figure:
     marginals = _to_numpy(marginals)
     if marginals.ndim != 2:
@@ -232,21 +342,57 @@ def _lines(text: str | None) -> int:
     return 0 if not text else text.count("\n") + 1
 
 
+@overload
 def part_panel(
-    marginals,
-    grid=None,
-    image=None,
+    marginals: ArrayInput,
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
     *,
-    title=None,
-    layer=None,
-    step=None,
-    head=None,
-    vmax=8.0,
-    scale="log",
-    ncols=None,
-    path=None,
-    max_px=512,
-):
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: None = None,
+    max_px: int = 512,
+) -> bytes: ...
+
+
+@overload
+def part_panel(
+    marginals: ArrayInput,
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+) -> Path: ...
+
+
+def part_panel(
+    marginals: ArrayInput,
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: OutPath = None,
+    max_px: int = 512,
+) -> bytes | Path:
     """(parts, Nk) key marginals: one panel per part on the shared fixed scale.
 
     With ``grid=(rows, cols)`` each marginal is reshaped row-major onto the patch grid; with
@@ -272,7 +418,18 @@ def part_panel(
 
 
 def _overlay_fig(
-    marginal, grid, image, *, title=None, layer=None, step=None, part=None, head=None, vmax=8.0, scale="log", max_px=512
+    marginal: ArrayInput,
+    grid: tuple[int, int],
+    image: ImageInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    max_px: int = 512,
 ) -> Figure:
     marginal = _to_numpy(marginal)
     if marginal.ndim != 1:
@@ -287,21 +444,57 @@ def _overlay_fig(
     return fig
 
 
+@overload
 def overlay(
-    marginal,
-    grid,
-    image,
+    marginal: ArrayInput,
+    grid: tuple[int, int],
+    image: ImageInput,
     *,
-    title=None,
-    layer=None,
-    step=None,
-    part=None,
-    head=None,
-    vmax=8.0,
-    scale="log",
-    path=None,
-    max_px=512,
-):
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: None = None,
+    max_px: int = 512,
+) -> bytes: ...
+
+
+@overload
+def overlay(
+    marginal: ArrayInput,
+    grid: tuple[int, int],
+    image: ImageInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+) -> Path: ...
+
+
+def overlay(
+    marginal: ArrayInput,
+    grid: tuple[int, int],
+    image: ImageInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: OutPath = None,
+    max_px: int = 512,
+) -> bytes | Path:
     """One (Nk,) patch-key distribution on the patch grid, upsampled bilinearly onto ``image``.
 
     ``image`` (PIL, HxWx3, or the (1,)3xHxW encoder tensor) is shown in grey under the
@@ -326,19 +519,19 @@ def overlay(
 
 
 def _timeline_fig(
-    values,
-    steps,
-    layer_names,
+    values: ArrayInput,
+    steps: ArrayInput,
+    layer_names: Sequence[str],
     *,
-    metric="normalized entropy",
-    threshold=None,
-    title=None,
-    ylim=None,
-    judged=None,
-    judged_label="",
-    value=None,
-    value_label="",
-    max_px=512,
+    metric: str = "normalized entropy",
+    threshold: float | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    judged: ArrayInput | None = None,
+    judged_label: str = "",
+    value: float | None = None,
+    value_label: str = "",
+    max_px: int = 512,
 ) -> Figure:
     values = _to_numpy(values)
     steps = _to_numpy(steps)
@@ -410,7 +603,9 @@ def _timeline_fig(
     return fig
 
 
-def _y_range(values: np.ndarray, lines, ylim) -> tuple[float, float]:
+def _y_range(
+    values: np.ndarray, lines: Iterable[float | None], ylim: tuple[float, float] | None
+) -> tuple[float, float]:
     """``ylim`` when given (widened only if the data escapes it, 2 % margin); else the range of the
     finite data and the horizontal ``lines`` (threshold, value) with an 8 % margin on each side."""
     finite = values[np.isfinite(values)]
@@ -426,22 +621,60 @@ def _y_range(values: np.ndarray, lines, ylim) -> tuple[float, float]:
     return (lo - pad, hi + pad)
 
 
+@overload
 def timeline(
-    values,
-    steps,
-    layer_names,
+    values: ArrayInput,
+    steps: ArrayInput,
+    layer_names: Sequence[str],
     *,
-    metric="normalized entropy",
-    threshold=None,
-    title=None,
-    ylim=None,
-    judged=None,
-    judged_label="",
-    value=None,
-    value_label="",
-    path=None,
-    max_px=512,
-):
+    metric: str = "normalized entropy",
+    threshold: float | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    judged: ArrayInput | None = None,
+    judged_label: str = "",
+    value: float | None = None,
+    value_label: str = "",
+    path: None = None,
+    max_px: int = 512,
+) -> bytes: ...
+
+
+@overload
+def timeline(
+    values: ArrayInput,
+    steps: ArrayInput,
+    layer_names: Sequence[str],
+    *,
+    metric: str = "normalized entropy",
+    threshold: float | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    judged: ArrayInput | None = None,
+    judged_label: str = "",
+    value: float | None = None,
+    value_label: str = "",
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+) -> Path: ...
+
+
+def timeline(
+    values: ArrayInput,
+    steps: ArrayInput,
+    layer_names: Sequence[str],
+    *,
+    metric: str = "normalized entropy",
+    threshold: float | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    judged: ArrayInput | None = None,
+    judged_label: str = "",
+    value: float | None = None,
+    value_label: str = "",
+    path: OutPath = None,
+    max_px: int = 512,
+) -> bytes | Path:
     """(steps, layers) metric values over denoising steps, one line per layer.
 
     ``threshold`` is a dashed line; ``judged`` (steps,) a bold series (what a check's verdict

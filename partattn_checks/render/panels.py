@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from matplotlib import colormaps
@@ -312,7 +314,11 @@ def _new_figure(figsize: tuple[float, float], max_px: int, dpi: float | None = N
     return fig
 
 
-def _output(fig: Figure, path=None):
+@overload
+def _output(fig: Figure, path: None = None) -> bytes: ...
+@overload
+def _output(fig: Figure, path: str | os.PathLike[str]) -> Path: ...
+def _output(fig: Figure, path: str | os.PathLike[str] | None = None) -> bytes | Path:
     """PNG bytes of ``fig``, or write them to ``path`` and return the Path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
