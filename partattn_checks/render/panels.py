@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
+from typing import TYPE_CHECKING, TypeAlias, overload
 
 import numpy as np
 from matplotlib import colormaps
@@ -22,10 +22,27 @@ from PIL import Image
 
 from ..errors import PartattnError
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import torch
+
 
 class RenderError(PartattnError, ValueError):
     """A figure asked of data it cannot draw (a shape, a grid, a scale, a size); the message names the
     argument and what it should be."""
+
+
+# --------------------------------------------------------------------------- what the figures take
+#: Values to draw: a numpy array, nested lists or a torch tensor (any device and dtype; see ``_to_numpy``).
+ArrayInput: TypeAlias = "npt.ArrayLike | torch.Tensor"
+#: A backdrop image: PIL, an HxW(x1|3|4) or (1|3)xHxW array or tensor (see ``_to_rgb``).
+ImageInput: TypeAlias = "Image.Image | npt.ArrayLike | torch.Tensor"
+#: Where a figure goes: a PNG file, or None for the PNG bytes.
+OutPath: TypeAlias = "str | os.PathLike[str] | None"
+#: A layer as a title names it: its name or index.
+LayerLabel: TypeAlias = "str | int | None"
+#: A head as a title names it: its index, or e.g. ``"mean"``.
+HeadLabel: TypeAlias = "int | str | None"
 
 
 #: The colour of the image's outlines on attention overlays (``_on_image``): a green that neither
@@ -229,6 +246,11 @@ def _check_grid(grid, nk: int) -> tuple[int, int]:
             "pass patch keys only (no CLS) and the encoder's patch grid"
         )
     return rows, cols
+
+
+def _lines(text: str | None) -> int:
+    """How many lines ``text`` (a wrapped title) takes; 0 for none."""
+    return 0 if not text else text.count("\n") + 1
 
 
 def _title(title=None, layer=None, step=None, part=None, head=None) -> str | None:
