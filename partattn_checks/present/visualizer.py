@@ -36,13 +36,12 @@ from ..capture.record import AttentionRecord
 from ..capture.recorder import AttentionRecorder, CaptureError, Selection, cross_attention_modules
 from ..capture.runspec import for_pipeline, resolve_device
 from ..capture.step_hooks import StepHooks, cfg_for_batch
-from ..checks import CHECKS, REGISTRY, CheckResult, Thresholds
+from ..checks import CheckResult, Thresholds
 from ..model.pipeline import encoder_view
 from ..runs.session import run_case
 from ..runs.sidecar import parts_from_name
-from .pages import Cell, write_index
-from .pages.run_page import render_record, save_run
-from .views import safe_name
+from .batch import verdict_cell as verdict_cell
+from .batch import write_batch
 from .visualizer_methods import SPARSITY_FACTOR, FigureMethods, VisualizerError, VisualizerTypeError, _check_index
 
 __all__ = ["AttentionVisualizer", "encoder_view", "SPARSITY_FACTOR"]
@@ -415,18 +414,9 @@ class AttentionVisualizer(FigureMethods):
         missing count is an error that names the image, raised before anything runs)."""
         images = list(images)
         counts = [self._parts_for(image, num_parts) for image in images]  # fail before any work
-        out_dir = Path(out_dir)
-        folders: list[Path] = []
-        rows: list[list[object]] = []
-        used: set[str] = set()
-        for i, (image, n) in enumerate(zip(images, counts, strict=False)):
-            stem = safe_name(Path(image).stem if isinstance(image, (str, os.PathLike)) else f"image{i}")
-            name, k = stem, 2
-            while name in used:
-                name, k = f"{stem}_{k}", k + 1
-            used.add(name)
-            folder = out_dir / name
-            record = self.run(
+
+        def run_one(image: ImageInput, n: int) -> AttentionRecord:
+            return self.run(
                 image,
                 n,
                 steps=steps,
@@ -436,30 +426,8 @@ class AttentionVisualizer(FigureMethods):
                 full_map=full_map,
                 callback=callback,
             )
-            links = save_run(folder, record, self.image)
-            render_record(
-                record,
-                folder,
-                image=self.image,
-                results=self.results,
-                layer=layer,
-                fps=fps,
-                title=str(image) if isinstance(image, (str, os.PathLike)) else name,
-                thresholds=self.thresholds,
-                links=links,
-            )
-            folders.append(folder)
-            rows.append(
-                [Cell(name, href=f"{name}/index.html"), n] + [verdict_cell(self.results.get(c)) for c in CHECKS]
-            )
-        write_index(
-            out_dir / "index.html",
-            f"partattn: {len(folders)} images",
-            sections=[("Images", [(f.name, f"{f.name}/index.html") for f in folders])],
-            tables=[("Checks", ["image", "parts", *CHECKS], rows)],
-            note="Each cell: the verdict, the value the check measured and its pass condition (op threshold).",
-        )
-        return folders
+
+        return write_batch(self, images, counts, Path(out_dir), run_one, layer=layer, fps=fps)
 
     # ------------------------------------------------------------------ internals
     def _target(self, model: ModelOrPipeline | None) -> torch.nn.Module:
@@ -521,14 +489,3 @@ class AttentionVisualizer(FigureMethods):
         if record.patch_grid is None and grid is not None and grid[0] * grid[1] == record.num_patch_keys:
             record.patch_grid = grid
         return record
-
-
-def verdict_cell(result: CheckResult | None) -> Cell:
-    """A batch table cell: ``fail · 1 (≤ 0.84)``, the verdict with the value and its pass condition."""
-    if result is None:
-        return Cell("")
-    text = result.verdict
-    if result.value is not None and result.threshold is not None and result.verdict != "skip":
-        op = REGISTRY[result.name].op if result.name in REGISTRY else "vs"
-        text += f" · {result.value:.3g} ({op} {result.threshold:g})"
-    return Cell(text, result.verdict)
