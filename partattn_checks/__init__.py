@@ -24,7 +24,7 @@ _LAZY = {
     "ProcessorFamily": "capture.families",
     "register_family": "capture.families",
     "Selection": "capture.recorder",
-    "record_attention": "capture.recorder",
+    "record_attention": "capture.pipeline_run",
     "AttentionRecord": "capture.record",
     "AttentionVisualizer": "present.visualizer",
     "RunSpec": "capture.runspec",

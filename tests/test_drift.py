@@ -382,7 +382,8 @@ def test_the_gate_draws_the_drift_figure_on_its_drift_scale_option(tmp_path):
 
 @pytest.mark.parametrize("value, expected", [("auto", None), ("AUTO", None), ("4", 4.0), ("0.5", 0.5), (" 12 ", 12.0)])
 def test_drift_scale_option_values(value, expected):
-    from partattn_checks.gate.options import BY_NAME, _convert
+    from partattn_checks.gate.option_table import _convert
+    from partattn_checks.gate.options import BY_NAME
 
     assert _convert(BY_NAME["drift_scale"], value, "cli", Path.cwd()) == expected
 

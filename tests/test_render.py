@@ -18,6 +18,7 @@ from PIL import Image
 
 from partattn_checks import render
 from partattn_checks.render import gif as render_gif
+from partattn_checks.render import grids as render_grids
 from partattn_checks.render import maps as render_figures
 from partattn_checks.render import panels as render_panels
 from partattn_checks.render.panels import _Scale
@@ -150,7 +151,7 @@ def test_wrapped_suptitle_lines_get_their_room(picture, n_parts):
     """The figure is as tall as its layout for the number of lines the title wrapped to, and the
     title's lines neither leave the figure nor cover a panel title."""
     title = "part_separation 0.0123 (pass: >= 0.1) — fail: the parts attend to the same keys\nmean over steps"
-    fig = render_figures._part_panel_fig(_blobs(n_parts), GRID, picture, title=title, layer="blocks.20.attn2", head=3)
+    fig = render_grids._part_panel_fig(_blobs(n_parts), GRID, picture, title=title, layer="blocks.20.attn2", head=3)
     text = fig._suptitle.get_text()
     layout = render_panels.panel_layout(n_parts + 1, title_lines=text.count("\n") + 1)
     assert fig.canvas.get_width_height() == pytest.approx(layout.pixels, abs=2)
@@ -247,7 +248,7 @@ def test_any_uniform_map_is_flat(q, k):
 def test_multi_head_grid(tmp_path):
     maps = torch.softmax(torch.randn(16, 32, 64) * 2, dim=-1)
     _assert_figure(render.multi_head_grid(maps, layer=4, step=10, part=1, path=tmp_path / "g.png"))
-    fig = render_figures._multi_head_fig(maps)
+    fig = render_grids._multi_head_fig(maps)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 16 + 1  # 16 panels, one shared colorbar
     assert [ax.get_title() for ax in visible[:3]] == ["head 0", "head 1", "head 2"]
@@ -256,7 +257,7 @@ def test_multi_head_grid(tmp_path):
 def test_multi_head_grid_shares_the_fixed_scale():
     """Head 0 uniform, head 1 one-hot: head 0 still renders flat at the colour of 1."""
     maps = np.stack([_uniform(8, 32), np.eye(8, 32)])
-    fig = render_figures._multi_head_fig(maps)
+    fig = render_grids._multi_head_fig(maps)
     colours = _distinct(_axes_pixels(fig, fig.axes[0], inset=2))
     assert len(colours) == 1
     assert np.abs(colours[0] - _scale_colour(1.0)).max() <= 1
@@ -267,7 +268,7 @@ def test_multi_head_grid_shares_the_fixed_scale():
 
 def test_part_panel_with_grid_and_image(tmp_path, picture):
     _assert_figure(render.part_panel(_blobs(3), GRID, picture, layer=4, step=25, path=tmp_path / "p.png"))
-    fig = render_figures._part_panel_fig(_blobs(3), GRID, picture)
+    fig = render_grids._part_panel_fig(_blobs(3), GRID, picture)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles[:4] == ["input", "part 0", "part 1", "part 2"]
 
@@ -276,7 +277,7 @@ def test_part_panel_grid_without_image_and_strips(tmp_path):
     _assert_figure(render.part_panel(_blobs(4), grid=GRID, path=tmp_path / "grid.png"))
     half = torch.tensor(_blobs(4), dtype=torch.float16)
     _assert_figure(render.part_panel(half, path=tmp_path / "strip.png"))
-    strips = render_figures._part_panel_fig(_blobs(4))
+    strips = render_grids._part_panel_fig(_blobs(4))
     assert [t.get_text() for t in strips.axes[0].get_yticklabels()] == [f"part {p}" for p in range(4)]
 
 
@@ -343,7 +344,7 @@ def test_attention_over_a_black_and_a_white_image_has_the_same_colours(scale):
         assert np.abs(on_black - on_white).max() <= 1
         assert (len(_distinct(on_black)) == 1) == (colours == 1)  # uniform: one colour; the blob: many
     assert np.abs(on_black[0, 0] - _scale_colour(_blobs(1)[0][0] * NK, scale)).max() <= 3  # the corner cell's value
-    uniform = render_figures._part_panel_fig(np.full((2, NK), 1.0 / NK), GRID, black, scale=scale)
+    uniform = render_grids._part_panel_fig(np.full((2, NK), 1.0 / NK), GRID, black, scale=scale)
     for ax in uniform.axes[1:3]:
         colours = _distinct(_axes_pixels(uniform, ax))
         assert len(colours) == 1 and np.abs(colours[0] - _scale_colour(1.0, scale)).max() <= 1
@@ -394,11 +395,11 @@ def _every_kind(picture, n_parts, grid=GRID):
     maps = rng.dirichlet(np.ones(nk), size=(4 * n_parts, 16))
     long_title = "part_separation 0.0123 (pass: >= 0.1) — fail: the parts attend to the same keys\nmean over steps"
     return {
-        "part panel": render_figures._part_panel_fig(marg, grid, picture, title=long_title, layer="blocks.20.attn2"),
-        "part grid": render_figures._part_panel_fig(marg, grid, title=long_title, layer="blocks.20.attn2"),
-        "part strips": render_figures._part_panel_fig(marg, title=long_title, layer="blocks.20.attn2"),
-        "heads on image": render_figures._multi_head_fig(maps, grid=grid, image=picture, title=long_title, layer=3),
-        "heads qk": render_figures._multi_head_fig(maps, title=long_title, layer="blocks.20.attn2", step=49, part=0),
+        "part panel": render_grids._part_panel_fig(marg, grid, picture, title=long_title, layer="blocks.20.attn2"),
+        "part grid": render_grids._part_panel_fig(marg, grid, title=long_title, layer="blocks.20.attn2"),
+        "part strips": render_grids._part_panel_fig(marg, title=long_title, layer="blocks.20.attn2"),
+        "heads on image": render_grids._multi_head_fig(maps, grid=grid, image=picture, title=long_title, layer=3),
+        "heads qk": render_grids._multi_head_fig(maps, title=long_title, layer="blocks.20.attn2", step=49, part=0),
         "overlay": render_figures._overlay_fig(
             marg[-1], grid, picture, title=long_title, layer="blocks.20.attn2", step=49, part=n_parts - 1, head=15
         ),
@@ -469,19 +470,19 @@ def test_multi_head_grid_on_the_image_shows_the_image_outlines(picture):
     """Uniform heads on the image: neutral everywhere but the image's green outlines; on the bare
     grid (no image) the same heads are one flat colour."""
     maps = np.full((4, 8, NK), 1.0 / NK)
-    fig = render_figures._multi_head_fig(maps, grid=GRID, image=picture)
+    fig = render_grids._multi_head_fig(maps, grid=GRID, image=picture)
     for ax in fig.axes[:4]:
         panel, edges = _panel_and_edges(fig, ax, picture)
         off_neutral = np.abs(panel - _scale_colour(1.0)).max(-1) > 2
         assert not (off_neutral & ~edges).any()
         assert off_neutral.mean() > 0.005 and _green(panel)[off_neutral].mean() > 0.6
-    flat = render_figures._multi_head_fig(maps, grid=GRID)
+    flat = render_grids._multi_head_fig(maps, grid=GRID)
     assert len(_distinct(_axes_pixels(flat, flat.axes[0], inset=3))) == 1
 
 
 def test_multi_head_grid_on_the_image_puts_each_head_where_it_looks(picture):
     blobs = _blobs(4)  # head h looks at quadrant h
-    fig = render_figures._multi_head_fig(np.repeat(blobs[:, None, :], 3, axis=1), grid=GRID, image=picture)
+    fig = render_grids._multi_head_fig(np.repeat(blobs[:, None, :], 3, axis=1), grid=GRID, image=picture)
     for h, (qy, qx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
         pixels = _axes_pixels(fig, fig.axes[h]).astype(int)
         hh, ww = pixels.shape[0] // 2, pixels.shape[1] // 2

@@ -20,6 +20,7 @@ from partattn_checks.checks.core import CheckError, Timeline
 from partattn_checks.model.broken import broken
 from partattn_checks.model.pipeline import PartCrafterPipeline
 from partattn_checks.present.pages.run_page import render_record
+from partattn_checks.render import grids as render_grids
 from partattn_checks.render import maps as render_figures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,7 +253,7 @@ def test_bare_heads_grid_has_index_ticks():
     """Without a patch grid (a bare model), each head's queries x keys panel has index ticks: key indices
     labelled on the bottom row, query indices in the left column."""
     maps = torch.softmax(torch.randn(5, 16, 65), -1)
-    fig = render_figures._multi_head_fig(maps)
+    fig = render_grids._multi_head_fig(maps)
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title().startswith("head")]
     assert len(panels) == 5
     fig.canvas.draw()
@@ -265,7 +266,7 @@ def test_bare_heads_grid_has_index_ticks():
         assert x_labelled == (h >= 2), h  # 3 columns: heads 2, 3 and 4 end their columns
         assert y_labelled == (h % 3 == 0), h
     assert fig._supxlabel.get_text() == "key index" and fig._supylabel.get_text() == "query index"
-    strips = render_figures._multi_head_fig(torch.softmax(torch.randn(4, 1, 64), -1), ylabel=None)
+    strips = render_grids._multi_head_fig(torch.softmax(torch.randn(4, 1, 64), -1), ylabel=None)
     assert len(strips.axes[0].get_xticks()) >= 2 and len(strips.axes[0].get_yticks()) == 0
-    on_grid = render_figures._multi_head_fig(torch.softmax(torch.randn(4, 16, 64), -1), grid=(8, 8))
+    on_grid = render_grids._multi_head_fig(torch.softmax(torch.randn(4, 16, 64), -1), grid=(8, 8))
     assert len(on_grid.axes[0].get_xticks()) == 0  # on the patch grid the picture is the axis

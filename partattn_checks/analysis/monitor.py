@@ -43,6 +43,8 @@ from ..checks import CHECKS, Thresholds
 from ..errors import PartattnError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from ..runs.session import CaseOutcome
 
 
@@ -115,7 +117,7 @@ class AttentionMonitor:
             )
         self.figures_every = figures_every
         self.calls = 0  # calls made so far (the cadence of figures counts them)
-        self._views: dict[str, object] = {}  # image name -> the encoder's view, for overlays
+        self._views: dict[str, Image.Image | None] = {}  # image name -> the encoder's view, for overlays
         self._pictures: dict[bool, list] = {}  # the latest call's pictures, drawn on demand (key: animate)
         self.images = _image_specs(images)
         self.main_process_only = main_process_only

@@ -53,7 +53,7 @@ class Picture:
 
 def draw(
     outcomes: Mapping[str, CaseOutcome],
-    views: Mapping[str, object] | None = None,
+    views: Mapping[str, Image.Image | None] | None = None,
     *,
     prefix: str = "partattn",
     checks=None,

@@ -21,7 +21,10 @@ the number of query tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -31,9 +34,15 @@ from . import metrics
 from .families import FAMILIES as FAMILIES  # the family table's names stay importable from here
 from .families import ProcessorFamily, find_family, known_class_names
 from .families import register_family as register_family
+from .pipeline_run import RecordablePipeline as RecordablePipeline  # importable from here, as before
+from .pipeline_run import record_attention as record_attention
 from .record import TENSORS, AttentionRecord
-from .runspec import RUN_KEYS, RunSpec, dtype_name, for_pipeline, run_meta
-from .selection import Selection  # noqa: F401  (part of this module's API)
+from .runspec import dtype_name
+from .selection import Selection as Selection  # part of this module's API
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
+
 
 #: Largest relative mismatch (‖P·V − output‖ / ‖output‖) the verification accepts, per model dtype:
 #: the processor computes in that dtype, the recorder in fp32.
@@ -62,11 +71,11 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-def _where(name: str, processor) -> str:
+def _where(name: str, processor: object) -> str:
     return f"module '{name}', processor {type(processor).__name__}, diffusers {_diffusers_version()}"
 
 
-def cross_attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+def cross_attention_modules(model: torch.nn.Module) -> list[tuple[str, Attention]]:
     """All diffusers ``Attention`` modules built for cross-attention, decided by module, not by shape."""
     from diffusers.models.attention_processor import Attention
 
@@ -89,7 +98,7 @@ def _refuse_compiled(model: torch.nn.Module) -> None:
         )
 
 
-def family_of(name: str, processor) -> ProcessorFamily:
+def family_of(name: str, processor: object) -> ProcessorFamily:
     """The family of ``processor``, or a :class:`CaptureError` that says how to describe it."""
     family = find_family(processor)
     if family is not None:
@@ -113,11 +122,11 @@ class _LayerCall:
 class _LayerTap:
     """The hooks on one cross-attention module: they read what its own processor computes."""
 
-    def __init__(self, recorder: AttentionRecorder, name: str, module, family: ProcessorFamily):
+    def __init__(self, recorder: AttentionRecorder, name: str, module: Attention, family: ProcessorFamily):
         self.recorder = recorder
         self.name = name
         self.module = module
-        self.processor = module.processor
+        self.processor: object = module.processor  # any processor class (a user's fork included)
         self.family = family
         self.verified = False
         self.seen: dict[str, torch.Tensor] = {}
@@ -130,27 +139,28 @@ class _LayerTap:
                 f"{_where(self.name, self.processor)}: this module is already being recorded; nested recorders "
                 f"are refused"
             )
-        slots = [("q", m.to_q), ("k", m.to_k), ("v", m.to_v)]
+        slots: list[tuple[str, torch.nn.Module]] = [("q", m.to_q), ("k", m.to_k), ("v", m.to_v)]
         slots += [(slot, norm) for slot, norm in (("norm_q", m.norm_q), ("norm_k", m.norm_k)) if norm is not None]
         self.handles = [mod.register_forward_hook(self._keep(slot)) for slot, mod in slots]
         self.handles.append(m.to_out[0].register_forward_pre_hook(self._attended))
-        m._partattn_recording = True
+        # A flag, not a field of Attention: nn.Module's typed __setattr__ takes tensors and modules only.
+        setattr(m, "_partattn_recording", True)  # noqa: B010
 
     def detach(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles = []
-        self.module._partattn_recording = False
+        setattr(self.module, "_partattn_recording", False)  # noqa: B010  (a flag: see attach)
         self.seen = {}
 
-    def _keep(self, slot: str):
-        def hook(_module, _inputs, output):
+    def _keep(self, slot: str) -> Callable[[torch.nn.Module, tuple[object, ...], torch.Tensor], None]:
+        def hook(_module: torch.nn.Module, _inputs: tuple[object, ...], output: torch.Tensor) -> None:
             if self.recorder.current_step() is not None:
                 self.seen[slot] = output
 
         return hook
 
-    def _attended(self, _module, inputs) -> None:
+    def _attended(self, _module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         """``to_out[0]`` is about to run on the processor's merged attention output: record the call."""
         step = self.recorder.current_step()
         seen, self.seen = self.seen, {}
@@ -163,7 +173,7 @@ class _LayerTap:
                 self.verified = self._verify(query, key, value, scale, inputs[0])
             self.recorder.observe(self.name, step, query, key, scale)
 
-    def _heads(self, seen):
+    def _heads(self, seen: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-part ``(B, H, L, d)`` queries, keys and values, as the family lays them out."""
         attn, heads = self.module, self.module.heads
         missing = [slot for slot in ("q", "k", "v") if slot not in seen]
@@ -185,7 +195,9 @@ class _LayerTap:
             key, value = (t[::n].repeat_interleave(n, dim=0) for t in (key, value))
         return query, key, value
 
-    def _verify(self, query, key, value, scale, attended) -> bool:
+    def _verify(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, attended: torch.Tensor
+    ) -> bool:
         """Do the probabilities reproduce the processor's output (``P·V`` against ``attended``)?
         Returns False (try the next recorded step) when non-finite values make it undecidable."""
         err2 = ref2 = 0.0
@@ -233,7 +245,7 @@ class AttentionRecorder:
         has_cls: bool = True,
         patch_grid: tuple[int, int] | None = None,
         nonfinite: str = "raise",
-        meta: dict | None = None,
+        meta: Mapping[str, Any] | None = None,
     ):
         if nonfinite not in ("raise", "record"):
             raise RecorderError(f"nonfinite must be 'raise' or 'record', got {nonfinite!r}")
@@ -250,7 +262,7 @@ class AttentionRecorder:
         self._kinds: dict[str, str] = {}
         self._calls: dict[tuple[int, str], _LayerCall] = {}
         self._timesteps: dict[int, float] = {}
-        self._nonfinite: list[dict] = []
+        self._nonfinite: list[dict[str, Any]] = []  # {"step": int, "layer": str | None, "where": str}
         self._finite_checked: set[tuple[int, str]] = set()
         self._step: int | None = None
         self._explicit_steps = False
@@ -292,7 +304,9 @@ class AttentionRecorder:
         self._active = True
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._restore()
         self._active = False
         if exc_type is None:
@@ -320,7 +334,7 @@ class AttentionRecorder:
             self._nonfinite.append({"step": int(step), "layer": None, "where": "latents"})
         self._check_nonfinite()
 
-    def _count_forward(self, _module, args, kwargs) -> None:
+    def _count_forward(self, _module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
         """Used alone (no ``begin_step``), every forward call of the model is one step; its timestep
         is read from the call (``timestep=`` or the second positional argument, as diffusers
         transformers take it)."""
@@ -356,7 +370,8 @@ class AttentionRecorder:
         query, key = self._conditional(query), self._conditional(key)
         if self.time_token:
             query = query[:, :, 1:]
-        chunks, full = [], []
+        chunks: list[dict[str, torch.Tensor]] = []
+        full: list[torch.Tensor] = []
         keep_full = self._wants_full(name, step)
         for part in range(query.shape[0]):  # one part at a time bounds peak memory
             logits = (query[part].float() * scale) @ key[part].float().transpose(-1, -2)
@@ -419,7 +434,7 @@ class AttentionRecorder:
         self._validate_counts()
         steps = sorted({s for s, _ in self._calls})
 
-        def stack(key):
+        def stack(key: str) -> torch.Tensor:
             return torch.stack(
                 [torch.stack([self._calls[(s, n)].stats[key] for n in self.layer_names]) for s in steps]
             ).cpu()
@@ -438,7 +453,7 @@ class AttentionRecorder:
         )
 
 
-def timestep_value(timestep) -> float:
+def timestep_value(timestep: object) -> float:
     """The timestep of a forward call as a float (the first element of a tensor), NaN when absent."""
     if timestep is None:
         return float("nan")
@@ -446,46 +461,3 @@ def timestep_value(timestep) -> float:
         return float(torch.as_tensor(timestep).reshape(-1)[0])
     except (TypeError, ValueError, IndexError, RuntimeError):
         return float("nan")
-
-
-def record_attention(
-    pipeline,
-    image,
-    num_parts: int | None = None,
-    *,
-    spec: RunSpec | None = None,
-    selection: Selection | None = None,
-    nonfinite: str = "raise",
-    meta: dict | None = None,
-    **run_kwargs,
-):
-    """Run ``pipeline`` on ``image`` while recording; return ``(DenoiseResult, AttentionRecord)``.
-
-    ``spec``: the run's resolved :class:`~partattn_checks.capture.runspec.RunSpec`. Without one,
-    ``num_parts`` and the run settings among ``run_kwargs`` (``steps``, ``seed``,
-    ``guidance_scale``, ``num_tokens``; unset: the checkpoint's) are resolved into one. Other
-    ``run_kwargs`` (``callback``, ``latents``) go to the pipeline call as they are.
-    """
-    settings = {k: run_kwargs.pop(k) for k in RUN_KEYS if k in run_kwargs}
-    if spec is None:
-        spec = for_pipeline(pipeline, call={"num_parts": num_parts, **settings})
-    elif num_parts is not None or settings:
-        raise RecorderTypeError("record_attention: pass either spec= or num_parts and the run settings, not both")
-    elif (spec.device, spec.dtype) != (str(pipeline.device), dtype_name(pipeline.dtype)):
-        raise RecorderError(
-            f"the run spec is for {spec.device} {spec.dtype}, but the pipeline runs on "
-            f"{pipeline.device} {dtype_name(pipeline.dtype)}; resolve it with runspec.for_pipeline"
-        )
-    recorder = AttentionRecorder(
-        pipeline.transformer,
-        num_parts=spec.num_parts,
-        cfg=spec.cfg,
-        selection=selection,
-        has_cls=True,
-        patch_grid=pipeline.patch_grid,
-        nonfinite=nonfinite,
-        meta={**run_meta(pipeline, image, spec), **(meta or {})},
-    )
-    with recorder:
-        result = pipeline(image, spec.num_parts, observers=(recorder,), **spec.run_kwargs(), **run_kwargs)
-    return result, recorder.record()

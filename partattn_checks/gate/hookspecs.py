@@ -15,7 +15,7 @@ def pytest_partattn_load_pipeline(config: pytest.Config, device: str, dtype: str
 
     An upstream-style PartCrafter pipeline (``pipe(image=[img] * N, attention_kwargs=...,
     num_inference_steps=..., generator=...)``) is wrapped in ``partattn_checks.capture.upstream.UpstreamPipeline``.
-    Otherwise the object must offer what ``partattn_checks.capture.recorder.record_attention`` uses: ``transformer``
+    Otherwise the object must offer what ``partattn_checks.capture.pipeline_run.record_attention`` uses: ``transformer``
     (a diffusers model whose cross-attention modules use PartCrafter/TripoSG or standard diffusers
     processors), ``run_defaults`` (dict with ``num_tokens``, ``steps``, ``guidance_scale``),
     ``patch_grid``, ``checkpoint.path``, ``dtype``, ``device`` and

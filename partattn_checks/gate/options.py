@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -39,107 +40,15 @@ from ..baselines.policy import (
 )
 from ..capture import runspec
 from ..capture.runspec import DTYPES, DeviceChoice
-from ..errors import PartattnError
 from ..model.files import RUN_DEFAULTS
+from .option_table import Option as Option  # the table's names stay importable from here
+from .option_table import OptionError as OptionError
+from .option_table import OptionValue as OptionValue
+from .option_table import _convert, _usage
+from .option_table import option as option
 
-
-class OptionError(PartattnError, pytest.UsageError):  # type: ignore[misc]  # pytest marks it final; exit code 4
-    """A ``--partattn-*`` option (or its ini twin) that cannot be used: pytest's usage error (exit code 4),
-    naming the option and the fix."""
-
-
-def _usage(msg: str) -> OptionError:
-    return OptionError(msg)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One row of the option table, the ``option(...)`` marker of a :class:`Settings` field (``name``: the
-    field's). ``name`` ``"model"`` gives ``--partattn-model``/``partattn_model``; ``default`` is written as
-    in an ini file (converted like a value the user wrote)."""
-
-    name: str
-    help: str
-    kind: str = "str"  # flag | str | int | float | path | choice | choices (comma-separated) | scale (auto|X)
-    default: object = None
-    choices: tuple[str, ...] = ()
-    metavar: str | None = None
-    default_text: str = ""  # how the docs and --help show the default
-
-    @property
-    def flag(self) -> str:
-        return "--partattn" if self.name == "enabled" else f"--partattn-{self.name.replace('_', '-')}"
-
-    @property
-    def ini(self) -> str:
-        return "partattn" if self.name == "enabled" else f"partattn_{self.name}"
-
-    @property
-    def dest(self) -> str:
-        return "partattn" if self.name == "enabled" else f"partattn_{self.name}"
-
-
-def _convert(opt: Option, value, src: str, base: Path):
-    label = opt.flag if src == "cli" else (f"ini option {opt.ini}" if src == "ini" else opt.flag)
-    if value is None:
-        return None
-    if opt.kind == "flag":
-        return bool(value)
-    text = str(value).strip()
-    if opt.kind == "int":
-        try:
-            return int(text)
-        except ValueError:
-            raise _usage(f"{label} {text}: expected a whole number") from None
-    if opt.kind == "float":
-        try:
-            number = float(text)
-        except ValueError:
-            raise _usage(f"{label} {text}: expected a number") from None
-        if not math.isfinite(number):
-            raise _usage(f"{label} {text}: expected a finite number")
-        return number
-    if opt.kind == "scale":
-        if text.lower() == "auto":
-            return None
-        try:
-            number = float(text)
-        except ValueError:
-            number = math.nan
-        if not (math.isfinite(number) and number > 0):
-            raise _usage(f"{label} {text}: expected auto or a positive number (the ± range, e.g. 4)")
-        return number
-    if opt.kind == "choice":
-        if text not in opt.choices:
-            raise _usage(f"{label} {text}: expected one of {', '.join(opt.choices)}")
-        return text
-    if opt.kind == "choices":
-        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-        wrong = [n for n in names if n not in opt.choices]
-        if wrong:
-            raise _usage(f"{label} {text}: {wrong[0]!r} is not one of {', '.join(opt.choices)} (comma-separated)")
-        return names
-    if opt.kind == "path":
-        path = Path(os.path.expanduser(text)) if isinstance(value, str) else Path(value)
-        return (path if path.is_absolute() else base / path).resolve()
-    return text
-
-
-def option(
-    help: str,
-    *,
-    kind: str = "str",
-    default: object = None,
-    choices: tuple[str, ...] = (),
-    metavar: str | None = None,
-    default_text: str = "",
-) -> Any:
-    """A :class:`Settings` field that is an option (its row of ``OPTIONS``, named after the field). Its
-    default is ``default`` converted; a path has none (relative to the rootdir, :meth:`Settings.of`)."""
-    row = Option("", help, kind, default, choices, metavar, default_text)
-    if kind == "path":
-        return field(metadata={"option": row})
-    return field(default=_convert(row, default, "default", Path()), metadata={"option": row})
+if TYPE_CHECKING:
+    from ..checks import Thresholds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,15 +206,15 @@ class Settings:
         default_text="off",
     )
     rootdir: Path
-    sources: dict = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)  # what the user wrote, per option
+    sources: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, object] = field(default_factory=dict)  # what the user wrote, per option
 
     @classmethod
-    def of(cls, **values) -> Settings:
+    def of(cls, **values: Any) -> Settings:
         """Settings without pytest (benchmarks, library use): every option at its default, paths
         relative to the current folder, then ``values`` (``baselines=...``, ``seeds=4``, ...)."""
         rootdir = Path.cwd()
-        defaults = {}
+        defaults: dict[str, Any] = {}  # keyword arguments of the Settings fields, each of its own type
         for opt in OPTIONS:
             value = _convert(opt, opt.default, "default", rootdir)
             defaults[opt.name] = value
@@ -335,7 +244,7 @@ class Settings:
         except ValueError:
             return str(path)
 
-    def run_options(self) -> dict:
+    def run_options(self) -> dict[str, int | float | None]:
         """The options layer of a run spec (``None``: unset, the checkpoint's default applies)."""
         return {"steps": self.steps, "seed": self.seed, "guidance_scale": self.guidance, "num_tokens": self.num_tokens}
 
@@ -402,7 +311,9 @@ def resolve(config: pytest.Config) -> Settings:
     ``pytest.UsageError``)."""
     rootdir = Path(config.rootpath)
     invocation = Path(config.invocation_params.dir)
-    values, sources, raw = {}, {}, {}
+    values: dict[str, Any] = {}  # keyword arguments of the Settings fields, each of its own type
+    sources: dict[str, str] = {}
+    raw: dict[str, object] = {}
     for opt in OPTIONS:
         cli = config.getoption(opt.dest, default=None)
         if cli is not None:
@@ -429,16 +340,16 @@ def _validate(settings: Settings) -> None:
     wrong = runspec.device_problem(settings.device)
     if wrong:
         raise _usage(f"{settings.where('device')}: {wrong}")
-    for option, key in (
+    for name, key in (
         ("steps", "steps"),
         ("num_tokens", "num_tokens"),
         ("seed", "seed"),
         ("guidance", "guidance_scale"),
     ):
-        value = getattr(settings, option)
+        value = getattr(settings, name)
         wrong = runspec.problem(key, value) if value is not None else None
         if wrong:
-            raise _usage(f"{settings.where(option)}: {key} {wrong}")
+            raise _usage(f"{settings.where(name)}: {key} {wrong}")
     try:
         settings.policy()
     except PolicyError as err:
@@ -451,7 +362,7 @@ def _validate(settings: Settings) -> None:
         raise _usage(f"{settings.where('drift_scale')}: expected auto or a positive number (the ± range, e.g. 4)")
 
 
-def ci_is_set(environ=None) -> bool:
+def ci_is_set(environ: Mapping[str, str] | None = None) -> bool:
     """True when the ``CI`` environment variable is set to anything but empty/0/false/no."""
     value = (environ if environ is not None else os.environ).get("CI", "")
     return value.strip().lower() not in ("", "0", "false", "no", "off")
@@ -479,7 +390,7 @@ def device_for(settings: Settings, worker_id: str | None = None, spread: bool = 
     return choice
 
 
-def session_thresholds(settings: Settings):
+def session_thresholds(settings: Settings) -> tuple[Thresholds, str]:
     """(Thresholds, where they came from): the file layer of :meth:`Thresholds.resolve`, which is
     ``--partattn-thresholds`` FILE, else the rootdir pyproject's ``[tool.partattn.thresholds]``, else
     none (the built-in defaults)."""

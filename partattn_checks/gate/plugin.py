@@ -24,6 +24,7 @@ from ..runs.sidecar import FIXTURE_IMAGE_SUFFIXES, image_keys
 from . import hookspecs, interrupt, options, preflight, results_folder, scheduling
 from .context import summary_context
 from .items import SESSION_KEY, SETTINGS_KEY, SKIP_REASON, CheckItem, ImageFile
+from .option_table import OptionError
 from .report import SINKS_KEY, ItemReport, SessionReport, Sink, choose, header_lines
 from .report.rows import set_check
 from .state import GateSession, PartattnFixture
@@ -134,7 +135,7 @@ def _start_session_files(config: pytest.Config, settings: options.Settings) -> N
     baselines are written, lock the baselines folder against a second writer."""
     wrong = results_folder.problem(settings.results, image_keys(settings.fixtures, settings.results), RESULTS_FIX)
     if wrong:
-        raise options.OptionError(f"{settings.where('results')}: {wrong}")
+        raise OptionError(f"{settings.where('results')}: {wrong}")
     candidates = BaselineStore(settings.results / "baseline-candidates")
     for key in candidates.keys():
         candidates.remove(key)
@@ -144,7 +145,7 @@ def _start_session_files(config: pytest.Config, settings: options.Settings) -> N
     try:
         lock.acquire()
     except BaselineError as err:
-        raise options.OptionError(f"{settings.where('update')}: {err}") from None
+        raise OptionError(f"{settings.where('update')}: {err}") from None
     config.add_cleanup(lock.release)
 
 

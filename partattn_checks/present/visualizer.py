@@ -25,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import torch
 
@@ -35,18 +36,37 @@ from ..capture.record import AttentionRecord
 from ..capture.recorder import AttentionRecorder, CaptureError, Selection, cross_attention_modules
 from ..capture.runspec import for_pipeline, resolve_device
 from ..capture.step_hooks import StepHooks, cfg_for_batch
-from ..checks import CHECKS, REGISTRY, CheckResult, Thresholds
+from ..checks import CheckResult, Thresholds
 from ..model.pipeline import encoder_view
 from ..runs.session import run_case
 from ..runs.sidecar import parts_from_name
-from .pages import Cell, write_index
-from .pages.run_page import render_record, save_run
-from .views import safe_name
+from .batch import verdict_cell as verdict_cell
+from .batch import write_batch
 from .visualizer_methods import SPARSITY_FACTOR, FigureMethods, VisualizerError, VisualizerTypeError, _check_index
 
 __all__ = ["AttentionVisualizer", "encoder_view", "SPARSITY_FACTOR"]
 
 _PARTCRAFTER_TIMESTEP = 1000.0  # first step of the schedule (sigma = 1)
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+#: An image to run: a path, a PIL image or a preprocessed pixel tensor (as the pipeline takes it).
+ImageInput: TypeAlias = "str | os.PathLike[str] | Image | torch.Tensor"
+
+
+class PipelineLike(Protocol):
+    """What the visualizer binds to as a pipeline: a callable object with a ``transformer`` (a
+    :class:`~partattn_checks.model.pipeline.PartCrafterPipeline`, an upstream adapter)."""
+
+    @property
+    def transformer(self) -> torch.nn.Module: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> object: ...
+
+
+#: A model to hook or record: a torch/diffusers model, or a pipeline (its transformer is used).
+ModelOrPipeline: TypeAlias = "torch.nn.Module | PipelineLike"
 
 
 # ====================================================================== the guide's API
@@ -72,15 +92,15 @@ class AttentionVisualizer(FigureMethods):
 
     def __init__(
         self,
-        model_or_pipeline=None,
+        model_or_pipeline: ModelOrPipeline | str | os.PathLike[str] | None = None,
         num_parts: int | None = None,
         cfg: bool | None = None,
         *,
         has_cls: bool | None = None,
         time_token: bool | None = None,
         patch_grid: tuple[int, int] | None = None,
-        device="auto",
-        dtype=torch.float32,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
         thresholds: Thresholds | None = None,
     ):
         if isinstance(model_or_pipeline, (str, os.PathLike)):
@@ -107,7 +127,7 @@ class AttentionVisualizer(FigureMethods):
         self.image = None  # the encoder's view (PIL) of the last image run, for overlays
         self._hooks: StepHooks | None = None
 
-    def _bind(self, model_or_pipeline) -> None:
+    def _bind(self, model_or_pipeline: ModelOrPipeline) -> None:
         """Take ``model_or_pipeline`` as this visualizer's model; PartCrafter decides the defaults."""
         from ..model.transformer import PartCrafterDiTModel
 
@@ -131,7 +151,14 @@ class AttentionVisualizer(FigureMethods):
         self.patch_grid = (int(grid[0]), int(grid[1])) if grid else None
 
     @classmethod
-    def from_pretrained(cls, path, *, device="auto", dtype=torch.float32, **kwargs) -> AttentionVisualizer:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
+        **kwargs: Any,
+    ) -> AttentionVisualizer:
         """Load a PartCrafter checkpoint folder into a pipeline and wrap it (``device``: ``auto``,
         ``cpu``, ``cuda`` or ``cuda:N``, resolved by :func:`partattn_checks.capture.runspec.resolve_device`)."""
         from ..model.pipeline import PartCrafterPipeline
@@ -157,8 +184,15 @@ class AttentionVisualizer(FigureMethods):
         return self._hooks.maps if self._hooks is not None else {}
 
     def register_hooks(
-        self, model=None, layers=None, steps=None, full_maps=False, *, every: int | None = None, attention_maps=True
-    ):
+        self,
+        model: ModelOrPipeline | None = None,
+        layers: int | str | Iterable[int | str] | Callable[[str], bool] | None = None,
+        steps: int | Iterable[int] | None = None,
+        full_maps: bool | Iterable[tuple[int | str, int]] | Callable[[str, int], bool] = False,
+        *,
+        every: int | None = None,
+        attention_maps: bool = True,
+    ) -> AttentionVisualizer:
         """Start recording ``model`` (default: this visualizer's; an unbound visualizer binds to it).
 
         ``model``: a torch/diffusers model or a pipeline (its transformer is hooked). Until
@@ -209,14 +243,16 @@ class AttentionVisualizer(FigureMethods):
             self.register_hooks()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.clear_hooks()
         elif self._hooks is not None:
             hooks, self._hooks = self._hooks, None
             hooks.remove()  # the exception propagates; nothing is finished
 
-    def _paused(self) -> contextlib.AbstractContextManager:
+    def _paused(self) -> contextlib.AbstractContextManager[None]:
         """Methods that run their own recorder pause registered hooks (nested recorders are refused):
         forwards meanwhile are not hooked steps."""
         return self._hooks.pause() if self._hooks is not None else contextlib.nullcontext()
@@ -225,17 +261,17 @@ class AttentionVisualizer(FigureMethods):
     @torch.no_grad()
     def extract_attention_weights(
         self,
-        model=None,
-        hidden_states=None,
-        encoder_hidden_states=None,
-        layer_idx=None,
+        model: ModelOrPipeline | None = None,
+        hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        layer_idx: int | str | None = None,
         *,
-        timestep=None,
+        timestep: float | torch.Tensor | None = None,
         num_parts: int | None = None,
         cfg: bool | None = None,
-        image=None,
-        **forward_kwargs,
-    ):
+        image: ImageInput | None = None,
+        **forward_kwargs: Any,
+    ) -> dict[str, torch.Tensor] | torch.Tensor:
         """Run ONE forward of ``model`` with capture and full maps on; return its attention probabilities.
 
         Returns ``{layer name: (P, H, Q, K) fp32}`` (conditional CFG half, time-token row dropped,
@@ -259,7 +295,7 @@ class AttentionVisualizer(FigureMethods):
             raise VisualizerTypeError("extract_attention_weights needs hidden_states and encoder_hidden_states")
         target = self._target(model)
         names = [n for n, _ in cross_attention_modules(target)]
-        layers = None
+        layers: list[str] | None = None
         if layer_idx is not None:
             layers = Selection(layers=[layer_idx]).pick_layers(names)
             if len(layers) != 1:
@@ -315,7 +351,7 @@ class AttentionVisualizer(FigureMethods):
     # ------------------------------------------------------------------ pipeline runs
     def run(
         self,
-        image,
+        image: ImageInput,
         num_parts: int | None = None,
         *,
         steps: int | None = None,
@@ -324,7 +360,7 @@ class AttentionVisualizer(FigureMethods):
         num_tokens: int | None = None,
         selection: Selection | None = None,
         full_map: tuple[int | str, int] | None = (-1, -1),
-        callback: Callable | None = None,
+        callback: Callable[[int, float, torch.Tensor], None] | None = None,
     ) -> AttentionRecord:
         """Denoise ``image`` with the pipeline while recording; return the record (also ``self.record``).
 
@@ -357,8 +393,8 @@ class AttentionVisualizer(FigureMethods):
 
     def process_batch(
         self,
-        images: Iterable,
-        out_dir,
+        images: Iterable[ImageInput],
+        out_dir: str | os.PathLike[str],
         num_parts: int | None = None,
         *,
         steps: int | None = None,
@@ -366,9 +402,9 @@ class AttentionVisualizer(FigureMethods):
         guidance_scale: float | None = None,
         num_tokens: int | None = None,
         full_map: tuple[int | str, int] | None = (-1, -1),
-        layer=None,
+        layer: int | str | None = None,
         fps: float = 2,
-        callback: Callable | None = None,
+        callback: Callable[[int, float, torch.Tensor], None] | None = None,
     ) -> list[Path]:
         """Run every image and write, per image, ``<out_dir>/<image stem>/``: the record
         (``record.json`` + ``record.safetensors``), ``input.png`` (the encoder's view), the figures
@@ -378,16 +414,9 @@ class AttentionVisualizer(FigureMethods):
         missing count is an error that names the image, raised before anything runs)."""
         images = list(images)
         counts = [self._parts_for(image, num_parts) for image in images]  # fail before any work
-        out_dir = Path(out_dir)
-        folders, rows, used = [], [], set()
-        for i, (image, n) in enumerate(zip(images, counts, strict=False)):
-            stem = safe_name(Path(image).stem if isinstance(image, (str, os.PathLike)) else f"image{i}")
-            name, k = stem, 2
-            while name in used:
-                name, k = f"{stem}_{k}", k + 1
-            used.add(name)
-            folder = out_dir / name
-            record = self.run(
+
+        def run_one(image: ImageInput, n: int) -> AttentionRecord:
+            return self.run(
                 image,
                 n,
                 steps=steps,
@@ -397,33 +426,11 @@ class AttentionVisualizer(FigureMethods):
                 full_map=full_map,
                 callback=callback,
             )
-            links = save_run(folder, record, self.image)
-            render_record(
-                record,
-                folder,
-                image=self.image,
-                results=self.results,
-                layer=layer,
-                fps=fps,
-                title=str(image) if isinstance(image, (str, os.PathLike)) else name,
-                thresholds=self.thresholds,
-                links=links,
-            )
-            folders.append(folder)
-            rows.append(
-                [Cell(name, href=f"{name}/index.html"), n] + [verdict_cell(self.results.get(c)) for c in CHECKS]
-            )
-        write_index(
-            out_dir / "index.html",
-            f"partattn: {len(folders)} images",
-            sections=[("Images", [(f.name, f"{f.name}/index.html") for f in folders])],
-            tables=[("Checks", ["image", "parts", *CHECKS], rows)],
-            note="Each cell: the verdict, the value the check measured and its pass condition (op threshold).",
-        )
-        return folders
+
+        return write_batch(self, images, counts, Path(out_dir), run_one, layer=layer, fps=fps)
 
     # ------------------------------------------------------------------ internals
-    def _target(self, model) -> torch.nn.Module:
+    def _target(self, model: ModelOrPipeline | None) -> torch.nn.Module:
         if model is None:
             if self.model is None:
                 raise VisualizerTypeError(
@@ -438,7 +445,7 @@ class AttentionVisualizer(FigureMethods):
             return transformer
         raise VisualizerTypeError(f"expected a torch model or a pipeline, got {type(model).__name__}")
 
-    def _need_pipeline(self, what: str):
+    def _need_pipeline(self, what: str) -> Any:  # self.pipeline's type
         if self.pipeline is None:
             raise VisualizerTypeError(
                 f"{what}() runs images through a pipeline; build the visualizer from a "
@@ -446,7 +453,7 @@ class AttentionVisualizer(FigureMethods):
             )
         return self.pipeline
 
-    def _parts_for(self, image, num_parts) -> int:
+    def _parts_for(self, image: ImageInput, num_parts: int | None) -> int:
         n = num_parts
         if n is None and isinstance(image, (str, os.PathLike)):
             n = parts_from_name(image)
@@ -461,7 +468,7 @@ class AttentionVisualizer(FigureMethods):
             raise VisualizerError(f"num_parts must be at least 1, got {n}")
         return int(n)
 
-    def _full_map_pairs(self, full_map, steps: int):
+    def _full_map_pairs(self, full_map: tuple[int | str, int] | None, steps: int) -> Sequence[tuple[str, int]]:
         """``(layer, step)`` with negative indices resolved, validated against the model and the run."""
         if full_map is None:
             return ()
@@ -482,14 +489,3 @@ class AttentionVisualizer(FigureMethods):
         if record.patch_grid is None and grid is not None and grid[0] * grid[1] == record.num_patch_keys:
             record.patch_grid = grid
         return record
-
-
-def verdict_cell(result: CheckResult | None) -> Cell:
-    """A batch table cell: ``fail · 1 (≤ 0.84)``, the verdict with the value and its pass condition."""
-    if result is None:
-        return Cell("")
-    text = result.verdict
-    if result.value is not None and result.threshold is not None and result.verdict != "skip":
-        op = REGISTRY[result.name].op if result.name in REGISTRY else "vs"
-        text += f" · {result.value:.3g} ({op} {result.threshold:g})"
-    return Cell(text, result.verdict)

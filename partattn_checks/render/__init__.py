@@ -23,7 +23,8 @@ matplotlib is used through ``Figure`` + the Agg canvas only: no pyplot, no displ
 """
 
 from .gif import animation, animation_bytes, part_panel_animation
-from .maps import heatmap, multi_head_grid, overlay, part_panel, timeline
+from .grids import multi_head_grid, part_panel
+from .maps import heatmap, overlay, timeline
 
 __all__ = [
     "heatmap",

@@ -143,10 +143,10 @@ def animation_bytes(frames, *, fps=4, titles=None, grid=None, image=None, vmax=8
 def part_panel_animation(
     marginals, grid=None, image=None, *, titles=None, layer=None, fps=2, vmax=8.0, scale="log", max_px=512
 ) -> bytes:
-    """GIF bytes of the part panel (:func:`~partattn_checks.render.maps.part_panel`) over steps:
+    """GIF bytes of the part panel (:func:`~partattn_checks.render.grids.part_panel`) over steps:
     ``marginals`` is ``(S, parts, Nk)``, one frame per step, every frame on the same fixed scale and
     palette. ``titles``: one per frame (default: ``frame i/S``)."""
-    from .maps import _part_panel_fig
+    from .grids import _part_panel_fig
 
     frames = _to_numpy(marginals)
     if frames.ndim != 3 or frames.shape[0] == 0:

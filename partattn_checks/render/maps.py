@@ -1,8 +1,12 @@
-"""Still figures: heatmap, multi-head grid, part panel, image overlay, timeline."""
+"""Single-map figures: heatmap, image overlay, timeline (the head and part grids are in ``grids``)."""
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import overload
 
 import numpy as np
 from matplotlib import colormaps
@@ -11,29 +15,42 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .grids import multi_head_grid as multi_head_grid
+from .grids import part_panel as part_panel
 from .panels import (
     LABEL_FONT_PT,
     MIN_FONT_PT,
     TITLE_FONT_PT,
     RenderError,
-    _check_grid,
+    _lines,
     _new_figure,
     _output,
     _panel_array,
-    _panel_grid,
     _Scale,
     _show,
     _title,
     _to_numpy,
     _to_rgb,
     _wrap,
-    figure_dpi,
-    panel_layout,
 )
+from .panels import ArrayInput as ArrayInput
+from .panels import HeadLabel as HeadLabel
+from .panels import ImageInput as ImageInput
+from .panels import LayerLabel as LayerLabel
+from .panels import OutPath as OutPath
 
 
 def _heatmap_fig(
-    A, *, title=None, layer=None, step=None, part=None, head=None, vmax=8.0, scale="log", max_px=512
+    A: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    max_px: int = 512,
 ) -> Figure:
     A = _to_numpy(A)
     if A.ndim != 2:
@@ -47,9 +64,51 @@ def _heatmap_fig(
     return fig
 
 
+@overload
 def heatmap(
-    A, *, title=None, layer=None, step=None, part=None, head=None, vmax=8.0, scale="log", path=None, max_px=512
-):
+    A: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: None = None,
+    max_px: int = 512,
+) -> bytes: ...
+
+
+@overload
+def heatmap(
+    A: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+) -> Path: ...
+
+
+def heatmap(
+    A: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: OutPath = None,
+    max_px: int = 512,
+) -> bytes | Path:
     """One (queries, keys) attention map, plotted as A·Nk on the fixed scale."""
     return _output(
         _heatmap_fig(
@@ -59,220 +118,19 @@ def heatmap(
     )
 
 
-def _multi_head_fig(
-    maps,
-    *,
-    title=None,
-    layer=None,
-    step=None,
-    part=None,
-    vmax=8.0,
-    scale="log",
-    ncols=None,
-    max_px=512,
-    ylabel="queries",
-    grid=None,
-    image=None,
-) -> Figure:
-    maps = _to_numpy(maps)
-    sc = _Scale(vmax, scale)
-    if grid is not None:  # each head's key marginal on the patch grid (on the image when given)
-        if maps.ndim == 3:
-            maps = maps.mean(axis=-2)  # (H, Q, Nk) -> (H, Nk): mean over queries
-        if maps.ndim != 2:
-            raise RenderError(
-                f"multi_head_grid with grid expects (heads, queries, keys) maps or (heads, keys) marginals, "
-                f"got shape {maps.shape}"
-            )
-        _check_grid(grid, maps.shape[-1])
-    elif maps.ndim != 3:
-        raise RenderError(f"multi_head_grid expects (heads, queries, keys) maps, got shape {maps.shape}")
-    rgb = None if image is None or grid is None else _to_rgb(image)
-    n_heads = maps.shape[0]
-    probe = panel_layout(n_heads, ncols=ncols or math.ceil(math.sqrt(n_heads)))
-    suptitle = _wrap(_title(title, layer, step, part), probe.figsize[0] - 0.3)
-    labels = grid is None
-    layout = panel_layout(
-        n_heads,
-        ncols=probe.ncols,
-        max_px=max_px,
-        title_lines=suptitle.count("\n") + 1 if suptitle else 0,
-        extra_height_in=0.3 if labels else 0.0,
-    )
-    figsize = layout.figsize
-    if labels:  # room for the index ticks left of and below the panels
-        figsize = (figsize[0] + _TICKS_IN, figsize[1] + _TICKS_IN)
-    fig = _new_figure(figsize, max_px, figure_dpi(figsize, max_px))
-    axes = _panel_grid(fig, n_heads, layout.ncols)
-    for h, ax in enumerate(axes):
-        _show(ax, _panel_array(maps[h], sc, grid, rgb), sc, labels=False)
-        ax.set_title(f"head {h}", fontsize=LABEL_FONT_PT, pad=3)
-        if labels:
-            _index_ticks(ax, maps[h].shape, left=h % layout.ncols == 0, bottom=h + layout.ncols >= n_heads)
-    if labels:
-        fig.supxlabel("key index", fontsize=LABEL_FONT_PT)
-        if ylabel:
-            fig.supylabel("query index" if ylabel == "queries" else ylabel, fontsize=LABEL_FONT_PT)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT)
-    sc.colorbar(fig, axes, maps.shape[-1])
-    return fig
-
-
-#: Inches added to a bare heads grid for its index ticks.
-_TICKS_IN = 0.35
-
-
-def _index_ticks(ax, shape, *, left: bool, bottom: bool) -> None:
-    """Integer index ticks on a (queries, keys) panel: key indices on every panel's x axis (labelled
-    on the bottom row), query indices on the y axis (labelled in the left column; none on a strip)."""
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
-    ax.tick_params(axis="x", labelbottom=bottom, labelsize=MIN_FONT_PT, length=2.5, pad=1.5)
-    if shape[0] > 1:
-        ax.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
-        ax.tick_params(axis="y", labelleft=left, labelsize=MIN_FONT_PT, length=2.5, pad=1.5)
-    else:
-        ax.set_yticks([])
-
-
-def multi_head_grid(
-    maps,
-    *,
-    title=None,
-    layer=None,
-    step=None,
-    part=None,
-    vmax=8.0,
-    scale="log",
-    ncols=None,
-    path=None,
-    max_px=512,
-    ylabel="queries",
-    grid=None,
-    image=None,
-):
-    """(heads, queries, keys) maps: one panel per head, one shared fixed scale and colorbar.
-
-    Without ``grid``, each panel is the head's queries x keys map (``ylabel=None`` drops the row
-    label, for one-row key-marginal strips). With ``grid=(rows, cols)`` (the encoder's patch grid;
-    patch keys only, no CLS), each panel is the head's key marginal (mean over queries; ``maps``
-    may also be ``(heads, Nk)`` marginals) reshaped onto the grid, and with ``image`` too it is
-    blended over a grey copy of the image, so one sees where every head looks."""
-    return _output(
-        _multi_head_fig(
-            maps,
-            title=title,
-            layer=layer,
-            step=step,
-            part=part,
-            vmax=vmax,
-            scale=scale,
-            ncols=ncols,
-            max_px=max_px,
-            ylabel=ylabel,
-            grid=grid,
-            image=image,
-        ),
-        path,
-    )
-
-
-def _part_panel_fig(
-    marginals,
-    grid=None,
-    image=None,
-    *,
-    title=None,
-    layer=None,
-    step=None,
-    head=None,
-    vmax=8.0,
-    scale="log",
-    ncols=None,
-    max_px=512,
-) -> Figure:
-    marginals = _to_numpy(marginals)
-    if marginals.ndim != 2:
-        raise RenderError(f"part_panel expects (parts, Nk) key marginals, got shape {marginals.shape}")
-    sc = _Scale(vmax, scale)
-    n_parts, nk = marginals.shape
-    suptitle = _title(title, layer, step, None, head)
-    if grid is None:  # strips: one row per part
-        width = 6.0
-        suptitle = _wrap(suptitle, width - 1.6)
-        fig = _new_figure((width, 1.5 + 0.4 * n_parts + 0.25 * _lines(suptitle)), max_px)
-        ax = fig.add_subplot()
-        _show(ax, (sc.values(marginals), "strip"), sc)
-        ax.set_yticks(range(n_parts), [f"part {p}" for p in range(n_parts)])
-        ax.set_title(suptitle or "", fontsize=TITLE_FONT_PT)
-        sc.colorbar(fig, ax, nk)
-        return fig
-    _check_grid(grid, nk)
-    rgb = None if image is None else _to_rgb(image)
-    n_panels = n_parts + (rgb is not None)
-    probe = panel_layout(n_panels, ncols=ncols)
-    suptitle = _wrap(suptitle, probe.figsize[0] - 0.3)
-    layout = panel_layout(n_panels, ncols=probe.ncols, max_px=max_px, title_lines=_lines(suptitle))
-    fig = _new_figure(layout.figsize, max_px, layout.dpi)
-    axes = _panel_grid(fig, n_panels, layout.ncols)
-    if rgb is not None:
-        axes[0].imshow(rgb)
-        axes[0].set_axis_off()
-        axes[0].set_title("input", fontsize=LABEL_FONT_PT, pad=3)
-    for p, ax in enumerate(axes[n_panels - n_parts :]):
-        _show(ax, _panel_array(marginals[p], sc, grid, rgb), sc, labels=False)
-        ax.set_title(f"part {p}", fontsize=LABEL_FONT_PT, pad=3)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT)
-    sc.colorbar(fig, axes[n_panels - n_parts :], nk)
-    return fig
-
-
-def _lines(text: str | None) -> int:
-    return 0 if not text else text.count("\n") + 1
-
-
-def part_panel(
-    marginals,
-    grid=None,
-    image=None,
-    *,
-    title=None,
-    layer=None,
-    step=None,
-    head=None,
-    vmax=8.0,
-    scale="log",
-    ncols=None,
-    path=None,
-    max_px=512,
-):
-    """(parts, Nk) key marginals: one panel per part on the shared fixed scale.
-
-    With ``grid=(rows, cols)`` each marginal is reshaped row-major onto the patch grid; with
-    ``image`` too, it is blended over a grey copy of the image and a first panel shows the
-    input. Without ``grid``, one strip per part.
-    """
-    return _output(
-        _part_panel_fig(
-            marginals,
-            grid,
-            image,
-            title=title,
-            layer=layer,
-            step=step,
-            head=head,
-            vmax=vmax,
-            scale=scale,
-            ncols=ncols,
-            max_px=max_px,
-        ),
-        path,
-    )
-
-
 def _overlay_fig(
-    marginal, grid, image, *, title=None, layer=None, step=None, part=None, head=None, vmax=8.0, scale="log", max_px=512
+    marginal: ArrayInput,
+    grid: tuple[int, int],
+    image: ImageInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    max_px: int = 512,
 ) -> Figure:
     marginal = _to_numpy(marginal)
     if marginal.ndim != 1:
@@ -287,21 +145,57 @@ def _overlay_fig(
     return fig
 
 
+@overload
 def overlay(
-    marginal,
-    grid,
-    image,
+    marginal: ArrayInput,
+    grid: tuple[int, int],
+    image: ImageInput,
     *,
-    title=None,
-    layer=None,
-    step=None,
-    part=None,
-    head=None,
-    vmax=8.0,
-    scale="log",
-    path=None,
-    max_px=512,
-):
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: None = None,
+    max_px: int = 512,
+) -> bytes: ...
+
+
+@overload
+def overlay(
+    marginal: ArrayInput,
+    grid: tuple[int, int],
+    image: ImageInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+) -> Path: ...
+
+
+def overlay(
+    marginal: ArrayInput,
+    grid: tuple[int, int],
+    image: ImageInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    path: OutPath = None,
+    max_px: int = 512,
+) -> bytes | Path:
     """One (Nk,) patch-key distribution on the patch grid, upsampled bilinearly onto ``image``.
 
     ``image`` (PIL, HxWx3, or the (1,)3xHxW encoder tensor) is shown in grey under the
@@ -326,19 +220,19 @@ def overlay(
 
 
 def _timeline_fig(
-    values,
-    steps,
-    layer_names,
+    values: ArrayInput,
+    steps: ArrayInput,
+    layer_names: Sequence[str],
     *,
-    metric="normalized entropy",
-    threshold=None,
-    title=None,
-    ylim=None,
-    judged=None,
-    judged_label="",
-    value=None,
-    value_label="",
-    max_px=512,
+    metric: str = "normalized entropy",
+    threshold: float | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    judged: ArrayInput | None = None,
+    judged_label: str = "",
+    value: float | None = None,
+    value_label: str = "",
+    max_px: int = 512,
 ) -> Figure:
     values = _to_numpy(values)
     steps = _to_numpy(steps)
@@ -410,7 +304,9 @@ def _timeline_fig(
     return fig
 
 
-def _y_range(values: np.ndarray, lines, ylim) -> tuple[float, float]:
+def _y_range(
+    values: np.ndarray, lines: Iterable[float | None], ylim: tuple[float, float] | None
+) -> tuple[float, float]:
     """``ylim`` when given (widened only if the data escapes it, 2 % margin); else the range of the
     finite data and the horizontal ``lines`` (threshold, value) with an 8 % margin on each side."""
     finite = values[np.isfinite(values)]
@@ -426,22 +322,60 @@ def _y_range(values: np.ndarray, lines, ylim) -> tuple[float, float]:
     return (lo - pad, hi + pad)
 
 
+@overload
 def timeline(
-    values,
-    steps,
-    layer_names,
+    values: ArrayInput,
+    steps: ArrayInput,
+    layer_names: Sequence[str],
     *,
-    metric="normalized entropy",
-    threshold=None,
-    title=None,
-    ylim=None,
-    judged=None,
-    judged_label="",
-    value=None,
-    value_label="",
-    path=None,
-    max_px=512,
-):
+    metric: str = "normalized entropy",
+    threshold: float | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    judged: ArrayInput | None = None,
+    judged_label: str = "",
+    value: float | None = None,
+    value_label: str = "",
+    path: None = None,
+    max_px: int = 512,
+) -> bytes: ...
+
+
+@overload
+def timeline(
+    values: ArrayInput,
+    steps: ArrayInput,
+    layer_names: Sequence[str],
+    *,
+    metric: str = "normalized entropy",
+    threshold: float | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    judged: ArrayInput | None = None,
+    judged_label: str = "",
+    value: float | None = None,
+    value_label: str = "",
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+) -> Path: ...
+
+
+def timeline(
+    values: ArrayInput,
+    steps: ArrayInput,
+    layer_names: Sequence[str],
+    *,
+    metric: str = "normalized entropy",
+    threshold: float | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    judged: ArrayInput | None = None,
+    judged_label: str = "",
+    value: float | None = None,
+    value_label: str = "",
+    path: OutPath = None,
+    max_px: int = 512,
+) -> bytes | Path:
     """(steps, layers) metric values over denoising steps, one line per layer.
 
     ``threshold`` is a dashed line; ``judged`` (steps,) a bold series (what a check's verdict
@@ -468,6 +402,3 @@ def timeline(
         ),
         path,
     )
-
-
-# --------------------------------------------------------------------------- animation

@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, overload
 
 import numpy as np
 from matplotlib import colormaps
@@ -20,10 +22,27 @@ from PIL import Image
 
 from ..errors import PartattnError
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import torch
+
 
 class RenderError(PartattnError, ValueError):
     """A figure asked of data it cannot draw (a shape, a grid, a scale, a size); the message names the
     argument and what it should be."""
+
+
+# --------------------------------------------------------------------------- what the figures take
+#: Values to draw: a numpy array, nested lists or a torch tensor (any device and dtype; see ``_to_numpy``).
+ArrayInput: TypeAlias = "npt.ArrayLike | torch.Tensor"
+#: A backdrop image: PIL, an HxW(x1|3|4) or (1|3)xHxW array or tensor (see ``_to_rgb``).
+ImageInput: TypeAlias = "Image.Image | npt.ArrayLike | torch.Tensor"
+#: Where a figure goes: a PNG file, or None for the PNG bytes.
+OutPath: TypeAlias = "str | os.PathLike[str] | None"
+#: A layer as a title names it: its name or index.
+LayerLabel: TypeAlias = "str | int | None"
+#: A head as a title names it: its index, or e.g. ``"mean"``.
+HeadLabel: TypeAlias = "int | str | None"
 
 
 #: The colour of the image's outlines on attention overlays (``_on_image``): a green that neither
@@ -229,6 +248,11 @@ def _check_grid(grid, nk: int) -> tuple[int, int]:
     return rows, cols
 
 
+def _lines(text: str | None) -> int:
+    """How many lines ``text`` (a wrapped title) takes; 0 for none."""
+    return 0 if not text else text.count("\n") + 1
+
+
 def _title(title=None, layer=None, step=None, part=None, head=None) -> str | None:
     bits = [
         f"{name}\u00a0{value}"  # a no-break space: a wrapped title never splits "part" from its number
@@ -312,7 +336,11 @@ def _new_figure(figsize: tuple[float, float], max_px: int, dpi: float | None = N
     return fig
 
 
-def _output(fig: Figure, path=None):
+@overload
+def _output(fig: Figure, path: None = None) -> bytes: ...
+@overload
+def _output(fig: Figure, path: str | os.PathLike[str]) -> Path: ...
+def _output(fig: Figure, path: str | os.PathLike[str] | None = None) -> bytes | Path:
     """PNG bytes of ``fig``, or write them to ``path`` and return the Path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -36,13 +39,13 @@ def _figure(width_in: float, height_in: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path) -> Path:
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def _style(ax, xlabel: str | None, ylabel: str | None, title: str | None) -> None:
+def _style(ax: Axes, xlabel: str | None, ylabel: str | None, title: str | None) -> None:
     ax.tick_params(labelsize=FONT_PT)
     if xlabel:
         ax.set_xlabel(xlabel, fontsize=FONT_PT + 0.5)
@@ -87,7 +90,7 @@ class CheckPanel:
     def unit(self) -> str:
         return "count" if self.count else "value (0–1 scale)"
 
-    def unmeasured(self, xs: Sequence[float] | np.ndarray) -> list:
+    def unmeasured(self, xs: Sequence[float] | np.ndarray) -> list[float]:
         """The ``xs`` of rows where an image fails without a value (its record held NaN/Inf)."""
         values = np.asarray(self.values, dtype=float)
         return [
@@ -138,7 +141,7 @@ def shared_ranges(
     return ranges, span
 
 
-def count_range(values, threshold: float | None = None) -> tuple[float, float]:
+def count_range(values: npt.ArrayLike, threshold: float | None = None) -> tuple[float, float]:
     """Y-range of a count panel: from 0 to at least 1 (a count of 0 sits above the floor)."""
     v = np.asarray(values, dtype=float).ravel()
     top = max([1.0, *v[np.isfinite(v)].tolist(), *([threshold] if threshold is not None else [])])
@@ -156,7 +159,7 @@ def x_label(xs: Sequence[float] | np.ndarray, by_step: bool) -> str:
     return "training step"
 
 
-def _x_axis(ax, xs: Sequence[float] | np.ndarray, labels: Sequence[str], by_step: bool) -> None:
+def _x_axis(ax: Axes, xs: Sequence[float] | np.ndarray, labels: Sequence[str], by_step: bool) -> None:
     """Ticks at the checkpoints; steps spanning a factor of 10 or more go on a (sym)log axis."""
     positive = [x for x in xs if x > 0]
     if by_step and len(positive) > 1 and max(positive) / min(positive) >= 10:
@@ -173,7 +176,7 @@ def _x_axis(ax, xs: Sequence[float] | np.ndarray, labels: Sequence[str], by_step
     ax.set_xlabel(x_label(xs, by_step), fontsize=FONT_PT + 0.5)
 
 
-def _free_height(ax, threshold: float | None) -> float:
+def _free_height(ax: Axes, threshold: float | None) -> float:
     """An axes-fraction height away from the threshold line (set the y-range first)."""
     if threshold is None:
         return 0.5
@@ -181,14 +184,14 @@ def _free_height(ax, threshold: float | None) -> float:
     return 0.25 if (threshold - low) / (high - low) > 0.5 else 0.75
 
 
-def _integer_ticks(ax, panel: CheckPanel) -> None:
+def _integer_ticks(ax: Axes, panel: CheckPanel) -> None:
     if panel.count:
         from matplotlib.ticker import MaxNLocator
 
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
 
 
-def _threshold_line(ax, threshold: float | None, op: str, *, label: bool = True) -> None:
+def _threshold_line(ax: Axes, threshold: float | None, op: str, *, label: bool = True) -> None:
     """The threshold, dashed, labelled with its pass condition at the right end: on the passing side
     of the line, unless that side has no room (call after setting the y-range)."""
     if threshold is None:
@@ -289,7 +292,12 @@ def _legend_row(fig: Figure) -> None:
 
 
 def trend_checks(
-    xs: Sequence[float], labels: Sequence[str], panels: Sequence[CheckPanel], path, *, by_step: bool = True
+    xs: Sequence[float],
+    labels: Sequence[str],
+    panels: Sequence[CheckPanel],
+    path: str | os.PathLike[str],
+    *,
+    by_step: bool = True,
 ) -> Path:
     """:func:`trend_checks_figure`, written to ``path``."""
     return _save(trend_checks_figure(xs, labels, panels, by_step=by_step), path)
@@ -327,13 +335,20 @@ def trend_metrics_figure(
 
 
 def trend_metrics(
-    xs: Sequence[float], labels: Sequence[str], series: Mapping[str, Sequence[float]], path, *, by_step: bool = True
+    xs: Sequence[float],
+    labels: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    path: str | os.PathLike[str],
+    *,
+    by_step: bool = True,
 ) -> Path:
     """:func:`trend_metrics_figure`, written to ``path``."""
     return _save(trend_metrics_figure(xs, labels, series, by_step=by_step), path)
 
 
-def change_heatmap(change: np.ndarray, layers: Sequence[str], path, *, title: str | None = None) -> Path:
+def change_heatmap(
+    change: np.ndarray, layers: Sequence[str], path: str | os.PathLike[str], *, title: str | None = None
+) -> Path:
     """(layers, heads) change of the key-marginals between two checkpoints (JS/log 2, 0..max),
     each cell labelled with its value."""
     change = np.asarray(change, dtype=float)
@@ -452,12 +467,20 @@ def check_values_figure(panels: Sequence[CheckPanel], sides: Sequence[str] = ("A
     return fig
 
 
-def check_values(panels: Sequence[CheckPanel], path, sides: Sequence[str] = ("A", "B"), *, title: str) -> Path:
+def check_values(
+    panels: Sequence[CheckPanel], path: str | os.PathLike[str], sides: Sequence[str] = ("A", "B"), *, title: str
+) -> Path:
     """:func:`check_values_figure`, written to ``path``."""
     return _save(check_values_figure(panels, sides, title=title), path)
 
 
-def monitor_curve(rows: Sequence[dict], keys: Sequence[tuple[str, str]], path, *, thresholds=None) -> Path:
+def monitor_curve(
+    rows: Sequence[Mapping[str, float]],
+    keys: Sequence[tuple[str, str]],
+    path: str | os.PathLike[str],
+    *,
+    thresholds: Mapping[str, float] | None = None,
+) -> Path:
     """The monitor's log: ``keys`` (``(metric name, label)``) against ``rows[i]["iteration"]``,
     one panel each (the y axis is named by the label up to its first comma), with the check threshold
     where ``thresholds[name]`` gives one."""

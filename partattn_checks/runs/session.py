@@ -72,7 +72,7 @@ class CaseOutcome:
 
 def run_record(pipeline, image, spec: RunSpec, *, selection=None, callback=None):
     """Denoise ``image`` with capture (non-finite values are recorded, not raised); the record."""
-    from ..capture.recorder import record_attention
+    from ..capture.pipeline_run import record_attention
 
     extra = {"callback": callback} if callback is not None else {}
     _, record = record_attention(pipeline, image, spec=spec, selection=selection, nonfinite="record", **extra)

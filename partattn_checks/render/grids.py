@@ -1,0 +1,321 @@
+"""Panel grids on one shared fixed scale: one panel per head (``multi_head_grid``) or per part (``part_panel``)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import cast, overload
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .panels import (
+    LABEL_FONT_PT,
+    MIN_FONT_PT,
+    TITLE_FONT_PT,
+    ArrayInput,
+    HeadLabel,
+    ImageInput,
+    LayerLabel,
+    OutPath,
+    RenderError,
+    _check_grid,
+    _lines,
+    _new_figure,
+    _output,
+    _panel_array,
+    _panel_grid,
+    _Scale,
+    _show,
+    _title,
+    _to_numpy,
+    _to_rgb,
+    _wrap,
+    figure_dpi,
+    panel_layout,
+)
+
+
+def _multi_head_fig(
+    maps: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    max_px: int = 512,
+    ylabel: str | None = "queries",
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+) -> Figure:
+    maps = _to_numpy(maps)
+    sc = _Scale(vmax, scale)
+    if grid is not None:  # each head's key marginal on the patch grid (on the image when given)
+        if maps.ndim == 3:
+            maps = cast("np.ndarray", maps.mean(axis=-2))  # (H, Q, Nk) -> (H, Nk): mean over queries
+        if maps.ndim != 2:
+            raise RenderError(
+                f"multi_head_grid with grid expects (heads, queries, keys) maps or (heads, keys) marginals, "
+                f"got shape {maps.shape}"
+            )
+        _check_grid(grid, maps.shape[-1])
+    elif maps.ndim != 3:
+        raise RenderError(f"multi_head_grid expects (heads, queries, keys) maps, got shape {maps.shape}")
+    rgb = None if image is None or grid is None else _to_rgb(image)
+    n_heads = maps.shape[0]
+    probe = panel_layout(n_heads, ncols=ncols or math.ceil(math.sqrt(n_heads)))
+    suptitle = _wrap(_title(title, layer, step, part), probe.figsize[0] - 0.3)
+    labels = grid is None
+    layout = panel_layout(
+        n_heads,
+        ncols=probe.ncols,
+        max_px=max_px,
+        title_lines=suptitle.count("\n") + 1 if suptitle else 0,
+        extra_height_in=0.3 if labels else 0.0,
+    )
+    figsize = layout.figsize
+    if labels:  # room for the index ticks left of and below the panels
+        figsize = (figsize[0] + _TICKS_IN, figsize[1] + _TICKS_IN)
+    fig = _new_figure(figsize, max_px, figure_dpi(figsize, max_px))
+    axes = _panel_grid(fig, n_heads, layout.ncols)
+    for h, ax in enumerate(axes):
+        _show(ax, _panel_array(maps[h], sc, grid, rgb), sc, labels=False)
+        ax.set_title(f"head {h}", fontsize=LABEL_FONT_PT, pad=3)
+        if labels:
+            _index_ticks(ax, maps[h].shape, left=h % layout.ncols == 0, bottom=h + layout.ncols >= n_heads)
+    if labels:
+        fig.supxlabel("key index", fontsize=LABEL_FONT_PT)
+        if ylabel:
+            fig.supylabel("query index" if ylabel == "queries" else ylabel, fontsize=LABEL_FONT_PT)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT)
+    sc.colorbar(fig, axes, maps.shape[-1])
+    return fig
+
+
+#: Inches added to a bare heads grid for its index ticks.
+_TICKS_IN = 0.35
+
+
+def _index_ticks(ax: Axes, shape: tuple[int, ...], *, left: bool, bottom: bool) -> None:
+    """Integer index ticks on a (queries, keys) panel: key indices on every panel's x axis (labelled
+    on the bottom row), query indices on the y axis (labelled in the left column; none on a strip)."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    ax.tick_params(axis="x", labelbottom=bottom, labelsize=MIN_FONT_PT, length=2.5, pad=1.5)
+    if shape[0] > 1:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+        ax.tick_params(axis="y", labelleft=left, labelsize=MIN_FONT_PT, length=2.5, pad=1.5)
+    else:
+        ax.set_yticks([])
+
+
+@overload
+def multi_head_grid(
+    maps: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: None = None,
+    max_px: int = 512,
+    ylabel: str | None = "queries",
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+) -> bytes: ...
+
+
+@overload
+def multi_head_grid(
+    maps: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+    ylabel: str | None = "queries",
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+) -> Path: ...
+
+
+def multi_head_grid(
+    maps: ArrayInput,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    part: int | None = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: OutPath = None,
+    max_px: int = 512,
+    ylabel: str | None = "queries",
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+) -> bytes | Path:
+    """(heads, queries, keys) maps: one panel per head, one shared fixed scale and colorbar.
+
+    Without ``grid``, each panel is the head's queries x keys map (``ylabel=None`` drops the row
+    label, for one-row key-marginal strips). With ``grid=(rows, cols)`` (the encoder's patch grid;
+    patch keys only, no CLS), each panel is the head's key marginal (mean over queries; ``maps``
+    may also be ``(heads, Nk)`` marginals) reshaped onto the grid, and with ``image`` too it is
+    blended over a grey copy of the image, so one sees where every head looks."""
+    return _output(
+        _multi_head_fig(
+            maps,
+            title=title,
+            layer=layer,
+            step=step,
+            part=part,
+            vmax=vmax,
+            scale=scale,
+            ncols=ncols,
+            max_px=max_px,
+            ylabel=ylabel,
+            grid=grid,
+            image=image,
+        ),
+        path,
+    )
+
+
+def _part_panel_fig(
+    marginals: ArrayInput,
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    max_px: int = 512,
+) -> Figure:
+    marginals = _to_numpy(marginals)
+    if marginals.ndim != 2:
+        raise RenderError(f"part_panel expects (parts, Nk) key marginals, got shape {marginals.shape}")
+    sc = _Scale(vmax, scale)
+    n_parts, nk = marginals.shape
+    suptitle = _title(title, layer, step, None, head)
+    if grid is None:  # strips: one row per part
+        width = 6.0
+        suptitle = _wrap(suptitle, width - 1.6)
+        fig = _new_figure((width, 1.5 + 0.4 * n_parts + 0.25 * _lines(suptitle)), max_px)
+        ax = fig.add_subplot()
+        _show(ax, (sc.values(marginals), "strip"), sc)
+        ax.set_yticks(range(n_parts), [f"part {p}" for p in range(n_parts)])
+        ax.set_title(suptitle or "", fontsize=TITLE_FONT_PT)
+        sc.colorbar(fig, ax, nk)
+        return fig
+    _check_grid(grid, nk)
+    rgb = None if image is None else _to_rgb(image)
+    n_panels = n_parts + (rgb is not None)
+    probe = panel_layout(n_panels, ncols=ncols)
+    suptitle = _wrap(suptitle, probe.figsize[0] - 0.3)
+    layout = panel_layout(n_panels, ncols=probe.ncols, max_px=max_px, title_lines=_lines(suptitle))
+    fig = _new_figure(layout.figsize, max_px, layout.dpi)
+    axes = _panel_grid(fig, n_panels, layout.ncols)
+    if rgb is not None:
+        axes[0].imshow(rgb)
+        axes[0].set_axis_off()
+        axes[0].set_title("input", fontsize=LABEL_FONT_PT, pad=3)
+    for p, ax in enumerate(axes[n_panels - n_parts :]):
+        _show(ax, _panel_array(marginals[p], sc, grid, rgb), sc, labels=False)
+        ax.set_title(f"part {p}", fontsize=LABEL_FONT_PT, pad=3)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT)
+    sc.colorbar(fig, axes[n_panels - n_parts :], nk)
+    return fig
+
+
+@overload
+def part_panel(
+    marginals: ArrayInput,
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: None = None,
+    max_px: int = 512,
+) -> bytes: ...
+
+
+@overload
+def part_panel(
+    marginals: ArrayInput,
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: str | os.PathLike[str],
+    max_px: int = 512,
+) -> Path: ...
+
+
+def part_panel(
+    marginals: ArrayInput,
+    grid: tuple[int, int] | None = None,
+    image: ImageInput | None = None,
+    *,
+    title: str | None = None,
+    layer: LayerLabel = None,
+    step: int | None = None,
+    head: HeadLabel = None,
+    vmax: float = 8.0,
+    scale: str = "log",
+    ncols: int | None = None,
+    path: OutPath = None,
+    max_px: int = 512,
+) -> bytes | Path:
+    """(parts, Nk) key marginals: one panel per part on the shared fixed scale.
+
+    With ``grid=(rows, cols)`` each marginal is reshaped row-major onto the patch grid; with
+    ``image`` too, it is blended over a grey copy of the image and a first panel shows the
+    input. Without ``grid``, one strip per part.
+    """
+    return _output(
+        _part_panel_fig(
+            marginals,
+            grid,
+            image,
+            title=title,
+            layer=layer,
+            step=step,
+            head=head,
+            vmax=vmax,
+            scale=scale,
+            ncols=ncols,
+            max_px=max_px,
+        ),
+        path,
+    )
