@@ -6,6 +6,7 @@ opened. Bad inputs must give exit status 2 and a one-line message naming the pat
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -39,6 +40,32 @@ def run_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "np2"
     code = cli.main(["run", str(IMAGE), "--model", str(TINY), "--steps", "2", "--out", str(out), "-q"])
     assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def run1(tmp_path_factory):
+    """One ``partattn run`` of a single part, with its output: ``(out folder, status, stdout, stderr)``.
+
+    Not quiet, so its status lines can be read; an image named without a part count, so ``--num-parts``
+    is what gives it one; CFG off (``--guidance 1.0``); a chosen layer and step for the multi-head grids.
+    One part draws the fewest figures: the tests that re-render into used folders show this record."""
+    base = tmp_path_factory.mktemp("run1")
+    image = base / "plain.png"
+    shutil.copy(IMAGES / "np1_circle.png", image)
+    out = base / "o"
+    argv = ["run", image, "--model", TINY, "--steps", "2", "--num-parts", "1", "--guidance", "1.0"]
+    argv += ["--out", out, "--layer", "blocks.2.attn2", "--step", "0"]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main([str(a) for a in argv])
+    return out, code, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run1_out(run1):
+    out, code, _, err = run1
+    assert code == 0, err
     return out
 
 
@@ -111,54 +138,23 @@ def test_run_writes_figures_gifs_metrics_record_and_index(run_out, capsys):
     assert_links_resolve(run_out / "index.html")
 
 
-def test_run_prints_verdicts_and_where_to_look(tmp_path, capsys):
-    code, out, err = run_cli(
-        capsys,
-        "run",
-        IMAGES / "np1_circle.png",
-        "--model",
-        TINY,
-        "--steps",
-        "2",
-        "--out",
-        tmp_path / "o",
-        "--layer",
-        "blocks.2.attn2",
-        "--step",
-        "0",
-    )
-    assert code == 0
+def test_run_prints_verdicts_and_where_to_look(run1):
+    o, code, out, err = run1
+    assert code == 0 and "Traceback" not in err
     for name in CHECKS:
         assert name in out
     assert "SKIP" in out  # part separation needs 2 parts
-    assert str(tmp_path / "o" / "index.html") in out
+    assert str(o / "index.html") in out
     assert "loading" in err and "[#" not in err  # status lines; no progress bar when stderr is not a TTY
-    assert (tmp_path / "o" / "heads_blocks.2.attn2_step0_part0.png").is_file()
-    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["layer_shown"] == "blocks.2.attn2"
+    assert (o / "heads_blocks.2.attn2_step0_part0.png").is_file()
+    assert json.loads((o / "metrics.json").read_text())["layer_shown"] == "blocks.2.attn2"
 
 
-def test_num_parts_option_beats_the_file_name(tmp_path, capsys):
-    image = tmp_path / "plain.png"
-    shutil.copy(IMAGE, image)
-    code, _, _ = run_cli(
-        capsys,
-        "run",
-        image,
-        "--model",
-        TINY,
-        "--steps",
-        "1",
-        "--num-parts",
-        "3",
-        "--out",
-        tmp_path / "o",
-        "-q",
-        "--guidance",
-        "1.0",
-    )
-    assert code == 0
-    record = AttentionRecord.load(tmp_path / "o" / "record.json")
-    assert record.num_parts == 3 and record.meta["cfg"] is False
+def test_num_parts_option_beats_the_file_name(run1_out):
+    """plain.png names no part count (without --num-parts that is an error: test_no_part_count)."""
+    record = AttentionRecord.load(run1_out / "record.json")
+    assert Path(record.meta["image"]).name == "plain.png"
+    assert record.num_parts == 1 and record.meta["cfg"] is False
 
 
 # ----------------------------------------------------------------------------- show
@@ -173,12 +169,12 @@ def test_show_renders_a_saved_record(run_out, tmp_path, capsys):
     assert_links_resolve(shown / "index.html")
 
 
-def test_show_without_the_input_image(run_out, tmp_path, capsys):
+def test_show_without_the_input_image(run1_out, tmp_path, capsys):
     """A record moved away from input.png, its image and its model: drawn on the patch grid, and said so."""
     moved = tmp_path / "moved"
     moved.mkdir()
     for name in ("record.json", "record.safetensors"):
-        shutil.copy(run_out / name, moved / name)
+        shutil.copy(run1_out / name, moved / name)
     doc = json.loads((moved / "record.json").read_text())
     doc["meta"]["image"] = str(tmp_path / "gone.png")
     (moved / "record.json").write_text(json.dumps(doc))
@@ -465,11 +461,11 @@ def test_show_too_large_or_truncated_image_is_a_usage_error(run_out, tmp_path, c
     assert_one_line_error(code, err, str(IMAGE), "image too large", "downscale")
 
 
-def test_show_damaged_input_png_falls_back_to_the_patch_grid(run_out, tmp_path, capsys):
+def test_show_damaged_input_png_falls_back_to_the_patch_grid(run1_out, tmp_path, capsys):
     folder = tmp_path / "rec"
     folder.mkdir()
     for name in ("record.json", "record.safetensors", "input.png"):
-        shutil.copy(run_out / name, folder / name)
+        shutil.copy(run1_out / name, folder / name)
     truncate(folder / "input.png")
     doc = json.loads((folder / "record.json").read_text())
     doc["meta"]["image"] = str(tmp_path / "gone.png")
@@ -525,17 +521,8 @@ def test_failed_run_removes_the_output_folders_it_created(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- re-running into a folder
-@pytest.fixture(scope="module")
-def run3_out(tmp_path_factory):
-    """A 3-part ``partattn run`` (2 steps): more figures than a 2-part run writes."""
-    out = tmp_path_factory.mktemp("run3") / "np3"
-    code = cli.main(
-        ["run", str(IMAGE), "--num-parts", "3", "--model", str(TINY), "--steps", "2", "--out", str(out), "-q"]
-    )
-    assert code == 0
-    return out
-
-
+# A used folder is a copy of the 2-part run; what is run or shown into it is the 1-part run (fewest figures to
+# draw): its part-1 files are the stale ones.
 def files_in(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
@@ -548,52 +535,52 @@ def test_manifest_lists_what_run_wrote(run_out):
     assert manifest_files(run_out) == files_in(run_out) - {cli.MANIFEST}
 
 
-def test_rerun_removes_its_own_stale_files_and_nothing_else(run3_out, tmp_path, capsys):
-    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
-    assert {"overlay_part2.png", "steps_part2.gif"} <= files_in(out)
+def test_rerun_removes_its_own_stale_files_and_nothing_else(run_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run_out, tmp_path / "out"))
+    assert {"overlay_part1.png", "steps_part1.gif"} <= files_in(out)
     (out / "notes.txt").write_text("mine")
     (out / "overlay_part7.png").write_bytes(b"mine too: not in the manifest")
-    code, _, _ = run_cli(capsys, "run", IMAGE, "--model", TINY, "--steps", "2", "--out", out, "-q")
+    code, _, _ = run_cli(capsys, "run", IMAGES / "np1_circle.png", "--model", TINY, "--steps", "2", "--out", out, "-q")
     assert code == 0
     files = files_in(out)
-    assert not any("part2" in name for name in files), sorted(files)
+    assert not any("part1" in name for name in files), sorted(files)
     assert (out / "notes.txt").read_text() == "mine" and (out / "overlay_part7.png").is_file()
-    assert AttentionRecord.load(out).num_parts == 2
+    assert AttentionRecord.load(out).num_parts == 1
     assert manifest_files(out) == files - {cli.MANIFEST, "notes.txt", "overlay_part7.png"}
     assert_links_resolve(out / "index.html")
 
 
-def test_show_into_a_used_folder_removes_stale_figures_and_keeps_records(run_out, run3_out, tmp_path, capsys):
-    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
+def test_show_into_a_used_folder_removes_stale_figures_and_keeps_records(run_out, run1_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run_out, tmp_path / "out"))
     (out / "notes.txt").write_text("mine")
-    code, _, _ = run_cli(capsys, "show", run_out, "--out", out)
+    code, _, _ = run_cli(capsys, "show", run1_out, "--out", out)
     assert code == 0
     files = files_in(out)
-    assert not any("part2" in name for name in files), sorted(files)
+    assert not any("part1" in name for name in files), sorted(files)
     assert {"record.json", "record.safetensors", "input.png", "notes.txt"} <= files  # data is never removed
-    assert AttentionRecord.load(out).num_parts == 3  # the 3-part record is still there, untouched
+    assert AttentionRecord.load(out).num_parts == 2  # the 2-part record is still there, untouched
     assert manifest_files(out) == files - {cli.MANIFEST, "notes.txt"}
 
 
-def test_show_into_the_records_own_folder_keeps_the_record(run3_out, tmp_path, capsys):
-    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
+def test_show_into_the_records_own_folder_keeps_the_record(run1_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run1_out, tmp_path / "out"))
     code, _, _ = run_cli(capsys, "show", out, "--layer", "0")
     assert code == 0
-    assert AttentionRecord.load(out).num_parts == 3 and (out / "input.png").is_file()
+    assert AttentionRecord.load(out).num_parts == 1 and (out / "input.png").is_file()
     assert manifest_files(out) == files_in(out) - {cli.MANIFEST}
 
 
-def test_folder_written_before_manifests_is_cleaned_from_its_metrics(run_out, run3_out, tmp_path, capsys):
-    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
+def test_folder_written_before_manifests_is_cleaned_from_its_metrics(run_out, run1_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run_out, tmp_path / "out"))
     (out / cli.MANIFEST).unlink()  # as written by partattn before manifests: metrics.json lists the figures
     (out / "notes.txt").write_text("mine")
-    code, _, _ = run_cli(capsys, "show", run_out, "--out", out)
+    code, _, _ = run_cli(capsys, "show", run1_out, "--out", out)
     assert code == 0
     files = files_in(out)
-    assert not any("part2" in name for name in files) and "notes.txt" in files
+    assert not any("part1" in name for name in files) and "notes.txt" in files
 
 
-def test_interrupted_render_changes_nothing(run_out, run3_out, tmp_path, capsys, monkeypatch):
+def test_interrupted_render_changes_nothing(run_out, run1_out, tmp_path, capsys, monkeypatch):
     from partattn_checks.present.pages import run_page
 
     out = tmp_path / "out"
@@ -604,21 +591,21 @@ def test_interrupted_render_changes_nothing(run_out, run3_out, tmp_path, capsys,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_page, "render_record", crash_after_figures)
-    code, _, _ = run_cli(capsys, "show", run3_out, "--out", out)
+    code, _, _ = run_cli(capsys, "show", run1_out, "--out", out)
     assert code == 130 and not out.exists()  # rendered aside: the interrupted attempt leaves nothing behind
     used = Path(shutil.copytree(run_out, tmp_path / "used"))
     before = tree_bytes(used)
-    code, _, _ = run_cli(capsys, "show", run3_out, "--out", used)
+    code, _, _ = run_cli(capsys, "show", run1_out, "--out", used)
     assert code == 130 and tree_bytes(used) == before  # ... and changes nothing in a folder already used
     monkeypatch.setattr(run_page, "render_record", real)
-    code, _, _ = run_cli(capsys, "show", run3_out, "--out", out)
-    assert code == 0 and (out / "overlay_part2.png").is_file()
+    code, _, _ = run_cli(capsys, "show", run1_out, "--out", out)
+    assert code == 0 and (out / "overlay_part0.png").is_file()
 
 
-def test_unreadable_manifest_removes_nothing_and_says_so(run3_out, run_out, tmp_path, capsys):
-    out = Path(shutil.copytree(run3_out, tmp_path / "out"))
+def test_unreadable_manifest_removes_nothing_and_says_so(run_out, run1_out, tmp_path, capsys):
+    out = Path(shutil.copytree(run_out, tmp_path / "out"))
     (out / cli.MANIFEST).write_text("{not json")
-    code, _, err = run_cli(capsys, "show", run_out, "--out", out)
+    code, _, err = run_cli(capsys, "show", run1_out, "--out", out)
     assert code == 0 and f"{out / cli.MANIFEST} is unreadable" in err
-    assert (out / "overlay_part2.png").is_file()  # unknown ownership: left alone
-    assert "overlay_part2.png" not in manifest_files(out)
+    assert (out / "overlay_part1.png").is_file()  # unknown ownership: left alone
+    assert "overlay_part1.png" not in manifest_files(out)

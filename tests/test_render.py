@@ -42,10 +42,13 @@ def _assert_figure(png_or_path, *, max_px=512, fmt="PNG"):
     assert (rgb < 250).any(), "figure is all white"
 
 
-def _axes_pixels(fig, ax, inset=3) -> np.ndarray:
-    """RGB pixels strictly inside ``ax`` (spines excluded) of the rendered figure."""
-    left, top, right, bottom = render_panels._axes_pixel_box(fig, ax)
-    return render_panels._figure_rgb(fig)[top + inset : bottom - inset, left + inset : right - inset]
+def _axes_pixels(fig, ax, inset=3, rgb=None) -> np.ndarray:
+    """RGB pixels strictly inside ``ax`` (spines excluded) of the rendered figure. ``rgb``: the figure
+    drawn already (``_figure_rgb``), for several axes of one figure; else it is drawn here, once (every
+    draw runs the constrained layout again): the box is read from the draw that gave the pixels."""
+    rgb = render_panels._figure_rgb(fig) if rgb is None else rgb
+    left, top, right, bottom = render_panels._axes_pixel_box(fig, ax, draw=False)
+    return rgb[top + inset : bottom - inset, left + inset : right - inset]
 
 
 def _scale_colour(value, scale="log", vmax=8.0) -> np.ndarray:
@@ -300,18 +303,20 @@ def test_overlay_grid_mismatch_names_both_numbers(picture):
     assert "256" in str(err.value) and "257" in str(err.value)
 
 
-def _panel_and_edges(fig, ax, image: Image.Image, inset=3) -> tuple[np.ndarray, np.ndarray]:
-    """The pixels inside ``ax`` and where ``image`` has an edge there (widened by a few pixels)."""
+def _panel_and_edges(fig, ax, image: Image.Image, inset=3, rgb=None) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels inside ``ax`` and where ``image`` has an edge there (widened by a few pixels).
+    ``rgb``: as for :func:`_axes_pixels`."""
     from PIL import ImageFilter
 
-    left, top, right, bottom = render_panels._axes_pixel_box(fig, ax)
+    rgb_fig = render_panels._figure_rgb(fig) if rgb is None else rgb
+    left, top, right, bottom = render_panels._axes_pixel_box(fig, ax, draw=False)
     rgb = np.asarray(image.convert("RGB"), dtype=float)
     step = np.zeros(rgb.shape[:2])
     step[:, :-1] = np.abs(np.diff(rgb, axis=1)).max(-1)
     step[:-1, :] = np.maximum(step[:-1, :], np.abs(np.diff(rgb, axis=0)).max(-1))
     edges = Image.fromarray(((step > 10) * 255).astype(np.uint8)).resize((right - left, bottom - top))
     edges = np.asarray(edges.filter(ImageFilter.MaxFilter(7))) > 0
-    pixels = render_panels._figure_rgb(fig)[top:bottom, left:right].astype(int)
+    pixels = rgb_fig[top:bottom, left:right].astype(int)
     return pixels[inset:-inset, inset:-inset], edges[inset:-inset, inset:-inset]
 
 
@@ -345,8 +350,9 @@ def test_attention_over_a_black_and_a_white_image_has_the_same_colours(scale):
         assert (len(_distinct(on_black)) == 1) == (colours == 1)  # uniform: one colour; the blob: many
     assert np.abs(on_black[0, 0] - _scale_colour(_blobs(1)[0][0] * NK, scale)).max() <= 3  # the corner cell's value
     uniform = render_grids._part_panel_fig(np.full((2, NK), 1.0 / NK), GRID, black, scale=scale)
+    rgb = render_panels._figure_rgb(uniform)
     for ax in uniform.axes[1:3]:
-        colours = _distinct(_axes_pixels(uniform, ax))
+        colours = _distinct(_axes_pixels(uniform, ax, rgb=rgb))
         assert len(colours) == 1 and np.abs(colours[0] - _scale_colour(1.0, scale)).max() <= 1
 
 
@@ -380,8 +386,8 @@ def _texts(fig):
 
 
 def _image_panels(fig):
-    """Pixel (width, height) of every axes that shows an image (not the colorbar)."""
-    fig.canvas.draw()  # once: every draw runs the constrained layout again
+    """Pixel (width, height) of every axes that shows an image (not the colorbar), in the figure as
+    :func:`_texts` drew it (not drawn again: every draw runs the constrained layout again)."""
     shown = [ax for ax in fig.axes if ax.get_images() and ax.get_visible()]
     boxes = [render_panels._axes_pixel_box(fig, ax, draw=False) for ax in shown]
     return [(right - left, bottom - top) for left, top, right, bottom in boxes]
@@ -415,7 +421,7 @@ def test_every_figure_kind_is_readable(picture, n_parts):
     """Text at >= MIN_FONT_PT at >= DPI, image panels >= ~MIN_PANEL_PX, whatever the part count."""
     for kind, fig in _every_kind(picture, n_parts).items():
         assert fig.dpi >= render_panels.DPI, kind
-        sizes = {t.get_text(): t.get_fontsize() for t in _texts(fig)}
+        sizes = {t.get_text(): t.get_fontsize() for t in _texts(fig)}  # draws the figure
         small = {text: size for text, size in sizes.items() if size < render_panels.MIN_FONT_PT}
         assert not small, (kind, small)
         assert any(size >= render_panels.TITLE_FONT_PT for size in sizes.values()), kind
@@ -471,8 +477,9 @@ def test_multi_head_grid_on_the_image_shows_the_image_outlines(picture):
     grid (no image) the same heads are one flat colour."""
     maps = np.full((4, 8, NK), 1.0 / NK)
     fig = render_grids._multi_head_fig(maps, grid=GRID, image=picture)
+    rgb = render_panels._figure_rgb(fig)
     for ax in fig.axes[:4]:
-        panel, edges = _panel_and_edges(fig, ax, picture)
+        panel, edges = _panel_and_edges(fig, ax, picture, rgb=rgb)
         off_neutral = np.abs(panel - _scale_colour(1.0)).max(-1) > 2
         assert not (off_neutral & ~edges).any()
         assert off_neutral.mean() > 0.005 and _green(panel)[off_neutral].mean() > 0.6
@@ -483,8 +490,9 @@ def test_multi_head_grid_on_the_image_shows_the_image_outlines(picture):
 def test_multi_head_grid_on_the_image_puts_each_head_where_it_looks(picture):
     blobs = _blobs(4)  # head h looks at quadrant h
     fig = render_grids._multi_head_fig(np.repeat(blobs[:, None, :], 3, axis=1), grid=GRID, image=picture)
+    rgb = render_panels._figure_rgb(fig)
     for h, (qy, qx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
-        pixels = _axes_pixels(fig, fig.axes[h]).astype(int)
+        pixels = _axes_pixels(fig, fig.axes[h], rgb=rgb).astype(int)
         hh, ww = pixels.shape[0] // 2, pixels.shape[1] // 2
         warmth = pixels[..., 0] - pixels[..., 2]
         quarters = {(y, x): warmth[y * hh : (y + 1) * hh, x * ww : (x + 1) * ww].mean() for y in (0, 1) for x in (0, 1)}

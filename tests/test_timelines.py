@@ -196,12 +196,13 @@ def test_the_default_layer_says_why(broken_page, records, tmp_path):
     (caption,) = [f["caption"] for f in doc["figures"] if f["path"] == "parts.png"]
     assert caption.startswith(f"parts · layer {doc['layer_shown']}: the most part-separated")
     record = records["healthy"]
-    two_steps = dataclasses.replace(
+    two_steps = dataclasses.replace(  # one part of two steps: the fewest figures to draw
         record,
+        num_parts=1,
         steps=record.steps[:2],
         timesteps=record.timesteps[:2],
         full_maps={},
-        **{k: getattr(record, k)[:2] for k in ("entropy", "peak", "eff_keys", "cls_mass", "marginals")},
+        **{k: getattr(record, k)[:2, :, :1] for k in ("entropy", "peak", "eff_keys", "cls_mass", "marginals")},
     )
     render_record(two_steps, tmp_path, layer=0)
     assert json.loads((tmp_path / "metrics.json").read_text())["layer_shown_why"] == "the layer asked for"
