@@ -105,7 +105,9 @@ def test_the_seed_spread_set_sums_a_shift_no_image_flags(pytester):
     )
 
 
-#: Kills the xdist worker that runs one image's baseline item (as `kill -9` would, mid-update).
+#: Kills the xdist worker that runs one image's baseline item (as `kill -9` would, mid-update). xdist gives
+#: the crashed item's file to the worker it starts in its place, which this kills again: the run below lets
+#: xdist replace one worker, then stop (by default it replaced eight, each importing torch: 40 s of CPU).
 KILLER = """
 import os, signal
 
@@ -120,7 +122,7 @@ def test_a_crashed_worker_is_an_error_in_the_summary_and_the_set_says_why_it_is_
     pytester.makeconftest(KILLER)
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--partattn", "--partattn-steps=2", "-k", "baseline", "-n", "2",
-        "--partattn-update=all", "--partattn-baseline-seeds=2",
+        "--partattn-update=all", "--partattn-baseline-seeds=2", "--max-worker-restart=1",
     )  # fmt: skip
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(

@@ -67,16 +67,18 @@ def never_denoises(monkeypatch):
     monkeypatch.setattr(trend, "run_trend", refuse)
 
 
-def saved_record(folder: Path) -> Path:
-    """A small 2-part record saved as ``folder/record.{json,safetensors}`` (no model needed to show it)."""
-    S, L, P, H, K = 2, 2, 2, 2, 4
+def saved_record(folder: Path, parts: int = 1) -> Path:
+    """A small record saved as ``folder/record.{json,safetensors}`` (no model needed to show it). One step,
+    layer and head: ``show`` draws 4 figures (2.5 s; at two steps, layers, parts and heads 9, 7 s). ``parts=2``
+    adds a part's GIF and, its part separation failing, that check's figures in a subfolder (checks/)."""
+    S, L, P, H, K = 1, 1, parts, 1, 4
     g = torch.Generator().manual_seed(0)
     scalars = torch.rand(S, L, P, H, generator=g)
     record = AttentionRecord(
-        steps=[0, 1],
-        timesteps=[1000.0, 500.0],
-        layers=["blocks.0.attn2", "blocks.1.attn2"],
-        layer_kinds=["global", "local"],
+        steps=[0],
+        timesteps=[1000.0],
+        layers=["blocks.0.attn2"],
+        layer_kinds=["global"],
         num_parts=P,
         num_heads=H,
         num_patch_keys=K,
@@ -133,9 +135,10 @@ def test_show_out_refuses_a_users_metrics_json(tmp_path, capsys):
 
 
 def test_show_reruns_into_its_own_output_and_keeps_the_users_other_files(tmp_path, capsys):
-    record = saved_record(tmp_path / "rec")
+    record = saved_record(tmp_path / "rec", parts=2)
     out = tmp_path / "shown"
     assert run_cli(capsys, "show", record, "--out", out)[0] == 0
+    assert [p.parent.name for p in out.glob("*/*.png")] == ["checks"] * 2  # own files in a subfolder too
     (out / "notes.txt").write_text("mine")
     assert run_cli(capsys, "show", record, "--out", out)[0] == 0
     assert (out / "notes.txt").read_text() == "mine"
@@ -202,7 +205,7 @@ def passing_gate(pytester, *extra: str) -> None:
 def test_gate_reruns_into_its_results_and_leaves_the_users_other_files(pytester):
     make_project(pytester)
     results = pytester.path / ".partattn-results"
-    passing_gate(pytester, "--partattn-update=missing")
+    passing_gate(pytester, "--partattn-update=missing", "--partattn-baseline-seeds=2")  # a baseline, quickly
     manifest = json.loads((results / outfolder.MANIFEST).read_text())
     assert manifest["written_by"] == "pytest --partattn" and "index.html" in manifest["files"]
     (results / outfolder.MANIFEST).unlink()  # as written before manifests: the gate's own index.html is recognised

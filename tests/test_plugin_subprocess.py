@@ -13,7 +13,9 @@ from plugin_support import FAILING_SEPARATION, IMAGE, RUN_COUNTER, args, make_pr
 
 from partattn_checks.gate import scheduling
 from partattn_checks.gate.items import ITEM_CHECKS
+from partattn_checks.gate.report import markdown
 from partattn_checks.gate.scheduling import KEEPS_FILES_TOGETHER, SPLITS_FILES
+from partattn_checks.runs.sidecar import FIXTURE_IMAGE_SUFFIXES
 
 pytest_plugins = ("pytester",)
 HEAVY = ("torch", "diffusers", "transformers", "matplotlib")
@@ -62,7 +64,11 @@ def _junit_outcomes(path) -> dict[tuple[str, str], str]:
     return out
 
 
-IMAGES = (IMAGE, "np1_circle.png", "np3_three_shapes.png")
+#: An image whose part separation fails and one that skips it (one part); with the broken image, three
+#: files for two workers: each worker runs at least one (xdist's scope schedulers give the first two one
+#: each, then the third to the first), and each image's checks, run apart, would denoise it twice.
+IMAGES = (IMAGE, "np1_circle.png")
+EARLIER = "# Build\nearlier step's line\n"  # a GitHub job summary file an earlier step wrote to
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +79,9 @@ def serial_outcomes() -> dict:
     return {}
 
 
-def _serial_then(pytester, serial_outcomes: dict, *xdist_args: str):
-    """Run the gate serially (in process; once per module), then under xdist with ``xdist_args``; both
-    see a broken image."""
+def _serial_then(pytester, monkeypatch, serial_outcomes: dict, *xdist_args: str):
+    """Run the gate serially (in process; once per module), then under xdist with ``xdist_args`` and a
+    GitHub job summary file to append to; both see a broken image."""
     folder = make_project(pytester, images=IMAGES, thresholds=FAILING_SEPARATION)
     (folder / "np2_broken.png").write_bytes(b"not an image at all")
     pytester.makeconftest(RUN_COUNTER)
@@ -84,25 +90,33 @@ def _serial_then(pytester, serial_outcomes: dict, *xdist_args: str):
         assert serial.ret == pytest.ExitCode.TESTS_FAILED
         serial_outcomes["junit"] = _junit_outcomes(pytester.path / "serial.xml")
     expected = dict(serial_outcomes["junit"])
-    assert len(expected) == 4 * len(ITEM_CHECKS) + 1  # and the fixture-set item, not judged: no baselines
+    assert len(expected) == 3 * len(ITEM_CHECKS) + 1  # and the fixture-set item, not judged: no baselines
     assert expected[("fixtures.images", "fixture-set")] == "skipped"
     assert set(expected.values()) == {"passed", "failure", "skipped"}
+    summary = pytester.path / "step-summary.md"
+    summary.write_text(EARLIER)
+    monkeypatch.setenv(markdown.ENV, str(summary))
     parallel = pytester.runpytest_subprocess(*args(*xdist_args, "--junitxml=xdist.xml", steps=1), timeout=300)
     workers = {p.name: json.loads(p.read_text()) for p in pytester.path.glob("events-gw*.json")}
     assert set(workers) == {"events-gw0.json", "events-gw1.json"}
     return expected, parallel, workers
 
 
-#: One --dist of each scheduling path end to end (partattn's loadfile when none is given; the
-#: image-keeping scheduler replacing a splitting mode, plain and by xdist group; xdist's own
-#: scheduler where it keeps files together). test_every_dist_mode_gets_its_plan covers every mode.
-@pytest.mark.parametrize("dist", [None, "loadgroup", "worksteal", "loadscope"])
-def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, serial_outcomes, dist):
+#: One --dist of each scheduling path end to end: partattn's loadfile when none is given; the
+#: image-keeping scheduler replacing a splitting mode (worksteal; load and loadgroup build the same
+#: scheduler, and for fixture images, which carry no xdist_group mark, run the same code: what differs,
+#: how other tests are grouped, is test_the_scheduler_keeps_each_image_whole_and_groups_other_tests_by_mode);
+#: xdist's own scheduler where it keeps files together (loadscope). test_every_dist_mode_gets_its_plan
+#: covers every mode's plan. Each run also shows that under xdist only the controller appends to the
+#: GitHub job summary (tests/test_job_summary.py runs the summary serially).
+@pytest.mark.parametrize("dist", [None, "worksteal", "loadscope"])
+def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, monkeypatch, serial_outcomes, dist):
     xdist_args = ("-n", "2") if dist is None else ("-n", "2", "--dist", dist)
-    expected, parallel, workers = _serial_then(pytester, serial_outcomes, *xdist_args)
+    expected, parallel, workers = _serial_then(pytester, monkeypatch, serial_outcomes, *xdist_args)
     assert _junit_outcomes(pytester.path / "xdist.xml") == expected
     runs = sorted(c for w in workers.values() for c in w["calls"])
     assert runs == sorted([*IMAGES, "np2_broken.png"])  # one denoising run per image, in all
+    assert all(w["calls"] for w in workers.values())  # on both workers
     assert all(len(w["loads"]) <= 1 for w in workers.values())
     out = parallel.stdout.str()
     if dist is None:
@@ -114,6 +128,15 @@ def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, seria
     else:
         assert f"partattn: xdist: --dist {dist} (each image's checks run on one worker)" in out
         assert "would split" not in out
+    _only_the_controller_appended_the_job_summary(pytester.path / "step-summary.md")
+
+
+def _only_the_controller_appended_the_job_summary(path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith(EARLIER + "\n## ❌ partattn gate: FAILED: "), text[:300]
+    assert text.count("partattn gate:") == 1  # one block: the workers appended nothing
+    for image in IMAGES:  # and it holds the results of both workers
+        assert text.count(f"#### baseline: FAIL · `fixtures/images/{image}`") == 1, text
 
 
 @pytest.mark.parametrize("dist", [None, "no", *SPLITS_FILES, *KEEPS_FILES_TOGETHER, "each"])
@@ -125,9 +148,40 @@ def test_every_dist_mode_gets_its_plan(dist):
         assert (got.mode, got.replaced) == ("loadfile", False) and "chosen by partattn" in got.header
     elif dist in SPLITS_FILES:
         assert (got.mode, got.replaced) == (dist, True) and f"--dist {dist} would split" in got.warning
+        assert got.header == f"xdist: --dist {dist} for other tests, each fixture image kept on one worker (partattn)"
     else:
         assert (got.mode, got.replaced, got.warning) == (dist, False, None)
     assert scheduling.plan(dist, "no") is None  # xdist not distributing: nothing to plan
+
+
+@pytest.mark.parametrize("dist", [None, *SPLITS_FILES, *KEEPS_FILES_TOGETHER])
+def test_the_scheduler_keeps_each_image_whole_and_groups_other_tests_by_mode(pytester, dist):
+    """The scheduler each plan runs (partattn's, or xdist's own where the mode keeps files together)
+    puts an image's checks in one work unit, and groups other tests as the mode does: by file (no
+    --dist: loadfile), one by one (load, worksteal), by xdist group (loadgroup, whose workers add
+    ``@group`` to a marked test's id), by module or class (loadscope)."""
+    from xdist.scheduler import LoadFileScheduling, LoadScopeScheduling
+
+    config = pytester.parseconfig("--tx=2*popen", *(() if dist is None else ("--dist", dist)))  # what -n 2 sets
+    plan = scheduling.plan(dist, dist or "load")  # what xdist resolves it to (-n N alone: load)
+    got = scheduling.make_scheduler(plan, config, None, FIXTURE_IMAGE_SUFFIXES)
+    if dist in KEEPS_FILES_TOGETHER:
+        assert got is None  # xdist builds its own
+        got = {"loadfile": LoadFileScheduling, "loadscope": LoadScopeScheduling}[dist](config)
+    unit = got._split_scope
+    for check in ITEM_CHECKS:
+        assert unit(f"fixtures/images/np2_a.png::{check}") == "fixtures/images/np2_a.png"
+        assert unit(f"more/np3_B.PNG::{check}") == "more/np3_B.PNG"
+    others = ("tests/test_x.py::test_a", "tests/test_x.py::Case::test_b", "tests/test_x.py::test_c@db")
+    expected = {
+        None: ["tests/test_x.py"] * 3,
+        "load": list(others),
+        "worksteal": list(others),
+        "loadgroup": ["tests/test_x.py::test_a", "tests/test_x.py::Case::test_b", "db"],
+        "loadfile": ["tests/test_x.py"] * 3,
+        "loadscope": ["tests/test_x.py", "tests/test_x.py::Case", "tests/test_x.py"],
+    }[dist]
+    assert [unit(nodeid) for nodeid in others] == expected
 
 
 def _the_controller_reported_the_workers_results(pytester, parallel):
