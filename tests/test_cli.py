@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers import tree_bytes
+from record_support import saved_record
 from test_visualizer import assert_image, assert_links_resolve
 
 from partattn_checks import cli
@@ -43,17 +44,24 @@ def run_out(tmp_path_factory):
     return out
 
 
+#: Files of the user's put into the folder ``run1`` runs into: not partattn's, so never removed.
+USERS_FILES = {"notes.txt": b"mine", "overlay_part7.png": b"mine too: not in the manifest"}
+
+
 @pytest.fixture(scope="module")
-def run1(tmp_path_factory):
+def run1(tmp_path_factory, run_out):
     """One ``partattn run`` of a single part, with its output: ``(out folder, status, stdout, stderr)``.
 
     Not quiet, so its status lines can be read; an image named without a part count, so ``--num-parts``
     is what gives it one; CFG off (``--guidance 1.0``); a chosen layer and step for the multi-head grids.
-    One part draws the fewest figures: the tests that re-render into used folders show this record."""
+    It reruns into a used folder: a copy of the 2-part run (``run_out``) holding ``USERS_FILES``, whose
+    part-1 files are its stale ones (test_rerun_removes_its_own_stale_files_and_nothing_else)."""
     base = tmp_path_factory.mktemp("run1")
     image = base / "plain.png"
     shutil.copy(IMAGES / "np1_circle.png", image)
-    out = base / "o"
+    out = Path(shutil.copytree(run_out, base / "o"))
+    for name, data in USERS_FILES.items():
+        (out / name).write_bytes(data)
     argv = ["run", image, "--model", TINY, "--steps", "2", "--num-parts", "1", "--guidance", "1.0"]
     argv += ["--out", out, "--layer", "blocks.2.attn2", "--step", "0"]
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -67,6 +75,13 @@ def run1_out(run1):
     out, code, _, err = run1
     assert code == 0, err
     return out
+
+
+@pytest.fixture(scope="module")
+def small_record(tmp_path_factory):
+    """A saved record of one part, step, layer and head: the fewest figures ``show`` draws. What the tests
+    of the output-folder rules show into a used folder (a copy of ``run_out``): its part-1 files are stale."""
+    return saved_record(tmp_path_factory.mktemp("small") / "rec")
 
 
 # ----------------------------------------------------------------------------- help
@@ -169,15 +184,10 @@ def test_show_renders_a_saved_record(run_out, tmp_path, capsys):
     assert_links_resolve(shown / "index.html")
 
 
-def test_show_without_the_input_image(run1_out, tmp_path, capsys):
-    """A record moved away from input.png, its image and its model: drawn on the patch grid, and said so."""
-    moved = tmp_path / "moved"
-    moved.mkdir()
-    for name in ("record.json", "record.safetensors"):
-        shutil.copy(run1_out / name, moved / name)
-    doc = json.loads((moved / "record.json").read_text())
-    doc["meta"]["image"] = str(tmp_path / "gone.png")
-    (moved / "record.json").write_text(json.dumps(doc))
+def test_show_without_the_input_image(tmp_path, capsys):
+    """A record moved away from input.png and its image (its model still there, as a run records it): drawn
+    on the patch grid, and said so. A small record: the fewest figures to draw."""
+    moved = saved_record(tmp_path / "moved", meta={"image": str(tmp_path / "gone.png"), "model": str(TINY)})
     code, _, _ = run_cli(capsys, "show", moved)
     assert code == 0
     assert not list(moved.glob("overlay_*.png")) and (moved / "parts.png").is_file()
@@ -462,14 +472,10 @@ def test_show_too_large_or_truncated_image_is_a_usage_error(run_out, tmp_path, c
 
 
 def test_show_damaged_input_png_falls_back_to_the_patch_grid(run1_out, tmp_path, capsys):
-    folder = tmp_path / "rec"
-    folder.mkdir()
-    for name in ("record.json", "record.safetensors", "input.png"):
-        shutil.copy(run1_out / name, folder / name)
+    """A run's input.png, damaged, next to a small record (the fewest figures to draw) whose image is gone."""
+    folder = saved_record(tmp_path / "rec", meta={"image": str(tmp_path / "gone.png"), "model": str(TINY)})
+    shutil.copy(run1_out / "input.png", folder / "input.png")
     truncate(folder / "input.png")
-    doc = json.loads((folder / "record.json").read_text())
-    doc["meta"]["image"] = str(tmp_path / "gone.png")
-    (folder / "record.json").write_text(json.dumps(doc))
     code, _, err = run_cli(capsys, "show", folder, "--out", tmp_path / "shown")
     assert code == 0
     assert f"skipping {folder / 'input.png'}" in err
@@ -521,8 +527,8 @@ def test_failed_run_removes_the_output_folders_it_created(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- re-running into a folder
-# A used folder is a copy of the 2-part run; what is run or shown into it is the 1-part run (fewest figures to
-# draw): its part-1 files are the stale ones.
+# A used folder is a copy of the 2-part run; what is run or shown into it has one part (the 1-part run, or the
+# small record: the fewest figures to draw): its part-1 files are the stale ones.
 def files_in(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
@@ -535,25 +541,21 @@ def test_manifest_lists_what_run_wrote(run_out):
     assert manifest_files(run_out) == files_in(run_out) - {cli.MANIFEST}
 
 
-def test_rerun_removes_its_own_stale_files_and_nothing_else(run_out, tmp_path, capsys):
-    out = Path(shutil.copytree(run_out, tmp_path / "out"))
-    assert {"overlay_part1.png", "steps_part1.gif"} <= files_in(out)
-    (out / "notes.txt").write_text("mine")
-    (out / "overlay_part7.png").write_bytes(b"mine too: not in the manifest")
-    code, _, _ = run_cli(capsys, "run", IMAGES / "np1_circle.png", "--model", TINY, "--steps", "2", "--out", out, "-q")
-    assert code == 0
-    files = files_in(out)
+def test_rerun_removes_its_own_stale_files_and_nothing_else(run_out, run1_out):
+    """``run1`` ran into a copy of ``run_out`` holding the user's files."""
+    assert {"overlay_part1.png", "steps_part1.gif"} <= files_in(run_out)  # what was there before
+    files = files_in(run1_out)
     assert not any("part1" in name for name in files), sorted(files)
-    assert (out / "notes.txt").read_text() == "mine" and (out / "overlay_part7.png").is_file()
-    assert AttentionRecord.load(out).num_parts == 1
-    assert manifest_files(out) == files - {cli.MANIFEST, "notes.txt", "overlay_part7.png"}
-    assert_links_resolve(out / "index.html")
+    assert all((run1_out / name).read_bytes() == data for name, data in USERS_FILES.items())
+    assert AttentionRecord.load(run1_out).num_parts == 1
+    assert manifest_files(run1_out) == files - {cli.MANIFEST, *USERS_FILES}
+    assert_links_resolve(run1_out / "index.html")
 
 
-def test_show_into_a_used_folder_removes_stale_figures_and_keeps_records(run_out, run1_out, tmp_path, capsys):
+def test_show_into_a_used_folder_removes_stale_figures_and_keeps_records(run_out, small_record, tmp_path, capsys):
     out = Path(shutil.copytree(run_out, tmp_path / "out"))
     (out / "notes.txt").write_text("mine")
-    code, _, _ = run_cli(capsys, "show", run1_out, "--out", out)
+    code, _, _ = run_cli(capsys, "show", small_record, "--out", out)
     assert code == 0
     files = files_in(out)
     assert not any("part1" in name for name in files), sorted(files)
@@ -567,20 +569,20 @@ def test_show_into_the_records_own_folder_keeps_the_record(run1_out, tmp_path, c
     code, _, _ = run_cli(capsys, "show", out, "--layer", "0")
     assert code == 0
     assert AttentionRecord.load(out).num_parts == 1 and (out / "input.png").is_file()
-    assert manifest_files(out) == files_in(out) - {cli.MANIFEST}
+    assert manifest_files(out) == files_in(out) - {cli.MANIFEST, *USERS_FILES}  # the user's files: still theirs
 
 
-def test_folder_written_before_manifests_is_cleaned_from_its_metrics(run_out, run1_out, tmp_path, capsys):
+def test_folder_written_before_manifests_is_cleaned_from_its_metrics(run_out, small_record, tmp_path, capsys):
     out = Path(shutil.copytree(run_out, tmp_path / "out"))
     (out / cli.MANIFEST).unlink()  # as written by partattn before manifests: metrics.json lists the figures
     (out / "notes.txt").write_text("mine")
-    code, _, _ = run_cli(capsys, "show", run1_out, "--out", out)
+    code, _, _ = run_cli(capsys, "show", small_record, "--out", out)
     assert code == 0
     files = files_in(out)
     assert not any("part1" in name for name in files) and "notes.txt" in files
 
 
-def test_interrupted_render_changes_nothing(run_out, run1_out, tmp_path, capsys, monkeypatch):
+def test_interrupted_render_changes_nothing(run_out, small_record, tmp_path, capsys, monkeypatch):
     from partattn_checks.present.pages import run_page
 
     out = tmp_path / "out"
@@ -591,21 +593,21 @@ def test_interrupted_render_changes_nothing(run_out, run1_out, tmp_path, capsys,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_page, "render_record", crash_after_figures)
-    code, _, _ = run_cli(capsys, "show", run1_out, "--out", out)
+    code, _, _ = run_cli(capsys, "show", small_record, "--out", out)
     assert code == 130 and not out.exists()  # rendered aside: the interrupted attempt leaves nothing behind
     used = Path(shutil.copytree(run_out, tmp_path / "used"))
     before = tree_bytes(used)
-    code, _, _ = run_cli(capsys, "show", run1_out, "--out", used)
+    code, _, _ = run_cli(capsys, "show", small_record, "--out", used)
     assert code == 130 and tree_bytes(used) == before  # ... and changes nothing in a folder already used
     monkeypatch.setattr(run_page, "render_record", real)
-    code, _, _ = run_cli(capsys, "show", run1_out, "--out", out)
-    assert code == 0 and (out / "overlay_part0.png").is_file()
+    code, _, _ = run_cli(capsys, "show", small_record, "--out", out)
+    assert code == 0 and (out / "parts.png").is_file() and (out / "steps_part0.gif").is_file()
 
 
-def test_unreadable_manifest_removes_nothing_and_says_so(run_out, run1_out, tmp_path, capsys):
+def test_unreadable_manifest_removes_nothing_and_says_so(run_out, small_record, tmp_path, capsys):
     out = Path(shutil.copytree(run_out, tmp_path / "out"))
     (out / cli.MANIFEST).write_text("{not json")
-    code, _, err = run_cli(capsys, "show", run1_out, "--out", out)
+    code, _, err = run_cli(capsys, "show", small_record, "--out", out)
     assert code == 0 and f"{out / cli.MANIFEST} is unreadable" in err
     assert (out / "overlay_part1.png").is_file()  # unknown ownership: left alone
     assert "overlay_part1.png" not in manifest_files(out)

@@ -11,13 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from helpers import FIXTURE_IMAGES, TINY_FIXTURE, tree_bytes
 from plugin_support import IMAGE, args, make_project
+from record_support import saved_record
 
 from partattn_checks import EMBEDDED_MODEL
 from partattn_checks.base import outfolder
-from partattn_checks.capture.record import AttentionRecord
 from partattn_checks.cli import main
 from partattn_checks.gate.results_folder import CANDIDATES
 
@@ -67,33 +66,6 @@ def never_denoises(monkeypatch):
     monkeypatch.setattr(trend, "run_trend", refuse)
 
 
-def saved_record(folder: Path, parts: int = 1) -> Path:
-    """A small record saved as ``folder/record.{json,safetensors}`` (no model needed to show it). One step,
-    layer and head: ``show`` draws 4 figures (2.5 s; at two steps, layers, parts and heads 9, 7 s). ``parts=2``
-    adds a part's GIF and, its part separation failing, that check's figures in a subfolder (checks/)."""
-    S, L, P, H, K = 1, 1, parts, 1, 4
-    g = torch.Generator().manual_seed(0)
-    scalars = torch.rand(S, L, P, H, generator=g)
-    record = AttentionRecord(
-        steps=[0],
-        timesteps=[1000.0],
-        layers=["blocks.0.attn2"],
-        layer_kinds=["global"],
-        num_parts=P,
-        num_heads=H,
-        num_patch_keys=K,
-        has_cls=True,
-        patch_grid=(2, 2),
-        entropy=scalars,
-        peak=scalars,
-        eff_keys=scalars,
-        cls_mass=scalars * 0.1,
-        marginals=torch.rand(S, L, P, H, K, generator=g).softmax(-1),
-    )
-    record.save(folder / "record")
-    return folder
-
-
 # ----------------------------------------------------------------------------- partattn run
 def test_run_refuses_a_users_index_html_before_any_work(tmp_path, capsys, never_denoises):
     out = users_folder(tmp_path / "mine", **{"index.html": "<p>mine</p>", "notes.txt": "mine"})
@@ -104,12 +76,15 @@ def test_run_refuses_a_users_index_html_before_any_work(tmp_path, capsys, never_
 
 
 def test_run_refuses_a_users_figure_named_like_its_own_and_changes_nothing(tmp_path, capsys):
-    out = users_folder(tmp_path / "mine", **{"overlay_part1.png": "my own picture"})
+    """Figure names are known once drawn: the run is refused after rendering, before anything is moved in.
+    A 1-part image: half the figures of a 2-part one to draw before the refusal."""
+    out = users_folder(tmp_path / "mine", **{"overlay_part0.png": "my own picture"})
     before = tree_bytes(out)
-    code, err = run_cli(capsys, "run", RUN_IMAGE, "--model", TINY_FIXTURE, "--steps", "2", "--out", out, "-q")
-    assert_refused(code, err, f"{out / 'overlay_part1.png'} is not a file partattn wrote there")
+    image = FIXTURE_IMAGES / "np1_circle.png"
+    code, err = run_cli(capsys, "run", image, "--model", TINY_FIXTURE, "--steps", "2", "--out", out, "-q")
+    assert_refused(code, err, f"{out / 'overlay_part0.png'} is not a file partattn wrote there")
     assert tree_bytes(out) == before  # nothing staged is left behind either
-    assert sorted(p.name for p in out.iterdir()) == ["overlay_part1.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["overlay_part0.png"]
 
 
 # ----------------------------------------------------------------------------- partattn show
