@@ -47,6 +47,18 @@ def test_importing_the_plugin_is_light():
     assert out.stdout.strip() == "[]"
 
 
+def test_an_explicit_cpu_device_is_resolved_without_torch():
+    """``--partattn-device=cpu`` needs no look at the machine: resolving it (as a worker, and as the
+    xdist controller, which runs no model) imports no torch, which costs seconds at every start."""
+    code = (
+        "import sys; from partattn_checks.capture import runspec; "
+        "got = [runspec.resolve_device('cpu'), runspec.resolve_device('cpu', 'gw1', spread=True)]; "
+        "print([c.device for c in got], 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['cpu', 'cpu'] False"
+
+
 def test_without_partattn_nothing_heavy_is_imported(pytester):
     make_project(pytester, images=(IMAGE, "np1_circle.png"))
     pytester.makeconftest(RECORD_MODULES)
