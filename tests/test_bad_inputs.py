@@ -170,7 +170,7 @@ def test_ctrl_c_under_xdist_ends_with_one_line(pytester):
     pytester.makepyfile(test_ctrl_c=CTRL_C)
     before = tree_bytes(pytester.path / "fixtures")
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", *args("-n", "2", "fixtures", "test_ctrl_c.py")],
+        [sys.executable, "-m", "pytest", *args("-n", "2", "--partattn-device=cpu", "fixtures", "test_ctrl_c.py")],
         cwd=pytester.path,
         capture_output=True,
         text=True,

@@ -47,6 +47,18 @@ def test_importing_the_plugin_is_light():
     assert out.stdout.strip() == "[]"
 
 
+def test_an_explicit_cpu_device_is_resolved_without_torch():
+    """``--partattn-device=cpu`` needs no look at the machine: resolving it (as a worker, and as the
+    xdist controller, which runs no model) imports no torch, which costs seconds at every start."""
+    code = (
+        "import sys; from partattn_checks.capture import runspec; "
+        "got = [runspec.resolve_device('cpu'), runspec.resolve_device('cpu', 'gw1', spread=True)]; "
+        "print([c.device for c in got], 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['cpu', 'cpu'] False"
+
+
 def test_without_partattn_nothing_heavy_is_imported(pytester):
     make_project(pytester, images=(IMAGE, "np1_circle.png"))
     pytester.makeconftest(RECORD_MODULES)
@@ -69,6 +81,17 @@ def _junit_outcomes(path) -> dict[tuple[str, str], str]:
 #: each, then the third to the first), and each image's checks, run apart, would denoise it twice.
 IMAGES = (IMAGE, "np1_circle.png")
 EARLIER = "# Build\nearlier step's line\n"  # a GitHub job summary file an earlier step wrote to
+#: The device of both runs: what auto resolves to without CUDA, given explicitly so that the xdist
+#: controller, which runs no model, imports no torch (some 7 s of CPU a launch).
+CPU = "--partattn-device=cpu"
+#: Added to RUN_COUNTER: the xdist controller records the heavy modules it imported.
+CONTROLLER_MODULES = f"""
+
+def pytest_unconfigure(config):
+    import sys
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        Path("controller-modules.json").write_text(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +107,9 @@ def _serial_then(pytester, monkeypatch, serial_outcomes: dict, *xdist_args: str)
     GitHub job summary file to append to; both see a broken image."""
     folder = make_project(pytester, images=IMAGES, thresholds=FAILING_SEPARATION)
     (folder / "np2_broken.png").write_bytes(b"not an image at all")
-    pytester.makeconftest(RUN_COUNTER)
+    pytester.makeconftest(RUN_COUNTER + CONTROLLER_MODULES)
     if "junit" not in serial_outcomes:
-        serial = pytester.runpytest_inprocess(*args("--junitxml=serial.xml", steps=1))
+        serial = pytester.runpytest_inprocess(*args(CPU, "--junitxml=serial.xml", steps=1))
         assert serial.ret == pytest.ExitCode.TESTS_FAILED
         serial_outcomes["junit"] = _junit_outcomes(pytester.path / "serial.xml")
     expected = dict(serial_outcomes["junit"])
@@ -96,20 +119,25 @@ def _serial_then(pytester, monkeypatch, serial_outcomes: dict, *xdist_args: str)
     summary = pytester.path / "step-summary.md"
     summary.write_text(EARLIER)
     monkeypatch.setenv(markdown.ENV, str(summary))
-    parallel = pytester.runpytest_subprocess(*args(*xdist_args, "--junitxml=xdist.xml", steps=1), timeout=300)
+    parallel = pytester.runpytest_subprocess(*args(CPU, *xdist_args, "--junitxml=xdist.xml", steps=1), timeout=300)
     workers = {p.name: json.loads(p.read_text()) for p in pytester.path.glob("events-gw*.json")}
     assert set(workers) == {"events-gw0.json", "events-gw1.json"}
     return expected, parallel, workers
 
 
-#: One --dist of each scheduling path end to end: partattn's loadfile when none is given; the
-#: image-keeping scheduler replacing a splitting mode (worksteal; load and loadgroup build the same
-#: scheduler, and for fixture images, which carry no xdist_group mark, run the same code: what differs,
-#: how other tests are grouped, is test_the_scheduler_keeps_each_image_whole_and_groups_other_tests_by_mode);
-#: xdist's own scheduler where it keeps files together (loadscope). test_every_dist_mode_gets_its_plan
-#: covers every mode's plan. Each run also shows that under xdist only the controller appends to the
-#: GitHub job summary (tests/test_job_summary.py runs the summary serially).
-@pytest.mark.parametrize("dist", [None, "worksteal", "loadscope"])
+#: partattn's two scheduling paths end to end (a launch of pytest -n 2, a controller and two workers, costs
+#: some 25 s of CPU). No --dist: partattn sees that none was given (before xdist fills in its default), picks
+#: loadfile, and its hook hands xdist a LoadFileScheduling. A mode that would split an image (worksteal): the
+#: hook hands xdist partattn's own ImageScheduling and the controller warns once; load and loadgroup build that
+#: same scheduler and, for fixture images (no xdist_group mark), run the same code. loadscope and loadfile run
+#: no code of partattn's but its hook returning None, and then xdist's LoadScopeScheduling (loadscope) or the
+#: LoadFileScheduling of the no --dist run: the machinery of both runs here, whose schedulers are each a
+#: LoadScopeScheduling with its own _split_scope. What differs between every mode, how its scheduler groups an
+#: image's checks and other tests, and its plan, header and warning, is checked for each mode by
+#: test_the_scheduler_keeps_each_image_whole_and_groups_other_tests_by_mode and test_every_dist_mode_gets_its_plan.
+#: Each run also shows that under xdist only the controller appends to the GitHub job summary
+#: (tests/test_job_summary.py runs the summary serially) and that the controller imports no torch.
+@pytest.mark.parametrize("dist", [None, "worksteal"])
 def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, monkeypatch, serial_outcomes, dist):
     xdist_args = ("-n", "2") if dist is None else ("-n", "2", "--dist", dist)
     expected, parallel, workers = _serial_then(pytester, monkeypatch, serial_outcomes, *xdist_args)
@@ -121,14 +149,13 @@ def test_each_image_runs_once_under_xdist_whatever_the_dist_mode(pytester, monke
     out = parallel.stdout.str()
     if dist is None:
         assert "partattn: xdist: --dist loadfile (chosen by partattn" in out
+        assert "would split" not in out
         _the_controller_reported_the_workers_results(pytester, parallel)
-    elif dist in SPLITS_FILES:
+    else:
         assert f"partattn: xdist: --dist {dist} for other tests, each fixture image kept on one worker" in out
         assert out.count(f"--dist {dist} would split a fixture image's checks across workers") == 1
-    else:
-        assert f"partattn: xdist: --dist {dist} (each image's checks run on one worker)" in out
-        assert "would split" not in out
     _only_the_controller_appended_the_job_summary(pytester.path / "step-summary.md")
+    assert json.loads((pytester.path / "controller-modules.json").read_text()) == []  # given cpu: no torch
 
 
 def _only_the_controller_appended_the_job_summary(path) -> None:
@@ -151,6 +178,8 @@ def test_every_dist_mode_gets_its_plan(dist):
         assert got.header == f"xdist: --dist {dist} for other tests, each fixture image kept on one worker (partattn)"
     else:
         assert (got.mode, got.replaced, got.warning) == (dist, False, None)
+        kept = "every worker runs every image" if dist == "each" else "each image's checks run on one worker"
+        assert got.header == f"xdist: --dist {dist} ({kept})"
     assert scheduling.plan(dist, "no") is None  # xdist not distributing: nothing to plan
 
 

@@ -18,8 +18,8 @@ and the ``partattn`` command word their errors around it. :func:`tokens_problem`
 latent tokens whose run clearly cannot fit in the device's memory (a lower bound of what one run
 holds, :func:`run_memory`, against what is free, :func:`free_memory`), :func:`steps_problem` a number
 of steps whose attention record cannot (:func:`record_memory`); :func:`for_pipeline` applies both to
-every run. Importing this module imports no torch; :func:`resolve_device`, :func:`torch_dtype`
-and :func:`free_memory` on a CUDA device import it when called.
+every run. Importing this module imports no torch; :func:`resolve_device` (but for ``cpu``),
+:func:`torch_dtype` and :func:`free_memory` on a CUDA device import it when called.
 """
 
 from __future__ import annotations
@@ -395,8 +395,10 @@ class DeviceChoice:
 
 
 def resolve_device(requested: str = "auto", worker: str | None = None, spread: bool = False) -> DeviceChoice:
-    """The one device resolver (imports torch). ``auto`` picks CUDA when present, else the CPU;
-    ``cuda`` without CUDA, or an index past the last GPU, is a :class:`RunSpecError` that says so.
+    """The one device resolver. ``auto`` picks CUDA when present, else the CPU; ``cuda`` without
+    CUDA, or an index past the last GPU, is a :class:`RunSpecError` that says so. ``cpu`` needs no
+    look at the machine and imports no torch (an xdist controller given ``--partattn-device=cpu``
+    runs no model: it saves the seconds torch's import takes); ``auto`` and ``cuda`` import torch.
 
     Under pytest-xdist, ``auto``/``cuda`` spread workers over the GPUs: worker ``gwN`` takes
     ``cuda:(N mod device count)``; an explicit ``cuda:N`` is used as given. ``spread``: this is
@@ -405,14 +407,14 @@ def resolve_device(requested: str = "auto", worker: str | None = None, spread: b
     wrong = device_problem(requested)
     if wrong:
         raise RunSpecError(wrong)
+    if requested == "cpu":
+        return DeviceChoice("cpu")
     import torch
 
     available = torch.cuda.is_available()
     count = torch.cuda.device_count() if available else 0
     if requested == "auto" and not available:
         return DeviceChoice("cpu", "CUDA not found, fell back to CPU")
-    if requested == "cpu":
-        return DeviceChoice("cpu")
     if not available:
         raise RunSpecError(f"CUDA is not available here (torch {torch.__version__}); use cpu or auto")
     if ":" in requested:

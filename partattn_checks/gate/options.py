@@ -13,7 +13,8 @@ options layer of every run spec. The baseline settings are validated by
 :meth:`~partattn_checks.checks.Thresholds.resolve` (:func:`session_thresholds`).
 
 This module imports nothing heavy: it runs on every pytest start-up. Only
-:func:`device_for` imports torch, and the plugin calls it only when ``--partattn`` is on.
+:func:`device_for` imports torch (not for ``--partattn-device=cpu``), and the plugin calls it only
+when ``--partattn`` is on.
 """
 
 from __future__ import annotations
@@ -369,10 +370,10 @@ def ci_is_set(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def device_for(settings: Settings, worker_id: str | None = None, spread: bool = False) -> DeviceChoice:
-    """:func:`partattn_checks.capture.runspec.resolve_device` for ``--partattn-device`` (imports torch): a
-    device that is not there is a ``UsageError`` naming the option; so is a ``--partattn-num-tokens``
-    whose runs clearly cannot fit in that device's memory, and a ``--partattn-steps`` whose record cannot
-    (once, before any item runs)."""
+    """:func:`partattn_checks.capture.runspec.resolve_device` for ``--partattn-device`` (imports torch, but
+    not for ``cpu``): a device that is not there is a ``UsageError`` naming the option; so is a
+    ``--partattn-num-tokens`` whose runs clearly cannot fit in that device's memory, and a
+    ``--partattn-steps`` whose record cannot (once, before any item runs)."""
     try:
         choice = runspec.resolve_device(settings.device, worker_id, spread=spread)
     except runspec.RunSpecError as err:
