@@ -22,12 +22,14 @@ from .panels import (
     MIN_FONT_PT,
     TITLE_FONT_PT,
     RenderError,
+    _label_insets,
     _lines,
     _new_figure,
     _output,
     _panel_array,
     _Scale,
     _show,
+    _single_panel,
     _title,
     _to_numpy,
     _to_rgb,
@@ -57,10 +59,13 @@ def _heatmap_fig(
         raise RenderError(f"heatmap expects one (queries, keys) map, got shape {A.shape}")
     sc = _Scale(vmax, scale)
     fig = _new_figure((5.0, 4.0), max_px)
-    ax = fig.add_subplot()
+    text = _wrap(_title(title, layer, step, part, head), 3.6)
+    left_in, bottom_in = _label_insets("qk", A.shape)
+    placed = _single_panel(fig, sc, title_lines=_lines(text), left_in=left_in, bottom_in=bottom_in, square=False)
+    ax = placed.axes[0]
     _show(ax, _panel_array(A, sc), sc)
-    ax.set_title(_wrap(_title(title, layer, step, part, head), 3.6) or "", fontsize=TITLE_FONT_PT)
-    sc.colorbar(fig, ax, A.shape[-1])
+    ax.set_title(text or "", fontsize=TITLE_FONT_PT)
+    sc.colorbar(fig, placed.cax, A.shape[-1])
     return fig
 
 
@@ -138,10 +143,11 @@ def _overlay_fig(
     sc = _Scale(vmax, scale)
     text = _wrap(_title(title, layer, step, part, head), 2.9)  # the axes width: the title is centred on it
     fig = _new_figure((4.4, 3.5 + 0.22 * _lines(text)), max_px)
-    ax = fig.add_subplot()
+    placed = _single_panel(fig, sc, title_lines=_lines(text))
+    ax = placed.axes[0]
     _show(ax, _panel_array(marginal, sc, grid, _to_rgb(image)), sc)
     ax.set_title(text or "", fontsize=TITLE_FONT_PT)
-    sc.colorbar(fig, ax, marginal.shape[0])
+    sc.colorbar(fig, placed.cax, marginal.shape[0])
     return fig
 
 
@@ -247,7 +253,7 @@ def _timeline_fig(
     entries = (0 if colour_bar else n_layers) + sum(x is not None for x in (judged, value, threshold))
     legend_cols = 2 if entries > 3 else 1
     legend_rows = math.ceil(entries / legend_cols)
-    fig = _new_figure((5.8, 3.6 + 0.2 * legend_rows), max_px)  # the legend goes below the axes
+    fig = _new_figure((5.8, 3.6 + 0.2 * legend_rows), max_px, layout="constrained")  # the legend goes below the axes
     ax = fig.add_subplot()
     cmap = colormaps["viridis"] if colour_bar else colormaps["tab10"]
     marker = "o" if len(steps) <= 25 else None
