@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import cast, overload
+from typing import Any, cast, overload
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -287,14 +287,18 @@ def _part_panel_fig(
 _STRIPS_IN = 6.0
 
 
-def _part_panel_title(n_parts: int, grid, has_image: bool, ncols: int | None, text: str | None) -> str | None:
+def _part_panel_title(
+    n_parts: int, grid: tuple[int, int] | None, has_image: bool, ncols: int | None, text: str | None
+) -> str | None:
     """The part panel's title ``text`` wrapped to the figure's width."""
     if grid is None:
         return _wrap(text, _STRIPS_IN - 1.6)
     return _wrap(text, panel_layout(n_parts + has_image, ncols=ncols).figsize[0] - 0.3)
 
 
-def _part_panel_shots(frames: np.ndarray, grid, image, titles: list[str], **kwargs) -> list[np.ndarray]:
+def _part_panel_shots(
+    frames: np.ndarray, grid: tuple[int, int] | None, image: ImageInput | None, titles: list[str], **kwargs: Any
+) -> list[np.ndarray]:
     """Each (parts, Nk) frame's part panel titled ``titles[i]``, as (H, W, 3) uint8 arrays. Frames whose
     titles wrap to as many lines share one layout: one figure, its images and title updated per frame."""
     n_parts, layer = frames.shape[1], kwargs.get("layer")
@@ -307,7 +311,7 @@ def _part_panel_shots(frames: np.ndarray, grid, image, titles: list[str], **kwar
     rgb = None if image is None or grid is None else _to_rgb(image)
     panels = fig.axes[:-1][-n_parts:] if grid is not None else fig.axes[:1]  # the last axes: the colour bar
     images = [ax.get_images()[0] for ax in panels]
-    title = fig._suptitle if grid is not None else panels[0].title
+    title = cast("Any", fig)._suptitle if grid is not None else panels[0].title
     shots = _Frames(fig, images, [title] if title is not None else [])
     out = []
     for frame, text in zip(frames, wrapped, strict=True):

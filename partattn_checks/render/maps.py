@@ -10,9 +10,12 @@ from typing import overload
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 from matplotlib.ticker import MaxNLocator
 
 from .grids import multi_head_grid as multi_head_grid
@@ -325,14 +328,22 @@ def _timeline_fig(
     return fig
 
 
-def _place_timeline(fig: Figure, ax, legend, cax, bar_labels: list[str], title_lines: int, ylabel_lines: int) -> None:
+def _place_timeline(
+    fig: Figure,
+    ax: Axes,
+    legend: Legend | None,
+    cax: Axes | None,
+    bar_labels: list[str],
+    title_lines: int,
+    ylabel_lines: int,
+) -> None:
     """Place the timeline's axes (and its colour bar) in inches: the title above, the y tick labels and
     label left, the x tick labels, label and the legend (measured) below, the colour bar right."""
     width, height = fig.get_size_inches()
     top = _PAD_IN + (_lines_in(TITLE_FONT_PT, title_lines) + _TITLE_PAD_IN if title_lines else 0.0)
     bottom = _PAD_IN + _lines_in(MIN_FONT_PT) + _TICK_IN + _lines_in(LABEL_FONT_PT) + _LABELPAD_IN
     if legend is not None:
-        bottom += legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + 0.08
+        bottom += legend.get_window_extent().height / fig.dpi + 0.08  # on the figure's renderer
     right = _PAD_IN + 0.15  # half of the last x tick label
     if cax is not None:
         widest = max(text_width_in(label, MIN_FONT_PT) for label in bar_labels)
@@ -359,7 +370,7 @@ def _place_timeline(fig: Figure, ax, legend, cax, bar_labels: list[str], title_l
         cax.set_position(((width - right + 0.12) / width, bottom / height, 0.15 / width, h / height))
 
 
-def _tick_labels(axis) -> tuple[list[str], str]:
+def _tick_labels(axis: Axis) -> tuple[list[str], str]:
     """The tick labels ``axis`` will draw (in its view) and its offset text, without drawing it."""
     low, high = sorted(axis.get_view_interval())
     locs = [t for t in axis.get_major_locator()() if low - 1e-9 * abs(high - low) <= t <= high + 1e-9 * abs(high - low)]

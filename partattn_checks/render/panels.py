@@ -140,6 +140,7 @@ def _measuring_renderer() -> RendererAgg:
     return RendererAgg(1, 1, 72)  # at 72 dpi one pixel is one point
 
 
+@functools.lru_cache(maxsize=4096)  # titles, labels and their wrapping candidates repeat across figures
 def text_width_in(text: str, fontsize: float = TITLE_FONT_PT) -> float:
     """Width in inches of one line of ``text`` at ``fontsize`` points, as matplotlib draws it."""
     width, _, _ = _measuring_renderer().get_text_width_height_descent(text, FontProperties(size=fontsize), False)
@@ -350,14 +351,12 @@ def _fraction(t: float) -> str:
 # --------------------------------------------------------------------------- figure plumbing
 
 
-def _new_figure(
-    figsize: tuple[float, float], max_px: int, dpi: float | None = None, layout: str | None = None
-) -> Figure:
-    """A figure of ``figsize`` inches at :func:`figure_dpi` (or ``dpi``), by default without a layout
-    engine: its axes are placed in inches by the functions below (a savefig is then one draw;
-    matplotlib's constrained layout measures every artist twice per savefig, most of a figure's time)."""
+def _new_figure(figsize: tuple[float, float], max_px: int, dpi: float | None = None) -> Figure:
+    """A figure of ``figsize`` inches at :func:`figure_dpi` (or ``dpi``), without a layout engine: its
+    axes are placed in inches by the functions below (a savefig is then one draw; matplotlib's
+    constrained layout measures every artist twice per savefig, most of a figure's time)."""
     dpi = figure_dpi(figsize, max_px) if dpi is None else dpi
-    fig = Figure(figsize=figsize, dpi=dpi, layout=layout)
+    fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
@@ -396,6 +395,7 @@ class _Frames:
     order of a full draw (an image, then its axes' frame, then titles), instead of a full draw per frame."""
 
     def __init__(self, fig: Figure, images: list, titles: list):
+        assert isinstance(fig.canvas, FigureCanvasAgg)  # _new_figure's canvas
         self.fig, self.canvas = fig, fig.canvas
         spines = [s for im in images if im.axes.axison for s in im.axes.spines.values() if s.get_visible()]
         self.changing = [*images, *spines, *titles]
