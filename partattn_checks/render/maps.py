@@ -339,11 +339,14 @@ def _place_timeline(
 ) -> None:
     """Place the timeline's axes (and its colour bar) in inches: the title above, the y tick labels and
     label left, the x tick labels, label and the legend (measured) below, the colour bar right."""
-    width, height = fig.get_size_inches()
+    width, height = (float(x) for x in fig.get_size_inches())
     top = _PAD_IN + (_lines_in(TITLE_FONT_PT, title_lines) + _TITLE_PAD_IN if title_lines else 0.0)
     bottom = _PAD_IN + _lines_in(MIN_FONT_PT) + _TICK_IN + _lines_in(LABEL_FONT_PT) + _LABELPAD_IN
+    legend_w = 0.0
     if legend is not None:
-        bottom += legend.get_window_extent().height / fig.dpi + 0.08  # on the figure's renderer
+        box = legend.get_window_extent()  # on the figure's renderer
+        bottom += box.height / fig.dpi + 0.08
+        legend_w = box.width / fig.dpi
     right = _PAD_IN + 0.15  # half of the last x tick label
     if cax is not None:
         widest = max(text_width_in(label, MIN_FONT_PT) for label in bar_labels)
@@ -360,12 +363,15 @@ def _place_timeline(
     h = height - top - extra_top - bottom
     ax.set_position((left / width, bottom / height, (width - left - right) / width, h / height))
     middle = (left + width - right) / 2
+
+    def inside(half: float) -> float:  # centred on the axes, but inside the figure when wider than they are
+        return min(max(middle, _PAD_IN + half), width - _PAD_IN - half) if 2 * half < width - 2 * _PAD_IN else width / 2
+
     if legend is not None:
-        legend.set_bbox_to_anchor((middle / width, _PAD_IN / height), fig.transFigure)
-    if title_lines:  # centred on the axes, but inside the figure when it is wider than they are
+        legend.set_bbox_to_anchor((inside(legend_w / 2) / width, _PAD_IN / height), fig.transFigure)
+    if title_lines:
         half = max(text_width_in(line) for line in ax.get_title().split("\n")) / 2
-        centre = min(max(middle, _PAD_IN + half), width - _PAD_IN - half)
-        ax.title.set_x((centre - left) / (width - left - right))
+        ax.title.set_x((inside(half) - left) / (width - left - right))
     if cax is not None:
         cax.set_position(((width - right + 0.12) / width, bottom / height, 0.15 / width, h / height))
 
