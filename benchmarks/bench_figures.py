@@ -15,7 +15,9 @@ in seconds, and the ratio. ``render_record``
 is the whole ``partattn run`` page of a synthetic record shaped like the tiny checkpoint's (10 steps,
 5 layers, 2 parts, 4 heads, 8x8 patch grid, one full map) on a 112 px image: its 16 figures and 2 GIFs.
 
-No model is loaded (a record is made from random numbers); about 30-50 s on an idle 2-core machine.
+No model is loaded (a record is made from random numbers). Each side draws every kind 1 + ``--reps`` times:
+the whole run is ~2x the sum of the table's two columns (2m51s at load 5 on a shared 2-core machine with
+--reps 2, on 2026-12-08; under a minute when the machine is idle with the default --reps 1).
 """
 
 from __future__ import annotations
@@ -228,7 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=DEFAULT_BASE, help=f"git revision to compare with (default {DEFAULT_BASE})")
     parser.add_argument("--only-current", action="store_true", help="time this checkout only")
-    parser.add_argument("--reps", type=int, default=2, help="timed draws per kind (the fastest is shown)")
+    parser.add_argument("--reps", type=int, default=1, help="timed draws per kind (the fastest is shown)")
     parser.add_argument("--no-record", action="store_true", help="skip the whole render_record page")
     parser.add_argument("--only", help="only the kinds whose name contains this")
     parser.add_argument("--save", help="keep each kind's figure under SAVE/current/ and SAVE/base/ (to look at)")
