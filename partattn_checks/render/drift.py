@@ -33,7 +33,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .panels import DPI, MIN_PANEL_PX, RenderError, _on_image, _panel_array, _Scale, _to_rgb
+from .panels import DPI, MIN_PANEL_PX, PNG_COMPRESS_LEVEL, RenderError, _on_image, _panel_array, _Scale, _to_rgb
 from .panels import MIN_FONT_PT as FONT  # the figure-size rule all figures share (render.panels)
 
 PANEL_IN = max(2.4, MIN_PANEL_PX / DPI)  # inches per map panel: 240 px at DPI
@@ -51,7 +51,7 @@ def drift_figure(drift, image=None, *, path=None, delta_scale=None):
     """
     fig = _drift_fig(drift, image, delta_scale)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     if path is None:
         return buf.getvalue()
     from pathlib import Path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import cast, overload
+from typing import Any, cast, overload
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -13,6 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .panels import (
+    _INDEX_TICK_IN,
+    _TICK_IN,
     LABEL_FONT_PT,
     MIN_FONT_PT,
     TITLE_FONT_PT,
@@ -23,19 +25,26 @@ from .panels import (
     OutPath,
     RenderError,
     _check_grid,
+    _digits_in,
+    _figure_rgb,
+    _Frames,
+    _label_insets,
     _lines,
+    _lines_in,
     _new_figure,
     _output,
     _panel_array,
     _panel_grid,
     _Scale,
     _show,
+    _single_panel,
     _title,
     _to_numpy,
     _to_rgb,
     _wrap,
     figure_dpi,
     panel_layout,
+    text_width_in,
 )
 
 
@@ -83,20 +92,44 @@ def _multi_head_fig(
     if labels:  # room for the index ticks left of and below the panels
         figsize = (figsize[0] + _TICKS_IN, figsize[1] + _TICKS_IN)
     fig = _new_figure(figsize, max_px, figure_dpi(figsize, max_px))
-    axes = _panel_grid(fig, n_heads, layout.ncols)
+    left_in = bottom_in = 0.0
+    if labels:  # index labels (left column, bottom row) and the figure's axis labels
+        tick_row = _lines_in(MIN_FONT_PT) + _INDEX_TICK_IN
+        bottom_in = tick_row + 0.06 + _lines_in(LABEL_FONT_PT)
+        if maps.shape[1] > 1:
+            left_in = _digits_in(maps.shape[1]) + _INDEX_TICK_IN + 0.06
+        if ylabel:
+            left_in += _lines_in(LABEL_FONT_PT) + 0.04
+    placed = _panel_grid(
+        fig, n_heads, layout.ncols, sc, title_lines=_lines(suptitle), left_in=left_in, bottom_in=bottom_in
+    )
+    axes = placed.axes
     for h, ax in enumerate(axes):
         _show(ax, _panel_array(maps[h], sc, grid, rgb), sc, labels=False)
         ax.set_title(f"head {h}", fontsize=LABEL_FONT_PT, pad=3)
         if labels:
             _index_ticks(ax, maps[h].shape, left=h % layout.ncols == 0, bottom=h + layout.ncols >= n_heads)
+    width, height = figsize
     if labels:
-        fig.supxlabel("key index", fontsize=LABEL_FONT_PT)
+        middle, low = (placed.left + placed.right) / 2 / width, (placed.bottom - bottom_in) / height
+        fig.supxlabel("key index", fontsize=LABEL_FONT_PT, x=middle, y=low, va="bottom")
         if ylabel:
-            fig.supylabel("query index" if ylabel == "queries" else ylabel, fontsize=LABEL_FONT_PT)
+            fig.supylabel(
+                "query index" if ylabel == "queries" else ylabel,
+                fontsize=LABEL_FONT_PT,
+                x=(placed.left - left_in) / width,
+                y=(placed.bottom + placed.top - _title_in(suptitle)) / 2 / height,
+                ha="left",
+            )
     if suptitle:
-        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT)
-    sc.colorbar(fig, axes, maps.shape[-1])
+        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT, y=placed.top / height, va="top")
+    sc.colorbar(fig, placed.cax, maps.shape[-1])
     return fig
+
+
+def _title_in(suptitle: str | None) -> float:
+    """Height of a figure title (and its gap to the panels' title band) in inches."""
+    return _lines_in(TITLE_FONT_PT, _lines(suptitle)) + 0.06 if suptitle else 0.0
 
 
 #: Inches added to a bare heads grid for its index ticks.
@@ -214,25 +247,29 @@ def _part_panel_fig(
         raise RenderError(f"part_panel expects (parts, Nk) key marginals, got shape {marginals.shape}")
     sc = _Scale(vmax, scale)
     n_parts, nk = marginals.shape
-    suptitle = _title(title, layer, step, None, head)
+    suptitle = _part_panel_title(n_parts, grid, image is not None, ncols, _title(title, layer, step, None, head))
     if grid is None:  # strips: one row per part
-        width = 6.0
-        suptitle = _wrap(suptitle, width - 1.6)
+        width = _STRIPS_IN
         fig = _new_figure((width, 1.5 + 0.4 * n_parts + 0.25 * _lines(suptitle)), max_px)
-        ax = fig.add_subplot()
+        names = [f"part {p}" for p in range(n_parts)]
+        _, bottom_in = _label_insets("strip", (n_parts, nk))
+        left_in = max(text_width_in(name, MIN_FONT_PT) for name in names) + _TICK_IN
+        placed = _single_panel(
+            fig, sc, title_lines=_lines(suptitle), left_in=left_in, bottom_in=bottom_in, square=False
+        )
+        ax = placed.axes[0]
         _show(ax, (sc.values(marginals), "strip"), sc)
-        ax.set_yticks(range(n_parts), [f"part {p}" for p in range(n_parts)])
+        ax.set_yticks(range(n_parts), names)
         ax.set_title(suptitle or "", fontsize=TITLE_FONT_PT)
-        sc.colorbar(fig, ax, nk)
+        sc.colorbar(fig, placed.cax, nk)
         return fig
     _check_grid(grid, nk)
     rgb = None if image is None else _to_rgb(image)
     n_panels = n_parts + (rgb is not None)
-    probe = panel_layout(n_panels, ncols=ncols)
-    suptitle = _wrap(suptitle, probe.figsize[0] - 0.3)
-    layout = panel_layout(n_panels, ncols=probe.ncols, max_px=max_px, title_lines=_lines(suptitle))
+    layout = panel_layout(n_panels, ncols=ncols, max_px=max_px, title_lines=_lines(suptitle))
     fig = _new_figure(layout.figsize, max_px, layout.dpi)
-    axes = _panel_grid(fig, n_panels, layout.ncols)
+    placed = _panel_grid(fig, n_panels, layout.ncols, sc, title_lines=_lines(suptitle))
+    axes = placed.axes
     if rgb is not None:
         axes[0].imshow(rgb)
         axes[0].set_axis_off()
@@ -241,9 +278,52 @@ def _part_panel_fig(
         _show(ax, _panel_array(marginals[p], sc, grid, rgb), sc, labels=False)
         ax.set_title(f"part {p}", fontsize=LABEL_FONT_PT, pad=3)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT)
-    sc.colorbar(fig, axes[n_panels - n_parts :], nk)
+        fig.suptitle(suptitle, fontsize=TITLE_FONT_PT, y=placed.top / layout.figsize[1], va="top")
+    sc.colorbar(fig, placed.cax, nk)
     return fig
+
+
+#: Width of a part panel of strips (no patch grid), inches.
+_STRIPS_IN = 6.0
+
+
+def _part_panel_title(
+    n_parts: int, grid: tuple[int, int] | None, has_image: bool, ncols: int | None, text: str | None
+) -> str | None:
+    """The part panel's title ``text`` wrapped to the figure's width."""
+    if grid is None:
+        return _wrap(text, _STRIPS_IN - 1.6)
+    return _wrap(text, panel_layout(n_parts + has_image, ncols=ncols).figsize[0] - 0.3)
+
+
+def _part_panel_shots(
+    frames: np.ndarray, grid: tuple[int, int] | None, image: ImageInput | None, titles: list[str], **kwargs: Any
+) -> list[np.ndarray]:
+    """Each (parts, Nk) frame's part panel titled ``titles[i]``, as (H, W, 3) uint8 arrays. Frames whose
+    titles wrap to as many lines share one layout: one figure, its images and title updated per frame."""
+    n_parts, layer = frames.shape[1], kwargs.get("layer")
+    wrapped = [_part_panel_title(n_parts, grid, image is not None, None, _title(t, layer)) for t in titles]
+    if len({_lines(w) for w in wrapped}) > 1:  # the layouts differ: one figure each
+        pairs = zip(frames, titles, strict=True)
+        return [_figure_rgb(_part_panel_fig(f, grid, image, title=t, **kwargs)) for f, t in pairs]
+    fig = _part_panel_fig(frames[0], grid, image, title=titles[0], **kwargs)
+    sc = _Scale(kwargs.get("vmax", 8.0), kwargs.get("scale", "log"))
+    rgb = None if image is None or grid is None else _to_rgb(image)
+    panels = fig.axes[:-1][-n_parts:] if grid is not None else fig.axes[:1]  # the last axes: the colour bar
+    images = [ax.get_images()[0] for ax in panels]
+    title = cast("Any", fig)._suptitle if grid is not None else panels[0].title
+    shots = _Frames(fig, images, [title] if title is not None else [])
+    out = []
+    for frame, text in zip(frames, wrapped, strict=True):
+        if grid is None:
+            images[0].set_data(sc.values(frame))
+        else:
+            for im, row in zip(images, frame, strict=True):
+                im.set_data(_panel_array(row, sc, grid, rgb)[0])
+        if title is not None:
+            title.set_text(text or "")
+        out.append(shots.rgb())
+    return out
 
 
 @overload

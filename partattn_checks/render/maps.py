@@ -10,28 +10,39 @@ from typing import overload
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 from matplotlib.ticker import MaxNLocator
 
 from .grids import multi_head_grid as multi_head_grid
 from .grids import part_panel as part_panel
 from .panels import (
+    _LABELPAD_IN,
+    _PAD_IN,
+    _TICK_IN,
+    _TITLE_PAD_IN,
     LABEL_FONT_PT,
     MIN_FONT_PT,
     TITLE_FONT_PT,
     RenderError,
+    _label_insets,
     _lines,
+    _lines_in,
     _new_figure,
     _output,
     _panel_array,
     _Scale,
     _show,
+    _single_panel,
     _title,
     _to_numpy,
     _to_rgb,
     _wrap,
+    text_width_in,
 )
 from .panels import ArrayInput as ArrayInput
 from .panels import HeadLabel as HeadLabel
@@ -57,10 +68,13 @@ def _heatmap_fig(
         raise RenderError(f"heatmap expects one (queries, keys) map, got shape {A.shape}")
     sc = _Scale(vmax, scale)
     fig = _new_figure((5.0, 4.0), max_px)
-    ax = fig.add_subplot()
+    text = _wrap(_title(title, layer, step, part, head), 3.6)
+    left_in, bottom_in = _label_insets("qk", A.shape)
+    placed = _single_panel(fig, sc, title_lines=_lines(text), left_in=left_in, bottom_in=bottom_in, square=False)
+    ax = placed.axes[0]
     _show(ax, _panel_array(A, sc), sc)
-    ax.set_title(_wrap(_title(title, layer, step, part, head), 3.6) or "", fontsize=TITLE_FONT_PT)
-    sc.colorbar(fig, ax, A.shape[-1])
+    ax.set_title(text or "", fontsize=TITLE_FONT_PT)
+    sc.colorbar(fig, placed.cax, A.shape[-1])
     return fig
 
 
@@ -138,10 +152,11 @@ def _overlay_fig(
     sc = _Scale(vmax, scale)
     text = _wrap(_title(title, layer, step, part, head), 2.9)  # the axes width: the title is centred on it
     fig = _new_figure((4.4, 3.5 + 0.22 * _lines(text)), max_px)
-    ax = fig.add_subplot()
+    placed = _single_panel(fig, sc, title_lines=_lines(text))
+    ax = placed.axes[0]
     _show(ax, _panel_array(marginal, sc, grid, _to_rgb(image)), sc)
     ax.set_title(text or "", fontsize=TITLE_FONT_PT)
-    sc.colorbar(fig, ax, marginal.shape[0])
+    sc.colorbar(fig, placed.cax, marginal.shape[0])
     return fig
 
 
@@ -248,7 +263,7 @@ def _timeline_fig(
     legend_cols = 2 if entries > 3 else 1
     legend_rows = math.ceil(entries / legend_cols)
     fig = _new_figure((5.8, 3.6 + 0.2 * legend_rows), max_px)  # the legend goes below the axes
-    ax = fig.add_subplot()
+    ax = fig.add_axes((0.15, 0.3, 0.7, 0.6))  # placed by _place_timeline once its texts are known
     cmap = colormaps["viridis"] if colour_bar else colormaps["tab10"]
     marker = "o" if len(steps) <= 25 else None
     thin = judged is not None  # the layers are context, the judged series is the line to read
@@ -279,29 +294,94 @@ def _timeline_fig(
     elif len(steps) > 1 and np.isfinite(steps).all():  # every step, even where the values are NaN
         pad = 0.04 * (steps.max() - steps.min())
         ax.set_xlim(steps.min() - pad, steps.max() + pad)
-    ax.set_ylabel(_wrap(metric, 3.0, LABEL_FONT_PT) or "", fontsize=LABEL_FONT_PT)
+    ylabel = _wrap(metric, 3.0, LABEL_FONT_PT) or ""
+    ax.set_ylabel(ylabel, fontsize=LABEL_FONT_PT)
     ax.tick_params(labelsize=MIN_FONT_PT)
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(_wrap(title, 5.0) or "", fontsize=TITLE_FONT_PT)
+    heading = _wrap(title, 5.0) if title else None
+    if heading:
+        ax.set_title(heading, fontsize=TITLE_FONT_PT)
+    legend = None
     if ax.get_legend_handles_labels()[1]:  # below the axes, never over the lines
-        ax.legend(
+        legend = ax.legend(
             fontsize=MIN_FONT_PT,
             ncols=legend_cols,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.16),
+            loc="lower center",
+            bbox_to_anchor=(0.5, _PAD_IN / fig.get_size_inches()[1]),
+            bbox_transform=fig.transFigure,
             frameon=False,
             handlelength=1.8,
             columnspacing=1.2,
         )
+    bar_labels: list[str] = []
+    cax = None
     if colour_bar:
         mappable = ScalarMappable(norm=Normalize(0, n_layers - 1), cmap=cmap)
-        cbar = fig.colorbar(mappable, ax=ax, pad=0.02)
+        cax = fig.add_axes((0.9, 0.3, 0.03, 0.6))
+        cbar = fig.colorbar(mappable, cax=cax)
         ticks = np.unique(np.linspace(0, n_layers - 1, min(n_layers, 6)).round().astype(int)).tolist()
-        cbar.set_ticks(ticks, labels=[str(layer_names[t]) for t in ticks])
+        bar_labels = [str(layer_names[t]) for t in ticks]
+        cbar.set_ticks(ticks, labels=bar_labels)
         cbar.set_label("layer", fontsize=LABEL_FONT_PT)
         cbar.ax.tick_params(labelsize=MIN_FONT_PT)
+    _place_timeline(fig, ax, legend, cax, bar_labels, _lines(heading), _lines(ylabel))
     return fig
+
+
+def _place_timeline(
+    fig: Figure,
+    ax: Axes,
+    legend: Legend | None,
+    cax: Axes | None,
+    bar_labels: list[str],
+    title_lines: int,
+    ylabel_lines: int,
+) -> None:
+    """Place the timeline's axes (and its colour bar) in inches: the title above, the y tick labels and
+    label left, the x tick labels, label and the legend (measured) below, the colour bar right."""
+    width, height = (float(x) for x in fig.get_size_inches())
+    top = _PAD_IN + (_lines_in(TITLE_FONT_PT, title_lines) + _TITLE_PAD_IN if title_lines else 0.0)
+    bottom = _PAD_IN + _lines_in(MIN_FONT_PT) + _TICK_IN + _lines_in(LABEL_FONT_PT) + _LABELPAD_IN
+    legend_w = 0.0
+    if legend is not None:
+        box = legend.get_window_extent()  # on the figure's renderer
+        bottom += box.height / fig.dpi + 0.08
+        legend_w = box.width / fig.dpi
+    right = _PAD_IN + 0.15  # half of the last x tick label
+    if cax is not None:
+        widest = max(text_width_in(label, MIN_FONT_PT) for label in bar_labels)
+        right = _PAD_IN + 0.12 + 0.15 + _TICK_IN + widest + _LABELPAD_IN + _lines_in(LABEL_FONT_PT)
+    y_label = _lines_in(LABEL_FONT_PT, max(ylabel_lines, 1)) + _LABELPAD_IN
+    left, extra_top = _PAD_IN + y_label + _TICK_IN + 0.3, 0.0
+    for _ in range(2):  # the y ticks follow the axes' height, the axes' width their labels
+        h = height - top - extra_top - bottom
+        ax.set_position((left / width, bottom / height, (width - left - right) / width, h / height))
+        ticks, offset = _tick_labels(ax.yaxis)
+        widest = max([text_width_in(t, MIN_FONT_PT) for t in ticks] or [0.0])
+        left = _PAD_IN + y_label + _TICK_IN + widest
+        extra_top = _lines_in(MIN_FONT_PT) if offset else 0.0
+    h = height - top - extra_top - bottom
+    ax.set_position((left / width, bottom / height, (width - left - right) / width, h / height))
+    middle = (left + width - right) / 2
+
+    def inside(half: float) -> float:  # centred on the axes, but inside the figure when wider than they are
+        return min(max(middle, _PAD_IN + half), width - _PAD_IN - half) if 2 * half < width - 2 * _PAD_IN else width / 2
+
+    if legend is not None:
+        legend.set_bbox_to_anchor((inside(legend_w / 2) / width, _PAD_IN / height), fig.transFigure)
+    if title_lines:
+        half = max(text_width_in(line) for line in ax.get_title().split("\n")) / 2
+        ax.title.set_x((inside(half) - left) / (width - left - right))
+    if cax is not None:
+        cax.set_position(((width - right + 0.12) / width, bottom / height, 0.15 / width, h / height))
+
+
+def _tick_labels(axis: Axis) -> tuple[list[str], str]:
+    """The tick labels ``axis`` will draw (in its view) and its offset text, without drawing it."""
+    low, high = sorted(axis.get_view_interval())
+    locs = [t for t in axis.get_major_locator()() if low - 1e-9 * abs(high - low) <= t <= high + 1e-9 * abs(high - low)]
+    formatter = axis.get_major_formatter()
+    return formatter.format_ticks(locs), formatter.get_offset()
 
 
 def _y_range(

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..base.atomic import atomic_write_bytes
-from .panels import DPI
+from .panels import DPI, PNG_COMPRESS_LEVEL
 
 FONT_PT = 10.5
 TITLE_PT = 12.0
@@ -41,7 +41,7 @@ def _figure(width_in: float, height_in: float) -> Figure:
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 
