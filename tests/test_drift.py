@@ -295,9 +295,7 @@ def test_identical_summaries_do_not_drift(L, P, seed):
 
 
 # ----------------------------------------------------------------------------- the figure
-@pytest.mark.parametrize("parts", [1, 2, 4])
-@pytest.mark.parametrize("grid", [(8, 8), (16, 16)])
-def test_drift_figure_keeps_panels_and_text_readable(tmp_path, parts, grid):
+def _moved_at_layer_3(parts: int, grid: tuple[int, int]) -> AttentionDrift:
     L = 5
     focus = [[p for p in range(parts)] for _ in range(L)]
     focus[3] = [p + grid[1] + 3 for p in range(parts)]
@@ -306,7 +304,19 @@ def test_drift_figure_keeps_panels_and_text_readable(tmp_path, parts, grid):
         AttentionSummary.from_record(_record(S=2, L=L, P=parts, grid=grid, focus=focus)),
     )
     assert d.layer == "blocks.3.attn2"
-    image = Image.open(REPO / "fixtures" / "images" / "np4_four_shapes.png").convert("RGB").resize((224, 224))
+    return d
+
+
+def _encoder_view() -> Image.Image:
+    return Image.open(REPO / "fixtures" / "images" / "np4_four_shapes.png").convert("RGB").resize((224, 224))
+
+
+#: The sizes depend on the number of parts only (one row of panels each); the patch grid only reshapes each
+#: row's maps (the embedded model's 8x8, the release's 16x16 at its 4 parts), the same drawing either way.
+@pytest.mark.parametrize("parts, grid", [(1, (8, 8)), (2, (8, 8)), (4, (8, 8)), (4, (16, 16))])
+def test_drift_figure_keeps_panels_and_text_readable(tmp_path, parts, grid):
+    d = _moved_at_layer_3(parts, grid)
+    image = _encoder_view()
     path = drift_render.drift_figure(d, image, path=tmp_path / f"drift{parts}.png")
     with Image.open(path) as png:
         width, height = png.size
@@ -314,10 +324,14 @@ def test_drift_figure_keeps_panels_and_text_readable(tmp_path, parts, grid):
     assert drift_render.PANEL_IN * drift_render.DPI >= 180 and drift_render.FONT >= 10
     assert width >= 3 * 180 and height >= 250 + parts * 180
     assert many_colours  # over 500 colours: maps on the image, not a blank canvas
-    # without an image: the patch grid; without a grid: one strip per part
+
+
+def test_drift_figure_without_an_image_or_a_grid():
+    """Without an image: the patch grid; without a grid: one strip per part (two parts: one marked "most")."""
+    d = _moved_at_layer_3(2, (8, 8))
     assert drift_render.drift_figure(d)[:4] == b"\x89PNG"
     no_grid = replace(d, grid=None)
-    assert drift_render.drift_figure(no_grid, image)[:4] == b"\x89PNG"
+    assert drift_render.drift_figure(no_grid, _encoder_view())[:4] == b"\x89PNG"
 
 
 def _drift(shift: int = 3, parts: int = 2) -> AttentionDrift:
