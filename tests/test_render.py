@@ -21,6 +21,7 @@ from partattn_checks.render import gif as render_gif
 from partattn_checks.render import grids as render_grids
 from partattn_checks.render import maps as render_figures
 from partattn_checks.render import panels as render_panels
+from partattn_checks.render.outline import OUTLINE_RGB
 from partattn_checks.render.panels import _Scale
 
 GRID = (16, 16)
@@ -335,7 +336,7 @@ def test_uniform_overlay_is_neutral_with_the_image_as_green_outlines(picture):
     assert not (off_neutral & ~edges).any(), "colour off the neutral away from the image's edges"
     assert 0.005 < off_neutral.mean() < 0.2  # the outlines are drawn, and thin
     assert _green(pixels)[off_neutral].mean() > 0.6
-    assert render_panels.OUTLINE_RGB[1] > 2 * max(render_panels.OUTLINE_RGB[0], render_panels.OUTLINE_RGB[2])
+    assert OUTLINE_RGB[1] > 2 * max(OUTLINE_RGB[0], OUTLINE_RGB[2])
 
 
 @pytest.mark.parametrize("scale", ["log", "linear"])

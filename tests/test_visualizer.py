@@ -460,7 +460,7 @@ def _share_near(png_or_path, colour, tol: float = 3.0) -> float:
 
 
 def _share_outline(png_or_path) -> float:
-    """Share of pixels in the image-outline green (``panels.OUTLINE_RGB``, antialiased): green well above
+    """Share of pixels in the image-outline green (``outline.OUTLINE_RGB``, antialiased): green well above
     red and blue, which the attention colour maps never are."""
     rgb = _pixels(png_or_path)
     return float((rgb[:, 1] - rgb[:, [0, 2]].max(axis=1) > 50).mean())

@@ -8,7 +8,7 @@ logarithmic and symmetric around 1 (``1/vmax .. vmax``, diverging colormap), so:
 * keys attended more than uniform are warm, keys attended less are cool;
 * values outside the range saturate (the colorbar shows arrows); NaN/Inf show in black;
 * on an image (overlays, part panels and head grids with ``image``, GIF frames) the attention is
-  drawn opaque and the image only as green outlines (``panels.OUTLINE_RGB``), never as a grey
+  drawn opaque and the image only as green outlines (``outline.OUTLINE_RGB``), never as a grey
   backdrop whose brightness would read as attention.
 
 ``scale="linear"`` gives ``0 .. vmax`` on a sequential colormap instead. There is no

@@ -33,7 +33,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .panels import DPI, MIN_PANEL_PX, PNG_COMPRESS_LEVEL, RenderError, _on_image, _panel_array, _Scale, _to_rgb
+from .outline import _on_image
+from .panels import DPI, MIN_PANEL_PX, PNG_COMPRESS_LEVEL, RenderError, _panel_array, _Scale, _to_rgb
 from .panels import MIN_FONT_PT as FONT  # the figure-size rule all figures share (render.panels)
 
 PANEL_IN = max(2.4, MIN_PANEL_PX / DPI)  # inches per map panel: 240 px at DPI

@@ -8,16 +8,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .layout import (
+    _label_insets,
+    _single_panel,
+)
 from .panels import (
     TITLE_FONT_PT,
     RenderError,
     _Frames,
-    _label_insets,
     _new_figure,
     _panel_array,
     _Scale,
     _show,
-    _single_panel,
     _to_numpy,
     _to_rgb,
     _wrap,

@@ -12,9 +12,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .panels import (
+from .layout import (
     _INDEX_TICK_IN,
     _TICK_IN,
+    _digits_in,
+    _label_insets,
+    _lines_in,
+    _panel_grid,
+    _single_panel,
+)
+from .panels import (
     LABEL_FONT_PT,
     MIN_FONT_PT,
     TITLE_FONT_PT,
@@ -25,19 +32,14 @@ from .panels import (
     OutPath,
     RenderError,
     _check_grid,
-    _digits_in,
     _figure_rgb,
     _Frames,
-    _label_insets,
     _lines,
-    _lines_in,
     _new_figure,
     _output,
     _panel_array,
-    _panel_grid,
     _Scale,
     _show,
-    _single_panel,
     _title,
     _to_numpy,
     _to_rgb,

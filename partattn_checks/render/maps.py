@@ -20,24 +20,26 @@ from matplotlib.ticker import MaxNLocator
 
 from .grids import multi_head_grid as multi_head_grid
 from .grids import part_panel as part_panel
-from .panels import (
+from .layout import (
     _LABELPAD_IN,
     _PAD_IN,
     _TICK_IN,
     _TITLE_PAD_IN,
+    _label_insets,
+    _lines_in,
+    _single_panel,
+)
+from .panels import (
     LABEL_FONT_PT,
     MIN_FONT_PT,
     TITLE_FONT_PT,
     RenderError,
-    _label_insets,
     _lines,
-    _lines_in,
     _new_figure,
     _output,
     _panel_array,
     _Scale,
     _show,
-    _single_panel,
     _title,
     _to_numpy,
     _to_rgb,

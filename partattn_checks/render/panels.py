@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import math
 import os
@@ -19,10 +18,10 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
-from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from ..errors import PartattnError
+from .outline import _on_image
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -49,11 +48,6 @@ HeadLabel: TypeAlias = "int | str | None"
 
 #: The colour of the image's outlines on attention overlays (``_on_image``): a green that neither
 #: colour map uses, so it never reads as a value.
-OUTLINE_RGB = (0.0, 0.78, 0.25)
-_OUTLINE_ALPHA = 0.9  # opacity of a full-strength edge
-_OUTLINE_PX = 256  # smaller images are enlarged (by a whole factor) to about this before their edges are found
-_EDGE_FULL = 0.5  # colour step (next pixel, channels in [0, 1]) of a full-strength edge
-_EDGE_MIN = 0.2  # weaker edges (texture, noise) are not drawn
 _AXIS_LABELS = {"qk": ("keys", "queries"), "strip": ("keys", None), "grid": ("patch column", "patch row")}
 
 
@@ -325,17 +319,6 @@ class _Scale:
         """The colour bar's ticks on the log scale (powers of 2); None: matplotlib's own (linear)."""
         return _log2_ticks(self.vmax) if self.kind == "log" else None
 
-    def colorbar_in(self, bar_in: float) -> float:
-        """Width in inches of the colour bar of width ``bar_in`` with its tick labels and two-line label,
-        from the panels' right edge (``_CBAR_PAD_IN``) to the label's right edge."""
-        ticks = self.ticks()
-        if ticks is not None:
-            labels = [_fraction(t) for t in ticks]
-        else:  # matplotlib's auto ticks of 0..vmax: bounded by the widest of these
-            labels = [f"{t:.4g}" for t in MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10]).tick_values(0, self.vmax)]
-        widest = max(text_width_in(label, MIN_FONT_PT) for label in labels)
-        return _CBAR_PAD_IN + bar_in + _TICK_IN + widest + _LABELPAD_IN + _lines_in(LABEL_FONT_PT, 2)
-
 
 def _log2_ticks(vmax: float) -> list[float]:
     top = math.floor(math.log2(vmax))
@@ -451,62 +434,6 @@ def _panel_array(values: np.ndarray, scale: _Scale, grid=None, image_rgb=None):
     return _on_image(cells, image_rgb, scale.cmap, scale.norm), "rgb"
 
 
-def _on_image(cells: np.ndarray, image_rgb: np.ndarray, cmap, norm) -> np.ndarray:
-    """Patch-grid ``cells`` upsampled bilinearly onto the image, in opaque colours of ``cmap``/``norm``,
-    with the image's outlines drawn over them in ``OUTLINE_RGB``.
-
-    The image is never blended under the attention: a grey (or any) backdrop under a diverging map
-    whose neutral is light grey reads as values, a dark shape as "less attention". So every pixel
-    off the outlines has exactly the colour of its value on the colour bar (uniform = one flat
-    neutral colour, whatever the image's brightness), and the image shows only as thin edges, in a
-    green that neither colour map (coolwarm: blue-grey-red, magma: black-purple-yellow) uses.
-    A small image is first enlarged to about ``_OUTLINE_PX`` so that its edges stay one pixel thin.
-    """
-    alpha = _edges(image_rgb)
-    height, width = alpha.shape[:2]
-    up = np.asarray(Image.fromarray(cells.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
-    colours = np.asarray(cmap(norm(up)))[..., :3]
-    return (1.0 - alpha) * colours + alpha * np.asarray(OUTLINE_RGB)
-
-
-_EDGES: dict[tuple, np.ndarray] = {}  # the last few images' outline opacities (every panel of a figure shares one)
-
-
-def _edges(image_rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 1) outline opacity of ``image_rgb``, enlarged first when small (see :func:`_on_image`)."""
-    key = (image_rgb.shape, image_rgb.dtype.str, hashlib.blake2b(image_rgb.tobytes(), digest_size=16).digest())
-    alpha = _EDGES.get(key)
-    if alpha is None:
-        factor = max(1, round(_OUTLINE_PX / max(image_rgb.shape[:2])))
-        if factor > 1:
-            image_rgb = _resize(image_rgb, (image_rgb.shape[1] * factor, image_rgb.shape[0] * factor))
-        alpha = _outline(image_rgb)[..., None]
-        alpha.setflags(write=False)
-        while len(_EDGES) >= 4:
-            _EDGES.pop(next(iter(_EDGES)))
-        _EDGES[key] = alpha
-    return alpha
-
-
-def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Float RGB resized bilinearly to ``size`` (width, height)."""
-    channels = [
-        Image.fromarray(c.astype(np.float32)).resize(size, Image.Resampling.BILINEAR) for c in rgb.transpose(2, 0, 1)
-    ]
-    return np.stack([np.asarray(c) for c in channels], axis=-1).astype(np.float64)
-
-
-def _outline(image_rgb: np.ndarray) -> np.ndarray:
-    """(H, W) opacity of the image's outline: its strongest colour step to the next pixel right or
-    below, 0 on flat regions."""
-    step = np.zeros(image_rgb.shape[:2])
-    step[:, :-1] = np.abs(np.diff(image_rgb, axis=1)).max(axis=-1)
-    step[:-1, :] = np.maximum(step[:-1, :], np.abs(np.diff(image_rgb, axis=0)).max(axis=-1))
-    strength = np.clip(step / _EDGE_FULL, 0.0, 1.0)
-    strength[strength < _EDGE_MIN] = 0.0  # texture and compression noise stay flat
-    return _OUTLINE_ALPHA * strength
-
-
 def _interpolation(ax, shape) -> str:
     """Nearest while every cell gets a pixel or more; antialiased when cells outnumber pixels."""
     fig_w, fig_h = ax.figure.get_size_inches() * ax.figure.dpi
@@ -541,136 +468,3 @@ def _show(ax, panel, scale: _Scale, *, labels: bool = True):
     else:
         ax.set_yticks([])
     return im
-
-
-# --------------------------------------------------------------------------- fixed layout
-#: Every attention figure places its axes itself, in inches, from the sizes of what surrounds them
-#: (titles, tick labels, the colour bar), measured with matplotlib's own text extents. The figure's
-#: size is the readable one (``panel_layout``); the panels take what the text leaves, centred.
-_PAD_IN = 0.1  # the figure's edge to any text
-_GAP_IN = 0.12  # between panels side by side
-_CBAR_PAD_IN = 0.15  # panels to their colour bar
-_TICK_IN = 7.0 / 72  # a default tick: 3.5 pt long + 3.5 pt to its label
-_INDEX_TICK_IN = 4.0 / 72  # an index tick (``grids._index_ticks``): 2.5 pt + 1.5 pt
-_LABELPAD_IN = 4.0 / 72  # tick labels to the axis label
-_TITLE_PAD_IN = 6.0 / 72  # an axes title's default pad
-
-
-def _lines_in(fontsize: float, lines: int = 1) -> float:
-    """Height in inches of ``lines`` lines of text at ``fontsize`` (matplotlib's line spacing 1.2)."""
-    return lines * 1.2 * fontsize / 72.0
-
-
-def _digits_in(n: int, fontsize: float = MIN_FONT_PT) -> float:
-    """Width of the widest index label of ``range(n)`` (all digits are as wide in the default font)."""
-    return text_width_in("0" * len(str(max(n - 1, 0))), fontsize)
-
-
-def _axes_in(fig: Figure, x: float, y: float, w: float, h: float):
-    """An axes at ``(x, y)`` inches from the figure's bottom-left, ``w`` x ``h`` inches."""
-    width, height = fig.get_size_inches()
-    return fig.add_axes((x / width, y / height, w / width, h / height))
-
-
-def _bar_in(length_in: float) -> float:
-    """Colour bar width for a bar ``length_in`` long: matplotlib's aspect 20, kept readable."""
-    return min(max(length_in / 20.0, 0.1), 0.45)
-
-
-def _place_colorbar(fig: Figure, x: float, y0: float, y1: float):
-    """The colour bar's axes at ``x`` inches, 0.9 of the height ``y0``..``y1`` (inches), centred."""
-    length = 0.9 * (y1 - y0)
-    return _axes_in(fig, x, y0 + 0.05 * (y1 - y0), _bar_in(length), length)
-
-
-@dataclass(frozen=True)
-class _Placed:
-    """Where :func:`_panel_grid` or :func:`_single_panel` put things (inches from the bottom-left)."""
-
-    axes: list
-    cax: object
-    left: float  # the panels' left edge
-    right: float  # the panels' right edge
-    bottom: float  # the lowest panel's bottom
-    top: float  # the top of everything (the figure title's top)
-
-
-def _panel_grid(
-    fig: Figure,
-    n: int,
-    ncols: int,
-    scale: _Scale,
-    *,
-    title_lines: int = 0,
-    left_in: float = 0.0,
-    bottom_in: float = 0.0,
-) -> _Placed:
-    """``n`` square panels in rows of ``ncols`` (each with a one-line title band above it), a figure
-    title of ``title_lines`` lines on top, ``left_in``/``bottom_in`` inches left of and under the
-    panels for their tick labels and figure-level axis labels, the colour bar on the right."""
-    width, height = fig.get_size_inches()
-    nrows = math.ceil(n / ncols)
-    band = _PANEL_TITLE_IN
-    top_in = _lines_in(TITLE_FONT_PT, title_lines) + 0.06 if title_lines else 0.0
-    side = (height - 2 * _PAD_IN - top_in - bottom_in) / nrows - band
-    for _ in range(2):  # the bar's width follows its length, which follows the panels
-        bar = scale.colorbar_in(_bar_in(0.9 * (nrows * side + (nrows - 1) * band)))
-        across = (width - 2 * _PAD_IN - left_in - bar - (ncols - 1) * _GAP_IN) / ncols
-        side = min(side, across)
-    block_w = left_in + ncols * side + (ncols - 1) * _GAP_IN + bar
-    block_h = top_in + nrows * (side + band) + bottom_in
-    x0 = _PAD_IN + max(0.0, width - 2 * _PAD_IN - block_w) / 2 + left_in
-    top = height - _PAD_IN - max(0.0, height - 2 * _PAD_IN - block_h) / 2
-    axes = []
-    for i in range(n):
-        row, col = divmod(i, ncols)
-        y = top - top_in - row * (side + band) - band - side
-        axes.append(_axes_in(fig, x0 + col * (side + _GAP_IN), y, side, side))
-    right = x0 + ncols * side + (ncols - 1) * _GAP_IN
-    bottom = top - top_in - nrows * (side + band)
-    cax = _place_colorbar(fig, right + _CBAR_PAD_IN, bottom, top - top_in - band)
-    return _Placed(axes, cax, x0, right, bottom, top)
-
-
-def _single_panel(
-    fig: Figure,
-    scale: _Scale,
-    *,
-    title_lines: int = 0,
-    fontsize: float = TITLE_FONT_PT,
-    left_in: float = 0.0,
-    bottom_in: float = 0.0,
-    square: bool = True,
-) -> _Placed:
-    """One panel under an axes title of ``title_lines`` lines, ``left_in``/``bottom_in`` inches for its
-    tick and axis labels, the colour bar on the right; square (images, patch grids) or filling the
-    room (queries x keys maps, strips)."""
-    width, height = fig.get_size_inches()
-    top_in = _lines_in(fontsize, title_lines) + _TITLE_PAD_IN if title_lines else 0.0
-    h = height - 2 * _PAD_IN - top_in - bottom_in
-    bar = scale.colorbar_in(_bar_in(0.9 * h))
-    w = width - 2 * _PAD_IN - left_in - bar
-    if square:
-        w = h = min(w, h)
-        bar = scale.colorbar_in(_bar_in(0.9 * h))
-    block_w, block_h = left_in + w + bar, top_in + h + bottom_in
-    x0 = _PAD_IN + max(0.0, width - 2 * _PAD_IN - block_w) / 2 + left_in
-    top = height - _PAD_IN - max(0.0, height - 2 * _PAD_IN - block_h) / 2
-    y0 = top - top_in - h
-    ax = _axes_in(fig, x0, y0, w, h)
-    cax = _place_colorbar(fig, x0 + w + _CBAR_PAD_IN, y0, y0 + h)
-    return _Placed([ax], cax, x0, x0 + w, y0, top)
-
-
-def _label_insets(kind: str, shape: tuple[int, ...]) -> tuple[float, float]:
-    """(left, bottom) inches that :func:`_show` with ``labels=True`` needs beside a panel of ``kind``
-    showing an array of ``shape``: tick labels (indices) and the axis label."""
-    if kind == "rgb":
-        return 0.0, 0.0
-    label = _lines_in(LABEL_FONT_PT) + _LABELPAD_IN
-    bottom = _lines_in(MIN_FONT_PT) + _TICK_IN + label
-    left = _digits_in(shape[0]) + _TICK_IN + label if _AXIS_LABELS[kind][1] else 0.0
-    return left, bottom
-
-
-# --------------------------------------------------------------------------- figures
