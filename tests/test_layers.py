@@ -95,3 +95,24 @@ def test_an_upward_import_is_caught(tmp_path, where, line):
     (copy / where).write_text(line)
     bad = upward_imports(copy)
     assert len(bad) == 1 and bad[0].startswith(where.removesuffix(".py").replace("/", ".")), bad
+
+
+#: A module longer than this does more than one job (issue 27): split it by job.
+MAX_MODULE_LINES = 500
+
+
+def modules_over(package: Path, limit: int) -> dict[str, int]:
+    """Modules of ``package`` longer than ``limit`` lines, with their lengths."""
+    lengths = {str(p.relative_to(package)): len(p.read_text().splitlines()) for p in package.rglob("*.py")}
+    return {name: n for name, n in lengths.items() if n > limit}
+
+
+def test_no_module_is_over_the_line_limit():
+    assert modules_over(PACKAGE, MAX_MODULE_LINES) == {}
+
+
+def test_a_long_module_is_caught(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "short.py").write_text("x = 1\n" * 3)
+    (tmp_path / "sub" / "long.py").write_text("x = 1\n" * 4)
+    assert modules_over(tmp_path, 3) == {"sub/long.py": 4}
