@@ -543,6 +543,31 @@ def test_timeline_of_one_step_has_integer_ticks():
     assert 0 in ticks and all(float(t).is_integer() for t in ticks)
 
 
+@pytest.mark.parametrize("n_layers", [5, 21])
+def test_timeline_text_stays_inside_the_figure(n_layers):
+    """The timeline places its axes, legend and colour bar itself (no layout engine): every text,
+    a long legend entry and a wrapped title included, lies inside the figure (a legend entry of the
+    run page was once cut at the right edge)."""
+    values = np.linspace(0.1, 0.2, 10 * n_layers).reshape(10, n_layers)
+    names = [f"blocks.{i}.attn2" for i in range(n_layers)]
+    fig = render_figures._timeline_fig(
+        values, range(10), names, metric="part separation (JS / log 2)", threshold=0.084,
+        title="part separation per step and layer, " * 3, judged=values.max(axis=1),
+        judged_label="max over layers", value=0.155, value_label="max over steps and layers",
+    )  # fmt: skip
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[0].get_legend()
+    assert any("value 0.155 (max over steps and layers)" in t.get_text() for t in legend.get_texts())
+    width, height = fig.get_size_inches()
+    drawn = fig.get_tightbbox(renderer)  # inches: every drawn artist (ticks outside the view are not drawn)
+    assert drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= width + 0.01 and drawn.y1 <= height + 0.01, (
+        f"drawn {drawn.bounds} outside the figure's {width:.2f} x {height:.2f} inches"
+    )
+    box = legend.get_window_extent(renderer)
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1
+
+
 def test_timeline_shape_mismatch():
     with pytest.raises(ValueError, match="steps=5, layers=3"):
         render.timeline(np.zeros((5, 2)), range(5), ["a", "b", "c"])
