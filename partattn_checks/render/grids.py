@@ -299,17 +299,28 @@ def _part_panel_title(
 
 
 def _part_panel_shots(
-    frames: np.ndarray, grid: tuple[int, int] | None, image: ImageInput | None, titles: list[str], **kwargs: Any
+    frames: np.ndarray,
+    grid: tuple[int, int] | None,
+    image: ImageInput | None,
+    titles: list[str],
+    *,
+    layer: LayerLabel,
+    vmax: float,
+    scale: str,
+    max_px: int,
 ) -> list[np.ndarray]:
     """Each (parts, Nk) frame's part panel titled ``titles[i]``, as (H, W, 3) uint8 arrays. Frames whose
     titles wrap to as many lines share one layout: one figure, its images and title updated per frame."""
-    n_parts, layer = frames.shape[1], kwargs.get("layer")
+    n_parts = frames.shape[1]
+
+    def draw(frame: np.ndarray, title: str) -> Figure:
+        return _part_panel_fig(frame, grid, image, title=title, layer=layer, vmax=vmax, scale=scale, max_px=max_px)
+
     wrapped = [_part_panel_title(n_parts, grid, image is not None, None, _title(t, layer)) for t in titles]
     if len({_lines(w) for w in wrapped}) > 1:  # the layouts differ: one figure each
-        pairs = zip(frames, titles, strict=True)
-        return [_figure_rgb(_part_panel_fig(f, grid, image, title=t, **kwargs)) for f, t in pairs]
-    fig = _part_panel_fig(frames[0], grid, image, title=titles[0], **kwargs)
-    sc = _Scale(kwargs.get("vmax", 8.0), kwargs.get("scale", "log"))
+        return [_figure_rgb(draw(f, t)) for f, t in zip(frames, titles, strict=True)]
+    fig = draw(frames[0], titles[0])
+    sc = _Scale(vmax, scale)
     rgb = None if image is None or grid is None else _to_rgb(image)
     panels = fig.axes[:-1][-n_parts:] if grid is not None else fig.axes[:1]  # the last axes: the colour bar
     images = [ax.get_images()[0] for ax in panels]
