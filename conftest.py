@@ -5,6 +5,14 @@ from pathlib import Path
 
 import pytest
 
+# pytester's in-process runs drop the modules first imported during a run (sys.modules snapshot), and
+# hypothesis's pytest plugin imports hypothesis at the end of every run (its terminal summary): imported
+# here once, an in-process run takes ~0.5 s instead of ~2 s (tests/test_ci_recipes.py, plugin_support users).
+try:
+    import hypothesis.internal.observability  # noqa: F401
+except ImportError:  # an older hypothesis, whose plugin does not import it
+    pass
+
 # Keep the project's tests light on this 2-core machine: one intra-op thread per process.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

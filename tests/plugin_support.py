@@ -18,13 +18,6 @@ import partattn_checks.capture  # noqa: F401,E402  (torch, diffusers)
 import partattn_checks.model.pipeline  # noqa: F401,E402  (transformers)
 import partattn_checks.render  # noqa: F401,E402  (matplotlib)
 
-# hypothesis's pytest plugin imports this at the end of every pytest run (its terminal summary), and an
-# in-process run drops it again like the rest: imported here, each in-process run takes some 0.3 s less.
-try:
-    import hypothesis.internal.observability  # noqa: F401
-except ImportError:  # an older hypothesis, whose plugin does not import it
-    pass
-
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "fixtures" / "checkpoints" / "tiny-random"
 IMAGES = REPO / "fixtures" / "images"
